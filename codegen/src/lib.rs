@@ -1,0 +1,6 @@
+//! meshc-codegen: the IR that the compiler lowers a mesh to, and the emitters that consume it.
+//!
+//! The IR lives here, not in the compiler, because the emitters are its consumers,
+//! as tonic-build defines the service model it generates from.
+
+pub mod ir;

@@ -1,0 +1,9 @@
+//! meshc: the mesh compiler's front-end (load, parse, check, lower) and its command line.
+//!
+//! The front-end is synchronous and pure: it reads files through a `Vfs`, reports every
+//! problem as a `Diagnostic`, and produces `meshc_codegen::ir::Mesh`.
+
+pub mod diag;
+pub mod manifest;
+pub mod registry;
+pub mod source;

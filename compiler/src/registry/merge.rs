@@ -1,0 +1,322 @@
+//! Merging registries (SOFAMesh's "data sync between registries"): one service listed by
+//! several registries becomes one service whose instances keep their origin.
+//!
+//! Precedence, documented in mesh-specs/README.md and independent of the manifest's order:
+//! - registries are ranked by `priority` (higher first), then by name;
+//! - an instance (address, port, service port) listed by several registries is kept once,
+//!   with the fields of the highest-ranked registry, and the others listed in `also_in`;
+//! - the service's port names come from the highest-ranked registry that declares ports;
+//! - methods are the union of what every registry lists;
+//! - registries that disagree on the set of ports or on a port's protocol are an error
+//!   (Istio's IST0170), and so is a registry that disagrees with itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshc_codegen::ir::{Health, Locality, Protocol, RpcKey};
+
+use super::{Instance, Service, Snapshot};
+use crate::diag::{Code, Diagnostic};
+use crate::manifest::RegistryEntry;
+use crate::source::Span;
+
+/// Every service of every registry, merged.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// Services by (namespace, name).
+    pub services: BTreeMap<(String, String), CatalogService>,
+}
+
+/// A merged service.
+#[derive(Clone, Debug)]
+pub struct CatalogService {
+    /// Namespace.
+    pub namespace: String,
+    /// Name (Kubernetes-style or an RPC key).
+    pub name: String,
+    /// RPC identity.
+    pub rpc: Option<RpcKey>,
+    /// Ports, sorted by number; a protocol of `None` is not known yet.
+    pub ports: Vec<CatalogPort>,
+    /// Union of the methods registries list; `None` when none lists any.
+    pub methods: Option<BTreeSet<String>>,
+    /// Registries that list the service, sorted.
+    pub registries: Vec<String>,
+    /// Instances, sorted by (service port, address, port).
+    pub instances: Vec<CatalogInstance>,
+    /// The first registry entry that describes it (in precedence order), for messages.
+    pub span: Span,
+    /// How that entry is named.
+    pub entry: String,
+    /// The registry of that entry.
+    pub registry: String,
+}
+
+/// A merged port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogPort {
+    /// Number.
+    pub number: u16,
+    /// Name, empty when no registry names it.
+    pub name: String,
+    /// Protocol, when some registry knows it.
+    pub protocol: Option<Protocol>,
+    /// The application's port.
+    pub target_port: u16,
+}
+
+/// A merged instance.
+#[derive(Clone, Debug)]
+pub struct CatalogInstance {
+    /// Address.
+    pub address: String,
+    /// Port it listens on.
+    pub port: u16,
+    /// Service port it serves.
+    pub service_port: u16,
+    /// Weight.
+    pub weight: u32,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Locality.
+    pub locality: Locality,
+    /// Health.
+    pub health: Health,
+    /// The registry whose description won.
+    pub origin: String,
+    /// Other registries that list it.
+    pub also_in: Vec<String>,
+    /// Where the winning description is.
+    pub span: Span,
+}
+
+/// One registry's view of one service, with its ports resolved.
+struct View<'a> {
+    registry: &'a RegistryEntry,
+    service: &'a Service,
+    ports: Vec<CatalogPort>,
+    instances: Vec<(&'a Instance, u16)>,
+    methods: Option<BTreeSet<String>>,
+}
+
+/// Merges snapshots into a catalog, reporting conflicts.
+pub fn merge(snapshots: &[(&RegistryEntry, &Snapshot)], diagnostics: &mut Vec<Diagnostic>) -> Catalog {
+    // Rank registries: priority descending, then name ascending.
+    let mut ranked: Vec<&(&RegistryEntry, &Snapshot)> = snapshots.iter().collect();
+    ranked.sort_by(|a, b| b.0.priority.cmp(&a.0.priority).then_with(|| a.0.name.cmp(&b.0.name)));
+
+    // Views per service key, in rank order.
+    let mut views: BTreeMap<(String, String), Vec<View<'_>>> = BTreeMap::new();
+    for (registry, snapshot) in ranked.iter().map(|it| (it.0, it.1)) {
+        let mut instances_by_key: BTreeMap<(&str, &str), Vec<&Instance>> = BTreeMap::new();
+        for instance in &snapshot.instances {
+            instances_by_key.entry((&instance.namespace, &instance.service)).or_default().push(instance);
+        }
+        let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for service in &snapshot.services {
+            let key = (service.namespace.as_str(), service.name.as_str());
+            let list = views.entry((service.namespace.clone(), service.name.clone())).or_default();
+            if let Some(&index) = seen.get(&key) {
+                // The registry describes the service twice (Consul lists it once per instance,
+                // Nacos once per cluster): fold the second description into the first.
+                let view = &mut list[index];
+                fold_ports(view, service, registry, diagnostics);
+                if let Some(methods) = &service.methods {
+                    view.methods.get_or_insert_with(BTreeSet::new).extend(methods.iter().cloned());
+                }
+                continue;
+            }
+            seen.insert(key, list.len());
+            let mut view = View { registry, service, ports: Vec::new(), instances: Vec::new(), methods: service.methods.clone() };
+            fold_ports(&mut view, service, registry, diagnostics);
+            list.push(view);
+        }
+        for (key, instances) in instances_by_key {
+            let Some(list) = views.get_mut(&(key.0.to_owned(), key.1.to_owned())) else { continue };
+            let Some(view) = list.iter_mut().find(|it| std::ptr::eq(it.registry, registry)) else { continue };
+            view.instances = instances.into_iter().map(|it| (it, 0)).collect();
+        }
+    }
+
+    let mut catalog = Catalog::default();
+    for (key, mut list) in views {
+        for view in &mut list {
+            resolve_ports(view);
+        }
+        if let Some(service) = merge_service(&key, &list, diagnostics) {
+            catalog.services.insert(key, service);
+        }
+    }
+    catalog
+}
+
+/// Adds a description's declared ports to a view, reporting a registry that contradicts itself.
+fn fold_ports(view: &mut View<'_>, service: &Service, registry: &RegistryEntry, diagnostics: &mut Vec<Diagnostic>) {
+    for port in &service.ports {
+        let protocol = port.protocol.or(service.protocol).filter(|it| *it != Protocol::Auto);
+        match view.ports.iter_mut().find(|it| it.number == port.number) {
+            Some(existing) => match (existing.protocol, protocol) {
+                (Some(a), Some(b)) if a != b => diagnostics.push(
+                    Diagnostic::error(
+                        Code::RegistryConflict,
+                        format!("registry `{}` gives port {} of service `{}` two protocols, {} and {}", registry.name, port.number, service.name, a.as_str(), b.as_str()),
+                    )
+                    .primary(service.span, format!("{} here", b.as_str()))
+                    .secondary(view.service.span, format!("{} here", a.as_str())),
+                ),
+                (None, Some(b)) => existing.protocol = Some(b),
+                _ => {}
+            },
+            None => view.ports.push(CatalogPort {
+                number: port.number,
+                name: port.name.clone().unwrap_or_default(),
+                protocol,
+                target_port: port.target_port.unwrap_or(port.number),
+            }),
+        }
+    }
+}
+
+/// Gives every instance of a view its service port, deriving the port from the instances
+/// when the registry declares none: the most common instance port (the lowest on a tie),
+/// because registries such as Consul, Nacos and ZooKeeper list only instance ports.
+fn resolve_ports(view: &mut View<'_>) {
+    let service_protocol = view.service.protocol.filter(|it| *it != Protocol::Auto);
+    if view.ports.is_empty() {
+        let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+        for (instance, _) in &view.instances {
+            *counts.entry(instance.service_port.unwrap_or(instance.port)).or_default() += 1;
+        }
+        let chosen = counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0))).map(|(port, _)| *port);
+        if let Some(number) = chosen {
+            view.ports.push(CatalogPort { number, name: String::new(), protocol: service_protocol, target_port: number });
+        }
+        for (instance, service_port) in &mut view.instances {
+            *service_port = instance.service_port.filter(|it| Some(*it) == chosen).or(chosen).unwrap_or(instance.port);
+        }
+    } else {
+        let single = (view.ports.len() == 1).then(|| view.ports[0].number);
+        for (instance, service_port) in &mut view.instances {
+            *service_port = instance
+                .service_port
+                .or(single)
+                .or_else(|| view.ports.iter().find(|it| it.target_port == instance.port).map(|it| it.number))
+                .unwrap_or(instance.port);
+        }
+        // An instance may name a service port the registry does not declare; such an
+        // instance belongs to no cluster, so keep only those that fit.
+        let numbers: BTreeSet<u16> = view.ports.iter().map(|it| it.number).collect();
+        view.instances.retain(|(_, port)| numbers.contains(port));
+    }
+    view.ports.sort_by_key(|it| it.number);
+}
+
+fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut Vec<Diagnostic>) -> Option<CatalogService> {
+    let first = views.first()?;
+    // Ports: the first view that has ports sets them; the others must agree.
+    let base = views.iter().find(|it| !it.ports.is_empty())?;
+    let mut ports = base.ports.clone();
+    for view in views {
+        if std::ptr::eq(view, base) || view.ports.is_empty() {
+            continue;
+        }
+        let theirs: Vec<u16> = view.ports.iter().map(|it| it.number).collect();
+        let ours: Vec<u16> = ports.iter().map(|it| it.number).collect();
+        if theirs != ours {
+            diagnostics.push(conflict(key, base, view, format!("ports {} and {}", list(&ours), list(&theirs))));
+            continue;
+        }
+        for (port, other) in ports.iter_mut().zip(&view.ports) {
+            match (port.protocol, other.protocol) {
+                (Some(a), Some(b)) if a != b => {
+                    diagnostics.push(conflict(key, base, view, format!("protocols {} and {} on port {}", a.as_str(), b.as_str(), port.number)));
+                }
+                (None, Some(b)) => port.protocol = Some(b),
+                _ => {}
+            }
+            if port.name.is_empty() {
+                port.name.clone_from(&other.name);
+            }
+        }
+    }
+
+    // Instances: keep the highest-ranked description of each (address, port, service port).
+    let mut instances: BTreeMap<(u16, String, u16), CatalogInstance> = BTreeMap::new();
+    for view in views {
+        for (instance, service_port) in &view.instances {
+            let slot = (*service_port, instance.address.clone(), instance.port);
+            match instances.get_mut(&slot) {
+                Some(existing) if existing.origin != view.registry.name => {
+                    if !existing.also_in.contains(&view.registry.name) {
+                        existing.also_in.push(view.registry.name.clone());
+                    }
+                }
+                // The same registry listing an instance twice: the first description stands.
+                Some(_) => {}
+                None => {
+                    instances.insert(
+                        slot,
+                        CatalogInstance {
+                            address: instance.address.clone(),
+                            port: instance.port,
+                            service_port: *service_port,
+                            weight: instance.weight,
+                            labels: instance.labels.clone(),
+                            locality: instance.locality.clone(),
+                            health: instance.health,
+                            origin: view.registry.name.clone(),
+                            also_in: Vec::new(),
+                            span: instance.span,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    let instances = instances
+        .into_values()
+        .map(|mut it| {
+            it.also_in.sort();
+            it
+        })
+        .filter(|it| ports.iter().any(|port| port.number == it.service_port))
+        .collect();
+
+    let mut methods: Option<BTreeSet<String>> = None;
+    for view in views {
+        if let Some(list) = &view.methods {
+            methods.get_or_insert_with(BTreeSet::new).extend(list.iter().cloned());
+        }
+    }
+    let mut registries: Vec<String> = views.iter().map(|it| it.registry.name.clone()).collect();
+    registries.sort();
+    registries.dedup();
+
+    Some(CatalogService {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        rpc: views.iter().find_map(|it| it.service.rpc.clone()),
+        ports,
+        methods,
+        registries,
+        instances,
+        span: first.service.span,
+        entry: first.service.entry.clone(),
+        registry: first.registry.name.clone(),
+    })
+}
+
+fn conflict(key: &(String, String), base: &View<'_>, other: &View<'_>, what: String) -> Diagnostic {
+    Diagnostic::error(
+        Code::RegistryConflict,
+        format!("registries `{}` and `{}` disagree on service `{}`: {what}", base.registry.name, other.registry.name, key.1),
+    )
+    .primary(other.service.span, format!("registry `{}` describes it here", other.registry.name))
+    .secondary(base.service.span, format!("registry `{}` describes it here", base.registry.name))
+    .note(format!("`{}` in namespace `{}` must have the same ports and protocols in every registry", key.1, key.0))
+    .help("fix the registration, or give the services different names")
+}
+
+fn list(ports: &[u16]) -> String {
+    let parts: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!("[{}]", parts.join(", "))
+}
