@@ -70,6 +70,7 @@ codes! {
     TimeoutBudget = "E0208", None, "a route's timeout ends before its retries can run";
     ProtocolMismatch = "E0209", None, "a destination speaks another protocol than its route table";
     OutOfScope = "E0210", None, "a workload's route reaches a service the workload may not call";
+    MissingAction = "E0211", None, "a route has no action, or more than one";
     RegistryFormat = "E0301", None, "a registry snapshot cannot be parsed";
     RegistryEntry = "E0302", None, "an entry of a registry snapshot is malformed and was skipped";
     RegistryConflict = "E0303", Some("IST0170"), "registries disagree on a service's protocol or ports";

@@ -3,7 +3,14 @@
 //! The front-end is synchronous and pure: it reads files through a `Vfs`, reports every
 //! problem as a `Diagnostic`, and produces `meshc_codegen::ir::Mesh`.
 
+pub mod check;
 pub mod diag;
+pub mod driver;
+pub mod explain;
 pub mod manifest;
+pub mod lower;
 pub mod registry;
 pub mod source;
+pub mod syntax;
+
+pub use driver::{compile, Compilation};

@@ -1,3 +1,91 @@
-//! The `meshc` command line.
+//! The `meshc` command line. Exit codes are a contract: 0 success (warnings allowed),
+//! 1 the mesh has errors (or `diff` found differences), 2 usage or I/O problems.
 
-fn main() {}
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use meshc::source::DiskFs;
+
+#[derive(Parser)]
+#[command(name = "meshc", version, about = "A service mesh compiler: checks a mesh spec and registry snapshots, and compiles them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a mesh directory and report every problem.
+    Check {
+        /// The mesh directory (holding mesh.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Output format of the diagnostics.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Print the mesh's IR as JSON on stdout.
+    Ir {
+        /// The mesh directory (holding mesh.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Show which route a request takes, where it goes, and whether it is allowed.
+    Explain(meshc::explain::ExplainArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help and version to stdout with success; usage errors exit 2.
+            let code = if err.use_stderr() { 2 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Check { dir, format } => {
+            let compilation = meshc::compile(&DiskFs::new(&dir));
+            match format {
+                Format::Human => meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal()),
+                Format::Json => {
+                    let json = meshc::diag::to_json(&compilation.sources, &compilation.diagnostics);
+                    println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
+                }
+            }
+            exit_code(&compilation)
+        }
+        Command::Ir { dir } => {
+            let compilation = meshc::compile(&DiskFs::new(&dir));
+            meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal());
+            if let Some(ir) = &compilation.ir {
+                let mut stdout = std::io::stdout().lock();
+                let written = serde_json::to_writer_pretty(&mut stdout, ir).is_ok() && writeln!(stdout).is_ok();
+                if !written {
+                    return ExitCode::from(2);
+                }
+            }
+            exit_code(&compilation)
+        }
+        Command::Explain(args) => meshc::explain::run(&args),
+    }
+}
+
+fn exit_code(compilation: &meshc::Compilation) -> ExitCode {
+    if compilation.io_error {
+        ExitCode::from(2)
+    } else if compilation.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,185 @@
+//! Shadowed routes (ISLE's `ShadowedError`, Istio's IST0130 and IST0131): a route is never
+//! reached when every one of its alternatives is matched by an alternative of an earlier route.
+//!
+//! Coverage is proved, not guessed: exact values against exact values, prefixes against
+//! prefixes and exact values, regexes against the exact values they match. Two different
+//! regexes are never claimed to overlap (that is undecidable in general).
+
+use std::collections::BTreeMap;
+
+use meshc_codegen::ir::{Match, PresenceMatch, StringMatch, StringMatchKind};
+
+use crate::source::Span;
+
+/// An earlier route that covers a new one.
+#[derive(Clone, Debug)]
+pub(super) struct Covered {
+    /// The earlier route's name.
+    pub by: Span,
+    /// Whether every alternative is covered by an identical alternative.
+    pub identical: bool,
+}
+
+/// The alternatives of the routes seen so far in one block.
+#[derive(Debug, Default)]
+pub(super) struct Shadow {
+    earlier: Vec<(Match, u8, Span)>,
+    regexes: Regexes,
+}
+
+impl Shadow {
+    /// Adds a route's alternatives; returns the earlier route that covers it, if any.
+    pub(super) fn add(&mut self, matches: &[Match], name: Span) -> Option<Covered> {
+        let catch_all = [Match::default()];
+        let alternatives = if matches.is_empty() { &catch_all[..] } else { matches };
+        let mut covered: Option<Covered> = None;
+        let mut all_covered = true;
+        for alternative in alternatives {
+            let mask = mask(alternative);
+            let regexes = &mut self.regexes;
+            let found = self.earlier.iter().position(|(earlier, earlier_mask, _)| *earlier_mask & !mask == 0 && covers(regexes, earlier, alternative));
+            match found {
+                Some(index) => {
+                    let identical = self.earlier[index].0 == *alternative;
+                    let by = self.earlier[index].2;
+                    let entry = covered.get_or_insert(Covered { by, identical });
+                    entry.identical &= identical;
+                }
+                None => all_covered = false,
+            }
+        }
+        for alternative in alternatives {
+            self.earlier.push((alternative.clone(), mask(alternative), name));
+        }
+        covered.filter(|_| all_covered)
+    }
+
+}
+
+type Regexes = BTreeMap<String, Option<regex::Regex>>;
+
+/// Whether every request `later` matches is matched by `earlier`.
+fn covers(regexes: &mut Regexes, earlier: &Match, later: &Match) -> bool {
+        let fields = [
+            (&earlier.authority, &later.authority),
+            (&earlier.path, &later.path),
+            (&earlier.method, &later.method),
+            (&earlier.service, &later.service),
+            (&earlier.version, &later.version),
+            (&earlier.group, &later.group),
+        ];
+        for (e, l) in fields {
+            if let Some(e) = e {
+                match l {
+                    Some(l) if implies(regexes, l, e) => {}
+                    _ => return false,
+                }
+            }
+        }
+        let headers = earlier.headers.iter().all(|e| later.headers.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)));
+        headers && earlier.query.iter().all(|e| later.query.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)))
+    }
+
+fn presence_implies(regexes: &mut Regexes, later: &PresenceMatch, earlier: &PresenceMatch) -> bool {
+        match (later, earlier) {
+            (PresenceMatch::Absent, PresenceMatch::Absent) => true,
+            (PresenceMatch::Present | PresenceMatch::Value(_), PresenceMatch::Present) => true,
+            (PresenceMatch::Value(l), PresenceMatch::Value(e)) => implies(regexes, l, e),
+            _ => false,
+        }
+    }
+
+/// Whether every value `later` accepts is accepted by `earlier`.
+fn implies(regexes: &mut Regexes, later: &StringMatch, earlier: &StringMatch) -> bool {
+        use StringMatchKind::*;
+        match (earlier.kind, later.kind) {
+            (Exact, Exact) => earlier.value == later.value,
+            (Prefix, Exact | Prefix) => later.value.starts_with(earlier.value.as_str()),
+            (Regex, _) if earlier.value == ".*" => true,
+            (Regex, Regex) => earlier.value == later.value,
+            (Regex, Exact) => {
+                let pattern = earlier.value.clone();
+                let regex = regexes.entry(pattern).or_insert_with_key(|it| super::compile_regex(it).ok());
+                regex.as_ref().is_some_and(|re| re.is_match(&later.value))
+            }
+            _ => false,
+        }
+}
+
+/// The fields an alternative constrains; an earlier alternative can only cover a later one
+/// that constrains at least the same fields.
+fn mask(m: &Match) -> u8 {
+    [m.authority.is_some(), m.path.is_some(), m.method.is_some(), m.service.is_some(), m.version.is_some(), m.group.is_some(), !m.headers.is_empty(), !m.query.is_empty()]
+        .iter()
+        .enumerate()
+        .fold(0, |acc, (bit, set)| acc | (u8::from(*set) << bit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::FileId;
+    use meshc_codegen::ir::HeaderMatch;
+
+    fn path(kind: StringMatchKind, value: &str) -> Match {
+        Match { path: Some(StringMatch { kind, value: value.to_owned() }), ..Match::default() }
+    }
+
+    fn span(n: u32) -> Span {
+        Span { file: FileId(0), start: n, end: n + 1 }
+    }
+
+    #[test]
+    fn prefix_covers_longer_prefixes_and_exact_paths() {
+        let mut shadow = Shadow::default();
+        assert!(shadow.add(&[path(StringMatchKind::Prefix, "/api")], span(1)).is_none());
+        let covered = shadow.add(&[path(StringMatchKind::Exact, "/api/users")], span(2)).unwrap();
+        assert_eq!((covered.by, covered.identical), (span(1), false));
+        assert!(shadow.add(&[path(StringMatchKind::Prefix, "/ap")], span(3)).is_none());
+    }
+
+    #[test]
+    fn identical_matches_are_reported_as_such() {
+        let mut shadow = Shadow::default();
+        shadow.add(&[path(StringMatchKind::Exact, "/a")], span(1));
+        assert!(shadow.add(&[path(StringMatchKind::Exact, "/a")], span(2)).unwrap().identical);
+    }
+
+    #[test]
+    fn a_catch_all_covers_everything_after_it() {
+        let mut shadow = Shadow::default();
+        shadow.add(&[], span(1));
+        assert!(shadow.add(&[path(StringMatchKind::Regex, "/x.*")], span(2)).is_some());
+    }
+
+    #[test]
+    fn every_alternative_must_be_covered() {
+        let mut shadow = Shadow::default();
+        shadow.add(&[path(StringMatchKind::Prefix, "/a")], span(1));
+        assert!(shadow.add(&[path(StringMatchKind::Exact, "/a/1"), path(StringMatchKind::Exact, "/b")], span(2)).is_none());
+    }
+
+    #[test]
+    fn more_conditions_narrow_a_route() {
+        let mut shadow = Shadow::default();
+        let jason = Match {
+            headers: vec![HeaderMatch { name: "end-user".into(), kind: PresenceMatch::Value(StringMatch { kind: StringMatchKind::Exact, value: "jason".into() }) }],
+            ..Match::default()
+        };
+        shadow.add(&[jason.clone()], span(1));
+        let present = Match { headers: vec![HeaderMatch { name: "end-user".into(), kind: PresenceMatch::Present }], ..Match::default() };
+        // `present` matches more than `jason`, so it is not covered.
+        assert!(shadow.add(&[present], span(2)).is_none());
+        let both = Match { path: Some(StringMatch { kind: StringMatchKind::Prefix, value: "/".into() }), ..jason };
+        assert!(shadow.add(&[both], span(3)).is_some());
+    }
+
+    #[test]
+    fn regexes_cover_the_exact_values_they_match() {
+        let mut shadow = Shadow::default();
+        shadow.add(&[path(StringMatchKind::Regex, "/v[0-9]+")], span(1));
+        assert!(shadow.add(&[path(StringMatchKind::Exact, "/v2")], span(2)).is_some());
+        assert!(shadow.add(&[path(StringMatchKind::Exact, "/v2/x")], span(3)).is_none());
+        assert!(shadow.add(&[path(StringMatchKind::Regex, "/v[0-9]")], span(4)).is_none());
+    }
+}

@@ -1,0 +1,171 @@
+//! The pipeline, stage by stage: load → parse → registries → merge → check → lower.
+
+use meshc_codegen::ir;
+
+use crate::diag::{Code, Diagnostic};
+use crate::manifest::{Manifest, MANIFEST};
+use crate::registry::{self, Snapshot};
+use crate::source::{sha256_hex, FileId, FileKind, SourceMap, Vfs};
+use crate::{check, lower, manifest, syntax};
+
+/// What a compilation produced.
+#[derive(Debug)]
+pub struct Compilation {
+    /// Every file read, for rendering diagnostics.
+    pub sources: SourceMap,
+    /// Every finding, sorted by position.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The IR, when there were no errors.
+    pub ir: Option<ir::Mesh>,
+    /// Whether a file could not be read (the CLI exits 2 rather than 1).
+    pub io_error: bool,
+}
+
+impl Compilation {
+    /// Whether any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    /// The diagnostics rendered without color.
+    pub fn render_plain(&self) -> String {
+        crate::diag::render_plain(&self.sources, &self.diagnostics)
+    }
+}
+
+/// Compiles the mesh that `vfs` holds.
+pub fn compile(vfs: &dyn Vfs) -> Compilation {
+    let mut sources = SourceMap::default();
+    let mut diagnostics = Vec::new();
+    let mut io_error = false;
+
+    let Some((_, manifest)) = load_manifest(vfs, &mut sources, &mut diagnostics, &mut io_error) else {
+        return finish(sources, diagnostics, None, io_error);
+    };
+
+    // Spec files, sorted by path whatever order they were listed or found in.
+    let mut spec_paths: Vec<(String, Option<crate::source::Span>)> = match &manifest.specs {
+        Some(list) => list.iter().map(|(path, span)| (path.clone(), Some(*span))).collect(),
+        None => match vfs.mesh_files() {
+            Ok(paths) => paths.into_iter().map(|it| (it, None)).collect(),
+            Err(err) => {
+                io_error = true;
+                diagnostics.push(Diagnostic::error(Code::Io, format!("cannot list the spec files of {}: {err}", vfs.describe())));
+                Vec::new()
+            }
+        },
+    };
+    spec_paths.sort();
+    spec_paths.dedup_by(|a, b| a.0 == b.0);
+    let mut files = Vec::new();
+    let mut syntax_ok = true;
+    for (path, listed_at) in spec_paths {
+        let Some(id) = read(vfs, &path, FileKind::Spec, listed_at, &mut sources, &mut diagnostics, &mut io_error) else {
+            syntax_ok = false;
+            continue;
+        };
+        match syntax::parse(id, sources.text(id), &mut diagnostics) {
+            Some(file) => files.push(file),
+            None => syntax_ok = false,
+        }
+    }
+
+    // Registries, each through its adapter, then merged.
+    let mut snapshots: Vec<(&manifest::RegistryEntry, FileId, Snapshot)> = Vec::new();
+    for entry in &manifest.registries {
+        let Some(id) = read(vfs, &entry.path, FileKind::Registry, Some(entry.path_span), &mut sources, &mut diagnostics, &mut io_error) else { continue };
+        let mut ctx = registry::Ctx {
+            file: id,
+            text: sources.text(id),
+            registry: entry,
+            namespace: entry.namespace.as_deref().unwrap_or(&manifest.namespace),
+            mesh_namespace: &manifest.namespace,
+            diagnostics: Vec::new(),
+        };
+        let snapshot = registry::load(&mut ctx);
+        diagnostics.append(&mut ctx.diagnostics);
+        snapshots.push((entry, id, snapshot));
+    }
+    let pairs: Vec<(&manifest::RegistryEntry, &Snapshot)> = snapshots.iter().map(|it| (it.0, &it.2)).collect();
+    let catalog = registry::merge::merge(&pairs, &mut diagnostics);
+
+    // A file that did not parse would make every reference into it look unknown: stop here.
+    let errors_so_far = diagnostics.iter().any(Diagnostic::is_error);
+    if !syntax_ok || io_error {
+        return finish(sources, diagnostics, None, io_error);
+    }
+    let checked = check::check(&manifest, &sources, &files, &catalog, &mut diagnostics);
+    let ir = match checked {
+        Some(checked) if !errors_so_far => {
+            let loaded: Vec<lower::LoadedRegistry<'_>> = snapshots
+                .iter()
+                .map(|(entry, id, snapshot)| lower::LoadedRegistry { entry, sha256: sources.file(*id).sha256.clone(), version: snapshot.version.clone() })
+                .collect();
+            Some(lower::lower(&manifest, &sources, &loaded, &checked))
+        }
+        _ => None,
+    };
+    drop(catalog);
+    finish(sources, diagnostics, ir, io_error)
+}
+
+fn finish(sources: SourceMap, mut diagnostics: Vec<Diagnostic>, ir: Option<ir::Mesh>, io_error: bool) -> Compilation {
+    crate::diag::sort(&mut diagnostics);
+    Compilation { sources, diagnostics, ir, io_error }
+}
+
+fn load_manifest(vfs: &dyn Vfs, sources: &mut SourceMap, diagnostics: &mut Vec<Diagnostic>, io_error: &mut bool) -> Option<(FileId, Manifest)> {
+    let bytes = match vfs.read(MANIFEST) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            *io_error = true;
+            let hint = if err.kind() == std::io::ErrorKind::NotFound { ": a mesh directory holds a `mesh.toml` manifest" } else { "" };
+            diagnostics.push(Diagnostic::error(Code::Io, format!("cannot read {MANIFEST} in {}: {err}{hint}", vfs.describe())));
+            return None;
+        }
+    };
+    let sha256 = sha256_hex(&bytes);
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(_) => {
+            diagnostics.push(Diagnostic::error(Code::Manifest, format!("{MANIFEST} is not UTF-8 text")));
+            return None;
+        }
+    };
+    let id = sources.add(MANIFEST.to_owned(), FileKind::Manifest, text, sha256);
+    let manifest = manifest::parse(id, sources.text(id), diagnostics)?;
+    Some((id, manifest))
+}
+
+/// Reads an input file into the source map; `at` is where the manifest names it.
+fn read(
+    vfs: &dyn Vfs,
+    path: &str,
+    kind: FileKind,
+    at: Option<crate::source::Span>,
+    sources: &mut SourceMap,
+    diagnostics: &mut Vec<Diagnostic>,
+    io_error: &mut bool,
+) -> Option<FileId> {
+    let label = |diagnostic: Diagnostic| match at {
+        Some(span) => diagnostic.primary(span, "named here"),
+        None => diagnostic,
+    };
+    let bytes = match vfs.read(path) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            *io_error = true;
+            diagnostics.push(label(Diagnostic::error(Code::Io, format!("cannot read `{path}`: {err}"))));
+            return None;
+        }
+    };
+    let sha256 = sha256_hex(&bytes);
+    match String::from_utf8(bytes) {
+        Ok(text) => Some(sources.add(path.to_owned(), kind, text, sha256)),
+        Err(err) => {
+            let code = if kind == FileKind::Registry { Code::RegistryFormat } else { Code::Syntax };
+            diagnostics.push(label(Diagnostic::error(code, format!("`{path}` is not UTF-8 text (invalid byte at offset {})", err.utf8_error().valid_up_to()))));
+            None
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Pest errors as diagnostics: the one place that turns `pest::error::Error` into a `Diagnostic`.
+
+use pest::error::{Error, ErrorVariant, InputLocation};
+
+use super::Rule;
+use crate::diag::{Code, Diagnostic};
+use crate::source::{FileId, Span};
+
+/// Converts a parse error, naming what was expected in the language's own words.
+pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagnostic {
+    let at = match err.location {
+        InputLocation::Pos(pos) => pos,
+        InputLocation::Span((start, _)) => start,
+    };
+    let end = next_char_boundary(text, at);
+    let found = describe_found(text, at);
+    let message = match &err.variant {
+        ErrorVariant::ParsingError { positives, .. } => {
+            let mut expected: Vec<String> = positives.iter().map(|it| rule_name(*it)).collect();
+            expected.sort();
+            expected.dedup();
+            match expected.len() {
+                0 => format!("unexpected {found}"),
+                1 => format!("expected {}, found {found}", expected[0]),
+                _ => {
+                    let last = expected.pop().expect("at least two");
+                    format!("expected {} or {last}, found {found}", expected.join(", "))
+                }
+            }
+        }
+        ErrorVariant::CustomError { message } => message.clone(),
+    };
+    Diagnostic::error(Code::Syntax, message).primary(Span::new(file, at..end), "")
+}
+
+fn next_char_boundary(text: &str, at: usize) -> usize {
+    text[at.min(text.len())..].chars().next().map_or(at, |c| at + c.len_utf8())
+}
+
+fn describe_found(text: &str, at: usize) -> String {
+    let rest = &text[at.min(text.len())..];
+    let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').take(40).collect();
+    match rest.chars().next() {
+        None => "end of file".to_owned(),
+        Some(_) if !word.is_empty() => format!("`{word}`"),
+        Some('"') => "a string".to_owned(),
+        Some(c) if c.is_whitespace() => "whitespace".to_owned(),
+        Some(c) => format!("`{c}`"),
+    }
+}
+
+/// How a rule is named in "expected ..." messages.
+fn rule_name(rule: Rule) -> String {
+    let name = format!("{rule:?}");
+    if let Some(keyword) = name.strip_prefix("kw_") {
+        return format!("`{keyword}`");
+    }
+    let text = match rule {
+        Rule::EOI => "end of file",
+        Rule::item | Rule::service | Rule::routes | Rule::authorization | Rule::workload | Rule::telemetry => {
+            "`service`, `routes`, `authorization`, `workload` or `telemetry`"
+        }
+        Rule::ident | Rule::dotted | Rule::name => "a name",
+        Rule::string => "a string",
+        Rule::int => "an integer",
+        Rule::number => "a number",
+        Rule::duration => "a duration such as `250ms` or `1.5s`",
+        Rule::percent => "a percentage such as `10%`",
+        Rule::rate => "a rate such as `100/s`",
+        Rule::value | Rule::value_list | Rule::word => "a value",
+        Rule::name_list => "a list of names",
+        Rule::protocol => "a protocol (http, http2, grpc, bolt, dubbo, tcp, auto)",
+        Rule::lb_algorithm => "a load balancer (round_robin, random, least_request, ring_hash, maglev)",
+        Rule::tls_mode => "a TLS mode (disable, simple, mutual, istio_mutual)",
+        Rule::authz_verb => "an action (allow, deny, audit)",
+        Rule::match_kind => "`exact`, `prefix` or `regex`",
+        Rule::string_match => "a value to match",
+        Rule::label | Rule::label_key => "a label `key = \"value\"`",
+        Rule::setting | Rule::setting_key => "a setting",
+        Rule::route => "`route`",
+        Rule::star => "`*`",
+        Rule::condition | Rule::cond_authority | Rule::cond_path | Rule::cond_method | Rule::cond_header | Rule::cond_query => "a condition",
+        Rule::present => "`present`",
+        Rule::absent => "`absent`",
+        _ => return format!("`{}`", name.replace('_', " ")),
+    };
+    text.to_owned()
+}
