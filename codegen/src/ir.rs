@@ -189,15 +189,8 @@ pub enum Protocol {
 
 impl Protocol {
     /// Every protocol, in the order the documentation lists them.
-    pub const ALL: [Protocol; 7] = [
-        Protocol::Http,
-        Protocol::Http2,
-        Protocol::Grpc,
-        Protocol::Bolt,
-        Protocol::Dubbo,
-        Protocol::Tcp,
-        Protocol::Auto,
-    ];
+    pub const ALL: [Protocol; 7] =
+        [Protocol::Http, Protocol::Http2, Protocol::Grpc, Protocol::Bolt, Protocol::Dubbo, Protocol::Tcp, Protocol::Auto];
 
     /// The protocol's name in specs and registries.
     pub fn as_str(self) -> &'static str {

@@ -178,7 +178,12 @@ pub fn render_plain(sources: &SourceMap, diagnostics: &[Diagnostic]) -> String {
         // if it ever does, the plain message still reaches the user.
         match rendered {
             Ok(text) => out.push_str(&text),
-            Err(err) => out.push_str(&format!("{}[{}]: {} (cannot render: {err})\n", severity_word(diagnostic.severity), diagnostic.code, diagnostic.message)),
+            Err(err) => out.push_str(&format!(
+                "{}[{}]: {} (cannot render: {err})\n",
+                severity_word(diagnostic.severity),
+                diagnostic.code,
+                diagnostic.message
+            )),
         }
     }
     out.push_str(&summary_line(diagnostics));
@@ -240,7 +245,11 @@ fn to_codespan(diagnostic: &Diagnostic) -> codespan_reporting::diagnostic::Diagn
     if let Some(help) = &diagnostic.help {
         notes.push(format!("help: {help}"));
     }
-    cs::Diagnostic::new(severity).with_code(diagnostic.code.as_str()).with_message(&diagnostic.message).with_labels(labels).with_notes(notes)
+    cs::Diagnostic::new(severity)
+        .with_code(diagnostic.code.as_str())
+        .with_message(&diagnostic.message)
+        .with_labels(labels)
+        .with_notes(notes)
 }
 
 /// Diagnostics as JSON, for `--format json`.

@@ -3,9 +3,9 @@
 use meshc_codegen::ir;
 
 use crate::diag::{Code, Diagnostic};
-use crate::manifest::{Manifest, MANIFEST};
+use crate::manifest::{MANIFEST, Manifest};
 use crate::registry::{self, Snapshot};
-use crate::source::{sha256_hex, FileId, FileKind, SourceMap, Vfs};
+use crate::source::{FileId, FileKind, SourceMap, Vfs, sha256_hex};
 use crate::{check, lower, manifest, syntax};
 
 /// What a compilation produced.
@@ -73,7 +73,10 @@ pub fn compile(vfs: &dyn Vfs) -> Compilation {
     // Registries, each through its adapter, then merged.
     let mut snapshots: Vec<(&manifest::RegistryEntry, FileId, Snapshot)> = Vec::new();
     for entry in &manifest.registries {
-        let Some(id) = read(vfs, &entry.path, FileKind::Registry, Some(entry.path_span), &mut sources, &mut diagnostics, &mut io_error) else { continue };
+        let Some(id) = read(vfs, &entry.path, FileKind::Registry, Some(entry.path_span), &mut sources, &mut diagnostics, &mut io_error)
+        else {
+            continue;
+        };
         let mut ctx = registry::Ctx {
             file: id,
             text: sources.text(id),
@@ -99,7 +102,11 @@ pub fn compile(vfs: &dyn Vfs) -> Compilation {
         Some(checked) if !errors_so_far => {
             let loaded: Vec<lower::LoadedRegistry<'_>> = snapshots
                 .iter()
-                .map(|(entry, id, snapshot)| lower::LoadedRegistry { entry, sha256: sources.file(*id).sha256.clone(), version: snapshot.version.clone() })
+                .map(|(entry, id, snapshot)| lower::LoadedRegistry {
+                    entry,
+                    sha256: sources.file(*id).sha256.clone(),
+                    version: snapshot.version.clone(),
+                })
                 .collect();
             Some(lower::lower(&manifest, &sources, &loaded, &checked))
         }
@@ -114,7 +121,12 @@ fn finish(sources: SourceMap, mut diagnostics: Vec<Diagnostic>, ir: Option<ir::M
     Compilation { sources, diagnostics, ir, io_error }
 }
 
-fn load_manifest(vfs: &dyn Vfs, sources: &mut SourceMap, diagnostics: &mut Vec<Diagnostic>, io_error: &mut bool) -> Option<(FileId, Manifest)> {
+fn load_manifest(
+    vfs: &dyn Vfs,
+    sources: &mut SourceMap,
+    diagnostics: &mut Vec<Diagnostic>,
+    io_error: &mut bool,
+) -> Option<(FileId, Manifest)> {
     let bytes = match vfs.read(MANIFEST) {
         Ok(bytes) => bytes,
         Err(err) => {
@@ -164,7 +176,10 @@ fn read(
         Ok(text) => Some(sources.add(path.to_owned(), kind, text, sha256)),
         Err(err) => {
             let code = if kind == FileKind::Registry { Code::RegistryFormat } else { Code::Syntax };
-            diagnostics.push(label(Diagnostic::error(code, format!("`{path}` is not UTF-8 text (invalid byte at offset {})", err.utf8_error().valid_up_to()))));
+            diagnostics.push(label(Diagnostic::error(
+                code,
+                format!("`{path}` is not UTF-8 text (invalid byte at offset {})", err.utf8_error().valid_up_to()),
+            )));
             None
         }
     }

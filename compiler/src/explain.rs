@@ -113,14 +113,22 @@ pub fn select_route(table: &ir::RouteTable, request: &Request) -> Selection {
     let mut trace = Vec::new();
     for (index, route) in table.routes.iter().enumerate() {
         if route.matches.is_empty() {
-            trace.push(RouteTrace { name: route.name.clone(), matched: true, reason: "it has no conditions: it matches every request".to_owned() });
+            trace.push(RouteTrace {
+                name: route.name.clone(),
+                matched: true,
+                reason: "it has no conditions: it matches every request".to_owned(),
+            });
             return Selection { route: Some(index), trace };
         }
         let mut reasons = Vec::new();
         for (alternative, m) in route.matches.iter().enumerate() {
             match match_failure(m, request) {
                 None => {
-                    let which = if route.matches.len() > 1 { format!("match block {} holds", alternative + 1) } else { "every condition holds".to_owned() };
+                    let which = if route.matches.len() > 1 {
+                        format!("match block {} holds", alternative + 1)
+                    } else {
+                        "every condition holds".to_owned()
+                    };
                     trace.push(RouteTrace { name: route.name.clone(), matched: true, reason: which });
                     return Selection { route: Some(index), trace };
                 }
@@ -205,7 +213,8 @@ pub fn find_http_table<'m>(mesh: &'m Mesh, workload: &ir::Workload, authority: &
     let authority = authority.to_ascii_lowercase();
     let selects = |table: &ir::RouteTable| match &table.kind {
         RouteTableKind::Http { service, domains, local_domains, .. } => {
-            domains.contains(&authority) || (mesh.services[service.index()].namespace == workload.namespace && local_domains.contains(&authority))
+            domains.contains(&authority)
+                || (mesh.services[service.index()].namespace == workload.namespace && local_domains.contains(&authority))
         }
         _ => false,
     };
@@ -215,14 +224,22 @@ pub fn find_http_table<'m>(mesh: &'m Mesh, workload: &ir::Workload, authority: &
     match mesh.route_tables.iter().find(|it| selects(it)) {
         Some(table) => Err(NoTable {
             status: 404,
-            reason: format!("`{authority}` is {}, but workload `{}` may not call it (it is not in the workload's `calls`)", table.name, workload.name),
+            reason: format!(
+                "`{authority}` is {}, but workload `{}` may not call it (it is not in the workload's `calls`)",
+                table.name, workload.name
+            ),
         }),
         None => Err(NoTable { status: 404, reason: format!("no service of the mesh is reached as `{authority}`") }),
     }
 }
 
 /// Finds the RPC route table for an interface among a workload's outbound tables.
-pub fn find_rpc_table<'m>(mesh: &'m Mesh, workload: &ir::Workload, protocol: Protocol, interface: &str) -> Result<&'m ir::RouteTable, NoTable> {
+pub fn find_rpc_table<'m>(
+    mesh: &'m Mesh,
+    workload: &ir::Workload,
+    protocol: Protocol,
+    interface: &str,
+) -> Result<&'m ir::RouteTable, NoTable> {
     let selects = |table: &ir::RouteTable| matches!(&table.kind, RouteTableKind::Rpc { protocol: p, interface: i, .. } if *p == protocol && i == interface);
     let status = if protocol == Protocol::Bolt { 6 } else { 60 };
     if let Some(table) = workload.outbound.iter().map(|it| &mesh.route_tables[it.index()]).find(|it| selects(it)) {
@@ -484,8 +501,18 @@ pub fn explain(mesh: &Mesh, workload: &ir::Workload, request: Request, caller_ip
                     .iter()
                     .map(|id| {
                         let it = &mesh.instances[id.index()];
-                        let endpoint = if it.address.contains(':') { format!("[{}]:{}", it.address, it.port) } else { format!("{}:{}", it.address, it.port) };
-                        InstanceView { endpoint, health: it.health, origin: it.origin.clone(), zone: it.locality.zone.clone(), weight: it.weight }
+                        let endpoint = if it.address.contains(':') {
+                            format!("[{}]:{}", it.address, it.port)
+                        } else {
+                            format!("{}:{}", it.address, it.port)
+                        };
+                        InstanceView {
+                            endpoint,
+                            health: it.health,
+                            origin: it.origin.clone(),
+                            zone: it.locality.zone.clone(),
+                            weight: it.weight,
+                        }
                     })
                     .collect();
                 let authz = mesh
@@ -522,7 +549,9 @@ pub fn render(explanation: &Explanation) -> String {
     let mut out = String::new();
     let request = &explanation.request;
     let what = match request.protocol {
-        "http" => format!("{} http://{}{}", request.method, request.authority.as_deref().unwrap_or(""), request.path.as_deref().unwrap_or("")),
+        "http" => {
+            format!("{} http://{}{}", request.method, request.authority.as_deref().unwrap_or(""), request.path.as_deref().unwrap_or(""))
+        }
         protocol => format!("{protocol} {} {}", request.service.as_deref().unwrap_or(""), request.method),
     };
     out.push_str(&format!("request: {what}\nfrom workload: {}\n", explanation.from));
@@ -530,7 +559,8 @@ pub fn render(explanation: &Explanation) -> String {
         out.push_str(&format!("no route table: {}\nanswer: {}\n", no_table.reason, no_table.status));
         return out;
     }
-    let source = explanation.declared_in.as_deref().map_or_else(|| "default routes: no `routes` block".to_owned(), |it| format!("declared in {it}"));
+    let source =
+        explanation.declared_in.as_deref().map_or_else(|| "default routes: no `routes` block".to_owned(), |it| format!("declared in {it}"));
     out.push_str(&format!("route table: {} ({source})\n", explanation.table.as_deref().unwrap_or("")));
     for (index, trace) in explanation.routes.iter().enumerate() {
         let verdict = if trace.matched { "MATCH" } else { "no match" };
@@ -541,14 +571,21 @@ pub fn render(explanation: &Explanation) -> String {
         "forward" => {
             for dest in &explanation.destinations {
                 let subset = dest.subset.as_deref().map(|it| format!(" subset {it}")).unwrap_or_default();
-                out.push_str(&format!("destination: {}{subset} port {} ({}%) via cluster {}\n", dest.service, dest.port, dest.weight, dest.cluster));
+                out.push_str(&format!(
+                    "destination: {}{subset} port {} ({}%) via cluster {}\n",
+                    dest.service, dest.port, dest.weight, dest.cluster
+                ));
                 if dest.instances.is_empty() {
                     out.push_str("  instances: none: the sidecar would answer 503\n");
                 }
                 for instance in &dest.instances {
                     let zone = instance.zone.as_deref().map(|it| format!(", zone {it}")).unwrap_or_default();
-                    let health = serde_json::to_value(instance.health).ok().and_then(|it| it.as_str().map(str::to_owned)).unwrap_or_default();
-                    out.push_str(&format!("  instance {} ({health}, weight {}, from {}{zone})\n", instance.endpoint, instance.weight, instance.origin));
+                    let health =
+                        serde_json::to_value(instance.health).ok().and_then(|it| it.as_str().map(str::to_owned)).unwrap_or_default();
+                    out.push_str(&format!(
+                        "  instance {} ({health}, weight {}, from {}{zone})\n",
+                        instance.endpoint, instance.weight, instance.origin
+                    ));
                 }
                 if dest.authz.is_empty() {
                     out.push_str("  authorization: no workload of the mesh serves it, so no policy applies\n");
@@ -629,7 +666,8 @@ fn run_inner(args: &ExplainArgs) -> Result<ExitCode, String> {
         }
     } else {
         let dubbo = args.dubbo.as_ref().expect("checked above");
-        let (interface, version) = dubbo[0].split_once(':').map_or((dubbo[0].clone(), String::new()), |(i, v)| (i.to_owned(), v.to_owned()));
+        let (interface, version) =
+            dubbo[0].split_once(':').map_or((dubbo[0].clone(), String::new()), |(i, v)| (i.to_owned(), v.to_owned()));
         Request {
             protocol: "dubbo",
             authority: None,

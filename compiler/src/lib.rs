@@ -7,10 +7,10 @@ pub mod check;
 pub mod diag;
 pub mod driver;
 pub mod explain;
-pub mod manifest;
 pub mod lower;
+pub mod manifest;
 pub mod registry;
 pub mod source;
 pub mod syntax;
 
-pub use driver::{compile, Compilation};
+pub use driver::{Compilation, compile};

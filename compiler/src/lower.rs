@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meshc_codegen::ir;
 use meshc_codegen::ir::{Protocol, ServiceId, StringMatch, StringMatchKind};
 
-use crate::check::{host_of, CheckedAction, CheckedMesh, CheckedRoute, CheckedService, Dest, RouteTarget, SvcKey};
+use crate::check::{CheckedAction, CheckedMesh, CheckedRoute, CheckedService, Dest, RouteTarget, SvcKey, host_of};
 use crate::manifest::{Manifest, RegistryEntry};
 use crate::source::{FileKind, SourceMap};
 
@@ -242,7 +242,11 @@ impl Lowering<'_, '_> {
                 None => members
                     .iter()
                     .map(|service| {
-                        let dest = Dest { service: (service.namespace.clone(), service.name.clone()), port: service.ports[0].number, subset: None };
+                        let dest = Dest {
+                            service: (service.namespace.clone(), service.name.clone()),
+                            port: service.ports[0].number,
+                            subset: None,
+                        };
                         self.default_route(service.name.clone(), vec![rpc_key_match(service)], &dest, false)
                     })
                     .collect(),
@@ -250,7 +254,11 @@ impl Lowering<'_, '_> {
             tables.push(ir::RouteTable {
                 id: ir::RouteTableId(0),
                 name: format!("{}:{interface}", protocol.as_str()),
-                kind: ir::RouteTableKind::Rpc { protocol, interface: interface.to_owned(), services: members.iter().map(|it| it.id).collect() },
+                kind: ir::RouteTableKind::Rpc {
+                    protocol,
+                    interface: interface.to_owned(),
+                    services: members.iter().map(|it| it.id).collect(),
+                },
                 routes,
                 declared_in: spec.map(|it| it.0.to_owned()),
             });
@@ -290,7 +298,10 @@ impl Lowering<'_, '_> {
         ir::Route {
             name,
             matches,
-            action: ir::Action::Forward { destinations: vec![ir::WeightedCluster { cluster: self.cluster(dest), weight: 100 }], rewrite: None },
+            action: ir::Action::Forward {
+                destinations: vec![ir::WeightedCluster { cluster: self.cluster(dest), weight: 100 }],
+                rewrite: None,
+            },
             timeout_ms: None,
             retries: if http { crate::check::istio_retries(2, None) } else { ir::RetryPolicy::none() },
             fault: None,
@@ -304,7 +315,10 @@ impl Lowering<'_, '_> {
     fn route(&self, route: &CheckedRoute, http: bool) -> ir::Route {
         let action = match &route.action {
             CheckedAction::Forward { destinations, rewrite } => ir::Action::Forward {
-                destinations: destinations.iter().map(|(dest, weight)| ir::WeightedCluster { cluster: self.cluster(dest), weight: *weight }).collect(),
+                destinations: destinations
+                    .iter()
+                    .map(|(dest, weight)| ir::WeightedCluster { cluster: self.cluster(dest), weight: *weight })
+                    .collect(),
                 rewrite: rewrite.clone(),
             },
             CheckedAction::Answer(action) => action.clone(),
@@ -450,6 +464,10 @@ fn rpc_key_match(service: &ir::Service) -> ir::Match {
     let rpc = service.rpc.as_ref().expect("an RPC service has a key");
     match service.ports[0].protocol {
         Protocol::Bolt => ir::Match { service: exact(&service.name), ..ir::Match::default() },
-        _ => ir::Match { version: exact(rpc.version.as_deref().unwrap_or("")), group: exact(rpc.group.as_deref().unwrap_or("")), ..ir::Match::default() },
+        _ => ir::Match {
+            version: exact(rpc.version.as_deref().unwrap_or("")),
+            group: exact(rpc.group.as_deref().unwrap_or("")),
+            ..ir::Match::default()
+        },
     }
 }

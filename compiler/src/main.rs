@@ -56,7 +56,9 @@ fn main() -> ExitCode {
         Command::Check { dir, format } => {
             let compilation = meshc::compile(&DiskFs::new(&dir));
             match format {
-                Format::Human => meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal()),
+                Format::Human => {
+                    meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal())
+                }
                 Format::Json => {
                     let json = meshc::diag::to_json(&compilation.sources, &compilation.diagnostics);
                     println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());

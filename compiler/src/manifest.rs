@@ -239,11 +239,15 @@ mod tests {
 
     #[test]
     fn registry_entries_keep_their_fields() {
-        let text = "[mesh]\nname = \"m\"\n[[registry]]\nname = \"k8s\"\nkind = \"kubernetes\"\npath = \"./registry/k8s.yaml\"\npriority = 10\n";
+        let text =
+            "[mesh]\nname = \"m\"\n[[registry]]\nname = \"k8s\"\nkind = \"kubernetes\"\npath = \"./registry/k8s.yaml\"\npriority = 10\n";
         let (manifest, diagnostics) = parse_text(text);
         assert!(diagnostics.is_empty(), "{diagnostics:?}");
         let entry = &manifest.unwrap().registries[0];
-        assert_eq!((entry.name.as_str(), entry.kind, entry.path.as_str(), entry.priority), ("k8s", RegistryKind::Kubernetes, "registry/k8s.yaml", 10));
+        assert_eq!(
+            (entry.name.as_str(), entry.kind, entry.path.as_str(), entry.priority),
+            ("k8s", RegistryKind::Kubernetes, "registry/k8s.yaml", 10)
+        );
     }
 
     #[test]

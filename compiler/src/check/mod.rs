@@ -194,7 +194,15 @@ pub fn check<'a>(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<CheckedMesh<'a>> {
     let errors_before = diagnostics.iter().filter(|it| it.is_error()).count();
-    let mut cx = Checker { manifest, sources, catalog, resolver: Resolver::new(manifest, catalog), diagnostics, subset_uses: BTreeMap::new(), dest_spans: Vec::new() };
+    let mut cx = Checker {
+        manifest,
+        sources,
+        catalog,
+        resolver: Resolver::new(manifest, catalog),
+        diagnostics,
+        subset_uses: BTreeMap::new(),
+        dest_spans: Vec::new(),
+    };
 
     let items = Items::collect(files);
     let services = cx.services(&items.services);
@@ -220,7 +228,8 @@ struct Items<'f> {
 
 impl<'f> Items<'f> {
     fn collect(files: &'f [ast::File]) -> Items<'f> {
-        let mut items = Items { services: Vec::new(), routes: Vec::new(), policies: Vec::new(), workloads: Vec::new(), telemetry: Vec::new() };
+        let mut items =
+            Items { services: Vec::new(), routes: Vec::new(), policies: Vec::new(), workloads: Vec::new(), telemetry: Vec::new() };
         for file in files {
             for item in &file.items {
                 match item {
@@ -370,16 +379,13 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
 
 /// Compiles a regex as the sidecar will: RE2 syntax, anchored at both ends, size-bounded.
 pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .dfa_size_limit(1 << 20)
-        .nest_limit(64)
-        .build()
-        .map_err(|err| match err {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(1 << 20).dfa_size_limit(1 << 20).nest_limit(64).build().map_err(
+        |err| match err {
             regex::Error::Syntax(text) => text.lines().last().unwrap_or("invalid syntax").trim().trim_start_matches("error: ").to_owned(),
             regex::Error::CompiledTooBig(limit) => format!("the compiled expression exceeds {limit} bytes"),
             other => other.to_string(),
-        })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -30,8 +30,16 @@ const METRIC_ATTRIBUTES: &[&str] = &[
 
 const SOURCE_KEYS: &[&str] = &["principals", "namespaces", "ip_blocks", "remote_ip_blocks", "workloads"];
 const OPERATION_KEYS: &[&str] = &["hosts", "methods", "paths", "ports"];
-const WHEN_KEYS: &[&str] =
-    &["request.headers[<name>]", "source.ip", "remote.ip", "source.namespace", "source.principal", "destination.ip", "destination.port", "connection.sni"];
+const WHEN_KEYS: &[&str] = &[
+    "request.headers[<name>]",
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
 
 impl Checker<'_, '_> {
     pub(super) fn mesh_telemetry(&mut self, blocks: &[&ast::Telemetry]) -> ir::Telemetry {
@@ -61,7 +69,8 @@ impl Checker<'_, '_> {
             };
         }
         for (name, value) in &block.metric_labels {
-            let valid_name = name.text.bytes().enumerate().all(|(i, b)| b.is_ascii_alphabetic() || b == b'_' || (i > 0 && b.is_ascii_digit()));
+            let valid_name =
+                name.text.bytes().enumerate().all(|(i, b)| b.is_ascii_alphabetic() || b == b'_' || (i > 0 && b.is_ascii_digit()));
             if !valid_name {
                 self.push(
                     Diagnostic::error(Code::InvalidValue, format!("`{}` is not a Prometheus label name", name.text))
@@ -109,7 +118,10 @@ impl Checker<'_, '_> {
             let namespace = decl.namespace.as_ref().map_or_else(|| self.manifest.namespace.clone(), |it| it.text.clone());
             if let Some(ns) = &decl.namespace {
                 if !crate::manifest::is_dns_label(&ns.text) {
-                    self.push(Diagnostic::error(Code::InvalidValue, format!("invalid namespace `{}`", ns.text)).primary(ns.span, "expected a DNS label"));
+                    self.push(
+                        Diagnostic::error(Code::InvalidValue, format!("invalid namespace `{}`", ns.text))
+                            .primary(ns.span, "expected a DNS label"),
+                    );
                 }
             }
             let service_account = decl.service_account.as_ref().map_or_else(|| decl.name.text.clone(), |it| it.text.clone());
@@ -225,7 +237,8 @@ impl Checker<'_, '_> {
     }
 
     fn unknown_workload(&mut self, name: &ast::Name, workloads: &BTreeMap<String, CheckedWorkload>) {
-        let mut diagnostic = Diagnostic::error(Code::UnknownWorkload, format!("unknown workload `{}`", name.text)).primary(name.span, "not declared");
+        let mut diagnostic =
+            Diagnostic::error(Code::UnknownWorkload, format!("unknown workload `{}`", name.text)).primary(name.span, "not declared");
         let best = workloads.keys().map(|it| (super::levenshtein(&name.text, it), it)).filter(|it| it.0 <= 2).min();
         if let Some((_, best)) = best {
             diagnostic = diagnostic.help(format!("a workload with a similar name exists: `{best}`"));
@@ -261,17 +274,31 @@ impl Checker<'_, '_> {
         ok.then_some(out)
     }
 
-    fn source_field(&mut self, field: &ast::AuthzField, source: &mut ir::AuthzSource, workloads: &BTreeMap<String, CheckedWorkload>) -> bool {
+    fn source_field(
+        &mut self,
+        field: &ast::AuthzField,
+        source: &mut ir::AuthzSource,
+        workloads: &BTreeMap<String, CheckedWorkload>,
+    ) -> bool {
         match field.key.text.as_str() {
-            "principals" => self.patterns(field, false).map(|it| extend(&mut source.principals, &mut source.not_principals, field.negated, it)).is_some(),
-            "namespaces" => self.patterns(field, false).map(|it| extend(&mut source.namespaces, &mut source.not_namespaces, field.negated, it)).is_some(),
+            "principals" => self
+                .patterns(field, false)
+                .map(|it| extend(&mut source.principals, &mut source.not_principals, field.negated, it))
+                .is_some(),
+            "namespaces" => self
+                .patterns(field, false)
+                .map(|it| extend(&mut source.namespaces, &mut source.not_namespaces, field.negated, it))
+                .is_some(),
             "ip_blocks" | "remote_ip_blocks" => {
                 let mut blocks = Vec::new();
                 for value in &field.values {
                     match parse_cidr(&value.text) {
                         Ok(block) => blocks.push(block),
                         Err(err) => {
-                            self.push(Diagnostic::error(Code::InvalidPattern, format!("invalid IP block `{}`: {err}", value.text)).primary(value.span, "not an address or CIDR block"));
+                            self.push(
+                                Diagnostic::error(Code::InvalidPattern, format!("invalid IP block `{}`: {err}", value.text))
+                                    .primary(value.span, "not an address or CIDR block"),
+                            );
                             return false;
                         }
                     }
@@ -299,16 +326,26 @@ impl Checker<'_, '_> {
 
     fn operation_field(&mut self, field: &ast::AuthzField, operation: &mut ir::AuthzOperation) -> bool {
         match field.key.text.as_str() {
-            "hosts" => self.patterns(field, false).map(|it| extend(&mut operation.hosts, &mut operation.not_hosts, field.negated, it)).is_some(),
-            "methods" => self.patterns(field, false).map(|it| extend(&mut operation.methods, &mut operation.not_methods, field.negated, it)).is_some(),
-            "paths" => self.patterns(field, true).map(|it| extend(&mut operation.paths, &mut operation.not_paths, field.negated, it)).is_some(),
+            "hosts" => {
+                self.patterns(field, false).map(|it| extend(&mut operation.hosts, &mut operation.not_hosts, field.negated, it)).is_some()
+            }
+            "methods" => self
+                .patterns(field, false)
+                .map(|it| extend(&mut operation.methods, &mut operation.not_methods, field.negated, it))
+                .is_some(),
+            "paths" => {
+                self.patterns(field, true).map(|it| extend(&mut operation.paths, &mut operation.not_paths, field.negated, it)).is_some()
+            }
             "ports" => {
                 let mut ports = Vec::new();
                 for value in &field.values {
                     match value.text.parse::<u16>() {
                         Ok(port) if port > 0 => ports.push(port),
                         _ => {
-                            self.push(Diagnostic::error(Code::InvalidValue, format!("`{}` is not a port", value.text)).primary(value.span, "expected 1 to 65535"));
+                            self.push(
+                                Diagnostic::error(Code::InvalidValue, format!("`{}` is not a port", value.text))
+                                    .primary(value.span, "expected 1 to 65535"),
+                            );
                             return false;
                         }
                     }
@@ -336,7 +373,9 @@ impl Checker<'_, '_> {
             match parse_pattern(&value.text, paths) {
                 Ok(pattern) => out.push(pattern),
                 Err(err) => {
-                    self.push(Diagnostic::error(Code::InvalidPattern, format!("invalid pattern `{}`: {err}", value.text)).primary(value.span, ""));
+                    self.push(
+                        Diagnostic::error(Code::InvalidPattern, format!("invalid pattern `{}`: {err}", value.text)).primary(value.span, ""),
+                    );
                     return None;
                 }
             }
@@ -371,15 +410,22 @@ impl Checker<'_, '_> {
                 ir::ConditionKey::SourceIp | ir::ConditionKey::RemoteIp | ir::ConditionKey::DestinationIp => {
                     parse_cidr(&value.text).map(|_| Pattern::Exact(value.text.clone()))
                 }
-                ir::ConditionKey::DestinationPort => {
-                    value.text.parse::<u16>().ok().filter(|it| *it > 0).map(|_| Pattern::Exact(value.text.clone())).ok_or_else(|| "not a port".to_owned())
-                }
+                ir::ConditionKey::DestinationPort => value
+                    .text
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|it| *it > 0)
+                    .map(|_| Pattern::Exact(value.text.clone()))
+                    .ok_or_else(|| "not a port".to_owned()),
                 _ => parse_pattern(&value.text, false),
             };
             match pattern {
                 Ok(pattern) => values.push(pattern),
                 Err(err) => {
-                    self.push(Diagnostic::error(Code::InvalidPattern, format!("invalid value `{}` for `{}`: {err}", value.text, when.key.text)).primary(value.span, ""));
+                    self.push(
+                        Diagnostic::error(Code::InvalidPattern, format!("invalid value `{}` for `{}`: {err}", value.text, when.key.text))
+                            .primary(value.span, ""),
+                    );
                     return None;
                 }
             }
@@ -412,9 +458,10 @@ impl Checker<'_, '_> {
                 Some(list) => list.value.iter().map(|it| format!("`{}`", it.text)).collect::<Vec<_>>().join(", "),
                 None => "every workload".to_owned(),
             };
-            let mut diagnostic = Diagnostic::warning(Code::IneffectivePolicy, format!("authorization policy `{}` never applies", decl.name.text))
-                .primary(decl.name.span, format!("{whom} serve(s) no port"))
-                .note("authorization applies to inbound requests, and the targeted workloads serve none");
+            let mut diagnostic =
+                Diagnostic::warning(Code::IneffectivePolicy, format!("authorization policy `{}` never applies", decl.name.text))
+                    .primary(decl.name.span, format!("{whom} serve(s) no port"))
+                    .note("authorization applies to inbound requests, and the targeted workloads serve none");
             if let Some(list) = &decl.workloads {
                 diagnostic = diagnostic.secondary(list.span, "targets");
             }
@@ -440,9 +487,12 @@ impl Checker<'_, '_> {
                         AuthzAction::Deny => "Istio drops these fields from a DENY rule, so it denies more than it says",
                     };
                     self.push(
-                        Diagnostic::warning(Code::IneffectivePolicy, format!("a rule of `{}` matches HTTP requests, but its workloads serve none", decl.name.text))
-                            .primary(*first, "HTTP-only field")
-                            .note(format!("the targeted ports speak {}: {effect}", protocols.into_iter().collect::<Vec<_>>().join(", "))),
+                        Diagnostic::warning(
+                            Code::IneffectivePolicy,
+                            format!("a rule of `{}` matches HTTP requests, but its workloads serve none", decl.name.text),
+                        )
+                        .primary(*first, "HTTP-only field")
+                        .note(format!("the targeted ports speak {}: {effect}", protocols.into_iter().collect::<Vec<_>>().join(", "))),
                     );
                 }
             }
@@ -451,9 +501,12 @@ impl Checker<'_, '_> {
                 if !ports.is_empty() && !ports.iter().any(|it| inbound.contains_key(it)) {
                     let served_ports: Vec<String> = inbound.keys().map(u16::to_string).collect();
                     self.push(
-                        Diagnostic::warning(Code::IneffectivePolicy, format!("a rule of `{}` names ports its workloads do not serve", decl.name.text))
-                            .primary(field.span, "never matches")
-                            .note(format!("the targeted workloads serve port(s) {}", served_ports.join(", "))),
+                        Diagnostic::warning(
+                            Code::IneffectivePolicy,
+                            format!("a rule of `{}` names ports its workloads do not serve", decl.name.text),
+                        )
+                        .primary(field.span, "never matches")
+                        .note(format!("the targeted workloads serve port(s) {}", served_ports.join(", "))),
                     );
                 }
             }
@@ -466,9 +519,12 @@ impl Checker<'_, '_> {
                     };
                     if !reaches {
                         self.push(
-                            Diagnostic::warning(Code::IneffectivePolicy, format!("`{}` may not call any service of the workloads `{}` protects", value.text, decl.name.text))
-                                .primary(value.span, "never sends requests here")
-                                .note(format!("`{}` calls only what its `calls` lists", value.text)),
+                            Diagnostic::warning(
+                                Code::IneffectivePolicy,
+                                format!("`{}` may not call any service of the workloads `{}` protects", value.text, decl.name.text),
+                            )
+                            .primary(value.span, "never sends requests here")
+                            .note(format!("`{}` calls only what its `calls` lists", value.text)),
                         );
                     }
                 }
@@ -548,7 +604,10 @@ mod tests {
     fn patterns_follow_istio() {
         assert_eq!(parse_pattern("/api/*", true).unwrap(), Pattern::Prefix("/api/".into()));
         assert_eq!(parse_pattern("*.example.com", false).unwrap(), Pattern::Suffix(".example.com".into()));
-        assert_eq!(parse_pattern("/a/{*}/b/{**}", true).unwrap(), Pattern::Template(vec!["a".into(), "{*}".into(), "b".into(), "{**}".into()]));
+        assert_eq!(
+            parse_pattern("/a/{*}/b/{**}", true).unwrap(),
+            Pattern::Template(vec!["a".into(), "{*}".into(), "b".into(), "{**}".into()])
+        );
         assert!(parse_pattern("/a*b*", false).is_err());
         assert!(parse_pattern("/{**}/x", true).is_err());
         assert!(parse_pattern("/a{*}", true).is_err());

@@ -57,8 +57,10 @@ const RETRY_ON: &[&str] = &[
 /// Istio's retry policy when a route sets `retries N` without `on`, and the implicit one
 /// it applies to HTTP routes with no `retries` at all (istio/istio#23987).
 pub fn istio_retries(attempts: u32, per_try_timeout_ms: Option<u64>) -> ir::RetryPolicy {
-    let mut retry_on: Vec<String> =
-        ["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"].iter().map(|it| (*it).to_owned()).collect();
+    let mut retry_on: Vec<String> = ["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"]
+        .iter()
+        .map(|it| (*it).to_owned())
+        .collect();
     retry_on.sort();
     ir::RetryPolicy { attempts, per_try_timeout_ms, retry_on, retriable_status_codes: vec![503] }
 }
@@ -103,9 +105,12 @@ impl Checker<'_, '_> {
             if service.is_rpc() {
                 let interface = service.catalog.rpc.as_ref().map_or("", |it| it.interface.as_str());
                 self.push(
-                    Diagnostic::error(Code::ProtocolMatch, format!("`{}` is an RPC service: its routes attach to its interface", block.target.text))
-                        .primary(block.target.span, "an RPC service key")
-                        .help(format!("write `routes \"{interface}\"` and match on `version`, `group` or `method`")),
+                    Diagnostic::error(
+                        Code::ProtocolMatch,
+                        format!("`{}` is an RPC service: its routes attach to its interface", block.target.text),
+                    )
+                    .primary(block.target.span, "an RPC service key")
+                    .help(format!("write `routes \"{interface}\"` and match on `version`, `group` or `method`")),
                 );
                 return None;
             }
@@ -114,13 +119,22 @@ impl Checker<'_, '_> {
         }
         if let Some(keys) = self.resolver.interface(&block.target.text) {
             let protocols = keys.iter().filter_map(|key| services[key].rpc_protocol()).collect();
-            return Some((RouteTarget::Interface(block.target.text.clone()), Table::Rpc { protocols, interface: block.target.text.clone() }));
+            return Some((
+                RouteTarget::Interface(block.target.text.clone()),
+                Table::Rpc { protocols, interface: block.target.text.clone() },
+            ));
         }
         self.service_ref(&block.target, &namespace);
         None
     }
 
-    fn route(&mut self, route: &ast::Route, target: &RouteTarget, table: &Table, services: &BTreeMap<SvcKey, CheckedService<'_>>) -> Option<CheckedRoute> {
+    fn route(
+        &mut self,
+        route: &ast::Route,
+        target: &RouteTarget,
+        table: &Table,
+        services: &BTreeMap<SvcKey, CheckedService<'_>>,
+    ) -> Option<CheckedRoute> {
         let errors_before = self.diagnostics.len();
         let matches: Vec<ir::Match> = route.matches.iter().filter_map(|block| self.match_block(block, table)).collect();
 
@@ -141,9 +155,12 @@ impl Checker<'_, '_> {
             ),
             [_] => {}
             [first, second, ..] => self.push(
-                Diagnostic::error(Code::MissingAction, format!("route `{}` has two actions, `{}` and `{}`", route.name.text, first.0, second.0))
-                    .primary(second.1, "second action")
-                    .secondary(first.1, "first action"),
+                Diagnostic::error(
+                    Code::MissingAction,
+                    format!("route `{}` has two actions, `{}` and `{}`", route.name.text, first.0, second.0),
+                )
+                .primary(second.1, "second action")
+                .secondary(first.1, "first action"),
             ),
         }
 
@@ -158,16 +175,26 @@ impl Checker<'_, '_> {
         if *table != Table::Http {
             for (what, span) in http_only.into_iter().flatten() {
                 self.push(
-                    Diagnostic::error(Code::ProtocolMatch, format!("`{what}` applies to HTTP requests, but `{}` is {}", target_text(target), table.describe()))
-                        .primary(span, "HTTP only"),
+                    Diagnostic::error(
+                        Code::ProtocolMatch,
+                        format!("`{what}` applies to HTTP requests, but `{}` is {}", target_text(target), table.describe()),
+                    )
+                    .primary(span, "HTTP only"),
                 );
             }
         }
         if *table == Table::Tcp {
-            for (what, span) in [route.timeout.as_ref().map(|it| ("timeout", it.span)), route.retries.as_ref().map(|it| ("retries", it.span))].into_iter().flatten() {
+            for (what, span) in
+                [route.timeout.as_ref().map(|it| ("timeout", it.span)), route.retries.as_ref().map(|it| ("retries", it.span))]
+                    .into_iter()
+                    .flatten()
+            {
                 self.push(
-                    Diagnostic::error(Code::ProtocolMatch, format!("`{what}` applies to requests, but `{}` is a TCP service", target_text(target)))
-                        .primary(span, "not for TCP connections"),
+                    Diagnostic::error(
+                        Code::ProtocolMatch,
+                        format!("`{what}` applies to requests, but `{}` is a TCP service", target_text(target)),
+                    )
+                    .primary(span, "not for TCP connections"),
                 );
             }
         }
@@ -188,11 +215,20 @@ impl Checker<'_, '_> {
                     self.push(
                         Diagnostic::warning(
                             Code::TimeoutBudget,
-                            format!("route `{}` times out before its retries can run: {}ms < {} tries × {}ms", route.name.text, timeout.value, tries, per_try.value),
+                            format!(
+                                "route `{}` times out before its retries can run: {}ms < {} tries × {}ms",
+                                route.name.text, timeout.value, tries, per_try.value
+                            ),
                         )
                         .primary(timeout.span, "the whole request must finish within this")
-                        .secondary(retries.span, format!("the first try and {} retries of up to {}ms each", retries.value.attempts, per_try.value))
-                        .help(format!("raise the timeout to at least {}ms, or lower the per-try timeout or the retries", per_try.value.saturating_mul(tries))),
+                        .secondary(
+                            retries.span,
+                            format!("the first try and {} retries of up to {}ms each", retries.value.attempts, per_try.value),
+                        )
+                        .help(format!(
+                            "raise the timeout to at least {}ms, or lower the per-try timeout or the retries",
+                            per_try.value.saturating_mul(tries)
+                        )),
                     );
                 }
             }
@@ -209,10 +245,15 @@ impl Checker<'_, '_> {
                 path: redirect.value.path.clone(),
                 status: redirect.value.code.as_ref().map_or(301, |it| it.value),
             }),
-            (None, Some(respond)) => CheckedAction::Answer(ir::Action::DirectResponse { status: respond.value.0, body: respond.value.1.clone() }),
+            (None, Some(respond)) => {
+                CheckedAction::Answer(ir::Action::DirectResponse { status: respond.value.0, body: respond.value.1.clone() })
+            }
             (None, None) => CheckedAction::Forward {
                 destinations: destinations?,
-                rewrite: route.rewrite.as_ref().map(|it| ir::Rewrite { prefix: it.value.prefix.clone(), authority: it.value.authority.clone() }),
+                rewrite: route
+                    .rewrite
+                    .as_ref()
+                    .map(|it| ir::Rewrite { prefix: it.value.prefix.clone(), authority: it.value.authority.clone() }),
             },
         };
         let fault = (route.fault_delay.is_some() || route.fault_abort.is_some()).then(|| ir::Fault {
@@ -250,8 +291,11 @@ impl Checker<'_, '_> {
                     _ => ("an HTTP-only", "HTTP requests"),
                 };
                 self.push(
-                    Diagnostic::error(Code::ProtocolMatch, format!("`{}` is {what} match, but the route is for {}", cond.field.keyword(), table.describe()))
-                        .primary(cond.span, format!("matches {kind} only")),
+                    Diagnostic::error(
+                        Code::ProtocolMatch,
+                        format!("`{}` is {what} match, but the route is for {}", cond.field.keyword(), table.describe()),
+                    )
+                    .primary(cond.span, format!("matches {kind} only")),
                 );
                 ok = false;
                 continue;
@@ -282,8 +326,11 @@ impl Checker<'_, '_> {
                     }
                     if cond.field == ast::Field::Path && *kind != StringMatchKind::Regex && !value.starts_with('/') {
                         self.push(
-                            Diagnostic::error(Code::InvalidValue, format!("path `{value}` does not start with `/`, so no request can match it"))
-                                .primary(*value_span, "paths start with `/`"),
+                            Diagnostic::error(
+                                Code::InvalidValue,
+                                format!("path `{value}` does not start with `/`, so no request can match it"),
+                            )
+                            .primary(*value_span, "paths start with `/`"),
                         );
                         ok = false;
                         continue;
@@ -351,7 +398,10 @@ impl Checker<'_, '_> {
         } else {
             let missing: Vec<Span> = resolved.iter().filter(|it| it.1.is_none()).map(|it| it.2).collect();
             if !missing.is_empty() {
-                let mut diagnostic = Diagnostic::error(Code::InvalidValue, format!("route `{}` splits traffic, so every destination needs a weight", route.name.text));
+                let mut diagnostic = Diagnostic::error(
+                    Code::InvalidValue,
+                    format!("route `{}` splits traffic, so every destination needs a weight", route.name.text),
+                );
                 for span in missing {
                     diagnostic = diagnostic.primary(span, "no `weight`");
                 }
@@ -425,8 +475,11 @@ impl Checker<'_, '_> {
                 _ => format!("it is a {} service", service.protocol.as_str()),
             };
             self.push(
-                Diagnostic::error(Code::ProtocolMismatch, format!("`{}` cannot take traffic from {} `{}`: {what}", name.text, table.describe(), target_text(target)))
-                    .primary(name.span, "wrong kind of destination"),
+                Diagnostic::error(
+                    Code::ProtocolMismatch,
+                    format!("`{}` cannot take traffic from {} `{}`: {what}", name.text, table.describe(), target_text(target)),
+                )
+                .primary(name.span, "wrong kind of destination"),
             );
             return None;
         }
@@ -458,9 +511,12 @@ impl Checker<'_, '_> {
                 _ => {
                     let known: Vec<String> = candidates.iter().map(|it| it.number.to_string()).collect();
                     self.push(
-                        Diagnostic::error(Code::PortRequired, format!("`{}` has several ports, so the destination must name one", name.text))
-                            .primary(span, "no `port`")
-                            .help(format!("add `port N` with one of {}", known.join(", "))),
+                        Diagnostic::error(
+                            Code::PortRequired,
+                            format!("`{}` has several ports, so the destination must name one", name.text),
+                        )
+                        .primary(span, "no `port`")
+                        .help(format!("add `port N` with one of {}", known.join(", "))),
                     );
                     return None;
                 }
@@ -470,8 +526,9 @@ impl Checker<'_, '_> {
             Some(subset) => {
                 if !service.subsets.iter().any(|it| it.name == subset.text) {
                     let declared: Vec<&str> = service.subsets.iter().map(|it| it.name.as_str()).collect();
-                    let mut diagnostic = Diagnostic::error(Code::UnknownSubset, format!("service `{}` has no subset `{}`", name.text, subset.text))
-                        .primary(subset.span, "not declared");
+                    let mut diagnostic =
+                        Diagnostic::error(Code::UnknownSubset, format!("service `{}` has no subset `{}`", name.text, subset.text))
+                            .primary(subset.span, "not declared");
                     diagnostic = if declared.is_empty() {
                         diagnostic.help(format!("declare it: `service {} {{ subset {} {{ version = \"...\" }} }}`", name.text, subset.text))
                     } else {
@@ -490,7 +547,13 @@ impl Checker<'_, '_> {
     }
 
     /// An RPC route's `method` must be one the destinations' registries list.
-    fn check_methods(&mut self, route: &ast::Route, table: &Table, destinations: &[(Dest, u32)], services: &BTreeMap<SvcKey, CheckedService<'_>>) {
+    fn check_methods(
+        &mut self,
+        route: &ast::Route,
+        table: &Table,
+        destinations: &[(Dest, u32)],
+        services: &BTreeMap<SvcKey, CheckedService<'_>>,
+    ) {
         if !matches!(table, Table::Rpc { .. }) {
             return;
         }
@@ -527,7 +590,12 @@ impl Checker<'_, '_> {
         if retries.retry_on.is_empty() {
             return Some(istio_retries(retries.attempts, per_try));
         }
-        let mut policy = ir::RetryPolicy { attempts: retries.attempts, per_try_timeout_ms: per_try, retry_on: Vec::new(), retriable_status_codes: Vec::new() };
+        let mut policy = ir::RetryPolicy {
+            attempts: retries.attempts,
+            per_try_timeout_ms: per_try,
+            retry_on: Vec::new(),
+            retriable_status_codes: Vec::new(),
+        };
         let mut ok = true;
         for condition in &retries.retry_on {
             if let Ok(code) = condition.text.parse::<u16>() {
@@ -566,7 +634,10 @@ impl Checker<'_, '_> {
             Diagnostic::error(code, message)
                 .primary(route.name.span, "never reached")
                 .secondary(earlier.by, format!("`{earlier_name}` matches every request `{}` matches", route.name.text))
-                .help(format!("routes are tried in order and the first match wins: move `{}` above `{earlier_name}`, or remove it", route.name.text)),
+                .help(format!(
+                    "routes are tried in order and the first match wins: move `{}` above `{earlier_name}`, or remove it",
+                    route.name.text
+                )),
         );
     }
 
@@ -625,7 +696,12 @@ fn header_ops(ops: &[ast::HeaderOp]) -> ir::HeaderOps {
 
 /// A spec rate limit as a token bucket: `burst` tokens, refilled by `requests` each interval.
 pub fn rate_limit(limit: &ast::RateLimit) -> ir::RateLimit {
-    ir::RateLimit { max_tokens: limit.burst.unwrap_or(limit.requests), tokens_per_fill: limit.requests, fill_interval_ms: limit.interval_ms, per_source: limit.per_source }
+    ir::RateLimit {
+        max_tokens: limit.burst.unwrap_or(limit.requests),
+        tokens_per_fill: limit.requests,
+        fill_interval_ms: limit.interval_ms,
+        per_source: limit.per_source,
+    }
 }
 
 /// Scales weights to sum to 100 by largest remainder; ties go to the earlier destination.

@@ -107,7 +107,12 @@ impl<'a> Checker<'a, '_> {
         let mut ports: Vec<ir::ServicePort> = catalog
             .ports
             .iter()
-            .map(|it| ir::ServicePort { number: it.number, name: it.name.clone(), protocol: it.protocol.unwrap_or(Protocol::Auto), target_port: it.target_port })
+            .map(|it| ir::ServicePort {
+                number: it.number,
+                name: it.name.clone(),
+                protocol: it.protocol.unwrap_or(Protocol::Auto),
+                target_port: it.target_port,
+            })
             .collect();
         let Some(decl) = decl else { return ports };
         for port_decl in &decl.ports {
@@ -167,7 +172,11 @@ impl<'a> Checker<'a, '_> {
             let Some(service) = services.get(&key) else { continue };
             for subset in &decl.subsets {
                 let labels: BTreeMap<&str, &str> = subset.labels.iter().map(|(k, v)| (k.text.as_str(), v.text.as_str())).collect();
-                let selected = service.catalog.instances.iter().any(|it| labels.iter().all(|(k, v)| it.labels.get(*k).map(String::as_str) == Some(*v)));
+                let selected = service
+                    .catalog
+                    .instances
+                    .iter()
+                    .any(|it| labels.iter().all(|(k, v)| it.labels.get(*k).map(String::as_str) == Some(*v)));
                 if selected {
                     continue;
                 }

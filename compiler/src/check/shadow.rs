@@ -37,7 +37,10 @@ impl Shadow {
         for alternative in alternatives {
             let mask = mask(alternative);
             let regexes = &mut self.regexes;
-            let found = self.earlier.iter().position(|(earlier, earlier_mask, _)| *earlier_mask & !mask == 0 && covers(regexes, earlier, alternative));
+            let found = self
+                .earlier
+                .iter()
+                .position(|(earlier, earlier_mask, _)| *earlier_mask & !mask == 0 && covers(regexes, earlier, alternative));
             match found {
                 Some(index) => {
                     let identical = self.earlier[index].0 == *alternative;
@@ -53,66 +56,75 @@ impl Shadow {
         }
         covered.filter(|_| all_covered)
     }
-
 }
 
 type Regexes = BTreeMap<String, Option<regex::Regex>>;
 
 /// Whether every request `later` matches is matched by `earlier`.
 fn covers(regexes: &mut Regexes, earlier: &Match, later: &Match) -> bool {
-        let fields = [
-            (&earlier.authority, &later.authority),
-            (&earlier.path, &later.path),
-            (&earlier.method, &later.method),
-            (&earlier.service, &later.service),
-            (&earlier.version, &later.version),
-            (&earlier.group, &later.group),
-        ];
-        for (e, l) in fields {
-            if let Some(e) = e {
-                match l {
-                    Some(l) if implies(regexes, l, e) => {}
-                    _ => return false,
-                }
+    let fields = [
+        (&earlier.authority, &later.authority),
+        (&earlier.path, &later.path),
+        (&earlier.method, &later.method),
+        (&earlier.service, &later.service),
+        (&earlier.version, &later.version),
+        (&earlier.group, &later.group),
+    ];
+    for (e, l) in fields {
+        if let Some(e) = e {
+            match l {
+                Some(l) if implies(regexes, l, e) => {}
+                _ => return false,
             }
         }
-        let headers = earlier.headers.iter().all(|e| later.headers.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)));
-        headers && earlier.query.iter().all(|e| later.query.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)))
     }
+    let headers =
+        earlier.headers.iter().all(|e| later.headers.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)));
+    headers && earlier.query.iter().all(|e| later.query.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)))
+}
 
 fn presence_implies(regexes: &mut Regexes, later: &PresenceMatch, earlier: &PresenceMatch) -> bool {
-        match (later, earlier) {
-            (PresenceMatch::Absent, PresenceMatch::Absent) => true,
-            (PresenceMatch::Present | PresenceMatch::Value(_), PresenceMatch::Present) => true,
-            (PresenceMatch::Value(l), PresenceMatch::Value(e)) => implies(regexes, l, e),
-            _ => false,
-        }
+    match (later, earlier) {
+        (PresenceMatch::Absent, PresenceMatch::Absent) => true,
+        (PresenceMatch::Present | PresenceMatch::Value(_), PresenceMatch::Present) => true,
+        (PresenceMatch::Value(l), PresenceMatch::Value(e)) => implies(regexes, l, e),
+        _ => false,
     }
+}
 
 /// Whether every value `later` accepts is accepted by `earlier`.
 fn implies(regexes: &mut Regexes, later: &StringMatch, earlier: &StringMatch) -> bool {
-        use StringMatchKind::*;
-        match (earlier.kind, later.kind) {
-            (Exact, Exact) => earlier.value == later.value,
-            (Prefix, Exact | Prefix) => later.value.starts_with(earlier.value.as_str()),
-            (Regex, _) if earlier.value == ".*" => true,
-            (Regex, Regex) => earlier.value == later.value,
-            (Regex, Exact) => {
-                let pattern = earlier.value.clone();
-                let regex = regexes.entry(pattern).or_insert_with_key(|it| super::compile_regex(it).ok());
-                regex.as_ref().is_some_and(|re| re.is_match(&later.value))
-            }
-            _ => false,
+    use StringMatchKind::*;
+    match (earlier.kind, later.kind) {
+        (Exact, Exact) => earlier.value == later.value,
+        (Prefix, Exact | Prefix) => later.value.starts_with(earlier.value.as_str()),
+        (Regex, _) if earlier.value == ".*" => true,
+        (Regex, Regex) => earlier.value == later.value,
+        (Regex, Exact) => {
+            let pattern = earlier.value.clone();
+            let regex = regexes.entry(pattern).or_insert_with_key(|it| super::compile_regex(it).ok());
+            regex.as_ref().is_some_and(|re| re.is_match(&later.value))
         }
+        _ => false,
+    }
 }
 
 /// The fields an alternative constrains; an earlier alternative can only cover a later one
 /// that constrains at least the same fields.
 fn mask(m: &Match) -> u8 {
-    [m.authority.is_some(), m.path.is_some(), m.method.is_some(), m.service.is_some(), m.version.is_some(), m.group.is_some(), !m.headers.is_empty(), !m.query.is_empty()]
-        .iter()
-        .enumerate()
-        .fold(0, |acc, (bit, set)| acc | (u8::from(*set) << bit))
+    [
+        m.authority.is_some(),
+        m.path.is_some(),
+        m.method.is_some(),
+        m.service.is_some(),
+        m.version.is_some(),
+        m.group.is_some(),
+        !m.headers.is_empty(),
+        !m.query.is_empty(),
+    ]
+    .iter()
+    .enumerate()
+    .fold(0, |acc, (bit, set)| acc | (u8::from(*set) << bit))
 }
 
 #[cfg(test)]
@@ -163,7 +175,10 @@ mod tests {
     fn more_conditions_narrow_a_route() {
         let mut shadow = Shadow::default();
         let jason = Match {
-            headers: vec![HeaderMatch { name: "end-user".into(), kind: PresenceMatch::Value(StringMatch { kind: StringMatchKind::Exact, value: "jason".into() }) }],
+            headers: vec![HeaderMatch {
+                name: "end-user".into(),
+                kind: PresenceMatch::Value(StringMatch { kind: StringMatchKind::Exact, value: "jason".into() }),
+            }],
             ..Match::default()
         };
         shadow.add(&[jason.clone()], span(1));

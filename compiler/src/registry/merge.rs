@@ -158,7 +158,14 @@ fn fold_ports(view: &mut View<'_>, service: &Service, registry: &RegistryEntry, 
                 (Some(a), Some(b)) if a != b => diagnostics.push(
                     Diagnostic::error(
                         Code::RegistryConflict,
-                        format!("registry `{}` gives port {} of service `{}` two protocols, {} and {}", registry.name, port.number, service.name, a.as_str(), b.as_str()),
+                        format!(
+                            "registry `{}` gives port {} of service `{}` two protocols, {} and {}",
+                            registry.name,
+                            port.number,
+                            service.name,
+                            a.as_str(),
+                            b.as_str()
+                        ),
                     )
                     .primary(service.span, format!("{} here", b.as_str()))
                     .secondary(view.service.span, format!("{} here", a.as_str())),
@@ -228,7 +235,12 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
         for (port, other) in ports.iter_mut().zip(&view.ports) {
             match (port.protocol, other.protocol) {
                 (Some(a), Some(b)) if a != b => {
-                    diagnostics.push(conflict(key, base, view, format!("protocols {} and {} on port {}", a.as_str(), b.as_str(), port.number)));
+                    diagnostics.push(conflict(
+                        key,
+                        base,
+                        view,
+                        format!("protocols {} and {} on port {}", a.as_str(), b.as_str(), port.number),
+                    ));
                 }
                 (None, Some(b)) => port.protocol = Some(b),
                 _ => {}

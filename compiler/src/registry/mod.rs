@@ -228,7 +228,8 @@ pub fn is_interface(text: &str) -> bool {
     !text.is_empty()
         && text.split('.').all(|part| {
             let mut chars = part.chars();
-            chars.next().is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$') && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+            chars.next().is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$')
+                && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
         })
 }
 
@@ -338,7 +339,9 @@ pub mod loose {
         match value {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
-            Some(serde_json::Value::String(s)) => s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("expected a number, found `{s}`"))),
+            Some(serde_json::Value::String(s)) => {
+                s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("expected a number, found `{s}`")))
+            }
             Some(other) => Err(serde::de::Error::custom(format!("expected a number, found {other}"))),
         }
     }

@@ -128,11 +128,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
         let span = ctx.span(range);
         version.note(raw_push.version.as_ref());
         let Some(data_id) = data_id_of(&raw_push) else {
-            ctx.bad_entry(
-                span,
-                &what,
-                "missing `dataId` and `dataInfoId`: the push names no service",
-            );
+            ctx.bad_entry(span, &what, "missing `dataId` and `dataInfoId`: the push names no service");
             continue;
         };
         if raw_push.group.as_deref().map(str::trim) == Some(CONFIG_GROUP) {
@@ -145,27 +141,13 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
                 continue;
             }
         };
-        let push = Push {
-            span,
-            data_id,
-            base,
-            protocol,
-        };
+        let push = Push { span, data_id, base, protocol };
         // The dataId's own service exists even when no provider is live.
         let identity = identity(&push.base, Protocol::Bolt, &push.protocol);
-        services.get_or_insert(
-            &mut snapshot.services,
-            &identity,
-            ctx.mesh_namespace,
-            span,
-            || format!("push of {}", push.data_id),
-        );
+        services.get_or_insert(&mut snapshot.services, &identity, ctx.mesh_namespace, span, || format!("push of {}", push.data_id));
 
         if let Some(zones) = raw_push.data {
-            let region = raw_push
-                .segment
-                .as_deref()
-                .filter(|it| !it.trim().is_empty());
+            let region = raw_push.segment.as_deref().filter(|it| !it.trim().is_empty());
             read_zones(ctx, &mut snapshot, &mut services, &push, region, zones.0);
         }
         for (segment_name, value) in raw_push.multi_data.map(|it| it.0).unwrap_or_default() {
@@ -198,11 +180,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
 
 /// The dataId, or the first part of `dataInfoId` (`dataId#@#instanceId#@#group`).
 fn data_id_of(push: &RawPush) -> Option<String> {
-    let from_info = || {
-        push.data_info_id
-            .as_deref()
-            .and_then(|it| it.split("#@#").next())
-    };
+    let from_info = || push.data_info_id.as_deref().and_then(|it| it.split("#@#").next());
     push.data_id
         .as_deref()
         .map(str::trim)
@@ -217,16 +195,8 @@ fn parse_data_id(data_id: &str) -> Result<((String, RpcKey), String), String> {
         Some((key, protocol)) => (key, protocol.trim()),
         None => (data_id, "DEFAULT"),
     };
-    let protocol = if protocol.eq_ignore_ascii_case("DEFAULT") {
-        "bolt".to_owned()
-    } else {
-        protocol.to_ascii_lowercase()
-    };
-    if protocol.is_empty()
-        || !protocol
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
-    {
+    let protocol = if protocol.eq_ignore_ascii_case("DEFAULT") { "bolt".to_owned() } else { protocol.to_ascii_lowercase() };
+    if protocol.is_empty() || !protocol.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) {
         return Err(format!(
             "dataId `{data_id}` names no protocol after `@`: expected `interface:version[:uniqueId]@DEFAULT` or `@<protocol>`"
         ));
@@ -314,17 +284,10 @@ fn read_zones(
             };
             let protocol = provider_protocol(&url, &push.protocol);
             let identity = identity(&push.base, Protocol::Bolt, &protocol);
-            let index = services.get_or_insert(
-                &mut snapshot.services,
-                &identity,
-                ctx.mesh_namespace,
-                push.span,
-                || format!("push of {}", push.data_id),
-            );
+            let index = services
+                .get_or_insert(&mut snapshot.services, &identity, ctx.mesh_namespace, push.span, || format!("push of {}", push.data_id));
             let service = &snapshot.services[index];
-            let zone_name = Some(zone.trim())
-                .filter(|it| !it.is_empty())
-                .map(str::to_owned);
+            let zone_name = Some(zone.trim()).filter(|it| !it.is_empty()).map(str::to_owned);
             snapshot.instances.push(Instance {
                 namespace: service.namespace.clone(),
                 service: service.name.clone(),
@@ -333,11 +296,7 @@ fn read_zones(
                 service_port: None,
                 weight,
                 labels: sofa_labels(&url.params),
-                locality: Locality {
-                    region: region.map(|it| it.trim().to_owned()),
-                    zone: zone_name,
-                    subzone: None,
-                },
+                locality: Locality { region: region.map(|it| it.trim().to_owned()), zone: zone_name, subzone: None },
                 health: provider_health(&url.params),
                 span: push.span,
             });
@@ -369,9 +328,7 @@ impl VersionPick {
         let text = match value {
             None | Some(Value::Null) => return,
             Some(Value::String(s)) => s.trim().to_owned(),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map_or_else(|| n.to_string(), |it| it.to_string()),
+            Some(Value::Number(n)) => n.as_u64().map_or_else(|| n.to_string(), |it| it.to_string()),
             Some(other) => other.to_string(),
         };
         match text.parse::<u64>() {
@@ -401,16 +358,8 @@ pub(super) struct Identity {
 pub(super) fn identity(base: &(String, RpcKey), native: Protocol, protocol: &str) -> Identity {
     let parsed = super::protocol_from_name(protocol);
     let rpc = parsed.filter(|it| it.is_rpc()).map(|_| base.1.clone());
-    let name = if parsed == Some(native) {
-        base.0.clone()
-    } else {
-        format!("{}@{protocol}", base.0)
-    };
-    Identity {
-        name,
-        rpc,
-        protocol: parsed,
-    }
+    let name = if parsed == Some(native) { base.0.clone() } else { format!("{}@{protocol}", base.0) };
+    Identity { name, rpc, protocol: parsed }
 }
 
 /// Each service of a snapshot once, in order of first appearance.
@@ -442,8 +391,7 @@ impl ServiceIndex {
             span,
             entry: entry(),
         });
-        self.by_name
-            .insert(identity.name.clone(), services.len() - 1);
+        self.by_name.insert(identity.name.clone(), services.len() - 1);
         services.len() - 1
     }
 }
@@ -451,11 +399,7 @@ impl ServiceIndex {
 /// Escapes `#`, which SOFA and Dubbo use inside parameters (`[m]=[_TIMEOUT#3000]`) but a URL
 /// parser would take for the start of a fragment, dropping every parameter after it.
 pub(super) fn escape_fragment(text: &str) -> Cow<'_, str> {
-    if text.contains('#') {
-        Cow::Owned(text.replace('#', "%23"))
-    } else {
-        Cow::Borrowed(text)
-    }
+    if text.contains('#') { Cow::Owned(text.replace('#', "%23")) } else { Cow::Borrowed(text) }
 }
 
 /// Checks that a provider's host can be an instance address.
@@ -464,13 +408,8 @@ pub(super) fn check_address(host: &str) -> Result<(), String> {
         return Err(format!("`{host}` is not an IP address or host name"));
     }
     // A provider that registers its wildcard bind address cannot be reached there.
-    if host
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|it| it.is_unspecified())
-    {
-        return Err(format!(
-            "`{host}` is a wildcard address, not the address of an instance"
-        ));
+    if host.parse::<std::net::IpAddr>().is_ok_and(|it| it.is_unspecified()) {
+        return Err(format!("`{host}` is a wildcard address, not the address of an instance"));
     }
     Ok(())
 }
@@ -482,22 +421,14 @@ pub(super) fn parse_weight(text: &str) -> Result<u32, String> {
         return Ok(weight);
     }
     match trimmed.parse::<f64>() {
-        Ok(value) if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) => {
-            Ok(value as u32)
-        }
-        _ => Err(format!(
-            "weight `{text}` is not a whole number from 0 to {}",
-            u32::MAX
-        )),
+        Ok(value) if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) => Ok(value as u32),
+        _ => Err(format!("weight `{text}` is not a whole number from 0 to {}", u32::MAX)),
     }
 }
 
 /// A SOFA provider's weight: `weight`, else the legacy `_WEIGHT`, else the default.
 pub(super) fn sofa_weight(params: &BTreeMap<String, String>) -> Result<u32, String> {
-    match ["weight", "_WEIGHT"]
-        .iter()
-        .find_map(|key| params.get(*key).filter(|it| !it.trim().is_empty()))
-    {
+    match ["weight", "_WEIGHT"].iter().find_map(|key| params.get(*key).filter(|it| !it.trim().is_empty())) {
         Some(text) => parse_weight(text),
         None => Ok(DEFAULT_WEIGHT),
     }
@@ -506,14 +437,7 @@ pub(super) fn sofa_weight(params: &BTreeMap<String, String>) -> Result<u32, Stri
 /// Health from a provider's parameters: a provider switched off with `enabled=false` stays
 /// registered but takes no new requests.
 pub(super) fn provider_health(params: &BTreeMap<String, String>) -> Health {
-    if params
-        .get("enabled")
-        .is_some_and(|it| it.trim().eq_ignore_ascii_case("false"))
-    {
-        Health::Draining
-    } else {
-        Health::Healthy
-    }
+    if params.get("enabled").is_some_and(|it| it.trim().eq_ignore_ascii_case("false")) { Health::Draining } else { Health::Healthy }
 }
 
 /// Parameters that change at every restart: as labels they would churn the output and select nothing useful.
@@ -537,10 +461,7 @@ pub(super) fn sofa_labels(params: &BTreeMap<String, String>) -> BTreeMap<String,
     let mut labels = BTreeMap::new();
     for (key, value) in params {
         let method_level = key.starts_with('.') || key.starts_with('[');
-        if method_level
-            || NOISY_PARAMS.contains(&key.as_str())
-            || LEGACY_PARAMS.iter().any(|(old, _)| old == key)
-        {
+        if method_level || NOISY_PARAMS.contains(&key.as_str()) || LEGACY_PARAMS.iter().any(|(old, _)| old == key) {
             continue;
         }
         labels.insert(key.clone(), value.clone());
@@ -548,9 +469,7 @@ pub(super) fn sofa_labels(params: &BTreeMap<String, String>) -> BTreeMap<String,
     // The modern name wins when both are written, as in SOFARPC.
     for (old, new) in LEGACY_PARAMS {
         if let Some(value) = params.get(old) {
-            labels
-                .entry(new.to_owned())
-                .or_insert_with(|| value.clone());
+            labels.entry(new.to_owned()).or_insert_with(|| value.clone());
         }
     }
     if let Some(serialization) = labels.get_mut("serialization") {
@@ -597,32 +516,18 @@ mod tests {
 
     fn load_text(text: &str) -> (Snapshot, Vec<Diagnostic>) {
         let registry = registry();
-        let mut ctx = Ctx {
-            file: FileId(1),
-            text,
-            registry: &registry,
-            namespace: "default",
-            mesh_namespace: "mesh",
-            diagnostics: Vec::new(),
-        };
+        let mut ctx =
+            Ctx { file: FileId(1), text, registry: &registry, namespace: "default", mesh_namespace: "mesh", diagnostics: Vec::new() };
         let snapshot = load(&mut ctx);
         (snapshot, ctx.diagnostics)
     }
 
     fn names(snapshot: &Snapshot) -> Vec<&str> {
-        snapshot
-            .services
-            .iter()
-            .map(|it| it.name.as_str())
-            .collect()
+        snapshot.services.iter().map(|it| it.name.as_str()).collect()
     }
 
     fn endpoints(snapshot: &Snapshot) -> Vec<(&str, &str, u16, u32)> {
-        snapshot
-            .instances
-            .iter()
-            .map(|it| (it.service.as_str(), it.address.as_str(), it.port, it.weight))
-            .collect()
+        snapshot.instances.iter().map(|it| (it.service.as_str(), it.address.as_str(), it.port, it.weight)).collect()
     }
 
     /// Every diagnostic is an entry error whose note names `entry`.
@@ -630,23 +535,9 @@ mod tests {
         let notes: Vec<String> = diagnostics.iter().map(|it| it.notes.join("; ")).collect();
         assert_eq!(diagnostics.len(), entries.len(), "{diagnostics:#?}");
         for (diagnostic, entry) in diagnostics.iter().zip(entries) {
-            assert_eq!(
-                (diagnostic.code, diagnostic.severity),
-                (Code::RegistryEntry, Severity::Error),
-                "{diagnostic:#?}"
-            );
-            assert_eq!(
-                diagnostic.notes,
-                vec![format!("entry: {entry}")],
-                "{notes:?}"
-            );
-            assert!(
-                diagnostic
-                    .message
-                    .starts_with("malformed entry in registry `sofa`: "),
-                "{}",
-                diagnostic.message
-            );
+            assert_eq!((diagnostic.code, diagnostic.severity), (Code::RegistryEntry, Severity::Error), "{diagnostic:#?}");
+            assert_eq!(diagnostic.notes, vec![format!("entry: {entry}")], "{notes:?}");
+            assert!(diagnostic.message.starts_with("malformed entry in registry `sofa`: "), "{}", diagnostic.message);
         }
     }
 
@@ -663,54 +554,25 @@ mod tests {
         assert_eq!(names(&snapshot), ["com.ex.OrderFacade:1.0"]);
         let service = &snapshot.services[0];
         assert_eq!(
-            (
-                service.namespace.as_str(),
-                service.protocol,
-                service.ports.len(),
-                service.methods.is_none()
-            ),
+            (service.namespace.as_str(), service.protocol, service.ports.len(), service.methods.is_none()),
             ("mesh", Some(Protocol::Bolt), 0, true)
         );
         let rpc = service.rpc.as_ref().unwrap();
         assert_eq!(
-            (
-                rpc.interface.as_str(),
-                rpc.version.as_deref(),
-                rpc.unique_id.as_deref(),
-                rpc.group.as_deref()
-            ),
+            (rpc.interface.as_str(), rpc.version.as_deref(), rpc.unique_id.as_deref(), rpc.group.as_deref()),
             ("com.ex.OrderFacade", Some("1.0"), None, None)
         );
         assert_eq!(service.span, Span::new(FileId(1), 0..EXAMPLE.len()));
         assert_eq!(service.entry, "push of com.ex.OrderFacade:1.0@DEFAULT");
         assert_eq!(
             endpoints(&snapshot),
-            [
-                ("com.ex.OrderFacade:1.0", "10.1.0.5", 12200, 100),
-                ("com.ex.OrderFacade:1.0", "10.1.8.9", 12200, 50)
-            ]
+            [("com.ex.OrderFacade:1.0", "10.1.0.5", 12200, 100), ("com.ex.OrderFacade:1.0", "10.1.8.9", 12200, 50)]
         );
         let first = &snapshot.instances[0];
-        assert_eq!(
-            (
-                first.locality.zone.as_deref(),
-                first.locality.region.as_deref()
-            ),
-            (Some("RZ01A"), None)
-        );
-        assert_eq!(
-            snapshot.instances[1].locality.zone.as_deref(),
-            Some("RZ01B")
-        );
-        assert_eq!(
-            (first.health, first.service_port, first.namespace.as_str()),
-            (Health::Healthy, None, "mesh")
-        );
-        let labels: Vec<(&str, &str)> = first
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        assert_eq!((first.locality.zone.as_deref(), first.locality.region.as_deref()), (Some("RZ01A"), None));
+        assert_eq!(snapshot.instances[1].locality.zone.as_deref(), Some("RZ01B"));
+        assert_eq!((first.health, first.service_port, first.namespace.as_str()), (Health::Healthy, None, "mesh"));
+        let labels: Vec<(&str, &str)> = first.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             labels,
             [
@@ -739,32 +601,11 @@ mod tests {
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         assert_eq!(
             names(&snapshot),
-            [
-                "com.ex.OrderFacade:1.0",
-                "com.ex.OrderFacade:2.0:blue",
-                "com.ex.OrderFacade:1.0@rest",
-                "com.ex.PayFacade:1.0@tr"
-            ]
+            ["com.ex.OrderFacade:1.0", "com.ex.OrderFacade:2.0:blue", "com.ex.OrderFacade:1.0@rest", "com.ex.PayFacade:1.0@tr"]
         );
         let protocols: Vec<_> = snapshot.services.iter().map(|it| it.protocol).collect();
-        assert_eq!(
-            protocols,
-            [
-                Some(Protocol::Bolt),
-                Some(Protocol::Bolt),
-                Some(Protocol::Http),
-                Some(Protocol::Tcp)
-            ]
-        );
-        assert_eq!(
-            snapshot.services[1]
-                .rpc
-                .as_ref()
-                .unwrap()
-                .unique_id
-                .as_deref(),
-            Some("blue")
-        );
+        assert_eq!(protocols, [Some(Protocol::Bolt), Some(Protocol::Bolt), Some(Protocol::Http), Some(Protocol::Tcp)]);
+        assert_eq!(snapshot.services[1].rpc.as_ref().unwrap().unique_id.as_deref(), Some("blue"));
         // REST and TR are not routed by interface, so they carry no RPC key.
         assert!(snapshot.services[2].rpc.is_none() && snapshot.services[3].rpc.is_none());
         assert_eq!(
@@ -787,27 +628,11 @@ mod tests {
         let text = r#"{"dataId":"com.ex.OrderFacade:1.0","data":{"Z":["10.0.0.1:12200?p=1","10.0.0.2:12201?p=13","bolt://10.0.0.3:12200","h2c://10.0.0.4:12300"]}}"#;
         let (snapshot, diagnostics) = load_text(text);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-        assert_eq!(
-            names(&snapshot),
-            [
-                "com.ex.OrderFacade:1.0",
-                "com.ex.OrderFacade:1.0@tr",
-                "com.ex.OrderFacade:1.0@h2c"
-            ]
-        );
-        let services: Vec<&str> = snapshot
-            .instances
-            .iter()
-            .map(|it| it.service.as_str())
-            .collect();
+        assert_eq!(names(&snapshot), ["com.ex.OrderFacade:1.0", "com.ex.OrderFacade:1.0@tr", "com.ex.OrderFacade:1.0@h2c"]);
+        let services: Vec<&str> = snapshot.instances.iter().map(|it| it.service.as_str()).collect();
         assert_eq!(
             services,
-            [
-                "com.ex.OrderFacade:1.0",
-                "com.ex.OrderFacade:1.0@tr",
-                "com.ex.OrderFacade:1.0",
-                "com.ex.OrderFacade:1.0@h2c"
-            ]
+            ["com.ex.OrderFacade:1.0", "com.ex.OrderFacade:1.0@tr", "com.ex.OrderFacade:1.0", "com.ex.OrderFacade:1.0@h2c"]
         );
         assert_eq!(snapshot.services[2].protocol, Some(Protocol::Http2));
     }
@@ -819,11 +644,7 @@ mod tests {
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         let instance = &snapshot.instances[0];
         assert_eq!(instance.weight, 30);
-        let labels: Vec<(&str, &str)> = instance
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let labels: Vec<(&str, &str)> = instance.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         // The `#` inside the method-level pair does not cut off the parameters after it.
         assert_eq!(
             labels,
@@ -840,13 +661,7 @@ mod tests {
         // The modern name wins over the legacy one.
         let text = r#"{"dataId":"com.ex.A:1.0@DEFAULT","data":{"Z":["10.0.0.1:12200?_WEIGHT=30&weight=60&enabled=false"]}}"#;
         let (snapshot, _) = load_text(text);
-        assert_eq!(
-            (
-                snapshot.instances[0].weight,
-                snapshot.instances[0].labels["weight"].as_str()
-            ),
-            (60, "60")
-        );
+        assert_eq!((snapshot.instances[0].weight, snapshot.instances[0].labels["weight"].as_str()), (60, "60"));
         assert_eq!(snapshot.instances[0].health, Health::Draining);
     }
 
@@ -859,65 +674,35 @@ mod tests {
             "DC3":{"segment":"DC3","zipData":"H4sIAAAAAAAAAA==","encoding":"gzip","unzipData":{},"version":11}}}"#;
         let (snapshot, diagnostics) = load_text(text);
         assert_entry_errors(&diagnostics, &["com.ex.A:1.0@DEFAULT segment `DC3`"]);
-        assert!(
-            diagnostics[0]
-                .message
-                .contains("compressed `zipData` (encoding `gzip`)"),
-            "{}",
-            diagnostics[0].message
-        );
-        assert_eq!(
-            diagnostics[0].labels[0].span,
-            Span::new(FileId(1), 0..text.len())
-        );
-        let localities: Vec<(Option<&str>, Option<&str>)> = snapshot
-            .instances
-            .iter()
-            .map(|it| (it.locality.region.as_deref(), it.locality.zone.as_deref()))
-            .collect();
-        assert_eq!(
-            localities,
-            [(Some("DC1"), Some("RZ01A")), (Some("DC2"), Some("RZ02A"))]
-        );
+        assert!(diagnostics[0].message.contains("compressed `zipData` (encoding `gzip`)"), "{}", diagnostics[0].message);
+        assert_eq!(diagnostics[0].labels[0].span, Span::new(FileId(1), 0..text.len()));
+        let localities: Vec<(Option<&str>, Option<&str>)> =
+            snapshot.instances.iter().map(|it| (it.locality.region.as_deref(), it.locality.zone.as_deref())).collect();
+        assert_eq!(localities, [(Some("DC1"), Some("RZ01A")), (Some("DC2"), Some("RZ02A"))]);
         assert_eq!(snapshot.version.as_deref(), Some("11"));
     }
 
     #[test]
     fn the_segment_of_a_plain_push_is_its_region() {
-        let (snapshot, _) = load_text(
-            r#"{"dataId":"com.ex.A:1.0","segment":"DC1","data":{"RZ01A":["10.0.0.1:12200"]}}"#,
-        );
-        assert_eq!(
-            snapshot.instances[0].locality.region.as_deref(),
-            Some("DC1")
-        );
+        let (snapshot, _) = load_text(r#"{"dataId":"com.ex.A:1.0","segment":"DC1","data":{"RZ01A":["10.0.0.1:12200"]}}"#);
+        assert_eq!(snapshot.instances[0].locality.region.as_deref(), Some("DC1"));
     }
 
     #[test]
     fn string_versions_fall_back_to_the_last() {
-        let (snapshot, _) = load_text(
-            r#"[{"dataId":"com.ex.A:1.0","version":"v7"},{"dataId":"com.ex.B:1.0","version":"v8"},{"dataId":"com.ex.C:1.0"}]"#,
-        );
+        let (snapshot, _) =
+            load_text(r#"[{"dataId":"com.ex.A:1.0","version":"v7"},{"dataId":"com.ex.B:1.0","version":"v8"},{"dataId":"com.ex.C:1.0"}]"#);
         assert_eq!(snapshot.version.as_deref(), Some("v8"));
-        assert_eq!(
-            names(&snapshot),
-            ["com.ex.A:1.0", "com.ex.B:1.0", "com.ex.C:1.0"]
-        );
+        assert_eq!(names(&snapshot), ["com.ex.A:1.0", "com.ex.B:1.0", "com.ex.C:1.0"]);
         assert!(snapshot.instances.is_empty());
-        let (snapshot, _) = load_text(
-            r#"[{"dataId":"com.ex.A:1.0","version":"v7"},{"dataId":"com.ex.B:1.0","version":"12"}]"#,
-        );
+        let (snapshot, _) = load_text(r#"[{"dataId":"com.ex.A:1.0","version":"v7"},{"dataId":"com.ex.B:1.0","version":"12"}]"#);
         assert_eq!(snapshot.version.as_deref(), Some("12"));
     }
 
     #[test]
     fn config_pushes_are_left_out() {
-        let (snapshot, diagnostics) = load_text(
-            r#"{"dataId":"com.ex.A:1.0@DEFAULT","group":"SOFA.CONFIG","data":{"Z":["override://x"]}}"#,
-        );
-        assert!(
-            diagnostics.is_empty() && snapshot.services.is_empty() && snapshot.instances.is_empty()
-        );
+        let (snapshot, diagnostics) = load_text(r#"{"dataId":"com.ex.A:1.0@DEFAULT","group":"SOFA.CONFIG","data":{"Z":["override://x"]}}"#);
+        assert!(diagnostics.is_empty() && snapshot.services.is_empty() && snapshot.instances.is_empty());
     }
 
     #[test]
@@ -940,34 +725,13 @@ mod tests {
                 "com.ex.A:1.0@DEFAULT zone RZ01C",
             ],
         );
-        assert!(
-            diagnostics[0]
-                .message
-                .ends_with("`10.0.0.2?weight=1` has no port"),
-            "{}",
-            diagnostics[0].message
-        );
-        assert!(
-            diagnostics[4]
-                .message
-                .contains("weight `heavy` is not a whole number"),
-            "{}",
-            diagnostics[4].message
-        );
+        assert!(diagnostics[0].message.ends_with("`10.0.0.2?weight=1` has no port"), "{}", diagnostics[0].message);
+        assert!(diagnostics[4].message.contains("weight `heavy` is not a whole number"), "{}", diagnostics[4].message);
         for diagnostic in &diagnostics {
-            assert_eq!(
-                diagnostic.labels[0].span,
-                Span::new(FileId(1), 0..text.len())
-            );
+            assert_eq!(diagnostic.labels[0].span, Span::new(FileId(1), 0..text.len()));
             assert!(!diagnostic.message.ends_with('.'));
         }
-        assert_eq!(
-            endpoints(&snapshot),
-            [
-                ("com.ex.A:1.0", "10.0.0.1", 12200, 100),
-                ("com.ex.A:1.0", "10.0.0.5", 12200, 100)
-            ]
-        );
+        assert_eq!(endpoints(&snapshot), [("com.ex.A:1.0", "10.0.0.1", 12200, 100), ("com.ex.A:1.0", "10.0.0.5", 12200, 100)]);
     }
 
     #[test]
@@ -991,16 +755,9 @@ mod tests {
                 "push object 5",
             ],
         );
-        assert!(
-            diagnostics[0]
-                .message
-                .contains("missing `dataId` and `dataInfoId`")
-        );
+        assert!(diagnostics[0].message.contains("missing `dataId` and `dataInfoId`"));
         // Each diagnostic points at its own push object.
-        let starts: Vec<usize> = diagnostics
-            .iter()
-            .map(|it| it.labels[0].span.start as usize)
-            .collect();
+        let starts: Vec<usize> = diagnostics.iter().map(|it| it.labels[0].span.start as usize).collect();
         assert_eq!(&text[starts[1]..starts[1] + 10], "{\"dataId\":");
         assert!(starts.windows(2).all(|it| it[0] < it[1]));
         assert_eq!(names(&snapshot), ["com.ex.B:1.0"]);
@@ -1013,17 +770,11 @@ mod tests {
         assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
         assert_eq!(diagnostics[0].code, Code::RegistryFormat);
         assert!(
-            diagnostics[0]
-                .message
-                .starts_with("cannot read sofa-registry snapshot of registry `sofa`: invalid JSON"),
+            diagnostics[0].message.starts_with("cannot read sofa-registry snapshot of registry `sofa`: invalid JSON"),
             "{}",
             diagnostics[0].message
         );
-        assert!(
-            snapshot.services.is_empty()
-                && snapshot.instances.is_empty()
-                && snapshot.version.is_none()
-        );
+        assert!(snapshot.services.is_empty() && snapshot.instances.is_empty() && snapshot.version.is_none());
     }
 
     #[test]

@@ -92,9 +92,7 @@ pub fn load(ctx: &mut Ctx<'_>, flavor: Flavor) -> Snapshot {
         }
         let span = ctx.span(start..start + line.len());
         // `path = data`, as a dump of node contents writes it; a path has no spaces.
-        let path = line
-            .split_once(" = ")
-            .map_or(line, |(path, _)| path.trim_end());
+        let path = line.split_once(" = ").map_or(line, |(path, _)| path.trim_end());
         let Some(path) = path.strip_prefix('/') else {
             ctx.bad_entry(
                 span,
@@ -109,22 +107,15 @@ pub fn load(ctx: &mut Ctx<'_>, flavor: Flavor) -> Snapshot {
         let Some(provider) = read_provider(ctx, flavor, line_number, span, segment, node) else {
             continue;
         };
-        let index = services.get_or_insert(
-            &mut snapshot.services,
-            &provider.identity,
-            ctx.mesh_namespace,
-            span,
-            || format!("provider line {line_number} of {}", provider.identity.name),
-        );
+        let index = services.get_or_insert(&mut snapshot.services, &provider.identity, ctx.mesh_namespace, span, || {
+            format!("provider line {line_number} of {}", provider.identity.name)
+        });
         match provider.methods {
             Methods::Unlisted => {}
             Methods::Any => {
                 generic.insert(index);
             }
-            Methods::Listed(methods) => snapshot.services[index]
-                .methods
-                .get_or_insert_with(BTreeSet::new)
-                .extend(methods),
+            Methods::Listed(methods) => snapshot.services[index].methods.get_or_insert_with(BTreeSet::new).extend(methods),
         }
         snapshot.instances.push(Instance {
             namespace: snapshot.services[index].namespace.clone(),
@@ -148,21 +139,9 @@ pub fn load(ctx: &mut Ctx<'_>, flavor: Flavor) -> Snapshot {
 
 /// The lines `zkCli.sh` prints around the paths: its prompt, watcher events and log lines.
 fn is_zkcli_chatter(line: &str) -> bool {
-    const PREFIXES: [&str; 7] = [
-        "[zk:",
-        "WATCHER::",
-        "WatchedEvent ",
-        "Connecting to ",
-        "JLine support",
-        "log4j:",
-        "SLF4J:",
-    ];
+    const PREFIXES: [&str; 7] = ["[zk:", "WATCHER::", "WatchedEvent ", "Connecting to ", "JLine support", "log4j:", "SLF4J:"];
     let log_line = line.starts_with(|c: char| c.is_ascii_digit())
-        && [
-            " INFO ", " WARN ", " ERROR ", " DEBUG ", " TRACE ", "[myid:",
-        ]
-        .iter()
-        .any(|level| line.contains(level));
+        && [" INFO ", " WARN ", " ERROR ", " DEBUG ", " TRACE ", "[myid:"].iter().any(|level| line.contains(level));
     PREFIXES.iter().any(|prefix| line.starts_with(prefix)) || log_line
 }
 
@@ -171,41 +150,27 @@ fn is_zkcli_chatter(line: &str) -> bool {
 fn provider_node(flavor: Flavor, path: &str) -> Option<(&str, &str)> {
     // An already decoded node keeps its own `/`s, so it is everything after `providers/`.
     let mut parts = path.splitn(4, '/');
-    let (root, segment, category, node) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (root, segment, category, node) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let root_matches = match flavor {
         Flavor::SofaRpc => root == "sofa-rpc",
         Flavor::Dubbo => {
-            !matches!(root, "" | "zookeeper" | "services" | "sofa-rpc")
-                && !matches!(segment, "config" | "metadata" | "mapping")
+            !matches!(root, "" | "zookeeper" | "services" | "sofa-rpc") && !matches!(segment, "config" | "metadata" | "mapping")
         }
     };
     (root_matches && category == "providers" && !node.is_empty()).then_some((segment, node))
 }
 
 /// Reads one provider node, reporting what is wrong with it.
-fn read_provider(
-    ctx: &mut Ctx<'_>,
-    flavor: Flavor,
-    line_number: usize,
-    span: Span,
-    segment: &str,
-    node: &str,
-) -> Option<Provider> {
+fn read_provider(ctx: &mut Ctx<'_>, flavor: Flavor, line_number: usize, span: Span, segment: &str, node: &str) -> Option<Provider> {
     let mut entry = format!("provider line {line_number} of {segment}");
     match parse_node(flavor, segment, node) {
         Ok(Some(provider)) => Some(provider),
         Ok(None) => {
-            let diagnostic = Diagnostic::warning(
-                Code::RegistryEntry,
-                format!(
-                    "consumer URL under `providers` in registry `{}`",
-                    ctx.registry.name
-                ),
-            )
-            .primary(span, "this entry was skipped")
-            .note(format!("entry: {entry}"))
-            .note("a consumer does not serve requests, so it is not an instance");
+            let diagnostic =
+                Diagnostic::warning(Code::RegistryEntry, format!("consumer URL under `providers` in registry `{}`", ctx.registry.name))
+                    .primary(span, "this entry was skipped")
+                    .note(format!("entry: {entry}"))
+                    .note("a consumer does not serve requests, so it is not an instance");
             ctx.diagnostics.push(diagnostic);
             None
         }
@@ -222,20 +187,10 @@ fn read_provider(
 
 /// Decodes and reads a provider node: `None` for a consumer URL; on error, the service's name
 /// if it was known by then.
-fn parse_node(
-    flavor: Flavor,
-    segment: &str,
-    node: &str,
-) -> Result<Option<Provider>, (Option<String>, String)> {
-    let segment = percent_decode(segment)
-        .map_err(|message| (None, format!("in the interface segment: {message}")))?;
-    let decoded = if node.contains("://") {
-        node.to_owned()
-    } else {
-        percent_decode(node).map_err(|message| (None, message))?
-    };
-    let url =
-        parse_provider(&sofa::escape_fragment(&decoded)).map_err(|message| (None, message))?;
+fn parse_node(flavor: Flavor, segment: &str, node: &str) -> Result<Option<Provider>, (Option<String>, String)> {
+    let segment = percent_decode(segment).map_err(|message| (None, format!("in the interface segment: {message}")))?;
+    let decoded = if node.contains("://") { node.to_owned() } else { percent_decode(node).map_err(|message| (None, message))? };
+    let url = parse_provider(&sofa::escape_fragment(&decoded)).map_err(|message| (None, message))?;
     let side = url.params.get("side").map(|it| it.trim());
     if url.scheme.as_deref() == Some("consumer") || side == Some("consumer") {
         return Ok(None);
@@ -246,65 +201,43 @@ fn parse_node(
         Flavor::SofaRpc => sofa_provider(&segment, url),
     }
     .map_err(|message| (None, message))?;
-    sofa::check_address(&host)
-        .map_err(|message| (Some(provider.identity.name.clone()), message))?;
+    sofa::check_address(&host).map_err(|message| (Some(provider.identity.name.clone()), message))?;
     Ok(Some(provider))
 }
 
 /// A Dubbo provider: `dubbo://10.0.1.15:20880/com.ex.DemoService?group=gray&version=1.0.0&…`.
 fn dubbo_provider(segment: &str, url: ProviderUrl) -> Result<Provider, String> {
     let params = dubbo_params(&url.params);
-    let nonempty = |key: &str| {
-        params
-            .get(key)
-            .map(|it| it.trim())
-            .filter(|it| !it.is_empty())
-    };
-    let interface = nonempty("interface")
-        .or(Some(url.path.as_str()).filter(|it| !it.is_empty()))
-        .unwrap_or(segment);
+    let nonempty = |key: &str| params.get(key).map(|it| it.trim()).filter(|it| !it.is_empty());
+    let interface = nonempty("interface").or(Some(url.path.as_str()).filter(|it| !it.is_empty())).unwrap_or(segment);
     if interface != segment {
-        return Err(format!(
-            "the URL names interface `{interface}` but the znode is under `{segment}`"
-        ));
+        return Err(format!("the URL names interface `{interface}` but the znode is under `{segment}`"));
     }
     if !super::is_interface(interface) {
         return Err(format!("`{interface}` is not an interface name"));
     }
     let base = super::dubbo_key(interface, nonempty("version"), nonempty("group"));
-    let scheme = url
-        .scheme
-        .as_deref()
-        .map_or_else(|| "dubbo".to_owned(), str::to_ascii_lowercase);
+    let scheme = url.scheme.as_deref().map_or_else(|| "dubbo".to_owned(), str::to_ascii_lowercase);
     let identity = sofa::identity(&base, Protocol::Dubbo, &scheme);
     let weight = nonempty("weight").map_or(Ok(DEFAULT_WEIGHT), sofa::parse_weight)?;
     let methods = match nonempty("methods") {
         None => Methods::Unlisted,
         // Dubbo writes `*` for a generic service, and for an interface without methods.
         Some(list) if list.split(',').any(|it| it.trim() == "*") => Methods::Any,
-        Some(list) => Methods::Listed(
-            list.split(',')
-                .map(str::trim)
-                .filter(|it| !it.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        ),
+        Some(list) => Methods::Listed(list.split(',').map(str::trim).filter(|it| !it.is_empty()).map(str::to_owned).collect()),
     };
     let mut labels = BTreeMap::new();
     for (key, value) in &params {
         // `sayHello.timeout`: a method-level setting, not something to select instances by.
-        let method_level = key.split_once('.').is_some_and(
-            |(method, _)| matches!(&methods, Methods::Listed(list) if list.contains(method)),
-        );
+        let method_level =
+            key.split_once('.').is_some_and(|(method, _)| matches!(&methods, Methods::Listed(list) if list.contains(method)));
         if key == "methods" || method_level || sofa::NOISY_PARAMS.contains(&key.as_str()) {
             continue;
         }
         labels.insert(key.clone(), value.clone());
     }
     if let Some(application) = params.get("application") {
-        labels
-            .entry("app".to_owned())
-            .or_insert_with(|| application.clone());
+        labels.entry("app".to_owned()).or_insert_with(|| application.clone());
     }
     Ok(Provider {
         identity,
@@ -321,11 +254,8 @@ fn dubbo_provider(segment: &str, url: ProviderUrl) -> Result<Provider, String> {
 /// Dubbo's parameters with `default.<key>` standing in for a missing or empty `<key>`, as
 /// Dubbo 2's `URL.getParameter` reads them.
 fn dubbo_params(params: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut folded: BTreeMap<String, String> = params
-        .iter()
-        .filter(|(key, _)| !key.starts_with("default."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut folded: BTreeMap<String, String> =
+        params.iter().filter(|(key, _)| !key.starts_with("default.")).map(|(k, v)| (k.clone(), v.clone())).collect();
     for (key, value) in params {
         if let Some(base) = key.strip_prefix("default.").filter(|it| !it.is_empty()) {
             let slot = folded.entry(base.to_owned()).or_default();
@@ -339,25 +269,15 @@ fn dubbo_params(params: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 
 /// A SOFARPC provider: `bolt://10.1.2.3:12200?version=1.0&uniqueId=blue&…`.
 fn sofa_provider(segment: &str, url: ProviderUrl) -> Result<Provider, String> {
-    let nonempty = |key: &str| {
-        url.params
-            .get(key)
-            .map(|it| it.trim())
-            .filter(|it| !it.is_empty())
-    };
+    let nonempty = |key: &str| url.params.get(key).map(|it| it.trim()).filter(|it| !it.is_empty());
     if let Some(interface) = nonempty("interface").filter(|it| *it != segment) {
-        return Err(format!(
-            "the URL names interface `{interface}` but the znode is under `{segment}`"
-        ));
+        return Err(format!("the URL names interface `{interface}` but the znode is under `{segment}`"));
     }
     if !super::is_interface(segment) {
         return Err(format!("`{segment}` is not an interface name"));
     }
     let base = super::sofa_key(segment, nonempty("version"), nonempty("uniqueId"));
-    let scheme = url
-        .scheme
-        .as_deref()
-        .map_or_else(|| "bolt".to_owned(), str::to_ascii_lowercase);
+    let scheme = url.scheme.as_deref().map_or_else(|| "bolt".to_owned(), str::to_ascii_lowercase);
     let identity = sofa::identity(&base, Protocol::Bolt, &scheme);
     let weight = sofa::sofa_weight(&url.params)?;
     Ok(Provider {
@@ -373,18 +293,8 @@ fn sofa_provider(segment: &str, url: ProviderUrl) -> Result<Provider, String> {
 }
 
 fn locality(params: &BTreeMap<String, String>) -> Locality {
-    let get = |key: &str| {
-        params
-            .get(key)
-            .map(|it| it.trim())
-            .filter(|it| !it.is_empty())
-            .map(str::to_owned)
-    };
-    Locality {
-        region: get("region"),
-        zone: get("zone"),
-        subzone: None,
-    }
+    let get = |key: &str| params.get(key).map(|it| it.trim()).filter(|it| !it.is_empty()).map(str::to_owned);
+    Locality { region: get("region"), zone: get("zone"), subzone: None }
 }
 
 #[cfg(test)]
@@ -412,45 +322,22 @@ mod tests {
             namespace: None,
             span: nowhere,
         };
-        let mut ctx = Ctx {
-            file: FileId(1),
-            text,
-            registry: &registry,
-            namespace: "default",
-            mesh_namespace: "mesh",
-            diagnostics: Vec::new(),
-        };
+        let mut ctx =
+            Ctx { file: FileId(1), text, registry: &registry, namespace: "default", mesh_namespace: "mesh", diagnostics: Vec::new() };
         let snapshot = load(&mut ctx, flavor);
         (snapshot, ctx.diagnostics)
     }
 
     fn names(snapshot: &Snapshot) -> Vec<&str> {
-        snapshot
-            .services
-            .iter()
-            .map(|it| it.name.as_str())
-            .collect()
+        snapshot.services.iter().map(|it| it.name.as_str()).collect()
     }
 
     fn endpoints(snapshot: &Snapshot) -> Vec<(&str, &str, u16, u32)> {
-        snapshot
-            .instances
-            .iter()
-            .map(|it| (it.service.as_str(), it.address.as_str(), it.port, it.weight))
-            .collect()
+        snapshot.instances.iter().map(|it| (it.service.as_str(), it.address.as_str(), it.port, it.weight)).collect()
     }
 
     fn entries(diagnostics: &[Diagnostic]) -> Vec<(Severity, Code, String)> {
-        diagnostics
-            .iter()
-            .map(|it| {
-                (
-                    it.severity,
-                    it.code,
-                    it.notes[0].trim_start_matches("entry: ").to_owned(),
-                )
-            })
-            .collect()
+        diagnostics.iter().map(|it| (it.severity, it.code, it.notes[0].trim_start_matches("entry: ").to_owned())).collect()
     }
 
     fn error(entry: &str) -> (Severity, Code, String) {
@@ -481,59 +368,21 @@ mod tests {
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         assert_eq!(names(&snapshot), ["gray/com.ex.DemoService:1.0.0"]);
         let service = &snapshot.services[0];
-        assert_eq!(
-            (
-                service.namespace.as_str(),
-                service.protocol,
-                service.ports.len()
-            ),
-            ("mesh", Some(Protocol::Dubbo), 0)
-        );
+        assert_eq!((service.namespace.as_str(), service.protocol, service.ports.len()), ("mesh", Some(Protocol::Dubbo), 0));
         let rpc = service.rpc.as_ref().unwrap();
         assert_eq!(
-            (
-                rpc.interface.as_str(),
-                rpc.version.as_deref(),
-                rpc.group.as_deref()
-            ),
+            (rpc.interface.as_str(), rpc.version.as_deref(), rpc.group.as_deref()),
             ("com.ex.DemoService", Some("1.0.0"), Some("gray"))
         );
-        let methods: Vec<&str> = service
-            .methods
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let methods: Vec<&str> = service.methods.as_ref().unwrap().iter().map(String::as_str).collect();
         assert_eq!(methods, ["sayHello", "sayHelloAsync"]);
-        assert_eq!(
-            service.entry,
-            "provider line 4 of gray/com.ex.DemoService:1.0.0"
-        );
-        assert_eq!(
-            endpoints(&snapshot),
-            [("gray/com.ex.DemoService:1.0.0", "10.0.1.15", 20880, 100)]
-        );
+        assert_eq!(service.entry, "provider line 4 of gray/com.ex.DemoService:1.0.0");
+        assert_eq!(endpoints(&snapshot), [("gray/com.ex.DemoService:1.0.0", "10.0.1.15", 20880, 100)]);
         let instance = &snapshot.instances[0];
-        let line_start = text
-            .find("/dubbo/com.ex.DemoService/providers/dubbo")
-            .unwrap();
+        let line_start = text.find("/dubbo/com.ex.DemoService/providers/dubbo").unwrap();
         let line_end = line_start + text[line_start..].find('\n').unwrap();
-        assert_eq!(
-            (instance.span, service.span),
-            (
-                Span::new(FileId(1), line_start..line_end),
-                Span::new(FileId(1), line_start..line_end)
-            )
-        );
-        assert_eq!(
-            (
-                instance.health,
-                instance.service_port,
-                instance.locality.clone()
-            ),
-            (Health::Healthy, None, Locality::default())
-        );
+        assert_eq!((instance.span, service.span), (Span::new(FileId(1), line_start..line_end), Span::new(FileId(1), line_start..line_end)));
+        assert_eq!((instance.health, instance.service_port, instance.locality.clone()), (Health::Healthy, None, Locality::default()));
         let labels: Vec<&str> = instance.labels.keys().map(String::as_str).collect();
         assert_eq!(
             labels,
@@ -572,21 +421,10 @@ mod tests {
             // Neither the interface parameter nor a path: the znode names the interface.
             "dubbo://10.0.0.7:20880?version=2.0",
         ];
-        let text: String = urls
-            .iter()
-            .map(|url| format!("/dubbo/com.ex.Demo/providers/{}\n", encode(url)))
-            .collect();
+        let text: String = urls.iter().map(|url| format!("/dubbo/com.ex.Demo/providers/{}\n", encode(url))).collect();
         let (snapshot, diagnostics) = load_text(Flavor::Dubbo, &text);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-        assert_eq!(
-            names(&snapshot),
-            [
-                "com.ex.Demo",
-                "com.ex.Demo:2.0",
-                "blue/com.ex.Demo",
-                "blue/com.ex.Demo:2.0"
-            ]
-        );
+        assert_eq!(names(&snapshot), ["com.ex.Demo", "com.ex.Demo:2.0", "blue/com.ex.Demo", "blue/com.ex.Demo:2.0"]);
         assert_eq!(
             endpoints(&snapshot),
             [
@@ -600,20 +438,10 @@ mod tests {
             ]
         );
         let labels = &snapshot.instances[4].labels;
-        assert_eq!(
-            (
-                labels["timeout"].as_str(),
-                labels["group"].as_str(),
-                labels.contains_key("default.timeout")
-            ),
-            ("500", "blue", false)
-        );
+        assert_eq!((labels["timeout"].as_str(), labels["group"].as_str(), labels.contains_key("default.timeout")), ("500", "blue", false));
         // A service's span is its first provider's line.
         assert_eq!(snapshot.services[1].span, snapshot.instances[1].span);
-        assert_eq!(
-            snapshot.services[1].entry,
-            "provider line 2 of com.ex.Demo:2.0"
-        );
+        assert_eq!(snapshot.services[1].entry, "provider line 2 of com.ex.Demo:2.0");
     }
 
     #[test]
@@ -628,34 +456,13 @@ mod tests {
         let (snapshot, diagnostics) = load_text(Flavor::Dubbo, &text);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         assert_eq!(snapshot.services.len(), 1);
-        let methods: Vec<&str> = snapshot.services[0]
-            .methods
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let methods: Vec<&str> = snapshot.services[0].methods.as_ref().unwrap().iter().map(String::as_str).collect();
         assert_eq!(methods, ["a", "b", "c"]);
-        assert!(
-            !snapshot.instances[0]
-                .labels
-                .keys()
-                .any(|it| it.starts_with("a.") || it == "methods")
-        );
+        assert!(!snapshot.instances[0].labels.keys().any(|it| it.starts_with("a.") || it == "methods"));
         // A generic provider answers any method.
-        let text = format!(
-            "{text}/dubbo/com.ex.Demo/providers/{}\n",
-            encode("dubbo://10.0.0.4:20880/com.ex.Demo?generic=true&methods=*")
-        );
+        let text = format!("{text}/dubbo/com.ex.Demo/providers/{}\n", encode("dubbo://10.0.0.4:20880/com.ex.Demo?generic=true&methods=*"));
         let (snapshot, _) = load_text(Flavor::Dubbo, &text);
-        assert_eq!(
-            (
-                snapshot.services.len(),
-                snapshot.services[0].methods.is_none(),
-                snapshot.instances.len()
-            ),
-            (1, true, 4)
-        );
+        assert_eq!((snapshot.services.len(), snapshot.services[0].methods.is_none(), snapshot.instances.len()), (1, true, 4));
     }
 
     #[test]
@@ -670,30 +477,10 @@ mod tests {
         .concat();
         let (snapshot, diagnostics) = load_text(Flavor::Dubbo, &text);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-        assert_eq!(
-            names(&snapshot),
-            [
-                "com.ex.Demo:1.0",
-                "com.ex.Demo:1.0@tri",
-                "com.ex.Demo:1.0@rest",
-                "com.ex.Demo:1.0@hessian"
-            ]
-        );
+        assert_eq!(names(&snapshot), ["com.ex.Demo:1.0", "com.ex.Demo:1.0@tri", "com.ex.Demo:1.0@rest", "com.ex.Demo:1.0@hessian"]);
         let protocols: Vec<_> = snapshot.services.iter().map(|it| it.protocol).collect();
-        assert_eq!(
-            protocols,
-            [
-                Some(Protocol::Dubbo),
-                Some(Protocol::Grpc),
-                Some(Protocol::Http),
-                None
-            ]
-        );
-        let rpc: Vec<bool> = snapshot
-            .services
-            .iter()
-            .map(|it| it.rpc.is_some())
-            .collect();
+        assert_eq!(protocols, [Some(Protocol::Dubbo), Some(Protocol::Grpc), Some(Protocol::Http), None]);
+        let rpc: Vec<bool> = snapshot.services.iter().map(|it| it.rpc.is_some()).collect();
         assert_eq!(rpc, [true, false, false, false]);
     }
 
@@ -713,10 +500,7 @@ mod tests {
         let (snapshot, diagnostics) = load_text(Flavor::Dubbo, &text);
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         assert_eq!(names(&snapshot), ["com.ex.Demo"]);
-        assert_eq!(
-            endpoints(&snapshot),
-            [("com.ex.Demo", "10.0.0.1", 20880, 100)]
-        );
+        assert_eq!(endpoints(&snapshot), [("com.ex.Demo", "10.0.0.1", 20880, 100)]);
     }
 
     #[test]
@@ -730,27 +514,14 @@ mod tests {
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         assert_eq!(
             endpoints(&snapshot),
-            [
-                ("com.ex.Demo", "fd00::1", 20880, 10),
-                ("com.ex.Demo", "10.0.0.2", 20880, 20),
-                ("com.ex.Demo", "10.0.0.3", 20880, 100)
-            ]
+            [("com.ex.Demo", "fd00::1", 20880, 10), ("com.ex.Demo", "10.0.0.2", 20880, 20), ("com.ex.Demo", "10.0.0.3", 20880, 100)]
         );
         // The span is the line without its indentation, trailing spaces and CRLF.
         let span = snapshot.instances[0].span;
         let line = &text[span.start as usize..span.end as usize];
-        assert!(
-            line.starts_with("/dubbo/") && line.ends_with("10"),
-            "{line:?}"
-        );
+        assert!(line.starts_with("/dubbo/") && line.ends_with("10"), "{line:?}");
         let second = &snapshot.instances[1];
-        assert_eq!(
-            (
-                second.locality.region.as_deref(),
-                second.locality.zone.as_deref()
-            ),
-            (Some("r1"), Some("az1"))
-        );
+        assert_eq!((second.locality.region.as_deref(), second.locality.zone.as_deref()), (Some("r1"), Some("az1")));
         assert_eq!(snapshot.instances[2].health, Health::Draining);
     }
 
@@ -776,22 +547,11 @@ mod tests {
         assert_eq!(names(&snapshot), ["com.ex.OrderFacade:1.0"]);
         let service = &snapshot.services[0];
         assert_eq!(
-            (
-                service.protocol,
-                service.rpc.as_ref().unwrap().version.as_deref(),
-                service.methods.is_none()
-            ),
+            (service.protocol, service.rpc.as_ref().unwrap().version.as_deref(), service.methods.is_none()),
             (Some(Protocol::Bolt), Some("1.0"), true)
         );
-        assert_eq!(
-            endpoints(&snapshot),
-            [("com.ex.OrderFacade:1.0", "10.1.2.3", 12200, 100)]
-        );
-        let labels: Vec<(&str, &str)> = snapshot.instances[0]
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        assert_eq!(endpoints(&snapshot), [("com.ex.OrderFacade:1.0", "10.1.2.3", 12200, 100)]);
+        let labels: Vec<(&str, &str)> = snapshot.instances[0].labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             labels,
             [
@@ -829,22 +589,8 @@ mod tests {
             ]
         );
         assert_eq!(snapshot.instances[0].weight, 40);
-        assert_eq!(
-            snapshot.services[0]
-                .rpc
-                .as_ref()
-                .unwrap()
-                .unique_id
-                .as_deref(),
-            Some("blue")
-        );
-        assert_eq!(
-            (
-                snapshot.services[3].protocol,
-                snapshot.services[3].rpc.is_none()
-            ),
-            (Some(Protocol::Http2), true)
-        );
+        assert_eq!(snapshot.services[0].rpc.as_ref().unwrap().unique_id.as_deref(), Some("blue"));
+        assert_eq!((snapshot.services[3].protocol, snapshot.services[3].rpc.is_none()), (Some(Protocol::Http2), true));
     }
 
     #[test]
@@ -852,36 +598,15 @@ mod tests {
         let lines = [
             "garbage line".to_owned(),
             "/dubbo/com.ex.Demo/providers/dubbo%3A%2F%2F10.0.0.1%ZZ20880".to_owned(),
-            format!(
-                "/dubbo/com.ex.Demo/providers/{}",
-                encode("dubbo://10.0.0.2/com.ex.Demo")
-            ),
+            format!("/dubbo/com.ex.Demo/providers/{}", encode("dubbo://10.0.0.2/com.ex.Demo")),
             "/dubbo/com.ex.Demo/providers/dubbo://bad host:20880/com.ex.Demo".to_owned(),
-            format!(
-                "/dubbo/com.ex.Demo/providers/{}",
-                encode("dubbo://10.0.0.3:20880/com.ex.Other?interface=com.ex.Other")
-            ),
-            format!(
-                "/dubbo/not-an-interface/providers/{}",
-                encode("dubbo://10.0.0.4:20880")
-            ),
-            format!(
-                "/dubbo/com.ex.Demo/providers/{}",
-                encode("dubbo://10.0.0.5:20880/com.ex.Demo?weight=-3")
-            ),
-            format!(
-                "/dubbo/com.ex.Demo/providers/{}",
-                encode("dubbo://0.0.0.0:20880/com.ex.Demo")
-            ),
-            format!(
-                "/dubbo/com.ex.Demo/providers/{}",
-                encode("consumer://10.0.0.6:20880/com.ex.Demo?side=consumer")
-            ),
+            format!("/dubbo/com.ex.Demo/providers/{}", encode("dubbo://10.0.0.3:20880/com.ex.Other?interface=com.ex.Other")),
+            format!("/dubbo/not-an-interface/providers/{}", encode("dubbo://10.0.0.4:20880")),
+            format!("/dubbo/com.ex.Demo/providers/{}", encode("dubbo://10.0.0.5:20880/com.ex.Demo?weight=-3")),
+            format!("/dubbo/com.ex.Demo/providers/{}", encode("dubbo://0.0.0.0:20880/com.ex.Demo")),
+            format!("/dubbo/com.ex.Demo/providers/{}", encode("consumer://10.0.0.6:20880/com.ex.Demo?side=consumer")),
             "/dubbo/com.ex.%ZZ/providers/x".to_owned(),
-            format!(
-                "/dubbo/com.ex.Demo/providers/{}",
-                encode("dubbo://10.0.0.9:20880/com.ex.Demo")
-            ),
+            format!("/dubbo/com.ex.Demo/providers/{}", encode("dubbo://10.0.0.9:20880/com.ex.Demo")),
         ];
         let text = lines.join("\r\n");
         let (snapshot, diagnostics) = load_text(Flavor::Dubbo, &text);
@@ -896,63 +621,27 @@ mod tests {
                 error("provider line 6 of not-an-interface"),
                 error("provider line 7 of com.ex.Demo"),
                 error("provider line 8 of com.ex.Demo"),
-                (
-                    Severity::Warning,
-                    Code::RegistryEntry,
-                    "provider line 9 of com.ex.Demo".to_owned()
-                ),
+                (Severity::Warning, Code::RegistryEntry, "provider line 9 of com.ex.Demo".to_owned()),
                 error("provider line 10 of com.ex.%ZZ"),
             ]
         );
-        let messages: Vec<&str> = diagnostics
-            .iter()
-            .map(|it| {
-                it.message
-                    .trim_start_matches("malformed entry in registry `zk`: ")
-            })
-            .collect();
-        assert!(
-            messages[1].starts_with("bad URL encoding `%ZZ`"),
-            "{}",
-            messages[1]
-        );
+        let messages: Vec<&str> =
+            diagnostics.iter().map(|it| it.message.trim_start_matches("malformed entry in registry `zk`: ")).collect();
+        assert!(messages[1].starts_with("bad URL encoding `%ZZ`"), "{}", messages[1]);
         assert!(messages[2].ends_with("has no port"), "{}", messages[2]);
-        assert_eq!(
-            messages[4],
-            "the URL names interface `com.ex.Other` but the znode is under `com.ex.Demo`"
-        );
+        assert_eq!(messages[4], "the URL names interface `com.ex.Other` but the znode is under `com.ex.Demo`");
         assert_eq!(messages[5], "`not-an-interface` is not an interface name");
-        assert!(
-            messages[6].starts_with("weight `-3` is not a whole number"),
-            "{}",
-            messages[6]
-        );
-        assert_eq!(
-            messages[7],
-            "`0.0.0.0` is a wildcard address, not the address of an instance"
-        );
-        assert_eq!(
-            messages[8],
-            "consumer URL under `providers` in registry `zk`"
-        );
-        assert!(
-            messages[9].starts_with("in the interface segment: bad URL encoding"),
-            "{}",
-            messages[9]
-        );
+        assert!(messages[6].starts_with("weight `-3` is not a whole number"), "{}", messages[6]);
+        assert_eq!(messages[7], "`0.0.0.0` is a wildcard address, not the address of an instance");
+        assert_eq!(messages[8], "consumer URL under `providers` in registry `zk`");
+        assert!(messages[9].starts_with("in the interface segment: bad URL encoding"), "{}", messages[9]);
         for diagnostic in &diagnostics {
             assert!(!diagnostic.message.ends_with('.'), "{}", diagnostic.message);
             let span = diagnostic.labels[0].span;
             let line = &text[span.start as usize..span.end as usize];
-            assert!(
-                !line.contains('\n') && !line.ends_with('\r') && lines.contains(&line.to_owned()),
-                "{line:?}"
-            );
+            assert!(!line.contains('\n') && !line.ends_with('\r') && lines.contains(&line.to_owned()), "{line:?}");
         }
-        assert_eq!(
-            endpoints(&snapshot),
-            [("com.ex.Demo", "10.0.0.9", 20880, 100)]
-        );
+        assert_eq!(endpoints(&snapshot), [("com.ex.Demo", "10.0.0.9", 20880, 100)]);
         // The skipped providers leave no empty services behind.
         assert_eq!(names(&snapshot), ["com.ex.Demo"]);
     }
@@ -961,11 +650,7 @@ mod tests {
     fn empty_input_is_an_empty_snapshot() {
         for flavor in [Flavor::Dubbo, Flavor::SofaRpc] {
             let (snapshot, diagnostics) = load_text(flavor, "");
-            assert!(
-                snapshot.services.is_empty()
-                    && snapshot.instances.is_empty()
-                    && diagnostics.is_empty()
-            );
+            assert!(snapshot.services.is_empty() && snapshot.instances.is_empty() && diagnostics.is_empty());
         }
     }
 
@@ -984,10 +669,7 @@ mod tests {
         };
         let zk_registry = entry("zk", RegistryKind::SofaRpcZookeeper);
         let sofa_registry = entry("sofa", RegistryKind::SofaRegistry);
-        let zk_text = format!(
-            "/sofa-rpc/com.ex.OrderFacade/providers/{}\n",
-            encode("bolt://10.1.2.3:12200?version=1.0")
-        );
+        let zk_text = format!("/sofa-rpc/com.ex.OrderFacade/providers/{}\n", encode("bolt://10.1.2.3:12200?version=1.0"));
         let sofa_text = r#"{"dataId":"com.ex.OrderFacade:1.0@DEFAULT","data":{"RZ01A":["10.1.2.3:12200","10.1.2.4:12200"]}}"#;
         let mut zk_ctx = Ctx {
             file: FileId(1),
@@ -1008,49 +690,16 @@ mod tests {
         };
         let sofa = super::super::sofa_registry::load(&mut sofa_ctx);
         let mut diagnostics = Vec::new();
-        let catalog = super::super::merge::merge(
-            &[(&zk_registry, &zk), (&sofa_registry, &sofa)],
-            &mut diagnostics,
-        );
-        assert!(
-            diagnostics.is_empty()
-                && zk_ctx.diagnostics.is_empty()
-                && sofa_ctx.diagnostics.is_empty(),
-            "{diagnostics:#?}"
-        );
+        let catalog = super::super::merge::merge(&[(&zk_registry, &zk), (&sofa_registry, &sofa)], &mut diagnostics);
+        assert!(diagnostics.is_empty() && zk_ctx.diagnostics.is_empty() && sofa_ctx.diagnostics.is_empty(), "{diagnostics:#?}");
         let keys: Vec<&(String, String)> = catalog.services.keys().collect();
-        assert_eq!(
-            keys,
-            [&("mesh".to_owned(), "com.ex.OrderFacade:1.0".to_owned())]
-        );
+        assert_eq!(keys, [&("mesh".to_owned(), "com.ex.OrderFacade:1.0".to_owned())]);
         let service = catalog.services.values().next().unwrap();
-        assert_eq!(
-            (
-                service.ports.len(),
-                service.ports[0].number,
-                service.ports[0].protocol
-            ),
-            (1, 12200, Some(Protocol::Bolt))
-        );
+        assert_eq!((service.ports.len(), service.ports[0].number, service.ports[0].protocol), (1, 12200, Some(Protocol::Bolt)));
         assert_eq!(service.registries, ["sofa", "zk"]);
-        let instances: Vec<(&str, &str, &[String])> = service
-            .instances
-            .iter()
-            .map(|it| {
-                (
-                    it.address.as_str(),
-                    it.origin.as_str(),
-                    it.also_in.as_slice(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            instances,
-            [
-                ("10.1.2.3", "sofa", &["zk".to_owned()][..]),
-                ("10.1.2.4", "sofa", &[][..])
-            ]
-        );
+        let instances: Vec<(&str, &str, &[String])> =
+            service.instances.iter().map(|it| (it.address.as_str(), it.origin.as_str(), it.also_in.as_slice())).collect();
+        assert_eq!(instances, [("10.1.2.3", "sofa", &["zk".to_owned()][..]), ("10.1.2.4", "sofa", &[][..])]);
     }
 
     proptest::proptest! {

@@ -79,7 +79,9 @@ fn rule_name(rule: Rule) -> String {
         Rule::setting | Rule::setting_key => "a setting",
         Rule::route => "`route`",
         Rule::star => "`*`",
-        Rule::condition | Rule::cond_authority | Rule::cond_path | Rule::cond_method | Rule::cond_header | Rule::cond_query => "a condition",
+        Rule::condition | Rule::cond_authority | Rule::cond_path | Rule::cond_method | Rule::cond_header | Rule::cond_query => {
+            "a condition"
+        }
         Rule::present => "`present`",
         Rule::absent => "`absent`",
         _ => return format!("`{}`", name.replace('_', " ")),

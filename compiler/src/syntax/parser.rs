@@ -10,8 +10,8 @@ use meshc_codegen::ir::{
 };
 use pest::iterators::Pair;
 
-use super::ast::*;
 use super::Rule;
+use super::ast::*;
 use crate::diag::{Code, Diagnostic};
 use crate::source::{FileId, Span};
 
@@ -100,7 +100,9 @@ impl Builder<'_> {
                     let hex: String = chars.by_ref().skip(1).take_while(|it| *it != '}').collect();
                     match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
                         Some(c) => out.push(c),
-                        None => self.error(Code::InvalidValue, span, format!("`\\u{{{hex}}}` is not a Unicode scalar value"), "in this string"),
+                        None => {
+                            self.error(Code::InvalidValue, span, format!("`\\u{{{hex}}}` is not a Unicode scalar value"), "in this string")
+                        }
                     }
                 }
                 Some(other) => out.push(other),
@@ -254,7 +256,8 @@ impl Builder<'_> {
         let span = self.span(&pair);
         let mut inner = pair.into_inner().skip(1);
         let number = self.port(inner.next().expect("grammar: port number"));
-        let mut decl = PortDecl { span, number: number.clone().unwrap_or(Spanned { value: 0, span }), protocol: None, name: None, target_port: None };
+        let mut decl =
+            PortDecl { span, number: number.clone().unwrap_or(Spanned { value: 0, span }), protocol: None, name: None, target_port: None };
         for part in inner {
             match part.as_rule() {
                 Rule::protocol => decl.protocol = Some(self.protocol(part)),
@@ -281,9 +284,12 @@ impl Builder<'_> {
                 let value = Name { text: self.string(value_pair), span: value_span };
                 if let Some(previous) = subset.labels.iter().find(|it| it.0.text == key.text) {
                     self.diagnostics.push(
-                        Diagnostic::error(Code::DuplicateSetting, format!("label `{}` is set twice in subset `{}`", key.text, subset.name.text))
-                            .primary(key.span, "set again here")
-                            .secondary(previous.0.span, "first set here"),
+                        Diagnostic::error(
+                            Code::DuplicateSetting,
+                            format!("label `{}` is set twice in subset `{}`", key.text, subset.name.text),
+                        )
+                        .primary(key.span, "set again here")
+                        .secondary(previous.0.span, "first set here"),
                     );
                 } else {
                     subset.labels.push((key, value));
@@ -488,7 +494,14 @@ impl Builder<'_> {
             max_ejection_percent: 10,
             min_health_percent: 0,
         };
-        let keys = ["consecutive_5xx", "consecutive_gateway_errors", "interval", "base_ejection_time", "max_ejection_percent", "min_health_percent"];
+        let keys = [
+            "consecutive_5xx",
+            "consecutive_gateway_errors",
+            "interval",
+            "base_ejection_time",
+            "max_ejection_percent",
+            "min_health_percent",
+        ];
         self.settings(pair, "outlier_detection", &keys, |b, key, value, span| match key {
             "consecutive_5xx" | "consecutive_gateway_errors" => {
                 let Some(value) = b.expect_value(key, value, Rule::int, span, "a count (0 disables it)") else { return };
@@ -529,7 +542,8 @@ impl Builder<'_> {
     fn health_check(&mut self, pair: P<'_>) -> Option<HealthCheck> {
         let span = self.span(&pair);
         let mut probe = None;
-        let mut check = HealthCheck { probe: HealthProbe::Tcp, interval_ms: 5_000, timeout_ms: 1_000, healthy_threshold: 2, unhealthy_threshold: 3 };
+        let mut check =
+            HealthCheck { probe: HealthProbe::Tcp, interval_ms: 5_000, timeout_ms: 1_000, healthy_threshold: 2, unhealthy_threshold: 3 };
         let keys = ["http", "tcp", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"];
         self.settings(pair, "health_check", &keys, |b, key, value, at| match key {
             "http" | "tcp" => {
@@ -648,7 +662,12 @@ impl Builder<'_> {
                         let value = self.string(kv.next().expect("grammar: rewrite value"));
                         let slot = if key.as_rule() == Rule::kw_prefix { &mut rewrite.prefix } else { &mut rewrite.authority };
                         if slot.replace(value).is_some() {
-                            self.error(Code::DuplicateSetting, part_span, format!("`rewrite {}` is given twice", key.as_str()), "again here");
+                            self.error(
+                                Code::DuplicateSetting,
+                                part_span,
+                                format!("`rewrite {}` is given twice", key.as_str()),
+                                "again here",
+                            );
                         }
                     }
                     self.set_once(&mut route.rewrite, rewrite, stmt_span, "rewrite");
@@ -732,8 +751,12 @@ impl Builder<'_> {
                         for part in parts {
                             match part.as_rule() {
                                 Rule::abort_grpc => grpc = true,
-                                Rule::int if grpc => status = self.int::<u32>(part, 1, 16, "a gRPC status code").map(|it| AbortStatus::Grpc(it.value)),
-                                Rule::int => status = self.int::<u16>(part, 200, 599, "an HTTP status code").map(|it| AbortStatus::Http(it.value)),
+                                Rule::int if grpc => {
+                                    status = self.int::<u32>(part, 1, 16, "a gRPC status code").map(|it| AbortStatus::Grpc(it.value))
+                                }
+                                Rule::int => {
+                                    status = self.int::<u16>(part, 200, 599, "an HTTP status code").map(|it| AbortStatus::Http(it.value))
+                                }
                                 _ => pct = self.percent(part),
                             }
                         }
@@ -799,7 +822,13 @@ impl Builder<'_> {
         route
     }
 
-    fn dest_option(&mut self, option: P<'_>, subset: &mut Option<Name>, port: &mut Option<Spanned<u16>>, weight: Option<&mut Option<Spanned<u32>>>) {
+    fn dest_option(
+        &mut self,
+        option: P<'_>,
+        subset: &mut Option<Name>,
+        port: &mut Option<Spanned<u16>>,
+        weight: Option<&mut Option<Spanned<u32>>>,
+    ) {
         let span = self.span(&option);
         let rule = option.as_rule();
         let value = option.into_inner().nth(1).expect("grammar: option value");
@@ -957,8 +986,16 @@ impl Builder<'_> {
         let span = self.span(&pair);
         let mut inner = pair.into_inner().skip(1);
         let name = self.name(inner.next().expect("grammar: workload name"));
-        let mut workload =
-            Workload { span, name, namespace: None, service_account: None, serves: Vec::new(), calls: None, rate_limit: None, telemetry: None };
+        let mut workload = Workload {
+            span,
+            name,
+            namespace: None,
+            service_account: None,
+            serves: Vec::new(),
+            calls: None,
+            rate_limit: None,
+            telemetry: None,
+        };
         let mut namespace: Option<Spanned<Name>> = None;
         let mut account: Option<Spanned<Name>> = None;
         for stmt in inner {
