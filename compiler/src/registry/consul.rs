@@ -71,10 +71,7 @@ struct RawNode {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    rename_all = "PascalCase",
-    expecting = "a Consul service (a JSON object)"
-)]
+#[serde(rename_all = "PascalCase", expecting = "a Consul service (a JSON object)")]
 struct RawService {
     #[serde(rename = "ID")]
     id: Option<String>,
@@ -111,10 +108,7 @@ struct RawLocality {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    rename_all = "PascalCase",
-    expecting = "a Consul check (a JSON object)"
-)]
+#[serde(rename_all = "PascalCase", expecting = "a Consul check (a JSON object)")]
 struct RawCheck {
     #[serde(rename = "CheckID")]
     check_id: Option<String>,
@@ -145,12 +139,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
             continue;
         }
         match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-            Ok(inner) => entries.extend(inner.into_iter().map(|it| {
-                (
-                    range_in(ctx.text, it.get()).unwrap_or_else(|| range.clone()),
-                    it,
-                )
-            })),
+            Ok(inner) => entries.extend(inner.into_iter().map(|it| (range_in(ctx.text, it.get()).unwrap_or_else(|| range.clone()), it))),
             // Unreachable in practice: `json_elements` has already parsed the array.
             Err(err) => {
                 let span = ctx.span(range);
@@ -195,11 +184,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
         latest = latest.max(found.modify_index);
         instances.push(found.instance);
     }
-    Snapshot {
-        services: services.finish(),
-        instances,
-        version: latest.map(|it| it.to_string()),
-    }
+    Snapshot { services: services.finish(), instances, version: latest.map(|it| it.to_string()) }
 }
 
 /// An instance read from an entry, with what its service needs.
@@ -215,34 +200,18 @@ struct Found {
 /// Makes an instance of an entry; `None` for proxies and gateways.
 fn instance(entry: RawEntry, namespace: &str, span: Span) -> Result<Option<Found>, String> {
     let service = entry.service.ok_or("missing `Service`")?;
-    if service
-        .kind
-        .as_deref()
-        .is_some_and(|it| !it.is_empty() && it != "typical")
-    {
+    if service.kind.as_deref().is_some_and(|it| !it.is_empty() && it != "typical") {
         return Ok(None);
     }
     let node = entry.node;
-    let original = service
-        .service
-        .as_deref()
-        .map(str::trim)
-        .filter(|it| !it.is_empty())
-        .ok_or("missing `Service.Service`")?
-        .to_owned();
+    let original = service.service.as_deref().map(str::trim).filter(|it| !it.is_empty()).ok_or("missing `Service.Service`")?.to_owned();
     let name = if crate::manifest::is_dns_label(&original) {
         original.clone()
     } else {
-        dns_label(&original).ok_or_else(|| {
-            format!("`{original}` cannot be made a service name: it has no ASCII letters or digits")
-        })?
+        dns_label(&original).ok_or_else(|| format!("`{original}` cannot be made a service name: it has no ASCII letters or digits"))?
     };
 
-    let non_empty = |it: Option<&String>| {
-        it.map(|it| it.trim())
-            .filter(|it| !it.is_empty())
-            .map(str::to_owned)
-    };
+    let non_empty = |it: Option<&String>| it.map(|it| it.trim()).filter(|it| !it.is_empty()).map(str::to_owned);
     let address = non_empty(service.address.as_ref())
         .or_else(|| non_empty(node.as_ref().and_then(|it| it.address.as_ref())))
         .ok_or("no address: `Service.Address` and `Node.Address` are both empty")?;
@@ -250,12 +219,8 @@ fn instance(entry: RawEntry, namespace: &str, span: Span) -> Result<Option<Found
         return Err(format!("`{address}` is not an IP address or host name"));
     }
     let port = service.port.ok_or("missing `Service.Port`")?;
-    let port = super::port_number(port)
-        .ok_or_else(|| format!("port {port} is not a port: expected 1 to 65535"))?;
-    let worst = worst_status(
-        entry.checks.as_deref().unwrap_or_default(),
-        service.id.as_deref(),
-    )?;
+    let port = super::port_number(port).ok_or_else(|| format!("port {port} is not a port: expected 1 to 65535"))?;
+    let worst = worst_status(entry.checks.as_deref().unwrap_or_default(), service.id.as_deref())?;
     let weight = weight(service.weights.as_ref(), worst)?;
     let health = match worst {
         None => Health::Unknown,
@@ -270,38 +235,27 @@ fn instance(entry: RawEntry, namespace: &str, span: Span) -> Result<Option<Found
             Some((key, value)) if !key.is_empty() => (key, value),
             _ => (tag.as_str(), ""),
         };
-        labels
-            .entry(key.to_owned())
-            .or_insert_with(|| value.to_owned());
+        labels.entry(key.to_owned()).or_insert_with(|| value.to_owned());
     }
     labels.extend(service.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
     if name != original {
         labels.insert("consul.io/service".to_owned(), original.clone());
     }
-    for (key, value) in [
-        ("consul.io/namespace", &service.namespace),
-        ("consul.io/partition", &service.partition),
-    ] {
-        if let Some(value) = value
-            .as_deref()
-            .filter(|it| !it.is_empty() && *it != "default")
-        {
+    for (key, value) in [("consul.io/namespace", &service.namespace), ("consul.io/partition", &service.partition)] {
+        if let Some(value) = value.as_deref().filter(|it| !it.is_empty() && *it != "default") {
             labels.insert(key.to_owned(), value.to_owned());
         }
     }
 
     let locality = service.locality.as_ref();
-    let region = non_empty(node.as_ref().and_then(|it| it.datacenter.as_ref()))
-        .or_else(|| non_empty(locality.and_then(|it| it.region.as_ref())));
+    let region =
+        non_empty(node.as_ref().and_then(|it| it.datacenter.as_ref())).or_else(|| non_empty(locality.and_then(|it| it.region.as_ref())));
     let zone = non_empty(locality.and_then(|it| it.zone.as_ref()))
         .or_else(|| non_empty(service.meta.get("zone")))
         .or_else(|| non_empty(node.as_ref().and_then(|it| it.meta.get("zone"))));
 
     Ok(Some(Found {
-        protocol: service
-            .meta
-            .get("protocol")
-            .and_then(|it| super::protocol_from_name(it)),
+        protocol: service.meta.get("protocol").and_then(|it| super::protocol_from_name(it)),
         modify_index: service.modify_index.and_then(|it| it.trim().parse().ok()),
         instance: Instance {
             namespace: namespace.to_owned(),
@@ -311,11 +265,7 @@ fn instance(entry: RawEntry, namespace: &str, span: Span) -> Result<Option<Found
             service_port: None,
             weight,
             labels,
-            locality: Locality {
-                region,
-                zone,
-                subzone: None,
-            },
+            locality: Locality { region, zone, subzone: None },
             health,
             span,
         },
@@ -328,20 +278,10 @@ fn describe(index: usize, entry: &RawEntry) -> String {
     let mut what = format!("Consul entry {index}");
     if let Some(name) = entry.service.as_ref().and_then(|it| it.service.as_deref()) {
         what.push_str(&format!(": service {name}"));
-        if let Some(id) = entry
-            .service
-            .as_ref()
-            .and_then(|it| it.id.as_deref())
-            .filter(|it| !it.is_empty())
-        {
+        if let Some(id) = entry.service.as_ref().and_then(|it| it.id.as_deref()).filter(|it| !it.is_empty()) {
             what.push_str(&format!(" (ID {id})"));
         }
-        if let Some(node) = entry
-            .node
-            .as_ref()
-            .and_then(|it| it.node.as_deref())
-            .filter(|it| !it.is_empty())
-        {
+        if let Some(node) = entry.node.as_ref().and_then(|it| it.node.as_deref()).filter(|it| !it.is_empty()) {
             what.push_str(&format!(" on node {node}"));
         }
     }
@@ -353,10 +293,7 @@ fn describe(index: usize, entry: &RawEntry) -> String {
 fn worst_status(checks: &[RawCheck], service_id: Option<&str>) -> Result<Option<Status>, String> {
     let mut worst = None;
     for check in checks {
-        let concerns = match (
-            check.service_id.as_deref().filter(|it| !it.is_empty()),
-            service_id,
-        ) {
+        let concerns = match (check.service_id.as_deref().filter(|it| !it.is_empty()), service_id) {
             (Some(theirs), Some(ours)) => theirs == ours,
             _ => true,
         };
@@ -365,21 +302,14 @@ fn worst_status(checks: &[RawCheck], service_id: Option<&str>) -> Result<Option<
         }
         let id = check.check_id.as_deref().unwrap_or_default();
         let maintenance = id == "_node_maintenance" || id.starts_with("_service_maintenance:");
-        let status = match check
-            .status
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        let status = match check.status.as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("passing") => Status::Passing,
             Some("warning") => Status::Warning,
             Some("critical") if maintenance => Status::Maintenance,
             Some("critical") => Status::Critical,
             Some("maintenance") => Status::Maintenance,
             Some(other) => {
-                return Err(format!(
-                    "check `{id}` has status `{other}`: expected passing, warning, critical or maintenance"
-                ));
+                return Err(format!("check `{id}` has status `{other}`: expected passing, warning, critical or maintenance"));
             }
             None => return Err(format!("check `{id}` has no `Status`")),
         };
@@ -393,24 +323,15 @@ fn weight(weights: Option<&RawWeights>, worst: Option<Status>) -> Result<u32, St
     // Consul's defaults, also when `Passing` is 0: Consul refuses that at registration, so it is
     // a zero-valued struct from a client that never set weights.
     let (passing, warning) = match weights {
-        Some(RawWeights {
-            passing: Some(passing),
-            warning,
-        }) if *passing != 0.0 => (*passing, warning.unwrap_or(1.0)),
+        Some(RawWeights { passing: Some(passing), warning }) if *passing != 0.0 => (*passing, warning.unwrap_or(1.0)),
         _ => (1.0, 1.0),
     };
     for (field, value) in [("Passing", passing), ("Warning", warning)] {
         if value < 0.0 {
-            return Err(format!(
-                "`Weights.{field}` is {value}: weights cannot be negative"
-            ));
+            return Err(format!("`Weights.{field}` is {value}: weights cannot be negative"));
         }
     }
-    let chosen = if worst == Some(Status::Warning) {
-        warning
-    } else {
-        passing
-    };
+    let chosen = if worst == Some(Status::Warning) { warning } else { passing };
     // Saturating: no real weight comes near u32::MAX / 100.
     Ok((chosen * 100.0).round() as u32)
 }
@@ -438,14 +359,7 @@ mod tests {
             namespace: None,
             span: dummy,
         };
-        let mut ctx = Ctx {
-            file: FILE,
-            text,
-            registry: &registry,
-            namespace: "shop",
-            mesh_namespace: "mesh",
-            diagnostics: Vec::new(),
-        };
+        let mut ctx = Ctx { file: FILE, text, registry: &registry, namespace: "shop", mesh_namespace: "mesh", diagnostics: Vec::new() };
         let snapshot = load(&mut ctx);
         (snapshot, ctx.diagnostics)
     }
@@ -462,10 +376,7 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn entry_errors(diagnostics: &[Diagnostic]) -> Vec<(String, String)> {
@@ -507,53 +418,16 @@ mod tests {
         assert_eq!(snapshot.version.as_deref(), Some("20"));
         assert_eq!(snapshot.services.len(), 1);
         let service = &snapshot.services[0];
-        assert_eq!(
-            (
-                service.namespace.as_str(),
-                service.name.as_str(),
-                service.protocol
-            ),
-            ("shop", "orders", Some(Protocol::Http))
-        );
-        assert_eq!(
-            (
-                service.rpc.as_ref(),
-                service.methods.as_ref(),
-                service.ports.len()
-            ),
-            (None, None, 0)
-        );
+        assert_eq!((service.namespace.as_str(), service.name.as_str(), service.protocol), ("shop", "orders", Some(Protocol::Http)));
+        assert_eq!((service.rpc.as_ref(), service.methods.as_ref(), service.ports.len()), (None, None, 0));
         assert_eq!(service.entry, "Consul service `orders`");
         let instance = &snapshot.instances[0];
-        assert_eq!(
-            (instance.namespace.as_str(), instance.service.as_str()),
-            ("shop", "orders")
-        );
-        assert_eq!(
-            (
-                instance.address.as_str(),
-                instance.port,
-                instance.service_port
-            ),
-            ("10.0.3.4", 8080, None)
-        );
+        assert_eq!((instance.namespace.as_str(), instance.service.as_str()), ("shop", "orders"));
+        assert_eq!((instance.address.as_str(), instance.port, instance.service_port), ("10.0.3.4", 8080, None));
         assert_eq!((instance.weight, instance.health), (1000, Health::Healthy));
-        assert_eq!(
-            instance.labels,
-            labels(&[("protocol", "http"), ("v2", ""), ("version", "v2")])
-        );
-        assert_eq!(
-            instance.locality,
-            Locality {
-                region: Some("dc1".to_owned()),
-                zone: None,
-                subzone: None
-            }
-        );
-        assert_eq!(
-            spanned(REFERENCE, instance.span),
-            &REFERENCE[1..REFERENCE.len() - 1]
-        );
+        assert_eq!(instance.labels, labels(&[("protocol", "http"), ("v2", ""), ("version", "v2")]));
+        assert_eq!(instance.locality, Locality { region: Some("dc1".to_owned()), zone: None, subzone: None });
+        assert_eq!(spanned(REFERENCE, instance.span), &REFERENCE[1..REFERENCE.len() - 1]);
     }
 
     #[test]
@@ -572,18 +446,10 @@ mod tests {
         let snapshot = clean(text);
         let instance = &snapshot.instances[0];
         assert_eq!(
-            (
-                instance.service.as_str(),
-                instance.address.as_str(),
-                instance.port,
-                instance.weight
-            ),
+            (instance.service.as_str(), instance.address.as_str(), instance.port, instance.weight),
             ("redis", "10.1.10.12", 8000, 1000)
         );
-        assert_eq!(
-            instance.labels,
-            labels(&[("primary", ""), ("redis_version", "4.0")])
-        );
+        assert_eq!(instance.labels, labels(&[("primary", ""), ("redis_version", "4.0")]));
         assert_eq!(snapshot.services[0].protocol, None);
         assert_eq!(snapshot.version, None);
     }
@@ -611,11 +477,7 @@ mod tests {
             .join(",")
         );
         let snapshot = clean(&text);
-        let got: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| (it.health, it.weight))
-            .collect();
+        let got: Vec<_> = snapshot.instances.iter().map(|it| (it.health, it.weight)).collect();
         assert_eq!(
             got,
             [
@@ -643,17 +505,9 @@ mod tests {
         let c = entry("orders", "o-2", "n2", "", "[]");
         let nested = format!("[[{a},{b}],[],[{c}]]");
         let snapshot = clean(&nested);
-        let services: Vec<_> = snapshot
-            .services
-            .iter()
-            .map(|it| it.name.as_str())
-            .collect();
+        let services: Vec<_> = snapshot.services.iter().map(|it| it.name.as_str()).collect();
         assert_eq!(services, ["orders", "billing"]);
-        let instances: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| it.service.as_str())
-            .collect();
+        let instances: Vec<_> = snapshot.instances.iter().map(|it| it.service.as_str()).collect();
         assert_eq!(instances, ["orders", "billing", "orders"]);
         assert_eq!(spanned(&nested, snapshot.instances[2].span), c);
         assert_eq!(spanned(&nested, snapshot.services[0].span), a);
@@ -663,16 +517,7 @@ mod tests {
         assert_eq!(clean("[]").services.len(), 0);
 
         // Entry numbers run across the responses.
-        let bad = format!(
-            "[[{a}],[{}]]",
-            entry(
-                "orders",
-                "o-3",
-                "n3",
-                "",
-                r#"[{"CheckID":"c","Status":"pending"}]"#
-            )
-        );
+        let bad = format!("[[{a}],[{}]]", entry("orders", "o-3", "n3", "", r#"[{"CheckID":"c","Status":"pending"}]"#));
         let (_, diagnostics) = load_text(&bad);
         assert_eq!(
             entry_errors(&diagnostics),
@@ -688,39 +533,17 @@ mod tests {
         let text = format!(
             "[{}]",
             [
-                entry(
-                    "orders-sidecar-proxy",
-                    "p-1",
-                    "n1",
-                    r#","Kind":"connect-proxy","Proxy":{"DestinationServiceName":"orders"}"#,
-                    "[]"
-                ),
+                entry("orders-sidecar-proxy", "p-1", "n1", r#","Kind":"connect-proxy","Proxy":{"DestinationServiceName":"orders"}"#, "[]"),
                 entry("gateway", "g-1", "n1", r#","Kind":"mesh-gateway""#, "[]"),
                 entry("ingress", "g-2", "n1", r#","Kind":"ingress-gateway""#, "[]"),
-                entry(
-                    "terminating",
-                    "g-3",
-                    "n1",
-                    r#","Kind":"terminating-gateway""#,
-                    "[]"
-                ),
+                entry("terminating", "g-3", "n1", r#","Kind":"terminating-gateway""#, "[]"),
                 entry("api", "g-4", "n1", r#","Kind":"api-gateway""#, "[]"),
-                entry(
-                    "orders",
-                    "o-1",
-                    "n1",
-                    r#","Kind":"","Connect":{"Native":true},"ModifyIndex":7"#,
-                    "[]"
-                ),
+                entry("orders", "o-1", "n1", r#","Kind":"","Connect":{"Native":true},"ModifyIndex":7"#, "[]"),
             ]
             .join(",")
         );
         let snapshot = clean(&text);
-        let names: Vec<_> = snapshot
-            .services
-            .iter()
-            .map(|it| it.name.as_str())
-            .collect();
+        let names: Vec<_> = snapshot.services.iter().map(|it| it.name.as_str()).collect();
         assert_eq!(names, ["orders"]);
         assert_eq!(snapshot.instances.len(), 1);
         assert_eq!(snapshot.version.as_deref(), Some("7"));
@@ -750,26 +573,10 @@ mod tests {
         let snapshot = clean(&text);
         assert_eq!(
             snapshot.instances[0].labels,
-            labels(&[
-                ("=x", ""),
-                ("build", "42"),
-                ("canary", "true"),
-                ("team", "c"),
-                ("v2", ""),
-                ("zone", "us-east-1a")
-            ])
+            labels(&[("=x", ""), ("build", "42"), ("canary", "true"), ("team", "c"), ("v2", ""), ("zone", "us-east-1a")])
         );
-        let localities: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| {
-                (
-                    it.address.as_str(),
-                    it.locality.region.as_deref(),
-                    it.locality.zone.as_deref(),
-                )
-            })
-            .collect();
+        let localities: Vec<_> =
+            snapshot.instances.iter().map(|it| (it.address.as_str(), it.locality.region.as_deref(), it.locality.zone.as_deref())).collect();
         assert_eq!(
             localities,
             [
@@ -786,46 +593,22 @@ mod tests {
         let text = format!(
             "[{}]",
             [
-                entry(
-                    "Billing_API",
-                    "b-1",
-                    "n1",
-                    r#","Namespace":"team-a","Partition":"default""#,
-                    "[]"
-                ),
-                entry(
-                    "billing-api",
-                    "b-2",
-                    "n2",
-                    r#","Namespace":"default","Partition":"eu""#,
-                    "[]"
-                ),
+                entry("Billing_API", "b-1", "n1", r#","Namespace":"team-a","Partition":"default""#, "[]"),
+                entry("billing-api", "b-2", "n2", r#","Namespace":"default","Partition":"eu""#, "[]"),
                 entry("__", "x-1", "n3", "", "[]"),
             ]
             .join(",")
         );
         let (snapshot, diagnostics) = load_text(&text);
-        let names: Vec<_> = snapshot
-            .services
-            .iter()
-            .map(|it| (it.name.as_str(), it.entry.as_str()))
-            .collect();
+        let names: Vec<_> = snapshot.services.iter().map(|it| (it.name.as_str(), it.entry.as_str())).collect();
         assert_eq!(names, [("billing-api", "Consul service `Billing_API`")]);
-        assert_eq!(
-            snapshot.instances[0].labels,
-            labels(&[
-                ("consul.io/namespace", "team-a"),
-                ("consul.io/service", "Billing_API")
-            ])
-        );
-        assert_eq!(
-            snapshot.instances[1].labels,
-            labels(&[("consul.io/partition", "eu")])
-        );
+        assert_eq!(snapshot.instances[0].labels, labels(&[("consul.io/namespace", "team-a"), ("consul.io/service", "Billing_API")]));
+        assert_eq!(snapshot.instances[1].labels, labels(&[("consul.io/partition", "eu")]));
         assert_eq!(
             entry_errors(&diagnostics),
             [(
-                "malformed entry in registry `consul-dc1`: `__` cannot be made a service name: it has no ASCII letters or digits".to_owned(),
+                "malformed entry in registry `consul-dc1`: `__` cannot be made a service name: it has no ASCII letters or digits"
+                    .to_owned(),
                 "entry: Consul entry 2: service __ (ID x-1) on node n3".to_owned()
             )]
         );
@@ -840,18 +623,8 @@ mod tests {
            "ModifyIndex":41},"Checks":[]}
         ]"#;
         let snapshot = clean(text);
-        let got: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| (it.address.as_str(), it.port, it.weight))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("fd00::4", 9200, 300),
-                ("search-1.node.dc1.consul", 9200, 100)
-            ]
-        );
+        let got: Vec<_> = snapshot.instances.iter().map(|it| (it.address.as_str(), it.port, it.weight)).collect();
+        assert_eq!(got, [("fd00::4", 9200, 300), ("search-1.node.dc1.consul", 9200, 100)]);
         assert_eq!(snapshot.version.as_deref(), Some("42"));
     }
 
@@ -899,10 +672,7 @@ mod tests {
         .map(|(message, entry)| (format!("{prefix}{message}"), format!("entry: Consul entry {entry}")))
         .collect();
         assert_eq!(entry_errors(&diagnostics), expected);
-        assert_eq!(
-            spanned(&text, diagnostics[3].labels[0].span),
-            r#"{"Node":{"Node":"n5","Address":"10.0.3.4"}}"#
-        );
+        assert_eq!(spanned(&text, diagnostics[3].labels[0].span), r#"{"Node":{"Node":"n5","Address":"10.0.3.4"}}"#);
     }
 
     #[test]
@@ -920,11 +690,7 @@ mod tests {
 
     #[test]
     fn no_input_panics() {
-        let text = format!(
-            "[{},[{}]]",
-            &REFERENCE[1..REFERENCE.len() - 1],
-            entry("Orders.Svc", "x", "n", r#","Weights":null"#, "null")
-        );
+        let text = format!("[{},[{}]]", &REFERENCE[1..REFERENCE.len() - 1], entry("Orders.Svc", "x", "n", r#","Weights":null"#, "null"));
         for end in (0..=text.len()).filter(|it| text.is_char_boundary(*it)) {
             load_text(&text[..end]);
         }

@@ -57,10 +57,7 @@ const DEFAULT_CLUSTER: &str = "DEFAULT";
 const NOT_PROVIDERS: [&str; 3] = ["consumers:", "configurators:", "routers:"];
 
 #[derive(Deserialize)]
-#[serde(
-    rename_all = "camelCase",
-    expecting = "a Nacos instance list (a JSON object)"
-)]
+#[serde(rename_all = "camelCase", expecting = "a Nacos instance list (a JSON object)")]
 struct RawResponse<'a> {
     name: Option<String>,
     dom: Option<String>,
@@ -105,10 +102,7 @@ enum Identity {
     /// A Dubbo interface-level provider service.
     Dubbo { name: String, key: RpcKey },
     /// An ordinary service; `original` is set when the name had to be normalised.
-    Plain {
-        name: String,
-        original: Option<String>,
-    },
+    Plain { name: String, original: Option<String> },
 }
 
 /// Reads a Nacos snapshot.
@@ -122,9 +116,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
     for (index, (range, raw)) in elements.into_iter().enumerate() {
         let span = ctx.span(range.clone());
         let what = format!("Nacos response {index}");
-        let response = match serde_json::from_str::<RawResponse<'_>>(raw.get())
-            .map_err(|err| json_message(&err))
-            .and_then(unwrap_envelope)
+        let response = match serde_json::from_str::<RawResponse<'_>>(raw.get()).map_err(|err| json_message(&err)).and_then(unwrap_envelope)
         {
             Ok(response) => response,
             Err(message) => {
@@ -140,55 +132,30 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
             .into_iter()
             .map(|host| {
                 let at = range_in(ctx.text, host.get()).unwrap_or_else(|| range.clone());
-                (
-                    ctx.span(at),
-                    serde_json::from_str::<RawHost>(host.get()).map_err(|err| json_message(&err)),
-                )
+                (ctx.span(at), serde_json::from_str::<RawHost>(host.get()).map_err(|err| json_message(&err)))
             })
             .collect();
         let full_name = [response.name, response.dom]
             .into_iter()
             .flatten()
-            .chain(
-                hosts
-                    .iter()
-                    .filter_map(|(_, host)| host.as_ref().ok()?.service_name.clone()),
-            )
+            .chain(hosts.iter().filter_map(|(_, host)| host.as_ref().ok()?.service_name.clone()))
             .find(|it| !it.trim().is_empty());
         let Some(full_name) = full_name else {
-            ctx.bad_entry(
-                span,
-                &what,
-                "no service name: give `name` (or Nacos 1.x's `dom`, or the hosts' `serviceName`)",
-            );
+            ctx.bad_entry(span, &what, "no service name: give `name` (or Nacos 1.x's `dom`, or the hosts' `serviceName`)");
             continue;
         };
         let (group, service_name) = match full_name.split_once("@@") {
             Some((group, name)) => (group.to_owned(), name),
-            None => (
-                response
-                    .group_name
-                    .filter(|it| !it.is_empty())
-                    .unwrap_or_else(|| DEFAULT_GROUP.to_owned()),
-                full_name.as_str(),
-            ),
+            None => (response.group_name.filter(|it| !it.is_empty()).unwrap_or_else(|| DEFAULT_GROUP.to_owned()), full_name.as_str()),
         };
         let entry = format!("Nacos service `{full_name}`");
         let target = match identify(service_name) {
-            Ok(Some(Identity::Dubbo { name, key })) => Target {
-                namespace: ctx.mesh_namespace.to_owned(),
-                name,
-                rpc: Some(key),
-                group,
-                original: None,
-            },
-            Ok(Some(Identity::Plain { name, original })) => Target {
-                namespace: ctx.namespace.to_owned(),
-                name,
-                rpc: None,
-                group,
-                original,
-            },
+            Ok(Some(Identity::Dubbo { name, key })) => {
+                Target { namespace: ctx.mesh_namespace.to_owned(), name, rpc: Some(key), group, original: None }
+            }
+            Ok(Some(Identity::Plain { name, original })) => {
+                Target { namespace: ctx.namespace.to_owned(), name, rpc: None, group, original }
+            }
             Ok(None) => continue,
             Err(message) => {
                 ctx.bad_entry(span, &entry, message);
@@ -207,21 +174,13 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
             entry: entry.clone(),
         };
         let slot = services.slot(service, fallback);
-        if let Some(time) = response
-            .last_ref_time
-            .and_then(|it| it.trim().parse::<u64>().ok())
-        {
+        if let Some(time) = response.last_ref_time.and_then(|it| it.trim().parse::<u64>().ok()) {
             latest = latest.max(Some(time));
         }
 
         for (host_index, (host_span, host)) in hosts.into_iter().enumerate() {
             let mut host_what = format!("{entry}, host {host_index}");
-            if let Some(id) = host
-                .as_ref()
-                .ok()
-                .and_then(|it| it.instance_id.as_deref())
-                .filter(|it| !it.is_empty())
-            {
+            if let Some(id) = host.as_ref().ok().and_then(|it| it.instance_id.as_deref()).filter(|it| !it.is_empty()) {
                 host_what.push_str(&format!(" (instanceId `{id}`)"));
             }
             match host.and_then(|host| instance(host, &target, host_span)) {
@@ -233,11 +192,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
             }
         }
     }
-    Snapshot {
-        services: services.finish(),
-        instances,
-        version: latest.map(|it| it.to_string()),
-    }
+    Snapshot { services: services.finish(), instances, version: latest.map(|it| it.to_string()) }
 }
 
 /// The service a response's hosts are instances of.
@@ -268,23 +223,15 @@ fn instance(host: RawHost, target: &Target, span: Span) -> Result<Found, String>
         Some(ip) => ip.to_owned(),
     };
     let port = host.port.ok_or("missing `port`")?;
-    let port = super::port_number(port)
-        .ok_or_else(|| format!("port {port} is not a port: expected 1 to 65535"))?;
+    let port = super::port_number(port).ok_or_else(|| format!("port {port} is not a port: expected 1 to 65535"))?;
     let weight = host.weight.unwrap_or(1.0);
     if weight < 0.0 {
         return Err(format!("weight {weight} is negative"));
     }
 
-    let protocol = host
-        .metadata
-        .get("protocol")
-        .and_then(|it| super::protocol_from_name(it));
+    let protocol = host.metadata.get("protocol").and_then(|it| super::protocol_from_name(it));
     let methods = match target.rpc {
-        Some(_) => host
-            .metadata
-            .get("methods")
-            .map(|it| method_list(it))
-            .filter(|it| !it.is_empty()),
+        Some(_) => host.metadata.get("methods").map(|it| method_list(it)).filter(|it| !it.is_empty()),
         None => None,
     };
     let mut labels = host.metadata;
@@ -294,9 +241,7 @@ fn instance(host: RawHost, target: &Target, span: Span) -> Result<Found, String>
     if let Some(original) = &target.original {
         labels.insert("nacos.io/service".to_owned(), original.clone());
     }
-    let zone = host
-        .cluster_name
-        .filter(|it| !it.is_empty() && it != DEFAULT_CLUSTER);
+    let zone = host.cluster_name.filter(|it| !it.is_empty() && it != DEFAULT_CLUSTER);
     let instance = Instance {
         namespace: target.namespace.clone(),
         service: target.name.clone(),
@@ -306,34 +251,23 @@ fn instance(host: RawHost, target: &Target, span: Span) -> Result<Found, String>
         // Saturating: Nacos caps weights at 10000, far below u32::MAX / 100.
         weight: (weight * 100.0).round() as u32,
         labels,
-        locality: Locality {
-            region: None,
-            zone,
-            subzone: None,
-        },
+        locality: Locality { region: None, zone, subzone: None },
         health: super::health_from_flags(host.healthy.or(host.valid), host.enabled),
         span,
     };
-    Ok(Found {
-        instance,
-        protocol,
-        methods,
-    })
+    Ok(Found { instance, protocol, methods })
 }
 
 /// Takes the response out of Nacos v2's `{"code", "message", "data"}` envelope, if it has one.
 fn unwrap_envelope(response: RawResponse<'_>) -> Result<RawResponse<'_>, String> {
-    let enveloped =
-        response.hosts.is_none() && (response.data.is_some() || response.code.is_some());
+    let enveloped = response.hosts.is_none() && (response.data.is_some() || response.code.is_some());
     if !enveloped {
         return Ok(response);
     }
     // v2 answers 0 on success; some gateways rewrite it to the HTTP status.
     if let Some(code) = response.code.filter(|it| *it != 0.0 && *it != 200.0) {
         let message = response.message.unwrap_or_default();
-        return Err(format!("the response is Nacos error {code}: {message}")
-            .trim_end_matches([' ', ':'])
-            .to_owned());
+        return Err(format!("the response is Nacos error {code}: {message}").trim_end_matches([' ', ':']).to_owned());
     }
     match response.data {
         Some(data) => Ok(*data),
@@ -350,9 +284,7 @@ fn identify(name: &str) -> Result<Option<Identity>, String> {
         let version = parts.next();
         let group = parts.next();
         if !super::is_interface(interface) {
-            return Err(format!(
-                "`{name}` is not a Dubbo provider name: `{interface}` is not an interface name"
-            ));
+            return Err(format!("`{name}` is not a Dubbo provider name: `{interface}` is not an interface name"));
         }
         let (name, key) = super::dubbo_key(interface, version, group);
         return Ok(Some(Identity::Dubbo { name, key }));
@@ -361,19 +293,11 @@ fn identify(name: &str) -> Result<Option<Identity>, String> {
         return Ok(None);
     }
     if crate::manifest::is_dns_label(name) {
-        return Ok(Some(Identity::Plain {
-            name: name.to_owned(),
-            original: None,
-        }));
+        return Ok(Some(Identity::Plain { name: name.to_owned(), original: None }));
     }
     match dns_label(name) {
-        Some(label) => Ok(Some(Identity::Plain {
-            name: label,
-            original: Some(name.to_owned()),
-        })),
-        None => Err(format!(
-            "`{name}` cannot be made a service name: it has no ASCII letters or digits"
-        )),
+        Some(label) => Ok(Some(Identity::Plain { name: label, original: Some(name.to_owned()) })),
+        None => Err(format!("`{name}` cannot be made a service name: it has no ASCII letters or digits")),
     }
 }
 
@@ -396,11 +320,7 @@ pub(super) fn dns_label(name: &str) -> Option<String> {
 
 /// Dubbo's `methods` metadata: a comma-separated list.
 fn method_list(text: &str) -> BTreeSet<String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|it| !it.is_empty())
-        .map(str::to_owned)
-        .collect()
+    text.split(',').map(str::trim).filter(|it| !it.is_empty()).map(str::to_owned).collect()
 }
 
 /// The byte range of `part` in `text`, when `part` is a slice of `text` (as the `RawValue`s
@@ -445,32 +365,19 @@ impl Collector {
         if let Some(&slot) = self.index.get(&key) {
             return slot;
         }
-        self.pending.push(Pending {
-            service,
-            declared: BTreeSet::new(),
-            fallback,
-        });
+        self.pending.push(Pending { service, declared: BTreeSet::new(), fallback });
         self.index.insert(key, self.pending.len() - 1);
         self.pending.len() - 1
     }
 
     /// Records what one instance of the service declares.
-    pub(super) fn declare(
-        &mut self,
-        slot: usize,
-        protocol: Option<Protocol>,
-        methods: Option<BTreeSet<String>>,
-    ) {
+    pub(super) fn declare(&mut self, slot: usize, protocol: Option<Protocol>, methods: Option<BTreeSet<String>>) {
         let Some(pending) = self.pending.get_mut(slot) else {
             return;
         };
         pending.declared.extend(protocol);
         if let Some(methods) = methods {
-            pending
-                .service
-                .methods
-                .get_or_insert_with(BTreeSet::new)
-                .extend(methods);
+            pending.service.methods.get_or_insert_with(BTreeSet::new).extend(methods);
         }
     }
 
@@ -480,9 +387,7 @@ impl Collector {
         self.pending
             .into_iter()
             .map(|mut pending| {
-                let agreed = (pending.declared.len() == 1)
-                    .then(|| pending.declared.first().copied())
-                    .flatten();
+                let agreed = (pending.declared.len() == 1).then(|| pending.declared.first().copied()).flatten();
                 pending.service.protocol = agreed.or(pending.fallback);
                 pending.service
             })
@@ -513,14 +418,7 @@ mod tests {
             namespace: None,
             span: dummy,
         };
-        let mut ctx = Ctx {
-            file: FILE,
-            text,
-            registry: &registry,
-            namespace: "shop",
-            mesh_namespace: "mesh",
-            diagnostics: Vec::new(),
-        };
+        let mut ctx = Ctx { file: FILE, text, registry: &registry, namespace: "shop", mesh_namespace: "mesh", diagnostics: Vec::new() };
         let snapshot = load(&mut ctx);
         (snapshot, ctx.diagnostics)
     }
@@ -538,10 +436,7 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     /// (message, note) of each diagnostic, all of which must be `RegistryEntry` errors.
@@ -571,49 +466,23 @@ mod tests {
         assert_eq!(snapshot.version.as_deref(), Some("1700000000000"));
         assert_eq!(snapshot.services.len(), 1);
         let service = &snapshot.services[0];
-        assert_eq!(
-            (service.namespace.as_str(), service.name.as_str()),
-            ("mesh", "gray/com.ex.DemoService:1.0.0")
-        );
+        assert_eq!((service.namespace.as_str(), service.name.as_str()), ("mesh", "gray/com.ex.DemoService:1.0.0"));
         let key = service.rpc.as_ref().unwrap();
         assert_eq!(
-            (
-                key.interface.as_str(),
-                key.version.as_deref(),
-                key.group.as_deref()
-            ),
+            (key.interface.as_str(), key.version.as_deref(), key.group.as_deref()),
             ("com.ex.DemoService", Some("1.0.0"), Some("gray"))
         );
         assert_eq!(service.protocol, Some(Protocol::Dubbo));
-        assert_eq!(
-            service.methods,
-            Some(BTreeSet::from(["sayHello".to_owned()]))
-        );
+        assert_eq!(service.methods, Some(BTreeSet::from(["sayHello".to_owned()])));
         assert!(service.ports.is_empty());
-        assert_eq!(
-            service.entry,
-            "Nacos service `DEFAULT_GROUP@@providers:com.ex.DemoService:1.0.0:gray`"
-        );
+        assert_eq!(service.entry, "Nacos service `DEFAULT_GROUP@@providers:com.ex.DemoService:1.0.0:gray`");
         assert_eq!(spanned(DUBBO, service.span), DUBBO);
 
         assert_eq!(snapshot.instances.len(), 1);
         let instance = &snapshot.instances[0];
-        assert_eq!(
-            (instance.namespace.as_str(), instance.service.as_str()),
-            ("mesh", "gray/com.ex.DemoService:1.0.0")
-        );
-        assert_eq!(
-            (
-                instance.address.as_str(),
-                instance.port,
-                instance.service_port
-            ),
-            ("10.0.1.15", 20880, None)
-        );
-        assert_eq!(
-            (instance.weight, instance.health),
-            (super::super::DEFAULT_WEIGHT, Health::Healthy)
-        );
+        assert_eq!((instance.namespace.as_str(), instance.service.as_str()), ("mesh", "gray/com.ex.DemoService:1.0.0"));
+        assert_eq!((instance.address.as_str(), instance.port, instance.service_port), ("10.0.1.15", 20880, None));
+        assert_eq!((instance.weight, instance.health), (super::super::DEFAULT_WEIGHT, Health::Healthy));
         assert_eq!(instance.locality, Locality::default());
         assert_eq!(
             instance.labels,
@@ -643,26 +512,11 @@ mod tests {
           {"name":"DEFAULT_GROUP@@configurators:com.ex.Echo::","hosts":[]}
         ]"#;
         let snapshot = clean(text);
-        let names: Vec<_> = snapshot
-            .services
-            .iter()
-            .map(|it| (it.namespace.as_str(), it.name.as_str(), it.protocol))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                ("mesh", "com.ex.Echo", Some(Protocol::Grpc)),
-                ("mesh", "com.ex.Mixed:2.0", Some(Protocol::Dubbo))
-            ]
-        );
+        let names: Vec<_> = snapshot.services.iter().map(|it| (it.namespace.as_str(), it.name.as_str(), it.protocol)).collect();
+        assert_eq!(names, [("mesh", "com.ex.Echo", Some(Protocol::Grpc)), ("mesh", "com.ex.Mixed:2.0", Some(Protocol::Dubbo))]);
         let key = snapshot.services[0].rpc.as_ref().unwrap();
         assert_eq!((key.version.as_deref(), key.group.as_deref()), (None, None));
-        let methods: Vec<_> = snapshot.services[0]
-            .methods
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
+        let methods: Vec<_> = snapshot.services[0].methods.iter().flatten().map(String::as_str).collect();
         assert_eq!(methods, ["echo", "ping", "shout"]);
         assert_eq!(snapshot.services[1].methods, None);
         assert_eq!(snapshot.instances.len(), 4);
@@ -682,42 +536,15 @@ mod tests {
         ]"#;
         let snapshot = clean(text);
         assert_eq!(snapshot.version.as_deref(), Some("1700000000900"));
-        let services: Vec<_> = snapshot
-            .services
-            .iter()
-            .map(|it| {
-                (
-                    it.namespace.as_str(),
-                    it.name.as_str(),
-                    it.protocol,
-                    it.rpc.is_some(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            services,
-            [
-                ("shop", "orders", Some(Protocol::Http), false),
-                ("shop", "payments", None, false)
-            ]
-        );
-        assert_eq!(
-            snapshot.services[0].entry,
-            "Nacos service `DEFAULT_GROUP@@orders`"
-        );
+        let services: Vec<_> =
+            snapshot.services.iter().map(|it| (it.namespace.as_str(), it.name.as_str(), it.protocol, it.rpc.is_some())).collect();
+        assert_eq!(services, [("shop", "orders", Some(Protocol::Http), false), ("shop", "payments", None, false)]);
+        assert_eq!(snapshot.services[0].entry, "Nacos service `DEFAULT_GROUP@@orders`");
 
         let instances: Vec<_> = snapshot
             .instances
             .iter()
-            .map(|it| {
-                (
-                    it.service.as_str(),
-                    it.address.as_str(),
-                    it.port,
-                    it.weight,
-                    it.locality.zone.as_deref(),
-                )
-            })
+            .map(|it| (it.service.as_str(), it.address.as_str(), it.port, it.weight, it.locality.zone.as_deref()))
             .collect();
         assert_eq!(
             instances,
@@ -728,22 +555,9 @@ mod tests {
                 ("payments", "10.0.3.1", 9090, 100, None),
             ]
         );
-        assert_eq!(
-            snapshot.instances[0].labels,
-            labels(&[("protocol", "http"), ("version", "v1")])
-        );
-        assert_eq!(
-            snapshot.instances[2].labels,
-            labels(&[
-                ("nacos.io/group", "canary"),
-                ("protocol", "http"),
-                ("version", "v2")
-            ])
-        );
-        assert_eq!(
-            snapshot.instances[3].labels,
-            labels(&[("nacos.io/group", "gray")])
-        );
+        assert_eq!(snapshot.instances[0].labels, labels(&[("protocol", "http"), ("version", "v1")]));
+        assert_eq!(snapshot.instances[2].labels, labels(&[("nacos.io/group", "canary"), ("protocol", "http"), ("version", "v2")]));
+        assert_eq!(snapshot.instances[3].labels, labels(&[("nacos.io/group", "gray")]));
         assert_eq!(snapshot.instances[3].health, Health::Unknown);
     }
 
@@ -759,17 +573,9 @@ mod tests {
           {"hosts":[{"ip":"10.10.10.12","port":8888,"serviceName":"DEFAULT_GROUP@@inventory"}]}
         ]"#;
         let snapshot = clean(text);
-        let names: Vec<_> = snapshot
-            .services
-            .iter()
-            .map(|it| it.name.as_str())
-            .collect();
+        let names: Vec<_> = snapshot.services.iter().map(|it| it.name.as_str()).collect();
         assert_eq!(names, ["nacos-test-1", "inventory"]);
-        let instances: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| (it.service.as_str(), it.address.as_str(), it.health))
-            .collect();
+        let instances: Vec<_> = snapshot.instances.iter().map(|it| (it.service.as_str(), it.address.as_str(), it.health)).collect();
         assert_eq!(
             instances,
             [
@@ -778,10 +584,7 @@ mod tests {
                 ("inventory", "10.10.10.12", Health::Unknown)
             ]
         );
-        assert_eq!(
-            snapshot.instances[0].labels,
-            labels(&[("nacos.io/service", "nacos.test.1")])
-        );
+        assert_eq!(snapshot.instances[0].labels, labels(&[("nacos.io/service", "nacos.test.1")]));
         assert_eq!(snapshot.instances[2].labels, BTreeMap::new());
         assert_eq!(snapshot.version.as_deref(), Some("1600000000000"));
     }
@@ -789,16 +592,10 @@ mod tests {
     #[test]
     fn names_that_are_not_dns_labels_are_normalised() {
         assert_eq!(dns_label("Order_Service").as_deref(), Some("order-service"));
-        assert_eq!(
-            dns_label("__Billing..API__v2").as_deref(),
-            Some("billing-api-v2")
-        );
+        assert_eq!(dns_label("__Billing..API__v2").as_deref(), Some("billing-api-v2"));
         assert_eq!(dns_label("café-menu").as_deref(), Some("caf-menu"));
         assert_eq!(dns_label(&"a".repeat(70)).map(|it| it.len()), Some(63));
-        assert_eq!(
-            dns_label(&format!("{}_b", "a".repeat(62))).as_deref(),
-            Some("a".repeat(62).as_str())
-        );
+        assert_eq!(dns_label(&format!("{}_b", "a".repeat(62))).as_deref(), Some("a".repeat(62).as_str()));
         assert_eq!(dns_label("_-_"), None);
 
         let text = r#"[{"name":"DEFAULT_GROUP@@Order_Service","hosts":[{"ip":"10.0.4.1","port":80}]},
@@ -807,14 +604,8 @@ mod tests {
         let (snapshot, diagnostics) = load_text(text);
         assert_eq!(snapshot.services.len(), 1);
         assert_eq!(snapshot.services[0].name, "order-service");
-        assert_eq!(
-            snapshot.services[0].entry,
-            "Nacos service `DEFAULT_GROUP@@Order_Service`"
-        );
-        assert_eq!(
-            snapshot.instances[0].labels,
-            labels(&[("nacos.io/service", "Order_Service")])
-        );
+        assert_eq!(snapshot.services[0].entry, "Nacos service `DEFAULT_GROUP@@Order_Service`");
+        assert_eq!(snapshot.instances[0].labels, labels(&[("nacos.io/service", "Order_Service")]));
         assert_eq!(snapshot.instances[1].labels, BTreeMap::new());
         assert_eq!(
             entry_errors(&diagnostics),
@@ -823,10 +614,7 @@ mod tests {
                 "entry: Nacos service `DEFAULT_GROUP@@___`".to_owned()
             )]
         );
-        assert!(
-            spanned(text, diagnostics[0].labels[0].span)
-                .starts_with(r#"{"name":"DEFAULT_GROUP@@___""#)
-        );
+        assert!(spanned(text, diagnostics[0].labels[0].span).starts_with(r#"{"name":"DEFAULT_GROUP@@___""#));
     }
 
     #[test]
@@ -838,11 +626,7 @@ mod tests {
             {"ip":"10.0.5.4","port":8080,"healthy":true,"enabled":false},
             {"ip":"10.0.5.5","port":8080,"healthy":true,"enabled":true,"weight":0.0}]}"#;
         let snapshot = clean(text);
-        let health: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| (it.address.as_str(), it.health, it.weight))
-            .collect();
+        let health: Vec<_> = snapshot.instances.iter().map(|it| (it.address.as_str(), it.health, it.weight)).collect();
         assert_eq!(
             health,
             [
@@ -860,19 +644,8 @@ mod tests {
         let text = r#"{"name":"DEFAULT_GROUP@@search","hosts":[
             {"ip":"fd00:10::7","port":8080},{"ip":"search-0.search.shop.svc.cluster.local","port":8080},{"ip":" 10.0.6.1 ","port":8080}]}"#;
         let snapshot = clean(text);
-        let addresses: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| it.address.as_str())
-            .collect();
-        assert_eq!(
-            addresses,
-            [
-                "fd00:10::7",
-                "search-0.search.shop.svc.cluster.local",
-                "10.0.6.1"
-            ]
-        );
+        let addresses: Vec<_> = snapshot.instances.iter().map(|it| it.address.as_str()).collect();
+        assert_eq!(addresses, ["fd00:10::7", "search-0.search.shop.svc.cluster.local", "10.0.6.1"]);
     }
 
     #[test]
@@ -891,53 +664,29 @@ mod tests {
             "10.0.7.11:8080",
             {"instanceId":"z","ip":"10.0.7.12","port":8080}]}"#;
         let (snapshot, diagnostics) = load_text(text);
-        let loaded: Vec<_> = snapshot
-            .instances
-            .iter()
-            .map(|it| it.address.as_str())
-            .collect();
+        let loaded: Vec<_> = snapshot.instances.iter().map(|it| it.address.as_str()).collect();
         assert_eq!(loaded, ["10.0.7.1", "10.0.7.12"]);
         assert_eq!(snapshot.services.len(), 1);
         let prefix = "malformed entry in registry `nacos-hz`: ";
         let expected: Vec<(String, String)> = [
             ("missing `port`", "host 1 (instanceId `b`)"),
-            (
-                "port 70000 is not a port: expected 1 to 65535",
-                "host 2 (instanceId `c`)",
-            ),
-            (
-                "`10.0 .7.4` is not an IP address or host name",
-                "host 3 (instanceId `d`)",
-            ),
+            ("port 70000 is not a port: expected 1 to 65535", "host 2 (instanceId `c`)"),
+            ("`10.0 .7.4` is not an IP address or host name", "host 3 (instanceId `d`)"),
             ("invalid type: integer `1234`, expected a string", "host 4"),
             ("missing `ip`", "host 5"),
             ("expected a number, found `http`", "host 6"),
             ("weight -1 is negative", "host 7"),
             ("port 8080.5 is not a port: expected 1 to 65535", "host 8"),
             ("expected a boolean, found \"maybe\"", "host 9"),
-            (
-                "invalid type: string \"10.0.7.11:8080\", expected a Nacos host (a JSON object)",
-                "host 10",
-            ),
+            ("invalid type: string \"10.0.7.11:8080\", expected a Nacos host (a JSON object)", "host 10"),
         ]
         .iter()
-        .map(|(message, host)| {
-            (
-                format!("{prefix}{message}"),
-                format!("entry: Nacos service `DEFAULT_GROUP@@orders`, {host}"),
-            )
-        })
+        .map(|(message, host)| (format!("{prefix}{message}"), format!("entry: Nacos service `DEFAULT_GROUP@@orders`, {host}")))
         .collect();
         assert_eq!(entry_errors(&diagnostics), expected);
         // Each diagnostic points at its own host.
-        assert_eq!(
-            spanned(text, diagnostics[0].labels[0].span),
-            r#"{"instanceId":"b","ip":"10.0.7.2"}"#
-        );
-        assert_eq!(
-            spanned(text, diagnostics[9].labels[0].span),
-            r#""10.0.7.11:8080""#
-        );
+        assert_eq!(spanned(text, diagnostics[0].labels[0].span), r#"{"instanceId":"b","ip":"10.0.7.2"}"#);
+        assert_eq!(spanned(text, diagnostics[9].labels[0].span), r#""10.0.7.11:8080""#);
     }
 
     #[test]
@@ -951,11 +700,7 @@ mod tests {
           {"name":"DEFAULT_GROUP@@ok","hosts":[{"ip":"10.0.8.3","port":80}]}
         ]"#;
         let (snapshot, diagnostics) = load_text(text);
-        let names: Vec<_> = snapshot
-            .services
-            .iter()
-            .map(|it| it.name.as_str())
-            .collect();
+        let names: Vec<_> = snapshot.services.iter().map(|it| it.name.as_str()).collect();
         assert_eq!(names, ["ok"]);
         assert_eq!(snapshot.instances.len(), 1);
         let prefix = "malformed entry in registry `nacos-hz`: ";
@@ -989,18 +734,13 @@ mod tests {
         let (snapshot, diagnostics) = load_text(text);
         assert_eq!(snapshot.services.len(), 1);
         assert_eq!(snapshot.services[0].name, "nacos-test-1");
-        assert_eq!(
-            (
-                snapshot.instances[0].address.as_str(),
-                snapshot.instances[0].health
-            ),
-            ("10.10.10.10", Health::Unhealthy)
-        );
+        assert_eq!((snapshot.instances[0].address.as_str(), snapshot.instances[0].health), ("10.10.10.10", Health::Unhealthy));
         assert_eq!(snapshot.version.as_deref(), Some("1700000001000"));
         assert_eq!(
             entry_errors(&diagnostics),
             [(
-                "malformed entry in registry `nacos-hz`: the response is Nacos error 20004: service not found: public@@DEFAULT_GROUP@@gone".to_owned(),
+                "malformed entry in registry `nacos-hz`: the response is Nacos error 20004: service not found: public@@DEFAULT_GROUP@@gone"
+                    .to_owned(),
                 "entry: Nacos response 1".to_owned()
             )]
         );
@@ -1014,9 +754,7 @@ mod tests {
         assert_eq!(diagnostics.len(), 1);
         assert_eq!(diagnostics[0].code, Code::RegistryFormat);
         assert!(
-            diagnostics[0].message.starts_with(
-                "cannot read nacos snapshot of registry `nacos-hz`: invalid JSON: EOF while parsing"
-            ),
+            diagnostics[0].message.starts_with("cannot read nacos snapshot of registry `nacos-hz`: invalid JSON: EOF while parsing"),
             "{}",
             diagnostics[0].message
         );
@@ -1025,9 +763,7 @@ mod tests {
     #[test]
     fn no_input_panics() {
         // Every prefix, and every byte replaced by characters that change the JSON's shape.
-        let text = format!(
-            "[{DUBBO}, {{\"dom\":\"x\",\"hosts\":[{{\"ip\":\"::1\",\"port\":\"1\",\"metadata\":null}}]}}]"
-        );
+        let text = format!("[{DUBBO}, {{\"dom\":\"x\",\"hosts\":[{{\"ip\":\"::1\",\"port\":\"1\",\"metadata\":null}}]}}]");
         for end in (0..=text.len()).filter(|it| text.is_char_boundary(*it)) {
             load_text(&text[..end]);
         }
