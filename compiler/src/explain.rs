@@ -552,11 +552,18 @@ pub fn render(explanation: &Explanation) -> String {
         "http" => {
             format!("{} http://{}{}", request.method, request.authority.as_deref().unwrap_or(""), request.path.as_deref().unwrap_or(""))
         }
-        protocol => format!("{protocol} {} {}", request.service.as_deref().unwrap_or(""), request.method),
+        "bolt" => format!("bolt service `{}` method `{}`", request.service.as_deref().unwrap_or(""), request.method),
+        _ => format!(
+            "dubbo interface `{}` version `{}` group `{}` method `{}`",
+            request.interface.as_deref().unwrap_or(""),
+            request.version.as_deref().unwrap_or(""),
+            request.group.as_deref().unwrap_or(""),
+            request.method
+        ),
     };
     out.push_str(&format!("request: {what}\nfrom workload: {}\n", explanation.from));
     if let Some(no_table) = &explanation.no_table {
-        out.push_str(&format!("no route table: {}\nanswer: {}\n", no_table.reason, no_table.status));
+        out.push_str(&format!("no route table: {}\nanswer: {}\n", no_table.reason, answer(request.protocol, no_table.status)));
         return out;
     }
     let source =
@@ -567,7 +574,7 @@ pub fn render(explanation: &Explanation) -> String {
         out.push_str(&format!("  {}. route `{}`: {verdict}: {}\n", index + 1, trace.name, trace.reason));
     }
     match explanation.action.as_str() {
-        "no_route" => out.push_str(&format!("no route matches: answer {}\n", explanation.status.unwrap_or(404))),
+        "no_route" => out.push_str(&format!("no route matches: answer {}\n", answer(request.protocol, explanation.status.unwrap_or(404)))),
         "forward" => {
             for dest in &explanation.destinations {
                 let subset = dest.subset.as_deref().map(|it| format!(" subset {it}")).unwrap_or_default();
@@ -596,9 +603,20 @@ pub fn render(explanation: &Explanation) -> String {
                 }
             }
         }
-        action => out.push_str(&format!("action: {action}, answer {}\n", explanation.status.unwrap_or(0))),
+        action => out.push_str(&format!("action: {action}, answer {}\n", answer(request.protocol, explanation.status.unwrap_or(0)))),
     }
     out
+}
+
+/// A status in the protocol's own terms.
+fn answer(protocol: &str, status: u16) -> String {
+    match (protocol, status) {
+        ("bolt", 6) => "Bolt status 6 (no processor)".to_owned(),
+        ("dubbo", 60) => "Dubbo status 60 (service not found)".to_owned(),
+        ("bolt", status) => format!("Bolt status {status}"),
+        ("dubbo", status) => format!("Dubbo status {status}"),
+        (_, status) => format!("HTTP {status}"),
+    }
 }
 
 /// Runs `meshc explain`.
@@ -613,21 +631,35 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
 }
 
 fn run_inner(args: &ExplainArgs) -> Result<ExitCode, String> {
-    let rpc = args.bolt.is_some() || args.dubbo.is_some();
-    let (dir, http) = match (rpc, args.positional.as_slice()) {
-        (true, []) => (PathBuf::from("."), None),
-        (true, [dir]) => (PathBuf::from(dir), None),
-        (false, [method, url]) => (PathBuf::from("."), Some((method, url))),
-        (false, [dir, method, url]) => (PathBuf::from(dir), Some((method, url))),
-        (true, _) => return Err("with --bolt or --dubbo, give at most the mesh directory as an argument".to_owned()),
-        (false, _) => return Err("give `[DIR] METHOD URL`, or `[DIR]` with --bolt SERVICE METHOD or --dubbo INTERFACE METHOD".to_owned()),
-    };
+    let (dir, _) = parse_request(args)?;
     let compilation = crate::compile(&crate::source::DiskFs::new(&dir));
     if compilation.has_errors() || compilation.io_error {
         crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, false);
         return Ok(ExitCode::from(if compilation.io_error { 2 } else { 1 }));
     }
     let Some(mesh) = &compilation.ir else { return Ok(ExitCode::from(1)) };
+    let explanation = explain_args(mesh, args)?;
+    match args.format {
+        ExplainFormat::Human => print!("{}", render(&explanation)),
+        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&explanation).map_err(|it| it.to_string())?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Explains a request given as `meshc explain` arguments (after `explain`), against a compiled mesh.
+pub fn explain_words(mesh: &Mesh, words: &[String]) -> Result<Explanation, String> {
+    #[derive(clap::Parser)]
+    #[command(no_binary_name = true)]
+    struct Words {
+        #[command(flatten)]
+        args: ExplainArgs,
+    }
+    let words = <Words as clap::Parser>::try_parse_from(words).map_err(|err| err.to_string().trim().to_owned())?;
+    explain_args(mesh, &words.args)
+}
+
+fn explain_args(mesh: &Mesh, args: &ExplainArgs) -> Result<Explanation, String> {
+    let (_, request) = parse_request(args)?;
     let workload = match &args.from {
         Some(name) => mesh.workloads.iter().find(|it| it.name == *name),
         None if mesh.workloads.len() == 1 => mesh.workloads.first(),
@@ -639,6 +671,20 @@ fn run_inner(args: &ExplainArgs) -> Result<ExitCode, String> {
             Some(name) => format!("unknown workload `{name}`; the mesh has: {}", names.join(", ")),
             None => format!("give the calling workload with --from; the mesh has: {}", names.join(", ")),
         });
+    };
+    Ok(explain(mesh, workload, request, args.source_ip))
+}
+
+/// The mesh directory and the request the arguments describe.
+fn parse_request(args: &ExplainArgs) -> Result<(PathBuf, Request), String> {
+    let rpc = args.bolt.is_some() || args.dubbo.is_some();
+    let (dir, http) = match (rpc, args.positional.as_slice()) {
+        (true, []) => (PathBuf::from("."), None),
+        (true, [dir]) => (PathBuf::from(dir), None),
+        (false, [method, url]) => (PathBuf::from("."), Some((method, url))),
+        (false, [dir, method, url]) => (PathBuf::from(dir), Some((method, url))),
+        (true, _) => return Err("with --bolt or --dubbo, give at most the mesh directory as an argument".to_owned()),
+        (false, _) => return Err("give `[DIR] METHOD URL`, or `[DIR]` with --bolt SERVICE METHOD or --dubbo INTERFACE METHOD".to_owned()),
     };
     let mut headers = Vec::new();
     for header in &args.headers {
@@ -665,9 +711,8 @@ fn run_inner(args: &ExplainArgs) -> Result<ExitCode, String> {
             group: Some(String::new()),
         }
     } else {
-        let dubbo = args.dubbo.as_ref().expect("checked above");
-        let (interface, version) =
-            dubbo[0].split_once(':').map_or((dubbo[0].clone(), String::new()), |(i, v)| (i.to_owned(), v.to_owned()));
+        let dubbo = args.dubbo.as_ref().ok_or("give --bolt or --dubbo")?;
+        let (interface, version) = dubbo[0].split_once(':').map_or((dubbo[0].clone(), String::new()), |(i, v)| (i.to_owned(), v.to_owned()));
         Request {
             protocol: "dubbo",
             authority: None,
@@ -681,12 +726,7 @@ fn run_inner(args: &ExplainArgs) -> Result<ExitCode, String> {
             group: Some(args.group.clone().unwrap_or_default()),
         }
     };
-    let explanation = explain(mesh, workload, request, args.source_ip);
-    match args.format {
-        ExplainFormat::Human => print!("{}", render(&explanation)),
-        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&explanation).map_err(|it| it.to_string())?),
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((dir, request))
 }
 
 /// Builds an HTTP request from a method and URL; a `host` header overrides the URL's authority.

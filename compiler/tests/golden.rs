@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use meshc::source::{DiskFs, MemFs, Vfs};
+use meshc::source::{DiskFs, MemFs};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -282,6 +282,3 @@ fn every_example_has_a_golden_case() {
     }
     assert!(missing.is_empty(), "examples without golden/ok cases: {missing:?}");
 }
-
-#[allow(dead_code)]
-fn assert_vfs(_: &dyn Vfs) {}

@@ -230,7 +230,11 @@ impl Checker<'_, '_> {
                 Some(names) => names.iter().filter_map(|it| workloads.get(it)).collect(),
                 None => workloads.values().collect(),
             };
-            self.ineffective(decl, action, &targeted, workloads, services);
+            // With an unknown target, whether the policy applies is unknowable: that error suffices.
+            let all_known = decl.workloads.as_ref().is_none_or(|list| list.value.iter().all(|it| workloads.contains_key(&it.text)));
+            if all_known {
+                self.ineffective(decl, action, &targeted, workloads, services);
+            }
             out.insert(decl.name.text.clone(), CheckedPolicy { action, workloads: targets, rules, declared_in: self.path(decl.span) });
         }
         out
@@ -454,13 +458,10 @@ impl Checker<'_, '_> {
             .map(|it| (it.number, it.protocol))
             .collect();
         if inbound.is_empty() {
-            let whom = match &decl.workloads {
-                Some(list) => list.value.iter().map(|it| format!("`{}`", it.text)).collect::<Vec<_>>().join(", "),
-                None => "every workload".to_owned(),
-            };
+            let whom = if decl.workloads.is_some() { "no workload it targets serves a port" } else { "no workload of the mesh serves a port" };
             let mut diagnostic =
                 Diagnostic::warning(Code::IneffectivePolicy, format!("authorization policy `{}` never applies", decl.name.text))
-                    .primary(decl.name.span, format!("{whom} serve(s) no port"))
+                    .primary(decl.name.span, whom)
                     .note("authorization applies to inbound requests, and the targeted workloads serve none");
             if let Some(list) = &decl.workloads {
                 diagnostic = diagnostic.secondary(list.span, "targets");

@@ -21,14 +21,6 @@ use toml::Spanned;
 
 use super::{Ctx, Instance, Port, Service, Snapshot};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    version: Option<toml::Value>,
-    #[serde(default)]
-    service: Vec<Spanned<toml::Value>>,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +33,7 @@ struct RawService {
     ports: Vec<RawPort>,
     methods: Option<Vec<String>>,
     #[serde(default)]
-    instance: Vec<Spanned<toml::Value>>,
+    instance: Vec<Spanned<RawInstance>>,
 }
 
 #[derive(Deserialize)]
@@ -66,27 +58,46 @@ struct RawInstance {
     health: Option<String>,
 }
 
-/// Reads a native snapshot.
+/// Reads a native snapshot. Each `[[service]]` table is deserialized on its own from the
+/// spanned document, so one bad entry is reported with its position and the others still load.
 pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
     let mut snapshot = Snapshot::default();
-    let raw: RawFile = match toml::from_str(ctx.text) {
-        Ok(raw) => raw,
+    let root = match toml::de::DeTable::parse(ctx.text) {
+        Ok(root) => root,
         Err(err) => {
             let at = err.span().unwrap_or(0..0);
             ctx.bad_file(at, format!("invalid TOML: {}", err.message().trim_end_matches('.')));
             return snapshot;
         }
     };
-    snapshot.version = raw.version.map(|it| match it {
-        toml::Value::String(s) => s,
-        other => other.to_string(),
-    });
-    for entry in raw.service {
+    let mut entries = Vec::new();
+    for (key, value) in root.get_ref().iter() {
+        match (key.get_ref().as_ref(), value.get_ref()) {
+            ("version", toml::de::DeValue::String(text)) => snapshot.version = Some(text.to_string()),
+            ("version", toml::de::DeValue::Integer(n)) => snapshot.version = Some(n.as_str().to_owned()),
+            ("service", toml::de::DeValue::Array(array)) => entries.extend(array.iter().cloned()),
+            (other, _) => {
+                let span = ctx.span(key.span());
+                ctx.bad_entry(span, &format!("top-level `{other}`"), "unknown key: a native registry holds `version` and `[[service]]` tables");
+            }
+        }
+    }
+    for entry in entries {
         let span = ctx.span(entry.span());
-        let service: RawService = match RawService::deserialize(entry.into_inner()) {
-            Ok(service) => service,
-            Err(err) => {
-                ctx.bad_entry(span, "[[service]]", err.message().trim_end_matches('.'));
+        let service: RawService = match entry.get_ref() {
+            toml::de::DeValue::Table(table) => {
+                let deserializer = toml::de::Deserializer::from(Spanned::new(entry.span(), table.clone()));
+                match RawService::deserialize(deserializer) {
+                    Ok(service) => service,
+                    Err(err) => {
+                        let at = err.span().map_or(span, |it| ctx.span(it));
+                        ctx.bad_entry(at, "[[service]]", err.message().trim_end_matches('.'));
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                ctx.bad_entry(span, "service", "`service` must be an array of tables: `[[service]]`");
                 continue;
             }
         };
@@ -153,13 +164,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
 
         for instance in service.instance {
             let instance_span = ctx.span(instance.span());
-            let raw: RawInstance = match RawInstance::deserialize(instance.into_inner()) {
-                Ok(raw) => raw,
-                Err(err) => {
-                    ctx.bad_entry(instance_span, &format!("instance of {entry_name}"), err.message().trim_end_matches('.'));
-                    continue;
-                }
-            };
+            let raw = instance.into_inner();
             let what = format!("instance {} of {entry_name}", raw.address);
             if !super::is_address(&raw.address) {
                 ctx.bad_entry(instance_span, &what, format!("`{}` is not an IP address or host name", raw.address));

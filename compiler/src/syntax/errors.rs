@@ -12,11 +12,12 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
         InputLocation::Pos(pos) => pos,
         InputLocation::Span((start, _)) => start,
     };
-    let end = next_char_boundary(text, at);
+    let word_len = text[at.min(text.len())..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').map(char::len_utf8).sum::<usize>();
+    let end = if word_len > 0 { at + word_len } else { next_char_boundary(text, at) };
     let found = describe_found(text, at);
     let message = match &err.variant {
         ErrorVariant::ParsingError { positives, .. } => {
-            let mut expected: Vec<String> = positives.iter().map(|it| rule_name(*it)).collect();
+            let mut expected: Vec<String> = positives.iter().flat_map(|it| rule_name(*it).split(" | ").map(str::to_owned).collect::<Vec<_>>()).collect();
             expected.sort();
             expected.dedup();
             match expected.len() {
@@ -49,7 +50,7 @@ fn describe_found(text: &str, at: usize) -> String {
     }
 }
 
-/// How a rule is named in "expected ..." messages.
+/// How a rule is named in "expected ..." messages; ` | ` separates several names.
 fn rule_name(rule: Rule) -> String {
     let name = format!("{rule:?}");
     if let Some(keyword) = name.strip_prefix("kw_") {
@@ -83,6 +84,8 @@ fn rule_name(rule: Rule) -> String {
             "a condition"
         }
         Rule::present => "`present`",
+        Rule::header_stmt => "`request_header` | `response_header`",
+        Rule::dest_option | Rule::mirror_option => "`subset` | `port` | `weight`",
         Rule::absent => "`absent`",
         _ => return format!("`{}`", name.replace('_', " ")),
     };

@@ -24,9 +24,11 @@ pub(super) struct Builder<'d> {
 type P<'i> = Pair<'i, Rule>;
 
 impl Builder<'_> {
+    /// A pair's span without the whitespace and comments pest leaves at its end when an
+    /// optional trailing part is absent.
     fn span(&self, pair: &P<'_>) -> Span {
         let it = pair.as_span();
-        Span::new(self.file, it.start()..it.end())
+        Span::new(self.file, it.start()..it.start() + without_trailing_trivia(it.as_str()))
     }
 
     fn error(&mut self, code: Code, span: Span, message: impl Into<String>, label: impl Into<String>) {
@@ -610,6 +612,7 @@ impl Builder<'_> {
                         .primary(route.name.span, "declared again here")
                         .secondary(previous.name.span, "first declared here"),
                 );
+                continue;
             }
             routes.push(route);
         }
@@ -1097,6 +1100,37 @@ fn decimal_times(text: &str, scale: u64) -> Option<u64> {
     Some(value)
 }
 
+/// The length of `text` once trailing whitespace and comments are dropped.
+fn without_trailing_trivia(text: &str) -> usize {
+    let mut end = text.len();
+    loop {
+        end = text[..end].trim_end().len();
+        let line_start = text[..end].rfind('\n').map_or(0, |at| at + 1);
+        match comment_start(&text[line_start..end]) {
+            Some(at) => end = line_start + at,
+            None => return end,
+        }
+    }
+}
+
+/// Where a `#` or `//` comment starts in a line, outside strings.
+fn comment_start(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let mut in_string = false;
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'\\' if in_string => index += 1,
+            b'"' => in_string = !in_string,
+            b'#' if !in_string => return Some(index),
+            b'/' if !in_string && bytes.get(index + 1) == Some(&b'/') => return Some(index),
+            _ => {}
+        }
+        index += 1;
+    }
+    None
+}
+
 /// RFC 9110 token characters.
 fn is_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) || name == ":authority"
@@ -1117,6 +1151,13 @@ mod tests {
         assert_eq!(decimal_times("0.5", 1), None);
         assert_eq!(decimal_times("12.5", 10_000), Some(125_000));
         assert_eq!(decimal_times("99999999999999999999", 1), None);
+    }
+
+    #[test]
+    fn trailing_comments_and_whitespace_leave_spans() {
+        assert_eq!(without_trailing_trivia("port 9080 http\n  "), 14);
+        assert_eq!(without_trailing_trivia("port 9080 # main port\n  # more\n"), 9);
+        assert_eq!(without_trailing_trivia("respond 503 \"a # b\" // c"), 19);
     }
 
     #[test]
