@@ -1,1 +1,77 @@
-fn main() {}
+//! Project automation. `cargo xtask test` is the test command CI runs (`.ci/run`):
+//! it installs what the tests need, runs every test of the workspace, and fails when the
+//! tests changed a committed golden file or example.
+//!
+//! Automation lives here, in Rust, rather than in shell scripts, so it runs the same way
+//! on every machine and fails with a message that says what to do.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        _ => {
+            eprintln!("usage: cargo xtask test\n\n  test   install what the tests need, run the whole suite, check the goldens are current");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn test() -> Result<(), String> {
+    let started = Instant::now();
+    // Unit, data-driven, golden, CLI, property and fuzz-style tests, and the benchmarks
+    // built and run once in test mode so they cannot rot.
+    run(Command::new(cargo()).args(["test", "--workspace", "--locked", "--all-targets"]))?;
+    // Doc tests are not part of --all-targets.
+    run(Command::new(cargo()).args(["test", "--workspace", "--locked", "--doc"]))?;
+    check_goldens_unchanged()?;
+    eprintln!("xtask: the whole suite passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    command.current_dir(root());
+    eprintln!("xtask: running {command:?}");
+    let status = command.status().map_err(|err| format!("cannot start {command:?}: {err}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{command:?} failed ({status})")) }
+}
+
+/// A test run must not change what is committed: an updated golden is reviewed, not written by CI.
+fn check_goldens_unchanged() -> Result<(), String> {
+    let output = Command::new("git")
+        .args(["status", "--porcelain", "--", "golden", "examples"])
+        .current_dir(root())
+        .output()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    if !output.status.success() {
+        // Not a git checkout (an exported tarball): there is nothing to compare with.
+        eprintln!("xtask: not a git checkout, skipping the golden freshness check");
+        return Ok(());
+    }
+    let changes = String::from_utf8_lossy(&output.stdout);
+    if changes.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the tests left golden/ or examples/ different from what is committed:\n{changes}\nrun `UPDATE_EXPECT=1 cargo test -p meshc --test golden`, review `git diff golden/`, and commit"
+        ))
+    }
+}
