@@ -1,8 +1,2177 @@
-//! Placeholder: the kubernetes adapter is being written.
+//! Kubernetes snapshots: what `kubectl get endpointslices,pods,services -o yaml` (or `-o json`)
+//! prints, read with saphyr so that every object keeps its span.
+//!
+//! The input is YAML or JSON: one `List` (or `EndpointSliceList`, `PodList`, …), a stream of
+//! documents, or a mix. Objects of kinds other than those below are ignored.
+//! - `Service` (v1) gives a service and its TCP ports. `ExternalName` services, services without
+//!   TCP ports, and UDP or SCTP ports are left out without a message: the mesh routes none of them.
+//! - `EndpointSlice` (`discovery.k8s.io/v1`, and v1beta1's `topology` map) gives one instance per
+//!   address per slice port; its service is the `kubernetes.io/service-name` label.
+//! - `Endpoints` (v1) gives instances only for services that no EndpointSlice of the snapshot covers.
+//! - `Pod` lends its labels to the endpoints whose `targetRef` names it (or, without a `targetRef`,
+//!   whose address is its only pod IP in the namespace); `Node` lends its region, zone and Istio
+//!   sub-zone labels to the endpoints on it. Neither is an instance by itself.
+//!
+//! A slice or `Endpoints` whose Service is not in the snapshot still yields a service, without
+//! ports (merge derives them), whose protocol comes from its port when it has a single one.
+//! Instance health follows the EndpointSlice conditions: ready → healthy; not ready but serving
+//! and terminating → draining; not ready otherwise → unhealthy; no `ready` → unknown.
+//! Entries are named `Service shop/orders`, `EndpointSlice shop/orders-x7k2p endpoint 2` (counting
+//! from 1); field paths in messages count from 0, as JSONPath does.
 
-use super::{Ctx, Snapshot};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
 
-/// Reads a snapshot.
-pub fn load(_ctx: &mut Ctx<'_>) -> Snapshot {
-    Snapshot::default()
+use meshc_codegen::ir::{Health, Locality, Protocol};
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use serde_json::value::RawValue;
+
+use super::{Ctx, Instance, Port, Service, Snapshot};
+
+/// The label that names an EndpointSlice's service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The last column at which a line may start a block collection (see [`deep_line`]).
+const MAX_BLOCK_COLUMN: usize = 511;
+
+/// Stack for the reading thread. saphyr builds, clones (for aliases), hashes and drops its tree
+/// recursively, so a deep enough document overflows any fixed stack. Block nesting is bounded by
+/// [`MAX_BLOCK_COLUMN`] (at most 1,024 levels), flow nesting by saphyr (255 levels), and alias
+/// expansion by saphyr's budget of 100,000 nodes, which bounds a chain of aliases to about 17,000
+/// levels. A debug build needs under 2 KiB per level (the 9,400 levels of the test below fit in
+/// 16 MiB), so 128 MiB leaves a wide margin; the memory is reserved, not committed.
+const READER_STACK: usize = 128 << 20;
+
+/// How deep `List`s may nest in `List`s.
+const MAX_LIST_DEPTH: usize = 4;
+
+/// Reads a Kubernetes snapshot.
+pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
+    if let Some((at, column)) = deep_line(ctx.text) {
+        ctx.bad_file(
+            at..at + column,
+            format!(
+                "this line nests {column} columns deep; meshc reads YAML whose collections start at column {MAX_BLOCK_COLUMN} or before"
+            ),
+        );
+        return Snapshot::default();
+    }
+    let outcome = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("meshc-kubernetes".to_owned())
+            .stack_size(READER_STACK)
+            .spawn_scoped(scope, || read(ctx))
+            .map(|handle| handle.join())
+    });
+    match outcome {
+        Ok(Ok(snapshot)) => snapshot,
+        // A panic is a bug in meshc or saphyr: let it surface as one.
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(err) => {
+            ctx.bad_file(0..0, format!("cannot start a thread to read it: {err}"));
+            Snapshot::default()
+        }
+    }
+}
+
+/// Finds a line that could start a block collection past [`MAX_BLOCK_COLUMN`], returning the
+/// line's byte offset and that column.
+///
+/// This bounds the recursion of saphyr's parser, which has no depth limit of its own: along a
+/// chain of nested block collections the starting columns never decrease and grow at least every
+/// second level, and a block collection starts either at a line's first token or after the
+/// compact indicators (`- `, `? `, `: `), node properties (`&a`, `!t`) and document markers that
+/// begin its line. So the depth is at most twice the widest such prefix. Wrong guesses (a `- `
+/// inside a quoted string) only make the bound larger.
+fn deep_line(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    while start <= bytes.len() {
+        // YAML breaks lines at `\n` and at `\r`, as saphyr does.
+        let end = bytes[start..].iter().position(|it| matches!(it, b'\n' | b'\r')).map_or(bytes.len(), |it| start + it);
+        let column = structure_width(&bytes[start..end]);
+        if column > MAX_BLOCK_COLUMN {
+            return Some((start, column));
+        }
+        start = end + 1;
+    }
+    None
+}
+
+/// The width of a line's indentation, compact indicators, node properties and document markers.
+fn structure_width(line: &[u8]) -> usize {
+    let separated = |at: usize| line.get(at).is_none_or(|it| matches!(it, b' ' | b'\t'));
+    let mut at = 0;
+    loop {
+        let rest = &line[at..];
+        match rest.first() {
+            Some(b' ' | b'\t') => at += 1,
+            Some(b'-' | b'?' | b':') if separated(at + 1) => at += 1,
+            Some(b'-' | b'.') if (rest.starts_with(b"---") || rest.starts_with(b"...")) && separated(at + 3) => at += 3,
+            Some(b'&' | b'!') => {
+                while line.get(at).is_some_and(|it| !matches!(it, b' ' | b'\t')) {
+                    at += 1;
+                }
+            }
+            // A byte-order mark, which saphyr skips.
+            Some(0xEF) if rest.starts_with("\u{feff}".as_bytes()) => at += 3,
+            _ => return at,
+        }
+    }
+}
+
+/// Parses the snapshot and reads its objects; runs on the reading thread.
+fn read(ctx: &mut Ctx<'_>) -> Snapshot {
+    let source = Source::new(ctx.text);
+    let Some(documents) = parse(ctx, &source) else { return Snapshot::default() };
+    let nodes: Vec<Node<'_>> = match &documents {
+        Documents::Yaml(documents) => documents.iter().map(Node::Yaml).collect(),
+        Documents::Json(documents) => documents.iter().map(Node::Json).collect(),
+    };
+    let mut reader = Reader::new(ctx, &source);
+    for (index, node) in nodes.into_iter().enumerate() {
+        // An empty document (a stray `---`) holds nothing.
+        if !node.is_null() {
+            reader.object(node, &format!("document {}", index + 1), 0);
+        }
+    }
+    reader.finish()
+}
+
+/// The parsed documents.
+enum Documents<'t> {
+    Yaml(Vec<MarkedYaml<'t>>),
+    Json(Vec<Json>),
+}
+
+/// Parses with saphyr; JSON that saphyr rejects (surrogate-pair escapes, duplicate keys,
+/// concatenated values) is parsed again with serde_json, whose error is reported if it fails too.
+fn parse<'t>(ctx: &mut Ctx<'_>, source: &Source<'t>) -> Option<Documents<'t>> {
+    let error = match MarkedYaml::load_from_str(source.text) {
+        Ok(documents) => return Some(Documents::Yaml(documents)),
+        Err(error) => error,
+    };
+    let body = source.text.strip_prefix('\u{feff}').unwrap_or(source.text);
+    if body.trim_start().starts_with(['{', '[']) {
+        match json_documents(source.text, body) {
+            Ok(documents) => return Some(Documents::Json(documents)),
+            Err((at, message)) => {
+                ctx.bad_file(at..at, message);
+                return None;
+            }
+        }
+    }
+    let at = source.byte(error.marker().index());
+    ctx.bad_file(at..at, format!("invalid YAML: {}", error.info()));
+    None
+}
+
+/// The snapshot's text, and the byte offsets of saphyr's character offsets.
+struct Source<'t> {
+    text: &'t str,
+    /// The byte offset of every [`Source::STEP`]th character; empty when the text is ASCII.
+    checkpoints: Vec<usize>,
+}
+
+impl<'t> Source<'t> {
+    const STEP: usize = 64;
+
+    fn new(text: &'t str) -> Source<'t> {
+        let checkpoints = if text.is_ascii() { Vec::new() } else { text.char_indices().step_by(Self::STEP).map(|(at, _)| at).collect() };
+        Source { text, checkpoints }
+    }
+
+    /// The byte offset of a character offset.
+    fn byte(&self, char_index: usize) -> usize {
+        if self.checkpoints.is_empty() {
+            return char_index.min(self.text.len());
+        }
+        let Some(&base) = self.checkpoints.get(char_index / Self::STEP) else { return self.text.len() };
+        self.text[base..].char_indices().nth(char_index % Self::STEP).map_or(self.text.len(), |(at, _)| base + at)
+    }
+
+    /// A YAML node's byte range: a flow collection's closing bracket included, the blank space
+    /// after a block collection left out.
+    fn yaml_span(&self, node: &MarkedYaml<'_>) -> Range<usize> {
+        let start = self.byte(node.span.start.index());
+        let mut end = self.byte(node.span.end.index()).max(start);
+        let bytes = self.text.as_bytes();
+        if matches!(bytes.get(start), Some(b'[' | b'{')) && matches!(bytes.get(end), Some(b']' | b'}')) {
+            end += 1;
+        }
+        start..start + self.text[start..end].trim_end().len()
+    }
+}
+
+/// A JSON value and its byte range, for JSON that saphyr cannot read.
+#[derive(Debug)]
+struct Json {
+    span: Range<usize>,
+    value: JsonValue,
+}
+
+#[derive(Debug)]
+enum JsonValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Any other number; its text is in the span.
+    Number,
+    Str(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+/// Parses a stream of JSON values; `body` is `text` without its byte-order mark. An error is
+/// its byte offset in `text` and its message.
+fn json_documents(text: &str, body: &str) -> Result<Vec<Json>, (usize, String)> {
+    let mut documents = Vec::new();
+    for raw in serde_json::Deserializer::from_str(body).into_iter::<&RawValue>() {
+        let raw = raw.map_err(|err| (super::json_error_offset(body, &err) + (text.len() - body.len()), format!("invalid JSON: {err}")))?;
+        documents.push(json_node(text, raw, 0)?);
+    }
+    Ok(documents)
+}
+
+/// How deep JSON may nest: serde_json's own limit, which it does not apply to raw values.
+const MAX_JSON_DEPTH: usize = 128;
+
+/// Builds a value from its raw text, one level at a time.
+fn json_node(text: &str, raw: &RawValue, depth: usize) -> Result<Json, (usize, String)> {
+    let json = raw.get();
+    let start = json.as_ptr() as usize - text.as_ptr() as usize;
+    if depth > MAX_JSON_DEPTH {
+        return Err((start, format!("invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")));
+    }
+    // Raw values are checked for syntax only: what is left to fail (a lone surrogate escape) is
+    // reported where it is, without serde_json's position, which counts from `json`.
+    let fail = |err: serde_json::Error| {
+        let message = err.to_string();
+        let message = message.rfind(" at line ").map_or(message.as_str(), |at| &message[..at]);
+        (start + super::json_error_offset(json, &err), format!("invalid JSON: {message}"))
+    };
+    let value = match json.as_bytes().first() {
+        Some(b'{') => JsonValue::Object(
+            serde_json::from_str::<BTreeMap<String, &RawValue>>(json)
+                .map_err(fail)?
+                .into_iter()
+                .map(|(key, value)| Ok((key, json_node(text, value, depth + 1)?)))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(b'[') => JsonValue::Array(
+            serde_json::from_str::<Vec<&RawValue>>(json)
+                .map_err(fail)?
+                .into_iter()
+                .map(|it| json_node(text, it, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => match serde_json::from_str::<serde_json::Value>(json).map_err(fail)? {
+            serde_json::Value::Bool(it) => JsonValue::Bool(it),
+            serde_json::Value::Number(it) => it.as_i64().map_or(JsonValue::Number, JsonValue::Int),
+            serde_json::Value::String(it) => JsonValue::Str(it),
+            _ => JsonValue::Null,
+        },
+    };
+    Ok(Json { span: start..start + json.len(), value })
+}
+
+/// A node of either parse tree.
+#[derive(Clone, Copy, Debug)]
+enum Node<'a> {
+    Yaml(&'a MarkedYaml<'a>),
+    Json(&'a Json),
+}
+
+/// A YAML node's data, under its tags.
+fn untagged<'a>(mut node: &'a MarkedYaml<'a>) -> &'a YamlData<'a, MarkedYaml<'a>> {
+    while let YamlData::Tagged(_, inner) = &node.data {
+        node = inner;
+    }
+    &node.data
+}
+
+impl<'a> Node<'a> {
+    fn span(self, source: &Source<'_>) -> Range<usize> {
+        match self {
+            Node::Yaml(node) => source.yaml_span(node),
+            Node::Json(node) => node.span.clone(),
+        }
+    }
+
+    fn is_null(self) -> bool {
+        match self {
+            Node::Yaml(node) => matches!(untagged(node), YamlData::Value(Scalar::Null) | YamlData::BadValue),
+            Node::Json(node) => matches!(node.value, JsonValue::Null),
+        }
+    }
+
+    fn is_map(self) -> bool {
+        match self {
+            Node::Yaml(node) => matches!(untagged(node), YamlData::Mapping(_)),
+            Node::Json(node) => matches!(node.value, JsonValue::Object(_)),
+        }
+    }
+
+    /// What the node is, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Node::Yaml(node) => match untagged(node) {
+                YamlData::Value(Scalar::Null) => "null",
+                YamlData::Value(Scalar::Boolean(_)) => "a boolean",
+                YamlData::Value(Scalar::Integer(_)) => "an integer",
+                YamlData::Value(Scalar::FloatingPoint(_)) => "a number",
+                YamlData::Value(Scalar::String(_)) | YamlData::Representation(..) => "a string",
+                YamlData::Sequence(_) => "a sequence",
+                YamlData::Mapping(_) => "a mapping",
+                YamlData::Alias(_) => "an alias",
+                YamlData::BadValue | YamlData::Tagged(..) => "an invalid value",
+            },
+            Node::Json(node) => match node.value {
+                JsonValue::Null => "null",
+                JsonValue::Bool(_) => "a boolean",
+                JsonValue::Int(_) => "an integer",
+                JsonValue::Number => "a number",
+                JsonValue::Str(_) => "a string",
+                JsonValue::Array(_) => "a sequence",
+                JsonValue::Object(_) => "a mapping",
+            },
+        }
+    }
+
+    /// A mapping's value for `key`; `None` when absent, null, or not a mapping.
+    fn get(self, key: &str) -> Option<Node<'a>> {
+        let value = match self {
+            Node::Yaml(node) => Node::Yaml(untagged(node).as_mapping_get(key)?),
+            Node::Json(node) => match &node.value {
+                JsonValue::Object(entries) => Node::Json(&entries.iter().find(|(it, _)| it == key)?.1),
+                _ => return None,
+            },
+        };
+        (!value.is_null()).then_some(value)
+    }
+
+    fn items(self) -> Option<Vec<Node<'a>>> {
+        match self {
+            Node::Yaml(node) => Some(untagged(node).as_vec()?.iter().map(Node::Yaml).collect()),
+            Node::Json(node) => match &node.value {
+                JsonValue::Array(items) => Some(items.iter().map(Node::Json).collect()),
+                _ => None,
+            },
+        }
+    }
+
+    /// A mapping's entries, keys as text.
+    fn entries(self, source: &Source<'a>) -> Option<Vec<(Cow<'a, str>, Node<'a>)>> {
+        match self {
+            Node::Yaml(node) => {
+                let entries = untagged(node).as_mapping()?.iter();
+                Some(entries.map(|(key, value)| (Node::Yaml(key).scalar_text(source).unwrap_or_default(), Node::Yaml(value))).collect())
+            }
+            Node::Json(node) => match &node.value {
+                JsonValue::Object(entries) => {
+                    Some(entries.iter().map(|(key, value)| (Cow::Borrowed(key.as_str()), Node::Json(value))).collect())
+                }
+                _ => None,
+            },
+        }
+    }
+
+    fn str(self) -> Option<&'a str> {
+        match self {
+            Node::Yaml(node) => untagged(node).as_str(),
+            Node::Json(node) => match &node.value {
+                JsonValue::Str(it) => Some(it),
+                _ => None,
+            },
+        }
+    }
+
+    fn int(self) -> Option<i64> {
+        match self {
+            Node::Yaml(node) => untagged(node).as_integer(),
+            Node::Json(node) => match node.value {
+                JsonValue::Int(it) => Some(it),
+                _ => None,
+            },
+        }
+    }
+
+    fn bool(self) -> Option<bool> {
+        match self {
+            Node::Yaml(node) => untagged(node).as_bool(),
+            Node::Json(node) => match node.value {
+                JsonValue::Bool(it) => Some(it),
+                _ => None,
+            },
+        }
+    }
+
+    /// A scalar as text: a string's value, or another scalar as written (`1.10` stays `1.10`).
+    fn scalar_text(self, source: &Source<'a>) -> Option<Cow<'a, str>> {
+        if let Some(text) = self.str() {
+            return Some(Cow::Borrowed(text));
+        }
+        let scalar = match self {
+            Node::Yaml(node) => matches!(untagged(node), YamlData::Value(_)),
+            Node::Json(node) => matches!(node.value, JsonValue::Bool(_) | JsonValue::Int(_) | JsonValue::Number),
+        };
+        scalar.then(|| Cow::Borrowed(&source.text[self.span(source)]))
+    }
+}
+
+/// A malformed field: where, and what is wrong.
+#[derive(Debug)]
+struct Problem {
+    at: Range<usize>,
+    message: String,
+}
+
+type Found<T> = Result<T, Problem>;
+
+fn problem(source: &Source<'_>, node: Node<'_>, message: String) -> Problem {
+    Problem { at: node.span(source), message }
+}
+
+fn wrong_type(source: &Source<'_>, node: Node<'_>, path: &str, expected: &str) -> Problem {
+    problem(source, node, format!("`{path}` is {}, not {expected}", node.what()))
+}
+
+fn field_str<'a>(source: &Source<'a>, parent: Node<'a>, key: &str, path: &str) -> Found<Option<&'a str>> {
+    match parent.get(key) {
+        None => Ok(None),
+        Some(node) => node.str().map(Some).ok_or_else(|| wrong_type(source, node, path, "a string")),
+    }
+}
+
+fn field_map<'a>(source: &Source<'a>, parent: Node<'a>, key: &str, path: &str) -> Found<Option<Node<'a>>> {
+    match parent.get(key) {
+        Some(node) if !node.is_map() => Err(wrong_type(source, node, path, "a mapping")),
+        other => Ok(other),
+    }
+}
+
+/// A sequence field; absent or null is empty.
+fn field_seq<'a>(source: &Source<'a>, parent: Node<'a>, key: &str, path: &str) -> Found<Vec<Node<'a>>> {
+    match parent.get(key) {
+        None => Ok(Vec::new()),
+        Some(node) => node.items().ok_or_else(|| wrong_type(source, node, path, "a sequence")),
+    }
+}
+
+fn field_bool<'a>(source: &Source<'a>, parent: Node<'a>, key: &str, path: &str) -> Found<Option<bool>> {
+    match parent.get(key) {
+        None => Ok(None),
+        Some(node) => node.bool().map(Some).ok_or_else(|| wrong_type(source, node, path, "a boolean")),
+    }
+}
+
+fn port_number(source: &Source<'_>, node: Node<'_>, path: &str) -> Found<u16> {
+    match node.int() {
+        Some(number) => u16::try_from(number)
+            .ok()
+            .filter(|it| *it != 0)
+            .ok_or_else(|| problem(source, node, format!("`{path}` is {number}, not a port number (1 to 65535)"))),
+        None => Err(wrong_type(source, node, path, "a port number")),
+    }
+}
+
+/// A map of strings (labels); other scalars are kept as written, null as the empty string.
+fn string_map<'a>(source: &Source<'a>, node: Option<Node<'a>>, path: &str) -> Found<BTreeMap<String, String>> {
+    let Some(node) = node else { return Ok(BTreeMap::new()) };
+    let entries = node.entries(source).ok_or_else(|| wrong_type(source, node, path, "a mapping"))?;
+    entries
+        .into_iter()
+        .map(|(key, value)| {
+            let text = if value.is_null() {
+                Cow::Borrowed("")
+            } else {
+                value.scalar_text(source).ok_or_else(|| wrong_type(source, value, &format!("{path}.{key}"), "a string"))?
+            };
+            Ok((key.into_owned(), text.into_owned()))
+        })
+        .collect()
+}
+
+/// The protocol of a port: `appProtocol`, else Istio's port-name convention (`http-web` is HTTP).
+fn port_protocol(app_protocol: Option<&str>, name: Option<&str>) -> Option<Protocol> {
+    app_protocol
+        .and_then(super::protocol_from_name)
+        .or_else(|| name.and_then(|it| super::protocol_from_name(it.split('-').next().unwrap_or(it))))
+}
+
+/// Whether a port's `protocol` is TCP (the default); UDP and SCTP ports are not routed.
+fn is_tcp(protocol: Option<&str>) -> bool {
+    protocol.is_none_or(|it| it.eq_ignore_ascii_case("TCP"))
+}
+
+/// What an address must be: an EndpointSlice's `addressType`, or an `Endpoints` IP.
+#[derive(Clone, Copy, Debug)]
+enum AddressKind {
+    V4,
+    V6,
+    Ip,
+    Any,
+}
+
+impl AddressKind {
+    fn of_slice(address_type: Option<&str>) -> AddressKind {
+        match address_type {
+            Some("IPv4") => AddressKind::V4,
+            Some("IPv6") => AddressKind::V6,
+            _ => AddressKind::Any,
+        }
+    }
+
+    /// Checks an address. A host name's last label may not be all digits (RFC 1123), so that
+    /// `10.0.0.300` is a bad IP address rather than a name.
+    fn check(self, address: &str) -> Result<(), &'static str> {
+        let (ok, expected) = match self {
+            AddressKind::V4 => (address.parse::<Ipv4Addr>().is_ok(), "an IPv4 address"),
+            AddressKind::V6 => (address.parse::<Ipv6Addr>().is_ok(), "an IPv6 address"),
+            AddressKind::Ip => (address.parse::<IpAddr>().is_ok(), "an IP address"),
+            AddressKind::Any => (
+                address.parse::<IpAddr>().is_ok()
+                    || (super::is_address(address) && !address.rsplit('.').next().is_some_and(|it| it.bytes().all(|b| b.is_ascii_digit()))),
+                "an IP address or a host name",
+            ),
+        };
+        if ok { Ok(()) } else { Err(expected) }
+    }
+}
+
+/// An object's metadata.
+struct Meta<'a> {
+    name: &'a str,
+    namespace: String,
+    labels: Option<Node<'a>>,
+    resource_version: Option<String>,
+}
+
+/// A set of endpoints for one service: an EndpointSlice or a subset of an `Endpoints`.
+#[derive(Debug)]
+struct Group {
+    from_slice: bool,
+    namespace: String,
+    service: String,
+    ports: Vec<GroupPort>,
+    endpoints: Vec<Endpoint>,
+    span: super::Span,
+    entry: String,
+}
+
+/// The port names of a service's groups, with the first protocol known for each.
+type PortNames<'g> = BTreeMap<Option<&'g str>, Option<Protocol>>;
+
+#[derive(Debug)]
+struct GroupPort {
+    name: Option<String>,
+    number: u16,
+    protocol: Option<Protocol>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    addresses: Vec<String>,
+    health: Health,
+    zone: Option<String>,
+    region: Option<String>,
+    node: Option<String>,
+    /// The Pod of the `targetRef`: (namespace, name).
+    pod: Option<(String, String)>,
+    span: super::Span,
+}
+
+/// Collects the objects of a snapshot, then joins them.
+struct Reader<'r, 'c, 'a> {
+    ctx: &'r mut Ctx<'c>,
+    source: &'r Source<'a>,
+    services: Vec<Service>,
+    /// Every Service object read, including those left out (ExternalName, no TCP port).
+    declared: BTreeSet<(String, String)>,
+    groups: Vec<Group>,
+    pods: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// (namespace, IP) → the pod with that IP, `None` when several pods share it (host network).
+    pod_ips: BTreeMap<(String, String), Option<(String, String)>>,
+    nodes: BTreeMap<String, Locality>,
+    list_versions: Vec<String>,
+    object_versions: Vec<String>,
+}
+
+impl<'r, 'c, 'a> Reader<'r, 'c, 'a> {
+    fn new(ctx: &'r mut Ctx<'c>, source: &'r Source<'a>) -> Self {
+        Reader {
+            ctx,
+            source,
+            services: Vec::new(),
+            declared: BTreeSet::new(),
+            groups: Vec::new(),
+            pods: BTreeMap::new(),
+            pod_ips: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            list_versions: Vec::new(),
+            object_versions: Vec::new(),
+        }
+    }
+
+    fn report(&mut self, problem: Problem, entry: &str) {
+        let span = self.ctx.span(problem.at);
+        self.ctx.bad_entry(span, entry, problem.message);
+    }
+
+    fn skip(&mut self, node: Node<'a>, entry: &str, message: impl std::fmt::Display) {
+        let span = self.ctx.span(node.span(self.source));
+        self.ctx.bad_entry(span, entry, message);
+    }
+
+    /// Reads one object, or the items of a `List`.
+    fn object(&mut self, node: Node<'a>, what: &str, depth: usize) {
+        let source = self.source;
+        if !node.is_map() {
+            self.skip(node, what, format!("expected a Kubernetes object (a mapping), found {}", node.what()));
+            return;
+        }
+        let kind_and_version =
+            field_str(source, node, "kind", "kind").and_then(|kind| Ok((kind, field_str(source, node, "apiVersion", "apiVersion")?)));
+        let (kind, api_version) = match kind_and_version {
+            Ok((Some(kind), api_version)) => (kind, api_version),
+            Ok((None, _)) => return self.skip(node, what, "the object has no `kind`"),
+            Err(problem) => return self.report(problem, what),
+        };
+        // Kinds of other API groups share names with these (Knative's `Service`): check the group.
+        let core = api_version.is_none_or(|it| it == "v1");
+        match kind {
+            "List" => self.list(node, what, depth),
+            _ if kind.ends_with("List") && node.get("items").is_some() => self.list(node, what, depth),
+            "Service" if core => self.service(node, what),
+            "EndpointSlice" if api_version.is_none_or(|it| it.starts_with("discovery.k8s.io/")) => self.slice(node, what),
+            "Endpoints" if core => self.endpoints(node, what),
+            "Pod" if core => self.pod(node, what),
+            "Node" if core => self.node(node, what),
+            _ => {}
+        }
+    }
+
+    fn list(&mut self, node: Node<'a>, what: &str, depth: usize) {
+        let source = self.source;
+        if depth >= MAX_LIST_DEPTH {
+            return self.skip(node, what, format!("Lists nest more than {MAX_LIST_DEPTH} deep"));
+        }
+        let version = field_map(source, node, "metadata", "metadata").map(|it| it.and_then(|it| it.get("resourceVersion")));
+        if let Ok(Some(version)) = version
+            && let Some(version) = version.scalar_text(source).filter(|it| !it.is_empty())
+        {
+            self.list_versions.push(version.into_owned());
+        }
+        match field_seq(source, node, "items", "items") {
+            Ok(items) => {
+                for (index, item) in items.into_iter().enumerate() {
+                    self.object(item, &format!("{what}, item {}", index + 1), depth + 1);
+                }
+            }
+            Err(problem) => self.report(problem, what),
+        }
+    }
+
+    /// Reads `metadata`, reporting a malformed one as `{kind} in {what}`.
+    fn meta(&mut self, node: Node<'a>, kind: &str, what: &str) -> Option<Meta<'a>> {
+        let source = self.source;
+        let meta = (|| {
+            let Some(metadata) = field_map(source, node, "metadata", "metadata")? else {
+                return Err(problem(source, node, "the object has no `metadata`".to_owned()));
+            };
+            let name = field_str(source, metadata, "name", "metadata.name")?
+                .ok_or_else(|| problem(source, metadata, "the object has no `metadata.name`".to_owned()))?;
+            let namespace = field_str(source, metadata, "namespace", "metadata.namespace")?.unwrap_or(self.ctx.namespace).to_owned();
+            let resource_version =
+                metadata.get("resourceVersion").and_then(|it| it.scalar_text(source)).filter(|it| !it.is_empty()).map(Cow::into_owned);
+            Ok(Meta { name, namespace, labels: metadata.get("labels"), resource_version })
+        })();
+        match meta {
+            Ok(meta) => {
+                self.object_versions.extend(meta.resource_version.clone());
+                Some(meta)
+            }
+            Err(problem) => {
+                self.report(problem, &format!("{kind} in {what}"));
+                None
+            }
+        }
+    }
+
+    /// Checks that a namespace and a service name are DNS labels, as Kubernetes requires.
+    fn check_names(&mut self, node: Node<'a>, entry: &str, namespace: &str, name: &str) -> bool {
+        for (what, value) in [("namespace", namespace), ("service name", name)] {
+            if !crate::manifest::is_dns_label(value) {
+                self.skip(node, entry, format!("`{value}` is not a valid {what} (a DNS label)"));
+                return false;
+            }
+        }
+        true
+    }
+
+    fn service(&mut self, node: Node<'a>, what: &str) {
+        let source = self.source;
+        let Some(meta) = self.meta(node, "Service", what) else { return };
+        let entry = format!("Service {}/{}", meta.namespace, meta.name);
+        if !self.check_names(node, &entry, &meta.namespace, meta.name) {
+            return;
+        }
+        self.declared.insert((meta.namespace.clone(), meta.name.to_owned()));
+        let ports = (|| {
+            let Some(spec) = field_map(source, node, "spec", "spec")? else { return Ok(Vec::new()) };
+            if field_str(source, spec, "type", "spec.type")? == Some("ExternalName") {
+                return Ok(Vec::new());
+            }
+            field_seq(source, spec, "ports", "spec.ports")
+        })();
+        let ports = match ports {
+            Ok(ports) => ports,
+            Err(problem) => return self.report(problem, &entry),
+        };
+        let mut declared = Vec::new();
+        for (index, port) in ports.into_iter().enumerate() {
+            match service_port(source, port, index) {
+                Ok(Some(port)) => declared.push(port),
+                Ok(None) => {}
+                Err(problem) => self.report(problem, &entry),
+            }
+        }
+        if declared.is_empty() {
+            return;
+        }
+        let span = self.ctx.span(node.span(source));
+        self.services.push(Service {
+            namespace: meta.namespace,
+            name: meta.name.to_owned(),
+            rpc: None,
+            protocol: None,
+            ports: declared,
+            methods: None,
+            span,
+            entry,
+        });
+    }
+
+    fn slice(&mut self, node: Node<'a>, what: &str) {
+        let source = self.source;
+        let Some(meta) = self.meta(node, "EndpointSlice", what) else { return };
+        let entry = format!("EndpointSlice {}/{}", meta.namespace, meta.name);
+        let header = (|| {
+            let labels = string_map(source, meta.labels, "metadata.labels")?;
+            let address_type = field_str(source, node, "addressType", "addressType")?;
+            Ok((labels, address_type))
+        })();
+        let (labels, address_type) = match header {
+            Ok(header) => header,
+            Err(problem) => return self.report(problem, &entry),
+        };
+        let Some(service) = labels.get(SERVICE_NAME_LABEL) else {
+            return self.skip(node, &entry, format!("the slice has no `{SERVICE_NAME_LABEL}` label, so its service is unknown"));
+        };
+        if !self.check_names(node, &entry, &meta.namespace, service) {
+            return;
+        }
+        let Some(ports) = self.group_ports(node, "ports", &entry) else { return };
+        let endpoints = match field_seq(source, node, "endpoints", "endpoints") {
+            Ok(endpoints) => endpoints,
+            Err(problem) => return self.report(problem, &entry),
+        };
+        let kind = AddressKind::of_slice(address_type);
+        let endpoints = endpoints
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, endpoint)| self.endpoint(endpoint, &format!("{entry} endpoint {}", index + 1), &meta.namespace, kind))
+            .collect();
+        let span = self.ctx.span(node.span(source));
+        self.groups.push(Group { from_slice: true, namespace: meta.namespace, service: service.clone(), ports, endpoints, span, entry });
+    }
+
+    /// Reads the ports of a slice (`ports`) or of an `Endpoints` subset, skipping UDP and SCTP
+    /// ones; `None` when the field itself is malformed.
+    fn group_ports(&mut self, node: Node<'a>, path: &str, entry: &str) -> Option<Vec<GroupPort>> {
+        let source = self.source;
+        let ports = match field_seq(source, node, "ports", path) {
+            Ok(ports) => ports,
+            Err(problem) => {
+                self.report(problem, entry);
+                return None;
+            }
+        };
+        let mut read = Vec::new();
+        for (index, port) in ports.into_iter().enumerate() {
+            let path = format!("{path}[{index}]");
+            let port = (|| {
+                if !port.is_map() {
+                    return Err(wrong_type(source, port, &path, "a mapping"));
+                }
+                if !is_tcp(field_str(source, port, "protocol", &format!("{path}.protocol"))?) {
+                    return Ok(None);
+                }
+                let name = field_str(source, port, "name", &format!("{path}.name"))?;
+                let app_protocol = field_str(source, port, "appProtocol", &format!("{path}.appProtocol"))?;
+                let number = match port.get("port") {
+                    Some(number) => port_number(source, number, &format!("{path}.port"))?,
+                    None => return Err(problem(source, port, format!("`{path}` has no `port`"))),
+                };
+                Ok(Some(GroupPort { name: name.map(str::to_owned), number, protocol: port_protocol(app_protocol, name) }))
+            })();
+            match port {
+                Ok(Some(port)) => read.push(port),
+                Ok(None) => {}
+                Err(problem) => self.report(problem, entry),
+            }
+        }
+        Some(read)
+    }
+
+    /// Reads one endpoint of a slice; bad addresses are reported and left out one by one.
+    fn endpoint(&mut self, node: Node<'a>, entry: &str, namespace: &str, kind: AddressKind) -> Option<Endpoint> {
+        let source = self.source;
+        let fields = (|| {
+            if !node.is_map() {
+                return Err(problem(source, node, format!("expected an endpoint (a mapping), found {}", node.what())));
+            }
+            let addresses = field_seq(source, node, "addresses", "addresses")?;
+            if addresses.is_empty() {
+                return Err(problem(source, node, "the endpoint has no `addresses`".to_owned()));
+            }
+            let (ready, serving, terminating) = match field_map(source, node, "conditions", "conditions")? {
+                Some(conditions) => (
+                    field_bool(source, conditions, "ready", "conditions.ready")?,
+                    field_bool(source, conditions, "serving", "conditions.serving")?,
+                    field_bool(source, conditions, "terminating", "conditions.terminating")?,
+                ),
+                None => (None, None, None),
+            };
+            let health = match (ready, serving, terminating) {
+                (Some(true), _, _) => Health::Healthy,
+                (Some(false), Some(true), Some(true)) => Health::Draining,
+                (Some(false), _, _) => Health::Unhealthy,
+                // The API reads a missing `ready` as "unknown, probably ready".
+                (None, _, _) => Health::Unknown,
+            };
+            // v1beta1 puts the zone, node and region in a `topology` map.
+            let topology = string_map(source, node.get("topology"), "topology")?;
+            let topology = |keys: &[&str]| keys.iter().find_map(|it| topology.get(*it).cloned());
+            let zone = field_str(source, node, "zone", "zone")?
+                .map(str::to_owned)
+                .or_else(|| topology(&["topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"]));
+            let region = topology(&["topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region"]);
+            let node_name =
+                field_str(source, node, "nodeName", "nodeName")?.map(str::to_owned).or_else(|| topology(&["kubernetes.io/hostname"]));
+            let pod = target_pod(source, node, namespace)?;
+            Ok((addresses, health, zone, region, node_name, pod))
+        })();
+        let (address_nodes, health, zone, region, node_name, pod) = match fields {
+            Ok(fields) => fields,
+            Err(problem) => {
+                self.report(problem, entry);
+                return None;
+            }
+        };
+        let mut addresses = Vec::new();
+        for (index, address) in address_nodes.into_iter().enumerate() {
+            match address.str() {
+                None => self.report(wrong_type(source, address, &format!("addresses[{index}]"), "a string"), entry),
+                Some(text) => match kind.check(text) {
+                    Ok(()) => addresses.push(text.to_owned()),
+                    Err(expected) => self.skip(address, entry, format!("`{text}` is not {expected}")),
+                },
+            }
+        }
+        let span = self.ctx.span(node.span(source));
+        Some(Endpoint { addresses, health, zone, region, node: node_name, pod, span })
+    }
+
+    fn endpoints(&mut self, node: Node<'a>, what: &str) {
+        let source = self.source;
+        let Some(meta) = self.meta(node, "Endpoints", what) else { return };
+        let entry = format!("Endpoints {}/{}", meta.namespace, meta.name);
+        if !self.check_names(node, &entry, &meta.namespace, meta.name) {
+            return;
+        }
+        let subsets = match field_seq(source, node, "subsets", "subsets") {
+            Ok(subsets) => subsets,
+            Err(problem) => return self.report(problem, &entry),
+        };
+        for (index, subset) in subsets.into_iter().enumerate() {
+            let path = format!("subsets[{index}]");
+            if !subset.is_map() {
+                self.report(wrong_type(source, subset, &path, "a mapping"), &entry);
+                continue;
+            }
+            let Some(ports) = self.group_ports(subset, &format!("{path}.ports"), &entry) else { continue };
+            let mut endpoints = Vec::new();
+            for (key, health, label) in
+                [("addresses", Health::Healthy, "address"), ("notReadyAddresses", Health::Unhealthy, "not-ready address")]
+            {
+                let addresses = match field_seq(source, subset, key, &format!("{path}.{key}")) {
+                    Ok(addresses) => addresses,
+                    Err(problem) => {
+                        self.report(problem, &entry);
+                        continue;
+                    }
+                };
+                for (number, address) in addresses.into_iter().enumerate() {
+                    let address_entry = format!("{entry} subset {} {label} {}", index + 1, number + 1);
+                    endpoints.extend(self.legacy_address(address, &address_entry, &meta.namespace, health));
+                }
+            }
+            let span = self.ctx.span(subset.span(source));
+            self.groups.push(Group {
+                from_slice: false,
+                namespace: meta.namespace.clone(),
+                service: meta.name.to_owned(),
+                ports,
+                endpoints,
+                span,
+                entry: entry.clone(),
+            });
+        }
+    }
+
+    /// Reads one address of an `Endpoints` subset.
+    fn legacy_address(&mut self, node: Node<'a>, entry: &str, namespace: &str, health: Health) -> Option<Endpoint> {
+        let source = self.source;
+        let fields = (|| {
+            if !node.is_map() {
+                return Err(problem(source, node, format!("expected an address (a mapping), found {}", node.what())));
+            }
+            let ip = field_str(source, node, "ip", "ip")?.ok_or_else(|| problem(source, node, "the address has no `ip`".to_owned()))?;
+            if let Err(expected) = AddressKind::Ip.check(ip) {
+                return Err(problem(source, node.get("ip").unwrap_or(node), format!("`{ip}` is not {expected}")));
+            }
+            let node_name = field_str(source, node, "nodeName", "nodeName")?;
+            Ok((ip, node_name, target_pod(source, node, namespace)?))
+        })();
+        match fields {
+            Ok((ip, node_name, pod)) => Some(Endpoint {
+                addresses: vec![ip.to_owned()],
+                health,
+                zone: None,
+                region: None,
+                node: node_name.map(str::to_owned),
+                pod,
+                span: self.ctx.span(node.span(source)),
+            }),
+            Err(problem) => {
+                self.report(problem, entry);
+                None
+            }
+        }
+    }
+
+    fn pod(&mut self, node: Node<'a>, what: &str) {
+        let source = self.source;
+        let Some(meta) = self.meta(node, "Pod", what) else { return };
+        let entry = format!("Pod {}/{}", meta.namespace, meta.name);
+        let fields = (|| {
+            let labels = string_map(source, meta.labels, "metadata.labels")?;
+            let mut ips = Vec::new();
+            if let Some(status) = field_map(source, node, "status", "status")? {
+                ips.extend(field_str(source, status, "podIP", "status.podIP")?);
+                for (index, item) in field_seq(source, status, "podIPs", "status.podIPs")?.into_iter().enumerate() {
+                    if item.is_map() {
+                        ips.extend(field_str(source, item, "ip", &format!("status.podIPs[{index}].ip"))?);
+                    }
+                }
+            }
+            Ok((labels, ips))
+        })();
+        let (labels, ips) = match fields {
+            Ok(fields) => fields,
+            Err(problem) => return self.report(problem, &entry),
+        };
+        let key = (meta.namespace.clone(), meta.name.to_owned());
+        for ip in ips {
+            self.pod_ips
+                .entry((meta.namespace.clone(), ip.to_owned()))
+                .and_modify(|it| {
+                    if it.as_ref() != Some(&key) {
+                        *it = None;
+                    }
+                })
+                .or_insert_with(|| Some(key.clone()));
+        }
+        self.pods.entry(key).or_insert(labels);
+    }
+
+    fn node(&mut self, node: Node<'a>, what: &str) {
+        let Some(meta) = self.meta(node, "Node", what) else { return };
+        let labels = match string_map(self.source, meta.labels, "metadata.labels") {
+            Ok(labels) => labels,
+            Err(problem) => return self.report(problem, &format!("Node {}", meta.name)),
+        };
+        let label = |keys: &[&str]| keys.iter().find_map(|it| labels.get(*it).cloned());
+        let locality = Locality {
+            region: label(&["topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region"]),
+            zone: label(&["topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"]),
+            subzone: label(&["topology.istio.io/subzone"]),
+        };
+        self.nodes.entry(meta.name.to_owned()).or_insert(locality);
+    }
+
+    /// Joins what was read into a snapshot.
+    fn finish(self) -> Snapshot {
+        let version = pick_version(&self.list_versions).or_else(|| max_version(&self.object_versions));
+        let mut services = self.services;
+        let routed: BTreeSet<(String, String)> = services.iter().map(|it| (it.namespace.clone(), it.name.clone())).collect();
+        let sliced: BTreeSet<(&str, &str)> =
+            self.groups.iter().filter(|it| it.from_slice).map(|it| (it.namespace.as_str(), it.service.as_str())).collect();
+        let groups: Vec<&Group> =
+            self.groups.iter().filter(|it| it.from_slice || !sliced.contains(&(it.namespace.as_str(), it.service.as_str()))).collect();
+
+        // Services that only slices or `Endpoints` name: their port names, with the first
+        // protocol known for each, decide the protocol when there is one port.
+        let mut orphans: BTreeMap<(String, String), (&Group, PortNames<'_>)> = BTreeMap::new();
+        for group in &groups {
+            let key = (group.namespace.clone(), group.service.clone());
+            if self.declared.contains(&key) {
+                continue;
+            }
+            let (_, names) = orphans.entry(key).or_insert_with(|| (group, BTreeMap::new()));
+            for port in &group.ports {
+                let protocol = names.entry(port.name.as_deref()).or_insert(None);
+                *protocol = protocol.or(port.protocol);
+            }
+        }
+        for ((namespace, name), (group, names)) in orphans {
+            let protocol = if names.len() == 1 { names.into_values().next().flatten() } else { None };
+            services.push(Service {
+                namespace,
+                name,
+                rpc: None,
+                protocol,
+                ports: Vec::new(),
+                methods: None,
+                span: group.span,
+                entry: group.entry.clone(),
+            });
+        }
+        // Services in file order (a stable sort keeps a Service before an orphan at the same place).
+        services.sort_by_key(|it| it.span.start);
+        let mut declared_ports: BTreeMap<(&str, &str), &[Port]> = BTreeMap::new();
+        for service in services.iter().filter(|it| !it.ports.is_empty()) {
+            declared_ports.entry((&service.namespace, &service.name)).or_insert(&service.ports);
+        }
+
+        let mut instances = Vec::new();
+        for group in groups {
+            let key = (group.namespace.clone(), group.service.clone());
+            // A Service the mesh does not route (ExternalName, no TCP port) gets no instances.
+            if self.declared.contains(&key) && !routed.contains(&key) {
+                continue;
+            }
+            let declared_ports = declared_ports.get(&(group.namespace.as_str(), group.service.as_str())).copied();
+            for endpoint in &group.endpoints {
+                let node = endpoint.node.as_ref().and_then(|it| self.nodes.get(it));
+                let locality = Locality {
+                    region: endpoint.region.clone().or_else(|| node.and_then(|it| it.region.clone())),
+                    zone: endpoint.zone.clone().or_else(|| node.and_then(|it| it.zone.clone())),
+                    subzone: node.and_then(|it| it.subzone.clone()),
+                };
+                for address in &endpoint.addresses {
+                    let pod =
+                        endpoint.pod.clone().or_else(|| self.pod_ips.get(&(group.namespace.clone(), address.clone())).cloned().flatten());
+                    let labels = pod.and_then(|it| self.pods.get(&it)).cloned().unwrap_or_default();
+                    for port in &group.ports {
+                        // A slice port carries the name of the service port it serves.
+                        let service_port = declared_ports
+                            .and_then(|ports| {
+                                ports.iter().find(|it| it.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
+                            })
+                            .map(|it| it.number);
+                        instances.push(Instance {
+                            namespace: group.namespace.clone(),
+                            service: group.service.clone(),
+                            address: address.clone(),
+                            port: port.number,
+                            service_port,
+                            weight: super::DEFAULT_WEIGHT,
+                            labels: labels.clone(),
+                            locality: locality.clone(),
+                            health: endpoint.health,
+                            span: endpoint.span,
+                        });
+                    }
+                }
+            }
+        }
+        Snapshot { services, instances, version }
+    }
+}
+
+/// A Service port; `None` for a UDP or SCTP port.
+fn service_port(source: &Source<'_>, node: Node<'_>, index: usize) -> Found<Option<Port>> {
+    let path = format!("spec.ports[{index}]");
+    if !node.is_map() {
+        return Err(wrong_type(source, node, &path, "a mapping"));
+    }
+    if !is_tcp(field_str(source, node, "protocol", &format!("{path}.protocol"))?) {
+        return Ok(None);
+    }
+    let number = match node.get("port") {
+        Some(number) => port_number(source, number, &format!("{path}.port"))?,
+        None => return Err(problem(source, node, format!("`{path}` has no `port`"))),
+    };
+    let name = field_str(source, node, "name", &format!("{path}.name"))?;
+    let app_protocol = field_str(source, node, "appProtocol", &format!("{path}.appProtocol"))?;
+    // `targetPort` is a number or the name of a container port, which resolves per endpoint
+    // (the slice's port numbers); `None` means "same as `port`" and "named" alike.
+    let target_port = match node.get("targetPort") {
+        None => None,
+        Some(target) => match target.str() {
+            Some(text) if !text.is_empty() && text.bytes().all(|it| it.is_ascii_digit()) => Some(
+                text.parse::<u16>()
+                    .ok()
+                    .filter(|it| *it != 0)
+                    .ok_or_else(|| problem(source, target, format!("`{path}.targetPort` is {text}, not a port number (1 to 65535)")))?,
+            ),
+            Some(_) => None,
+            None => Some(port_number(source, target, &format!("{path}.targetPort"))?),
+        },
+    };
+    Ok(Some(Port {
+        number,
+        name: name.map(str::to_owned),
+        protocol: port_protocol(app_protocol, name),
+        target_port: target_port.filter(|it| *it != number),
+    }))
+}
+
+/// The Pod an endpoint's `targetRef` names, if it names one.
+fn target_pod<'a>(source: &Source<'a>, endpoint: Node<'a>, namespace: &str) -> Found<Option<(String, String)>> {
+    let Some(target) = field_map(source, endpoint, "targetRef", "targetRef")? else { return Ok(None) };
+    if field_str(source, target, "kind", "targetRef.kind")? != Some("Pod") {
+        return Ok(None);
+    }
+    let name = field_str(source, target, "name", "targetRef.name")?;
+    let namespace = field_str(source, target, "namespace", "targetRef.namespace")?.unwrap_or(namespace);
+    Ok(name.map(|it| (namespace.to_owned(), it.to_owned())))
+}
+
+/// The version of the Lists: the highest when they are numbers, else the first.
+fn pick_version(versions: &[String]) -> Option<String> {
+    max_version(versions).or_else(|| versions.first().cloned())
+}
+
+/// The highest numeric resourceVersion (etcd's revisions), as a string.
+fn max_version(versions: &[String]) -> Option<String> {
+    versions.iter().filter_map(|it| it.parse::<u64>().ok()).max().map(|it| it.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use meshc_codegen::ir::RegistryKind;
+
+    use super::*;
+    use crate::diag::{Code, Diagnostic};
+    use crate::manifest::RegistryEntry;
+    use crate::source::{FileId, Span};
+
+    fn read_with(text: &str, namespace: &str) -> (Snapshot, Vec<Diagnostic>) {
+        let dummy = Span::new(FileId(0), 0..0);
+        let registry = RegistryEntry {
+            name: "k8s".to_owned(),
+            name_span: dummy,
+            kind: RegistryKind::Kubernetes,
+            path: "registry/k8s.yaml".to_owned(),
+            path_span: dummy,
+            priority: 0,
+            namespace: None,
+            span: dummy,
+        };
+        let mut ctx = Ctx { file: FileId(1), text, registry: &registry, namespace, mesh_namespace: "mesh", diagnostics: Vec::new() };
+        let snapshot = load(&mut ctx);
+        (snapshot, ctx.diagnostics)
+    }
+
+    fn read(text: &str) -> (Snapshot, Vec<Diagnostic>) {
+        read_with(text, "default")
+    }
+
+    /// Reads a snapshot that must have no diagnostics.
+    fn read_clean(text: &str) -> Snapshot {
+        let (snapshot, diagnostics) = read(text);
+        assert!(diagnostics.is_empty(), "{:#?}", diagnostics.iter().map(|it| describe(text, it)).collect::<Vec<_>>());
+        snapshot
+    }
+
+    /// One line per instance: service, address:port, service port, health, locality, version label.
+    fn instances(snapshot: &Snapshot) -> Vec<String> {
+        snapshot
+            .instances
+            .iter()
+            .map(|it| {
+                let port = it.service_port.map_or("-".to_owned(), |it| it.to_string());
+                let locality =
+                    [&it.locality.region, &it.locality.zone, &it.locality.subzone].map(|it| it.as_deref().unwrap_or("-")).join("/");
+                let version = it.labels.get("version").map_or("-", String::as_str);
+                format!(
+                    "{}/{} {}:{} svc={port} {:?} {locality} version={version}",
+                    it.namespace, it.service, it.address, it.port, it.health
+                )
+            })
+            .collect()
+    }
+
+    fn services(snapshot: &Snapshot) -> Vec<String> {
+        snapshot
+            .services
+            .iter()
+            .map(|it| {
+                let ports: Vec<String> = it
+                    .ports
+                    .iter()
+                    .map(|port| {
+                        let protocol = port.protocol.map_or("-", Protocol::as_str);
+                        let target = port.target_port.map_or("-".to_owned(), |it| it.to_string());
+                        format!("{}:{}:{protocol}:{target}", port.name.as_deref().unwrap_or("-"), port.number)
+                    })
+                    .collect();
+                let protocol = it.protocol.map_or("-", Protocol::as_str);
+                format!("{}/{} [{}] {protocol} ({})", it.namespace, it.name, ports.join(" "), it.entry)
+            })
+            .collect()
+    }
+
+    /// A diagnostic as `code: message | entry | first line of the primary span's text`.
+    fn describe(text: &str, diagnostic: &Diagnostic) -> String {
+        let span = diagnostic.labels[0].span;
+        let shown = text[span.start as usize..span.end as usize].lines().next().unwrap_or("");
+        let entry = diagnostic.notes.first().map_or("-", String::as_str);
+        format!("{}: {} | {entry} | `{shown}`", diagnostic.code.as_str(), diagnostic.message)
+    }
+
+    fn line_of(text: &str, offset: u32) -> usize {
+        text[..offset as usize].matches('\n').count() + 1
+    }
+
+    fn spanned(text: &str, span: Span) -> &str {
+        &text[span.start as usize..span.end as usize]
+    }
+
+    /// Objects as `kubectl get -o yaml` prints them one by one.
+    fn stream(objects: &[&str]) -> String {
+        objects.iter().map(|it| format!("---\n{it}\n")).collect()
+    }
+
+    /// The same objects in one `List`, as `kubectl get endpointslices,pods,services -o yaml` prints them.
+    fn list(objects: &[&str]) -> String {
+        let mut text = String::from("apiVersion: v1\nitems:\n");
+        for object in objects {
+            for (index, line) in object.lines().enumerate() {
+                text.push_str(if index == 0 { "- " } else { "  " });
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+        text
+    }
+
+    const DETAILS_SERVICE: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: |
+      {"apiVersion":"v1","kind":"Service","metadata":{"annotations":{},"labels":{"app":"details","service":"details"},"name":"details","namespace":"default"},"spec":{"ports":[{"name":"http","port":9080}],"selector":{"app":"details"}}}
+  creationTimestamp: "2026-11-20T09:13:51Z"
+  labels:
+    app: details
+    service: details
+  managedFields:
+  - apiVersion: v1
+    fieldsType: FieldsV1
+    fieldsV1:
+      f:metadata:
+        f:annotations:
+          .: {}
+          f:kubectl.kubernetes.io/last-applied-configuration: {}
+        f:labels:
+          .: {}
+          f:app: {}
+          f:service: {}
+      f:spec:
+        f:internalTrafficPolicy: {}
+        f:ports:
+          .: {}
+          k:{"port":9080,"protocol":"TCP"}:
+            .: {}
+            f:name: {}
+            f:port: {}
+            f:protocol: {}
+            f:targetPort: {}
+        f:selector: {}
+        f:type: {}
+    manager: kubectl-client-side-apply
+    operation: Update
+    time: "2026-11-20T09:13:51Z"
+  name: details
+  namespace: default
+  resourceVersion: "100190"
+  uid: 0c8d1f2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f
+spec:
+  clusterIP: 10.96.112.40
+  clusterIPs:
+  - 10.96.112.40
+  internalTrafficPolicy: Cluster
+  ipFamilies:
+  - IPv4
+  ipFamilyPolicy: SingleStack
+  ports:
+  - name: http
+    port: 9080
+    protocol: TCP
+    targetPort: 9080
+  selector:
+    app: details
+  sessionAffinity: None
+  type: ClusterIP
+status:
+  loadBalancer: {}"#;
+
+    fn bookinfo_service(name: &str, cluster_ip: &str, version: u32) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  labels:\n    app: {name}\n    service: {name}\n  name: {name}\n  namespace: default\n  \
+             resourceVersion: \"{version}\"\nspec:\n  clusterIP: {cluster_ip}\n  ports:\n  - name: http\n    port: 9080\n    protocol: TCP\n    \
+             targetPort: 9080\n  selector:\n    app: {name}\n  type: ClusterIP\nstatus:\n  loadBalancer: {{}}"
+        )
+    }
+
+    fn bookinfo_pod(name: &str, app: &str, version: &str, ip: &str, node: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  generateName: {app}-{version}-7c6f8d5b9-\n  labels:\n    app: {app}\n    \
+             pod-template-hash: 7c6f8d5b9\n    security.istio.io/tlsMode: istio\n    version: {version}\n  name: {name}\n  namespace: default\n  \
+             ownerReferences:\n  - apiVersion: apps/v1\n    blockOwnerDeletion: true\n    controller: true\n    kind: ReplicaSet\n    \
+             name: {app}-{version}-7c6f8d5b9\n    uid: 5b8e0c1a-2d3e-4f50-8a6b-7c8d9e0f1a2b\n  resourceVersion: \"100201\"\nspec:\n  containers:\n  \
+             - image: docker.io/istio/examples-bookinfo-{app}-{version}:1.20.2\n    name: {app}\n    ports:\n    - containerPort: 9080\n      \
+             protocol: TCP\n  nodeName: {node}\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}"
+        )
+    }
+
+    fn bookinfo_slice(service: &str, name: &str, endpoints: &[(&str, &str, &str, &str)], version: u32) -> String {
+        let mut text = String::from("addressType: IPv4\napiVersion: discovery.k8s.io/v1\nendpoints:\n");
+        for (address, node, zone, pod) in endpoints {
+            text.push_str(&format!(
+                "- addresses:\n  - {address}\n  conditions:\n    ready: true\n    serving: true\n    terminating: false\n  nodeName: {node}\n  \
+                 targetRef:\n    kind: Pod\n    name: {pod}\n    namespace: default\n    uid: 3f0c2666-7a1b-4c2d-9e3f-0a1b2c3d4e5f\n  zone: {zone}\n"
+            ));
+        }
+        text.push_str(&format!(
+            "kind: EndpointSlice\nmetadata:\n  annotations:\n    endpoints.kubernetes.io/last-change-trigger-time: \"2026-11-20T09:14:07Z\"\n  \
+             generateName: {service}-\n  labels:\n    app: {service}\n    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n    \
+             kubernetes.io/service-name: {service}\n  name: {name}\n  namespace: default\n  ownerReferences:\n  - apiVersion: v1\n    kind: Service\n    \
+             name: {service}\n  resourceVersion: \"{version}\"\nports:\n- name: http\n  port: 9080\n  protocol: TCP"
+        ));
+        text
+    }
+
+    const NODES: &str = "apiVersion: v1\nkind: Node\nmetadata:\n  labels:\n    kubernetes.io/hostname: node-a\n    \
+                         topology.kubernetes.io/region: us-east-1\n    topology.kubernetes.io/zone: us-east-1a\n  name: node-a\n  \
+                         resourceVersion: \"99\"\nstatus: {}\n---\napiVersion: v1\nkind: Node\nmetadata:\n  labels:\n    \
+                         topology.kubernetes.io/region: us-east-1\n    topology.kubernetes.io/zone: us-east-1b\n    \
+                         topology.istio.io/subzone: rack-7\n  name: node-b";
+
+    const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: reviews-v2\n  namespace: default\n  \
+                              resourceVersion: \"200000\"\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: reviews\n      version: v2";
+
+    /// Istio's bookinfo as `kubectl get endpointslices,pods,services,nodes,deployments -o yaml` prints it.
+    fn bookinfo() -> Vec<String> {
+        let mut objects = vec![
+            bookinfo_slice("details", "details-q8l5f", &[("10.244.0.9", "node-a", "us-east-1a", "details-v1-79dfbd6fff-8vqx7")], 100217),
+            bookinfo_slice(
+                "productpage",
+                "productpage-m2v9c",
+                &[("10.244.0.12", "node-a", "us-east-1a", "productpage-v1-675fc69cf-xp5kz")],
+                100218,
+            ),
+            bookinfo_slice("ratings", "ratings-7xk2d", &[("10.244.0.10", "node-a", "us-east-1a", "ratings-v1-6484c4d9bb-5x8qz")], 100219),
+            bookinfo_slice(
+                "reviews",
+                "reviews-5hb8w",
+                &[
+                    ("10.244.0.11", "node-a", "us-east-1a", "reviews-v1-5b5d6494f4-kq7tw"),
+                    ("10.244.1.7", "node-b", "us-east-1b", "reviews-v2-5b667bcbf8-m4xjz"),
+                    ("10.244.1.8", "node-b", "us-east-1b", "reviews-v3-5b9bd44f4-9hvlp"),
+                ],
+                100220,
+            ),
+            bookinfo_pod("details-v1-79dfbd6fff-8vqx7", "details", "v1", "10.244.0.9", "node-a"),
+            bookinfo_pod("productpage-v1-675fc69cf-xp5kz", "productpage", "v1", "10.244.0.12", "node-a"),
+            bookinfo_pod("ratings-v1-6484c4d9bb-5x8qz", "ratings", "v1", "10.244.0.10", "node-a"),
+            bookinfo_pod("reviews-v1-5b5d6494f4-kq7tw", "reviews", "v1", "10.244.0.11", "node-a"),
+            bookinfo_pod("reviews-v2-5b667bcbf8-m4xjz", "reviews", "v2", "10.244.1.7", "node-b"),
+            bookinfo_pod("reviews-v3-5b9bd44f4-9hvlp", "reviews", "v3", "10.244.1.8", "node-b"),
+            DETAILS_SERVICE.to_owned(),
+            bookinfo_service("productpage", "10.96.45.12", 100191),
+            bookinfo_service("ratings", "10.96.201.7", 100192),
+            bookinfo_service("reviews", "10.96.8.150", 100193),
+            DEPLOYMENT.to_owned(),
+        ];
+        objects.extend(NODES.split("---\n").map(str::to_owned));
+        objects
+    }
+
+    const BOOKINFO_SERVICES: [&str; 4] = [
+        "default/details [http:9080:http:-] - (Service default/details)",
+        "default/productpage [http:9080:http:-] - (Service default/productpage)",
+        "default/ratings [http:9080:http:-] - (Service default/ratings)",
+        "default/reviews [http:9080:http:-] - (Service default/reviews)",
+    ];
+
+    const BOOKINFO_INSTANCES: [&str; 6] = [
+        "default/details 10.244.0.9:9080 svc=9080 Healthy us-east-1/us-east-1a/- version=v1",
+        "default/productpage 10.244.0.12:9080 svc=9080 Healthy us-east-1/us-east-1a/- version=v1",
+        "default/ratings 10.244.0.10:9080 svc=9080 Healthy us-east-1/us-east-1a/- version=v1",
+        "default/reviews 10.244.0.11:9080 svc=9080 Healthy us-east-1/us-east-1a/- version=v1",
+        "default/reviews 10.244.1.7:9080 svc=9080 Healthy us-east-1/us-east-1b/rack-7 version=v2",
+        "default/reviews 10.244.1.8:9080 svc=9080 Healthy us-east-1/us-east-1b/rack-7 version=v3",
+    ];
+
+    #[test]
+    fn bookinfo_list_gives_services_instances_and_pod_labels() {
+        let objects = bookinfo();
+        let text = list(&objects.iter().map(String::as_str).collect::<Vec<_>>());
+        let snapshot = read_clean(&text);
+        assert_eq!(services(&snapshot), BOOKINFO_SERVICES);
+        assert_eq!(instances(&snapshot), BOOKINFO_INSTANCES);
+        let v2 = &snapshot.instances[4];
+        let labels: Vec<(&str, &str)> = v2.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            labels,
+            [("app", "reviews"), ("pod-template-hash", "7c6f8d5b9"), ("security.istio.io/tlsMode", "istio"), ("version", "v2")]
+        );
+        assert_eq!(v2.weight, super::super::DEFAULT_WEIGHT);
+        // The List's resourceVersion is empty, so the version is the highest of the objects
+        // read (compared as numbers; the Deployment's is ignored with the Deployment).
+        assert_eq!(snapshot.version.as_deref(), Some("100220"));
+        // Spans cover whole objects and endpoints.
+        let details = &snapshot.services[0];
+        assert!(spanned(&text, details.span).starts_with("apiVersion: v1\n  kind: Service"));
+        assert!(spanned(&text, details.span).ends_with("loadBalancer: {}"));
+        assert_eq!(spanned(&text, v2.span).lines().next(), Some("addresses:"));
+        assert!(spanned(&text, v2.span).ends_with("zone: us-east-1b"));
+    }
+
+    #[test]
+    fn a_document_stream_reads_like_a_list() {
+        let objects = bookinfo();
+        let text = stream(&objects.iter().map(String::as_str).collect::<Vec<_>>());
+        let snapshot = read_clean(&text);
+        assert_eq!(services(&snapshot), BOOKINFO_SERVICES);
+        assert_eq!(instances(&snapshot), BOOKINFO_INSTANCES);
+        assert!(spanned(&text, snapshot.services[3].span).starts_with("apiVersion: v1\nkind: Service"));
+
+        // Lists and single objects mix, and a typed List names its kind.
+        let slices = objects[..4].iter().map(|it| it.replace('\n', "\n  ")).collect::<Vec<_>>().join("\n- ");
+        let mixed = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSliceList\nitems:\n- {slices}\nmetadata:\n  resourceVersion: \"100300\"\n{}",
+            stream(&objects[4..].iter().map(String::as_str).collect::<Vec<_>>())
+        );
+        let snapshot = read_clean(&mixed);
+        assert_eq!(instances(&snapshot), BOOKINFO_INSTANCES);
+        assert_eq!(snapshot.version.as_deref(), Some("100300"));
+    }
+
+    /// `kubectl get endpointslices,pods,services -o json`, trimmed.
+    const REVIEWS_JSON: &str = r#"{
+    "apiVersion": "v1",
+    "items": [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "annotations": {
+                    "description": "reviews \u0026 ratings \u003cv1\u003e"
+                },
+                "name": "reviews",
+                "namespace": "default",
+                "resourceVersion": "100193"
+            },
+            "spec": {
+                "ports": [
+                    {
+                        "name": "http",
+                        "port": 9080,
+                        "protocol": "TCP",
+                        "targetPort": 9080
+                    }
+                ]
+            }
+        },
+        {
+            "addressType": "IPv4",
+            "apiVersion": "discovery.k8s.io/v1",
+            "endpoints": [
+                {
+                    "addresses": [
+                        "10.244.0.11"
+                    ],
+                    "conditions": {
+                        "ready": true,
+                        "serving": true,
+                        "terminating": false
+                    },
+                    "nodeName": "node-a",
+                    "targetRef": {
+                        "kind": "Pod",
+                        "name": "reviews-v1-5b5d6494f4-kq7tw",
+                        "namespace": "default"
+                    },
+                    "zone": "us-east-1a"
+                },
+                {
+                    "addresses": [
+                        "10.244.1.7"
+                    ],
+                    "conditions": {
+                        "ready": false,
+                        "serving": true,
+                        "terminating": true
+                    },
+                    "zone": "us-east-1b"
+                }
+            ],
+            "kind": "EndpointSlice",
+            "metadata": {
+                "labels": {
+                    "kubernetes.io/service-name": "reviews"
+                },
+                "name": "reviews-5hb8w",
+                "namespace": "default",
+                "resourceVersion": "100220"
+            },
+            "ports": [
+                {
+                    "name": "http",
+                    "port": 9080,
+                    "protocol": "TCP"
+                }
+            ]
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "labels": {
+                    "app": "reviews",
+                    "team": "books \u0026 reviews",
+                    "version": "v1"
+                },
+                "name": "reviews-v1-5b5d6494f4-kq7tw",
+                "namespace": "default"
+            },
+            "status": {
+                "podIP": "10.244.0.11"
+            }
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "labels": {
+                    "app": "reviews",
+                    "version": "v2"
+                },
+                "name": "reviews-v2-5b667bcbf8-m4xjz",
+                "namespace": "default"
+            },
+            "status": {
+                "podIPs": [
+                    {
+                        "ip": "10.244.1.7"
+                    }
+                ]
+            }
+        }
+    ],
+    "kind": "List",
+    "metadata": {
+        "resourceVersion": ""
+    }
+}
+"#;
+
+    fn check_reviews_json(text: &str) {
+        let snapshot = read_clean(text);
+        assert_eq!(services(&snapshot), ["default/reviews [http:9080:http:-] - (Service default/reviews)"]);
+        // The second endpoint has no targetRef: its pod is found by IP.
+        assert_eq!(
+            instances(&snapshot),
+            [
+                "default/reviews 10.244.0.11:9080 svc=9080 Healthy -/us-east-1a/- version=v1",
+                "default/reviews 10.244.1.7:9080 svc=9080 Draining -/us-east-1b/- version=v2"
+            ]
+        );
+        assert_eq!(snapshot.instances[0].labels["team"], "books & reviews");
+        assert_eq!(snapshot.version.as_deref(), Some("100220"));
+        let service = spanned(text, snapshot.services[0].span);
+        assert!(service.starts_with("{\n            \"apiVersion\": \"v1\",\n            \"kind\": \"Service\""));
+        assert!(service.ends_with("]\n            }\n        }"));
+        let endpoint = spanned(text, snapshot.instances[1].span);
+        assert!(endpoint.starts_with("{\n                    \"addresses\": [\n                        \"10.244.1.7\""));
+        assert!(endpoint.ends_with("\"zone\": \"us-east-1b\"\n                }"));
+    }
+
+    #[test]
+    fn kubectl_json_reads_like_yaml() {
+        check_reviews_json(REVIEWS_JSON);
+        // With tabs for indentation, as `jq --tab` writes it.
+        let tabs = REVIEWS_JSON.replace("    ", "\t");
+        let snapshot = read_clean(&tabs);
+        assert_eq!(snapshot.instances.len(), 2);
+        assert!(spanned(&tabs, snapshot.instances[1].span).starts_with("{\n\t\t\t\t\t\"addresses\""));
+    }
+
+    #[test]
+    fn json_that_saphyr_rejects_is_read_by_serde_json() {
+        // saphyr rejects surrogate-pair escapes (as Python's `json.dumps` writes emoji) and
+        // duplicate keys; serde_json reads them, and the spans still point into the text.
+        let text = format!("\u{feff}{}", REVIEWS_JSON.replace("reviews \\u0026 ratings", "reviews \\ud83d\\udcda \u{e9}"));
+        assert!(MarkedYaml::load_from_str(&text).is_err());
+        check_reviews_json(&text);
+        let duplicated = REVIEWS_JSON.replace("\"name\": \"reviews\",", "\"name\": \"reviews\", \"name\": \"reviews\",");
+        assert!(MarkedYaml::load_from_str(&duplicated).is_err());
+        check_reviews_json(&duplicated);
+        // Concatenated values, as `kubectl get -o json` run twice writes them.
+        let twice = format!("{REVIEWS_JSON}{REVIEWS_JSON}");
+        let (snapshot, diagnostics) = read(&twice);
+        assert_eq!((snapshot.services.len(), snapshot.instances.len(), diagnostics.len()), (2, 4, 0));
+        assert_eq!(snapshot.instances[2].span.start as usize, REVIEWS_JSON.len() + snapshot.instances[0].span.start as usize);
+    }
+
+    #[test]
+    fn invalid_json_is_reported_by_serde_json() {
+        // A lone surrogate passes serde_json's syntax check of raw values but not its decoding.
+        let text = REVIEWS_JSON.replace("reviews \\u0026 ratings", "reviews \\ud83d ratings");
+        let (_, diagnostics) = read(&text);
+        assert_eq!(diagnostics.len(), 1);
+        let at = diagnostics[0].labels[0].span.start;
+        assert_eq!(line_of(&text, at), 9, "{}", diagnostics[0].message);
+        assert!(diagnostics[0].message.ends_with("invalid JSON: unexpected end of hex escape"), "{}", diagnostics[0].message);
+
+        let text = REVIEWS_JSON.replace(
+            "\"protocol\": \"TCP\",\n                        \"targetPort\"",
+            "\"protocol\": \"TCP\"\n                        \"targetPort\"",
+        );
+        let (snapshot, diagnostics) = read(&text);
+        assert!(snapshot.services.is_empty() && snapshot.instances.is_empty());
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(diagnostics[0].code, Code::RegistryFormat);
+        let line = text.lines().position(|it| it.contains("\"targetPort\": 9080")).unwrap() + 1;
+        assert_eq!(line, 21);
+        assert_eq!(
+            diagnostics[0].message,
+            "cannot read kubernetes snapshot of registry `k8s`: invalid JSON: expected `,` or `}` at line 21 column 25"
+        );
+        let at = diagnostics[0].labels[0].span.start;
+        assert_eq!((line_of(&text, at), &text[at as usize..at as usize + 13]), (21, "\"targetPort\":"));
+    }
+
+    const SHOP: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: orders
+  namespace: shop
+spec:
+  ports:
+  - name: http
+    port: 9080
+    targetPort: 8080
+  - name: grpc-api
+    port: 9090
+    protocol: TCP
+    targetPort: 9091
+  - name: web
+    appProtocol: kubernetes.io/h2c
+    port: 80
+    targetPort: web
+  - name: dns
+    port: 53
+    protocol: UDP
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: orders-x7k2p
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: orders
+addressType: IPv4
+ports:
+- name: grpc-api
+  port: 9091
+  protocol: TCP
+- name: http
+  port: 8080
+- name: web
+  port: 8443
+- name: dns
+  port: 5353
+  protocol: UDP
+endpoints:
+- addresses: [10.1.0.4, 10.1.0.5]
+  conditions: {ready: true}
+- addresses: [10.1.0.6]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.1.0.7]
+  conditions: {ready: false, serving: false, terminating: true}
+- addresses: [10.1.0.8]
+  conditions: {ready: false}
+- addresses: [10.1.0.9]
+  conditions: {}
+- addresses: [10.1.0.10]
+"#;
+
+    #[test]
+    fn ports_resolve_by_name_and_conditions_give_health() {
+        let snapshot = read_clean(SHOP);
+        assert_eq!(
+            services(&snapshot),
+            ["shop/orders [http:9080:http:8080 grpc-api:9090:grpc:9091 web:80:http2:-] - (Service shop/orders)"]
+        );
+        assert_eq!(
+            snapshot.services[0].ports[0],
+            Port { number: 9080, name: Some("http".to_owned()), protocol: Some(Protocol::Http), target_port: Some(8080) }
+        );
+        let lines = instances(&snapshot);
+        assert_eq!(lines.len(), 21);
+        assert_eq!(
+            lines[..6],
+            [
+                "shop/orders 10.1.0.4:9091 svc=9090 Healthy -/-/- version=-",
+                "shop/orders 10.1.0.4:8080 svc=9080 Healthy -/-/- version=-",
+                "shop/orders 10.1.0.4:8443 svc=80 Healthy -/-/- version=-",
+                "shop/orders 10.1.0.5:9091 svc=9090 Healthy -/-/- version=-",
+                "shop/orders 10.1.0.5:8080 svc=9080 Healthy -/-/- version=-",
+                "shop/orders 10.1.0.5:8443 svc=80 Healthy -/-/- version=-",
+            ]
+        );
+        let health: Vec<(&str, Health)> = snapshot.instances.iter().step_by(3).map(|it| (it.address.as_str(), it.health)).collect();
+        assert_eq!(
+            health,
+            [
+                ("10.1.0.4", Health::Healthy),
+                ("10.1.0.5", Health::Healthy),
+                ("10.1.0.6", Health::Draining),
+                ("10.1.0.7", Health::Unhealthy),
+                ("10.1.0.8", Health::Unhealthy),
+                ("10.1.0.9", Health::Unknown),
+                ("10.1.0.10", Health::Unknown),
+            ]
+        );
+        // The namespace of an object without one is the registry's.
+        let (snapshot, _) = read_with(&SHOP.replace("  namespace: shop\n", ""), "team-a");
+        assert_eq!((snapshot.services[0].namespace.as_str(), snapshot.instances[0].namespace.as_str()), ("team-a", "team-a"));
+    }
+
+    #[test]
+    fn slices_without_a_service_give_portless_services() {
+        let text = r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-fqdn
+  namespace: shop
+  labels: {kubernetes.io/service-name: db}
+addressType: FQDN
+ports: [{name: tcp-postgres, port: 5432}]
+endpoints:
+- addresses: [db-0.db.shop.svc.cluster.local, db-1.db.shop.svc.cluster.local]
+  conditions: {ready: true}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: cache-1, namespace: shop, labels: {kubernetes.io/service-name: cache}}
+addressType: IPv6
+ports: [{name: redis, port: 6379}, {name: admin, port: 8080, appProtocol: http}]
+endpoints:
+- addresses: ["fd00::12"]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-extra, namespace: shop, labels: {kubernetes.io/service-name: db}}
+ports: [{name: tcp-postgres, port: 5433}]
+endpoints:
+- addresses: [10.1.2.3]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mail, namespace: shop}
+spec: {type: ExternalName, externalName: smtp.example.com}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mail-1, namespace: shop, labels: {kubernetes.io/service-name: mail}}
+ports: [{port: 25}]
+endpoints:
+- addresses: [10.1.2.4]
+"#;
+        let snapshot = read_clean(text);
+        // One service per slice-only service, from its first slice, with the protocol of its
+        // single port name; the ExternalName service and its slice give nothing.
+        assert_eq!(services(&snapshot), ["shop/db [] tcp (EndpointSlice shop/db-fqdn)", "shop/cache [] - (EndpointSlice shop/cache-1)"]);
+        assert_eq!(
+            instances(&snapshot),
+            [
+                "shop/db db-0.db.shop.svc.cluster.local:5432 svc=- Healthy -/-/- version=-",
+                "shop/db db-1.db.shop.svc.cluster.local:5432 svc=- Healthy -/-/- version=-",
+                "shop/cache fd00::12:6379 svc=- Unknown -/-/- version=-",
+                "shop/cache fd00::12:8080 svc=- Unknown -/-/- version=-",
+                "shop/db 10.1.2.3:5433 svc=- Unknown -/-/- version=-",
+            ]
+        );
+        assert!(
+            spanned(text, snapshot.services[0].span)
+                .starts_with("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-fqdn")
+        );
+    }
+
+    const LEGACY: &str = r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: legacy, namespace: shop}
+  spec:
+    ports: [{name: http-api, port: 80, targetPort: 8080}]
+- apiVersion: v1
+  kind: Endpoints
+  metadata: {name: legacy, namespace: shop, resourceVersion: "77"}
+  subsets:
+  - addresses:
+    - ip: 10.2.0.1
+      nodeName: node-b
+      targetRef: {kind: Pod, name: legacy-abc, namespace: shop}
+    - ip: 10.2.0.2
+    notReadyAddresses:
+    - ip: 10.2.0.3
+    ports: [{name: http-api, port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Endpoints
+  metadata: {name: orders, namespace: shop}
+  subsets:
+  - addresses: [{ip: 10.9.9.9}]
+    ports: [{name: http, port: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: orders-1, namespace: shop, labels: {kubernetes.io/service-name: orders}}
+  ports: [{name: http, port: 8080}]
+  endpoints: [{addresses: [10.1.0.4], conditions: {ready: true}}]
+- apiVersion: v1
+  kind: Endpoints
+  metadata: {name: batch, namespace: shop}
+  subsets:
+  - addresses: [{ip: 10.3.0.1}]
+    ports: [{port: 7000}]
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: legacy-abc, namespace: shop, labels: {app: legacy, version: v9}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: legacy-def, namespace: shop, labels: {app: legacy, version: v10}}
+  status: {podIP: 10.2.0.2}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: node-b, labels: {topology.kubernetes.io/zone: eu-1b}}
+metadata: {}
+"#;
+
+    #[test]
+    fn endpoints_fill_in_for_services_without_slices() {
+        let snapshot = read_clean(LEGACY);
+        assert_eq!(
+            services(&snapshot),
+            [
+                "shop/legacy [http-api:80:http:8080] - (Service shop/legacy)",
+                "shop/orders [] http (EndpointSlice shop/orders-1)",
+                "shop/batch [] - (Endpoints shop/batch)",
+            ]
+        );
+        // `orders` has a slice, so its Endpoints are not read.
+        assert_eq!(
+            instances(&snapshot),
+            [
+                "shop/legacy 10.2.0.1:8080 svc=80 Healthy -/eu-1b/- version=v9",
+                "shop/legacy 10.2.0.2:8080 svc=80 Healthy -/-/- version=v10",
+                "shop/legacy 10.2.0.3:8080 svc=80 Unhealthy -/-/- version=-",
+                "shop/orders 10.1.0.4:8080 svc=- Healthy -/-/- version=-",
+                "shop/batch 10.3.0.1:7000 svc=- Healthy -/-/- version=-",
+            ]
+        );
+        assert_eq!(snapshot.version.as_deref(), Some("77"));
+        assert_eq!(spanned(LEGACY, snapshot.instances[1].span), "ip: 10.2.0.2");
+    }
+
+    #[test]
+    fn beta_slices_nodes_and_pod_ips_give_locality_and_labels() {
+        let text = r#"apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata: {name: ratings-b1, labels: {kubernetes.io/service-name: ratings}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints:
+- addresses: [10.4.0.1]
+  conditions: {ready: true}
+  topology: {kubernetes.io/hostname: node-c, topology.kubernetes.io/zone: ap-2a}
+- addresses: [10.4.0.2]
+  conditions: {ready: true}
+  topology: {kubernetes.io/hostname: node-c}
+- addresses: [10.4.0.3]
+  conditions: {ready: true}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-c
+  labels: {failure-domain.beta.kubernetes.io/region: ap, failure-domain.beta.kubernetes.io/zone: ap-2c}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-1, labels: {app: ratings, version: 1.10}}
+status: {podIP: 10.4.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-1, labels: {version: host-a}}
+status: {podIP: 10.4.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-2, labels: {version: host-b}}
+status: {podIP: 10.4.0.3}
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: ratings}
+spec: {template: {spec: {containers: [{image: ratings}]}}}
+"#;
+        let snapshot = read_clean(text);
+        // A Knative Service is not a Kubernetes Service.
+        assert_eq!(services(&snapshot), ["default/ratings [] http (EndpointSlice default/ratings-b1)"]);
+        // Two host-network pods share 10.4.0.3, so neither lends it labels; `1.10` stays `1.10`.
+        assert_eq!(
+            instances(&snapshot),
+            [
+                "default/ratings 10.4.0.1:9080 svc=- Healthy ap/ap-2a/- version=1.10",
+                "default/ratings 10.4.0.2:9080 svc=- Healthy ap/ap-2c/- version=-",
+                "default/ratings 10.4.0.3:9080 svc=- Healthy -/-/- version=-",
+            ]
+        );
+    }
+
+    #[test]
+    fn versions_prefer_the_list_and_compare_as_numbers() {
+        let object = |rv: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{rv}, resourceVersion: \"{rv}\"}}");
+        let (snapshot, _) = read(&stream(&[&object("99"), &object("100217"), &object("not-a-number")]));
+        assert_eq!(snapshot.version.as_deref(), Some("100217"));
+        let (snapshot, _) = read(&list(&[&object("99")]).replace("resourceVersion: \"\"", "resourceVersion: \"12345\""));
+        assert_eq!(snapshot.version.as_deref(), Some("12345"));
+        let (snapshot, _) = read(&stream(&[&object("abc")]));
+        assert_eq!(snapshot.version, None);
+        assert_eq!(read("").0.version, None);
+    }
+
+    const MALFORMED: &str = r#"# Hand-edited snapshot — café ☕, so offsets are not characters.
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: orphan-1, namespace: shop}
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: orders-x7k2p
+  namespace: shop
+  labels: {kubernetes.io/service-name: orders}
+addressType: IPv4
+ports:
+- name: http
+  port: 70000
+- name: grpc
+  port: 9091
+- name: admin
+endpoints:
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.300, 10.0.0.2]
+- addresses: [db.example.com]
+- addresses: []
+- conditions: {ready: yes}
+  addresses: [10.0.0.3]
+---
+just a string
+---
+apiVersion: v1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  ports:
+  - name: grpc
+    targetPort: 9091
+  - name: http
+    port: 8080
+---
+- 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: Orders_2}
+spec: {ports: [{port: 80}]}
+---
+kind: Pod
+metadata: {name: p, labels: {app: [a]}}
+---
+apiVersion: v1
+metadata: {name: what}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: other-1, labels: {kubernetes.io/service-name: other}}
+addressType: FQDN
+ports: [{port: 80}]
+endpoints: [{addresses: [10.0.0.300, 1.2.3.4]}]
+"#;
+
+    #[test]
+    fn malformed_entries_are_reported_and_skipped_one_by_one() {
+        let (snapshot, diagnostics) = read(MALFORMED);
+        let found: Vec<String> = diagnostics.iter().map(|it| describe(MALFORMED, it)).collect();
+        let prefix = "E0302: malformed entry in registry `k8s`:";
+        assert_eq!(
+            found,
+            [
+                format!(
+                    "{prefix} the slice has no `kubernetes.io/service-name` label, so its service is unknown | entry: EndpointSlice shop/orphan-1 | `apiVersion: discovery.k8s.io/v1`"
+                ),
+                format!(
+                    "{prefix} `ports[0].port` is 70000, not a port number (1 to 65535) | entry: EndpointSlice shop/orders-x7k2p | `70000`"
+                ),
+                format!("{prefix} `ports[2]` has no `port` | entry: EndpointSlice shop/orders-x7k2p | `name: admin`"),
+                format!("{prefix} `10.0.0.300` is not an IPv4 address | entry: EndpointSlice shop/orders-x7k2p endpoint 2 | `10.0.0.300`"),
+                format!(
+                    "{prefix} `db.example.com` is not an IPv4 address | entry: EndpointSlice shop/orders-x7k2p endpoint 3 | `db.example.com`"
+                ),
+                format!("{prefix} the endpoint has no `addresses` | entry: EndpointSlice shop/orders-x7k2p endpoint 4 | `addresses: []`"),
+                format!(
+                    "{prefix} `conditions.ready` is a string, not a boolean | entry: EndpointSlice shop/orders-x7k2p endpoint 5 | `yes`"
+                ),
+                format!("{prefix} expected a Kubernetes object (a mapping), found a string | entry: document 3 | `just a string`"),
+                format!("{prefix} `spec.ports[0]` has no `port` | entry: Service shop/orders | `name: grpc`"),
+                format!("{prefix} expected a Kubernetes object (a mapping), found a sequence | entry: document 5 | `- 1`"),
+                format!(
+                    "{prefix} `Orders_2` is not a valid service name (a DNS label) | entry: Service default/Orders_2 | `apiVersion: v1`"
+                ),
+                format!("{prefix} `metadata.labels.app` is a sequence, not a string | entry: Pod default/p | `[a]`"),
+                format!("{prefix} the object has no `kind` | entry: document 8 | `apiVersion: v1`"),
+                format!(
+                    "{prefix} `10.0.0.300` is not an IP address or a host name | entry: EndpointSlice default/other-1 endpoint 1 | `10.0.0.300`"
+                ),
+            ]
+        );
+        assert!(diagnostics.iter().all(|it| it.code == Code::RegistryEntry && it.labels[0].message == "this entry was skipped"));
+        // The spans are byte ranges even after the non-ASCII comment.
+        let bad_address = diagnostics[3].labels[0].span;
+        assert_eq!((line_of(MALFORMED, bad_address.start), spanned(MALFORMED, bad_address)), (23, "10.0.0.300"));
+        // What is left: the good ports, endpoints and addresses.
+        assert_eq!(
+            services(&snapshot),
+            ["shop/orders [http:8080:http:-] - (Service shop/orders)", "default/other [] - (EndpointSlice default/other-1)"]
+        );
+        assert_eq!(
+            instances(&snapshot),
+            [
+                "shop/orders 10.0.0.1:9091 svc=- Unknown -/-/- version=-",
+                "shop/orders 10.0.0.2:9091 svc=- Unknown -/-/- version=-",
+                "default/other 1.2.3.4:80 svc=- Unknown -/-/- version=-",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_yaml_is_reported_at_its_line() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- kind: Service\n  metadata: {name: \"orders}\n";
+        let (snapshot, diagnostics) = read(text);
+        assert!(snapshot.services.is_empty());
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(diagnostics[0].code, Code::RegistryFormat);
+        assert!(
+            diagnostics[0].message.starts_with("cannot read kubernetes snapshot of registry `k8s`: invalid YAML: "),
+            "{}",
+            diagnostics[0].message
+        );
+        assert_eq!(diagnostics[0].labels[1].message, "snapshot named here");
+
+        // After non-ASCII text, the position is still a byte offset: saphyr blames the scalar
+        // that a tab follows, at character 57 and byte 64.
+        let text = "# Übersicht — 東京 cluster\nkind: Service\nmetadata:\n  name: é\n\tspec: {}\n";
+        let (_, diagnostics) = read(text);
+        assert_eq!(diagnostics.len(), 1);
+        assert!(diagnostics[0].message.ends_with("invalid YAML: while scanning a plain scalar, found a tab"), "{}", diagnostics[0].message);
+        let at = diagnostics[0].labels[0].span.start;
+        assert_eq!((at, line_of(text, at), &text[at as usize..]), (64, 4, "é\n\tspec: {}\n"));
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_bounded() {
+        // Block nesting past the limit is refused before saphyr recurses into it.
+        let deep = format!("items:\n{}x\n", "- ".repeat(300));
+        let (_, diagnostics) = read(&deep);
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(diagnostics[0].code, Code::RegistryFormat);
+        assert!(
+            diagnostics[0]
+                .message
+                .ends_with("this line nests 600 columns deep; meshc reads YAML whose collections start at column 511 or before")
+        );
+        assert_eq!(line_of(&deep, diagnostics[0].labels[0].span.start), 2);
+        // Up to the limit it parses (and is not an object).
+        let (_, diagnostics) = read(&format!("{}x\n", "- ".repeat(255)));
+        assert_eq!(diagnostics.iter().map(|it| it.code).collect::<Vec<_>>(), [Code::RegistryEntry]);
+        // Flow nesting stops at saphyr's limit, or at serde_json's for JSON.
+        let (_, diagnostics) = read(&format!("a: {}{}", "[".repeat(300), "]".repeat(300)));
+        assert!(diagnostics[0].message.ends_with("invalid YAML: recursion limit exceeded"));
+        assert_eq!(diagnostics[0].labels[0].span.start, 3 + 255);
+        let (_, diagnostics) = read(&format!("{}{}", "[".repeat(300), "]".repeat(300)));
+        assert!(diagnostics[0].message.ends_with("invalid JSON: nested more than 128 levels deep"), "{}", diagnostics[0].message);
+        assert_eq!(diagnostics[0].labels[0].span.start, 129);
+
+        // A billion laughs stops at saphyr's alias budget.
+        let mut bomb = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..10 {
+            let previous = format!("*a{}", level - 1);
+            bomb.push_str(&format!("a{level}: &a{level} [{}]\n", [previous.as_str(); 10].join(", ")));
+        }
+        let (_, diagnostics) = read(&bomb);
+        assert!(diagnostics[0].message.contains("alias expansion exceeded the maximum node budget"), "{}", diagnostics[0].message);
+        // a1 to a3 clone 12,330 nodes, a4 would clone 111,110: it stops there, on line 5.
+        assert_eq!(line_of(&bomb, diagnostics[0].labels[0].span.start), 5);
+
+        // A chain of deep anchors clones a tree about 12,000 levels deep: the reading thread's
+        // stack holds it.
+        let mut chain = format!("a0: &a0\n  {}{}x{}\n", "- ".repeat(200), "[".repeat(250), "]".repeat(250));
+        for level in 1..40 {
+            chain.push_str(&format!("a{level}: &a{level}\n  {}{}*a{}{}\n", "- ".repeat(200), "[".repeat(250), level - 1, "]".repeat(250)));
+        }
+        let (snapshot, diagnostics) = read(&chain);
+        assert!(snapshot.services.is_empty());
+        assert_eq!(diagnostics.len(), 1);
+        assert!(diagnostics[0].message.contains("alias expansion exceeded the maximum node budget"), "{}", diagnostics[0].message);
+    }
+
+    #[test]
+    fn truncated_snapshots_never_panic() {
+        let objects = bookinfo();
+        let text = list(&objects.iter().map(String::as_str).collect::<Vec<_>>()) + REVIEWS_JSON + MALFORMED;
+        let mut cut = 0;
+        while cut < text.len() {
+            if text.is_char_boundary(cut) {
+                let _ = read(&text[..cut]);
+                let _ = read(&text[cut..]);
+            }
+            cut += 97;
+        }
+    }
 }
