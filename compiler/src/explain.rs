@@ -712,7 +712,8 @@ fn parse_request(args: &ExplainArgs) -> Result<(PathBuf, Request), String> {
         }
     } else {
         let dubbo = args.dubbo.as_ref().ok_or("give --bolt or --dubbo")?;
-        let (interface, version) = dubbo[0].split_once(':').map_or((dubbo[0].clone(), String::new()), |(i, v)| (i.to_owned(), v.to_owned()));
+        let (interface, version) =
+            dubbo[0].split_once(':').map_or((dubbo[0].clone(), String::new()), |(i, v)| (i.to_owned(), v.to_owned()));
         Request {
             protocol: "dubbo",
             authority: None,

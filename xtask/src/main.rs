@@ -14,7 +14,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         _ => {
-            eprintln!("usage: cargo xtask test\n\n  test   install what the tests need, run the whole suite, check the goldens are current");
+            eprintln!(
+                "usage: cargo xtask test\n\n  test   install what the tests need, run the whole suite, check the goldens are current"
+            );
             return ExitCode::from(2);
         }
     };

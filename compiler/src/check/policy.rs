@@ -458,7 +458,8 @@ impl Checker<'_, '_> {
             .map(|it| (it.number, it.protocol))
             .collect();
         if inbound.is_empty() {
-            let whom = if decl.workloads.is_some() { "no workload it targets serves a port" } else { "no workload of the mesh serves a port" };
+            let whom =
+                if decl.workloads.is_some() { "no workload it targets serves a port" } else { "no workload of the mesh serves a port" };
             let mut diagnostic =
                 Diagnostic::warning(Code::IneffectivePolicy, format!("authorization policy `{}` never applies", decl.name.text))
                     .primary(decl.name.span, whom)

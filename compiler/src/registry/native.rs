@@ -21,7 +21,6 @@ use toml::Spanned;
 
 use super::{Ctx, Instance, Port, Service, Snapshot};
 
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
@@ -78,7 +77,11 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
             ("service", toml::de::DeValue::Array(array)) => entries.extend(array.iter().cloned()),
             (other, _) => {
                 let span = ctx.span(key.span());
-                ctx.bad_entry(span, &format!("top-level `{other}`"), "unknown key: a native registry holds `version` and `[[service]]` tables");
+                ctx.bad_entry(
+                    span,
+                    &format!("top-level `{other}`"),
+                    "unknown key: a native registry holds `version` and `[[service]]` tables",
+                );
             }
         }
     }

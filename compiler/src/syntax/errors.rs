@@ -12,12 +12,14 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
         InputLocation::Pos(pos) => pos,
         InputLocation::Span((start, _)) => start,
     };
-    let word_len = text[at.min(text.len())..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').map(char::len_utf8).sum::<usize>();
+    let word_len =
+        text[at.min(text.len())..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').map(char::len_utf8).sum::<usize>();
     let end = if word_len > 0 { at + word_len } else { next_char_boundary(text, at) };
     let found = describe_found(text, at);
     let message = match &err.variant {
         ErrorVariant::ParsingError { positives, .. } => {
-            let mut expected: Vec<String> = positives.iter().flat_map(|it| rule_name(*it).split(" | ").map(str::to_owned).collect::<Vec<_>>()).collect();
+            let mut expected: Vec<String> =
+                positives.iter().flat_map(|it| rule_name(*it).split(" | ").map(str::to_owned).collect::<Vec<_>>()).collect();
             expected.sort();
             expected.dedup();
             match expected.len() {
