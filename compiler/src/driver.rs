@@ -71,8 +71,12 @@ pub fn compile(vfs: &dyn Vfs) -> Compilation {
     }
 
     // Registries, each through its adapter, then merged.
+    // Read in path order, so file ids (and so the order of diagnostics) do not depend on
+    // the order the manifest lists registries in.
+    let mut entries: Vec<&manifest::RegistryEntry> = manifest.registries.iter().collect();
+    entries.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.name.cmp(&b.name)));
     let mut snapshots: Vec<(&manifest::RegistryEntry, FileId, Snapshot)> = Vec::new();
-    for entry in &manifest.registries {
+    for entry in entries {
         let Some(id) = read(vfs, &entry.path, FileKind::Registry, Some(entry.path_span), &mut sources, &mut diagnostics, &mut io_error)
         else {
             continue;
