@@ -35,12 +35,44 @@ impl Compilation {
 
 /// Compiles the mesh that `vfs` holds.
 pub fn compile(vfs: &dyn Vfs) -> Compilation {
-    let mut sources = SourceMap::default();
-    let mut diagnostics = Vec::new();
-    let mut io_error = false;
+    let mut loaded = load(vfs);
+    let ir = analyze(&mut loaded);
+    finish(loaded.sources, loaded.diagnostics, ir, loaded.io_error)
+}
 
-    let Some((_, manifest)) = load_manifest(vfs, &mut sources, &mut diagnostics, &mut io_error) else {
-        return finish(sources, diagnostics, None, io_error);
+/// A mesh read and parsed: the work before merging, checking and lowering.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// Every file read.
+    pub sources: SourceMap,
+    /// The manifest, when it could be read and parsed.
+    pub manifest: Option<Manifest>,
+    /// The parsed spec files, in path order.
+    pub files: Vec<syntax::ast::File>,
+    /// Each registry's snapshot: its index in the manifest, its file, and what it holds.
+    pub snapshots: Vec<(usize, FileId, Snapshot)>,
+    /// Findings so far.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Whether a file could not be read.
+    pub io_error: bool,
+    /// Whether every spec file parsed.
+    pub syntax_ok: bool,
+}
+
+/// Reads the manifest, parses the spec files and reads every registry snapshot.
+pub fn load(vfs: &dyn Vfs) -> Loaded {
+    let mut loaded = Loaded {
+        sources: SourceMap::default(),
+        manifest: None,
+        files: Vec::new(),
+        snapshots: Vec::new(),
+        diagnostics: Vec::new(),
+        io_error: false,
+        syntax_ok: true,
+    };
+    let Loaded { sources, files, snapshots, diagnostics, io_error, syntax_ok, .. } = &mut loaded;
+    let Some((_, manifest)) = load_manifest(vfs, sources, diagnostics, io_error) else {
+        return loaded;
     };
 
     // Spec files, sorted by path whatever order they were listed or found in.
@@ -49,7 +81,7 @@ pub fn compile(vfs: &dyn Vfs) -> Compilation {
         None => match vfs.mesh_files() {
             Ok(paths) => paths.into_iter().map(|it| (it, None)).collect(),
             Err(err) => {
-                io_error = true;
+                *io_error = true;
                 diagnostics.push(Diagnostic::error(Code::Io, format!("cannot list the spec files of {}: {err}", vfs.describe())));
                 Vec::new()
             }
@@ -57,28 +89,23 @@ pub fn compile(vfs: &dyn Vfs) -> Compilation {
     };
     spec_paths.sort();
     spec_paths.dedup_by(|a, b| a.0 == b.0);
-    let mut files = Vec::new();
-    let mut syntax_ok = true;
     for (path, listed_at) in spec_paths {
-        let Some(id) = read(vfs, &path, FileKind::Spec, listed_at, &mut sources, &mut diagnostics, &mut io_error) else {
-            syntax_ok = false;
+        let Some(id) = read(vfs, &path, FileKind::Spec, listed_at, sources, diagnostics, io_error) else {
+            *syntax_ok = false;
             continue;
         };
-        match syntax::parse(id, sources.text(id), &mut diagnostics) {
+        match syntax::parse(id, sources.text(id), diagnostics) {
             Some(file) => files.push(file),
-            None => syntax_ok = false,
+            None => *syntax_ok = false,
         }
     }
 
-    // Registries, each through its adapter, then merged.
-    // Read in path order, so file ids (and so the order of diagnostics) do not depend on
-    // the order the manifest lists registries in.
-    let mut entries: Vec<&manifest::RegistryEntry> = manifest.registries.iter().collect();
-    entries.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.name.cmp(&b.name)));
-    let mut snapshots: Vec<(&manifest::RegistryEntry, FileId, Snapshot)> = Vec::new();
-    for entry in entries {
-        let Some(id) = read(vfs, &entry.path, FileKind::Registry, Some(entry.path_span), &mut sources, &mut diagnostics, &mut io_error)
-        else {
+    // Registries, each through its adapter. Read in path order, so file ids (and so the
+    // order of diagnostics) do not depend on the order the manifest lists registries in.
+    let mut entries: Vec<(usize, &manifest::RegistryEntry)> = manifest.registries.iter().enumerate().collect();
+    entries.sort_by(|a, b| a.1.path.cmp(&b.1.path).then_with(|| a.1.name.cmp(&b.1.name)));
+    for (index, entry) in entries {
+        let Some(id) = read(vfs, &entry.path, FileKind::Registry, Some(entry.path_span), sources, diagnostics, io_error) else {
             continue;
         };
         let mut ctx = registry::Ctx {
@@ -91,33 +118,39 @@ pub fn compile(vfs: &dyn Vfs) -> Compilation {
         };
         let snapshot = registry::load(&mut ctx);
         diagnostics.append(&mut ctx.diagnostics);
-        snapshots.push((entry, id, snapshot));
+        snapshots.push((index, id, snapshot));
     }
-    let pairs: Vec<(&manifest::RegistryEntry, &Snapshot)> = snapshots.iter().map(|it| (it.0, &it.2)).collect();
-    let catalog = registry::merge::merge(&pairs, &mut diagnostics);
+    loaded.manifest = Some(manifest);
+    loaded
+}
 
+/// Merges the registries, checks the spec and lowers it: the IR, unless there were errors.
+/// New findings are added to `loaded.diagnostics`.
+pub fn analyze(loaded: &mut Loaded) -> Option<ir::Mesh> {
+    let manifest = loaded.manifest.as_ref()?;
+    let diagnostics = &mut loaded.diagnostics;
+    let pairs: Vec<(&manifest::RegistryEntry, &Snapshot)> =
+        loaded.snapshots.iter().map(|(index, _, snapshot)| (&manifest.registries[*index], snapshot)).collect();
+    let catalog = registry::merge::merge(&pairs, diagnostics);
     // A file that did not parse would make every reference into it look unknown: stop here.
-    let errors_so_far = diagnostics.iter().any(Diagnostic::is_error);
-    if !syntax_ok || io_error {
-        return finish(sources, diagnostics, None, io_error);
+    if !loaded.syntax_ok || loaded.io_error {
+        return None;
     }
-    let checked = check::check(&manifest, &sources, &files, &catalog, &mut diagnostics);
-    let ir = match checked {
-        Some(checked) if !errors_so_far => {
-            let loaded: Vec<lower::LoadedRegistry<'_>> = snapshots
-                .iter()
-                .map(|(entry, id, snapshot)| lower::LoadedRegistry {
-                    entry,
-                    sha256: sources.file(*id).sha256.clone(),
-                    version: snapshot.version.clone(),
-                })
-                .collect();
-            Some(lower::lower(&manifest, &sources, &loaded, &checked))
-        }
-        _ => None,
-    };
-    drop(catalog);
-    finish(sources, diagnostics, ir, io_error)
+    let errors_so_far = diagnostics.iter().any(Diagnostic::is_error);
+    let checked = check::check(manifest, &loaded.sources, &loaded.files, &catalog, diagnostics)?;
+    if errors_so_far {
+        return None;
+    }
+    let registries: Vec<lower::LoadedRegistry<'_>> = loaded
+        .snapshots
+        .iter()
+        .map(|(index, id, snapshot)| lower::LoadedRegistry {
+            entry: &manifest.registries[*index],
+            sha256: loaded.sources.file(*id).sha256.clone(),
+            version: snapshot.version.clone(),
+        })
+        .collect();
+    Some(lower::lower(manifest, &loaded.sources, &registries, &checked))
 }
 
 fn finish(sources: SourceMap, mut diagnostics: Vec<Diagnostic>, ir: Option<ir::Mesh>, io_error: bool) -> Compilation {

@@ -12,5 +12,6 @@ pub mod manifest;
 pub mod registry;
 pub mod source;
 pub mod syntax;
+pub mod synth;
 
 pub use driver::{Compilation, compile};

@@ -383,12 +383,18 @@ impl Lowering<'_, '_> {
                         it
                     })
                     .collect();
-                let visible = |service: ServiceId| -> bool {
-                    workload.calls.as_ref().is_none_or(|calls| {
-                        let service = &services[service.index()];
-                        calls.contains(&(service.namespace.clone(), service.name.clone()))
-                    })
+                // The services this workload may call, by id.
+                let visible: Vec<bool> = match &workload.calls {
+                    None => vec![true; services.len()],
+                    Some(calls) => {
+                        let mut visible = vec![false; services.len()];
+                        for key in calls {
+                            visible[self.service_ids[key].index()] = true;
+                        }
+                        visible
+                    }
                 };
+                let visible = |service: ServiceId| visible[service.index()];
                 let outbound: Vec<ir::RouteTableId> = tables
                     .iter()
                     .filter(|table| match &table.kind {

@@ -34,6 +34,22 @@ enum Command {
     },
     /// Show which route a request takes, where it goes, and whether it is allowed.
     Explain(meshc::explain::ExplainArgs),
+    /// Write a synthetic mesh (for benchmarks and scale tests) to a directory.
+    #[command(hide = true)]
+    Synth {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of services.
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        /// Number of instances.
+        #[arg(long, default_value_t = 100_000)]
+        instances: usize,
+        /// Number of routes.
+        #[arg(long, default_value_t = 10_000)]
+        routes: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +95,19 @@ fn main() -> ExitCode {
             exit_code(&compilation)
         }
         Command::Explain(args) => meshc::explain::run(&args),
+        Command::Synth { out, services, instances, routes } => {
+            let mesh = meshc::synth::synthetic(meshc::synth::Synthetic { services, instances, routes });
+            for (path, bytes) in &mesh.files {
+                let target = out.join(path);
+                let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, bytes));
+                if let Err(err) = written {
+                    eprintln!("error: cannot write {}: {err}", target.display());
+                    return ExitCode::from(2);
+                }
+            }
+            println!("wrote a mesh of {services} services, {instances} instances and {routes} routes to {}", out.display());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -211,7 +211,7 @@ pub fn check<'a>(
     let route_blocks = cx.route_blocks(&items.routes, &services);
     cx.report_empty_subsets(&items.services, &services);
     let policies = cx.policies(&items.policies, &workloads, &services);
-    cx.check_scopes(&route_blocks, &workloads);
+    cx.check_scopes(&workloads);
 
     let errors_after = cx.diagnostics.iter().filter(|it| it.is_error()).count();
     (errors_after == errors_before).then_some(CheckedMesh { services, route_blocks, workloads, policies, telemetry })

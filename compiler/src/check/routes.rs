@@ -642,19 +642,34 @@ impl Checker<'_, '_> {
     }
 
     /// E0210: a declared workload's routes that reach services it may not call.
-    pub(super) fn check_scopes(&mut self, blocks: &[RouteBlock], workloads: &BTreeMap<String, super::CheckedWorkload>) {
+    pub(super) fn check_scopes(&mut self, workloads: &BTreeMap<String, super::CheckedWorkload>) {
         let spans = std::mem::take(&mut self.dest_spans);
+        // Destinations by route target, and the targets each service makes visible.
+        let mut by_target: BTreeMap<&RouteTarget, Vec<(&SvcKey, Span)>> = BTreeMap::new();
+        for (target, dest, span) in &spans {
+            by_target.entry(target).or_default().push((dest, *span));
+        }
+        let mut targets_of: BTreeMap<&SvcKey, Vec<&RouteTarget>> = BTreeMap::new();
+        for target in by_target.keys() {
+            match target {
+                RouteTarget::Service(key) => targets_of.entry(key).or_default().push(target),
+                RouteTarget::Interface(interface) => {
+                    for key in self.resolver.interface(interface).unwrap_or_default() {
+                        targets_of.entry(key).or_default().push(target);
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
         for workload in workloads.values() {
             let Some(calls) = &workload.calls else { continue };
-            for (target, dest, span) in &spans {
-                let visible = match target {
-                    RouteTarget::Service(key) => calls.contains(key),
-                    RouteTarget::Interface(interface) => {
-                        self.resolver.interface(interface).is_some_and(|keys| keys.iter().any(|it| calls.contains(it)))
+            let visible: BTreeSet<&RouteTarget> = calls.iter().filter_map(|key| targets_of.get(key)).flatten().copied().collect();
+            for target in visible {
+                for (dest, span) in &by_target[target] {
+                    if calls.contains(*dest) {
+                        continue;
                     }
-                };
-                if visible && !calls.contains(dest) && blocks.iter().any(|it| it.target == *target) {
-                    self.push(
+                    found.push(
                         Diagnostic::warning(
                             Code::OutOfScope,
                             format!("workload `{}` uses routes that reach `{}`, which it may not call", workload.name, dest.1),
@@ -666,6 +681,7 @@ impl Checker<'_, '_> {
                 }
             }
         }
+        self.diagnostics.extend(found);
     }
 }
 
