@@ -210,7 +210,8 @@ fn read(
     };
     let sha256 = sha256_hex(&bytes);
     match String::from_utf8(bytes) {
-        Ok(text) => Some(sources.add(path.to_owned(), kind, text, sha256)),
+        // Editors on Windows start UTF-8 files with a byte-order mark; it is not content.
+        Ok(text) => Some(sources.add(path.to_owned(), kind, text.strip_prefix('\u{feff}').map_or(text.clone(), str::to_owned), sha256)),
         Err(err) => {
             let code = if kind == FileKind::Registry { Code::RegistryFormat } else { Code::Syntax };
             diagnostics.push(label(Diagnostic::error(
