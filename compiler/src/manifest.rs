@@ -169,14 +169,14 @@ pub fn parse(file: FileId, text: &str, diagnostics: &mut Vec<Diagnostic>) -> Opt
             );
             continue;
         }
-        if let Some(ns) = &entry.namespace {
-            if !is_dns_label(ns.get_ref()) {
-                diagnostics.push(
-                    Diagnostic::error(Code::Manifest, format!("invalid namespace `{}`", ns.get_ref()))
-                        .primary(span(ns.span()), "expected a DNS label: lower-case letters, digits and `-`"),
-                );
-                continue;
-            }
+        if let Some(ns) = &entry.namespace
+            && !is_dns_label(ns.get_ref())
+        {
+            diagnostics.push(
+                Diagnostic::error(Code::Manifest, format!("invalid namespace `{}`", ns.get_ref()))
+                    .primary(span(ns.span()), "expected a DNS label: lower-case letters, digits and `-`"),
+            );
+            continue;
         }
         registries.push(RegistryEntry {
             name: entry.name.get_ref().clone(),

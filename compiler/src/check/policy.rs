@@ -116,13 +116,13 @@ impl Checker<'_, '_> {
                 continue;
             }
             let namespace = decl.namespace.as_ref().map_or_else(|| self.manifest.namespace.clone(), |it| it.text.clone());
-            if let Some(ns) = &decl.namespace {
-                if !crate::manifest::is_dns_label(&ns.text) {
-                    self.push(
-                        Diagnostic::error(Code::InvalidValue, format!("invalid namespace `{}`", ns.text))
-                            .primary(ns.span, "expected a DNS label"),
-                    );
-                }
+            if let Some(ns) = &decl.namespace
+                && !crate::manifest::is_dns_label(&ns.text)
+            {
+                self.push(
+                    Diagnostic::error(Code::InvalidValue, format!("invalid namespace `{}`", ns.text))
+                        .primary(ns.span, "expected a DNS label"),
+                );
             }
             let service_account = decl.service_account.as_ref().map_or_else(|| decl.name.text.clone(), |it| it.text.clone());
             let serves: Vec<SvcKey> = decl.serves.iter().filter_map(|name| self.service_or_interface(name, &namespace)).flatten().collect();

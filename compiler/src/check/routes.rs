@@ -208,29 +208,29 @@ impl Checker<'_, '_> {
             Some((dest, mirror.per_million))
         });
         let retries = route.retries.as_ref().and_then(|it| self.retries(&it.value));
-        if let (Some(timeout), Some(retries)) = (&route.timeout, &route.retries) {
-            if let Some(per_try) = &retries.value.per_try_timeout {
-                let tries = u64::from(retries.value.attempts) + 1;
-                if retries.value.attempts > 0 && timeout.value < per_try.value.saturating_mul(tries) {
-                    self.push(
-                        Diagnostic::warning(
-                            Code::TimeoutBudget,
-                            format!(
-                                "route `{}` times out before its retries can run: {}ms < {} tries × {}ms",
-                                route.name.text, timeout.value, tries, per_try.value
-                            ),
-                        )
-                        .primary(timeout.span, "the whole request must finish within this")
-                        .secondary(
-                            retries.span,
-                            format!("the first try and {} retries of up to {}ms each", retries.value.attempts, per_try.value),
-                        )
-                        .help(format!(
-                            "raise the timeout to at least {}ms, or lower the per-try timeout or the retries",
-                            per_try.value.saturating_mul(tries)
-                        )),
-                    );
-                }
+        if let (Some(timeout), Some(retries)) = (&route.timeout, &route.retries)
+            && let Some(per_try) = &retries.value.per_try_timeout
+        {
+            let tries = u64::from(retries.value.attempts) + 1;
+            if retries.value.attempts > 0 && timeout.value < per_try.value.saturating_mul(tries) {
+                self.push(
+                    Diagnostic::warning(
+                        Code::TimeoutBudget,
+                        format!(
+                            "route `{}` times out before its retries can run: {}ms < {} tries × {}ms",
+                            route.name.text, timeout.value, tries, per_try.value
+                        ),
+                    )
+                    .primary(timeout.span, "the whole request must finish within this")
+                    .secondary(
+                        retries.span,
+                        format!("the first try and {} retries of up to {}ms each", retries.value.attempts, per_try.value),
+                    )
+                    .help(format!(
+                        "raise the timeout to at least {}ms, or lower the per-try timeout or the retries",
+                        per_try.value.saturating_mul(tries)
+                    )),
+                );
             }
         }
 
@@ -279,12 +279,12 @@ impl Checker<'_, '_> {
         let mut seen: Vec<(ast::Field, Span)> = Vec::new();
         let mut ok = true;
         for cond in &block.conditions {
-            let applies = match (&cond.field, table) {
-                (_, Table::Tcp) => false,
-                (ast::Field::Authority | ast::Field::Path | ast::Field::Query(_), Table::Rpc { .. }) => false,
-                (ast::Field::Service | ast::Field::Version | ast::Field::Group, Table::Http) => false,
-                _ => true,
-            };
+            let applies = !matches!(
+                (&cond.field, table),
+                (_, Table::Tcp)
+                    | (ast::Field::Authority | ast::Field::Path | ast::Field::Query(_), Table::Rpc { .. })
+                    | (ast::Field::Service | ast::Field::Version | ast::Field::Group, Table::Http)
+            );
             if !applies {
                 let (what, kind) = match table {
                     Table::Http => ("an RPC-only", "RPC requests (Bolt and Dubbo)"),
@@ -313,16 +313,16 @@ impl Checker<'_, '_> {
             seen.push((cond.field.clone(), cond.span));
             let string_match = match &cond.test {
                 ast::Test::Match { kind, value, value_span } => {
-                    if *kind == StringMatchKind::Regex {
-                        if let Err(err) = super::compile_regex(value) {
-                            self.push(
-                                Diagnostic::error(Code::InvalidRegex, format!("invalid regular expression: {err}"))
-                                    .primary(*value_span, "not a valid RE2 expression")
-                                    .note("regular expressions use RE2 syntax and must match the whole value"),
-                            );
-                            ok = false;
-                            continue;
-                        }
+                    if *kind == StringMatchKind::Regex
+                        && let Err(err) = super::compile_regex(value)
+                    {
+                        self.push(
+                            Diagnostic::error(Code::InvalidRegex, format!("invalid regular expression: {err}"))
+                                .primary(*value_span, "not a valid RE2 expression")
+                                .note("regular expressions use RE2 syntax and must match the whole value"),
+                        );
+                        ok = false;
+                        continue;
                     }
                     if cond.field == ast::Field::Path && *kind != StringMatchKind::Regex && !value.starts_with('/') {
                         self.push(
@@ -598,12 +598,12 @@ impl Checker<'_, '_> {
         };
         let mut ok = true;
         for condition in &retries.retry_on {
-            if let Ok(code) = condition.text.parse::<u16>() {
-                if (100..=599).contains(&code) {
-                    policy.retriable_status_codes.push(code);
-                    policy.retry_on.push("retriable-status-codes".to_owned());
-                    continue;
-                }
+            if let Ok(code) = condition.text.parse::<u16>()
+                && (100..=599).contains(&code)
+            {
+                policy.retriable_status_codes.push(code);
+                policy.retry_on.push("retriable-status-codes".to_owned());
+                continue;
             }
             if RETRY_ON.contains(&condition.text.as_str()) {
                 policy.retry_on.push(condition.text.clone());

@@ -181,7 +181,7 @@ mod tests {
             }],
             ..Match::default()
         };
-        shadow.add(&[jason.clone()], span(1));
+        shadow.add(std::slice::from_ref(&jason), span(1));
         let present = Match { headers: vec![HeaderMatch { name: "end-user".into(), kind: PresenceMatch::Present }], ..Match::default() };
         // `present` matches more than `jason`, so it is not covered.
         assert!(shadow.add(&[present], span(2)).is_none());
