@@ -3,6 +3,8 @@
 pub mod ast;
 mod errors;
 mod parser;
+#[cfg(test)]
+mod tests;
 
 use pest::Parser as _;
 
