@@ -17,7 +17,9 @@
 //! - Every service lives in the mesh namespace; the `RpcKey` is filled for Bolt and Dubbo only,
 //!   the protocols routed by interface.
 //! - The zone keys of `data` give `Locality.zone`; a push's `segment` (its data center), or the
-//!   segment of a multi-data-center push, gives `Locality.region`.
+//!   segment of a multi-data-center push, gives `Locality.region`. Each zone maps to a list
+//!   of providers (strings or `DataBox` objects); a zone mapped to anything else is reported
+//!   as a malformed entry and skipped, while the push's other zones still load.
 //! - Pushes list live providers, so instances are healthy, unless a provider says `enabled=false`.
 //! - Parameters become labels except those that change at every restart (`startTime`, `pid`,
 //!   `timestamp`) and method-level ones (`.m.timeout`, `[m]=[…]`); the legacy aliases SOFARPC
@@ -228,13 +230,22 @@ fn read_zones(
         let items = match list {
             Value::Array(items) => items,
             Value::Null => Vec::new(),
-            // A single provider written without its list.
-            Value::String(_) | Value::Object(_) => vec![list],
+            // SOFARegistry's `ReceivedData` maps every zone to a list, even of one provider, so a
+            // bare string or DataBox means the push was mangled on its way into the snapshot; taking
+            // it as a one-provider list would hide that the rest of the zone may be missing.
             other => {
+                let found = match &other {
+                    Value::String(_) => "a single string".to_owned(),
+                    Value::Object(_) => "a single object".to_owned(),
+                    other => format!("`{other}`"),
+                };
                 ctx.bad_entry(
                     push.span,
                     &format!("{} zone {zone}", push.data_id),
-                    format!("expected a list of provider strings, found `{other}`"),
+                    format!(
+                        "zone `{zone}` of `{}` holds {found}, not a list of providers: SOFARegistry pushes every zone as a list",
+                        push.data_id
+                    ),
                 );
                 continue;
             }
@@ -732,6 +743,35 @@ mod tests {
             assert!(!diagnostic.message.ends_with('.'));
         }
         assert_eq!(endpoints(&snapshot), [("com.ex.A:1.0", "10.0.0.1", 12200, 100), ("com.ex.A:1.0", "10.0.0.5", 12200, 100)]);
+    }
+
+    #[test]
+    fn a_zone_that_is_not_a_list_is_an_entry_error() {
+        // The shape of a hand-edited snapshot: the list brackets of a one-provider zone lost.
+        let text = r#"[
+          {"dataId":"com.ex.OrderFacade:1.0@DEFAULT","data":{"RZ00A":[{"data":"11.166.22.3:12200?weight=100"}]}},
+          {"dataId":"com.ex.UserFacade:1.0@DEFAULT","data":{
+            "RZ00A":"11.166.22.7:12200?weight=100&appName=user",
+            "RZ00B":{"data":"11.166.22.8:12200"},
+            "RZ00C":["11.166.22.9:12200"]}}
+        ]"#;
+        let (snapshot, diagnostics) = load_text(text);
+        assert_entry_errors(&diagnostics, &["com.ex.UserFacade:1.0@DEFAULT zone RZ00A", "com.ex.UserFacade:1.0@DEFAULT zone RZ00B"]);
+        assert_eq!(
+            diagnostics[0].message,
+            "malformed entry in registry `sofa`: zone `RZ00A` of `com.ex.UserFacade:1.0@DEFAULT` holds a single string, \
+             not a list of providers: SOFARegistry pushes every zone as a list"
+        );
+        assert!(diagnostics[1].message.contains("holds a single object, not a list"), "{}", diagnostics[1].message);
+        // Both point at the UserFacade push, not at the OrderFacade one.
+        let user_start = text.find(r#"{"dataId":"com.ex.UserFacade"#).unwrap();
+        assert!(diagnostics.iter().all(|it| it.labels[0].span.start as usize == user_start));
+        // The malformed zones are skipped; the push's list zone and the other push still load.
+        assert_eq!(names(&snapshot), ["com.ex.OrderFacade:1.0", "com.ex.UserFacade:1.0"]);
+        assert_eq!(
+            endpoints(&snapshot),
+            [("com.ex.OrderFacade:1.0", "11.166.22.3", 12200, 100), ("com.ex.UserFacade:1.0", "11.166.22.9", 12200, 100)]
+        );
     }
 
     #[test]
