@@ -219,6 +219,25 @@ impl MemFs {
         MemFs::default()
     }
 
+    /// Reads every file below `dir` (paths relative to it, `/`-separated); links are followed.
+    pub fn from_dir(dir: &Path) -> io::Result<MemFs> {
+        let mut fs = MemFs::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(current) = stack.pop() {
+            for entry in std::fs::read_dir(&current)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let relative = path.strip_prefix(dir).map_err(io::Error::other)?;
+                    let relative = relative.components().map(|it| it.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                    fs.insert(relative, std::fs::read(&path)?);
+                }
+            }
+        }
+        Ok(fs)
+    }
+
     /// Adds or replaces a file.
     pub fn insert(&mut self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> &mut MemFs {
         self.files.insert(path.into(), contents.into());

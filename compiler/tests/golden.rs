@@ -220,20 +220,7 @@ fn output_does_not_depend_on_input_order() {
 }
 
 fn load_dir(dir: &Path) -> MemFs {
-    let mut fs = MemFs::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in std::fs::read_dir(&current).expect("read mesh dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let relative = path.strip_prefix(dir).expect("inside").to_string_lossy().replace('\\', "/");
-                fs.insert(relative, std::fs::read(&path).expect("read file"));
-            }
-        }
-    }
-    fs
+    MemFs::from_dir(dir).unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
 }
 
 fn shuffle(fs: &MemFs) -> MemFs {

@@ -11,20 +11,7 @@ use proptest::prelude::*;
 
 fn example(name: &str) -> MemFs {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").join("examples").join(name);
-    let mut fs = MemFs::new();
-    let mut stack = vec![dir.clone()];
-    while let Some(current) = stack.pop() {
-        for entry in std::fs::read_dir(&current).expect("read example") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let relative = path.strip_prefix(&dir).expect("inside").to_string_lossy().replace('\\', "/");
-                fs.insert(relative, std::fs::read(&path).expect("read"));
-            }
-        }
-    }
-    fs
+    MemFs::from_dir(&dir).expect("read the example")
 }
 
 /// 128 cases per property, or `PROPTEST_CASES`.
