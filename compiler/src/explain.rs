@@ -55,8 +55,8 @@ pub enum ExplainFormat {
 /// A request as the sidecar sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Request {
-    /// `http`, `bolt` or `dubbo`.
-    pub protocol: &'static str,
+    /// The protocol of the request.
+    pub protocol: RequestProtocol,
     /// HTTP: the Host / `:authority`.
     pub authority: Option<String>,
     /// HTTP: the path, without the query.
@@ -75,6 +75,18 @@ pub struct Request {
     pub version: Option<String>,
     /// RPC: the Dubbo group ("" when absent).
     pub group: Option<String>,
+}
+
+/// What kind of request `explain` follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestProtocol {
+    /// HTTP/1.1, HTTP/2 or gRPC, routed by host.
+    Http,
+    /// SOFA Bolt, routed by interface.
+    Bolt,
+    /// Dubbo 2, routed by interface.
+    Dubbo,
 }
 
 impl Request {
@@ -461,11 +473,9 @@ pub fn explain(mesh: &Mesh, workload: &ir::Workload, request: Request, caller_ip
         destinations: Vec::new(),
     };
     let table = match out.request.protocol {
-        "http" => find_http_table(mesh, workload, out.request.authority.as_deref().unwrap_or("")),
-        protocol => {
-            let protocol = if protocol == "bolt" { Protocol::Bolt } else { Protocol::Dubbo };
-            find_rpc_table(mesh, workload, protocol, out.request.interface.as_deref().unwrap_or(""))
-        }
+        RequestProtocol::Http => find_http_table(mesh, workload, out.request.authority.as_deref().unwrap_or("")),
+        RequestProtocol::Bolt => find_rpc_table(mesh, workload, Protocol::Bolt, out.request.interface.as_deref().unwrap_or("")),
+        RequestProtocol::Dubbo => find_rpc_table(mesh, workload, Protocol::Dubbo, out.request.interface.as_deref().unwrap_or("")),
     };
     let table = match table {
         Ok(table) => table,
@@ -481,9 +491,9 @@ pub fn explain(mesh: &Mesh, workload: &ir::Workload, request: Request, caller_ip
     out.routes = selection.trace;
     let Some(index) = selection.route else {
         out.status = Some(match out.request.protocol {
-            "http" => 404,
-            "bolt" => 6,
-            _ => 60,
+            RequestProtocol::Http => 404,
+            RequestProtocol::Bolt => 6,
+            RequestProtocol::Dubbo => 60,
         });
         return out;
     };
@@ -549,11 +559,11 @@ pub fn render(explanation: &Explanation) -> String {
     let mut out = String::new();
     let request = &explanation.request;
     let what = match request.protocol {
-        "http" => {
+        RequestProtocol::Http => {
             format!("{} http://{}{}", request.method, request.authority.as_deref().unwrap_or(""), request.path.as_deref().unwrap_or(""))
         }
-        "bolt" => format!("bolt service `{}` method `{}`", request.service.as_deref().unwrap_or(""), request.method),
-        _ => format!(
+        RequestProtocol::Bolt => format!("bolt service `{}` method `{}`", request.service.as_deref().unwrap_or(""), request.method),
+        RequestProtocol::Dubbo => format!(
             "dubbo interface `{}` version `{}` group `{}` method `{}`",
             request.interface.as_deref().unwrap_or(""),
             request.version.as_deref().unwrap_or(""),
@@ -609,12 +619,12 @@ pub fn render(explanation: &Explanation) -> String {
 }
 
 /// A status in the protocol's own terms.
-fn answer(protocol: &str, status: u16) -> String {
+fn answer(protocol: RequestProtocol, status: u16) -> String {
     match (protocol, status) {
-        ("bolt", 6) => "Bolt status 6 (no processor)".to_owned(),
-        ("dubbo", 60) => "Dubbo status 60 (service not found)".to_owned(),
-        ("bolt", status) => format!("Bolt status {status}"),
-        ("dubbo", status) => format!("Dubbo status {status}"),
+        (RequestProtocol::Bolt, 6) => "Bolt status 6 (no processor)".to_owned(),
+        (RequestProtocol::Dubbo, 60) => "Dubbo status 60 (service not found)".to_owned(),
+        (RequestProtocol::Bolt, status) => format!("Bolt status {status}"),
+        (RequestProtocol::Dubbo, status) => format!("Dubbo status {status}"),
         (_, status) => format!("HTTP {status}"),
     }
 }
@@ -699,7 +709,7 @@ fn parse_request(args: &ExplainArgs) -> Result<(PathBuf, Request), String> {
         let interface = parts.next().unwrap_or("").to_owned();
         let version = parts.next().unwrap_or("").to_owned();
         Request {
-            protocol: "bolt",
+            protocol: RequestProtocol::Bolt,
             authority: None,
             path: None,
             method: bolt[1].clone(),
@@ -715,7 +725,7 @@ fn parse_request(args: &ExplainArgs) -> Result<(PathBuf, Request), String> {
         let (interface, version) =
             dubbo[0].split_once(':').map_or((dubbo[0].clone(), String::new()), |(i, v)| (i.to_owned(), v.to_owned()));
         Request {
-            protocol: "dubbo",
+            protocol: RequestProtocol::Dubbo,
             authority: None,
             path: None,
             method: dubbo[1].clone(),
@@ -748,7 +758,7 @@ pub fn http_request(method: &str, url: &str, headers: Vec<(String, String)>) -> 
         return Err(format!("`{method}` is not an HTTP method"));
     }
     Ok(Request {
-        protocol: "http",
+        protocol: RequestProtocol::Http,
         authority: Some(authority),
         path: Some(parsed.path().to_owned()),
         method: method.to_owned(),

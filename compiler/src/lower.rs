@@ -352,7 +352,7 @@ impl Lowering<'_, '_> {
                 calls: None,
                 rate_limit: None,
                 telemetry: self.checked.telemetry.clone(),
-                declared_in: String::new(),
+                declared_in: None,
             }]
         } else {
             self.checked.workloads.values().cloned().collect()
@@ -430,7 +430,7 @@ impl Lowering<'_, '_> {
                     authz,
                     rate_limit: workload.rate_limit.clone(),
                     telemetry: workload.telemetry.clone(),
-                    declared_in: (!workload.declared_in.is_empty()).then(|| workload.declared_in.clone()),
+                    declared_in: workload.declared_in.clone(),
                 }
             })
             .collect()

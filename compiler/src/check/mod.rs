@@ -168,8 +168,8 @@ pub struct CheckedWorkload {
     pub rate_limit: Option<ir::RateLimit>,
     /// Telemetry (mesh-wide, overridden).
     pub telemetry: ir::Telemetry,
-    /// Declaring file.
-    pub declared_in: String,
+    /// Declaring file; `None` for the implicit `default` workload.
+    pub declared_in: Option<String>,
 }
 
 /// A resolved authorization policy.

@@ -147,7 +147,7 @@ impl Checker<'_, '_> {
                     calls,
                     rate_limit: decl.rate_limit.as_ref().map(|it| super::routes::rate_limit(&it.value)),
                     telemetry,
-                    declared_in: self.path(decl.span),
+                    declared_in: Some(self.path(decl.span)),
                 },
             );
         }
