@@ -8,7 +8,9 @@
 //! ```
 //!
 //! The file may also be one entry, or an array of responses (an array of arrays); entries are
-//! numbered in file order across all of them.
+//! numbered from 1 in file order across all of them.
+//! A malformed entry is reported with the path of the offending field (`Service.Port`), at its
+//! value, and named by whatever of its service name, ID and node can still be read.
 //!
 //! How an entry maps onto the model:
 //! - The service is `Service.Service`, in the registry's namespace.
@@ -49,73 +51,8 @@ use super::nacos::{Collector, dns_label, json_message, range_in};
 use super::{Ctx, Instance, Service, Snapshot, loose};
 use crate::source::Span;
 
-#[derive(Deserialize)]
-#[serde(expecting = "a Consul health entry (a JSON object with `Node`, `Service` and `Checks`)")]
-struct RawEntry {
-    #[serde(rename = "Node")]
-    node: Option<RawNode>,
-    #[serde(rename = "Service")]
-    service: Option<RawService>,
-    #[serde(rename = "Checks")]
-    checks: Option<Vec<RawCheck>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase", expecting = "a Consul node (a JSON object)")]
-struct RawNode {
-    node: Option<String>,
-    address: Option<String>,
-    datacenter: Option<String>,
-    #[serde(default, deserialize_with = "loose::string_map")]
-    meta: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase", expecting = "a Consul service (a JSON object)")]
-struct RawService {
-    #[serde(rename = "ID")]
-    id: Option<String>,
-    service: Option<String>,
-    kind: Option<String>,
-    tags: Option<Vec<String>>,
-    address: Option<String>,
-    #[serde(default, deserialize_with = "loose::number")]
-    port: Option<f64>,
-    #[serde(default, deserialize_with = "loose::string_map")]
-    meta: BTreeMap<String, String>,
-    weights: Option<RawWeights>,
-    #[serde(default, deserialize_with = "loose::string")]
-    modify_index: Option<String>,
-    namespace: Option<String>,
-    partition: Option<String>,
-    locality: Option<RawLocality>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawWeights {
-    #[serde(default, deserialize_with = "loose::number")]
-    passing: Option<f64>,
-    #[serde(default, deserialize_with = "loose::number")]
-    warning: Option<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawLocality {
-    region: Option<String>,
-    zone: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase", expecting = "a Consul check (a JSON object)")]
-struct RawCheck {
-    #[serde(rename = "CheckID")]
-    check_id: Option<String>,
-    status: Option<String>,
-    #[serde(rename = "ServiceID")]
-    service_id: Option<String>,
-}
+/// What the entry itself must be.
+const ENTRY: &str = "a Consul health entry (a JSON object with `Node`, `Service` and `Checks`)";
 
 /// A check status, ordered from best to worst.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,6 +61,98 @@ enum Status {
     Warning,
     Maintenance,
     Critical,
+}
+
+/// A malformed entry: the byte range to blame, and what is wrong.
+#[derive(Debug)]
+struct Problem {
+    at: Range<usize>,
+    message: String,
+}
+
+type Found<T> = Result<T, Problem>;
+
+/// A JSON object whose members are read one by one, so that a bad member is reported by its
+/// path (`Service.Port`) at its own value rather than as an entry serde could not read. A
+/// member given twice counts once, the last time, as Go's `encoding/json` (Consul's own client)
+/// reads it.
+struct Object<'t> {
+    text: &'t str,
+    /// The path of the object in the entry: empty for the entry, `Service`, `Checks[1]`.
+    path: String,
+    at: Range<usize>,
+    members: BTreeMap<String, &'t RawValue>,
+}
+
+impl<'t> Object<'t> {
+    /// Reads `raw` as an object; an error names `what` it must be.
+    fn new(text: &'t str, raw: &'t RawValue, path: String, what: &str) -> Found<Object<'t>> {
+        let at = range_in(text, raw.get()).unwrap_or(0..0);
+        match serde_json::from_str::<BTreeMap<String, &'t RawValue>>(raw.get()) {
+            Ok(members) => Ok(Object { text, path, at, members }),
+            Err(_) => {
+                let found = json_kind(raw);
+                let message =
+                    if path.is_empty() { format!("expected {what}, found {found}") } else { format!("`{path}` is {found}, not {what}") };
+                Err(Problem { at, message })
+            }
+        }
+    }
+
+    /// The path of a member.
+    fn path(&self, key: &str) -> String {
+        if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
+    }
+
+    /// A member's raw value; `None` when absent or null.
+    fn raw(&self, key: &str) -> Option<&'t RawValue> {
+        self.members.get(key).copied().filter(|it| it.get() != "null")
+    }
+
+    /// Where a member's value is, or the object when the member is absent.
+    fn at(&self, key: &str) -> Range<usize> {
+        self.raw(key).and_then(|it| range_in(self.text, it.get())).unwrap_or_else(|| self.at.clone())
+    }
+
+    /// A problem with a member, shown at its value.
+    fn blame(&self, key: &str, message: impl Into<String>) -> Problem {
+        Problem { at: self.at(key), message: message.into() }
+    }
+
+    /// A member read with `read` (a serde `deserialize_with` function); `None` when absent or null.
+    fn read<T>(&self, key: &str, read: impl FnOnce(&'t RawValue) -> Result<T, serde_json::Error>) -> Found<Option<T>> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(raw) => read(raw).map(Some).map_err(|err| self.blame(key, format!("`{}`: {}", self.path(key), json_message(&err)))),
+        }
+    }
+
+    /// A member of a plain type.
+    fn get<T: Deserialize<'t>>(&self, key: &str) -> Found<Option<T>> {
+        self.read(key, T::deserialize)
+    }
+
+    /// A member as text when it is a string, ignoring what is not: for naming the entry.
+    fn text_of(&self, key: &str) -> Option<String> {
+        self.get::<String>(key).ok().flatten().map(|it| it.trim().to_owned()).filter(|it| !it.is_empty())
+    }
+
+    /// A member that is an object itself.
+    fn object(&self, key: &str, what: &str) -> Found<Option<Object<'t>>> {
+        self.raw(key).map(|raw| Object::new(self.text, raw, self.path(key), what)).transpose()
+    }
+}
+
+/// What a JSON value is, for messages.
+fn json_kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
 }
 
 /// Reads a Consul snapshot.
@@ -153,19 +182,14 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
     let mut latest: Option<u64> = None;
     for (index, (range, raw)) in entries.into_iter().enumerate() {
         let span = ctx.span(range);
-        let entry = match serde_json::from_str::<RawEntry>(raw.get()) {
-            Ok(entry) => entry,
-            Err(err) => {
-                ctx.bad_entry(span, &format!("Consul entry {index}"), json_message(&err));
-                continue;
-            }
-        };
-        let what = describe(index, &entry);
-        let found = match instance(entry, ctx.namespace, span) {
+        let entry = Object::new(ctx.text, raw, String::new(), ENTRY);
+        let what = describe(index + 1, entry.as_ref().ok());
+        let found = match entry.and_then(|entry| instance(&entry, ctx.namespace, span)) {
             Ok(Some(found)) => found,
             Ok(None) => continue,
-            Err(message) => {
-                ctx.bad_entry(span, &what, message);
+            Err(problem) => {
+                let at = ctx.span(problem.at);
+                ctx.bad_entry(at, &what, problem.message);
                 continue;
             }
         };
@@ -188,7 +212,7 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
 }
 
 /// An instance read from an entry, with what its service needs.
-struct Found {
+struct Entry {
     instance: Instance,
     /// The service name as Consul wrote it.
     original: String,
@@ -198,30 +222,46 @@ struct Found {
 }
 
 /// Makes an instance of an entry; `None` for proxies and gateways.
-fn instance(entry: RawEntry, namespace: &str, span: Span) -> Result<Option<Found>, String> {
-    let service = entry.service.ok_or("missing `Service`")?;
-    if service.kind.as_deref().is_some_and(|it| !it.is_empty() && it != "typical") {
+fn instance(entry: &Object<'_>, namespace: &str, span: Span) -> Found<Option<Entry>> {
+    let service =
+        entry.object("Service", "a Consul service (a JSON object)")?.ok_or_else(|| entry.blame("Service", "missing `Service`"))?;
+    let kind: Option<String> = service.get("Kind")?;
+    if kind.as_deref().is_some_and(|it| !it.is_empty() && it != "typical") {
         return Ok(None);
     }
-    let node = entry.node;
-    let original = service.service.as_deref().map(str::trim).filter(|it| !it.is_empty()).ok_or("missing `Service.Service`")?.to_owned();
+    let node = entry.object("Node", "a Consul node (a JSON object)")?;
+    let original = service
+        .get::<String>("Service")?
+        .map(|it| it.trim().to_owned())
+        .filter(|it| !it.is_empty())
+        .ok_or_else(|| service.blame("Service", "missing `Service.Service`"))?;
     let name = if crate::manifest::is_dns_label(&original) {
         original.clone()
     } else {
-        dns_label(&original).ok_or_else(|| format!("`{original}` cannot be made a service name: it has no ASCII letters or digits"))?
+        dns_label(&original).ok_or_else(|| {
+            service.blame("Service", format!("`{original}` cannot be made a service name: it has no ASCII letters or digits"))
+        })?
     };
 
-    let non_empty = |it: Option<&String>| it.map(|it| it.trim()).filter(|it| !it.is_empty()).map(str::to_owned);
-    let address = non_empty(service.address.as_ref())
-        .or_else(|| non_empty(node.as_ref().and_then(|it| it.address.as_ref())))
-        .ok_or("no address: `Service.Address` and `Node.Address` are both empty")?;
+    let non_empty = |it: Option<String>| it.map(|it| it.trim().to_owned()).filter(|it| !it.is_empty());
+    let service_address = non_empty(service.get("Address")?);
+    let node_address = match &node {
+        Some(node) => non_empty(node.get("Address")?),
+        None => None,
+    };
+    let (address, blamed) = match (service_address, node_address) {
+        (Some(address), _) => (address, &service),
+        (None, Some(address)) => (address, node.as_ref().unwrap_or(&service)),
+        (None, None) => return Err(service.blame("Address", "no address: `Service.Address` and `Node.Address` are both empty")),
+    };
     if !super::is_address(&address) {
-        return Err(format!("`{address}` is not an IP address or host name"));
+        return Err(blamed.blame("Address", format!("`{address}` is not an IP address or host name")));
     }
-    let port = service.port.ok_or("missing `Service.Port`")?;
-    let port = super::port_number(port).ok_or_else(|| format!("port {port} is not a port: expected 1 to 65535"))?;
-    let worst = worst_status(entry.checks.as_deref().unwrap_or_default(), service.id.as_deref())?;
-    let weight = weight(service.weights.as_ref(), worst)?;
+    let port = service.read("Port", loose::number)?.flatten().ok_or_else(|| service.blame("Port", "missing `Service.Port`"))?;
+    let port = super::port_number(port).ok_or_else(|| service.blame("Port", format!("port {port} is not a port: expected 1 to 65535")))?;
+    let id: Option<String> = service.get("ID")?;
+    let worst = worst_status(entry, id.as_deref())?;
+    let weight = weight(service.object("Weights", "Consul weights (a JSON object)")?, worst)?;
     let health = match worst {
         None => Health::Unknown,
         Some(Status::Passing | Status::Warning) => Health::Healthy,
@@ -229,34 +269,42 @@ fn instance(entry: RawEntry, namespace: &str, span: Span) -> Result<Option<Found
         Some(Status::Critical) => Health::Unhealthy,
     };
 
+    let tags: Vec<String> = service.get("Tags")?.unwrap_or_default();
+    let meta = service.read("Meta", loose::string_map)?.unwrap_or_default();
     let mut labels = BTreeMap::new();
-    for tag in service.tags.iter().flatten().filter(|it| !it.is_empty()) {
+    for tag in tags.iter().filter(|it| !it.is_empty()) {
         let (key, value) = match tag.split_once('=') {
             Some((key, value)) if !key.is_empty() => (key, value),
             _ => (tag.as_str(), ""),
         };
         labels.entry(key.to_owned()).or_insert_with(|| value.to_owned());
     }
-    labels.extend(service.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels.extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
     if name != original {
         labels.insert("consul.io/service".to_owned(), original.clone());
     }
-    for (key, value) in [("consul.io/namespace", &service.namespace), ("consul.io/partition", &service.partition)] {
-        if let Some(value) = value.as_deref().filter(|it| !it.is_empty() && *it != "default") {
-            labels.insert(key.to_owned(), value.to_owned());
+    for (label, key) in [("consul.io/namespace", "Namespace"), ("consul.io/partition", "Partition")] {
+        if let Some(value) = service.get::<String>(key)?.filter(|it| !it.is_empty() && it != "default") {
+            labels.insert(label.to_owned(), value);
         }
     }
 
-    let locality = service.locality.as_ref();
-    let region =
-        non_empty(node.as_ref().and_then(|it| it.datacenter.as_ref())).or_else(|| non_empty(locality.and_then(|it| it.region.as_ref())));
-    let zone = non_empty(locality.and_then(|it| it.zone.as_ref()))
-        .or_else(|| non_empty(service.meta.get("zone")))
-        .or_else(|| non_empty(node.as_ref().and_then(|it| it.meta.get("zone"))));
+    let locality = service.object("Locality", "a Consul locality (a JSON object)")?;
+    let (locality_region, locality_zone) = match &locality {
+        Some(locality) => (non_empty(locality.get("Region")?), non_empty(locality.get("Zone")?)),
+        None => (None, None),
+    };
+    let (datacenter, node_meta) = match &node {
+        Some(node) => (non_empty(node.get("Datacenter")?), node.read("Meta", loose::string_map)?.unwrap_or_default()),
+        None => (None, BTreeMap::new()),
+    };
+    let region = datacenter.or(locality_region);
+    let zone = locality_zone.or_else(|| non_empty(meta.get("zone").cloned())).or_else(|| non_empty(node_meta.get("zone").cloned()));
+    let modify_index = service.read("ModifyIndex", loose::string)?.flatten();
 
-    Ok(Some(Found {
-        protocol: service.meta.get("protocol").and_then(|it| super::protocol_from_name(it)),
-        modify_index: service.modify_index.and_then(|it| it.trim().parse().ok()),
+    Ok(Some(Entry {
+        protocol: meta.get("protocol").and_then(|it| super::protocol_from_name(it)),
+        modify_index: modify_index.and_then(|it| it.trim().parse().ok()),
         instance: Instance {
             namespace: namespace.to_owned(),
             service: name,
@@ -273,45 +321,63 @@ fn instance(entry: RawEntry, namespace: &str, span: Span) -> Result<Option<Found
     }))
 }
 
-/// How messages name an entry: `Consul entry 3: service orders (ID orders-1) on node node-a`.
-fn describe(index: usize, entry: &RawEntry) -> String {
-    let mut what = format!("Consul entry {index}");
-    if let Some(name) = entry.service.as_ref().and_then(|it| it.service.as_deref()) {
-        what.push_str(&format!(": service {name}"));
-        if let Some(id) = entry.service.as_ref().and_then(|it| it.id.as_deref()).filter(|it| !it.is_empty()) {
-            what.push_str(&format!(" (ID {id})"));
-        }
-        if let Some(node) = entry.node.as_ref().and_then(|it| it.node.as_deref()).filter(|it| !it.is_empty()) {
-            what.push_str(&format!(" on node {node}"));
-        }
+/// How messages name an entry: `Consul entry 3: service orders (ID orders-1) on node node-a`,
+/// counting from 1 and with what of the service's name, ID and node can be read, so that an
+/// entry is found even when the field that is wrong is one of those.
+fn describe(number: usize, entry: Option<&Object<'_>>) -> String {
+    let mut what = format!("Consul entry {number}");
+    let Some(entry) = entry else { return what };
+    let service = entry.object("Service", "").ok().flatten();
+    let name = service.as_ref().and_then(|it| it.text_of("Service"));
+    let id = service.as_ref().and_then(|it| it.text_of("ID"));
+    let node = entry.object("Node", "").ok().flatten().and_then(|it| it.text_of("Node"));
+    let mut parts = Vec::new();
+    match (name, id) {
+        (Some(name), Some(id)) => parts.push(format!("service {name} (ID {id})")),
+        (Some(name), None) => parts.push(format!("service {name}")),
+        (None, Some(id)) => parts.push(format!("service ID {id}")),
+        (None, None) => {}
+    }
+    if let Some(node) = node {
+        parts.push(if parts.is_empty() { format!("node {node}") } else { format!("on node {node}") });
+    }
+    if !parts.is_empty() {
+        what.push_str(": ");
+        what.push_str(&parts.join(" "));
     }
     what
 }
 
 /// The worst status of the checks that concern the service: the node's (no `ServiceID`) and its
 /// own. `None` when there are none.
-fn worst_status(checks: &[RawCheck], service_id: Option<&str>) -> Result<Option<Status>, String> {
+fn worst_status(entry: &Object<'_>, service_id: Option<&str>) -> Found<Option<Status>> {
+    let checks: Vec<&RawValue> = entry.get("Checks")?.unwrap_or_default();
     let mut worst = None;
-    for check in checks {
-        let concerns = match (check.service_id.as_deref().filter(|it| !it.is_empty()), service_id) {
+    for (index, raw) in checks.into_iter().enumerate() {
+        let check = Object::new(entry.text, raw, format!("Checks[{index}]"), "a Consul check (a JSON object)")?;
+        let check_service: Option<String> = check.get("ServiceID")?;
+        let concerns = match (check_service.as_deref().filter(|it| !it.is_empty()), service_id) {
             (Some(theirs), Some(ours)) => theirs == ours,
             _ => true,
         };
         if !concerns {
             continue;
         }
-        let id = check.check_id.as_deref().unwrap_or_default();
+        let id: String = check.get("CheckID")?.unwrap_or_default();
         let maintenance = id == "_node_maintenance" || id.starts_with("_service_maintenance:");
-        let status = match check.status.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        let status: Option<String> = check.get("Status")?;
+        let status = match status.as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("passing") => Status::Passing,
             Some("warning") => Status::Warning,
             Some("critical") if maintenance => Status::Maintenance,
             Some("critical") => Status::Critical,
             Some("maintenance") => Status::Maintenance,
             Some(other) => {
-                return Err(format!("check `{id}` has status `{other}`: expected passing, warning, critical or maintenance"));
+                return Err(
+                    check.blame("Status", format!("check `{id}` has status `{other}`: expected passing, warning, critical or maintenance"))
+                );
             }
-            None => return Err(format!("check `{id}` has no `Status`")),
+            None => return Err(check.blame("Status", format!("check `{id}` has no `Status`"))),
         };
         worst = worst.max(Some(status));
     }
@@ -319,16 +385,19 @@ fn worst_status(checks: &[RawCheck], service_id: Option<&str>) -> Result<Option<
 }
 
 /// The weight for the worst status, × 100.
-fn weight(weights: Option<&RawWeights>, worst: Option<Status>) -> Result<u32, String> {
-    // Consul's defaults, also when `Passing` is 0: Consul refuses that at registration, so it is
-    // a zero-valued struct from a client that never set weights.
-    let (passing, warning) = match weights {
-        Some(RawWeights { passing: Some(passing), warning }) if *passing != 0.0 => (*passing, warning.unwrap_or(1.0)),
-        _ => (1.0, 1.0),
-    };
-    for (field, value) in [("Passing", passing), ("Warning", warning)] {
-        if value < 0.0 {
-            return Err(format!("`Weights.{field}` is {value}: weights cannot be negative"));
+fn weight(weights: Option<Object<'_>>, worst: Option<Status>) -> Found<u32> {
+    let (mut passing, mut warning) = (1.0, 1.0);
+    if let Some(weights) = &weights {
+        let given = (weights.read("Passing", loose::number)?.flatten(), weights.read("Warning", loose::number)?.flatten());
+        for (field, value) in [("Passing", given.0), ("Warning", given.1)] {
+            if let Some(value) = value.filter(|it| *it < 0.0) {
+                return Err(weights.blame(field, format!("`Weights.{field}` is {value}: weights cannot be negative")));
+            }
+        }
+        // Consul's defaults stand when `Passing` is 0: Consul refuses that at registration, so
+        // it is a zero-valued struct from a client that never set weights.
+        if let Some(given_passing) = given.0.filter(|it| *it != 0.0) {
+            (passing, warning) = (given_passing, given.1.unwrap_or(1.0));
         }
     }
     let chosen = if worst == Some(Status::Warning) { warning } else { passing };
@@ -393,7 +462,7 @@ mod tests {
     /// An entry of `service` on `node` (10.0.3.4 in dc1) with port 8080, no tags and an empty
     /// `Service.Address` unless `extra` (more `Service` fields) gives them.
     fn entry(service: &str, id: &str, node: &str, extra: &str, checks: &str) -> String {
-        // Serde rejects duplicate fields, so leave out the defaults that `extra` overrides.
+        // A field given twice counts once, so leave out the defaults that `extra` overrides.
         let mut fields = String::new();
         for (key, default) in [("Tags", "[]"), ("Address", r#""""#), ("Port", "8080")] {
             if !extra.contains(&format!(r#""{key}""#)) {
@@ -523,7 +592,7 @@ mod tests {
             entry_errors(&diagnostics),
             [(
                 "malformed entry in registry `consul-dc1`: check `c` has status `pending`: expected passing, warning, critical or maintenance".to_owned(),
-                "entry: Consul entry 1: service orders (ID o-3) on node n3".to_owned()
+                "entry: Consul entry 2: service orders (ID o-3) on node n3".to_owned()
             )]
         );
     }
@@ -609,7 +678,7 @@ mod tests {
             [(
                 "malformed entry in registry `consul-dc1`: `__` cannot be made a service name: it has no ASCII letters or digits"
                     .to_owned(),
-                "entry: Consul entry 2: service __ (ID x-1) on node n3".to_owned()
+                "entry: Consul entry 3: service __ (ID x-1) on node n3".to_owned()
             )]
         );
     }
@@ -655,24 +724,91 @@ mod tests {
         assert_eq!(spanned(&text, snapshot.instances[0].span), good);
         let prefix = "malformed entry in registry `consul-dc1`: ";
         let expected: Vec<(String, String)> = [
-            ("port 70000 is not a port: expected 1 to 65535", "1: service orders (ID o-2) on node n2"),
-            ("missing `Service.Port`", "2: service orders (ID o-3) on node n3"),
-            ("`10.0.3 .4` is not an IP address or host name", "3: service orders (ID o-4) on node n4"),
-            ("missing `Service`", "4"),
-            ("expected a number, found `http`", "5"),
-            ("no address: `Service.Address` and `Node.Address` are both empty", "6: service orders (ID o-7) on node n7"),
-            ("missing `Service.Service`", "7"),
-            ("`Weights.Warning` is -1: weights cannot be negative", "8: service orders (ID o-9) on node n9"),
-            ("invalid type: string \"v1\", expected a sequence", "9"),
-            ("check `serfHealth` has no `Status`", "10: service orders (ID o-11) on node n11"),
-            ("invalid type: string \"orders\", expected a Consul health entry (a JSON object with `Node`, `Service` and `Checks`)", "11"),
-            ("port 0 is not a port: expected 1 to 65535", "12: service orders (ID o-12) on node n12"),
+            ("port 70000 is not a port: expected 1 to 65535", "2: service orders (ID o-2) on node n2"),
+            ("missing `Service.Port`", "3: service orders (ID o-3) on node n3"),
+            ("`10.0.3 .4` is not an IP address or host name", "4: service orders (ID o-4) on node n4"),
+            ("missing `Service`", "5: node n5"),
+            ("`Service.Port`: expected a number, found `http`", "6: service orders (ID o-6) on node n6"),
+            ("no address: `Service.Address` and `Node.Address` are both empty", "7: service orders (ID o-7) on node n7"),
+            ("missing `Service.Service`", "8: service ID o-8 on node n8"),
+            ("`Weights.Warning` is -1: weights cannot be negative", "9: service orders (ID o-9) on node n9"),
+            ("`Service.Tags`: invalid type: string \"v1\", expected a sequence", "10: service orders (ID o-10) on node n10"),
+            ("check `serfHealth` has no `Status`", "11: service orders (ID o-11) on node n11"),
+            ("expected a Consul health entry (a JSON object with `Node`, `Service` and `Checks`), found a string", "12"),
+            ("port 0 is not a port: expected 1 to 65535", "13: service orders (ID o-12) on node n12"),
         ]
         .iter()
         .map(|(message, entry)| (format!("{prefix}{message}"), format!("entry: Consul entry {entry}")))
         .collect();
         assert_eq!(entry_errors(&diagnostics), expected);
-        assert_eq!(spanned(&text, diagnostics[3].labels[0].span), r#"{"Node":{"Node":"n5","Address":"10.0.3.4"}}"#);
+        // Each diagnostic points at the offending value, or at the object that lacks it.
+        let spans: Vec<&str> = diagnostics.iter().map(|it| spanned(&text, it.labels[0].span)).collect();
+        assert_eq!(
+            spans,
+            [
+                "70000",
+                r#"{"ID":"o-3","Service":"orders"}"#,
+                r#""10.0.3 .4""#,
+                r#"{"Node":{"Node":"n5","Address":"10.0.3.4"}}"#,
+                r#""http""#,
+                r#"{"ID":"o-7","Service":"orders","Port":80}"#,
+                r#"{"ID":"o-8","Port":80}"#,
+                "-1",
+                r#""v1""#,
+                r#"{"CheckID":"serfHealth"}"#,
+                r#""orders""#,
+                "0",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_field_is_named_by_its_path_with_the_entry_it_is_in() {
+        // The shape of `consul/malformed/wrong-type-port.json`: a word where Consul writes a
+        // number, in the second entry; the entry is named by what can still be read of it.
+        let text = format!(
+            "[{},\n{}]",
+            entry("orders", "orders-a", "node-a", "", "[]"),
+            entry("orders", "orders-b", "node-b", r#","Port":"http","Meta":{"version":"v2"}"#, "[]"),
+        );
+        let (snapshot, diagnostics) = load_text(&text);
+        assert_eq!(snapshot.instances.len(), 1);
+        assert_eq!(
+            entry_errors(&diagnostics),
+            [(
+                "malformed entry in registry `consul-dc1`: `Service.Port`: expected a number, found `http`".to_owned(),
+                "entry: Consul entry 2: service orders (ID orders-b) on node node-b".to_owned()
+            )]
+        );
+        assert_eq!(spanned(&text, diagnostics[0].labels[0].span), r#""http""#);
+
+        // Nested paths, and names that cannot be read (a number for `Service.Service`) left out.
+        let text = r#"[
+          {"Node":{"Node":"n1","Address":"10.0.3.4","Datacenter":1},"Service":{"ID":"w-1","Service":"web","Port":80},"Checks":[]},
+          {"Node":{"Node":"n2","Address":"10.0.3.5"},"Service":{"ID":"w-2","Service":7,"Port":80},"Checks":[]},
+          {"Node":"n3","Service":{"ID":"w-3","Service":"web","Port":80},"Checks":[]},
+          {"Node":{"Node":"n4","Address":"10.0.3.7"},"Service":{"Service":"web","Port":80,"Weights":{"Passing":"heavy"}},"Checks":[]},
+          {"Node":{"Node":"n5","Address":"10.0.3.8"},"Service":{"ID":"w-5","Service":"web","Port":80},
+           "Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"service:w-5","Status":3,"ServiceID":"w-5"}]},
+          {"Node":{"Node":"n6","Address":"10.0.3.9"},"Service":{"ID":"w-6","Service":"web","Port":80},"Checks":["serfHealth"]}
+        ]"#;
+        let (snapshot, diagnostics) = load_text(text);
+        assert!(snapshot.instances.is_empty());
+        let prefix = "malformed entry in registry `consul-dc1`: ";
+        let expected: Vec<(String, String)> = [
+            ("`Node.Datacenter`: invalid type: integer `1`, expected a string", "1: service web (ID w-1) on node n1"),
+            ("`Service.Service`: invalid type: integer `7`, expected a string", "2: service ID w-2 on node n2"),
+            ("`Node` is a string, not a Consul node (a JSON object)", "3: service web (ID w-3)"),
+            ("`Service.Weights.Passing`: expected a number, found `heavy`", "4: service web on node n4"),
+            ("`Checks[1].Status`: invalid type: integer `3`, expected a string", "5: service web (ID w-5) on node n5"),
+            ("`Checks[0]` is a string, not a Consul check (a JSON object)", "6: service web (ID w-6) on node n6"),
+        ]
+        .iter()
+        .map(|(message, entry)| (format!("{prefix}{message}"), format!("entry: Consul entry {entry}")))
+        .collect();
+        assert_eq!(entry_errors(&diagnostics), expected);
+        let spans: Vec<&str> = diagnostics.iter().map(|it| spanned(text, it.labels[0].span)).collect();
+        assert_eq!(spans, ["1", "7", r#""n3""#, r#""heavy""#, "3", r#""serfHealth""#]);
     }
 
     #[test]

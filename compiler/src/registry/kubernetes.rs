@@ -2,7 +2,9 @@
 //! prints, read with saphyr so that every object keeps its span.
 //!
 //! The input is YAML or JSON: one `List` (or `EndpointSliceList`, `PodList`, …), a stream of
-//! documents, or a mix. Objects of kinds other than those below are ignored.
+//! documents, or a mix. Objects of kinds other than those below are ignored. The items of a
+//! typed list may leave out `kind` and `apiVersion`, as the API server does (`kubectl get --raw`):
+//! they are the list's kind without `List`, and the list's `apiVersion`.
 //! - `Service` (v1) gives a service and its TCP ports. `ExternalName` services, services without
 //!   TCP ports, and UDP or SCTP ports are left out without a message: the mesh routes none of them.
 //! - `EndpointSlice` (`discovery.k8s.io/v1`, and v1beta1's `topology` map) gives one instance per
@@ -12,8 +14,10 @@
 //!   whose address is its only pod IP in the namespace); `Node` lends its region, zone and Istio
 //!   sub-zone labels to the endpoints on it. Neither is an instance by itself.
 //!
-//! A slice or `Endpoints` whose Service is not in the snapshot still yields a service, without
-//! ports (merge derives them), whose protocol comes from its port when it has a single one.
+//! A slice or `Endpoints` whose Service is not in the snapshot still yields a service, also
+//! when it has no endpoints: its ports are the union of its slices' TCP ports (name, number,
+//! `appProtocol`), as the Service's port numbers are unknown. Slices that give one port name
+//! two numbers are a warning; the first number stands.
 //! Instance health follows the EndpointSlice conditions: ready → healthy; not ready but serving
 //! and terminating → draining; not ready otherwise → unhealthy; no `ready` → unknown.
 //! Entries are named `Service shop/orders`, `EndpointSlice shop/orders-x7k2p endpoint 2` (counting
@@ -29,6 +33,7 @@ use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::value::RawValue;
 
 use super::{Ctx, Instance, Port, Service, Snapshot};
+use crate::diag::{Code, Diagnostic};
 
 /// The label that names an EndpointSlice's service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -134,7 +139,7 @@ fn read(ctx: &mut Ctx<'_>) -> Snapshot {
     for (index, node) in nodes.into_iter().enumerate() {
         // An empty document (a stray `---`) holds nothing.
         if !node.is_null() {
-            reader.object(node, &format!("document {}", index + 1), 0);
+            reader.object(node, &format!("document {}", index + 1), 0, None);
         }
     }
     reader.finish()
@@ -541,6 +546,14 @@ impl AddressKind {
     }
 }
 
+/// The kind and version of the items of a typed list: `EndpointSlice` and
+/// `discovery.k8s.io/v1` for an `EndpointSliceList` of that version.
+#[derive(Clone, Copy, Debug)]
+struct ItemType<'a> {
+    kind: &'a str,
+    api_version: Option<&'a str>,
+}
+
 /// An object's metadata.
 struct Meta<'a> {
     name: &'a str,
@@ -561,8 +574,9 @@ struct Group {
     entry: String,
 }
 
-/// The port names of a service's groups, with the first protocol known for each.
-type PortNames<'g> = BTreeMap<Option<&'g str>, Option<Protocol>>;
+/// The ports of a service that only slices or `Endpoints` name, each with the group that first
+/// gives it.
+type OrphanPorts<'g> = Vec<(Port, &'g Group)>;
 
 #[derive(Debug)]
 struct GroupPort {
@@ -625,8 +639,9 @@ impl<'r, 'c, 'a> Reader<'r, 'c, 'a> {
         self.ctx.bad_entry(span, entry, message);
     }
 
-    /// Reads one object, or the items of a `List`.
-    fn object(&mut self, node: Node<'a>, what: &str, depth: usize) {
+    /// Reads one object, or the items of a `List`. `typed` is what the items of a typed list
+    /// (`EndpointSliceList`, `PodList`) are, for items that do not say it themselves.
+    fn object(&mut self, node: Node<'a>, what: &str, depth: usize, typed: Option<ItemType<'a>>) {
         let source = self.source;
         if !node.is_map() {
             self.skip(node, what, format!("expected a Kubernetes object (a mapping), found {}", node.what()));
@@ -634,16 +649,24 @@ impl<'r, 'c, 'a> Reader<'r, 'c, 'a> {
         }
         let kind_and_version =
             field_str(source, node, "kind", "kind").and_then(|kind| Ok((kind, field_str(source, node, "apiVersion", "apiVersion")?)));
-        let (kind, api_version) = match kind_and_version {
-            Ok((Some(kind), api_version)) => (kind, api_version),
-            Ok((None, _)) => return self.skip(node, what, "the object has no `kind`"),
-            Err(problem) => return self.report(problem, what),
+        let (kind, api_version) = match (kind_and_version, typed) {
+            // The API server leaves `kind` and `apiVersion` out of the items of a typed list
+            // (`kubectl get --raw`, client-go's `List` calls): the list's kind and version say them.
+            (Ok((None, api_version)), Some(typed)) => (typed.kind, api_version.or(typed.api_version)),
+            (Ok((Some(kind), api_version)), typed) => {
+                (kind, api_version.or_else(|| typed.filter(|it| it.kind == kind).and_then(|it| it.api_version)))
+            }
+            (Ok((None, _)), None) => return self.skip(node, what, "the object has no `kind`"),
+            (Err(problem), _) => return self.report(problem, what),
         };
         // Kinds of other API groups share names with these (Knative's `Service`): check the group.
         let core = api_version.is_none_or(|it| it == "v1");
         match kind {
-            "List" => self.list(node, what, depth),
-            _ if kind.ends_with("List") && node.get("items").is_some() => self.list(node, what, depth),
+            "List" => self.list(node, what, depth, None),
+            _ if kind.ends_with("List") && node.get("items").is_some() => {
+                let item = kind.strip_suffix("List").filter(|it| !it.is_empty()).map(|kind| ItemType { kind, api_version });
+                self.list(node, what, depth, item);
+            }
             "Service" if core => self.service(node, what),
             "EndpointSlice" if api_version.is_none_or(|it| it.starts_with("discovery.k8s.io/")) => self.slice(node, what),
             "Endpoints" if core => self.endpoints(node, what),
@@ -653,7 +676,7 @@ impl<'r, 'c, 'a> Reader<'r, 'c, 'a> {
         }
     }
 
-    fn list(&mut self, node: Node<'a>, what: &str, depth: usize) {
+    fn list(&mut self, node: Node<'a>, what: &str, depth: usize, typed: Option<ItemType<'a>>) {
         let source = self.source;
         if depth >= MAX_LIST_DEPTH {
             return self.skip(node, what, format!("Lists nest more than {MAX_LIST_DEPTH} deep"));
@@ -667,7 +690,7 @@ impl<'r, 'c, 'a> Reader<'r, 'c, 'a> {
         match field_seq(source, node, "items", "items") {
             Ok(items) => {
                 for (index, item) in items.into_iter().enumerate() {
-                    self.object(item, &format!("{what}, item {}", index + 1), depth + 1);
+                    self.object(item, &format!("{what}, item {}", index + 1), depth + 1, typed);
                 }
             }
             Err(problem) => self.report(problem, what),
@@ -1023,28 +1046,58 @@ impl<'r, 'c, 'a> Reader<'r, 'c, 'a> {
         let groups: Vec<&Group> =
             self.groups.iter().filter(|it| it.from_slice || !sliced.contains(&(it.namespace.as_str(), it.service.as_str()))).collect();
 
-        // Services that only slices or `Endpoints` name: their port names, with the first
-        // protocol known for each, decide the protocol when there is one port.
-        let mut orphans: BTreeMap<(String, String), (&Group, PortNames<'_>)> = BTreeMap::new();
+        // Services that only slices or `Endpoints` name: without the Service, the groups' own
+        // ports are all there is to go on, so the service's ports are their union, known by
+        // name as a Service's ports are. So a slice with no endpoints (`"endpoints": null` when
+        // scaled to zero) still gives a service, which clients can resolve and call.
+        let mut orphans: BTreeMap<(String, String), (&Group, OrphanPorts<'_>)> = BTreeMap::new();
+        let mut conflicts: Vec<Diagnostic> = Vec::new();
+        let mut reported: BTreeSet<(String, String, Option<String>, u16)> = BTreeSet::new();
         for group in &groups {
             let key = (group.namespace.clone(), group.service.clone());
             if self.declared.contains(&key) {
                 continue;
             }
-            let (_, names) = orphans.entry(key).or_insert_with(|| (group, BTreeMap::new()));
+            let (_, ports) = orphans.entry(key.clone()).or_insert_with(|| (group, Vec::new()));
             for port in &group.ports {
-                let protocol = names.entry(port.name.as_deref()).or_insert(None);
-                *protocol = protocol.or(port.protocol);
+                let name = port.name.as_deref().filter(|it| !it.is_empty());
+                if let Some((existing, first)) = ports.iter_mut().find(|(it, _)| it.name.as_deref() == name) {
+                    existing.protocol = existing.protocol.or(port.protocol);
+                    // A named `targetPort` can resolve to other numbers in other pods, and the
+                    // slice controller then puts those pods in slices of their own. The
+                    // service port's number is a guess either way: take the first.
+                    if existing.number != port.number && reported.insert((key.0.clone(), key.1.clone(), existing.name.clone(), port.number))
+                    {
+                        conflicts.push(port_number_conflict(
+                            &self.ctx.registry.name,
+                            &key,
+                            name,
+                            (existing.number, first),
+                            (port.number, group),
+                        ));
+                    }
+                    continue;
+                }
+                // Two port names with one number are two Service ports with one target: one
+                // service port serves both, and instances find it by their port.
+                if ports.iter().all(|(it, _)| it.number != port.number) {
+                    let port = Port { number: port.number, name: name.map(str::to_owned), protocol: port.protocol, target_port: None };
+                    ports.push((port, group));
+                }
             }
         }
-        for ((namespace, name), (group, names)) in orphans {
-            let protocol = if names.len() == 1 { names.into_values().next().flatten() } else { None };
+        self.ctx.diagnostics.extend(conflicts);
+        for ((namespace, name), (group, ports)) in orphans {
+            // Only UDP or SCTP ports, or none: the mesh routes nothing of it, as for a Service.
+            if ports.is_empty() {
+                continue;
+            }
             services.push(Service {
                 namespace,
                 name,
                 rpc: None,
-                protocol,
-                ports: Vec::new(),
+                protocol: None,
+                ports: ports.into_iter().map(|(port, _)| port).collect(),
                 methods: None,
                 span: group.span,
                 entry: group.entry.clone(),
@@ -1101,6 +1154,30 @@ impl<'r, 'c, 'a> Reader<'r, 'c, 'a> {
         }
         Snapshot { services, instances, version }
     }
+}
+
+/// Warns that the groups of a service without a Service object give one port name two
+/// numbers; `first` is the number that stands.
+fn port_number_conflict(
+    registry: &str,
+    key: &(String, String),
+    name: Option<&str>,
+    first: (u16, &Group),
+    other: (u16, &Group),
+) -> Diagnostic {
+    let port = name.map_or_else(|| "the unnamed port".to_owned(), |it| format!("port `{it}`"));
+    Diagnostic::warning(
+        Code::RegistryConflict,
+        format!("registry `{registry}` gives {port} of service `{}/{}` two numbers, {} and {}", key.0, key.1, first.0, other.0),
+    )
+    .primary(other.1.span, format!("{} here", other.0))
+    .secondary(first.1.span, format!("{} here", first.0))
+    .note(format!("entry: {}", other.1.entry))
+    .note(format!(
+        "the snapshot has no Service `{}/{}`, so {} is taken as the service port; the endpoints on {} keep their own port",
+        key.0, key.1, first.0, other.0
+    ))
+    .help("add the Service to the snapshot (`kubectl get services,endpointslices`), which says the service port")
 }
 
 /// A Service port; `None` for a UDP or SCTP port.
@@ -1769,7 +1846,7 @@ endpoints:
     }
 
     #[test]
-    fn slices_without_a_service_give_portless_services() {
+    fn slices_without_a_service_give_the_union_of_their_ports() {
         let text = r#"apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -1793,9 +1870,16 @@ endpoints:
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: db-extra, namespace: shop, labels: {kubernetes.io/service-name: db}}
-ports: [{name: tcp-postgres, port: 5433}]
+ports: [{name: tcp-postgres, port: 5433}, {name: metrics, port: 9187}]
 endpoints:
 - addresses: [10.1.2.3]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-more, namespace: shop, labels: {kubernetes.io/service-name: db}}
+ports: [{name: tcp-postgres, port: 5433}]
+endpoints:
+- addresses: [10.1.2.5]
 ---
 apiVersion: v1
 kind: Service
@@ -1808,24 +1892,123 @@ metadata: {name: mail-1, namespace: shop, labels: {kubernetes.io/service-name: m
 ports: [{port: 25}]
 endpoints:
 - addresses: [10.1.2.4]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: syslog-1, namespace: shop, labels: {kubernetes.io/service-name: syslog}}
+ports: [{name: syslog, port: 514, protocol: UDP}]
+endpoints:
+- addresses: [10.1.2.6]
 "#;
-        let snapshot = read_clean(text);
-        // One service per slice-only service, from its first slice, with the protocol of its
-        // single port name; the ExternalName service and its slice give nothing.
-        assert_eq!(services(&snapshot), ["shop/db [] tcp (EndpointSlice shop/db-fqdn)", "shop/cache [] - (EndpointSlice shop/cache-1)"]);
+        let (snapshot, diagnostics) = read(text);
+        // One service per slice-only service, from its first slice, with the union of its slices'
+        // ports; the ExternalName service and the UDP-only service give nothing.
+        assert_eq!(
+            services(&snapshot),
+            [
+                "shop/db [tcp-postgres:5432:tcp:- metrics:9187:-:-] - (EndpointSlice shop/db-fqdn)",
+                "shop/cache [redis:6379:tcp:- admin:8080:http:-] - (EndpointSlice shop/cache-1)",
+            ]
+        );
+        // The endpoints of `db-extra` and `db-more` serve `tcp-postgres`, whose number is taken
+        // from the first slice, on their own port.
         assert_eq!(
             instances(&snapshot),
             [
-                "shop/db db-0.db.shop.svc.cluster.local:5432 svc=- Healthy -/-/- version=-",
-                "shop/db db-1.db.shop.svc.cluster.local:5432 svc=- Healthy -/-/- version=-",
-                "shop/cache fd00::12:6379 svc=- Unknown -/-/- version=-",
-                "shop/cache fd00::12:8080 svc=- Unknown -/-/- version=-",
-                "shop/db 10.1.2.3:5433 svc=- Unknown -/-/- version=-",
+                "shop/db db-0.db.shop.svc.cluster.local:5432 svc=5432 Healthy -/-/- version=-",
+                "shop/db db-1.db.shop.svc.cluster.local:5432 svc=5432 Healthy -/-/- version=-",
+                "shop/cache fd00::12:6379 svc=6379 Unknown -/-/- version=-",
+                "shop/cache fd00::12:8080 svc=8080 Unknown -/-/- version=-",
+                "shop/db 10.1.2.3:5433 svc=5432 Unknown -/-/- version=-",
+                "shop/db 10.1.2.3:9187 svc=9187 Unknown -/-/- version=-",
+                "shop/db 10.1.2.5:5433 svc=5432 Unknown -/-/- version=-",
             ]
         );
         assert!(
             spanned(text, snapshot.services[0].span)
                 .starts_with("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-fqdn")
+        );
+        // The two numbers of `tcp-postgres` are reported once, although two slices have 5433.
+        let found: Vec<String> = diagnostics.iter().map(|it| describe(text, it)).collect();
+        assert_eq!(
+            found,
+            ["E0303: registry `k8s` gives port `tcp-postgres` of service `shop/db` two numbers, 5432 and 5433 \
+              | entry: EndpointSlice shop/db-extra | `apiVersion: discovery.k8s.io/v1`"]
+        );
+        let warning = &diagnostics[0];
+        assert_eq!(warning.severity, crate::diag::Severity::Warning);
+        assert!(spanned(text, warning.labels[0].span).contains("name: db-extra"));
+        assert_eq!((warning.labels[0].message.as_str(), warning.labels[1].message.as_str()), ("5433 here", "5432 here"));
+        assert!(spanned(text, warning.labels[1].span).contains("name: db-fqdn"));
+        assert_eq!(
+            warning.notes[1],
+            "the snapshot has no Service `shop/db`, so 5432 is taken as the service port; the endpoints on 5433 keep their own port"
+        );
+    }
+
+    #[test]
+    fn a_slice_without_endpoints_still_gives_its_service() {
+        // `kubectl get endpointslices -A -o json` of a Deployment scaled to zero: the v1
+        // `endpoints` field has no `omitempty`, so it is null.
+        let text = r#"{"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": [
+  {"addressType": "IPv4", "apiVersion": "discovery.k8s.io/v1", "endpoints": null, "kind": "EndpointSlice",
+   "metadata": {"labels": {"kubernetes.io/service-name": "payments"}, "name": "payments-8hs2w", "namespace": "shop"},
+   "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "grpc", "port": 9090, "appProtocol": "grpc"}]},
+  {"addressType": "IPv4", "apiVersion": "discovery.k8s.io/v1", "endpoints": [], "kind": "EndpointSlice",
+   "metadata": {"labels": {"kubernetes.io/service-name": "ledger"}, "name": "ledger-x2", "namespace": "shop"},
+   "ports": [{"name": "", "port": 7000, "protocol": "TCP"}]}
+]}"#;
+        let snapshot = read_clean(text);
+        assert_eq!(
+            services(&snapshot),
+            [
+                "shop/payments [http:8080:http:- grpc:9090:grpc:-] - (EndpointSlice shop/payments-8hs2w)",
+                "shop/ledger [-:7000:-:-] - (EndpointSlice shop/ledger-x2)",
+            ]
+        );
+        assert!(snapshot.instances.is_empty());
+    }
+
+    #[test]
+    fn items_of_typed_lists_take_their_kind_and_version_from_the_list() {
+        // `kubectl get --raw /apis/discovery.k8s.io/v1beta1/namespaces/media/endpointslices`,
+        // then `/api/v1/namespaces/media/pods` and `/api/v1/namespaces/media/services`: the API
+        // server writes neither `kind` nor `apiVersion` on list items.
+        let text = concat!(
+            r#"{"kind":"EndpointSliceList","apiVersion":"discovery.k8s.io/v1beta1","metadata":{"resourceVersion":"331102"},"items":["#,
+            r#"{"metadata":{"name":"streamer-2kd8s","namespace":"media","labels":{"kubernetes.io/service-name":"streamer"}},"#,
+            r#""addressType":"IPv4","endpoints":[{"addresses":["10.1.4.22"],"conditions":{"ready":true},"#,
+            r#""targetRef":{"kind":"Pod","namespace":"media","name":"streamer-4hx2k"},"topology":{"topology.kubernetes.io/zone":"eu-central-1a"}}],"#,
+            r#""ports":[{"name":"http","protocol":"TCP","port":8080}]}]}"#,
+            "\n",
+            r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"331100"},"items":["#,
+            r#"{"metadata":{"name":"streamer-4hx2k","namespace":"media","labels":{"app":"streamer","version":"v7"}},"status":{"podIP":"10.1.4.22"}}]}"#,
+            "\n",
+            r#"{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":"331101"},"items":["#,
+            r#"{"metadata":{"name":"streamer","namespace":"media"},"spec":{"ports":[{"name":"http","port":80,"targetPort":8080}]}}]}"#,
+            "\n",
+            // Knative Services are not Kubernetes Services, listed with or without `apiVersion`.
+            r#"{"kind":"ServiceList","apiVersion":"serving.knative.dev/v1","items":["#,
+            r#"{"metadata":{"name":"thumbs","namespace":"media"},"spec":{"ports":[{"port":80}]}},"#,
+            r#"{"kind":"Service","metadata":{"name":"resizer","namespace":"media"},"spec":{"ports":[{"port":80}]}}]}"#,
+        );
+        let snapshot = read_clean(text);
+        assert_eq!(services(&snapshot), ["media/streamer [http:80:http:8080] - (Service media/streamer)"]);
+        assert_eq!(instances(&snapshot), ["media/streamer 10.1.4.22:8080 svc=80 Healthy -/eu-central-1a/- version=v7"]);
+        assert_eq!(snapshot.version.as_deref(), Some("331102"));
+    }
+
+    #[test]
+    fn items_of_a_plain_list_must_say_their_kind() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  metadata: {name: orders, namespace: shop}\n  \
+                    spec: {ports: [{port: 80}]}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: cart, namespace: shop}\n  \
+                    spec: {ports: [{port: 80}]}\n";
+        let (snapshot, diagnostics) = read(text);
+        assert_eq!(services(&snapshot), ["shop/cart [-:80:-:-] - (Service shop/cart)"]);
+        let found: Vec<String> = diagnostics.iter().map(|it| describe(text, it)).collect();
+        assert_eq!(
+            found,
+            ["E0302: malformed entry in registry `k8s`: the object has no `kind` | entry: document 1, item 1 | `apiVersion: v1`"]
         );
     }
 
@@ -1886,8 +2069,8 @@ metadata: {}
             services(&snapshot),
             [
                 "shop/legacy [http-api:80:http:8080] - (Service shop/legacy)",
-                "shop/orders [] http (EndpointSlice shop/orders-1)",
-                "shop/batch [] - (Endpoints shop/batch)",
+                "shop/orders [http:8080:http:-] - (EndpointSlice shop/orders-1)",
+                "shop/batch [-:7000:-:-] - (Endpoints shop/batch)",
             ]
         );
         // `orders` has a slice, so its Endpoints are not read.
@@ -1897,8 +2080,8 @@ metadata: {}
                 "shop/legacy 10.2.0.1:8080 svc=80 Healthy -/eu-1b/- version=v9",
                 "shop/legacy 10.2.0.2:8080 svc=80 Healthy -/-/- version=v10",
                 "shop/legacy 10.2.0.3:8080 svc=80 Unhealthy -/-/- version=-",
-                "shop/orders 10.1.0.4:8080 svc=- Healthy -/-/- version=-",
-                "shop/batch 10.3.0.1:7000 svc=- Healthy -/-/- version=-",
+                "shop/orders 10.1.0.4:8080 svc=8080 Healthy -/-/- version=-",
+                "shop/batch 10.3.0.1:7000 svc=7000 Healthy -/-/- version=-",
             ]
         );
         assert_eq!(snapshot.version.as_deref(), Some("77"));
@@ -1950,14 +2133,14 @@ spec: {template: {spec: {containers: [{image: ratings}]}}}
 "#;
         let snapshot = read_clean(text);
         // A Knative Service is not a Kubernetes Service.
-        assert_eq!(services(&snapshot), ["default/ratings [] http (EndpointSlice default/ratings-b1)"]);
+        assert_eq!(services(&snapshot), ["default/ratings [http:9080:http:-] - (EndpointSlice default/ratings-b1)"]);
         // Two host-network pods share 10.4.0.3, so neither lends it labels; `1.10` stays `1.10`.
         assert_eq!(
             instances(&snapshot),
             [
-                "default/ratings 10.4.0.1:9080 svc=- Healthy ap/ap-2a/- version=1.10",
-                "default/ratings 10.4.0.2:9080 svc=- Healthy ap/ap-2c/- version=-",
-                "default/ratings 10.4.0.3:9080 svc=- Healthy -/-/- version=-",
+                "default/ratings 10.4.0.1:9080 svc=9080 Healthy ap/ap-2a/- version=1.10",
+                "default/ratings 10.4.0.2:9080 svc=9080 Healthy ap/ap-2c/- version=-",
+                "default/ratings 10.4.0.3:9080 svc=9080 Healthy -/-/- version=-",
             ]
         );
     }
@@ -2078,14 +2261,14 @@ endpoints: [{addresses: [10.0.0.300, 1.2.3.4]}]
         // What is left: the good ports, endpoints and addresses.
         assert_eq!(
             services(&snapshot),
-            ["shop/orders [http:8080:http:-] - (Service shop/orders)", "default/other [] - (EndpointSlice default/other-1)"]
+            ["shop/orders [http:8080:http:-] - (Service shop/orders)", "default/other [-:80:-:-] - (EndpointSlice default/other-1)"]
         );
         assert_eq!(
             instances(&snapshot),
             [
                 "shop/orders 10.0.0.1:9091 svc=- Unknown -/-/- version=-",
                 "shop/orders 10.0.0.2:9091 svc=- Unknown -/-/- version=-",
-                "default/other 1.2.3.4:80 svc=- Unknown -/-/- version=-",
+                "default/other 1.2.3.4:80 svc=80 Unknown -/-/- version=-",
             ]
         );
     }

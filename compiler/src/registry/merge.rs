@@ -220,7 +220,10 @@ fn resolve_ports(view: &mut View<'_>) {
 fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut Vec<Diagnostic>) -> Option<CatalogService> {
     let first = views.first()?;
     // Ports: the first view that has ports sets them; the others must agree.
-    let base = views.iter().find(|it| !it.ports.is_empty())?;
+    let Some(base) = views.iter().find(|it| !it.ports.is_empty()) else {
+        diagnostics.push(no_ports(key, first, &views[1..]));
+        return None;
+    };
     let mut ports = base.ports.clone();
     for view in views {
         if std::ptr::eq(view, base) || view.ports.is_empty() {
@@ -317,6 +320,25 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
     })
 }
 
+/// Warns of a service that no registry gives a port, nor an instance to derive one from (a
+/// Nacos service whose instances are all gone, say). With no port there is no cluster to route
+/// to, so it is left out; without the warning a spec that names it would only hear that the
+/// service is unknown, with nothing pointing at the registry entry that lists it.
+fn no_ports(key: &(String, String), first: &View<'_>, others: &[View<'_>]) -> Diagnostic {
+    let mut diagnostic = Diagnostic::warning(
+        Code::RegistryEntry,
+        format!("service `{}` of registry `{}` has no ports and no instances, so it is left out", key.1, first.registry.name),
+    )
+    .primary(first.service.span, "this entry was skipped");
+    for view in others {
+        diagnostic =
+            diagnostic.secondary(view.service.span, format!("registry `{}` lists it here, also without ports", view.registry.name));
+    }
+    diagnostic
+        .note(format!("entry: {}", first.service.entry))
+        .note(format!("`{}` in namespace `{}` has nothing to route to, so a spec that names it finds no such service", key.1, key.0))
+}
+
 fn conflict(key: &(String, String), base: &View<'_>, other: &View<'_>, what: String) -> Diagnostic {
     Diagnostic::error(
         Code::RegistryConflict,
@@ -331,4 +353,102 @@ fn conflict(key: &(String, String), base: &View<'_>, other: &View<'_>, what: Str
 fn list(ports: &[u16]) -> String {
     let parts: Vec<String> = ports.iter().map(u16::to_string).collect();
     format!("[{}]", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use meshc_codegen::ir::RegistryKind;
+
+    use super::*;
+    use crate::diag::Severity;
+    use crate::source::FileId;
+
+    fn registry(name: &str, kind: RegistryKind, priority: i64) -> RegistryEntry {
+        let dummy = Span::new(FileId(0), 0..0);
+        RegistryEntry {
+            name: name.to_owned(),
+            name_span: dummy,
+            kind,
+            path: format!("registries/{name}.json"),
+            path_span: dummy,
+            priority,
+            namespace: None,
+            span: dummy,
+        }
+    }
+
+    fn service(file: u32, at: usize, name: &str, entry: &str) -> Service {
+        Service {
+            namespace: "shop".to_owned(),
+            name: name.to_owned(),
+            rpc: None,
+            protocol: None,
+            ports: Vec::new(),
+            methods: None,
+            span: Span::new(FileId(file), at..at + 10),
+            entry: entry.to_owned(),
+        }
+    }
+
+    fn instance(file: u32, name: &str, address: &str) -> Instance {
+        Instance {
+            namespace: "shop".to_owned(),
+            service: name.to_owned(),
+            address: address.to_owned(),
+            port: 8080,
+            service_port: None,
+            weight: 100,
+            labels: BTreeMap::new(),
+            locality: Locality::default(),
+            health: Health::Healthy,
+            span: Span::new(FileId(file), 0..1),
+        }
+    }
+
+    #[test]
+    fn a_service_without_ports_or_instances_is_left_out_with_a_warning() {
+        // Nacos lists `cart` with no hosts left (every instance deregistered) and Consul lists
+        // `cart` without instances too; `billing` has no hosts in Nacos but an instance in Consul.
+        let nacos = registry("nacos-hz", RegistryKind::Nacos, 10);
+        let consul = registry("consul-dc1", RegistryKind::Consul, 0);
+        let nacos_snapshot = Snapshot {
+            services: vec![
+                service(1, 0, "cart", "Nacos service `DEFAULT_GROUP@@cart`"),
+                service(1, 100, "billing", "Nacos service `DEFAULT_GROUP@@billing`"),
+                service(1, 200, "orders", "Nacos service `DEFAULT_GROUP@@orders`"),
+            ],
+            instances: vec![instance(1, "orders", "10.0.0.1")],
+            version: None,
+        };
+        let consul_snapshot = Snapshot {
+            services: vec![service(2, 0, "billing", "Consul service `billing`"), service(2, 50, "cart", "Consul service `cart`")],
+            instances: vec![instance(2, "billing", "10.0.0.2")],
+            version: None,
+        };
+        let mut diagnostics = Vec::new();
+        let catalog = merge(&[(&consul, &consul_snapshot), (&nacos, &nacos_snapshot)], &mut diagnostics);
+        let names: Vec<&str> = catalog.services.keys().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(names, ["billing", "orders"]);
+        assert_eq!(catalog.services[&("shop".to_owned(), "billing".to_owned())].instances.len(), 1);
+
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        let warning = &diagnostics[0];
+        assert_eq!((warning.severity, warning.code), (Severity::Warning, Code::RegistryEntry));
+        assert_eq!(warning.message, "service `cart` of registry `nacos-hz` has no ports and no instances, so it is left out");
+        let labels: Vec<(Span, bool, &str)> = warning.labels.iter().map(|it| (it.span, it.primary, it.message.as_str())).collect();
+        assert_eq!(
+            labels,
+            [
+                (Span::new(FileId(1), 0..10), true, "this entry was skipped"),
+                (Span::new(FileId(2), 50..60), false, "registry `consul-dc1` lists it here, also without ports"),
+            ]
+        );
+        assert_eq!(
+            warning.notes,
+            [
+                "entry: Nacos service `DEFAULT_GROUP@@cart`",
+                "`cart` in namespace `shop` has nothing to route to, so a spec that names it finds no such service",
+            ]
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! Nacos naming snapshots: `/nacos/v1/ns/instance/list` responses (JSON), one object or an array of them.
+//! Nacos naming snapshots: `/nacos/v1/ns/instance/list` responses (JSON), one object or an array
+//! of them, also in the envelopes of Nacos 2's open API and Nacos 3's client API.
 //!
 //! ```json
 //! [{"name": "DEFAULT_GROUP@@orders", "groupName": "DEFAULT_GROUP", "lastRefTime": 1700000000000,
@@ -10,6 +11,9 @@
 //! - The service is `name` (`GROUP@@service`), Nacos 1.x's `dom`, or else the hosts' `serviceName`.
 //!   When that name carries no group, `groupName` gives it (`DEFAULT_GROUP` when absent).
 //!   Nacos v2's envelope `{"code": 0, "data": {…}}` is unwrapped, so v2 open-API dumps load too.
+//!   Nacos v3's client API (`/nacos/v3/client/ns/instance/list`) puts the instances themselves in
+//!   `data`, `{"code": 0, "data": [{…, "serviceName": "DEFAULT_GROUP@@orders"}]}`: they are
+//!   grouped by `serviceName` (qualified by their `groupName` when it carries no group).
 //! - Dubbo's interface-level names `providers:<interface>:<version>:<group>` (version and group
 //!   may be empty) are Dubbo services in the mesh namespace, named by [`super::dubbo_key`], with
 //!   the union of the hosts' `methods` metadata (a comma list) as their methods.
@@ -36,6 +40,7 @@
 //! - The snapshot's version is the largest `lastRefTime`.
 //!
 //! A malformed response is skipped as a whole; a malformed host only skips that host.
+//! Messages count responses and hosts from 1, in the list that holds them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -66,13 +71,36 @@ struct RawResponse<'a> {
     last_ref_time: Option<String>,
     #[serde(default, borrow)]
     hosts: Option<Vec<&'a RawValue>>,
-    /// Nacos v2's envelope: `code`, `message` and the response in `data`.
+    /// Nacos v2's and v3's envelope: `code`, `message` and the response in `data`.
     #[serde(default, deserialize_with = "loose::number")]
     code: Option<f64>,
     #[serde(default, deserialize_with = "loose::string")]
     message: Option<String>,
     #[serde(default, borrow)]
-    data: Option<Box<RawResponse<'a>>>,
+    data: Option<&'a RawValue>,
+}
+
+/// What a Nacos 3 instance says about its service, read before the rest of it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawInstanceService {
+    #[serde(default, deserialize_with = "loose::string")]
+    service_name: Option<String>,
+    #[serde(default, deserialize_with = "loose::string")]
+    group_name: Option<String>,
+}
+
+/// One service's instance list, however the response wraps it.
+struct Listing<'a> {
+    /// `name`, then Nacos 1.x's `dom`.
+    names: Vec<String>,
+    group_name: Option<String>,
+    last_ref_time: Option<String>,
+    /// The hosts, with their numbers (from 1) in the list that holds them.
+    hosts: Vec<(usize, &'a RawValue)>,
+    /// Whether the hosts came without a service object around them (Nacos 3's `data` array),
+    /// so that hosts without a `serviceName` are reported one by one.
+    bare: bool,
 }
 
 #[derive(Deserialize)]
@@ -110,89 +138,115 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
     let Some(elements) = super::json_elements(ctx) else {
         return Snapshot::default();
     };
-    let mut services = Collector::default();
-    let mut instances = Vec::new();
-    let mut latest: Option<u64> = None;
+    let mut found = Read::default();
     for (index, (range, raw)) in elements.into_iter().enumerate() {
-        let span = ctx.span(range.clone());
-        let what = format!("Nacos response {index}");
-        let response = match serde_json::from_str::<RawResponse<'_>>(raw.get()).map_err(|err| json_message(&err)).and_then(unwrap_envelope)
+        let what = format!("Nacos response {}", index + 1);
+        let listings = match serde_json::from_str::<RawResponse<'_>>(raw.get())
+            .map_err(|err| (range.clone(), json_message(&err)))
+            .and_then(|response| unwrap_envelope(ctx.text, &range, response))
         {
-            Ok(response) => response,
-            Err(message) => {
-                ctx.bad_entry(span, &what, message);
+            Ok(listings) => listings,
+            Err((at, message)) => {
+                let at = ctx.span(at);
+                ctx.bad_entry(at, &what, message);
                 continue;
             }
         };
-
-        // Parse the hosts first: the oldest responses name the service only in the hosts.
-        let hosts: Vec<(Span, Result<RawHost, String>)> = response
-            .hosts
-            .unwrap_or_default()
-            .into_iter()
-            .map(|host| {
-                let at = range_in(ctx.text, host.get()).unwrap_or_else(|| range.clone());
-                (ctx.span(at), serde_json::from_str::<RawHost>(host.get()).map_err(|err| json_message(&err)))
-            })
-            .collect();
-        let full_name = [response.name, response.dom]
-            .into_iter()
-            .flatten()
-            .chain(hosts.iter().filter_map(|(_, host)| host.as_ref().ok()?.service_name.clone()))
-            .find(|it| !it.trim().is_empty());
-        let Some(full_name) = full_name else {
-            ctx.bad_entry(span, &what, "no service name: give `name` (or Nacos 1.x's `dom`, or the hosts' `serviceName`)");
-            continue;
-        };
-        let (group, service_name) = match full_name.split_once("@@") {
-            Some((group, name)) => (group.to_owned(), name),
-            None => (response.group_name.filter(|it| !it.is_empty()).unwrap_or_else(|| DEFAULT_GROUP.to_owned()), full_name.as_str()),
-        };
-        let entry = format!("Nacos service `{full_name}`");
-        let target = match identify(service_name) {
-            Ok(Some(Identity::Dubbo { name, key })) => {
-                Target { namespace: ctx.mesh_namespace.to_owned(), name, rpc: Some(key), group, original: None }
-            }
-            Ok(Some(Identity::Plain { name, original })) => {
-                Target { namespace: ctx.namespace.to_owned(), name, rpc: None, group, original }
-            }
-            Ok(None) => continue,
-            Err(message) => {
-                ctx.bad_entry(span, &entry, message);
-                continue;
-            }
-        };
-        let fallback = target.rpc.as_ref().map(|_| Protocol::Dubbo);
-        let service = Service {
-            namespace: target.namespace.clone(),
-            name: target.name.clone(),
-            rpc: target.rpc.clone(),
-            protocol: None,
-            ports: Vec::new(),
-            methods: None,
-            span,
-            entry: entry.clone(),
-        };
-        let slot = services.slot(service, fallback);
-        if let Some(time) = response.last_ref_time.and_then(|it| it.trim().parse::<u64>().ok()) {
-            latest = latest.max(Some(time));
-        }
-
-        for (host_index, (host_span, host)) in hosts.into_iter().enumerate() {
-            let mut host_what = format!("{entry}, host {host_index}");
-            if let Some(id) = host.as_ref().ok().and_then(|it| it.instance_id.as_deref()).filter(|it| !it.is_empty()) {
-                host_what.push_str(&format!(" (instanceId `{id}`)"));
-            }
-            match host.and_then(|host| instance(host, &target, host_span)) {
-                Ok(found) => {
-                    services.declare(slot, found.protocol, found.methods);
-                    instances.push(found.instance);
-                }
-                Err(message) => ctx.bad_entry(host_span, &host_what, message),
-            }
+        for listing in listings {
+            read_listing(ctx, listing, &what, &range, &mut found);
         }
     }
-    Snapshot { services: services.finish(), instances, version: latest.map(|it| it.to_string()) }
+    Snapshot { services: found.services.finish(), instances: found.instances, version: found.latest.map(|it| it.to_string()) }
+}
+
+/// What the responses read so far hold.
+#[derive(Default)]
+struct Read {
+    services: Collector,
+    instances: Vec<Instance>,
+    /// The largest `lastRefTime`.
+    latest: Option<u64>,
+}
+
+/// Reads one service's instance list; `range` is the response's.
+fn read_listing(ctx: &mut Ctx<'_>, listing: Listing<'_>, what: &str, range: &Range<usize>, found: &mut Read) {
+    // Nacos 3 instances come without a service object: the first of them describes the service.
+    let described = match listing.hosts.first() {
+        Some((_, host)) if listing.bare => range_in(ctx.text, host.get()).unwrap_or_else(|| range.clone()),
+        _ => range.clone(),
+    };
+    let span = ctx.span(described);
+    // Parse the hosts first: the oldest responses name the service only in the hosts.
+    let hosts: Vec<(usize, Span, Result<RawHost, String>)> = listing
+        .hosts
+        .into_iter()
+        .map(|(number, host)| {
+            let at = range_in(ctx.text, host.get()).unwrap_or_else(|| range.clone());
+            (number, ctx.span(at), serde_json::from_str::<RawHost>(host.get()).map_err(|err| json_message(&err)))
+        })
+        .collect();
+    let full_name = listing
+        .names
+        .into_iter()
+        .chain(hosts.iter().filter_map(|(_, _, host)| host.as_ref().ok()?.service_name.clone()))
+        .find(|it| !it.trim().is_empty());
+    let Some(full_name) = full_name else {
+        if listing.bare {
+            // Nacos 3 instances that do not say their service: each is reported on its own.
+            for (number, host_span, host) in hosts {
+                let message = host.err().unwrap_or_else(|| "the instance has no `serviceName`, so its service is unknown".to_owned());
+                ctx.bad_entry(host_span, &format!("{what}, host {number}"), message);
+            }
+        } else {
+            ctx.bad_entry(span, what, "no service name: give `name` (or Nacos 1.x's `dom`, or the hosts' `serviceName`)");
+        }
+        return;
+    };
+    let (group, service_name) = match full_name.split_once("@@") {
+        Some((group, name)) => (group.to_owned(), name),
+        None => (listing.group_name.filter(|it| !it.is_empty()).unwrap_or_else(|| DEFAULT_GROUP.to_owned()), full_name.as_str()),
+    };
+    let entry = format!("Nacos service `{full_name}`");
+    let target = match identify(service_name) {
+        Ok(Some(Identity::Dubbo { name, key })) => {
+            Target { namespace: ctx.mesh_namespace.to_owned(), name, rpc: Some(key), group, original: None }
+        }
+        Ok(Some(Identity::Plain { name, original })) => Target { namespace: ctx.namespace.to_owned(), name, rpc: None, group, original },
+        Ok(None) => return,
+        Err(message) => {
+            ctx.bad_entry(span, &entry, message);
+            return;
+        }
+    };
+    let fallback = target.rpc.as_ref().map(|_| Protocol::Dubbo);
+    let service = Service {
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+        rpc: target.rpc.clone(),
+        protocol: None,
+        ports: Vec::new(),
+        methods: None,
+        span,
+        entry: entry.clone(),
+    };
+    let slot = found.services.slot(service, fallback);
+    if let Some(time) = listing.last_ref_time.and_then(|it| it.trim().parse::<u64>().ok()) {
+        found.latest = found.latest.max(Some(time));
+    }
+
+    for (number, host_span, host) in hosts {
+        let mut host_what = format!("{entry}, host {number}");
+        if let Some(id) = host.as_ref().ok().and_then(|it| it.instance_id.as_deref()).filter(|it| !it.is_empty()) {
+            host_what.push_str(&format!(" (instanceId `{id}`)"));
+        }
+        match host.and_then(|host| instance(host, &target, host_span)) {
+            Ok(host) => {
+                found.services.declare(slot, host.protocol, host.methods);
+                found.instances.push(host.instance);
+            }
+            Err(message) => ctx.bad_entry(host_span, &host_what, message),
+        }
+    }
 }
 
 /// The service a response's hosts are instances of.
@@ -258,21 +312,78 @@ fn instance(host: RawHost, target: &Target, span: Span) -> Result<Found, String>
     Ok(Found { instance, protocol, methods })
 }
 
-/// Takes the response out of Nacos v2's `{"code", "message", "data"}` envelope, if it has one.
-fn unwrap_envelope(response: RawResponse<'_>) -> Result<RawResponse<'_>, String> {
+/// The service lists of a response: the response itself, or what Nacos v2's and v3's
+/// `{"code", "message", "data"}` envelope holds. v2 (`/nacos/v2/ns/instance/list`) puts one
+/// service's list in `data`; v3's client API (`/nacos/v3/client/ns/instance/list`) puts the
+/// instances themselves there, each naming its service, so they are grouped by service.
+/// An error is where it is and what is wrong.
+fn unwrap_envelope<'a>(text: &str, range: &Range<usize>, response: RawResponse<'a>) -> Result<Vec<Listing<'a>>, (Range<usize>, String)> {
     let enveloped = response.hosts.is_none() && (response.data.is_some() || response.code.is_some());
     if !enveloped {
-        return Ok(response);
+        return Ok(vec![listing(response)]);
     }
     // v2 answers 0 on success; some gateways rewrite it to the HTTP status.
     if let Some(code) = response.code.filter(|it| *it != 0.0 && *it != 200.0) {
         let message = response.message.unwrap_or_default();
-        return Err(format!("the response is Nacos error {code}: {message}").trim_end_matches([' ', ':']).to_owned());
+        return Err((range.clone(), format!("the response is Nacos error {code}: {message}").trim_end_matches([' ', ':']).to_owned()));
     }
-    match response.data {
-        Some(data) => Ok(*data),
-        None => Err("the response has no `data`".to_owned()),
+    let Some(data) = response.data else { return Err((range.clone(), "the response has no `data`".to_owned())) };
+    let at = range_in(text, data.get()).unwrap_or_else(|| range.clone());
+    match data.get().as_bytes().first() {
+        Some(b'{') => {
+            let inner =
+                serde_json::from_str::<RawResponse<'a>>(data.get()).map_err(|err| (at, format!("`data`: {}", json_message(&err))))?;
+            Ok(vec![listing(inner)])
+        }
+        Some(b'[') => {
+            let items =
+                serde_json::from_str::<Vec<&'a RawValue>>(data.get()).map_err(|err| (at, format!("`data`: {}", json_message(&err))))?;
+            Ok(group_instances(items))
+        }
+        _ => {
+            let found = match data.get().as_bytes().first() {
+                Some(b'"') => "a string",
+                Some(b't' | b'f') => "a boolean",
+                _ => "a number",
+            };
+            Err((at, format!("`data` is {found}, not an instance list (a JSON object) or, as Nacos 3 answers, an array of instances")))
+        }
     }
+}
+
+/// The service list a v1 response, or the `data` of a v2 envelope, is.
+fn listing(response: RawResponse<'_>) -> Listing<'_> {
+    Listing {
+        names: [response.name, response.dom].into_iter().flatten().collect(),
+        group_name: response.group_name,
+        last_ref_time: response.last_ref_time,
+        hosts: response.hosts.unwrap_or_default().into_iter().enumerate().map(|(index, host)| (index + 1, host)).collect(),
+        bare: false,
+    }
+}
+
+/// Groups Nacos 3 instances by their service (`serviceName`, qualified by `groupName` when it
+/// has no group of its own), in the order the services first appear. Instances that do not
+/// name a service form one list without a name.
+fn group_instances(items: Vec<&RawValue>) -> Vec<Listing<'_>> {
+    let mut listings: Vec<Listing<'_>> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let names = serde_json::from_str::<RawInstanceService>(item.get()).ok();
+        let name = names.and_then(|it| {
+            let service = it.service_name.filter(|it| !it.trim().is_empty())?;
+            let group = it.group_name.filter(|it| !it.is_empty());
+            Some(match group {
+                Some(group) if !service.contains("@@") => format!("{group}@@{service}"),
+                _ => service,
+            })
+        });
+        let names: Vec<String> = name.into_iter().collect();
+        match listings.iter_mut().find(|it| it.names == names) {
+            Some(listing) => listing.hosts.push((index + 1, item)),
+            None => listings.push(Listing { names, group_name: None, last_ref_time: None, hosts: vec![(index + 1, item)], bare: true }),
+        }
+    }
+    listings
 }
 
 /// Classifies a service name (without its group); `None` for names that are not services.
@@ -669,16 +780,16 @@ mod tests {
         assert_eq!(snapshot.services.len(), 1);
         let prefix = "malformed entry in registry `nacos-hz`: ";
         let expected: Vec<(String, String)> = [
-            ("missing `port`", "host 1 (instanceId `b`)"),
-            ("port 70000 is not a port: expected 1 to 65535", "host 2 (instanceId `c`)"),
-            ("`10.0 .7.4` is not an IP address or host name", "host 3 (instanceId `d`)"),
-            ("invalid type: integer `1234`, expected a string", "host 4"),
-            ("missing `ip`", "host 5"),
-            ("expected a number, found `http`", "host 6"),
-            ("weight -1 is negative", "host 7"),
-            ("port 8080.5 is not a port: expected 1 to 65535", "host 8"),
-            ("expected a boolean, found \"maybe\"", "host 9"),
-            ("invalid type: string \"10.0.7.11:8080\", expected a Nacos host (a JSON object)", "host 10"),
+            ("missing `port`", "host 2 (instanceId `b`)"),
+            ("port 70000 is not a port: expected 1 to 65535", "host 3 (instanceId `c`)"),
+            ("`10.0 .7.4` is not an IP address or host name", "host 4 (instanceId `d`)"),
+            ("invalid type: integer `1234`, expected a string", "host 5"),
+            ("missing `ip`", "host 6"),
+            ("expected a number, found `http`", "host 7"),
+            ("weight -1 is negative", "host 8"),
+            ("port 8080.5 is not a port: expected 1 to 65535", "host 9"),
+            ("expected a boolean, found \"maybe\"", "host 10"),
+            ("invalid type: string \"10.0.7.11:8080\", expected a Nacos host (a JSON object)", "host 11"),
         ]
         .iter()
         .map(|(message, host)| (format!("{prefix}{message}"), format!("entry: Nacos service `DEFAULT_GROUP@@orders`, {host}")))
@@ -705,10 +816,10 @@ mod tests {
         assert_eq!(snapshot.instances.len(), 1);
         let prefix = "malformed entry in registry `nacos-hz`: ";
         let expected: Vec<(String, String)> = [
-            ("invalid type: integer `42`, expected a Nacos instance list (a JSON object)", "Nacos response 0"),
-            ("invalid type: string \"10.0.8.1:80\", expected a sequence", "Nacos response 1"),
-            ("invalid type: sequence, expected a string", "Nacos response 2"),
-            ("no service name: give `name` (or Nacos 1.x's `dom`, or the hosts' `serviceName`)", "Nacos response 3"),
+            ("invalid type: integer `42`, expected a Nacos instance list (a JSON object)", "Nacos response 1"),
+            ("invalid type: string \"10.0.8.1:80\", expected a sequence", "Nacos response 2"),
+            ("invalid type: sequence, expected a string", "Nacos response 3"),
+            ("no service name: give `name` (or Nacos 1.x's `dom`, or the hosts' `serviceName`)", "Nacos response 4"),
             (
                 "`providers:not an interface:1.0:` is not a Dubbo provider name: `not an interface` is not an interface name",
                 "Nacos service `DEFAULT_GROUP@@providers:not an interface:1.0:`",
@@ -741,9 +852,97 @@ mod tests {
             [(
                 "malformed entry in registry `nacos-hz`: the response is Nacos error 20004: service not found: public@@DEFAULT_GROUP@@gone"
                     .to_owned(),
-                "entry: Nacos response 1".to_owned()
+                "entry: Nacos response 2".to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn nacos_3_instance_arrays_are_grouped_by_service() {
+        // `/nacos/v3/client/ns/instance/list`: `data` is the instances themselves. Nacos 3 may
+        // write the group in `groupName` rather than in `serviceName`.
+        let text = r#"{"code":0,"message":"success","data":[
+          {"ip":"10.1.7.21","port":7070,"weight":1.0,"healthy":true,"enabled":true,"ephemeral":true,"clusterName":"DEFAULT",
+           "serviceName":"DEFAULT_GROUP@@inventory","metadata":{"version":"1.4.0"},"ipDeleteTimeout":30000,
+           "instanceIdGenerator":"simple","instanceHeartBeatInterval":5000,"instanceHeartBeatTimeOut":15000},
+          {"ip":"10.1.8.3","port":9090,"serviceName":"pricing","groupName":"canary","healthy":false},
+          {"ip":"10.1.9.4","port":7070,"weight":2.0,"healthy":true,"enabled":true,"clusterName":"hz-b",
+           "serviceName":"DEFAULT_GROUP@@inventory","metadata":{"version":"1.4.1"}},
+          {"ip":"10.1.9.5","port":7070,"healthy":true},
+          "10.1.9.6:7070",
+          {"ip":"10.1.8.4","port":"http","serviceName":"pricing","groupName":"canary"}
+        ]}"#;
+        let (snapshot, diagnostics) = load_text(text);
+        let services: Vec<_> = snapshot.services.iter().map(|it| (it.name.as_str(), it.entry.as_str())).collect();
+        assert_eq!(services, [("inventory", "Nacos service `DEFAULT_GROUP@@inventory`"), ("pricing", "Nacos service `canary@@pricing`")]);
+        // A service without its own object is described where its first instance is.
+        assert!(spanned(text, snapshot.services[0].span).starts_with(r#"{"ip":"10.1.7.21""#));
+        assert!(spanned(text, snapshot.services[1].span).starts_with(r#"{"ip":"10.1.8.3""#));
+        let instances: Vec<_> = snapshot
+            .instances
+            .iter()
+            .map(|it| (it.service.as_str(), it.address.as_str(), it.port, it.weight, it.health, it.locality.zone.as_deref()))
+            .collect();
+        assert_eq!(
+            instances,
+            [
+                ("inventory", "10.1.7.21", 7070, 100, Health::Healthy, None),
+                ("inventory", "10.1.9.4", 7070, 200, Health::Healthy, Some("hz-b")),
+                ("pricing", "10.1.8.3", 9090, 100, Health::Unhealthy, None),
+            ]
+        );
+        assert_eq!(snapshot.instances[1].labels, labels(&[("version", "1.4.1")]));
+        assert_eq!(snapshot.instances[2].labels, labels(&[("nacos.io/group", "canary")]));
+        // Hosts are counted in `data`, from 1.
+        let prefix = "malformed entry in registry `nacos-hz`: ";
+        assert_eq!(
+            entry_errors(&diagnostics),
+            [
+                (format!("{prefix}expected a number, found `http`"), "entry: Nacos service `canary@@pricing`, host 6".to_owned()),
+                (
+                    format!("{prefix}the instance has no `serviceName`, so its service is unknown"),
+                    "entry: Nacos response 1, host 4".to_owned()
+                ),
+                (
+                    format!("{prefix}invalid type: string \"10.1.9.6:7070\", expected a Nacos host (a JSON object)"),
+                    "entry: Nacos response 1, host 5".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(spanned(text, diagnostics[1].labels[0].span), r#"{"ip":"10.1.9.5","port":7070,"healthy":true}"#);
+        assert_eq!(spanned(text, diagnostics[2].labels[0].span), r#""10.1.9.6:7070""#);
+    }
+
+    #[test]
+    fn envelope_data_of_another_shape_is_reported_at_data() {
+        let text = r#"[
+          {"code":0,"message":"success","data":"DEFAULT_GROUP@@orders"},
+          {"code":200,"message":"ok","data":3},
+          {"code":0,"message":"success","data":{"name":"DEFAULT_GROUP@@cart","hosts":{"ip":"10.0.9.1","port":80}}},
+          {"code":0,"message":"success","data":[]}
+        ]"#;
+        let (snapshot, diagnostics) = load_text(text);
+        assert!(snapshot.services.is_empty());
+        let expected = |found: &str| {
+            format!(
+                "malformed entry in registry `nacos-hz`: `data` is {found}, not an instance list (a JSON object) or, as Nacos 3 \
+                 answers, an array of instances"
+            )
+        };
+        assert_eq!(
+            entry_errors(&diagnostics),
+            [
+                (expected("a string"), "entry: Nacos response 1".to_owned()),
+                (expected("a number"), "entry: Nacos response 2".to_owned()),
+                (
+                    "malformed entry in registry `nacos-hz`: `data`: invalid type: map, expected a sequence".to_owned(),
+                    "entry: Nacos response 3".to_owned()
+                ),
+            ]
+        );
+        let spans: Vec<&str> = diagnostics.iter().map(|it| spanned(text, it.labels[0].span)).collect();
+        assert_eq!(spans[..2], [r#""DEFAULT_GROUP@@orders""#, "3"]);
+        assert!(spans[2].starts_with(r#"{"name":"DEFAULT_GROUP@@cart""#));
     }
 
     #[test]
