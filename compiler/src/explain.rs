@@ -742,7 +742,8 @@ fn parse_request(args: &ExplainArgs) -> Result<(PathBuf, Request), String> {
 
 /// Builds an HTTP request from a method and URL; a `host` header overrides the URL's authority.
 pub fn http_request(method: &str, url: &str, headers: Vec<(String, String)>) -> Result<Request, String> {
-    let parsed = url::Url::parse(url).map_err(|err| format!("`{url}` is not a URL: {err}"))?;
+    let parsed = url::Url::parse(url)
+        .map_err(|err| format!("`{url}` is not a URL such as http://reviews:9080/path ({err}); give `[DIR] METHOD URL`"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("`{url}` is not an http:// URL"));
     }
