@@ -3,4 +3,6 @@
 //! The IR lives here, not in the compiler, because the emitters are its consumers,
 //! as tonic-build defines the service model it generates from.
 
+#![warn(missing_docs)]
+
 pub mod ir;
