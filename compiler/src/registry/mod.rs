@@ -373,6 +373,44 @@ pub fn port_number(value: f64) -> Option<u16> {
     (value.fract() == 0.0 && (1.0..=65535.0).contains(&value)).then_some(value as u16)
 }
 
+/// Helpers for the adapters' tests: a manifest entry, and one run of an adapter.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Ctx, Snapshot};
+    use crate::diag::Diagnostic;
+    use crate::manifest::RegistryEntry;
+    use crate::source::{FileId, Span};
+    use meshc_codegen::ir::RegistryKind;
+
+    /// A `[[registry]]` entry with no position in any manifest.
+    pub fn entry(name: &str, kind: RegistryKind, path: &str) -> RegistryEntry {
+        let nowhere = Span::new(FileId(0), 0..0);
+        RegistryEntry {
+            name: name.to_owned(),
+            name_span: nowhere,
+            kind,
+            path: path.to_owned(),
+            path_span: nowhere,
+            priority: 0,
+            namespace: None,
+            span: nowhere,
+        }
+    }
+
+    /// Runs an adapter on `text`, read as `file`, with services in `namespace` and RPC services in `mesh`.
+    pub fn run(
+        entry: &RegistryEntry,
+        file: FileId,
+        text: &str,
+        namespace: &str,
+        load: impl FnOnce(&mut Ctx<'_>) -> Snapshot,
+    ) -> (Snapshot, Vec<Diagnostic>) {
+        let mut ctx = Ctx { file, text, registry: entry, namespace, mesh_namespace: "mesh", diagnostics: Vec::new() };
+        let snapshot = load(&mut ctx);
+        (snapshot, ctx.diagnostics)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,24 +4,11 @@ use meshc_codegen::ir::RegistryKind;
 
 use super::*;
 use crate::diag::{Code, Diagnostic};
-use crate::manifest::RegistryEntry;
 use crate::source::{FileId, Span};
 
 fn read_with(text: &str, namespace: &str) -> (Snapshot, Vec<Diagnostic>) {
-    let dummy = Span::new(FileId(0), 0..0);
-    let registry = RegistryEntry {
-        name: "k8s".to_owned(),
-        name_span: dummy,
-        kind: RegistryKind::Kubernetes,
-        path: "registry/k8s.yaml".to_owned(),
-        path_span: dummy,
-        priority: 0,
-        namespace: None,
-        span: dummy,
-    };
-    let mut ctx = Ctx { file: FileId(1), text, registry: &registry, namespace, mesh_namespace: "mesh", diagnostics: Vec::new() };
-    let snapshot = load(&mut ctx);
-    (snapshot, ctx.diagnostics)
+    let registry = crate::registry::testing::entry("k8s", RegistryKind::Kubernetes, "registry/k8s.yaml");
+    crate::registry::testing::run(&registry, FileId(1), text, namespace, load)
 }
 
 fn read(text: &str) -> (Snapshot, Vec<Diagnostic>) {

@@ -4,26 +4,13 @@ use meshc_codegen::ir::{Health, RegistryKind};
 
 use super::*;
 use crate::diag::{Code, Diagnostic};
-use crate::manifest::RegistryEntry;
 use crate::source::{FileId, Span};
 
 const FILE: FileId = FileId(7);
 
 fn load_text(text: &str) -> (Snapshot, Vec<Diagnostic>) {
-    let dummy = Span::new(FileId(0), 0..0);
-    let registry = RegistryEntry {
-        name: "nacos-hz".to_owned(),
-        name_span: dummy,
-        kind: RegistryKind::Nacos,
-        path: "registries/nacos.json".to_owned(),
-        path_span: dummy,
-        priority: 0,
-        namespace: None,
-        span: dummy,
-    };
-    let mut ctx = Ctx { file: FILE, text, registry: &registry, namespace: "shop", mesh_namespace: "mesh", diagnostics: Vec::new() };
-    let snapshot = load(&mut ctx);
-    (snapshot, ctx.diagnostics)
+    let registry = crate::registry::testing::entry("nacos-hz", RegistryKind::Nacos, "registries/nacos.json");
+    crate::registry::testing::run(&registry, FILE, text, "shop", load)
 }
 
 fn clean(text: &str) -> Snapshot {

@@ -8,24 +8,11 @@ use crate::manifest::RegistryEntry;
 use crate::source::FileId;
 
 fn registry() -> RegistryEntry {
-    let nowhere = Span::new(FileId(0), 0..0);
-    RegistryEntry {
-        name: "sofa".to_owned(),
-        name_span: nowhere,
-        kind: RegistryKind::SofaRegistry,
-        path: "registry/sofa.json".to_owned(),
-        path_span: nowhere,
-        priority: 0,
-        namespace: None,
-        span: nowhere,
-    }
+    crate::registry::testing::entry("sofa", RegistryKind::SofaRegistry, "registry/sofa.json")
 }
 
 fn load_text(text: &str) -> (Snapshot, Vec<Diagnostic>) {
-    let registry = registry();
-    let mut ctx = Ctx { file: FileId(1), text, registry: &registry, namespace: "default", mesh_namespace: "mesh", diagnostics: Vec::new() };
-    let snapshot = load(&mut ctx);
-    (snapshot, ctx.diagnostics)
+    crate::registry::testing::run(&registry(), FileId(1), text, "default", load)
 }
 
 fn names(snapshot: &Snapshot) -> Vec<&str> {

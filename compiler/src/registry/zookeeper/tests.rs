@@ -8,24 +8,12 @@ use crate::manifest::RegistryEntry;
 use crate::source::FileId;
 
 fn load_text(flavor: Flavor, text: &str) -> (Snapshot, Vec<Diagnostic>) {
-    let nowhere = Span::new(FileId(0), 0..0);
     let kind = match flavor {
         Flavor::SofaRpc => RegistryKind::SofaRpcZookeeper,
         Flavor::Dubbo => RegistryKind::DubboZookeeper,
     };
-    let registry = RegistryEntry {
-        name: "zk".to_owned(),
-        name_span: nowhere,
-        kind,
-        path: "registry/zk.txt".to_owned(),
-        path_span: nowhere,
-        priority: 0,
-        namespace: None,
-        span: nowhere,
-    };
-    let mut ctx = Ctx { file: FileId(1), text, registry: &registry, namespace: "default", mesh_namespace: "mesh", diagnostics: Vec::new() };
-    let snapshot = load(&mut ctx, flavor);
-    (snapshot, ctx.diagnostics)
+    let registry = crate::registry::testing::entry("zk", kind, "registry/zk.txt");
+    crate::registry::testing::run(&registry, FileId(1), text, "default", |ctx| load(ctx, flavor))
 }
 
 fn names(snapshot: &Snapshot) -> Vec<&str> {
