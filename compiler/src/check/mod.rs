@@ -377,15 +377,14 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Compiles a regex as the sidecar will: RE2 syntax, anchored at both ends, size-bounded.
+/// Compiles an RE2 pattern as the sidecar will: translated into Rust's dialect, anchored at
+/// both ends (see `meshc_codegen::re2`), and size-bounded.
 pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(1 << 20).dfa_size_limit(1 << 20).nest_limit(64).build().map_err(
-        |err| match err {
-            regex::Error::Syntax(text) => text.lines().last().unwrap_or("invalid syntax").trim().trim_start_matches("error: ").to_owned(),
-            regex::Error::CompiledTooBig(limit) => format!("the compiled expression exceeds {limit} bytes"),
-            other => other.to_string(),
-        },
-    )
+    let translated = meshc_codegen::re2::to_rust(pattern)?;
+    regex::RegexBuilder::new(&translated).size_limit(1 << 20).dfa_size_limit(1 << 20).nest_limit(64).build().map_err(|err| match err {
+        regex::Error::CompiledTooBig(limit) => format!("the compiled expression exceeds {limit} bytes"),
+        other => other.to_string(),
+    })
 }
 
 #[cfg(test)]
