@@ -179,12 +179,19 @@ impl DiskFs {
 
 impl Vfs for DiskFs {
     fn read(&self, path: &str) -> io::Result<Vec<u8>> {
+        use std::io::Read;
         let full = self.root.join(path);
-        let len = std::fs::metadata(&full)?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(io::Error::other(format!("the file has {len} bytes, more than the limit of {MAX_FILE_BYTES}")));
+        let metadata = std::fs::metadata(&full)?;
+        // A device or a pipe could be endless or block forever; only regular files are inputs.
+        if !metadata.is_file() {
+            return Err(io::Error::other("not a regular file"));
         }
-        std::fs::read(full)
+        let mut bytes = Vec::new();
+        std::fs::File::open(full)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(io::Error::other(format!("the file is larger than the limit of {MAX_FILE_BYTES} bytes")));
+        }
+        Ok(bytes)
     }
 
     fn mesh_files(&self) -> io::Result<Vec<String>> {

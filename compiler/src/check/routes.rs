@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use meshc_codegen::ir;
-use meshc_codegen::ir::{Protocol, StringMatchKind};
+use meshc_codegen::ir::{AbortStatus, Protocol, StringMatchKind};
 
 use super::shadow::Shadow;
 use super::{CheckedAction, CheckedRoute, CheckedService, Checker, Dest, RouteBlock, RouteTarget, SvcKey};
@@ -100,6 +100,31 @@ impl Checker<'_, '_> {
 
     fn route_target(&mut self, block: &ast::Routes, services: &BTreeMap<SvcKey, CheckedService<'_>>) -> Option<(RouteTarget, Table)> {
         let namespace = self.manifest.namespace.clone();
+        // An interface first: a Dubbo service with no version or group has the interface as its key.
+        let rpc_keys: Vec<SvcKey> =
+            self.resolver.interface(&block.target.text).unwrap_or_default().iter().filter(|key| services[*key].is_rpc()).cloned().collect();
+        if !rpc_keys.is_empty() {
+            let protocols: BTreeSet<Protocol> = rpc_keys.iter().filter_map(|key| services[key].rpc_protocol()).collect();
+            if protocols.len() > 1 {
+                self.push(
+                    Diagnostic::error(
+                        Code::ProtocolMismatch,
+                        format!(
+                            "interface `{}` is served over both Bolt and Dubbo, so one `routes` block cannot route it",
+                            block.target.text
+                        ),
+                    )
+                    .primary(block.target.span, "bolt and dubbo services")
+                    .note("a Bolt request cannot be forwarded to a Dubbo provider, nor the other way round")
+                    .help("leave the interface to its default routes, which route each service by its key"),
+                );
+                return None;
+            }
+            return Some((
+                RouteTarget::Interface(block.target.text.clone()),
+                Table::Rpc { protocols, interface: block.target.text.clone() },
+            ));
+        }
         if let Some(key) = self.resolver.service(&block.target.text, &namespace) {
             let service = &services[&key];
             if service.is_rpc() {
@@ -116,13 +141,6 @@ impl Checker<'_, '_> {
             }
             let table = if service.ports.iter().any(|it| it.protocol.is_http()) { Table::Http } else { Table::Tcp };
             return Some((RouteTarget::Service(key), table));
-        }
-        if let Some(keys) = self.resolver.interface(&block.target.text) {
-            let protocols = keys.iter().filter_map(|key| services[key].rpc_protocol()).collect();
-            return Some((
-                RouteTarget::Interface(block.target.text.clone()),
-                Table::Rpc { protocols, interface: block.target.text.clone() },
-            ));
         }
         self.service_ref(&block.target, &namespace);
         None
@@ -183,7 +201,28 @@ impl Checker<'_, '_> {
                 );
             }
         }
+        if let Some(abort) = route.fault_abort.as_ref().filter(|it| matches!(it.value.0, AbortStatus::Grpc(_))) {
+            if matches!(table, Table::Rpc { .. }) {
+                self.push(
+                    Diagnostic::error(
+                        Code::ProtocolMatch,
+                        format!("a gRPC status does not apply to {} `{}`", table.describe(), target_text(target)),
+                    )
+                    .primary(abort.span, "gRPC only"),
+                );
+            }
+        }
         if *table == Table::Tcp {
+            let fault = route.fault_delay.as_ref().map(|it| it.span).or(route.fault_abort.as_ref().map(|it| it.span));
+            if let Some(span) = fault {
+                self.push(
+                    Diagnostic::error(
+                        Code::ProtocolMatch,
+                        format!("`fault` applies to requests, but `{}` is a TCP service", target_text(target)),
+                    )
+                    .primary(span, "not for TCP connections"),
+                );
+            }
             for (what, span) in
                 [route.timeout.as_ref().map(|it| ("timeout", it.span)), route.retries.as_ref().map(|it| ("retries", it.span))]
                     .into_iter()
@@ -212,7 +251,7 @@ impl Checker<'_, '_> {
             && let Some(per_try) = &retries.value.per_try_timeout
         {
             let tries = u64::from(retries.value.attempts) + 1;
-            if retries.value.attempts > 0 && timeout.value < per_try.value.saturating_mul(tries) {
+            if retries.value.attempts > 0 && timeout.value > 0 && timeout.value < per_try.value.saturating_mul(tries) {
                 self.push(
                     Diagnostic::warning(
                         Code::TimeoutBudget,
@@ -264,7 +303,8 @@ impl Checker<'_, '_> {
             name: route.name.text.clone(),
             matches,
             action,
-            timeout_ms: route.timeout.as_ref().map(|it| it.value),
+            // `timeout 0s` disables the timeout, as Istio's `0s` does.
+            timeout_ms: route.timeout.as_ref().map(|it| it.value).filter(|it| *it > 0),
             retries,
             fault,
             mirror,
@@ -501,6 +541,23 @@ impl Checker<'_, '_> {
                         Diagnostic::error(Code::UnknownPort, format!("service `{}` has no port {}", name.text, port.value))
                             .primary(port.span, "not a port of the service")
                             .note(format!("its ports: {}", known.join(", "))),
+                    );
+                    return None;
+                }
+                if !candidates.iter().any(|it| it.number == port.value) {
+                    let protocol = service.ports.iter().find(|it| it.number == port.value).map_or("", |it| it.protocol.as_str());
+                    self.push(
+                        Diagnostic::error(
+                            Code::ProtocolMismatch,
+                            format!(
+                                "port {} of `{}` speaks {protocol}, so {} `{}` cannot send traffic there",
+                                port.value,
+                                name.text,
+                                table.describe(),
+                                target_text(target)
+                            ),
+                        )
+                        .primary(port.span, format!("a {protocol} port")),
                     );
                     return None;
                 }

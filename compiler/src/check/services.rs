@@ -62,6 +62,15 @@ impl<'a> Checker<'a, '_> {
     pub(super) fn services(&mut self, decls: &[&ast::Service]) -> BTreeMap<SvcKey, CheckedService<'a>> {
         // Resolve declarations first, so a service declared twice is reported once.
         let mut declared: BTreeMap<SvcKey, &ast::Service> = BTreeMap::new();
+        for subset in decls.iter().flat_map(|it| it.subsets.iter()) {
+            if !crate::manifest::is_dns_label(&subset.name.text) {
+                self.push(
+                    Diagnostic::error(Code::InvalidValue, format!("invalid subset name `{}`", subset.name.text))
+                        .primary(subset.name.span, "expected a DNS label: lower-case letters, digits and `-`")
+                        .note("subset names become part of cluster names such as `outbound|9080|v1|reviews.default.svc.cluster.local`"),
+                );
+            }
+        }
         for decl in decls {
             let namespace = self.manifest.namespace.clone();
             let Some(key) = self.service_ref(&decl.name, &namespace) else { continue };

@@ -30,8 +30,8 @@ pub(super) struct Shadow {
 impl Shadow {
     /// Adds a route's alternatives; returns the earlier route that covers it, if any.
     pub(super) fn add(&mut self, matches: &[Match], name: Span) -> Option<Covered> {
-        let catch_all = [Match::default()];
-        let alternatives = if matches.is_empty() { &catch_all[..] } else { matches };
+        let alternatives: Vec<Match> = if matches.is_empty() { vec![Match::default()] } else { matches.iter().map(normalise).collect() };
+        let alternatives = &alternatives[..];
         let mut covered: Option<Covered> = None;
         let mut all_covered = true;
         for alternative in alternatives {
@@ -107,6 +107,19 @@ fn implies(regexes: &mut Regexes, later: &StringMatch, earlier: &StringMatch) ->
         }
         _ => false,
     }
+}
+
+/// Drops conditions that every request satisfies: every HTTP path starts with `/`, and
+/// `.*` matches every path (Istio's usual catch-all spellings).
+fn normalise(m: &Match) -> Match {
+    let mut m = m.clone();
+    let any_path = m.path.as_ref().is_some_and(|it| {
+        (it.kind == StringMatchKind::Prefix && it.value == "/") || (it.kind == StringMatchKind::Regex && it.value == ".*")
+    });
+    if any_path {
+        m.path = None;
+    }
+    m
 }
 
 /// The fields an alternative constrains; an earlier alternative can only cover a later one
@@ -187,6 +200,14 @@ mod tests {
         assert!(shadow.add(&[present], span(2)).is_none());
         let both = Match { path: Some(StringMatch { kind: StringMatchKind::Prefix, value: "/".into() }), ..jason };
         assert!(shadow.add(&[both], span(3)).is_some());
+    }
+
+    #[test]
+    fn a_root_prefix_is_a_catch_all() {
+        let mut shadow = Shadow::default();
+        shadow.add(&[path(StringMatchKind::Prefix, "/")], span(1));
+        let canary = Match { headers: vec![HeaderMatch { name: "x-canary".into(), kind: PresenceMatch::Present }], ..Match::default() };
+        assert!(shadow.add(&[canary], span(2)).is_some());
     }
 
     #[test]

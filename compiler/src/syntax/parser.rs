@@ -313,7 +313,11 @@ impl Builder<'_> {
             }
             Rule::connect_timeout_stmt => {
                 if let Some(d) = self.duration(stmt.into_inner().nth(1).expect("grammar: duration")) {
-                    self.set_once(&mut policy.connect_timeout, d.value, span, "connect_timeout");
+                    if d.value == 0 {
+                        self.error(Code::InvalidValue, d.span, "`connect_timeout` must be longer than 0ms", "zero");
+                    } else {
+                        self.set_once(&mut policy.connect_timeout, d.value, span, "connect_timeout");
+                    }
                 }
             }
             Rule::request_timeout_stmt => {
@@ -722,7 +726,11 @@ impl Builder<'_> {
                         match part.as_rule() {
                             Rule::retry_per_try => {
                                 if let Some(d) = self.duration(part.into_inner().nth(1).expect("grammar: per try")) {
-                                    self.set_once(&mut retries.per_try_timeout, d.value, part_span, "per_try_timeout");
+                                    if d.value == 0 {
+                                        self.error(Code::InvalidValue, d.span, "`per_try_timeout` must be longer than 0ms", "zero");
+                                    } else {
+                                        self.set_once(&mut retries.per_try_timeout, d.value, part_span, "per_try_timeout");
+                                    }
                                 }
                             }
                             _ => {
