@@ -301,7 +301,7 @@ pub struct Instance {
     pub port: u16,
     /// The service port this instance serves (see [`ServicePort::number`]).
     pub service_port: u16,
-    /// Load-balancing weight; 100 is a registry's default weight.
+    /// Load-balancing weight; 100 is a registry's default weight, and 0 means no new traffic.
     pub weight: u32,
     /// The instance's labels, from the registry (Pod labels, URL parameters, metadata).
     pub labels: BTreeMap<String, String>,
@@ -738,12 +738,21 @@ pub struct RetryPolicy {
     pub retry_on: Vec<String>,
     /// Status codes retried under `retriable-status-codes`, sorted.
     pub retriable_status_codes: Vec<u16>,
+    /// Whether a retry avoids the hosts already tried (Envoy's `previous_hosts` predicate,
+    /// which Istio sets on every retry policy).
+    pub avoid_previous_hosts: bool,
 }
 
 impl RetryPolicy {
     /// No retries.
     pub fn none() -> RetryPolicy {
-        RetryPolicy { attempts: 0, per_try_timeout_ms: None, retry_on: Vec::new(), retriable_status_codes: Vec::new() }
+        RetryPolicy {
+            attempts: 0,
+            per_try_timeout_ms: None,
+            retry_on: Vec::new(),
+            retriable_status_codes: Vec::new(),
+            avoid_previous_hosts: false,
+        }
     }
 }
 
@@ -856,17 +865,18 @@ pub struct Workload {
     pub declared_in: Option<String>,
 }
 
-/// One port a workload serves.
+/// One port a workload serves, keyed as Istio keys inbound listeners: by the port the
+/// application listens on (the services' target port).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboundPort {
-    /// The service port (the listener is named `inbound-<port>`).
+    /// The application's port (the listener is named `inbound-<port>`).
     pub port: u16,
-    /// The port of the local application.
-    pub target_port: u16,
     /// The protocol of the port.
     pub protocol: Protocol,
     /// The services served on this port, sorted.
     pub services: Vec<ServiceId>,
+    /// The service ports that reach this port, sorted.
+    pub service_ports: Vec<u16>,
 }
 
 /// An authorization policy with Istio's semantics.
@@ -924,6 +934,11 @@ pub struct AuthzSource {
     pub ip_blocks: Vec<IpBlock>,
     /// Peer address ranges that must not match.
     pub not_ip_blocks: Vec<IpBlock>,
+    /// Original client address ranges (`X-Forwarded-For` or the proxy protocol; the peer
+    /// address when neither is present).
+    pub remote_ip_blocks: Vec<IpBlock>,
+    /// Original client address ranges that must not match.
+    pub not_remote_ip_blocks: Vec<IpBlock>,
 }
 
 /// An operation: every non-empty field must hold (values within a field are ORed).
@@ -941,7 +956,7 @@ pub struct AuthzOperation {
     pub paths: Vec<Pattern>,
     /// Paths that must not match.
     pub not_paths: Vec<Pattern>,
-    /// Destination ports.
+    /// Destination ports: the port the serving application listens on (the target port).
     pub ports: Vec<u16>,
     /// Destination ports that must not match.
     pub not_ports: Vec<u16>,

@@ -297,8 +297,13 @@ pub fn authorize(mesh: &Mesh, server: &ir::Workload, caller: &Caller<'_>, reques
         rule,
         reason,
     };
+    // On a request that is not HTTP, Istio drops HTTP-only fields from DENY rules (denying
+    // more), and an ALLOW rule that has them never matches.
+    let http = request.protocol == RequestProtocol::Http;
+    let deny_rule = |rule: &ir::AuthzRule| if http { rule.clone() } else { without_http_fields(rule) };
+    let allow_applies = |rule: &ir::AuthzRule| http || !has_http_fields(rule);
     for policy in policies.iter().filter(|it| it.action == AuthzAction::Deny) {
-        if let Some(rule) = policy.rules.iter().position(|rule| rule_matches(rule, caller, request, port)) {
+        if let Some(rule) = policy.rules.iter().position(|rule| rule_matches(&deny_rule(rule), caller, request, port)) {
             return verdict(false, Some(policy), Some(rule + 1), format!("DENY policy `{}` rule {} matches", policy.name, rule + 1));
         }
     }
@@ -307,12 +312,31 @@ pub fn authorize(mesh: &Mesh, server: &ir::Workload, caller: &Caller<'_>, reques
         return verdict(true, None, None, "no ALLOW policy applies, so requests are allowed".to_owned());
     }
     for policy in &allows {
-        if let Some(rule) = policy.rules.iter().position(|rule| rule_matches(rule, caller, request, port)) {
+        if let Some(rule) = policy.rules.iter().position(|rule| allow_applies(rule) && rule_matches(rule, caller, request, port)) {
             return verdict(true, Some(policy), Some(rule + 1), format!("ALLOW policy `{}` rule {} matches", policy.name, rule + 1));
         }
     }
     let names: Vec<String> = allows.iter().map(|it| format!("`{}`", it.name)).collect();
     verdict(false, None, None, format!("ALLOW policies apply ({}) and none matches", names.join(", ")))
+}
+
+/// Whether a rule names hosts, paths or request headers, which only HTTP requests have.
+fn has_http_fields(rule: &ir::AuthzRule) -> bool {
+    rule.to.iter().any(|op| !op.hosts.is_empty() || !op.not_hosts.is_empty() || !op.paths.is_empty() || !op.not_paths.is_empty())
+        || rule.when.iter().any(|it| matches!(it.key, ir::ConditionKey::RequestHeader(_)))
+}
+
+/// A rule without its HTTP-only fields.
+fn without_http_fields(rule: &ir::AuthzRule) -> ir::AuthzRule {
+    let mut rule = rule.clone();
+    for op in &mut rule.to {
+        op.hosts.clear();
+        op.not_hosts.clear();
+        op.paths.clear();
+        op.not_paths.clear();
+    }
+    rule.when.retain(|it| !matches!(it.key, ir::ConditionKey::RequestHeader(_)));
+    rule
 }
 
 fn rule_matches(rule: &ir::AuthzRule, caller: &Caller<'_>, request: &Request, port: u16) -> bool {
@@ -323,6 +347,8 @@ fn rule_matches(rule: &ir::AuthzRule, caller: &Caller<'_>, request: &Request, po
             field(&source.principals, &source.not_principals, Some(principal), pattern_matches)
                 && field(&source.namespaces, &source.not_namespaces, Some(namespace), pattern_matches)
                 && field(&source.ip_blocks, &source.not_ip_blocks, caller.ip, |block, ip| block.contains(ip))
+                // With no proxy in front, the original client is the peer.
+                && field(&source.remote_ip_blocks, &source.not_remote_ip_blocks, caller.ip, |block, ip| block.contains(ip))
         });
     let host = request.authority.as_deref().map(|it| it.to_ascii_lowercase());
     let to = rule.to.is_empty()
@@ -412,6 +438,9 @@ pub struct DestinationView {
     pub port: u16,
     /// Share, in percent.
     pub weight: u32,
+    /// Whether the calling workload may call the service; when not, its sidecar has no such
+    /// cluster and answers 503.
+    pub in_scope: bool,
     /// Instances.
     pub instances: Vec<InstanceView>,
     /// Authorization at each workload serving the service.
@@ -529,7 +558,11 @@ pub fn explain(mesh: &Mesh, workload: &ir::Workload, request: Request, caller_ip
                     .workloads
                     .iter()
                     .filter(|server| server.inbound.iter().any(|port| port.services.contains(&service.id)))
-                    .map(|server| authorize(mesh, server, &caller, &out.request, cluster.port))
+                    // Authorization sees the port the serving application listens on.
+                    .map(|server| {
+                        let target = service.ports.iter().find(|it| it.number == cluster.port).map_or(cluster.port, |it| it.target_port);
+                        authorize(mesh, server, &caller, &out.request, target)
+                    })
                     .collect();
                 out.destinations.push(DestinationView {
                     cluster: cluster.name.clone(),
@@ -537,6 +570,7 @@ pub fn explain(mesh: &Mesh, workload: &ir::Workload, request: Request, caller_ip
                     subset: cluster.subset.clone(),
                     port: cluster.port,
                     weight: weighted.weight,
+                    in_scope: workload.clusters.contains(&cluster.id),
                     instances,
                     authz,
                 });
@@ -592,6 +626,12 @@ pub fn render(explanation: &Explanation) -> String {
                     "destination: {}{subset} port {} ({}%) via cluster {}\n",
                     dest.service, dest.port, dest.weight, dest.cluster
                 ));
+                if !dest.in_scope {
+                    out.push_str(&format!(
+                        "  not in the `calls` of `{}`: its sidecar has no such cluster and answers 503\n",
+                        explanation.from
+                    ));
+                }
                 if dest.instances.is_empty() {
                     out.push_str("  instances: none: the sidecar would answer 503\n");
                 }

@@ -30,7 +30,8 @@ pub fn lower(manifest: &Manifest, sources: &SourceMap, registries: &[LoadedRegis
     let clusters = lowering.clusters(&services, &instances);
     let route_tables = lowering.route_tables(&services);
     let policy_names: Vec<&String> = checked.policies.keys().collect();
-    let workloads = lowering.workloads(&services, &route_tables, &policy_names);
+    let cluster_services: Vec<ServiceId> = clusters.iter().map(|it| it.service).collect();
+    let workloads = lowering.workloads(&services, &route_tables, &cluster_services, &policy_names);
     let authz_policies = lowering.policies(&workloads);
 
     let mut specs: Vec<ir::SpecFile> = sources
@@ -342,7 +343,13 @@ impl Lowering<'_, '_> {
         }
     }
 
-    fn workloads(&self, services: &[ir::Service], tables: &[ir::RouteTable], policy_names: &[&String]) -> Vec<ir::Workload> {
+    fn workloads(
+        &self,
+        services: &[ir::Service],
+        tables: &[ir::RouteTable],
+        cluster_services: &[ServiceId],
+        policy_names: &[&String],
+    ) -> Vec<ir::Workload> {
         let declared: Vec<crate::check::CheckedWorkload> = if self.checked.workloads.is_empty() {
             vec![crate::check::CheckedWorkload {
                 name: "default".to_owned(),
@@ -366,13 +373,14 @@ impl Lowering<'_, '_> {
                 for key in &workload.serves {
                     let service = &services[self.service_ids[key].index()];
                     for port in &service.ports {
-                        let entry = inbound.entry(port.number).or_insert_with(|| ir::InboundPort {
-                            port: port.number,
-                            target_port: port.target_port,
+                        let entry = inbound.entry(port.target_port).or_insert_with(|| ir::InboundPort {
+                            port: port.target_port,
                             protocol: port.protocol,
                             services: Vec::new(),
+                            service_ports: Vec::new(),
                         });
                         entry.services.push(service.id);
+                        entry.service_ports.push(port.number);
                     }
                 }
                 let inbound: Vec<ir::InboundPort> = inbound
@@ -380,6 +388,8 @@ impl Lowering<'_, '_> {
                     .map(|mut it| {
                         it.services.sort();
                         it.services.dedup();
+                        it.service_ports.sort_unstable();
+                        it.service_ports.dedup();
                         it
                     })
                     .collect();
@@ -403,6 +413,8 @@ impl Lowering<'_, '_> {
                     })
                     .map(|it| it.id)
                     .collect();
+                // The clusters its routes reach, for the services it may call: a route to any
+                // other service answers 503, as a sidecar whose egress hides the host does.
                 let mut clusters: BTreeSet<ir::ClusterId> = BTreeSet::new();
                 for table in outbound.iter().map(|it| &tables[it.index()]) {
                     for route in &table.routes {
@@ -412,6 +424,7 @@ impl Lowering<'_, '_> {
                         clusters.extend(route.mirror.iter().map(|it| it.cluster));
                     }
                 }
+                clusters.retain(|it| visible(cluster_services[it.index()]));
                 let authz = policy_names
                     .iter()
                     .enumerate()

@@ -79,7 +79,7 @@ fn json_diagnostics_carry_positions_and_counts() {
     let output = meshc(&["check", "golden/err/shadowed-prefix/spec", "--format", "json"]);
     assert_eq!(code(&output), 1);
     let json: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON on stdout");
-    assert_eq!(json["errors"], 3);
+    assert_eq!(json["errors"], 4);
     let first = &json["diagnostics"][0];
     assert_eq!(first["code"], "E0202");
     assert_eq!(first["istio"], "IST0131");

@@ -165,32 +165,35 @@ impl Checker<'_, '_> {
         self.service_ref(name, namespace).map(|it| vec![it])
     }
 
-    /// IST0137-like: one inbound port cannot speak two protocols.
+    /// IST0137-like: one application port cannot speak two protocols. Inbound traffic is keyed
+    /// by the port the application listens on (the target port), as Istio's inbound listeners are.
     fn check_inbound(&mut self, decl: &ast::Workload, serves: &[SvcKey], services: &BTreeMap<SvcKey, CheckedService<'_>>) {
-        let mut ports: BTreeMap<u16, (Protocol, &str)> = BTreeMap::new();
+        let mut ports: BTreeMap<u16, (Protocol, &str, u16)> = BTreeMap::new();
         for key in serves {
             for port in &services[key].ports {
-                match ports.get(&port.number) {
-                    Some((protocol, other)) if *protocol != port.protocol => {
+                match ports.get(&port.target_port) {
+                    Some((protocol, other, other_port)) if *protocol != port.protocol => {
                         let span = decl.serves.iter().find(|it| it.text == key.1).map_or(decl.name.span, |it| it.span);
                         self.push(
                             Diagnostic::error(
                                 Code::InboundConflict,
                                 format!(
-                                    "workload `{}` serves port {} as {} for `{other}` and as {} for `{}`",
+                                    "workload `{}` gets {} on port {} through `{other}` port {other_port}, and {} through `{}` port {}",
                                     decl.name.text,
-                                    port.number,
                                     protocol.as_str(),
+                                    port.target_port,
                                     port.protocol.as_str(),
-                                    key.1
+                                    key.1,
+                                    port.number
                                 ),
                             )
-                            .primary(span, "conflicting port"),
+                            .primary(span, "conflicting port")
+                            .note("one application port speaks one protocol"),
                         );
                     }
                     Some(_) => {}
                     None => {
-                        ports.insert(port.number, (port.protocol, key.1.as_str()));
+                        ports.insert(port.target_port, (port.protocol, key.1.as_str(), port.number));
                     }
                 }
             }
@@ -257,8 +260,34 @@ impl Checker<'_, '_> {
         let mut out = ir::AuthzRule::default();
         for block in &rule.from {
             let mut source = ir::AuthzSource::default();
+            let mut workload_principals = Vec::new();
             for field in &block.fields {
-                ok &= self.source_field(field, &mut source, workloads);
+                ok &= self.source_field(field, &mut source, &mut workload_principals, workloads);
+            }
+            // `workloads` is shorthand for their principals, and every field of a block must hold:
+            // with `principals` too, a peer must be one of the workloads and match a principal.
+            if !workload_principals.is_empty() {
+                if source.principals.is_empty() {
+                    source.principals = workload_principals;
+                } else {
+                    let both: Vec<Pattern> = workload_principals
+                        .into_iter()
+                        .filter(|it| matches!(it, Pattern::Exact(p) if source.principals.iter().any(|pattern| crate::explain::pattern_matches(pattern, p))))
+                        .collect();
+                    if both.is_empty() {
+                        self.push(
+                            Diagnostic::warning(
+                                Code::IneffectivePolicy,
+                                "no workload of this `from` block has one of its principals, so the block never matches",
+                            )
+                            .primary(block.span, "`workloads` and `principals` must both hold"),
+                        );
+                        // Keep a principal no peer has, so the block matches nothing, as written.
+                        source.principals = vec![Pattern::Exact(String::new())];
+                    } else {
+                        source.principals = both;
+                    }
+                }
             }
             out.from.push(source);
         }
@@ -282,6 +311,7 @@ impl Checker<'_, '_> {
         &mut self,
         field: &ast::AuthzField,
         source: &mut ir::AuthzSource,
+        workload_principals: &mut Vec<Pattern>,
         workloads: &BTreeMap<String, CheckedWorkload>,
     ) -> bool {
         match field.key.text.as_str() {
@@ -307,7 +337,11 @@ impl Checker<'_, '_> {
                         }
                     }
                 }
-                extend(&mut source.ip_blocks, &mut source.not_ip_blocks, field.negated, blocks);
+                if field.key.text == "remote_ip_blocks" {
+                    extend(&mut source.remote_ip_blocks, &mut source.not_remote_ip_blocks, field.negated, blocks);
+                } else {
+                    extend(&mut source.ip_blocks, &mut source.not_ip_blocks, field.negated, blocks);
+                }
                 true
             }
             "workloads" => {
@@ -321,7 +355,11 @@ impl Checker<'_, '_> {
                         }
                     }
                 }
-                extend(&mut source.principals, &mut source.not_principals, field.negated, principals);
+                if field.negated {
+                    source.not_principals.extend(principals);
+                } else {
+                    workload_principals.extend(principals);
+                }
                 true
             }
             _ => self.unknown_key(field, "from", SOURCE_KEYS),
@@ -455,7 +493,7 @@ impl Checker<'_, '_> {
             .iter()
             .flat_map(|it| it.serves.iter())
             .flat_map(|key| services[key].ports.iter())
-            .map(|it| (it.number, it.protocol))
+            .map(|it| (it.target_port, it.protocol))
             .collect();
         if inbound.is_empty() {
             let whom =

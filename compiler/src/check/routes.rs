@@ -62,7 +62,7 @@ pub fn istio_retries(attempts: u32, per_try_timeout_ms: Option<u64>) -> ir::Retr
         .map(|it| (*it).to_owned())
         .collect();
     retry_on.sort();
-    ir::RetryPolicy { attempts, per_try_timeout_ms, retry_on, retriable_status_codes: vec![503] }
+    ir::RetryPolicy { attempts, per_try_timeout_ms, retry_on, retriable_status_codes: vec![503], avoid_previous_hosts: true }
 }
 
 impl Checker<'_, '_> {
@@ -652,6 +652,7 @@ impl Checker<'_, '_> {
             per_try_timeout_ms: per_try,
             retry_on: Vec::new(),
             retriable_status_codes: Vec::new(),
+            avoid_previous_hosts: true,
         };
         let mut ok = true;
         for condition in &retries.retry_on {
@@ -684,17 +685,25 @@ impl Checker<'_, '_> {
         let (code, message) = if earlier.identical {
             (Code::ShadowedRoute, format!("route `{}` is never reached: an earlier route has the same match", route.name.text))
         } else {
-            (Code::ContainedRoute, format!("route `{}` is never reached: an earlier route matches everything it matches", route.name.text))
+            let who = if earlier.by.len() == 1 { "an earlier route matches" } else { "earlier routes together match" };
+            (Code::ContainedRoute, format!("route `{}` is never reached: {who} everything it matches", route.name.text))
         };
-        let earlier_name = self.sources.snippet(earlier.by).to_owned();
+        let names: Vec<String> = earlier.by.iter().map(|it| format!("`{}`", self.sources.snippet(*it))).collect();
+        let mut diagnostic = Diagnostic::error(code, message).primary(route.name.span, "never reached");
+        for (span, name) in earlier.by.iter().zip(&names) {
+            let what = if earlier.by.len() == 1 {
+                format!("{name} matches every request `{}` matches", route.name.text)
+            } else {
+                format!("{name} matches some of them")
+            };
+            diagnostic = diagnostic.secondary(*span, what);
+        }
+        let above = if names.len() == 1 { names[0].clone() } else { names.join(" and ") };
         self.push(
-            Diagnostic::error(code, message)
-                .primary(route.name.span, "never reached")
-                .secondary(earlier.by, format!("`{earlier_name}` matches every request `{}` matches", route.name.text))
-                .help(format!(
-                    "routes are tried in order and the first match wins: move `{}` above `{earlier_name}`, or remove it",
-                    route.name.text
-                )),
+            diagnostic.help(format!(
+                "routes are tried in order and the first match wins: move `{}` above {above}, or remove it",
+                route.name.text
+            )),
         );
     }
 

@@ -14,8 +14,8 @@ use crate::source::Span;
 /// An earlier route that covers a new one.
 #[derive(Clone, Debug)]
 pub(super) struct Covered {
-    /// The earlier route's name.
-    pub by: Span,
+    /// The names of the earlier routes that cover it together, in order.
+    pub by: Vec<Span>,
     /// Whether every alternative is covered by an identical alternative.
     pub identical: bool,
 }
@@ -45,8 +45,11 @@ impl Shadow {
                 Some(index) => {
                     let identical = self.earlier[index].0 == *alternative;
                     let by = self.earlier[index].2;
-                    let entry = covered.get_or_insert(Covered { by, identical });
+                    let entry = covered.get_or_insert(Covered { by: Vec::new(), identical });
                     entry.identical &= identical;
+                    if !entry.by.contains(&by) {
+                        entry.by.push(by);
+                    }
                 }
                 None => all_covered = false,
             }
@@ -159,7 +162,7 @@ mod tests {
         let mut shadow = Shadow::default();
         assert!(shadow.add(&[path(StringMatchKind::Prefix, "/api")], span(1)).is_none());
         let covered = shadow.add(&[path(StringMatchKind::Exact, "/api/users")], span(2)).unwrap();
-        assert_eq!((covered.by, covered.identical), (span(1), false));
+        assert_eq!((covered.by, covered.identical), (vec![span(1)], false));
         assert!(shadow.add(&[path(StringMatchKind::Prefix, "/ap")], span(3)).is_none());
     }
 
@@ -182,6 +185,15 @@ mod tests {
         let mut shadow = Shadow::default();
         shadow.add(&[path(StringMatchKind::Prefix, "/a")], span(1));
         assert!(shadow.add(&[path(StringMatchKind::Exact, "/a/1"), path(StringMatchKind::Exact, "/b")], span(2)).is_none());
+    }
+
+    #[test]
+    fn several_routes_may_cover_one_together() {
+        let mut shadow = Shadow::default();
+        shadow.add(&[path(StringMatchKind::Prefix, "/a")], span(1));
+        shadow.add(&[path(StringMatchKind::Prefix, "/b")], span(2));
+        let covered = shadow.add(&[path(StringMatchKind::Prefix, "/a/x"), path(StringMatchKind::Prefix, "/b/y")], span(3)).unwrap();
+        assert_eq!(covered.by, vec![span(1), span(2)]);
     }
 
     #[test]

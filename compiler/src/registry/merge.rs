@@ -94,6 +94,8 @@ struct View<'a> {
     registry: &'a RegistryEntry,
     service: &'a Service,
     ports: Vec<CatalogPort>,
+    /// Whether `ports` were derived from instance ports rather than declared.
+    derived: bool,
     instances: Vec<(&'a Instance, u16)>,
     methods: Option<BTreeSet<String>>,
 }
@@ -126,7 +128,8 @@ pub fn merge(snapshots: &[(&RegistryEntry, &Snapshot)], diagnostics: &mut Vec<Di
                 continue;
             }
             seen.insert(key, list.len());
-            let mut view = View { registry, service, ports: Vec::new(), instances: Vec::new(), methods: service.methods.clone() };
+            let mut view =
+                View { registry, service, ports: Vec::new(), derived: false, instances: Vec::new(), methods: service.methods.clone() };
             fold_ports(&mut view, service, registry, diagnostics);
             list.push(view);
         }
@@ -189,6 +192,7 @@ fn fold_ports(view: &mut View<'_>, service: &Service, registry: &RegistryEntry, 
 fn resolve_ports(view: &mut View<'_>) {
     let service_protocol = view.service.protocol.filter(|it| *it != Protocol::Auto);
     if view.ports.is_empty() {
+        view.derived = true;
         let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
         for (instance, _) in &view.instances {
             *counts.entry(instance.service_port.unwrap_or(instance.port)).or_default() += 1;
@@ -219,45 +223,99 @@ fn resolve_ports(view: &mut View<'_>) {
 
 fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut Vec<Diagnostic>) -> Option<CatalogService> {
     let first = views.first()?;
-    // Ports: the first view that has ports sets them; the others must agree.
-    let Some(base) = views.iter().find(|it| !it.ports.is_empty()) else {
+    // Ports: the highest-ranked registry that declares service ports sets them (else the first
+    // that has any); the others must agree. A registry that lists only instance ports agrees
+    // when each instance port is the target of a declared port (Kubernetes `port: 80`,
+    // `targetPort: 8080`, and a Consul instance on 8080).
+    let base = views.iter().find(|it| !it.derived && !it.ports.is_empty()).or_else(|| views.iter().find(|it| !it.ports.is_empty()));
+    let Some(base) = base else {
         diagnostics.push(no_ports(key, first, &views[1..]));
         return None;
     };
     let mut ports = base.ports.clone();
+    // Which view each port's protocol came from, to blame the right one in a conflict.
+    let mut protocol_from: Vec<&View<'_>> = vec![base; ports.len()];
+    let mut instances_of: Vec<Vec<(&Instance, u16)>> = Vec::with_capacity(views.len());
     for view in views {
         if std::ptr::eq(view, base) || view.ports.is_empty() {
+            instances_of.push(view.instances.clone());
             continue;
         }
-        let theirs: Vec<u16> = view.ports.iter().map(|it| it.number).collect();
-        let ours: Vec<u16> = ports.iter().map(|it| it.number).collect();
-        if theirs != ours {
-            diagnostics.push(conflict(key, base, view, format!("ports {} and {}", list(&ours), list(&theirs))));
-            continue;
+        // Each of this view's ports, as a port of `ports`, with its instances.
+        let pairs: Vec<(usize, Option<Protocol>, &str)>;
+        let mut instances = Vec::new();
+        if view.derived && !base.derived {
+            let mut unmatched = BTreeSet::new();
+            let mut used = BTreeSet::new();
+            for (instance, _) in &view.instances {
+                let target = ports
+                    .iter()
+                    .position(|it| it.target_port == instance.port)
+                    .or_else(|| ports.iter().position(|it| it.number == instance.port));
+                match target {
+                    Some(index) => {
+                        used.insert(index);
+                        instances.push((*instance, ports[index].number));
+                    }
+                    None => {
+                        unmatched.insert(instance.port);
+                    }
+                }
+            }
+            if !unmatched.is_empty() {
+                let theirs: Vec<u16> = unmatched.into_iter().collect();
+                let ours: Vec<String> = ports.iter().map(|it| format!("{} (to {})", it.number, it.target_port)).collect();
+                diagnostics.push(conflict(
+                    key,
+                    base,
+                    view,
+                    format!("instance ports {} are the target of none of ports {}", list(&theirs), ours.join(", ")),
+                ));
+                instances_of.push(Vec::new());
+                continue;
+            }
+            let protocol = view.ports.first().and_then(|it| it.protocol);
+            pairs = used.into_iter().map(|index| (index, protocol, "")).collect();
+        } else {
+            let theirs: Vec<u16> = view.ports.iter().map(|it| it.number).collect();
+            let ours: Vec<u16> = ports.iter().map(|it| it.number).collect();
+            if theirs != ours {
+                diagnostics.push(conflict(key, base, view, format!("ports {} and {}", list(&ours), list(&theirs))));
+                instances_of.push(Vec::new());
+                continue;
+            }
+            instances.clone_from(&view.instances);
+            pairs = view.ports.iter().enumerate().map(|(index, it)| (index, it.protocol, it.name.as_str())).collect();
         }
-        for (port, other) in ports.iter_mut().zip(&view.ports) {
-            match (port.protocol, other.protocol) {
+        for (index, protocol, name) in pairs {
+            let port = &mut ports[index];
+            match (port.protocol, protocol) {
                 (Some(a), Some(b)) if a != b => {
+                    let number = port.number;
                     diagnostics.push(conflict(
                         key,
-                        base,
+                        protocol_from[index],
                         view,
-                        format!("protocols {} and {} on port {}", a.as_str(), b.as_str(), port.number),
+                        format!("protocols {} and {} on port {number}", a.as_str(), b.as_str()),
                     ));
                 }
-                (None, Some(b)) => port.protocol = Some(b),
+                (None, Some(b)) => {
+                    port.protocol = Some(b);
+                    protocol_from[index] = view;
+                }
                 _ => {}
             }
             if port.name.is_empty() {
-                port.name.clone_from(&other.name);
+                name.clone_into(&mut port.name);
             }
         }
+        instances_of.push(instances);
     }
 
     // Instances: keep the highest-ranked description of each (address, port, service port).
     let mut instances: BTreeMap<(u16, String, u16), CatalogInstance> = BTreeMap::new();
-    for view in views {
-        for (instance, service_port) in &view.instances {
+    for (view, view_instances) in views.iter().zip(&instances_of) {
+        for (instance, service_port) in view_instances {
             let slot = (*service_port, instance.address.clone(), instance.port);
             match instances.get_mut(&slot) {
                 Some(existing) if existing.origin != view.registry.name => {
@@ -449,6 +507,61 @@ mod tests {
                 "entry: Nacos service `DEFAULT_GROUP@@cart`",
                 "`cart` in namespace `shop` has nothing to route to, so a spec that names it finds no such service",
             ]
+        );
+    }
+
+    #[test]
+    fn instance_ports_merge_with_the_target_of_a_declared_port() {
+        // Kubernetes declares `port: 80, targetPort: 8080`; Consul and Nacos list instances on 8080.
+        let k8s = registry("k8s", RegistryKind::Kubernetes, 20);
+        let consul = registry("consul", RegistryKind::Consul, 10);
+        let nacos = registry("nacos", RegistryKind::Nacos, 0);
+        let mut declared = service(1, 0, "orders", "Service shop/orders");
+        declared.ports =
+            vec![super::super::Port { number: 80, name: Some("http".to_owned()), protocol: Some(Protocol::Http), target_port: Some(8080) }];
+        let mut pod = instance(1, "orders", "10.244.0.5");
+        pod.service_port = Some(80);
+        let k8s_snapshot = Snapshot { services: vec![declared], instances: vec![pod], version: None };
+        let consul_snapshot = Snapshot {
+            services: vec![service(2, 0, "orders", "Consul entry 1")],
+            instances: vec![instance(2, "orders", "10.0.3.4")],
+            version: None,
+        };
+        let mut grpc = service(3, 0, "orders", "Nacos service `orders`");
+        grpc.protocol = Some(Protocol::Grpc);
+        let nacos_snapshot = Snapshot { services: vec![grpc], instances: vec![instance(3, "orders", "10.0.5.11")], version: None };
+
+        let mut diagnostics = Vec::new();
+        let catalog = merge(&[(&nacos, &nacos_snapshot), (&k8s, &k8s_snapshot), (&consul, &consul_snapshot)], &mut diagnostics);
+        let orders = &catalog.services[&("shop".to_owned(), "orders".to_owned())];
+        assert_eq!(orders.ports.iter().map(|it| (it.number, it.target_port)).collect::<Vec<_>>(), [(80, 8080)]);
+        // Consul's instance joins port 80 with its own port 8080; Nacos says grpc where Kubernetes says http.
+        let consul_instance = orders.instances.iter().find(|it| it.origin == "consul").expect("merged");
+        assert_eq!((consul_instance.port, consul_instance.service_port), (8080, 80));
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        assert_eq!(diagnostics[0].message, "registries `k8s` and `nacos` disagree on service `orders`: protocols http and grpc on port 80");
+    }
+
+    #[test]
+    fn instance_ports_that_no_declared_port_targets_conflict() {
+        let k8s = registry("k8s", RegistryKind::Kubernetes, 20);
+        let consul = registry("consul", RegistryKind::Consul, 10);
+        let mut declared = service(1, 0, "orders", "Service shop/orders");
+        declared.ports = vec![super::super::Port { number: 80, name: None, protocol: None, target_port: Some(9090) }];
+        let k8s_snapshot = Snapshot { services: vec![declared], instances: Vec::new(), version: None };
+        let consul_snapshot = Snapshot {
+            services: vec![service(2, 0, "orders", "Consul entry 1")],
+            instances: vec![instance(2, "orders", "10.0.3.4")],
+            version: None,
+        };
+        let mut diagnostics = Vec::new();
+        merge(&[(&k8s, &k8s_snapshot), (&consul, &consul_snapshot)], &mut diagnostics);
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+        assert_eq!(diagnostics[0].code, Code::RegistryConflict);
+        assert!(
+            diagnostics[0].message.contains("instance ports [8080] are the target of none of ports 80 (to 9090)"),
+            "{}",
+            diagnostics[0].message
         );
     }
 }
