@@ -201,6 +201,7 @@ pub fn check<'a>(
         resolver: Resolver::new(manifest, catalog),
         diagnostics,
         subset_uses: BTreeMap::new(),
+        subset_port_uses: BTreeMap::new(),
         dest_spans: Vec::new(),
     };
 
@@ -253,6 +254,8 @@ pub(crate) struct Checker<'a, 'd> {
     diagnostics: &'d mut Vec<Diagnostic>,
     /// Where each (service, subset) is used by a route or mirror, for IST0173's severity.
     subset_uses: BTreeMap<(SvcKey, String), Span>,
+    /// The same, per service port: a subset may select instances of one port only.
+    subset_port_uses: BTreeMap<(SvcKey, String, u16), Span>,
     /// Every resolved destination and mirror: (route target, destination service, where named).
     dest_spans: Vec<(RouteTarget, SvcKey, Span)>,
 }

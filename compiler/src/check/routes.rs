@@ -70,7 +70,11 @@ impl Checker<'_, '_> {
         let mut seen: BTreeMap<RouteTarget, Span> = BTreeMap::new();
         let mut out = Vec::new();
         for block in blocks {
-            let Some((target, table)) = self.route_target(block, services) else { continue };
+            let Some((target, table)) = self.route_target(block, services) else {
+                // The target is unknown, but its routes can still be wrong in ways one run should report.
+                self.check_orphan_routes(block);
+                continue;
+            };
             if let Some(first) = seen.get(&target) {
                 let first_path = self.path(*first);
                 self.push(
@@ -80,6 +84,10 @@ impl Checker<'_, '_> {
                         .note(format!("the first block is in {first_path}; routes for one host are never merged, so which block wins would be undefined"))
                         .help("merge the two blocks into one, ordering the routes as they should be tried"),
                 );
+                // Check the second block's routes all the same, so one run reports their problems too.
+                for route in &block.routes {
+                    self.route(route, &target, &table, services);
+                }
                 continue;
             }
             seen.insert(target.clone(), block.target.span);
@@ -96,6 +104,31 @@ impl Checker<'_, '_> {
             out.push(RouteBlock { target, file: self.path(block.span), routes });
         }
         out
+    }
+
+    /// Checks what can be checked of routes whose target is unknown: their regexes and the
+    /// services they name.
+    fn check_orphan_routes(&mut self, block: &ast::Routes) {
+        let namespace = self.manifest.namespace.clone();
+        for route in &block.routes {
+            for cond in route.matches.iter().flat_map(|it| it.conditions.iter()) {
+                if let ast::Test::Match { kind: StringMatchKind::Regex, value, value_span } = &cond.test {
+                    if let Err(err) = super::compile_regex(value) {
+                        self.push(
+                            Diagnostic::error(Code::InvalidRegex, format!("invalid regular expression: {err}"))
+                                .primary(*value_span, "not a valid RE2 expression")
+                                .note("regular expressions use RE2 syntax and must match the whole value"),
+                        );
+                    }
+                }
+            }
+            let named = route.destinations.iter().map(|it| &it.service).chain(route.mirror.iter().map(|it| &it.service));
+            for name in named {
+                if self.resolver.service(&name.text, &namespace).is_none() && self.resolver.interface(&name.text).is_none() {
+                    self.service_ref(name, &namespace);
+                }
+            }
+        }
     }
 
     fn route_target(&mut self, block: &ast::Routes, services: &BTreeMap<SvcKey, CheckedService<'_>>) -> Option<(RouteTarget, Table)> {
@@ -595,6 +628,7 @@ impl Checker<'_, '_> {
                     return None;
                 }
                 self.subset_uses.entry((key.clone(), subset.text.clone())).or_insert(subset.span);
+                self.subset_port_uses.entry((key.clone(), subset.text.clone(), port)).or_insert(subset.span);
                 Some(subset.text.clone())
             }
             None => None,

@@ -8,6 +8,7 @@ use meshc_codegen::ir::Protocol;
 
 use super::{CheckedService, CheckedSubset, Checker, SvcKey};
 use crate::diag::{Code, Diagnostic};
+use crate::source::Span;
 use crate::syntax::ast;
 
 /// Istio's defaults: least-request balancing, a 10 s connect timeout, no limits, plaintext.
@@ -187,6 +188,27 @@ impl<'a> Checker<'a, '_> {
                     .iter()
                     .any(|it| labels.iter().all(|(k, v)| it.labels.get(*k).map(String::as_str) == Some(*v)));
                 if selected {
+                    // It selects instances, but maybe not on every port traffic is sent to.
+                    let uses: Vec<(u16, Span)> = self
+                        .subset_port_uses
+                        .range((key.clone(), subset.name.text.clone(), 0)..=(key.clone(), subset.name.text.clone(), u16::MAX))
+                        .map(|(it, span)| (it.2, *span))
+                        .collect();
+                    for (port, at) in uses {
+                        let on_port = service.catalog.instances.iter().any(|it| {
+                            it.service_port == port && labels.iter().all(|(k, v)| it.labels.get(*k).map(String::as_str) == Some(*v))
+                        });
+                        if !on_port {
+                            self.push(
+                                Diagnostic::error(
+                                    Code::EmptySubset,
+                                    format!("subset `{}` of `{}` has no instance on port {port}", subset.name.text, decl.name.text),
+                                )
+                                .primary(at, format!("traffic to port {port} is routed here, and would fail with 503"))
+                                .secondary(subset.name.span, "its instances serve other ports"),
+                            );
+                        }
+                    }
                     continue;
                 }
                 let used = self.subset_uses.get(&(key.clone(), subset.name.text.clone())).copied();
