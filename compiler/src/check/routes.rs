@@ -112,14 +112,14 @@ impl Checker<'_, '_> {
         let namespace = self.manifest.namespace.clone();
         for route in &block.routes {
             for cond in route.matches.iter().flat_map(|it| it.conditions.iter()) {
-                if let ast::Test::Match { kind: StringMatchKind::Regex, value, value_span } = &cond.test {
-                    if let Err(err) = super::compile_regex(value) {
-                        self.push(
-                            Diagnostic::error(Code::InvalidRegex, format!("invalid regular expression: {err}"))
-                                .primary(*value_span, "not a valid RE2 expression")
-                                .note("regular expressions use RE2 syntax and must match the whole value"),
-                        );
-                    }
+                if let ast::Test::Match { kind: StringMatchKind::Regex, value, value_span } = &cond.test
+                    && let Err(err) = super::compile_regex(value)
+                {
+                    self.push(
+                        Diagnostic::error(Code::InvalidRegex, format!("invalid regular expression: {err}"))
+                            .primary(*value_span, "not a valid RE2 expression")
+                            .note("regular expressions use RE2 syntax and must match the whole value"),
+                    );
                 }
             }
             let named = route.destinations.iter().map(|it| &it.service).chain(route.mirror.iter().map(|it| &it.service));
@@ -234,16 +234,16 @@ impl Checker<'_, '_> {
                 );
             }
         }
-        if let Some(abort) = route.fault_abort.as_ref().filter(|it| matches!(it.value.0, AbortStatus::Grpc(_))) {
-            if matches!(table, Table::Rpc { .. }) {
-                self.push(
-                    Diagnostic::error(
-                        Code::ProtocolMatch,
-                        format!("a gRPC status does not apply to {} `{}`", table.describe(), target_text(target)),
-                    )
-                    .primary(abort.span, "gRPC only"),
-                );
-            }
+        if let Some(abort) = route.fault_abort.as_ref().filter(|it| matches!(it.value.0, AbortStatus::Grpc(_)))
+            && matches!(table, Table::Rpc { .. })
+        {
+            self.push(
+                Diagnostic::error(
+                    Code::ProtocolMatch,
+                    format!("a gRPC status does not apply to {} `{}`", table.describe(), target_text(target)),
+                )
+                .primary(abort.span, "gRPC only"),
+            );
         }
         if *table == Table::Tcp {
             let fault = route.fault_delay.as_ref().map(|it| it.span).or(route.fault_abort.as_ref().map(|it| it.span));
