@@ -242,9 +242,8 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
             continue;
         }
         // Each of this view's ports, as a port of `ports`, with its instances.
-        let pairs: Vec<(usize, Option<Protocol>, &str)>;
-        let mut instances = Vec::new();
-        if view.derived && !base.derived {
+        let (pairs, instances): (Vec<(usize, Option<Protocol>, &str)>, Vec<(&Instance, u16)>) = if view.derived && !base.derived {
+            let mut instances = Vec::new();
             let mut unmatched = BTreeSet::new();
             let mut used = BTreeSet::new();
             for (instance, _) in &view.instances {
@@ -275,7 +274,7 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
                 continue;
             }
             let protocol = view.ports.first().and_then(|it| it.protocol);
-            pairs = used.into_iter().map(|index| (index, protocol, "")).collect();
+            (used.into_iter().map(|index| (index, protocol, "")).collect(), instances)
         } else {
             let theirs: Vec<u16> = view.ports.iter().map(|it| it.number).collect();
             let ours: Vec<u16> = ports.iter().map(|it| it.number).collect();
@@ -284,9 +283,8 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
                 instances_of.push(Vec::new());
                 continue;
             }
-            instances.clone_from(&view.instances);
-            pairs = view.ports.iter().enumerate().map(|(index, it)| (index, it.protocol, it.name.as_str())).collect();
-        }
+            (view.ports.iter().enumerate().map(|(index, it)| (index, it.protocol, it.name.as_str())).collect(), view.instances.clone())
+        };
         for (index, protocol, name) in pairs {
             let port = &mut ports[index];
             match (port.protocol, protocol) {
