@@ -221,6 +221,9 @@ fn resolve_ports(view: &mut View<'_>) {
     view.ports.sort_by_key(|it| it.number);
 }
 
+/// One of a view's ports as an index into the merged ports, with its protocol and name.
+type PortUse<'a> = (usize, Option<Protocol>, &'a str);
+
 fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut Vec<Diagnostic>) -> Option<CatalogService> {
     let first = views.first()?;
     // Ports: the highest-ranked registry that declares service ports sets them (else the first
@@ -242,7 +245,7 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
             continue;
         }
         // Each of this view's ports, as a port of `ports`, with its instances.
-        let (pairs, instances): (Vec<(usize, Option<Protocol>, &str)>, Vec<(&Instance, u16)>) = if view.derived && !base.derived {
+        let (pairs, instances): (Vec<PortUse<'_>>, Vec<(&Instance, u16)>) = if view.derived && !base.derived {
             let mut instances = Vec::new();
             let mut unmatched = BTreeSet::new();
             let mut used = BTreeSet::new();
