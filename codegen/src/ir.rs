@@ -616,6 +616,9 @@ pub struct Match {
     pub version: Option<StringMatch>,
     /// RPC: the Dubbo group.
     pub group: Option<StringMatch>,
+    /// The service port the request was sent to. Lowering keeps an alternative only in the
+    /// route tables of its port, so within a table this is either absent or the table's port.
+    pub port: Option<u16>,
 }
 
 impl Match {

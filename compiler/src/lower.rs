@@ -221,7 +221,7 @@ impl Lowering<'_, '_> {
                     ir::RouteTableKind::Tcp { service: service.id, port: port.number }
                 };
                 let routes = match spec {
-                    Some((_, routes)) => routes.iter().map(|it| self.route(it, http)).collect(),
+                    Some((_, routes)) => routes.iter().filter_map(|it| self.route_on_port(it, http, port.number)).collect(),
                     None => {
                         let dest = Dest { service: key.clone(), port: port.number, subset: None };
                         vec![self.default_route("default".to_owned(), Vec::new(), &dest, http)]
@@ -311,6 +311,17 @@ impl Lowering<'_, '_> {
             response_headers: ir::HeaderOps::default(),
             rate_limit: None,
         }
+    }
+
+    /// A route as it applies to one service port: the alternatives for other ports are left
+    /// out, and a route left with none does not apply there.
+    fn route_on_port(&self, route: &CheckedRoute, http: bool, port: u16) -> Option<ir::Route> {
+        let mut lowered = self.route(route, http);
+        if lowered.matches.is_empty() {
+            return Some(lowered);
+        }
+        lowered.matches.retain(|it| it.port.is_none_or(|it| it == port));
+        (!lowered.matches.is_empty()).then_some(lowered)
     }
 
     fn route(&self, route: &CheckedRoute, http: bool) -> ir::Route {

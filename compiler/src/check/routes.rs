@@ -187,7 +187,11 @@ impl Checker<'_, '_> {
         services: &BTreeMap<SvcKey, CheckedService<'_>>,
     ) -> Option<CheckedRoute> {
         let errors_before = self.diagnostics.len();
-        let matches: Vec<ir::Match> = route.matches.iter().filter_map(|block| self.match_block(block, table)).collect();
+        let ports: Vec<u16> = match target {
+            RouteTarget::Service(key) => services[key].ports.iter().map(|it| it.number).collect(),
+            RouteTarget::Interface(_) => Vec::new(),
+        };
+        let matches: Vec<ir::Match> = route.matches.iter().filter_map(|block| self.match_block(block, table, &ports)).collect();
 
         // Exactly one action.
         let actions: Vec<(&str, Span)> = [
@@ -347,14 +351,20 @@ impl Checker<'_, '_> {
         })
     }
 
-    fn match_block(&mut self, block: &ast::MatchBlock, table: &Table) -> Option<ir::Match> {
+    /// Converts one `match` block; `ports` are the routed service's ports (none for RPC).
+    fn match_block(&mut self, block: &ast::MatchBlock, table: &Table, ports: &[u16]) -> Option<ir::Match> {
         let mut out = ir::Match::default();
         let mut seen: Vec<(ast::Field, Span)> = Vec::new();
         let mut ok = true;
         for cond in &block.conditions {
             let applies = !matches!(
                 (&cond.field, table),
-                (_, Table::Tcp)
+                (ast::Field::Port, Table::Rpc { .. })
+                    | (
+                        ast::Field::Authority | ast::Field::Path | ast::Field::Method | ast::Field::Header(_) | ast::Field::Query(_),
+                        Table::Tcp
+                    )
+                    | (ast::Field::Service | ast::Field::Version | ast::Field::Group, Table::Tcp)
                     | (ast::Field::Authority | ast::Field::Path | ast::Field::Query(_), Table::Rpc { .. })
                     | (ast::Field::Service | ast::Field::Version | ast::Field::Group, Table::Http)
             );
@@ -425,6 +435,20 @@ impl Checker<'_, '_> {
                 ast::Field::Service => out.service = string_match,
                 ast::Field::Version => out.version = string_match,
                 ast::Field::Group => out.group = string_match,
+                ast::Field::Port => match string_match.and_then(|it| it.value.parse::<u16>().ok()) {
+                    Some(port) if ports.contains(&port) => out.port = Some(port),
+                    Some(port) => {
+                        let known: Vec<String> = ports.iter().map(u16::to_string).collect();
+                        self.push(
+                            Diagnostic::error(Code::UnknownPort, format!("the routed service has no port {port}"))
+                                .primary(cond.span, "not a port of the service")
+                                .note(format!("its ports: {}", known.join(", "))),
+                        );
+                        ok = false;
+                    }
+                    // An out-of-range port was reported by the parser.
+                    None => ok = false,
+                },
                 ast::Field::Header(name) => out.headers.push(ir::HeaderMatch { name: name.clone(), kind: presence }),
                 ast::Field::Query(name) => out.query.push(ir::QueryMatch { name: name.clone(), kind: presence }),
             }

@@ -23,7 +23,7 @@ pub(super) struct Covered {
 /// The alternatives of the routes seen so far in one block.
 #[derive(Debug, Default)]
 pub(super) struct Shadow {
-    earlier: Vec<(Match, u8, Span)>,
+    earlier: Vec<(Match, u16, Span)>,
     regexes: Regexes,
 }
 
@@ -81,6 +81,9 @@ fn covers(regexes: &mut Regexes, earlier: &Match, later: &Match) -> bool {
             }
         }
     }
+    if earlier.port.is_some() && earlier.port != later.port {
+        return false;
+    }
     let headers =
         earlier.headers.iter().all(|e| later.headers.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)));
     headers && earlier.query.iter().all(|e| later.query.iter().any(|l| l.name == e.name && presence_implies(regexes, &l.kind, &e.kind)))
@@ -127,7 +130,7 @@ fn normalise(m: &Match) -> Match {
 
 /// The fields an alternative constrains; an earlier alternative can only cover a later one
 /// that constrains at least the same fields.
-fn mask(m: &Match) -> u8 {
+fn mask(m: &Match) -> u16 {
     [
         m.authority.is_some(),
         m.path.is_some(),
@@ -137,10 +140,11 @@ fn mask(m: &Match) -> u8 {
         m.group.is_some(),
         !m.headers.is_empty(),
         !m.query.is_empty(),
+        m.port.is_some(),
     ]
     .iter()
     .enumerate()
-    .fold(0, |acc, (bit, set)| acc | (u8::from(*set) << bit))
+    .fold(0, |acc, (bit, set)| acc | (u16::from(*set) << bit))
 }
 
 #[cfg(test)]

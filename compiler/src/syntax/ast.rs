@@ -200,6 +200,8 @@ pub enum Field {
     Version,
     /// `group` (RPC).
     Group,
+    /// `port` (HTTP, TCP): the service port the request was sent to.
+    Port,
 }
 
 impl Field {
@@ -214,6 +216,7 @@ impl Field {
             Field::Service => "service",
             Field::Version => "version",
             Field::Group => "group",
+            Field::Port => "port",
         }
     }
 }

@@ -870,6 +870,15 @@ impl Builder<'_> {
             Rule::cond_service => Field::Service,
             Rule::cond_version => Field::Version,
             Rule::cond_group => Field::Group,
+            Rule::cond_port => {
+                let value = inner.next().expect("grammar: port");
+                let value_span = self.span(&value);
+                let text = match self.port(value) {
+                    Some(port) => port.value.to_string(),
+                    None => String::new(),
+                };
+                return Condition { span, field: Field::Port, test: Test::Match { kind: StringMatchKind::Exact, value: text, value_span } };
+            }
             Rule::cond_header | Rule::cond_query => {
                 let name_pair = inner.next().expect("grammar: header or query name");
                 let name_span = self.span(&name_pair);
