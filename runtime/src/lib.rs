@@ -1,9 +1,49 @@
 //! meshc-runtime: the part of every sidecar that does not depend on the mesh spec.
 //!
-//! Generated crates reach it only through the hidden `__codegen` module, which is the
-//! whole contract between codegen and the runtime.
-//! The listeners, codecs and pools arrive with the compiled sidecar; this crate knows
-//! nothing about specs, registries or the IR, and never will.
+//! Generated crates reach it only through the hidden [`__codegen`] module, which is the
+//! whole contract between codegen and the runtime. This crate knows nothing about specs,
+//! registries or the IR: it receives compiled tables as `static` data and function pointers.
 
+pub mod endpoints;
+pub mod error;
+pub mod head;
+pub mod proxy;
+mod server;
+pub mod spec;
+
+/// The only face of the runtime that generated code sees. Every path a generated crate uses
+/// is here, so the contract is one greppable list (codegen's `rt.rs` mirrors it).
 #[doc(hidden)]
-pub mod __codegen {}
+pub mod __codegen {
+    pub use crate::head::RequestHead;
+    pub use crate::server::run;
+    pub use crate::spec::{
+        Answer, ClusterSpec, Decision, EndpointSeed, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol, SidecarSpec,
+        WeightedCluster,
+    };
+
+    /// A regex compiled on first use. Patterns come from meshc already translated from RE2 and
+    /// anchored, so they are valid; an invalid one never matches rather than failing a request.
+    #[derive(Debug)]
+    pub struct Regex {
+        pattern: &'static str,
+        compiled: std::sync::OnceLock<Option<regex::Regex>>,
+    }
+
+    impl Regex {
+        /// A regex for `pattern`.
+        pub const fn new(pattern: &'static str) -> Regex {
+            Regex { pattern, compiled: std::sync::OnceLock::new() }
+        }
+
+        /// Whether the whole of `value` matches (the pattern carries its anchors).
+        pub fn is_match(&self, value: &str) -> bool {
+            self.compiled.get_or_init(|| regex::Regex::new(self.pattern).ok()).as_ref().is_some_and(|it| it.is_match(value))
+        }
+    }
+
+    /// The index of `authority` in a sorted table of host names, for the outbound dispatch.
+    pub fn lookup_host(table: &[(&str, u32)], authority: &str) -> Option<u32> {
+        table.binary_search_by(|(host, _)| (*host).cmp(authority)).ok().map(|it| table[it].1)
+    }
+}

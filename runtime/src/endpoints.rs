@@ -1,0 +1,231 @@
+//! Endpoints are data, not code: each cluster holds a table of endpoints that can be swapped
+//! whole (from `--endpoints`, later from xDS) while requests keep picking from it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+
+use crate::spec::{ClusterSpec, EndpointSeed};
+
+/// One upstream endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// IP address or host name.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Load-balancing weight.
+    pub weight: u32,
+    /// Whether it may take new requests.
+    pub routable: bool,
+}
+
+impl Endpoint {
+    /// `host:port`, bracketing IPv6 addresses.
+    pub fn authority(&self) -> String {
+        if self.address.contains(':') { format!("[{}]:{}", self.address, self.port) } else { format!("{}:{}", self.address, self.port) }
+    }
+
+    fn from_seed(seed: &EndpointSeed) -> Endpoint {
+        Endpoint { address: seed.address.to_owned(), port: seed.port, weight: seed.weight, routable: seed.routable }
+    }
+}
+
+/// An immutable set of endpoints with the cumulative weights of the routable ones.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    endpoints: Vec<Endpoint>,
+    /// (index into `endpoints`, cumulative weight up to and including it), routable only.
+    cumulative: Vec<(usize, u64)>,
+}
+
+impl EndpointSet {
+    /// A set from a list.
+    pub fn new(endpoints: Vec<Endpoint>) -> EndpointSet {
+        let mut total = 0u64;
+        let mut cumulative = Vec::new();
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            if endpoint.routable && endpoint.weight > 0 {
+                total += u64::from(endpoint.weight);
+                cumulative.push((index, total));
+            }
+        }
+        EndpointSet { endpoints, cumulative }
+    }
+
+    /// Every endpoint, routable or not.
+    pub fn all(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The endpoint at position `ticket` of the weighted cycle: successive tickets visit the
+    /// routable endpoints in proportion to their weights. `None` when none is routable.
+    pub fn pick(&self, ticket: u64) -> Option<&Endpoint> {
+        let total = self.cumulative.last()?.1;
+        let point = ticket % total;
+        let slot = self.cumulative.partition_point(|it| it.1 <= point);
+        self.cumulative.get(slot).map(|it| &self.endpoints[it.0])
+    }
+}
+
+/// A cluster's live state: its endpoints and its round-robin position.
+#[derive(Debug)]
+pub struct ClusterEndpoints {
+    set: RwLock<Arc<EndpointSet>>,
+    next: AtomicU64,
+}
+
+impl ClusterEndpoints {
+    /// The state for a cluster, seeded from its compiled endpoints.
+    pub fn seeded(spec: &ClusterSpec) -> ClusterEndpoints {
+        ClusterEndpoints::new(spec.endpoints.iter().map(Endpoint::from_seed).collect())
+    }
+
+    /// The state for a list of endpoints.
+    pub fn new(endpoints: Vec<Endpoint>) -> ClusterEndpoints {
+        ClusterEndpoints { set: RwLock::new(Arc::new(EndpointSet::new(endpoints))), next: AtomicU64::new(0) }
+    }
+
+    /// The current set.
+    pub fn current(&self) -> Arc<EndpointSet> {
+        // A writer that panicked while holding the lock left a complete Arc behind; keep serving it.
+        match self.set.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the set atomically: requests already picking keep the old one.
+    pub fn replace(&self, endpoints: Vec<Endpoint>) {
+        let set = Arc::new(EndpointSet::new(endpoints));
+        match self.set.write() {
+            Ok(mut guard) => *guard = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+
+    /// The next endpoint in weighted round-robin order.
+    pub fn pick(&self) -> Option<Endpoint> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        self.current().pick(ticket).cloned()
+    }
+}
+
+/// A `--endpoints` file: endpoints to run the sidecar against instead of the snapshot's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsFile {
+    #[serde(default)]
+    endpoint: Vec<FileEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    service: String,
+    address: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    weight: Option<u32>,
+    service_port: Option<u16>,
+}
+
+/// Reads a `--endpoints` file and gives each cluster its endpoints: those naming the cluster's
+/// service (and port, when given) whose labels include the cluster's subset labels. Every
+/// cluster's snapshot endpoints are replaced, so a service the file does not list has none.
+pub fn from_file(text: &str, clusters: &[ClusterSpec]) -> Result<Vec<Vec<Endpoint>>, String> {
+    let file: EndpointsFile = toml::from_str(text).map_err(|err| err.to_string())?;
+    let mut out = vec![Vec::new(); clusters.len()];
+    for (index, entry) in file.endpoint.iter().enumerate() {
+        let what = format!("endpoint {} (`{}`)", index + 1, entry.service);
+        let (address, port) = split_address(&entry.address).ok_or_else(|| format!("{what}: `{}` is not `host:port`", entry.address))?;
+        let mut matched_service = false;
+        for (cluster, spec) in clusters.iter().enumerate() {
+            if !spec.service_names.contains(&entry.service.as_str()) {
+                continue;
+            }
+            matched_service = true;
+            let port_fits = entry.service_port.is_none_or(|it| it == spec.port);
+            let labels_fit = spec.subset_labels.iter().all(|(k, v)| entry.labels.get(*k).map(String::as_str) == Some(*v));
+            if port_fits && labels_fit {
+                out[cluster].push(Endpoint { address: address.clone(), port, weight: entry.weight.unwrap_or(100), routable: true });
+            }
+        }
+        if !matched_service {
+            let mut known: Vec<&str> = clusters.iter().filter_map(|it| it.service_names.first().copied()).collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(format!("{what}: this sidecar calls no service by that name; it calls {}", known.join(", ")));
+        }
+    }
+    Ok(out)
+}
+
+/// `10.0.0.1:80`, `[fd00::1]:80` or `host:80`.
+fn split_address(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|it| *it > 0)?;
+    let host = host.strip_prefix('[').and_then(|it| it.strip_suffix(']')).unwrap_or(host);
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then(|| (host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Protocol;
+
+    fn endpoint(address: &str, weight: u32, routable: bool) -> Endpoint {
+        Endpoint { address: address.to_owned(), port: 80, weight, routable }
+    }
+
+    #[test]
+    fn picks_follow_the_weights_and_skip_unroutable_endpoints() {
+        let set = EndpointSet::new(vec![endpoint("a", 3, true), endpoint("b", 1, true), endpoint("c", 5, false), endpoint("d", 0, true)]);
+        let picks: Vec<&str> = (0..8).map(|it| set.pick(it).unwrap().address.as_str()).collect();
+        assert_eq!(picks, ["a", "a", "a", "b", "a", "a", "a", "b"]);
+        assert!(EndpointSet::new(vec![endpoint("c", 5, false)]).pick(0).is_none());
+    }
+
+    static SUBSET: [(&str, &str); 1] = [("version", "v2")];
+    static CLUSTERS: [ClusterSpec; 2] = [
+        ClusterSpec {
+            name: "outbound|9080||reviews.default.svc.cluster.local",
+            service_names: &["reviews", "reviews.default", "reviews.default.svc.cluster.local"],
+            port: 9080,
+            subset_labels: &[],
+            protocol: Protocol::Http1,
+            connect_timeout_ms: 1000,
+            request_timeout_ms: None,
+            endpoints: &[],
+        },
+        ClusterSpec {
+            name: "outbound|9080|v2|reviews.default.svc.cluster.local",
+            service_names: &["reviews", "reviews.default", "reviews.default.svc.cluster.local"],
+            port: 9080,
+            subset_labels: &SUBSET,
+            protocol: Protocol::Http1,
+            connect_timeout_ms: 1000,
+            request_timeout_ms: None,
+            endpoints: &[],
+        },
+    ];
+
+    #[test]
+    fn an_endpoints_file_fills_every_cluster_its_labels_fit() {
+        let text = "[[endpoint]]\nservice = \"reviews\"\naddress = \"127.0.0.1:9081\"\nlabels = { version = \"v1\" }\n\n[[endpoint]]\nservice = \"reviews.default\"\naddress = \"[::1]:9082\"\nlabels = { version = \"v2\" }\n";
+        let out = from_file(text, &CLUSTERS).unwrap();
+        assert_eq!(out[0].iter().map(Endpoint::authority).collect::<Vec<_>>(), ["127.0.0.1:9081", "[::1]:9082"]);
+        assert_eq!(out[1].iter().map(Endpoint::authority).collect::<Vec<_>>(), ["[::1]:9082"]);
+    }
+
+    #[test]
+    fn an_endpoints_file_with_a_stranger_or_a_bad_address_is_an_error() {
+        let err = from_file("[[endpoint]]\nservice = \"ratings\"\naddress = \"127.0.0.1:1\"\n", &CLUSTERS).unwrap_err();
+        assert!(err.contains("calls no service by that name; it calls reviews"), "{err}");
+        let err = from_file("[[endpoint]]\nservice = \"reviews\"\naddress = \"127.0.0.1\"\n", &CLUSTERS).unwrap_err();
+        assert!(err.contains("not `host:port`"), "{err}");
+        assert!(from_file("[[endpoint]]\nservce = \"x\"\n", &CLUSTERS).is_err());
+    }
+}

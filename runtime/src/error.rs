@@ -1,0 +1,67 @@
+//! Why a request did not reach an upstream, classified by where it failed (as Pingora does),
+//! with the HTTP status and gRPC status the sidecar answers with.
+
+use std::fmt;
+
+use http::StatusCode;
+
+/// A failure the sidecar answers for itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Downstream: the request is malformed.
+    BadRequest(&'static str),
+    /// Routing: no route matches (Envoy's `NR`).
+    NoRoute,
+    /// Upstream: the cluster has no routable endpoint (Envoy's `UH`).
+    NoHealthyUpstream(&'static str),
+    /// Upstream: the connection failed (Envoy's `UF`); retryable.
+    UpstreamConnect(String),
+    /// Upstream: the connection closed before a response (Envoy's `UC`); retryable.
+    UpstreamReset(String),
+    /// Upstream: no response within the timeout (Envoy's `UT`).
+    UpstreamTimeout,
+    /// Internal: a broken invariant of the compiled configuration.
+    Internal(&'static str),
+}
+
+impl Error {
+    /// The HTTP status answered.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NoRoute => StatusCode::NOT_FOUND,
+            Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status answered to a gRPC request.
+    pub fn grpc_status(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) | Error::Internal(_) => 13,
+            Error::NoRoute => 12,
+            Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => 14,
+            Error::UpstreamTimeout => 4,
+        }
+    }
+
+    /// Whether another try could succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::NoHealthyUpstream(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadRequest(why) => write!(f, "bad request: {why}"),
+            Error::NoRoute => f.write_str("no route"),
+            Error::NoHealthyUpstream(cluster) => write!(f, "no healthy upstream in {cluster}"),
+            Error::UpstreamConnect(endpoint) => write!(f, "upstream connect error: {endpoint}"),
+            Error::UpstreamReset(endpoint) => write!(f, "upstream reset before response headers: {endpoint}"),
+            Error::UpstreamTimeout => f.write_str("upstream request timeout"),
+            Error::Internal(why) => write!(f, "internal error: {why}"),
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The request path: route (compiled), pick a destination and an endpoint, forward, and
+//! answer locally when there is nothing to forward to.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::endpoints::{ClusterEndpoints, Endpoint};
+use crate::error::Error;
+use crate::head::RequestHead;
+use crate::spec::{Answer, ClusterSpec, Decision, Forward, HeaderOps, PathRewrite, Protocol, SidecarSpec};
+
+/// The body of every request and response the proxy handles.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// One cluster at run time.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Its compiled description.
+    pub spec: &'static ClusterSpec,
+    /// Its endpoints.
+    pub endpoints: ClusterEndpoints,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Cluster {
+    fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints) -> Cluster {
+        Cluster { spec, endpoints, client: client(spec.protocol, Duration::from_millis(spec.connect_timeout_ms)) }
+    }
+}
+
+fn client(protocol: Protocol, connect_timeout: Duration) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(60));
+    if protocol == Protocol::Http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// The proxy of one sidecar: its spec and its clusters' live state.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The compiled configuration.
+    pub spec: &'static SidecarSpec,
+    /// The clusters, in the order of `spec.clusters`.
+    pub clusters: Vec<Cluster>,
+    /// Clients for the local application, HTTP/1.1 and HTTP/2.
+    local_http1: Client<HttpConnector, Body>,
+    local_http2: Client<HttpConnector, Body>,
+    /// Clients for clusters that follow the downstream protocol, HTTP/2 variant.
+    downstream_http2: Vec<Client<HttpConnector, Body>>,
+}
+
+impl Proxy {
+    /// The proxy for a spec, with each cluster's endpoints.
+    pub fn new(spec: &'static SidecarSpec, endpoints: Vec<ClusterEndpoints>) -> Proxy {
+        let clusters: Vec<Cluster> = spec.clusters.iter().zip(endpoints).map(|(spec, endpoints)| Cluster::new(spec, endpoints)).collect();
+        let downstream_http2 =
+            spec.clusters.iter().map(|it| client(Protocol::Http2, Duration::from_millis(it.connect_timeout_ms))).collect();
+        Proxy {
+            spec,
+            clusters,
+            local_http1: client(Protocol::Http1, Duration::from_secs(1)),
+            local_http2: client(Protocol::Http2, Duration::from_secs(1)),
+            downstream_http2,
+        }
+    }
+
+    /// Handles a request the application sent out.
+    pub async fn outbound(&self, request: Request<Incoming>) -> Response<Body> {
+        let grpc = is_grpc(request.headers());
+        if let Some(reply) = reject_malformed(&request, grpc) {
+            return reply;
+        }
+        let (parts, body) = request.into_parts();
+        let decision = (self.spec.route_outbound)(&RequestHead::new(&parts));
+        match decision {
+            Decision::NoRoute => local_reply(Error::NoRoute, grpc),
+            Decision::Answer(answer) => answer_locally(answer, &parts),
+            Decision::Forward(forward) => {
+                let destination = &forward.destinations[pick_destination(forward)];
+                let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
+                    return local_reply(Error::Internal("route names a cluster the sidecar does not have"), grpc);
+                };
+                let Some(endpoint) = cluster.endpoints.pick() else {
+                    return local_reply(Error::NoHealthyUpstream(cluster.spec.name), grpc);
+                };
+                let request = Request::from_parts(parts, body.boxed());
+                let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), request.headers());
+                let client = match cluster.spec.protocol {
+                    Protocol::Downstream if request.version() == Version::HTTP_2 => &self.downstream_http2[destination.cluster as usize],
+                    _ => &cluster.client,
+                };
+                let upstream_http2 = match cluster.spec.protocol {
+                    Protocol::Http2 => true,
+                    Protocol::Http1 => false,
+                    Protocol::Downstream => request.version() == Version::HTTP_2,
+                };
+                forward_to(client, request, &endpoint, upstream_http2, Some(forward), timeout, grpc).await
+            }
+        }
+    }
+
+    /// Handles a request for the local application on `app_port`.
+    pub async fn inbound(&self, app_port: u16, protocol: Protocol, request: Request<Incoming>) -> Response<Body> {
+        let grpc = is_grpc(request.headers());
+        if let Some(reply) = reject_malformed(&request, grpc) {
+            return reply;
+        }
+        let upstream_http2 = match protocol {
+            Protocol::Http2 => true,
+            Protocol::Http1 => false,
+            Protocol::Downstream => request.version() == Version::HTTP_2,
+        };
+        let client = if upstream_http2 { &self.local_http2 } else { &self.local_http1 };
+        let endpoint = Endpoint { address: "127.0.0.1".to_owned(), port: app_port, weight: 1, routable: true };
+        let timeout = request_timeout(None, request.headers());
+        let (parts, body) = request.into_parts();
+        forward_to(client, Request::from_parts(parts, body.boxed()), &endpoint, upstream_http2, None, timeout, grpc).await
+    }
+}
+
+/// Requests a sidecar must refuse before routing them.
+fn reject_malformed(request: &Request<Incoming>, grpc: bool) -> Option<Response<Body>> {
+    // HTTP/1.1 requires a Host header (RFC 9112 §3.2); HTTP/2 has `:authority`.
+    let has_authority = request.uri().authority().is_some() || request.headers().contains_key(header::HOST);
+    (!has_authority && request.version() == Version::HTTP_11).then(|| local_reply(Error::BadRequest("missing Host header"), grpc))
+}
+
+/// Forwards a request to one endpoint and streams the answer back.
+async fn forward_to(
+    client: &Client<HttpConnector, Body>,
+    mut request: Request<Body>,
+    endpoint: &Endpoint,
+    upstream_http2: bool,
+    forward: Option<&Forward>,
+    timeout: Option<Duration>,
+    grpc: bool,
+) -> Response<Body> {
+    let upgrade = wants_upgrade(&request);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+
+    let path_and_query = rewritten_path(&parts.uri, forward.map_or(PathRewrite::None, |it| it.path_rewrite));
+    let uri = match Uri::builder().scheme("http").authority(endpoint.authority()).path_and_query(path_and_query).build() {
+        Ok(uri) => uri,
+        Err(_) => return local_reply(Error::BadRequest("the request path cannot be forwarded"), grpc),
+    };
+    let original_authority = parts.uri.authority().map(|it| it.to_string());
+    parts.uri = uri;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(forward) = forward {
+        if let Some(authority) = forward.authority_rewrite
+            && let Ok(value) = HeaderValue::from_str(authority)
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+        apply_header_ops(&mut parts.headers, &forward.request_headers);
+    }
+    if upstream_http2 {
+        // HTTP/2 carries the authority as `:authority`, which the client takes from the URI.
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(header::HOST);
+    } else {
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(value) = original_authority.and_then(|it| HeaderValue::from_str(&it).ok())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    if grpc {
+        // The gRPC spec requires `te: trailers` towards the server.
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+
+    let sent = client.request(Request::from_parts(parts, body));
+    let result = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result,
+            Err(_) => return local_reply(Error::UpstreamTimeout, grpc),
+        },
+        None => sent.await,
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(err) if err.is_connect() => return local_reply(Error::UpstreamConnect(endpoint.authority()), grpc),
+        Err(_) => return local_reply(Error::UpstreamReset(endpoint.authority()), grpc),
+    };
+
+    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) {
+                let mut downstream = TokioIo::new(downstream);
+                let mut upstream = TokioIo::new(upstream);
+                // Either side closing ends the tunnel; an error there is the peers' business.
+                let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, empty());
+    }
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(forward) = forward {
+        apply_header_ops(&mut parts.headers, &forward.response_headers);
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+fn wants_upgrade(request: &Request<Body>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|it| it.to_str().is_ok_and(|it| it.to_ascii_lowercase().contains("upgrade")))
+}
+
+/// The path and query sent upstream.
+fn rewritten_path(uri: &Uri, rewrite: PathRewrite) -> String {
+    let path = uri.path();
+    let query = uri.query().map(|it| format!("?{it}")).unwrap_or_default();
+    match rewrite {
+        PathRewrite::None => format!("{path}{query}"),
+        PathRewrite::Prefix { matched, with } => match path.strip_prefix(matched) {
+            Some(rest) => format!("{with}{rest}{query}"),
+            None => format!("{path}{query}"),
+        },
+        PathRewrite::Whole(with) => format!("{with}{query}"),
+    }
+}
+
+/// Connection-specific headers, which a proxy must not forward (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "transfer-encoding"];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Headers that `Connection` names are connection-specific too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|it| it.to_str().ok())
+        .flat_map(|it| it.split(','))
+        .filter_map(|it| HeaderName::from_bytes(it.trim().as_bytes()).ok())
+        .filter(|it| !(upgrade && *it == header::UPGRADE))
+        .collect();
+    if !upgrade {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        headers.remove(header::UPGRADE);
+    } else {
+        for name in HOP_BY_HOP.iter().filter(|it| **it != "connection") {
+            headers.remove(*name);
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
+    for (name, value) in ops.set {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.insert(name, value);
+        }
+    }
+    for (name, value) in ops.add {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.append(name, value);
+        }
+    }
+    for name in ops.remove {
+        headers.remove(*name);
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|it| it.to_str().ok()).is_some_and(|it| it.starts_with("application/grpc"))
+}
+
+/// The request's timeout: the route's (or cluster's), shortened by a `grpc-timeout` header.
+fn request_timeout(configured_ms: Option<u64>, headers: &HeaderMap) -> Option<Duration> {
+    let configured = configured_ms.filter(|it| *it > 0).map(Duration::from_millis);
+    let grpc = headers.get("grpc-timeout").and_then(|it| it.to_str().ok()).and_then(parse_grpc_timeout);
+    match (configured, grpc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n), per the gRPC HTTP/2 spec.
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|it| it.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+thread_local! {
+    static RANDOM: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |it| it.subsec_nanos());
+    let here = &nanos as *const u32 as u64;
+    (u64::from(nanos) ^ here.rotate_left(32)) | 1
+}
+
+/// A fast random number in `0..bound`, for weighted destinations (xorshift: no security needed).
+pub fn random_below(bound: u32) -> u32 {
+    RANDOM.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (((x >> 32) * u64::from(bound)) >> 32) as u32
+    })
+}
+
+/// Chooses among a route's destinations by weight.
+fn pick_destination(forward: &Forward) -> usize {
+    if forward.destinations.len() == 1 {
+        return 0;
+    }
+    let total: u32 = forward.destinations.iter().map(|it| it.weight).sum();
+    let mut point = random_below(total.max(1));
+    for (index, destination) in forward.destinations.iter().enumerate() {
+        if point < destination.weight {
+            return index;
+        }
+        point -= destination.weight;
+    }
+    forward.destinations.len() - 1
+}
+
+fn answer_locally(answer: &Answer, parts: &http::request::Parts) -> Response<Body> {
+    match answer {
+        Answer::Direct { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
+            *response.status_mut() = status;
+            response
+        }
+        Answer::Redirect { scheme, authority, port, path, status } => {
+            let current_authority = RequestHead::new(parts).authority().to_owned();
+            let host = authority
+                .map_or_else(|| current_authority.rsplit_once(':').map_or(current_authority.clone(), |it| it.0.to_owned()), str::to_owned);
+            let host_port = match (port, authority) {
+                (Some(port), _) => format!("{}:{port}", host.rsplit_once(':').map_or(host.as_str(), |it| it.0)),
+                (None, Some(_)) => host,
+                (None, None) => current_authority,
+            };
+            let path = path.unwrap_or_else(|| parts.uri.path());
+            let query = parts.uri.query().map(|it| format!("?{it}")).unwrap_or_default();
+            let location = format!("{}://{host_port}{path}{query}", scheme.unwrap_or("http"));
+            let mut response = Response::new(empty());
+            *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+    }
+}
+
+/// A reply the sidecar makes itself; gRPC requests get a trailers-only gRPC status.
+pub fn local_reply(error: Error, grpc: bool) -> Response<Body> {
+    let status = error.status();
+    let message = error.to_string();
+    if grpc {
+        let mut response = Response::new(empty());
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(error.grpc_status()));
+        if let Ok(value) = HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+        return response;
+    }
+    let mut response = Response::new(full(Bytes::from(message)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+/// A body of bytes.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed()
+}
+
+/// Whether a request method may be retried without side effects; kept here for retries.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit() {
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("1x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn paths_rewrite_by_prefix_or_whole() {
+        let uri: Uri = "/api/v1/users?x=1".parse().unwrap();
+        assert_eq!(rewritten_path(&uri, PathRewrite::Prefix { matched: "/api/v1/", with: "/v2/" }), "/v2/users?x=1");
+        assert_eq!(rewritten_path(&uri, PathRewrite::Whole("/all")), "/all?x=1");
+        assert_eq!(rewritten_path(&uri, PathRewrite::None), "/api/v1/users?x=1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|it| it.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn random_numbers_stay_below_the_bound_and_spread() {
+        let mut counts = [0u32; 10];
+        for _ in 0..10_000 {
+            counts[random_below(10) as usize] += 1;
+        }
+        assert!(counts.iter().all(|it| (700..1300).contains(it)), "{counts:?}");
+    }
+}

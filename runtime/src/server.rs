@@ -1,0 +1,282 @@
+//! The sidecar process: flags, listeners, the admin endpoint, and the accept loops.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::endpoints::{self, ClusterEndpoints};
+use crate::proxy::{Body, Proxy, full};
+use crate::spec::{ListenerKind, SidecarSpec};
+
+/// Default admin address: loopback only, as Envoy's admin should be.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+
+/// What the command line asked for.
+#[derive(Debug)]
+struct Options {
+    listen: Vec<(String, SocketAddr)>,
+    admin: SocketAddr,
+    endpoints: Option<String>,
+}
+
+fn command(spec: &SidecarSpec) -> clap::Command {
+    let listeners: Vec<String> = spec.listeners.iter().map(|it| format!("{} (default {})", it.name, it.default_address)).collect();
+    clap::Command::new(spec.workload)
+        .about(format!("The meshc sidecar of workload `{}` (namespace `{}`)", spec.workload, spec.namespace))
+        .after_help(format!("Listeners: {}", listeners.join(", ")))
+        .arg(
+            clap::Arg::new("listen")
+                .long("listen")
+                .value_name("NAME=ADDR")
+                .action(clap::ArgAction::Append)
+                .help("Listen on ADDR for listener NAME (outbound, inbound-<port>)"),
+        )
+        .arg(
+            clap::Arg::new("admin")
+                .long("admin")
+                .value_name("ADDR")
+                .default_value(DEFAULT_ADMIN)
+                .help("Serve /ready and /config_dump on ADDR"),
+        )
+        .arg(
+            clap::Arg::new("endpoints")
+                .long("endpoints")
+                .value_name("FILE")
+                .help("Replace the registry snapshot's endpoints with those of a TOML file of [[endpoint]] tables"),
+        )
+}
+
+fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap::Error> {
+    let mut command = command(spec);
+    let matches = command.try_get_matches_from_mut(args)?;
+    let mut listen = Vec::new();
+    for value in matches.get_many::<String>("listen").into_iter().flatten() {
+        let Some((name, address)) = value.split_once('=') else {
+            return Err(command.error(clap::error::ErrorKind::InvalidValue, format!("`--listen {value}` is not NAME=ADDR")));
+        };
+        if !spec.listeners.iter().any(|it| it.name == name) {
+            let names: Vec<&str> = spec.listeners.iter().map(|it| it.name).collect();
+            return Err(command.error(
+                clap::error::ErrorKind::InvalidValue,
+                format!("there is no listener `{name}`; the listeners are {}", names.join(", ")),
+            ));
+        }
+        let Ok(address) = address.parse::<SocketAddr>() else {
+            return Err(
+                command.error(clap::error::ErrorKind::InvalidValue, format!("`{address}` is not an address such as 127.0.0.1:15001"))
+            );
+        };
+        listen.push((name.to_owned(), address));
+    }
+    let admin_text = matches.get_one::<String>("admin").map_or(DEFAULT_ADMIN, String::as_str);
+    let Ok(admin) = admin_text.parse::<SocketAddr>() else {
+        return Err(
+            command.error(clap::error::ErrorKind::InvalidValue, format!("`{admin_text}` is not an address such as 127.0.0.1:15000"))
+        );
+    };
+    Ok(Options { listen, admin, endpoints: matches.get_one::<String>("endpoints").cloned() })
+}
+
+/// Runs the sidecar until SIGINT or SIGTERM. Exit codes: 0 after a signal, 1 when a listener
+/// cannot start, 2 for a bad flag or endpoints file.
+pub fn run(spec: &'static SidecarSpec) -> ExitCode {
+    let options = match parse_options(spec, std::env::args().collect()) {
+        Ok(options) => options,
+        Err(err) => {
+            let code = if err.use_stderr() { 2 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    let endpoints = match &options.endpoints {
+        None => spec.clusters.iter().map(ClusterEndpoints::seeded).collect(),
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(err) => {
+                    eprintln!("error: cannot read the endpoints file {path}: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            match endpoints::from_file(&text, spec.clusters) {
+                Ok(lists) => lists.into_iter().map(ClusterEndpoints::new).collect(),
+                Err(err) => {
+                    eprintln!("error: in the endpoints file {path}: {err}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(spec, options, endpoints))
+}
+
+async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<ClusterEndpoints>) -> ExitCode {
+    let proxy = Arc::new(Proxy::new(spec, endpoints));
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut bound = Vec::new();
+    for listener in spec.listeners {
+        let address = match options.listen.iter().rev().find(|it| it.0 == listener.name) {
+            Some((_, address)) => *address,
+            None => match listener.default_address.parse() {
+                Ok(address) => address,
+                Err(_) => {
+                    eprintln!("error: listener {} has an invalid default address {}", listener.name, listener.default_address);
+                    return ExitCode::from(1);
+                }
+            },
+        };
+        match TcpListener::bind(address).await {
+            Ok(socket) => bound.push((listener, socket)),
+            Err(err) => {
+                eprintln!("error: listener {} cannot listen on {address}: {err}", listener.name);
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let admin = match TcpListener::bind(options.admin).await {
+        Ok(socket) => socket,
+        Err(err) => {
+            eprintln!("error: the admin endpoint cannot listen on {}: {err}", options.admin);
+            return ExitCode::from(1);
+        }
+    };
+    for (listener, socket) in &bound {
+        if let Ok(address) = socket.local_addr() {
+            eprintln!("{}: listener {} on {address}", spec.workload, listener.name);
+        }
+    }
+    if let Ok(address) = admin.local_addr() {
+        eprintln!("{}: admin on {address}", spec.workload);
+    }
+    for (listener, socket) in bound {
+        let proxy = proxy.clone();
+        tokio::spawn(accept_loop(socket, proxy, listener.kind));
+    }
+    tokio::spawn(admin_loop(admin, proxy, ready.clone()));
+    ready.store(true, Ordering::Release);
+    wait_for_signal().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut stream) => {
+                    stream.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, kind: ListenerKind) {
+    loop {
+        let (stream, _) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors and similar: keep serving the connections we have.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move {
+                    let response = match kind {
+                        ListenerKind::Outbound => proxy.outbound(request).await,
+                        ListenerKind::Inbound { app_port, protocol } => proxy.inbound(app_port, protocol, request).await,
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            // A connection error is the client's problem and ends only that connection.
+            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn admin_loop(socket: TcpListener, proxy: Arc<Proxy>, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = socket.accept().await else { continue };
+        let proxy = proxy.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = admin(&proxy, ready.load(Ordering::Acquire), request.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
+    let (status, content_type, body) = match path {
+        "/ready" if ready => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n".to_owned()),
+        "/config_dump" => (StatusCode::OK, "application/json", config_dump(proxy)),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /ready or /config_dump\n".to_owned()),
+    };
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}
+
+/// The compiled tables, and each cluster's current endpoints.
+fn config_dump(proxy: &Proxy) -> String {
+    let compiled: serde_json::Value = serde_json::from_str(proxy.spec.config_dump).unwrap_or(serde_json::Value::Null);
+    let clusters: Vec<serde_json::Value> = proxy
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let endpoints: Vec<serde_json::Value> = cluster
+                .endpoints
+                .current()
+                .all()
+                .iter()
+                .map(|it| serde_json::json!({"address": it.authority(), "weight": it.weight, "routable": it.routable}))
+                .collect();
+            serde_json::json!({"name": cluster.spec.name, "endpoints": endpoints})
+        })
+        .collect();
+    let dump = serde_json::json!({
+        "workload": proxy.spec.workload,
+        "namespace": proxy.spec.namespace,
+        "compiled": compiled,
+        "endpoints": clusters,
+    });
+    serde_json::to_string_pretty(&dump).unwrap_or_default() + "\n"
+}
