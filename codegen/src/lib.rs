@@ -5,5 +5,6 @@
 
 #![warn(missing_docs)]
 
+pub mod emit;
 pub mod ir;
 pub mod re2;

@@ -3,6 +3,7 @@
 //! The front-end is synchronous and pure: it reads files through a `Vfs`, reports every
 //! problem as a `Diagnostic`, and produces `meshc_codegen::ir::Mesh`.
 
+pub mod build;
 pub mod check;
 pub mod diag;
 pub mod driver;

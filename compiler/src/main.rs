@@ -34,6 +34,8 @@ enum Command {
     },
     /// Show which route a request takes, where it goes, and whether it is allowed.
     Explain(meshc::explain::ExplainArgs),
+    /// Generate a sidecar crate per workload and compile them.
+    Build(meshc::build::BuildArgs),
     /// Write a synthetic mesh (for benchmarks and scale tests) to a directory.
     #[command(hide = true)]
     Synth {
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
             exit_code(&compilation)
         }
         Command::Explain(args) => meshc::explain::run(&args),
+        Command::Build(args) => meshc::build::run(&args),
         Command::Synth { out, services, instances, routes } => {
             let mesh = meshc::synth::synthetic(meshc::synth::Synthetic { services, instances, routes });
             for (path, bytes) in &mesh.files {

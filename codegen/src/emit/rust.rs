@@ -1,0 +1,546 @@
+//! One workload's sidecar crate: `Cargo.toml`, `src/main.rs` (the spec and listeners),
+//! `src/routes.rs` (host dispatch and one function per route table), `src/clusters.rs`
+//! (clusters and their seed endpoints) and `src/dump.rs` (the tables as JSON for the admin
+//! endpoint).
+//!
+//! Routing is code: a request's host picks a table by binary search in a sorted static array,
+//! and a table is a sequence of `if` statements over the request head, in route order. Large
+//! tables are split into functions of at most [`CHUNK`] alternatives, so the generated crate
+//! compiles in bounded time whatever the spec's size.
+
+use std::collections::BTreeMap;
+
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+
+use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
+use crate::ir::{
+    Action, Cluster, ClusterId, HeaderOps, Match, Mesh, PresenceMatch, Protocol, Route, RouteTable, RouteTableKind, StringMatch,
+    StringMatchKind, Workload,
+};
+
+/// At most this many match alternatives go in one generated function.
+const CHUNK: usize = 64;
+
+/// First port of the default inbound listener addresses (Istio's inbound capture port).
+const FIRST_INBOUND_PORT: u16 = 15006;
+
+pub(super) fn workload_crate(mesh: &Mesh, workload: &Workload, options: &EmitOptions) -> Vec<GeneratedFile> {
+    let clusters = LocalClusters::new(mesh, workload);
+    let mut routes = RoutesEmitter { mesh, clusters: &clusters, regexes: BTreeMap::new(), statics: Vec::new() };
+    let routes_file = routes.file(workload);
+    vec![
+        GeneratedFile { path: "Cargo.toml".to_owned(), text: cargo_toml(mesh, workload, options) },
+        GeneratedFile { path: "src/main.rs".to_owned(), text: render(mesh, options, main_file(mesh, workload)) },
+        GeneratedFile { path: "src/routes.rs".to_owned(), text: render(mesh, options, routes_file) },
+        GeneratedFile { path: "src/clusters.rs".to_owned(), text: render(mesh, options, clusters_file(mesh, &clusters)) },
+        GeneratedFile { path: "src/dump.rs".to_owned(), text: render(mesh, options, dump_file(mesh, workload, &clusters)) },
+    ]
+}
+
+fn cargo_toml(mesh: &Mesh, workload: &Workload, options: &EmitOptions) -> String {
+    format!(
+        "{}[package]\nname = \"meshc-sidecar-{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\ndescription = \"The meshc sidecar of workload `{name}` of mesh `{mesh}`\"\n\n[[bin]]\nname = \"{name}\"\npath = \"src/main.rs\"\n\n[dependencies]\nmeshc-runtime = {{ path = \"{runtime}\" }}\n",
+        toml_header(mesh, options),
+        name = workload.name,
+        mesh = mesh.name,
+        runtime = options.runtime_path,
+    )
+}
+
+/// Formats a token stream as a source file with the generated header.
+fn render(mesh: &Mesh, options: &EmitOptions, tokens: TokenStream) -> String {
+    // The tokens come from this module, so they always parse; if they ever did not, the
+    // unformatted text still compiles or fails with rustc's own message.
+    let body = match syn::parse2::<syn::File>(tokens.clone()) {
+        Ok(file) => prettyplease::unparse(&file),
+        Err(_) => tokens.to_string(),
+    };
+    format!("{}{body}", rust_header(mesh, options))
+}
+
+/// The workload's clusters, renumbered densely in the order of `workload.clusters`.
+struct LocalClusters<'m> {
+    mesh: &'m Mesh,
+    ids: Vec<ClusterId>,
+}
+
+impl<'m> LocalClusters<'m> {
+    fn new(mesh: &'m Mesh, workload: &Workload) -> LocalClusters<'m> {
+        LocalClusters { mesh, ids: workload.clusters.clone() }
+    }
+
+    fn local(&self, id: ClusterId) -> Option<u32> {
+        self.ids.binary_search(&id).ok().map(|it| it as u32)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'m Cluster> + '_ {
+        self.ids.iter().map(|id| &self.mesh.clusters[id.index()])
+    }
+}
+
+fn str_lit(text: &str) -> Literal {
+    Literal::string(text)
+}
+
+fn int(value: impl Into<u64>) -> Literal {
+    Literal::u64_unsuffixed(value.into())
+}
+
+fn protocol_tokens(protocol: Protocol) -> TokenStream {
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => quote!(rt::Protocol::Http2),
+        Protocol::Http => quote!(rt::Protocol::Http1),
+        _ => quote!(rt::Protocol::Downstream),
+    }
+}
+
+fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
+    let name = str_lit(&workload.name);
+    let namespace = str_lit(&workload.namespace);
+    let mut listeners = vec![quote! {
+        rt::ListenerSpec { name: "outbound", default_address: "127.0.0.1:15001", kind: rt::ListenerKind::Outbound }
+    }];
+    // Only HTTP-family ports are served by this sidecar; Bolt, Dubbo and TCP come later.
+    let inbound: Vec<_> = workload.inbound.iter().filter(|it| it.protocol.is_http()).collect();
+    for (index, port) in inbound.iter().enumerate() {
+        let listener = str_lit(&format!("inbound-{}", port.port));
+        let address = str_lit(&format!("0.0.0.0:{}", FIRST_INBOUND_PORT + index as u16));
+        let app_port = int(port.port);
+        let protocol = protocol_tokens(port.protocol);
+        listeners.push(quote! {
+            rt::ListenerSpec {
+                name: #listener,
+                default_address: #address,
+                kind: rt::ListenerKind::Inbound { app_port: #app_port, protocol: #protocol },
+            }
+        });
+    }
+    let listener_count = int(listeners.len() as u64);
+    let doc = format!(" The sidecar of workload `{}` of mesh `{}`.", workload.name, mesh.name);
+    quote! {
+        #![doc = #doc]
+        #![allow(clippy::all, unused_variables)]
+
+        mod clusters;
+        mod dump;
+        mod routes;
+
+        use meshc_runtime::__codegen as rt;
+
+        /// Listeners: `outbound`, and one `inbound-<port>` per application port.
+        static LISTENERS: [rt::ListenerSpec; #listener_count] = [#(#listeners),*];
+
+        /// Everything the runtime needs.
+        static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
+            workload: #name,
+            namespace: #namespace,
+            listeners: &LISTENERS,
+            clusters: &clusters::CLUSTERS,
+            route_outbound: routes::route_outbound,
+            config_dump: dump::CONFIG_DUMP,
+        };
+
+        fn main() -> std::process::ExitCode {
+            rt::run(&SIDECAR)
+        }
+    }
+}
+
+fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
+    let mut items = Vec::new();
+    for cluster in clusters.iter() {
+        let service = &mesh.services[cluster.service.index()];
+        let name = str_lit(&cluster.name);
+        let mut names: Vec<String> = vec![service.name.clone(), format!("{}.{}", service.name, service.namespace), service.host.clone()];
+        names.dedup();
+        let names = names.iter().map(|it| str_lit(it));
+        let port = int(cluster.port);
+        let subset = cluster.subset.as_ref().and_then(|name| service.subsets.iter().find(|it| it.name == *name));
+        let labels = subset.into_iter().flat_map(|it| it.labels.iter()).map(|(k, v)| {
+            let (k, v) = (str_lit(k), str_lit(v));
+            quote!((#k, #v))
+        });
+        let protocol = protocol_tokens(cluster.protocol);
+        let connect = int(cluster.policy.connect_timeout_ms);
+        let request = match cluster.policy.request_timeout_ms {
+            Some(ms) => {
+                let ms = int(ms);
+                quote!(Some(#ms))
+            }
+            None => quote!(None),
+        };
+        let endpoints = cluster.endpoints.iter().map(|id| {
+            let instance = &mesh.instances[id.index()];
+            let address = str_lit(&instance.address);
+            let port = int(instance.port);
+            let weight = int(instance.weight);
+            let routable = instance.health.routable();
+            quote!(rt::EndpointSeed { address: #address, port: #port, weight: #weight, routable: #routable })
+        });
+        items.push(quote! {
+            rt::ClusterSpec {
+                name: #name,
+                service_names: &[#(#names),*],
+                port: #port,
+                subset_labels: &[#(#labels),*],
+                protocol: #protocol,
+                connect_timeout_ms: #connect,
+                request_timeout_ms: #request,
+                endpoints: &[#(#endpoints),*],
+            }
+        });
+    }
+    let count = int(items.len() as u64);
+    quote! {
+        //! The upstream clusters this workload's routes reach, with the endpoints the registry
+        //! snapshot listed; the runtime may replace the endpoints at run time.
+
+        use meshc_runtime::__codegen as rt;
+
+        /// The clusters, indexed by the routes' destinations.
+        pub static CLUSTERS: [rt::ClusterSpec; #count] = [#(#items),*];
+    }
+}
+
+fn dump_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> TokenStream {
+    let tables: Vec<&RouteTable> = workload.outbound.iter().map(|id| &mesh.route_tables[id.index()]).collect();
+    let dump = serde_json::json!({
+        "mesh": mesh.name,
+        "workload": workload,
+        "route_tables": tables,
+        "clusters": clusters.iter().map(|it| it.name.as_str()).collect::<Vec<_>>(),
+    });
+    let text = str_lit(&serde_json::to_string(&dump).unwrap_or_default());
+    quote! {
+        //! The compiled tables as JSON, served by the admin endpoint's `/config_dump`.
+
+        /// The workload, its route tables and its clusters, as the IR describes them.
+        pub const CONFIG_DUMP: &str = #text;
+    }
+}
+
+/// Builds `routes.rs`.
+struct RoutesEmitter<'a, 'm> {
+    mesh: &'m Mesh,
+    clusters: &'a LocalClusters<'m>,
+    /// Regex pattern (already translated) → its static's index.
+    regexes: BTreeMap<String, usize>,
+    /// `static` items for forwards and answers.
+    statics: Vec<TokenStream>,
+}
+
+impl RoutesEmitter<'_, '_> {
+    fn file(&mut self, workload: &Workload) -> TokenStream {
+        // Host table: every domain of every HTTP table the workload may use.
+        let mut hosts: Vec<(String, usize)> = Vec::new();
+        let mut functions = Vec::new();
+        let mut table_fns = Vec::new();
+        let http_tables = workload
+            .outbound
+            .iter()
+            .map(|id| &self.mesh.route_tables[id.index()])
+            .filter(|it| matches!(it.kind, RouteTableKind::Http { .. }));
+        for (index, table) in http_tables.enumerate() {
+            let RouteTableKind::Http { service, domains, local_domains, .. } = &table.kind else { continue };
+            let same_namespace = self.mesh.services[service.index()].namespace == workload.namespace;
+            for domain in domains.iter().chain(local_domains.iter().filter(|_| same_namespace)) {
+                hosts.push((domain.clone(), index));
+            }
+            let name = format_ident!("table_{}", index);
+            table_fns.push(quote!(#name));
+            functions.push(self.table(table, index));
+        }
+        hosts.sort();
+        hosts.dedup_by(|a, b| a.0 == b.0);
+        let host_count = int(hosts.len() as u64);
+        let host_rows = hosts.iter().map(|(domain, index)| {
+            let domain = str_lit(domain);
+            let index = int(*index as u64);
+            quote!((#domain, #index))
+        });
+        let table_count = int(table_fns.len() as u64);
+        let regexes: Vec<TokenStream> = self
+            .regexes
+            .iter()
+            .map(|(pattern, index)| {
+                let name = format_ident!("RE_{}", index);
+                let pattern = str_lit(pattern);
+                quote!(static #name: rt::Regex = rt::Regex::new(#pattern);)
+            })
+            .collect();
+        let statics = &self.statics;
+        quote! {
+            //! Outbound routing: the request's host picks a route table, and the table's routes are
+            //! tried in order; the first that matches decides.
+
+            use meshc_runtime::__codegen as rt;
+
+            /// Host (and host:port) names, sorted, with the route table each selects.
+            static HOSTS: [(&str, u32); #host_count] = [#(#host_rows),*];
+
+            /// The route tables, by index.
+            static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; #table_count] = [#(#table_fns),*];
+
+            /// Routes a request the application sent.
+            pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+                match rt::lookup_host(&HOSTS, head.authority()) {
+                    Some(table) => TABLES[table as usize](head),
+                    None => rt::Decision::NoRoute,
+                }
+            }
+
+            #(#functions)*
+
+            #(#regexes)*
+
+            #(#statics)*
+        }
+    }
+
+    /// One table: its alternatives in order, split into chunks.
+    fn table(&mut self, table: &RouteTable, index: usize) -> TokenStream {
+        // (condition, decision) of every alternative, in order.
+        let mut steps: Vec<(TokenStream, TokenStream)> = Vec::new();
+        let mut otherwise = quote!(rt::Decision::NoRoute);
+        for (route_index, route) in table.routes.iter().enumerate() {
+            let decisions = self.decisions(table, index, route_index, route);
+            if route.matches.is_empty() {
+                // Nothing after a catch-all is reachable.
+                otherwise = decisions[0].clone();
+                break;
+            }
+            for (alternative, m) in route.matches.iter().enumerate() {
+                let condition = self.condition(m);
+                let decision = decisions[alternative.min(decisions.len() - 1)].clone();
+                steps.push((condition, decision));
+            }
+        }
+        let name = format_ident!("table_{}", index);
+        let doc = match &table.declared_in {
+            Some(file) => format!(" Route table `{}`, declared in {file}.", table.name),
+            None => format!(" Route table `{}`: the default route.", table.name),
+        };
+        if steps.len() <= CHUNK {
+            let steps = steps.iter().map(|(condition, decision)| quote!(if #condition { return #decision; }));
+            return quote! {
+                #[doc = #doc]
+                fn #name(head: &rt::RequestHead<'_>) -> rt::Decision {
+                    #(#steps)*
+                    #otherwise
+                }
+            };
+        }
+        let mut parts = Vec::new();
+        let mut calls = Vec::new();
+        for (part, chunk) in steps.chunks(CHUNK).enumerate() {
+            let part_name = format_ident!("table_{}_part_{}", index, part);
+            let chunk = chunk.iter().map(|(condition, decision)| quote!(if #condition { return Some(#decision); }));
+            parts.push(quote! {
+                fn #part_name(head: &rt::RequestHead<'_>) -> Option<rt::Decision> {
+                    #(#chunk)*
+                    None
+                }
+            });
+            calls.push(quote!(if let Some(decision) = #part_name(head) { return decision; }));
+        }
+        quote! {
+            #[doc = #doc]
+            fn #name(head: &rt::RequestHead<'_>) -> rt::Decision {
+                #(#calls)*
+                #otherwise
+            }
+            #(#parts)*
+        }
+    }
+
+    /// The decision of each alternative of a route (one shared decision unless a path rewrite
+    /// depends on the alternative's path match).
+    fn decisions(&mut self, table: &RouteTable, table_index: usize, route_index: usize, route: &Route) -> Vec<TokenStream> {
+        let per_alternative = matches!(&route.action, Action::Forward { rewrite: Some(rewrite), .. } if rewrite.prefix.is_some());
+        let count = if per_alternative { route.matches.len().max(1) } else { 1 };
+        (0..count)
+            .map(|alternative| {
+                let name = format_ident!("ROUTE_{}_{}_{}", table_index, route_index, alternative);
+                let doc = format!(" Route `{}` of `{}`.", route.name, table.name);
+                let item = self.action(route, route.matches.get(alternative));
+                match item {
+                    Ok(forward) => {
+                        self.statics.push(quote!(#[doc = #doc] static #name: rt::Forward = #forward;));
+                        quote!(rt::Decision::Forward(&#name))
+                    }
+                    Err(answer) => {
+                        self.statics.push(quote!(#[doc = #doc] static #name: rt::Answer = #answer;));
+                        quote!(rt::Decision::Answer(&#name))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// `Ok(forward)` or `Err(answer)`, as tokens.
+    fn action(&mut self, route: &Route, matched: Option<&Match>) -> Result<TokenStream, TokenStream> {
+        match &route.action {
+            Action::Forward { destinations, rewrite } => {
+                let destinations = destinations.iter().filter_map(|it| {
+                    // A destination the workload may not call has no cluster in this sidecar;
+                    // the runtime answers 503 for it, as a sidecar whose egress hides the host does.
+                    let cluster = int(self.clusters.local(it.cluster).unwrap_or(u32::MAX));
+                    let weight = int(it.weight);
+                    Some(quote!(rt::WeightedCluster { cluster: #cluster, weight: #weight }))
+                });
+                let timeout = match route.timeout_ms {
+                    Some(ms) => {
+                        let ms = int(ms);
+                        quote!(Some(#ms))
+                    }
+                    None => quote!(None),
+                };
+                let path_rewrite = match rewrite.as_ref().and_then(|it| it.prefix.as_deref()) {
+                    None => quote!(rt::PathRewrite::None),
+                    Some(with) => {
+                        let with = str_lit(with);
+                        match matched.and_then(|it| it.path.as_ref()) {
+                            Some(StringMatch { kind: StringMatchKind::Prefix, value }) => {
+                                let matched = str_lit(value);
+                                quote!(rt::PathRewrite::Prefix { matched: #matched, with: #with })
+                            }
+                            Some(_) => quote!(rt::PathRewrite::Whole(#with)),
+                            None => quote!(rt::PathRewrite::Prefix { matched: "/", with: #with }),
+                        }
+                    }
+                };
+                let authority = match rewrite.as_ref().and_then(|it| it.authority.as_deref()) {
+                    Some(authority) => {
+                        let authority = str_lit(authority);
+                        quote!(Some(#authority))
+                    }
+                    None => quote!(None),
+                };
+                let request_headers = header_ops(&route.request_headers);
+                let response_headers = header_ops(&route.response_headers);
+                let name = str_lit(&route.name);
+                Ok(quote! {
+                    rt::Forward {
+                        route: #name,
+                        destinations: &[#(#destinations),*],
+                        timeout_ms: #timeout,
+                        path_rewrite: #path_rewrite,
+                        authority_rewrite: #authority,
+                        request_headers: #request_headers,
+                        response_headers: #response_headers,
+                    }
+                })
+            }
+            Action::Redirect { scheme, authority, port, path, status } => {
+                let option = |it: &Option<String>| match it {
+                    Some(text) => {
+                        let text = str_lit(text);
+                        quote!(Some(#text))
+                    }
+                    None => quote!(None),
+                };
+                let (scheme, authority, path) = (option(scheme), option(authority), option(path));
+                let port = match port {
+                    Some(port) => {
+                        let port = int(*port);
+                        quote!(Some(#port))
+                    }
+                    None => quote!(None),
+                };
+                let status = int(*status);
+                Err(quote!(rt::Answer::Redirect { scheme: #scheme, authority: #authority, port: #port, path: #path, status: #status }))
+            }
+            Action::DirectResponse { status, body } => {
+                let body = str_lit(body.as_deref().unwrap_or(""));
+                let status = int(*status);
+                Err(quote!(rt::Answer::Direct { status: #status, body: #body }))
+            }
+        }
+    }
+
+    /// The condition of one alternative, as a boolean expression over `head`.
+    fn condition(&mut self, m: &Match) -> TokenStream {
+        let mut parts = Vec::new();
+        if let Some(condition) = &m.authority {
+            parts.push(self.str_test(quote!(head.authority()), condition));
+        }
+        if let Some(condition) = &m.path {
+            parts.push(self.str_test(quote!(head.path()), condition));
+        }
+        if let Some(condition) = &m.method {
+            parts.push(self.str_test(quote!(head.method()), condition));
+        }
+        for header in &m.headers {
+            let name = str_lit(&header.name);
+            parts.push(match &header.kind {
+                PresenceMatch::Present => quote!(head.has_header(#name)),
+                PresenceMatch::Absent => quote!(!head.has_header(#name)),
+                PresenceMatch::Value(condition) => self.optional_test(quote!(head.header(#name).as_deref()), condition),
+            });
+        }
+        for query in &m.query {
+            let name = str_lit(&query.name);
+            parts.push(match &query.kind {
+                PresenceMatch::Present => quote!(head.query_param(#name).is_some()),
+                PresenceMatch::Absent => quote!(head.query_param(#name).is_none()),
+                PresenceMatch::Value(condition) => self.optional_test(quote!(head.query_param(#name)), condition),
+            });
+        }
+        if parts.is_empty() {
+            return quote!(true);
+        }
+        quote!(#(#parts)&&*)
+    }
+
+    /// A test of a `&str` expression.
+    fn str_test(&mut self, value: TokenStream, condition: &StringMatch) -> TokenStream {
+        let text = str_lit(&condition.value);
+        match condition.kind {
+            StringMatchKind::Exact => quote!(#value == #text),
+            StringMatchKind::Prefix => quote!(#value.starts_with(#text)),
+            StringMatchKind::Regex => {
+                let regex = self.regex(&condition.value);
+                quote!(#regex.is_match(#value))
+            }
+        }
+    }
+
+    /// A test of an `Option<&str>` expression: absent never matches.
+    fn optional_test(&mut self, value: TokenStream, condition: &StringMatch) -> TokenStream {
+        let text = str_lit(&condition.value);
+        match condition.kind {
+            StringMatchKind::Exact => quote!(#value == Some(#text)),
+            StringMatchKind::Prefix => quote!(#value.is_some_and(|value| value.starts_with(#text))),
+            StringMatchKind::Regex => {
+                let regex = self.regex(&condition.value);
+                quote!(#value.is_some_and(|value| #regex.is_match(value)))
+            }
+        }
+    }
+
+    /// The static holding a regex, shared by every condition with the same pattern.
+    fn regex(&mut self, pattern: &str) -> TokenStream {
+        // The compiler validated the pattern; if translation ever failed, a pattern that matches
+        // nothing keeps the emitter infallible.
+        let translated = crate::re2::to_rust(pattern).unwrap_or_else(|_| "[^\\s\\S]".to_owned());
+        let next = self.regexes.len();
+        let index = *self.regexes.entry(translated).or_insert(next);
+        let name = format_ident!("RE_{}", index);
+        quote!(#name)
+    }
+}
+
+fn header_ops(ops: &HeaderOps) -> TokenStream {
+    if ops.is_empty() {
+        return quote!(rt::HeaderOps::NONE);
+    }
+    let pair = |(name, value): &(String, String)| {
+        let (name, value) = (str_lit(name), str_lit(value));
+        quote!((#name, #value))
+    };
+    let set = ops.set.iter().map(pair);
+    let add = ops.add.iter().map(pair);
+    let remove = ops.remove.iter().map(|it| str_lit(it));
+    quote!(rt::HeaderOps { set: &[#(#set),*], add: &[#(#add),*], remove: &[#(#remove),*] })
+}

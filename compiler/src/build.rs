@@ -1,0 +1,198 @@
+//! `meshc build`: compiles a mesh, writes one sidecar crate per workload, and builds them.
+//!
+//! Output layout (a contract): `OUT/<workload>/` holds each crate, `OUT/Cargo.toml` is a
+//! workspace over them, `OUT/routes.txt` the routing report, and `OUT/bin/<workload>` each
+//! binary. Crates are written only where their text changed, so an unchanged mesh rebuilds
+//! nothing.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use meshc_codegen::emit::{self, EmitOptions};
+use meshc_codegen::ir;
+
+use crate::source::DiskFs;
+
+/// Arguments of `meshc build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The mesh directory (holding mesh.toml).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Where to write the crates and binaries.
+    #[arg(long, value_name = "OUT")]
+    pub out: PathBuf,
+    /// Build only this workload (repeatable); the default is every workload.
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+    /// Write the crates but do not compile them.
+    #[arg(long)]
+    pub no_compile: bool,
+}
+
+/// The runtime crate this meshc was built with, unless `MESHC_RUNTIME` names another.
+fn runtime_dir() -> PathBuf {
+    match std::env::var_os("MESHC_RUNTIME") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("runtime"),
+    }
+}
+
+/// Runs `meshc build`.
+pub fn run(args: &BuildArgs) -> ExitCode {
+    let compilation = crate::compile(&DiskFs::new(&args.dir));
+    crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let Some(mesh) = &compilation.ir else {
+        return ExitCode::from(if compilation.io_error { 2 } else { 1 });
+    };
+    match build(mesh, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Build(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+enum Failure {
+    /// Bad arguments or files: exit 2.
+    Usage(String),
+    /// The generated crates did not build: exit 1.
+    Build(String),
+}
+
+fn build(mesh: &ir::Mesh, args: &BuildArgs) -> Result<(), Failure> {
+    let workloads = select(mesh, &args.workloads)?;
+    let runtime = runtime_dir()
+        .canonicalize()
+        .map_err(|err| Failure::Usage(format!("cannot find the meshc-runtime crate at {}: {err}", runtime_dir().display())))?;
+    if !runtime.join("Cargo.toml").is_file() {
+        return Err(Failure::Usage(format!("{} is not the meshc-runtime crate (set MESHC_RUNTIME)", runtime.display())));
+    }
+    std::fs::create_dir_all(&args.out).map_err(|err| Failure::Usage(format!("cannot create {}: {err}", args.out.display())))?;
+    let out = args.out.canonicalize().map_err(|err| Failure::Usage(format!("cannot use {}: {err}", args.out.display())))?;
+
+    // Every crate sits one level below `out`, so one relative path serves them all.
+    let runtime_path = relative(&out.join("crate"), &runtime);
+    let options = EmitOptions { runtime_path, regenerate: format!("meshc build {} --out {}", args.dir.display(), args.out.display()) };
+    let files = emit::emit(mesh, &workloads, &options);
+    let mut written = 0;
+    for file in
+        files.iter().chain(std::iter::once(&emit::GeneratedFile { path: "routes.txt".to_owned(), text: emit::report::routes_txt(mesh) }))
+    {
+        if write_if_changed(&out.join(&file.path), &file.text).map_err(Failure::Usage)? {
+            written += 1;
+        }
+    }
+    // Share the workspace's locked versions, so the sidecars reuse its compiled dependencies.
+    let lock = out.join("Cargo.lock");
+    if !lock.exists() {
+        if let Some(ours) = runtime.parent().map(|it| it.join("Cargo.lock")).filter(|it| it.is_file()) {
+            let _ = std::fs::copy(ours, &lock);
+        }
+    }
+    eprintln!("meshc: {} crate(s) in {} ({written} file(s) changed)", workloads.len(), args.out.display());
+    for workload in &workloads {
+        println!("{}", args.out.join(&workload.name).display());
+    }
+    if args.no_compile {
+        return Ok(());
+    }
+    compile(&out, &runtime, &workloads, &args.out)
+}
+
+fn select<'m>(mesh: &'m ir::Mesh, names: &[String]) -> Result<Vec<&'m ir::Workload>, Failure> {
+    if names.is_empty() {
+        return Ok(mesh.workloads.iter().collect());
+    }
+    let mut selected = Vec::new();
+    for name in names {
+        match mesh.workloads.iter().find(|it| it.name == *name) {
+            Some(workload) => {
+                if !selected.iter().any(|it: &&ir::Workload| it.name == *name) {
+                    selected.push(workload);
+                }
+            }
+            None => {
+                let known: Vec<&str> = mesh.workloads.iter().map(|it| it.name.as_str()).collect();
+                return Err(Failure::Usage(format!("the mesh has no workload `{name}`; it has {}", known.join(", "))));
+            }
+        }
+    }
+    selected.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(selected)
+}
+
+fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &Path) -> Result<(), Failure> {
+    // One target directory for every sidecar, the workspace's when the runtime is in one, so
+    // that dependencies compile once.
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => match runtime.parent().filter(|it| it.join("Cargo.toml").is_file()) {
+            Some(workspace) => workspace.join("target"),
+            None => out.join("target"),
+        },
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("meshc: compiling {} sidecar(s) with cargo build --release (target {})", workloads.len(), target.display());
+    let mut command = Command::new(cargo);
+    command.arg("build").arg("--release").arg("--manifest-path").arg(out.join("Cargo.toml")).arg("--target-dir").arg(&target);
+    for workload in workloads {
+        command.arg("--bin").arg(&workload.name);
+    }
+    let status = command.status().map_err(|err| Failure::Build(format!("cannot run cargo: {err}")))?;
+    if !status.success() {
+        return Err(Failure::Build(format!("cargo build failed ({status}); the crates are in {}", shown_out.display())));
+    }
+    let bin = out.join("bin");
+    std::fs::create_dir_all(&bin).map_err(|err| Failure::Build(format!("cannot create {}: {err}", bin.display())))?;
+    for workload in workloads {
+        let name = format!("{}{}", workload.name, std::env::consts::EXE_SUFFIX);
+        let built = target.join("release").join(&name);
+        let placed = bin.join(&name);
+        // Replace rather than overwrite, so a running sidecar keeps its binary.
+        let _ = std::fs::remove_file(&placed);
+        std::fs::copy(&built, &placed)
+            .map_err(|err| Failure::Build(format!("cannot copy {} to {}: {err}", built.display(), placed.display())))?;
+        println!("{}", shown_out.join("bin").join(&name).display());
+    }
+    Ok(())
+}
+
+/// Writes `text` unless the file already holds it; returns whether it wrote.
+fn write_if_changed(path: &Path, text: &str) -> Result<bool, String> {
+    if std::fs::read_to_string(path).is_ok_and(|it| it == text) {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
+    }
+    std::fs::write(path, text).map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    Ok(true)
+}
+
+/// The path from directory `from` to `to` (both absolute), `/`-separated.
+pub fn relative(from: &Path, to: &Path) -> String {
+    let from: Vec<Component<'_>> = from.components().collect();
+    let to: Vec<Component<'_>> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = std::iter::repeat_n("..".to_owned(), from.len() - common).collect();
+    parts.extend(to[common..].iter().map(|it| it.as_os_str().to_string_lossy().into_owned()));
+    if parts.is_empty() { ".".to_owned() } else { parts.join("/") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_climb_then_descend() {
+        assert_eq!(relative(Path::new("/w/target/mesh/crate"), Path::new("/w/runtime")), "../../../runtime");
+        assert_eq!(relative(Path::new("/a/b"), Path::new("/a/b/c")), "c");
+        assert_eq!(relative(Path::new("/a"), Path::new("/a")), ".");
+    }
+}
