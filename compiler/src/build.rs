@@ -90,10 +90,10 @@ fn build(mesh: &ir::Mesh, args: &BuildArgs) -> Result<(), Failure> {
     }
     // Share the workspace's locked versions, so the sidecars reuse its compiled dependencies.
     let lock = out.join("Cargo.lock");
-    if !lock.exists() {
-        if let Some(ours) = runtime.parent().map(|it| it.join("Cargo.lock")).filter(|it| it.is_file()) {
-            let _ = std::fs::copy(ours, &lock);
-        }
+    if !lock.exists()
+        && let Some(ours) = runtime.parent().map(|it| it.join("Cargo.lock")).filter(|it| it.is_file())
+    {
+        let _ = std::fs::copy(ours, &lock);
     }
     eprintln!("meshc: {} crate(s) in {} ({written} file(s) changed)", workloads.len(), args.out.display());
     for workload in &workloads {

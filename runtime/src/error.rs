@@ -12,6 +12,9 @@ pub enum Error {
     BadRequest(&'static str),
     /// Routing: no route matches (Envoy's `NR`).
     NoRoute,
+    /// Routing: the route's destination is a service the workload may not call, so the
+    /// sidecar has no cluster for it (Envoy's `NC`).
+    NoCluster,
     /// Upstream: the cluster has no routable endpoint (Envoy's `UH`).
     NoHealthyUpstream(&'static str),
     /// Upstream: the connection failed (Envoy's `UF`); retryable.
@@ -30,7 +33,9 @@ impl Error {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NoRoute => StatusCode::NOT_FOUND,
-            Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -41,7 +46,7 @@ impl Error {
         match self {
             Error::BadRequest(_) | Error::Internal(_) => 13,
             Error::NoRoute => 12,
-            Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => 14,
+            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => 14,
             Error::UpstreamTimeout => 4,
         }
     }
@@ -57,6 +62,7 @@ impl fmt::Display for Error {
         match self {
             Error::BadRequest(why) => write!(f, "bad request: {why}"),
             Error::NoRoute => f.write_str("no route"),
+            Error::NoCluster => f.write_str("no cluster: the route's destination is not among the services this workload may call"),
             Error::NoHealthyUpstream(cluster) => write!(f, "no healthy upstream in {cluster}"),
             Error::UpstreamConnect(endpoint) => write!(f, "upstream connect error: {endpoint}"),
             Error::UpstreamReset(endpoint) => write!(f, "upstream reset before response headers: {endpoint}"),

@@ -94,7 +94,7 @@ impl Proxy {
             Decision::Forward(forward) => {
                 let destination = &forward.destinations[pick_destination(forward)];
                 let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
-                    return local_reply(Error::Internal("route names a cluster the sidecar does not have"), grpc);
+                    return local_reply(Error::NoCluster, grpc);
                 };
                 let Some(endpoint) = cluster.endpoints.pick() else {
                     return local_reply(Error::NoHealthyUpstream(cluster.spec.name), grpc);

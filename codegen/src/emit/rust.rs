@@ -382,12 +382,12 @@ impl RoutesEmitter<'_, '_> {
     fn action(&mut self, route: &Route, matched: Option<&Match>) -> Result<TokenStream, TokenStream> {
         match &route.action {
             Action::Forward { destinations, rewrite } => {
-                let destinations = destinations.iter().filter_map(|it| {
+                let destinations = destinations.iter().map(|it| {
                     // A destination the workload may not call has no cluster in this sidecar;
                     // the runtime answers 503 for it, as a sidecar whose egress hides the host does.
                     let cluster = int(self.clusters.local(it.cluster).unwrap_or(u32::MAX));
                     let weight = int(it.weight);
-                    Some(quote!(rt::WeightedCluster { cluster: #cluster, weight: #weight }))
+                    quote!(rt::WeightedCluster { cluster: #cluster, weight: #weight })
                 });
                 let timeout = match route.timeout_ms {
                     Some(ms) => {
