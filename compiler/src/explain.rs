@@ -803,7 +803,19 @@ pub fn http_request(method: &str, url: &str, headers: Vec<(String, String)>) -> 
         authority: Some(authority),
         path: Some(parsed.path().to_owned()),
         method: method.to_owned(),
-        query: parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        // Raw, not percent-decoded: Envoy compares query parameters as sent.
+        query: parsed
+            .query()
+            .map(|query| {
+                query
+                    .split('&')
+                    .map(|pair| {
+                        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                        (key.to_owned(), value.to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         headers,
         service: None,
         interface: None,

@@ -47,6 +47,9 @@ fn expect_file(path: &Path, actual: &str) -> Option<String> {
         return None;
     }
     if updating() {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|err| panic!("cannot create {}: {err}", parent.display()));
+        }
         std::fs::write(path, actual).unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
         return None;
     }
@@ -104,6 +107,10 @@ fn golden_ok() {
             produced.push("explain.txt");
             failures.extend(expect_file(&case.join("explain.txt"), &explain_all(ir, &case.join("requests.txt"))));
         }
+        produced.push("routes.txt");
+        failures.extend(expect_file(&case.join("routes.txt"), &meshc_codegen::emit::report::routes_txt(ir)));
+        produced.push("crates");
+        failures.extend(expect_crates(&case, ir));
         stale_files(&case, &produced, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -127,6 +134,38 @@ fn golden_err() {
         stale_files(&case, &["diagnostics.txt"], &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The generated crates of every workload, under `crates/`, with the runtime referred to by
+/// its path from there, so that `tests/golden-compile` can build them as they are.
+fn expect_crates(case: &Path, ir: &meshc_codegen::ir::Mesh) -> Vec<String> {
+    let dir = case.join("crates");
+    let options = meshc_codegen::emit::EmitOptions {
+        runtime_path: "../../../../../runtime".to_owned(),
+        regenerate: "UPDATE_EXPECT=1 cargo test -p meshc --test golden".to_owned(),
+    };
+    let workloads: Vec<&meshc_codegen::ir::Workload> = ir.workloads.iter().collect();
+    let files = meshc_codegen::emit::emit(ir, &workloads, &options);
+    let mut failures: Vec<String> = files.iter().filter_map(|file| expect_file(&dir.join(&file.path), &file.text)).collect();
+    // Files in crates/ that the emitter no longer writes are stale.
+    let expected: std::collections::BTreeSet<PathBuf> = files.iter().map(|it| dir.join(&it.path)).collect();
+    let mut stack = vec![dir.clone()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else { continue };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !expected.contains(&path) {
+                if updating() {
+                    std::fs::remove_file(&path).expect("remove a stale file");
+                } else {
+                    failures.push(format!("{} is not produced by the case (stale?)", path.display()));
+                }
+            }
+        }
+    }
+    failures
 }
 
 /// Runs each line of `requests.txt` (arguments of `meshc explain`, shell-quoted) through the

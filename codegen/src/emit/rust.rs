@@ -83,6 +83,15 @@ fn str_lit(text: &str) -> Literal {
     Literal::string(text)
 }
 
+/// A raw string literal, so that multi-line text stays readable in the generated file.
+fn raw_str_lit(text: &str) -> Literal {
+    let mut hashes = String::from("#");
+    while text.contains(&format!("\"{hashes}")) {
+        hashes.push('#');
+    }
+    format!("r{hashes}\"{text}\"{hashes}").parse().unwrap_or_else(|_| Literal::string(text))
+}
+
 fn int(value: impl Into<u64>) -> Literal {
     Literal::u64_unsuffixed(value.into())
 }
@@ -122,9 +131,9 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
         #![doc = #doc]
         #![allow(clippy::all, unused_variables)]
 
-        mod clusters;
-        mod dump;
-        mod routes;
+        pub mod clusters;
+        pub mod dump;
+        pub mod routes;
 
         use meshc_runtime::__codegen as rt;
 
@@ -211,7 +220,7 @@ fn dump_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
         "route_tables": tables,
         "clusters": clusters.iter().map(|it| it.name.as_str()).collect::<Vec<_>>(),
     });
-    let text = str_lit(&serde_json::to_string(&dump).unwrap_or_default());
+    let text = raw_str_lit(&serde_json::to_string_pretty(&dump).unwrap_or_default());
     quote! {
         //! The compiled tables as JSON, served by the admin endpoint's `/config_dump`.
 
