@@ -6,6 +6,7 @@
 
 pub mod endpoints;
 pub mod error;
+pub mod guard;
 pub mod head;
 pub mod proxy;
 mod server;

@@ -15,6 +15,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::endpoints::{self, ClusterEndpoints};
+use crate::guard::Guarded;
 use crate::proxy::{Body, Proxy, full};
 use crate::spec::{ListenerKind, SidecarSpec};
 
@@ -222,7 +223,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, kind: ListenerKind)
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             // A connection error is the client's problem and ends only that connection.
-            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+            let _ = builder.serve_connection_with_upgrades(TokioIo::new(Guarded::new(stream)), service).await;
         });
     }
 }

@@ -1,0 +1,368 @@
+//! The HTTP/1 request guard: every request head on a connection is checked before the HTTP
+//! stack sees a byte of it, and a malformed one is answered with 400 and the connection closed.
+//!
+//! hyper accepts some requests Envoy refuses: with both `Content-Length` and
+//! `Transfer-Encoding` it silently drops the length (RFC 9112 allows either), and an oversized
+//! head gets 431. A sidecar in front of other people's servers refuses both, as Envoy does,
+//! because they are how request smuggling starts. The guard parses heads with `httparse` and
+//! follows message framing (lengths, chunks with `httparse::parse_chunk_size`, trailers) only
+//! to know where the next head starts; it forwards the bytes unchanged.
+//!
+//! HTTP/2 connections (the h2c preface) and upgraded connections pass through untouched.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest request head accepted, as Envoy's default `max_request_headers_kb` (60 KiB).
+pub const MAX_HEAD_BYTES: usize = 60 * 1024;
+/// Most headers in a request head (Envoy's default `max_headers_count`).
+pub const MAX_HEADERS: usize = 100;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing read yet: HTTP/1 or the HTTP/2 preface?
+    Start,
+    /// Waiting for a complete request head.
+    Head,
+    /// A body of known length: bytes left.
+    Fixed(u64),
+    /// A chunked body: waiting for a chunk-size line.
+    ChunkSize,
+    /// Chunk data and its CRLF: bytes left.
+    ChunkData(u64),
+    /// After the last chunk: trailers and the final CRLF.
+    Trailers,
+    /// Not HTTP/1 framing any more (HTTP/2, an upgrade, CONNECT): bytes flow unchecked.
+    Passthrough,
+    /// A malformed request: nothing more is read.
+    Rejected,
+}
+
+/// A connection whose HTTP/1 request heads are checked before the server reads them.
+#[derive(Debug)]
+pub struct Guarded<T> {
+    inner: T,
+    state: State,
+    /// Bytes read but not yet checked.
+    raw: BytesMut,
+    /// Bytes checked and ready for the server.
+    ready: BytesMut,
+    /// The 400 answer still to write, once the server shuts the connection down.
+    reply: Option<BytesMut>,
+    inner_eof: bool,
+}
+
+impl<T> Guarded<T> {
+    /// Guards a connection.
+    pub fn new(inner: T) -> Guarded<T> {
+        Guarded { inner, state: State::Start, raw: BytesMut::new(), ready: BytesMut::new(), reply: None, inner_eof: false }
+    }
+
+    /// Moves as many raw bytes as the framing allows from `raw` to `ready`.
+    fn advance(&mut self) {
+        loop {
+            let before = (self.state, self.raw.len());
+            match self.state {
+                State::Start => {
+                    let n = self.raw.len().min(H2_PREFACE.len());
+                    if self.raw[..n] != H2_PREFACE[..n] {
+                        self.state = State::Head;
+                    } else if n == H2_PREFACE.len() {
+                        self.state = State::Passthrough;
+                    } else {
+                        return;
+                    }
+                }
+                State::Head => self.head(),
+                State::Fixed(left) => {
+                    let n = left.min(self.raw.len() as u64) as usize;
+                    self.release(n);
+                    self.state = if left == n as u64 { State::Head } else { State::Fixed(left - n as u64) };
+                }
+                State::ChunkSize => match httparse::parse_chunk_size(&self.raw) {
+                    Ok(httparse::Status::Complete((used, 0))) => {
+                        self.release(used);
+                        self.state = State::Trailers;
+                    }
+                    // The data and the CRLF after it.
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.release(used);
+                        self.state = State::ChunkData(size.saturating_add(2));
+                    }
+                    Ok(httparse::Status::Partial) if self.raw.len() > 1024 => self.reject("a chunk-size line is too long"),
+                    Ok(httparse::Status::Partial) => return,
+                    Err(_) => self.reject("malformed chunk size"),
+                },
+                State::ChunkData(left) => {
+                    let n = left.min(self.raw.len() as u64) as usize;
+                    self.release(n);
+                    self.state = if left == n as u64 { State::ChunkSize } else { State::ChunkData(left - n as u64) };
+                }
+                State::Trailers => {
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(&self.raw, &mut headers) {
+                        Ok(httparse::Status::Complete((used, _))) => {
+                            self.release(used);
+                            self.state = State::Head;
+                        }
+                        Ok(httparse::Status::Partial) if self.raw.len() > MAX_HEAD_BYTES => self.reject("the trailers are too large"),
+                        Ok(httparse::Status::Partial) => return,
+                        Err(_) => self.reject("malformed trailers"),
+                    }
+                }
+                State::Passthrough => {
+                    let n = self.raw.len();
+                    self.release(n);
+                    return;
+                }
+                State::Rejected => return,
+            }
+            if (self.state, self.raw.len()) == before || self.raw.is_empty() && !matches!(self.state, State::Start) {
+                return;
+            }
+        }
+    }
+
+    /// Checks a complete head, if there is one.
+    fn head(&mut self) {
+        // Empty lines before a request line are allowed (RFC 9112 §2.2).
+        let blank = self.raw.iter().take_while(|it| **it == b'\r' || **it == b'\n').count();
+        self.release(blank);
+        if self.raw.is_empty() {
+            return;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let (used, next) = match request.parse(&self.raw) {
+            Ok(httparse::Status::Partial) if self.raw.len() > MAX_HEAD_BYTES => return self.reject("the request head is too large"),
+            Ok(httparse::Status::Partial) => return,
+            Err(httparse::Error::TooManyHeaders) => return self.reject("too many headers"),
+            Err(_) => return self.reject("malformed request head"),
+            Ok(httparse::Status::Complete(used)) if used > MAX_HEAD_BYTES => return self.reject("the request head is too large"),
+            Ok(httparse::Status::Complete(used)) => match framing(&request) {
+                Ok(next) => (used, next),
+                Err(why) => return self.reject(why),
+            },
+        };
+        self.release(used);
+        self.state = next;
+    }
+
+    fn release(&mut self, n: usize) {
+        let bytes = self.raw.split_to(n);
+        self.ready.unsplit(bytes);
+    }
+
+    fn reject(&mut self, why: &str) {
+        self.state = State::Rejected;
+        self.raw.clear();
+        let body = format!("bad request: {why}");
+        let reply = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.reply = Some(BytesMut::from(reply.as_bytes()));
+    }
+}
+
+/// What follows a valid request head, or why it is not valid.
+fn framing(request: &httparse::Request<'_, '_>) -> Result<State, &'static str> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut upgrade = false;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let value =
+                std::str::from_utf8(header.value).ok().and_then(|it| it.trim().parse::<u64>().ok()).ok_or("invalid Content-Length")?;
+            if length.is_some_and(|it| it != value) {
+                return Err("conflicting Content-Length headers");
+            }
+            length = Some(value);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            let value = std::str::from_utf8(header.value).map_err(|_| "invalid Transfer-Encoding")?;
+            chunked = value.rsplit(',').next().is_some_and(|it| it.trim().eq_ignore_ascii_case("chunked"));
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if transfer_encoding && length.is_some() {
+        return Err("Content-Length together with Transfer-Encoding");
+    }
+    if transfer_encoding && !chunked {
+        return Err("a Transfer-Encoding that does not end in chunked");
+    }
+    if transfer_encoding && request.version == Some(0) {
+        return Err("Transfer-Encoding in an HTTP/1.0 request");
+    }
+    if request.method == Some("CONNECT") || upgrade {
+        // After the head the connection may become a tunnel; its bytes are not HTTP/1.
+        return Ok(State::Passthrough);
+    }
+    Ok(match (chunked, length) {
+        (true, _) => State::ChunkSize,
+        (false, Some(0) | None) => State::Head,
+        (false, Some(n)) => State::Fixed(n),
+    })
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            // A rejected request, or the end of the stream: the server sees the end.
+            if this.state == State::Rejected || this.inner_eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.inner_eof = true;
+                // Whatever is left unchecked is an incomplete head or body; the server sees the end.
+                if this.state == State::Passthrough {
+                    let n = this.raw.len();
+                    this.release(n);
+                }
+                continue;
+            }
+            this.raw.extend_from_slice(read.filled());
+            this.advance();
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// The server closes the connection once it has answered everything before the bad
+    /// request; the 400 goes out then, after those answers.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while let Some(reply) = this.reply.as_mut() {
+            if reply.is_empty() {
+                this.reply = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, reply))?;
+            if n == 0 {
+                this.reply = None;
+                break;
+            }
+            reply.advance(n);
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// What the server behind the guard reads, and what the client receives.
+    async fn run(input: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        client_write.write_all(input).await.unwrap();
+        client_write.shutdown().await.unwrap();
+        let mut guarded = Guarded::new(server);
+        let mut seen = Vec::new();
+        guarded.read_to_end(&mut seen).await.unwrap();
+        guarded.shutdown().await.unwrap();
+        drop(guarded);
+        let mut reply = Vec::new();
+        client_read.read_to_end(&mut reply).await.unwrap();
+        (seen, reply)
+    }
+
+    #[tokio::test]
+    async fn valid_requests_pass_unchanged_across_keep_alive() {
+        let input = b"GET / HTTP/1.1\r\nhost: a\r\n\r\nPOST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhelloPOST /y HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\nGET /z HTTP/1.1\r\nhost: a\r\n\r\n";
+        let (seen, reply) = run(input).await;
+        assert_eq!(seen, input);
+        assert!(reply.is_empty());
+    }
+
+    #[tokio::test]
+    async fn content_length_with_transfer_encoding_is_refused_before_the_server_sees_it() {
+        let input = b"GET / HTTP/1.1\r\nhost: a\r\n\r\nPOST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (seen, reply) = run(input).await;
+        assert_eq!(seen, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        let reply = String::from_utf8(reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+        assert!(reply.ends_with("Content-Length together with Transfer-Encoding"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn oversized_heads_and_bad_headers_are_refused() {
+        let mut big = b"GET / HTTP/1.1\r\nhost: a\r\nx-big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES + 10));
+        big.extend_from_slice(b"\r\n\r\n");
+        let (seen, reply) = run(&big).await;
+        assert!(seen.is_empty());
+        assert!(String::from_utf8_lossy(&reply).contains("too large"));
+        let (seen, reply) = run(b"GET / HTTP/1.1\r\nhost: a\r\nbad header: x\r\n\r\n").await;
+        assert!(seen.is_empty());
+        assert!(String::from_utf8_lossy(&reply).contains("malformed request head"));
+        let (_, reply) = run(b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n").await;
+        assert!(String::from_utf8_lossy(&reply).contains("does not end in chunked"));
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_passes_through() {
+        let mut input = H2_PREFACE.to_vec();
+        input.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00 and anything else");
+        let (seen, reply) = run(&input).await;
+        assert_eq!(seen, input);
+        assert!(reply.is_empty());
+    }
+
+    #[tokio::test]
+    async fn bodies_arriving_one_byte_at_a_time_are_followed() {
+        let input = b"POST /y HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+        let (client, server) = tokio::io::duplex(1);
+        let (_, mut client_write) = tokio::io::split(client);
+        let writer = tokio::spawn(async move {
+            for byte in input {
+                client_write.write_all(&[*byte]).await.unwrap();
+            }
+            client_write.shutdown().await.unwrap();
+        });
+        let mut guarded = Guarded::new(server);
+        let mut seen = Vec::new();
+        guarded.read_to_end(&mut seen).await.unwrap();
+        writer.await.unwrap();
+        let second = input.windows(5).position(|it| it == b"GET /").unwrap();
+        assert_eq!(seen, &input[..second]);
+        assert_eq!(guarded.state, State::Rejected);
+    }
+}
