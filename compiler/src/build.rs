@@ -46,7 +46,7 @@ pub fn run(args: &BuildArgs) -> ExitCode {
         return ExitCode::from(if compilation.io_error { 2 } else { 1 });
     };
     match build(mesh, args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
@@ -65,7 +65,17 @@ enum Failure {
     Build(String),
 }
 
-fn build(mesh: &ir::Mesh, args: &BuildArgs) -> Result<(), Failure> {
+/// Builds the sidecars of a mesh directory, as `meshc build` does, and returns the binaries
+/// (none with `no_compile`). Errors are rendered messages.
+pub fn build_dir(args: &BuildArgs) -> Result<Vec<PathBuf>, String> {
+    let compilation = crate::compile(&DiskFs::new(&args.dir));
+    let Some(mesh) = &compilation.ir else { return Err(compilation.render_plain()) };
+    build(mesh, args).map_err(|it| match it {
+        Failure::Usage(message) | Failure::Build(message) => message,
+    })
+}
+
+fn build(mesh: &ir::Mesh, args: &BuildArgs) -> Result<Vec<PathBuf>, Failure> {
     let workloads = select(mesh, &args.workloads)?;
     let runtime = runtime_dir()
         .canonicalize()
@@ -100,7 +110,7 @@ fn build(mesh: &ir::Mesh, args: &BuildArgs) -> Result<(), Failure> {
         println!("{}", args.out.join(&workload.name).display());
     }
     if args.no_compile {
-        return Ok(());
+        return Ok(Vec::new());
     }
     compile(&out, &runtime, &workloads, &args.out)
 }
@@ -127,7 +137,7 @@ fn select<'m>(mesh: &'m ir::Mesh, names: &[String]) -> Result<Vec<&'m ir::Worklo
     Ok(selected)
 }
 
-fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &Path) -> Result<(), Failure> {
+fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &Path) -> Result<Vec<PathBuf>, Failure> {
     // One target directory for every sidecar, the workspace's when the runtime is in one, so
     // that dependencies compile once.
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
@@ -150,6 +160,7 @@ fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &
     }
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin).map_err(|err| Failure::Build(format!("cannot create {}: {err}", bin.display())))?;
+    let mut binaries = Vec::new();
     for workload in workloads {
         let name = format!("{}{}", workload.name, std::env::consts::EXE_SUFFIX);
         let built = target.join("release").join(&name);
@@ -159,8 +170,9 @@ fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &
         std::fs::copy(&built, &placed)
             .map_err(|err| Failure::Build(format!("cannot copy {} to {}: {err}", built.display(), placed.display())))?;
         println!("{}", shown_out.join("bin").join(&name).display());
+        binaries.push(placed);
     }
-    Ok(())
+    Ok(binaries)
 }
 
 /// Writes `text` unless the file already holds it; returns whether it wrote.

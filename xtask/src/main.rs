@@ -1,6 +1,7 @@
 //! Project automation. `cargo xtask test` is the test command CI runs (`.ci/run`):
-//! it installs what the tests need, runs every test of the workspace, and fails when the
-//! tests changed a committed golden file or example.
+//! it installs what the tests need (curl and h2load from Debian, grpcio into `.venv`), runs
+//! every test of the workspace, and fails when the tests changed a committed golden file or
+//! example.
 //!
 //! Automation lives here, in Rust, rather than in shell scripts, so it runs the same way
 //! on every machine and fails with a message that says what to do.
@@ -33,11 +34,57 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// What the end-to-end tests run, pinned as ../shared/reference/peers.md recommends.
+const APT_PACKAGES: [(&str, &str); 2] = [("curl", "curl"), ("h2load", "nghttp2-client")];
+const PIP_PACKAGES: [&str; 1] = ["grpcio==1.85.1"];
+
+/// Installs the real clients the end-to-end tests drive, unless they are already there:
+/// Debian packages (curl, h2load) and a `.venv` with grpcio.
+fn install() -> Result<(), String> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(tool, _)| !runs(tool, &["--version"])).map(|(_, package)| *package).collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {}", missing.join(", "));
+        let root = Command::new("id").arg("-u").output().map(|it| String::from_utf8_lossy(&it.stdout).trim() == "0").unwrap_or(false);
+        let apt = |args: &[&str]| {
+            let mut command = if root { Command::new("apt-get") } else { Command::new("sudo") };
+            if !root {
+                command.arg("apt-get");
+            }
+            command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            run(&mut command)
+        };
+        apt(&["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        apt(&args)?;
+    }
+    let venv = root().join(".venv");
+    let python = venv.join("bin").join("python");
+    if !runs(&python.to_string_lossy(), &["-c", "import grpc"]) {
+        eprintln!("xtask: making {} with {}", venv.display(), PIP_PACKAGES.join(" "));
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PIP_PACKAGES))?;
+    }
+    Ok(())
+}
+
+/// Whether `program args` runs and succeeds.
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|it| it.success())
+}
+
 fn test() -> Result<(), String> {
     let started = Instant::now();
+    install()?;
     // Unit, data-driven, golden, CLI, property and fuzz-style tests, and the benchmarks
     // built and run once in test mode so they cannot rot.
-    run(Command::new(cargo()).args(["test", "--workspace", "--locked", "--all-targets"]))?;
+    let python = root().join(".venv").join("bin").join("python");
+    run(Command::new(cargo()).args(["test", "--workspace", "--locked", "--all-targets"]).env("MESHC_PYTHON", &python))?;
     // Doc tests are not part of --all-targets.
     run(Command::new(cargo()).args(["test", "--workspace", "--locked", "--doc"]))?;
     check_goldens_unchanged()?;

@@ -14,7 +14,7 @@ pub const CONFIG_DUMP: &str = r#"{
   "mesh": "bookinfo",
   "route_tables": [
     {
-      "declared_in": null,
+      "declared_in": "bookinfo.mesh",
       "id": 0,
       "kind": {
         "domains": [
@@ -49,7 +49,7 @@ pub const CONFIG_DUMP: &str = r#"{
           "fault": null,
           "matches": [],
           "mirror": null,
-          "name": "default",
+          "name": "all",
           "rate_limit": null,
           "request_headers": {
             "add": [],
@@ -76,7 +76,7 @@ pub const CONFIG_DUMP: &str = r#"{
               "unavailable"
             ]
           },
-          "timeout_ms": null
+          "timeout_ms": 1000
         }
       ]
     },

@@ -12,7 +12,7 @@ pub const CONFIG_DUMP: &str = r#"{
   "mesh": "bookinfo",
   "route_tables": [
     {
-      "declared_in": null,
+      "declared_in": "bookinfo.mesh",
       "id": 0,
       "kind": {
         "domains": [
@@ -47,7 +47,7 @@ pub const CONFIG_DUMP: &str = r#"{
           "fault": null,
           "matches": [],
           "mirror": null,
-          "name": "default",
+          "name": "all",
           "rate_limit": null,
           "request_headers": {
             "add": [],
@@ -74,7 +74,7 @@ pub const CONFIG_DUMP: &str = r#"{
               "unavailable"
             ]
           },
-          "timeout_ms": null
+          "timeout_ms": 1000
         }
       ]
     },

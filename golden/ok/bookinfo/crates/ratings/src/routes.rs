@@ -52,7 +52,7 @@ pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
         None => rt::Decision::NoRoute,
     }
 }
-/// Route table `details.default.svc.cluster.local:9080`: the default route.
+/// Route table `details.default.svc.cluster.local:9080`, declared in bookinfo.mesh.
 fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
     rt::Decision::Forward(&ROUTE_0_0_0)
 }
@@ -71,16 +71,16 @@ fn table_3(head: &rt::RequestHead<'_>) -> rt::Decision {
     }
     rt::Decision::Forward(&ROUTE_3_1_0)
 }
-/// Route `default` of `details.default.svc.cluster.local:9080`.
+/// Route `all` of `details.default.svc.cluster.local:9080`.
 static ROUTE_0_0_0: rt::Forward = rt::Forward {
-    route: "default",
+    route: "all",
     destinations: &[
         rt::WeightedCluster {
             cluster: 3,
             weight: 100,
         },
     ],
-    timeout_ms: None,
+    timeout_ms: Some(1000),
     path_rewrite: rt::PathRewrite::None,
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,

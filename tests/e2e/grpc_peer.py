@@ -1,0 +1,75 @@
+"""A real gRPC peer for the end-to-end tests, on grpcio with no generated code.
+
+    python grpc_peer.py server
+    python grpc_peer.py client TARGET AUTHORITY CASE
+
+The server offers /e2e.Greeter/Hello (unary), /e2e.Greeter/Count (server streaming),
+/e2e.Greeter/Fail (answers NOT_FOUND) and /e2e.Greeter/Slow (sleeps 3 s). Messages are raw
+bytes, so no .proto is needed. The client prints one JSON line with what it received.
+"""
+
+import json
+import sys
+import time
+from concurrent import futures
+
+import grpc
+
+
+def hello(request, context):
+    return b"hello " + request
+
+
+def count(request, context):
+    for i in range(int(request.decode())):
+        yield str(i).encode()
+
+
+def fail(request, context):
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such greeting")
+
+
+def slow(request, context):
+    time.sleep(3)
+    return b"late"
+
+
+def serve():
+    handlers = {
+        "Hello": grpc.unary_unary_rpc_method_handler(hello),
+        "Count": grpc.unary_stream_rpc_method_handler(count),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("e2e.Greeter", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"serving {port}", flush=True)
+    server.wait_for_termination()
+
+
+def client(target, authority, case):
+    channel = grpc.insecure_channel(target, options=[("grpc.default_authority", authority)])
+    out = {}
+    try:
+        if case == "hello":
+            out["reply"] = channel.unary_unary("/e2e.Greeter/Hello")(b"mesh", timeout=10).decode()
+        elif case == "count":
+            out["replies"] = [it.decode() for it in channel.unary_stream("/e2e.Greeter/Count")(b"5", timeout=10)]
+        elif case == "fail":
+            channel.unary_unary("/e2e.Greeter/Fail")(b"x", timeout=10)
+        elif case == "slow":
+            channel.unary_unary("/e2e.Greeter/Slow")(b"x", timeout=10)
+        out["code"] = "OK"
+    except grpc.RpcError as err:
+        out["code"] = err.code().name
+        out["details"] = err.details()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        serve()
+    else:
+        client(sys.argv[2], sys.argv[3], sys.argv[4])

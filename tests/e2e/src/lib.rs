@@ -1,0 +1,209 @@
+//! Helpers for the end-to-end tests: build a mesh's sidecars with meshc, run them, run real
+//! upstream servers and real clients.
+//!
+//! The clients are the real tools (curl, h2load, Python grpcio); a missing one fails the test
+//! with a message saying how to install it (`cargo xtask test` installs them all).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root")
+}
+
+/// Builds (once per test process) the sidecar of `workload` of a mesh directory, with the real
+/// `meshc build`, into `target/e2e/<mesh>`, and returns the binary.
+pub fn sidecar_binary(mesh_dir: &Path, workload: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<BTreeMap<(PathBuf, String), PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
+    // One build at a time: they share a cargo target directory.
+    let mut built = built.lock().unwrap_or_else(|it| it.into_inner());
+    let key = (mesh_dir.to_path_buf(), workload.to_owned());
+    if let Some(binary) = built.get(&key) {
+        return binary.clone();
+    }
+    let name = mesh_dir.file_name().expect("a mesh directory name").to_string_lossy().into_owned();
+    let args = meshc::build::BuildArgs {
+        dir: mesh_dir.to_path_buf(),
+        out: root().join("target").join("e2e").join(name),
+        workloads: vec![workload.to_owned()],
+        no_compile: false,
+    };
+    let binaries = meshc::build::build_dir(&args).unwrap_or_else(|err| panic!("meshc build {} failed:\n{err}", mesh_dir.display()));
+    let binary = binaries.into_iter().next().expect("one binary");
+    built.insert(key, binary.clone());
+    binary
+}
+
+/// A running sidecar, stopped when dropped.
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Child,
+    /// Each listener's bound address, by name.
+    pub listeners: BTreeMap<String, SocketAddr>,
+    /// The admin endpoint.
+    pub admin: SocketAddr,
+}
+
+impl Sidecar {
+    /// Starts a sidecar with every named listener and the admin endpoint on free loopback
+    /// ports, and the endpoints of `endpoints` (TOML text).
+    pub fn start(binary: &Path, listeners: &[&str], endpoints: &str) -> Sidecar {
+        let file = std::env::temp_dir().join(format!("meshc-e2e-endpoints-{}-{}.toml", std::process::id(), unique()));
+        std::fs::write(&file, endpoints).expect("write the endpoints file");
+        let mut command = Command::new(binary);
+        command.arg("--admin").arg("127.0.0.1:0").arg("--endpoints").arg(&file);
+        for listener in listeners {
+            command.arg("--listen").arg(format!("{listener}=127.0.0.1:0"));
+        }
+        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start the sidecar");
+        let stderr = child.stderr.take().expect("stderr");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut found = BTreeMap::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while admin.is_none() || found.len() < listeners.len() {
+            let line = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
+                panic!("the sidecar did not report its listeners within 10 s (found {found:?})");
+            });
+            if let Some((_, rest)) = line.split_once(": listener ") {
+                if let Some((name, address)) = rest.split_once(" on ") {
+                    found.insert(name.to_owned(), address.parse().expect("an address"));
+                }
+            } else if let Some((_, address)) = line.split_once(": admin on ") {
+                admin = Some(address.parse().expect("an address"));
+            } else if line.starts_with("error") {
+                panic!("the sidecar failed: {line}");
+            }
+        }
+        Sidecar { child, listeners: found, admin: admin.expect("the admin address") }
+    }
+
+    /// The address of a listener.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners[name]
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An HTTP upstream that answers `{"upstream": NAME, "path": ..., "host": ...}` and counts
+/// the requests it serves; `/slow` answers after 3 s.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub address: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    /// Starts one on a free loopback port, serving HTTP/1.1 and h2c.
+    pub fn start(name: &str) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream");
+        let address = listener.local_addr().expect("address");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(serve_upstream(listener, name, counter));
+        });
+        Upstream { address, hits }
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc<AtomicUsize>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let name = name.clone();
+        let hits = hits.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let name = name.clone();
+                let hits = hits.clone();
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    if request.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    let host = request.headers().get("host").and_then(|it| it.to_str().ok()).unwrap_or("").to_owned();
+                    let body = serde_json::json!({"upstream": name, "path": request.uri().path(), "host": host}).to_string();
+                    let mut response = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                    response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Fails with a clear message unless `tool` runs.
+pub fn require(tool: &str, install: &str) {
+    let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(found, "`{tool}` is needed by this end-to-end test: {install} (`cargo xtask test` installs it)");
+}
+
+/// Runs curl and returns (status, body). `args` come before the URL.
+pub fn curl(args: &[&str], url: &str) -> (u16, String) {
+    require("curl", "apt-get install curl");
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", "--write-out", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The Python with grpcio, from `.venv` (as `cargo xtask test` makes it) or `MESHC_PYTHON`.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("MESHC_PYTHON").map_or_else(|| root().join(".venv/bin/python"), PathBuf::from);
+    let works =
+        Command::new(&python).args(["-c", "import grpc"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|it| it.success());
+    assert!(works, "{} with grpcio is needed by the gRPC end-to-end tests (`cargo xtask test` makes .venv with grpcio)", python.display());
+    python
+}
