@@ -6,6 +6,7 @@
 pub mod build;
 pub mod check;
 pub mod diag;
+pub mod diff;
 pub mod driver;
 pub mod explain;
 pub mod lower;

@@ -36,6 +36,8 @@ enum Command {
     Explain(meshc::explain::ExplainArgs),
     /// Generate a sidecar crate per workload and compile them.
     Build(meshc::build::BuildArgs),
+    /// Show what changes for traffic between two versions of a mesh (exit 1 when something does).
+    Diff(meshc::diff::DiffArgs),
     /// Write a synthetic mesh (for benchmarks and scale tests) to a directory.
     #[command(hide = true)]
     Synth {
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         }
         Command::Explain(args) => meshc::explain::run(&args),
         Command::Build(args) => meshc::build::run(&args),
+        Command::Diff(args) => meshc::diff::run(&args),
         Command::Synth { out, services, instances, routes } => {
             let mesh = meshc::synth::synthetic(meshc::synth::Synthetic { services, instances, routes });
             for (path, bytes) in &mesh.files {

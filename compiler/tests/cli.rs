@@ -164,3 +164,48 @@ fn explain_applies_the_ratings_allow_policy() {
     let json = explain_json(&["--from", "reviews", "POST", "http://ratings:9080/ratings/1"]);
     assert_eq!(json["destinations"][0]["authz"][0]["allowed"], false);
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    let files = meshc::source::MemFs::from_dir(from).expect("read");
+    for (path, bytes) in &files.files {
+        let target = to.join(path);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::write(target, bytes).expect("write");
+    }
+}
+
+#[test]
+fn diff_exits_0_without_differences_and_1_with_them() {
+    let same = meshc(&["diff", "examples/bookinfo", "examples/bookinfo"]);
+    assert_eq!(code(&same), 0, "{}", stderr(&same));
+    assert!(stdout(&same).contains("no routing difference"));
+
+    let changed = std::env::temp_dir().join(format!("meshc-cli-diff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&changed);
+    copy_dir(&root().join("examples/bookinfo"), &changed);
+    let spec = std::fs::read_to_string(changed.join("bookinfo.mesh")).expect("read");
+    std::fs::write(changed.join("bookinfo.mesh"), spec.replace("weight 90", "weight 80").replace("weight 10", "weight 20")).expect("write");
+    let output = meshc(&["diff", "examples/bookinfo", changed.to_str().expect("utf-8"), "--format", "json"]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    assert_eq!(json[0]["kind"], "changed");
+    assert_eq!(json[0]["path"], "reviews.default.svc.cluster.local:9080 / everyone-else");
+    assert!(json[0]["after"].as_str().expect("after").contains("v3|reviews.default.svc.cluster.local 20%"));
+    let _ = std::fs::remove_dir_all(&changed);
+}
+
+#[test]
+fn diff_against_a_git_revision_reads_the_directory_from_git() {
+    // The committed bookinfo against itself at HEAD: what a fresh clone holds.
+    let output = meshc(&["diff", "examples/bookinfo", "--git", "HEAD"]);
+    assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+    let output = meshc(&["diff", "examples/bookinfo", "--git", "no-such-revision"]);
+    assert_eq!(code(&output), 2);
+}
+
+#[test]
+fn diff_of_a_mesh_with_errors_exits_2() {
+    let output = meshc(&["diff", "examples/bookinfo", "golden/err/unknown-service/spec"]);
+    assert_eq!(code(&output), 2);
+    assert!(stderr(&output).contains("does not compile"));
+}

@@ -20,7 +20,13 @@ pub fn routes_txt(mesh: &Mesh) -> String {
             } else {
                 route.matches.iter().map(describe_match).collect::<Vec<_>>().join(" | ")
             };
-            rows.push([format!("{kind} {}", table.name), route.name.clone(), matches, describe_action(mesh, &route.action), extras(route)]);
+            rows.push([
+                format!("{kind} {}", table.name),
+                route.name.clone(),
+                matches,
+                describe_action(mesh, &route.action),
+                extras(mesh, route),
+            ]);
         }
     }
     let mut widths = [0usize; 4];
@@ -68,7 +74,8 @@ fn describe_string(condition: &StringMatch) -> String {
     }
 }
 
-fn describe_match(m: &Match) -> String {
+/// One alternative in words: `path ^= "/api" & header x present`.
+pub fn describe_match(m: &Match) -> String {
     let mut parts = Vec::new();
     let fields = [
         ("authority", &m.authority),
@@ -98,7 +105,8 @@ fn describe_match(m: &Match) -> String {
     parts.join(" & ")
 }
 
-fn describe_action(mesh: &Mesh, action: &Action) -> String {
+/// A route's action in words, destinations by cluster name.
+pub fn describe_action(mesh: &Mesh, action: &Action) -> String {
     match action {
         Action::Forward { destinations, rewrite } => {
             let mut text = destinations
@@ -126,7 +134,8 @@ fn describe_action(mesh: &Mesh, action: &Action) -> String {
     }
 }
 
-fn extras(route: &crate::ir::Route) -> String {
+/// Timeout, retries, faults, mirror, rate limit and header operations in words.
+pub fn extras(mesh: &Mesh, route: &crate::ir::Route) -> String {
     let mut parts = Vec::new();
     if let Some(ms) = route.timeout_ms {
         parts.push(format!("timeout {ms}ms"));
@@ -143,7 +152,7 @@ fn extras(route: &crate::ir::Route) -> String {
         }
     }
     if let Some(mirror) = &route.mirror {
-        parts.push(format!("mirror {} ppm to cluster {}", mirror.per_million, mirror.cluster.0));
+        parts.push(format!("mirror {}% to {}", f64::from(mirror.per_million) / 10_000.0, mesh.clusters[mirror.cluster.index()].name));
     }
     if let Some(limit) = &route.rate_limit {
         parts.push(format!("rate limit {}/{}ms", limit.tokens_per_fill, limit.fill_interval_ms));
