@@ -8,9 +8,11 @@ pub mod endpoints;
 pub mod error;
 pub mod guard;
 pub mod head;
+pub mod interp;
 pub mod proxy;
 mod server;
 pub mod spec;
+pub mod table;
 
 /// The only face of the runtime that generated code sees. Every path a generated crate uses
 /// is here, so the contract is one greppable list (codegen's `rt.rs` mirrors it).
@@ -22,6 +24,7 @@ pub mod __codegen {
         Answer, ClusterSpec, Decision, EndpointSeed, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol, SidecarSpec,
         WeightedCluster,
     };
+    pub use crate::table::{Alternative, Cond, IndexedTable, Presence, Str};
 
     /// A regex compiled on first use. Patterns come from meshc already translated from RE2 and
     /// anchored, so they are valid; an invalid one never matches rather than failing a request.

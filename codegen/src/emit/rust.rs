@@ -4,8 +4,9 @@
 //! endpoint).
 //!
 //! Routing is code: a request's host picks a table by binary search in a sorted static array,
-//! and a table is a sequence of `if` statements over the request head, in route order. Large
-//! tables are split into functions of at most [`CHUNK`] alternatives, so the generated crate
+//! and a table is a sequence of `if` statements over the request head, in route order. A table
+//! of more than [`CHUNK`] alternatives becomes indexed static data instead (exact paths, path
+//! prefixes, the rest), so lookups try only the routes that can match and the generated crate
 //! compiles in bounded time whatever the spec's size.
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use crate::ir::{
     StringMatchKind, Workload,
 };
 
-/// At most this many match alternatives go in one generated function.
+/// Tables with more match alternatives than this are emitted as indexed static data.
 const CHUNK: usize = 64;
 
 /// First port of the default inbound listener addresses (Istio's inbound capture port).
@@ -307,10 +308,11 @@ impl RoutesEmitter<'_, '_> {
         }
     }
 
-    /// One table: its alternatives in order, split into chunks.
+    /// One table: straight-line `if`s in route order when it is small, else an indexed static
+    /// table (see the runtime's `table.rs`), so lookups stay fast and compile times bounded.
     fn table(&mut self, table: &RouteTable, index: usize) -> TokenStream {
-        // (condition, decision) of every alternative, in order.
-        let mut steps: Vec<(TokenStream, TokenStream)> = Vec::new();
+        // (alternative, decision) in order; a catch-all route ends the table.
+        let mut alternatives: Vec<(&Match, TokenStream)> = Vec::new();
         let mut otherwise = quote!(rt::Decision::NoRoute);
         for (route_index, route) in table.routes.iter().enumerate() {
             let decisions = self.decisions(table, index, route_index, route);
@@ -320,9 +322,7 @@ impl RoutesEmitter<'_, '_> {
                 break;
             }
             for (alternative, m) in route.matches.iter().enumerate() {
-                let condition = self.condition(m);
-                let decision = decisions[alternative.min(decisions.len() - 1)].clone();
-                steps.push((condition, decision));
+                alternatives.push((m, decisions[alternative.min(decisions.len() - 1)].clone()));
             }
         }
         let name = format_ident!("table_{}", index);
@@ -330,8 +330,14 @@ impl RoutesEmitter<'_, '_> {
             Some(file) => format!(" Route table `{}`, declared in {file}.", table.name),
             None => format!(" Route table `{}`: the default route.", table.name),
         };
-        if steps.len() <= CHUNK {
-            let steps = steps.iter().map(|(condition, decision)| quote!(if #condition { return #decision; }));
+        if alternatives.len() <= CHUNK {
+            let steps: Vec<TokenStream> = alternatives
+                .iter()
+                .map(|(m, decision)| {
+                    let condition = self.condition(m);
+                    quote!(if #condition { return #decision; })
+                })
+                .collect();
             return quote! {
                 #[doc = #doc]
                 fn #name(head: &rt::RequestHead<'_>) -> rt::Decision {
@@ -340,26 +346,97 @@ impl RoutesEmitter<'_, '_> {
                 }
             };
         }
-        let mut parts = Vec::new();
-        let mut calls = Vec::new();
-        for (part, chunk) in steps.chunks(CHUNK).enumerate() {
-            let part_name = format_ident!("table_{}_part_{}", index, part);
-            let chunk = chunk.iter().map(|(condition, decision)| quote!(if #condition { return Some(#decision); }));
-            parts.push(quote! {
-                fn #part_name(head: &rt::RequestHead<'_>) -> Option<rt::Decision> {
-                    #(#chunk)*
-                    None
-                }
-            });
-            calls.push(quote!(if let Some(decision) = #part_name(head) { return decision; }));
+        let static_name = format_ident!("TABLE_{}", index);
+        let mut exact: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut prefixes: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut always = Vec::new();
+        let mut items = Vec::new();
+        for (position, (m, decision)) in alternatives.iter().enumerate() {
+            let position = position as u32;
+            match &m.path {
+                Some(StringMatch { kind: StringMatchKind::Exact, value }) => exact.entry(value.as_str()).or_default().push(position),
+                Some(StringMatch { kind: StringMatchKind::Prefix, value }) => prefixes.entry(value.as_str()).or_default().push(position),
+                _ => always.push(position),
+            }
+            let conditions = self.conditions_data(m);
+            items.push(quote!(rt::Alternative { conditions: &[#(#conditions),*], decision: #decision }));
         }
+        let lengths: std::collections::BTreeSet<u64> = prefixes.keys().map(|it| it.len() as u64).collect();
+        let index_rows = |map: &BTreeMap<&str, Vec<u32>>| -> Vec<TokenStream> {
+            map.iter()
+                .map(|(key, positions)| {
+                    let key = str_lit(key);
+                    let positions = positions.iter().map(|it| int(*it));
+                    quote!((#key, &[#(#positions),*]))
+                })
+                .collect()
+        };
+        let exact_rows = index_rows(&exact);
+        let prefix_rows = index_rows(&prefixes);
+        let lengths = lengths.into_iter().map(int);
+        let always = always.into_iter().map(int);
         quote! {
             #[doc = #doc]
             fn #name(head: &rt::RequestHead<'_>) -> rt::Decision {
-                #(#calls)*
-                #otherwise
+                #static_name.lookup(head)
             }
-            #(#parts)*
+
+            #[doc = #doc]
+            static #static_name: rt::IndexedTable = rt::IndexedTable {
+                alternatives: &[#(#items),*],
+                exact_paths: &[#(#exact_rows),*],
+                prefixes: &[#(#prefix_rows),*],
+                prefix_lengths: &[#(#lengths),*],
+                always: &[#(#always),*],
+                otherwise: #otherwise,
+            };
+        }
+    }
+
+    /// An alternative's conditions as static data for an indexed table.
+    fn conditions_data(&mut self, m: &Match) -> Vec<TokenStream> {
+        let mut out = Vec::new();
+        if let Some(condition) = &m.authority {
+            let value = self.str_data(condition);
+            out.push(quote!(rt::Cond::Authority(#value)));
+        }
+        if let Some(condition) = &m.path {
+            let value = self.str_data(condition);
+            out.push(quote!(rt::Cond::Path(#value)));
+        }
+        if let Some(condition) = &m.method {
+            let value = self.str_data(condition);
+            out.push(quote!(rt::Cond::Method(#value)));
+        }
+        for (variant, name, kind) in m
+            .headers
+            .iter()
+            .map(|it| (quote!(Header), &it.name, &it.kind))
+            .chain(m.query.iter().map(|it| (quote!(Query), &it.name, &it.kind)))
+        {
+            let name = str_lit(name);
+            let presence = match kind {
+                PresenceMatch::Present => quote!(rt::Presence::Present),
+                PresenceMatch::Absent => quote!(rt::Presence::Absent),
+                PresenceMatch::Value(condition) => {
+                    let value = self.str_data(condition);
+                    quote!(rt::Presence::Value(#value))
+                }
+            };
+            out.push(quote!(rt::Cond::#variant(#name, #presence)));
+        }
+        out
+    }
+
+    fn str_data(&mut self, condition: &StringMatch) -> TokenStream {
+        let text = str_lit(&condition.value);
+        match condition.kind {
+            StringMatchKind::Exact => quote!(rt::Str::Exact(#text)),
+            StringMatchKind::Prefix => quote!(rt::Str::Prefix(#text)),
+            StringMatchKind::Regex => {
+                let regex = self.regex(&condition.value);
+                quote!(rt::Str::Regex(&#regex))
+            }
         }
     }
 
