@@ -53,7 +53,21 @@ enum Command {
         /// Number of routes.
         #[arg(long, default_value_t = 10_000)]
         routes: usize,
+        /// What to write: a whole mesh of that size, one service with `--routes` routes in one
+        /// table, or a small random mesh drawn from `--seed`.
+        #[arg(long, value_enum, default_value_t = Shape::Mesh)]
+        shape: Shape,
+        /// The seed of `--shape random`.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Shape {
+    Mesh,
+    Table,
+    Random,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,8 +115,12 @@ fn main() -> ExitCode {
         Command::Explain(args) => meshc::explain::run(&args),
         Command::Build(args) => meshc::build::run(&args),
         Command::Diff(args) => meshc::diff::run(&args),
-        Command::Synth { out, services, instances, routes } => {
-            let mesh = meshc::synth::synthetic(meshc::synth::Synthetic { services, instances, routes });
+        Command::Synth { out, services, instances, routes, shape, seed } => {
+            let mesh = match shape {
+                Shape::Mesh => meshc::synth::synthetic(meshc::synth::Synthetic { services, instances, routes }),
+                Shape::Table => meshc::synth::route_table(routes),
+                Shape::Random => meshc::synth::random(seed),
+            };
             for (path, bytes) in &mesh.files {
                 let target = out.join(path);
                 let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, bytes));
@@ -111,7 +129,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            println!("wrote a mesh of {services} services, {instances} instances and {routes} routes to {}", out.display());
+            println!("wrote {} files to {}", mesh.files.len(), out.display());
             ExitCode::SUCCESS
         }
     }

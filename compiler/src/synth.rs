@@ -216,6 +216,201 @@ fn sofa_snapshot(count: usize, per_service: usize) -> String {
     format!("[\n{}\n]", pushes.join(",\n"))
 }
 
+/// One service whose single route table holds `routes` routes, as an API gateway's: exact
+/// paths, path prefixes, prefixes with a header, and methods with a query alternative, then a
+/// catch-all. The mesh declares no workload, so the `default` workload holds the whole table.
+pub fn route_table(routes: usize) -> MemFs {
+    let mut fs = MemFs::new();
+    fs.insert(
+        "mesh.toml",
+        "[mesh]\nname = \"route-table\"\n\n[[registry]]\nname = \"native\"\nkind = \"native\"\npath = \"registry.toml\"\n",
+    );
+    fs.insert(
+        "registry.toml",
+        "[[service]]\nname = \"api\"\nports = [{ number = 80, name = \"http\", protocol = \"http\" }]\n\n\
+         [[service.instance]]\naddress = \"10.0.0.1\"\nport = 80\nlabels = { version = \"v1\" }\n\n\
+         [[service.instance]]\naddress = \"10.0.0.2\"\nport = 80\nlabels = { version = \"v2\" }\n",
+    );
+    let mut spec = String::from("service api {\n  subset v1 { version = \"v1\" }\n  subset v2 { version = \"v2\" }\n}\n\nroutes api {\n");
+    for index in 0..routes.saturating_sub(1) {
+        let matches = match index % 4 {
+            0 => format!("    match {{ path exact \"/api/r{index}\" }}\n"),
+            1 => format!("    match {{ path prefix \"/api/p{index}/\" }}\n"),
+            2 => format!("    match {{ path prefix \"/api/h{index}/\"  header \"x-tenant\" exact \"t{index}\" }}\n"),
+            _ => format!(
+                "    match {{ path exact \"/api/m{index}\"  method POST }}\n    match {{ path prefix \"/api/q{index}/\"  query \"v\" present }}\n"
+            ),
+        };
+        let to = if index % 2 == 0 {
+            "    to api subset v1\n".to_owned()
+        } else {
+            "    to api subset v1 weight 90\n    to api subset v2 weight 10\n".to_owned()
+        };
+        let _ = write!(spec, "  route r{index} {{\n{matches}{to}  }}\n");
+    }
+    spec.push_str("  route rest {\n    to api subset v1\n  }\n}\n");
+    fs.insert("api.mesh", spec);
+    fs
+}
+
+/// The path, headers and query string of a request that `route_table`'s route `index` takes
+/// (the last route for an index past the table).
+pub fn route_table_request(index: usize) -> (String, Vec<(&'static str, String)>, Option<&'static str>) {
+    match index % 4 {
+        0 => (format!("/api/r{index}"), Vec::new(), None),
+        1 => (format!("/api/p{index}/item"), Vec::new(), None),
+        2 => (format!("/api/h{index}/item"), vec![("x-tenant", format!("t{index}"))], None),
+        _ => (format!("/api/q{index}/item"), Vec::new(), Some("v=1")),
+    }
+}
+
+/// A small random mesh that compiles cleanly: a few services of a native registry, with route
+/// tables of random matches drawn from a small vocabulary (so that routes overlap and order
+/// matters), weights, direct responses and redirects, and now and then a table large enough
+/// to be emitted as an indexed table. Routes the checker finds unreachable are dropped.
+/// The output depends only on `seed`.
+pub fn random(seed: u64) -> MemFs {
+    let mut rng = SplitMix(seed);
+    let services = 1 + rng.below(3) as usize;
+    let mut fs = MemFs::new();
+    fs.insert(
+        "mesh.toml",
+        format!("[mesh]\nname = \"random-{seed}\"\n\n[[registry]]\nname = \"native\"\nkind = \"native\"\npath = \"registry.toml\"\n"),
+    );
+    let mut registry = String::new();
+    let mut spec = String::new();
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    for service in 0..services {
+        let _ =
+            write!(registry, "[[service]]\nname = \"s{service}\"\nports = [{{ number = 80, name = \"http\", protocol = \"http\" }}]\n\n");
+        for (instance, version) in ["v1", "v2"].iter().enumerate() {
+            let _ = write!(
+                registry,
+                "[[service.instance]]\naddress = \"10.0.{service}.{instance}\"\nport = 80\nlabels = {{ version = \"{version}\" }}\n\n"
+            );
+        }
+        let _ = write!(spec, "service s{service} {{\n  subset v1 {{ version = \"v1\" }}\n  subset v2 {{ version = \"v2\" }}\n}}\n\n");
+        if rng.below(4) == 0 {
+            continue; // the default route only
+        }
+        let count = if rng.below(4) == 0 { 65 + rng.below(60) as usize } else { 1 + rng.below(12) as usize };
+        // Larger tables draw from a larger vocabulary, so that fewer of their routes are shadowed.
+        let width = if count > 12 { 40 } else { 4 };
+        let routes = (0..count).map(|index| random_route(&mut rng, service, index, index + 1 == count, services, width)).collect();
+        tables.push((format!("s{service}"), routes));
+    }
+    fs.insert("registry.toml", registry);
+    // Compile, drop the routes reported unreachable, and again, until the mesh is clean.
+    loop {
+        let mut text = spec.clone();
+        for (host, routes) in &tables {
+            let _ = write!(text, "routes {host} {{\n{}}}\n\n", routes.concat());
+        }
+        fs.insert("random.mesh", text);
+        let compilation = crate::compile(&fs);
+        let unreachable: Vec<String> = compilation
+            .diagnostics
+            .iter()
+            .filter(|it| matches!(it.code, crate::diag::Code::ShadowedRoute | crate::diag::Code::ContainedRoute))
+            .filter_map(|it| it.message.split('`').nth(1).map(str::to_owned))
+            .collect();
+        if unreachable.is_empty() {
+            return fs;
+        }
+        for (_, routes) in &mut tables {
+            routes.retain(|route| !unreachable.iter().any(|name| route.starts_with(&format!("  route {name} {{"))));
+        }
+        tables.retain(|(_, routes)| !routes.is_empty());
+    }
+}
+
+fn random_route(rng: &mut SplitMix, service: usize, index: usize, last: bool, services: usize, width: u64) -> String {
+    let mut out = format!("  route t{service}r{index} {{\n");
+    // The last route matches everything half the time; the others have one to three alternatives.
+    let alternatives = if last && rng.below(2) == 0 { 0 } else { 1 + rng.below(3) };
+    for _ in 0..alternatives {
+        out.push_str("    match {");
+        let mut any = false;
+        if rng.below(4) != 0 {
+            let path = format!("/p{}", rng.below(width));
+            let condition = match rng.below(6) {
+                0 | 1 => format!(" path exact \"{path}\""),
+                2 | 3 => format!(" path prefix \"{path}\""),
+                4 => format!(" path prefix \"{path}/\""),
+                _ => format!(" path regex \"{path}/[0-9]+\""),
+            };
+            out.push_str(&condition);
+            any = true;
+        }
+        if rng.below(3) == 0 {
+            let name = ["x-a", "x-b", "end-user"][rng.below(3) as usize];
+            let condition = match rng.below(6) {
+                0 | 1 => format!(" header \"{name}\" exact \"{}\"", rng.below(3)),
+                2 => format!(" header \"{name}\" prefix \"j\""),
+                3 => format!(" header \"{name}\" present"),
+                4 => format!(" header \"{name}\" absent"),
+                _ => format!(" header \"{name}\" regex \"[0-9]+\""),
+            };
+            out.push_str(&condition);
+            any = true;
+        }
+        if rng.below(5) == 0 {
+            out.push_str([" method GET", " method POST", " method regex \"GET|HEAD\""][rng.below(3) as usize]);
+            any = true;
+        }
+        if rng.below(6) == 0 {
+            out.push_str([" query \"q\" exact \"1\"", " query \"q\" present", " query \"q\" absent"][rng.below(3) as usize]);
+            any = true;
+        }
+        if rng.below(12) == 0 {
+            out.push_str([" authority prefix \"s\"", " authority regex \".*:80\""][rng.below(2) as usize]);
+            any = true;
+        }
+        if !any {
+            let _ = write!(out, " path prefix \"/p{}\"", rng.below(width));
+        }
+        out.push_str(" }\n");
+    }
+    match rng.below(10) {
+        0 => out.push_str("    respond 503 \"unavailable\"\n"),
+        1 => out.push_str("    redirect path \"/moved\" code 301\n"),
+        2 | 3 => {
+            let weight = 1 + rng.below(99);
+            let _ = write!(
+                out,
+                "    to s{} subset v1 weight {weight}\n    to s{} subset v2 weight {}\n",
+                rng.below(services as u64),
+                rng.below(services as u64),
+                100 - weight
+            );
+        }
+        _ => {
+            let subset = ["", " subset v1", " subset v2"][rng.below(3) as usize];
+            let _ = writeln!(out, "    to s{}{subset}", rng.below(services as u64));
+        }
+    }
+    out.push_str("  }\n");
+    out
+}
+
+/// SplitMix64: a small deterministic generator, so that synthetic meshes depend on the seed only.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..bound` for test data.
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +426,29 @@ mod tests {
         let spec_routes: usize = ir.route_tables.iter().filter(|it| it.declared_in.is_some()).map(|it| it.routes.len()).sum();
         assert_eq!(spec_routes, 50);
         assert_eq!(ir.workloads.len(), 3);
+    }
+
+    #[test]
+    fn a_route_table_mesh_holds_its_routes_in_one_table() {
+        let compilation = crate::compile(&route_table(300));
+        assert!(compilation.diagnostics.is_empty(), "{}", compilation.render_plain());
+        let ir = compilation.ir.expect("an IR");
+        let tables: Vec<_> = ir.route_tables.iter().filter(|it| it.declared_in.is_some()).collect();
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].routes.len(), 300);
+    }
+
+    #[test]
+    fn random_meshes_compile_cleanly_and_depend_only_on_the_seed() {
+        let mut big = 0;
+        for seed in 0..40 {
+            let fs = random(seed);
+            let compilation = crate::compile(&fs);
+            assert!(!compilation.has_errors(), "seed {seed}: {}", compilation.render_plain());
+            assert_eq!(fs.files, random(seed).files, "seed {seed}");
+            let ir = compilation.ir.expect("an IR");
+            big += ir.route_tables.iter().filter(|it| it.routes.iter().map(|r| r.matches.len().max(1)).sum::<usize>() > 64).count();
+        }
+        assert!(big > 0, "no random mesh has a table large enough to be indexed");
     }
 }
