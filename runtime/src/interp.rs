@@ -73,6 +73,23 @@ impl Condition {
     }
 }
 
+/// What a route does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Forward to clusters, by name, with weights summing to 100.
+    Forward {
+        /// `(cluster, weight)`.
+        destinations: Vec<(String, u32)>,
+        /// Overall timeout, milliseconds.
+        timeout_ms: Option<u64>,
+    },
+    /// Answer locally (a direct response or a redirect) with this status.
+    Answer {
+        /// The status code.
+        status: u16,
+    },
+}
+
 /// A route: alternatives (ORed) of conditions (ANDed); none means every request.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -80,6 +97,8 @@ pub struct Route {
     pub name: String,
     /// Alternatives.
     pub matches: Vec<Vec<Condition>>,
+    /// What it does.
+    pub action: Action,
 }
 
 impl Route {
@@ -125,11 +144,13 @@ mod tests {
     #[test]
     fn the_first_matching_route_of_the_host_wins() {
         let mut router = Router::new();
+        let action = Action::Answer { status: 200 };
         let jason = Route {
             name: "jason".to_owned(),
             matches: vec![vec![Condition::Header("end-user".to_owned(), PresenceMatch::Value(StrMatch::Exact("jason".to_owned())))]],
+            action: action.clone(),
         };
-        let rest = Route { name: "rest".to_owned(), matches: Vec::new() };
+        let rest = Route { name: "rest".to_owned(), matches: Vec::new(), action };
         router.add_table(["reviews:9080".to_owned()], vec![jason, rest]);
         let mut headers = http::HeaderMap::new();
         let head = RequestHead::from_parts("GET", "reviews:9080", "/", None, &headers);

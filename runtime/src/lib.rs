@@ -15,7 +15,7 @@ pub mod spec;
 pub mod table;
 
 /// The only face of the runtime that generated code sees. Every path a generated crate uses
-/// is here, so the contract is one greppable list (codegen's `rt.rs` mirrors it).
+/// is here, so the contract is one greppable list (codegen/src/emit/rust.rs writes against it).
 #[doc(hidden)]
 pub mod __codegen {
     pub use crate::head::RequestHead;
@@ -24,7 +24,7 @@ pub mod __codegen {
         Answer, ClusterSpec, Decision, EndpointSeed, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol, SidecarSpec,
         WeightedCluster,
     };
-    pub use crate::table::{Alternative, Cond, IndexedTable, Presence, Str};
+    pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 
     /// A regex compiled on first use. Patterns come from meshc already translated from RE2 and
     /// anchored, so they are valid; an invalid one never matches rather than failing a request.
@@ -44,10 +44,5 @@ pub mod __codegen {
         pub fn is_match(&self, value: &str) -> bool {
             self.compiled.get_or_init(|| regex::Regex::new(self.pattern).ok()).as_ref().is_some_and(|it| it.is_match(value))
         }
-    }
-
-    /// The index of `authority` in a sorted table of host names, for the outbound dispatch.
-    pub fn lookup_host(table: &[(&str, u32)], authority: &str) -> Option<u32> {
-        table.binary_search_by(|(host, _)| (*host).cmp(authority)).ok().map(|it| table[it].1)
     }
 }

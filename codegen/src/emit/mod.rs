@@ -5,6 +5,7 @@
 //!   against `meshc-runtime` through its `__codegen` facade;
 //! - [`report`]: `routes.txt`, the routing report reviewers read in a pull request.
 
+mod hash;
 pub mod report;
 mod rust;
 

@@ -3,7 +3,7 @@
 //! (clusters and their seed endpoints) and `src/dump.rs` (the tables as JSON for the admin
 //! endpoint).
 //!
-//! Routing is code: a request's host picks a table by binary search in a sorted static array,
+//! Routing is code: a request's host picks a table through a static hash table laid out here,
 //! and a table is a sequence of `if` statements over the request head, in route order. A table
 //! of more than [`CHUNK`] alternatives becomes indexed static data instead (exact paths, path
 //! prefixes, the rest), so lookups try only the routes that can match and the generated crate
@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote};
+use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
@@ -263,12 +263,7 @@ impl RoutesEmitter<'_, '_> {
         }
         hosts.sort();
         hosts.dedup_by(|a, b| a.0 == b.0);
-        let host_count = int(hosts.len() as u64);
-        let host_rows = hosts.iter().map(|(domain, index)| {
-            let domain = str_lit(domain);
-            let index = int(*index as u64);
-            quote!((#domain, #index))
-        });
+        let hosts = str_index(hosts.iter().map(|(domain, index)| (domain.as_str(), int(*index as u64).into_token_stream())).collect());
         let table_count = int(table_fns.len() as u64);
         let regexes: Vec<TokenStream> = self
             .regexes
@@ -286,16 +281,16 @@ impl RoutesEmitter<'_, '_> {
 
             use meshc_runtime::__codegen as rt;
 
-            /// Host (and host:port) names, sorted, with the route table each selects.
-            static HOSTS: [(&str, u32); #host_count] = [#(#host_rows),*];
+            /// Host (and host:port) names with the route table each selects.
+            static HOSTS: rt::StrIndex<u32> = #hosts;
 
             /// The route tables, by index.
             static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; #table_count] = [#(#table_fns),*];
 
             /// Routes a request the application sent.
             pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
-                match rt::lookup_host(&HOSTS, head.authority()) {
-                    Some(table) => TABLES[table as usize](head),
+                match HOSTS.get(head.authority().as_bytes()) {
+                    Some(table) => TABLES[*table as usize](head),
                     None => rt::Decision::NoRoute,
                 }
             }
@@ -358,21 +353,39 @@ impl RoutesEmitter<'_, '_> {
                 Some(StringMatch { kind: StringMatchKind::Prefix, value }) => prefixes.entry(value.as_str()).or_default().push(position),
                 _ => always.push(position),
             }
-            let conditions = self.conditions_data(m);
+            // The index already checked an exact or prefix path; only the other conditions remain.
+            let indexed = matches!(&m.path, Some(StringMatch { kind: StringMatchKind::Exact | StringMatchKind::Prefix, .. }));
+            let conditions = self.conditions_data(m, !indexed);
             items.push(quote!(rt::Alternative { conditions: &[#(#conditions),*], decision: #decision }));
         }
         let lengths: std::collections::BTreeSet<u64> = prefixes.keys().map(|it| it.len() as u64).collect();
-        let index_rows = |map: &BTreeMap<&str, Vec<u32>>| -> Vec<TokenStream> {
-            map.iter()
-                .map(|(key, positions)| {
-                    let key = str_lit(key);
-                    let positions = positions.iter().map(|it| int(*it));
-                    quote!((#key, &[#(#positions),*]))
-                })
-                .collect()
+        // Each entry links to the longest prefix in the table that it starts with (for a prefix,
+        // a shorter one), so that a lookup finds all of a path's prefixes from one entry.
+        let prefix_keys: Vec<&str> = prefixes.keys().copied().collect();
+        let parent = |key: &str, or_equal: bool| -> u32 {
+            (0..=key.len())
+                .rev()
+                .filter(|length| or_equal || *length < key.len())
+                .find_map(|length| key.get(..length).and_then(|prefix| prefix_keys.binary_search(&prefix).ok()))
+                .map_or(u32::MAX, |it| it as u32)
         };
-        let exact_rows = index_rows(&exact);
-        let prefix_rows = index_rows(&prefixes);
+        let index_rows = |map: &BTreeMap<&str, Vec<u32>>, or_equal: bool| {
+            str_index(
+                map.iter()
+                    .map(|(key, positions)| {
+                        let positions = positions.iter().map(|it| int(*it));
+                        let parent = match parent(key, or_equal) {
+                            u32::MAX => quote!(rt::PathEntry::NONE),
+                            it => int(it).into_token_stream(),
+                        };
+                        (*key, quote!(rt::PathEntry { alternatives: &[#(#positions),*], parent: #parent }))
+                    })
+                    .collect(),
+            )
+        };
+        let exact_lengths = int(exact.keys().fold(0u64, |bits, it| bits | 1 << it.len().min(63)));
+        let exact_rows = index_rows(&exact, true);
+        let prefix_rows = index_rows(&prefixes, false);
         let lengths = lengths.into_iter().map(int);
         let always = always.into_iter().map(int);
         quote! {
@@ -384,8 +397,9 @@ impl RoutesEmitter<'_, '_> {
             #[doc = #doc]
             static #static_name: rt::IndexedTable = rt::IndexedTable {
                 alternatives: &[#(#items),*],
-                exact_paths: &[#(#exact_rows),*],
-                prefixes: &[#(#prefix_rows),*],
+                exact_paths: #exact_rows,
+                exact_lengths: #exact_lengths,
+                prefixes: #prefix_rows,
                 prefix_lengths: &[#(#lengths),*],
                 always: &[#(#always),*],
                 otherwise: #otherwise,
@@ -393,14 +407,15 @@ impl RoutesEmitter<'_, '_> {
         }
     }
 
-    /// An alternative's conditions as static data for an indexed table.
-    fn conditions_data(&mut self, m: &Match) -> Vec<TokenStream> {
+    /// An alternative's conditions as static data for an indexed table; the path's only when
+    /// the index does not check it.
+    fn conditions_data(&mut self, m: &Match, with_path: bool) -> Vec<TokenStream> {
         let mut out = Vec::new();
         if let Some(condition) = &m.authority {
             let value = self.str_data(condition);
             out.push(quote!(rt::Cond::Authority(#value)));
         }
-        if let Some(condition) = &m.path {
+        if let Some(condition) = m.path.as_ref().filter(|_| with_path) {
             let value = self.str_data(condition);
             out.push(quote!(rt::Cond::Path(#value)));
         }
@@ -615,6 +630,20 @@ impl RoutesEmitter<'_, '_> {
         let name = format_ident!("RE_{}", index);
         quote!(#name)
     }
+}
+
+/// A `rt::StrIndex` over rows sorted by key, keys distinct.
+fn str_index(rows: Vec<(&str, TokenStream)>) -> TokenStream {
+    let keys: Vec<&str> = rows.iter().map(|it| it.0).collect();
+    let slots = super::hash::slots(&keys).into_iter().map(|(tag, index)| {
+        let (tag, index) = (int(tag), int(index));
+        quote!((#tag, #index))
+    });
+    let entries = rows.iter().map(|(key, value)| {
+        let key = str_lit(key);
+        quote!((#key, #value))
+    });
+    quote!(rt::StrIndex { slots: &[#(#slots),*], entries: &[#(#entries),*] })
 }
 
 fn header_ops(ops: &HeaderOps) -> TokenStream {

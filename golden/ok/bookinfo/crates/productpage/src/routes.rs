@@ -3,31 +3,67 @@
 //! Outbound routing: the request's host picks a route table, and the table's routes are
 //! tried in order; the first that matches decides.
 use meshc_runtime::__codegen as rt;
-/// Host (and host:port) names, sorted, with the route table each selects.
-static HOSTS: [(&str, u32); 16] = [
-    ("details", 0),
-    ("details.default", 0),
-    ("details.default.svc", 0),
-    ("details.default.svc.cluster.local", 0),
-    ("details.default.svc.cluster.local:9080", 0),
-    ("details.default.svc:9080", 0),
-    ("details.default:9080", 0),
-    ("details:9080", 0),
-    ("reviews", 1),
-    ("reviews.default", 1),
-    ("reviews.default.svc", 1),
-    ("reviews.default.svc.cluster.local", 1),
-    ("reviews.default.svc.cluster.local:9080", 1),
-    ("reviews.default.svc:9080", 1),
-    ("reviews.default:9080", 1),
-    ("reviews:9080", 1),
-];
+/// Host (and host:port) names with the route table each selects.
+static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[
+        (1706440993, 7),
+        (2919921058, 8),
+        (0, 0),
+        (0, 0),
+        (488257464, 1),
+        (743945946, 11),
+        (3354075415, 16),
+        (1419045771, 3),
+        (0, 0),
+        (84693617, 6),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (3758784304, 15),
+        (0, 0),
+        (0, 0),
+        (389986335, 9),
+        (3686755270, 12),
+        (0, 0),
+        (0, 0),
+        (2781717432, 4),
+        (0, 0),
+        (2532998626, 13),
+        (0, 0),
+        (4148453347, 2),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (3679868252, 10),
+        (0, 0),
+        (1302062995, 14),
+        (804080643, 5),
+    ],
+    entries: &[
+        ("details", 0),
+        ("details.default", 0),
+        ("details.default.svc", 0),
+        ("details.default.svc.cluster.local", 0),
+        ("details.default.svc.cluster.local:9080", 0),
+        ("details.default.svc:9080", 0),
+        ("details.default:9080", 0),
+        ("details:9080", 0),
+        ("reviews", 1),
+        ("reviews.default", 1),
+        ("reviews.default.svc", 1),
+        ("reviews.default.svc.cluster.local", 1),
+        ("reviews.default.svc.cluster.local:9080", 1),
+        ("reviews.default.svc:9080", 1),
+        ("reviews.default:9080", 1),
+        ("reviews:9080", 1),
+    ],
+};
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
-    match rt::lookup_host(&HOSTS, head.authority()) {
-        Some(table) => TABLES[table as usize](head),
+    match HOSTS.get(head.authority().as_bytes()) {
+        Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
     }
 }

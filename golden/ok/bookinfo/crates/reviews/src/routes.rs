@@ -3,23 +3,43 @@
 //! Outbound routing: the request's host picks a route table, and the table's routes are
 //! tried in order; the first that matches decides.
 use meshc_runtime::__codegen as rt;
-/// Host (and host:port) names, sorted, with the route table each selects.
-static HOSTS: [(&str, u32); 8] = [
-    ("ratings", 0),
-    ("ratings.default", 0),
-    ("ratings.default.svc", 0),
-    ("ratings.default.svc.cluster.local", 0),
-    ("ratings.default.svc.cluster.local:9080", 0),
-    ("ratings.default.svc:9080", 0),
-    ("ratings.default:9080", 0),
-    ("ratings:9080", 0),
-];
+/// Host (and host:port) names with the route table each selects.
+static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[
+        (0, 0),
+        (3814599356, 6),
+        (0, 0),
+        (122096343, 8),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (3352846792, 7),
+        (0, 0),
+        (1965141256, 2),
+        (0, 0),
+        (3679567278, 1),
+        (1437690857, 5),
+        (3970947919, 4),
+        (0, 0),
+        (3056191790, 3),
+    ],
+    entries: &[
+        ("ratings", 0),
+        ("ratings.default", 0),
+        ("ratings.default.svc", 0),
+        ("ratings.default.svc.cluster.local", 0),
+        ("ratings.default.svc.cluster.local:9080", 0),
+        ("ratings.default.svc:9080", 0),
+        ("ratings.default:9080", 0),
+        ("ratings:9080", 0),
+    ],
+};
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 1] = [table_0];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
-    match rt::lookup_host(&HOSTS, head.authority()) {
-        Some(table) => TABLES[table as usize](head),
+    match HOSTS.get(head.authority().as_bytes()) {
+        Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
     }
 }

@@ -3,23 +3,43 @@
 //! Outbound routing: the request's host picks a route table, and the table's routes are
 //! tried in order; the first that matches decides.
 use meshc_runtime::__codegen as rt;
-/// Host (and host:port) names, sorted, with the route table each selects.
-static HOSTS: [(&str, u32); 8] = [
-    ("web.default.svc.cluster.local:8080", 0),
-    ("web.default.svc.cluster.local:9090", 1),
-    ("web.default.svc:8080", 0),
-    ("web.default.svc:9090", 1),
-    ("web.default:8080", 0),
-    ("web.default:9090", 1),
-    ("web:8080", 0),
-    ("web:9090", 1),
-];
+/// Host (and host:port) names with the route table each selects.
+static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[
+        (623614827, 5),
+        (3524843008, 8),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (510221466, 1),
+        (3994764520, 7),
+        (668623454, 6),
+        (0, 0),
+        (0, 0),
+        (3383372260, 2),
+        (757460463, 4),
+        (2090304109, 3),
+        (0, 0),
+    ],
+    entries: &[
+        ("web.default.svc.cluster.local:8080", 0),
+        ("web.default.svc.cluster.local:9090", 1),
+        ("web.default.svc:8080", 0),
+        ("web.default.svc:9090", 1),
+        ("web.default:8080", 0),
+        ("web.default:9090", 1),
+        ("web:8080", 0),
+        ("web:9090", 1),
+    ],
+};
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
-    match rt::lookup_host(&HOSTS, head.authority()) {
-        Some(table) => TABLES[table as usize](head),
+    match HOSTS.get(head.authority().as_bytes()) {
+        Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
     }
 }

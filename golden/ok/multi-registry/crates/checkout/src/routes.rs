@@ -3,31 +3,67 @@
 //! Outbound routing: the request's host picks a route table, and the table's routes are
 //! tried in order; the first that matches decides.
 use meshc_runtime::__codegen as rt;
-/// Host (and host:port) names, sorted, with the route table each selects.
-static HOSTS: [(&str, u32); 16] = [
-    ("orders", 0),
-    ("orders.shop", 0),
-    ("orders.shop.svc", 0),
-    ("orders.shop.svc.cluster.local", 0),
-    ("orders.shop.svc.cluster.local:8080", 0),
-    ("orders.shop.svc:8080", 0),
-    ("orders.shop:8080", 0),
-    ("orders:8080", 0),
-    ("payments", 1),
-    ("payments.shop", 1),
-    ("payments.shop.svc", 1),
-    ("payments.shop.svc.cluster.local", 1),
-    ("payments.shop.svc.cluster.local:9443", 1),
-    ("payments.shop.svc:9443", 1),
-    ("payments.shop:9443", 1),
-    ("payments:9443", 1),
-];
+/// Host (and host:port) names with the route table each selects.
+static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (1455164369, 7),
+        (612635134, 4),
+        (447774189, 10),
+        (536753838, 12),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (89734077, 11),
+        (654925537, 16),
+        (0, 0),
+        (3972577430, 15),
+        (0, 0),
+        (4056451297, 2),
+        (2343903214, 5),
+        (1378620419, 6),
+        (2211802083, 8),
+        (2891218438, 9),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (3175320489, 3),
+        (2036173496, 14),
+        (2796813502, 1),
+        (1919529747, 13),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+    ],
+    entries: &[
+        ("orders", 0),
+        ("orders.shop", 0),
+        ("orders.shop.svc", 0),
+        ("orders.shop.svc.cluster.local", 0),
+        ("orders.shop.svc.cluster.local:8080", 0),
+        ("orders.shop.svc:8080", 0),
+        ("orders.shop:8080", 0),
+        ("orders:8080", 0),
+        ("payments", 1),
+        ("payments.shop", 1),
+        ("payments.shop.svc", 1),
+        ("payments.shop.svc.cluster.local", 1),
+        ("payments.shop.svc.cluster.local:9443", 1),
+        ("payments.shop.svc:9443", 1),
+        ("payments.shop:9443", 1),
+        ("payments:9443", 1),
+    ],
+};
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
-    match rt::lookup_host(&HOSTS, head.authority()) {
-        Some(table) => TABLES[table as usize](head),
+    match HOSTS.get(head.authority().as_bytes()) {
+        Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
     }
 }

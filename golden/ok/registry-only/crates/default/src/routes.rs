@@ -3,27 +3,63 @@
 //! Outbound routing: the request's host picks a route table, and the table's routes are
 //! tried in order; the first that matches decides.
 use meshc_runtime::__codegen as rt;
-/// Host (and host:port) names, sorted, with the route table each selects.
-static HOSTS: [(&str, u32); 12] = [
-    ("web", 0),
-    ("web.demo", 0),
-    ("web.demo.svc", 0),
-    ("web.demo.svc.cluster.local", 0),
-    ("web.demo.svc.cluster.local:80", 0),
-    ("web.demo.svc.cluster.local:9090", 1),
-    ("web.demo.svc:80", 0),
-    ("web.demo.svc:9090", 1),
-    ("web.demo:80", 0),
-    ("web.demo:9090", 1),
-    ("web:80", 0),
-    ("web:9090", 1),
-];
+/// Host (and host:port) names with the route table each selects.
+static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[
+        (1966033559, 3),
+        (0, 0),
+        (0, 0),
+        (3588206695, 5),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (1924644231, 4),
+        (3171595447, 8),
+        (572428012, 6),
+        (3735740545, 10),
+        (3944863215, 1),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (3132088577, 11),
+        (1111299055, 2),
+        (3524843008, 12),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (3414565497, 7),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+        (3814884979, 9),
+        (0, 0),
+        (0, 0),
+        (0, 0),
+    ],
+    entries: &[
+        ("web", 0),
+        ("web.demo", 0),
+        ("web.demo.svc", 0),
+        ("web.demo.svc.cluster.local", 0),
+        ("web.demo.svc.cluster.local:80", 0),
+        ("web.demo.svc.cluster.local:9090", 1),
+        ("web.demo.svc:80", 0),
+        ("web.demo.svc:9090", 1),
+        ("web.demo:80", 0),
+        ("web.demo:9090", 1),
+        ("web:80", 0),
+        ("web:9090", 1),
+    ],
+};
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
-    match rt::lookup_host(&HOSTS, head.authority()) {
-        Some(table) => TABLES[table as usize](head),
+    match HOSTS.get(head.authority().as_bytes()) {
+        Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
     }
 }

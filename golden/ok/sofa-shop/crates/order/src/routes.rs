@@ -3,14 +3,17 @@
 //! Outbound routing: the request's host picks a route table, and the table's routes are
 //! tried in order; the first that matches decides.
 use meshc_runtime::__codegen as rt;
-/// Host (and host:port) names, sorted, with the route table each selects.
-static HOSTS: [(&str, u32); 0] = [];
+/// Host (and host:port) names with the route table each selects.
+static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0)],
+    entries: &[],
+};
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 0] = [];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
-    match rt::lookup_host(&HOSTS, head.authority()) {
-        Some(table) => TABLES[table as usize](head),
+    match HOSTS.get(head.authority().as_bytes()) {
+        Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
     }
 }
