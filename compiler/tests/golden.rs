@@ -137,7 +137,7 @@ fn golden_err() {
 }
 
 /// The generated crates of every workload, under `crates/`, with the runtime referred to by
-/// its path from there, so that `tests/golden-compile` can build them as they are.
+/// its path from there, so that `tests/generated` can build them as they are.
 fn expect_crates(case: &Path, ir: &meshc_codegen::ir::Mesh) -> Vec<String> {
     let dir = case.join("crates");
     let options = meshc_codegen::emit::EmitOptions {

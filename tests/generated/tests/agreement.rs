@@ -1,76 +1,32 @@
-//! Agreement: for random requests, every golden sidecar's compiled route lookup chooses the
-//! same route and the same destinations as `meshc explain`, the reference interpreter of the IR.
+//! Agreement: for random requests, every generated sidecar (the golden crates, the route-table
+//! meshes and random meshes) chooses the same route and the same destinations three ways: by
+//! its compiled lookup, by the runtime's interpreted matcher built from the same IR, and by
+//! `meshc explain`, the reference interpreter of the IR.
 //!
 //! Requests are drawn from each mesh's own vocabulary (its hosts, paths, methods, header and
 //! query names and values, near-misses of each), so that most of them exercise real routes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use meshc_codegen::ir::{self, Match, Mesh, PresenceMatch, RouteTableKind, StringMatchKind};
-use meshc_golden_compile::{SIDECARS, Sidecar};
+use meshc_generated::{Outcome, SIDECARS, Sidecar, interpreted_router, mesh};
 use meshc_runtime::__codegen as rt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The IR of a golden case, compiled once.
-fn mesh(case: &str) -> &'static Mesh {
-    static MESHES: OnceLock<BTreeMap<String, Mesh>> = OnceLock::new();
-    let meshes = MESHES.get_or_init(|| {
-        let mut meshes = BTreeMap::new();
-        for sidecar in SIDECARS {
-            if meshes.contains_key(sidecar.case) {
-                continue;
-            }
-            let example = root().join("examples").join(sidecar.case);
-            let dir = if example.is_dir() { example } else { root().join("golden/ok").join(sidecar.case).join("spec") };
-            let compilation = meshc::compile(&meshc::source::DiskFs::new(&dir));
-            let ir = compilation.ir.unwrap_or_else(|| panic!("{} does not compile", dir.display()));
-            meshes.insert(sidecar.case.to_owned(), ir);
-        }
-        meshes
-    });
-    &meshes[case]
-}
-
-/// What a route lookup decided, in terms both sides can express.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Outcome {
-    /// 404: no table or no route.
-    NoRoute,
-    /// Forwarded by a route to clusters with weights (`None` for a cluster the workload lacks).
-    Forward(String, Vec<(Option<String>, u32)>),
-    /// Answered locally with a status.
-    Answer(u16),
-}
-
-fn compiled(sidecar: &Sidecar, request: &Req) -> Outcome {
+/// The compiled and the runtime-interpreted lookups' outcomes.
+fn generated(sidecar: &Sidecar, router: &meshc_runtime::interp::Router, request: &Req) -> (Outcome, Outcome) {
     let mut headers = http::HeaderMap::new();
     for (name, value) in &request.headers {
         headers.append(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), http::HeaderValue::from_str(value).expect("value"));
     }
     let query = (!request.query.is_empty()).then(|| request.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
     let head = rt::RequestHead::from_parts(&request.method, &request.authority, &request.path, query.as_deref(), &headers);
-    match (sidecar.route_outbound)(&head) {
-        rt::Decision::NoRoute => Outcome::NoRoute,
-        rt::Decision::Forward(forward) => Outcome::Forward(
-            forward.route.to_owned(),
-            forward
-                .destinations
-                .iter()
-                .map(|it| (sidecar.clusters.get(it.cluster as usize).map(|c| c.name.to_owned()), it.weight))
-                .collect(),
-        ),
-        rt::Decision::Answer(rt::Answer::Direct { status, .. } | rt::Answer::Redirect { status, .. }) => Outcome::Answer(*status),
-    }
+    (sidecar.compiled(&head), sidecar.interpreted(router, &head))
 }
 
-fn interpreted(mesh: &Mesh, workload: &ir::Workload, request: &Req) -> Outcome {
+/// `meshc explain`'s outcome.
+fn explained(mesh: &Mesh, workload: &ir::Workload, request: &Req) -> Outcome {
     let explain_request = meshc::explain::Request {
         protocol: meshc::explain::RequestProtocol::Http,
         authority: Some(request.authority.clone()),
@@ -199,21 +155,58 @@ fn collect(
 }
 
 #[test]
-fn compiled_routing_agrees_with_explain_on_every_golden_sidecar() {
-    assert!(!SIDECARS.is_empty(), "no golden sidecars were compiled");
+fn compiled_interpreted_and_explained_routing_agree_on_every_generated_sidecar() {
+    assert!(SIDECARS.iter().any(|it| matches!(it.origin, meshc_generated::Origin::Golden(_))), "no golden sidecars were compiled");
+    assert!(SIDECARS.iter().any(|it| matches!(it.origin, meshc_generated::Origin::Random(_))), "no random meshes were compiled");
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|it| it.parse().ok()).unwrap_or(256);
     for sidecar in SIDECARS {
-        let mesh = mesh(sidecar.case);
-        let workload = mesh.workloads.iter().find(|it| it.name == sidecar.workload).expect("the golden workload is in the mesh");
+        let mesh = mesh(sidecar.origin);
+        let workload = mesh.workloads.iter().find(|it| it.name == sidecar.workload).expect("the workload is in the mesh");
+        let router = interpreted_router(mesh, workload);
         let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
         let result = runner.run(&requests(mesh, workload), |request| {
-            let generated = compiled(sidecar, &request);
-            let reference = interpreted(mesh, workload, &request);
-            prop_assert_eq!(&generated, &reference, "{}/{}: {:?}", sidecar.case, sidecar.workload, request);
+            let (compiled, interpreted) = generated(sidecar, &router, &request);
+            let explained = explained(mesh, workload, &request);
+            prop_assert_eq!(&compiled, &explained, "compiled vs explain: {:?}", request);
+            prop_assert_eq!(&interpreted, &explained, "interpreted vs explain: {:?}", request);
             Ok(())
         });
         if let Err(err) = result {
-            panic!("{}/{}: {err}", sidecar.case, sidecar.workload);
+            panic!("{:?}/{}: {err}", sidecar.origin, sidecar.workload);
         }
+    }
+}
+
+#[test]
+fn every_route_of_the_largest_table_is_reached_by_its_own_request() {
+    // Not random: one request per route of the 10k-route table, each of which only that route
+    // (or, for routes past the table, the catch-all) can take.
+    let sidecar = SIDECARS.iter().find(|it| it.origin == meshc_generated::Origin::Table(10_000)).expect("the 10k-route table");
+    let mesh = mesh(sidecar.origin);
+    let workload = &mesh.workloads[0];
+    let router = interpreted_router(mesh, workload);
+    let authority = mesh
+        .route_tables
+        .iter()
+        .find_map(|it| match &it.kind {
+            RouteTableKind::Http { domains, .. } if it.declared_in.is_some() => domains.first().cloned(),
+            _ => None,
+        })
+        .expect("the table's host");
+    for index in 0..10_000 {
+        let (path, headers, query) = meshc::synth::route_table_request(index);
+        let request = Req {
+            authority: authority.clone(),
+            path,
+            method: "GET".to_owned(),
+            headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            query: query
+                .map(|it| it.split_once('=').map(|(k, v)| vec![(k.to_owned(), v.to_owned())]).unwrap_or_default())
+                .unwrap_or_default(),
+        };
+        let expected = if index < 9_999 { format!("r{index}") } else { "rest".to_owned() };
+        let (compiled, interpreted) = generated(sidecar, &router, &request);
+        assert!(matches!(&compiled, Outcome::Forward(route, _) if *route == expected), "{index}: compiled {compiled:?}");
+        assert_eq!(compiled, interpreted, "{index}");
     }
 }
