@@ -227,7 +227,10 @@ const MERGE_WIDTH: usize = 8;
 /// An exact path or a path prefix of an [`IndexedTable`].
 #[derive(Debug)]
 pub struct PathEntry {
-    /// The alternatives (ascending) whose path condition is this one.
+    /// The first of `alternatives`, held here so that the common lookup (one candidate list,
+    /// whose first alternative matches) reads no list.
+    pub first: u32,
+    /// The alternatives (ascending, never empty) whose path condition is this one.
     pub alternatives: &'static [u32],
     /// The longest prefix in the table's `prefixes` that this path or prefix starts with
     /// (for a prefix, a shorter one), as an index into `prefixes.entries`; [`PathEntry::NONE`]
@@ -280,6 +283,19 @@ impl IndexedTable {
                 .filter(|length| **length as usize <= path.len())
                 .find_map(|length| self.prefixes.get(&path[..*length as usize]));
         }
+        // The common cases: no path-free alternatives, and a path under no other prefix.
+        if self.always.is_empty() {
+            match entry {
+                None => return self.otherwise,
+                Some(entry) if entry.parent == PathEntry::NONE => {
+                    return match self.try_alternative(entry.first, head) {
+                        Some(decision) => decision,
+                        None => self.first_of(entry.alternatives.get(1..).unwrap_or_default(), head),
+                    };
+                }
+                Some(_) => {}
+            }
+        }
         let mut fixed: [&'static [u32]; MERGE_WIDTH] = [&[]; MERGE_WIDTH];
         let mut lists: Vec<&'static [u32]> = Vec::new();
         let mut count = 0;
@@ -297,7 +313,7 @@ impl IndexedTable {
         match count {
             0 => return self.otherwise,
             // The common case: one list, already in route order.
-            1 => return fixed[0].iter().find_map(|it| self.try_alternative(*it, head)).unwrap_or(self.otherwise),
+            1 => return self.first_of(fixed[0], head),
             _ => {}
         }
         if !lists.is_empty() {
@@ -324,6 +340,12 @@ impl IndexedTable {
                 return decision;
             }
         }
+    }
+
+    /// The decision of the first alternative of `list` (ascending) that matches.
+    #[inline]
+    fn first_of(&self, list: &[u32], head: &RequestHead<'_>) -> Decision {
+        list.iter().find_map(|it| self.try_alternative(*it, head)).unwrap_or(self.otherwise)
     }
 
     fn parent(&self, entry: &PathEntry) -> Option<&PathEntry> {
@@ -392,7 +414,9 @@ mod tests {
         };
         let rows = |map: std::collections::BTreeMap<&'static str, Vec<u32>>, or_equal: bool| {
             index(
-                map.into_iter().map(|(key, list)| (key, PathEntry { alternatives: list.leak(), parent: parent(key, or_equal) })).collect(),
+                map.into_iter()
+                    .map(|(key, list)| (key, PathEntry { first: list[0], alternatives: list.leak(), parent: parent(key, or_equal) }))
+                    .collect(),
             )
         };
         let exact_lengths = exact.keys().fold(0u64, |bits, it| bits | 1 << it.len().min(63));

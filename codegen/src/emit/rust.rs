@@ -373,12 +373,13 @@ impl RoutesEmitter<'_, '_> {
             str_index(
                 map.iter()
                     .map(|(key, positions)| {
+                        let first = int(positions.first().copied().unwrap_or(u32::MAX));
                         let positions = positions.iter().map(|it| int(*it));
                         let parent = match parent(key, or_equal) {
                             u32::MAX => quote!(rt::PathEntry::NONE),
                             it => int(it).into_token_stream(),
                         };
-                        (*key, quote!(rt::PathEntry { alternatives: &[#(#positions),*], parent: #parent }))
+                        (*key, quote!(rt::PathEntry { first: #first, alternatives: &[#(#positions),*], parent: #parent }))
                     })
                     .collect(),
             )
