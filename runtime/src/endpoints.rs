@@ -28,6 +28,11 @@ impl Endpoint {
         if self.address.contains(':') { format!("[{}]:{}", self.address, self.port) } else { format!("{}:{}", self.address, self.port) }
     }
 
+    /// A single address, such as the local application's.
+    pub fn at(address: std::net::SocketAddr) -> Endpoint {
+        Endpoint { address: address.ip().to_string(), port: address.port(), weight: 1, routable: true }
+    }
+
     fn from_seed(seed: &EndpointSeed) -> Endpoint {
         Endpoint { address: seed.address.to_owned(), port: seed.port, weight: seed.weight, routable: seed.routable }
     }

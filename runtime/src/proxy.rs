@@ -115,8 +115,8 @@ impl Proxy {
         }
     }
 
-    /// Handles a request for the local application on `app_port`.
-    pub async fn inbound(&self, app_port: u16, protocol: Protocol, request: Request<Incoming>) -> Response<Body> {
+    /// Handles a request for the local application, which listens at `app`.
+    pub async fn inbound(&self, app: &Endpoint, protocol: Protocol, request: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
             return reply;
@@ -127,10 +127,9 @@ impl Proxy {
             Protocol::Downstream => request.version() == Version::HTTP_2,
         };
         let client = if upstream_http2 { &self.local_http2 } else { &self.local_http1 };
-        let endpoint = Endpoint { address: "127.0.0.1".to_owned(), port: app_port, weight: 1, routable: true };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
-        forward_to(client, Request::from_parts(parts, body.boxed()), &endpoint, upstream_http2, None, timeout, grpc).await
+        forward_to(client, Request::from_parts(parts, body.boxed()), app, upstream_http2, None, timeout, grpc).await
     }
 }
 

@@ -14,10 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::endpoints::{self, ClusterEndpoints};
+use crate::endpoints::{self, ClusterEndpoints, Endpoint};
 use crate::guard::Guarded;
 use crate::proxy::{Body, Proxy, full};
-use crate::spec::{ListenerKind, SidecarSpec};
+use crate::spec::{ListenerKind, Protocol, SidecarSpec};
 
 /// Default admin address: loopback only, as Envoy's admin should be.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
@@ -26,6 +26,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 #[derive(Debug)]
 struct Options {
     listen: Vec<(String, SocketAddr)>,
+    /// Where inbound requests for an application port go, when not 127.0.0.1:<port>.
+    app: Vec<(u16, SocketAddr)>,
     admin: SocketAddr,
     endpoints: Option<String>,
 }
@@ -41,6 +43,13 @@ fn command(spec: &SidecarSpec) -> clap::Command {
                 .value_name("NAME=ADDR")
                 .action(clap::ArgAction::Append)
                 .help("Listen on ADDR for listener NAME (outbound, inbound-<port>)"),
+        )
+        .arg(
+            clap::Arg::new("app")
+                .long("app")
+                .value_name("PORT=ADDR")
+                .action(clap::ArgAction::Append)
+                .help("Send what listener inbound-<PORT> receives to ADDR instead of 127.0.0.1:<PORT>"),
         )
         .arg(
             clap::Arg::new("admin")
@@ -79,13 +88,39 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
         };
         listen.push((name.to_owned(), address));
     }
+    let mut app = Vec::new();
+    for value in matches.get_many::<String>("app").into_iter().flatten() {
+        let ports: Vec<u16> = spec
+            .listeners
+            .iter()
+            .filter_map(|it| match it.kind {
+                ListenerKind::Inbound { app_port, .. } => Some(app_port),
+                ListenerKind::Outbound => None,
+            })
+            .collect();
+        let parsed =
+            value.split_once('=').and_then(|(port, address)| Some((port.parse::<u16>().ok()?, address.parse::<SocketAddr>().ok()?)));
+        let Some((port, address)) = parsed else {
+            return Err(command
+                .error(clap::error::ErrorKind::InvalidValue, format!("`--app {value}` is not PORT=ADDR, such as 9080=127.0.0.1:19080")));
+        };
+        if !ports.contains(&port) {
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            let served = if ports.is_empty() { "none".to_owned() } else { ports.join(", ") };
+            return Err(command.error(
+                clap::error::ErrorKind::InvalidValue,
+                format!("`--app {value}`: the workload serves no port {port}; the ports it serves are {served}"),
+            ));
+        }
+        app.push((port, address));
+    }
     let admin_text = matches.get_one::<String>("admin").map_or(DEFAULT_ADMIN, String::as_str);
     let Ok(admin) = admin_text.parse::<SocketAddr>() else {
         return Err(
             command.error(clap::error::ErrorKind::InvalidValue, format!("`{admin_text}` is not an address such as 127.0.0.1:15000"))
         );
     };
-    Ok(Options { listen, admin, endpoints: matches.get_one::<String>("endpoints").cloned() })
+    Ok(Options { listen, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned() })
 }
 
 /// Runs the sidecar until SIGINT or SIGTERM. Exit codes: 0 after a signal, 1 when a listener
@@ -168,7 +203,17 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
     }
     for (listener, socket) in bound {
         let proxy = proxy.clone();
-        tokio::spawn(accept_loop(socket, proxy, listener.kind));
+        let serves = match listener.kind {
+            ListenerKind::Outbound => Serves::Outbound,
+            ListenerKind::Inbound { app_port, protocol } => {
+                let endpoint = match options.app.iter().rev().find(|it| it.0 == app_port) {
+                    Some((_, address)) => Endpoint::at(*address),
+                    None => Endpoint::at(SocketAddr::from(([127, 0, 0, 1], app_port))),
+                };
+                Serves::Inbound { app: Arc::new(endpoint), protocol }
+            }
+        };
+        tokio::spawn(accept_loop(socket, proxy, serves));
     }
     tokio::spawn(admin_loop(admin, proxy, ready.clone()));
     ready.store(true, Ordering::Release);
@@ -198,7 +243,14 @@ async fn wait_for_signal() {
     }
 }
 
-async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, kind: ListenerKind) {
+/// What one listener does, with its run-time settings resolved.
+#[derive(Clone)]
+enum Serves {
+    Outbound,
+    Inbound { app: Arc<Endpoint>, protocol: Protocol },
+}
+
+async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
     loop {
         let (stream, _) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -210,13 +262,15 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, kind: ListenerKind)
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let serves = serves.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let proxy = proxy.clone();
+                let serves = serves.clone();
                 async move {
-                    let response = match kind {
-                        ListenerKind::Outbound => proxy.outbound(request).await,
-                        ListenerKind::Inbound { app_port, protocol } => proxy.inbound(app_port, protocol, request).await,
+                    let response = match serves {
+                        Serves::Outbound => proxy.outbound(request).await,
+                        Serves::Inbound { app, protocol } => proxy.inbound(&app, protocol, request).await,
                     };
                     Ok::<_, Infallible>(response)
                 }

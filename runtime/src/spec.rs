@@ -38,7 +38,7 @@ pub enum ListenerKind {
     Outbound,
     /// Forwards inbound requests to the local application.
     Inbound {
-        /// The application's port on 127.0.0.1.
+        /// The application's port on 127.0.0.1 (the sidecar's `--app` can send it elsewhere).
         app_port: u16,
         /// The protocol the application speaks there.
         protocol: Protocol,

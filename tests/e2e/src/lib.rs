@@ -56,6 +56,11 @@ impl Sidecar {
     /// Starts a sidecar with every named listener and the admin endpoint on free loopback
     /// ports, and the endpoints of `endpoints` (TOML text).
     pub fn start(binary: &Path, listeners: &[&str], endpoints: &str) -> Sidecar {
+        Sidecar::start_with(binary, listeners, endpoints, &[])
+    }
+
+    /// [`Sidecar::start`] with more flags, such as `--app PORT=ADDR`.
+    pub fn start_with(binary: &Path, listeners: &[&str], endpoints: &str, flags: &[&str]) -> Sidecar {
         let file = std::env::temp_dir().join(format!("meshc-e2e-endpoints-{}-{}.toml", std::process::id(), unique()));
         std::fs::write(&file, endpoints).expect("write the endpoints file");
         let mut command = Command::new(binary);
@@ -63,6 +68,7 @@ impl Sidecar {
         for listener in listeners {
             command.arg("--listen").arg(format!("{listener}=127.0.0.1:0"));
         }
+        command.args(flags);
         let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start the sidecar");
         let stderr = child.stderr.take().expect("stderr");
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -116,7 +122,7 @@ fn unique() -> usize {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// An HTTP upstream that answers `{"upstream": NAME, "path": ..., "host": ...}` and counts
+/// An HTTP upstream that answers `{"upstream": NAME, "path": ..., "host": ..., "version": ...}` and counts
 /// the requests it serves; `/slow` answers after 3 s.
 #[derive(Debug)]
 pub struct Upstream {
@@ -166,8 +172,14 @@ async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc
                     if request.uri().path() == "/slow" {
                         tokio::time::sleep(Duration::from_secs(3)).await;
                     }
-                    let host = request.headers().get("host").and_then(|it| it.to_str().ok()).unwrap_or("").to_owned();
-                    let body = serde_json::json!({"upstream": name, "path": request.uri().path(), "host": host}).to_string();
+                    // HTTP/1 carries the host in `Host`, HTTP/2 in `:authority`.
+                    let host = match request.headers().get("host").and_then(|it| it.to_str().ok()) {
+                        Some(host) => host.to_owned(),
+                        None => request.uri().authority().map(ToString::to_string).unwrap_or_default(),
+                    };
+                    let version = format!("{:?}", request.version());
+                    let body =
+                        serde_json::json!({"upstream": name, "path": request.uri().path(), "host": host, "version": version}).to_string();
                     let mut response = http::Response::new(Full::new(bytes::Bytes::from(body)));
                     response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
                     Ok::<_, std::convert::Infallible>(response)

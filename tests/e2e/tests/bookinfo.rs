@@ -182,7 +182,37 @@ fn a_bad_flag_or_endpoints_file_exits_2_with_a_message() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    for (flag, message) in [
+        ("9080", "is not PORT=ADDR"),
+        ("9080=localhost", "is not PORT=ADDR"),
+        ("9999=127.0.0.1:1", "serves no port 9999; the ports it serves are 9080"),
+    ] {
+        let output = Command::new(&binary).arg("--app").arg(flag).output().expect("run");
+        assert_eq!(output.status.code(), Some(2), "--app {flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "--app {flag}: {stderr}");
+    }
     let help = Command::new(&binary).arg("--help").output().expect("run");
     assert_eq!(help.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&help.stdout).contains("--endpoints"));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--endpoints") && help.contains("--app"), "{help}");
+}
+
+#[test]
+fn the_inbound_listener_hands_requests_to_the_application() {
+    let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
+    let app = Upstream::start("productpage");
+    let flag = format!("9080={}", app.address);
+    let sidecar = Sidecar::start_with(&binary, &["outbound", "inbound-9080"], "", &["--app", &flag]);
+    let url = format!("http://{}/productpage?u=normal", sidecar.listener("inbound-9080"));
+    for client in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, body) = curl(&[client, "-H", "host: productpage:9080"], &url);
+        assert_eq!(status, 200, "{client}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        // Port 9080 is declared `http`, so the application gets HTTP/1.1 whatever the caller
+        // spoke (as from Istio's inbound clusters), with the path and host the caller sent.
+        assert_eq!((json["upstream"].as_str(), json["path"].as_str()), (Some("productpage"), Some("/productpage")), "{body}");
+        assert_eq!((json["host"].as_str(), json["version"].as_str()), (Some("productpage:9080"), Some("HTTP/1.1")), "{body}");
+    }
+    assert_eq!(app.hits(), 2);
 }

@@ -1,11 +1,12 @@
-//! gRPC through a meshc-built sidecar, between a real grpcio client and a real grpcio server:
+//! gRPC through meshc-built sidecars, between a real grpcio client and a real grpcio server:
 //! unary and server-streaming calls, a status from the server passed through, and the
-//! route's timeout answered as DEADLINE_EXCEEDED.
+//! route's timeout answered as DEADLINE_EXCEEDED; through the caller's sidecar alone, and
+//! through the caller's outbound listener and then the server's inbound one.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use meshc_e2e::{Sidecar, python, root, sidecar_binary};
+use meshc_e2e::{Sidecar, curl, python, root, sidecar_binary};
 
 struct Server(Child, u16);
 
@@ -58,4 +59,62 @@ fn grpc_calls_pass_through_the_sidecar() {
     // The route's 500 ms timeout ends the 3 s call.
     let slow = call(&sidecar, "slow");
     assert_eq!(slow["code"].as_str(), Some("DEADLINE_EXCEEDED"), "{slow}");
+}
+
+#[test]
+fn grpc_calls_cross_the_callers_and_the_servers_sidecars() {
+    let server = start_server();
+    let server_side = Sidecar::start_with(
+        &sidecar_binary(&root().join("tests/e2e/meshes/grpc"), "server"),
+        &["inbound-50051"],
+        "",
+        &["--app", &format!("50051=127.0.0.1:{}", server.1)],
+    );
+    let endpoints = format!("[[endpoint]]\nservice = \"greeter\"\naddress = \"{}\"\n", server_side.listener("inbound-50051"));
+    let client_side = Sidecar::start(&sidecar_binary(&root().join("tests/e2e/meshes/grpc"), "client"), &["outbound"], &endpoints);
+
+    let hello = call(&client_side, "hello");
+    assert_eq!((hello["code"].as_str(), hello["reply"].as_str()), (Some("OK"), Some("hello mesh")), "{hello}");
+    let count = call(&client_side, "count");
+    assert_eq!(count["replies"], serde_json::json!(["0", "1", "2", "3", "4"]), "{count}");
+    let fail = call(&client_side, "fail");
+    assert_eq!((fail["code"].as_str(), fail["details"].as_str()), (Some("NOT_FOUND"), Some("no such greeting")), "{fail}");
+    let slow = call(&client_side, "slow");
+    assert_eq!(slow["code"].as_str(), Some("DEADLINE_EXCEEDED"), "{slow}");
+}
+
+#[test]
+fn a_grpc_timeout_shorter_than_the_routes_ends_the_call_first() {
+    let server = start_server();
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/grpc"), "client");
+    let endpoints = format!("[[endpoint]]\nservice = \"greeter\"\naddress = \"127.0.0.1:{}\"\n", server.1);
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    // curl keeps no deadline of its own, so only the sidecar can end this call early: one
+    // empty gRPC message to the 3 s method, whose route allows 500 ms, asking for 100 ms.
+    let frame = std::env::temp_dir().join(format!("meshc-e2e-grpc-frame-{}", std::process::id()));
+    std::fs::write(&frame, [0u8; 5]).expect("write the frame");
+    let started = std::time::Instant::now();
+    let (status, text) = curl(
+        &[
+            "--http2-prior-knowledge",
+            "--include",
+            "-H",
+            "host: greeter:50051",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            "grpc-timeout: 100m",
+            "--data-binary",
+            &format!("@{}", frame.display()),
+        ],
+        &format!("http://{}/e2e.Greeter/Slow", sidecar.listener("outbound")),
+    );
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_file(&frame);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("grpc-status: 4"), "DEADLINE_EXCEEDED expected: {text}");
+    // Between the header's 100 ms and the route's 500 ms: the header's deadline ended it.
+    assert!(elapsed < std::time::Duration::from_millis(450), "took {elapsed:?}: {text}");
 }
