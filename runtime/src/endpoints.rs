@@ -42,22 +42,32 @@ impl Endpoint {
 #[derive(Debug, Default)]
 pub struct EndpointSet {
     endpoints: Vec<Endpoint>,
-    /// (index into `endpoints`, cumulative weight up to and including it), routable only.
+    /// (index into `endpoints`, cumulative weight up to and including it), routable only,
+    /// the weights divided by their greatest common divisor.
     cumulative: Vec<(usize, u64)>,
+    /// A step through `0..total` coprime with it, near the golden section of it, so that
+    /// successive tickets land far apart in the cumulative weights: endpoints interleave
+    /// instead of taking their whole weight in a row, and every cycle of `total` tickets
+    /// visits each endpoint exactly its (reduced) weight times.
+    stride: u64,
 }
 
 impl EndpointSet {
     /// A set from a list.
     pub fn new(endpoints: Vec<Endpoint>) -> EndpointSet {
+        let routable = || endpoints.iter().enumerate().filter(|(_, it)| it.routable && it.weight > 0);
+        let divisor = routable().fold(0, |divisor, (_, it)| gcd(divisor, u64::from(it.weight))).max(1);
         let mut total = 0u64;
         let mut cumulative = Vec::new();
-        for (index, endpoint) in endpoints.iter().enumerate() {
-            if endpoint.routable && endpoint.weight > 0 {
-                total += u64::from(endpoint.weight);
-                cumulative.push((index, total));
-            }
+        for (index, endpoint) in routable() {
+            total += u64::from(endpoint.weight) / divisor;
+            cumulative.push((index, total));
         }
-        EndpointSet { endpoints, cumulative }
+        let mut stride = ((total as f64 * 0.618_033_988_75).round() as u64).max(1);
+        while total > 1 && gcd(stride, total) != 1 {
+            stride += 1;
+        }
+        EndpointSet { endpoints, cumulative, stride }
     }
 
     /// Every endpoint, routable or not.
@@ -69,10 +79,17 @@ impl EndpointSet {
     /// routable endpoints in proportion to their weights. `None` when none is routable.
     pub fn pick(&self, ticket: u64) -> Option<&Endpoint> {
         let total = self.cumulative.last()?.1;
-        let point = ticket % total;
+        let point = (u128::from(ticket % total) * u128::from(self.stride) % u128::from(total)) as u64;
         let slot = self.cumulative.partition_point(|it| it.1 <= point);
         self.cumulative.get(slot).map(|it| &self.endpoints[it.0])
     }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// A cluster's live state: its endpoints and its round-robin position.
@@ -189,7 +206,16 @@ mod tests {
     fn picks_follow_the_weights_and_skip_unroutable_endpoints() {
         let set = EndpointSet::new(vec![endpoint("a", 3, true), endpoint("b", 1, true), endpoint("c", 5, false), endpoint("d", 0, true)]);
         let picks: Vec<&str> = (0..8).map(|it| set.pick(it).unwrap().address.as_str()).collect();
-        assert_eq!(picks, ["a", "a", "a", "b", "a", "a", "a", "b"]);
+        assert_eq!(picks, ["a", "b", "a", "a", "a", "b", "a", "a"]);
+        // Equal weights alternate, whatever their size.
+        let set = EndpointSet::new(vec![endpoint("a", 100, true), endpoint("b", 100, true)]);
+        let picks: Vec<&str> = (0..6).map(|it| set.pick(it).unwrap().address.as_str()).collect();
+        assert_eq!(picks, ["a", "b", "a", "b", "a", "b"]);
+        // Each cycle of the reduced total visits each endpoint its weight's times, spread out.
+        let set = EndpointSet::new(vec![endpoint("a", 70, true), endpoint("b", 20, true), endpoint("c", 10, true)]);
+        let picks: Vec<&str> = (0..10).map(|it| set.pick(it).unwrap().address.as_str()).collect();
+        assert_eq!(["a", "b", "c"].map(|name| picks.iter().filter(|it| **it == name).count()), [7, 2, 1]);
+        assert!(picks.windows(4).all(|it| it.iter().any(|name| *name != "a")), "{picks:?}");
         assert!(EndpointSet::new(vec![endpoint("c", 5, false)]).pick(0).is_none());
     }
 
