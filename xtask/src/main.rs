@@ -1,5 +1,5 @@
 //! Project automation. `cargo xtask test` is the test command CI runs (`.ci/run`):
-//! it installs what the tests need (curl and h2load from Debian, grpcio into `.venv`), runs
+//! it installs what the tests need (curl and h2load from Debian, grpcio and websockets into `.venv`), runs
 //! every test of the workspace, and fails when the tests changed a committed golden file or
 //! example.
 //!
@@ -36,10 +36,10 @@ fn root() -> PathBuf {
 
 /// What the end-to-end tests run, pinned as ../shared/reference/peers.md recommends.
 const APT_PACKAGES: [(&str, &str); 2] = [("curl", "curl"), ("h2load", "nghttp2-client")];
-const PIP_PACKAGES: [&str; 1] = ["grpcio==1.85.1"];
+const PIP_PACKAGES: [&str; 2] = ["grpcio==1.85.1", "websockets==15.0.1"];
 
 /// Installs the real clients the end-to-end tests drive, unless they are already there:
-/// Debian packages (curl, h2load) and a `.venv` with grpcio.
+/// Debian packages (curl, h2load) and a `.venv` with grpcio and websockets.
 fn install() -> Result<(), String> {
     let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(tool, _)| !runs(tool, &["--version"])).map(|(_, package)| *package).collect();
     if !missing.is_empty() {
@@ -60,7 +60,7 @@ fn install() -> Result<(), String> {
     }
     let venv = root().join(".venv");
     let python = venv.join("bin").join("python");
-    if !runs(&python.to_string_lossy(), &["-c", "import grpc"]) {
+    if !runs(&python.to_string_lossy(), &["-c", "import grpc, websockets"]) {
         eprintln!("xtask: making {} with {}", venv.display(), PIP_PACKAGES.join(" "));
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PIP_PACKAGES))?;

@@ -122,8 +122,9 @@ fn unique() -> usize {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// An HTTP upstream that answers `{"upstream": NAME, "path": ..., "host": ..., "version": ...}` and counts
-/// the requests it serves; `/slow` answers after 3 s.
+/// An HTTP upstream that answers with what it received, as JSON (`upstream` (its name), `path`,
+/// `query`, `host`, `version`, `headers`, `body_bytes`), with an `x-upstream-private` response
+/// header, and counts the requests it serves; `/slow` answers after 3 s.
 #[derive(Debug)]
 pub struct Upstream {
     /// Where it listens.
@@ -178,10 +179,30 @@ async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc
                         None => request.uri().authority().map(ToString::to_string).unwrap_or_default(),
                     };
                     let version = format!("{:?}", request.version());
-                    let body =
-                        serde_json::json!({"upstream": name, "path": request.uri().path(), "host": host, "version": version}).to_string();
+                    let path = request.uri().path().to_owned();
+                    let query = request.uri().query().unwrap_or_default().to_owned();
+                    let mut headers = serde_json::Map::new();
+                    for (header, value) in request.headers() {
+                        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                        match headers.get_mut(header.as_str()) {
+                            Some(serde_json::Value::String(seen)) => *seen = format!("{seen},{value}"),
+                            _ => {
+                                headers.insert(header.as_str().to_owned(), value.into());
+                            }
+                        }
+                    }
+                    let body_bytes = match http_body_util::BodyExt::collect(request.into_body()).await {
+                        Ok(body) => body.to_bytes().len(),
+                        Err(_) => usize::MAX,
+                    };
+                    let body = serde_json::json!({
+                        "upstream": name, "path": path, "query": query, "host": host, "version": version,
+                        "headers": headers, "body_bytes": body_bytes,
+                    })
+                    .to_string();
                     let mut response = http::Response::new(Full::new(bytes::Bytes::from(body)));
                     response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+                    response.headers_mut().insert("x-upstream-private", http::HeaderValue::from_static("1"));
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
@@ -211,11 +232,56 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
     (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-/// The Python with grpcio, from `.venv` (as `cargo xtask test` makes it) or `MESHC_PYTHON`.
+/// The Python with grpcio and websockets, from `.venv` (as `cargo xtask test` makes it) or
+/// `MESHC_PYTHON`.
 pub fn python() -> PathBuf {
     let python = std::env::var_os("MESHC_PYTHON").map_or_else(|| root().join(".venv/bin/python"), PathBuf::from);
-    let works =
-        Command::new(&python).args(["-c", "import grpc"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|it| it.success());
-    assert!(works, "{} with grpcio is needed by the gRPC end-to-end tests (`cargo xtask test` makes .venv with grpcio)", python.display());
+    let works = Command::new(&python)
+        .args(["-c", "import grpc, websockets"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|it| it.success());
+    assert!(
+        works,
+        "{} with grpcio and websockets is needed by the end-to-end tests (`cargo xtask test` makes .venv with them)",
+        python.display()
+    );
     python
+}
+
+/// A Python peer server (tests/e2e/*_peer.py) that prints `serving PORT` when it is ready;
+/// killed when dropped.
+#[derive(Debug)]
+pub struct PeerServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PeerServer {
+    /// Runs `python tests/e2e/<script> server`.
+    pub fn start(script: &str) -> PeerServer {
+        let mut child = Command::new(python())
+            .arg(root().join("tests/e2e").join(script))
+            .arg("server")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {script}: {err}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the port");
+        let port = line.trim().strip_prefix("serving ").and_then(|it| it.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!("{script} said {line:?} instead of its port");
+        };
+        PeerServer { child, port }
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,166 @@
+//! HTTP features of a meshc-built sidecar, between curl or a real WebSocket client and real
+//! servers: prefix and authority rewrites, request and response header operations,
+//! redirects and direct responses, round robin over two instances on one kept-alive
+//! connection, chunked request bodies, and WebSocket upgrades passed through.
+
+use std::process::Command;
+
+use meshc_e2e::{PeerServer, Sidecar, Upstream, python, require, root, sidecar_binary};
+
+struct Http {
+    sidecar: Sidecar,
+    a: Upstream,
+    b: Upstream,
+    _echo: PeerServer,
+}
+
+impl Http {
+    /// The `app` sidecar of tests/e2e/meshes/http, with `web` on two local upstreams and
+    /// `echo` on a WebSocket echo server.
+    fn start() -> Http {
+        let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+        let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+        let echo = PeerServer::start("ws_peer.py");
+        let endpoints = format!(
+            "[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n\n\
+             [[endpoint]]\nservice = \"echo\"\naddress = \"127.0.0.1:{}\"\n",
+            a.address, b.address, echo.port
+        );
+        let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+        Http { sidecar, a, b, _echo: echo }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.sidecar.listener("outbound"))
+    }
+
+    fn hits(&self) -> usize {
+        self.a.hits() + self.b.hits()
+    }
+}
+
+/// A response as curl saw it.
+struct Seen {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|it| it.0.eq_ignore_ascii_case(name)).map(|it| it.1.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+}
+
+/// Runs curl with `--include` and splits what it printed.
+fn curl(args: &[&str], url: &str) -> Seen {
+    require("curl", "apt-get install curl");
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", "--include"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("curl printed {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|it| it.split_whitespace().nth(1)).and_then(|it| it.parse().ok()).unwrap_or(0);
+    let headers =
+        lines.filter_map(|it| it.split_once(':')).map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned())).collect();
+    Seen { status, headers, body: body.to_owned() }
+}
+
+#[test]
+fn rewrites_and_header_operations_apply_to_the_matched_route() {
+    let http = Http::start();
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let seen = curl(&[version, "-H", "host: web", "-H", "x-secret: hunter2", "-H", "x-added: caller"], &http.url("/api/items?page=2"));
+        assert_eq!(seen.status, 200, "{version}: {}", seen.body);
+        let json = seen.json();
+        // The matched prefix `/api/` becomes `/v2/`, the query stays, the authority is rewritten.
+        assert_eq!((json["path"].as_str(), json["query"].as_str()), (Some("/v2/items"), Some("page=2")), "{version}: {json}");
+        assert_eq!(json["host"].as_str(), Some("web.internal"), "{version}: {json}");
+        let headers = &json["headers"];
+        assert_eq!(headers["x-mesh"].as_str(), Some("1"), "{version}: {json}");
+        // `add` appends to what the caller sent; `remove` drops the header.
+        assert_eq!(headers["x-added"].as_str(), Some("caller,yes"), "{version}: {json}");
+        assert!(headers.get("x-secret").is_none(), "{version}: {json}");
+        assert_eq!(seen.header("x-served-by"), Some("meshc"), "{version}");
+        assert_eq!(seen.header("x-upstream-private"), None, "{version}");
+    }
+    // Other routes leave requests and responses as they are.
+    let seen = curl(&["-H", "host: web", "-H", "x-secret: hunter2"], &http.url("/api-docs"));
+    let json = seen.json();
+    assert_eq!((json["path"].as_str(), json["host"].as_str()), (Some("/api-docs"), Some("web")), "{json}");
+    assert_eq!(json["headers"]["x-secret"].as_str(), Some("hunter2"));
+    assert_eq!(seen.header("x-upstream-private"), Some("1"));
+}
+
+#[test]
+fn a_redirect_and_a_direct_response_touch_no_upstream() {
+    let http = Http::start();
+    let seen = curl(&["-H", "host: web"], &http.url("/old/page?x=1"));
+    assert_eq!(seen.status, 308, "{}", seen.body);
+    assert_eq!(seen.header("location"), Some("http://web/new/?x=1"));
+    let seen = curl(&["--http2-prior-knowledge", "-H", "host: web", "-H", "x-maintenance: 1"], &http.url("/anything"));
+    assert_eq!((seen.status, seen.body.as_str()), (503, "down for maintenance"));
+    assert_eq!(http.hits(), 0);
+}
+
+#[test]
+fn two_instances_take_turns_over_one_kept_alive_connection() {
+    require("curl", "apt-get install curl");
+    let http = Http::start();
+    // One curl, ten URLs: curl reuses its connection when the sidecar keeps it alive.
+    let url = http.url("/turns");
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", "--http1.1", "-H", "host: web"])
+        .args(["--write-out", "%{http_code} %{num_connects}\n"])
+        .args((0..10).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+        .output()
+        .expect("run curl");
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 10, "{lines:?}");
+    assert!(lines.iter().all(|it| it.starts_with("200 ")), "{lines:?}");
+    let connects: u32 = lines.iter().filter_map(|it| it.split(' ').nth(1)?.parse::<u32>().ok()).sum();
+    assert_eq!(connects, 1, "one connection for ten requests: {lines:?}");
+    // Equal weights: round robin gives each instance every other request.
+    assert_eq!((http.a.hits(), http.b.hits()), (5, 5));
+}
+
+#[test]
+fn chunked_request_bodies_arrive_whole() {
+    let http = Http::start();
+    let file = std::env::temp_dir().join(format!("meshc-e2e-body-{}", std::process::id()));
+    let body: Vec<u8> = (0..1_000_000u32).map(|it| (it % 251) as u8).collect();
+    std::fs::write(&file, &body).expect("write the body");
+    let data = format!("@{}", file.display());
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let mut args = vec![version, "-H", "host: web", "--data-binary", &data];
+        if version == "--http1.1" {
+            args.extend(["-H", "transfer-encoding: chunked"]);
+        }
+        let seen = curl(&args, &http.url("/upload"));
+        assert_eq!(seen.status, 200, "{version}: {}", seen.body);
+        assert_eq!(seen.json()["body_bytes"].as_u64(), Some(1_000_000), "{version}: {}", seen.body);
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn websocket_upgrades_pass_through() {
+    let http = Http::start();
+    let output = Command::new(python())
+        .arg(root().join("tests/e2e/ws_peer.py"))
+        .args(["client", &http.sidecar.listener("outbound").to_string(), "echo"])
+        .output()
+        .expect("run the WebSocket client");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|_| panic!("client output {text:?}, stderr {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(json, serde_json::json!({"text": "ping", "binary_bytes": 102_400, "binary_intact": true}));
+}
