@@ -1,7 +1,8 @@
 //! HTTP features of a meshc-built sidecar, between curl or a real WebSocket client and real
 //! servers: prefix and authority rewrites, request and response header operations,
 //! redirects and direct responses, round robin over two instances on one kept-alive
-//! connection, chunked request bodies, and WebSocket upgrades passed through.
+//! connection, chunked request bodies, WebSocket upgrades passed through, and the connect
+//! timeout.
 
 use std::process::Command;
 
@@ -18,13 +19,20 @@ impl Http {
     /// The `app` sidecar of tests/e2e/meshes/http, with `web` on two local upstreams and
     /// `echo` on a WebSocket echo server.
     fn start() -> Http {
+        Http::start_with_web(None)
+    }
+
+    /// [`Http::start`], with `web` at `web_address` instead of the two upstreams when given.
+    fn start_with_web(web_address: Option<std::net::SocketAddr>) -> Http {
         let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
         let (a, b) = (Upstream::start("a"), Upstream::start("b"));
         let echo = PeerServer::start("ws_peer.py");
         let endpoints = format!(
             "[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n\n\
              [[endpoint]]\nservice = \"echo\"\naddress = \"127.0.0.1:{}\"\n",
-            a.address, b.address, echo.port
+            web_address.unwrap_or(a.address),
+            web_address.unwrap_or(b.address),
+            echo.port
         );
         let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
         Http { sidecar, a, b, _echo: echo }
@@ -163,4 +171,30 @@ fn websocket_upgrades_pass_through() {
     let json: serde_json::Value = serde_json::from_str(text.trim())
         .unwrap_or_else(|_| panic!("client output {text:?}, stderr {}", String::from_utf8_lossy(&output.stderr)));
     assert_eq!(json, serde_json::json!({"text": "ping", "binary_bytes": 102_400, "binary_intact": true}));
+}
+
+#[test]
+fn an_upstream_that_never_accepts_gets_503_after_the_connect_timeout() {
+    // A listener whose accept queue is full: Linux drops further SYNs, so connecting hangs.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let _guard = runtime.enter();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let address = listener.local_addr().expect("address");
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(200)) {
+            Ok(stream) => queued.push(stream),
+            Err(_) => break,
+        }
+    }
+    let http = Http::start_with_web(Some(address));
+    let started = std::time::Instant::now();
+    let seen = curl(&["-H", "host: web"], &http.url("/anything"));
+    let elapsed = started.elapsed();
+    assert_eq!(seen.status, 503, "{}", seen.body);
+    assert!(seen.body.contains("upstream connect error"), "{}", seen.body);
+    // The service's 300 ms connect timeout, not curl's 10 s, ended the attempt.
+    assert!(elapsed < std::time::Duration::from_secs(5), "took {elapsed:?}");
 }
