@@ -10,6 +10,7 @@ pub mod guard;
 pub mod head;
 pub mod interp;
 pub mod proxy;
+pub mod replay;
 mod server;
 pub mod spec;
 pub mod table;
@@ -21,8 +22,8 @@ pub mod __codegen {
     pub use crate::head::RequestHead;
     pub use crate::server::run;
     pub use crate::spec::{
-        Answer, ClusterSpec, Decision, EndpointSeed, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol, SidecarSpec,
-        WeightedCluster,
+        Answer, ClusterSpec, Decision, EndpointSeed, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol, Retries,
+        RetryOn, SidecarSpec, WeightedCluster,
     };
     pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 

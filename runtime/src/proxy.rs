@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -18,7 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
-use crate::spec::{Answer, ClusterSpec, Decision, Forward, HeaderOps, PathRewrite, Protocol, SidecarSpec};
+use crate::replay::{REPLAY_CAP, ReplayBody};
+use crate::spec::{Answer, ClusterSpec, Decision, Forward, HeaderOps, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec};
 
 /// The body of every request and response the proxy handles.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -96,21 +97,18 @@ impl Proxy {
                 let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
                     return local_reply(Error::NoCluster, grpc);
                 };
-                let Some(endpoint) = cluster.endpoints.pick() else {
-                    return local_reply(Error::NoHealthyUpstream(cluster.spec.name), grpc);
-                };
-                let request = Request::from_parts(parts, body.boxed());
-                let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), request.headers());
+                let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
                 let client = match cluster.spec.protocol {
-                    Protocol::Downstream if request.version() == Version::HTTP_2 => &self.downstream_http2[destination.cluster as usize],
+                    Protocol::Downstream if parts.version == Version::HTTP_2 => &self.downstream_http2[destination.cluster as usize],
                     _ => &cluster.client,
                 };
                 let upstream_http2 = match cluster.spec.protocol {
                     Protocol::Http2 => true,
                     Protocol::Http1 => false,
-                    Protocol::Downstream => request.version() == Version::HTTP_2,
+                    Protocol::Downstream => parts.version == Version::HTTP_2,
                 };
-                forward_to(client, request, &endpoint, upstream_http2, Some(forward), timeout, grpc).await
+                let upstream = Upstream { cluster, client, http2: upstream_http2, forward };
+                upstream.send(parts, body.boxed(), timeout).await.unwrap_or_else(|err| local_reply(err, grpc))
             }
         }
     }
@@ -129,8 +127,149 @@ impl Proxy {
         let client = if upstream_http2 { &self.local_http2 } else { &self.local_http1 };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
-        forward_to(client, Request::from_parts(parts, body.boxed()), app, upstream_http2, None, timeout, grpc).await
+        forward_to(client, Request::from_parts(parts, body.boxed()), app, upstream_http2, None, timeout)
+            .await
+            .unwrap_or_else(|err| local_reply(err, grpc))
     }
+}
+
+/// Where a routed request goes: a cluster, the client that reaches it, and the route.
+struct Upstream<'a> {
+    cluster: &'a Cluster,
+    client: &'a Client<HttpConnector, Body>,
+    http2: bool,
+    forward: &'static Forward,
+}
+
+/// The first wait before a retry (Envoy's default base interval); each retry doubles it, up to
+/// ten times, and the wait is drawn at random below it.
+const RETRY_BASE: Duration = Duration::from_millis(25);
+
+/// How many endpoints a retry looks at to find one it has not tried (Istio's 5).
+const HOST_SELECTION_ATTEMPTS: usize = 5;
+
+impl Upstream<'_> {
+    /// Sends the request, trying again as the route's retry policy allows, within the
+    /// overall `timeout`.
+    async fn send(&self, parts: http::request::Parts, body: Body, timeout: Option<Duration>) -> Result<Response<Body>, Error> {
+        let retries = &self.forward.retries;
+        let pick = || self.cluster.endpoints.pick().ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
+        if retries.attempts == 0 || wants_upgrade(&parts) {
+            let endpoint = pick()?;
+            return forward_to(self.client, Request::from_parts(parts, body), &endpoint, self.http2, Some(self.forward), timeout).await;
+        }
+        let deadline = timeout.map(|it| Instant::now() + it);
+        let idempotent =
+            matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+        let replay = ReplayBody::new(body, REPLAY_CAP);
+        let mut tried: Vec<String> = Vec::new();
+        let mut attempt = 0;
+        let mut next = replay.retry();
+        loop {
+            let Some(try_body) = next.take() else { return Err(Error::Internal("a retry without a body")) };
+            let mut endpoint = pick()?;
+            if retries.avoid_previous_hosts {
+                for _ in 1..HOST_SELECTION_ATTEMPTS {
+                    if !tried.contains(&endpoint.authority()) {
+                        break;
+                    }
+                    endpoint = pick()?;
+                }
+            }
+            tried.push(endpoint.authority());
+            let remaining = match deadline {
+                Some(deadline) => Some(deadline.checked_duration_since(Instant::now()).ok_or(Error::UpstreamTimeout)?),
+                None => None,
+            };
+            let per_try = retries.per_try_timeout_ms.map(Duration::from_millis);
+            // A try ends at its own timeout or at the request's, whichever is sooner; only
+            // the first is worth another try.
+            let (limit, per_try_bound) = match (per_try, remaining) {
+                (Some(per_try), Some(remaining)) if per_try < remaining => (Some(per_try), true),
+                (Some(per_try), None) => (Some(per_try), true),
+                (_, remaining) => (remaining, false),
+            };
+            let request = copy_head(&parts).map(|()| try_body.boxed());
+            let result = forward_to(self.client, request, &endpoint, self.http2, Some(self.forward), limit).await;
+            let started = replay.started();
+            let outcome = match &result {
+                Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
+                Err(Error::UpstreamTimeout) if !per_try_bound => return result,
+                Err(err) => TryOutcome::Failed(err),
+            };
+            let body_safe = !started || idempotent;
+            if attempt >= retries.attempts || !retriable(retries, &outcome, started) || !body_safe {
+                return result;
+            }
+            // Past the replay copy's cap the body cannot be sent again.
+            next = replay.retry();
+            if next.is_none() {
+                return result;
+            }
+            drop(result);
+            attempt += 1;
+            // Exponential backoff with full jitter, within the request's deadline.
+            let ceiling = RETRY_BASE * (1u32 << (attempt - 1).min(10)).min(10);
+            let wait = Duration::from_micros(u64::from(random_below(ceiling.as_micros().min(u128::from(u32::MAX)) as u32)));
+            if deadline.is_some_and(|it| Instant::now() + wait >= it) {
+                return Err(Error::UpstreamTimeout);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// What one try came to, as retry policies see it.
+enum TryOutcome<'a> {
+    /// The upstream answered: its status, and `grpc-status` when the answer is trailers-only.
+    Answered(StatusCode, Option<u32>),
+    Failed(&'a Error),
+}
+
+/// Whether `retries` calls for another try after `outcome`; `started` tells whether any of the
+/// request's body was sent.
+fn retriable(retries: &Retries, outcome: &TryOutcome<'_>, started: bool) -> bool {
+    let on = |bits: u32| retries.on & bits != 0;
+    match outcome {
+        TryOutcome::Failed(Error::UpstreamConnect(_)) => on(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR),
+        TryOutcome::Failed(Error::UpstreamReset(_)) => {
+            on(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR)
+                || !started && on(RetryOn::RESET_BEFORE_REQUEST | RetryOn::REFUSED_STREAM)
+        }
+        // A try's own timeout (the request's ends the request without a retry).
+        TryOutcome::Failed(Error::UpstreamTimeout) => on(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR),
+        TryOutcome::Failed(_) => false,
+        TryOutcome::Answered(status, grpc) => {
+            let code = status.as_u16();
+            on(RetryOn::FIVE_XX) && code >= 500
+                || on(RetryOn::GATEWAY_ERROR) && (502..=504).contains(&code)
+                || on(RetryOn::RETRIABLE_4XX) && code == 409
+                || on(RetryOn::RETRIABLE_STATUS_CODES) && retries.statuses.contains(&code)
+                || match grpc {
+                    Some(1) => on(RetryOn::CANCELLED),
+                    Some(4) => on(RetryOn::DEADLINE_EXCEEDED),
+                    Some(8) => on(RetryOn::RESOURCE_EXHAUSTED),
+                    Some(13) => on(RetryOn::INTERNAL),
+                    Some(14) => on(RetryOn::UNAVAILABLE),
+                    _ => false,
+                }
+        }
+    }
+}
+
+/// `grpc-status` among response headers (a trailers-only answer).
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A request with the method, URI, version and headers of `parts`, for one try.
+fn copy_head(parts: &http::request::Parts) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
 }
 
 /// Requests a sidecar must refuse before routing them.
@@ -148,16 +287,16 @@ async fn forward_to(
     upstream_http2: bool,
     forward: Option<&Forward>,
     timeout: Option<Duration>,
-    grpc: bool,
-) -> Response<Body> {
-    let upgrade = wants_upgrade(&request);
+) -> Result<Response<Body>, Error> {
+    let grpc = is_grpc(request.headers());
+    let upgrade = wants_upgrade_request(&request);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
 
     let path_and_query = rewritten_path(&parts.uri, forward.map_or(PathRewrite::None, |it| it.path_rewrite));
     let uri = match Uri::builder().scheme("http").authority(endpoint.authority()).path_and_query(path_and_query).build() {
         Ok(uri) => uri,
-        Err(_) => return local_reply(Error::BadRequest("the request path cannot be forwarded"), grpc),
+        Err(_) => return Err(Error::BadRequest("the request path cannot be forwarded")),
     };
     let original_authority = parts.uri.authority().map(|it| it.to_string());
     parts.uri = uri;
@@ -191,14 +330,14 @@ async fn forward_to(
     let result = match timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(result) => result,
-            Err(_) => return local_reply(Error::UpstreamTimeout, grpc),
+            Err(_) => return Err(Error::UpstreamTimeout),
         },
         None => sent.await,
     };
     let mut response = match result {
         Ok(response) => response,
-        Err(err) if err.is_connect() => return local_reply(Error::UpstreamConnect(endpoint.authority()), grpc),
-        Err(_) => return local_reply(Error::UpstreamReset(endpoint.authority()), grpc),
+        Err(err) if err.is_connect() => return Err(Error::UpstreamConnect(endpoint.authority())),
+        Err(_) => return Err(Error::UpstreamReset(endpoint.authority())),
     };
 
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {
@@ -212,7 +351,7 @@ async fn forward_to(
             }
         });
         let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, empty());
+        return Ok(Response::from_parts(parts, empty()));
     }
 
     let (mut parts, body) = response.into_parts();
@@ -220,17 +359,22 @@ async fn forward_to(
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.response_headers);
     }
-    Response::from_parts(parts, body.boxed())
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
-fn wants_upgrade(request: &Request<Body>) -> bool {
-    request.version() == Version::HTTP_11
-        && request.headers().contains_key(header::UPGRADE)
-        && request
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|it| it.to_str().is_ok_and(|it| it.to_ascii_lowercase().contains("upgrade")))
+fn wants_upgrade_request(request: &Request<Body>) -> bool {
+    let (version, headers) = (request.version(), request.headers());
+    version == Version::HTTP_11 && upgrade_headers(headers)
+}
+
+fn wants_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11 && upgrade_headers(&parts.headers)
+}
+
+/// `Upgrade`, and `Connection` naming it.
+fn upgrade_headers(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|it| it.to_str().is_ok_and(|it| it.to_ascii_lowercase().contains("upgrade")))
 }
 
 /// The path and query sent upstream.

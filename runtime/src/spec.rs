@@ -118,6 +118,61 @@ pub struct Forward {
     pub request_headers: HeaderOps,
     /// Header operations on the response.
     pub response_headers: HeaderOps,
+    /// Retries.
+    pub retries: Retries,
+}
+
+/// When a forwarded request is tried again (Envoy's retry policy).
+#[derive(Debug)]
+pub struct Retries {
+    /// Tries after the first; 0 disables retries.
+    pub attempts: u32,
+    /// Each try's timeout, milliseconds; `None`: only the route's overall timeout.
+    pub per_try_timeout_ms: Option<u64>,
+    /// The conditions, as [`RetryOn`] bits.
+    pub on: u32,
+    /// The statuses retried under [`RetryOn::RETRIABLE_STATUS_CODES`].
+    pub statuses: &'static [u16],
+    /// Whether a retry prefers an endpoint not tried yet.
+    pub avoid_previous_hosts: bool,
+}
+
+impl Retries {
+    /// No retries.
+    pub const NONE: Retries = Retries { attempts: 0, per_try_timeout_ms: None, on: 0, statuses: &[], avoid_previous_hosts: false };
+}
+
+/// Retry conditions, Envoy's `retry_on` values, as bits of [`Retries::on`].
+#[derive(Debug)]
+pub struct RetryOn;
+
+impl RetryOn {
+    /// Any 5xx answer, a reset, a failed connection or a try's timeout.
+    pub const FIVE_XX: u32 = 1;
+    /// 502, 503 and 504 answers, a reset, a failed connection or a try's timeout.
+    pub const GATEWAY_ERROR: u32 = 1 << 1;
+    /// The upstream reset or closed the connection before answering, or a try timed out.
+    pub const RESET: u32 = 1 << 2;
+    /// A reset before any of the request was sent.
+    pub const RESET_BEFORE_REQUEST: u32 = 1 << 3;
+    /// The connection could not be made.
+    pub const CONNECT_FAILURE: u32 = 1 << 4;
+    /// An HTTP/2 upstream refused the stream (nothing was processed).
+    pub const REFUSED_STREAM: u32 = 1 << 5;
+    /// 409.
+    pub const RETRIABLE_4XX: u32 = 1 << 6;
+    /// The statuses in [`Retries::statuses`].
+    pub const RETRIABLE_STATUS_CODES: u32 = 1 << 7;
+    /// gRPC CANCELLED (1) in the response headers.
+    pub const CANCELLED: u32 = 1 << 8;
+    /// gRPC DEADLINE_EXCEEDED (4).
+    pub const DEADLINE_EXCEEDED: u32 = 1 << 9;
+    /// gRPC INTERNAL (13).
+    pub const INTERNAL: u32 = 1 << 10;
+    /// gRPC RESOURCE_EXHAUSTED (8).
+    pub const RESOURCE_EXHAUSTED: u32 = 1 << 11;
+    /// gRPC UNAVAILABLE (14).
+    pub const UNAVAILABLE: u32 = 1 << 12;
 }
 
 /// One destination of a forwarding route.

@@ -361,7 +361,7 @@ impl IndexedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Forward, HeaderOps, PathRewrite};
+    use crate::spec::{Forward, HeaderOps, PathRewrite, Retries};
 
     fn leak<T>(value: T) -> &'static T {
         Box::leak(Box::new(value))
@@ -376,6 +376,7 @@ mod tests {
             authority_rewrite: None,
             request_headers: HeaderOps::NONE,
             response_headers: HeaderOps::NONE,
+            retries: Retries::NONE,
         }))
     }
 

@@ -16,8 +16,8 @@ use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
-    Action, Cluster, ClusterId, HeaderOps, Match, Mesh, PresenceMatch, Protocol, Route, RouteTable, RouteTableKind, StringMatch,
-    StringMatchKind, Workload,
+    Action, Cluster, ClusterId, HeaderOps, Match, Mesh, PresenceMatch, Protocol, RetryPolicy, Route, RouteTable, RouteTableKind,
+    StringMatch, StringMatchKind, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -95,6 +95,59 @@ fn raw_str_lit(text: &str) -> Literal {
 
 fn int(value: impl Into<u64>) -> Literal {
     Literal::u64_unsuffixed(value.into())
+}
+
+/// A route's retry policy: its conditions as `rt::RetryOn` bits, or `rt::Retries::NONE`.
+fn retries(policy: &RetryPolicy) -> TokenStream {
+    if policy.attempts == 0 {
+        return quote!(rt::Retries::NONE);
+    }
+    // Conditions the sidecar cannot observe (rate limiting by Envoy, HTTP/3, retriable
+    // headers with no header list) are left out.
+    let bits: Vec<TokenStream> = policy
+        .retry_on
+        .iter()
+        .filter_map(|it| {
+            let name = match it.as_str() {
+                "5xx" => "FIVE_XX",
+                "gateway-error" => "GATEWAY_ERROR",
+                "reset" => "RESET",
+                "reset-before-request" => "RESET_BEFORE_REQUEST",
+                "connect-failure" => "CONNECT_FAILURE",
+                "refused-stream" => "REFUSED_STREAM",
+                "retriable-4xx" => "RETRIABLE_4XX",
+                "retriable-status-codes" => "RETRIABLE_STATUS_CODES",
+                "cancelled" => "CANCELLED",
+                "deadline-exceeded" => "DEADLINE_EXCEEDED",
+                "internal" => "INTERNAL",
+                "resource-exhausted" => "RESOURCE_EXHAUSTED",
+                "unavailable" => "UNAVAILABLE",
+                _ => return None,
+            };
+            let name = format_ident!("{}", name);
+            Some(quote!(rt::RetryOn::#name))
+        })
+        .collect();
+    let on = if bits.is_empty() { quote!(0) } else { quote!(#(#bits)|*) };
+    let attempts = int(policy.attempts);
+    let per_try = match policy.per_try_timeout_ms {
+        Some(ms) => {
+            let ms = int(ms);
+            quote!(Some(#ms))
+        }
+        None => quote!(None),
+    };
+    let statuses = policy.retriable_status_codes.iter().map(|it| int(*it));
+    let avoid = policy.avoid_previous_hosts;
+    quote! {
+        rt::Retries {
+            attempts: #attempts,
+            per_try_timeout_ms: #per_try,
+            on: #on,
+            statuses: &[#(#statuses),*],
+            avoid_previous_hosts: #avoid,
+        }
+    }
 }
 
 fn protocol_tokens(protocol: Protocol) -> TokenStream {
@@ -521,6 +574,7 @@ impl RoutesEmitter<'_, '_> {
                 };
                 let request_headers = header_ops(&route.request_headers);
                 let response_headers = header_ops(&route.response_headers);
+                let retries = retries(&route.retries);
                 let name = str_lit(&route.name);
                 Ok(quote! {
                     rt::Forward {
@@ -531,6 +585,7 @@ impl RoutesEmitter<'_, '_> {
                         authority_rewrite: #authority,
                         request_headers: #request_headers,
                         response_headers: #response_headers,
+                        retries: #retries,
                     }
                 })
             }

@@ -135,6 +135,11 @@ pub struct Upstream {
 impl Upstream {
     /// Starts one on a free loopback port, serving HTTP/1.1 and h2c.
     pub fn start(name: &str) -> Upstream {
+        Upstream::answering(name, 200)
+    }
+
+    /// One that answers every request with `status` (and the same JSON).
+    pub fn answering(name: &str, status: u16) -> Upstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream");
         let address = listener.local_addr().expect("address");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -143,7 +148,7 @@ impl Upstream {
         let name = name.to_owned();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(serve_upstream(listener, name, counter));
+            runtime.block_on(serve_upstream(listener, name, counter, status));
         });
         Upstream { address, hits }
     }
@@ -154,7 +159,7 @@ impl Upstream {
     }
 }
 
-async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc<AtomicUsize>) {
+async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc<AtomicUsize>, status: u16) {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -203,6 +208,7 @@ async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc
                     let mut response = http::Response::new(Full::new(bytes::Bytes::from(body)));
                     response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
                     response.headers_mut().insert("x-upstream-private", http::HeaderValue::from_static("1"));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });

@@ -1,8 +1,8 @@
 //! HTTP features of a meshc-built sidecar, between curl or a real WebSocket client and real
 //! servers: prefix and authority rewrites, request and response header operations,
 //! redirects and direct responses, round robin over two instances on one kept-alive
-//! connection, chunked request bodies, WebSocket upgrades passed through, and the connect
-//! timeout.
+//! connection, chunked request bodies, WebSocket upgrades passed through, the connect
+//! timeout, and retries.
 
 use std::process::Command;
 
@@ -197,4 +197,39 @@ fn an_upstream_that_never_accepts_gets_503_after_the_connect_timeout() {
     assert!(seen.body.contains("upstream connect error"), "{}", seen.body);
     // The service's 300 ms connect timeout, not curl's 10 s, ended the attempt.
     assert!(elapsed < std::time::Duration::from_secs(5), "took {elapsed:?}");
+}
+
+#[test]
+fn retries_hide_a_failing_instance_but_never_resend_a_post_body() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let (good, bad) = (Upstream::start("good"), Upstream::answering("bad", 500));
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n",
+        good.address, bad.address
+    );
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let url = format!("http://{}/flaky/item", sidecar.listener("outbound"));
+    // `retries 2 on 5xx`: every GET succeeds although round robin sends half the first
+    // tries to the instance that answers 500.
+    for _ in 0..20 {
+        let seen = curl(&["-H", "host: web"], &url);
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        assert_eq!(seen.json()["upstream"], "good");
+    }
+    assert!(bad.hits() >= 5, "the failing instance took {} first tries", bad.hits());
+    // PUT is idempotent: its body is replayed whole on the retry.
+    let file = std::env::temp_dir().join(format!("meshc-e2e-put-{}", std::process::id()));
+    std::fs::write(&file, vec![b'x'; 200_000]).expect("write the body");
+    let data = format!("@{}", file.display());
+    for _ in 0..6 {
+        let seen = curl(&["-X", "PUT", "-H", "host: web", "--data-binary", &data], &url);
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        assert_eq!(seen.json()["body_bytes"].as_u64(), Some(200_000), "{}", seen.body);
+    }
+    let _ = std::fs::remove_file(&file);
+    // POST is not: once its body went to the failing instance, the 500 comes back.
+    let before = bad.hits();
+    let failed = (0..10).filter(|_| curl(&["-H", "host: web", "--data-binary", "order=1"], &url).status == 500).count();
+    assert!(failed > 0, "no POST reached the failing instance");
+    assert_eq!(failed, bad.hits() - before, "each POST the failing instance saw failed, and none was resent");
 }

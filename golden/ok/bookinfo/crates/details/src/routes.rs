@@ -153,6 +153,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `default` of `productpage.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -168,6 +177,15 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
 static ROUTE_2_0_0: rt::Forward = rt::Forward {
@@ -183,6 +201,15 @@ static ROUTE_2_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_0_0: rt::Forward = rt::Forward {
@@ -198,6 +225,15 @@ static ROUTE_3_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_1_0: rt::Forward = rt::Forward {
@@ -217,4 +253,13 @@ static ROUTE_3_1_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };

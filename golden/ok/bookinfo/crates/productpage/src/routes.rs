@@ -92,6 +92,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -107,6 +116,15 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
@@ -126,4 +144,13 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };

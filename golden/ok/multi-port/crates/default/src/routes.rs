@@ -71,6 +71,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `grpc-beta` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -86,6 +95,15 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `grpc` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
@@ -101,6 +119,15 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `http` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_2_0: rt::Forward = rt::Forward {
@@ -116,4 +143,13 @@ static ROUTE_1_2_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };

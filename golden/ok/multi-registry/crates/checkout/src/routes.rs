@@ -92,6 +92,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `stable` of `orders.shop.svc.cluster.local:8080`.
 static ROUTE_0_1_0: rt::Forward = rt::Forward {
@@ -107,6 +116,13 @@ static ROUTE_0_1_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: Some(500),
+        on: rt::RetryOn::FIVE_XX | rt::RetryOn::CONNECT_FAILURE,
+        statuses: &[],
+        avoid_previous_hosts: true,
+    },
 };
 /// Route `default` of `payments.shop.svc.cluster.local:9443`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -122,4 +138,13 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     authority_rewrite: None,
     request_headers: rt::HeaderOps::NONE,
     response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        on: rt::RetryOn::CANCELLED | rt::RetryOn::CONNECT_FAILURE
+            | rt::RetryOn::REFUSED_STREAM | rt::RetryOn::RETRIABLE_STATUS_CODES
+            | rt::RetryOn::UNAVAILABLE,
+        statuses: &[503],
+        avoid_previous_hosts: true,
+    },
 };
