@@ -22,8 +22,8 @@ pub mod __codegen {
     pub use crate::head::RequestHead;
     pub use crate::server::run;
     pub use crate::spec::{
-        Answer, ClusterSpec, Decision, EndpointSeed, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol, Retries,
-        RetryOn, SidecarSpec, WeightedCluster,
+        Abort, Answer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol,
+        Retries, RetryOn, SidecarSpec, WeightedCluster,
     };
     pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 

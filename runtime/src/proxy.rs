@@ -19,7 +19,7 @@ use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
 use crate::replay::{REPLAY_CAP, ReplayBody};
-use crate::spec::{Answer, ClusterSpec, Decision, Forward, HeaderOps, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec};
+use crate::spec::{Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec};
 
 /// The body of every request and response the proxy handles.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -93,6 +93,9 @@ impl Proxy {
             Decision::NoRoute => local_reply(Error::NoRoute, grpc),
             Decision::Answer(answer) => answer_locally(answer, &parts),
             Decision::Forward(forward) => {
+                if let Some(reply) = inject_fault(&forward.fault, grpc).await {
+                    return reply;
+                }
                 let destination = &forward.destinations[pick_destination(forward)];
                 let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
                     return local_reply(Error::NoCluster, grpc);
@@ -216,6 +219,58 @@ impl Upstream<'_> {
             }
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// Envoy's fault filter: the delay, then the abort, each for its share of requests.
+async fn inject_fault(fault: &Fault, grpc: bool) -> Option<Response<Body>> {
+    let chance = |per_million: u32| per_million > 0 && random_below(1_000_000) < per_million;
+    if let Some((ms, share)) = fault.delay
+        && chance(share)
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let (abort, share) = fault.abort?;
+    if !chance(share) {
+        return None;
+    }
+    const MESSAGE: &str = "fault filter abort";
+    let grpc_code = match abort {
+        Abort::Grpc(code) => Some(code),
+        Abort::Http(code) if grpc => Some(grpc_status_of_http(code)),
+        Abort::Http(_) => None,
+    };
+    Some(match grpc_code {
+        Some(code) => {
+            let mut response = Response::new(empty());
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert("grpc-message", HeaderValue::from_static(MESSAGE));
+            response
+        }
+        None => {
+            let code = match abort {
+                Abort::Http(code) => code,
+                Abort::Grpc(_) => 500,
+            };
+            let mut response = Response::new(full(Bytes::from_static(MESSAGE.as_bytes())));
+            *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response
+        }
+    })
+}
+
+/// The gRPC status for an HTTP status, as gRPC's HTTP-to-gRPC mapping gives it.
+fn grpc_status_of_http(code: u16) -> u32 {
+    match code {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     }
 }
 
@@ -574,6 +629,42 @@ pub fn is_idempotent(method: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_injected_abort_answers_in_the_callers_protocol() {
+        let always = |abort| Fault { delay: None, abort: Some((abort, 1_000_000)) };
+        let reply = inject_fault(&always(Abort::Http(503)), false).await.expect("aborted");
+        assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // A gRPC caller gets the HTTP status's gRPC code in a trailers-only answer.
+        let reply = inject_fault(&always(Abort::Http(503)), true).await.expect("aborted");
+        assert_eq!((reply.status(), grpc_status(reply.headers())), (StatusCode::OK, Some(14)));
+        let reply = inject_fault(&always(Abort::Grpc(8)), true).await.expect("aborted");
+        assert_eq!(grpc_status(reply.headers()), Some(8));
+        let never = Fault { delay: None, abort: Some((Abort::Http(503), 0)) };
+        assert!(inject_fault(&never, false).await.is_none());
+        assert!(inject_fault(&Fault::NONE, false).await.is_none());
+    }
+
+    #[test]
+    fn retry_conditions_follow_envoys_meanings() {
+        let policy = |on: u32| Retries { attempts: 2, per_try_timeout_ms: None, on, statuses: &[503], avoid_previous_hosts: true };
+        let answered = |code: u16, grpc: Option<u32>| TryOutcome::Answered(StatusCode::from_u16(code).expect("status"), grpc);
+        let reset = Error::UpstreamReset("10.0.0.1:80".to_owned());
+        let connect = Error::UpstreamConnect("10.0.0.1:80".to_owned());
+        assert!(retriable(&policy(RetryOn::FIVE_XX), &answered(500, None), true));
+        assert!(retriable(&policy(RetryOn::FIVE_XX), &TryOutcome::Failed(&connect), false));
+        assert!(!retriable(&policy(RetryOn::GATEWAY_ERROR), &answered(500, None), true));
+        assert!(retriable(&policy(RetryOn::GATEWAY_ERROR), &answered(504, None), true));
+        assert!(!retriable(&policy(RetryOn::CONNECT_FAILURE), &TryOutcome::Failed(&reset), false));
+        assert!(retriable(&policy(RetryOn::RESET_BEFORE_REQUEST), &TryOutcome::Failed(&reset), false));
+        assert!(!retriable(&policy(RetryOn::RESET_BEFORE_REQUEST), &TryOutcome::Failed(&reset), true));
+        assert!(retriable(&policy(RetryOn::RETRIABLE_STATUS_CODES), &answered(503, None), true));
+        assert!(!retriable(&policy(RetryOn::RETRIABLE_STATUS_CODES), &answered(502, None), true));
+        assert!(retriable(&policy(RetryOn::RETRIABLE_4XX), &answered(409, None), true));
+        assert!(retriable(&policy(RetryOn::UNAVAILABLE), &answered(200, Some(14)), true));
+        assert!(!retriable(&policy(RetryOn::UNAVAILABLE), &answered(200, Some(13)), true));
+        assert!(!retriable(&policy(0), &answered(503, None), true));
+    }
 
     #[test]
     fn grpc_timeouts_parse_every_unit() {

@@ -120,6 +120,32 @@ pub struct Forward {
     pub response_headers: HeaderOps,
     /// Retries.
     pub retries: Retries,
+    /// Injected faults.
+    pub fault: Fault,
+}
+
+/// Faults injected into a route's requests (Envoy's fault filter): the delay first, then the
+/// abort, each for a share of requests.
+#[derive(Debug)]
+pub struct Fault {
+    /// Delay `(milliseconds, share in millionths)`.
+    pub delay: Option<(u64, u32)>,
+    /// Abort `(answer, share in millionths)`.
+    pub abort: Option<(Abort, u32)>,
+}
+
+impl Fault {
+    /// No fault.
+    pub const NONE: Fault = Fault { delay: None, abort: None };
+}
+
+/// How an injected abort answers.
+#[derive(Clone, Copy, Debug)]
+pub enum Abort {
+    /// This HTTP status.
+    Http(u16),
+    /// This gRPC status, in a trailers-only answer.
+    Grpc(u32),
 }
 
 /// When a forwarded request is tried again (Envoy's retry policy).

@@ -361,7 +361,7 @@ impl IndexedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Forward, HeaderOps, PathRewrite, Retries};
+    use crate::spec::{Fault, Forward, HeaderOps, PathRewrite, Retries};
 
     fn leak<T>(value: T) -> &'static T {
         Box::leak(Box::new(value))
@@ -377,6 +377,7 @@ mod tests {
             request_headers: HeaderOps::NONE,
             response_headers: HeaderOps::NONE,
             retries: Retries::NONE,
+            fault: Fault::NONE,
         }))
     }
 

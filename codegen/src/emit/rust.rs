@@ -16,8 +16,8 @@ use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
-    Action, Cluster, ClusterId, HeaderOps, Match, Mesh, PresenceMatch, Protocol, RetryPolicy, Route, RouteTable, RouteTableKind,
-    StringMatch, StringMatchKind, Workload,
+    AbortStatus, Action, Cluster, ClusterId, Fault, HeaderOps, Match, Mesh, PresenceMatch, Protocol, RetryPolicy, Route, RouteTable,
+    RouteTableKind, StringMatch, StringMatchKind, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -95,6 +95,36 @@ fn raw_str_lit(text: &str) -> Literal {
 
 fn int(value: impl Into<u64>) -> Literal {
     Literal::u64_unsuffixed(value.into())
+}
+
+/// A route's injected faults, or `rt::Fault::NONE`.
+fn fault(fault: Option<&Fault>) -> TokenStream {
+    let Some(fault) = fault else { return quote!(rt::Fault::NONE) };
+    let delay = match &fault.delay {
+        Some(delay) => {
+            let (ms, share) = (int(delay.delay_ms), int(delay.per_million));
+            quote!(Some((#ms, #share)))
+        }
+        None => quote!(None),
+    };
+    let abort = match &fault.abort {
+        Some(abort) => {
+            let share = int(abort.per_million);
+            let answer = match abort.status {
+                AbortStatus::Http(code) => {
+                    let code = int(code);
+                    quote!(rt::Abort::Http(#code))
+                }
+                AbortStatus::Grpc(code) => {
+                    let code = int(code);
+                    quote!(rt::Abort::Grpc(#code))
+                }
+            };
+            quote!(Some((#answer, #share)))
+        }
+        None => quote!(None),
+    };
+    quote!(rt::Fault { delay: #delay, abort: #abort })
 }
 
 /// A route's retry policy: its conditions as `rt::RetryOn` bits, or `rt::Retries::NONE`.
@@ -575,6 +605,7 @@ impl RoutesEmitter<'_, '_> {
                 let request_headers = header_ops(&route.request_headers);
                 let response_headers = header_ops(&route.response_headers);
                 let retries = retries(&route.retries);
+                let fault = fault(route.fault.as_ref());
                 let name = str_lit(&route.name);
                 Ok(quote! {
                     rt::Forward {
@@ -586,6 +617,7 @@ impl RoutesEmitter<'_, '_> {
                         request_headers: #request_headers,
                         response_headers: #response_headers,
                         retries: #retries,
+                        fault: #fault,
                     }
                 })
             }

@@ -2,7 +2,7 @@
 //! servers: prefix and authority rewrites, request and response header operations,
 //! redirects and direct responses, round robin over two instances on one kept-alive
 //! connection, chunked request bodies, WebSocket upgrades passed through, the connect
-//! timeout, and retries.
+//! timeout, retries, and injected faults.
 
 use std::process::Command;
 
@@ -232,4 +232,24 @@ fn retries_hide_a_failing_instance_but_never_resend_a_post_body() {
     let failed = (0..10).filter(|_| curl(&["-H", "host: web", "--data-binary", "order=1"], &url).status == 500).count();
     assert!(failed > 0, "no POST reached the failing instance");
     assert_eq!(failed, bad.hits() - before, "each POST the failing instance saw failed, and none was resent");
+}
+
+#[test]
+fn injected_faults_abort_and_delay_their_share_of_requests() {
+    let http = Http::start();
+    let seen = curl(&["-H", "host: web", "-H", "x-chaos: abort"], &http.url("/x"));
+    assert_eq!((seen.status, seen.body.as_str()), (503, "fault filter abort"));
+    assert_eq!(http.hits(), 0, "an aborted request reaches no upstream");
+
+    let started = std::time::Instant::now();
+    let seen = curl(&["-H", "host: web", "-H", "x-chaos: delay"], &http.url("/x"));
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400), "the 400 ms delay took {:?}", started.elapsed());
+    assert_eq!(http.hits(), 1);
+
+    // 50%: over 200 requests, Binomial(200, 0.5) has sd 7; 60..=140 is beyond 5 sd.
+    let before = http.hits();
+    let aborted = (0..200).filter(|_| curl(&["-H", "host: web", "-H", "x-chaos: half"], &http.url("/x")).status == 429).count();
+    assert!((60..=140).contains(&aborted), "{aborted} of 200 aborted");
+    assert_eq!(http.hits() - before, 200 - aborted);
 }

@@ -162,6 +162,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `default` of `productpage.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -186,6 +187,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
 static ROUTE_2_0_0: rt::Forward = rt::Forward {
@@ -210,6 +212,7 @@ static ROUTE_2_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_0_0: rt::Forward = rt::Forward {
@@ -234,6 +237,7 @@ static ROUTE_3_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_1_0: rt::Forward = rt::Forward {
@@ -262,4 +266,5 @@ static ROUTE_3_1_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };

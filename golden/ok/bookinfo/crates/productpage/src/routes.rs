@@ -101,6 +101,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -125,6 +126,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
@@ -153,4 +155,5 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };

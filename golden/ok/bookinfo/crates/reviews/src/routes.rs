@@ -70,4 +70,5 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };

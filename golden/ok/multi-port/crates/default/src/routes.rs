@@ -80,6 +80,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `grpc-beta` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -104,6 +105,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `grpc` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
@@ -128,6 +130,7 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `http` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_2_0: rt::Forward = rt::Forward {
@@ -152,4 +155,5 @@ static ROUTE_1_2_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };

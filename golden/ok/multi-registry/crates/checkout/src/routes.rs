@@ -101,6 +101,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `stable` of `orders.shop.svc.cluster.local:8080`.
 static ROUTE_0_1_0: rt::Forward = rt::Forward {
@@ -123,6 +124,7 @@ static ROUTE_0_1_0: rt::Forward = rt::Forward {
         statuses: &[],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `default` of `payments.shop.svc.cluster.local:9443`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -147,4 +149,5 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };

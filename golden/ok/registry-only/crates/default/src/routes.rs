@@ -94,6 +94,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
 /// Route `default` of `web.demo.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -118,4 +119,5 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         statuses: &[503],
         avoid_previous_hosts: true,
     },
+    fault: rt::Fault::NONE,
 };
