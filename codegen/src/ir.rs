@@ -808,7 +808,7 @@ pub struct Mirror {
     pub per_million: PerMillion,
 }
 
-/// Header operations, applied in the order set, add, remove.
+/// Header operations, applied as Envoy applies them: removals, then replacements, then additions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeaderOps {
     /// Headers replaced (or added when absent), in spec order.

@@ -8,11 +8,15 @@
 //! follows message framing (lengths, chunks with `httparse::parse_chunk_size`, trailers) only
 //! to know where the next head starts; it forwards the bytes unchanged.
 //!
-//! HTTP/2 connections (the h2c preface) and upgraded connections pass through untouched.
+//! HTTP/2 connections (the h2c preface) and upgraded connections pass through untouched. A
+//! request that asks for an upgrade (or a CONNECT) holds back the bytes after it until the
+//! server says, through the connection's [`UpgradeSignal`], whether it switched protocols:
+//! only then does the rest of the connection pass unchecked.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -38,6 +42,8 @@ enum State {
     ChunkData(u64),
     /// After the last chunk: trailers and the final CRLF.
     Trailers,
+    /// After an upgrade or CONNECT request: waiting for the server's answer.
+    AwaitUpgrade,
     /// Not HTTP/1 framing any more (HTTP/2, an upgrade, CONNECT): bytes flow unchecked.
     Passthrough,
     /// A malformed request: nothing more is read.
@@ -56,12 +62,65 @@ pub struct Guarded<T> {
     /// The 400 answer still to write, once the server shuts the connection down.
     reply: Option<BytesMut>,
     inner_eof: bool,
+    /// The request being read asks for an upgrade: once its body is through, wait.
+    upgrade_requested: bool,
+    signal: UpgradeSignal,
+}
+
+/// How the server tells a connection's guard whether a request that asked for an upgrade
+/// (or a CONNECT) switched protocols.
+#[derive(Clone, Debug, Default)]
+pub struct UpgradeSignal(Arc<Mutex<Signal>>);
+
+#[derive(Debug, Default)]
+struct Signal {
+    answer: Option<bool>,
+    waker: Option<Waker>,
+}
+
+impl UpgradeSignal {
+    /// Whether the request `version`, `method` and `headers` make the guard wait for
+    /// [`UpgradeSignal::answer`]: the guard's own test, so the two never disagree.
+    pub fn awaited(method: &http::Method, headers: &http::HeaderMap) -> bool {
+        method == http::Method::CONNECT || headers.contains_key(http::header::UPGRADE)
+    }
+
+    /// The server's answer to the request: `true` when the connection now carries another
+    /// protocol.
+    pub fn answer(&self, upgraded: bool) {
+        let mut signal = self.0.lock().unwrap_or_else(|it| it.into_inner());
+        signal.answer = Some(upgraded);
+        if let Some(waker) = signal.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Takes the answer, or registers to be woken by it.
+    fn poll_answer(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut signal = self.0.lock().unwrap_or_else(|it| it.into_inner());
+        match signal.answer.take() {
+            Some(answer) => Poll::Ready(answer),
+            None => {
+                signal.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 impl<T> Guarded<T> {
-    /// Guards a connection.
-    pub fn new(inner: T) -> Guarded<T> {
-        Guarded { inner, state: State::Start, raw: BytesMut::new(), ready: BytesMut::new(), reply: None, inner_eof: false }
+    /// Guards a connection; the server answers upgrade requests through `signal`.
+    pub fn new(inner: T, signal: UpgradeSignal) -> Guarded<T> {
+        Guarded {
+            inner,
+            state: State::Start,
+            raw: BytesMut::new(),
+            ready: BytesMut::new(),
+            reply: None,
+            inner_eof: false,
+            upgrade_requested: false,
+            signal,
+        }
     }
 
     /// Moves as many raw bytes as the framing allows from `raw` to `ready`.
@@ -78,6 +137,11 @@ impl<T> Guarded<T> {
                     } else {
                         return;
                     }
+                }
+                State::Head if self.upgrade_requested => {
+                    self.upgrade_requested = false;
+                    self.state = State::AwaitUpgrade;
+                    return;
                 }
                 State::Head => self.head(),
                 State::Fixed(left) => {
@@ -121,7 +185,7 @@ impl<T> Guarded<T> {
                     self.release(n);
                     return;
                 }
-                State::Rejected => return,
+                State::AwaitUpgrade | State::Rejected => return,
             }
             if (self.state, self.raw.len()) == before || self.raw.is_empty() && !matches!(self.state, State::Start) {
                 return;
@@ -151,7 +215,7 @@ impl<T> Guarded<T> {
             },
         };
         self.release(used);
-        self.state = next;
+        (self.state, self.upgrade_requested) = next;
     }
 
     fn release(&mut self, n: usize) {
@@ -171,8 +235,9 @@ impl<T> Guarded<T> {
     }
 }
 
-/// What follows a valid request head, or why it is not valid.
-fn framing(request: &httparse::Request<'_, '_>) -> Result<State, &'static str> {
+/// What follows a valid request head, and whether it asks for an upgrade (after which the
+/// connection may become a tunnel), or why it is not valid.
+fn framing(request: &httparse::Request<'_, '_>) -> Result<(State, bool), &'static str> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -202,15 +267,12 @@ fn framing(request: &httparse::Request<'_, '_>) -> Result<State, &'static str> {
     if transfer_encoding && request.version == Some(0) {
         return Err("Transfer-Encoding in an HTTP/1.0 request");
     }
-    if request.method == Some("CONNECT") || upgrade {
-        // After the head the connection may become a tunnel; its bytes are not HTTP/1.
-        return Ok(State::Passthrough);
-    }
-    Ok(match (chunked, length) {
+    let next = match (chunked, length) {
         (true, _) => State::ChunkSize,
         (false, Some(0) | None) => State::Head,
         (false, Some(n)) => State::Fixed(n),
-    })
+    };
+    Ok((next, request.method == Some("CONNECT") || upgrade))
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
@@ -222,6 +284,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 buf.put_slice(&this.ready[..n]);
                 this.ready.advance(n);
                 return Poll::Ready(Ok(()));
+            }
+            if this.state == State::AwaitUpgrade {
+                // Until the server answers the upgrade request, nothing after it is released.
+                if ready!(this.signal.poll_answer(cx)) {
+                    this.state = State::Passthrough;
+                } else {
+                    this.state = State::Head;
+                }
+                this.advance();
+                continue;
             }
             // A rejected request, or the end of the stream: the server sees the end.
             if this.state == State::Rejected || this.inner_eof {
@@ -294,7 +366,7 @@ mod tests {
         let (mut client_read, mut client_write) = tokio::io::split(client);
         client_write.write_all(input).await.unwrap();
         client_write.shutdown().await.unwrap();
-        let mut guarded = Guarded::new(server);
+        let mut guarded = Guarded::new(server, UpgradeSignal::default());
         let mut seen = Vec::new();
         guarded.read_to_end(&mut seen).await.unwrap();
         guarded.shutdown().await.unwrap();
@@ -337,6 +409,44 @@ mod tests {
         assert!(String::from_utf8_lossy(&reply).contains("does not end in chunked"));
     }
 
+    /// What the server reads when it answers the one upgrade request with `upgraded`.
+    async fn run_upgrade(input: &'static [u8], upgraded: bool) -> (Vec<u8>, Vec<u8>) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        client_write.write_all(input).await.unwrap();
+        client_write.shutdown().await.unwrap();
+        let signal = UpgradeSignal::default();
+        let answer = signal.clone();
+        let mut guarded = Guarded::new(server, signal);
+        // The server answers a moment later, as a proxy does after asking its upstream.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            answer.answer(upgraded);
+        });
+        let mut seen = Vec::new();
+        guarded.read_to_end(&mut seen).await.unwrap();
+        guarded.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client_read.read_to_end(&mut reply).await.unwrap();
+        (seen, reply)
+    }
+
+    #[tokio::test]
+    async fn a_declined_upgrade_leaves_the_connection_guarded() {
+        let input: &[u8] = b"GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nPOST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (seen, reply) = run_upgrade(input, false).await;
+        assert_eq!(seen, b"GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n");
+        assert!(String::from_utf8_lossy(&reply).contains("Content-Length together with Transfer-Encoding"));
+    }
+
+    #[tokio::test]
+    async fn an_accepted_upgrade_passes_the_tunnel_through() {
+        let input: &[u8] = b"GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81\x05hello not HTTP at all";
+        let (seen, reply) = run_upgrade(input, true).await;
+        assert_eq!(seen, input);
+        assert!(reply.is_empty());
+    }
+
     #[tokio::test]
     async fn the_http2_preface_passes_through() {
         let mut input = H2_PREFACE.to_vec();
@@ -357,7 +467,7 @@ mod tests {
             }
             client_write.shutdown().await.unwrap();
         });
-        let mut guarded = Guarded::new(server);
+        let mut guarded = Guarded::new(server, UpgradeSignal::default());
         let mut seen = Vec::new();
         guarded.read_to_end(&mut seen).await.unwrap();
         writer.await.unwrap();

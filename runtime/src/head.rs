@@ -61,17 +61,18 @@ impl<'a> RequestHead<'a> {
     }
 
     /// A header's value; several values are joined with `,` as Envoy joins them for matching.
-    /// A value that is not visible ASCII reads as absent.
+    /// Bytes that are not UTF-8 read as U+FFFD, so a header is present here exactly when
+    /// [`RequestHead::has_header`] says so, and matches only patterns that allow them.
     pub fn header(&self, name: &str) -> Option<Cow<'a, str>> {
         let mut values = self.headers.get_all(name).iter();
-        let first = values.next()?.to_str().ok()?;
+        let first = String::from_utf8_lossy(values.next()?.as_bytes());
         match values.next() {
-            None => Some(Cow::Borrowed(first)),
+            None => Some(first),
             Some(second) => {
-                let mut joined = format!("{first},{}", second.to_str().ok()?);
+                let mut joined = format!("{first},{}", String::from_utf8_lossy(second.as_bytes()));
                 for value in values {
                     joined.push(',');
-                    joined.push_str(value.to_str().ok()?);
+                    joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
                 }
                 Some(Cow::Owned(joined))
             }
@@ -101,6 +102,17 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_value_that_is_not_ascii_is_still_present() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-name", http::HeaderValue::from_bytes(b"caf\xc3\xa9").expect("value"));
+        headers.insert("x-raw", http::HeaderValue::from_bytes(b"caf\xe9").expect("value"));
+        let head = RequestHead::from_parts("GET", "a", "/", None, &headers);
+        assert_eq!(head.header("x-name").as_deref(), Some("café"));
+        assert_eq!(head.header("x-raw").as_deref(), Some("caf\u{fffd}"));
+        assert!(head.has_header("x-raw"));
+    }
 
     #[test]
     fn authority_comes_from_the_host_header_lower_cased() {

@@ -475,7 +475,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Applies header operations as Envoy does: removals first, then replacements, then additions.
 fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
+    for name in ops.remove {
+        headers.remove(*name);
+    }
     for (name, value) in ops.set {
         if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             headers.insert(name, value);
@@ -486,19 +490,23 @@ fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
             headers.append(name, value);
         }
     }
-    for name in ops.remove {
-        headers.remove(*name);
-    }
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).and_then(|it| it.to_str().ok()).is_some_and(|it| it.starts_with("application/grpc"))
 }
 
-/// The request's timeout: the route's (or cluster's), shortened by a `grpc-timeout` header.
+/// The request's timeout: the route's (or cluster's), shortened by a gRPC request's
+/// `grpc-timeout` (Istio caps the header at the route's timeout).
 fn request_timeout(configured_ms: Option<u64>, headers: &HeaderMap) -> Option<Duration> {
     let configured = configured_ms.filter(|it| *it > 0).map(Duration::from_millis);
-    let grpc = headers.get("grpc-timeout").and_then(|it| it.to_str().ok()).and_then(parse_grpc_timeout);
+    // Only a gRPC request's `grpc-timeout` counts, and 0 means no limit, as in Envoy.
+    let grpc = Some(headers)
+        .filter(|it| is_grpc(it))
+        .and_then(|it| it.get("grpc-timeout"))
+        .and_then(|it| it.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .filter(|it| !it.is_zero());
     match (configured, grpc) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -561,6 +569,15 @@ fn pick_destination(forward: &Forward) -> usize {
     forward.destinations.len() - 1
 }
 
+/// An authority's host: `a.b:80` → `a.b`, `[::1]:80` → `[::1]`, `[::1]` → `[::1]`.
+fn without_port(authority: &str) -> &str {
+    let port_from = match authority.rfind(']') {
+        Some(bracket) => authority[bracket..].find(':').map(|it| bracket + it),
+        None => authority.rfind(':'),
+    };
+    port_from.map_or(authority, |at| &authority[..at])
+}
+
 fn answer_locally(answer: &Answer, parts: &http::request::Parts) -> Response<Body> {
     match answer {
         Answer::Direct { status, body } => {
@@ -571,11 +588,9 @@ fn answer_locally(answer: &Answer, parts: &http::request::Parts) -> Response<Bod
         }
         Answer::Redirect { scheme, authority, port, path, status } => {
             let current_authority = RequestHead::new(parts).authority().to_owned();
-            let host = authority
-                .map_or_else(|| current_authority.rsplit_once(':').map_or(current_authority.clone(), |it| it.0.to_owned()), str::to_owned);
             let host_port = match (port, authority) {
-                (Some(port), _) => format!("{}:{port}", host.rsplit_once(':').map_or(host.as_str(), |it| it.0)),
-                (None, Some(_)) => host,
+                (Some(port), _) => format!("{}:{port}", without_port(authority.unwrap_or(&current_authority))),
+                (None, Some(authority)) => (*authority).to_owned(),
                 (None, None) => current_authority,
             };
             let path = path.unwrap_or_else(|| parts.uri.path());
@@ -629,6 +644,39 @@ pub fn is_idempotent(method: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_shorten_the_routes_for_grpc_requests_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", HeaderValue::from_static("200m"));
+        assert_eq!(request_timeout(Some(1000), &headers), Some(Duration::from_secs(1)), "not a gRPC request");
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        assert_eq!(request_timeout(Some(1000), &headers), Some(Duration::from_millis(200)));
+        assert_eq!(request_timeout(None, &headers), Some(Duration::from_millis(200)));
+        headers.insert("grpc-timeout", HeaderValue::from_static("0S"));
+        assert_eq!(request_timeout(Some(1000), &headers), Some(Duration::from_secs(1)), "0 is no limit");
+        assert_eq!(request_timeout(None, &headers), None);
+    }
+
+    #[test]
+    fn ports_come_off_names_and_bracketed_addresses() {
+        assert_eq!(without_port("web:8080"), "web");
+        assert_eq!(without_port("web"), "web");
+        assert_eq!(without_port("[::1]:8080"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn header_operations_remove_then_set_then_add() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("old"));
+        headers.insert("x-b", HeaderValue::from_static("caller"));
+        let ops = HeaderOps { set: &[("x-a", "new")], add: &[("x-b", "mesh")], remove: &["x-a", "x-b"] };
+        apply_header_ops(&mut headers, &ops);
+        // Envoy removes first, so a header both removed and set ends up set.
+        assert_eq!(headers.get_all("x-a").iter().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(headers.get_all("x-b").iter().collect::<Vec<_>>(), ["mesh"]);
+    }
 
     #[tokio::test]
     async fn an_injected_abort_answers_in_the_callers_protocol() {

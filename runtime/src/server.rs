@@ -7,17 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::endpoints::{self, ClusterEndpoints, Endpoint};
-use crate::guard::Guarded;
+use crate::guard::{Guarded, UpgradeSignal};
 use crate::proxy::{Body, Proxy, full};
 use crate::spec::{ListenerKind, Protocol, SidecarSpec};
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Default admin address: loopback only, as Envoy's admin should be.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
@@ -264,27 +267,53 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
         let proxy = proxy.clone();
         let serves = serves.clone();
         tokio::spawn(async move {
+            let signal = UpgradeSignal::default();
+            let guarded = Guarded::new(stream, signal.clone());
             let service = service_fn(move |request: Request<Incoming>| {
                 let proxy = proxy.clone();
                 let serves = serves.clone();
+                let signal = signal.clone();
                 async move {
+                    let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
+                    let connect = request.method() == Method::CONNECT;
                     let response = match serves {
                         Serves::Outbound => proxy.outbound(request).await,
                         Serves::Inbound { app, protocol } => proxy.inbound(&app, protocol, request).await,
                     };
+                    let mut response = response;
+                    if awaited {
+                        let status = response.status();
+                        let upgraded = status == StatusCode::SWITCHING_PROTOCOLS || connect && status.is_success();
+                        signal.answer(upgraded);
+                        if !upgraded {
+                            // hyper keeps a declined upgrade pending until the connection ends,
+                            // and then drops the connection without shutting it down; closing
+                            // after this answer keeps the state of the connection simple.
+                            response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                        }
+                    }
                     Ok::<_, Infallible>(response)
                 }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // `half_close`: after the guard ends the stream at a bad request, the answers to
+            // the requests before it still go out, then the 400. The header timeout is
+            // Envoy's `request_headers_timeout`-like bound on a client that never finishes.
+            builder.http1().half_close(true).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.http2().timer(TokioTimer::new());
             // A connection error is the client's problem and ends only that connection.
-            let _ = builder.serve_connection_with_upgrades(TokioIo::new(Guarded::new(stream)), service).await;
+            let _ = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service).await;
         });
     }
 }
 
 async fn admin_loop(socket: TcpListener, proxy: Arc<Proxy>, ready: Arc<AtomicBool>) {
     loop {
-        let Ok((stream, _)) = socket.accept().await else { continue };
+        let Ok((stream, _)) = socket.accept().await else {
+            // Out of file descriptors and similar: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
         let proxy = proxy.clone();
         let ready = ready.clone();
         tokio::spawn(async move {

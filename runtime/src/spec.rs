@@ -226,7 +226,7 @@ pub enum PathRewrite {
     Whole(&'static str),
 }
 
-/// Header operations, applied in the order set, add, remove.
+/// Header operations, applied as Envoy applies them: removals, then replacements, then additions.
 #[derive(Debug)]
 pub struct HeaderOps {
     /// Replaced or inserted.

@@ -118,14 +118,19 @@ fn a_dead_upstream_gets_503_and_the_sidecar_keeps_serving() {
     assert!(bookinfo.sidecar.is_running());
 }
 
-/// Sends raw bytes and returns the first response's status line.
-fn raw_status(address: std::net::SocketAddr, request: &[u8]) -> String {
+/// Sends raw bytes and returns everything the sidecar answers until it closes.
+fn raw_response(address: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(address).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     stream.write_all(request).expect("send");
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
-    String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Sends raw bytes and returns the first response's status line.
+fn raw_status(address: std::net::SocketAddr, request: &[u8]) -> String {
+    raw_response(address, request).lines().next().unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -142,7 +147,19 @@ fn malformed_requests_get_400_and_never_reach_an_upstream() {
     assert_eq!(raw_status(outbound, invalid), "HTTP/1.1 400 Bad Request");
     let no_host = b"GET /reviews/0 HTTP/1.1\r\n\r\n";
     assert_eq!(raw_status(outbound, no_host), "HTTP/1.1 400 Bad Request");
+    // An upgrade the upstream declines ends the connection after its answer; nothing sent
+    // after it is read unchecked.
+    let after_upgrade = b"GET /reviews/0 HTTP/1.1\r\nHost: nowhere\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n\
+        POST /reviews/0 HTTP/1.1\r\nHost: reviews:9080\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let answers = raw_response(outbound, after_upgrade);
+    assert!(answers.starts_with("HTTP/1.1 404") && answers.matches("HTTP/1.1").count() == 1, "{answers}");
     assert_eq!(bookinfo.hits(), 0);
+    // A good request pipelined before a bad one still gets its answer, then the 400.
+    let pipelined =
+        b"GET /details/0 HTTP/1.1\r\nHost: details:9080\r\n\r\nGET /details/0 HTTP/1.1\r\nHost: details:9080\r\nBad Header: x\r\n\r\n";
+    let answers = raw_response(outbound, pipelined);
+    assert!(answers.starts_with("HTTP/1.1 200 OK") && answers.contains("HTTP/1.1 400 Bad Request"), "{answers}");
+    assert_eq!(bookinfo.details.hits(), 1);
 }
 
 #[test]
