@@ -3,6 +3,9 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -21,8 +24,11 @@ use crate::head::RequestHead;
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec};
 
+/// Why a body stopped early: the peer's error, a deadline, an abandoned try.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body of every request and response the proxy handles.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// One cluster at run time.
 #[derive(Debug)]
@@ -111,7 +117,7 @@ impl Proxy {
                     Protocol::Downstream => parts.version == Version::HTTP_2,
                 };
                 let upstream = Upstream { cluster, client, http2: upstream_http2, forward };
-                upstream.send(parts, body.boxed(), timeout).await.unwrap_or_else(|err| local_reply(err, grpc))
+                upstream.send(parts, body.map_err(BoxError::from).boxed(), timeout).await.unwrap_or_else(|err| local_reply(err, grpc))
             }
         }
     }
@@ -130,9 +136,16 @@ impl Proxy {
         let client = if upstream_http2 { &self.local_http2 } else { &self.local_http1 };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
-        forward_to(client, Request::from_parts(parts, body.boxed()), app, upstream_http2, None, timeout)
-            .await
-            .unwrap_or_else(|err| local_reply(err, grpc))
+        forward_to(
+            client,
+            Request::from_parts(parts, body.map_err(BoxError::from).boxed()),
+            app,
+            upstream_http2,
+            None,
+            Limits::total(timeout),
+        )
+        .await
+        .unwrap_or_else(|err| local_reply(err, grpc))
     }
 }
 
@@ -159,7 +172,15 @@ impl Upstream<'_> {
         let pick = || self.cluster.endpoints.pick().ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
         if retries.attempts == 0 || wants_upgrade(&parts) {
             let endpoint = pick()?;
-            return forward_to(self.client, Request::from_parts(parts, body), &endpoint, self.http2, Some(self.forward), timeout).await;
+            return forward_to(
+                self.client,
+                Request::from_parts(parts, body),
+                &endpoint,
+                self.http2,
+                Some(self.forward),
+                Limits::total(timeout),
+            )
+            .await;
         }
         let deadline = timeout.map(|it| Instant::now() + it);
         let idempotent =
@@ -193,7 +214,8 @@ impl Upstream<'_> {
                 (_, remaining) => (remaining, false),
             };
             let request = copy_head(&parts).map(|()| try_body.boxed());
-            let result = forward_to(self.client, request, &endpoint, self.http2, Some(self.forward), limit).await;
+            let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
+            let result = forward_to(self.client, request, &endpoint, self.http2, Some(self.forward), limits).await;
             let started = replay.started();
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
@@ -334,6 +356,20 @@ fn reject_malformed(request: &Request<Incoming>, grpc: bool) -> Option<Response<
     (!has_authority && request.version() == Version::HTTP_11).then(|| local_reply(Error::BadRequest("missing Host header"), grpc))
 }
 
+/// How long a try may take: until the response headers, and until the end of the body.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    headers: Option<Duration>,
+    body: Option<tokio::time::Instant>,
+}
+
+impl Limits {
+    /// One timeout for the whole exchange.
+    fn total(timeout: Option<Duration>) -> Limits {
+        Limits { headers: timeout, body: timeout.map(|it| tokio::time::Instant::now() + it) }
+    }
+}
+
 /// Forwards a request to one endpoint and streams the answer back.
 async fn forward_to(
     client: &Client<HttpConnector, Body>,
@@ -341,8 +377,9 @@ async fn forward_to(
     endpoint: &Endpoint,
     upstream_http2: bool,
     forward: Option<&Forward>,
-    timeout: Option<Duration>,
+    limits: Limits,
 ) -> Result<Response<Body>, Error> {
+    let Limits { headers: timeout, body: deadline } = limits;
     let grpc = is_grpc(request.headers());
     let upgrade = wants_upgrade_request(&request);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -414,7 +451,14 @@ async fn forward_to(
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.response_headers);
     }
-    Ok(Response::from_parts(parts, body.boxed()))
+    // The deadline covers the whole answer, as Envoy's route timeout does: a body still
+    // streaming at the deadline is cut off with an error (a reset), never ended cleanly.
+    let body = body.map_err(BoxError::from);
+    let body = match deadline {
+        Some(deadline) => DeadlineBody { inner: body.boxed(), sleep: Box::pin(tokio::time::sleep_until(deadline)) }.boxed(),
+        None => body.boxed(),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 fn wants_upgrade_request(request: &Request<Body>) -> bool {
@@ -627,6 +671,35 @@ pub fn local_reply(error: Error, grpc: bool) -> Response<Body> {
 }
 
 /// An empty body.
+/// A response body cut off at a deadline.
+struct DeadlineBody {
+    inner: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Error::UpstreamTimeout.to_string().into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub fn empty() -> Body {
     Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed()
 }
@@ -664,6 +737,26 @@ mod tests {
         assert_eq!(without_port("web"), "web");
         assert_eq!(without_port("[::1]:8080"), "[::1]");
         assert_eq!(without_port("[::1]"), "[::1]");
+    }
+
+    #[tokio::test]
+    async fn a_response_body_still_streaming_at_the_deadline_is_cut_off() {
+        struct Stalled;
+        impl hyper::body::Body for Stalled {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                Poll::Pending
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(30);
+        let body = DeadlineBody { inner: Stalled.boxed(), sleep: Box::pin(tokio::time::sleep_until(deadline)) };
+        let result = body.collect().await;
+        assert_eq!(result.err().map(|it| it.to_string()).as_deref(), Some("upstream request timeout"));
+        // Before the deadline, the body passes through.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let body = DeadlineBody { inner: full(Bytes::from_static(b"ok")), sleep: Box::pin(tokio::time::sleep_until(deadline)) };
+        assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::proxy::Body;
+use crate::proxy::{Body, BoxError};
 
 /// How much of a request body a retry can replay (Envoy's default buffer limit is 1 MiB).
 pub const REPLAY_CAP: usize = 1 << 20;
@@ -101,9 +101,9 @@ impl ReplayBody {
 
 impl HttpBody for ReplayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let shared_arc = this.shared.clone();
         let mut shared = shared_arc.lock().unwrap_or_else(|it| it.into_inner());
@@ -126,10 +126,11 @@ impl HttpBody for ReplayBody {
             return Poll::Ready(None);
         }
         if this.generation != shared.generation {
-            // A later try took over; this one is being abandoned.
-            return Poll::Ready(None);
+            // A later try took over: this one is abandoned, and must not look complete to its
+            // upstream (an error resets the stream instead of ending it).
+            return Poll::Ready(Some(Err("the request was retried elsewhere".into())));
         }
-        let Some(source) = shared.source.as_mut() else { return Poll::Ready(None) };
+        let Some(source) = shared.source.as_mut() else { return Poll::Ready(Some(Err("the request body broke off".into()))) };
         match Pin::new(source).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
@@ -211,9 +212,9 @@ mod tests {
 
     impl HttpBody for Chunks {
         type Data = Bytes;
-        type Error = hyper::Error;
+        type Error = BoxError;
 
-        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             Poll::Ready(self.0.pop_front().map(|it| Ok(Frame::data(it))))
         }
     }
@@ -237,6 +238,18 @@ mod tests {
         let second = first.retry().expect("within the cap");
         drop(first);
         assert_eq!(text(second).await, "abcdef");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_try_fails_instead_of_ending() {
+        let first = ReplayBody::new(streamed(&["ab", "cd"]), 100);
+        let mut first = Box::pin(first);
+        let _ = std::future::poll_fn(|cx| first.as_mut().poll_frame(cx)).await;
+        let second = first.retry().expect("within the cap");
+        // The first try's upstream must see a broken body, not a complete "ab".
+        let next = std::future::poll_fn(|cx| first.as_mut().poll_frame(cx)).await;
+        assert!(matches!(next, Some(Err(_))), "{next:?}");
+        assert_eq!(text(second).await, "abcd");
     }
 
     #[tokio::test]
