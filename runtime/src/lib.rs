@@ -9,6 +9,7 @@ pub mod error;
 pub mod guard;
 pub mod head;
 pub mod interp;
+pub mod pool;
 pub mod proxy;
 pub mod replay;
 mod server;

@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
+use crate::pool::Http2Pool;
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec};
 
@@ -37,25 +38,32 @@ pub struct Cluster {
     pub spec: &'static ClusterSpec,
     /// Its endpoints.
     pub endpoints: ClusterEndpoints,
-    client: Client<HttpConnector, Body>,
+    http1: Client<HttpConnector, Body>,
+    http2: Http2Pool,
 }
 
 impl Cluster {
     fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints) -> Cluster {
-        Cluster { spec, endpoints, client: client(spec.protocol, Duration::from_millis(spec.connect_timeout_ms)) }
+        let connect_timeout = Duration::from_millis(spec.connect_timeout_ms);
+        Cluster { spec, endpoints, http1: http1_client(connect_timeout), http2: Http2Pool::new(connect_timeout) }
     }
 }
 
-fn client(protocol: Protocol, connect_timeout: Duration) -> Client<HttpConnector, Body> {
+/// A pooled HTTP/1.1 client.
+fn http1_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_idle_timeout(Duration::from_secs(60));
-    if protocol == Protocol::Http2 {
-        builder.http2_only(true);
-    }
     builder.build(connector)
+}
+
+/// How a request reaches an endpoint.
+#[derive(Clone, Copy)]
+enum Transport<'a> {
+    Http1(&'a Client<HttpConnector, Body>),
+    Http2(&'a Http2Pool),
 }
 
 /// The proxy of one sidecar: its spec and its clusters' live state.
@@ -65,26 +73,16 @@ pub struct Proxy {
     pub spec: &'static SidecarSpec,
     /// The clusters, in the order of `spec.clusters`.
     pub clusters: Vec<Cluster>,
-    /// Clients for the local application, HTTP/1.1 and HTTP/2.
+    /// Connections to the local application, HTTP/1.1 and HTTP/2.
     local_http1: Client<HttpConnector, Body>,
-    local_http2: Client<HttpConnector, Body>,
-    /// Clients for clusters that follow the downstream protocol, HTTP/2 variant.
-    downstream_http2: Vec<Client<HttpConnector, Body>>,
+    local_http2: Http2Pool,
 }
 
 impl Proxy {
     /// The proxy for a spec, with each cluster's endpoints.
     pub fn new(spec: &'static SidecarSpec, endpoints: Vec<ClusterEndpoints>) -> Proxy {
         let clusters: Vec<Cluster> = spec.clusters.iter().zip(endpoints).map(|(spec, endpoints)| Cluster::new(spec, endpoints)).collect();
-        let downstream_http2 =
-            spec.clusters.iter().map(|it| client(Protocol::Http2, Duration::from_millis(it.connect_timeout_ms))).collect();
-        Proxy {
-            spec,
-            clusters,
-            local_http1: client(Protocol::Http1, Duration::from_secs(1)),
-            local_http2: client(Protocol::Http2, Duration::from_secs(1)),
-            downstream_http2,
-        }
+        Proxy { spec, clusters, local_http1: http1_client(Duration::from_secs(1)), local_http2: Http2Pool::new(Duration::from_secs(1)) }
     }
 
     /// Handles a request the application sent out.
@@ -107,16 +105,13 @@ impl Proxy {
                     return local_reply(Error::NoCluster, grpc);
                 };
                 let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
-                let client = match cluster.spec.protocol {
-                    Protocol::Downstream if parts.version == Version::HTTP_2 => &self.downstream_http2[destination.cluster as usize],
-                    _ => &cluster.client,
-                };
                 let upstream_http2 = match cluster.spec.protocol {
                     Protocol::Http2 => true,
                     Protocol::Http1 => false,
                     Protocol::Downstream => parts.version == Version::HTTP_2,
                 };
-                let upstream = Upstream { cluster, client, http2: upstream_http2, forward };
+                let transport = if upstream_http2 { Transport::Http2(&cluster.http2) } else { Transport::Http1(&cluster.http1) };
+                let upstream = Upstream { cluster, transport, forward };
                 upstream.send(parts, body.map_err(BoxError::from).boxed(), timeout).await.unwrap_or_else(|err| local_reply(err, grpc))
             }
         }
@@ -133,27 +128,19 @@ impl Proxy {
             Protocol::Http1 => false,
             Protocol::Downstream => request.version() == Version::HTTP_2,
         };
-        let client = if upstream_http2 { &self.local_http2 } else { &self.local_http1 };
+        let transport = if upstream_http2 { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
-        forward_to(
-            client,
-            Request::from_parts(parts, body.map_err(BoxError::from).boxed()),
-            app,
-            upstream_http2,
-            None,
-            Limits::total(timeout),
-        )
-        .await
-        .unwrap_or_else(|err| local_reply(err, grpc))
+        forward_to(transport, Request::from_parts(parts, body.map_err(BoxError::from).boxed()), app, None, Limits::total(timeout))
+            .await
+            .unwrap_or_else(|err| local_reply(err, grpc))
     }
 }
 
 /// Where a routed request goes: a cluster, the client that reaches it, and the route.
 struct Upstream<'a> {
     cluster: &'a Cluster,
-    client: &'a Client<HttpConnector, Body>,
-    http2: bool,
+    transport: Transport<'a>,
     forward: &'static Forward,
 }
 
@@ -172,15 +159,8 @@ impl Upstream<'_> {
         let pick = || self.cluster.endpoints.pick().ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
         if retries.attempts == 0 || wants_upgrade(&parts) {
             let endpoint = pick()?;
-            return forward_to(
-                self.client,
-                Request::from_parts(parts, body),
-                &endpoint,
-                self.http2,
-                Some(self.forward),
-                Limits::total(timeout),
-            )
-            .await;
+            return forward_to(self.transport, Request::from_parts(parts, body), &endpoint, Some(self.forward), Limits::total(timeout))
+                .await;
         }
         let deadline = timeout.map(|it| Instant::now() + it);
         let idempotent =
@@ -215,7 +195,7 @@ impl Upstream<'_> {
             };
             let request = copy_head(&parts).map(|()| try_body.boxed());
             let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
-            let result = forward_to(self.client, request, &endpoint, self.http2, Some(self.forward), limits).await;
+            let result = forward_to(self.transport, request, &endpoint, Some(self.forward), limits).await;
             let started = replay.started();
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
@@ -356,6 +336,14 @@ fn reject_malformed(request: &Request<Incoming>, grpc: bool) -> Option<Response<
     (!has_authority && request.version() == Version::HTTP_11).then(|| local_reply(Error::BadRequest("missing Host header"), grpc))
 }
 
+/// The request's authority as the client sent it: an absolute-form target's, else `Host`.
+fn authority_as_sent(parts: &http::request::Parts) -> Option<String> {
+    match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str().to_owned()),
+        None => parts.headers.get(header::HOST).and_then(|it| it.to_str().ok()).map(str::to_owned),
+    }
+}
+
 /// How long a try may take: until the response headers, and until the end of the body.
 #[derive(Clone, Copy, Debug)]
 struct Limits {
@@ -372,10 +360,9 @@ impl Limits {
 
 /// Forwards a request to one endpoint and streams the answer back.
 async fn forward_to(
-    client: &Client<HttpConnector, Body>,
+    transport: Transport<'_>,
     mut request: Request<Body>,
     endpoint: &Endpoint,
-    upstream_http2: bool,
     forward: Option<&Forward>,
     limits: Limits,
 ) -> Result<Response<Body>, Error> {
@@ -386,50 +373,54 @@ async fn forward_to(
     let (mut parts, body) = request.into_parts();
 
     let path_and_query = rewritten_path(&parts.uri, forward.map_or(PathRewrite::None, |it| it.path_rewrite));
-    let uri = match Uri::builder().scheme("http").authority(endpoint.authority()).path_and_query(path_and_query).build() {
+    // The authority the upstream sees: the route's rewrite, else what the client sent (an
+    // absolute-form target's authority before `Host`, as routing read it).
+    let authority = match forward.and_then(|it| it.authority_rewrite) {
+        Some(rewritten) => rewritten.to_owned(),
+        None => authority_as_sent(&parts).unwrap_or_else(|| endpoint.authority()),
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(forward) = forward {
+        apply_header_ops(&mut parts.headers, &forward.request_headers);
+    }
+    // HTTP/1.1 connects to the URI's authority and sends `Host`; HTTP/2 connects to the
+    // endpoint and sends the URI's authority as `:authority`.
+    let uri_authority = match transport {
+        Transport::Http1(_) => {
+            parts.version = Version::HTTP_11;
+            match HeaderValue::from_str(&authority) {
+                Ok(value) => parts.headers.insert(header::HOST, value),
+                Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
+            };
+            endpoint.authority()
+        }
+        Transport::Http2(_) => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+            authority
+        }
+    };
+    parts.uri = match Uri::builder().scheme("http").authority(uri_authority).path_and_query(path_and_query).build() {
         Ok(uri) => uri,
         Err(_) => return Err(Error::BadRequest("the request path cannot be forwarded")),
     };
-    let original_authority = parts.uri.authority().map(|it| it.to_string());
-    parts.uri = uri;
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    if let Some(forward) = forward {
-        if let Some(authority) = forward.authority_rewrite
-            && let Ok(value) = HeaderValue::from_str(authority)
-        {
-            parts.headers.insert(header::HOST, value);
-        }
-        apply_header_ops(&mut parts.headers, &forward.request_headers);
-    }
-    if upstream_http2 {
-        // HTTP/2 carries the authority as `:authority`, which the client takes from the URI.
-        parts.version = Version::HTTP_2;
-        parts.headers.remove(header::HOST);
-    } else {
-        parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(value) = original_authority.and_then(|it| HeaderValue::from_str(&it).ok())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
-    }
     if grpc {
         // The gRPC spec requires `te: trailers` towards the server.
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
-    let sent = client.request(Request::from_parts(parts, body));
-    let result = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(result) => result,
-            Err(_) => return Err(Error::UpstreamTimeout),
-        },
-        None => sent.await,
+    let request = Request::from_parts(parts, body);
+    let sent = async {
+        match transport {
+            Transport::Http1(client) => client.request(request).await.map_err(|err| {
+                if err.is_connect() { Error::UpstreamConnect(endpoint.authority()) } else { Error::UpstreamReset(endpoint.authority()) }
+            }),
+            Transport::Http2(pool) => pool.send(endpoint, request).await,
+        }
     };
-    let mut response = match result {
-        Ok(response) => response,
-        Err(err) if err.is_connect() => return Err(Error::UpstreamConnect(endpoint.authority())),
-        Err(_) => return Err(Error::UpstreamReset(endpoint.authority())),
+    let mut response = match timeout {
+        Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| Error::UpstreamTimeout)??,
+        None => sent.await?,
     };
 
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {

@@ -253,3 +253,21 @@ fn injected_faults_abort_and_delay_their_share_of_requests() {
     assert!((60..=140).contains(&aborted), "{aborted} of 200 aborted");
     assert_eq!(http.hits() - before, 200 - aborted);
 }
+
+#[test]
+fn an_http2_upstream_gets_the_services_authority_not_the_endpoints_address() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let upstream = Upstream::start("h2");
+    let endpoints = format!("[[endpoint]]\nservice = \"h2web\"\naddress = \"{}\"\n", upstream.address);
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let seen = curl(&[version, "-H", "host: h2web"], &format!("http://{}/a", sidecar.listener("outbound")));
+        let json = seen.json();
+        // The port is declared http2: HTTP/2 upstream whatever the caller spoke.
+        assert_eq!((json["version"].as_str(), json["host"].as_str()), (Some("HTTP/2.0"), Some("h2web")), "{version}: {json}");
+        let seen = curl(&[version, "-H", "host: h2web"], &format!("http://{}/renamed/b", sidecar.listener("outbound")));
+        let json = seen.json();
+        assert_eq!((json["host"].as_str(), json["path"].as_str()), (Some("inner.example"), Some("/b")), "{version}: {json}");
+    }
+    assert_eq!(upstream.hits(), 4);
+}
