@@ -1040,6 +1040,37 @@ impl IpBlock {
             _ => false,
         }
     }
+
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address, clearing the host bits as Envoy
+    /// does; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<IpBlock, String> {
+        use std::net::IpAddr;
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| format!("`{address}` is not an IP address"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix {
+            Some(prefix) => {
+                prefix.parse::<u8>().ok().filter(|it| *it <= max).ok_or_else(|| format!("the prefix length must be 0 to {max}"))?
+            }
+            None => max,
+        };
+        let address = match address {
+            IpAddr::V4(ip) => IpAddr::V4((u32::from(ip) & u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)).into()),
+            IpAddr::V6(ip) => IpAddr::V6((u128::from(ip) & u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0)).into()),
+        };
+        Ok(IpBlock { address, prefix_len })
+    }
+
+    /// The block's mask, IPv4 in the low 32 bits.
+    pub fn mask(&self) -> u128 {
+        match self.address {
+            std::net::IpAddr::V4(_) => u128::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0)),
+            std::net::IpAddr::V6(_) => u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0),
+        }
+    }
 }
 
 /// Access logging and metric labels.

@@ -300,6 +300,12 @@ pub fn random(seed: u64) -> MemFs {
         tables.push((format!("s{service}"), routes));
     }
     fs.insert("registry.toml", registry);
+    // One workload serves and calls every service, under up to three random policies.
+    let names: Vec<String> = (0..services).map(|it| format!("s{it}")).collect();
+    let _ = write!(spec, "workload w {{\n  serves {0}\n  calls {0}\n}}\n\n", names.join(", "));
+    for index in 0..rng.below(4) {
+        spec.push_str(&random_policy(&mut rng, index));
+    }
     // Compile, drop the routes reported unreachable, and again, until the mesh is clean.
     loop {
         let mut text = spec.clone();
@@ -390,6 +396,53 @@ fn random_route(rng: &mut SplitMix, service: usize, index: usize, last: bool, se
         }
     }
     out.push_str("  }\n");
+    out
+}
+
+/// An authorization policy on workload `w` from a small vocabulary of sources, operations
+/// and conditions, so that random requests match some rules and miss others.
+fn random_policy(rng: &mut SplitMix, index: u64) -> String {
+    let action = ["allow", "deny"][rng.below(2) as usize];
+    let mut out = format!("authorization p{index} {{\n  workloads w\n  action {action}\n");
+    for _ in 0..rng.below(3) {
+        out.push_str("  rule {\n");
+        if rng.below(2) == 0 {
+            let from = [
+                "from { ip_blocks \"10.0.0.0/8\" }",
+                "from { not ip_blocks \"10.1.0.0/16\" }",
+                "from { workloads w }",
+                "from { namespaces \"default\" }",
+                "from { remote_ip_blocks \"192.168.0.0/16\", \"127.0.0.1\" }",
+            ][rng.below(5) as usize];
+            let _ = writeln!(out, "    {from}");
+        }
+        if rng.below(2) == 0 {
+            let to = [
+                "to { methods GET, HEAD }",
+                "to { methods POST }",
+                "to { paths \"/p1\", \"/p2*\" }",
+                "to { not paths \"/admin*\" }",
+                "to { paths \"/{*}/x\" }",
+                "to { paths \"*/x\" }",
+                "to { hosts \"s0*\" }",
+                "to { ports 80 }",
+                "to { methods GET  paths \"/p3/{**}\" }",
+            ][rng.below(9) as usize];
+            let _ = writeln!(out, "    {to}");
+        }
+        if rng.below(3) == 0 {
+            let when = [
+                "when header \"x-a\" in \"1\", \"2\"",
+                "when header \"x-b\" not_in \"0\"",
+                "when source.ip in \"10.0.0.0/8\"",
+                "when source.namespace in \"default\"",
+                "when destination.port in \"80\"",
+            ][rng.below(5) as usize];
+            let _ = writeln!(out, "    {when}");
+        }
+        out.push_str("  }\n");
+    }
+    out.push_str("}\n\n");
     out
 }
 

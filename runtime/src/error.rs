@@ -12,6 +12,9 @@ pub enum Error {
     BadRequest(&'static str),
     /// Routing: no route matches (Envoy's `NR`).
     NoRoute,
+    /// Policy: an authorization policy denies the request (Envoy's RBAC, 403 /
+    /// PERMISSION_DENIED).
+    Denied,
     /// Routing: the route's destination is a service the workload may not call, so the
     /// sidecar has no cluster for it (Envoy's `NC`).
     NoCluster,
@@ -33,6 +36,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NoRoute => StatusCode::NOT_FOUND,
+            Error::Denied => StatusCode::FORBIDDEN,
             Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -46,6 +50,7 @@ impl Error {
         match self {
             Error::BadRequest(_) | Error::Internal(_) => 13,
             Error::NoRoute => 12,
+            Error::Denied => 7,
             Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => 14,
             Error::UpstreamTimeout => 4,
         }
@@ -62,6 +67,7 @@ impl fmt::Display for Error {
         match self {
             Error::BadRequest(why) => write!(f, "bad request: {why}"),
             Error::NoRoute => f.write_str("no route"),
+            Error::Denied => f.write_str("RBAC: access denied"),
             Error::NoCluster => f.write_str("no cluster: the route's destination is not among the services this workload may call"),
             Error::NoHealthyUpstream(cluster) => write!(f, "no healthy upstream in {cluster}"),
             Error::UpstreamConnect(endpoint) => write!(f, "upstream connect error: {endpoint}"),

@@ -4,6 +4,7 @@
 //! whole contract between codegen and the runtime. This crate knows nothing about specs,
 //! registries or the IR: it receives compiled tables as `static` data and function pointers.
 
+pub mod authz;
 pub mod endpoints;
 pub mod error;
 pub mod guard;
@@ -20,6 +21,7 @@ pub mod table;
 /// is here, so the contract is one greppable list (codegen/src/emit/rust.rs writes against it).
 #[doc(hidden)]
 pub mod __codegen {
+    pub use crate::authz::{Cidr, Condition, Key as AuthzKey, Operation, Pat, Policies, Policy, Rule, Source};
     pub use crate::head::RequestHead;
     pub use crate::server::run;
     pub use crate::spec::{

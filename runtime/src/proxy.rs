@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::authz;
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
@@ -117,12 +119,21 @@ impl Proxy {
         }
     }
 
-    /// Handles a request for the local application, which listens at `app`.
-    pub async fn inbound(&self, app: &Endpoint, protocol: Protocol, request: Request<Incoming>) -> Response<Body> {
+    /// Handles a request from `peer` for the local application's `port`, which listens at
+    /// `app`: authorization first, then forwarding.
+    pub async fn inbound(&self, app: &Endpoint, port: u16, protocol: Protocol, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
             return reply;
         }
+        let (parts, body) = request.into_parts();
+        let head = RequestHead::new(&parts);
+        // Without mutual TLS (issue 4 brings it) the peer proves no identity.
+        let verdict = self.spec.authz.authorize(&authz::Request { head: &head, peer: Some(peer), principal: None, port });
+        if !verdict.allowed {
+            return local_reply(Error::Denied, grpc);
+        }
+        let request = Request::from_parts(parts, body);
         let upstream_http2 = match protocol {
             Protocol::Http2 => true,
             Protocol::Http1 => false,
@@ -605,7 +616,7 @@ fn pick_destination(forward: &Forward) -> usize {
 }
 
 /// An authority's host: `a.b:80` → `a.b`, `[::1]:80` → `[::1]`, `[::1]` → `[::1]`.
-fn without_port(authority: &str) -> &str {
+pub(crate) fn without_port(authority: &str) -> &str {
     let port_from = match authority.rfind(']') {
         Some(bracket) => authority[bracket..].find(':').map(|it| bracket + it),
         None => authority.rfind(':'),

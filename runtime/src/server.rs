@@ -213,7 +213,7 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
                     Some((_, address)) => Endpoint::at(*address),
                     None => Endpoint::at(SocketAddr::from(([127, 0, 0, 1], app_port))),
                 };
-                Serves::Inbound { app: Arc::new(endpoint), protocol }
+                Serves::Inbound { app: Arc::new(endpoint), port: app_port, protocol }
             }
         };
         tokio::spawn(accept_loop(socket, proxy, serves));
@@ -250,12 +250,12 @@ async fn wait_for_signal() {
 #[derive(Clone)]
 enum Serves {
     Outbound,
-    Inbound { app: Arc<Endpoint>, protocol: Protocol },
+    Inbound { app: Arc<Endpoint>, port: u16, protocol: Protocol },
 }
 
 async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
     loop {
-        let (stream, _) = match socket.accept().await {
+        let (stream, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
             // Out of file descriptors and similar: keep serving the connections we have.
             Err(_) => {
@@ -278,7 +278,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
                     let connect = request.method() == Method::CONNECT;
                     let response = match serves {
                         Serves::Outbound => proxy.outbound(request).await,
-                        Serves::Inbound { app, protocol } => proxy.inbound(&app, protocol, request).await,
+                        Serves::Inbound { app, port, protocol } => proxy.inbound(&app, port, protocol, peer.ip(), request).await,
                     };
                     let mut response = response;
                     if awaited {

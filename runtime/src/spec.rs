@@ -16,6 +16,8 @@ pub struct SidecarSpec {
     pub clusters: &'static [ClusterSpec],
     /// The compiled outbound route lookup.
     pub route_outbound: fn(&RequestHead<'_>) -> Decision,
+    /// The authorization policies of inbound requests.
+    pub authz: &'static crate::authz::Policies,
     /// The compiled tables as JSON, for the admin endpoint's `/config_dump`.
     pub config_dump: &'static str,
 }

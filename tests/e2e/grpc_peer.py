@@ -57,6 +57,9 @@ def client(target, authority, case):
             out["reply"] = channel.unary_unary("/e2e.Greeter/Hello")(b"mesh", timeout=10).decode()
         elif case == "count":
             out["replies"] = [it.decode() for it in channel.unary_stream("/e2e.Greeter/Count")(b"5", timeout=10)]
+        elif case == "blocked":
+            metadata = (("x-block", "1"),)
+            out["reply"] = channel.unary_unary("/e2e.Greeter/Hello")(b"mesh", timeout=10, metadata=metadata).decode()
         elif case == "fail":
             channel.unary_unary("/e2e.Greeter/Fail")(b"x", timeout=10)
         elif case == "slow":

@@ -1,7 +1,7 @@
 //! One workload's sidecar crate: `Cargo.toml`, `src/main.rs` (the spec and listeners),
 //! `src/routes.rs` (host dispatch and one function per route table), `src/clusters.rs`
-//! (clusters and their seed endpoints) and `src/dump.rs` (the tables as JSON for the admin
-//! endpoint).
+//! (clusters and their seed endpoints), `src/policy.rs` (the inbound authorization policies)
+//! and `src/dump.rs` (the tables as JSON for the admin endpoint).
 //!
 //! Routing is code: a request's host picks a table through a static hash table laid out here,
 //! and a table is a sequence of `if` statements over the request head, in route order. A table
@@ -16,8 +16,8 @@ use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
-    AbortStatus, Action, Cluster, ClusterId, Fault, HeaderOps, Match, Mesh, PresenceMatch, Protocol, RetryPolicy, Route, RouteTable,
-    RouteTableKind, StringMatch, StringMatchKind, Workload,
+    AbortStatus, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HeaderOps, IpBlock, Match, Mesh,
+    Pattern, PresenceMatch, Protocol, RetryPolicy, Route, RouteTable, RouteTableKind, StringMatch, StringMatchKind, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -36,6 +36,7 @@ pub(super) fn workload_crate(mesh: &Mesh, workload: &Workload, options: &EmitOpt
         GeneratedFile { path: "src/routes.rs".to_owned(), text: render(mesh, options, routes_file) },
         GeneratedFile { path: "src/clusters.rs".to_owned(), text: render(mesh, options, clusters_file(mesh, &clusters)) },
         GeneratedFile { path: "src/dump.rs".to_owned(), text: render(mesh, options, dump_file(mesh, workload, &clusters)) },
+        GeneratedFile { path: "src/policy.rs".to_owned(), text: render(mesh, options, policy_file(mesh, workload)) },
     ]
 }
 
@@ -217,6 +218,7 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
 
         pub mod clusters;
         pub mod dump;
+        pub mod policy;
         pub mod routes;
 
         use meshc_runtime::__codegen as rt;
@@ -231,6 +233,7 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
             listeners: &LISTENERS,
             clusters: &clusters::CLUSTERS,
             route_outbound: routes::route_outbound,
+            authz: &policy::AUTHZ,
             config_dump: dump::CONFIG_DUMP,
         };
 
@@ -238,6 +241,142 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
             rt::run(&SIDECAR)
         }
     }
+}
+
+/// The workload's authorization policies as `rt::Policies`: DENY and ALLOW policies in the
+/// IR's order (AUDIT ones change no verdict), with patterns and address blocks ready to test.
+fn policy_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
+    let policies: Vec<&AuthzPolicy> = workload.authz.iter().map(|it| &mesh.authz_policies[it.index()]).collect();
+    let emit = |action: AuthzAction| {
+        let items = policies.iter().filter(|it| it.action == action).map(|policy| {
+            let name = str_lit(&policy.name);
+            let rules = policy.rules.iter().map(authz_rule);
+            quote!(rt::Policy { name: #name, rules: &[#(#rules),*] })
+        });
+        quote!(&[#(#items),*])
+    };
+    let (deny, allow) = (emit(AuthzAction::Deny), emit(AuthzAction::Allow));
+    let names: Vec<&str> = policies.iter().map(|it| it.name.as_str()).collect();
+    let doc = if names.is_empty() {
+        " No authorization policy applies to this workload: every request is allowed.".to_owned()
+    } else {
+        format!(" The authorization policies of this workload's inbound requests: {}.", names.join(", "))
+    };
+    quote! {
+        //! Authorization, evaluated by the runtime with Istio's semantics.
+
+        use meshc_runtime::__codegen as rt;
+
+        #[doc = #doc]
+        pub static AUTHZ: rt::Policies = rt::Policies { deny: #deny, allow: #allow };
+    }
+}
+
+fn authz_rule(rule: &AuthzRule) -> TokenStream {
+    let patterns = |list: &[Pattern], lower: bool| {
+        let items = list.iter().map(|pattern| {
+            let text = |it: &str| str_lit(&if lower { it.to_ascii_lowercase() } else { it.to_owned() });
+            match pattern {
+                Pattern::Exact(it) => {
+                    let it = text(it);
+                    quote!(rt::Pat::Exact(#it))
+                }
+                Pattern::Prefix(it) => {
+                    let it = text(it);
+                    quote!(rt::Pat::Prefix(#it))
+                }
+                Pattern::Suffix(it) => {
+                    let it = text(it);
+                    quote!(rt::Pat::Suffix(#it))
+                }
+                Pattern::Any => quote!(rt::Pat::Any),
+                Pattern::Template(segments) => {
+                    let segments = segments.iter().map(|it| str_lit(it));
+                    quote!(rt::Pat::Template(&[#(#segments),*]))
+                }
+            }
+        });
+        quote!(&[#(#items),*])
+    };
+    let blocks = |list: &[IpBlock]| {
+        let items = list.iter().map(cidr);
+        quote!(&[#(#items),*])
+    };
+    let ports = |list: &[u16]| {
+        let items = list.iter().map(|it| int(*it));
+        quote!(&[#(#items),*])
+    };
+    let from = rule.from.iter().map(|source| {
+        let (principals, not_principals) = (patterns(&source.principals, false), patterns(&source.not_principals, false));
+        let (namespaces, not_namespaces) = (patterns(&source.namespaces, false), patterns(&source.not_namespaces, false));
+        let (ip_blocks, not_ip_blocks) = (blocks(&source.ip_blocks), blocks(&source.not_ip_blocks));
+        let (remote, not_remote) = (blocks(&source.remote_ip_blocks), blocks(&source.not_remote_ip_blocks));
+        quote! {
+            rt::Source {
+                principals: #principals, not_principals: #not_principals,
+                namespaces: #namespaces, not_namespaces: #not_namespaces,
+                ip_blocks: #ip_blocks, not_ip_blocks: #not_ip_blocks,
+                remote_ip_blocks: #remote, not_remote_ip_blocks: #not_remote,
+            }
+        }
+    });
+    let to = rule.to.iter().map(|op| {
+        let (hosts, not_hosts) = (patterns(&op.hosts, true), patterns(&op.not_hosts, true));
+        let (methods, not_methods) = (patterns(&op.methods, false), patterns(&op.not_methods, false));
+        let (paths, not_paths) = (patterns(&op.paths, false), patterns(&op.not_paths, false));
+        let (op_ports, not_ports) = (ports(&op.ports), ports(&op.not_ports));
+        quote! {
+            rt::Operation {
+                hosts: #hosts, not_hosts: #not_hosts,
+                methods: #methods, not_methods: #not_methods,
+                paths: #paths, not_paths: #not_paths,
+                ports: #op_ports, not_ports: #not_ports,
+            }
+        }
+    });
+    let when = rule.when.iter().map(|condition| {
+        let addresses = matches!(condition.key, ConditionKey::SourceIp | ConditionKey::RemoteIp);
+        let key = match &condition.key {
+            ConditionKey::RequestHeader(name) => {
+                let name = str_lit(&name.to_ascii_lowercase());
+                quote!(rt::AuthzKey::RequestHeader(#name))
+            }
+            ConditionKey::SourceIp => quote!(rt::AuthzKey::SourceIp),
+            ConditionKey::RemoteIp => quote!(rt::AuthzKey::RemoteIp),
+            ConditionKey::SourceNamespace => quote!(rt::AuthzKey::SourceNamespace),
+            ConditionKey::SourcePrincipal => quote!(rt::AuthzKey::SourcePrincipal),
+            ConditionKey::DestinationPort => quote!(rt::AuthzKey::DestinationPort),
+            ConditionKey::DestinationIp | ConditionKey::ConnectionSni => quote!(rt::AuthzKey::Unknown),
+        };
+        // Address keys take their values as blocks (the checker made sure they parse).
+        let as_blocks = |list: &[Pattern]| -> Vec<IpBlock> {
+            list.iter()
+                .filter_map(|it| match it {
+                    Pattern::Exact(text) => IpBlock::parse(text).ok(),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (values, not_values, value_blocks, not_blocks) = if addresses {
+            (quote!(&[]), quote!(&[]), blocks(&as_blocks(&condition.values)), blocks(&as_blocks(&condition.not_values)))
+        } else {
+            (patterns(&condition.values, false), patterns(&condition.not_values, false), quote!(&[]), quote!(&[]))
+        };
+        quote! {
+            rt::Condition { key: #key, values: #values, not_values: #not_values, blocks: #value_blocks, not_blocks: #not_blocks }
+        }
+    });
+    quote!(rt::Rule { from: &[#(#from),*], to: &[#(#to),*], when: &[#(#when),*] })
+}
+
+fn cidr(block: &IpBlock) -> TokenStream {
+    let v6 = block.address.is_ipv6();
+    let network = match block.address {
+        std::net::IpAddr::V4(it) => u128::from(u32::from(it)),
+        std::net::IpAddr::V6(it) => u128::from(it),
+    };
+    let (network, mask) = (Literal::u128_unsuffixed(network), Literal::u128_unsuffixed(block.mask()));
+    quote!(rt::Cidr { v6: #v6, network: #network, mask: #mask })
 }
 
 fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {

@@ -2,7 +2,6 @@
 //! patterns (principals, CIDR blocks, path templates), and finds policies that can never apply.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use meshc_codegen::ir;
 use meshc_codegen::ir::{AuthzAction, Pattern, Protocol};
@@ -579,22 +578,7 @@ fn extend<T>(positive: &mut Vec<T>, negative: &mut Vec<T>, negated: bool, values
 
 /// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (a /32 or /128 block).
 pub fn parse_cidr(text: &str) -> Result<ir::IpBlock, String> {
-    let (address, prefix) = match text.split_once('/') {
-        Some((address, prefix)) => (address, Some(prefix)),
-        None => (text, None),
-    };
-    let address: IpAddr = address.parse().map_err(|_| format!("`{address}` is not an IP address"))?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let prefix_len = match prefix {
-        Some(prefix) => prefix.parse::<u8>().ok().filter(|it| *it <= max).ok_or_else(|| format!("the prefix length must be 0 to {max}"))?,
-        None => max,
-    };
-    // Canonicalise: clear the host bits, as Envoy does.
-    let address = match address {
-        IpAddr::V4(ip) => IpAddr::V4((u32::from(ip) & u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)).into()),
-        IpAddr::V6(ip) => IpAddr::V6((u128::from(ip) & u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0)).into()),
-    };
-    Ok(ir::IpBlock { address, prefix_len })
+    ir::IpBlock::parse(text)
 }
 
 /// Parses one of Istio's string patterns.

@@ -65,7 +65,13 @@ impl Sidecar {
         std::fs::write(&file, endpoints).expect("write the endpoints file");
         let mut command = Command::new(binary);
         command.arg("--admin").arg("127.0.0.1:0").arg("--endpoints").arg(&file);
-        for listener in listeners {
+        // Every listener on a free port, not only those the test uses, so that tests running
+        // side by side never fight over a default port.
+        let mut all = listener_names(binary);
+        all.extend(listeners.iter().map(|it| (*it).to_owned()));
+        all.sort();
+        all.dedup();
+        for listener in &all {
             command.arg("--listen").arg(format!("{listener}=127.0.0.1:0"));
         }
         command.args(flags);
@@ -82,7 +88,7 @@ impl Sidecar {
         let mut found = BTreeMap::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while admin.is_none() || found.len() < listeners.len() {
+        while admin.is_none() || found.len() < all.len() {
             let line = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
                 panic!("the sidecar did not report its listeners within 10 s (found {found:?})");
             });
@@ -115,6 +121,14 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The names of a sidecar's listeners, from the `Listeners:` line of its `--help`.
+fn listener_names(binary: &Path) -> Vec<String> {
+    let help = Command::new(binary).arg("--help").output().expect("run the sidecar's --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    let line = text.lines().find_map(|it| it.strip_prefix("Listeners: ")).unwrap_or_default();
+    line.split(", ").filter_map(|it| it.split_whitespace().next()).map(str::to_owned).collect()
 }
 
 fn unique() -> usize {

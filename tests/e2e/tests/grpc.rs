@@ -81,6 +81,13 @@ fn grpc_calls_cross_the_callers_and_the_servers_sidecars() {
     assert_eq!((fail["code"].as_str(), fail["details"].as_str()), (Some("NOT_FOUND"), Some("no such greeting")), "{fail}");
     let slow = call(&client_side, "slow");
     assert_eq!(slow["code"].as_str(), Some("DEADLINE_EXCEEDED"), "{slow}");
+    // The server's DENY policy answers in gRPC's terms.
+    let blocked = call(&client_side, "blocked");
+    assert_eq!(
+        (blocked["code"].as_str(), blocked["details"].as_str()),
+        (Some("PERMISSION_DENIED"), Some("RBAC: access denied")),
+        "{blocked}"
+    );
 }
 
 #[test]

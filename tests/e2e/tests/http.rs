@@ -2,7 +2,7 @@
 //! servers: prefix and authority rewrites, request and response header operations,
 //! redirects and direct responses, round robin over two instances on one kept-alive
 //! connection, chunked request bodies, WebSocket upgrades passed through, the connect
-//! timeout, retries, and injected faults.
+//! timeout, retries, injected faults, and inbound authorization.
 
 use std::process::Command;
 
@@ -270,4 +270,23 @@ fn an_http2_upstream_gets_the_services_authority_not_the_endpoints_address() {
         assert_eq!((json["host"].as_str(), json["path"].as_str()), (Some("inner.example"), Some("/b")), "{version}: {json}");
     }
     assert_eq!(upstream.hits(), 4);
+}
+
+#[test]
+fn inbound_authorization_denies_first_then_needs_an_allow() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let app = Upstream::start("app");
+    let flag = format!("80={}", app.address);
+    let sidecar = Sidecar::start_with(&binary, &["inbound-80"], "", &["--app", &flag]);
+    let url = |path: &str| format!("http://{}{path}", sidecar.listener("inbound-80"));
+    // `local-readers` allows GET and HEAD from loopback.
+    let seen = curl(&["-H", "host: web"], &url("/books"));
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    // `no-admin` denies before any ALLOW is considered.
+    let seen = curl(&["-H", "host: web"], &url("/admin/users"));
+    assert_eq!((seen.status, seen.body.as_str()), (403, "RBAC: access denied"));
+    // Once an ALLOW policy applies, what no rule allows is denied.
+    let seen = curl(&["-X", "DELETE", "-H", "host: web"], &url("/books/1"));
+    assert_eq!(seen.status, 403, "{}", seen.body);
+    assert_eq!(app.hits(), 1, "denied requests never reach the application");
 }

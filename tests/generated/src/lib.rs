@@ -38,6 +38,8 @@ pub struct Sidecar {
     pub route_outbound: fn(&rt::RequestHead<'_>) -> rt::Decision,
     /// Its clusters, which route destinations index.
     pub clusters: &'static [rt::ClusterSpec],
+    /// Its compiled authorization policies.
+    pub authz: &'static rt::Policies,
 }
 
 include!(concat!(env!("OUT_DIR"), "/sidecars.rs"));

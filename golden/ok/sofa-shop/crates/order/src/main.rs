@@ -4,6 +4,7 @@
 #![allow(clippy::all, unused_variables)]
 pub mod clusters;
 pub mod dump;
+pub mod policy;
 pub mod routes;
 use meshc_runtime::__codegen as rt;
 /// Listeners: `outbound`, and one `inbound-<port>` per application port.
@@ -21,6 +22,7 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     listeners: &LISTENERS,
     clusters: &clusters::CLUSTERS,
     route_outbound: routes::route_outbound,
+    authz: &policy::AUTHZ,
     config_dump: dump::CONFIG_DUMP,
 };
 fn main() -> std::process::ExitCode {
