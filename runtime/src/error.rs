@@ -15,6 +15,8 @@ pub enum Error {
     /// Policy: an authorization policy denies the request (Envoy's RBAC, 403 /
     /// PERMISSION_DENIED).
     Denied,
+    /// Policy: a local rate limit refuses the request (429 / RESOURCE_EXHAUSTED).
+    RateLimited,
     /// Routing: the route's destination is a service the workload may not call, so the
     /// sidecar has no cluster for it (Envoy's `NC`).
     NoCluster,
@@ -37,6 +39,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NoRoute => StatusCode::NOT_FOUND,
             Error::Denied => StatusCode::FORBIDDEN,
+            Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -51,6 +54,7 @@ impl Error {
             Error::BadRequest(_) | Error::Internal(_) => 13,
             Error::NoRoute => 12,
             Error::Denied => 7,
+            Error::RateLimited => 8,
             Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => 14,
             Error::UpstreamTimeout => 4,
         }
@@ -68,6 +72,7 @@ impl fmt::Display for Error {
             Error::BadRequest(why) => write!(f, "bad request: {why}"),
             Error::NoRoute => f.write_str("no route"),
             Error::Denied => f.write_str("RBAC: access denied"),
+            Error::RateLimited => f.write_str("local_rate_limited"),
             Error::NoCluster => f.write_str("no cluster: the route's destination is not among the services this workload may call"),
             Error::NoHealthyUpstream(cluster) => write!(f, "no healthy upstream in {cluster}"),
             Error::UpstreamConnect(endpoint) => write!(f, "upstream connect error: {endpoint}"),

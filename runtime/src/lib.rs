@@ -12,6 +12,7 @@ pub mod head;
 pub mod interp;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod replay;
 mod server;
 pub mod spec;
@@ -23,6 +24,7 @@ pub mod table;
 pub mod __codegen {
     pub use crate::authz::{Cidr, Condition, Key as AuthzKey, Operation, Pat, Policies, Policy, Rule, Source};
     pub use crate::head::RequestHead;
+    pub use crate::ratelimit::RateLimit;
     pub use crate::server::run;
     pub use crate::spec::{
         Abort, Answer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HeaderOps, ListenerKind, ListenerSpec, PathRewrite, Protocol,

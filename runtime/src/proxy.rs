@@ -87,8 +87,8 @@ impl Proxy {
         Proxy { spec, clusters, local_http1: http1_client(Duration::from_secs(1)), local_http2: Http2Pool::new(Duration::from_secs(1)) }
     }
 
-    /// Handles a request the application sent out.
-    pub async fn outbound(&self, request: Request<Incoming>) -> Response<Body> {
+    /// Handles a request the application (at `peer`) sent out.
+    pub async fn outbound(&self, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
             return reply;
@@ -99,6 +99,9 @@ impl Proxy {
             Decision::NoRoute => local_reply(Error::NoRoute, grpc),
             Decision::Answer(answer) => answer_locally(answer, &parts),
             Decision::Forward(forward) => {
+                if forward.rate_limit.is_some_and(|it| !it.admit(peer)) {
+                    return local_reply(Error::RateLimited, grpc);
+                }
                 if let Some(reply) = inject_fault(&forward.fault, grpc).await {
                     return reply;
                 }
@@ -132,6 +135,9 @@ impl Proxy {
         let verdict = self.spec.authz.authorize(&authz::Request { head: &head, peer: Some(peer), principal: None, port });
         if !verdict.allowed {
             return local_reply(Error::Denied, grpc);
+        }
+        if self.spec.inbound_rate_limit.is_some_and(|it| !it.admit(peer)) {
+            return local_reply(Error::RateLimited, grpc);
         }
         let request = Request::from_parts(parts, body);
         let upstream_http2 = match protocol {

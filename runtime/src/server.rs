@@ -277,7 +277,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
                     let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
                     let connect = request.method() == Method::CONNECT;
                     let response = match serves {
-                        Serves::Outbound => proxy.outbound(request).await,
+                        Serves::Outbound => proxy.outbound(peer.ip(), request).await,
                         Serves::Inbound { app, port, protocol } => proxy.inbound(&app, port, protocol, peer.ip(), request).await,
                     };
                     let mut response = response;

@@ -18,6 +18,8 @@ pub struct SidecarSpec {
     pub route_outbound: fn(&RequestHead<'_>) -> Decision,
     /// The authorization policies of inbound requests.
     pub authz: &'static crate::authz::Policies,
+    /// The local rate limit of every inbound request.
+    pub inbound_rate_limit: Option<&'static crate::ratelimit::RateLimit>,
     /// The compiled tables as JSON, for the admin endpoint's `/config_dump`.
     pub config_dump: &'static str,
 }
@@ -124,6 +126,8 @@ pub struct Forward {
     pub retries: Retries,
     /// Injected faults.
     pub fault: Fault,
+    /// The route's local rate limit.
+    pub rate_limit: Option<&'static crate::ratelimit::RateLimit>,
 }
 
 /// Faults injected into a route's requests (Envoy's fault filter): the delay first, then the

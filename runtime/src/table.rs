@@ -378,6 +378,7 @@ mod tests {
             response_headers: HeaderOps::NONE,
             retries: Retries::NONE,
             fault: Fault::NONE,
+            rate_limit: None,
         }))
     }
 

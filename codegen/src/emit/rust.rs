@@ -17,7 +17,7 @@ use quote::{ToTokens, format_ident, quote};
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
     AbortStatus, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HeaderOps, IpBlock, Match, Mesh,
-    Pattern, PresenceMatch, Protocol, RetryPolicy, Route, RouteTable, RouteTableKind, StringMatch, StringMatchKind, Workload,
+    Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable, RouteTableKind, StringMatch, StringMatchKind, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -96,6 +96,13 @@ fn raw_str_lit(text: &str) -> Literal {
 
 fn int(value: impl Into<u64>) -> Literal {
     Literal::u64_unsuffixed(value.into())
+}
+
+/// A token bucket's construction.
+fn rate_limit(limit: &RateLimit) -> TokenStream {
+    let (max, per_fill, interval) = (int(limit.max_tokens), int(limit.tokens_per_fill), int(limit.fill_interval_ms));
+    let per_source = limit.per_source;
+    quote!(rt::RateLimit::new(#max, #per_fill, #interval, #per_source))
 }
 
 /// A route's injected faults, or `rt::Fault::NONE`.
@@ -211,6 +218,19 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
         });
     }
     let listener_count = int(listeners.len() as u64);
+    let (inbound_rate_limit, limit_static) = match &workload.rate_limit {
+        Some(limit) => {
+            let limit = rate_limit(limit);
+            (
+                quote!(Some(&INBOUND_RATE_LIMIT)),
+                quote! {
+                    /// The local rate limit of every inbound request.
+                    static INBOUND_RATE_LIMIT: rt::RateLimit = #limit;
+                },
+            )
+        }
+        None => (quote!(None), quote!()),
+    };
     let doc = format!(" The sidecar of workload `{}` of mesh `{}`.", workload.name, mesh.name);
     quote! {
         #![doc = #doc]
@@ -226,6 +246,8 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
         /// Listeners: `outbound`, and one `inbound-<port>` per application port.
         static LISTENERS: [rt::ListenerSpec; #listener_count] = [#(#listeners),*];
 
+        #limit_static
+
         /// Everything the runtime needs.
         static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
             workload: #name,
@@ -234,6 +256,7 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
             clusters: &clusters::CLUSTERS,
             route_outbound: routes::route_outbound,
             authz: &policy::AUTHZ,
+            inbound_rate_limit: #inbound_rate_limit,
             config_dump: dump::CONFIG_DUMP,
         };
 
@@ -683,11 +706,22 @@ impl RoutesEmitter<'_, '_> {
     fn decisions(&mut self, table: &RouteTable, table_index: usize, route_index: usize, route: &Route) -> Vec<TokenStream> {
         let per_alternative = matches!(&route.action, Action::Forward { rewrite: Some(rewrite), .. } if rewrite.prefix.is_some());
         let count = if per_alternative { route.matches.len().max(1) } else { 1 };
+        // One bucket per route, shared by its alternatives.
+        let limit = match (&route.rate_limit, &route.action) {
+            (Some(limit), Action::Forward { .. }) => {
+                let name = format_ident!("RATE_LIMIT_{}_{}", table_index, route_index);
+                let doc = format!(" The local rate limit of route `{}` of `{}`.", route.name, table.name);
+                let limit = rate_limit(limit);
+                self.statics.push(quote!(#[doc = #doc] static #name: rt::RateLimit = #limit;));
+                quote!(Some(&#name))
+            }
+            _ => quote!(None),
+        };
         (0..count)
             .map(|alternative| {
                 let name = format_ident!("ROUTE_{}_{}_{}", table_index, route_index, alternative);
                 let doc = format!(" Route `{}` of `{}`.", route.name, table.name);
-                let item = self.action(route, route.matches.get(alternative));
+                let item = self.action(route, route.matches.get(alternative), &limit);
                 match item {
                     Ok(forward) => {
                         self.statics.push(quote!(#[doc = #doc] static #name: rt::Forward = #forward;));
@@ -703,7 +737,7 @@ impl RoutesEmitter<'_, '_> {
     }
 
     /// `Ok(forward)` or `Err(answer)`, as tokens.
-    fn action(&mut self, route: &Route, matched: Option<&Match>) -> Result<TokenStream, TokenStream> {
+    fn action(&mut self, route: &Route, matched: Option<&Match>, rate_limit: &TokenStream) -> Result<TokenStream, TokenStream> {
         match &route.action {
             Action::Forward { destinations, rewrite } => {
                 let destinations = destinations.iter().map(|it| {
@@ -757,6 +791,7 @@ impl RoutesEmitter<'_, '_> {
                         response_headers: #response_headers,
                         retries: #retries,
                         fault: #fault,
+                        rate_limit: #rate_limit,
                     }
                 })
             }

@@ -2,7 +2,7 @@
 //! servers: prefix and authority rewrites, request and response header operations,
 //! redirects and direct responses, round robin over two instances on one kept-alive
 //! connection, chunked request bodies, WebSocket upgrades passed through, the connect
-//! timeout, retries, injected faults, and inbound authorization.
+//! timeout, retries, injected faults, inbound authorization, and local rate limits.
 
 use std::process::Command;
 
@@ -289,4 +289,29 @@ fn inbound_authorization_denies_first_then_needs_an_allow() {
     let seen = curl(&["-X", "DELETE", "-H", "host: web"], &url("/books/1"));
     assert_eq!(seen.status, 403, "{}", seen.body);
     assert_eq!(app.hits(), 1, "denied requests never reach the application");
+}
+
+#[test]
+fn local_rate_limits_answer_429_past_their_burst() {
+    let http = Http::start();
+    // `limited`: a bucket of 3 that refills one token a minute.
+    let statuses: Vec<u16> = (0..5).map(|_| curl(&["-H", "host: web"], &http.url("/limited/x")).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let seen = curl(&["-H", "host: web"], &http.url("/limited/x"));
+    assert_eq!(seen.body, "local_rate_limited");
+    assert_eq!(http.hits(), 3, "refused requests reach no upstream");
+    // Other routes have no limit.
+    assert_eq!(curl(&["-H", "host: web"], &http.url("/free")).status, 200);
+}
+
+#[test]
+fn a_workloads_inbound_rate_limit_covers_all_its_inbound_requests() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let app = Upstream::start("app");
+    let flag = format!("80={}", app.address);
+    let sidecar = Sidecar::start_with(&binary, &["inbound-80"], "", &["--app", &flag]);
+    let url = format!("http://{}/books", sidecar.listener("inbound-80"));
+    let statuses: Vec<u16> = (0..6).map(|_| curl(&["-H", "host: web"], &url).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    assert_eq!(app.hits(), 4);
 }

@@ -102,6 +102,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -127,6 +128,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
@@ -156,4 +158,5 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };

@@ -163,6 +163,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `default` of `productpage.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -188,6 +189,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
 static ROUTE_2_0_0: rt::Forward = rt::Forward {
@@ -213,6 +215,7 @@ static ROUTE_2_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_0_0: rt::Forward = rt::Forward {
@@ -238,6 +241,7 @@ static ROUTE_3_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_1_0: rt::Forward = rt::Forward {
@@ -267,4 +271,5 @@ static ROUTE_3_1_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };

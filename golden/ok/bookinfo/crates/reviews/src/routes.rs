@@ -71,4 +71,5 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };

@@ -81,6 +81,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `grpc-beta` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -106,6 +107,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `grpc` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
@@ -131,6 +133,7 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `http` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_2_0: rt::Forward = rt::Forward {
@@ -156,4 +159,5 @@ static ROUTE_1_2_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };

@@ -102,6 +102,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `stable` of `orders.shop.svc.cluster.local:8080`.
 static ROUTE_0_1_0: rt::Forward = rt::Forward {
@@ -125,6 +126,7 @@ static ROUTE_0_1_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `default` of `payments.shop.svc.cluster.local:9443`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -150,4 +152,5 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };

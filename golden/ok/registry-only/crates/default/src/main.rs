@@ -23,6 +23,7 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     clusters: &clusters::CLUSTERS,
     route_outbound: routes::route_outbound,
     authz: &policy::AUTHZ,
+    inbound_rate_limit: None,
     config_dump: dump::CONFIG_DUMP,
 };
 fn main() -> std::process::ExitCode {

@@ -95,6 +95,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
 /// Route `default` of `web.demo.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -120,4 +121,5 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
     },
     fault: rt::Fault::NONE,
+    rate_limit: None,
 };
