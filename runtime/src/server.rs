@@ -19,6 +19,15 @@ use crate::guard::{Guarded, UpgradeSignal};
 use crate::proxy::{Body, Proxy, full};
 use crate::spec::{ListenerKind, Protocol, SidecarSpec};
 
+/// Writes a line to stderr, ignoring failures: a sidecar whose stderr was closed keeps
+/// serving (`eprintln!` would panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -29,6 +38,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 #[derive(Debug)]
 struct Options {
     listen: Vec<(String, SocketAddr)>,
+    /// How long a drain may take after SIGTERM.
+    drain_time: std::time::Duration,
     /// Where inbound requests for an application port go, when not 127.0.0.1:<port>.
     app: Vec<(u16, SocketAddr)>,
     admin: SocketAddr,
@@ -53,6 +64,14 @@ fn command(spec: &SidecarSpec) -> clap::Command {
                 .value_name("PORT=ADDR")
                 .action(clap::ArgAction::Append)
                 .help("Send what listener inbound-<PORT> receives to ADDR instead of 127.0.0.1:<PORT>"),
+        )
+        .arg(
+            clap::Arg::new("drain-time-s")
+                .long("drain-time-s")
+                .value_name("SECONDS")
+                .default_value("5")
+                .value_parser(clap::value_parser!(u64))
+                .help("After SIGTERM or SIGINT, how long in-flight requests may take to finish"),
         )
         .arg(
             clap::Arg::new("admin")
@@ -123,7 +142,8 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
             command.error(clap::error::ErrorKind::InvalidValue, format!("`{admin_text}` is not an address such as 127.0.0.1:15000"))
         );
     };
-    Ok(Options { listen, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned() })
+    let drain_time = std::time::Duration::from_secs(matches.get_one::<u64>("drain-time-s").copied().unwrap_or(5));
+    Ok(Options { listen, drain_time, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned() })
 }
 
 /// Runs the sidecar until SIGINT or SIGTERM. Exit codes: 0 after a signal, 1 when a listener
@@ -143,14 +163,14 @@ pub fn run(spec: &'static SidecarSpec) -> ExitCode {
             let text = match std::fs::read_to_string(path) {
                 Ok(text) => text,
                 Err(err) => {
-                    eprintln!("error: cannot read the endpoints file {path}: {err}");
+                    say!("error: cannot read the endpoints file {path}: {err}");
                     return ExitCode::from(2);
                 }
             };
             match endpoints::from_file(&text, spec.clusters) {
                 Ok(lists) => lists.into_iter().map(ClusterEndpoints::new).collect(),
                 Err(err) => {
-                    eprintln!("error: in the endpoints file {path}: {err}");
+                    say!("error: in the endpoints file {path}: {err}");
                     return ExitCode::from(2);
                 }
             }
@@ -159,7 +179,7 @@ pub fn run(spec: &'static SidecarSpec) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
+            say!("error: cannot start the runtime: {err}");
             return ExitCode::from(1);
         }
     };
@@ -169,6 +189,7 @@ pub fn run(spec: &'static SidecarSpec) -> ExitCode {
 async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<ClusterEndpoints>) -> ExitCode {
     let proxy = Arc::new(Proxy::new(spec, endpoints));
     let ready = Arc::new(AtomicBool::new(false));
+    let drain = Drain::new();
     let mut bound = Vec::new();
     for listener in spec.listeners {
         let address = match options.listen.iter().rev().find(|it| it.0 == listener.name) {
@@ -176,7 +197,7 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
             None => match listener.default_address.parse() {
                 Ok(address) => address,
                 Err(_) => {
-                    eprintln!("error: listener {} has an invalid default address {}", listener.name, listener.default_address);
+                    say!("error: listener {} has an invalid default address {}", listener.name, listener.default_address);
                     return ExitCode::from(1);
                 }
             },
@@ -184,7 +205,7 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
         match TcpListener::bind(address).await {
             Ok(socket) => bound.push((listener, socket)),
             Err(err) => {
-                eprintln!("error: listener {} cannot listen on {address}: {err}", listener.name);
+                say!("error: listener {} cannot listen on {address}: {err}", listener.name);
                 return ExitCode::from(1);
             }
         }
@@ -192,17 +213,17 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
     let admin = match TcpListener::bind(options.admin).await {
         Ok(socket) => socket,
         Err(err) => {
-            eprintln!("error: the admin endpoint cannot listen on {}: {err}", options.admin);
+            say!("error: the admin endpoint cannot listen on {}: {err}", options.admin);
             return ExitCode::from(1);
         }
     };
     for (listener, socket) in &bound {
         if let Ok(address) = socket.local_addr() {
-            eprintln!("{}: listener {} on {address}", spec.workload, listener.name);
+            say!("{}: listener {} on {address}", spec.workload, listener.name);
         }
     }
     if let Ok(address) = admin.local_addr() {
-        eprintln!("{}: admin on {address}", spec.workload);
+        say!("{}: admin on {address}", spec.workload);
     }
     for (listener, socket) in bound {
         let proxy = proxy.clone();
@@ -216,12 +237,66 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
                 Serves::Inbound { app: Arc::new(endpoint), port: app_port, protocol }
             }
         };
-        tokio::spawn(accept_loop(socket, proxy, serves));
+        tokio::spawn(accept_loop(socket, proxy, serves, drain.clone()));
     }
     tokio::spawn(admin_loop(admin, proxy, ready.clone()));
     ready.store(true, Ordering::Release);
     wait_for_signal().await;
+    // Drain: not ready any more, no new connections, every open one finishes the requests it
+    // has (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY), within the deadline.
+    ready.store(false, Ordering::Release);
+    say!("{}: draining for up to {:?}", spec.workload, options.drain_time);
+    let finished = drain.start(options.drain_time).await;
+    if finished {
+        say!("{}: drained", spec.workload);
+    } else {
+        say!("{}: drain time over with connections still open", spec.workload);
+    }
     ExitCode::SUCCESS
+}
+
+/// The state of a drain: a signal every connection and accept loop watches, and a count of
+/// open connections.
+#[derive(Clone, Debug)]
+struct Drain {
+    started: tokio::sync::watch::Sender<bool>,
+    open: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Drain {
+    fn new() -> Drain {
+        Drain { started: tokio::sync::watch::channel(false).0, open: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
+
+    /// Resolves when the drain starts.
+    async fn signalled(&self) {
+        let mut receiver = self.started.subscribe();
+        let _ = receiver.wait_for(|started| *started).await;
+    }
+
+    /// Starts the drain and waits until no connection is open or `limit` passes; `true` when
+    /// every connection finished.
+    async fn start(&self, limit: std::time::Duration) -> bool {
+        self.started.send_replace(true);
+        let mut open = self.open.subscribe();
+        tokio::time::timeout(limit, open.wait_for(|count| *count == 0)).await.is_ok()
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl OpenConnection {
+    fn new(drain: &Drain) -> OpenConnection {
+        drain.open.send_modify(|it| *it += 1);
+        OpenConnection(drain.open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.send_modify(|it| *it = it.saturating_sub(1));
+    }
 }
 
 async fn wait_for_signal() {
@@ -253,9 +328,14 @@ enum Serves {
     Inbound { app: Arc<Endpoint>, port: u16, protocol: Protocol },
 }
 
-async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
+async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, drain: Drain) {
     loop {
-        let (stream, peer) = match socket.accept().await {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            // Draining: stop accepting; dropping the socket refuses new connections.
+            () = drain.signalled() => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             // Out of file descriptors and similar: keep serving the connections we have.
             Err(_) => {
@@ -266,7 +346,9 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let serves = serves.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
+            let _open = OpenConnection::new(&drain);
             let signal = UpgradeSignal::default();
             let guarded = Guarded::new(stream, signal.clone());
             let service = service_fn(move |request: Request<Incoming>| {
@@ -302,7 +384,14 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves) {
             builder.http1().half_close(true).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
             builder.http2().timer(TokioTimer::new());
             // A connection error is the client's problem and ends only that connection.
-            let _ = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service).await;
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = drain.signalled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         });
     }
 }

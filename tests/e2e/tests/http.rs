@@ -2,7 +2,8 @@
 //! servers: prefix and authority rewrites, request and response header operations,
 //! redirects and direct responses, round robin over two instances on one kept-alive
 //! connection, chunked request bodies, WebSocket upgrades passed through, the connect
-//! timeout, retries, injected faults, inbound authorization, and local rate limits.
+//! timeout, retries, injected faults, inbound authorization, local rate limits, and a
+//! graceful drain on SIGTERM.
 
 use std::process::Command;
 
@@ -314,4 +315,26 @@ fn a_workloads_inbound_rate_limit_covers_all_its_inbound_requests() {
     let statuses: Vec<u16> = (0..6).map(|_| curl(&["-H", "host: web"], &url).status).collect();
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
     assert_eq!(app.hits(), 4);
+}
+
+#[test]
+fn sigterm_drains_without_failing_a_request_in_flight() {
+    let mut http = Http::start();
+    let url = http.url("/slow");
+    // A request the upstream answers after 3 s, under the default 5 s drain time.
+    let in_flight = std::thread::spawn(move || curl(&["-H", "host: web"], &url).status);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    http.sidecar.terminate();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Draining: new connections are refused (curl reports no status).
+    let refused = Command::new("curl")
+        .args(["--silent", "--max-time", "2", "--output", "/dev/null", "--write-out", "%{http_code}", "-H", "host: web"])
+        .arg(http.url("/new"))
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "000");
+    assert_eq!(in_flight.join().expect("the in-flight request"), 200);
+    let status = http.sidecar.wait_exit(std::time::Duration::from_secs(5)).expect("the sidecar exits once drained");
+    assert!(status.success(), "{status}");
+    assert_eq!(http.hits(), 1);
 }
