@@ -60,6 +60,21 @@ impl Error {
         }
     }
 
+    /// Envoy's response flag for the access log and metrics.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "DPE",
+            Error::NoRoute => "NR",
+            Error::NoCluster => "NC",
+            Error::NoHealthyUpstream(_) => "UH",
+            Error::UpstreamConnect(_) => "UF",
+            Error::UpstreamReset(_) => "UC",
+            Error::UpstreamTimeout => "UT",
+            Error::RateLimited => "RL",
+            Error::Denied | Error::Internal(_) => "-",
+        }
+    }
+
     /// Whether another try could succeed.
     pub fn retryable(&self) -> bool {
         matches!(self, Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::NoHealthyUpstream(_))

@@ -10,6 +10,7 @@ pub mod error;
 pub mod guard;
 pub mod head;
 pub mod interp;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::authz;
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
+use crate::metrics::{Labels, Metrics, Reporter};
 use crate::pool::Http2Pool;
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec};
@@ -75,6 +77,8 @@ pub struct Proxy {
     pub spec: &'static SidecarSpec,
     /// The clusters, in the order of `spec.clusters`.
     pub clusters: Vec<Cluster>,
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
     /// Connections to the local application, HTTP/1.1 and HTTP/2.
     local_http1: Client<HttpConnector, Body>,
     local_http2: Http2Pool,
@@ -84,11 +88,44 @@ impl Proxy {
     /// The proxy for a spec, with each cluster's endpoints.
     pub fn new(spec: &'static SidecarSpec, endpoints: Vec<ClusterEndpoints>) -> Proxy {
         let clusters: Vec<Cluster> = spec.clusters.iter().zip(endpoints).map(|(spec, endpoints)| Cluster::new(spec, endpoints)).collect();
-        Proxy { spec, clusters, local_http1: http1_client(Duration::from_secs(1)), local_http2: Http2Pool::new(Duration::from_secs(1)) }
+        Proxy {
+            spec,
+            clusters,
+            metrics: Arc::new(Metrics::default()),
+            local_http1: http1_client(Duration::from_secs(1)),
+            local_http2: Http2Pool::new(Duration::from_secs(1)),
+        }
     }
 
-    /// Handles a request the application (at `peer`) sent out.
+    /// Handles a request the application (at `peer`) sent out, and counts it.
     pub async fn outbound(&self, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(request.headers());
+        let response = self.route_and_forward(peer, request).await;
+        self.metered(response, Reporter::Source, None, grpc, started)
+    }
+
+    /// Counts a request once its response ends (or is dropped), with the destination service
+    /// the response carries or `service`.
+    fn metered(
+        &self,
+        mut response: Response<Body>,
+        reporter: Reporter,
+        service: Option<&'static [&'static str]>,
+        grpc: bool,
+        started: Instant,
+    ) -> Response<Body> {
+        let service = response.extensions().get::<DestinationService>().map(|it| it.0).or(service);
+        let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
+        let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
+        let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags };
+        let recording = Recording { metrics: self.metrics.clone(), labels, started };
+        let body = std::mem::replace(response.body_mut(), empty());
+        *response.body_mut() = MeteredBody { inner: body, recording: Some(recording) }.boxed();
+        response
+    }
+
+    async fn route_and_forward(&self, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
             return reply;
@@ -117,14 +154,26 @@ impl Proxy {
                 };
                 let transport = if upstream_http2 { Transport::Http2(&cluster.http2) } else { Transport::Http1(&cluster.http1) };
                 let upstream = Upstream { cluster, transport, forward };
-                upstream.send(parts, body.map_err(BoxError::from).boxed(), timeout).await.unwrap_or_else(|err| local_reply(err, grpc))
+                let mut response =
+                    upstream.send(parts, body.map_err(BoxError::from).boxed(), timeout).await.unwrap_or_else(|err| local_reply(err, grpc));
+                response.extensions_mut().insert(DestinationService(cluster.spec.service_names));
+                response
             }
         }
     }
 
-    /// Handles a request from `peer` for the local application's `port`, which listens at
-    /// `app`: authorization first, then forwarding.
-    pub async fn inbound(&self, app: &Endpoint, port: u16, protocol: Protocol, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    /// Handles a request from `peer` for the local application on `port`, and counts it.
+    pub async fn inbound(&self, port: &InboundPort, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(request.headers());
+        let service = Some(port.service_names).filter(|it| !it.is_empty());
+        let response = self.authorize_and_forward(port, peer, request).await;
+        self.metered(response, Reporter::Destination, service, grpc, started)
+    }
+
+    /// Authorization first, then forwarding to the application.
+    async fn authorize_and_forward(&self, inbound: &InboundPort, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+        let (app, port, protocol) = (&inbound.app, inbound.port, inbound.protocol);
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
             return reply;
@@ -151,6 +200,83 @@ impl Proxy {
         forward_to(transport, Request::from_parts(parts, body.map_err(BoxError::from).boxed()), app, None, Limits::total(timeout))
             .await
             .unwrap_or_else(|err| local_reply(err, grpc))
+    }
+}
+
+/// An inbound listener's destination: the application's address and port.
+#[derive(Debug)]
+pub struct InboundPort {
+    /// Where the application listens.
+    pub app: Endpoint,
+    /// The application port (authorization's `ports`).
+    pub port: u16,
+    /// The HTTP version the application speaks.
+    pub protocol: Protocol,
+    /// The served service's names, for telemetry.
+    pub service_names: &'static [&'static str],
+}
+
+/// The service a response came from, for telemetry.
+#[derive(Clone, Copy, Debug)]
+struct DestinationService(&'static [&'static str]);
+
+/// Envoy's response flag of a response the sidecar made or cut short.
+#[derive(Clone, Copy, Debug)]
+struct ResponseFlag(&'static str);
+
+/// A request being counted: recorded when dropped.
+struct Recording {
+    metrics: Arc<Metrics>,
+    labels: Labels,
+    started: Instant,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.metrics.record(self.labels.clone(), self.started.elapsed());
+    }
+}
+
+/// A response body that counts its request when it ends, taking `grpc-status` from its
+/// trailers.
+struct MeteredBody {
+    inner: Body,
+    recording: Option<Recording>,
+}
+
+impl hyper::body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(recording)) = (frame.trailers_ref(), self.recording.as_mut())
+                    && let Some(status) = grpc_status(trailers)
+                {
+                    recording.labels.grpc_status = Some(status);
+                }
+            }
+            // The upstream broke off the answer (Envoy's `UPE`).
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(recording) = self.recording.as_mut() {
+                    recording.labels.flags = "UPE";
+                }
+                self.recording = None;
+            }
+            Poll::Ready(None) => self.recording = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -259,7 +385,7 @@ async fn inject_fault(fault: &Fault, grpc: bool) -> Option<Response<Body>> {
         Abort::Http(code) if grpc => Some(grpc_status_of_http(code)),
         Abort::Http(_) => None,
     };
-    Some(match grpc_code {
+    let mut response = match grpc_code {
         Some(code) => {
             let mut response = Response::new(empty());
             let headers = response.headers_mut();
@@ -278,7 +404,9 @@ async fn inject_fault(fault: &Fault, grpc: bool) -> Option<Response<Body>> {
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             response
         }
-    })
+    };
+    response.extensions_mut().insert(ResponseFlag("FI"));
+    Some(response)
 }
 
 /// The gRPC status for an HTTP status, as gRPC's HTTP-to-gRPC mapping gives it.
@@ -662,7 +790,7 @@ fn answer_locally(answer: &Answer, parts: &http::request::Parts) -> Response<Bod
 pub fn local_reply(error: Error, grpc: bool) -> Response<Body> {
     let status = error.status();
     let message = error.to_string();
-    if grpc {
+    let mut response = if grpc {
         let mut response = Response::new(empty());
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -670,15 +798,17 @@ pub fn local_reply(error: Error, grpc: bool) -> Response<Body> {
         if let Ok(value) = HeaderValue::from_str(&message) {
             headers.insert("grpc-message", value);
         }
-        return response;
-    }
-    let mut response = Response::new(full(Bytes::from(message)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    } else {
+        let mut response = Response::new(full(Bytes::from(message)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    };
+    response.extensions_mut().insert(ResponseFlag(error.flag()));
     response
 }
 
-/// An empty body.
 /// A response body cut off at a deadline.
 struct DeadlineBody {
     inner: Body,
@@ -708,6 +838,7 @@ impl hyper::body::Body for DeadlineBody {
     }
 }
 
+/// An empty body.
 pub fn empty() -> Body {
     Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed()
 }

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 
 use crate::endpoints::{self, ClusterEndpoints, Endpoint};
 use crate::guard::{Guarded, UpgradeSignal};
-use crate::proxy::{Body, Proxy, full};
-use crate::spec::{ListenerKind, Protocol, SidecarSpec};
+use crate::proxy::{Body, InboundPort, Proxy, full};
+use crate::spec::{ListenerKind, SidecarSpec};
 
 /// Writes a line to stderr, ignoring failures: a sidecar whose stderr was closed keeps
 /// serving (`eprintln!` would panic).
@@ -229,12 +229,12 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
         let proxy = proxy.clone();
         let serves = match listener.kind {
             ListenerKind::Outbound => Serves::Outbound,
-            ListenerKind::Inbound { app_port, protocol } => {
-                let endpoint = match options.app.iter().rev().find(|it| it.0 == app_port) {
+            ListenerKind::Inbound { app_port, protocol, service_names } => {
+                let app = match options.app.iter().rev().find(|it| it.0 == app_port) {
                     Some((_, address)) => Endpoint::at(*address),
                     None => Endpoint::at(SocketAddr::from(([127, 0, 0, 1], app_port))),
                 };
-                Serves::Inbound { app: Arc::new(endpoint), port: app_port, protocol }
+                Serves::Inbound(Arc::new(InboundPort { app, port: app_port, protocol, service_names }))
             }
         };
         tokio::spawn(accept_loop(socket, proxy, serves, drain.clone()));
@@ -325,7 +325,7 @@ async fn wait_for_signal() {
 #[derive(Clone)]
 enum Serves {
     Outbound,
-    Inbound { app: Arc<Endpoint>, port: u16, protocol: Protocol },
+    Inbound(Arc<InboundPort>),
 }
 
 async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, drain: Drain) {
@@ -360,7 +360,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
                     let connect = request.method() == Method::CONNECT;
                     let response = match serves {
                         Serves::Outbound => proxy.outbound(peer.ip(), request).await,
-                        Serves::Inbound { app, port, protocol } => proxy.inbound(&app, port, protocol, peer.ip(), request).await,
+                        Serves::Inbound(port) => proxy.inbound(&port, peer.ip(), request).await,
                     };
                     let mut response = response;
                     if awaited {
@@ -420,6 +420,9 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
         "/ready" if ready => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n".to_owned()),
         "/config_dump" => (StatusCode::OK, "application/json", config_dump(proxy)),
+        "/stats/prometheus" => {
+            (StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render(proxy.spec.workload, proxy.spec.namespace))
+        }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /ready or /config_dump\n".to_owned()),
     };
     let mut response = Response::new(full(Bytes::from(body)));

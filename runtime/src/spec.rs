@@ -46,6 +46,8 @@ pub enum ListenerKind {
         app_port: u16,
         /// The protocol the application speaks there.
         protocol: Protocol,
+        /// The names (short, `name.ns`, host) of the service served there, for telemetry.
+        service_names: &'static [&'static str],
     },
 }
 

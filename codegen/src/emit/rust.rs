@@ -209,11 +209,19 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
         let address = str_lit(&format!("0.0.0.0:{}", FIRST_INBOUND_PORT + index as u16));
         let app_port = int(port.port);
         let protocol = protocol_tokens(port.protocol);
+        // Telemetry names the first service served on the port.
+        let names: Vec<String> = port
+            .services
+            .first()
+            .map(|it| &mesh.services[it.index()])
+            .map(|it| vec![it.name.clone(), format!("{}.{}", it.name, it.namespace), it.host.clone()])
+            .unwrap_or_default();
+        let names = names.iter().map(|it| str_lit(it));
         listeners.push(quote! {
             rt::ListenerSpec {
                 name: #listener,
                 default_address: #address,
-                kind: rt::ListenerKind::Inbound { app_port: #app_port, protocol: #protocol },
+                kind: rt::ListenerKind::Inbound { app_port: #app_port, protocol: #protocol, service_names: &[#(#names),*] },
             }
         });
     }

@@ -323,3 +323,16 @@ impl Drop for PeerServer {
         let _ = self.child.wait();
     }
 }
+
+/// The sum of the samples of `name` in a Prometheus text exposition whose labels include
+/// every pair of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (series, value) = rest.rsplit_once("} ")?;
+            labels.iter().all(|(key, wanted)| series.contains(&format!("{key}=\"{wanted}\""))).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use meshc_e2e::{Sidecar, curl, python, root, sidecar_binary};
+use meshc_e2e::{Sidecar, curl, metric, python, root, sidecar_binary};
 
 struct Server(Child, u16);
 
@@ -88,6 +88,26 @@ fn grpc_calls_cross_the_callers_and_the_servers_sidecars() {
         (Some("PERMISSION_DENIED"), Some("RBAC: access denied")),
         "{blocked}"
     );
+
+    // The server's sidecar counted each call with its gRPC status, from the trailers.
+    let (status, text) = curl(&[], &format!("http://{}/stats/prometheus", server_side.admin));
+    assert_eq!(status, 200);
+    let inbound = |grpc_status: &'static str| {
+        metric(
+            &text,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "server"),
+                ("destination_service_name", "greeter"),
+                ("request_protocol", "grpc"),
+                ("grpc_response_status", grpc_status),
+            ],
+        )
+    };
+    // hello and count answered OK, fail NOT_FOUND (5), and the sidecar itself denied blocked
+    // with PERMISSION_DENIED (7); slow, cut off upstream of it, counts under no status.
+    assert_eq!((inbound("0"), inbound("5"), inbound("7")), (2.0, 1.0, 1.0), "{text}");
 }
 
 #[test]

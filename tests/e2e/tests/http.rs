@@ -2,12 +2,12 @@
 //! servers: prefix and authority rewrites, request and response header operations,
 //! redirects and direct responses, round robin over two instances on one kept-alive
 //! connection, chunked request bodies, WebSocket upgrades passed through, the connect
-//! timeout, retries, injected faults, inbound authorization, local rate limits, and a
-//! graceful drain on SIGTERM.
+//! timeout, retries, injected faults, inbound authorization, local rate limits, a graceful
+//! drain on SIGTERM, and the request metrics.
 
 use std::process::Command;
 
-use meshc_e2e::{PeerServer, Sidecar, Upstream, python, require, root, sidecar_binary};
+use meshc_e2e::{PeerServer, Sidecar, Upstream, metric, python, require, root, sidecar_binary};
 
 struct Http {
     sidecar: Sidecar,
@@ -337,4 +337,32 @@ fn sigterm_drains_without_failing_a_request_in_flight() {
     let status = http.sidecar.wait_exit(std::time::Duration::from_secs(5)).expect("the sidecar exits once drained");
     assert!(status.success(), "{status}");
     assert_eq!(http.hits(), 1);
+}
+
+#[test]
+fn the_metrics_count_exactly_the_requests_sent() {
+    let http = Http::start();
+    for _ in 0..3 {
+        assert_eq!(curl(&["-H", "host: web"], &http.url("/m")).status, 200);
+    }
+    assert_eq!(curl(&["-H", "host: web", "-H", "x-chaos: abort"], &http.url("/m")).status, 503);
+    assert_eq!(curl(&["-H", "host: nowhere"], &http.url("/m")).status, 404);
+    let seen = curl(&[], &format!("http://{}/stats/prometheus", http.sidecar.admin));
+    assert_eq!(seen.status, 200);
+    let text = &seen.body;
+    let ok = [
+        ("reporter", "source"),
+        ("source_workload", "app"),
+        ("destination_service", "web.default.svc.cluster.local"),
+        ("destination_service_name", "web"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    assert_eq!(metric(text, "istio_requests_total", &ok), 3.0, "{text}");
+    assert_eq!(metric(text, "istio_request_duration_milliseconds_count", &ok), 3.0, "{text}");
+    assert_eq!(metric(text, "istio_request_duration_milliseconds_bucket", &[ok[5], ("le", "+Inf")]), 3.0, "{text}");
+    assert_eq!(metric(text, "istio_requests_total", &[("response_code", "503"), ("response_flags", "FI")]), 1.0, "{text}");
+    assert_eq!(metric(text, "istio_requests_total", &[("response_code", "404"), ("response_flags", "NR")]), 1.0, "{text}");
+    assert_eq!(metric(text, "istio_requests_total", &[]), 5.0, "{text}");
 }

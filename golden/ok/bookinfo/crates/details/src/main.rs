@@ -20,6 +20,11 @@ static LISTENERS: [rt::ListenerSpec; 2] = [
         kind: rt::ListenerKind::Inbound {
             app_port: 9080,
             protocol: rt::Protocol::Http1,
+            service_names: &[
+                "details",
+                "details.default",
+                "details.default.svc.cluster.local",
+            ],
         },
     },
 ];

@@ -20,6 +20,11 @@ static LISTENERS: [rt::ListenerSpec; 2] = [
         kind: rt::ListenerKind::Inbound {
             app_port: 8080,
             protocol: rt::Protocol::Http1,
+            service_names: &[
+                "checkout",
+                "checkout.shop",
+                "checkout.shop.svc.cluster.local",
+            ],
         },
     },
 ];

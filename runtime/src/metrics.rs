@@ -1,0 +1,167 @@
+//! Request metrics with Istio's standard names and labels, served by the admin endpoint's
+//! `/stats/prometheus` in Prometheus' text format.
+//!
+//! Every request, answered by an upstream or by the sidecar itself, counts once in
+//! `istio_requests_total` and once in the `istio_request_duration_milliseconds` histogram
+//! (time to the response headers), under the labels Istio's telemetry gives it: who reported
+//! it (`source` for outbound, `destination` for inbound), the workloads and service, the
+//! protocol, the response code, the gRPC status and Envoy's response flags.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Istio's default buckets for request durations, in milliseconds.
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 600000.0, 1800000.0,
+    3600000.0,
+];
+
+/// Which side of the call the sidecar stands on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reporter {
+    /// The caller's sidecar (outbound).
+    Source,
+    /// The server's sidecar (inbound).
+    Destination,
+}
+
+/// The labels of one request series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Labels {
+    /// Who reports.
+    pub reporter: Reporter,
+    /// The service's names (short, `name.ns`, host), when known.
+    pub service: Option<&'static [&'static str]>,
+    /// `http` or `grpc`.
+    pub grpc: bool,
+    /// The HTTP status.
+    pub code: u16,
+    /// The gRPC status, for gRPC requests that carried one in the response headers.
+    pub grpc_status: Option<u32>,
+    /// Envoy's response flags (`-` for none).
+    pub flags: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct Series {
+    count: u64,
+    sum_ms: f64,
+    buckets: [u64; DURATION_BUCKETS_MS.len()],
+}
+
+/// A sidecar's request metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<Labels, Series>>,
+}
+
+impl Metrics {
+    /// Counts one request.
+    pub fn record(&self, labels: Labels, duration: Duration) {
+        let ms = duration.as_secs_f64() * 1000.0;
+        let mut requests = self.requests.lock().unwrap_or_else(|it| it.into_inner());
+        let series = requests.entry(labels).or_default();
+        series.count += 1;
+        series.sum_ms += ms;
+        if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
+            series.buckets[bucket] += 1;
+        }
+    }
+
+    /// The Prometheus text exposition, for the workload `workload` in `namespace`.
+    pub fn render(&self, workload: &str, namespace: &str) -> String {
+        let requests = self.requests.lock().unwrap_or_else(|it| it.into_inner());
+        let mut out = String::new();
+        out.push_str("# TYPE istio_requests_total counter\n");
+        for (labels, series) in requests.iter() {
+            let _ = writeln!(out, "istio_requests_total{{{}}} {}", label_text(labels, workload, namespace), series.count);
+        }
+        out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
+        for (labels, series) in requests.iter() {
+            let text = label_text(labels, workload, namespace);
+            let mut cumulative = 0;
+            for (bound, count) in DURATION_BUCKETS_MS.iter().zip(series.buckets) {
+                cumulative += count;
+                let _ = writeln!(out, "istio_request_duration_milliseconds_bucket{{{text},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "istio_request_duration_milliseconds_bucket{{{text},le=\"+Inf\"}} {}", series.count);
+            let _ = writeln!(out, "istio_request_duration_milliseconds_sum{{{text}}} {}", series.sum_ms);
+            let _ = writeln!(out, "istio_request_duration_milliseconds_count{{{text}}} {}", series.count);
+        }
+        out
+    }
+}
+
+/// The labels as Prometheus text, in a fixed order.
+fn label_text(labels: &Labels, workload: &str, namespace: &str) -> String {
+    let (service, service_name, service_namespace) = match labels.service {
+        Some(names) => {
+            let host = names.last().copied().unwrap_or("unknown");
+            let name = names.first().copied().unwrap_or("unknown");
+            let namespace = names.get(1).and_then(|it| it.split_once('.')).map_or("unknown", |it| it.1);
+            (host, name, namespace)
+        }
+        None => ("unknown", "unknown", "unknown"),
+    };
+    // Without mutual TLS the other side's workload is unknown.
+    let (reporter, source, source_ns, destination, destination_ns) = match labels.reporter {
+        Reporter::Source => ("source", workload, namespace, "unknown", "unknown"),
+        Reporter::Destination => ("destination", "unknown", "unknown", workload, namespace),
+    };
+    let grpc_status = labels.grpc_status.map_or_else(String::new, |it| it.to_string());
+    let pairs = [
+        ("reporter", reporter),
+        ("source_workload", source),
+        ("source_workload_namespace", source_ns),
+        ("destination_workload", destination),
+        ("destination_workload_namespace", destination_ns),
+        ("destination_service", service),
+        ("destination_service_name", service_name),
+        ("destination_service_namespace", service_namespace),
+        ("request_protocol", if labels.grpc { "grpc" } else { "http" }),
+        ("response_code", &labels.code.to_string()),
+        ("grpc_response_status", &grpc_status),
+        ("response_flags", labels.flags),
+    ];
+    let mut out = String::new();
+    for (index, (name, value)) in pairs.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{name}=\"{}\"", escape(value));
+    }
+    out
+}
+
+/// Prometheus label-value escaping.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static REVIEWS: [&str; 3] = ["reviews", "reviews.default", "reviews.default.svc.cluster.local"];
+
+    #[test]
+    fn requests_count_per_label_set_with_cumulative_buckets() {
+        let metrics = Metrics::default();
+        let ok = Labels { reporter: Reporter::Source, service: Some(&REVIEWS), grpc: false, code: 200, grpc_status: None, flags: "-" };
+        metrics.record(ok.clone(), Duration::from_millis(3));
+        metrics.record(ok.clone(), Duration::from_millis(40));
+        metrics.record(Labels { code: 404, service: None, flags: "NR", ..ok }, Duration::from_micros(100));
+        let text = metrics.render("productpage", "default");
+        let ok_labels = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
+            destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
+            destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",\
+            destination_service_namespace=\"default\",request_protocol=\"http\",response_code=\"200\",\
+            grpc_response_status=\"\",response_flags=\"-\"";
+        assert!(text.contains(&format!("istio_requests_total{{{ok_labels}}} 2\n")), "{text}");
+        assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"5\"}} 1\n")), "{text}");
+        assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"50\"}} 2\n")), "{text}");
+        assert!(text.contains("response_code=\"404\",grpc_response_status=\"\",response_flags=\"NR\"} 1\n"), "{text}");
+    }
+}
