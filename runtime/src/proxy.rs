@@ -27,7 +27,9 @@ use crate::head::RequestHead;
 use crate::metrics::{Labels, Metrics, Reporter};
 use crate::pool::Http2Pool;
 use crate::replay::{REPLAY_CAP, ReplayBody};
-use crate::spec::{Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec};
+use crate::spec::{
+    Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec,
+};
 
 /// Why a body stopped early: the peer's error, a deadline, an abandoned try.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,13 +45,13 @@ pub struct Cluster {
     /// Its endpoints.
     pub endpoints: ClusterEndpoints,
     http1: Client<HttpConnector, Body>,
-    http2: Http2Pool,
+    http2: Arc<Http2Pool>,
 }
 
 impl Cluster {
     fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints) -> Cluster {
         let connect_timeout = Duration::from_millis(spec.connect_timeout_ms);
-        Cluster { spec, endpoints, http1: http1_client(connect_timeout), http2: Http2Pool::new(connect_timeout) }
+        Cluster { spec, endpoints, http1: http1_client(connect_timeout), http2: Arc::new(Http2Pool::new(connect_timeout)) }
     }
 }
 
@@ -147,6 +149,11 @@ impl Proxy {
                     return local_reply(Error::NoCluster, grpc);
                 };
                 let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
+                let body = body.map_err(BoxError::from).boxed();
+                let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
+                    Some(mirror) => self.mirror(mirror, &parts, body).await,
+                    None => body,
+                };
                 let upstream_http2 = match cluster.spec.protocol {
                     Protocol::Http2 => true,
                     Protocol::Http1 => false,
@@ -154,12 +161,51 @@ impl Proxy {
                 };
                 let transport = if upstream_http2 { Transport::Http2(&cluster.http2) } else { Transport::Http1(&cluster.http1) };
                 let upstream = Upstream { cluster, transport, forward };
-                let mut response =
-                    upstream.send(parts, body.map_err(BoxError::from).boxed(), timeout).await.unwrap_or_else(|err| local_reply(err, grpc));
+                let mut response = upstream.send(parts, body, timeout).await.unwrap_or_else(|err| local_reply(err, grpc));
                 response.extensions_mut().insert(DestinationService(cluster.spec.service_names));
                 response
             }
         }
+    }
+
+    /// Sends a copy of the request to the mirror's cluster and forgets it, and gives back the
+    /// body for the request itself. The body is read whole first (up to the replay cap; a
+    /// larger one, or one of unknown length, is not mirrored and streams on as usual).
+    async fn mirror(&self, mirror: &Mirror, parts: &http::request::Parts, body: Body) -> Body {
+        let Some(cluster) = self.clusters.get(mirror.cluster as usize) else { return body };
+        let Some(endpoint) = cluster.endpoints.pick() else { return body };
+        // A body of unknown or large size streams on unmirrored.
+        let known = hyper::body::Body::is_end_stream(&body)
+            || hyper::body::Body::size_hint(&body).upper().is_some_and(|it| it <= REPLAY_CAP as u64);
+        if !known {
+            return body;
+        }
+        let Ok(collected) = body.collect().await else { return empty() };
+        let bytes = collected.to_bytes();
+        let mut copy = copy_head(parts).map(|()| full(bytes.clone()));
+        // Envoy's shadow host: `web:80` becomes `web-shadow:80`.
+        if let Some(shadow) = authority_as_sent(parts).map(|it| shadow_host(&it))
+            && let Ok(value) = HeaderValue::from_str(&shadow)
+        {
+            copy.headers_mut().insert(header::HOST, value);
+            *copy.uri_mut() =
+                Uri::builder().path_and_query(parts.uri.path_and_query().map_or("/", |it| it.as_str())).build().unwrap_or_default();
+        }
+        let http2 = match cluster.spec.protocol {
+            Protocol::Http2 => true,
+            Protocol::Http1 => false,
+            Protocol::Downstream => parts.version == Version::HTTP_2,
+        };
+        let (client, pool) = (cluster.http1.clone(), cluster.http2.clone());
+        let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
+        // Fire and forget: the copy's answer, or failure, never reaches the caller.
+        tokio::spawn(async move {
+            let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
+            if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout)).await {
+                let _ = response.into_body().collect().await;
+            }
+        });
+        full(bytes)
     }
 
     /// Handles a request from `peer` for the local application on `port`, and counts it.
@@ -287,6 +333,20 @@ struct Upstream<'a> {
     forward: &'static Forward,
 }
 
+/// How long a mirrored copy may take when its cluster sets no request timeout.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Envoy's shadow host: `-shadow` after the host name, before any port.
+fn shadow_host(authority: &str) -> String {
+    let host = without_port(authority);
+    format!("{host}-shadow{}", &authority[host.len()..])
+}
+
+/// True for `per_million` millionths of the calls.
+fn chance(per_million: u32) -> bool {
+    per_million > 0 && random_below(1_000_000) < per_million
+}
+
 /// The first wait before a retry (Envoy's default base interval); each retry doubles it, up to
 /// ten times, and the wait is drawn at random below it.
 const RETRY_BASE: Duration = Duration::from_millis(25);
@@ -369,7 +429,6 @@ impl Upstream<'_> {
 
 /// Envoy's fault filter: the delay, then the abort, each for its share of requests.
 async fn inject_fault(fault: &Fault, grpc: bool) -> Option<Response<Body>> {
-    let chance = |per_million: u32| per_million > 0 && random_below(1_000_000) < per_million;
     if let Some((ms, share)) = fault.delay
         && chance(share)
     {

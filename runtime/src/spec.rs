@@ -130,6 +130,17 @@ pub struct Forward {
     pub fault: Fault,
     /// The route's local rate limit.
     pub rate_limit: Option<&'static crate::ratelimit::RateLimit>,
+    /// Where copies of a share of the requests go.
+    pub mirror: Option<Mirror>,
+}
+
+/// Request mirroring: copies sent and forgotten, their host suffixed with `-shadow`.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The cluster copies go to.
+    pub cluster: u32,
+    /// The share of requests copied, in millionths.
+    pub per_million: u32,
 }
 
 /// Faults injected into a route's requests (Envoy's fault filter): the delay first, then the

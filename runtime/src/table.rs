@@ -379,6 +379,7 @@ mod tests {
             retries: Retries::NONE,
             fault: Fault::NONE,
             rate_limit: None,
+            mirror: None,
         }))
     }
 

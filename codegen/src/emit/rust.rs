@@ -787,6 +787,14 @@ impl RoutesEmitter<'_, '_> {
                 let response_headers = header_ops(&route.response_headers);
                 let retries = retries(&route.retries);
                 let fault = fault(route.fault.as_ref());
+                // A mirror the workload may not call has no cluster here, and is left out.
+                let mirror = match route.mirror.as_ref().and_then(|it| Some((self.clusters.local(it.cluster)?, it.per_million))) {
+                    Some((cluster, share)) => {
+                        let (cluster, share) = (int(cluster), int(share));
+                        quote!(Some(rt::Mirror { cluster: #cluster, per_million: #share }))
+                    }
+                    None => quote!(None),
+                };
                 let name = str_lit(&route.name);
                 Ok(quote! {
                     rt::Forward {
@@ -800,6 +808,7 @@ impl RoutesEmitter<'_, '_> {
                         retries: #retries,
                         fault: #fault,
                         rate_limit: #rate_limit,
+                        mirror: #mirror,
                     }
                 })
             }

@@ -162,6 +162,7 @@ pub struct Upstream {
     /// Where it listens.
     pub address: SocketAddr,
     hits: Arc<AtomicUsize>,
+    last: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
 impl Upstream {
@@ -176,13 +177,19 @@ impl Upstream {
         let address = listener.local_addr().expect("address");
         listener.set_nonblocking(true).expect("nonblocking");
         let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
+        let last = Arc::new(Mutex::new(None));
+        let (counter, keeper) = (hits.clone(), last.clone());
         let name = name.to_owned();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(serve_upstream(listener, name, counter, status));
+            runtime.block_on(serve_upstream(listener, name, counter, keeper, status));
         });
-        Upstream { address, hits }
+        Upstream { address, hits, last }
+    }
+
+    /// What it answered to the last request it served (what it saw of it).
+    pub fn last(&self) -> Option<serde_json::Value> {
+        self.last.lock().unwrap_or_else(|it| it.into_inner()).clone()
     }
 
     /// Requests served so far.
@@ -191,7 +198,13 @@ impl Upstream {
     }
 }
 
-async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc<AtomicUsize>, status: u16) {
+async fn serve_upstream(
+    listener: std::net::TcpListener,
+    name: String,
+    hits: Arc<AtomicUsize>,
+    last: Arc<Mutex<Option<serde_json::Value>>>,
+    status: u16,
+) {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -201,10 +214,12 @@ async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc
         let Ok((stream, _)) = listener.accept().await else { continue };
         let name = name.clone();
         let hits = hits.clone();
+        let last = last.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let name = name.clone();
                 let hits = hits.clone();
+                let last = last.clone();
                 async move {
                     hits.fetch_add(1, Ordering::SeqCst);
                     if request.uri().path() == "/slow" {
@@ -232,11 +247,12 @@ async fn serve_upstream(listener: std::net::TcpListener, name: String, hits: Arc
                         Ok(body) => body.to_bytes().len(),
                         Err(_) => usize::MAX,
                     };
-                    let body = serde_json::json!({
+                    let seen = serde_json::json!({
                         "upstream": name, "path": path, "query": query, "host": host, "version": version,
                         "headers": headers, "body_bytes": body_bytes,
-                    })
-                    .to_string();
+                    });
+                    let body = seen.to_string();
+                    *last.lock().unwrap_or_else(|it| it.into_inner()) = Some(seen);
                     let mut response = http::Response::new(Full::new(bytes::Bytes::from(body)));
                     response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
                     response.headers_mut().insert("x-upstream-private", http::HeaderValue::from_static("1"));

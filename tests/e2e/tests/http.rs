@@ -366,3 +366,25 @@ fn the_metrics_count_exactly_the_requests_sent() {
     assert_eq!(metric(text, "istio_requests_total", &[("response_code", "404"), ("response_flags", "NR")]), 1.0, "{text}");
     assert_eq!(metric(text, "istio_requests_total", &[]), 5.0, "{text}");
 }
+
+#[test]
+fn a_mirrored_request_reaches_the_mirror_with_a_shadow_host() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let (web, mirror) = (Upstream::start("web"), Upstream::start("mirror"));
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"h2web\"\naddress = \"{}\"\n",
+        web.address, mirror.address
+    );
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let seen = curl(&["-H", "host: web"], &format!("http://{}/mirrored/x", sidecar.listener("outbound")));
+    // The caller gets the real answer.
+    assert_eq!((seen.status, seen.json()["upstream"].as_str()), (200, Some("web")), "{}", seen.body);
+    // The copy is sent and forgotten: wait for it a little.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while mirror.hits() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!((web.hits(), mirror.hits()), (1, 1));
+    let seen = mirror.last().expect("the mirrored request");
+    assert_eq!((seen["host"].as_str(), seen["path"].as_str()), (Some("web-shadow"), Some("/mirrored/x")), "{seen}");
+}

@@ -164,6 +164,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `default` of `productpage.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -190,6 +191,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
 static ROUTE_2_0_0: rt::Forward = rt::Forward {
@@ -216,6 +218,7 @@ static ROUTE_2_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_0_0: rt::Forward = rt::Forward {
@@ -242,6 +245,7 @@ static ROUTE_3_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_1_0: rt::Forward = rt::Forward {
@@ -272,4 +276,5 @@ static ROUTE_3_1_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };

@@ -72,4 +72,5 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };

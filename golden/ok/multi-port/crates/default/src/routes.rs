@@ -82,6 +82,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `grpc-beta` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -108,6 +109,7 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `grpc` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
@@ -134,6 +136,7 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `http` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_2_0: rt::Forward = rt::Forward {
@@ -160,4 +163,5 @@ static ROUTE_1_2_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };

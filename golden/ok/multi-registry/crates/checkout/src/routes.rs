@@ -103,6 +103,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `stable` of `orders.shop.svc.cluster.local:8080`.
 static ROUTE_0_1_0: rt::Forward = rt::Forward {
@@ -127,6 +128,7 @@ static ROUTE_0_1_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `default` of `payments.shop.svc.cluster.local:9443`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -153,4 +155,5 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };

@@ -96,6 +96,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
 /// Route `default` of `web.demo.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
@@ -122,4 +123,5 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     },
     fault: rt::Fault::NONE,
     rate_limit: None,
+    mirror: None,
 };
