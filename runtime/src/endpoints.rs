@@ -229,6 +229,7 @@ mod tests {
             protocol: Protocol::Http1,
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
+            limits: crate::spec::Limits::NONE,
             endpoints: &[],
         },
         ClusterSpec {
@@ -239,6 +240,7 @@ mod tests {
             protocol: Protocol::Http1,
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
+            limits: crate::spec::Limits::NONE,
             endpoints: &[],
         },
     ];

@@ -15,6 +15,9 @@ pub enum Error {
     /// Policy: an authorization policy denies the request (Envoy's RBAC, 403 /
     /// PERMISSION_DENIED).
     Denied,
+    /// Upstream: a circuit breaker is open: too many requests in flight to the cluster (Envoy's
+    /// `UO`).
+    Overflow,
     /// Policy: a local rate limit refuses the request (429 / RESOURCE_EXHAUSTED).
     RateLimited,
     /// Routing: the route's destination is a service the workload may not call, so the
@@ -40,7 +43,7 @@ impl Error {
             Error::NoRoute => StatusCode::NOT_FOUND,
             Error::Denied => StatusCode::FORBIDDEN,
             Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => {
+            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -55,7 +58,7 @@ impl Error {
             Error::NoRoute => 12,
             Error::Denied => 7,
             Error::RateLimited => 8,
-            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) => 14,
+            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::Overflow => 14,
             Error::UpstreamTimeout => 4,
         }
     }
@@ -71,6 +74,7 @@ impl Error {
             Error::UpstreamReset(_) => "UC",
             Error::UpstreamTimeout => "UT",
             Error::RateLimited => "RL",
+            Error::Overflow => "UO",
             Error::Denied | Error::Internal(_) => "-",
         }
     }
@@ -93,6 +97,7 @@ impl fmt::Display for Error {
             Error::UpstreamConnect(endpoint) => write!(f, "upstream connect error: {endpoint}"),
             Error::UpstreamReset(endpoint) => write!(f, "upstream reset before response headers: {endpoint}"),
             Error::UpstreamTimeout => f.write_str("upstream request timeout"),
+            Error::Overflow => f.write_str("upstream connect error or disconnect/reset before headers. reset reason: overflow"),
             Error::Internal(why) => write!(f, "internal error: {why}"),
         }
     }

@@ -28,8 +28,8 @@ pub mod __codegen {
     pub use crate::ratelimit::RateLimit;
     pub use crate::server::run;
     pub use crate::spec::{
-        Abort, Answer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HeaderOps, ListenerKind, ListenerSpec, Mirror, PathRewrite,
-        Protocol, Retries, RetryOn, SidecarSpec, WeightedCluster,
+        Abort, Answer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HeaderOps, Limits, ListenerKind, ListenerSpec, Mirror,
+        PathRewrite, Protocol, Retries, RetryOn, SidecarSpec, WeightedCluster,
     };
     pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -46,12 +47,41 @@ pub struct Cluster {
     pub endpoints: ClusterEndpoints,
     http1: Client<HttpConnector, Body>,
     http2: Arc<Http2Pool>,
+    /// Requests in flight, for the circuit breaker.
+    requests: Arc<AtomicU32>,
+    /// Retries in flight, for the circuit breaker.
+    retries: Arc<AtomicU32>,
 }
 
 impl Cluster {
     fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints) -> Cluster {
         let connect_timeout = Duration::from_millis(spec.connect_timeout_ms);
-        Cluster { spec, endpoints, http1: http1_client(connect_timeout), http2: Arc::new(Http2Pool::new(connect_timeout)) }
+        Cluster {
+            spec,
+            endpoints,
+            http1: http1_client(connect_timeout),
+            http2: Arc::new(Http2Pool::new(connect_timeout)),
+            requests: Arc::default(),
+            retries: Arc::default(),
+        }
+    }
+}
+
+/// One unit of a circuit breaker's count, given back when dropped.
+#[derive(Debug)]
+struct InFlight(Arc<AtomicU32>);
+
+impl InFlight {
+    /// A unit of `count`, unless it has reached `max`.
+    fn take(count: &Arc<AtomicU32>, max: u32) -> Option<InFlight> {
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |it| (it < max).then_some(it + 1)).ok()?;
+        Some(InFlight(count.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -161,7 +191,14 @@ impl Proxy {
                 };
                 let transport = if upstream_http2 { Transport::Http2(&cluster.http2) } else { Transport::Http1(&cluster.http1) };
                 let upstream = Upstream { cluster, transport, forward };
-                let mut response = upstream.send(parts, body, timeout).await.unwrap_or_else(|err| local_reply(err, grpc));
+                // The circuit breaker: a request counts until its response ends.
+                let mut response = match InFlight::take(&cluster.requests, cluster.spec.limits.max_requests) {
+                    Some(in_flight) => match upstream.send(parts, body, timeout).await {
+                        Ok(response) => response.map(|body| Holding { inner: body, _held: in_flight }.boxed()),
+                        Err(err) => local_reply(err, grpc),
+                    },
+                    None => local_reply(Error::Overflow, grpc),
+                };
                 response.extensions_mut().insert(DestinationService(cluster.spec.service_names));
                 response
             }
@@ -372,6 +409,8 @@ impl Upstream<'_> {
         let mut tried: Vec<String> = Vec::new();
         let mut attempt = 0;
         let mut next = replay.retry();
+        // The retry in flight, counted by the cluster's retry breaker.
+        let mut _retrying: Option<InFlight> = None;
         loop {
             let Some(try_body) = next.take() else { return Err(Error::Internal("a retry without a body")) };
             let mut endpoint = pick()?;
@@ -409,6 +448,11 @@ impl Upstream<'_> {
             if attempt >= retries.attempts || !retriable(retries, &outcome, started) || !body_safe {
                 return result;
             }
+            // The circuit breaker on retries: past it, the last answer stands.
+            let Some(retry_slot) = InFlight::take(&self.cluster.retries, self.cluster.spec.limits.max_retries) else {
+                return result;
+            };
+            _retrying = Some(retry_slot);
             // Past the replay copy's cap the body cannot be sent again.
             next = replay.retry();
             if next.is_none() {
@@ -866,6 +910,29 @@ pub fn local_reply(error: Error, grpc: bool) -> Response<Body> {
     };
     response.extensions_mut().insert(ResponseFlag(error.flag()));
     response
+}
+
+/// A body that holds something (a circuit breaker's count) until it ends or is dropped.
+struct Holding<T> {
+    inner: Body,
+    _held: T,
+}
+
+impl<T: Send + Sync + Unpin + 'static> hyper::body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body cut off at a deadline.

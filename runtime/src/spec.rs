@@ -79,8 +79,24 @@ pub struct ClusterSpec {
     pub connect_timeout_ms: u64,
     /// Request timeout for routes that set none, milliseconds.
     pub request_timeout_ms: Option<u64>,
+    /// Circuit-breaker thresholds.
+    pub limits: Limits,
     /// The endpoints the registry snapshot listed, which `--endpoints` (and later xDS) replace.
     pub endpoints: &'static [EndpointSeed],
+}
+
+/// A cluster's circuit-breaker thresholds (Envoy's `circuit_breakers`), `u32::MAX` when unset.
+#[derive(Debug)]
+pub struct Limits {
+    /// Requests in flight at once.
+    pub max_requests: u32,
+    /// Retries in flight at once.
+    pub max_retries: u32,
+}
+
+impl Limits {
+    /// No thresholds.
+    pub const NONE: Limits = Limits { max_requests: u32::MAX, max_retries: u32::MAX };
 }
 
 /// An endpoint as compiled from the registry snapshot.

@@ -426,6 +426,13 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
         });
         let protocol = protocol_tokens(cluster.protocol);
         let connect = int(cluster.policy.connect_timeout_ms);
+        let limits = &cluster.policy.limits;
+        let limits = if limits.max_requests.is_none() && limits.max_retries.is_none() {
+            quote!(rt::Limits::NONE)
+        } else {
+            let (requests, retries) = (int(limits.max_requests.unwrap_or(u32::MAX)), int(limits.max_retries.unwrap_or(u32::MAX)));
+            quote!(rt::Limits { max_requests: #requests, max_retries: #retries })
+        };
         let request = match cluster.policy.request_timeout_ms {
             Some(ms) => {
                 let ms = int(ms);
@@ -450,6 +457,7 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 protocol: #protocol,
                 connect_timeout_ms: #connect,
                 request_timeout_ms: #request,
+                limits: #limits,
                 endpoints: &[#(#endpoints),*],
             }
         });

@@ -388,3 +388,25 @@ fn a_mirrored_request_reaches_the_mirror_with_a_shadow_host() {
     let seen = mirror.last().expect("the mirrored request");
     assert_eq!((seen["host"].as_str(), seen["path"].as_str()), (Some("web-shadow"), Some("/mirrored/x")), "{seen}");
 }
+
+#[test]
+fn a_circuit_breaker_trips_with_503_and_recovers() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let upstream = Upstream::start("capped");
+    let endpoints = format!("[[endpoint]]\nservice = \"capped\"\naddress = \"{}\"\n", upstream.address);
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let url = format!("http://{}", sidecar.listener("outbound"));
+    // `max_requests 1`: while one slow request is in flight, the next overflows.
+    let slow_url = format!("{url}/slow");
+    let slow = std::thread::spawn(move || curl(&["-H", "host: capped"], &slow_url).status);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let seen = curl(&["-H", "host: capped"], &format!("{url}/now"));
+    assert_eq!(seen.status, 503, "{}", seen.body);
+    assert!(seen.body.contains("overflow"), "{}", seen.body);
+    assert_eq!(slow.join().expect("the slow request"), 200);
+    // Once it is done, requests flow again.
+    assert_eq!(curl(&["-H", "host: capped"], &format!("{url}/now")).status, 200);
+    let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
+    assert_eq!(metric(&text, "istio_requests_total", &[("destination_service_name", "capped"), ("response_flags", "UO")]), 1.0, "{text}");
+    assert_eq!(upstream.hits(), 2);
+}

@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.15",
@@ -38,6 +39,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.16",
@@ -59,6 +61,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.14",
@@ -80,6 +83,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.9",
@@ -101,6 +105,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.12",
@@ -122,6 +127,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.11",

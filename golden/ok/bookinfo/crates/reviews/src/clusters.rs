@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 1] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.11",

@@ -13,6 +13,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -30,6 +31,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http2,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -47,6 +49,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http2,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.2",

@@ -13,6 +13,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",
@@ -42,6 +43,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.5",
@@ -71,6 +73,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http2,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",

@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.17",
@@ -38,6 +39,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.21",
@@ -65,6 +67,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.15",
@@ -88,6 +91,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -105,6 +109,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -122,6 +127,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         protocol: rt::Protocol::Http2,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",

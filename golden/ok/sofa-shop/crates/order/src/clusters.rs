@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 2] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.31",
@@ -44,6 +45,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 2] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.41",

@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.31",
@@ -44,6 +45,10 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 500,
         request_timeout_ms: None,
+        limits: rt::Limits {
+            max_requests: 2000,
+            max_retries: 4294967295,
+        },
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.5",
@@ -77,6 +82,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        limits: rt::Limits::NONE,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.21",
