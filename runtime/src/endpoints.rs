@@ -230,6 +230,7 @@ mod tests {
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
             limits: crate::spec::Limits::NONE,
+            outlier: None,
             endpoints: &[],
         },
         ClusterSpec {
@@ -241,6 +242,7 @@ mod tests {
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
             limits: crate::spec::Limits::NONE,
+            outlier: None,
             endpoints: &[],
         },
     ];

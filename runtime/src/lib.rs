@@ -11,6 +11,7 @@ pub mod guard;
 pub mod head;
 pub mod interp;
 pub mod metrics;
+pub mod outlier;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
@@ -25,6 +26,7 @@ pub mod table;
 pub mod __codegen {
     pub use crate::authz::{Cidr, Condition, Key as AuthzKey, Operation, Pat, Policies, Policy, Rule, Source};
     pub use crate::head::RequestHead;
+    pub use crate::outlier::OutlierSpec;
     pub use crate::ratelimit::RateLimit;
     pub use crate::server::run;
     pub use crate::spec::{

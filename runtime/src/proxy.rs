@@ -26,6 +26,7 @@ use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
 use crate::metrics::{Labels, Metrics, Reporter};
+use crate::outlier::{Observed, Outliers};
 use crate::pool::Http2Pool;
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
@@ -47,6 +48,8 @@ pub struct Cluster {
     pub endpoints: ClusterEndpoints,
     http1: Client<HttpConnector, Body>,
     http2: Arc<Http2Pool>,
+    /// Passive outlier detection's state.
+    outliers: Outliers,
     /// Requests in flight, for the circuit breaker.
     requests: Arc<AtomicU32>,
     /// Retries in flight, for the circuit breaker.
@@ -54,6 +57,39 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The next endpoint in round-robin order that outlier detection has not ejected; when
+    /// every one is ejected, the next one anyway (Envoy's panic mode).
+    fn pick(&self) -> Option<Endpoint> {
+        let first = self.endpoints.pick()?;
+        if self.spec.outlier.is_none() || !self.outliers.is_ejected(&first.authority()) {
+            return Some(first);
+        }
+        let count = self.endpoints.current().all().len();
+        for _ in 1..count {
+            let next = self.endpoints.pick()?;
+            if !self.outliers.is_ejected(&next.authority()) {
+                return Some(next);
+            }
+        }
+        Some(first)
+    }
+
+    /// Counts a try's outcome at `endpoint` for outlier detection.
+    fn observe(&self, endpoint: &Endpoint, result: &Result<Response<Body>, Error>) {
+        let Some(spec) = &self.spec.outlier else { return };
+        let observed = match result {
+            Ok(response) => match response.status().as_u16() {
+                502..=504 => Observed::GatewayError,
+                500..=599 => Observed::ServerError,
+                _ => Observed::Success,
+            },
+            Err(Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamTimeout) => Observed::GatewayError,
+            Err(_) => return,
+        };
+        let count = self.endpoints.current().all().len();
+        self.outliers.observe(spec, &endpoint.authority(), observed, count);
+    }
+
     fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints) -> Cluster {
         let connect_timeout = Duration::from_millis(spec.connect_timeout_ms);
         Cluster {
@@ -61,6 +97,7 @@ impl Cluster {
             endpoints,
             http1: http1_client(connect_timeout),
             http2: Arc::new(Http2Pool::new(connect_timeout)),
+            outliers: Outliers::default(),
             requests: Arc::default(),
             retries: Arc::default(),
         }
@@ -396,11 +433,13 @@ impl Upstream<'_> {
     /// overall `timeout`.
     async fn send(&self, parts: http::request::Parts, body: Body, timeout: Option<Duration>) -> Result<Response<Body>, Error> {
         let retries = &self.forward.retries;
-        let pick = || self.cluster.endpoints.pick().ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
+        let pick = || self.cluster.pick().ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
         if retries.attempts == 0 || wants_upgrade(&parts) {
             let endpoint = pick()?;
-            return forward_to(self.transport, Request::from_parts(parts, body), &endpoint, Some(self.forward), Limits::total(timeout))
-                .await;
+            let result =
+                forward_to(self.transport, Request::from_parts(parts, body), &endpoint, Some(self.forward), Limits::total(timeout)).await;
+            self.cluster.observe(&endpoint, &result);
+            return result;
         }
         let deadline = timeout.map(|it| Instant::now() + it);
         let idempotent =
@@ -438,6 +477,7 @@ impl Upstream<'_> {
             let request = copy_head(&parts).map(|()| try_body.boxed());
             let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
             let result = forward_to(self.transport, request, &endpoint, Some(self.forward), limits).await;
+            self.cluster.observe(&endpoint, &result);
             let started = replay.started();
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),

@@ -81,6 +81,8 @@ pub struct ClusterSpec {
     pub request_timeout_ms: Option<u64>,
     /// Circuit-breaker thresholds.
     pub limits: Limits,
+    /// Passive outlier detection, when enabled.
+    pub outlier: Option<crate::outlier::OutlierSpec>,
     /// The endpoints the registry snapshot listed, which `--endpoints` (and later xDS) replace.
     pub endpoints: &'static [EndpointSeed],
 }

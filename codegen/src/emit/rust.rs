@@ -426,6 +426,20 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
         });
         let protocol = protocol_tokens(cluster.protocol);
         let connect = int(cluster.policy.connect_timeout_ms);
+        let outlier = match &cluster.policy.outlier_detection {
+            Some(detector) => {
+                let threshold = |it: Option<u32>| int(it.unwrap_or(u32::MAX));
+                let (five, gateway) = (threshold(detector.consecutive_5xx), threshold(detector.consecutive_gateway_errors));
+                let (base, max) = (int(detector.base_ejection_time_ms), int(detector.max_ejection_percent));
+                quote!(Some(rt::OutlierSpec {
+                    consecutive_5xx: #five,
+                    consecutive_gateway_errors: #gateway,
+                    base_ejection_time_ms: #base,
+                    max_ejection_percent: #max,
+                }))
+            }
+            None => quote!(None),
+        };
         let limits = &cluster.policy.limits;
         let limits = if limits.max_requests.is_none() && limits.max_retries.is_none() {
             quote!(rt::Limits::NONE)
@@ -458,6 +472,7 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 connect_timeout_ms: #connect,
                 request_timeout_ms: #request,
                 limits: #limits,
+                outlier: #outlier,
                 endpoints: &[#(#endpoints),*],
             }
         });

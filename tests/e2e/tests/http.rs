@@ -410,3 +410,27 @@ fn a_circuit_breaker_trips_with_503_and_recovers() {
     assert_eq!(metric(&text, "istio_requests_total", &[("destination_service_name", "capped"), ("response_flags", "UO")]), 1.0, "{text}");
     assert_eq!(upstream.hits(), 2);
 }
+
+#[test]
+fn an_ejected_instance_stops_receiving_traffic_and_comes_back() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let (good, bad) = (Upstream::start("good"), Upstream::answering("bad", 500));
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"flaky\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"flaky\"\naddress = \"{}\"\n",
+        good.address, bad.address
+    );
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let url = format!("http://{}/x", sidecar.listener("outbound"));
+    let get = || curl(&["-H", "host: flaky"], &url).status;
+    // Round robin alternates until the failing instance's second consecutive 500 ejects it.
+    let first: Vec<u16> = (0..4).map(|_| get()).collect();
+    assert_eq!(first.iter().filter(|it| **it == 500).count(), 2, "{first:?}");
+    assert_eq!(bad.hits(), 2);
+    // Ejected for the 2 s base ejection time: everything goes to the healthy instance.
+    assert!((0..10).all(|_| get() == 200));
+    assert_eq!(bad.hits(), 2, "an ejected instance receives no traffic");
+    // Back after the ejection time.
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    let after: Vec<u16> = (0..4).map(|_| get()).collect();
+    assert!(bad.hits() > 2, "the instance came back: {after:?}");
+}

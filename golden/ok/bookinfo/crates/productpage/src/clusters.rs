@@ -18,6 +18,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.15",
@@ -40,6 +41,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.16",
@@ -62,6 +64,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.14",
@@ -84,6 +87,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.9",

@@ -18,6 +18,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 1] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.11",

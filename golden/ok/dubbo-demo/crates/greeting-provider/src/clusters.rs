@@ -18,6 +18,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.17",
@@ -40,6 +41,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.21",
@@ -68,6 +70,12 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: Some(rt::OutlierSpec {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 3,
+            base_ejection_time_ms: 30000,
+            max_ejection_percent: 10,
+        }),
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.15",

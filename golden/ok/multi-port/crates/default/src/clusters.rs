@@ -14,6 +14,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -32,6 +33,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -50,6 +52,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.2",

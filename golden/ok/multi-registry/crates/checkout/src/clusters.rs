@@ -14,6 +14,12 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: Some(rt::OutlierSpec {
+            consecutive_5xx: 3,
+            consecutive_gateway_errors: 4294967295,
+            base_ejection_time_ms: 30000,
+            max_ejection_percent: 10,
+        }),
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",
@@ -44,6 +50,12 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: Some(rt::OutlierSpec {
+            consecutive_5xx: 3,
+            consecutive_gateway_errors: 4294967295,
+            base_ejection_time_ms: 30000,
+            max_ejection_percent: 10,
+        }),
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.5",
@@ -74,6 +86,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",

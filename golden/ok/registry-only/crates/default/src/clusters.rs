@@ -18,6 +18,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.17",
@@ -40,6 +41,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.21",
@@ -68,6 +70,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.15",
@@ -92,6 +95,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -110,6 +114,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -128,6 +133,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",

@@ -18,6 +18,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.31",
@@ -49,6 +50,12 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
             max_requests: 2000,
             max_retries: 4294967295,
         },
+        outlier: Some(rt::OutlierSpec {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 4294967295,
+            base_ejection_time_ms: 30000,
+            max_ejection_percent: 10,
+        }),
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.5",
@@ -83,6 +90,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.21",
@@ -105,6 +113,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
+        outlier: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.41",

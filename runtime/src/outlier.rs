@@ -1,0 +1,127 @@
+//! Passive outlier detection (Envoy's `outlier_detection`): an endpoint that answers with
+//! too many consecutive 5xx or gateway errors is ejected for the base ejection time times the
+//! number of its ejections, then comes back on its own.
+//!
+//! State is kept per endpoint address, so it survives endpoint-table swaps; ejection is
+//! checked when an endpoint is picked, so no timer runs.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A cluster's detector settings.
+#[derive(Debug)]
+pub struct OutlierSpec {
+    /// Consecutive 5xx answers (and failures) before ejection; `u32::MAX` disables it.
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway errors (502, 503, 504, failures) before ejection; `u32::MAX`
+    /// disables it.
+    pub consecutive_gateway_errors: u32,
+    /// The base ejection time, milliseconds.
+    pub base_ejection_time_ms: u64,
+    /// The most endpoints ejected at once, in percent (at least one may always be).
+    pub max_ejection_percent: u32,
+}
+
+/// What a try came to, as the detector counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// A non-5xx answer.
+    Success,
+    /// A 5xx answer other than a gateway error.
+    ServerError,
+    /// 502, 503, 504, or no answer at all (connection failure, reset, timeout).
+    GatewayError,
+}
+
+#[derive(Debug, Default)]
+struct EndpointState {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// The detector of one cluster.
+#[derive(Debug, Default)]
+pub struct Outliers {
+    endpoints: Mutex<BTreeMap<String, EndpointState>>,
+}
+
+impl Outliers {
+    /// Whether `endpoint` is ejected now.
+    pub fn is_ejected(&self, endpoint: &str) -> bool {
+        let endpoints = self.endpoints.lock().unwrap_or_else(|it| it.into_inner());
+        endpoints.get(endpoint).and_then(|it| it.ejected_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Counts a try's outcome at `endpoint` of a cluster of `endpoint_count` endpoints;
+    /// `true` when the endpoint was just ejected.
+    pub fn observe(&self, spec: &OutlierSpec, endpoint: &str, observed: Observed, endpoint_count: usize) -> bool {
+        let now = Instant::now();
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|it| it.into_inner());
+        let ejected_now = endpoints.values().filter(|it| it.ejected_until.is_some_and(|until| now < until)).count();
+        let state = endpoints.entry(endpoint.to_owned()).or_default();
+        match observed {
+            Observed::Success => {
+                state.consecutive_5xx = 0;
+                state.consecutive_gateway = 0;
+                return false;
+            }
+            Observed::ServerError => {
+                state.consecutive_5xx += 1;
+                state.consecutive_gateway = 0;
+            }
+            Observed::GatewayError => {
+                state.consecutive_5xx += 1;
+                state.consecutive_gateway += 1;
+            }
+        }
+        let tripped = state.consecutive_5xx >= spec.consecutive_5xx || state.consecutive_gateway >= spec.consecutive_gateway_errors;
+        let already = state.ejected_until.is_some_and(|until| now < until);
+        let allowed = (ejected_now as u64 * 100) < u64::from(spec.max_ejection_percent) * endpoint_count as u64 || ejected_now == 0;
+        if !tripped || already || !allowed {
+            return false;
+        }
+        state.ejections += 1;
+        state.consecutive_5xx = 0;
+        state.consecutive_gateway = 0;
+        let time = Duration::from_millis(spec.base_ejection_time_ms).saturating_mul(state.ejections);
+        state.ejected_until = Some(now + time);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: OutlierSpec =
+        OutlierSpec { consecutive_5xx: 3, consecutive_gateway_errors: u32::MAX, base_ejection_time_ms: 50, max_ejection_percent: 50 };
+
+    #[test]
+    fn consecutive_errors_eject_for_a_while_and_a_success_resets_the_count() {
+        let outliers = Outliers::default();
+        assert!(!outliers.observe(&SPEC, "a", Observed::ServerError, 4));
+        assert!(!outliers.observe(&SPEC, "a", Observed::GatewayError, 4));
+        assert!(!outliers.observe(&SPEC, "a", Observed::Success, 4));
+        assert!(!outliers.observe(&SPEC, "a", Observed::ServerError, 4));
+        assert!(!outliers.observe(&SPEC, "a", Observed::ServerError, 4));
+        assert!(outliers.observe(&SPEC, "a", Observed::ServerError, 4));
+        assert!(outliers.is_ejected("a") && !outliers.is_ejected("b"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!outliers.is_ejected("a"), "back after the ejection time");
+    }
+
+    #[test]
+    fn no_more_than_the_max_ejection_percent_is_ejected() {
+        let outliers = Outliers::default();
+        for endpoint in ["a", "b", "c", "d"] {
+            for _ in 0..3 {
+                outliers.observe(&SPEC, endpoint, Observed::ServerError, 4);
+            }
+        }
+        let ejected = ["a", "b", "c", "d"].iter().filter(|it| outliers.is_ejected(it)).count();
+        assert_eq!(ejected, 2, "50% of 4");
+    }
+}
