@@ -231,6 +231,7 @@ mod tests {
             request_timeout_ms: None,
             limits: crate::spec::Limits::NONE,
             outlier: None,
+            health_check: None,
             endpoints: &[],
         },
         ClusterSpec {
@@ -243,6 +244,7 @@ mod tests {
             request_timeout_ms: None,
             limits: crate::spec::Limits::NONE,
             outlier: None,
+            health_check: None,
             endpoints: &[],
         },
     ];

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod error;
 pub mod guard;
 pub mod head;
+pub mod health;
 pub mod interp;
 pub mod metrics;
 pub mod outlier;
@@ -26,6 +27,7 @@ pub mod table;
 pub mod __codegen {
     pub use crate::authz::{Cidr, Condition, Key as AuthzKey, Operation, Pat, Policies, Policy, Rule, Source};
     pub use crate::head::RequestHead;
+    pub use crate::health::HealthCheckSpec;
     pub use crate::outlier::OutlierSpec;
     pub use crate::ratelimit::RateLimit;
     pub use crate::server::run;

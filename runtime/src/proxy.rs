@@ -25,6 +25,7 @@ use crate::authz;
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
+use crate::health::Health;
 use crate::metrics::{Labels, Metrics, Reporter};
 use crate::outlier::{Observed, Outliers};
 use crate::pool::Http2Pool;
@@ -50,6 +51,8 @@ pub struct Cluster {
     http2: Arc<Http2Pool>,
     /// Passive outlier detection's state.
     outliers: Outliers,
+    /// Active health checking's state.
+    pub health: Health,
     /// Requests in flight, for the circuit breaker.
     requests: Arc<AtomicU32>,
     /// Retries in flight, for the circuit breaker.
@@ -61,17 +64,28 @@ impl Cluster {
     /// every one is ejected, the next one anyway (Envoy's panic mode).
     fn pick(&self) -> Option<Endpoint> {
         let first = self.endpoints.pick()?;
-        if self.spec.outlier.is_none() || !self.outliers.is_ejected(&first.authority()) {
+        if self.usable(&first) {
             return Some(first);
         }
         let count = self.endpoints.current().all().len();
         for _ in 1..count {
             let next = self.endpoints.pick()?;
-            if !self.outliers.is_ejected(&next.authority()) {
+            if self.usable(&next) {
                 return Some(next);
             }
         }
         Some(first)
+    }
+
+    /// Neither ejected by outlier detection nor failing its health checks.
+    fn usable(&self, endpoint: &Endpoint) -> bool {
+        let checked = self.spec.outlier.is_some() || self.spec.health_check.is_some();
+        if !checked {
+            return true;
+        }
+        let authority = endpoint.authority();
+        !(self.spec.outlier.is_some() && self.outliers.is_ejected(&authority)
+            || self.spec.health_check.is_some() && self.health.is_unhealthy(&authority))
     }
 
     /// Counts a try's outcome at `endpoint` for outlier detection.
@@ -98,6 +112,7 @@ impl Cluster {
             http1: http1_client(connect_timeout),
             http2: Arc::new(Http2Pool::new(connect_timeout)),
             outliers: Outliers::default(),
+            health: Health::default(),
             requests: Arc::default(),
             retries: Arc::default(),
         }

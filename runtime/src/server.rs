@@ -190,6 +190,17 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
     let proxy = Arc::new(Proxy::new(spec, endpoints));
     let ready = Arc::new(AtomicBool::new(false));
     let drain = Drain::new();
+    // Active health checks, one task per checked cluster.
+    for (index, cluster) in spec.clusters.iter().enumerate() {
+        if let Some(check) = &cluster.health_check {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                if let Some(cluster) = proxy.clusters.get(index) {
+                    crate::health::probe_forever(check, cluster.spec.name, &cluster.endpoints, &cluster.health).await;
+                }
+            });
+        }
+    }
     let mut bound = Vec::new();
     for listener in spec.listeners {
         let address = match options.listen.iter().rev().find(|it| it.0 == listener.name) {

@@ -83,6 +83,8 @@ pub struct ClusterSpec {
     pub limits: Limits,
     /// Passive outlier detection, when enabled.
     pub outlier: Option<crate::outlier::OutlierSpec>,
+    /// Active health checking, when enabled.
+    pub health_check: Option<crate::health::HealthCheckSpec>,
     /// The endpoints the registry snapshot listed, which `--endpoints` (and later xDS) replace.
     pub endpoints: &'static [EndpointSeed],
 }

@@ -16,8 +16,9 @@ use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
-    AbortStatus, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HeaderOps, IpBlock, Match, Mesh,
-    Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable, RouteTableKind, StringMatch, StringMatchKind, Workload,
+    AbortStatus, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HeaderOps, HealthProbe, IpBlock,
+    Match, Mesh, Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable, RouteTableKind, StringMatch, StringMatchKind,
+    Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -440,6 +441,27 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
             }
             None => quote!(None),
         };
+        let health_check = match &cluster.policy.health_check {
+            Some(check) => {
+                let path = match &check.probe {
+                    HealthProbe::Http { path } => {
+                        let path = str_lit(path);
+                        quote!(Some(#path))
+                    }
+                    HealthProbe::Tcp => quote!(None),
+                };
+                let (interval, timeout) = (int(check.interval_ms), int(check.timeout_ms));
+                let (healthy, unhealthy) = (int(check.healthy_threshold), int(check.unhealthy_threshold));
+                quote!(Some(rt::HealthCheckSpec {
+                    http_path: #path,
+                    interval_ms: #interval,
+                    timeout_ms: #timeout,
+                    healthy_threshold: #healthy,
+                    unhealthy_threshold: #unhealthy,
+                }))
+            }
+            None => quote!(None),
+        };
         let limits = &cluster.policy.limits;
         let limits = if limits.max_requests.is_none() && limits.max_retries.is_none() {
             quote!(rt::Limits::NONE)
@@ -473,6 +495,7 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 request_timeout_ms: #request,
                 limits: #limits,
                 outlier: #outlier,
+                health_check: #health_check,
                 endpoints: &[#(#endpoints),*],
             }
         });

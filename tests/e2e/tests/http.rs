@@ -434,3 +434,27 @@ fn an_ejected_instance_stops_receiving_traffic_and_comes_back() {
     let after: Vec<u16> = (0..4).map(|_| get()).collect();
     assert!(bad.hits() > 2, "the instance came back: {after:?}");
 }
+
+#[test]
+fn a_failing_health_check_takes_an_instance_out_until_it_passes() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let (good, sick) = (Upstream::start("good"), Upstream::answering("sick", 500));
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"checked\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"checked\"\naddress = \"{}\"\n",
+        good.address, sick.address
+    );
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    // Probes every 100 ms; one failed probe marks an instance unhealthy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sick.last().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(sick.last().expect("a probe")["path"], "/healthz");
+    let url = format!("http://{}/x", sidecar.listener("outbound"));
+    // Round robin would send every other request to the sick instance, which answers 500.
+    for _ in 0..10 {
+        let seen = curl(&["-H", "host: checked"], &url);
+        assert_eq!((seen.status, seen.json()["upstream"].as_str()), (200, Some("good")), "{}", seen.body);
+    }
+}

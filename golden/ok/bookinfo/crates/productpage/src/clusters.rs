@@ -19,6 +19,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.15",
@@ -42,6 +43,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.16",
@@ -65,6 +67,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.14",
@@ -88,6 +91,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.9",

@@ -19,6 +19,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 1] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.11",

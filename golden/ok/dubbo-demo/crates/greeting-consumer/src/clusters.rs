@@ -19,6 +19,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.17",
@@ -42,6 +43,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.21",
@@ -76,6 +78,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
             base_ejection_time_ms: 30000,
             max_ejection_percent: 10,
         }),
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.15",

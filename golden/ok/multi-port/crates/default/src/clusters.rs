@@ -15,6 +15,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -34,6 +35,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -53,6 +55,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.2",

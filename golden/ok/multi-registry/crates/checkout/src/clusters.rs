@@ -20,6 +20,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
             base_ejection_time_ms: 30000,
             max_ejection_percent: 10,
         }),
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",
@@ -56,6 +57,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
             base_ejection_time_ms: 30000,
             max_ejection_percent: 10,
         }),
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.5",
@@ -87,6 +89,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",

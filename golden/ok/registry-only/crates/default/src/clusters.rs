@@ -19,6 +19,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.17",
@@ -42,6 +43,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.21",
@@ -71,6 +73,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.15",
@@ -96,6 +99,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -115,6 +119,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -134,6 +139,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",

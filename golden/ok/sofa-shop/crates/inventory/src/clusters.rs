@@ -19,6 +19,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.31",
@@ -56,6 +57,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
             base_ejection_time_ms: 30000,
             max_ejection_percent: 10,
         }),
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.5",
@@ -91,6 +93,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.21",
@@ -114,6 +117,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.41",

@@ -19,6 +19,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 2] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.31",
@@ -48,6 +49,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 2] = [
         request_timeout_ms: None,
         limits: rt::Limits::NONE,
         outlier: None,
+        health_check: None,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.41",

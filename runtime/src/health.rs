@@ -1,0 +1,135 @@
+//! Active health checking (Envoy's `health_checks`): every interval each endpoint of a
+//! cluster is probed (an HTTP GET of a path answered 2xx, or a TCP connect) within a timeout;
+//! `unhealthy_threshold` failures in a row mark it unhealthy, `healthy_threshold` successes
+//! in a row healthy again. Endpoints start healthy. Picks skip unhealthy endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+
+use crate::endpoints::{ClusterEndpoints, Endpoint};
+
+/// A cluster's probe settings.
+#[derive(Debug)]
+pub struct HealthCheckSpec {
+    /// An HTTP path to GET, or `None` for a TCP connect.
+    pub http_path: Option<&'static str>,
+    /// Time between probes, milliseconds.
+    pub interval_ms: u64,
+    /// A probe's timeout, milliseconds.
+    pub timeout_ms: u64,
+    /// Successes in a row that make an endpoint healthy again.
+    pub healthy_threshold: u32,
+    /// Failures in a row that make an endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    unhealthy: bool,
+    successes: u32,
+    failures: u32,
+}
+
+/// The health of a cluster's endpoints, by address.
+#[derive(Debug, Default)]
+pub struct Health {
+    endpoints: Mutex<BTreeMap<String, State>>,
+}
+
+impl Health {
+    /// Whether probes marked `endpoint` unhealthy.
+    pub fn is_unhealthy(&self, endpoint: &str) -> bool {
+        self.lock().get(endpoint).is_some_and(|it| it.unhealthy)
+    }
+
+    /// Counts one probe's result; `Some(healthy)` when the endpoint changed state.
+    pub fn record(&self, spec: &HealthCheckSpec, endpoint: &str, passed: bool) -> Option<bool> {
+        let mut endpoints = self.lock();
+        let state = endpoints.entry(endpoint.to_owned()).or_default();
+        if passed {
+            state.failures = 0;
+            state.successes = state.successes.saturating_add(1);
+            if state.unhealthy && state.successes >= spec.healthy_threshold.max(1) {
+                state.unhealthy = false;
+                return Some(true);
+            }
+        } else {
+            state.successes = 0;
+            state.failures = state.failures.saturating_add(1);
+            if !state.unhealthy && state.failures >= spec.unhealthy_threshold.max(1) {
+                state.unhealthy = true;
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, State>> {
+        self.endpoints.lock().unwrap_or_else(|it| it.into_inner())
+    }
+}
+
+/// Probes a cluster's endpoints forever, recording into `health`.
+pub async fn probe_forever(spec: &'static HealthCheckSpec, cluster: &'static str, endpoints: &ClusterEndpoints, health: &Health) {
+    let interval = Duration::from_millis(spec.interval_ms.max(10));
+    loop {
+        let current = endpoints.current();
+        for endpoint in current.all() {
+            let passed = probe(spec, endpoint).await;
+            if let Some(healthy) = health.record(spec, &endpoint.authority(), passed) {
+                use std::io::Write as _;
+                let word = if healthy { "healthy again" } else { "unhealthy" };
+                let _ = writeln!(std::io::stderr(), "health check: {} in {cluster} is {word}", endpoint.authority());
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One probe of one endpoint.
+async fn probe(spec: &HealthCheckSpec, endpoint: &Endpoint) -> bool {
+    let timeout = Duration::from_millis(spec.timeout_ms.max(1));
+    let attempt = async {
+        let stream = TcpStream::connect((endpoint.address.as_str(), endpoint.port)).await.ok()?;
+        let Some(path) = spec.http_path else { return Some(true) };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::get(path)
+            .header(http::header::HOST, endpoint.authority())
+            .header(http::header::USER_AGENT, "meshc-health-check")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let healthy = response.status().is_success();
+        let _ = response.into_body().collect().await;
+        Some(healthy)
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: HealthCheckSpec =
+        HealthCheckSpec { http_path: Some("/healthz"), interval_ms: 10, timeout_ms: 10, healthy_threshold: 2, unhealthy_threshold: 3 };
+
+    #[test]
+    fn thresholds_decide_when_an_endpoint_changes_state() {
+        let health = Health::default();
+        assert_eq!(health.record(&SPEC, "a", false), None);
+        assert_eq!(health.record(&SPEC, "a", false), None);
+        assert!(!health.is_unhealthy("a"));
+        assert_eq!(health.record(&SPEC, "a", false), Some(false));
+        assert!(health.is_unhealthy("a"));
+        assert_eq!(health.record(&SPEC, "a", true), None);
+        assert_eq!(health.record(&SPEC, "a", true), Some(true));
+        assert!(!health.is_unhealthy("a"));
+    }
+}
