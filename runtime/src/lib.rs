@@ -4,6 +4,7 @@
 //! whole contract between codegen and the runtime. This crate knows nothing about specs,
 //! registries or the IR: it receives compiled tables as `static` data and function pointers.
 
+pub mod accesslog;
 pub mod authz;
 pub mod endpoints;
 pub mod error;
@@ -20,11 +21,13 @@ pub mod replay;
 mod server;
 pub mod spec;
 pub mod table;
+pub mod trace;
 
 /// The only face of the runtime that generated code sees. Every path a generated crate uses
 /// is here, so the contract is one greppable list (codegen/src/emit/rust.rs writes against it).
 #[doc(hidden)]
 pub mod __codegen {
+    pub use crate::accesslog::AccessLog;
     pub use crate::authz::{Cidr, Condition, Key as AuthzKey, Operation, Pat, Policies, Policy, Rule, Source};
     pub use crate::head::RequestHead;
     pub use crate::health::HealthCheckSpec;

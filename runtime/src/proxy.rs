@@ -21,7 +21,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::authz;
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
 use crate::head::RequestHead;
@@ -33,6 +32,7 @@ use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
     Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec,
 };
+use crate::{accesslog, authz};
 
 /// Why a body stopped early: the peer's error, a deadline, an abandoned try.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -182,11 +182,36 @@ impl Proxy {
     }
 
     /// Handles a request the application (at `peer`) sent out, and counts it.
-    pub async fn outbound(&self, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    pub async fn outbound(&self, peer: IpAddr, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
+        let entry = self.log_entry(peer, &mut request);
         let response = self.route_and_forward(peer, request).await;
-        self.metered(response, Reporter::Source, None, grpc, started)
+        self.metered(response, Reporter::Source, None, grpc, started, entry)
+    }
+
+    /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
+    /// enters the mesh), and, when the workload logs requests, what its log line will say.
+    fn log_entry(&self, peer: IpAddr, request: &mut Request<Incoming>) -> Option<accesslog::Entry> {
+        if !request.headers().contains_key("x-request-id") {
+            crate::trace::add_request_id(request.headers_mut());
+        }
+        if matches!(self.spec.access_log, accesslog::AccessLog::Off) {
+            return None;
+        }
+        let header = |name: &str| request.headers().get(name).and_then(|it| it.to_str().ok()).unwrap_or_default().to_owned();
+        Some(accesslog::Entry {
+            start: Some(std::time::SystemTime::now()),
+            method: request.method().to_string(),
+            path: request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |it| it.as_str().to_owned()),
+            protocol: if request.version() == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" },
+            authority: authority_of(request),
+            request_id: header("x-request-id"),
+            user_agent: header("user-agent"),
+            traceparent: header("traceparent"),
+            peer: Some(peer),
+            ..accesslog::Entry::default()
+        })
     }
 
     /// Counts a request once its response ends (or is dropped), with the destination service
@@ -198,12 +223,22 @@ impl Proxy {
         service: Option<&'static [&'static str]>,
         grpc: bool,
         started: Instant,
+        entry: Option<accesslog::Entry>,
     ) -> Response<Body> {
+        let log = entry.map(|mut entry| {
+            if let Some(route) = response.extensions().get::<RouteTaken>() {
+                (entry.route, entry.cluster) = (route.route, route.cluster);
+            }
+            if let Some(host) = response.extensions().get::<UpstreamHost>() {
+                entry.upstream_host = host.0.clone();
+            }
+            (entry, &self.spec.access_log)
+        });
         let service = response.extensions().get::<DestinationService>().map(|it| it.0).or(service);
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
         let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags };
-        let recording = Recording { metrics: self.metrics.clone(), labels, started };
+        let recording = Recording { metrics: self.metrics.clone(), labels, started, log };
         let body = std::mem::replace(response.body_mut(), empty());
         *response.body_mut() = MeteredBody { inner: body, recording: Some(recording) }.boxed();
         response
@@ -252,6 +287,7 @@ impl Proxy {
                     None => local_reply(Error::Overflow, grpc),
                 };
                 response.extensions_mut().insert(DestinationService(cluster.spec.service_names));
+                response.extensions_mut().insert(RouteTaken { route: forward.route, cluster: cluster.spec.name });
                 response
             }
         }
@@ -298,12 +334,13 @@ impl Proxy {
     }
 
     /// Handles a request from `peer` for the local application on `port`, and counts it.
-    pub async fn inbound(&self, port: &InboundPort, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    pub async fn inbound(&self, port: &InboundPort, peer: IpAddr, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let service = Some(port.service_names).filter(|it| !it.is_empty());
+        let entry = self.log_entry(peer, &mut request);
         let response = self.authorize_and_forward(port, peer, request).await;
-        self.metered(response, Reporter::Destination, service, grpc, started)
+        self.metered(response, Reporter::Destination, service, grpc, started, entry)
     }
 
     /// Authorization first, then forwarding to the application.
@@ -355,6 +392,25 @@ pub struct InboundPort {
 #[derive(Clone, Copy, Debug)]
 struct DestinationService(&'static [&'static str]);
 
+/// The route and cluster a response came through, for the access log.
+#[derive(Clone, Copy, Debug)]
+struct RouteTaken {
+    route: &'static str,
+    cluster: &'static str,
+}
+
+/// The endpoint that answered, for the access log.
+#[derive(Clone, Debug)]
+struct UpstreamHost(String);
+
+/// The authority a request names: an absolute-form target's, else `Host`.
+fn authority_of<B>(request: &Request<B>) -> String {
+    match request.uri().authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => request.headers().get(header::HOST).and_then(|it| it.to_str().ok()).unwrap_or_default().to_owned(),
+    }
+}
+
 /// Envoy's response flag of a response the sidecar made or cut short.
 #[derive(Clone, Copy, Debug)]
 struct ResponseFlag(&'static str);
@@ -364,11 +420,16 @@ struct Recording {
     metrics: Arc<Metrics>,
     labels: Labels,
     started: Instant,
+    log: Option<(accesslog::Entry, &'static accesslog::AccessLog)>,
 }
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        self.metrics.record(self.labels.clone(), self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        if let Some((entry, format)) = &self.log {
+            accesslog::write(format, entry, self.labels.code, self.labels.flags, elapsed);
+        }
+        self.metrics.record(self.labels.clone(), elapsed);
     }
 }
 
@@ -683,6 +744,7 @@ async fn forward_to(
         None => authority_as_sent(&parts).unwrap_or_else(|| endpoint.authority()),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    crate::trace::propagate(&mut parts.headers);
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.request_headers);
     }
@@ -741,6 +803,7 @@ async fn forward_to(
     }
 
     let (mut parts, body) = response.into_parts();
+    parts.extensions.insert(UpstreamHost(endpoint.authority()));
     strip_hop_by_hop(&mut parts.headers, false);
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.response_headers);

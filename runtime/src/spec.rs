@@ -20,6 +20,8 @@ pub struct SidecarSpec {
     pub authz: &'static crate::authz::Policies,
     /// The local rate limit of every inbound request.
     pub inbound_rate_limit: Option<&'static crate::ratelimit::RateLimit>,
+    /// How requests are logged.
+    pub access_log: crate::accesslog::AccessLog,
     /// The compiled tables as JSON, for the admin endpoint's `/config_dump`.
     pub config_dump: &'static str,
 }

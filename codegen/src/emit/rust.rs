@@ -16,9 +16,9 @@ use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
-    AbortStatus, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HeaderOps, HealthProbe, IpBlock,
-    Match, Mesh, Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable, RouteTableKind, StringMatch, StringMatchKind,
-    Workload,
+    AbortStatus, AccessLogFormat, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HeaderOps,
+    HealthProbe, IpBlock, Match, Mesh, Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable, RouteTableKind,
+    StringMatch, StringMatchKind, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -227,6 +227,14 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
         });
     }
     let listener_count = int(listeners.len() as u64);
+    let access_log = match (&workload.telemetry.access_log, &workload.telemetry.access_log_format) {
+        (false, _) => quote!(rt::AccessLog::Off),
+        (true, AccessLogFormat::Json) => quote!(rt::AccessLog::Json),
+        (true, AccessLogFormat::Text(format)) => {
+            let format = str_lit(format);
+            quote!(rt::AccessLog::Text(#format))
+        }
+    };
     let (inbound_rate_limit, limit_static) = match &workload.rate_limit {
         Some(limit) => {
             let limit = rate_limit(limit);
@@ -266,6 +274,7 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
             route_outbound: routes::route_outbound,
             authz: &policy::AUTHZ,
             inbound_rate_limit: #inbound_rate_limit,
+            access_log: #access_log,
             config_dump: dump::CONFIG_DUMP,
         };
 

@@ -50,6 +50,7 @@ pub struct Sidecar {
     pub listeners: BTreeMap<String, SocketAddr>,
     /// The admin endpoint.
     pub admin: SocketAddr,
+    access_log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sidecar {
@@ -75,7 +76,15 @@ impl Sidecar {
             command.arg("--listen").arg(format!("{listener}=127.0.0.1:0"));
         }
         command.args(flags);
-        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start the sidecar");
+        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start the sidecar");
+        let stdout = child.stdout.take().expect("stdout");
+        let access_log = Arc::new(Mutex::new(Vec::new()));
+        let lines = access_log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(|it| it.into_inner()).push(line);
+            }
+        });
         let stderr = child.stderr.take().expect("stderr");
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -102,12 +111,17 @@ impl Sidecar {
                 panic!("the sidecar failed: {line}");
             }
         }
-        Sidecar { child, listeners: found, admin: admin.expect("the admin address") }
+        Sidecar { child, listeners: found, admin: admin.expect("the admin address"), access_log }
     }
 
     /// The address of a listener.
     pub fn listener(&self, name: &str) -> SocketAddr {
         self.listeners[name]
+    }
+
+    /// The access-log lines written so far.
+    pub fn access_log(&self) -> Vec<String> {
+        self.access_log.lock().unwrap_or_else(|it| it.into_inner()).clone()
     }
 
     /// Whether the process is still running.

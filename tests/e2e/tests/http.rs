@@ -3,7 +3,7 @@
 //! redirects and direct responses, round robin over two instances on one kept-alive
 //! connection, chunked request bodies, WebSocket upgrades passed through, the connect
 //! timeout, retries, injected faults, inbound authorization, local rate limits, a graceful
-//! drain on SIGTERM, and the request metrics.
+//! drain on SIGTERM, the request metrics, access logs and trace headers.
 
 use std::process::Command;
 
@@ -457,4 +457,41 @@ fn a_failing_health_check_takes_an_instance_out_until_it_passes() {
         let seen = curl(&["-H", "host: checked"], &url);
         assert_eq!((seen.status, seen.json()["upstream"].as_str()), (200, Some("good")), "{}", seen.body);
     }
+}
+
+#[test]
+fn requests_are_logged_as_json_and_carry_trace_context_onward() {
+    let http = Http::start();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let seen = curl(&["-H", "host: web", "-H", &format!("traceparent: {traceparent}")], &http.url("/api/items?page=2"));
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    let headers = &seen.json()["headers"];
+    // The same trace, with the sidecar's span as the parent.
+    let forwarded = headers["traceparent"].as_str().expect("a traceparent");
+    assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && forwarded.ends_with("-01"), "{forwarded}");
+    assert_ne!(forwarded, traceparent);
+    let request_id = headers["x-request-id"].as_str().expect("an x-request-id").to_owned();
+    // B3 callers get a new span whose parent is theirs.
+    let seen = curl(&["-H", "host: web", "-H", "x-b3-traceid: 463ac35c9f6413ad", "-H", "x-b3-spanid: a2fb4a1d1a96d312"], &http.url("/b3"));
+    let headers = &seen.json()["headers"];
+    assert_eq!(headers["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+    assert_ne!(headers["x-b3-spanid"], "a2fb4a1d1a96d312");
+    // One JSON line per request, written when the response ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while http.sidecar.access_log().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lines = http.sidecar.access_log();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!(line["path"], "/api/items?page=2");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["response_code"], 200);
+    assert_eq!(line["response_flags"], "-");
+    assert_eq!(line["route_name"], "api");
+    assert_eq!(line["upstream_cluster"], "outbound|80||web.default.svc.cluster.local");
+    assert_eq!(line["request_id"], request_id.as_str());
+    assert_eq!(line["traceparent"], traceparent);
+    let upstream = line["upstream_host"].as_str().expect("an upstream host");
+    assert!(upstream == http.a.address.to_string() || upstream == http.b.address.to_string(), "{upstream}");
 }

@@ -37,6 +37,7 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     route_outbound: routes::route_outbound,
     authz: &policy::AUTHZ,
     inbound_rate_limit: None,
+    access_log: rt::AccessLog::Json,
     config_dump: dump::CONFIG_DUMP,
 };
 fn main() -> std::process::ExitCode {
