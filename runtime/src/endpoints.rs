@@ -133,6 +133,31 @@ impl ClusterEndpoints {
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         self.current().pick(ticket).cloned()
     }
+
+    /// The endpoint a weighted random draw in `0..u64::MAX` lands on.
+    pub fn pick_at(&self, draw: u64) -> Option<Endpoint> {
+        self.current().pick(draw).cloned()
+    }
+
+    /// The endpoint that weighted rendezvous hashing gives `key`: each routable endpoint
+    /// scores `-weight / ln(u)` for a uniform `u` derived from the key and its address, and
+    /// the highest score wins.
+    pub fn pick_hashed(&self, key: u64) -> Option<Endpoint> {
+        let set = self.current();
+        let score = |endpoint: &Endpoint| {
+            let mut hash = key ^ 0x9e37_79b9_7f4a_7c15;
+            for byte in endpoint.authority().bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            // murmur3's finaliser spreads the bits before they become a uniform number.
+            hash ^= hash >> 33;
+            hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            hash ^= hash >> 33;
+            let uniform = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            -f64::from(endpoint.weight) / uniform.ln()
+        };
+        set.all().iter().filter(|it| it.routable && it.weight > 0).max_by(|a, b| score(a).total_cmp(&score(b))).cloned()
+    }
 }
 
 /// A `--endpoints` file: endpoints to run the sidecar against instead of the snapshot's.
@@ -219,6 +244,23 @@ mod tests {
         assert!(EndpointSet::new(vec![endpoint("c", 5, false)]).pick(0).is_none());
     }
 
+    #[test]
+    fn hashing_keeps_keys_in_place_when_another_endpoint_goes() {
+        let three = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true), endpoint("c", 1, true)]);
+        let two = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true)]);
+        let mut counts = std::collections::BTreeMap::new();
+        for key in 0..3000u64 {
+            let before = three.pick_hashed(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("an endpoint").address;
+            let after = two.pick_hashed(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("an endpoint").address;
+            if before != "c" {
+                assert_eq!(before, after, "key {key} moved although its endpoint stayed");
+            }
+            *counts.entry(before).or_insert(0) += 1;
+        }
+        // Roughly a third each.
+        assert!(counts.values().all(|it| (800..=1200).contains(it)), "{counts:?}");
+    }
+
     static SUBSET: [(&str, &str); 1] = [("version", "v2")];
     static CLUSTERS: [ClusterSpec; 2] = [
         ClusterSpec {
@@ -229,6 +271,7 @@ mod tests {
             protocol: Protocol::Http1,
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
+            load_balancer: crate::spec::Balancer::RoundRobin,
             limits: crate::spec::Limits::NONE,
             outlier: None,
             health_check: None,
@@ -242,6 +285,7 @@ mod tests {
             protocol: Protocol::Http1,
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
+            load_balancer: crate::spec::Balancer::RoundRobin,
             limits: crate::spec::Limits::NONE,
             outlier: None,
             health_check: None,

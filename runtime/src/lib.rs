@@ -35,8 +35,8 @@ pub mod __codegen {
     pub use crate::ratelimit::RateLimit;
     pub use crate::server::run;
     pub use crate::spec::{
-        Abort, Answer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HeaderOps, Limits, ListenerKind, ListenerSpec, Mirror,
-        PathRewrite, Protocol, Retries, RetryOn, SidecarSpec, WeightedCluster,
+        Abort, Answer, Balancer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HashOn, HeaderOps, Limits, ListenerKind,
+        ListenerSpec, Mirror, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec, WeightedCluster,
     };
     pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 

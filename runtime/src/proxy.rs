@@ -30,7 +30,8 @@ use crate::outlier::{Observed, Outliers};
 use crate::pool::Http2Pool;
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
-    Abort, Answer, ClusterSpec, Decision, Fault, Forward, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec,
+    Abort, Answer, Balancer, ClusterSpec, Decision, Fault, Forward, HashOn, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn,
+    SidecarSpec,
 };
 use crate::{accesslog, authz};
 
@@ -49,6 +50,8 @@ pub struct Cluster {
     pub endpoints: ClusterEndpoints,
     http1: Client<HttpConnector, Body>,
     http2: Arc<Http2Pool>,
+    /// Requests in flight per endpoint, for least-request balancing.
+    active: std::sync::Mutex<std::collections::BTreeMap<String, Arc<AtomicU32>>>,
     /// Passive outlier detection's state.
     outliers: Outliers,
     /// Active health checking's state.
@@ -63,6 +66,55 @@ impl Cluster {
     /// The next endpoint in round-robin order that outlier detection has not ejected; when
     /// every one is ejected, the next one anyway (Envoy's panic mode).
     fn pick(&self) -> Option<Endpoint> {
+        self.pick_for(None)
+    }
+
+    /// An endpoint by the cluster's load balancer; `key` is the request's hash key for
+    /// consistent hashing. Endpoints that outlier detection ejected or health checks failed
+    /// are passed over while others remain.
+    fn pick_for(&self, key: Option<u64>) -> Option<Endpoint> {
+        let draw = || (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX));
+        match (&self.spec.load_balancer, key) {
+            (Balancer::Hash(_), Some(key)) => {
+                let chosen = self.endpoints.pick_hashed(key)?;
+                if self.usable(&chosen) {
+                    return Some(chosen);
+                }
+            }
+            (Balancer::Random | Balancer::Hash(_), _) => {
+                let chosen = self.endpoints.pick_at(draw())?;
+                if self.usable(&chosen) {
+                    return Some(chosen);
+                }
+            }
+            (Balancer::LeastRequest, _) => {
+                let (a, b) = (self.endpoints.pick_at(draw())?, self.endpoints.pick_at(draw())?);
+                let chosen = if self.active_requests(&b) < self.active_requests(&a) { b } else { a };
+                if self.usable(&chosen) {
+                    return Some(chosen);
+                }
+            }
+            (Balancer::RoundRobin, _) => {}
+        }
+        self.pick_round_robin()
+    }
+
+    /// Requests in flight to `endpoint`.
+    fn active_requests(&self, endpoint: &Endpoint) -> u32 {
+        let active = self.active.lock().unwrap_or_else(|it| it.into_inner());
+        active.get(&endpoint.authority()).map_or(0, |it| it.load(Ordering::Acquire))
+    }
+
+    /// Counts a request to `endpoint` as in flight until the guard drops.
+    fn start_request(&self, endpoint: &Endpoint) -> Option<InFlight> {
+        if !matches!(self.spec.load_balancer, Balancer::LeastRequest) {
+            return None;
+        }
+        let count = self.active.lock().unwrap_or_else(|it| it.into_inner()).entry(endpoint.authority()).or_default().clone();
+        InFlight::take(&count, u32::MAX)
+    }
+
+    fn pick_round_robin(&self) -> Option<Endpoint> {
         let first = self.endpoints.pick()?;
         if self.usable(&first) {
             return Some(first);
@@ -111,6 +163,7 @@ impl Cluster {
             endpoints,
             http1: http1_client(connect_timeout),
             http2: Arc::new(Http2Pool::new(connect_timeout)),
+            active: std::sync::Mutex::default(),
             outliers: Outliers::default(),
             health: Health::default(),
             requests: Arc::default(),
@@ -277,7 +330,8 @@ impl Proxy {
                     Protocol::Downstream => parts.version == Version::HTTP_2,
                 };
                 let transport = if upstream_http2 { Transport::Http2(&cluster.http2) } else { Transport::Http1(&cluster.http1) };
-                let upstream = Upstream { cluster, transport, forward };
+                let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
+                let upstream = Upstream { cluster, transport, forward, key };
                 // The circuit breaker: a request counts until its response ends.
                 let mut response = match InFlight::take(&cluster.requests, cluster.spec.limits.max_requests) {
                     Some(in_flight) => match upstream.send(parts, body, timeout).await {
@@ -298,7 +352,7 @@ impl Proxy {
     /// larger one, or one of unknown length, is not mirrored and streams on as usual).
     async fn mirror(&self, mirror: &Mirror, parts: &http::request::Parts, body: Body) -> Body {
         let Some(cluster) = self.clusters.get(mirror.cluster as usize) else { return body };
-        let Some(endpoint) = cluster.endpoints.pick() else { return body };
+        let Some(endpoint) = cluster.pick() else { return body };
         // A body of unknown or large size streams on unmirrored.
         let known = hyper::body::Body::is_end_stream(&body)
             || hyper::body::Body::size_hint(&body).upper().is_some_and(|it| it <= REPLAY_CAP as u64);
@@ -481,6 +535,8 @@ struct Upstream<'a> {
     cluster: &'a Cluster,
     transport: Transport<'a>,
     forward: &'static Forward,
+    /// The request's consistent-hash key, when the cluster hashes.
+    key: Option<u64>,
 }
 
 /// How long a mirrored copy may take when its cluster sets no request timeout.
@@ -509,9 +565,10 @@ impl Upstream<'_> {
     /// overall `timeout`.
     async fn send(&self, parts: http::request::Parts, body: Body, timeout: Option<Duration>) -> Result<Response<Body>, Error> {
         let retries = &self.forward.retries;
-        let pick = || self.cluster.pick().ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
+        let pick = || self.cluster.pick_for(self.key).ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
         if retries.attempts == 0 || wants_upgrade(&parts) {
             let endpoint = pick()?;
+            let _active = self.cluster.start_request(&endpoint);
             let result =
                 forward_to(self.transport, Request::from_parts(parts, body), &endpoint, Some(self.forward), Limits::total(timeout)).await;
             self.cluster.observe(&endpoint, &result);
@@ -552,7 +609,9 @@ impl Upstream<'_> {
             };
             let request = copy_head(&parts).map(|()| try_body.boxed());
             let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
+            let active = self.cluster.start_request(&endpoint);
             let result = forward_to(self.transport, request, &endpoint, Some(self.forward), limits).await;
+            drop(active);
             self.cluster.observe(&endpoint, &result);
             let started = replay.started();
             let outcome = match &result {
@@ -638,6 +697,25 @@ fn grpc_status_of_http(code: u16) -> u32 {
         429 | 502 | 503 | 504 => 14,
         _ => 2,
     }
+}
+
+/// The consistent-hash key of a request, when the cluster hashes and the request has the
+/// property (a request without it is balanced at random).
+fn hash_key(balancer: &Balancer, parts: &http::request::Parts, peer: IpAddr) -> Option<u64> {
+    let Balancer::Hash(on) = balancer else { return None };
+    let head = RequestHead::new(parts);
+    let value: Option<String> = match on {
+        HashOn::Header(name) => head.header(name).map(|it| it.into_owned()),
+        HashOn::Query(name) => head.query_param(name).map(str::to_owned),
+        HashOn::Cookie(name) => head.header("cookie").and_then(|cookies| {
+            cookies.split(';').find_map(|it| {
+                let (key, value) = it.trim().split_once('=')?;
+                (key == *name).then(|| value.to_owned())
+            })
+        }),
+        HashOn::SourceIp => Some(peer.to_string()),
+    };
+    value.map(|it| crate::table::key_hash(it.as_bytes()))
 }
 
 /// What one try came to, as retry policies see it.

@@ -81,6 +81,8 @@ pub struct ClusterSpec {
     pub connect_timeout_ms: u64,
     /// Request timeout for routes that set none, milliseconds.
     pub request_timeout_ms: Option<u64>,
+    /// How an endpoint is chosen.
+    pub load_balancer: Balancer,
     /// Circuit-breaker thresholds.
     pub limits: Limits,
     /// Passive outlier detection, when enabled.
@@ -89,6 +91,33 @@ pub struct ClusterSpec {
     pub health_check: Option<crate::health::HealthCheckSpec>,
     /// The endpoints the registry snapshot listed, which `--endpoints` (and later xDS) replace.
     pub endpoints: &'static [EndpointSeed],
+}
+
+/// A cluster's load-balancing algorithm.
+#[derive(Debug)]
+pub enum Balancer {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Two random choices, the one with fewer requests in flight (Istio's default).
+    LeastRequest,
+    /// Consistent hashing on a request property (ring hash and Maglev in the spec): one key
+    /// goes to one endpoint, and removing an endpoint moves only its keys.
+    Hash(HashOn),
+}
+
+/// What a consistent hash is computed from.
+#[derive(Debug)]
+pub enum HashOn {
+    /// A request header.
+    Header(&'static str),
+    /// A cookie.
+    Cookie(&'static str),
+    /// A query parameter.
+    Query(&'static str),
+    /// The downstream address.
+    SourceIp,
 }
 
 /// A cluster's circuit-breaker thresholds (Envoy's `circuit_breakers`), `u32::MAX` when unset.

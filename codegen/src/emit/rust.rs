@@ -16,9 +16,9 @@ use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
-    AbortStatus, AccessLogFormat, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HeaderOps,
-    HealthProbe, IpBlock, Match, Mesh, Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable, RouteTableKind,
-    StringMatch, StringMatchKind, Workload,
+    AbortStatus, AccessLogFormat, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HashOn, HeaderOps,
+    HealthProbe, IpBlock, LoadBalancer, Match, Mesh, Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable,
+    RouteTableKind, StringMatch, StringMatchKind, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -471,6 +471,30 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
             }
             None => quote!(None),
         };
+        let hash_on = |hash: &HashOn| match hash {
+            HashOn::Header { name } => {
+                let name = str_lit(&name.to_ascii_lowercase());
+                quote!(rt::HashOn::Header(#name))
+            }
+            HashOn::Cookie { name, .. } => {
+                let name = str_lit(name);
+                quote!(rt::HashOn::Cookie(#name))
+            }
+            HashOn::QueryParameter { name } => {
+                let name = str_lit(name);
+                quote!(rt::HashOn::Query(#name))
+            }
+            HashOn::SourceIp => quote!(rt::HashOn::SourceIp),
+        };
+        let balancer = match &cluster.policy.load_balancer {
+            LoadBalancer::RoundRobin => quote!(rt::Balancer::RoundRobin),
+            LoadBalancer::Random => quote!(rt::Balancer::Random),
+            LoadBalancer::LeastRequest => quote!(rt::Balancer::LeastRequest),
+            LoadBalancer::RingHash { hash, .. } | LoadBalancer::Maglev { hash, .. } => {
+                let hash = hash_on(hash);
+                quote!(rt::Balancer::Hash(#hash))
+            }
+        };
         let limits = &cluster.policy.limits;
         let limits = if limits.max_requests.is_none() && limits.max_retries.is_none() {
             quote!(rt::Limits::NONE)
@@ -502,6 +526,7 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 protocol: #protocol,
                 connect_timeout_ms: #connect,
                 request_timeout_ms: #request,
+                load_balancer: #balancer,
                 limits: #limits,
                 outlier: #outlier,
                 health_check: #health_check,

@@ -495,3 +495,26 @@ fn requests_are_logged_as_json_and_carry_trace_context_onward() {
     let upstream = line["upstream_host"].as_str().expect("an upstream host");
     assert!(upstream == http.a.address.to_string() || upstream == http.b.address.to_string(), "{upstream}");
 }
+
+#[test]
+fn consistent_hashing_keeps_a_key_on_one_instance() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let upstreams: Vec<Upstream> = (0..3).map(|it| Upstream::start(&format!("u{it}"))).collect();
+    let endpoints: String =
+        upstreams.iter().map(|it| format!("[[endpoint]]\nservice = \"sticky\"\naddress = \"{}\"\n\n", it.address)).collect();
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let url = format!("http://{}/x", sidecar.listener("outbound"));
+    let upstream_of = |user: &str| {
+        let seen = curl(&["-H", "host: sticky", "-H", &format!("x-user: {user}")], &url);
+        seen.json()["upstream"].as_str().expect("an upstream").to_owned()
+    };
+    let mut chosen = std::collections::BTreeSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+        let first = upstream_of(user);
+        for _ in 0..4 {
+            assert_eq!(upstream_of(user), first, "{user} moved");
+        }
+        chosen.insert(first);
+    }
+    assert!(chosen.len() >= 2, "eight users all hashed to {chosen:?}");
+}

@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 1] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::LeastRequest,
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,

@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::LeastRequest,
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
@@ -41,6 +42,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::LeastRequest,
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
@@ -71,6 +73,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::LeastRequest,
         limits: rt::Limits::NONE,
         outlier: Some(rt::OutlierSpec {
             consecutive_5xx: 5,

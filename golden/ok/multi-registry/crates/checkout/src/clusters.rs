@@ -13,6 +13,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::RoundRobin,
         limits: rt::Limits::NONE,
         outlier: Some(rt::OutlierSpec {
             consecutive_5xx: 3,
@@ -50,6 +51,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http1,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::RoundRobin,
         limits: rt::Limits::NONE,
         outlier: Some(rt::OutlierSpec {
             consecutive_5xx: 3,
@@ -87,6 +89,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Http2,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::LeastRequest,
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,

@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::LeastRequest,
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
@@ -47,6 +48,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 500,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::RoundRobin,
         limits: rt::Limits {
             max_requests: 2000,
             max_retries: 4294967295,
@@ -91,6 +93,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         protocol: rt::Protocol::Downstream,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
+        load_balancer: rt::Balancer::LeastRequest,
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
