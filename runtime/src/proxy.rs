@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -232,6 +233,45 @@ impl Proxy {
             local_http1: http1_client(Duration::from_secs(1)),
             local_http2: Http2Pool::new(Duration::from_secs(1)),
         }
+    }
+
+    /// Every endpoint of every cluster with its state, as Envoy's admin `/clusters` lists
+    /// them: `<cluster>::<address>::<field>::<value>` lines.
+    pub fn clusters_text(&self) -> String {
+        let mut out = String::new();
+        for cluster in &self.clusters {
+            for endpoint in cluster.endpoints.current().all() {
+                let (name, address) = (cluster.spec.name, endpoint.authority());
+                let mut flags = Vec::new();
+                if cluster.spec.health_check.is_some() && cluster.health.is_unhealthy(&address) {
+                    flags.push("/failed_active_hc");
+                }
+                if cluster.spec.outlier.is_some() && cluster.outliers.is_ejected(&address) {
+                    flags.push("/failed_outlier_check");
+                }
+                if !endpoint.routable {
+                    flags.push("/failed_eds_health");
+                }
+                let flags = if flags.is_empty() { "healthy".to_owned() } else { flags.concat() };
+                let _ = writeln!(out, "{name}::{address}::health_flags::{flags}");
+                let _ = writeln!(out, "{name}::{address}::weight::{}", endpoint.weight);
+                let _ = writeln!(out, "{name}::{address}::rq_active::{}", cluster.active_requests(endpoint));
+            }
+        }
+        out
+    }
+
+    /// Envoy's cluster membership gauges, in Prometheus' text format.
+    pub fn membership_gauges(&self) -> String {
+        let mut out = String::from("# TYPE envoy_cluster_membership_healthy gauge\n");
+        let mut total = String::from("# TYPE envoy_cluster_membership_total gauge\n");
+        for cluster in &self.clusters {
+            let endpoints = cluster.endpoints.current();
+            let healthy = endpoints.all().iter().filter(|it| it.routable && cluster.usable(it)).count();
+            let _ = writeln!(out, "envoy_cluster_membership_healthy{{cluster_name=\"{}\"}} {healthy}", cluster.spec.name);
+            let _ = writeln!(total, "envoy_cluster_membership_total{{cluster_name=\"{}\"}} {}", cluster.spec.name, endpoints.all().len());
+        }
+        out + &total
     }
 
     /// Handles a request the application (at `peer`) sent out, and counts it.

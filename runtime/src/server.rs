@@ -432,9 +432,12 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n".to_owned()),
         "/config_dump" => (StatusCode::OK, "application/json", config_dump(proxy)),
         "/stats/prometheus" => {
-            (StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render(proxy.spec.workload, proxy.spec.namespace))
+            let mut text = proxy.metrics.render(proxy.spec.workload, proxy.spec.namespace);
+            text.push_str(&proxy.membership_gauges());
+            (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /ready or /config_dump\n".to_owned()),
+        "/clusters" => (StatusCode::OK, "text/plain", proxy.clusters_text()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /ready, /config_dump, /clusters or /stats/prometheus\n".to_owned()),
     };
     let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;

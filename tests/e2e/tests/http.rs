@@ -429,6 +429,10 @@ fn an_ejected_instance_stops_receiving_traffic_and_comes_back() {
     // Ejected for the 2 s base ejection time: everything goes to the healthy instance.
     assert!((0..10).all(|_| get() == 200));
     assert_eq!(bad.hits(), 2, "an ejected instance receives no traffic");
+    let (_, clusters) = meshc_e2e::curl(&[], &format!("http://{}/clusters", sidecar.admin));
+    let cluster = "outbound|80||flaky.default.svc.cluster.local";
+    assert!(clusters.contains(&format!("{cluster}::{}::health_flags::/failed_outlier_check", bad.address)), "{clusters}");
+    assert!(clusters.contains(&format!("{cluster}::{}::health_flags::healthy", good.address)), "{clusters}");
     // Back after the ejection time.
     std::thread::sleep(std::time::Duration::from_millis(2300));
     let after: Vec<u16> = (0..4).map(|_| get()).collect();
@@ -452,6 +456,12 @@ fn a_failing_health_check_takes_an_instance_out_until_it_passes() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(sick.last().expect("a probe")["path"], "/healthz");
     let url = format!("http://{}/x", sidecar.listener("outbound"));
+    let (_, clusters) = meshc_e2e::curl(&[], &format!("http://{}/clusters", sidecar.admin));
+    let cluster = "outbound|80||checked.default.svc.cluster.local";
+    assert!(clusters.contains(&format!("{cluster}::{}::health_flags::/failed_active_hc", sick.address)), "{clusters}");
+    let (_, stats) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
+    assert_eq!(metric(&stats, "envoy_cluster_membership_healthy", &[("cluster_name", cluster)]), 1.0, "{stats}");
+    assert_eq!(metric(&stats, "envoy_cluster_membership_total", &[("cluster_name", cluster)]), 2.0, "{stats}");
     // Round robin would send every other request to the sick instance, which answers 500.
     for _ in 0..10 {
         let seen = curl(&["-H", "host: checked"], &url);
