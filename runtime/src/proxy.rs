@@ -393,6 +393,10 @@ impl Proxy {
     async fn mirror(&self, mirror: &Mirror, parts: &http::request::Parts, body: Body) -> Body {
         let Some(cluster) = self.clusters.get(mirror.cluster as usize) else { return body };
         let Some(endpoint) = cluster.pick() else { return body };
+        // Copies count against the mirror cluster's circuit breaker, and at most
+        // MAX_MIRRORS_IN_FLIGHT run at once: past that, requests go unmirrored.
+        let limit = cluster.spec.limits.max_requests.min(MAX_MIRRORS_IN_FLIGHT);
+        let Some(in_flight) = InFlight::take(&cluster.requests, limit) else { return body };
         // A body of unknown or large size streams on unmirrored.
         let known = hyper::body::Body::is_end_stream(&body)
             || hyper::body::Body::size_hint(&body).upper().is_some_and(|it| it <= REPLAY_CAP as u64);
@@ -419,6 +423,7 @@ impl Proxy {
         let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
         // Fire and forget: the copy's answer, or failure, never reaches the caller.
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
             if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout)).await {
                 let _ = response.into_body().collect().await;
@@ -445,7 +450,12 @@ impl Proxy {
             return reply;
         }
         let (parts, body) = request.into_parts();
-        let head = RequestHead::new(&parts);
+        // Policies see the path normalised, as Istio's default `BASE` normalisation gives it
+        // to RBAC, so that `//admin` or `/x/../admin` cannot slip past a rule on `/admin`.
+        let raw = RequestHead::new(&parts);
+        let path = normalise_path(raw.path());
+        let authority = raw.authority().to_owned();
+        let head = RequestHead::from_parts(parts.method.as_str(), &authority, &path, parts.uri.query(), &parts.headers);
         // Without mutual TLS (issue 4 brings it) the peer proves no identity.
         let verdict = self.spec.authz.authorize(&authz::Request { head: &head, peer: Some(peer), principal: None, port });
         if !verdict.allowed {
@@ -577,6 +587,33 @@ struct Upstream<'a> {
     forward: &'static Forward,
     /// The request's consistent-hash key, when the cluster hashes.
     key: Option<u64>,
+}
+
+/// The most mirrored copies in flight to one cluster, whatever its breaker says.
+const MAX_MIRRORS_IN_FLIGHT: u32 = 1024;
+
+/// A path with `.` and `..` segments resolved (RFC 3986 §5.2.4) and repeated slashes merged.
+fn normalise_path(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let trailing = path.len() > 1 && (path.ends_with('/') || path.ends_with("/.") || path.ends_with("/.."));
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    out
 }
 
 /// How long a mirrored copy may take when its cluster sets no request timeout.
@@ -1230,6 +1267,17 @@ mod tests {
         headers.insert("grpc-timeout", HeaderValue::from_static("0S"));
         assert_eq!(request_timeout(Some(1000), &headers), Some(Duration::from_secs(1)), "0 is no limit");
         assert_eq!(request_timeout(None, &headers), None);
+    }
+
+    #[test]
+    fn paths_are_normalised_for_policies() {
+        assert_eq!(normalise_path("/admin"), "/admin");
+        assert_eq!(normalise_path("//admin"), "/admin");
+        assert_eq!(normalise_path("/./admin"), "/admin");
+        assert_eq!(normalise_path("/x/../admin/"), "/admin/");
+        assert_eq!(normalise_path("/../../admin"), "/admin");
+        assert_eq!(normalise_path("/"), "/");
+        assert_eq!(normalise_path("/a/b/.."), "/a/");
     }
 
     #[test]

@@ -358,8 +358,10 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
         let proxy = proxy.clone();
         let serves = serves.clone();
         let drain = drain.clone();
+        // Counted before the task starts, so a drain that begins now waits for it.
+        let open = OpenConnection::new(&drain);
         tokio::spawn(async move {
-            let _open = OpenConnection::new(&drain);
+            let _open = open;
             let signal = UpgradeSignal::default();
             let guarded = Guarded::new(stream, signal.clone());
             let service = service_fn(move |request: Request<Incoming>| {

@@ -286,6 +286,11 @@ fn inbound_authorization_denies_first_then_needs_an_allow() {
     // `no-admin` denies before any ALLOW is considered.
     let seen = curl(&["-H", "host: web"], &url("/admin/users"));
     assert_eq!((seen.status, seen.body.as_str()), (403, "RBAC: access denied"));
+    // Policies see the normalised path: no way around `/admin/*` by spelling it otherwise.
+    for path in ["//admin/users", "/./admin/users", "/books/../admin/users"] {
+        let seen = curl(&["--path-as-is", "-H", "host: web"], &url(path));
+        assert_eq!(seen.status, 403, "{path}: {}", seen.body);
+    }
     // Once an ALLOW policy applies, what no rule allows is denied.
     let seen = curl(&["-X", "DELETE", "-H", "host: web"], &url("/books/1"));
     assert_eq!(seen.status, 403, "{}", seen.body);
