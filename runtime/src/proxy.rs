@@ -132,13 +132,8 @@ impl Cluster {
 
     /// Neither ejected by outlier detection nor failing its health checks.
     fn usable(&self, endpoint: &Endpoint) -> bool {
-        let checked = self.spec.outlier.is_some() || self.spec.health_check.is_some();
-        if !checked {
-            return true;
-        }
-        let authority = endpoint.authority();
-        !(self.spec.outlier.is_some() && self.outliers.is_ejected(&authority)
-            || self.spec.health_check.is_some() && self.health.is_unhealthy(&authority))
+        let ejected = self.spec.outlier.is_some() && self.outliers.is_ejected(&endpoint.authority());
+        !(ejected || self.spec.health_check.is_some() && self.health.is_unhealthy(&endpoint.authority()))
     }
 
     /// Counts a try's outcome at `endpoint` for outlier detection.
@@ -298,7 +293,7 @@ impl Proxy {
             method: request.method().to_string(),
             path: request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |it| it.as_str().to_owned()),
             protocol: if request.version() == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" },
-            authority: authority_of(request),
+            authority: authority_as_sent(request.uri(), request.headers()).unwrap_or_default(),
             request_id: header("x-request-id"),
             user_agent: header("user-agent"),
             traceparent: header("traceparent"),
@@ -364,12 +359,11 @@ impl Proxy {
                     Some(mirror) => self.mirror(mirror, &parts, body).await,
                     None => body,
                 };
-                let upstream_http2 = match cluster.spec.protocol {
-                    Protocol::Http2 => true,
-                    Protocol::Http1 => false,
-                    Protocol::Downstream => parts.version == Version::HTTP_2,
+                let transport = if cluster.spec.protocol.uses_http2(parts.version) {
+                    Transport::Http2(&cluster.http2)
+                } else {
+                    Transport::Http1(&cluster.http1)
                 };
-                let transport = if upstream_http2 { Transport::Http2(&cluster.http2) } else { Transport::Http1(&cluster.http1) };
                 let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
                 let upstream = Upstream { cluster, transport, forward, key };
                 // The circuit breaker: a request counts until its response ends.
@@ -407,18 +401,14 @@ impl Proxy {
         let bytes = collected.to_bytes();
         let mut copy = copy_head(parts).map(|()| full(bytes.clone()));
         // Envoy's shadow host: `web:80` becomes `web-shadow:80`.
-        if let Some(shadow) = authority_as_sent(parts).map(|it| shadow_host(&it))
+        if let Some(shadow) = authority_as_sent(&parts.uri, &parts.headers).map(|it| shadow_host(&it))
             && let Ok(value) = HeaderValue::from_str(&shadow)
         {
             copy.headers_mut().insert(header::HOST, value);
             *copy.uri_mut() =
                 Uri::builder().path_and_query(parts.uri.path_and_query().map_or("/", |it| it.as_str())).build().unwrap_or_default();
         }
-        let http2 = match cluster.spec.protocol {
-            Protocol::Http2 => true,
-            Protocol::Http1 => false,
-            Protocol::Downstream => parts.version == Version::HTTP_2,
-        };
+        let http2 = cluster.spec.protocol.uses_http2(parts.version);
         let (client, pool) = (cluster.http1.clone(), cluster.http2.clone());
         let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
         // Fire and forget: the copy's answer, or failure, never reaches the caller.
@@ -465,12 +455,8 @@ impl Proxy {
             return local_reply(Error::RateLimited, grpc);
         }
         let request = Request::from_parts(parts, body);
-        let upstream_http2 = match protocol {
-            Protocol::Http2 => true,
-            Protocol::Http1 => false,
-            Protocol::Downstream => request.version() == Version::HTTP_2,
-        };
-        let transport = if upstream_http2 { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
+        let transport =
+            if protocol.uses_http2(request.version()) { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
         forward_to(transport, Request::from_parts(parts, body.map_err(BoxError::from).boxed()), app, None, Limits::total(timeout))
@@ -506,14 +492,6 @@ struct RouteTaken {
 /// The endpoint that answered, for the access log.
 #[derive(Clone, Debug)]
 struct UpstreamHost(String);
-
-/// The authority a request names: an absolute-form target's, else `Host`.
-fn authority_of<B>(request: &Request<B>) -> String {
-    match request.uri().authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => request.headers().get(header::HOST).and_then(|it| it.to_str().ok()).unwrap_or_default().to_owned(),
-    }
-}
 
 /// Envoy's response flag of a response the sidecar made or cut short.
 #[derive(Clone, Copy, Debug)]
@@ -856,10 +834,10 @@ fn reject_malformed(request: &Request<Incoming>, grpc: bool) -> Option<Response<
 }
 
 /// The request's authority as the client sent it: an absolute-form target's, else `Host`.
-fn authority_as_sent(parts: &http::request::Parts) -> Option<String> {
-    match parts.uri.authority() {
+fn authority_as_sent(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    match uri.authority() {
         Some(authority) => Some(authority.as_str().to_owned()),
-        None => parts.headers.get(header::HOST).and_then(|it| it.to_str().ok()).map(str::to_owned),
+        None => headers.get(header::HOST).and_then(|it| it.to_str().ok()).map(str::to_owned),
     }
 }
 
@@ -896,7 +874,7 @@ async fn forward_to(
     // absolute-form target's authority before `Host`, as routing read it).
     let authority = match forward.and_then(|it| it.authority_rewrite) {
         Some(rewritten) => rewritten.to_owned(),
-        None => authority_as_sent(&parts).unwrap_or_else(|| endpoint.authority()),
+        None => authority_as_sent(&parts.uri, &parts.headers).unwrap_or_else(|| endpoint.authority()),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     crate::trace::propagate(&mut parts.headers);

@@ -64,6 +64,17 @@ pub enum Protocol {
     Downstream,
 }
 
+impl Protocol {
+    /// Whether a request that came in as `downstream` goes upstream over HTTP/2.
+    pub fn uses_http2(self, downstream: http::Version) -> bool {
+        match self {
+            Protocol::Http2 => true,
+            Protocol::Http1 => false,
+            Protocol::Downstream => downstream == http::Version::HTTP_2,
+        }
+    }
+}
+
 /// An upstream cluster: one port of one service, maybe narrowed to a subset.
 #[derive(Debug)]
 pub struct ClusterSpec {
