@@ -1,9 +1,49 @@
 //! Access logs: one line per request on stdout when its response ends, as JSON (Istio's
 //! standard fields) or in an Envoy-style text format (`%REQ(:PATH)% %RESPONSE_CODE%`).
+//!
+//! Lines go through a bounded queue to one writer thread, so a slow or blocked stdout never
+//! holds up a request: when the queue is full the line is dropped and counted, as Envoy's
+//! access-log buffer does.
 
 use std::io::Write as _;
 use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lines waiting for the writer at most.
+const QUEUE: usize = 8192;
+
+static WRITER: OnceLock<Option<SyncSender<String>>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped because the writer fell behind.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+fn writer() -> Option<&'static SyncSender<String>> {
+    WRITER
+        .get_or_init(|| {
+            let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
+            std::thread::Builder::new().name("access-log".to_owned()).spawn(move || drain_to_stdout(&receiver)).ok()?;
+            Some(sender)
+        })
+        .as_ref()
+}
+
+/// Writes lines as they come, flushing whenever the queue runs empty.
+fn drain_to_stdout(receiver: &Receiver<String>) {
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    while let Ok(line) = receiver.recv() {
+        let _ = writeln!(out, "{line}");
+        while let Ok(line) = receiver.try_recv() {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+}
 
 /// How a workload logs its requests.
 #[derive(Debug)]
@@ -52,8 +92,16 @@ pub fn write(format: &AccessLog, entry: &Entry, code: u16, flags: &str, duration
         AccessLog::Json => json(entry, code, flags, duration),
         AccessLog::Text(format) => text(format, entry, code, flags, duration),
     };
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let sent = match writer() {
+        Some(sender) => match sender.try_send(line) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        },
+        None => false,
+    };
+    if !sent {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn or_dash(value: &str) -> &str {

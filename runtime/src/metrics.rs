@@ -90,6 +90,8 @@ impl Metrics {
             let _ = writeln!(out, "istio_request_duration_milliseconds_sum{{{text}}} {}", series.sum_ms);
             let _ = writeln!(out, "istio_request_duration_milliseconds_count{{{text}}} {}", series.count);
         }
+        out.push_str("# TYPE meshc_access_log_dropped_total counter\n");
+        let _ = writeln!(out, "meshc_access_log_dropped_total {}", crate::accesslog::dropped());
         out
     }
 }

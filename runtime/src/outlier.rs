@@ -1,6 +1,8 @@
 //! Passive outlier detection (Envoy's `outlier_detection`): an endpoint that answers with
-//! too many consecutive 5xx or gateway errors is ejected for the base ejection time times the
-//! number of its ejections, then comes back on its own.
+//! too many consecutive 5xx or gateway errors is ejected for the base ejection time times its
+//! ejection multiplier (at most Envoy's `max_ejection_time`, 300 s, or the base time when that
+//! is longer), then comes back on its own. The multiplier grows by one per ejection and
+//! shrinks by one for each base ejection time the endpoint stays in.
 //!
 //! State is kept per endpoint address, so it survives endpoint-table swaps; ejection is
 //! checked when an endpoint is picked, so no timer runs.
@@ -8,6 +10,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Envoy's default `max_ejection_time`.
+const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
 /// A cluster's detector settings.
 #[derive(Debug)]
@@ -62,6 +67,21 @@ impl Outliers {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|it| it.into_inner());
         let ejected_now = endpoints.values().filter(|it| it.ejected_until.is_some_and(|until| now < until)).count();
         let state = endpoints.entry(endpoint.to_owned()).or_default();
+        let base = Duration::from_millis(spec.base_ejection_time_ms);
+        if let Some(back) = state.ejected_until.filter(|until| *until <= now) {
+            // Back in: one step of the multiplier off per base ejection time served well.
+            let steps = match base.as_nanos() {
+                0 => u128::from(state.ejections),
+                step => (now - back).as_nanos() / step,
+            };
+            let steps = u32::try_from(steps).unwrap_or(u32::MAX);
+            state.ejections = state.ejections.saturating_sub(steps);
+            if state.ejections == 0 {
+                state.ejected_until = None;
+            } else if steps > 0 {
+                state.ejected_until = Some(back + base.saturating_mul(steps));
+            }
+        }
         match observed {
             Observed::Success => {
                 state.consecutive_5xx = 0;
@@ -86,7 +106,7 @@ impl Outliers {
         state.ejections += 1;
         state.consecutive_5xx = 0;
         state.consecutive_gateway = 0;
-        let time = Duration::from_millis(spec.base_ejection_time_ms).saturating_mul(state.ejections);
+        let time = base.saturating_mul(state.ejections).min(MAX_EJECTION_TIME.max(base));
         state.ejected_until = Some(now + time);
         true
     }
@@ -111,6 +131,38 @@ mod tests {
         assert!(outliers.is_ejected("a") && !outliers.is_ejected("b"));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!outliers.is_ejected("a"), "back after the ejection time");
+    }
+
+    #[test]
+    fn ejections_lengthen_up_to_the_cap_and_shorten_again_after_good_service() {
+        const LONG: OutlierSpec = OutlierSpec {
+            consecutive_5xx: 1,
+            consecutive_gateway_errors: u32::MAX,
+            base_ejection_time_ms: 200_000,
+            max_ejection_percent: 100,
+        };
+        let outliers = Outliers::default();
+        let until = |outliers: &Outliers| {
+            let endpoints = outliers.endpoints.lock().unwrap();
+            endpoints["a"].ejected_until.map(|it| it.saturating_duration_since(Instant::now()))
+        };
+        assert!(outliers.observe(&LONG, "a", Observed::ServerError, 2));
+        assert!(until(&outliers).unwrap() <= Duration::from_secs(200));
+        // A second ejection would be 400 s: capped at 300 s.
+        outliers.endpoints.lock().unwrap().get_mut("a").unwrap().ejected_until = Some(Instant::now());
+        assert!(outliers.observe(&LONG, "a", Observed::ServerError, 2));
+        let second = until(&outliers).unwrap();
+        assert!(second > Duration::from_secs(200) && second <= MAX_EJECTION_TIME, "{second:?}");
+
+        // Back for two base times: the multiplier drops from 2 to 0 and the next ejection is 200 s.
+        let short = Outliers::default();
+        assert!(short.observe(&LONG, "a", Observed::ServerError, 2));
+        short.endpoints.lock().unwrap().get_mut("a").unwrap().ejections = 2;
+        let back = Instant::now().checked_sub(Duration::from_millis(400_500)).unwrap();
+        short.endpoints.lock().unwrap().get_mut("a").unwrap().ejected_until = Some(back);
+        assert!(short.observe(&LONG, "a", Observed::ServerError, 2));
+        assert_eq!(short.endpoints.lock().unwrap()["a"].ejections, 1);
+        assert!(until(&short).unwrap() <= Duration::from_secs(200));
     }
 
     #[test]

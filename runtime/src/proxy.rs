@@ -274,7 +274,9 @@ impl Proxy {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let entry = self.log_entry(peer, &mut request);
+        let unanswered = self.unanswered(Reporter::Source, None, grpc, started, entry);
         let response = self.route_and_forward(peer, request).await;
+        let entry = unanswered.answered();
         self.metered(response, Reporter::Source, None, grpc, started, entry)
     }
 
@@ -302,6 +304,21 @@ impl Proxy {
         })
     }
 
+    /// Counts a request the client abandons before its answer starts, as Envoy does: response
+    /// code 0, flag `DC`.
+    fn unanswered(
+        &self,
+        reporter: Reporter,
+        service: Option<&'static [&'static str]>,
+        grpc: bool,
+        started: Instant,
+        entry: Option<accesslog::Entry>,
+    ) -> Unanswered {
+        let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC" };
+        let log = entry.map(|entry| (entry, &self.spec.access_log));
+        Unanswered(Some(Recording { metrics: self.metrics.clone(), labels, started, log, counted: false }))
+    }
+
     /// Counts a request once its response ends (or is dropped), with the destination service
     /// the response carries or `service`.
     fn metered(
@@ -326,7 +343,7 @@ impl Proxy {
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
         let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags };
-        let recording = Recording { metrics: self.metrics.clone(), labels, started, log };
+        let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false };
         let body = std::mem::replace(response.body_mut(), empty());
         *response.body_mut() = MeteredBody { inner: body, recording: Some(recording) }.boxed();
         response
@@ -356,7 +373,7 @@ impl Proxy {
                 let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
                 let body = body.map_err(BoxError::from).boxed();
                 let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
-                    Some(mirror) => self.mirror(mirror, &parts, body).await,
+                    Some(mirror) => self.mirror(mirror, &parts, body),
                     None => body,
                 };
                 let transport = if cluster.spec.protocol.uses_http2(parts.version) {
@@ -382,24 +399,23 @@ impl Proxy {
     }
 
     /// Sends a copy of the request to the mirror's cluster and forgets it, and gives back the
-    /// body for the request itself. The body is read whole first (up to the replay cap; a
-    /// larger one, or one of unknown length, is not mirrored and streams on as usual).
-    async fn mirror(&self, mirror: &Mirror, parts: &http::request::Parts, body: Body) -> Body {
+    /// body for the request itself. The body streams on untouched while a copy of it is kept;
+    /// the mirrored request leaves once the body has ended whole. A body of unknown size or
+    /// larger than the replay cap is not mirrored, and neither is one that fails or that the
+    /// upstream leaves unread.
+    fn mirror(&self, mirror: &Mirror, parts: &http::request::Parts, body: Body) -> Body {
         let Some(cluster) = self.clusters.get(mirror.cluster as usize) else { return body };
-        let Some(endpoint) = cluster.pick() else { return body };
-        // Copies count against the mirror cluster's circuit breaker, and at most
-        // MAX_MIRRORS_IN_FLIGHT run at once: past that, requests go unmirrored.
-        let limit = cluster.spec.limits.max_requests.min(MAX_MIRRORS_IN_FLIGHT);
-        let Some(in_flight) = InFlight::take(&cluster.requests, limit) else { return body };
-        // A body of unknown or large size streams on unmirrored.
         let known = hyper::body::Body::is_end_stream(&body)
             || hyper::body::Body::size_hint(&body).upper().is_some_and(|it| it <= REPLAY_CAP as u64);
         if !known {
             return body;
         }
-        let Ok(collected) = body.collect().await else { return empty() };
-        let bytes = collected.to_bytes();
-        let mut copy = copy_head(parts).map(|()| full(bytes.clone()));
+        let Some(endpoint) = cluster.pick() else { return body };
+        // Copies count against the mirror cluster's circuit breaker, and at most
+        // MAX_MIRRORS_IN_FLIGHT run at once: past that, requests go unmirrored.
+        let limit = cluster.spec.limits.max_requests.min(MAX_MIRRORS_IN_FLIGHT);
+        let Some(in_flight) = InFlight::take(&cluster.requests, limit) else { return body };
+        let mut copy = copy_head(parts);
         // Envoy's shadow host: `web:80` becomes `web-shadow:80`.
         if let Some(shadow) = authority_as_sent(&parts.uri, &parts.headers).map(|it| shadow_host(&it))
             && let Ok(value) = HeaderValue::from_str(&shadow)
@@ -411,15 +427,23 @@ impl Proxy {
         let http2 = cluster.spec.protocol.uses_http2(parts.version);
         let (client, pool) = (cluster.http1.clone(), cluster.http2.clone());
         let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
+        let (whole, received) = tokio::sync::oneshot::channel();
         // Fire and forget: the copy's answer, or failure, never reaches the caller.
         tokio::spawn(async move {
             let _in_flight = in_flight;
+            let Ok(bytes) = received.await else { return };
+            let copy = copy.map(|()| full(bytes));
             let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
             if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout)).await {
                 let _ = response.into_body().collect().await;
             }
         });
-        full(bytes)
+        let mut tee = TeeBody { inner: body, copy: bytes::BytesMut::new(), whole: Some(whole) };
+        // An empty body may never be polled.
+        if hyper::body::Body::is_end_stream(&tee.inner) {
+            tee.finish();
+        }
+        tee.boxed()
     }
 
     /// Handles a request from `peer` for the local application on `port`, and counts it.
@@ -428,7 +452,9 @@ impl Proxy {
         let grpc = is_grpc(request.headers());
         let service = Some(port.service_names).filter(|it| !it.is_empty());
         let entry = self.log_entry(peer, &mut request);
+        let unanswered = self.unanswered(Reporter::Destination, service, grpc, started, entry);
         let response = self.authorize_and_forward(port, peer, request).await;
+        let entry = unanswered.answered();
         self.metered(response, Reporter::Destination, service, grpc, started, entry)
     }
 
@@ -503,10 +529,15 @@ struct Recording {
     labels: Labels,
     started: Instant,
     log: Option<(accesslog::Entry, &'static accesslog::AccessLog)>,
+    /// Already counted, or not to be.
+    counted: bool,
 }
 
 impl Drop for Recording {
     fn drop(&mut self) {
+        if self.counted {
+            return;
+        }
         let elapsed = self.started.elapsed();
         if let Some((entry, format)) = &self.log {
             accesslog::write(format, entry, self.labels.code, self.labels.flags, elapsed);
@@ -515,8 +546,27 @@ impl Drop for Recording {
     }
 }
 
+/// A request not answered yet: counted as abandoned if dropped before `answered`.
+struct Unanswered(Option<Recording>);
+
+impl Unanswered {
+    /// The answer is coming: no abandonment to count; gives the log entry back.
+    fn answered(mut self) -> Option<accesslog::Entry> {
+        let mut recording = self.0.take()?;
+        let entry = recording.log.take().map(|it| it.0);
+        recording.counted = true;
+        entry
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        drop(self.0.take());
+    }
+}
+
 /// A response body that counts its request when it ends, taking `grpc-status` from its
-/// trailers.
+/// trailers; dropped before its end (the client went away), it counts with Envoy's `DC`.
 struct MeteredBody {
     inner: Body,
     recording: Option<Recording>,
@@ -555,6 +605,16 @@ impl hyper::body::Body for MeteredBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        if let Some(recording) = self.recording.as_mut()
+            && !hyper::body::Body::is_end_stream(&self.inner)
+        {
+            recording.labels.flags = "DC";
+        }
     }
 }
 
@@ -1183,6 +1243,59 @@ impl<T: Send + Sync + Unpin + 'static> hyper::body::Body for Holding<T> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A request body that keeps a copy of what passes and hands the copy over once the body
+/// has ended whole; a failed or abandoned body hands over nothing.
+struct TeeBody {
+    inner: Body,
+    copy: bytes::BytesMut,
+    whole: Option<tokio::sync::oneshot::Sender<Bytes>>,
+}
+
+impl hyper::body::Body for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if self.copy.len() + data.len() > REPLAY_CAP {
+                        // Longer than its size said: not mirrored.
+                        self.whole = None;
+                        self.copy = bytes::BytesMut::new();
+                    } else if self.whole.is_some() {
+                        self.copy.extend_from_slice(data);
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) => self.whole = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl TeeBody {
+    fn finish(&mut self) {
+        if let Some(whole) = self.whole.take() {
+            let _ = whole.send(std::mem::take(&mut self.copy).freeze());
+        }
     }
 }
 

@@ -370,6 +370,28 @@ fn the_metrics_count_exactly_the_requests_sent() {
     assert_eq!(metric(text, "istio_requests_total", &[("response_code", "503"), ("response_flags", "FI")]), 1.0, "{text}");
     assert_eq!(metric(text, "istio_requests_total", &[("response_code", "404"), ("response_flags", "NR")]), 1.0, "{text}");
     assert_eq!(metric(text, "istio_requests_total", &[]), 5.0, "{text}");
+
+    // A client that gives up before the answer is counted too, as Envoy counts it: code 0, `DC`.
+    // (Over HTTP/2, where the stream's end is explicit; an HTTP/1.1 client that closes is seen
+    // only when its answer is written, since a half-closed connection may still want it.)
+    let abandoned = Command::new("curl")
+        .args(["--silent", "--http2-prior-knowledge", "--max-time", "1", "-H", "host: web"])
+        .arg(http.url("/slow"))
+        .status()
+        .expect("run curl");
+    assert_eq!(abandoned.code(), Some(28), "curl's timeout");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let dc = [("response_code", "0"), ("response_flags", "DC")];
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = curl(&[], &format!("http://{}/stats/prometheus", http.sidecar.admin)).body;
+        if metric(&text, "istio_requests_total", &dc) == 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(metric(&text, "istio_requests_total", &dc), 1.0, "{text}");
+    assert_eq!(metric(&text, "istio_requests_total", &[]), 6.0, "{text}");
 }
 
 #[test]
@@ -392,6 +414,17 @@ fn a_mirrored_request_reaches_the_mirror_with_a_shadow_host() {
     assert_eq!((web.hits(), mirror.hits()), (1, 1));
     let seen = mirror.last().expect("the mirrored request");
     assert_eq!((seen["host"].as_str(), seen["path"].as_str()), (Some("web-shadow"), Some("/mirrored/x")), "{seen}");
+
+    // A body streams on to the upstream and a whole copy follows it to the mirror.
+    let body = "m".repeat(100_000);
+    let seen = curl(&["-H", "host: web", "--data-binary", &body], &format!("http://{}/mirrored/post", sidecar.listener("outbound")));
+    assert_eq!((seen.status, seen.json()["body_bytes"].as_u64()), (200, Some(100_000)), "{}", seen.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while mirror.hits() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let seen = mirror.last().expect("the mirrored POST");
+    assert_eq!((seen["path"].as_str(), seen["body_bytes"].as_u64()), (Some("/mirrored/post"), Some(100_000)), "{seen}");
 }
 
 #[test]
