@@ -521,6 +521,9 @@ pub struct Cluster {
     pub endpoints: Vec<InstanceId>,
     /// The effective traffic policy (subset over service).
     pub policy: TrafficPolicy,
+    /// With `istio_mutual`, the identities the endpoints may prove (the principals of the
+    /// workloads serving the service, sorted); empty: any identity of the trust domain.
+    pub peer_principals: Vec<String>,
 }
 
 /// The ordered routes for one host and port (HTTP), one service port (TCP) or one RPC interface.
@@ -880,6 +883,21 @@ pub struct InboundPort {
     pub services: Vec<ServiceId>,
     /// The service ports that reach this port, sorted.
     pub service_ports: Vec<u16>,
+    /// What the port accepts from callers.
+    pub mtls: PeerMtls,
+}
+
+/// What an inbound port accepts, as Istio's PeerAuthentication modes say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerMtls {
+    /// Plaintext only.
+    Disable,
+    /// Mutual TLS or plaintext (Istio's default).
+    #[default]
+    Permissive,
+    /// Mutual TLS only.
+    Strict,
 }
 
 /// An authorization policy with Istio's semantics.

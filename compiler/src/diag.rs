@@ -78,6 +78,7 @@ codes! {
     IneffectivePolicy = "E0401", Some("IST0167"), "an authorization policy or rule can never apply";
     InvalidPattern = "E0402", None, "an authorization value (IP block, path, condition key) is malformed";
     InboundConflict = "E0403", Some("IST0137"), "a workload serves two services on one port with different protocols";
+    UnservedMtlsPort = "E0404", None, "an `mtls port` names a port the workload does not serve";
 }
 
 impl fmt::Display for Code {

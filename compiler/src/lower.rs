@@ -182,8 +182,21 @@ impl Lowering<'_, '_> {
             .map(|(index, (name, slot, service, port, endpoints, policy))| {
                 let id = ir::ClusterId(index as u32);
                 let subset = slot.2.clone();
+                // The identities an `istio_mutual` upstream may prove: its workloads'.
+                let mut peer_principals: Vec<String> = match policy.tls.mode {
+                    ir::TlsMode::IstioMutual => self
+                        .checked
+                        .workloads
+                        .values()
+                        .filter(|it| it.serves.iter().any(|served| (&served.0, &served.1) == (&slot.0.0, &slot.0.1)))
+                        .map(|it| format!("{}/ns/{}/sa/{}", self.manifest.trust_domain, it.namespace, it.service_account))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                peer_principals.sort();
+                peer_principals.dedup();
                 self.cluster_ids.insert(slot, id);
-                ir::Cluster { id, name, service, port: port.number, subset, protocol: port.protocol, endpoints, policy }
+                ir::Cluster { id, name, service, port: port.number, subset, protocol: port.protocol, endpoints, policy, peer_principals }
             })
             .collect()
     }
@@ -370,6 +383,8 @@ impl Lowering<'_, '_> {
                 calls: None,
                 rate_limit: None,
                 telemetry: self.checked.telemetry.clone(),
+                mtls: ir::PeerMtls::Permissive,
+                port_mtls: BTreeMap::new(),
                 declared_in: None,
             }]
         } else {
@@ -389,6 +404,7 @@ impl Lowering<'_, '_> {
                             protocol: port.protocol,
                             services: Vec::new(),
                             service_ports: Vec::new(),
+                            mtls: workload.port_mtls.get(&port.target_port).copied().unwrap_or(workload.mtls),
                         });
                         entry.services.push(service.id);
                         entry.service_ports.push(port.number);

@@ -168,6 +168,10 @@ pub struct CheckedWorkload {
     pub rate_limit: Option<ir::RateLimit>,
     /// Telemetry (mesh-wide, overridden).
     pub telemetry: ir::Telemetry,
+    /// What its ports accept, unless `port_mtls` says otherwise.
+    pub mtls: ir::PeerMtls,
+    /// Per-port modes.
+    pub port_mtls: BTreeMap<u16, ir::PeerMtls>,
     /// Declaring file; `None` for the implicit `default` workload.
     pub declared_in: Option<String>,
 }

@@ -146,6 +146,8 @@ impl Checker<'_, '_> {
                     calls,
                     rate_limit: decl.rate_limit.as_ref().map(|it| super::routes::rate_limit(&it.value)),
                     telemetry,
+                    mtls: decl.mtls.as_ref().map_or(ir::PeerMtls::Permissive, |it| peer_mtls(it.value)),
+                    port_mtls: decl.port_mtls.iter().map(|(port, mode)| (port.value, peer_mtls(*mode))).collect(),
                     declared_in: Some(self.path(decl.span)),
                 },
             );
@@ -195,6 +197,20 @@ impl Checker<'_, '_> {
                         ports.insert(port.target_port, (port.protocol, key.1.as_str(), port.number));
                     }
                 }
+            }
+        }
+        for (port, _) in &decl.port_mtls {
+            if !ports.contains_key(&port.value) {
+                let served: Vec<String> = ports.keys().map(u16::to_string).collect();
+                let served = if served.is_empty() { "none".to_owned() } else { served.join(", ") };
+                self.push(
+                    Diagnostic::warning(
+                        Code::UnservedMtlsPort,
+                        format!("workload `{}` serves no port {}; the mode set for it applies to nothing", decl.name.text, port.value),
+                    )
+                    .primary(port.span, "not an application port of this workload")
+                    .note(format!("the ports it serves (the services' target ports) are {served}")),
+                );
             }
         }
     }
@@ -608,6 +624,14 @@ pub fn parse_pattern(text: &str, path: bool) -> Result<Pattern, String> {
         (1, Some(prefix), _) => Ok(Pattern::Prefix(prefix.to_owned())),
         (1, _, Some(suffix)) => Ok(Pattern::Suffix(suffix.to_owned())),
         _ => Err("`*` may appear once, at the start or the end".to_owned()),
+    }
+}
+
+fn peer_mtls(mode: ast::MtlsMode) -> ir::PeerMtls {
+    match mode {
+        ast::MtlsMode::Strict => ir::PeerMtls::Strict,
+        ast::MtlsMode::Permissive => ir::PeerMtls::Permissive,
+        ast::MtlsMode::Disable => ir::PeerMtls::Disable,
     }
 }
 

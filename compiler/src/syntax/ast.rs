@@ -410,6 +410,21 @@ pub struct Workload {
     pub rate_limit: Option<Spanned<RateLimit>>,
     /// `telemetry` overrides.
     pub telemetry: Option<Telemetry>,
+    /// `mtls MODE`: the mode of every port that sets none.
+    pub mtls: Option<Spanned<MtlsMode>>,
+    /// `mtls port N MODE`, in order.
+    pub port_mtls: Vec<(Spanned<u16>, MtlsMode)>,
+}
+
+/// What a workload's ports accept (Istio's PeerAuthentication modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Mutual TLS only.
+    Strict,
+    /// Mutual TLS or plaintext.
+    Permissive,
+    /// Plaintext only.
+    Disable,
 }
 
 /// The outbound scope of a workload.

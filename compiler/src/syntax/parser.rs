@@ -1015,6 +1015,8 @@ impl Builder<'_> {
             calls: None,
             rate_limit: None,
             telemetry: None,
+            mtls: None,
+            port_mtls: Vec::new(),
         };
         let mut namespace: Option<Spanned<Name>> = None;
         let mut account: Option<Spanned<Name>> = None;
@@ -1038,6 +1040,43 @@ impl Builder<'_> {
                 Rule::rate_limit_stmt => {
                     if let Some(limit) = self.rate_limit(stmt) {
                         self.set_once(&mut workload.rate_limit, limit.value, stmt_span, "rate_limit");
+                    }
+                }
+                Rule::wl_mtls => {
+                    let mut parts = stmt.into_inner().skip(1);
+                    let mut port = None;
+                    let mut mode = MtlsMode::Permissive;
+                    for part in parts.by_ref() {
+                        match part.as_rule() {
+                            Rule::int => port = Some(self.int::<u16>(part, 1, 65535, "a port")),
+                            Rule::mtls_mode => {
+                                mode = match part.as_str() {
+                                    "strict" => MtlsMode::Strict,
+                                    "disable" => MtlsMode::Disable,
+                                    _ => MtlsMode::Permissive,
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    match port {
+                        None => self.set_once(&mut workload.mtls, mode, stmt_span, "mtls"),
+                        Some(Some(port)) => {
+                            if let Some(previous) = workload.port_mtls.iter().find(|it| it.0.value == port.value) {
+                                let previous = previous.0.span;
+                                self.diagnostics.push(
+                                    Diagnostic::error(
+                                        Code::DuplicateSetting,
+                                        format!("`mtls port {}` is set twice in one workload", port.value),
+                                    )
+                                    .primary(stmt_span, "set again here")
+                                    .secondary(previous, "first set here"),
+                                );
+                            } else {
+                                workload.port_mtls.push((port, mode));
+                            }
+                        }
+                        Some(None) => {}
                     }
                 }
                 Rule::telemetry => {
