@@ -145,8 +145,10 @@ pub enum Key {
     SourcePrincipal,
     /// `destination.port`.
     DestinationPort,
-    /// An attribute this sidecar does not know yet (`destination.ip`, `connection.sni`).
-    Unknown,
+    /// `destination.ip`: the address the caller connected to.
+    DestinationIp,
+    /// `connection.sni`: the server name of a TLS connection.
+    ConnectionSni,
 }
 
 /// A `when` condition: for address keys the blocks apply, for the others the patterns.
@@ -227,6 +229,10 @@ pub struct Request<'h, 'a> {
     pub principal: Option<&'h str>,
     /// The application port the request is for.
     pub port: u16,
+    /// The address the caller connected to.
+    pub local: Option<IpAddr>,
+    /// The server name the caller asked for in its TLS handshake.
+    pub sni: Option<&'h str>,
 }
 
 impl Request<'_, '_> {
@@ -297,7 +303,8 @@ impl Condition {
                 let port = request.port.to_string();
                 field(self.values, self.not_values, Some(port.as_str()), |p, v| p.test(v))
             }
-            Key::Unknown => field::<Pat, &str>(self.values, self.not_values, None, |p, v| p.test(v)),
+            Key::DestinationIp => field(self.blocks, self.not_blocks, request.local, |b, ip| b.contains(ip)),
+            Key::ConnectionSni => field(self.values, self.not_values, request.sni, |p, v| p.test(v)),
         }
     }
 }
@@ -328,7 +335,7 @@ mod tests {
     fn verdict(policies: &Policies, method: &str, path: &str, peer: &str, principal: Option<&str>) -> Verdict {
         let headers = http::HeaderMap::new();
         let head = RequestHead::from_parts(method, "ratings:9080", path, None, &headers);
-        let request = Request { head: &head, peer: peer.parse().ok(), principal, port: 9080 };
+        let request = Request { head: &head, peer: peer.parse().ok(), principal, port: 9080, local: None, sni: None };
         policies.authorize(&request)
     }
 

@@ -275,6 +275,7 @@ mod tests {
             limits: crate::spec::Limits::NONE,
             outlier: None,
             health_check: None,
+            tls: crate::spec::UpstreamTls::Disable,
             endpoints: &[],
         },
         ClusterSpec {
@@ -289,6 +290,7 @@ mod tests {
             limits: crate::spec::Limits::NONE,
             outlier: None,
             health_check: None,
+            tls: crate::spec::UpstreamTls::Disable,
             endpoints: &[],
         },
     ];

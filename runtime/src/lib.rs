@@ -21,6 +21,7 @@ pub mod replay;
 mod server;
 pub mod spec;
 pub mod table;
+pub mod tls;
 pub mod trace;
 
 /// The only face of the runtime that generated code sees. Every path a generated crate uses
@@ -36,7 +37,7 @@ pub mod __codegen {
     pub use crate::server::run;
     pub use crate::spec::{
         Abort, Answer, Balancer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HashOn, HeaderOps, Limits, ListenerKind,
-        ListenerSpec, Mirror, PathRewrite, Protocol, Retries, RetryOn, SidecarSpec, WeightedCluster,
+        ListenerSpec, Mirror, PathRewrite, PeerMtls, Protocol, Retries, RetryOn, SidecarSpec, UpstreamTls, WeightedCluster,
     };
     pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 

@@ -7,7 +7,7 @@
 //! as given.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -25,12 +25,23 @@ use crate::proxy::Body;
 pub struct Http2Pool {
     connections: Mutex<BTreeMap<String, SendRequest<Body>>>,
     connect_timeout: Duration,
+    /// TLS on every connection, with the name to send.
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
 impl Http2Pool {
     /// An empty pool whose connections time out after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Http2Pool {
-        Http2Pool { connections: Mutex::new(BTreeMap::new()), connect_timeout }
+        Http2Pool { connections: Mutex::new(BTreeMap::new()), connect_timeout, tls: None }
+    }
+
+    /// An empty pool whose connections are TLS with `config`, sending `name`.
+    pub fn with_tls(
+        connect_timeout: Duration,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Http2Pool {
+        Http2Pool { connections: Mutex::new(BTreeMap::new()), connect_timeout, tls: Some((config, name)) }
     }
 
     /// Sends `request` (whose URI carries the authority to send) to `endpoint`.
@@ -51,20 +62,39 @@ impl Http2Pool {
         if let Some(sender) = self.lock().get(&key).filter(|it| !it.is_closed()) {
             return Ok(sender.clone());
         }
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((endpoint.address.as_str(), endpoint.port)))
+        let failed = |_| Error::UpstreamConnect(key.clone());
+        let connected = async {
+            let stream = TcpStream::connect((endpoint.address.as_str(), endpoint.port)).await?;
+            let _ = stream.set_nodelay(true);
+            let builder = {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder.timer(TokioTimer::new());
+                builder
+            };
+            // The connection runs until either side closes it; its error ends only its streams.
+            let sender = match &self.tls {
+                None => {
+                    let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    sender
+                }
+                Some((config, name)) => {
+                    let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await?;
+                    let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    sender
+                }
+            };
+            Ok::<_, std::io::Error>(sender)
+        };
+        let sender = tokio::time::timeout(self.connect_timeout, connected)
             .await
             .map_err(|_| Error::UpstreamConnect(key.clone()))?
-            .map_err(|_| Error::UpstreamConnect(key.clone()))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Error::UpstreamConnect(key.clone()))?;
-        // The connection runs until either side closes it; its error ends only its streams.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+            .map_err(failed)?;
         self.lock().insert(key, sender.clone());
         Ok(sender)
     }

@@ -18,9 +18,11 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 use crate::error::Error;
@@ -32,8 +34,9 @@ use crate::pool::Http2Pool;
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
     Abort, Answer, Balancer, ClusterSpec, Decision, Fault, Forward, HashOn, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn,
-    SidecarSpec,
+    SidecarSpec, UpstreamTls,
 };
+use crate::tls::{MeshTls, UpstreamCheck};
 use crate::{accesslog, authz};
 
 /// Why a body stopped early: the peer's error, a deadline, an abandoned try.
@@ -49,7 +52,9 @@ pub struct Cluster {
     pub spec: &'static ClusterSpec,
     /// Its endpoints.
     pub endpoints: ClusterEndpoints,
-    http1: Client<HttpConnector, Body>,
+    http1: Http1Client,
+    /// Whether connections are TLS (`https` URIs for the HTTP/1.1 client).
+    secure: bool,
     http2: Arc<Http2Pool>,
     /// Requests in flight per endpoint, for least-request balancing.
     active: std::sync::Mutex<std::collections::BTreeMap<String, Arc<AtomicU32>>>,
@@ -152,19 +157,53 @@ impl Cluster {
         self.outliers.observe(spec, &endpoint.authority(), observed, count);
     }
 
-    fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints) -> Cluster {
+    /// The cluster's run-time state; `Err` when its TLS mode needs certificates the sidecar
+    /// was not given.
+    fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints, tls: Option<&Arc<MeshTls>>) -> Result<Cluster, String> {
         let connect_timeout = Duration::from_millis(spec.connect_timeout_ms);
-        Cluster {
+        let host = spec.service_names.last().copied().unwrap_or(spec.name);
+        let (check, sni) = match &spec.tls {
+            UpstreamTls::Disable => (None, None),
+            UpstreamTls::Simple { sni } => (Some(UpstreamCheck::Name), Some(sni.unwrap_or(host).to_owned())),
+            UpstreamTls::Mutual { sni } => (Some(UpstreamCheck::NameWithClientCert), Some(sni.unwrap_or(host).to_owned())),
+            // Istio's SNI for mesh traffic: `outbound_.<port>_.<subset>_.<host>`.
+            UpstreamTls::IstioMutual { sni, principals } => {
+                let subset = spec.name.split('|').nth(2).unwrap_or_default();
+                let istio = format!("outbound_.{}_.{subset}_.{host}", spec.port);
+                (Some(UpstreamCheck::Mesh(principals)), Some(sni.map_or(istio, str::to_owned)))
+            }
+        };
+        let (http1, http2, secure) = match (check, sni) {
+            (Some(check), Some(sni)) => {
+                let Some(tls) = tls else {
+                    return Err(format!("cluster {} uses TLS: start the sidecar with --tls-cert, --tls-key and --tls-ca", spec.name));
+                };
+                let name = ServerName::try_from(sni.clone())
+                    .or_else(|_| ServerName::try_from(host.to_owned()))
+                    .map_err(|_| format!("cluster {}: `{sni}` is not a server name TLS can send", spec.name))?;
+                // hyper-rustls sets the HTTP/1.1 configuration's ALPN itself.
+                let http1_config = tls.client_config(check, &[])?;
+                let http2_config = tls.client_config(check, &[b"h2"])?;
+                (
+                    http1_client(connect_timeout, Some((http1_config, name.clone())))?,
+                    Http2Pool::with_tls(connect_timeout, http2_config, name),
+                    true,
+                )
+            }
+            _ => (http1_client(connect_timeout, None)?, Http2Pool::new(connect_timeout), false),
+        };
+        Ok(Cluster {
             spec,
             endpoints,
-            http1: http1_client(connect_timeout),
-            http2: Arc::new(Http2Pool::new(connect_timeout)),
+            http1,
+            secure,
+            http2: Arc::new(http2),
             active: std::sync::Mutex::default(),
             outliers: Outliers::default(),
             health: Health::default(),
             requests: Arc::default(),
             retries: Arc::default(),
-        }
+        })
     }
 }
 
@@ -186,20 +225,44 @@ impl Drop for InFlight {
     }
 }
 
-/// A pooled HTTP/1.1 client.
-fn http1_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+/// The pooled HTTP/1.1 client: plaintext for `http` URIs, TLS for `https` ones.
+type Http1Client = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A pooled HTTP/1.1 client; with `tls`, `https` URIs go over TLS with that configuration
+/// and server name (the URI's host is an endpoint's address, not a name to check).
+fn http1_client(connect_timeout: Duration, tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>) -> Result<Http1Client, String> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let connector = match tls {
+        Some((config, name)) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(config))
+            .https_or_http()
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            .enable_http1()
+            .wrap_connector(connector),
+        // Only `http` URIs reach this one: its TLS settings trust nothing and are never used.
+        None => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|err| err.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            HttpsConnector::from((connector, config))
+        }
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_idle_timeout(Duration::from_secs(60));
-    builder.build(connector)
+    Ok(builder.build(connector))
 }
 
 /// How a request reaches an endpoint.
 #[derive(Clone, Copy)]
 enum Transport<'a> {
-    Http1(&'a Client<HttpConnector, Body>),
+    /// HTTP/1.1, over TLS when `secure`.
+    Http1(&'a Http1Client, bool),
     Http2(&'a Http2Pool),
 }
 
@@ -213,21 +276,48 @@ pub struct Proxy {
     /// Request metrics.
     pub metrics: Arc<Metrics>,
     /// Connections to the local application, HTTP/1.1 and HTTP/2.
-    local_http1: Client<HttpConnector, Body>,
+    local_http1: Http1Client,
     local_http2: Http2Pool,
 }
 
+/// Who sent a request, as the connection tells: the peer's address and, over mutual TLS,
+/// the identity its certificate proved.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    /// The peer's address.
+    pub ip: IpAddr,
+    /// The address the peer connected to.
+    pub local: Option<IpAddr>,
+    /// The peer's SPIFFE identity without the scheme (`cluster.local/ns/default/sa/web`).
+    pub principal: Option<Arc<str>>,
+    /// The server name the peer sent in its TLS handshake.
+    pub sni: Option<Arc<str>>,
+}
+
+impl Downstream {
+    /// A plaintext peer.
+    pub fn plain(ip: IpAddr, local: Option<IpAddr>) -> Downstream {
+        Downstream { ip, local, principal: None, sni: None }
+    }
+}
+
 impl Proxy {
-    /// The proxy for a spec, with each cluster's endpoints.
-    pub fn new(spec: &'static SidecarSpec, endpoints: Vec<ClusterEndpoints>) -> Proxy {
-        let clusters: Vec<Cluster> = spec.clusters.iter().zip(endpoints).map(|(spec, endpoints)| Cluster::new(spec, endpoints)).collect();
-        Proxy {
+    /// The proxy for a spec, with each cluster's endpoints and the workload's certificates;
+    /// `Err` says what is missing for a cluster that needs TLS.
+    pub fn new(spec: &'static SidecarSpec, endpoints: Vec<ClusterEndpoints>, tls: Option<&Arc<MeshTls>>) -> Result<Proxy, String> {
+        let clusters = spec
+            .clusters
+            .iter()
+            .zip(endpoints)
+            .map(|(spec, endpoints)| Cluster::new(spec, endpoints, tls))
+            .collect::<Result<Vec<Cluster>, String>>()?;
+        Ok(Proxy {
             spec,
             clusters,
             metrics: Arc::new(Metrics::default()),
-            local_http1: http1_client(Duration::from_secs(1)),
+            local_http1: http1_client(Duration::from_secs(1), None)?,
             local_http2: Http2Pool::new(Duration::from_secs(1)),
-        }
+        })
     }
 
     /// Every endpoint of every cluster with its state, as Envoy's admin `/clusters` lists
@@ -379,7 +469,7 @@ impl Proxy {
                 let transport = if cluster.spec.protocol.uses_http2(parts.version) {
                     Transport::Http2(&cluster.http2)
                 } else {
-                    Transport::Http1(&cluster.http1)
+                    Transport::Http1(&cluster.http1, cluster.secure)
                 };
                 let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
                 let upstream = Upstream { cluster, transport, forward, key };
@@ -425,7 +515,7 @@ impl Proxy {
                 Uri::builder().path_and_query(parts.uri.path_and_query().map_or("/", |it| it.as_str())).build().unwrap_or_default();
         }
         let http2 = cluster.spec.protocol.uses_http2(parts.version);
-        let (client, pool) = (cluster.http1.clone(), cluster.http2.clone());
+        let (client, pool, secure) = (cluster.http1.clone(), cluster.http2.clone(), cluster.secure);
         let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
         let (whole, received) = tokio::sync::oneshot::channel();
         // Fire and forget: the copy's answer, or failure, never reaches the caller.
@@ -433,7 +523,7 @@ impl Proxy {
             let _in_flight = in_flight;
             let Ok(bytes) = received.await else { return };
             let copy = copy.map(|()| full(bytes));
-            let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
+            let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client, secure) };
             if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout)).await {
                 let _ = response.into_body().collect().await;
             }
@@ -447,11 +537,11 @@ impl Proxy {
     }
 
     /// Handles a request from `peer` for the local application on `port`, and counts it.
-    pub async fn inbound(&self, port: &InboundPort, peer: IpAddr, mut request: Request<Incoming>) -> Response<Body> {
+    pub async fn inbound(&self, port: &InboundPort, peer: &Downstream, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let service = Some(port.service_names).filter(|it| !it.is_empty());
-        let entry = self.log_entry(peer, &mut request);
+        let entry = self.log_entry(peer.ip, &mut request);
         let unanswered = self.unanswered(Reporter::Destination, service, grpc, started, entry);
         let response = self.authorize_and_forward(port, peer, request).await;
         let entry = unanswered.answered();
@@ -459,7 +549,7 @@ impl Proxy {
     }
 
     /// Authorization first, then forwarding to the application.
-    async fn authorize_and_forward(&self, inbound: &InboundPort, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    async fn authorize_and_forward(&self, inbound: &InboundPort, peer: &Downstream, request: Request<Incoming>) -> Response<Body> {
         let (app, port, protocol) = (&inbound.app, inbound.port, inbound.protocol);
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
@@ -472,17 +562,26 @@ impl Proxy {
         let path = normalise_path(raw.path());
         let authority = raw.authority().to_owned();
         let head = RequestHead::from_parts(parts.method.as_str(), &authority, &path, parts.uri.query(), &parts.headers);
-        // Without mutual TLS (issue 4 brings it) the peer proves no identity.
-        let verdict = self.spec.authz.authorize(&authz::Request { head: &head, peer: Some(peer), principal: None, port });
+        let verdict = self.spec.authz.authorize(&authz::Request {
+            head: &head,
+            peer: Some(peer.ip),
+            principal: peer.principal.as_deref(),
+            port,
+            local: peer.local,
+            sni: peer.sni.as_deref(),
+        });
         if !verdict.allowed {
             return local_reply(Error::Denied, grpc);
         }
-        if self.spec.inbound_rate_limit.is_some_and(|it| !it.admit(peer)) {
+        if self.spec.inbound_rate_limit.is_some_and(|it| !it.admit(peer.ip)) {
             return local_reply(Error::RateLimited, grpc);
         }
         let request = Request::from_parts(parts, body);
-        let transport =
-            if protocol.uses_http2(request.version()) { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
+        let transport = if protocol.uses_http2(request.version()) {
+            Transport::Http2(&self.local_http2)
+        } else {
+            Transport::Http1(&self.local_http1, false)
+        };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
         forward_to(transport, Request::from_parts(parts, body.map_err(BoxError::from).boxed()), app, None, Limits::total(timeout))
@@ -943,8 +1042,12 @@ async fn forward_to(
     }
     // HTTP/1.1 connects to the URI's authority and sends `Host`; HTTP/2 connects to the
     // endpoint and sends the URI's authority as `:authority`.
+    let mut scheme = "http";
     let uri_authority = match transport {
-        Transport::Http1(_) => {
+        Transport::Http1(_, secure) => {
+            if secure {
+                scheme = "https";
+            }
             parts.version = Version::HTTP_11;
             match HeaderValue::from_str(&authority) {
                 Ok(value) => parts.headers.insert(header::HOST, value),
@@ -958,7 +1061,7 @@ async fn forward_to(
             authority
         }
     };
-    parts.uri = match Uri::builder().scheme("http").authority(uri_authority).path_and_query(path_and_query).build() {
+    parts.uri = match Uri::builder().scheme(scheme).authority(uri_authority).path_and_query(path_and_query).build() {
         Ok(uri) => uri,
         Err(_) => return Err(Error::BadRequest("the request path cannot be forwarded")),
     };
@@ -970,7 +1073,7 @@ async fn forward_to(
     let request = Request::from_parts(parts, body);
     let sent = async {
         match transport {
-            Transport::Http1(client) => client.request(request).await.map_err(|err| {
+            Transport::Http1(client, _) => client.request(request).await.map_err(|err| {
                 if err.is_connect() { Error::UpstreamConnect(endpoint.authority()) } else { Error::UpstreamReset(endpoint.authority()) }
             }),
             Transport::Http2(pool) => pool.send(endpoint, request).await,

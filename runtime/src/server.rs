@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 
 use crate::endpoints::{self, ClusterEndpoints, Endpoint};
 use crate::guard::{Guarded, UpgradeSignal};
-use crate::proxy::{Body, InboundPort, Proxy, full};
-use crate::spec::{ListenerKind, SidecarSpec};
+use crate::proxy::{Body, Downstream, InboundPort, Proxy, full};
+use crate::spec::{ListenerKind, PeerMtls, SidecarSpec};
+use crate::tls::{MeshTls, TlsFiles};
 
 /// Writes a line to stderr, ignoring failures: a sidecar whose stderr was closed keeps
 /// serving (`eprintln!` would panic).
@@ -26,6 +27,11 @@ macro_rules! say {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
+}
+
+/// Writes a line to stderr, ignoring failures (for modules outside this one).
+pub(crate) fn say(line: &str) {
+    say!("{line}");
 }
 
 /// How long a client may take to send a request head.
@@ -44,6 +50,7 @@ struct Options {
     app: Vec<(u16, SocketAddr)>,
     admin: SocketAddr,
     endpoints: Option<String>,
+    tls: Option<TlsFiles>,
 }
 
 fn command(spec: &SidecarSpec) -> clap::Command {
@@ -85,6 +92,27 @@ fn command(spec: &SidecarSpec) -> clap::Command {
                 .long("endpoints")
                 .value_name("FILE")
                 .help("Replace the registry snapshot's endpoints with those of a TOML file of [[endpoint]] tables"),
+        )
+        .arg(
+            clap::Arg::new("tls-cert")
+                .long("tls-cert")
+                .value_name("FILE")
+                .requires_all(["tls-key", "tls-ca"])
+                .help("The workload's certificate chain (PEM, with its spiffe:// identity), for mutual TLS; reloaded when it changes"),
+        )
+        .arg(
+            clap::Arg::new("tls-key")
+                .long("tls-key")
+                .value_name("FILE")
+                .requires_all(["tls-cert", "tls-ca"])
+                .help("The certificate's private key (PEM)"),
+        )
+        .arg(
+            clap::Arg::new("tls-ca")
+                .long("tls-ca")
+                .value_name("FILE")
+                .requires_all(["tls-cert", "tls-key"])
+                .help("The mesh's root certificates (PEM), which peers' certificates must chain to"),
         )
 }
 
@@ -143,7 +171,11 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
         );
     };
     let drain_time = std::time::Duration::from_secs(matches.get_one::<u64>("drain-time-s").copied().unwrap_or(5));
-    Ok(Options { listen, drain_time, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned() })
+    let tls = match (matches.get_one::<String>("tls-cert"), matches.get_one::<String>("tls-key"), matches.get_one::<String>("tls-ca")) {
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert: cert.into(), key: key.into(), ca: ca.into() }),
+        _ => None,
+    };
+    Ok(Options { listen, drain_time, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned(), tls })
 }
 
 /// Runs the sidecar until SIGINT or SIGTERM. Exit codes: 0 after a signal, 1 when a listener
@@ -176,6 +208,33 @@ pub fn run(spec: &'static SidecarSpec) -> ExitCode {
             }
         }
     };
+    let tls = match options.tls.clone().map(|files| MeshTls::load(files, spec.trust_domain)).transpose() {
+        Ok(tls) => tls,
+        Err(err) => {
+            say!("error: cannot use the TLS files: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(identity) = tls.as_ref().and_then(|it| it.identity())
+        && identity != spec.principal
+    {
+        say!("{}: warning: the certificate proves {identity}, not this workload's identity {}", spec.workload, spec.principal);
+    }
+    for listener in spec.listeners {
+        if let ListenerKind::Inbound { mtls: PeerMtls::Strict, .. } = listener.kind
+            && tls.is_none()
+        {
+            say!("error: listener {} accepts mutual TLS only: start the sidecar with --tls-cert, --tls-key and --tls-ca", listener.name);
+            return ExitCode::from(2);
+        }
+    }
+    let proxy = match Proxy::new(spec, endpoints, tls.as_ref()) {
+        Ok(proxy) => Arc::new(proxy),
+        Err(err) => {
+            say!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -183,11 +242,23 @@ pub fn run(spec: &'static SidecarSpec) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(spec, options, endpoints))
+    runtime.block_on(serve(spec, options, proxy, tls))
 }
 
-async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<ClusterEndpoints>) -> ExitCode {
-    let proxy = Arc::new(Proxy::new(spec, endpoints));
+async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, tls: Option<Arc<MeshTls>>) -> ExitCode {
+    let acceptor = match &tls {
+        Some(tls) => match tls.server_config() {
+            Ok(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
+            Err(err) => {
+                say!("error: cannot set up TLS: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    if let Some(tls) = tls {
+        tokio::spawn(tls.watch(spec.workload));
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let drain = Drain::new();
     // Active health checks, one task per checked cluster.
@@ -240,12 +311,17 @@ async fn serve(spec: &'static SidecarSpec, options: Options, endpoints: Vec<Clus
         let proxy = proxy.clone();
         let serves = match listener.kind {
             ListenerKind::Outbound => Serves::Outbound,
-            ListenerKind::Inbound { app_port, protocol, service_names } => {
+            ListenerKind::Inbound { app_port, protocol, service_names, mtls } => {
                 let app = match options.app.iter().rev().find(|it| it.0 == app_port) {
                     Some((_, address)) => Endpoint::at(*address),
                     None => Endpoint::at(SocketAddr::from(([127, 0, 0, 1], app_port))),
                 };
-                Serves::Inbound(Arc::new(InboundPort { app, port: app_port, protocol, service_names }))
+                let tls = match mtls {
+                    PeerMtls::Disable => Accepts::Plaintext,
+                    PeerMtls::Permissive => acceptor.clone().map_or(Accepts::Plaintext, Accepts::Either),
+                    PeerMtls::Strict => acceptor.clone().map_or(Accepts::Plaintext, Accepts::MutualTls),
+                };
+                Serves::Inbound(Arc::new(InboundPort { app, port: app_port, protocol, service_names }), tls)
             }
         };
         tokio::spawn(accept_loop(socket, proxy, serves, drain.clone()));
@@ -336,15 +412,30 @@ async fn wait_for_signal() {
 #[derive(Clone)]
 enum Serves {
     Outbound,
-    Inbound(Arc<InboundPort>),
+    Inbound(Arc<InboundPort>, Accepts),
 }
+
+/// What an inbound listener accepts.
+#[derive(Clone)]
+enum Accepts {
+    Plaintext,
+    /// Mutual TLS when the first byte starts a TLS handshake, plaintext otherwise.
+    Either(tokio_rustls::TlsAcceptor),
+    /// Mutual TLS only.
+    MutualTls(tokio_rustls::TlsAcceptor),
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, drain: Drain) {
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
-            // Draining: stop accepting; dropping the socket refuses new connections.
-            () = drain.signalled() => return,
+            // Draining: inbound listeners stop accepting (dropping the socket refuses new
+            // connections); the outbound one goes on, since the application may still be
+            // finishing its own work and calling out, as Envoy keeps its listeners while it drains.
+            () = drain.signalled(), if !matches!(serves, Serves::Outbound) => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -362,51 +453,96 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
         let open = OpenConnection::new(&drain);
         tokio::spawn(async move {
             let _open = open;
-            let signal = UpgradeSignal::default();
-            let guarded = Guarded::new(stream, signal.clone());
-            let service = service_fn(move |request: Request<Incoming>| {
-                let proxy = proxy.clone();
-                let serves = serves.clone();
-                let signal = signal.clone();
-                async move {
-                    let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
-                    let connect = request.method() == Method::CONNECT;
-                    let response = match serves {
-                        Serves::Outbound => proxy.outbound(peer.ip(), request).await,
-                        Serves::Inbound(port) => proxy.inbound(&port, peer.ip(), request).await,
-                    };
-                    let mut response = response;
-                    if awaited {
-                        let status = response.status();
-                        let upgraded = status == StatusCode::SWITCHING_PROTOCOLS || connect && status.is_success();
-                        signal.answer(upgraded);
-                        if !upgraded {
-                            // hyper keeps a declined upgrade pending until the connection ends,
-                            // and then drops the connection without shutting it down; closing
-                            // after this answer keeps the state of the connection simple.
-                            response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                        }
-                    }
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // `half_close`: after the guard ends the stream at a bad request, the answers to
-            // the requests before it still go out, then the 400. The header timeout is
-            // Envoy's `request_headers_timeout`-like bound on a client that never finishes.
-            builder.http1().half_close(true).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            builder.http2().timer(TokioTimer::new());
-            // A connection error is the client's problem and ends only that connection.
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                () = drain.signalled() => {}
+            let local = stream.local_addr().ok().map(|it| it.ip());
+            let plain = Downstream::plain(peer.ip(), local);
+            let acceptor = match &serves {
+                Serves::Outbound | Serves::Inbound(_, Accepts::Plaintext) => None,
+                Serves::Inbound(_, Accepts::Either(acceptor)) => Some((acceptor.clone(), false)),
+                Serves::Inbound(_, Accepts::MutualTls(acceptor)) => Some((acceptor.clone(), true)),
+            };
+            let Some((acceptor, strict)) = acceptor else {
+                return serve_http(stream, plain, proxy, serves, drain).await;
+            };
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(1)) => {}
+                _ => return,
             }
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            if first[0] != TLS_HANDSHAKE {
+                // Strict: a plaintext caller's connection is closed unanswered, as Envoy's
+                // listener without a plaintext filter chain does.
+                if !strict {
+                    serve_http(stream, plain, proxy, serves, drain).await;
+                }
+                return;
+            }
+            let Ok(Ok(stream)) = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await else { return };
+            let (_, connection) = stream.get_ref();
+            let principal = connection.peer_certificates().and_then(|it| it.first()).and_then(crate::tls::spiffe_identity);
+            let sni = connection.server_name().map(Arc::from);
+            let downstream = Downstream { principal: principal.map(Arc::from), sni, ..plain };
+            serve_http(stream, downstream, proxy, serves, drain).await;
         });
     }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one accepted connection until it ends or a drain closes it.
+async fn serve_http<S>(stream: S, downstream: Downstream, proxy: Arc<Proxy>, serves: Serves, drain: Drain)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // A connection accepted during a drain (only the outbound listener takes them) answers
+    // one request and closes, rather than waiting for the drain to close it.
+    let late = *drain.started.borrow();
+    let signal = UpgradeSignal::default();
+    let guarded = Guarded::new(stream, signal.clone());
+    let downstream = Arc::new(downstream);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let serves = serves.clone();
+        let signal = signal.clone();
+        let downstream = downstream.clone();
+        async move {
+            let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
+            let connect = request.method() == Method::CONNECT;
+            let response = match serves {
+                Serves::Outbound => proxy.outbound(downstream.ip, request).await,
+                Serves::Inbound(port, _) => proxy.inbound(&port, &downstream, request).await,
+            };
+            let mut response = response;
+            if awaited {
+                let status = response.status();
+                let upgraded = status == StatusCode::SWITCHING_PROTOCOLS || connect && status.is_success();
+                signal.answer(upgraded);
+                if !upgraded {
+                    // hyper keeps a declined upgrade pending until the connection ends,
+                    // and then drops the connection without shutting it down; closing
+                    // after this answer keeps the state of the connection simple.
+                    response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // `half_close`: after the guard ends the stream at a bad request, the answers to
+    // the requests before it still go out, then the 400. The header timeout is
+    // Envoy's `request_headers_timeout`-like bound on a client that never finishes.
+    builder.http1().half_close(true).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(!late);
+    builder.http2().timer(TokioTimer::new());
+    // A connection error is the client's problem and ends only that connection.
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
+    tokio::pin!(connection);
+    if late {
+        let _ = connection.await;
+        return;
+    }
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = drain.signalled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 async fn admin_loop(socket: TcpListener, proxy: Arc<Proxy>, ready: Arc<AtomicBool>) {

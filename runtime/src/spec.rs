@@ -10,6 +10,10 @@ pub struct SidecarSpec {
     pub workload: &'static str,
     /// Its namespace.
     pub namespace: &'static str,
+    /// The trust domain of SPIFFE identities.
+    pub trust_domain: &'static str,
+    /// Its own identity, `<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub principal: &'static str,
     /// Its listeners: `outbound` and one `inbound-<port>` per application port.
     pub listeners: &'static [ListenerSpec],
     /// The upstream clusters its routes reach, indexed by [`WeightedCluster::cluster`].
@@ -50,6 +54,43 @@ pub enum ListenerKind {
         protocol: Protocol,
         /// The names (short, `name.ns`, host) of the service served there, for telemetry.
         service_names: &'static [&'static str],
+        /// What callers may use: plaintext, mutual TLS, or either.
+        mtls: PeerMtls,
+    },
+}
+
+/// What an inbound port accepts (Istio's PeerAuthentication modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMtls {
+    /// Plaintext only.
+    Disable,
+    /// Mutual TLS when the caller starts a handshake, plaintext otherwise.
+    Permissive,
+    /// Mutual TLS only: a plaintext caller's connection is closed.
+    Strict,
+}
+
+/// How a cluster's connections are secured.
+#[derive(Debug)]
+pub enum UpstreamTls {
+    /// Plaintext.
+    Disable,
+    /// TLS, the server's name checked against the mesh's roots.
+    Simple {
+        /// The name sent and checked; the service's host when `None`.
+        sni: Option<&'static str>,
+    },
+    /// As `Simple`, presenting the workload's certificate.
+    Mutual {
+        /// The name sent and checked; the service's host when `None`.
+        sni: Option<&'static str>,
+    },
+    /// Mutual TLS with SPIFFE identities (Istio's `ISTIO_MUTUAL`).
+    IstioMutual {
+        /// The SNI sent; the service's host when `None`.
+        sni: Option<&'static str>,
+        /// The identities the endpoints may prove; empty: any of the trust domain.
+        principals: &'static [&'static str],
     },
 }
 
@@ -100,6 +141,8 @@ pub struct ClusterSpec {
     pub outlier: Option<crate::outlier::OutlierSpec>,
     /// Active health checking, when enabled.
     pub health_check: Option<crate::health::HealthCheckSpec>,
+    /// TLS towards the endpoints.
+    pub tls: UpstreamTls,
     /// The endpoints the registry snapshot listed, which `--endpoints` (and later xDS) replace.
     pub endpoints: &'static [EndpointSeed],
 }

@@ -17,8 +17,8 @@ use quote::{ToTokens, format_ident, quote};
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
     AbortStatus, AccessLogFormat, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HashOn, HeaderOps,
-    HealthProbe, IpBlock, LoadBalancer, Match, Mesh, Pattern, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable,
-    RouteTableKind, StringMatch, StringMatchKind, Workload,
+    HealthProbe, IpBlock, LoadBalancer, Match, Mesh, Pattern, PeerMtls, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable,
+    RouteTableKind, StringMatch, StringMatchKind, TlsMode, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -200,6 +200,8 @@ fn protocol_tokens(protocol: Protocol) -> TokenStream {
 fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
     let name = str_lit(&workload.name);
     let namespace = str_lit(&workload.namespace);
+    let trust_domain = str_lit(&mesh.trust_domain);
+    let principal = str_lit(&workload.principal);
     let mut listeners = vec![quote! {
         rt::ListenerSpec { name: "outbound", default_address: "127.0.0.1:15001", kind: rt::ListenerKind::Outbound }
     }];
@@ -218,11 +220,21 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
             .map(|it| vec![it.name.clone(), format!("{}.{}", it.name, it.namespace), it.host.clone()])
             .unwrap_or_default();
         let names = names.iter().map(|it| str_lit(it));
+        let mtls = match port.mtls {
+            PeerMtls::Disable => quote!(rt::PeerMtls::Disable),
+            PeerMtls::Permissive => quote!(rt::PeerMtls::Permissive),
+            PeerMtls::Strict => quote!(rt::PeerMtls::Strict),
+        };
         listeners.push(quote! {
             rt::ListenerSpec {
                 name: #listener,
                 default_address: #address,
-                kind: rt::ListenerKind::Inbound { app_port: #app_port, protocol: #protocol, service_names: &[#(#names),*] },
+                kind: rt::ListenerKind::Inbound {
+                    app_port: #app_port,
+                    protocol: #protocol,
+                    service_names: &[#(#names),*],
+                    mtls: #mtls,
+                },
             }
         });
     }
@@ -269,6 +281,8 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
         static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
             workload: #name,
             namespace: #namespace,
+            trust_domain: #trust_domain,
+            principal: #principal,
             listeners: &LISTENERS,
             clusters: &clusters::CLUSTERS,
             route_outbound: routes::route_outbound,
@@ -376,7 +390,7 @@ fn authz_rule(rule: &AuthzRule) -> TokenStream {
         }
     });
     let when = rule.when.iter().map(|condition| {
-        let addresses = matches!(condition.key, ConditionKey::SourceIp | ConditionKey::RemoteIp);
+        let addresses = matches!(condition.key, ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp);
         let key = match &condition.key {
             ConditionKey::RequestHeader(name) => {
                 let name = str_lit(&name.to_ascii_lowercase());
@@ -387,7 +401,8 @@ fn authz_rule(rule: &AuthzRule) -> TokenStream {
             ConditionKey::SourceNamespace => quote!(rt::AuthzKey::SourceNamespace),
             ConditionKey::SourcePrincipal => quote!(rt::AuthzKey::SourcePrincipal),
             ConditionKey::DestinationPort => quote!(rt::AuthzKey::DestinationPort),
-            ConditionKey::DestinationIp | ConditionKey::ConnectionSni => quote!(rt::AuthzKey::Unknown),
+            ConditionKey::DestinationIp => quote!(rt::AuthzKey::DestinationIp),
+            ConditionKey::ConnectionSni => quote!(rt::AuthzKey::ConnectionSni),
         };
         // Address keys take their values as blocks (the checker made sure they parse).
         let as_blocks = |list: &[Pattern]| -> Vec<IpBlock> {
@@ -509,6 +524,29 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
             }
             None => quote!(None),
         };
+        let sni = |sni: &Option<String>| match sni {
+            Some(name) => {
+                let name = str_lit(name);
+                quote!(Some(#name))
+            }
+            None => quote!(None),
+        };
+        let tls = match cluster.policy.tls.mode {
+            TlsMode::Disable => quote!(rt::UpstreamTls::Disable),
+            TlsMode::Simple => {
+                let sni = sni(&cluster.policy.tls.sni);
+                quote!(rt::UpstreamTls::Simple { sni: #sni })
+            }
+            TlsMode::Mutual => {
+                let sni = sni(&cluster.policy.tls.sni);
+                quote!(rt::UpstreamTls::Mutual { sni: #sni })
+            }
+            TlsMode::IstioMutual => {
+                let sni = sni(&cluster.policy.tls.sni);
+                let principals = cluster.peer_principals.iter().map(|it| str_lit(it));
+                quote!(rt::UpstreamTls::IstioMutual { sni: #sni, principals: &[#(#principals),*] })
+            }
+        };
         let endpoints = cluster.endpoints.iter().map(|id| {
             let instance = &mesh.instances[id.index()];
             let address = str_lit(&instance.address);
@@ -530,6 +568,7 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 limits: #limits,
                 outlier: #outlier,
                 health_check: #health_check,
+                tls: #tls,
                 endpoints: &[#(#endpoints),*],
             }
         });

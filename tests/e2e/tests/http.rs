@@ -331,17 +331,22 @@ fn sigterm_drains_without_failing_a_request_in_flight() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     http.sidecar.terminate();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    // Draining: new connections are refused (curl reports no status).
+    // Draining: inbound listeners refuse new connections (curl reports no status) ...
     let refused = Command::new("curl")
         .args(["--silent", "--max-time", "2", "--output", "/dev/null", "--write-out", "%{http_code}", "-H", "host: web"])
-        .arg(http.url("/new"))
+        .arg(format!("http://{}/new", http.sidecar.listener("inbound-80")))
         .output()
         .expect("run curl");
     assert_eq!(String::from_utf8_lossy(&refused.stdout), "000");
+    // ... while the outbound one still serves the application, which may be finishing its
+    // own requests, one request per connection.
+    let late = curl(&["-H", "host: web"], &http.url("/late"));
+    assert_eq!(late.status, 200, "{}", late.body);
+    assert_eq!(late.header("connection"), Some("close"), "{:?}", late.headers);
     assert_eq!(in_flight.join().expect("the in-flight request"), 200);
     let status = http.sidecar.wait_exit(std::time::Duration::from_secs(5)).expect("the sidecar exits once drained");
     assert!(status.success(), "{status}");
-    assert_eq!(http.hits(), 1);
+    assert_eq!(http.hits(), 2);
 }
 
 #[test]

@@ -100,6 +100,9 @@ fn compiled_policies_reach_the_verdicts_explain_reaches() {
                 peer: Some(request.ip),
                 principal: Some(caller.principal.as_str()),
                 port: request.port,
+                // `explain` knows no connection: both see these attributes as absent.
+                local: None,
+                sni: None,
             });
             prop_assert_eq!(
                 (compiled.allowed, compiled.policy, compiled.rule),

@@ -366,6 +366,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 0,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 9080,
         "protocol": "http",
         "service_ports": [

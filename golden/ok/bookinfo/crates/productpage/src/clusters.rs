@@ -21,6 +21,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.15",
@@ -46,6 +47,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.16",
@@ -71,6 +73,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.14",
@@ -96,6 +99,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.0.9",

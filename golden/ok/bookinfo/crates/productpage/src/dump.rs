@@ -228,6 +228,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 1,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 9080,
         "protocol": "http",
         "service_ports": [

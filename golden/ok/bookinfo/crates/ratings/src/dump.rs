@@ -368,6 +368,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 2,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 9080,
         "protocol": "http",
         "service_ports": [

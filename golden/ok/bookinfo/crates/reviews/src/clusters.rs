@@ -21,6 +21,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 1] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.244.1.11",

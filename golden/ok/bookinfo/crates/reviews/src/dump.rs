@@ -85,6 +85,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 3,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 9080,
         "protocol": "http",
         "service_ports": [

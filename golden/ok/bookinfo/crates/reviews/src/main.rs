@@ -25,6 +25,7 @@ static LISTENERS: [rt::ListenerSpec; 2] = [
                 "reviews.default",
                 "reviews.default.svc.cluster.local",
             ],
+            mtls: rt::PeerMtls::Permissive,
         },
     },
 ];
@@ -32,6 +33,8 @@ static LISTENERS: [rt::ListenerSpec; 2] = [
 static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     workload: "reviews",
     namespace: "default",
+    trust_domain: "cluster.local",
+    principal: "cluster.local/ns/default/sa/bookinfo-reviews",
     listeners: &LISTENERS,
     clusters: &clusters::CLUSTERS,
     route_outbound: routes::route_outbound,

@@ -19,6 +19,8 @@ static LISTENERS: [rt::ListenerSpec; 1] = [
 static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     workload: "greeting-consumer",
     namespace: "demo",
+    trust_domain: "cluster.local",
+    principal: "cluster.local/ns/demo/sa/greeting-consumer",
     listeners: &LISTENERS,
     clusters: &clusters::CLUSTERS,
     route_outbound: routes::route_outbound,

@@ -21,6 +21,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.17",
@@ -46,6 +47,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.21",
@@ -82,6 +84,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
             max_ejection_percent: 10,
         }),
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.15",

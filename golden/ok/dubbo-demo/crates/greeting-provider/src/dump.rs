@@ -245,6 +245,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 1,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 20880,
         "protocol": "dubbo",
         "service_ports": [

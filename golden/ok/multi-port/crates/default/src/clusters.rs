@@ -17,6 +17,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -38,6 +39,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.1",
@@ -59,6 +61,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.0.2",

@@ -22,6 +22,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
             max_ejection_percent: 10,
         }),
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",
@@ -60,6 +61,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
             max_ejection_percent: 10,
         }),
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.5",
@@ -93,6 +95,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.3.4",

@@ -213,6 +213,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 0,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 8080,
         "protocol": "http",
         "service_ports": [

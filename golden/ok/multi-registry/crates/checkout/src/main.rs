@@ -25,6 +25,7 @@ static LISTENERS: [rt::ListenerSpec; 2] = [
                 "checkout.shop",
                 "checkout.shop.svc.cluster.local",
             ],
+            mtls: rt::PeerMtls::Permissive,
         },
     },
 ];
@@ -32,6 +33,8 @@ static LISTENERS: [rt::ListenerSpec; 2] = [
 static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     workload: "checkout",
     namespace: "shop",
+    trust_domain: "cluster.local",
+    principal: "cluster.local/ns/shop/sa/checkout",
     listeners: &LISTENERS,
     clusters: &clusters::CLUSTERS,
     route_outbound: routes::route_outbound,

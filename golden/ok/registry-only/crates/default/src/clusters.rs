@@ -21,6 +21,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.17",
@@ -46,6 +47,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.21",
@@ -77,6 +79,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.0.1.15",
@@ -104,6 +107,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -125,6 +129,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",
@@ -146,6 +151,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.9.0.1",

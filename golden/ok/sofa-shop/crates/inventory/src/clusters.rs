@@ -21,6 +21,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.31",
@@ -60,6 +61,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
             max_ejection_percent: 10,
         }),
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.5",
@@ -97,6 +99,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.21",
@@ -122,6 +125,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 4] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.41",

@@ -328,6 +328,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 0,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 12200,
         "protocol": "bolt",
         "service_ports": [

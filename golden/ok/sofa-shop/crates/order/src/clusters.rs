@@ -21,6 +21,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 2] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.31",
@@ -52,6 +53,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 2] = [
         limits: rt::Limits::NONE,
         outlier: None,
         health_check: None,
+        tls: rt::UpstreamTls::Disable,
         endpoints: &[
             rt::EndpointSeed {
                 address: "10.1.0.41",

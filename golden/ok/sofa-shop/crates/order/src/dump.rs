@@ -150,6 +150,7 @@ pub const CONFIG_DUMP: &str = r#"{
     "id": 1,
     "inbound": [
       {
+        "mtls": "permissive",
         "port": 12200,
         "protocol": "bolt",
         "service_ports": [

@@ -19,6 +19,8 @@ static LISTENERS: [rt::ListenerSpec; 1] = [
 static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     workload: "shop-web",
     namespace: "shop",
+    trust_domain: "cluster.local",
+    principal: "cluster.local/ns/shop/sa/shop-web",
     listeners: &LISTENERS,
     clusters: &clusters::CLUSTERS,
     route_outbound: routes::route_outbound,
