@@ -35,13 +35,15 @@ fn root() -> PathBuf {
 }
 
 /// What the end-to-end tests run, pinned as ../shared/reference/peers.md recommends.
-const APT_PACKAGES: [(&str, &str); 2] = [("curl", "curl"), ("h2load", "nghttp2-client")];
+/// (program, the arguments that make it print its version, Debian package)
+const APT_PACKAGES: [(&str, &str, &str); 3] =
+    [("curl", "--version", "curl"), ("h2load", "--version", "nghttp2-client"), ("openssl", "version", "openssl")];
 const PIP_PACKAGES: [&str; 2] = ["grpcio==1.85.1", "websockets==15.0.1"];
 
 /// Installs the real clients the end-to-end tests drive, unless they are already there:
-/// Debian packages (curl, h2load) and a `.venv` with grpcio and websockets.
+/// Debian packages (curl, h2load, openssl) and a `.venv` with grpcio and websockets.
 fn install() -> Result<(), String> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(tool, _)| !runs(tool, &["--version"])).map(|(_, package)| *package).collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(tool, version, _)| !runs(tool, &[version])).map(|(_, _, package)| *package).collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing {}", missing.join(", "));
         let root = Command::new("id").arg("-u").output().map(|it| String::from_utf8_lossy(&it.stdout).trim() == "0").unwrap_or(false);
