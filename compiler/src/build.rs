@@ -112,7 +112,7 @@ fn build(mesh: &ir::Mesh, args: &BuildArgs) -> Result<Vec<PathBuf>, Failure> {
     if args.no_compile {
         return Ok(Vec::new());
     }
-    compile(&out, &runtime, &workloads, &args.out)
+    compile(mesh, &out, &runtime, &workloads, &args.out)
 }
 
 fn select<'m>(mesh: &'m ir::Mesh, names: &[String]) -> Result<Vec<&'m ir::Workload>, Failure> {
@@ -137,7 +137,7 @@ fn select<'m>(mesh: &'m ir::Mesh, names: &[String]) -> Result<Vec<&'m ir::Worklo
     Ok(selected)
 }
 
-fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &Path) -> Result<Vec<PathBuf>, Failure> {
+fn compile(mesh: &ir::Mesh, out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &Path) -> Result<Vec<PathBuf>, Failure> {
     // One target directory for every sidecar, the workspace's when the runtime is in one, so
     // that dependencies compile once.
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
@@ -152,7 +152,7 @@ fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &
     let mut command = Command::new(cargo);
     command.arg("build").arg("--release").arg("--manifest-path").arg(out.join("Cargo.toml")).arg("--target-dir").arg(&target);
     for workload in workloads {
-        command.arg("--bin").arg(&workload.name);
+        command.arg("--bin").arg(emit::binary_name(mesh, workload));
     }
     let status = command.status().map_err(|err| Failure::Build(format!("cannot run cargo: {err}")))?;
     if !status.success() {
@@ -163,7 +163,7 @@ fn compile(out: &Path, runtime: &Path, workloads: &[&ir::Workload], shown_out: &
     let mut binaries = Vec::new();
     for workload in workloads {
         let name = format!("{}{}", workload.name, std::env::consts::EXE_SUFFIX);
-        let built = target.join("release").join(&name);
+        let built = target.join("release").join(format!("{}{}", emit::binary_name(mesh, workload), std::env::consts::EXE_SUFFIX));
         let placed = bin.join(&name);
         // Replace rather than overwrite, so a running sidecar keeps its binary.
         let _ = std::fs::remove_file(&placed);

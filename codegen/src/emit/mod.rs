@@ -29,6 +29,14 @@ pub struct GeneratedFile {
     pub text: String,
 }
 
+/// The name of a workload's binary target (and, after `meshc-sidecar-`, of its package).
+/// Sidecars of every mesh share one cargo target directory, which keys a package's
+/// artifacts by its name and version only: the mesh's name keeps two meshes' `server`
+/// workloads from overwriting each other's binaries there.
+pub fn binary_name(mesh: &Mesh, workload: &Workload) -> String {
+    format!("{}--{}", mesh.name, workload.name)
+}
+
 /// The crates of the given workloads, each in a directory named after it, and a Cargo
 /// workspace over them so that `cargo build` builds them together.
 pub fn emit(mesh: &Mesh, workloads: &[&Workload], options: &EmitOptions) -> Vec<GeneratedFile> {
