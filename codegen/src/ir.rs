@@ -326,6 +326,17 @@ pub struct Locality {
     pub subzone: Option<String>,
 }
 
+impl Locality {
+    /// `region/zone/subzone`, empty parts for unknown ones and trailing ones left out
+    /// (`us-east-1/us-east-1b`, `/zone-a`, or empty when nothing is known): the form
+    /// sidecars compare with their own `--locality`.
+    pub fn path(&self) -> String {
+        let parts = [&self.region, &self.zone, &self.subzone].map(|it| it.as_deref().unwrap_or(""));
+        let used = parts.iter().rposition(|it| !it.is_empty()).map_or(0, |it| it + 1);
+        parts[..used].join("/")
+    }
+}
+
 /// A registry's view of an instance's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -356,6 +367,10 @@ pub struct TrafficPolicy {
     pub connect_timeout_ms: u64,
     /// Default request timeout for routes to this cluster that set none; `None` means no timeout.
     pub request_timeout_ms: Option<u64>,
+    /// Slow start (Istio's `warmupDurationSecs`): an endpoint new to the cluster, or back from
+    /// failed health checks or an ejection, takes a share of traffic growing over this many
+    /// milliseconds; round robin and least request only.
+    pub warmup_ms: Option<u64>,
     /// Connection-pool limits (circuit breakers).
     pub limits: ConnectionLimits,
     /// Passive outlier detection, if enabled.
@@ -432,6 +447,12 @@ pub struct ConnectionLimits {
     pub max_retries: Option<u32>,
     /// Maximum requests on one connection before it is closed.
     pub max_requests_per_connection: Option<u32>,
+    /// Envoy's retry budget: retries in flight may be this share of the requests in flight
+    /// (in millionths), and at least `min_retry_concurrency`; when set, it replaces
+    /// `max_retries`.
+    pub retry_budget: Option<PerMillion>,
+    /// The retries a retry budget always allows (Envoy's default: 3).
+    pub min_retry_concurrency: Option<u32>,
 }
 
 /// Passive outlier detection (Istio `outlierDetection`).
@@ -747,6 +768,10 @@ pub struct RetryPolicy {
     /// Whether a retry avoids the hosts already tried (Envoy's `previous_hosts` predicate,
     /// which Istio sets on every retry policy).
     pub avoid_previous_hosts: bool,
+    /// Whether requests of any method are retried after their body was sent (POST, PATCH,
+    /// gRPC calls); otherwise only idempotent methods are, or a try that failed before it
+    /// sent any of its body.
+    pub any_method: bool,
 }
 
 impl RetryPolicy {
@@ -758,6 +783,7 @@ impl RetryPolicy {
             retry_on: Vec::new(),
             retriable_status_codes: Vec::new(),
             avoid_previous_hosts: false,
+            any_method: false,
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use serde::Deserialize;
 
@@ -20,6 +21,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Whether it may take new requests.
     pub routable: bool,
+    /// `region/zone/subzone`, as far as known (empty when nothing is).
+    pub locality: Arc<str>,
 }
 
 impl Endpoint {
@@ -30,12 +33,32 @@ impl Endpoint {
 
     /// A single address, such as the local application's.
     pub fn at(address: std::net::SocketAddr) -> Endpoint {
-        Endpoint { address: address.ip().to_string(), port: address.port(), weight: 1, routable: true }
+        Endpoint { address: address.ip().to_string(), port: address.port(), weight: 1, routable: true, locality: Arc::from("") }
     }
 
     fn from_seed(seed: &EndpointSeed) -> Endpoint {
-        Endpoint { address: seed.address.to_owned(), port: seed.port, weight: seed.weight, routable: seed.routable }
+        Endpoint {
+            address: seed.address.to_owned(),
+            port: seed.port,
+            weight: seed.weight,
+            routable: seed.routable,
+            locality: Arc::from(seed.locality),
+        }
     }
+
+    /// Whether it takes new requests at all.
+    pub fn takes_traffic(&self) -> bool {
+        self.routable && self.weight > 0
+    }
+}
+
+/// How far an endpoint is from the sidecar, as Istio's locality failover orders priorities:
+/// 0 when region, zone and subzone all match the sidecar's `local` locality (as far as the
+/// sidecar knows its own), one more for each trailing part that differs.
+pub fn priority(local: &str, theirs: &str) -> usize {
+    let local: Vec<&str> = local.split('/').collect();
+    let matched = local.iter().zip(theirs.split('/')).take_while(|(ours, theirs)| !ours.is_empty() && **ours == *theirs).count();
+    local.len() - matched
 }
 
 /// An immutable set of endpoints with the cumulative weights of the routable ones.
@@ -50,12 +73,26 @@ pub struct EndpointSet {
     /// instead of taking their whole weight in a row, and every cycle of `total` tickets
     /// visits each endpoint exactly its (reduced) weight times.
     stride: u64,
+    /// When each endpoint joined the cluster, for those a replacement added (slow start);
+    /// `None` for those there from the start.
+    added: Vec<Option<Instant>>,
+    /// The latest of `added`.
+    last_added: Option<Instant>,
+    /// The endpoints by locality priority, nearest first, when they are at more than one.
+    tiers: Vec<EndpointSet>,
 }
 
 impl EndpointSet {
-    /// A set from a list.
+    /// A set from a list, with no locality priorities.
     pub fn new(endpoints: Vec<Endpoint>) -> EndpointSet {
-        let routable = || endpoints.iter().enumerate().filter(|(_, it)| it.routable && it.weight > 0);
+        let added = vec![None; endpoints.len()];
+        EndpointSet::build(endpoints, added, "")
+    }
+
+    /// A set from a list; endpoints are ordered into priorities by their distance from the
+    /// sidecar's locality `local` (none when it is empty).
+    fn build(endpoints: Vec<Endpoint>, added: Vec<Option<Instant>>, local: &str) -> EndpointSet {
+        let routable = || endpoints.iter().enumerate().filter(|(_, it)| it.takes_traffic());
         let divisor = routable().fold(0, |divisor, (_, it)| gcd(divisor, u64::from(it.weight))).max(1);
         let mut total = 0u64;
         let mut cumulative = Vec::new();
@@ -67,12 +104,42 @@ impl EndpointSet {
         while total > 1 && gcd(stride, total) != 1 {
             stride += 1;
         }
-        EndpointSet { endpoints, cumulative, stride }
+        let mut tiers = Vec::new();
+        if !local.is_empty() {
+            let priorities: Vec<usize> = endpoints.iter().map(|it| priority(local, &it.locality)).collect();
+            let mut used: Vec<usize> = priorities.clone();
+            used.sort_unstable();
+            used.dedup();
+            if used.len() > 1 {
+                for level in used {
+                    let members = (0..endpoints.len()).filter(|it| priorities[*it] == level);
+                    let (list, when) = members.map(|it| (endpoints[it].clone(), added[it])).unzip();
+                    tiers.push(EndpointSet::build(list, when, ""));
+                }
+            }
+        }
+        let last_added = added.iter().flatten().max().copied();
+        EndpointSet { endpoints, cumulative, stride, added, last_added, tiers }
     }
 
     /// Every endpoint, routable or not.
     pub fn all(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    /// When the endpoint at `index` of [`EndpointSet::all`] joined, if a replacement added it.
+    pub fn added(&self, index: usize) -> Option<Instant> {
+        self.added.get(index).copied().flatten()
+    }
+
+    /// When the newest endpoint joined, if a replacement added any.
+    pub fn last_added(&self) -> Option<Instant> {
+        self.last_added
+    }
+
+    /// The endpoints by locality priority, nearest first; empty when all are at one.
+    pub fn tiers(&self) -> &[EndpointSet] {
+        &self.tiers
     }
 
     /// The endpoint at position `ticket` of the weighted cycle: successive tickets visit the
@@ -82,6 +149,25 @@ impl EndpointSet {
         let point = (u128::from(ticket % total) * u128::from(self.stride) % u128::from(total)) as u64;
         let slot = self.cumulative.partition_point(|it| it.1 <= point);
         self.cumulative.get(slot).map(|it| &self.endpoints[it.0])
+    }
+
+    /// The endpoint that weighted rendezvous hashing gives `key`: each routable endpoint
+    /// scores `-weight / ln(u)` for a uniform `u` derived from the key and its address, and
+    /// the highest score wins.
+    pub fn pick_hashed(&self, key: u64) -> Option<&Endpoint> {
+        let score = |endpoint: &Endpoint| {
+            let mut hash = key ^ 0x9e37_79b9_7f4a_7c15;
+            for byte in endpoint.authority().bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            // murmur3's finaliser spreads the bits before they become a uniform number.
+            hash ^= hash >> 33;
+            hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            hash ^= hash >> 33;
+            let uniform = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            -f64::from(endpoint.weight) / uniform.ln()
+        };
+        self.endpoints.iter().filter(|it| it.takes_traffic()).max_by(|a, b| score(a).total_cmp(&score(b)))
     }
 }
 
@@ -97,17 +183,24 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 pub struct ClusterEndpoints {
     set: RwLock<Arc<EndpointSet>>,
     next: AtomicU64,
+    /// The sidecar's own locality, which orders endpoints into priorities.
+    local: Arc<str>,
 }
 
 impl ClusterEndpoints {
     /// The state for a cluster, seeded from its compiled endpoints.
-    pub fn seeded(spec: &ClusterSpec) -> ClusterEndpoints {
-        ClusterEndpoints::new(spec.endpoints.iter().map(Endpoint::from_seed).collect())
+    pub fn seeded(spec: &ClusterSpec, local: &str) -> ClusterEndpoints {
+        ClusterEndpoints::new(spec.endpoints.iter().map(Endpoint::from_seed).collect(), local)
     }
 
-    /// The state for a list of endpoints.
-    pub fn new(endpoints: Vec<Endpoint>) -> ClusterEndpoints {
-        ClusterEndpoints { set: RwLock::new(Arc::new(EndpointSet::new(endpoints))), next: AtomicU64::new(0) }
+    /// The state for a list of endpoints, for a sidecar at locality `local` (maybe empty).
+    pub fn new(endpoints: Vec<Endpoint>, local: &str) -> ClusterEndpoints {
+        let added = vec![None; endpoints.len()];
+        ClusterEndpoints {
+            set: RwLock::new(Arc::new(EndpointSet::build(endpoints, added, local))),
+            next: AtomicU64::new(0),
+            local: Arc::from(local),
+        }
     }
 
     /// The current set.
@@ -119,44 +212,39 @@ impl ClusterEndpoints {
         }
     }
 
-    /// Replaces the set atomically: requests already picking keep the old one.
+    /// Replaces the set atomically: requests already picking keep the old one. Endpoints
+    /// that were not in the old set count as added now (slow start).
     pub fn replace(&self, endpoints: Vec<Endpoint>) {
-        let set = Arc::new(EndpointSet::new(endpoints));
+        let old = self.current();
+        let now = Instant::now();
+        let added = endpoints
+            .iter()
+            .map(|endpoint| match old.all().iter().position(|it| it.address == endpoint.address && it.port == endpoint.port) {
+                Some(index) => old.added(index),
+                None => Some(now),
+            })
+            .collect();
+        let set = Arc::new(EndpointSet::build(endpoints, added, &self.local));
         match self.set.write() {
             Ok(mut guard) => *guard = set,
             Err(poisoned) => *poisoned.into_inner() = set,
         }
     }
 
+    /// The next round-robin ticket.
+    pub fn ticket(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The next endpoint in weighted round-robin order.
     pub fn pick(&self) -> Option<Endpoint> {
-        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let ticket = self.ticket();
         self.current().pick(ticket).cloned()
     }
 
-    /// The endpoint a weighted random draw in `0..u64::MAX` lands on.
-    pub fn pick_at(&self, draw: u64) -> Option<Endpoint> {
-        self.current().pick(draw).cloned()
-    }
-
-    /// The endpoint that weighted rendezvous hashing gives `key`: each routable endpoint
-    /// scores `-weight / ln(u)` for a uniform `u` derived from the key and its address, and
-    /// the highest score wins.
+    /// The endpoint that weighted rendezvous hashing gives `key`.
     pub fn pick_hashed(&self, key: u64) -> Option<Endpoint> {
-        let set = self.current();
-        let score = |endpoint: &Endpoint| {
-            let mut hash = key ^ 0x9e37_79b9_7f4a_7c15;
-            for byte in endpoint.authority().bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            // murmur3's finaliser spreads the bits before they become a uniform number.
-            hash ^= hash >> 33;
-            hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-            hash ^= hash >> 33;
-            let uniform = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            -f64::from(endpoint.weight) / uniform.ln()
-        };
-        set.all().iter().filter(|it| it.routable && it.weight > 0).max_by(|a, b| score(a).total_cmp(&score(b))).cloned()
+        self.current().pick_hashed(key).cloned()
     }
 }
 
@@ -177,6 +265,8 @@ struct FileEndpoint {
     labels: BTreeMap<String, String>,
     weight: Option<u32>,
     service_port: Option<u16>,
+    /// `region/zone/subzone`.
+    locality: Option<String>,
 }
 
 /// Reads a `--endpoints` file and gives each cluster its endpoints: those naming the cluster's
@@ -197,7 +287,13 @@ pub fn from_file(text: &str, clusters: &[ClusterSpec]) -> Result<Vec<Vec<Endpoin
             let port_fits = entry.service_port.is_none_or(|it| it == spec.port);
             let labels_fit = spec.subset_labels.iter().all(|(k, v)| entry.labels.get(*k).map(String::as_str) == Some(*v));
             if port_fits && labels_fit {
-                out[cluster].push(Endpoint { address: address.clone(), port, weight: entry.weight.unwrap_or(100), routable: true });
+                out[cluster].push(Endpoint {
+                    address: address.clone(),
+                    port,
+                    weight: entry.weight.unwrap_or(100),
+                    routable: true,
+                    locality: Arc::from(entry.locality.as_deref().unwrap_or("")),
+                });
             }
         }
         if !matched_service {
@@ -224,7 +320,7 @@ mod tests {
     use crate::spec::Protocol;
 
     fn endpoint(address: &str, weight: u32, routable: bool) -> Endpoint {
-        Endpoint { address: address.to_owned(), port: 80, weight, routable }
+        Endpoint { address: address.to_owned(), port: 80, weight, routable, locality: Arc::from("") }
     }
 
     #[test]
@@ -246,8 +342,8 @@ mod tests {
 
     #[test]
     fn hashing_keeps_keys_in_place_when_another_endpoint_goes() {
-        let three = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true), endpoint("c", 1, true)]);
-        let two = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true)]);
+        let three = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true), endpoint("c", 1, true)], "");
+        let two = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true)], "");
         let mut counts = std::collections::BTreeMap::new();
         for key in 0..3000u64 {
             let before = three.pick_hashed(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("an endpoint").address;
@@ -261,6 +357,41 @@ mod tests {
         assert!(counts.values().all(|it| (800..=1200).contains(it)), "{counts:?}");
     }
 
+    #[test]
+    fn priorities_count_the_trailing_parts_of_the_locality_that_differ() {
+        assert_eq!(priority("us-east/us-east-1a/rack1", "us-east/us-east-1a/rack1"), 0);
+        assert_eq!(priority("us-east/us-east-1a/rack1", "us-east/us-east-1a/rack2"), 1);
+        assert_eq!(priority("us-east/us-east-1a/rack1", "us-east/us-east-1b"), 2);
+        assert_eq!(priority("us-east/us-east-1a/rack1", "eu-west/us-east-1a/rack1"), 3);
+        assert_eq!(priority("us-east/us-east-1a/rack1", ""), 3);
+        // A sidecar that knows only its zone: the zone's endpoints come first.
+        assert_eq!(priority("us-east/us-east-1a", "us-east/us-east-1a/rack9"), 0);
+        assert_eq!(priority("us-east/us-east-1a", "us-east/us-east-1c"), 1);
+    }
+
+    #[test]
+    fn a_sidecar_with_a_locality_sees_its_endpoints_in_priorities() {
+        let at = |address: &str, locality: &str| Endpoint { locality: Arc::from(locality), ..endpoint(address, 1, true) };
+        let list = vec![at("far", "eu/eu-1"), at("near", "us/us-1a"), at("zone", "us/us-1b"), at("near2", "us/us-1a")];
+        let set = ClusterEndpoints::new(list.clone(), "us/us-1a").current();
+        let tiers: Vec<Vec<&str>> = set.tiers().iter().map(|it| it.all().iter().map(|it| it.address.as_str()).collect()).collect();
+        assert_eq!(tiers, [vec!["near", "near2"], vec!["zone"], vec!["far"]]);
+        // Without a locality, or with every endpoint at one priority, there are no tiers.
+        assert!(ClusterEndpoints::new(list, "").current().tiers().is_empty());
+        assert!(ClusterEndpoints::new(vec![at("a", "us/us-1a"), at("b", "us/us-1a")], "us/us-1a").current().tiers().is_empty());
+    }
+
+    #[test]
+    fn a_replacement_marks_only_new_endpoints_as_added() {
+        let cluster = ClusterEndpoints::new(vec![endpoint("a", 1, true)], "");
+        assert_eq!(cluster.current().last_added(), None);
+        cluster.replace(vec![endpoint("a", 1, true), endpoint("b", 1, true)]);
+        let set = cluster.current();
+        assert_eq!(set.added(0), None);
+        assert!(set.added(1).is_some());
+        assert_eq!(set.last_added(), set.added(1));
+    }
+
     static SUBSET: [(&str, &str); 1] = [("version", "v2")];
     static CLUSTERS: [ClusterSpec; 2] = [
         ClusterSpec {
@@ -272,6 +403,7 @@ mod tests {
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
             load_balancer: crate::spec::Balancer::RoundRobin,
+            warmup_ms: None,
             limits: crate::spec::Limits::NONE,
             outlier: None,
             health_check: None,
@@ -287,6 +419,7 @@ mod tests {
             connect_timeout_ms: 1000,
             request_timeout_ms: None,
             load_balancer: crate::spec::Balancer::RoundRobin,
+            warmup_ms: None,
             limits: crate::spec::Limits::NONE,
             outlier: None,
             health_check: None,

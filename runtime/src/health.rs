@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
@@ -32,18 +32,32 @@ struct State {
     unhealthy: bool,
     successes: u32,
     failures: u32,
+    /// When it last turned healthy again.
+    recovered: Option<Instant>,
 }
 
 /// The health of a cluster's endpoints, by address.
 #[derive(Debug, Default)]
 pub struct Health {
     endpoints: Mutex<BTreeMap<String, State>>,
+    /// When any endpoint last turned healthy again.
+    last_recovery: Mutex<Option<Instant>>,
 }
 
 impl Health {
     /// Whether probes marked `endpoint` unhealthy.
     pub fn is_unhealthy(&self, endpoint: &str) -> bool {
         self.lock().get(endpoint).is_some_and(|it| it.unhealthy)
+    }
+
+    /// When `endpoint` last turned healthy again (slow start begins then, as in Envoy).
+    pub fn recovered_at(&self, endpoint: &str) -> Option<Instant> {
+        self.lock().get(endpoint).and_then(|it| it.recovered)
+    }
+
+    /// When any endpoint last turned healthy again.
+    pub fn last_recovery(&self) -> Option<Instant> {
+        *self.last_recovery.lock().unwrap_or_else(|it| it.into_inner())
     }
 
     /// Counts one probe's result; `Some(healthy)` when the endpoint changed state.
@@ -55,6 +69,9 @@ impl Health {
             state.successes = state.successes.saturating_add(1);
             if state.unhealthy && state.successes >= spec.healthy_threshold.max(1) {
                 state.unhealthy = false;
+                let now = Instant::now();
+                state.recovered = Some(now);
+                *self.last_recovery.lock().unwrap_or_else(|it| it.into_inner()) = Some(now);
                 return Some(true);
             }
         } else {

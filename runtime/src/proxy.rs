@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 
-use crate::endpoints::{ClusterEndpoints, Endpoint};
+use crate::endpoints::{ClusterEndpoints, Endpoint, EndpointSet};
 use crate::error::Error;
 use crate::head::RequestHead;
 use crate::health::Health;
@@ -66,6 +66,10 @@ pub struct Cluster {
     requests: Arc<AtomicU32>,
     /// Retries in flight, for the circuit breaker.
     retries: Arc<AtomicU32>,
+    /// HTTP/1.1 connections busy with a request, at most `max_connections`.
+    connections: Arc<tokio::sync::Semaphore>,
+    /// Requests waiting for one of them, for the circuit breaker.
+    pending: Arc<AtomicU32>,
 }
 
 impl Cluster {
@@ -77,32 +81,123 @@ impl Cluster {
 
     /// An endpoint by the cluster's load balancer; `key` is the request's hash key for
     /// consistent hashing. Endpoints that outlier detection ejected or health checks failed
-    /// are passed over while others remain.
+    /// are passed over while others remain; with locality priorities, the nearest endpoints
+    /// are preferred while enough of them are usable; during slow start, new endpoints weigh
+    /// less.
     fn pick_for(&self, key: Option<u64>) -> Option<Endpoint> {
         let draw = || (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX));
-        match (&self.spec.load_balancer, key) {
-            (Balancer::Hash(_), Some(key)) => {
-                let chosen = self.endpoints.pick_hashed(key)?;
-                if self.usable(&chosen) {
-                    return Some(chosen);
+        let set = self.endpoints.current();
+        let scope = self.priority_scope(&set);
+        if let Some(weights) = self.warming_weights(scope) {
+            let pick = || pick_weighted(scope, &weights, draw());
+            let chosen = match self.spec.load_balancer {
+                Balancer::LeastRequest => {
+                    let (a, b) = (pick()?, pick()?);
+                    if self.active_requests(b) < self.active_requests(a) { b } else { a }
                 }
+                _ => pick()?,
+            };
+            if self.usable(chosen) {
+                return Some(chosen.clone());
             }
-            (Balancer::Random | Balancer::Hash(_), _) => {
-                let chosen = self.endpoints.pick_at(draw())?;
-                if self.usable(&chosen) {
-                    return Some(chosen);
+        } else {
+            match (&self.spec.load_balancer, key) {
+                (Balancer::Hash(_), Some(key)) => {
+                    let chosen = scope.pick_hashed(key)?;
+                    if self.usable(chosen) {
+                        return Some(chosen.clone());
+                    }
                 }
-            }
-            (Balancer::LeastRequest, _) => {
-                let (a, b) = (self.endpoints.pick_at(draw())?, self.endpoints.pick_at(draw())?);
-                let chosen = if self.active_requests(&b) < self.active_requests(&a) { b } else { a };
-                if self.usable(&chosen) {
-                    return Some(chosen);
+                (Balancer::Random | Balancer::Hash(_), _) => {
+                    let chosen = scope.pick(draw())?;
+                    if self.usable(chosen) {
+                        return Some(chosen.clone());
+                    }
                 }
+                (Balancer::LeastRequest, _) => {
+                    let (a, b) = (scope.pick(draw())?, scope.pick(draw())?);
+                    let chosen = if self.active_requests(b) < self.active_requests(a) { b } else { a };
+                    if self.usable(chosen) {
+                        return Some(chosen.clone());
+                    }
+                }
+                (Balancer::RoundRobin, _) => {}
             }
-            (Balancer::RoundRobin, _) => {}
         }
-        self.pick_round_robin()
+        self.pick_round_robin(scope)
+    }
+
+    /// The endpoints to pick from: all of them, or, when the sidecar knows its locality and
+    /// the cluster can tell failing endpoints (outlier detection or health checks, as Istio
+    /// requires), one priority drawn by Envoy's priority load: each priority's health is its
+    /// usable share of endpoints times the overprovisioning factor 1.4, capped at 100%, and
+    /// the nearest priorities take load up to their health, the rest spilling further.
+    fn priority_scope<'s>(&self, set: &'s EndpointSet) -> &'s EndpointSet {
+        let tiers = set.tiers();
+        if tiers.len() < 2 || (self.spec.outlier.is_none() && self.spec.health_check.is_none()) {
+            return set;
+        }
+        let health: Vec<u64> = tiers
+            .iter()
+            .map(|tier| {
+                let candidates: Vec<&Endpoint> = tier.all().iter().filter(|it| it.takes_traffic()).collect();
+                let usable = candidates.iter().filter(|it| self.usable(it)).count() as u64;
+                (usable * 140).checked_div(candidates.len() as u64).unwrap_or(0).min(100)
+            })
+            .collect();
+        let total: u64 = health.iter().sum();
+        if total == 0 {
+            return &tiers[0];
+        }
+        let mut left = 100u64;
+        let loads: Vec<u64> = health
+            .iter()
+            .map(|it| {
+                // Below 100% in all, Envoy scales every priority's health up to a whole.
+                let load = if total < 100 { it * 100 / total } else { (*it).min(left) };
+                left = left.saturating_sub(load);
+                load
+            })
+            .collect();
+        let mut point = u64::from(random_below(loads.iter().sum::<u64>().max(1) as u32));
+        for (tier, load) in tiers.iter().zip(&loads) {
+            if point < *load {
+                return tier;
+            }
+            point -= load;
+        }
+        &tiers[0]
+    }
+
+    /// With slow start and an endpoint inside its window, every endpoint's weight scaled by
+    /// its age (Envoy's formula with aggression 1 and a 10% floor: `max(0.1, age / window)`);
+    /// `None` when no endpoint of `scope` is warming up.
+    fn warming_weights(&self, scope: &EndpointSet) -> Option<Vec<f64>> {
+        let window = Duration::from_millis(self.spec.warmup_ms?);
+        let now = Instant::now();
+        let recent = |since: Option<Instant>| since.is_some_and(|it| now.duration_since(it) < window);
+        if !recent(scope.last_added()) && !recent(self.health.last_recovery()) {
+            return None;
+        }
+        let weights = scope
+            .all()
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| {
+                if !endpoint.takes_traffic() {
+                    return 0.0;
+                }
+                let since = scope.added(index).max(self.health.recovered_at(&endpoint.authority()));
+                let factor = match since {
+                    Some(since) if now.duration_since(since) < window => {
+                        (now.duration_since(since).as_secs_f64() / window.as_secs_f64()).max(SLOW_START_FLOOR)
+                    }
+                    _ => 1.0,
+                };
+                f64::from(endpoint.weight) * factor
+            })
+            .collect();
+        Some(weights)
     }
 
     /// Requests in flight to `endpoint`.
@@ -120,19 +215,18 @@ impl Cluster {
         InFlight::take(&count, u32::MAX)
     }
 
-    fn pick_round_robin(&self) -> Option<Endpoint> {
-        let first = self.endpoints.pick()?;
-        if self.usable(&first) {
-            return Some(first);
+    fn pick_round_robin(&self, scope: &EndpointSet) -> Option<Endpoint> {
+        let first = scope.pick(self.endpoints.ticket())?;
+        if self.usable(first) {
+            return Some(first.clone());
         }
-        let count = self.endpoints.current().all().len();
-        for _ in 1..count {
-            let next = self.endpoints.pick()?;
-            if self.usable(&next) {
-                return Some(next);
+        for _ in 1..scope.all().len() {
+            let next = scope.pick(self.endpoints.ticket())?;
+            if self.usable(next) {
+                return Some(next.clone());
             }
         }
-        Some(first)
+        Some(first.clone())
     }
 
     /// Neither ejected by outlier detection nor failing its health checks.
@@ -203,6 +297,10 @@ impl Cluster {
             health: Health::default(),
             requests: Arc::default(),
             retries: Arc::default(),
+            connections: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(spec.limits.max_connections).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            pending: Arc::default(),
         })
     }
 }
@@ -775,6 +873,36 @@ const RETRY_BASE: Duration = Duration::from_millis(25);
 const HOST_SELECTION_ATTEMPTS: usize = 5;
 
 impl Upstream<'_> {
+    /// Forwards one try. Over HTTP/1.1 with `max_connections` set, the try first takes one of
+    /// the cluster's connection slots, held until its response ends; when none is free it
+    /// waits as a pending request (503 `UO` past `max_pending_requests` waiting, 504 when its
+    /// deadline comes first).
+    async fn try_once(&self, request: Request<Body>, endpoint: &Endpoint, limits: Limits) -> Result<Response<Body>, Error> {
+        let slot = self.connection_slot(limits.body).await?;
+        let response = forward_to(self.transport, request, endpoint, Some(self.forward), limits).await?;
+        Ok(match slot {
+            Some(slot) => response.map(|body| Holding { inner: body, _held: slot }.boxed()),
+            None => response,
+        })
+    }
+
+    async fn connection_slot(&self, deadline: Option<tokio::time::Instant>) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Error> {
+        let limits = &self.cluster.spec.limits;
+        if limits.max_connections == u32::MAX || !matches!(self.transport, Transport::Http1(..)) {
+            return Ok(None);
+        }
+        if let Ok(slot) = self.cluster.connections.clone().try_acquire_owned() {
+            return Ok(Some(slot));
+        }
+        let Some(_waiting) = InFlight::take(&self.cluster.pending, limits.max_pending_requests) else { return Err(Error::Overflow) };
+        let acquire = self.cluster.connections.clone().acquire_owned();
+        let slot = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.map_err(|_| Error::UpstreamTimeout)?,
+            None => acquire.await,
+        };
+        slot.map(Some).map_err(|_| Error::Internal("the connection limit was closed"))
+    }
+
     /// Sends the request, trying again as the route's retry policy allows, within the
     /// overall `timeout`.
     async fn send(&self, parts: http::request::Parts, body: Body, timeout: Option<Duration>) -> Result<Response<Body>, Error> {
@@ -783,14 +911,13 @@ impl Upstream<'_> {
         if retries.attempts == 0 || wants_upgrade(&parts) {
             let endpoint = pick()?;
             let _active = self.cluster.start_request(&endpoint);
-            let result =
-                forward_to(self.transport, Request::from_parts(parts, body), &endpoint, Some(self.forward), Limits::total(timeout)).await;
+            let limits = Limits::total(timeout);
+            let result = self.try_once(Request::from_parts(parts, body), &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
             return result;
         }
         let deadline = timeout.map(|it| Instant::now() + it);
-        let idempotent =
-            matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+        let idempotent = is_idempotent(&parts.method);
         let replay = ReplayBody::new(body, REPLAY_CAP);
         let mut tried: Vec<String> = Vec::new();
         let mut attempt = 0;
@@ -824,7 +951,7 @@ impl Upstream<'_> {
             let request = copy_head(&parts).map(|()| try_body.boxed());
             let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
             let active = self.cluster.start_request(&endpoint);
-            let result = forward_to(self.transport, request, &endpoint, Some(self.forward), limits).await;
+            let result = self.try_once(request, &endpoint, limits).await;
             drop(active);
             self.cluster.observe(&endpoint, &result);
             let started = replay.started();
@@ -833,12 +960,13 @@ impl Upstream<'_> {
                 Err(Error::UpstreamTimeout) if !per_try_bound => return result,
                 Err(err) => TryOutcome::Failed(err),
             };
-            let body_safe = !started || idempotent;
+            let body_safe = !started || idempotent || retries.any_method;
             if attempt >= retries.attempts || !retriable(retries, &outcome, started) || !body_safe {
                 return result;
             }
             // The circuit breaker on retries: past it, the last answer stands.
-            let Some(retry_slot) = InFlight::take(&self.cluster.retries, self.cluster.spec.limits.max_retries) else {
+            let allowed = self.cluster.spec.limits.retries_allowed(self.cluster.requests.load(Ordering::Acquire));
+            let Some(retry_slot) = InFlight::take(&self.cluster.retries, allowed) else {
                 return result;
             };
             _retrying = Some(retry_slot);
@@ -1238,6 +1366,26 @@ fn seed() -> u64 {
     (u64::from(nanos) ^ here.rotate_left(32)) | 1
 }
 
+/// Slow start's floor: an endpoint just added takes at least this share of its weight.
+const SLOW_START_FLOOR: f64 = 0.1;
+
+/// A weighted draw over `scope`'s endpoints with `weights` (parallel to them); `draw` is
+/// uniform in `0..u64::MAX`.
+fn pick_weighted<'s>(scope: &'s EndpointSet, weights: &[f64], draw: u64) -> Option<&'s Endpoint> {
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut point = draw as f64 / u64::MAX as f64 * total;
+    for (endpoint, weight) in scope.all().iter().zip(weights) {
+        if point < *weight {
+            return Some(endpoint);
+        }
+        point -= weight;
+    }
+    scope.all().iter().zip(weights).rev().find(|(_, weight)| **weight > 0.0).map(|(endpoint, _)| endpoint)
+}
+
 /// A fast random number in `0..bound`, for weighted destinations (xorshift: no security needed).
 pub fn random_below(bound: u32) -> u32 {
     RANDOM.with(|state| {
@@ -1531,7 +1679,14 @@ mod tests {
 
     #[test]
     fn retry_conditions_follow_envoys_meanings() {
-        let policy = |on: u32| Retries { attempts: 2, per_try_timeout_ms: None, on, statuses: &[503], avoid_previous_hosts: true };
+        let policy = |on: u32| Retries {
+            attempts: 2,
+            per_try_timeout_ms: None,
+            on,
+            statuses: &[503],
+            avoid_previous_hosts: true,
+            any_method: false,
+        };
         let answered = |code: u16, grpc: Option<u32>| TryOutcome::Answered(StatusCode::from_u16(code).expect("status"), grpc);
         let reset = Error::UpstreamReset("10.0.0.1:80".to_owned());
         let connect = Error::UpstreamConnect("10.0.0.1:80".to_owned());

@@ -51,6 +51,8 @@ struct Options {
     admin: SocketAddr,
     endpoints: Option<String>,
     tls: Option<TlsFiles>,
+    /// `region/zone/subzone`, maybe empty.
+    locality: String,
 }
 
 fn command(spec: &SidecarSpec) -> clap::Command {
@@ -86,6 +88,12 @@ fn command(spec: &SidecarSpec) -> clap::Command {
                 .value_name("ADDR")
                 .default_value(DEFAULT_ADMIN)
                 .help("Serve /ready and /config_dump on ADDR"),
+        )
+        .arg(
+            clap::Arg::new("locality")
+                .long("locality")
+                .value_name("REGION/ZONE/SUBZONE")
+                .help("Where this sidecar runs: endpoints in the same region, zone and subzone are preferred while they are healthy (for clusters with outlier detection or health checks)"),
         )
         .arg(
             clap::Arg::new("endpoints")
@@ -175,7 +183,8 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
         (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert: cert.into(), key: key.into(), ca: ca.into() }),
         _ => None,
     };
-    Ok(Options { listen, drain_time, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned(), tls })
+    let locality = matches.get_one::<String>("locality").map(|it| it.trim_matches('/').to_owned()).unwrap_or_default();
+    Ok(Options { listen, drain_time, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned(), tls, locality })
 }
 
 /// Runs the sidecar until SIGINT or SIGTERM. Exit codes: 0 after a signal, 1 when a listener
@@ -190,7 +199,7 @@ pub fn run(spec: &'static SidecarSpec) -> ExitCode {
         }
     };
     let endpoints = match &options.endpoints {
-        None => spec.clusters.iter().map(ClusterEndpoints::seeded).collect(),
+        None => spec.clusters.iter().map(|it| ClusterEndpoints::seeded(it, &options.locality)).collect(),
         Some(path) => {
             let text = match std::fs::read_to_string(path) {
                 Ok(text) => text,
@@ -200,7 +209,7 @@ pub fn run(spec: &'static SidecarSpec) -> ExitCode {
                 }
             };
             match endpoints::from_file(&text, spec.clusters) {
-                Ok(lists) => lists.into_iter().map(ClusterEndpoints::new).collect(),
+                Ok(lists) => lists.into_iter().map(|it| ClusterEndpoints::new(it, &options.locality)).collect(),
                 Err(err) => {
                     say!("error: in the endpoints file {path}: {err}");
                     return ExitCode::from(2);

@@ -135,6 +135,9 @@ pub struct ClusterSpec {
     pub request_timeout_ms: Option<u64>,
     /// How an endpoint is chosen.
     pub load_balancer: Balancer,
+    /// Slow start: an endpoint added, or healthy again after failing its checks, takes a
+    /// share of traffic growing over this many milliseconds.
+    pub warmup_ms: Option<u64>,
     /// Circuit-breaker thresholds.
     pub limits: Limits,
     /// Passive outlier detection, when enabled.
@@ -179,13 +182,45 @@ pub enum HashOn {
 pub struct Limits {
     /// Requests in flight at once.
     pub max_requests: u32,
-    /// Retries in flight at once.
+    /// Retries in flight at once (unless a retry budget replaces it).
     pub max_retries: u32,
+    /// HTTP/1.1 requests in flight at once, each holding one upstream connection; more wait.
+    pub max_connections: u32,
+    /// Requests waiting for a connection at once; past it, 503 with `UO`.
+    pub max_pending_requests: u32,
+    /// Retries in flight as a share of requests in flight.
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl Limits {
     /// No thresholds.
-    pub const NONE: Limits = Limits { max_requests: u32::MAX, max_retries: u32::MAX };
+    pub const NONE: Limits = Limits {
+        max_requests: u32::MAX,
+        max_retries: u32::MAX,
+        max_connections: u32::MAX,
+        max_pending_requests: u32::MAX,
+        retry_budget: None,
+    };
+
+    /// How many retries may be in flight while `requests` requests are.
+    pub fn retries_allowed(&self, requests: u32) -> u32 {
+        match &self.retry_budget {
+            Some(budget) => {
+                let share = (u64::from(requests) * u64::from(budget.per_million) / 1_000_000) as u32;
+                share.max(budget.min_concurrency)
+            }
+            None => self.max_retries,
+        }
+    }
+}
+
+/// Envoy's retry budget.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// The share of requests in flight that may be retries, in millionths.
+    pub per_million: u32,
+    /// The retries allowed however few requests are in flight.
+    pub min_concurrency: u32,
 }
 
 /// An endpoint as compiled from the registry snapshot.
@@ -199,6 +234,8 @@ pub struct EndpointSeed {
     pub weight: u32,
     /// Whether the registry says it may take traffic.
     pub routable: bool,
+    /// `region/zone/subzone`, as far as known.
+    pub locality: &'static str,
 }
 
 /// The outcome of routing one request.
@@ -285,11 +322,15 @@ pub struct Retries {
     pub statuses: &'static [u16],
     /// Whether a retry prefers an endpoint not tried yet.
     pub avoid_previous_hosts: bool,
+    /// Whether a request of a non-idempotent method (POST, PATCH, gRPC calls) is tried again
+    /// after its body was sent.
+    pub any_method: bool,
 }
 
 impl Retries {
     /// No retries.
-    pub const NONE: Retries = Retries { attempts: 0, per_try_timeout_ms: None, on: 0, statuses: &[], avoid_previous_hosts: false };
+    pub const NONE: Retries =
+        Retries { attempts: 0, per_try_timeout_ms: None, on: 0, statuses: &[], avoid_previous_hosts: false, any_method: false };
 }
 
 /// Retry conditions, Envoy's `retry_on` values, as bits of [`Retries::on`].
@@ -389,4 +430,20 @@ pub enum Answer {
         /// Body.
         body: &'static str,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_budget_scales_with_the_requests_in_flight_above_its_floor() {
+        let limits =
+            Limits { retry_budget: Some(RetryBudget { per_million: 200_000, min_concurrency: 3 }), max_retries: 1, ..Limits::NONE };
+        assert_eq!(limits.retries_allowed(0), 3);
+        assert_eq!(limits.retries_allowed(10), 3);
+        assert_eq!(limits.retries_allowed(100), 20);
+        // Without a budget, max_retries stands.
+        assert_eq!(Limits { max_retries: 1, ..Limits::NONE }.retries_allowed(100), 1);
+    }
 }

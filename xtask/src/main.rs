@@ -43,7 +43,8 @@ const PIP_PACKAGES: [&str; 2] = ["grpcio==1.85.1", "websockets==15.0.1"];
 /// Installs the real clients the end-to-end tests drive, unless they are already there:
 /// Debian packages (curl, h2load, openssl) and a `.venv` with grpcio and websockets.
 fn install() -> Result<(), String> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(tool, version, _)| !runs(tool, &[version])).map(|(_, _, package)| *package).collect();
+    let missing: Vec<&str> =
+        APT_PACKAGES.iter().filter(|(tool, version, _)| !runs(tool, &[version])).map(|(_, _, package)| *package).collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing {}", missing.join(", "));
         let root = Command::new("id").arg("-u").output().map(|it| String::from_utf8_lossy(&it.stdout).trim() == "0").unwrap_or(false);

@@ -43,8 +43,9 @@ pub(super) fn workload_crate(mesh: &Mesh, workload: &Workload, options: &EmitOpt
 
 fn cargo_toml(mesh: &Mesh, workload: &Workload, options: &EmitOptions) -> String {
     format!(
-        "{}[package]\nname = \"meshc-sidecar-{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\ndescription = \"The meshc sidecar of workload `{name}` of mesh `{mesh}`\"\n\n[[bin]]\nname = \"{name}\"\npath = \"src/main.rs\"\n\n[dependencies]\nmeshc-runtime = {{ path = \"{runtime}\" }}\n",
+        "{}[package]\nname = \"meshc-sidecar-{binary}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\ndescription = \"The meshc sidecar of workload `{name}` of mesh `{mesh}`\"\n\n[[bin]]\nname = \"{binary}\"\npath = \"src/main.rs\"\n\n[dependencies]\nmeshc-runtime = {{ path = \"{runtime}\" }}\n",
         toml_header(mesh, options),
+        binary = super::binary_name(mesh, workload),
         name = workload.name,
         mesh = mesh.name,
         runtime = options.runtime_path,
@@ -178,6 +179,7 @@ fn retries(policy: &RetryPolicy) -> TokenStream {
     };
     let statuses = policy.retriable_status_codes.iter().map(|it| int(*it));
     let avoid = policy.avoid_previous_hosts;
+    let any_method = policy.any_method;
     quote! {
         rt::Retries {
             attempts: #attempts,
@@ -185,6 +187,7 @@ fn retries(policy: &RetryPolicy) -> TokenStream {
             on: #on,
             statuses: &[#(#statuses),*],
             avoid_previous_hosts: #avoid,
+            any_method: #any_method,
         }
     }
 }
@@ -511,11 +514,40 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
             }
         };
         let limits = &cluster.policy.limits;
-        let limits = if limits.max_requests.is_none() && limits.max_retries.is_none() {
+        let limits = if limits.max_requests.is_none()
+            && limits.max_retries.is_none()
+            && limits.max_connections.is_none()
+            && limits.max_pending_requests.is_none()
+            && limits.retry_budget.is_none()
+        {
             quote!(rt::Limits::NONE)
         } else {
-            let (requests, retries) = (int(limits.max_requests.unwrap_or(u32::MAX)), int(limits.max_retries.unwrap_or(u32::MAX)));
-            quote!(rt::Limits { max_requests: #requests, max_retries: #retries })
+            let unlimited = |it: Option<u32>| int(it.unwrap_or(u32::MAX));
+            let (requests, retries) = (unlimited(limits.max_requests), unlimited(limits.max_retries));
+            let (connections, pending) = (unlimited(limits.max_connections), unlimited(limits.max_pending_requests));
+            let budget = match limits.retry_budget {
+                Some(per_million) => {
+                    let per_million = int(per_million);
+                    // Envoy's default floor is 3 retries.
+                    let min = int(limits.min_retry_concurrency.unwrap_or(3));
+                    quote!(Some(rt::RetryBudget { per_million: #per_million, min_concurrency: #min }))
+                }
+                None => quote!(None),
+            };
+            quote!(rt::Limits {
+                max_requests: #requests,
+                max_retries: #retries,
+                max_connections: #connections,
+                max_pending_requests: #pending,
+                retry_budget: #budget,
+            })
+        };
+        let warmup = match cluster.policy.warmup_ms {
+            Some(ms) => {
+                let ms = int(ms);
+                quote!(Some(#ms))
+            }
+            None => quote!(None),
         };
         let request = match cluster.policy.request_timeout_ms {
             Some(ms) => {
@@ -553,7 +585,8 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
             let port = int(instance.port);
             let weight = int(instance.weight);
             let routable = instance.health.routable();
-            quote!(rt::EndpointSeed { address: #address, port: #port, weight: #weight, routable: #routable })
+            let locality = str_lit(&instance.locality.path());
+            quote!(rt::EndpointSeed { address: #address, port: #port, weight: #weight, routable: #routable, locality: #locality })
         });
         items.push(quote! {
             rt::ClusterSpec {
@@ -565,6 +598,7 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 connect_timeout_ms: #connect,
                 request_timeout_ms: #request,
                 load_balancer: #balancer,
+                warmup_ms: #warmup,
                 limits: #limits,
                 outlier: #outlier,
                 health_check: #health_check,

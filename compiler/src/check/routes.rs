@@ -62,7 +62,14 @@ pub fn istio_retries(attempts: u32, per_try_timeout_ms: Option<u64>) -> ir::Retr
         .map(|it| (*it).to_owned())
         .collect();
     retry_on.sort();
-    ir::RetryPolicy { attempts, per_try_timeout_ms, retry_on, retriable_status_codes: vec![503], avoid_previous_hosts: true }
+    ir::RetryPolicy {
+        attempts,
+        per_try_timeout_ms,
+        retry_on,
+        retriable_status_codes: vec![503],
+        avoid_previous_hosts: true,
+        any_method: false,
+    }
 }
 
 impl Checker<'_, '_> {
@@ -703,7 +710,7 @@ impl Checker<'_, '_> {
             return Some(ir::RetryPolicy::none());
         }
         if retries.retry_on.is_empty() {
-            return Some(istio_retries(retries.attempts, per_try));
+            return Some(ir::RetryPolicy { any_method: retries.any_method, ..istio_retries(retries.attempts, per_try) });
         }
         let mut policy = ir::RetryPolicy {
             attempts: retries.attempts,
@@ -711,6 +718,7 @@ impl Checker<'_, '_> {
             retry_on: Vec::new(),
             retriable_status_codes: Vec::new(),
             avoid_previous_hosts: true,
+            any_method: retries.any_method,
         };
         let mut ok = true;
         for condition in &retries.retry_on {

@@ -17,6 +17,7 @@ pub fn default_policy() -> ir::TrafficPolicy {
         load_balancer: ir::LoadBalancer::LeastRequest,
         connect_timeout_ms: 10_000,
         request_timeout_ms: None,
+        warmup_ms: None,
         limits: ir::ConnectionLimits::default(),
         outlier_detection: None,
         health_check: None,
@@ -35,6 +36,9 @@ fn apply_policy(base: &ir::TrafficPolicy, over: &ast::Policy) -> ir::TrafficPoli
     }
     if let Some(it) = &over.request_timeout {
         policy.request_timeout_ms = Some(it.value);
+    }
+    if let Some(it) = &over.warmup {
+        policy.warmup_ms = Some(it.value);
     }
     if let Some(it) = &over.limits {
         policy.limits = it.value.clone();
@@ -88,6 +92,9 @@ impl<'a> Checker<'a, '_> {
             let decl = declared.get(key).copied();
             let base = default_policy();
             let policy = decl.map_or_else(|| base.clone(), |it| apply_policy(&base, &it.policy));
+            if let Some(decl) = decl {
+                self.check_warmup(&policy, &decl.policy);
+            }
             let ports = self.ports(catalog, decl);
             let protocol = match ports.first() {
                 Some(first) if ports.iter().all(|it| it.protocol == first.protocol) => first.protocol,
@@ -97,10 +104,14 @@ impl<'a> Checker<'a, '_> {
                 let mut subsets: Vec<CheckedSubset> = decl
                     .subsets
                     .iter()
-                    .map(|subset| CheckedSubset {
-                        name: subset.name.text.clone(),
-                        labels: subset.labels.iter().map(|(k, v)| (k.text.clone(), v.text.clone())).collect(),
-                        policy: apply_policy(&policy, &subset.policy),
+                    .map(|subset| {
+                        let subset_policy = apply_policy(&policy, &subset.policy);
+                        self.check_warmup(&subset_policy, &subset.policy);
+                        CheckedSubset {
+                            name: subset.name.text.clone(),
+                            labels: subset.labels.iter().map(|(k, v)| (k.text.clone(), v.text.clone())).collect(),
+                            policy: subset_policy,
+                        }
                     })
                     .collect();
                 subsets.sort_by(|a, b| a.name.cmp(&b.name));
@@ -110,6 +121,20 @@ impl<'a> Checker<'a, '_> {
             services.insert(key.clone(), CheckedService { catalog, ports, protocol, subsets, policy, declared_in });
         }
         services
+    }
+
+    /// Slow start weighs endpoints by their age, which only round robin and least request
+    /// consult (as in Envoy and Istio); reported where `over` set one of the two.
+    fn check_warmup(&mut self, policy: &ir::TrafficPolicy, over: &ast::Policy) {
+        if policy.warmup_ms.is_none() || matches!(policy.load_balancer, ir::LoadBalancer::RoundRobin | ir::LoadBalancer::LeastRequest) {
+            return;
+        }
+        let Some(span) = over.warmup.as_ref().map(|it| it.span).or(over.load_balancer.as_ref().map(|it| it.span)) else { return };
+        self.push(
+            Diagnostic::error(Code::InvalidValue, "`warmup` needs the `round_robin` or `least_request` load balancer")
+                .primary(span, "slow start with a random or hashing load balancer")
+                .help("hashing keeps each key on its endpoint, so a new endpoint cannot be eased in"),
+        );
     }
 
     /// The service's ports: the registry's, with the spec's protocols, names and target ports.

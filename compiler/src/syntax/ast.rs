@@ -105,6 +105,8 @@ pub struct Policy {
     pub connect_timeout: Option<Spanned<u64>>,
     /// `request_timeout`, ms.
     pub request_timeout: Option<Spanned<u64>>,
+    /// `warmup`, ms.
+    pub warmup: Option<Spanned<u64>>,
     /// `limits { }`.
     pub limits: Option<Spanned<ConnectionLimits>>,
     /// `outlier_detection { }`, with defaults filled in.
@@ -302,6 +304,8 @@ pub struct Retries {
     pub per_try_timeout: Option<Spanned<u64>>,
     /// Retry-on conditions.
     pub retry_on: Vec<Name>,
+    /// `any_method`: requests of any method are retried after their body was sent.
+    pub any_method: bool,
 }
 
 /// A header operation.

@@ -325,6 +325,15 @@ impl Builder<'_> {
                     self.set_once(&mut policy.request_timeout, d.value, span, "request_timeout");
                 }
             }
+            Rule::warmup_stmt => {
+                if let Some(d) = self.duration(stmt.into_inner().nth(1).expect("grammar: duration")) {
+                    if d.value == 0 {
+                        self.error(Code::InvalidValue, d.span, "`warmup` must be longer than 0ms", "zero");
+                    } else {
+                        self.set_once(&mut policy.warmup, d.value, span, "warmup");
+                    }
+                }
+            }
             Rule::limits_block => {
                 let limits = self.limits(stmt);
                 self.set_once(&mut policy.limits, limits, span, "limits");
@@ -474,9 +483,25 @@ impl Builder<'_> {
     }
 
     fn limits(&mut self, pair: P<'_>) -> ConnectionLimits {
+        let span = self.span(&pair);
         let mut limits = ConnectionLimits::default();
-        let keys = ["max_connections", "max_pending_requests", "max_requests", "max_retries", "max_requests_per_connection"];
+        let keys = [
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "max_requests_per_connection",
+            "retry_budget",
+            "min_retry_concurrency",
+        ];
         self.settings(pair, "limits", &keys, |b, key, value, span| {
+            if key == "retry_budget" {
+                let Some(value) = b.expect_value(key, value, Rule::percent, span, "a percentage") else { return };
+                if let Some(p) = b.percent(value) {
+                    limits.retry_budget = Some(p.value);
+                }
+                return;
+            }
             let Some(value) = b.expect_value(key, value, Rule::int, span, "a count") else { return };
             let Some(n) = b.int::<u32>(value, 1, u64::from(u32::MAX), &format!("`{key}`")).map(|it| it.value) else { return };
             match key {
@@ -484,9 +509,13 @@ impl Builder<'_> {
                 "max_pending_requests" => limits.max_pending_requests = Some(n),
                 "max_requests" => limits.max_requests = Some(n),
                 "max_retries" => limits.max_retries = Some(n),
+                "min_retry_concurrency" => limits.min_retry_concurrency = Some(n),
                 _ => limits.max_requests_per_connection = Some(n),
             }
         });
+        if limits.min_retry_concurrency.is_some() && limits.retry_budget.is_none() {
+            self.error(Code::InvalidValue, span, "`min_retry_concurrency` is part of a retry budget", "no `retry_budget` in this block");
+        }
         limits
     }
 
@@ -720,7 +749,12 @@ impl Builder<'_> {
                 Rule::retries_stmt => {
                     let mut parts = stmt.into_inner().skip(1);
                     let attempts = self.int::<u32>(parts.next().expect("grammar: attempts"), 0, 100, "the number of retries");
-                    let mut retries = Retries { attempts: attempts.map_or(0, |it| it.value), per_try_timeout: None, retry_on: Vec::new() };
+                    let mut retries = Retries {
+                        attempts: attempts.map_or(0, |it| it.value),
+                        per_try_timeout: None,
+                        retry_on: Vec::new(),
+                        any_method: false,
+                    };
                     for part in parts {
                         let part_span = self.span(&part);
                         match part.as_rule() {
@@ -732,6 +766,12 @@ impl Builder<'_> {
                                         self.set_once(&mut retries.per_try_timeout, d.value, part_span, "per_try_timeout");
                                     }
                                 }
+                            }
+                            Rule::retry_any_method => {
+                                if retries.any_method {
+                                    self.error(Code::DuplicateSetting, part_span, "`any_method` is given twice", "again");
+                                }
+                                retries.any_method = true;
                             }
                             _ => {
                                 let list = part.into_inner().nth(1).expect("grammar: retry on list");

@@ -177,6 +177,7 @@ pub struct Upstream {
     pub address: SocketAddr,
     hits: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<serde_json::Value>>>,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl Upstream {
@@ -192,13 +193,19 @@ impl Upstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let hits = Arc::new(AtomicUsize::new(0));
         let last = Arc::new(Mutex::new(None));
-        let (counter, keeper) = (hits.clone(), last.clone());
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let (counter, keeper, answer) = (hits.clone(), last.clone(), status.clone());
         let name = name.to_owned();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(serve_upstream(listener, name, counter, keeper, status));
+            runtime.block_on(serve_upstream(listener, name, counter, keeper, answer));
         });
-        Upstream { address, hits, last }
+        Upstream { address, hits, last, status }
+    }
+
+    /// Answers `status` from now on (health probes included).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     /// What it answered to the last request it served (what it saw of it).
@@ -217,7 +224,7 @@ async fn serve_upstream(
     name: String,
     hits: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<serde_json::Value>>>,
-    status: u16,
+    status: Arc<std::sync::atomic::AtomicU16>,
 ) {
     use http_body_util::Full;
     use hyper::service::service_fn;
@@ -229,11 +236,13 @@ async fn serve_upstream(
         let name = name.clone();
         let hits = hits.clone();
         let last = last.clone();
+        let status = status.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let name = name.clone();
                 let hits = hits.clone();
                 let last = last.clone();
+                let status = status.load(Ordering::SeqCst);
                 async move {
                     hits.fetch_add(1, Ordering::SeqCst);
                     if request.uri().path() == "/slow" {

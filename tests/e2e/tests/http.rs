@@ -233,6 +233,119 @@ fn retries_hide_a_failing_instance_but_never_resend_a_post_body() {
     let failed = (0..10).filter(|_| curl(&["-H", "host: web", "--data-binary", "order=1"], &url).status == 500).count();
     assert!(failed > 0, "no POST reached the failing instance");
     assert_eq!(failed, bad.hits() - before, "each POST the failing instance saw failed, and none was resent");
+    // Unless the route says `any_method`: then the POST is sent again, body and all.
+    let orders = format!("http://{}/orders/new", sidecar.listener("outbound"));
+    let before = bad.hits();
+    for _ in 0..10 {
+        let seen = curl(&["-H", "host: web", "--data-binary", "order=1"], &orders);
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        assert_eq!(seen.json()["body_bytes"].as_u64(), Some(7), "{}", seen.body);
+    }
+    assert!(bad.hits() > before, "no POST to /orders/ reached the failing instance first");
+}
+
+/// Polls the admin `/clusters` until `line` is there.
+fn wait_for_clusters_line(admin: std::net::SocketAddr, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, clusters) = meshc_e2e::curl(&[], &format!("http://{admin}/clusters"));
+        if clusters.contains(line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no `{line}` in /clusters:\n{clusters}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_connection_limit_queues_one_request_and_overflows_the_next() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let upstream = Upstream::start("pooled");
+    let endpoints = format!("[[endpoint]]\nservice = \"pooled\"\naddress = \"{}\"\n", upstream.address);
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let slow_url = format!("http://{}/slow", sidecar.listener("outbound"));
+    // `max_connections 1  max_pending_requests 1`: the first slow request holds the only
+    // connection, the second waits for it, the third overflows at once.
+    let first = {
+        let url = slow_url.clone();
+        std::thread::spawn(move || curl(&["-H", "host: pooled"], &url).status)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let second = {
+        let url = slow_url.clone();
+        std::thread::spawn(move || curl(&["-H", "host: pooled"], &url).status)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(upstream.hits(), 1, "the waiting request reached the upstream before a connection was free");
+    let third = curl(&["-H", "host: pooled"], &format!("http://{}/now", sidecar.listener("outbound")));
+    assert_eq!(third.status, 503, "{}", third.body);
+    assert!(third.body.contains("overflow"), "{}", third.body);
+    assert_eq!(first.join().expect("the first request"), 200);
+    assert_eq!(second.join().expect("the second request"), 200);
+    assert_eq!(upstream.hits(), 2);
+    let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
+    assert_eq!(metric(&text, "istio_requests_total", &[("destination_service_name", "pooled"), ("response_flags", "UO")]), 1.0, "{text}");
+}
+
+#[test]
+fn nearby_endpoints_take_the_traffic_until_they_fail_then_it_fails_over() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let (near, zone, far) = (Upstream::start("near"), Upstream::start("zone"), Upstream::start("far"));
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"zoned\"\naddress = \"{}\"\nlocality = \"eu/eu-1a\"\n\n\
+         [[endpoint]]\nservice = \"zoned\"\naddress = \"{}\"\nlocality = \"us/us-1b\"\n\n\
+         [[endpoint]]\nservice = \"zoned\"\naddress = \"{}\"\nlocality = \"us/us-1a\"\n",
+        far.address, zone.address, near.address
+    );
+    let sidecar = Sidecar::start_with(&binary, &["outbound"], &endpoints, &["--locality", "us/us-1a"]);
+    let url = format!("http://{}/x", sidecar.listener("outbound"));
+    let served_by = || {
+        let seen = curl(&["-H", "host: zoned"], &url);
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        seen.json()["upstream"].as_str().unwrap_or_default().to_owned()
+    };
+    let cluster = "outbound|80||zoned.default.svc.cluster.local";
+    // Round robin over three endpoints, but the sidecar's own zone takes everything.
+    assert!((0..12).all(|_| served_by() == "near"));
+    // The near endpoint fails its checks: the same region's other zone takes over, not the far one.
+    near.set_status(500);
+    wait_for_clusters_line(sidecar.admin, &format!("{cluster}::{}::health_flags::/failed_active_hc", near.address));
+    assert!((0..12).all(|_| served_by() == "zone"));
+    zone.set_status(500);
+    wait_for_clusters_line(sidecar.admin, &format!("{cluster}::{}::health_flags::/failed_active_hc", zone.address));
+    assert!((0..12).all(|_| served_by() == "far"));
+    // Healthy again: back home.
+    near.set_status(200);
+    wait_for_clusters_line(sidecar.admin, &format!("{cluster}::{}::health_flags::healthy", near.address));
+    assert!((0..12).all(|_| served_by() == "near"));
+}
+
+#[test]
+fn an_endpoint_back_from_failed_checks_is_eased_in() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let (steady, back) = (Upstream::start("steady"), Upstream::start("back"));
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"warming\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"warming\"\naddress = \"{}\"\n",
+        steady.address, back.address
+    );
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let cluster = "outbound|80||warming.default.svc.cluster.local";
+    back.set_status(500);
+    wait_for_clusters_line(sidecar.admin, &format!("{cluster}::{}::health_flags::/failed_active_hc", back.address));
+    back.set_status(200);
+    wait_for_clusters_line(sidecar.admin, &format!("{cluster}::{}::health_flags::healthy", back.address));
+    // `warmup 20s`: in its first seconds back, the endpoint weighs 10% (rising by 5% a second),
+    // so it takes about a tenth of the requests where round robin would give it half.
+    // (Counted from the answers: the upstreams' own counts include the probes.)
+    let url = format!("http://{}/x", sidecar.listener("outbound"));
+    let taken = (0..100)
+        .filter(|_| {
+            let seen = curl(&["-H", "host: warming"], &url);
+            assert_eq!(seen.status, 200, "{}", seen.body);
+            seen.json()["upstream"] == "back"
+        })
+        .count();
+    assert!((1..30).contains(&taken), "the endpoint back from failed checks took {taken} of 100 requests");
 }
 
 #[test]

@@ -60,6 +60,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -150,6 +151,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -197,6 +199,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,

@@ -62,6 +62,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -129,6 +130,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -196,6 +198,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -286,6 +289,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -333,6 +337,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,

@@ -69,6 +69,7 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
             | rt::RetryOn::UNAVAILABLE,
         statuses: &[503],
         avoid_previous_hosts: true,
+        any_method: false,
     },
     fault: rt::Fault::NONE,
     rate_limit: None,

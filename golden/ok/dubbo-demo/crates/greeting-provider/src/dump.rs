@@ -68,6 +68,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -134,6 +135,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -188,6 +190,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -223,6 +226,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,

@@ -55,6 +55,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -137,6 +138,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -192,6 +194,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -235,6 +238,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,

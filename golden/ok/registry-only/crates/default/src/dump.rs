@@ -71,6 +71,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -140,6 +141,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -193,6 +195,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -240,6 +243,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -299,6 +303,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,
@@ -362,6 +367,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": null,

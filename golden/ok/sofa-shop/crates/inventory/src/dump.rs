@@ -66,6 +66,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -135,6 +136,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": 250,
@@ -188,6 +190,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -238,6 +241,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -303,6 +307,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,

@@ -64,6 +64,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -129,6 +130,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,

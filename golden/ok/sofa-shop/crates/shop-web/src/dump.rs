@@ -65,6 +65,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -134,6 +135,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 2,
             "avoid_previous_hosts": true,
             "per_try_timeout_ms": 250,
@@ -187,6 +189,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
@@ -237,6 +240,7 @@ pub const CONFIG_DUMP: &str = r#"{
             "set": []
           },
           "retries": {
+            "any_method": false,
             "attempts": 0,
             "avoid_previous_hosts": false,
             "per_try_timeout_ms": null,
