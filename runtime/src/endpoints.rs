@@ -155,6 +155,13 @@ impl EndpointSet {
     /// scores `-weight / ln(u)` for a uniform `u` derived from the key and its address, and
     /// the highest score wins.
     pub fn pick_hashed(&self, key: u64) -> Option<&Endpoint> {
+        self.pick_hashed_among(key, |_| true)
+    }
+
+    /// [`EndpointSet::pick_hashed`] among the endpoints `eligible` accepts: when a key's
+    /// endpoint is out, its keys go to their next-best endpoint, each key always to the same
+    /// one, as a ring hash walks on to the next host.
+    pub fn pick_hashed_among(&self, key: u64, eligible: impl Fn(&Endpoint) -> bool) -> Option<&Endpoint> {
         let score = |endpoint: &Endpoint| {
             let mut hash = key ^ 0x9e37_79b9_7f4a_7c15;
             for byte in endpoint.authority().bytes() {
@@ -167,7 +174,7 @@ impl EndpointSet {
             let uniform = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             -f64::from(endpoint.weight) / uniform.ln()
         };
-        self.endpoints.iter().filter(|it| it.takes_traffic()).max_by(|a, b| score(a).total_cmp(&score(b)))
+        self.endpoints.iter().filter(|it| it.takes_traffic() && eligible(it)).max_by(|a, b| score(a).total_cmp(&score(b)))
     }
 }
 
@@ -355,6 +362,13 @@ mod tests {
         }
         // Roughly a third each.
         assert!(counts.values().all(|it| (800..=1200).contains(it)), "{counts:?}");
+        // With `c` out (ejected, failing its checks), its keys go where they would go without it.
+        let set = three.current();
+        for key in 0..1000u64 {
+            let key = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let without = set.pick_hashed_among(key, |it| it.address != "c").expect("an endpoint");
+            assert_eq!(without.address, two.pick_hashed(key).expect("an endpoint").address);
+        }
     }
 
     #[test]

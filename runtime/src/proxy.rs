@@ -107,6 +107,10 @@ impl Cluster {
                     if self.usable(chosen) {
                         return Some(chosen.clone());
                     }
+                    // The key's next-best endpoint, so that its requests stay together.
+                    if let Some(next) = scope.pick_hashed_among(key, |it| self.usable(it)) {
+                        return Some(next.clone());
+                    }
                 }
                 (Balancer::Random | Balancer::Hash(_), _) => {
                     let chosen = scope.pick(draw())?;
@@ -877,12 +881,15 @@ impl Upstream<'_> {
     /// the cluster's connection slots, held until its response ends; when none is free it
     /// waits as a pending request (503 `UO` past `max_pending_requests` waiting, 504 when its
     /// deadline comes first).
+    /// The try counts as in flight to its endpoint (for least-request balancing) until its
+    /// response ends.
     async fn try_once(&self, request: Request<Body>, endpoint: &Endpoint, limits: Limits) -> Result<Response<Body>, Error> {
         let slot = self.connection_slot(limits.body).await?;
+        let active = self.cluster.start_request(endpoint);
         let response = forward_to(self.transport, request, endpoint, Some(self.forward), limits).await?;
-        Ok(match slot {
-            Some(slot) => response.map(|body| Holding { inner: body, _held: slot }.boxed()),
-            None => response,
+        Ok(match (slot, active) {
+            (None, None) => response,
+            held => response.map(|body| Holding { inner: body, _held: held }.boxed()),
         })
     }
 
@@ -910,7 +917,6 @@ impl Upstream<'_> {
         let pick = || self.cluster.pick_for(self.key).ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
         if retries.attempts == 0 || wants_upgrade(&parts) {
             let endpoint = pick()?;
-            let _active = self.cluster.start_request(&endpoint);
             let limits = Limits::total(timeout);
             let result = self.try_once(Request::from_parts(parts, body), &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
@@ -950,9 +956,7 @@ impl Upstream<'_> {
             };
             let request = copy_head(&parts).map(|()| try_body.boxed());
             let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
-            let active = self.cluster.start_request(&endpoint);
             let result = self.try_once(request, &endpoint, limits).await;
-            drop(active);
             self.cluster.observe(&endpoint, &result);
             let started = replay.started();
             let outcome = match &result {
