@@ -295,6 +295,23 @@ pub fn require(tool: &str, install: &str) {
     assert!(found, "`{tool}` is needed by this end-to-end test: {install} (`cargo xtask test` installs it)");
 }
 
+/// Runs a sidecar that should stop by itself (a bad flag, missing certificates) and gives
+/// what it printed; one still running after 20 s is killed and the test fails, rather than
+/// hanging the suite on a sidecar that started when it should not have.
+pub fn run_to_exit(command: &mut Command) -> std::process::Output {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the sidecar");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait for the sidecar").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect the sidecar's output");
+            panic!("the sidecar kept running instead of exiting:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect the sidecar's output")
+}
+
 /// Runs curl and returns (status, body). `args` come before the URL.
 pub fn curl(args: &[&str], url: &str) -> (u16, String) {
     require("curl", "apt-get install curl");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshc_e2e::{Sidecar, Upstream, curl, require, root, sidecar_binary};
+use meshc_e2e::{Sidecar, Upstream, curl, require, root, run_to_exit, sidecar_binary};
 
 struct Bookinfo {
     sidecar: Sidecar,
@@ -187,12 +187,12 @@ fn the_admin_endpoint_reports_readiness_and_the_compiled_tables() {
 #[test]
 fn a_bad_flag_or_endpoints_file_exits_2_with_a_message() {
     let binary: PathBuf = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
-    let output = Command::new(&binary).arg("--listen").arg("nowhere=127.0.0.1:0").output().expect("run");
+    let output = run_to_exit(Command::new(&binary).arg("--listen").arg("nowhere=127.0.0.1:0"));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("there is no listener `nowhere`"));
     let file = std::env::temp_dir().join(format!("meshc-e2e-bad-{}.toml", std::process::id()));
     std::fs::write(&file, "[[endpoint]]\nservice = \"ratings\"\naddress = \"127.0.0.1:1\"\n").expect("write");
-    let output = Command::new(&binary).arg("--endpoints").arg(&file).output().expect("run");
+    let output = run_to_exit(Command::new(&binary).arg("--endpoints").arg(&file));
     assert_eq!(output.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("calls no service by that name"),
@@ -204,7 +204,7 @@ fn a_bad_flag_or_endpoints_file_exits_2_with_a_message() {
         ("9080=localhost", "is not PORT=ADDR"),
         ("9999=127.0.0.1:1", "serves no port 9999; the ports it serves are 9080"),
     ] {
-        let output = Command::new(&binary).arg("--app").arg(flag).output().expect("run");
+        let output = run_to_exit(Command::new(&binary).arg("--app").arg(flag));
         assert_eq!(output.status.code(), Some(2), "--app {flag}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(message), "--app {flag}: {stderr}");

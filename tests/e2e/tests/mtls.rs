@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use meshc_e2e::{Sidecar, Upstream, require, root, sidecar_binary};
+use meshc_e2e::{Sidecar, Upstream, require, root, run_to_exit, sidecar_binary};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
 /// A certificate authority for the test.
@@ -214,13 +214,13 @@ fn replaced_certificate_files_take_effect_without_a_restart() {
 #[test]
 fn a_strict_port_without_certificates_is_a_startup_error() {
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/mtls"), "server");
-    let output = Command::new(&binary).args(["--admin", "127.0.0.1:0"]).output().expect("run the sidecar");
+    let output = run_to_exit(Command::new(&binary).args(["--admin", "127.0.0.1:0"]));
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("accepts mutual TLS only") && stderr.contains("--tls-cert"), "{stderr}");
     // The caller's sidecar needs them too, for its `istio_mutual` clusters.
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/mtls"), "client");
-    let output = Command::new(&binary).args(["--admin", "127.0.0.1:0"]).output().expect("run the sidecar");
+    let output = run_to_exit(Command::new(&binary).args(["--admin", "127.0.0.1:0"]));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("uses TLS"), "{}", String::from_utf8_lossy(&output.stderr));
 }
