@@ -202,7 +202,7 @@ impl Policies {
     /// Istio's verdict on `request`.
     pub fn authorize(&self, request: &Request<'_, '_>) -> Verdict {
         for policy in self.deny {
-            if let Some(rule) = policy.rules.iter().position(|it| it.matches(request)) {
+            if let Some(rule) = policy.rules.iter().position(|it| it.matches(request, true)) {
                 return Verdict { allowed: false, policy: Some(policy.name), rule: Some(rule + 1) };
             }
         }
@@ -210,7 +210,7 @@ impl Policies {
             return Verdict { allowed: true, policy: None, rule: None };
         }
         for policy in self.allow {
-            if let Some(rule) = policy.rules.iter().position(|it| it.matches(request)) {
+            if let Some(rule) = policy.rules.iter().position(|it| it.matches(request, false)) {
                 return Verdict { allowed: true, policy: Some(policy.name), rule: Some(rule + 1) };
             }
         }
@@ -221,8 +221,10 @@ impl Policies {
 /// A request as authorization sees it.
 #[derive(Debug)]
 pub struct Request<'h, 'a> {
-    /// The request head.
-    pub head: &'h RequestHead<'a>,
+    /// The request head; `None` for a TCP connection, where HTTP-only fields (hosts,
+    /// methods, paths, request headers) make an ALLOW rule match nothing and are ignored in a
+    /// DENY rule, as Istio applies policies to TCP traffic.
+    pub head: Option<&'h RequestHead<'a>>,
     /// The peer's address.
     pub peer: Option<IpAddr>,
     /// The peer's identity, `<trust-domain>/ns/<ns>/sa/<sa>`, when mutual TLS proved it.
@@ -263,7 +265,7 @@ fn field<P, V: Copy>(values: &[P], not_values: &[P], attribute: Option<V>, test:
 }
 
 impl Rule {
-    fn matches(&self, request: &Request<'_, '_>) -> bool {
+    fn matches(&self, request: &Request<'_, '_>, deny: bool) -> bool {
         let principal = request.principal;
         let namespace = request.namespace();
         let from = self.from.is_empty()
@@ -276,27 +278,38 @@ impl Rule {
         if !from {
             return false;
         }
-        let head = request.head;
-        let host = head.authority();
         let to = self.to.is_empty()
             || self.to.iter().any(|op| {
-                field(op.hosts, op.not_hosts, Some(host), |p, host| p.test(host) || p.test(crate::proxy::without_port(host)))
-                    && field(op.methods, op.not_methods, Some(head.method()), |p, v| p.test(v))
-                    && field(op.paths, op.not_paths, Some(head.path()), |p, v| p.test(v))
-                    && field(op.ports, op.not_ports, Some(request.port), |a, b| *a == b)
+                let http = match request.head {
+                    Some(head) => {
+                        let host = head.authority();
+                        field(op.hosts, op.not_hosts, Some(host), |p, host| p.test(host) || p.test(crate::proxy::without_port(host)))
+                            && field(op.methods, op.not_methods, Some(head.method()), |p, v| p.test(v))
+                            && field(op.paths, op.not_paths, Some(head.path()), |p, v| p.test(v))
+                    }
+                    None => {
+                        let uses_http =
+                            [op.hosts, op.not_hosts, op.methods, op.not_methods, op.paths, op.not_paths].iter().any(|it| !it.is_empty());
+                        deny || !uses_http
+                    }
+                };
+                http && field(op.ports, op.not_ports, Some(request.port), |a, b| *a == b)
             });
-        to && self.when.iter().all(|condition| condition.holds(request, principal, namespace))
+        to && self.when.iter().all(|condition| condition.holds(request, principal, namespace, deny))
     }
 }
 
 impl Condition {
-    fn holds(&self, request: &Request<'_, '_>, principal: Option<&str>, namespace: Option<&str>) -> bool {
+    fn holds(&self, request: &Request<'_, '_>, principal: Option<&str>, namespace: Option<&str>, deny: bool) -> bool {
         match &self.key {
             Key::SourceIp | Key::RemoteIp => field(self.blocks, self.not_blocks, request.peer, |b, ip| b.contains(ip)),
-            Key::RequestHeader(name) => {
-                let value = request.head.header(name);
-                field(self.values, self.not_values, value.as_deref(), |p, v| p.test(v))
-            }
+            Key::RequestHeader(name) => match request.head {
+                Some(head) => {
+                    let value = head.header(name);
+                    field(self.values, self.not_values, value.as_deref(), |p, v| p.test(v))
+                }
+                None => deny,
+            },
             Key::SourceNamespace => field(self.values, self.not_values, namespace, |p, v| p.test(v)),
             Key::SourcePrincipal => field(self.values, self.not_values, principal, |p, v| p.test(v)),
             Key::DestinationPort => {
@@ -335,7 +348,7 @@ mod tests {
     fn verdict(policies: &Policies, method: &str, path: &str, peer: &str, principal: Option<&str>) -> Verdict {
         let headers = http::HeaderMap::new();
         let head = RequestHead::from_parts(method, "ratings:9080", path, None, &headers);
-        let request = Request { head: &head, peer: peer.parse().ok(), principal, port: 9080, local: None, sni: None };
+        let request = Request { head: Some(&head), peer: peer.parse().ok(), principal, port: 9080, local: None, sni: None };
         policies.authorize(&request)
     }
 
@@ -357,6 +370,23 @@ mod tests {
         // An ALLOW policy with no rules allows nothing.
         static EMPTY: [Policy; 1] = [Policy { name: "nothing", rules: &[] }];
         assert!(!verdict(&Policies { deny: &[], allow: &EMPTY }, "GET", "/", "10.0.0.1", None).allowed);
+    }
+
+    #[test]
+    fn a_tcp_connection_meets_http_fields_as_istio_says() {
+        static GET_ONLY: [Operation; 1] = [Operation { methods: &[Pat::Exact("GET")], ..ANY_OPERATION }];
+        static ADMIN: [Operation; 1] = [Operation { paths: &[Pat::Prefix("/admin/")], ..ANY_OPERATION }];
+        static PORT: [Operation; 1] = [Operation { ports: &[9080], ..ANY_OPERATION }];
+        let connection = Request { head: None, peer: "10.0.0.1".parse().ok(), principal: None, port: 9080, local: None, sni: None };
+        // An ALLOW rule on HTTP fields matches no connection; one on the port does.
+        static ALLOW_GET: [Policy; 1] = [Policy { name: "reads", rules: &[Rule { from: &[], to: &GET_ONLY, when: &[] }] }];
+        assert!(!Policies { deny: &[], allow: &ALLOW_GET }.authorize(&connection).allowed);
+        static ALLOW_PORT: [Policy; 1] = [Policy { name: "port", rules: &[Rule { from: &[], to: &PORT, when: &[] }] }];
+        assert!(Policies { deny: &[], allow: &ALLOW_PORT }.authorize(&connection).allowed);
+        // A DENY rule's HTTP fields are ignored: it denies every connection it otherwise fits.
+        static DENY_ADMIN: [Policy; 1] = [Policy { name: "no-admin", rules: &[Rule { from: &[], to: &ADMIN, when: &[] }] }];
+        let verdict = Policies { deny: &DENY_ADMIN, allow: &[] }.authorize(&connection);
+        assert_eq!(verdict, Verdict { allowed: false, policy: Some("no-admin"), rule: Some(1) });
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod replay;
 mod server;
 pub mod spec;
 pub mod table;
+pub mod tcp;
 pub mod tls;
 pub mod trace;
 

@@ -51,10 +51,31 @@ struct Series {
     buckets: [u64; DURATION_BUCKETS_MS.len()],
 }
 
+/// The labels of one TCP connection series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcpLabels {
+    /// Who reports.
+    pub reporter: Reporter,
+    /// The service's names (short, `name.ns`, host).
+    pub service: &'static [&'static str],
+    /// Envoy's response flags (`-` for none, `UF` for a failed upstream connection, `UO`
+    /// past the circuit breaker).
+    pub flags: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct TcpSeries {
+    opened: u64,
+    closed: u64,
+    sent: u64,
+    received: u64,
+}
+
 /// A sidecar's request metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Series>>,
+    tcp: Mutex<BTreeMap<TcpLabels, TcpSeries>>,
 }
 
 impl Metrics {
@@ -70,17 +91,32 @@ impl Metrics {
         }
     }
 
+    /// Counts a TCP connection opened.
+    pub fn tcp_opened(&self, labels: TcpLabels) {
+        self.tcp.lock().unwrap_or_else(|it| it.into_inner()).entry(labels).or_default().opened += 1;
+    }
+
+    /// Counts a TCP connection closed, with the bytes it `sent` to the caller and `received`
+    /// from it (Istio's `istio_tcp_sent_bytes_total` and `istio_tcp_received_bytes_total`).
+    pub fn tcp_closed(&self, labels: TcpLabels, sent: u64, received: u64) {
+        let mut tcp = self.tcp.lock().unwrap_or_else(|it| it.into_inner());
+        let series = tcp.entry(labels).or_default();
+        series.closed += 1;
+        series.sent += sent;
+        series.received += received;
+    }
+
     /// The Prometheus text exposition, for the workload `workload` in `namespace`.
     pub fn render(&self, workload: &str, namespace: &str) -> String {
         let requests = self.requests.lock().unwrap_or_else(|it| it.into_inner());
         let mut out = String::new();
         out.push_str("# TYPE istio_requests_total counter\n");
         for (labels, series) in requests.iter() {
-            let _ = writeln!(out, "istio_requests_total{{{}}} {}", label_text(labels, workload, namespace), series.count);
+            let _ = writeln!(out, "istio_requests_total{{{}}} {}", label_text(labels, workload, namespace, protocol(labels)), series.count);
         }
         out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
         for (labels, series) in requests.iter() {
-            let text = label_text(labels, workload, namespace);
+            let text = label_text(labels, workload, namespace, protocol(labels));
             let mut cumulative = 0;
             for (bound, count) in DURATION_BUCKETS_MS.iter().zip(series.buckets) {
                 cumulative += count;
@@ -90,6 +126,29 @@ impl Metrics {
             let _ = writeln!(out, "istio_request_duration_milliseconds_sum{{{text}}} {}", series.sum_ms);
             let _ = writeln!(out, "istio_request_duration_milliseconds_count{{{text}}} {}", series.count);
         }
+        let tcp = self.tcp.lock().unwrap_or_else(|it| it.into_inner());
+        let names = [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+            "istio_tcp_sent_bytes_total",
+            "istio_tcp_received_bytes_total",
+        ];
+        for (index, name) in names.iter().enumerate() {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (labels, series) in tcp.iter() {
+                let as_request = Labels {
+                    reporter: labels.reporter,
+                    service: Some(labels.service),
+                    grpc: false,
+                    code: 0,
+                    grpc_status: None,
+                    flags: labels.flags,
+                };
+                let text = label_text(&as_request, workload, namespace, "tcp");
+                let value = [series.opened, series.closed, series.sent, series.received][index];
+                let _ = writeln!(out, "{name}{{{text}}} {value}");
+            }
+        }
         out.push_str("# TYPE meshc_access_log_dropped_total counter\n");
         let _ = writeln!(out, "meshc_access_log_dropped_total {}", crate::accesslog::dropped());
         out
@@ -97,7 +156,7 @@ impl Metrics {
 }
 
 /// The labels as Prometheus text, in a fixed order.
-fn label_text(labels: &Labels, workload: &str, namespace: &str) -> String {
+fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) -> String {
     let (service, service_name, service_namespace) = match labels.service {
         Some(names) => {
             let host = names.last().copied().unwrap_or("unknown");
@@ -122,7 +181,7 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str) -> String {
         ("destination_service", service),
         ("destination_service_name", service_name),
         ("destination_service_namespace", service_namespace),
-        ("request_protocol", if labels.grpc { "grpc" } else { "http" }),
+        ("request_protocol", protocol),
         ("response_code", &labels.code.to_string()),
         ("grpc_response_status", &grpc_status),
         ("response_flags", labels.flags),
@@ -135,6 +194,10 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str) -> String {
         let _ = write!(out, "{name}=\"{}\"", escape(value));
     }
     out
+}
+
+fn protocol(labels: &Labels) -> &'static str {
+    if labels.grpc { "grpc" } else { "http" }
 }
 
 /// Prometheus label-value escaping.

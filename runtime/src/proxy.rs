@@ -34,7 +34,7 @@ use crate::pool::Http2Pool;
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
     Abort, Answer, Balancer, ClusterSpec, Decision, Fault, Forward, HashOn, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn,
-    SidecarSpec, UpstreamTls,
+    SidecarSpec, UpstreamTls, WeightedCluster,
 };
 use crate::tls::{MeshTls, UpstreamCheck};
 use crate::{accesslog, authz};
@@ -55,6 +55,8 @@ pub struct Cluster {
     http1: Http1Client,
     /// Whether connections are TLS (`https` URIs for the HTTP/1.1 client).
     secure: bool,
+    /// TLS for plain TCP connections, with the server name to send.
+    pub(crate) raw_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     http2: Arc<Http2Pool>,
     /// Requests in flight per endpoint, for least-request balancing.
     active: std::sync::Mutex<std::collections::BTreeMap<String, Arc<AtomicU32>>>,
@@ -67,7 +69,7 @@ pub struct Cluster {
     /// Retries in flight, for the circuit breaker.
     retries: Arc<AtomicU32>,
     /// HTTP/1.1 connections busy with a request, at most `max_connections`.
-    connections: Arc<tokio::sync::Semaphore>,
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
     /// Requests waiting for one of them, for the circuit breaker.
     pending: Arc<AtomicU32>,
 }
@@ -75,7 +77,7 @@ pub struct Cluster {
 impl Cluster {
     /// The next endpoint in round-robin order that outlier detection has not ejected; when
     /// every one is ejected, the next one anyway (Envoy's panic mode).
-    fn pick(&self) -> Option<Endpoint> {
+    pub(crate) fn pick(&self) -> Option<Endpoint> {
         self.pick_for(None)
     }
 
@@ -240,7 +242,7 @@ impl Cluster {
     }
 
     /// Counts a try's outcome at `endpoint` for outlier detection.
-    fn observe(&self, endpoint: &Endpoint, result: &Result<Response<Body>, Error>) {
+    pub(crate) fn observe(&self, endpoint: &Endpoint, result: &Result<Response<Body>, Error>) {
         let Some(spec) = &self.spec.outlier else { return };
         let observed = match result {
             Ok(response) => match response.status().as_u16() {
@@ -271,7 +273,7 @@ impl Cluster {
                 (Some(UpstreamCheck::Mesh(principals)), Some(sni.map_or(istio, str::to_owned)))
             }
         };
-        let (http1, http2, secure) = match (check, sni) {
+        let (http1, http2, raw_tls) = match (check, sni) {
             (Some(check), Some(sni)) => {
                 let Some(tls) = tls else {
                     return Err(format!("cluster {} uses TLS: start the sidecar with --tls-cert, --tls-key and --tls-ca", spec.name));
@@ -282,19 +284,21 @@ impl Cluster {
                 // hyper-rustls sets the HTTP/1.1 configuration's ALPN itself.
                 let http1_config = tls.client_config(check, &[])?;
                 let http2_config = tls.client_config(check, &[b"h2"])?;
+                let raw_config = tls.client_config(check, &[])?;
                 (
                     http1_client(connect_timeout, Some((http1_config, name.clone())))?,
-                    Http2Pool::with_tls(connect_timeout, http2_config, name),
-                    true,
+                    Http2Pool::with_tls(connect_timeout, http2_config, name.clone()),
+                    Some((raw_config, name)),
                 )
             }
-            _ => (http1_client(connect_timeout, None)?, Http2Pool::new(connect_timeout), false),
+            _ => (http1_client(connect_timeout, None)?, Http2Pool::new(connect_timeout), None),
         };
         Ok(Cluster {
             spec,
             endpoints,
             http1,
-            secure,
+            secure: raw_tls.is_some(),
+            raw_tls,
             http2: Arc::new(http2),
             active: std::sync::Mutex::default(),
             outliers: Outliers::default(),
@@ -665,7 +669,7 @@ impl Proxy {
         let authority = raw.authority().to_owned();
         let head = RequestHead::from_parts(parts.method.as_str(), &authority, &path, parts.uri.query(), &parts.headers);
         let verdict = self.spec.authz.authorize(&authz::Request {
-            head: &head,
+            head: Some(&head),
             peer: Some(peer.ip),
             principal: peer.principal.as_deref(),
             port,
@@ -744,6 +748,24 @@ impl Drop for Recording {
             accesslog::write(format, entry, self.labels.code, self.labels.flags, elapsed);
         }
         self.metrics.record(self.labels.clone(), elapsed);
+    }
+}
+
+impl Proxy {
+    /// Whether a caller may open a TCP connection to an inbound port: the workload's
+    /// policies applied to what a connection shows (peer, identity, port, SNI).
+    pub fn authorize_connection(&self, port: &InboundPort, peer: &Downstream) -> bool {
+        self.spec
+            .authz
+            .authorize(&authz::Request {
+                head: None,
+                peer: Some(peer.ip),
+                principal: peer.principal.as_deref(),
+                port: port.port,
+                local: peer.local,
+                sni: peer.sni.as_deref(),
+            })
+            .allowed
     }
 }
 
@@ -1404,18 +1426,23 @@ pub fn random_below(bound: u32) -> u32 {
 
 /// Chooses among a route's destinations by weight.
 fn pick_destination(forward: &Forward) -> usize {
-    if forward.destinations.len() == 1 {
+    pick_weighted_destination(forward.destinations)
+}
+
+/// The index of a destination drawn by weight.
+pub(crate) fn pick_weighted_destination(destinations: &[WeightedCluster]) -> usize {
+    if destinations.len() == 1 {
         return 0;
     }
-    let total: u32 = forward.destinations.iter().map(|it| it.weight).sum();
+    let total: u32 = destinations.iter().map(|it| it.weight).sum();
     let mut point = random_below(total.max(1));
-    for (index, destination) in forward.destinations.iter().enumerate() {
+    for (index, destination) in destinations.iter().enumerate() {
         if point < destination.weight {
             return index;
         }
         point -= destination.weight;
     }
-    forward.destinations.len() - 1
+    destinations.len() - 1
 }
 
 /// An authority's host: `a.b:80` → `a.b`, `[::1]:80` → `[::1]`, `[::1]` → `[::1]`.

@@ -153,7 +153,7 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
             .iter()
             .filter_map(|it| match it.kind {
                 ListenerKind::Inbound { app_port, .. } => Some(app_port),
-                ListenerKind::Outbound => None,
+                ListenerKind::Outbound | ListenerKind::OutboundTcp { .. } => None,
             })
             .collect();
         let parsed =
@@ -320,6 +320,7 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
         let proxy = proxy.clone();
         let serves = match listener.kind {
             ListenerKind::Outbound => Serves::Outbound,
+            ListenerKind::OutboundTcp { service_names, destinations } => Serves::OutboundTcp(service_names, destinations),
             ListenerKind::Inbound { app_port, protocol, service_names, mtls } => {
                 let app = match options.app.iter().rev().find(|it| it.0 == app_port) {
                     Some((_, address)) => Endpoint::at(*address),
@@ -421,6 +422,8 @@ async fn wait_for_signal() {
 #[derive(Clone)]
 enum Serves {
     Outbound,
+    /// A TCP service's names and destinations.
+    OutboundTcp(&'static [&'static str], &'static [crate::spec::WeightedCluster]),
     Inbound(Arc<InboundPort>, Accepts),
 }
 
@@ -444,7 +447,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
             // Draining: inbound listeners stop accepting (dropping the socket refuses new
             // connections); the outbound one goes on, since the application may still be
             // finishing its own work and calling out, as Envoy keeps its listeners while it drains.
-            () = drain.signalled(), if !matches!(serves, Serves::Outbound) => return,
+            () = drain.signalled(), if !matches!(serves, Serves::Outbound | Serves::OutboundTcp(..)) => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -465,12 +468,12 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
             let local = stream.local_addr().ok().map(|it| it.ip());
             let plain = Downstream::plain(peer.ip(), local);
             let acceptor = match &serves {
-                Serves::Outbound | Serves::Inbound(_, Accepts::Plaintext) => None,
+                Serves::Outbound | Serves::OutboundTcp(..) | Serves::Inbound(_, Accepts::Plaintext) => None,
                 Serves::Inbound(_, Accepts::Either(acceptor)) => Some((acceptor.clone(), false)),
                 Serves::Inbound(_, Accepts::MutualTls(acceptor)) => Some((acceptor.clone(), true)),
             };
             let Some((acceptor, strict)) = acceptor else {
-                return serve_http(stream, plain, proxy, serves, drain).await;
+                return serve_connection(stream, plain, proxy, serves, drain).await;
             };
             let mut first = [0u8; 1];
             match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
@@ -481,7 +484,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
                 // Strict: a plaintext caller's connection is closed unanswered, as Envoy's
                 // listener without a plaintext filter chain does.
                 if !strict {
-                    serve_http(stream, plain, proxy, serves, drain).await;
+                    serve_connection(stream, plain, proxy, serves, drain).await;
                 }
                 return;
             }
@@ -490,8 +493,26 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
             let principal = connection.peer_certificates().and_then(|it| it.first()).and_then(crate::tls::spiffe_identity);
             let sni = connection.server_name().map(Arc::from);
             let downstream = Downstream { principal: principal.map(Arc::from), sni, ..plain };
-            serve_http(stream, downstream, proxy, serves, drain).await;
+            serve_connection(stream, downstream, proxy, serves, drain).await;
         });
+    }
+}
+
+/// Serves one accepted connection: TCP relayed as it is, or HTTP.
+async fn serve_connection<S>(stream: S, downstream: Downstream, proxy: Arc<Proxy>, serves: Serves, drain: Drain)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match &serves {
+        Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
+        Serves::Inbound(port, _) if port.protocol == crate::spec::Protocol::Tcp => {
+            if proxy.authorize_connection(port, &downstream) {
+                crate::tcp::inbound(&proxy, stream, &port.app, port.service_names).await;
+            } else {
+                crate::tcp::denied(&proxy, port.service_names);
+            }
+        }
+        _ => serve_http(stream, downstream, proxy, serves, drain).await,
     }
 }
 
@@ -515,7 +536,7 @@ where
             let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
             let connect = request.method() == Method::CONNECT;
             let response = match serves {
-                Serves::Outbound => proxy.outbound(downstream.ip, request).await,
+                Serves::Outbound | Serves::OutboundTcp(..) => proxy.outbound(downstream.ip, request).await,
                 Serves::Inbound(port, _) => proxy.inbound(&port, &downstream, request).await,
             };
             let mut response = response;

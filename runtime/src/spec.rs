@@ -14,7 +14,7 @@ pub struct SidecarSpec {
     pub trust_domain: &'static str,
     /// Its own identity, `<trust-domain>/ns/<ns>/sa/<sa>`.
     pub principal: &'static str,
-    /// Its listeners: `outbound` and one `inbound-<port>` per application port.
+    /// Its listeners: `outbound`, `outbound-tcp-<service>-<port>` per TCP service port it calls, and `inbound-<port>` per application port.
     pub listeners: &'static [ListenerSpec],
     /// The upstream clusters its routes reach, indexed by [`WeightedCluster::cluster`].
     pub clusters: &'static [ClusterSpec],
@@ -56,6 +56,13 @@ pub enum ListenerKind {
         service_names: &'static [&'static str],
         /// What callers may use: plaintext, mutual TLS, or either.
         mtls: PeerMtls,
+    },
+    /// Forwards the application's TCP connections to one TCP service port.
+    OutboundTcp {
+        /// The service's names (short, `name.ns`, host), for telemetry.
+        service_names: &'static [&'static str],
+        /// Where connections go; weights sum to 100.
+        destinations: &'static [WeightedCluster],
     },
 }
 
@@ -103,6 +110,8 @@ pub enum Protocol {
     Http2,
     /// Whatever the downstream client spoke (Istio's sniffed protocol).
     Downstream,
+    /// Plain TCP: bytes copied both ways, no HTTP (an inbound port's protocol only).
+    Tcp,
 }
 
 impl Protocol {
@@ -110,7 +119,7 @@ impl Protocol {
     pub fn uses_http2(self, downstream: http::Version) -> bool {
         match self {
             Protocol::Http2 => true,
-            Protocol::Http1 => false,
+            Protocol::Http1 | Protocol::Tcp => false,
             Protocol::Downstream => downstream == http::Version::HTTP_2,
         }
     }
@@ -367,7 +376,7 @@ impl RetryOn {
 }
 
 /// One destination of a forwarding route.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WeightedCluster {
     /// Index into [`SidecarSpec::clusters`].
     pub cluster: u32,

@@ -33,7 +33,7 @@ pub(super) fn workload_crate(mesh: &Mesh, workload: &Workload, options: &EmitOpt
     let routes_file = routes.file(workload);
     vec![
         GeneratedFile { path: "Cargo.toml".to_owned(), text: cargo_toml(mesh, workload, options) },
-        GeneratedFile { path: "src/main.rs".to_owned(), text: render(mesh, options, main_file(mesh, workload)) },
+        GeneratedFile { path: "src/main.rs".to_owned(), text: render(mesh, options, main_file(mesh, workload, &clusters)) },
         GeneratedFile { path: "src/routes.rs".to_owned(), text: render(mesh, options, routes_file) },
         GeneratedFile { path: "src/clusters.rs".to_owned(), text: render(mesh, options, clusters_file(mesh, &clusters)) },
         GeneratedFile { path: "src/dump.rs".to_owned(), text: render(mesh, options, dump_file(mesh, workload, &clusters)) },
@@ -196,11 +196,12 @@ fn protocol_tokens(protocol: Protocol) -> TokenStream {
     match protocol {
         Protocol::Http2 | Protocol::Grpc => quote!(rt::Protocol::Http2),
         Protocol::Http => quote!(rt::Protocol::Http1),
+        Protocol::Tcp => quote!(rt::Protocol::Tcp),
         _ => quote!(rt::Protocol::Downstream),
     }
 }
 
-fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
+fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> TokenStream {
     let name = str_lit(&workload.name);
     let namespace = str_lit(&workload.namespace);
     let trust_domain = str_lit(&mesh.trust_domain);
@@ -208,8 +209,36 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
     let mut listeners = vec![quote! {
         rt::ListenerSpec { name: "outbound", default_address: "127.0.0.1:15001", kind: rt::ListenerKind::Outbound }
     }];
-    // Only HTTP-family ports are served by this sidecar; Bolt, Dubbo and TCP come later.
-    let inbound: Vec<_> = workload.inbound.iter().filter(|it| it.protocol.is_http()).collect();
+    // One listener per TCP service port the workload calls: with no host to route on, the
+    // listener names the destination (Istio tells them apart by the service's address).
+    for table in workload.outbound.iter().map(|id| &mesh.route_tables[id.index()]) {
+        let RouteTableKind::Tcp { service, port } = &table.kind else { continue };
+        // The first route without conditions decides (TCP routes match nothing else here).
+        let Some(Action::Forward { destinations, .. }) =
+            table.routes.iter().find(|it| it.matches.is_empty()).or(table.routes.first()).map(|it| &it.action)
+        else {
+            continue;
+        };
+        let service = &mesh.services[service.index()];
+        let listener = str_lit(&format!("outbound-tcp-{}-{port}", service.name));
+        let address = str_lit(&format!("127.0.0.1:{port}"));
+        let names = [service.name.clone(), format!("{}.{}", service.name, service.namespace), service.host.clone()];
+        let names = names.iter().map(|it| str_lit(it));
+        let destinations = destinations.iter().filter_map(|it| {
+            let cluster = int(clusters.local(it.cluster)?);
+            let weight = int(it.weight);
+            Some(quote!(rt::WeightedCluster { cluster: #cluster, weight: #weight }))
+        });
+        listeners.push(quote! {
+            rt::ListenerSpec {
+                name: #listener,
+                default_address: #address,
+                kind: rt::ListenerKind::OutboundTcp { service_names: &[#(#names),*], destinations: &[#(#destinations),*] },
+            }
+        });
+    }
+    // HTTP-family and TCP ports are served by this sidecar; Bolt and Dubbo come later.
+    let inbound: Vec<_> = workload.inbound.iter().filter(|it| it.protocol.is_http() || it.protocol == Protocol::Tcp).collect();
     for (index, port) in inbound.iter().enumerate() {
         let listener = str_lit(&format!("inbound-{}", port.port));
         let address = str_lit(&format!("0.0.0.0:{}", FIRST_INBOUND_PORT + index as u16));
@@ -275,7 +304,7 @@ fn main_file(mesh: &Mesh, workload: &Workload) -> TokenStream {
 
         use meshc_runtime::__codegen as rt;
 
-        /// Listeners: `outbound`, and one `inbound-<port>` per application port.
+        /// Listeners: `outbound`, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
         static LISTENERS: [rt::ListenerSpec; #listener_count] = [#(#listeners),*];
 
         #limit_static

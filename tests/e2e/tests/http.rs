@@ -684,3 +684,86 @@ fn consistent_hashing_keeps_a_key_on_one_instance() {
     }
     assert!(chosen.len() >= 2, "eight users all hashed to {chosen:?}");
 }
+
+/// curl through a TCP listener: the status, and the bytes it sent and received.
+fn curl_bytes(url: &str) -> (u16, u64, u64) {
+    let output = Command::new("curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "10",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code} %{size_request} %{size_header} %{size_download}",
+        ])
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let numbers: Vec<u64> = text.split_whitespace().map(|it| it.parse().unwrap_or(0)).collect();
+    match numbers[..] {
+        [status, request, header, download] => (status as u16, request, header + download),
+        _ => panic!("curl printed {text:?}"),
+    }
+}
+
+/// The value of a metric once it reaches `want` (connections are counted when they close,
+/// just after the client saw its answer), or what it was at the deadline.
+fn metric_reaching(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, text) = meshc_e2e::curl(&[], &format!("http://{admin}/stats/prometheus"));
+        let value = metric(&text, name, labels);
+        if value == want || std::time::Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tcp_services_are_relayed_and_counted_in_istio_tcp_metrics() {
+    let upstream = Upstream::start("store");
+    // Outbound: the application connects to the store's TCP listener; the bytes reach the
+    // store's instance untouched (here an HTTP server, which curl can talk to).
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "db");
+    let endpoints = format!("[[endpoint]]\nservice = \"store\"\naddress = \"{}\"\n", upstream.address);
+    let vault = Upstream::start("vault");
+    let app_flag = format!("7000={}", vault.address);
+    let db = Sidecar::start_with(&binary, &["outbound-tcp-store-5432", "inbound-7000"], &endpoints, &["--app", &app_flag]);
+    let (mut sent, mut received) = (0, 0);
+    for _ in 0..2 {
+        let (status, request, answer) = curl_bytes(&format!("http://{}/tcp", db.listener("outbound-tcp-store-5432")));
+        assert_eq!(status, 200);
+        (sent, received) = (sent + answer, received + request);
+    }
+    assert_eq!(upstream.last().expect("a request")["path"], "/tcp");
+    let labels = [("reporter", "source"), ("destination_service_name", "store"), ("request_protocol", "tcp"), ("response_flags", "-")];
+    assert_eq!(metric_reaching(db.admin, "istio_tcp_connections_closed_total", &labels, 2.0), 2.0);
+    let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", db.admin));
+    assert_eq!(metric(&text, "istio_tcp_connections_opened_total", &labels), 2.0, "{text}");
+    assert_eq!(metric(&text, "istio_tcp_sent_bytes_total", &labels), sent as f64, "{text}");
+    assert_eq!(metric(&text, "istio_tcp_received_bytes_total", &labels), received as f64, "{text}");
+    // Inbound: a TCP port of the workload goes to the application's port.
+    let (status, request, answer) = curl_bytes(&format!("http://{}/inbound", db.listener("inbound-7000")));
+    assert_eq!(status, 200);
+    assert_eq!(vault.last().expect("a request")["path"], "/inbound");
+    let labels = [("reporter", "destination"), ("destination_service_name", "vault"), ("response_flags", "-")];
+    assert_eq!(metric_reaching(db.admin, "istio_tcp_connections_closed_total", &labels, 1.0), 1.0);
+    let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", db.admin));
+    assert_eq!(metric(&text, "istio_tcp_sent_bytes_total", &labels), answer as f64, "{text}");
+    assert_eq!(metric(&text, "istio_tcp_received_bytes_total", &labels), request as f64, "{text}");
+
+    // Workload `app` has a DENY policy on paths: on TCP its HTTP-only fields are ignored, so
+    // it refuses every connection (Istio's rule), and the ALLOW policy's rule on methods
+    // matches none. The connection closes unanswered.
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let app = Sidecar::start_with(&binary, &["inbound-7000"], "", &["--app", &app_flag]);
+    let before = vault.hits();
+    let (status, _, _) = curl_bytes(&format!("http://{}/inbound", app.listener("inbound-7000")));
+    assert_eq!(status, 0, "a denied TCP connection got an answer");
+    assert_eq!(vault.hits(), before);
+    let labels = [("reporter", "destination"), ("destination_service_name", "vault"), ("response_flags", "RBAC")];
+    assert_eq!(metric_reaching(app.admin, "istio_tcp_connections_closed_total", &labels, 1.0), 1.0);
+}

@@ -96,7 +96,7 @@ fn compiled_policies_reach_the_verdicts_explain_reaches() {
             }
             let head = rt::RequestHead::from_parts(&request.method, &request.authority, &request.path, None, &headers);
             let compiled = sidecar.authz.authorize(&authz::Request {
-                head: &head,
+                head: Some(&head),
                 peer: Some(request.ip),
                 principal: Some(caller.principal.as_str()),
                 port: request.port,

@@ -7,7 +7,7 @@ pub mod dump;
 pub mod policy;
 pub mod routes;
 use meshc_runtime::__codegen as rt;
-/// Listeners: `outbound`, and one `inbound-<port>` per application port.
+/// Listeners: `outbound`, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
 static LISTENERS: [rt::ListenerSpec; 2] = [
     rt::ListenerSpec {
         name: "outbound",

@@ -108,7 +108,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 6] = [
         service_names: &["web", "web.demo", "web.demo.svc.cluster.local"],
         port: 5432,
         subset_labels: &[],
-        protocol: rt::Protocol::Downstream,
+        protocol: rt::Protocol::Tcp,
         connect_timeout_ms: 10000,
         request_timeout_ms: None,
         load_balancer: rt::Balancer::LeastRequest,

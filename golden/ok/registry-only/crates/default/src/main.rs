@@ -7,12 +7,25 @@ pub mod dump;
 pub mod policy;
 pub mod routes;
 use meshc_runtime::__codegen as rt;
-/// Listeners: `outbound`, and one `inbound-<port>` per application port.
-static LISTENERS: [rt::ListenerSpec; 1] = [
+/// Listeners: `outbound`, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
+static LISTENERS: [rt::ListenerSpec; 2] = [
     rt::ListenerSpec {
         name: "outbound",
         default_address: "127.0.0.1:15001",
         kind: rt::ListenerKind::Outbound,
+    },
+    rt::ListenerSpec {
+        name: "outbound-tcp-web-5432",
+        default_address: "127.0.0.1:5432",
+        kind: rt::ListenerKind::OutboundTcp {
+            service_names: &["web", "web.demo", "web.demo.svc.cluster.local"],
+            destinations: &[
+                rt::WeightedCluster {
+                    cluster: 3,
+                    weight: 100,
+                },
+            ],
+        },
     },
 ];
 /// Everything the runtime needs.
