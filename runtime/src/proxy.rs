@@ -452,17 +452,34 @@ impl Proxy {
         out
     }
 
-    /// Envoy's cluster membership gauges, in Prometheus' text format.
+    /// Envoy's cluster gauges, in Prometheus' text format: membership (healthy and total
+    /// endpoints) and the requests in flight, waiting for a connection, and being retried.
     pub fn membership_gauges(&self) -> String {
-        let mut out = String::from("# TYPE envoy_cluster_membership_healthy gauge\n");
-        let mut total = String::from("# TYPE envoy_cluster_membership_total gauge\n");
-        for cluster in &self.clusters {
-            let endpoints = cluster.endpoints.current();
-            let healthy = endpoints.all().iter().filter(|it| it.routable && cluster.usable(it)).count();
-            let _ = writeln!(out, "envoy_cluster_membership_healthy{{cluster_name=\"{}\"}} {healthy}", cluster.spec.name);
-            let _ = writeln!(total, "envoy_cluster_membership_total{{cluster_name=\"{}\"}} {}", cluster.spec.name, endpoints.all().len());
+        let gauges = [
+            "envoy_cluster_membership_healthy",
+            "envoy_cluster_membership_total",
+            "envoy_cluster_upstream_rq_active",
+            "envoy_cluster_upstream_rq_pending_active",
+            "envoy_cluster_upstream_rq_retry_active",
+        ];
+        let mut out = String::new();
+        for (index, gauge) in gauges.iter().enumerate() {
+            let _ = writeln!(out, "# TYPE {gauge} gauge");
+            for cluster in &self.clusters {
+                let value = match index {
+                    0 => {
+                        let endpoints = cluster.endpoints.current();
+                        endpoints.all().iter().filter(|it| it.routable && cluster.usable(it)).count() as u64
+                    }
+                    1 => cluster.endpoints.current().all().len() as u64,
+                    2 => u64::from(cluster.requests.load(Ordering::Acquire)),
+                    3 => u64::from(cluster.pending.load(Ordering::Acquire)),
+                    _ => u64::from(cluster.retries.load(Ordering::Acquire)),
+                };
+                let _ = writeln!(out, "{gauge}{{cluster_name=\"{}\"}} {value}", cluster.spec.name);
+            }
         }
-        out + &total
+        out
     }
 
     /// Handles a request the application (at `peer`) sent out, and counts it.

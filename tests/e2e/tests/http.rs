@@ -277,6 +277,10 @@ fn a_connection_limit_queues_one_request_and_overflows_the_next() {
     };
     std::thread::sleep(std::time::Duration::from_millis(400));
     assert_eq!(upstream.hits(), 1, "the waiting request reached the upstream before a connection was free");
+    let (_, stats) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
+    let cluster = [("cluster_name", "outbound|80||pooled.default.svc.cluster.local")];
+    assert_eq!(metric(&stats, "envoy_cluster_upstream_rq_active", &cluster), 2.0, "{stats}");
+    assert_eq!(metric(&stats, "envoy_cluster_upstream_rq_pending_active", &cluster), 1.0, "{stats}");
     let third = curl(&["-H", "host: pooled"], &format!("http://{}/now", sidecar.listener("outbound")));
     assert_eq!(third.status, 503, "{}", third.body);
     assert!(third.body.contains("overflow"), "{}", third.body);
