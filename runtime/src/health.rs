@@ -1,7 +1,8 @@
 //! Active health checking (Envoy's `health_checks`): every interval each endpoint of a
 //! cluster is probed (an HTTP GET of a path answered 2xx, or a TCP connect) within a timeout;
 //! `unhealthy_threshold` failures in a row mark it unhealthy, `healthy_threshold` successes
-//! in a row healthy again. Endpoints start healthy. Picks skip unhealthy endpoints.
+//! in a row healthy again. Endpoints start healthy. Picks skip unhealthy endpoints. Probes of a
+//! TLS cluster go over TLS, as its requests do.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -90,13 +91,31 @@ impl Health {
     }
 }
 
-/// Probes a cluster's endpoints forever, recording into `health`.
-pub async fn probe_forever(spec: &'static HealthCheckSpec, cluster: &'static str, endpoints: &ClusterEndpoints, health: &Health) {
+/// TLS for probes of a cluster whose endpoints expect it: the configuration and the server
+/// name to send (the cluster's own, as Envoy's health checks use the cluster's transport).
+pub type ProbeTls = Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>;
+
+/// Probes a cluster's endpoints forever, all of them at once every interval, recording into
+/// `health`.
+pub async fn probe_forever(
+    spec: &'static HealthCheckSpec,
+    cluster: &'static str,
+    endpoints: &ClusterEndpoints,
+    health: &Health,
+    tls: &ProbeTls,
+) {
     let interval = Duration::from_millis(spec.interval_ms.max(10));
     loop {
         let current = endpoints.current();
-        for endpoint in current.all() {
-            let passed = probe(spec, endpoint).await;
+        let mut probes = tokio::task::JoinSet::new();
+        for endpoint in current.all().iter().cloned() {
+            let tls = tls.clone();
+            probes.spawn(async move {
+                let passed = probe(spec, &endpoint, &tls).await;
+                (endpoint, passed)
+            });
+        }
+        while let Some(Ok((endpoint, passed))) = probes.join_next().await {
             if let Some(healthy) = health.record(spec, &endpoint.authority(), passed) {
                 use std::io::Write as _;
                 let word = if healthy { "healthy again" } else { "unhealthy" };
@@ -108,26 +127,42 @@ pub async fn probe_forever(spec: &'static HealthCheckSpec, cluster: &'static str
 }
 
 /// One probe of one endpoint.
-async fn probe(spec: &HealthCheckSpec, endpoint: &Endpoint) -> bool {
+async fn probe(spec: &HealthCheckSpec, endpoint: &Endpoint, tls: &ProbeTls) -> bool {
     let timeout = Duration::from_millis(spec.timeout_ms.max(1));
     let attempt = async {
         let stream = TcpStream::connect((endpoint.address.as_str(), endpoint.port)).await.ok()?;
-        let Some(path) = spec.http_path else { return Some(true) };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let request = http::Request::get(path)
-            .header(http::header::HOST, endpoint.authority())
-            .header(http::header::USER_AGENT, "meshc-health-check")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .ok()?;
-        let response = sender.send_request(request).await.ok()?;
-        let healthy = response.status().is_success();
-        let _ = response.into_body().collect().await;
-        Some(healthy)
+        match tls {
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let stream = connector.connect(name.clone(), stream).await.ok()?;
+                http_probe(spec, endpoint, stream).await
+            }
+            None => http_probe(spec, endpoint, stream).await,
+        }
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten().unwrap_or(false)
+}
+
+/// The HTTP GET of a probe over an open connection; `Some(true)` for a TCP probe, which
+/// passed once the connection (and its TLS handshake) did.
+async fn http_probe<S>(spec: &HealthCheckSpec, endpoint: &Endpoint, stream: S) -> Option<bool>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(path) = spec.http_path else { return Some(true) };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(path)
+        .header(http::header::HOST, endpoint.authority())
+        .header(http::header::USER_AGENT, "meshc-health-check")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let healthy = response.status().is_success();
+    let _ = response.into_body().collect().await;
+    Some(healthy)
 }
 
 #[cfg(test)]

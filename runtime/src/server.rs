@@ -276,7 +276,8 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
             let proxy = proxy.clone();
             tokio::spawn(async move {
                 if let Some(cluster) = proxy.clusters.get(index) {
-                    crate::health::probe_forever(check, cluster.spec.name, &cluster.endpoints, &cluster.health).await;
+                    let tls = cluster.raw_tls.clone();
+                    crate::health::probe_forever(check, cluster.spec.name, &cluster.endpoints, &cluster.health, &tls).await;
                 }
             });
         }

@@ -81,6 +81,8 @@ fn curl(args: &[&str], url: &str) -> (u16, Option<i32>) {
 /// The server and client sidecars of the mtls mesh, and the application behind the server.
 struct Pair {
     app: Upstream,
+    /// The application behind `probed`, which only health probes reach.
+    probed: Upstream,
     server: Sidecar,
     client: Sidecar,
 }
@@ -89,21 +91,23 @@ impl Pair {
     fn start(server_files: &Files, client_files: &Files) -> Pair {
         let mesh = root().join("tests/e2e/meshes/mtls");
         let (server_binary, client_binary) = (sidecar_binary(&mesh, "server"), sidecar_binary(&mesh, "client"));
-        let app = Upstream::start("app");
-        let (to_80, to_81) = (format!("80={}", app.address), format!("81={}", app.address));
-        let mut flags = vec!["--app", &to_80, "--app", &to_81];
+        let (app, probed) = (Upstream::start("app"), Upstream::start("probed"));
+        let (to_80, to_81, to_82) = (format!("80={}", app.address), format!("81={}", app.address), format!("82={}", probed.address));
+        let mut flags = vec!["--app", &to_80, "--app", &to_81, "--app", &to_82];
         let server_tls = server_files.flags();
         flags.extend(server_tls.iter().map(String::as_str));
-        let server = Sidecar::start_with(&server_binary, &["inbound-80", "inbound-81"], "", &flags);
+        let server = Sidecar::start_with(&server_binary, &["inbound-80", "inbound-81", "inbound-82"], "", &flags);
         let endpoints = format!(
-            "[[endpoint]]\nservice = \"secure\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"open\"\naddress = \"{}\"\n",
+            "[[endpoint]]\nservice = \"secure\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"open\"\naddress = \"{}\"\n\n\
+             [[endpoint]]\nservice = \"probed\"\naddress = \"{}\"\n",
             server.listener("inbound-80"),
-            server.listener("inbound-81")
+            server.listener("inbound-81"),
+            server.listener("inbound-82")
         );
         let client_tls = client_files.flags();
         let client_flags: Vec<&str> = client_tls.iter().map(String::as_str).collect();
         let client = Sidecar::start_with(&client_binary, &["outbound"], &endpoints, &client_flags);
-        Pair { app, server, client }
+        Pair { app, probed, server, client }
     }
 
     fn through_client(&self, host: &str, path: &str) -> u16 {
@@ -154,6 +158,18 @@ fn the_callers_identity_crosses_mutual_tls_into_the_callees_authorization() {
     let (status, _) = curl(&["--insecure"], &format!("{secure}/public/x"));
     assert_eq!(status, 0);
     assert_eq!(pair.app.hits(), 5);
+
+    // The client's health probes of `probed` cross the server's strict port over mutual TLS
+    // (a plaintext probe would be closed there and mark the endpoint failed).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pair.probed.hits() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pair.probed.hits() >= 3, "the probes did not reach the application");
+    assert_eq!(pair.probed.last().expect("a probe")["path"], "/healthz");
+    let (_, clusters) = meshc_e2e::curl(&[], &format!("http://{}/clusters", pair.client.admin));
+    let line = format!("outbound|82||probed.default.svc.cluster.local::{}::health_flags::healthy", pair.server.listener("inbound-82"));
+    assert!(clusters.contains(&line), "{clusters}");
 }
 
 #[test]
