@@ -29,6 +29,9 @@ pub enum Error {
     UpstreamConnect(String),
     /// Upstream: the connection closed before a response (Envoy's `UC`); retryable.
     UpstreamReset(String),
+    /// Upstream: the HTTP/2 server refused the stream (REFUSED_STREAM) before processing it,
+    /// so that any request may be sent again; otherwise as [`Error::UpstreamReset`].
+    UpstreamRefused(String),
     /// Upstream: no response within the timeout (Envoy's `UT`).
     UpstreamTimeout,
     /// Internal: a broken invariant of the compiled configuration.
@@ -43,9 +46,12 @@ impl Error {
             Error::NoRoute => StatusCode::NOT_FOUND,
             Error::Denied => StatusCode::FORBIDDEN,
             Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::Overflow => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::NoCluster
+            | Error::NoHealthyUpstream(_)
+            | Error::UpstreamConnect(_)
+            | Error::UpstreamReset(_)
+            | Error::UpstreamRefused(_)
+            | Error::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -58,7 +64,12 @@ impl Error {
             Error::NoRoute => 12,
             Error::Denied => 7,
             Error::RateLimited => 8,
-            Error::NoCluster | Error::NoHealthyUpstream(_) | Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::Overflow => 14,
+            Error::NoCluster
+            | Error::NoHealthyUpstream(_)
+            | Error::UpstreamConnect(_)
+            | Error::UpstreamReset(_)
+            | Error::UpstreamRefused(_)
+            | Error::Overflow => 14,
             Error::UpstreamTimeout => 4,
         }
     }
@@ -71,7 +82,7 @@ impl Error {
             Error::NoCluster => "NC",
             Error::NoHealthyUpstream(_) => "UH",
             Error::UpstreamConnect(_) => "UF",
-            Error::UpstreamReset(_) => "UC",
+            Error::UpstreamReset(_) | Error::UpstreamRefused(_) => "UC",
             Error::UpstreamTimeout => "UT",
             Error::RateLimited => "RL",
             Error::Overflow => "UO",
@@ -81,7 +92,7 @@ impl Error {
 
     /// Whether another try could succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::NoHealthyUpstream(_))
+        matches!(self, Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamRefused(_) | Error::NoHealthyUpstream(_))
     }
 }
 
@@ -96,6 +107,7 @@ impl fmt::Display for Error {
             Error::NoHealthyUpstream(cluster) => write!(f, "no healthy upstream in {cluster}"),
             Error::UpstreamConnect(endpoint) => write!(f, "upstream connect error: {endpoint}"),
             Error::UpstreamReset(endpoint) => write!(f, "upstream reset before response headers: {endpoint}"),
+            Error::UpstreamRefused(endpoint) => write!(f, "upstream refused the stream: {endpoint}"),
             Error::UpstreamTimeout => f.write_str("upstream request timeout"),
             Error::Overflow => f.write_str("upstream connect error or disconnect/reset before headers. reset reason: overflow"),
             Error::Internal(why) => write!(f, "internal error: {why}"),

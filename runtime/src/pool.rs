@@ -53,7 +53,9 @@ impl Http2Pool {
             sender = self.sender(endpoint).await?;
             sender.ready().await.map_err(|_| Error::UpstreamConnect(endpoint.authority()))?;
         }
-        sender.send_request(request).await.map_err(|_| Error::UpstreamReset(endpoint.authority()))
+        sender.send_request(request).await.map_err(|err| {
+            if refused_stream(&err) { Error::UpstreamRefused(endpoint.authority()) } else { Error::UpstreamReset(endpoint.authority()) }
+        })
     }
 
     /// A sender on a live connection to `endpoint`, connecting when there is none.
@@ -106,4 +108,17 @@ impl Http2Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SendRequest<Body>>> {
         self.connections.lock().unwrap_or_else(|it| it.into_inner())
     }
+}
+
+/// Whether an HTTP/2 request failed because the server reset its stream with REFUSED_STREAM
+/// (RFC 9113 §8.7: the request was not processed).
+fn refused_stream(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = current.source();
+    }
+    false
 }

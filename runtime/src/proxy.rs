@@ -250,7 +250,9 @@ impl Cluster {
                 500..=599 => Observed::ServerError,
                 _ => Observed::Success,
             },
-            Err(Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamTimeout) => Observed::GatewayError,
+            Err(Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamRefused(_) | Error::UpstreamTimeout) => {
+                Observed::GatewayError
+            }
             Err(_) => return,
         };
         let count = self.endpoints.current().all().len();
@@ -1003,7 +1005,9 @@ impl Upstream<'_> {
                 Err(Error::UpstreamTimeout) if !per_try_bound => return result,
                 Err(err) => TryOutcome::Failed(err),
             };
-            let body_safe = !started || idempotent || retries.any_method;
+            // A refused stream was never processed, whatever of its body went out.
+            let refused = matches!(outcome, TryOutcome::Failed(Error::UpstreamRefused(_)));
+            let body_safe = !started || idempotent || retries.any_method || refused;
             if attempt >= retries.attempts || !retriable(retries, &outcome, started) || !body_safe {
                 return result;
             }
@@ -1117,8 +1121,12 @@ fn retriable(retries: &Retries, outcome: &TryOutcome<'_>, started: bool) -> bool
     match outcome {
         TryOutcome::Failed(Error::UpstreamConnect(_)) => on(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR),
         TryOutcome::Failed(Error::UpstreamReset(_)) => {
-            on(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR)
-                || !started && on(RetryOn::RESET_BEFORE_REQUEST | RetryOn::REFUSED_STREAM)
+            on(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR) || !started && on(RetryOn::RESET_BEFORE_REQUEST)
+        }
+        // The server did not process the request: `refused-stream` retries it whatever was sent.
+        TryOutcome::Failed(Error::UpstreamRefused(_)) => {
+            on(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::REFUSED_STREAM)
+                || !started && on(RetryOn::RESET_BEFORE_REQUEST)
         }
         // A try's own timeout (the request's ends the request without a retry).
         TryOutcome::Failed(Error::UpstreamTimeout) => on(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR),
@@ -1737,6 +1745,11 @@ mod tests {
         };
         let answered = |code: u16, grpc: Option<u32>| TryOutcome::Answered(StatusCode::from_u16(code).expect("status"), grpc);
         let reset = Error::UpstreamReset("10.0.0.1:80".to_owned());
+        let refused = Error::UpstreamRefused("10.0.0.1:80".to_owned());
+        // `refused-stream` is the server's REFUSED_STREAM, at any point; not any reset.
+        assert!(retriable(&policy(RetryOn::REFUSED_STREAM), &TryOutcome::Failed(&refused), true));
+        assert!(!retriable(&policy(RetryOn::REFUSED_STREAM), &TryOutcome::Failed(&reset), false));
+        assert!(retriable(&policy(RetryOn::RESET), &TryOutcome::Failed(&refused), true));
         let connect = Error::UpstreamConnect("10.0.0.1:80".to_owned());
         assert!(retriable(&policy(RetryOn::FIVE_XX), &answered(500, None), true));
         assert!(retriable(&policy(RetryOn::FIVE_XX), &TryOutcome::Failed(&connect), false));
