@@ -9,8 +9,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How many source addresses a per-source limit tracks; past that the longest-known one is
-/// forgotten (it starts again with a full bucket), so memory stays bounded.
+/// How many source addresses a per-source limit tracks. Past that, buckets that have filled
+/// up again are forgotten first (a full bucket is what a new source gets, so nothing is
+/// lost), then the one idle longest, so memory stays bounded and a flood of new addresses
+/// cannot reset a busy source's bucket.
 const MAX_SOURCES: usize = 10_000;
 
 /// One rate limit and its buckets.
@@ -34,12 +36,15 @@ struct Bucket {
     tokens: u32,
     /// When the bucket last gained tokens; `None` for a bucket never used, which is full.
     filled_at: Option<Instant>,
+    /// When a request last looked at it.
+    used_at: Option<Instant>,
 }
 
 impl Bucket {
-    const FULL: Bucket = Bucket { tokens: u32::MAX, filled_at: None };
+    const FULL: Bucket = Bucket { tokens: u32::MAX, filled_at: None, used_at: None };
 
     fn take(&mut self, limit: &RateLimit, now: Instant) -> bool {
+        self.used_at = Some(now);
         match self.filled_at {
             None => {
                 self.tokens = limit.max_tokens;
@@ -87,7 +92,15 @@ impl RateLimit {
             return buckets.shared.take(self, now);
         }
         if !buckets.by_source.contains_key(&source) && buckets.by_source.len() >= MAX_SOURCES {
-            buckets.by_source.pop_first();
+            let fills_to_full = self.max_tokens.div_ceil(self.tokens_per_fill.max(1));
+            let refill = self.fill_interval.saturating_mul(fills_to_full);
+            buckets.by_source.retain(|_, bucket| bucket.filled_at.is_some_and(|at| now.saturating_duration_since(at) < refill));
+            if buckets.by_source.len() >= MAX_SOURCES {
+                let idlest = buckets.by_source.iter().min_by_key(|(_, bucket)| bucket.used_at).map(|(address, _)| *address);
+                if let Some(address) = idlest {
+                    buckets.by_source.remove(&address);
+                }
+            }
         }
         buckets.by_source.entry(source).or_insert(Bucket::FULL).take(self, now)
     }
@@ -122,5 +135,28 @@ mod tests {
             limit.admit(IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + index)));
         }
         assert!(limit.buckets.lock().expect("lock").by_source.len() <= MAX_SOURCES);
+    }
+
+    #[test]
+    fn a_flood_of_new_sources_does_not_refill_a_busy_one() {
+        let limit = RateLimit::new(1, 1, 60_000, true);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let source = |index: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + index));
+        let busy: IpAddr = "10.0.0.1".parse().expect("address");
+        assert!(limit.admit_at(busy, at(0)));
+        for index in 0..(MAX_SOURCES as u32 - 1) {
+            limit.admit_at(source(index), at(1 + u64::from(index)));
+        }
+        // The busy source keeps asking (and is refused): it is not the idlest when more
+        // new addresses come, so its empty bucket stays.
+        assert!(!limit.admit_at(busy, at(20_000)));
+        for index in 0..10 {
+            limit.admit_at(source(MAX_SOURCES as u32 + index), at(20_001 + u64::from(index)));
+        }
+        assert!(!limit.admit_at(busy, at(30_000)), "the busy source's bucket was reset");
+        // Once buckets have filled up again they are forgotten first.
+        assert!(limit.admit_at("10.9.9.9".parse().expect("address"), at(200_000)));
+        assert_eq!(limit.buckets.lock().expect("lock").by_source.len(), 1);
     }
 }
