@@ -23,27 +23,29 @@ pub struct Endpoint {
     pub routable: bool,
     /// `region/zone/subzone`, as far as known (empty when nothing is).
     pub locality: Arc<str>,
+    /// `host:port`, made once: requests name their endpoint by it many times.
+    authority: Arc<str>,
 }
 
 impl Endpoint {
+    /// An endpoint at `address`:`port`.
+    pub fn new(address: &str, port: u16, weight: u32, routable: bool, locality: &str) -> Endpoint {
+        let authority = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
+        Endpoint { address: address.to_owned(), port, weight, routable, locality: Arc::from(locality), authority: Arc::from(authority) }
+    }
+
     /// `host:port`, bracketing IPv6 addresses.
-    pub fn authority(&self) -> String {
-        if self.address.contains(':') { format!("[{}]:{}", self.address, self.port) } else { format!("{}:{}", self.address, self.port) }
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 
     /// A single address, such as the local application's.
     pub fn at(address: std::net::SocketAddr) -> Endpoint {
-        Endpoint { address: address.ip().to_string(), port: address.port(), weight: 1, routable: true, locality: Arc::from("") }
+        Endpoint::new(&address.ip().to_string(), address.port(), 1, true, "")
     }
 
     fn from_seed(seed: &EndpointSeed) -> Endpoint {
-        Endpoint {
-            address: seed.address.to_owned(),
-            port: seed.port,
-            weight: seed.weight,
-            routable: seed.routable,
-            locality: Arc::from(seed.locality),
-        }
+        Endpoint::new(seed.address, seed.port, seed.weight, seed.routable, seed.locality)
     }
 
     /// Whether it takes new requests at all.
@@ -294,13 +296,13 @@ pub fn from_file(text: &str, clusters: &[ClusterSpec]) -> Result<Vec<Vec<Endpoin
             let port_fits = entry.service_port.is_none_or(|it| it == spec.port);
             let labels_fit = spec.subset_labels.iter().all(|(k, v)| entry.labels.get(*k).map(String::as_str) == Some(*v));
             if port_fits && labels_fit {
-                out[cluster].push(Endpoint {
-                    address: address.clone(),
+                out[cluster].push(Endpoint::new(
+                    &address,
                     port,
-                    weight: entry.weight.unwrap_or(100),
-                    routable: true,
-                    locality: Arc::from(entry.locality.as_deref().unwrap_or("")),
-                });
+                    entry.weight.unwrap_or(100),
+                    true,
+                    entry.locality.as_deref().unwrap_or(""),
+                ));
             }
         }
         if !matched_service {
@@ -327,7 +329,7 @@ mod tests {
     use crate::spec::Protocol;
 
     fn endpoint(address: &str, weight: u32, routable: bool) -> Endpoint {
-        Endpoint { address: address.to_owned(), port: 80, weight, routable, locality: Arc::from("") }
+        Endpoint::new(address, 80, weight, routable, "")
     }
 
     #[test]
@@ -385,7 +387,7 @@ mod tests {
 
     #[test]
     fn a_sidecar_with_a_locality_sees_its_endpoints_in_priorities() {
-        let at = |address: &str, locality: &str| Endpoint { locality: Arc::from(locality), ..endpoint(address, 1, true) };
+        let at = |address: &str, locality: &str| Endpoint::new(address, 80, 1, true, locality);
         let list = vec![at("far", "eu/eu-1"), at("near", "us/us-1a"), at("zone", "us/us-1b"), at("near2", "us/us-1a")];
         let set = ClusterEndpoints::new(list.clone(), "us/us-1a").current();
         let tiers: Vec<Vec<&str>> = set.tiers().iter().map(|it| it.all().iter().map(|it| it.address.as_str()).collect()).collect();

@@ -116,7 +116,7 @@ pub async fn probe_forever(
             });
         }
         while let Some(Ok((endpoint, passed))) = probes.join_next().await {
-            if let Some(healthy) = health.record(spec, &endpoint.authority(), passed) {
+            if let Some(healthy) = health.record(spec, endpoint.authority(), passed) {
                 use std::io::Write as _;
                 let word = if healthy { "healthy again" } else { "unhealthy" };
                 let _ = writeln!(std::io::stderr(), "health check: {} in {cluster} is {word}", endpoint.authority());

@@ -51,16 +51,20 @@ impl Http2Pool {
             // The connection went away between checks: one fresh connection, then give up.
             self.forget(endpoint);
             sender = self.sender(endpoint).await?;
-            sender.ready().await.map_err(|_| Error::UpstreamConnect(endpoint.authority()))?;
+            sender.ready().await.map_err(|_| Error::UpstreamConnect(endpoint.authority().to_owned()))?;
         }
         sender.send_request(request).await.map_err(|err| {
-            if refused_stream(&err) { Error::UpstreamRefused(endpoint.authority()) } else { Error::UpstreamReset(endpoint.authority()) }
+            if refused_stream(&err) {
+                Error::UpstreamRefused(endpoint.authority().to_owned())
+            } else {
+                Error::UpstreamReset(endpoint.authority().to_owned())
+            }
         })
     }
 
     /// A sender on a live connection to `endpoint`, connecting when there is none.
     async fn sender(&self, endpoint: &Endpoint) -> Result<SendRequest<Body>, Error> {
-        let key = endpoint.authority();
+        let key = endpoint.authority().to_owned();
         if let Some(sender) = self.lock().get(&key).filter(|it| !it.is_closed()) {
             return Ok(sender.clone());
         }
@@ -102,7 +106,7 @@ impl Http2Pool {
     }
 
     fn forget(&self, endpoint: &Endpoint) {
-        self.lock().remove(&endpoint.authority());
+        self.lock().remove(endpoint.authority());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SendRequest<Body>>> {

@@ -193,7 +193,7 @@ impl Cluster {
                 if !endpoint.takes_traffic() {
                     return 0.0;
                 }
-                let since = scope.added(index).max(self.health.recovered_at(&endpoint.authority()));
+                let since = scope.added(index).max(self.health.recovered_at(endpoint.authority()));
                 let factor = match since {
                     Some(since) if now.duration_since(since) < window => {
                         (now.duration_since(since).as_secs_f64() / window.as_secs_f64()).max(SLOW_START_FLOOR)
@@ -209,7 +209,7 @@ impl Cluster {
     /// Requests in flight to `endpoint`.
     fn active_requests(&self, endpoint: &Endpoint) -> u32 {
         let active = self.active.lock().unwrap_or_else(|it| it.into_inner());
-        active.get(&endpoint.authority()).map_or(0, |it| it.load(Ordering::Acquire))
+        active.get(endpoint.authority()).map_or(0, |it| it.load(Ordering::Acquire))
     }
 
     /// Counts a request to `endpoint` as in flight until the guard drops.
@@ -217,7 +217,7 @@ impl Cluster {
         if !matches!(self.spec.load_balancer, Balancer::LeastRequest) {
             return None;
         }
-        let count = self.active.lock().unwrap_or_else(|it| it.into_inner()).entry(endpoint.authority()).or_default().clone();
+        let count = self.active.lock().unwrap_or_else(|it| it.into_inner()).entry(endpoint.authority().to_owned()).or_default().clone();
         InFlight::take(&count, u32::MAX)
     }
 
@@ -237,8 +237,8 @@ impl Cluster {
 
     /// Neither ejected by outlier detection nor failing its health checks.
     fn usable(&self, endpoint: &Endpoint) -> bool {
-        let ejected = self.spec.outlier.is_some() && self.outliers.is_ejected(&endpoint.authority());
-        !(ejected || self.spec.health_check.is_some() && self.health.is_unhealthy(&endpoint.authority()))
+        let ejected = self.spec.outlier.is_some() && self.outliers.is_ejected(endpoint.authority());
+        !(ejected || self.spec.health_check.is_some() && self.health.is_unhealthy(endpoint.authority()))
     }
 
     /// Counts a try's outcome at `endpoint` for outlier detection.
@@ -256,7 +256,7 @@ impl Cluster {
             Err(_) => return,
         };
         let count = self.endpoints.current().all().len();
-        self.outliers.observe(spec, &endpoint.authority(), observed, count);
+        self.outliers.observe(spec, endpoint.authority(), observed, count);
     }
 
     /// The cluster's run-time state; `Err` when its TLS mode needs certificates the sidecar
@@ -436,10 +436,10 @@ impl Proxy {
             for endpoint in cluster.endpoints.current().all() {
                 let (name, address) = (cluster.spec.name, endpoint.authority());
                 let mut flags = Vec::new();
-                if cluster.spec.health_check.is_some() && cluster.health.is_unhealthy(&address) {
+                if cluster.spec.health_check.is_some() && cluster.health.is_unhealthy(address) {
                     flags.push("/failed_active_hc");
                 }
-                if cluster.spec.outlier.is_some() && cluster.outliers.is_ejected(&address) {
+                if cluster.spec.outlier.is_some() && cluster.outliers.is_ejected(address) {
                     flags.push("/failed_outlier_check");
                 }
                 if !endpoint.routable {
@@ -976,13 +976,13 @@ impl Upstream<'_> {
             let mut endpoint = pick()?;
             if retries.avoid_previous_hosts {
                 for _ in 1..HOST_SELECTION_ATTEMPTS {
-                    if !tried.contains(&endpoint.authority()) {
+                    if !tried.iter().any(|it| it == endpoint.authority()) {
                         break;
                     }
                     endpoint = pick()?;
                 }
             }
-            tried.push(endpoint.authority());
+            tried.push(endpoint.authority().to_owned());
             let remaining = match deadline {
                 Some(deadline) => Some(deadline.checked_duration_since(Instant::now()).ok_or(Error::UpstreamTimeout)?),
                 None => None,
@@ -1212,7 +1212,7 @@ async fn forward_to(
     // absolute-form target's authority before `Host`, as routing read it).
     let authority = match forward.and_then(|it| it.authority_rewrite) {
         Some(rewritten) => rewritten.to_owned(),
-        None => authority_as_sent(&parts.uri, &parts.headers).unwrap_or_else(|| endpoint.authority()),
+        None => authority_as_sent(&parts.uri, &parts.headers).unwrap_or_else(|| endpoint.authority().to_owned()),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     crate::trace::propagate(&mut parts.headers);
@@ -1232,7 +1232,7 @@ async fn forward_to(
                 Ok(value) => parts.headers.insert(header::HOST, value),
                 Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
             };
-            endpoint.authority()
+            endpoint.authority().to_owned()
         }
         Transport::Http2(_) => {
             parts.version = Version::HTTP_2;
@@ -1253,7 +1253,11 @@ async fn forward_to(
     let sent = async {
         match transport {
             Transport::Http1(client, _) => client.request(request).await.map_err(|err| {
-                if err.is_connect() { Error::UpstreamConnect(endpoint.authority()) } else { Error::UpstreamReset(endpoint.authority()) }
+                if err.is_connect() {
+                    Error::UpstreamConnect(endpoint.authority().to_owned())
+                } else {
+                    Error::UpstreamReset(endpoint.authority().to_owned())
+                }
             }),
             Transport::Http2(pool) => pool.send(endpoint, request).await,
         }
@@ -1278,7 +1282,7 @@ async fn forward_to(
     }
 
     let (mut parts, body) = response.into_parts();
-    parts.extensions.insert(UpstreamHost(endpoint.authority()));
+    parts.extensions.insert(UpstreamHost(endpoint.authority().to_owned()));
     strip_hop_by_hop(&mut parts.headers, false);
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.response_headers);

@@ -63,7 +63,7 @@ where
             match tokio::time::timeout(connect_timeout, connector.connect(name.clone(), upstream)).await {
                 Ok(Ok(upstream)) => relay(downstream, upstream).await,
                 _ => {
-                    cluster.observe(&endpoint, &Err(Error::UpstreamConnect(endpoint.authority())));
+                    cluster.observe(&endpoint, &Err(Error::UpstreamConnect(endpoint.authority().to_owned())));
                     metrics.tcp_closed(labels("UF"), 0, 0);
                     return;
                 }
@@ -104,7 +104,7 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, Er
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        _ => Err(Error::UpstreamConnect(endpoint.authority())),
+        _ => Err(Error::UpstreamConnect(endpoint.authority().to_owned())),
     }
 }
 
