@@ -528,24 +528,27 @@ fn a_mirrored_request_reaches_the_mirror_with_a_shadow_host() {
     let seen = curl(&["-H", "host: web"], &format!("http://{}/mirrored/x", sidecar.listener("outbound")));
     // The caller gets the real answer.
     assert_eq!((seen.status, seen.json()["upstream"].as_str()), (200, Some("web")), "{}", seen.body);
-    // The copy is sent and forgotten: wait for it a little.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while mirror.hits() == 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // The copy is sent and forgotten: wait for it a little. (An upstream counts a request
+    // when it starts and records it once its body is read: wait for the record.)
+    let mirrored = |path: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let last = mirror.last();
+            if last.as_ref().is_some_and(|it| it["path"] == path) || std::time::Instant::now() > deadline {
+                return last;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let seen = mirrored("/mirrored/x").expect("the mirrored request");
     assert_eq!((web.hits(), mirror.hits()), (1, 1));
-    let seen = mirror.last().expect("the mirrored request");
     assert_eq!((seen["host"].as_str(), seen["path"].as_str()), (Some("web-shadow"), Some("/mirrored/x")), "{seen}");
 
     // A body streams on to the upstream and a whole copy follows it to the mirror.
     let body = "m".repeat(100_000);
     let seen = curl(&["-H", "host: web", "--data-binary", &body], &format!("http://{}/mirrored/post", sidecar.listener("outbound")));
     assert_eq!((seen.status, seen.json()["body_bytes"].as_u64()), (200, Some(100_000)), "{}", seen.body);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while mirror.hits() < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let seen = mirror.last().expect("the mirrored POST");
+    let seen = mirrored("/mirrored/post").expect("the mirrored POST");
     assert_eq!((seen["path"].as_str(), seen["body_bytes"].as_u64()), (Some("/mirrored/post"), Some(100_000)), "{seen}");
 }
 
