@@ -377,7 +377,14 @@ impl Drain {
     async fn start(&self, limit: std::time::Duration) -> bool {
         self.started.send_replace(true);
         let mut open = self.open.subscribe();
-        tokio::time::timeout(limit, open.wait_for(|count| *count == 0)).await.is_ok()
+        let drained = async {
+            let _ = open.wait_for(|count| *count == 0).await;
+            // Upgraded connections (WebSockets) left their HTTP connection behind: wait for them too.
+            while crate::proxy::open_tunnels() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(limit, drained).await.is_ok()
     }
 }
 

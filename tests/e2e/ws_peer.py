@@ -2,10 +2,13 @@
 
     python ws_peer.py server
     python ws_peer.py client SIDECAR_ADDR HOST
+    python ws_peer.py hold SIDECAR_ADDR HOST
 
 The server echoes every message. The client connects to SIDECAR_ADDR (a sidecar's outbound
 listener) and opens ws://HOST/chat over that connection, so the handshake carries HOST;
 it sends a text and a 100 kB binary message and prints one JSON line with what came back.
+`hold` opens the same WebSocket, says "open" on a line once a first echo came back, waits
+for a line on stdin, then sends one more message and prints the JSON line with its echo.
 """
 
 import json
@@ -38,8 +41,23 @@ def client(address, host):
         print(json.dumps({"text": text, "binary_bytes": len(binary), "binary_intact": binary == bytes(range(256)) * 400}))
 
 
+def hold(address, host):
+    ip, port = address.rsplit(":", 1)
+    sock = socket.create_connection((ip, int(port)), timeout=10)
+    with connect(f"ws://{host}/chat", sock=sock, open_timeout=10) as websocket:
+        websocket.send("ping")
+        first = websocket.recv(timeout=10)
+        print("open", first, flush=True)
+        sys.stdin.readline()
+        websocket.send("still there")
+        later = websocket.recv(timeout=10)
+        print(json.dumps({"first": first, "later": later}), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         server()
+    elif sys.argv[1] == "hold":
+        hold(sys.argv[2], sys.argv[3])
     else:
         client(sys.argv[2], sys.argv[3])

@@ -175,6 +175,35 @@ fn websocket_upgrades_pass_through() {
 }
 
 #[test]
+fn a_drain_waits_for_an_open_websocket() {
+    use std::io::{BufRead, Write};
+    let mut http = Http::start();
+    let mut client = Command::new(python())
+        .arg(root().join("tests/e2e/ws_peer.py"))
+        .args(["hold", &http.sidecar.listener("outbound").to_string(), "echo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the WebSocket client");
+    let mut lines = std::io::BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("read");
+    assert_eq!(first, "open ping");
+    // SIGTERM: the sidecar drains, and the open WebSocket keeps it from exiting.
+    http.sidecar.terminate();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(http.sidecar.is_running(), "the sidecar exited with a WebSocket open");
+    let mut stdin = client.stdin.take().expect("stdin");
+    writeln!(stdin, "go").expect("tell the client to go on");
+    let last = lines.next().expect("a line").expect("read");
+    let json: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|_| panic!("client said {last:?}"));
+    assert_eq!(json, serde_json::json!({"first": "ping", "later": "still there"}));
+    assert!(client.wait().expect("the client").success());
+    // Closed: the drain is over well before its 5 s.
+    let status = http.sidecar.wait_exit(std::time::Duration::from_secs(3)).expect("the sidecar exits once the WebSocket closed");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
 fn an_upstream_that_never_accepts_gets_503_after_the_connect_timeout() {
     // A listener whose accept queue is full: Linux drops further SYNs, so connecting hangs.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
