@@ -1358,6 +1358,11 @@ const HOP_BY_HOP: [&str; 7] =
     ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "transfer-encoding"];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
+    let hop_by_hop = |name: &HeaderName| *name == header::UPGRADE || HOP_BY_HOP.iter().any(|it| name.as_str().eq_ignore_ascii_case(it));
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     // Headers that `Connection` names are connection-specific too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
