@@ -1232,7 +1232,14 @@ async fn forward_to(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
 
-    let path_and_query = rewritten_path(&parts.uri, forward.map_or(PathRewrite::None, |it| it.path_rewrite));
+    // Unrewritten, the path and query are the request's own (shared, not copied).
+    let path_and_query = match forward.map_or(PathRewrite::None, |it| it.path_rewrite) {
+        PathRewrite::None => parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        rewrite => match http::uri::PathAndQuery::try_from(rewritten_path(&parts.uri, rewrite)) {
+            Ok(path) => path,
+            Err(_) => return Err(Error::BadRequest("the request path cannot be forwarded")),
+        },
+    };
     // The authority the upstream sees: the route's rewrite, else what the client sent (an
     // absolute-form target's authority before `Host`, as routing read it).
     let authority = match forward.and_then(|it| it.authority_rewrite) {
@@ -1253,10 +1260,15 @@ async fn forward_to(
                 scheme = "https";
             }
             parts.version = Version::HTTP_11;
-            match HeaderValue::from_str(&authority) {
-                Ok(value) => parts.headers.insert(header::HOST, value),
-                Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
-            };
+            // Left alone when it already is the one `Host` it should be.
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            let kept = hosts.next().is_some_and(|it| it.as_bytes() == authority.as_bytes()) && hosts.next().is_none();
+            if !kept {
+                match HeaderValue::from_str(&authority) {
+                    Ok(value) => parts.headers.insert(header::HOST, value),
+                    Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
+                };
+            }
             endpoint.authority().to_owned()
         }
         Transport::Http2(_) => {
