@@ -53,9 +53,8 @@ pub struct Cluster {
     /// Its endpoints.
     pub endpoints: ClusterEndpoints,
     http1: Http1Client,
-    /// Whether connections are TLS (`https` URIs for the HTTP/1.1 client).
-    secure: bool,
-    /// TLS for plain TCP connections, with the server name to send.
+    /// TLS without ALPN (plain TCP, health probes), with the server name to send; `Some`
+    /// when the cluster's connections are TLS (`https` URIs for the HTTP/1.1 client).
     pub(crate) raw_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     http2: Arc<Http2Pool>,
     /// Requests in flight per endpoint, for least-request balancing.
@@ -104,14 +103,11 @@ impl Cluster {
             }
         } else {
             match (&self.spec.load_balancer, key) {
+                // The key's endpoint, or when it is out the key's next-best one, so that its
+                // requests stay together.
                 (Balancer::Hash(_), Some(key)) => {
-                    let chosen = scope.pick_hashed(key)?;
-                    if self.usable(chosen) {
+                    if let Some(chosen) = scope.pick_hashed_among(key, |it| self.usable(it)) {
                         return Some(chosen.clone());
-                    }
-                    // The key's next-best endpoint, so that its requests stay together.
-                    if let Some(next) = scope.pick_hashed_among(key, |it| self.usable(it)) {
-                        return Some(next.clone());
                     }
                 }
                 (Balancer::Random | Balancer::Hash(_), _) => {
@@ -146,9 +142,12 @@ impl Cluster {
         let health: Vec<u64> = tiers
             .iter()
             .map(|tier| {
-                let candidates: Vec<&Endpoint> = tier.all().iter().filter(|it| it.takes_traffic()).collect();
-                let usable = candidates.iter().filter(|it| self.usable(it)).count() as u64;
-                (usable * 140).checked_div(candidates.len() as u64).unwrap_or(0).min(100)
+                let (mut candidates, mut usable) = (0u64, 0u64);
+                for endpoint in tier.all().iter().filter(|it| it.takes_traffic()) {
+                    candidates += 1;
+                    usable += u64::from(self.usable(endpoint));
+                }
+                (usable * 140).checked_div(candidates).unwrap_or(0).min(100)
             })
             .collect();
         let total: u64 = health.iter().sum();
@@ -283,12 +282,11 @@ impl Cluster {
                 let name = ServerName::try_from(sni.clone())
                     .or_else(|_| ServerName::try_from(host.to_owned()))
                     .map_err(|_| format!("cluster {}: `{sni}` is not a server name TLS can send", spec.name))?;
-                // hyper-rustls sets the HTTP/1.1 configuration's ALPN itself.
-                let http1_config = tls.client_config(check, &[])?;
-                let http2_config = tls.client_config(check, &[b"h2"])?;
+                // No ALPN for HTTP/1.1 (hyper-rustls sets it itself), plain TCP and probes.
                 let raw_config = tls.client_config(check, &[])?;
+                let http2_config = tls.client_config(check, &[b"h2"])?;
                 (
-                    http1_client(connect_timeout, Some((http1_config, name.clone())))?,
+                    http1_client(connect_timeout, Some((raw_config.clone(), name.clone())))?,
                     Http2Pool::with_tls(connect_timeout, http2_config, name.clone()),
                     Some((raw_config, name)),
                 )
@@ -299,7 +297,6 @@ impl Cluster {
             spec,
             endpoints,
             http1,
-            secure: raw_tls.is_some(),
             raw_tls,
             http2: Arc::new(http2),
             active: std::sync::Mutex::default(),
@@ -581,7 +578,7 @@ impl Proxy {
                 if let Some(reply) = inject_fault(&forward.fault, grpc).await {
                     return reply;
                 }
-                let destination = &forward.destinations[pick_destination(forward)];
+                let destination = &forward.destinations[pick_weighted_destination(forward.destinations)];
                 let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
                     return local_reply(Error::NoCluster, grpc);
                 };
@@ -594,7 +591,7 @@ impl Proxy {
                 let transport = if cluster.spec.protocol.uses_http2(parts.version) {
                     Transport::Http2(&cluster.http2)
                 } else {
-                    Transport::Http1(&cluster.http1, cluster.secure)
+                    Transport::Http1(&cluster.http1, cluster.raw_tls.is_some())
                 };
                 let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
                 let upstream = Upstream { cluster, transport, forward, key };
@@ -640,7 +637,7 @@ impl Proxy {
                 Uri::builder().path_and_query(parts.uri.path_and_query().map_or("/", |it| it.as_str())).build().unwrap_or_default();
         }
         let http2 = cluster.spec.protocol.uses_http2(parts.version);
-        let (client, pool, secure) = (cluster.http1.clone(), cluster.http2.clone(), cluster.secure);
+        let (client, pool, secure) = (cluster.http1.clone(), cluster.http2.clone(), cluster.raw_tls.is_some());
         let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
         let (whole, received) = tokio::sync::oneshot::channel();
         // Fire and forget: the copy's answer, or failure, never reaches the caller.
@@ -687,15 +684,7 @@ impl Proxy {
         let path = normalise_path(raw.path());
         let authority = raw.authority().to_owned();
         let head = RequestHead::from_parts(parts.method.as_str(), &authority, &path, parts.uri.query(), &parts.headers);
-        let verdict = self.spec.authz.authorize(&authz::Request {
-            head: Some(&head),
-            peer: Some(peer.ip),
-            principal: peer.principal.as_deref(),
-            port,
-            local: peer.local,
-            sni: peer.sni.as_deref(),
-        });
-        if !verdict.allowed {
+        if !self.authorize(Some(&head), port, peer) {
             return local_reply(Error::Denied, grpc);
         }
         if self.spec.inbound_rate_limit.is_some_and(|it| !it.admit(peer.ip)) {
@@ -774,17 +763,21 @@ impl Proxy {
     /// Whether a caller may open a TCP connection to an inbound port: the workload's
     /// policies applied to what a connection shows (peer, identity, port, SNI).
     pub fn authorize_connection(&self, port: &InboundPort, peer: &Downstream) -> bool {
-        self.spec
-            .authz
-            .authorize(&authz::Request {
-                head: None,
-                peer: Some(peer.ip),
-                principal: peer.principal.as_deref(),
-                port: port.port,
-                local: peer.local,
-                sni: peer.sni.as_deref(),
-            })
-            .allowed
+        self.authorize(None, port.port, peer)
+    }
+
+    /// The workload's policies applied to a request (`head`) or a TCP connection (`None`)
+    /// from `peer` to application port `port`.
+    fn authorize(&self, head: Option<&RequestHead<'_>>, port: u16, peer: &Downstream) -> bool {
+        let request = authz::Request {
+            head,
+            peer: Some(peer.ip),
+            principal: peer.principal.as_deref(),
+            port,
+            local: peer.local,
+            sni: peer.sni.as_deref(),
+        };
+        self.spec.authz.authorize(&request).allowed
     }
 }
 
@@ -1495,11 +1488,6 @@ pub fn random_below(bound: u32) -> u32 {
         state.set(x);
         (((x >> 32) * u64::from(bound)) >> 32) as u32
     })
-}
-
-/// Chooses among a route's destinations by weight.
-fn pick_destination(forward: &Forward) -> usize {
-    pick_weighted_destination(forward.destinations)
 }
 
 /// The index of a destination drawn by weight.
