@@ -781,31 +781,6 @@ impl Proxy {
     }
 }
 
-/// Upgraded connections (WebSocket, CONNECT) being relayed: their HTTP connection has ended,
-/// so a drain waits for them here.
-static TUNNELS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// One relayed tunnel, counted in [`TUNNELS`] until dropped.
-struct Tunnel;
-
-impl Tunnel {
-    fn open() -> Tunnel {
-        TUNNELS.fetch_add(1, Ordering::AcqRel);
-        Tunnel
-    }
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        TUNNELS.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// How many upgraded connections are being relayed.
-pub fn open_tunnels() -> usize {
-    TUNNELS.load(Ordering::Acquire)
-}
-
 /// A request not answered yet: counted as abandoned if dropped before `answered`.
 struct Unanswered(Option<Recording>);
 
@@ -1299,9 +1274,7 @@ async fn forward_to(
 
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {
         let upstream = hyper::upgrade::on(&mut response);
-        let tunnel = Tunnel::open();
         tokio::spawn(async move {
-            let _tunnel = tunnel;
             if let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) {
                 let mut downstream = TokioIo::new(downstream);
                 let mut upstream = TokioIo::new(upstream);

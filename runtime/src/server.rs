@@ -276,8 +276,7 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
             let proxy = proxy.clone();
             tokio::spawn(async move {
                 if let Some(cluster) = proxy.clusters.get(index) {
-                    let tls = cluster.raw_tls.clone();
-                    crate::health::probe_forever(check, cluster.spec.name, &cluster.endpoints, &cluster.health, &tls).await;
+                    crate::health::probe_forever(check, cluster.spec.name, &cluster.endpoints, &cluster.health, &cluster.raw_tls).await;
                 }
             });
         }
@@ -377,14 +376,7 @@ impl Drain {
     async fn start(&self, limit: std::time::Duration) -> bool {
         self.started.send_replace(true);
         let mut open = self.open.subscribe();
-        let drained = async {
-            let _ = open.wait_for(|count| *count == 0).await;
-            // Upgraded connections (WebSockets) left their HTTP connection behind: wait for them too.
-            while crate::proxy::open_tunnels() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(limit, drained).await.is_ok()
+        tokio::time::timeout(limit, open.wait_for(|count| *count == 0)).await.is_ok()
     }
 }
 
@@ -395,6 +387,52 @@ impl OpenConnection {
     fn new(drain: &Drain) -> OpenConnection {
         drain.open.send_modify(|it| *it += 1);
         OpenConnection(drain.open.clone())
+    }
+}
+
+/// A connection's stream that keeps it counted as open until the stream is dropped.
+struct Counted<S> {
+    inner: S,
+    _open: OpenConnection,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -472,7 +510,6 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
         // Counted before the task starts, so a drain that begins now waits for it.
         let open = OpenConnection::new(&drain);
         tokio::spawn(async move {
-            let _open = open;
             let local = stream.local_addr().ok().map(|it| it.ip());
             let plain = Downstream::plain(peer.ip(), local);
             let acceptor = match &serves {
@@ -481,7 +518,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
                 Serves::Inbound(_, Accepts::MutualTls(acceptor)) => Some((acceptor.clone(), true)),
             };
             let Some((acceptor, strict)) = acceptor else {
-                return serve_connection(stream, plain, proxy, serves, drain).await;
+                return serve_connection(stream, open, plain, proxy, serves, drain).await;
             };
             let mut first = [0u8; 1];
             match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
@@ -492,7 +529,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
                 // Strict: a plaintext caller's connection is closed unanswered, as Envoy's
                 // listener without a plaintext filter chain does.
                 if !strict {
-                    serve_connection(stream, plain, proxy, serves, drain).await;
+                    serve_connection(stream, open, plain, proxy, serves, drain).await;
                 }
                 return;
             }
@@ -501,16 +538,20 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
             let principal = connection.peer_certificates().and_then(|it| it.first()).and_then(crate::tls::spiffe_identity);
             let sni = connection.server_name().map(Arc::from);
             let downstream = Downstream { principal: principal.map(Arc::from), sni, ..plain };
-            serve_connection(stream, downstream, proxy, serves, drain).await;
+            serve_connection(stream, open, downstream, proxy, serves, drain).await;
         });
     }
 }
 
-/// Serves one accepted connection: TCP relayed as it is, or HTTP.
-async fn serve_connection<S>(stream: S, downstream: Downstream, proxy: Arc<Proxy>, serves: Serves, drain: Drain)
+/// Serves one accepted connection, counted as open (`open`) until it ends: TCP relayed as it
+/// is, or HTTP.
+async fn serve_connection<S>(stream: S, open: OpenConnection, downstream: Downstream, proxy: Arc<Proxy>, serves: Serves, drain: Drain)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // The count goes with the stream: an upgraded connection (a WebSocket) outlives its HTTP
+    // connection, relayed by a task of its own, and a drain waits for it too.
+    let stream = Counted { inner: stream, _open: open };
     match &serves {
         Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
         Serves::Inbound(port, _) if port.protocol == crate::spec::Protocol::Tcp => {
