@@ -79,6 +79,8 @@ def run(plan, port, seconds, cpus, scratch):
 
 
 def _wrk(plan, port, seconds, cpus):
+    # wrk takes whole seconds only (`-d1.0s` is an error).
+    seconds = max(1, round(seconds))
     argv = [
         "wrk", "-t1", f"-c{plan.connections()}", f"-d{seconds}s", "--timeout", "10s",
         "-s", str(WRK_SCRIPT), "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/",
@@ -103,7 +105,7 @@ def _wrk(plan, port, seconds, cpus):
 
 
 def _h2load(plan, port, seconds, cpus, log_file):
-    argv = ["h2load", "-t1", "-c", str(plan.connections()), "-m", str(plan.streams), "-D", f"{seconds}s"]
+    argv = ["h2load", "-t1", "-c", str(plan.connections()), "-m", str(plan.streams), "-D", f"{max(1, round(seconds))}s"]
     if plan.protocol == "h1":
         argv.append("--h1")
     if plan.mode == "rate":
