@@ -14,7 +14,7 @@ use crate::spec::{ClusterSpec, EndpointSeed};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// IP address or host name.
-    pub address: String,
+    pub address: Arc<str>,
     /// Port.
     pub port: u16,
     /// Load-balancing weight.
@@ -31,12 +31,17 @@ impl Endpoint {
     /// An endpoint at `address`:`port`.
     pub fn new(address: &str, port: u16, weight: u32, routable: bool, locality: &str) -> Endpoint {
         let authority = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
-        Endpoint { address: address.to_owned(), port, weight, routable, locality: Arc::from(locality), authority: Arc::from(authority) }
+        Endpoint { address: Arc::from(address), port, weight, routable, locality: Arc::from(locality), authority: Arc::from(authority) }
     }
 
     /// `host:port`, bracketing IPv6 addresses.
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// `host:port`, shared.
+    pub fn shared_authority(&self) -> Arc<str> {
+        self.authority.clone()
     }
 
     /// A single address, such as the local application's.
@@ -324,15 +329,15 @@ mod tests {
     #[test]
     fn picks_follow_the_weights_and_skip_unroutable_endpoints() {
         let set = EndpointSet::new(vec![endpoint("a", 3, true), endpoint("b", 1, true), endpoint("c", 5, false), endpoint("d", 0, true)]);
-        let picks: Vec<&str> = (0..8).map(|it| set.pick(it).unwrap().address.as_str()).collect();
+        let picks: Vec<&str> = (0..8).map(|it| set.pick(it).unwrap().address.as_ref()).collect();
         assert_eq!(picks, ["a", "b", "a", "a", "a", "b", "a", "a"]);
         // Equal weights alternate, whatever their size.
         let set = EndpointSet::new(vec![endpoint("a", 100, true), endpoint("b", 100, true)]);
-        let picks: Vec<&str> = (0..6).map(|it| set.pick(it).unwrap().address.as_str()).collect();
+        let picks: Vec<&str> = (0..6).map(|it| set.pick(it).unwrap().address.as_ref()).collect();
         assert_eq!(picks, ["a", "b", "a", "b", "a", "b"]);
         // Each cycle of the reduced total visits each endpoint its weight's times, spread out.
         let set = EndpointSet::new(vec![endpoint("a", 70, true), endpoint("b", 20, true), endpoint("c", 10, true)]);
-        let picks: Vec<&str> = (0..10).map(|it| set.pick(it).unwrap().address.as_str()).collect();
+        let picks: Vec<&str> = (0..10).map(|it| set.pick(it).unwrap().address.as_ref()).collect();
         assert_eq!(["a", "b", "c"].map(|name| picks.iter().filter(|it| **it == name).count()), [7, 2, 1]);
         assert!(picks.windows(4).all(|it| it.iter().any(|name| *name != "a")), "{picks:?}");
         assert!(EndpointSet::new(vec![endpoint("c", 5, false)]).pick(0).is_none());
@@ -346,7 +351,7 @@ mod tests {
         for key in 0..3000u64 {
             let before = three.current().pick_hashed(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("an endpoint").address.clone();
             let after = two.current().pick_hashed(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("an endpoint").address.clone();
-            if before != "c" {
+            if &*before != "c" {
                 assert_eq!(before, after, "key {key} moved although its endpoint stayed");
             }
             *counts.entry(before).or_insert(0) += 1;
@@ -357,7 +362,7 @@ mod tests {
         let set = three.current();
         for key in 0..1000u64 {
             let key = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let without = set.pick_hashed_among(key, |it| it.address != "c").expect("an endpoint");
+            let without = set.pick_hashed_among(key, |it| &*it.address != "c").expect("an endpoint");
             assert_eq!(without.address, two.current().pick_hashed(key).expect("an endpoint").address);
         }
     }
@@ -379,7 +384,7 @@ mod tests {
         let at = |address: &str, locality: &str| Endpoint::new(address, 80, 1, true, locality);
         let list = vec![at("far", "eu/eu-1"), at("near", "us/us-1a"), at("zone", "us/us-1b"), at("near2", "us/us-1a")];
         let set = ClusterEndpoints::new(list.clone(), "us/us-1a").current();
-        let tiers: Vec<Vec<&str>> = set.tiers().iter().map(|it| it.all().iter().map(|it| it.address.as_str()).collect()).collect();
+        let tiers: Vec<Vec<&str>> = set.tiers().iter().map(|it| it.all().iter().map(|it| it.address.as_ref()).collect()).collect();
         assert_eq!(tiers, [vec!["near", "near2"], vec!["zone"], vec!["far"]]);
         // Without a locality, or with every endpoint at one priority, there are no tiers.
         assert!(ClusterEndpoints::new(list, "").current().tiers().is_empty());

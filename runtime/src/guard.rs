@@ -26,6 +26,9 @@ pub const MAX_HEAD_BYTES: usize = 60 * 1024;
 /// Most headers in a request head (Envoy's default `max_headers_count`).
 pub const MAX_HEADERS: usize = 100;
 
+/// How much room each read from the connection asks for.
+const READ_CHUNK: usize = 8192;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,10 +302,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             if this.state == State::Rejected || this.inner_eof {
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
+            // Read straight into the unchecked bytes' spare room: no zeroed chunk to copy from.
+            this.raw.reserve(READ_CHUNK);
+            let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw))?;
+            if read == 0 {
                 this.inner_eof = true;
                 // Whatever is left unchecked is an incomplete head or body; the server sees the end.
                 if this.state == State::Passthrough {
@@ -311,7 +314,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 }
                 continue;
             }
-            this.raw.extend_from_slice(read.filled());
             this.advance();
         }
     }

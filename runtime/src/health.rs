@@ -130,7 +130,7 @@ pub async fn probe_forever(
 async fn probe(spec: &HealthCheckSpec, endpoint: &Endpoint, tls: &ProbeTls) -> bool {
     let timeout = Duration::from_millis(spec.timeout_ms.max(1));
     let attempt = async {
-        let stream = TcpStream::connect((endpoint.address.as_str(), endpoint.port)).await.ok()?;
+        let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await.ok()?;
         match tls {
             Some((config, name)) => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());

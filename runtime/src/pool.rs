@@ -1,24 +1,208 @@
-//! HTTP/2 upstream connections: one multiplexed connection per endpoint, as Envoy keeps them.
+//! Upstream connections, made with hyper's connection-level API.
 //!
-//! hyper's pooled client takes the address it connects to from the request's URI, and HTTP/2
-//! takes `:authority` from the same URI; a proxy needs them apart (connect to the endpoint,
-//! send the service's authority). So HTTP/2 requests go over connections made here with
-//! hyper's connection-level API; HTTP/1.1 keeps hyper's pooled client, which sends `Host`
-//! as given.
+//! HTTP/1.1: idle keep-alive connections per endpoint, one request at a time on each, as
+//! Envoy's HTTP/1.1 pool keeps them. HTTP/2: one multiplexed connection per endpoint. A proxy
+//! connects to the endpoint it picked and sends the service's authority (`Host`, or
+//! `:authority`); hyper's pooled client would take both from the request's URI, and its pool
+//! (a hashed map, a checkout future and a return trip per request) showed in profiles.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::endpoints::Endpoint;
 use crate::error::Error;
-use crate::proxy::Body;
+use crate::proxy::{Body, BoxError};
+
+/// How long an HTTP/1.1 connection may sit idle before it is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most idle HTTP/1.1 connections kept per endpoint; past it, a finished connection closes.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// How many times a request that a reused connection never sent (the server had closed it)
+/// is tried on another connection.
+const UNSENT_RETRIES: usize = 3;
+
+/// TLS on every connection of a pool: the client configuration and the name to send.
+pub type ClientTls = (Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>);
+
+/// Idle HTTP/1.1 connections, by endpoint.
+#[derive(Debug)]
+pub struct Http1Pool {
+    idle: IdleConnections,
+    connect_timeout: Duration,
+    tls: Option<ClientTls>,
+}
+
+/// Idle connections by endpoint authority, newest last.
+type IdleConnections = Arc<Mutex<BTreeMap<Arc<str>, Vec<Idle>>>>;
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+impl Http1Pool {
+    /// An empty pool whose connections time out after `connect_timeout`, over TLS with `tls`
+    /// (whose configuration should offer ALPN `http/1.1`) when given.
+    pub fn new(connect_timeout: Duration, tls: Option<ClientTls>) -> Http1Pool {
+        Http1Pool { idle: Arc::default(), connect_timeout, tls }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to `endpoint`. The connection goes back
+    /// to the pool when the response body has been read to its end.
+    pub async fn send(&self, endpoint: &Endpoint, mut request: Request<Body>) -> Result<Response<Body>, Error> {
+        let key = endpoint.shared_authority();
+        for _ in 0..UNSENT_RETRIES {
+            let Some(mut sender) = self.checkout(&key).await else { break };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.returning(key, sender, response)),
+                Err(mut err) => match err.take_message() {
+                    // The connection closed before the request went out: another one.
+                    Some(unsent) => request = unsent,
+                    None => return Err(Error::UpstreamReset(key.to_string())),
+                },
+            }
+        }
+        let mut sender = Box::pin(self.connect(endpoint)).await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(self.returning(key, sender, response)),
+            Err(_) => Err(Error::UpstreamReset(key.to_string())),
+        }
+    }
+
+    /// A ready idle connection to `key`, newest first; closed and stale ones are dropped.
+    async fn checkout(&self, key: &Arc<str>) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let idle = {
+                let mut idle = lock(&self.idle);
+                let list = idle.get_mut(&**key)?;
+                let found = list.pop();
+                if list.is_empty() {
+                    idle.remove(&**key);
+                }
+                found?
+            };
+            if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Ready at once unless the connection is still finishing its last response.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// The response, with a body that gives the connection back once read to its end. A
+    /// switched protocol (101, or a CONNECT's 2xx) keeps the connection for itself.
+    fn returning(&self, key: Arc<str>, sender: http1::SendRequest<Body>, response: Response<Incoming>) -> Response<Body> {
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return response.map(|body| body.map_err(BoxError::from).boxed());
+        }
+        let idle = self.idle.clone();
+        response.map(|body| PooledBody { inner: body, giving_back: Some((idle, key, sender)) }.boxed())
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, Error> {
+        let failed = || Error::UpstreamConnect(endpoint.authority().to_owned());
+        let connected = async {
+            let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await?;
+            let _ = stream.set_nodelay(true);
+            // The connection runs until either side closes it, and may switch protocols.
+            let sender = match &self.tls {
+                None => {
+                    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+                    tokio::spawn(async move {
+                        let _ = connection.with_upgrades().await;
+                    });
+                    sender
+                }
+                Some((config, name)) => {
+                    let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await?;
+                    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+                    tokio::spawn(async move {
+                        let _ = connection.with_upgrades().await;
+                    });
+                    sender
+                }
+            };
+            Ok::<_, std::io::Error>(sender)
+        };
+        tokio::time::timeout(self.connect_timeout, connected).await.map_err(|_| failed())?.map_err(|_| failed())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|it| it.into_inner())
+}
+
+/// A response body whose connection returns to its pool when the body ends; dropped before
+/// its end, the connection cannot carry another request and closes with it.
+struct PooledBody {
+    inner: Incoming,
+    giving_back: Option<(IdleConnections, Arc<str>, http1::SendRequest<Body>)>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        let Some((idle, key, sender)) = self.giving_back.take() else { return };
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&idle);
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle { sender, since: Instant::now() });
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.giving_back = None,
+            Poll::Ready(Some(Ok(_))) if hyper::body::Body::is_end_stream(&self.inner) => self.give_back(),
+            _ => {}
+        }
+        polled.map(|it| it.map(|it| it.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled: its connection is free all the same.
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.give_back();
+        }
+    }
+}
 
 /// Live HTTP/2 connections, by endpoint.
 #[derive(Debug)]
@@ -26,7 +210,7 @@ pub struct Http2Pool {
     connections: Mutex<BTreeMap<String, SendRequest<Body>>>,
     connect_timeout: Duration,
     /// TLS on every connection, with the name to send.
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<ClientTls>,
 }
 
 impl Http2Pool {
@@ -64,13 +248,20 @@ impl Http2Pool {
 
     /// A sender on a live connection to `endpoint`, connecting when there is none.
     async fn sender(&self, endpoint: &Endpoint) -> Result<SendRequest<Body>, Error> {
-        let key = endpoint.authority().to_owned();
-        if let Some(sender) = self.lock().get(&key).filter(|it| !it.is_closed()) {
+        if let Some(sender) = self.lock().get(endpoint.authority()).filter(|it| !it.is_closed()) {
             return Ok(sender.clone());
         }
+        // Boxed: connecting (TCP, TLS, the HTTP/2 handshake) is a large future that every
+        // request's future would otherwise carry, and copy, for the rare request that connects.
+        Box::pin(self.connect(endpoint)).await
+    }
+
+    /// A new connection to `endpoint`, kept for the requests after this one.
+    async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<Body>, Error> {
+        let key = endpoint.authority().to_owned();
         let failed = |_| Error::UpstreamConnect(key.clone());
         let connected = async {
-            let stream = TcpStream::connect((endpoint.address.as_str(), endpoint.port)).await?;
+            let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await?;
             let _ = stream.set_nodelay(true);
             let builder = {
                 let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -125,4 +316,98 @@ fn refused_stream(err: &hyper::Error) -> bool {
         source = current.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::empty;
+
+    /// A server that answers every request on a connection with `answer`, counting the
+    /// connections it accepts; it closes a connection after `per_connection` answers.
+    async fn server(answer: &'static [u8], per_connection: usize) -> (Endpoint, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("address"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    for _ in 0..per_connection {
+                        // Each test request is a body-less GET read whole by one read.
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (endpoint, accepted)
+    }
+
+    fn get() -> Request<Body> {
+        Request::builder().uri("/").header(http::header::HOST, "test").body(empty()).expect("request")
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_is_read() {
+        let (endpoint, accepted) = server(OK, usize::MAX).await;
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        for _ in 0..3 {
+            let response = pool.send(&endpoint, get()).await.expect("response");
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced() {
+        let (endpoint, accepted) = server(OK, 1).await;
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        for _ in 0..3 {
+            let response = pool.send(&endpoint, get()).await.expect("response");
+            response.into_body().collect().await.expect("body");
+            // Let the close reach the pooled connection.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_before_its_end_takes_its_connection_along() {
+        // The body is announced longer than it is: it never ends.
+        let (endpoint, accepted) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial", usize::MAX).await;
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        for _ in 0..2 {
+            let response = pool.send(&endpoint, get()).await.expect("response");
+            let mut body = response.into_body();
+            let first = body.frame().await.expect("a frame").expect("data");
+            assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"partial"));
+            drop(body);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_nobody_listens_on_is_a_connect_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("address"));
+        drop(listener);
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        assert!(matches!(pool.send(&endpoint, get()).await, Err(Error::UpstreamConnect(_))));
+    }
 }

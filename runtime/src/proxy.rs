@@ -18,10 +18,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
 use crate::endpoints::{ClusterEndpoints, Endpoint, EndpointSet};
@@ -30,7 +27,7 @@ use crate::head::RequestHead;
 use crate::health::Health;
 use crate::metrics::{Labels, Metrics, Reporter};
 use crate::outlier::{Observed, Outliers};
-use crate::pool::Http2Pool;
+use crate::pool::{Http1Pool, Http2Pool};
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
     Abort, Answer, Balancer, ClusterSpec, Decision, Fault, Forward, HashOn, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn,
@@ -52,7 +49,7 @@ pub struct Cluster {
     pub spec: &'static ClusterSpec,
     /// Its endpoints.
     pub endpoints: ClusterEndpoints,
-    http1: Http1Client,
+    http1: Arc<Http1Pool>,
     /// TLS without ALPN (plain TCP, health probes), with the server name to send; `Some`
     /// when the cluster's connections are TLS (`https` URIs for the HTTP/1.1 client).
     pub(crate) raw_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
@@ -282,21 +279,22 @@ impl Cluster {
                 let name = ServerName::try_from(sni.clone())
                     .or_else(|_| ServerName::try_from(host.to_owned()))
                     .map_err(|_| format!("cluster {}: `{sni}` is not a server name TLS can send", spec.name))?;
-                // No ALPN for HTTP/1.1 (hyper-rustls sets it itself), plain TCP and probes.
+                // No ALPN for plain TCP and probes.
                 let raw_config = tls.client_config(check, &[])?;
+                let http1_config = tls.client_config(check, &[b"http/1.1"])?;
                 let http2_config = tls.client_config(check, &[b"h2"])?;
                 (
-                    http1_client(connect_timeout, Some((raw_config.clone(), name.clone())))?,
+                    Http1Pool::new(connect_timeout, Some((http1_config, name.clone()))),
                     Http2Pool::with_tls(connect_timeout, http2_config, name.clone()),
                     Some((raw_config, name)),
                 )
             }
-            _ => (http1_client(connect_timeout, None)?, Http2Pool::new(connect_timeout), None),
+            _ => (Http1Pool::new(connect_timeout, None), Http2Pool::new(connect_timeout), None),
         };
         Ok(Cluster {
             spec,
             endpoints,
-            http1,
+            http1: Arc::new(http1),
             raw_tls,
             http2: Arc::new(http2),
             active: std::sync::Mutex::default(),
@@ -330,44 +328,11 @@ impl Drop for InFlight {
     }
 }
 
-/// The pooled HTTP/1.1 client: plaintext for `http` URIs, TLS for `https` ones.
-type Http1Client = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// A pooled HTTP/1.1 client; with `tls`, `https` URIs go over TLS with that configuration
-/// and server name (the URI's host is an endpoint's address, not a name to check).
-fn http1_client(connect_timeout: Duration, tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>) -> Result<Http1Client, String> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(false);
-    let connector = match tls {
-        Some((config, name)) => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(Arc::unwrap_or_clone(config))
-            .https_or_http()
-            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            .enable_http1()
-            .wrap_connector(connector),
-        // Only `http` URIs reach this one: its TLS settings trust nothing and are never used.
-        None => {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|err| err.to_string())?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            HttpsConnector::from((connector, config))
-        }
-    };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(Duration::from_secs(60));
-    Ok(builder.build(connector))
-}
-
 /// How a request reaches an endpoint.
 #[derive(Clone, Copy)]
 enum Transport<'a> {
-    /// HTTP/1.1, over TLS when `secure`.
-    Http1(&'a Http1Client, bool),
+    /// HTTP/1.1.
+    Http1(&'a Http1Pool),
     Http2(&'a Http2Pool),
 }
 
@@ -381,7 +346,7 @@ pub struct Proxy {
     /// Request metrics.
     pub metrics: Arc<Metrics>,
     /// Connections to the local application, HTTP/1.1 and HTTP/2.
-    local_http1: Http1Client,
+    local_http1: Http1Pool,
     local_http2: Http2Pool,
 }
 
@@ -420,7 +385,7 @@ impl Proxy {
             spec,
             clusters,
             metrics: Arc::new(Metrics::default()),
-            local_http1: http1_client(Duration::from_secs(1), None)?,
+            local_http1: Http1Pool::new(Duration::from_secs(1), None),
             local_http2: Http2Pool::new(Duration::from_secs(1)),
         })
     }
@@ -495,7 +460,7 @@ impl Proxy {
     /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
     /// enters the mesh), and, when the workload logs requests, what its log line will say.
     fn log_entry(&self, peer: IpAddr, request: &mut Request<Incoming>) -> Option<accesslog::Entry> {
-        if !request.headers().contains_key("x-request-id") {
+        if !request.headers().contains_key(crate::trace::REQUEST_ID) {
             crate::trace::add_request_id(request.headers_mut());
         }
         if matches!(self.spec.access_log, accesslog::AccessLog::Off) {
@@ -508,7 +473,7 @@ impl Proxy {
             path: request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |it| it.as_str().to_owned()),
             protocol: if request.version() == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" },
             authority: authority_as_sent(request.uri(), request.headers()).unwrap_or_default(),
-            request_id: header("x-request-id"),
+            request_id: header(crate::trace::REQUEST_ID.as_str()),
             user_agent: header("user-agent"),
             traceparent: header("traceparent"),
             peer: Some(peer),
@@ -543,15 +508,15 @@ impl Proxy {
         entry: Option<accesslog::Entry>,
     ) -> Response<Body> {
         let log = entry.map(|mut entry| {
-            if let Some(route) = response.extensions().get::<RouteTaken>() {
-                (entry.route, entry.cluster) = (route.route, route.cluster);
+            if let Some(routed) = response.extensions().get::<Routed>() {
+                (entry.route, entry.cluster) = (routed.route, routed.cluster);
             }
             if let Some(host) = response.extensions().get::<UpstreamHost>() {
-                entry.upstream_host = host.0.clone();
+                entry.upstream_host = host.0.to_string();
             }
             (entry, &self.spec.access_log)
         });
-        let service = response.extensions().get::<DestinationService>().map(|it| it.0).or(service);
+        let service = response.extensions().get::<Routed>().map(|it| it.service).or(service);
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
         let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags };
@@ -591,7 +556,7 @@ impl Proxy {
                 let transport = if cluster.spec.protocol.uses_http2(parts.version) {
                     Transport::Http2(&cluster.http2)
                 } else {
-                    Transport::Http1(&cluster.http1, cluster.raw_tls.is_some())
+                    Transport::Http1(&cluster.http1)
                 };
                 let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
                 let upstream = Upstream { cluster, transport, forward, key };
@@ -603,8 +568,8 @@ impl Proxy {
                     },
                     None => local_reply(Error::Overflow, grpc),
                 };
-                response.extensions_mut().insert(DestinationService(cluster.spec.service_names));
-                response.extensions_mut().insert(RouteTaken { route: forward.route, cluster: cluster.spec.name });
+                let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
+                response.extensions_mut().insert(routed);
                 response
             }
         }
@@ -637,7 +602,7 @@ impl Proxy {
                 Uri::builder().path_and_query(parts.uri.path_and_query().map_or("/", |it| it.as_str())).build().unwrap_or_default();
         }
         let http2 = cluster.spec.protocol.uses_http2(parts.version);
-        let (client, pool, secure) = (cluster.http1.clone(), cluster.http2.clone(), cluster.raw_tls.is_some());
+        let (client, pool) = (cluster.http1.clone(), cluster.http2.clone());
         let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
         let (whole, received) = tokio::sync::oneshot::channel();
         // Fire and forget: the copy's answer, or failure, never reaches the caller.
@@ -645,7 +610,7 @@ impl Proxy {
             let _in_flight = in_flight;
             let Ok(bytes) = received.await else { return };
             let copy = copy.map(|()| full(bytes));
-            let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client, secure) };
+            let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
             if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout)).await {
                 let _ = response.into_body().collect().await;
             }
@@ -691,11 +656,8 @@ impl Proxy {
             return local_reply(Error::RateLimited, grpc);
         }
         let request = Request::from_parts(parts, body);
-        let transport = if protocol.uses_http2(request.version()) {
-            Transport::Http2(&self.local_http2)
-        } else {
-            Transport::Http1(&self.local_http1, false)
-        };
+        let transport =
+            if protocol.uses_http2(request.version()) { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
         forward_to(transport, Request::from_parts(parts, body.map_err(BoxError::from).boxed()), app, None, Limits::total(timeout))
@@ -717,20 +679,18 @@ pub struct InboundPort {
     pub service_names: &'static [&'static str],
 }
 
-/// The service a response came from, for telemetry.
+/// Where a routed response came from: the service (for telemetry), the route and the
+/// cluster (for the access log); one extension, as each costs an allocation.
 #[derive(Clone, Copy, Debug)]
-struct DestinationService(&'static [&'static str]);
-
-/// The route and cluster a response came through, for the access log.
-#[derive(Clone, Copy, Debug)]
-struct RouteTaken {
+struct Routed {
+    service: &'static [&'static str],
     route: &'static str,
     cluster: &'static str,
 }
 
 /// The endpoint that answered, for the access log.
 #[derive(Clone, Debug)]
-struct UpstreamHost(String);
+struct UpstreamHost(Arc<str>);
 
 /// Envoy's response flag of a response the sidecar made or cut short.
 #[derive(Clone, Copy, Debug)]
@@ -936,10 +896,12 @@ impl Upstream<'_> {
             return Ok(Some(slot));
         }
         let Some(_waiting) = InFlight::take(&self.cluster.pending, limits.max_pending_requests) else { return Err(Error::Overflow) };
-        let acquire = self.cluster.connections.clone().acquire_owned();
+        let connections = &self.cluster.connections;
         let slot = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.map_err(|_| Error::UpstreamTimeout)?,
-            None => acquire.await,
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, connections.clone().acquire_owned()).await.map_err(|_| Error::UpstreamTimeout)?
+            }
+            None => connections.clone().acquire_owned().await,
         };
         slot.map(Some).map_err(|_| Error::Internal("the connection limit was closed"))
     }
@@ -1219,14 +1181,10 @@ async fn forward_to(
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.request_headers);
     }
-    // HTTP/1.1 connects to the URI's authority and sends `Host`; HTTP/2 connects to the
-    // endpoint and sends the URI's authority as `:authority`.
-    let mut scheme = "http";
-    let uri_authority = match transport {
-        Transport::Http1(_, secure) => {
-            if secure {
-                scheme = "https";
-            }
+    // Both connect to the endpoint. HTTP/1.1 sends the authority as `Host` and the target in
+    // origin form; HTTP/2 sends the URI's authority as `:authority`.
+    parts.uri = match transport {
+        Transport::Http1(_) => {
             parts.version = Version::HTTP_11;
             // Left alone when it already is the one `Host` it should be.
             let mut hosts = parts.headers.get_all(header::HOST).iter();
@@ -1237,17 +1195,16 @@ async fn forward_to(
                     Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
                 };
             }
-            endpoint.authority().to_owned()
+            Uri::from(path_and_query)
         }
         Transport::Http2(_) => {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
-            authority
+            match Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build() {
+                Ok(uri) => uri,
+                Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
+            }
         }
-    };
-    parts.uri = match Uri::builder().scheme(scheme).authority(uri_authority).path_and_query(path_and_query).build() {
-        Ok(uri) => uri,
-        Err(_) => return Err(Error::BadRequest("the request path cannot be forwarded")),
     };
     if grpc {
         // The gRPC spec requires `te: trailers` towards the server.
@@ -1255,21 +1212,17 @@ async fn forward_to(
     }
 
     let request = Request::from_parts(parts, body);
-    let sent = async {
+    // Made where it is awaited, not held in a local that is then moved into the timeout: a
+    // moved-from future still takes room in this one, and every caller's future copies it.
+    let send = |request: Request<Body>| async move {
         match transport {
-            Transport::Http1(client, _) => client.request(request).await.map_err(|err| {
-                if err.is_connect() {
-                    Error::UpstreamConnect(endpoint.authority().to_owned())
-                } else {
-                    Error::UpstreamReset(endpoint.authority().to_owned())
-                }
-            }),
-            Transport::Http2(pool) => pool.send(endpoint, request).await,
+            Transport::Http1(pool) => pool.send(endpoint, request).await,
+            Transport::Http2(pool) => Ok(pool.send(endpoint, request).await?.map(|body| body.map_err(BoxError::from).boxed())),
         }
     };
     let mut response = match timeout {
-        Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| Error::UpstreamTimeout)??,
-        None => sent.await?,
+        Some(limit) => tokio::time::timeout(limit, send(request)).await.map_err(|_| Error::UpstreamTimeout)??,
+        None => send(request).await?,
     };
 
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {
@@ -1287,17 +1240,16 @@ async fn forward_to(
     }
 
     let (mut parts, body) = response.into_parts();
-    parts.extensions.insert(UpstreamHost(endpoint.authority().to_owned()));
+    parts.extensions.insert(UpstreamHost(endpoint.shared_authority()));
     strip_hop_by_hop(&mut parts.headers, false);
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.response_headers);
     }
     // The deadline covers the whole answer, as Envoy's route timeout does: a body still
     // streaming at the deadline is cut off with an error (a reset), never ended cleanly.
-    let body = body.map_err(BoxError::from);
     let body = match deadline {
-        Some(deadline) => DeadlineBody { inner: body.boxed(), sleep: Box::pin(tokio::time::sleep_until(deadline)) }.boxed(),
-        None => body.boxed(),
+        Some(deadline) => DeadlineBody { inner: body, sleep: Box::pin(tokio::time::sleep_until(deadline)) }.boxed(),
+        None => body,
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -1332,40 +1284,53 @@ fn rewritten_path(uri: &Uri, rewrite: PathRewrite) -> String {
 }
 
 /// Connection-specific headers, which a proxy must not forward (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "transfer-encoding"];
+/// The hop-by-hop headers (RFC 9110 §7.6.1) and their kin that a proxy never forwards;
+/// `Upgrade` last, as an upgrade keeps it and `Connection`.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
-    let hop_by_hop = |name: &HeaderName| *name == header::UPGRADE || HOP_BY_HOP.iter().any(|it| name.as_str().eq_ignore_ascii_case(it));
-    if !headers.keys().any(hop_by_hop) {
+    // Most messages carry few or none: one pass over the names finds which.
+    let mut present = [false; 8];
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|it| it == name) {
+            present[index] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    // Headers that `Connection` names are connection-specific too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|it| it.to_str().ok())
-        .flat_map(|it| it.split(','))
-        .filter_map(|it| HeaderName::from_bytes(it.trim().as_bytes()).ok())
-        .filter(|it| !(upgrade && *it == header::UPGRADE))
-        .collect();
-    if !upgrade {
-        for name in HOP_BY_HOP {
-            headers.remove(name);
+    // Headers that `Connection` names are connection-specific too; the usual ones
+    // (`keep-alive`, `upgrade`) are in the list already and need no name of their own.
+    let kept = |name: &HeaderName| upgrade && (*name == header::CONNECTION || *name == header::UPGRADE);
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[0] {
+        for token in headers.get_all(header::CONNECTION).iter().filter_map(|it| it.to_str().ok()).flat_map(|it| it.split(',')) {
+            let token = token.trim();
+            if token.is_empty() || HOP_BY_HOP.iter().any(|it| it.as_str().eq_ignore_ascii_case(token)) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
         }
-        headers.remove(header::UPGRADE);
-    } else {
-        for name in HOP_BY_HOP.iter().filter(|it| **it != "connection") {
-            headers.remove(*name);
-        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(name, present)| *present && !kept(name)) {
+        headers.remove(name);
     }
     for name in named {
         headers.remove(name);
     }
 }
 
-/// Applies header operations as Envoy does: removals first, then replacements, then additions.
 fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
     for name in ops.remove {
         headers.remove(*name);

@@ -98,7 +98,7 @@ pub fn denied(proxy: &Proxy, service: &'static [&'static str]) {
 }
 
 async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, Error> {
-    let connecting = TcpStream::connect((endpoint.address.as_str(), endpoint.port));
+    let connecting = TcpStream::connect((&*endpoint.address, endpoint.port));
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);

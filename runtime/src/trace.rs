@@ -7,8 +7,8 @@ use http::header::{HeaderName, HeaderValue};
 
 /// Updates the trace headers of a request about to be forwarded.
 pub fn propagate(headers: &mut HeaderMap) {
-    let b3 = headers.contains_key("x-b3-traceid");
-    let w3c = headers.get("traceparent").and_then(|it| it.to_str().ok()).and_then(parse_traceparent);
+    let b3 = headers.contains_key(B3_TRACE_ID);
+    let w3c = headers.get(TRACEPARENT).and_then(|it| it.to_str().ok()).and_then(parse_traceparent);
     if let Some((trace_id, flags)) = w3c {
         let mut value = Hex::default();
         value.push_str("00-").push_str(trace_id).push_str("-").push_u64(span_id(), 16).push_str("-").push_str(flags);
@@ -20,20 +20,24 @@ pub fn propagate(headers: &mut HeaderMap) {
         value.set(headers, TRACEPARENT);
     }
     if b3 {
-        if let Some(parent) = headers.get("x-b3-spanid").cloned() {
-            headers.insert("x-b3-parentspanid", parent);
+        if let Some(parent) = headers.get(B3_SPAN_ID).cloned() {
+            headers.insert(B3_PARENT_SPAN_ID, parent);
         }
         let mut value = Hex::default();
         value.push_u64(span_id(), 16);
-        value.set(headers, HeaderName::from_static("x-b3-spanid"));
+        value.set(headers, B3_SPAN_ID);
     }
     if !headers.contains_key(REQUEST_ID) {
         add_request_id(headers);
     }
 }
 
+// Header names as constants: looking a header up by `&str` parses the name every time.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds a random (version 4) UUID as `x-request-id`.
 pub fn add_request_id(headers: &mut HeaderMap) {
