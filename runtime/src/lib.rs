@@ -38,7 +38,8 @@ pub mod __codegen {
     pub use crate::server::run;
     pub use crate::spec::{
         Abort, Answer, Balancer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HashOn, HeaderOps, Limits, ListenerKind,
-        ListenerSpec, Mirror, PathRewrite, PeerMtls, Protocol, Retries, RetryBudget, RetryOn, SidecarSpec, UpstreamTls, WeightedCluster,
+        ListenerSpec, Mirror, PathRewrite, PeerMtls, Protocol, Retries, RetryBudget, RetryOn, RouteStats, SidecarSpec, UpstreamTls,
+        WeightedCluster,
     };
     pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 

@@ -201,7 +201,7 @@ fn protocol(labels: &Labels) -> &'static str {
 }
 
 /// Prometheus label-value escaping.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 

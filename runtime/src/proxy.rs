@@ -31,7 +31,7 @@ use crate::pool::{Http1Pool, Http2Pool};
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
     Abort, Answer, Balancer, ClusterSpec, Decision, Fault, Forward, HashOn, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn,
-    SidecarSpec, UpstreamTls, WeightedCluster,
+    RouteStats, SidecarSpec, UpstreamTls, WeightedCluster,
 };
 use crate::tls::{MeshTls, UpstreamCheck};
 use crate::{accesslog, authz};
@@ -446,15 +446,33 @@ impl Proxy {
         out
     }
 
+    /// Each forwarding route's requests, in Prometheus' text format: those it took
+    /// (`meshc_route_requests_total`) and those whose response has not ended
+    /// (`meshc_route_requests_active`), by virtual host (the route table, `host:port` as
+    /// Istio names it) and route name.
+    pub fn route_metrics(&self) -> String {
+        let mut out = String::new();
+        for (name, kind, active) in [("meshc_route_requests_total", "counter", false), ("meshc_route_requests_active", "gauge", true)] {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for stats in self.spec.routes {
+                let value = if active { &stats.active } else { &stats.total };
+                let (table, route) = (crate::metrics::escape(stats.table), crate::metrics::escape(stats.route));
+                let _ = writeln!(out, "{name}{{virtual_host=\"{table}\",route_name=\"{route}\"}} {}", value.load(Ordering::Relaxed));
+            }
+        }
+        out
+    }
+
     /// Handles a request the application (at `peer`) sent out, and counts it.
     pub async fn outbound(&self, peer: IpAddr, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let entry = self.log_entry(peer, &mut request);
-        let unanswered = self.unanswered(Reporter::Source, None, grpc, started, entry);
-        let response = self.route_and_forward(peer, request).await;
+        let meter = Meter { reporter: Reporter::Source, service: None, grpc, started };
+        let unanswered = self.unanswered(meter, entry);
+        let (response, route) = self.route_and_forward(peer, request).await;
         let entry = unanswered.answered();
-        self.metered(response, Reporter::Source, None, grpc, started, entry)
+        self.metered(response, meter, entry, route)
     }
 
     /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
@@ -483,30 +501,23 @@ impl Proxy {
 
     /// Counts a request the client abandons before its answer starts, as Envoy does: response
     /// code 0, flag `DC`.
-    fn unanswered(
-        &self,
-        reporter: Reporter,
-        service: Option<&'static [&'static str]>,
-        grpc: bool,
-        started: Instant,
-        entry: Option<accesslog::Entry>,
-    ) -> Unanswered {
+    fn unanswered(&self, meter: Meter, entry: Option<accesslog::Entry>) -> Unanswered {
+        let Meter { reporter, service, grpc, started } = meter;
         let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC" };
         let log = entry.map(|entry| (entry, &self.spec.access_log));
-        Unanswered(Some(Recording { metrics: self.metrics.clone(), labels, started, log, counted: false }))
+        Unanswered(Some(Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _route: None }))
     }
 
     /// Counts a request once its response ends (or is dropped), with the destination service
-    /// the response carries or `service`.
+    /// the response carries or `service`; `route` stays active until then.
     fn metered(
         &self,
         mut response: Response<Body>,
-        reporter: Reporter,
-        service: Option<&'static [&'static str]>,
-        grpc: bool,
-        started: Instant,
+        meter: Meter,
         entry: Option<accesslog::Entry>,
+        route: Option<RouteActive>,
     ) -> Response<Body> {
+        let Meter { reporter, service, grpc, started } = meter;
         let log = entry.map(|mut entry| {
             if let Some(routed) = response.extensions().get::<Routed>() {
                 (entry.route, entry.cluster) = (routed.route, routed.cluster);
@@ -520,59 +531,74 @@ impl Proxy {
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
         let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags };
-        let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false };
+        let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _route: route };
         let body = std::mem::replace(response.body_mut(), empty());
         *response.body_mut() = MeteredBody { inner: body, recording: Some(recording) }.boxed();
         response
     }
 
-    async fn route_and_forward(&self, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    /// The response, and for a forwarding route its count of the request as active.
+    async fn route_and_forward(&self, peer: IpAddr, request: Request<Incoming>) -> (Response<Body>, Option<RouteActive>) {
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
-            return reply;
+            return (reply, None);
         }
         let (parts, body) = request.into_parts();
         let decision = (self.spec.route_outbound)(&RequestHead::new(&parts));
         match decision {
-            Decision::NoRoute => local_reply(Error::NoRoute, grpc),
-            Decision::Answer(answer) => answer_locally(answer, &parts),
+            Decision::NoRoute => (local_reply(Error::NoRoute, grpc), None),
+            Decision::Answer(answer) => (answer_locally(answer, &parts), None),
             Decision::Forward(forward) => {
-                if forward.rate_limit.is_some_and(|it| !it.admit(peer)) {
-                    return local_reply(Error::RateLimited, grpc);
-                }
-                if let Some(reply) = inject_fault(&forward.fault, grpc).await {
-                    return reply;
-                }
-                let destination = &forward.destinations[pick_weighted_destination(forward.destinations)];
-                let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
-                    return local_reply(Error::NoCluster, grpc);
-                };
-                let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
-                let body = body.map_err(BoxError::from).boxed();
-                let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
-                    Some(mirror) => self.mirror(mirror, &parts, body),
-                    None => body,
-                };
-                let transport = if cluster.spec.protocol.uses_http2(parts.version) {
-                    Transport::Http2(&cluster.http2)
-                } else {
-                    Transport::Http1(&cluster.http1)
-                };
-                let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
-                let upstream = Upstream { cluster, transport, forward, key };
-                // The circuit breaker: a request counts until its response ends.
-                let mut response = match InFlight::take(&cluster.requests, cluster.spec.limits.max_requests) {
-                    Some(in_flight) => match upstream.send(parts, body, timeout).await {
-                        Ok(response) => response.map(|body| Holding { inner: body, _held: in_flight }.boxed()),
-                        Err(err) => local_reply(err, grpc),
-                    },
-                    None => local_reply(Error::Overflow, grpc),
-                };
-                let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
-                response.extensions_mut().insert(routed);
-                response
+                let active = RouteActive::new(forward.stats);
+                (self.forward(peer, forward, parts, body, grpc).await, Some(active))
             }
         }
+    }
+
+    /// Sends a routed request on: the route's rate limit and faults, then a destination, its
+    /// cluster's circuit breaker, and the upstream.
+    async fn forward(
+        &self,
+        peer: IpAddr,
+        forward: &'static Forward,
+        parts: http::request::Parts,
+        body: Incoming,
+        grpc: bool,
+    ) -> Response<Body> {
+        if forward.rate_limit.is_some_and(|it| !it.admit(peer)) {
+            return local_reply(Error::RateLimited, grpc);
+        }
+        if let Some(reply) = inject_fault(&forward.fault, grpc).await {
+            return reply;
+        }
+        let destination = &forward.destinations[pick_weighted_destination(forward.destinations)];
+        let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
+            return local_reply(Error::NoCluster, grpc);
+        };
+        let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
+        let body = body.map_err(BoxError::from).boxed();
+        let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
+            Some(mirror) => self.mirror(mirror, &parts, body),
+            None => body,
+        };
+        let transport = if cluster.spec.protocol.uses_http2(parts.version) {
+            Transport::Http2(&cluster.http2)
+        } else {
+            Transport::Http1(&cluster.http1)
+        };
+        let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
+        let upstream = Upstream { cluster, transport, forward, key };
+        // The circuit breaker: a request counts until its response ends.
+        let mut response = match InFlight::take(&cluster.requests, cluster.spec.limits.max_requests) {
+            Some(in_flight) => match upstream.send(parts, body, timeout).await {
+                Ok(response) => response.map(|body| Holding { inner: body, _held: in_flight }.boxed()),
+                Err(err) => local_reply(err, grpc),
+            },
+            None => local_reply(Error::Overflow, grpc),
+        };
+        let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
+        response.extensions_mut().insert(routed);
+        response
     }
 
     /// Sends a copy of the request to the mirror's cluster and forgets it, and gives back the
@@ -629,10 +655,11 @@ impl Proxy {
         let grpc = is_grpc(request.headers());
         let service = Some(port.service_names).filter(|it| !it.is_empty());
         let entry = self.log_entry(peer.ip, &mut request);
-        let unanswered = self.unanswered(Reporter::Destination, service, grpc, started, entry);
+        let meter = Meter { reporter: Reporter::Destination, service, grpc, started };
+        let unanswered = self.unanswered(meter, entry);
         let response = self.authorize_and_forward(port, peer, request).await;
         let entry = unanswered.answered();
-        self.metered(response, Reporter::Destination, service, grpc, started, entry)
+        self.metered(response, meter, entry, None)
     }
 
     /// Authorization first, then forwarding to the application.
@@ -696,6 +723,34 @@ struct UpstreamHost(Arc<str>);
 #[derive(Clone, Copy, Debug)]
 struct ResponseFlag(&'static str);
 
+/// What a request is counted under: who reports it, the service when already known, whether
+/// it is gRPC, and when it started.
+#[derive(Clone, Copy, Debug)]
+struct Meter {
+    reporter: Reporter,
+    service: Option<&'static [&'static str]>,
+    grpc: bool,
+    started: Instant,
+}
+
+/// A request a route took, counted as active until dropped.
+#[derive(Debug)]
+struct RouteActive(&'static RouteStats);
+
+impl RouteActive {
+    fn new(stats: &'static RouteStats) -> RouteActive {
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        RouteActive(stats)
+    }
+}
+
+impl Drop for RouteActive {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A request being counted: recorded when dropped.
 struct Recording {
     metrics: Arc<Metrics>,
@@ -704,6 +759,8 @@ struct Recording {
     log: Option<(accesslog::Entry, &'static accesslog::AccessLog)>,
     /// Already counted, or not to be.
     counted: bool,
+    /// The route's count of the request as active, until the response ends (held, not read).
+    _route: Option<RouteActive>,
 }
 
 impl Drop for Recording {

@@ -651,6 +651,7 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
         "/stats/prometheus" => {
             let mut text = proxy.metrics.render(proxy.spec.workload, proxy.spec.namespace);
             text.push_str(&proxy.membership_gauges());
+            text.push_str(&proxy.route_metrics());
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/clusters" => (StatusCode::OK, "text/plain", proxy.clusters_text()),

@@ -28,6 +28,29 @@ pub struct SidecarSpec {
     pub access_log: crate::accesslog::AccessLog,
     /// The compiled tables as JSON, for the admin endpoint's `/config_dump`.
     pub config_dump: &'static str,
+    /// The counts of every forwarding route, for the admin endpoint's route metrics.
+    pub routes: &'static [&'static RouteStats],
+}
+
+/// The run-time counts of one forwarding route: a static per route, shared by its
+/// alternatives, so that counting costs two atomic operations and no lookup.
+#[derive(Debug)]
+pub struct RouteStats {
+    /// The route table's name.
+    pub table: &'static str,
+    /// The route's name.
+    pub route: &'static str,
+    /// Requests the route took.
+    pub total: std::sync::atomic::AtomicU64,
+    /// Requests the route took whose response has not ended.
+    pub active: std::sync::atomic::AtomicU64,
+}
+
+impl RouteStats {
+    /// Zero counts for route `route` of table `table`.
+    pub const fn new(table: &'static str, route: &'static str) -> RouteStats {
+        RouteStats { table, route, total: std::sync::atomic::AtomicU64::new(0), active: std::sync::atomic::AtomicU64::new(0) }
+    }
 }
 
 /// A listener of the sidecar.
@@ -263,6 +286,8 @@ pub enum Decision {
 pub struct Forward {
     /// The route's name, for logs and errors.
     pub route: &'static str,
+    /// The route's counts.
+    pub stats: &'static RouteStats,
     /// The destinations; weights sum to 100.
     pub destinations: &'static [WeightedCluster],
     /// Overall timeout, milliseconds; `None` uses the cluster's default.

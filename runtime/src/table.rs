@@ -361,7 +361,7 @@ impl IndexedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Fault, Forward, HeaderOps, PathRewrite, Retries};
+    use crate::spec::{Fault, Forward, HeaderOps, PathRewrite, Retries, RouteStats};
 
     fn leak<T>(value: T) -> &'static T {
         Box::leak(Box::new(value))
@@ -370,6 +370,7 @@ mod tests {
     fn forward(route: &'static str) -> Decision {
         Decision::Forward(leak(Forward {
             route,
+            stats: leak(RouteStats::new("table", route)),
             destinations: &[],
             timeout_ms: None,
             path_rewrite: PathRewrite::None,

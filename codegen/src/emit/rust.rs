@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use proc_macro2::{Literal, TokenStream};
+use proc_macro2::{Ident, Literal, TokenStream};
 use quote::{ToTokens, format_ident, quote};
 
 use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
@@ -29,7 +29,7 @@ const FIRST_INBOUND_PORT: u16 = 15006;
 
 pub(super) fn workload_crate(mesh: &Mesh, workload: &Workload, options: &EmitOptions) -> Vec<GeneratedFile> {
     let clusters = LocalClusters::new(mesh, workload);
-    let mut routes = RoutesEmitter { mesh, clusters: &clusters, regexes: BTreeMap::new(), statics: Vec::new() };
+    let mut routes = RoutesEmitter { mesh, clusters: &clusters, regexes: BTreeMap::new(), statics: Vec::new(), route_stats: Vec::new() };
     let routes_file = routes.file(workload);
     vec![
         GeneratedFile { path: "Cargo.toml".to_owned(), text: cargo_toml(mesh, workload, options) },
@@ -322,6 +322,7 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             inbound_rate_limit: #inbound_rate_limit,
             access_log: #access_log,
             config_dump: dump::CONFIG_DUMP,
+            routes: &routes::ROUTE_STATS,
         };
 
         fn main() -> std::process::ExitCode {
@@ -673,6 +674,8 @@ struct RoutesEmitter<'a, 'm> {
     regexes: BTreeMap<String, usize>,
     /// `static` items for forwards and answers.
     statics: Vec<TokenStream>,
+    /// The names of the forwarding routes' `RouteStats` statics, in table and route order.
+    route_stats: Vec<Ident>,
 }
 
 impl RoutesEmitter<'_, '_> {
@@ -710,6 +713,8 @@ impl RoutesEmitter<'_, '_> {
             })
             .collect();
         let statics = &self.statics;
+        let route_stats = &self.route_stats;
+        let route_count = int(route_stats.len() as u64);
         quote! {
             //! Outbound routing: the request's host picks a route table, and the table's routes are
             //! tried in order; the first that matches decides.
@@ -721,6 +726,9 @@ impl RoutesEmitter<'_, '_> {
 
             /// The route tables, by index.
             static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; #table_count] = [#(#table_fns),*];
+
+            /// The counts of every forwarding route, for the admin endpoint.
+            pub static ROUTE_STATS: [&rt::RouteStats; #route_count] = [#(&#route_stats),*];
 
             /// Routes a request the application sent.
             pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
@@ -907,11 +915,23 @@ impl RoutesEmitter<'_, '_> {
             }
             _ => quote!(None),
         };
+        // One count per forwarding route, shared by its alternatives.
+        let stats = match &route.action {
+            Action::Forward { .. } => {
+                let name = format_ident!("ROUTE_STATS_{}_{}", table_index, route_index);
+                let doc = format!(" The counts of route `{}` of `{}`.", route.name, table.name);
+                let (table_name, route_name) = (str_lit(&table.name), str_lit(&route.name));
+                self.statics.push(quote!(#[doc = #doc] static #name: rt::RouteStats = rt::RouteStats::new(#table_name, #route_name);));
+                self.route_stats.push(name.clone());
+                quote!(&#name)
+            }
+            _ => quote!(None),
+        };
         (0..count)
             .map(|alternative| {
                 let name = format_ident!("ROUTE_{}_{}_{}", table_index, route_index, alternative);
                 let doc = format!(" Route `{}` of `{}`.", route.name, table.name);
-                let item = self.action(route, route.matches.get(alternative), &limit);
+                let item = self.action(route, route.matches.get(alternative), &limit, &stats);
                 match item {
                     Ok(forward) => {
                         self.statics.push(quote!(#[doc = #doc] static #name: rt::Forward = #forward;));
@@ -927,7 +947,13 @@ impl RoutesEmitter<'_, '_> {
     }
 
     /// `Ok(forward)` or `Err(answer)`, as tokens.
-    fn action(&mut self, route: &Route, matched: Option<&Match>, rate_limit: &TokenStream) -> Result<TokenStream, TokenStream> {
+    fn action(
+        &mut self,
+        route: &Route,
+        matched: Option<&Match>,
+        rate_limit: &TokenStream,
+        stats: &TokenStream,
+    ) -> Result<TokenStream, TokenStream> {
         match &route.action {
             Action::Forward { destinations, rewrite } => {
                 let destinations = destinations.iter().map(|it| {
@@ -981,6 +1007,7 @@ impl RoutesEmitter<'_, '_> {
                 Ok(quote! {
                     rt::Forward {
                         route: #name,
+                        stats: #stats,
                         destinations: &[#(#destinations),*],
                         timeout_ms: #timeout,
                         path_rewrite: #path_rewrite,

@@ -521,6 +521,12 @@ fn the_metrics_count_exactly_the_requests_sent() {
     assert_eq!(metric(text, "istio_requests_total", &[("response_code", "503"), ("response_flags", "FI")]), 1.0, "{text}");
     assert_eq!(metric(text, "istio_requests_total", &[("response_code", "404"), ("response_flags", "NR")]), 1.0, "{text}");
     assert_eq!(metric(text, "istio_requests_total", &[]), 5.0, "{text}");
+    // Each route counts what it took; every answer has ended, so none is active.
+    let web = ("virtual_host", "web.default.svc.cluster.local:80");
+    assert_eq!(metric(text, "meshc_route_requests_total", &[web, ("route_name", "rest")]), 3.0, "{text}");
+    assert_eq!(metric(text, "meshc_route_requests_total", &[web, ("route_name", "chaos-abort")]), 1.0, "{text}");
+    assert_eq!(metric(text, "meshc_route_requests_total", &[]), 4.0, "{text}");
+    assert_eq!(metric(text, "meshc_route_requests_active", &[]), 0.0, "{text}");
 
     // A client that gives up before the answer is counted too, as Envoy counts it: code 0, `DC`.
     // (Over HTTP/2, where the stream's end is explicit; an HTTP/1.1 client that closes is seen
@@ -543,6 +549,8 @@ fn the_metrics_count_exactly_the_requests_sent() {
     }
     assert_eq!(metric(&text, "istio_requests_total", &dc), 1.0, "{text}");
     assert_eq!(metric(&text, "istio_requests_total", &[]), 6.0, "{text}");
+    // The abandoned request left its route too.
+    assert_eq!(metric(&text, "meshc_route_requests_active", &[]), 0.0, "{text}");
 }
 
 #[test]

@@ -113,6 +113,14 @@ static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 4] = [
     table_2,
     table_3,
 ];
+/// The counts of every forwarding route, for the admin endpoint.
+pub static ROUTE_STATS: [&rt::RouteStats; 5] = [
+    &ROUTE_STATS_0_0,
+    &ROUTE_STATS_1_0,
+    &ROUTE_STATS_2_0,
+    &ROUTE_STATS_3_0,
+    &ROUTE_STATS_3_1,
+];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -139,9 +147,15 @@ fn table_3(head: &rt::RequestHead<'_>) -> rt::Decision {
     }
     rt::Decision::Forward(&ROUTE_3_1_0)
 }
+/// The counts of route `all` of `details.default.svc.cluster.local:9080`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "details.default.svc.cluster.local:9080",
+    "all",
+);
 /// Route `all` of `details.default.svc.cluster.local:9080`.
 static ROUTE_0_0_0: rt::Forward = rt::Forward {
     route: "all",
+    stats: &ROUTE_STATS_0_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 3,
@@ -167,9 +181,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `default` of `productpage.default.svc.cluster.local:9080`.
+static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
+    "productpage.default.svc.cluster.local:9080",
+    "default",
+);
 /// Route `default` of `productpage.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
     route: "default",
+    stats: &ROUTE_STATS_1_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 4,
@@ -195,9 +215,15 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `default` of `ratings.default.svc.cluster.local:9080`.
+static ROUTE_STATS_2_0: rt::RouteStats = rt::RouteStats::new(
+    "ratings.default.svc.cluster.local:9080",
+    "default",
+);
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
 static ROUTE_2_0_0: rt::Forward = rt::Forward {
     route: "default",
+    stats: &ROUTE_STATS_2_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 5,
@@ -223,9 +249,15 @@ static ROUTE_2_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `jason` of `reviews.default.svc.cluster.local:9080`.
+static ROUTE_STATS_3_0: rt::RouteStats = rt::RouteStats::new(
+    "reviews.default.svc.cluster.local:9080",
+    "jason",
+);
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_0_0: rt::Forward = rt::Forward {
     route: "jason",
+    stats: &ROUTE_STATS_3_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 1,
@@ -251,9 +283,15 @@ static ROUTE_3_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
+static ROUTE_STATS_3_1: rt::RouteStats = rt::RouteStats::new(
+    "reviews.default.svc.cluster.local:9080",
+    "everyone-else",
+);
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_3_1_0: rt::Forward = rt::Forward {
     route: "everyone-else",
+    stats: &ROUTE_STATS_3_1,
     destinations: &[
         rt::WeightedCluster {
             cluster: 0,

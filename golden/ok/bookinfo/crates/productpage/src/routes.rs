@@ -60,6 +60,12 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 };
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
+/// The counts of every forwarding route, for the admin endpoint.
+pub static ROUTE_STATS: [&rt::RouteStats; 3] = [
+    &ROUTE_STATS_0_0,
+    &ROUTE_STATS_1_0,
+    &ROUTE_STATS_1_1,
+];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -78,9 +84,15 @@ fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
     }
     rt::Decision::Forward(&ROUTE_1_1_0)
 }
+/// The counts of route `all` of `details.default.svc.cluster.local:9080`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "details.default.svc.cluster.local:9080",
+    "all",
+);
 /// Route `all` of `details.default.svc.cluster.local:9080`.
 static ROUTE_0_0_0: rt::Forward = rt::Forward {
     route: "all",
+    stats: &ROUTE_STATS_0_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 3,
@@ -106,9 +118,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `jason` of `reviews.default.svc.cluster.local:9080`.
+static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
+    "reviews.default.svc.cluster.local:9080",
+    "jason",
+);
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
     route: "jason",
+    stats: &ROUTE_STATS_1_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 1,
@@ -134,9 +152,15 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
+static ROUTE_STATS_1_1: rt::RouteStats = rt::RouteStats::new(
+    "reviews.default.svc.cluster.local:9080",
+    "everyone-else",
+);
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
     route: "everyone-else",
+    stats: &ROUTE_STATS_1_1,
     destinations: &[
         rt::WeightedCluster {
             cluster: 0,

@@ -36,6 +36,8 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 };
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 1] = [table_0];
+/// The counts of every forwarding route, for the admin endpoint.
+pub static ROUTE_STATS: [&rt::RouteStats; 1] = [&ROUTE_STATS_0_0];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -47,9 +49,15 @@ pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
 fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
     rt::Decision::Forward(&ROUTE_0_0_0)
 }
+/// The counts of route `default` of `ratings.default.svc.cluster.local:9080`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "ratings.default.svc.cluster.local:9080",
+    "default",
+);
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
 static ROUTE_0_0_0: rt::Forward = rt::Forward {
     route: "default",
+    stats: &ROUTE_STATS_0_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 0,

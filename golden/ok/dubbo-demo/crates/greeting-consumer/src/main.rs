@@ -28,6 +28,7 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     inbound_rate_limit: None,
     access_log: rt::AccessLog::Json,
     config_dump: dump::CONFIG_DUMP,
+    routes: &routes::ROUTE_STATS,
 };
 fn main() -> std::process::ExitCode {
     rt::run(&SIDECAR)

@@ -10,6 +10,8 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 };
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 0] = [];
+/// The counts of every forwarding route, for the admin endpoint.
+pub static ROUTE_STATS: [&rt::RouteStats; 0] = [];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {

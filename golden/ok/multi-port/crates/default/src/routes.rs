@@ -36,6 +36,13 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 };
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
+/// The counts of every forwarding route, for the admin endpoint.
+pub static ROUTE_STATS: [&rt::RouteStats; 4] = [
+    &ROUTE_STATS_0_0,
+    &ROUTE_STATS_1_0,
+    &ROUTE_STATS_1_1,
+    &ROUTE_STATS_1_2,
+];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -57,9 +64,15 @@ fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
     }
     rt::Decision::Forward(&ROUTE_1_2_0)
 }
+/// The counts of route `http` of `web.default.svc.cluster.local:8080`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "web.default.svc.cluster.local:8080",
+    "http",
+);
 /// Route `http` of `web.default.svc.cluster.local:8080`.
 static ROUTE_0_0_0: rt::Forward = rt::Forward {
     route: "http",
+    stats: &ROUTE_STATS_0_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 0,
@@ -85,9 +98,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `grpc-beta` of `web.default.svc.cluster.local:9090`.
+static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
+    "web.default.svc.cluster.local:9090",
+    "grpc-beta",
+);
 /// Route `grpc-beta` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
     route: "grpc-beta",
+    stats: &ROUTE_STATS_1_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 2,
@@ -113,9 +132,15 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `grpc` of `web.default.svc.cluster.local:9090`.
+static ROUTE_STATS_1_1: rt::RouteStats = rt::RouteStats::new(
+    "web.default.svc.cluster.local:9090",
+    "grpc",
+);
 /// Route `grpc` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_1_0: rt::Forward = rt::Forward {
     route: "grpc",
+    stats: &ROUTE_STATS_1_1,
     destinations: &[
         rt::WeightedCluster {
             cluster: 1,
@@ -141,9 +166,15 @@ static ROUTE_1_1_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `http` of `web.default.svc.cluster.local:9090`.
+static ROUTE_STATS_1_2: rt::RouteStats = rt::RouteStats::new(
+    "web.default.svc.cluster.local:9090",
+    "http",
+);
 /// Route `http` of `web.default.svc.cluster.local:9090`.
 static ROUTE_1_2_0: rt::Forward = rt::Forward {
     route: "http",
+    stats: &ROUTE_STATS_1_2,
     destinations: &[
         rt::WeightedCluster {
             cluster: 0,

@@ -60,6 +60,12 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 };
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
+/// The counts of every forwarding route, for the admin endpoint.
+pub static ROUTE_STATS: [&rt::RouteStats; 3] = [
+    &ROUTE_STATS_0_0,
+    &ROUTE_STATS_0_1,
+    &ROUTE_STATS_1_0,
+];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -78,9 +84,15 @@ fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
 fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
     rt::Decision::Forward(&ROUTE_1_0_0)
 }
+/// The counts of route `beta` of `orders.shop.svc.cluster.local:8080`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "orders.shop.svc.cluster.local:8080",
+    "beta",
+);
 /// Route `beta` of `orders.shop.svc.cluster.local:8080`.
 static ROUTE_0_0_0: rt::Forward = rt::Forward {
     route: "beta",
+    stats: &ROUTE_STATS_0_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 1,
@@ -106,9 +118,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `stable` of `orders.shop.svc.cluster.local:8080`.
+static ROUTE_STATS_0_1: rt::RouteStats = rt::RouteStats::new(
+    "orders.shop.svc.cluster.local:8080",
+    "stable",
+);
 /// Route `stable` of `orders.shop.svc.cluster.local:8080`.
 static ROUTE_0_1_0: rt::Forward = rt::Forward {
     route: "stable",
+    stats: &ROUTE_STATS_0_1,
     destinations: &[
         rt::WeightedCluster {
             cluster: 0,
@@ -132,9 +150,15 @@ static ROUTE_0_1_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `default` of `payments.shop.svc.cluster.local:9443`.
+static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
+    "payments.shop.svc.cluster.local:9443",
+    "default",
+);
 /// Route `default` of `payments.shop.svc.cluster.local:9443`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
     route: "default",
+    stats: &ROUTE_STATS_1_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 2,

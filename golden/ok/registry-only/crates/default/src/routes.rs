@@ -56,6 +56,8 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 };
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
+/// The counts of every forwarding route, for the admin endpoint.
+pub static ROUTE_STATS: [&rt::RouteStats; 2] = [&ROUTE_STATS_0_0, &ROUTE_STATS_1_0];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -71,9 +73,15 @@ fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
 fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
     rt::Decision::Forward(&ROUTE_1_0_0)
 }
+/// The counts of route `default` of `web.demo.svc.cluster.local:80`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "web.demo.svc.cluster.local:80",
+    "default",
+);
 /// Route `default` of `web.demo.svc.cluster.local:80`.
 static ROUTE_0_0_0: rt::Forward = rt::Forward {
     route: "default",
+    stats: &ROUTE_STATS_0_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 4,
@@ -99,9 +107,15 @@ static ROUTE_0_0_0: rt::Forward = rt::Forward {
     rate_limit: None,
     mirror: None,
 };
+/// The counts of route `default` of `web.demo.svc.cluster.local:9090`.
+static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
+    "web.demo.svc.cluster.local:9090",
+    "default",
+);
 /// Route `default` of `web.demo.svc.cluster.local:9090`.
 static ROUTE_1_0_0: rt::Forward = rt::Forward {
     route: "default",
+    stats: &ROUTE_STATS_1_0,
     destinations: &[
         rt::WeightedCluster {
             cluster: 5,
