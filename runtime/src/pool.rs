@@ -66,10 +66,11 @@ impl Http1Pool {
     /// to the pool when the response body has been read to its end.
     pub async fn send(&self, endpoint: &Endpoint, mut request: Request<Body>) -> Result<Response<Body>, Error> {
         let key = endpoint.shared_authority();
+        let connect = request.method() == http::Method::CONNECT;
         for _ in 0..UNSENT_RETRIES {
             let Some(mut sender) = self.checkout(&key).await else { break };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.returning(key, sender, response)),
+                Ok(response) => return Ok(self.returning(key, sender, response, connect)),
                 Err(mut err) => match err.take_message() {
                     // The connection closed before the request went out: another one.
                     Some(unsent) => request = unsent,
@@ -79,7 +80,7 @@ impl Http1Pool {
         }
         let mut sender = Box::pin(self.connect(endpoint)).await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok(self.returning(key, sender, response)),
+            Ok(response) => Ok(self.returning(key, sender, response, connect)),
             Err(_) => Err(Error::UpstreamReset(key.to_string())),
         }
     }
@@ -109,8 +110,8 @@ impl Http1Pool {
 
     /// The response, with a body that gives the connection back once read to its end. A
     /// switched protocol (101, or a CONNECT's 2xx) keeps the connection for itself.
-    fn returning(&self, key: Arc<str>, sender: http1::SendRequest<Body>, response: Response<Incoming>) -> Response<Body> {
-        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+    fn returning(&self, key: Arc<str>, sender: http1::SendRequest<Body>, response: Response<Incoming>, connect: bool) -> Response<Body> {
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS || connect && response.status().is_success() {
             return response.map(|body| body.map_err(BoxError::from).boxed());
         }
         let idle = self.idle.clone();
