@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -20,12 +20,14 @@ use hyper::client::conn::http1;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::endpoints::Endpoint;
 use crate::error::Error;
 use crate::proxy::{Body, BoxError};
 
-/// How long an HTTP/1.1 connection may sit idle before it is closed rather than reused.
+/// How long an HTTP/1.1 connection may sit idle before it is closed (within `REAP_INTERVAL`)
+/// rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Most idle HTTP/1.1 connections kept per endpoint; past it, a finished connection closes.
@@ -46,8 +48,36 @@ pub struct Http1Pool {
     tls: Option<ClientTls>,
 }
 
-/// Idle connections by endpoint authority, newest last.
-type IdleConnections = Arc<Mutex<BTreeMap<Arc<str>, Vec<Idle>>>>;
+/// Idle connections by endpoint authority, newest last, and whether a task is closing the
+/// ones idle too long.
+type IdleConnections = Arc<Mutex<IdleState>>;
+
+#[derive(Debug, Default)]
+struct IdleState {
+    by_endpoint: BTreeMap<Arc<str>, Vec<Idle>>,
+    reaping: bool,
+}
+
+/// How often idle connections are looked over for ones past the idle timeout.
+const REAP_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Closes the pool's connections idle longer than the idle timeout, every `REAP_INTERVAL`,
+/// until none is idle or the pool is gone; the next connection given back starts it again.
+async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
+    loop {
+        tokio::time::sleep(REAP_INTERVAL).await;
+        let Some(idle) = idle.upgrade() else { return };
+        let mut state = lock(&idle);
+        state.by_endpoint.retain(|_, list| {
+            list.retain(|it| !it.sender.is_closed() && it.since.elapsed() <= IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+        if state.by_endpoint.is_empty() {
+            state.reaping = false;
+            return;
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Idle {
@@ -90,10 +120,10 @@ impl Http1Pool {
         loop {
             let idle = {
                 let mut idle = lock(&self.idle);
-                let list = idle.get_mut(&**key)?;
+                let list = idle.by_endpoint.get_mut(&**key)?;
                 let found = list.pop();
                 if list.is_empty() {
-                    idle.remove(&**key);
+                    idle.by_endpoint.remove(&**key);
                 }
                 found?
             };
@@ -164,10 +194,17 @@ impl PooledBody {
         if sender.is_closed() {
             return;
         }
-        let mut idle = lock(&idle);
-        let list = idle.entry(key).or_default();
+        let mut state = lock(&idle);
+        let list = state.by_endpoint.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle { sender, since: Instant::now() });
+        }
+        // Outside a runtime (a body dropped at shutdown) there is nothing to reap for.
+        if !state.reaping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            state.reaping = true;
+            runtime.spawn(reap(Arc::downgrade(&idle)));
         }
     }
 }
@@ -332,19 +369,29 @@ mod tests {
     /// A server that answers every request on a connection with `answer`, counting the
     /// connections it accepts; it closes a connection after `per_connection` answers.
     async fn server(answer: &'static [u8], per_connection: usize) -> (Endpoint, Arc<AtomicUsize>) {
+        let (endpoint, accepted, _) = server_counting_closes(answer, per_connection).await;
+        (endpoint, accepted)
+    }
+
+    /// As `server`, also counting the connections the client closed.
+    async fn server_counting_closes(answer: &'static [u8], per_connection: usize) -> (Endpoint, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = Endpoint::at(listener.local_addr().expect("address"));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (count, closes) = (accepted.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let closes = closes.clone();
                 tokio::spawn(async move {
                     let mut buffer = vec![0u8; 4096];
                     for _ in 0..per_connection {
                         // Each test request is a body-less GET read whole by one read.
                         match stream.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                closes.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             Ok(_) => {}
                         }
                         if stream.write_all(answer).await.is_err() {
@@ -354,7 +401,7 @@ mod tests {
                 });
             }
         });
-        (endpoint, accepted)
+        (endpoint, accepted, closed)
     }
 
     fn get() -> Request<Body> {
@@ -401,6 +448,27 @@ mod tests {
             drop(body);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_past_the_timeout_is_closed() {
+        let (endpoint, _, closed) = server_counting_closes(OK, usize::MAX).await;
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        let response = pool.send(&endpoint, get()).await.expect("response");
+        response.into_body().collect().await.expect("body");
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        assert_eq!(closed.load(Ordering::SeqCst), 0, "closed before the idle timeout");
+        tokio::time::sleep(IDLE_TIMEOUT / 2 + REAP_INTERVAL * 2).await;
+        // The close crosses a real socket: give it up to 2 s of real time.
+        for _ in 0..400 {
+            if closed.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(closed.load(Ordering::SeqCst), 1, "still open after the idle timeout");
+        assert!(lock(&pool.idle).by_endpoint.is_empty());
     }
 
     #[tokio::test]
