@@ -131,7 +131,7 @@ impl Http1Pool {
                 continue;
             }
             let mut sender = idle.sender;
-            // Ready at once unless the connection is still finishing its last response.
+            // Only ready connections are given back, so this is at once (or finds it closed).
             if sender.ready().await.is_ok() {
                 return Some(sender);
             }
@@ -190,22 +190,39 @@ struct PooledBody {
 
 impl PooledBody {
     fn give_back(&mut self) {
-        let Some((idle, key, sender)) = self.giving_back.take() else { return };
+        let Some((idle, key, mut sender)) = self.giving_back.take() else { return };
         if sender.is_closed() {
             return;
         }
-        let mut state = lock(&idle);
-        let list = state.by_endpoint.entry(key).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle { sender, since: Instant::now() });
+        if !sender.is_ready() {
+            // Still busy: the request's body may be streaming after an early answer. It goes
+            // back once it can take a request, so that nobody waits on it from the pool.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        idle_again(&idle, key, sender);
+                    }
+                });
+            }
+            return;
         }
-        // Outside a runtime (a body dropped at shutdown) there is nothing to reap for.
-        if !state.reaping
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            state.reaping = true;
-            runtime.spawn(reap(Arc::downgrade(&idle)));
-        }
+        idle_again(&idle, key, sender);
+    }
+}
+
+/// Puts a ready connection back among the idle ones, and starts reaping them if nothing does.
+fn idle_again(idle: &IdleConnections, key: Arc<str>, sender: http1::SendRequest<Body>) {
+    let mut state = lock(idle);
+    let list = state.by_endpoint.entry(key).or_default();
+    if list.len() < MAX_IDLE_PER_ENDPOINT {
+        list.push(Idle { sender, since: Instant::now() });
+    }
+    // Outside a runtime (a body dropped at shutdown) there is nothing to reap for.
+    if !state.reaping
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        state.reaping = true;
+        runtime.spawn(reap(Arc::downgrade(idle)));
     }
 }
 
@@ -447,6 +464,42 @@ mod tests {
             assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"partial"));
             drop(body);
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A request body that sends one chunk and then never ends.
+    struct Endless(bool);
+
+    impl hyper::body::Body for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.0 {
+                return Poll::Pending;
+            }
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"chunk")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_body_is_not_handed_out() {
+        // The server answers as soon as it has read anything, before the body has ended.
+        let (endpoint, accepted) = server(OK, usize::MAX).await;
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        let upload = Request::builder()
+            .method(http::Method::POST)
+            .uri("/")
+            .header(http::header::HOST, "test")
+            .header(http::header::TRANSFER_ENCODING, "chunked")
+            .body(Endless(false).boxed())
+            .expect("request");
+        let response = pool.send(&endpoint, upload).await.expect("early answer");
+        response.into_body().collect().await.expect("body");
+        // The next request gets a connection of its own instead of waiting for that body.
+        let next = tokio::time::timeout(Duration::from_secs(5), pool.send(&endpoint, get())).await.expect("not stuck").expect("response");
+        next.into_body().collect().await.expect("body");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
