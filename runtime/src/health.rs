@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use tokio::net::TcpStream;
 
 use crate::endpoints::{ClusterEndpoints, Endpoint};
 
@@ -93,7 +92,7 @@ impl Health {
 
 /// TLS for probes of a cluster whose endpoints expect it: the configuration and the server
 /// name to send (the cluster's own, as Envoy's health checks use the cluster's transport).
-pub type ProbeTls = Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>;
+pub type ProbeTls = Option<crate::pool::ClientTls>;
 
 /// Probes a cluster's endpoints forever, all of them at once every interval, recording into
 /// `health`.
@@ -130,15 +129,8 @@ pub async fn probe_forever(
 async fn probe(spec: &HealthCheckSpec, endpoint: &Endpoint, tls: &ProbeTls) -> bool {
     let timeout = Duration::from_millis(spec.timeout_ms.max(1));
     let attempt = async {
-        let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await.ok()?;
-        match tls {
-            Some((config, name)) => {
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let stream = connector.connect(name.clone(), stream).await.ok()?;
-                http_probe(spec, endpoint, stream).await
-            }
-            None => http_probe(spec, endpoint, stream).await,
-        }
+        let stream = crate::pool::open(endpoint, tls.as_ref()).await.ok()?;
+        http_probe(spec, endpoint, stream).await
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten().unwrap_or(false)
 }

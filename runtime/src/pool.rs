@@ -7,6 +7,7 @@
 //! (a hashed map, a checkout future and a return trip per request) showed in profiles.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -21,6 +22,8 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::endpoints::Endpoint;
 use crate::error::Error;
@@ -149,31 +152,34 @@ impl Http1Pool {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, Error> {
-        let failed = || Error::UpstreamConnect(endpoint.authority().to_owned());
         let connected = async {
-            let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await?;
-            let _ = stream.set_nodelay(true);
+            let stream = open(endpoint, self.tls.as_ref()).await?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
             // The connection runs until either side closes it, and may switch protocols.
-            let sender = match &self.tls {
-                None => {
-                    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-                    tokio::spawn(async move {
-                        let _ = connection.with_upgrades().await;
-                    });
-                    sender
-                }
-                Some((config, name)) => {
-                    let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await?;
-                    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-                    tokio::spawn(async move {
-                        let _ = connection.with_upgrades().await;
-                    });
-                    sender
-                }
-            };
+            tokio::spawn(async move {
+                let _ = connection.with_upgrades().await;
+            });
             Ok::<_, std::io::Error>(sender)
         };
-        tokio::time::timeout(self.connect_timeout, connected).await.map_err(|_| failed())?.map_err(|_| failed())
+        within(self.connect_timeout, endpoint, connected).await
+    }
+}
+
+/// A connection to `endpoint` (Nagle off), over TLS with `tls` when given.
+pub(crate) async fn open(endpoint: &Endpoint, tls: Option<&ClientTls>) -> std::io::Result<Either<TcpStream, TlsStream<TcpStream>>> {
+    let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(match tls {
+        None => Either::Left(stream),
+        Some((config, name)) => Either::Right(tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await?),
+    })
+}
+
+/// `connecting`, failed as a connect failure to `endpoint` when it fails or outlasts `limit`.
+async fn within<T>(limit: Duration, endpoint: &Endpoint, connecting: impl Future<Output = std::io::Result<T>>) -> Result<T, Error> {
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(connected)) => Ok(connected),
+        _ => Err(Error::UpstreamConnect(endpoint.authority().to_owned())),
     }
 }
 
@@ -313,41 +319,19 @@ impl Http2Pool {
 
     /// A new connection to `endpoint`, kept for the requests after this one.
     async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<Body>, Error> {
-        let key = endpoint.authority().to_owned();
-        let failed = |_| Error::UpstreamConnect(key.clone());
         let connected = async {
-            let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await?;
-            let _ = stream.set_nodelay(true);
-            let builder = {
-                let mut builder = http2::Builder::new(TokioExecutor::new());
-                builder.timer(TokioTimer::new());
-                builder
-            };
+            let stream = open(endpoint, self.tls.as_ref()).await?;
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
             // The connection runs until either side closes it; its error ends only its streams.
-            let sender = match &self.tls {
-                None => {
-                    let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    sender
-                }
-                Some((config, name)) => {
-                    let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await?;
-                    let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    sender
-                }
-            };
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
             Ok::<_, std::io::Error>(sender)
         };
-        let sender = tokio::time::timeout(self.connect_timeout, connected)
-            .await
-            .map_err(|_| Error::UpstreamConnect(key.clone()))?
-            .map_err(failed)?;
-        self.lock().insert(key, sender.clone());
+        let sender = within(self.connect_timeout, endpoint, connected).await?;
+        self.lock().insert(endpoint.authority().to_owned(), sender.clone());
         Ok(sender)
     }
 

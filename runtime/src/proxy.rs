@@ -27,7 +27,7 @@ use crate::head::RequestHead;
 use crate::health::Health;
 use crate::metrics::{Labels, Metrics, Reporter};
 use crate::outlier::{Observed, Outliers};
-use crate::pool::{Http1Pool, Http2Pool};
+use crate::pool::{ClientTls, Http1Pool, Http2Pool};
 use crate::replay::{REPLAY_CAP, ReplayBody};
 use crate::spec::{
     Abort, Answer, Balancer, ClusterSpec, Decision, Fault, Forward, HashOn, HeaderOps, Mirror, PathRewrite, Protocol, Retries, RetryOn,
@@ -51,8 +51,8 @@ pub struct Cluster {
     pub endpoints: ClusterEndpoints,
     http1: Arc<Http1Pool>,
     /// TLS without ALPN (plain TCP, health probes), with the server name to send; `Some`
-    /// when the cluster's connections are TLS (`https` URIs for the HTTP/1.1 client).
-    pub(crate) raw_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// when the cluster's connections are TLS.
+    pub(crate) raw_tls: Option<ClientTls>,
     http2: Arc<Http2Pool>,
     /// Requests in flight per endpoint, for least-request balancing.
     active: std::sync::Mutex<std::collections::BTreeMap<String, Arc<AtomicU32>>>,
@@ -978,7 +978,8 @@ impl Upstream<'_> {
         let deadline = timeout.map(|it| Instant::now() + it);
         let idempotent = is_idempotent(&parts.method);
         let replay = ReplayBody::new(body, REPLAY_CAP);
-        let mut tried: Vec<String> = Vec::new();
+        // The endpoints tried, kept only when a retry should avoid them.
+        let mut tried: Vec<Arc<str>> = Vec::new();
         let mut attempt = 0;
         let mut next = replay.retry();
         // The retry in flight, counted by the cluster's retry breaker.
@@ -988,13 +989,13 @@ impl Upstream<'_> {
             let mut endpoint = pick()?;
             if retries.avoid_previous_hosts {
                 for _ in 1..HOST_SELECTION_ATTEMPTS {
-                    if !tried.iter().any(|it| it == endpoint.authority()) {
+                    if !tried.iter().any(|it| **it == *endpoint.authority()) {
                         break;
                     }
                     endpoint = pick()?;
                 }
+                tried.push(endpoint.shared_authority());
             }
-            tried.push(endpoint.authority().to_owned());
             let remaining = match deadline {
                 Some(deadline) => Some(deadline.checked_duration_since(Instant::now()).ok_or(Error::UpstreamTimeout)?),
                 None => None,
@@ -1340,7 +1341,6 @@ fn rewritten_path(uri: &Uri, rewrite: PathRewrite) -> String {
     }
 }
 
-/// Connection-specific headers, which a proxy must not forward (RFC 9110 §7.6.1).
 /// The hop-by-hop headers (RFC 9110 §7.6.1) and their kin that a proxy never forwards;
 /// `Upgrade` last, as an upgrade keeps it and `Connection`.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -1388,6 +1388,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Applies header operations as Envoy does: removals first, then replacements, then additions.
 fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
     for name in ops.remove {
         headers.remove(*name);
