@@ -32,6 +32,10 @@ pub enum Error {
     /// Upstream: the HTTP/2 server refused the stream (REFUSED_STREAM) before processing it,
     /// so that any request may be sent again; otherwise as [`Error::UpstreamReset`].
     UpstreamRefused(String),
+    /// Upstream: the response broke HTTP/1.1's rules (a malformed head, a bad length, a
+    /// broken chunk), `endpoint: why` (Envoy's `UPE`, answered with 502); otherwise as
+    /// [`Error::UpstreamReset`].
+    UpstreamProtocol(String),
     /// Upstream: no response within the timeout (Envoy's `UT`).
     UpstreamTimeout,
     /// Internal: a broken invariant of the compiled configuration.
@@ -52,6 +56,7 @@ impl Error {
             | Error::UpstreamReset(_)
             | Error::UpstreamRefused(_)
             | Error::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +74,7 @@ impl Error {
             | Error::UpstreamConnect(_)
             | Error::UpstreamReset(_)
             | Error::UpstreamRefused(_)
+            | Error::UpstreamProtocol(_)
             | Error::Overflow => 14,
             Error::UpstreamTimeout => 4,
         }
@@ -83,6 +89,7 @@ impl Error {
             Error::NoHealthyUpstream(_) => "UH",
             Error::UpstreamConnect(_) => "UF",
             Error::UpstreamReset(_) | Error::UpstreamRefused(_) => "UC",
+            Error::UpstreamProtocol(_) => "UPE",
             Error::UpstreamTimeout => "UT",
             Error::RateLimited => "RL",
             Error::Overflow => "UO",
@@ -92,7 +99,14 @@ impl Error {
 
     /// Whether another try could succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamRefused(_) | Error::NoHealthyUpstream(_))
+        matches!(
+            self,
+            Error::UpstreamConnect(_)
+                | Error::UpstreamReset(_)
+                | Error::UpstreamRefused(_)
+                | Error::UpstreamProtocol(_)
+                | Error::NoHealthyUpstream(_)
+        )
     }
 }
 
@@ -108,6 +122,7 @@ impl fmt::Display for Error {
             Error::UpstreamConnect(endpoint) => write!(f, "upstream connect error: {endpoint}"),
             Error::UpstreamReset(endpoint) => write!(f, "upstream reset before response headers: {endpoint}"),
             Error::UpstreamRefused(endpoint) => write!(f, "upstream refused the stream: {endpoint}"),
+            Error::UpstreamProtocol(why) => write!(f, "upstream protocol error: {why}"),
             Error::UpstreamTimeout => f.write_str("upstream request timeout"),
             Error::Overflow => f.write_str("upstream connect error or disconnect/reset before headers. reset reason: overflow"),
             Error::Internal(why) => write!(f, "internal error: {why}"),

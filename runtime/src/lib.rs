@@ -9,6 +9,7 @@ pub mod authz;
 pub mod endpoints;
 pub mod error;
 pub mod guard;
+pub(crate) mod h1;
 pub mod head;
 pub mod health;
 pub mod interp;

@@ -1,22 +1,20 @@
-//! Upstream connections, made with hyper's connection-level API.
+//! Upstream connections.
 //!
 //! HTTP/1.1: idle keep-alive connections per endpoint, one request at a time on each, as
-//! Envoy's HTTP/1.1 pool keeps them. HTTP/2: one multiplexed connection per endpoint. A proxy
-//! connects to the endpoint it picked and sends the service's authority (`Host`, or
-//! `:authority`); hyper's pooled client would take both from the request's URI, and its pool
-//! (a hashed map, a checkout future and a return trip per request) showed in profiles.
+//! Envoy's HTTP/1.1 pool keeps them; a request drives its connection in its own task (see
+//! h1.rs). Upgrades and CONNECT, which hand the connection over to a tunnel, go through
+//! hyper's client on a connection of their own. HTTP/2: one multiplexed connection per
+//! endpoint, on hyper's connection API. A proxy connects to the endpoint it picked and sends
+//! the service's authority (`Host`, or `:authority`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,6 +25,7 @@ use tokio_util::either::Either;
 
 use crate::endpoints::Endpoint;
 use crate::error::Error;
+use crate::h1::{self, Connection, Failure};
 use crate::proxy::{Body, BoxError};
 
 /// How long an HTTP/1.1 connection may sit idle before it is closed (within `REAP_INTERVAL`)
@@ -36,26 +35,31 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle HTTP/1.1 connections kept per endpoint; past it, a finished connection closes.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// How many times a request that a reused connection never sent (the server had closed it)
-/// is tried on another connection.
+/// How many reused connections a request that none of them took is tried on (the server had
+/// closed them) before a new connection.
 const UNSENT_RETRIES: usize = 3;
 
 /// TLS on every connection of a pool: the client configuration and the name to send.
 pub type ClientTls = (Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>);
 
 /// Idle HTTP/1.1 connections, by endpoint.
-#[derive(Debug)]
 pub struct Http1Pool {
     idle: IdleConnections,
     connect_timeout: Duration,
     tls: Option<ClientTls>,
 }
 
+impl std::fmt::Debug for Http1Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Pool").field("connect_timeout", &self.connect_timeout).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
 /// Idle connections by endpoint authority, newest last, and whether a task is closing the
 /// ones idle too long.
 type IdleConnections = Arc<Mutex<IdleState>>;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct IdleState {
     by_endpoint: BTreeMap<Arc<str>, Vec<Idle>>,
     reaping: bool,
@@ -64,15 +68,16 @@ struct IdleState {
 /// How often idle connections are looked over for ones past the idle timeout.
 const REAP_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Closes the pool's connections idle longer than the idle timeout, every `REAP_INTERVAL`,
-/// until none is idle or the pool is gone; the next connection given back starts it again.
+/// Closes the pool's connections idle longer than the idle timeout, or closed by their
+/// server, every `REAP_INTERVAL`, until none is idle or the pool is gone; the next
+/// connection given back starts it again.
 async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
     loop {
         tokio::time::sleep(REAP_INTERVAL).await;
         let Some(idle) = idle.upgrade() else { return };
         let mut state = lock(&idle);
         state.by_endpoint.retain(|_, list| {
-            list.retain(|it| !it.sender.is_closed() && it.since.elapsed() <= IDLE_TIMEOUT);
+            list.retain_mut(|it| it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open());
             !list.is_empty()
         });
         if state.by_endpoint.is_empty() {
@@ -82,9 +87,8 @@ async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
     }
 }
 
-#[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    conn: Connection,
     since: Instant,
 }
 
@@ -99,79 +103,82 @@ impl Http1Pool {
     /// to the pool when the response body has been read to its end.
     pub async fn send(&self, endpoint: &Endpoint, mut request: Request<Body>) -> Result<Response<Body>, Error> {
         let key = endpoint.shared_authority();
-        let connect = request.method() == http::Method::CONNECT;
+        if request.method() == http::Method::CONNECT || request.headers().contains_key(http::header::UPGRADE) {
+            return Box::pin(self.send_switching(endpoint, request)).await;
+        }
         for _ in 0..UNSENT_RETRIES {
-            let Some(mut sender) = self.checkout(&key).await else { break };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.returning(key, sender, response, connect)),
-                Err(mut err) => match err.take_message() {
-                    // The connection closed before the request went out: another one.
-                    Some(unsent) => request = unsent,
-                    None => return Err(Error::UpstreamReset(key.to_string())),
-                },
+            let Some(conn) = self.checkout(&key) else { break };
+            match h1::exchange(conn, request, self.giving_back(&key)).await {
+                Ok(response) => return Ok(response),
+                // The connection closed before the request went out: another one.
+                Err(Failure::Unsent(unsent)) => request = *unsent,
+                Err(failure) => return Err(failed(&key, failure)),
             }
         }
-        let mut sender = Box::pin(self.connect(endpoint)).await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok(self.returning(key, sender, response, connect)),
-            Err(_) => Err(Error::UpstreamReset(key.to_string())),
-        }
+        let conn = Connection::new(Box::pin(self.connect(endpoint)).await?);
+        h1::exchange(conn, request, self.giving_back(&key)).await.map_err(|failure| failed(&key, failure))
     }
 
-    /// A ready idle connection to `key`, newest first; closed and stale ones are dropped.
-    async fn checkout(&self, key: &Arc<str>) -> Option<http1::SendRequest<Body>> {
-        loop {
-            let idle = {
-                let mut idle = lock(&self.idle);
-                let list = idle.by_endpoint.get_mut(&**key)?;
-                let found = list.pop();
-                if list.is_empty() {
-                    idle.by_endpoint.remove(&**key);
-                }
-                found?
-            };
-            if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
-                continue;
+    /// A request that switches protocols (an upgrade, or CONNECT) on a connection of its own,
+    /// through hyper, whose upgrade hands the connection to the tunnel.
+    async fn send_switching(&self, endpoint: &Endpoint, request: Request<Body>) -> Result<Response<Body>, Error> {
+        let stream = self.connect(endpoint).await?;
+        let reset = || Error::UpstreamReset(endpoint.authority().to_owned());
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|_| reset())?;
+        // The connection runs until either side closes it, and may switch protocols.
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let response = sender.send_request(request).await.map_err(|_| reset())?;
+        Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
+    }
+
+    /// An open idle connection to `key`, newest first; closed and stale ones are dropped.
+    fn checkout(&self, key: &Arc<str>) -> Option<Connection> {
+        let mut idle = lock(&self.idle);
+        let list = idle.by_endpoint.get_mut(&**key)?;
+        let mut found = None;
+        while let Some(mut it) = list.pop() {
+            if it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open() {
+                found = Some(it.conn);
+                break;
             }
-            let mut sender = idle.sender;
-            // Only ready connections are given back, so this is at once (or finds it closed).
-            if sender.ready().await.is_ok() {
-                return Some(sender);
-            }
         }
+        if list.is_empty() {
+            idle.by_endpoint.remove(&**key);
+        }
+        found
     }
 
-    /// The response, with a body that gives the connection back once read to its end. A
-    /// switched protocol (101, or a CONNECT's 2xx) keeps the connection for itself.
-    fn returning(&self, key: Arc<str>, sender: http1::SendRequest<Body>, response: Response<Incoming>, connect: bool) -> Response<Body> {
-        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS || connect && response.status().is_success() {
-            return response.map(|body| body.map_err(BoxError::from).boxed());
-        }
-        let idle = self.idle.clone();
-        response.map(|body| PooledBody { inner: body, giving_back: Some((idle, key, sender)) }.boxed())
+    /// What puts a finished connection to `key` back among the idle ones.
+    fn giving_back(&self, key: &Arc<str>) -> h1::Finish {
+        let (idle, key) = (self.idle.clone(), key.clone());
+        Box::new(move |conn| idle_again(&idle, key, conn))
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, Error> {
-        let connected = async {
-            let stream = open(endpoint, self.tls.as_ref()).await?;
-            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-            // The connection runs until either side closes it, and may switch protocols.
-            tokio::spawn(async move {
-                let _ = connection.with_upgrades().await;
-            });
-            Ok::<_, std::io::Error>(sender)
-        };
-        within(self.connect_timeout, endpoint, connected).await
+    async fn connect(&self, endpoint: &Endpoint) -> Result<h1::Stream, Error> {
+        within(self.connect_timeout, endpoint, open(endpoint, self.tls.as_ref())).await
+    }
+}
+
+/// The error a failed HTTP/1.1 exchange with `key` answers with.
+fn failed(key: &str, failure: Failure) -> Error {
+    match failure {
+        Failure::Unsent(_) | Failure::Reset => Error::UpstreamReset(key.to_owned()),
+        Failure::Protocol(why) => Error::UpstreamProtocol(format!("{key}: {why}")),
     }
 }
 
 /// A connection to `endpoint` (Nagle off), over TLS with `tls` when given.
-pub(crate) async fn open(endpoint: &Endpoint, tls: Option<&ClientTls>) -> std::io::Result<Either<TcpStream, TlsStream<TcpStream>>> {
+/// A TLS stream is boxed: rustls's state is large, and connections move in and out of the pool.
+pub(crate) async fn open(endpoint: &Endpoint, tls: Option<&ClientTls>) -> std::io::Result<Either<TcpStream, Box<TlsStream<TcpStream>>>> {
     let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await?;
     let _ = stream.set_nodelay(true);
     Ok(match tls {
         None => Either::Left(stream),
-        Some((config, name)) => Either::Right(tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await?),
+        Some((config, name)) => {
+            Either::Right(Box::new(tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream).await?))
+        }
     })
 }
 
@@ -187,41 +194,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|it| it.into_inner())
 }
 
-/// A response body whose connection returns to its pool when the body ends; dropped before
-/// its end, the connection cannot carry another request and closes with it.
-struct PooledBody {
-    inner: Incoming,
-    giving_back: Option<(IdleConnections, Arc<str>, http1::SendRequest<Body>)>,
-}
-
-impl PooledBody {
-    fn give_back(&mut self) {
-        let Some((idle, key, mut sender)) = self.giving_back.take() else { return };
-        if sender.is_closed() {
-            return;
-        }
-        if !sender.is_ready() {
-            // Still busy: the request's body may be streaming after an early answer. It goes
-            // back once it can take a request, so that nobody waits on it from the pool.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if sender.ready().await.is_ok() {
-                        idle_again(&idle, key, sender);
-                    }
-                });
-            }
-            return;
-        }
-        idle_again(&idle, key, sender);
-    }
-}
-
-/// Puts a ready connection back among the idle ones, and starts reaping them if nothing does.
-fn idle_again(idle: &IdleConnections, key: Arc<str>, sender: http1::SendRequest<Body>) {
+/// Puts a finished connection back among the idle ones, and starts reaping them if nothing
+/// does.
+fn idle_again(idle: &IdleConnections, key: Arc<str>, conn: Connection) {
     let mut state = lock(idle);
     let list = state.by_endpoint.entry(key).or_default();
     if list.len() < MAX_IDLE_PER_ENDPOINT {
-        list.push(Idle { sender, since: Instant::now() });
+        list.push(Idle { conn, since: Instant::now() });
     }
     // Outside a runtime (a body dropped at shutdown) there is nothing to reap for.
     if !state.reaping
@@ -229,39 +208,6 @@ fn idle_again(idle: &IdleConnections, key: Arc<str>, sender: http1::SendRequest<
     {
         state.reaping = true;
         runtime.spawn(reap(Arc::downgrade(idle)));
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.giving_back = None,
-            Poll::Ready(Some(Ok(_))) if hyper::body::Body::is_end_stream(&self.inner) => self.give_back(),
-            _ => {}
-        }
-        polled.map(|it| it.map(|it| it.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // An empty body may never be polled: its connection is free all the same.
-        if hyper::body::Body::is_end_stream(&self.inner) {
-            self.give_back();
-        }
     }
 }
 
@@ -359,8 +305,12 @@ fn refused_stream(err: &hyper::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
 
+    use bytes::Bytes;
+    use hyper::body::Frame;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 

@@ -246,9 +246,13 @@ impl Cluster {
                 500..=599 => Observed::ServerError,
                 _ => Observed::Success,
             },
-            Err(Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamRefused(_) | Error::UpstreamTimeout) => {
-                Observed::GatewayError
-            }
+            Err(
+                Error::UpstreamConnect(_)
+                | Error::UpstreamReset(_)
+                | Error::UpstreamRefused(_)
+                | Error::UpstreamProtocol(_)
+                | Error::UpstreamTimeout,
+            ) => Observed::GatewayError,
             Err(_) => return,
         };
         let count = self.endpoints.current().all().len();
@@ -1133,7 +1137,7 @@ fn retriable(retries: &Retries, outcome: &TryOutcome<'_>, started: bool) -> bool
     let on = |bits: u32| retries.on & bits != 0;
     match outcome {
         TryOutcome::Failed(Error::UpstreamConnect(_)) => on(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR),
-        TryOutcome::Failed(Error::UpstreamReset(_)) => {
+        TryOutcome::Failed(Error::UpstreamReset(_) | Error::UpstreamProtocol(_)) => {
             on(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR) || !started && on(RetryOn::RESET_BEFORE_REQUEST)
         }
         // The server did not process the request: `refused-stream` retries it whatever was sent.

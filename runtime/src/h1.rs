@@ -1,0 +1,827 @@
+//! HTTP/1.1 towards upstreams, driven inside the task of the request that uses the
+//! connection.
+//!
+//! hyper's client connection runs in a task of its own: every request crossed to it over a
+//! channel, its response came back over a oneshot and its body over another channel, and each
+//! crossing woke a task. Here the request's own future writes the head and the body, reads the
+//! response head, and the response body reads the rest straight from the socket. `httparse`
+//! parses the heads and the chunk sizes; the framing follows RFC 9112 §6: a response to HEAD,
+//! a 1xx, 204 or 304 has no body, `Transfer-Encoding` (chunked last) wins over
+//! `Content-Length`, and a response with neither ends when the server closes.
+//!
+//! A connection goes back to its pool only when both messages ended cleanly, the response let
+//! the connection live, and nothing is left over in its buffer. A response that ends before
+//! its request body was all sent closes the connection, as Envoy's HTTP/1.1 pool does.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+use tokio_util::io::poll_read_buf;
+
+use crate::proxy::{Body, BoxError};
+
+/// A response head larger than this is refused (Envoy's default limit is 60 KiB).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Most header fields in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// A chunk-size line longer than this is refused (it can carry extensions, nothing else).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// How much room a read asks for at least.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A connection to an upstream: plain TCP or TLS.
+pub(crate) type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// An open connection and what was read from it but not yet used.
+pub(crate) struct Connection {
+    io: Stream,
+    read: BytesMut,
+    /// Where each field of the last response head lies in `read` (kept for its room).
+    fields: Vec<Field>,
+    /// Whether it carried a request before (a server may close such a one at any moment).
+    pub(crate) reused: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(io: Stream) -> Connection {
+        Connection { io, read: BytesMut::new(), fields: Vec::new(), reused: false }
+    }
+
+    /// Whether an idle connection is still usable: the server has neither closed it nor sent
+    /// anything unasked. Costs no system call unless the socket became readable.
+    pub(crate) fn idle_and_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.read.reserve(1);
+        matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending) && self.read.is_empty()
+    }
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Nothing of the request reached the server: it may go on another connection as it is.
+    Unsent(Box<Request<Body>>),
+    /// The connection closed or failed before a whole response head arrived.
+    Reset,
+    /// The response is not HTTP/1.1 as the RFC frames it.
+    Protocol(&'static str),
+}
+
+/// What to do with a connection whose response has ended: keep it for another request.
+pub(crate) type Finish = Box<dyn FnOnce(Connection) + Send + Sync>;
+
+/// Sends `request` (origin-form target, `Host` set) on `conn` and reads the response head.
+/// The response body reads the rest from the connection, and hands the connection to `done`
+/// once both messages ended and the connection may carry another request.
+pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done: Finish) -> Result<Response<Body>, Failure> {
+    let (parts, body) = request.into_parts();
+    let (head, outgoing) = encode_head(&parts, &body);
+    let head_only = matches!(outgoing, Outgoing::Empty);
+    let mut sending = Sending { body: Some(body), framing: outgoing, queue: VecDeque::from([head]), written: 0, ended: head_only };
+    let (mut sent, mut send_failed) = (false, false);
+    let polled = poll_fn(|cx| {
+        if !sent {
+            match sending.poll(&mut conn.io, cx) {
+                Poll::Ready(Ok(())) => sent = true,
+                // The server went away before it got a byte: the request is whole still.
+                Poll::Ready(Err(_)) if sending.written == 0 => return Poll::Ready(Err(None)),
+                // It may have answered before it stopped reading (a 413, say): read on.
+                Poll::Ready(Err(_)) => (sent, send_failed) = (true, true),
+                Poll::Pending => {}
+            }
+        }
+        poll_head(&mut conn, parts.method == Method::HEAD, cx).map_err(Some)
+    })
+    .await;
+    let head = match polled {
+        Ok(head) => head,
+        Err(None) => {
+            return Err(Failure::Unsent(Box::new(Request::from_parts(parts, sending.body.take().unwrap_or_else(crate::proxy::empty)))));
+        }
+        Err(Some(Failure::Reset)) if conn.reused && head_only && conn.read.is_empty() && safe(&parts.method) => {
+            // A reused connection closed as the request went out, most likely by a server
+            // that had timed it out. A safe request may be repeated (RFC 9110 §9.2.2), and
+            // without a body it is whole still.
+            return Err(Failure::Unsent(Box::new(Request::from_parts(parts, sending.body.take().unwrap_or_else(crate::proxy::empty)))));
+        }
+        Err(Some(failure)) => return Err(failure),
+    };
+    let Head { status, version, headers, framing, keep_alive } = head;
+    let mut response = Response::new(crate::proxy::empty());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    let sending = (!sent).then_some(sending);
+    let reusable = keep_alive && !send_failed && !matches!(framing, Incoming::UntilClose);
+    // The usual small answer is in the buffer whole: no reading body needed.
+    if sending.is_none() {
+        let whole = match framing {
+            Incoming::Done => Some(None),
+            Incoming::Length(len) if conn.read.len() as u64 >= len => Some(Some(conn.read.split_to(len as usize).freeze())),
+            _ => None,
+        };
+        if let Some(data) = whole {
+            if reusable && conn.read.is_empty() {
+                conn.reused = true;
+                done(conn);
+            }
+            if let Some(data) = data {
+                *response.body_mut() = crate::proxy::full(data);
+            }
+            return Ok(response);
+        }
+    }
+    let body = Reading { conn: Some(conn), framing, sending, reusable, done: Some(done) };
+    *response.body_mut() = http_body_util::BodyExt::boxed(body);
+    Ok(response)
+}
+
+/// Methods RFC 9110 §9.2.1 calls safe: read-only, so that repeating one harms nothing.
+fn safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+/// How the request body goes out.
+#[derive(Clone, Copy, Debug)]
+enum Outgoing {
+    /// No body.
+    Empty,
+    /// `Content-Length`: this many bytes are still to go.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The request head, and how its body is framed. An exact size (the body's, else a
+/// `Content-Length` the request carried) goes as `Content-Length`; an unknown one is chunked.
+fn encode_head(parts: &http::request::Parts, body: &Body) -> (Bytes, Outgoing) {
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|it| it.to_str().ok()?.trim().parse::<u64>().ok());
+    let outgoing = match (body.size_hint().exact(), declared) {
+        (_, _) if body.is_end_stream() => Outgoing::Empty,
+        (Some(len), _) => Outgoing::Length(len),
+        (None, Some(len)) => Outgoing::Length(len),
+        (None, None) => Outgoing::Chunked,
+    };
+    let mut head = BytesMut::with_capacity(256);
+    head.put_slice(parts.method.as_str().as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(parts.uri.path_and_query().map_or("/", |it| it.as_str()).as_bytes());
+    head.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        // Framing is this hop's to say.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    match outgoing {
+        Outgoing::Empty if declared.is_some() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+            head.put_slice(b"content-length: 0\r\n");
+        }
+        Outgoing::Empty => {}
+        Outgoing::Length(len) => {
+            let _ = write!(head, "content-length: {len}\r\n");
+        }
+        Outgoing::Chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.put_slice(b"\r\n");
+    (head.freeze(), outgoing)
+}
+
+/// The request going out: queued pieces first, then the body's frames, framed.
+struct Sending {
+    body: Option<Body>,
+    framing: Outgoing,
+    queue: VecDeque<Bytes>,
+    /// Bytes written so far.
+    written: usize,
+    /// Whether everything is queued: the body ended (or there is none).
+    ended: bool,
+}
+
+impl Sending {
+    fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            while let Some(front) = self.queue.front_mut() {
+                let wrote = ready!(Pin::new(&mut *io).poll_write(cx, front))?;
+                if wrote == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.written += wrote;
+                front.advance(wrote);
+                if front.is_empty() {
+                    self.queue.pop_front();
+                }
+            }
+            if self.ended {
+                return Pin::new(&mut *io).poll_flush(cx);
+            }
+            let Some(body) = self.body.as_mut() else { return Poll::Ready(Ok(())) };
+            let frame = match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // What was written may sit in TLS's buffer until flushed.
+                    let _ = Pin::new(&mut *io).poll_flush(cx)?;
+                    return Poll::Pending;
+                }
+            };
+            match frame {
+                None => {
+                    match self.framing {
+                        Outgoing::Chunked => self.queue.push_back(Bytes::from_static(b"0\r\n\r\n")),
+                        Outgoing::Length(0) | Outgoing::Empty => {}
+                        Outgoing::Length(_) => return Poll::Ready(Err(io::Error::other("the request body ended before its length"))),
+                    }
+                    self.ended = true;
+                }
+                Some(Err(err)) => return Poll::Ready(Err(io::Error::other(err))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => match &mut self.framing {
+                        Outgoing::Chunked => {
+                            let line = Bytes::from(format!("{:x}\r\n", data.len()));
+                            self.queue.extend([line, data, Bytes::from_static(b"\r\n")]);
+                        }
+                        Outgoing::Length(left) if data.len() as u64 <= *left => {
+                            *left -= data.len() as u64;
+                            self.queue.push_back(data);
+                        }
+                        Outgoing::Length(_) | Outgoing::Empty => {
+                            return Poll::Ready(Err(io::Error::other("the request body is longer than its length")));
+                        }
+                    },
+                    Err(frame) => {
+                        // Trailers end the body; only chunked framing can carry them.
+                        if let (Ok(trailers), Outgoing::Chunked) = (frame.into_trailers(), self.framing) {
+                            let mut last = BytesMut::from(&b"0\r\n"[..]);
+                            for (name, value) in &trailers {
+                                last.put_slice(name.as_str().as_bytes());
+                                last.put_slice(b": ");
+                                last.put_slice(value.as_bytes());
+                                last.put_slice(b"\r\n");
+                            }
+                            last.put_slice(b"\r\n");
+                            self.queue.push_back(last.freeze());
+                            self.ended = true;
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// How the response body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Incoming {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Chunks, at this point of one.
+    Chunked(Chunk),
+    /// Everything until the server closes.
+    UntilClose,
+    /// Ended.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This much of the chunk's data is still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// The trailer section (maybe empty) after the last chunk is next.
+    Trailers,
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Incoming,
+    keep_alive: bool,
+}
+
+/// Reads until a final response head is in: interim (1xx) ones are skipped.
+fn poll_head(conn: &mut Connection, head_request: bool, cx: &mut Context<'_>) -> Poll<Result<Head, Failure>> {
+    loop {
+        if !conn.read.is_empty() {
+            match parse_head(&mut conn.read, &mut conn.fields, head_request).map_err(Failure::Protocol)? {
+                Some(head) if head.status.is_informational() => continue,
+                Some(head) => return Poll::Ready(Ok(head)),
+                None if conn.read.len() >= MAX_HEAD => return Poll::Ready(Err(Failure::Protocol("the response head is too large"))),
+                None => {}
+            }
+        }
+        if conn.read.capacity() - conn.read.len() < READ_SIZE / 4 {
+            conn.read.reserve(READ_SIZE);
+        }
+        match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
+            Ok(0) | Err(_) => return Poll::Ready(Err(Failure::Reset)),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A header field's name and value, as offsets into the head.
+type Field = (u32, u32, u32, u32);
+
+/// Parses a response head at the start of `read`, taking it off when it is complete.
+fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) -> Result<Option<Head>, &'static str> {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, read, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("the response has too many header fields"),
+        Err(_) => return Err("the response head is malformed"),
+    };
+    let status = parsed.code.and_then(|it| StatusCode::from_u16(it).ok()).ok_or("the response status is invalid")?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Offsets into the buffer (a head is at most MAX_HEAD long), so that names and values can
+    // share it once it is frozen.
+    let base = read.as_ptr() as usize;
+    let offset = |it: &[u8]| (it.as_ptr() as usize - base) as u32;
+    fields.clear();
+    fields.extend(parsed.headers.iter().map(|it| {
+        let (name, value) = (offset(it.name.as_bytes()), offset(it.value));
+        (name, name + it.name.len() as u32, value, value + it.value.len() as u32)
+    }));
+    let bytes = read.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for &(name, name_end, value, value_end) in fields.iter() {
+        let name = HeaderName::from_bytes(&bytes[name as usize..name_end as usize]).map_err(|_| "a response header name is invalid")?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value as usize..value_end as usize))
+            .map_err(|_| "a response header value is invalid")?;
+        headers.append(name, value);
+    }
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err("the server switched protocols unasked");
+        }
+        return Ok(Some(Head { status, version, headers, framing: Incoming::Done, keep_alive: true }));
+    }
+    let mut keep_alive = connection_allows_reuse(&headers, version);
+    let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Incoming::Done
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Sent with a length as well, it is a message to distrust: not reused after.
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        if version == Version::HTTP_11 && chunked_last(&headers) { Incoming::Chunked(Chunk::Size) } else { Incoming::UntilClose }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        Incoming::Length(content_length(&headers).ok_or("the response's Content-Length is invalid")?)
+    } else {
+        Incoming::UntilClose
+    };
+    let framing = if framing == Incoming::Length(0) { Incoming::Done } else { framing };
+    Ok(Some(Head { status, version, headers, framing, keep_alive }))
+}
+
+/// HTTP/1.1 keeps a connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|it| it.to_str().ok())
+            .flat_map(|it| it.split(','))
+            .any(|it| it.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_11 { !has("close") } else { has("keep-alive") }
+}
+
+/// Whether `chunked` is the last transfer coding.
+fn chunked_last(headers: &HeaderMap) -> bool {
+    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
+    last.and_then(|it| it.to_str().ok()).and_then(|it| it.rsplit(',').next()).is_some_and(|it| it.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The one length every `Content-Length` field (and each item of a list in one) agrees on.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut agreed = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.to_str().ok()?.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|it| it.is_ascii_digit()) {
+                return None;
+            }
+            let len = item.parse::<u64>().ok()?;
+            if agreed.is_some_and(|it| it != len) {
+                return None;
+            }
+            agreed = Some(len);
+        }
+    }
+    agreed
+}
+
+/// A response body read from its connection as it is polled. It also sends what is left of
+/// the request body, for a response that came early.
+struct Reading {
+    conn: Option<Connection>,
+    framing: Incoming,
+    sending: Option<Sending>,
+    reusable: bool,
+    done: Option<Finish>,
+}
+
+impl Reading {
+    /// The body ended: the connection goes back if it can carry another request.
+    fn end(&mut self) {
+        self.framing = Incoming::Done;
+        let (Some(mut conn), Some(done)) = (self.conn.take(), self.done.take()) else { return };
+        if self.reusable && self.sending.is_none() && conn.read.is_empty() {
+            conn.reused = true;
+            done(conn);
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.framing = Incoming::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(why.into())))
+    }
+
+    /// Reads more; `Ok(false)` when the server closed the connection.
+    fn poll_fill(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if conn.read.capacity() - conn.read.len() < READ_SIZE / 4 {
+            conn.read.reserve(READ_SIZE);
+        }
+        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read).map_ok(|it| it > 0)
+    }
+}
+
+impl hyper::body::Body for Reading {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        // An early response: the request body keeps going out while the response comes in.
+        if let (Some(sending), Some(conn)) = (this.sending.as_mut(), this.conn.as_mut()) {
+            match sending.poll(&mut conn.io, cx) {
+                Poll::Ready(Ok(())) => this.sending = None,
+                Poll::Ready(Err(_)) => {
+                    this.sending = None;
+                    this.reusable = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            match this.framing {
+                Incoming::Done => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Incoming::Length(left) => {
+                    if conn.read.is_empty() {
+                        match ready!(Self::poll_fill(conn, cx)) {
+                            Ok(true) => {}
+                            _ => return this.fail("the upstream closed the connection before the response body's end"),
+                        }
+                    }
+                    let take = (conn.read.len() as u64).min(left) as usize;
+                    let data = conn.read.split_to(take).freeze();
+                    this.framing = if left == take as u64 { Incoming::Done } else { Incoming::Length(left - take as u64) };
+                    if this.framing == Incoming::Done {
+                        this.end();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Incoming::UntilClose => {
+                    if conn.read.is_empty() {
+                        match ready!(Self::poll_fill(conn, cx)) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                this.end();
+                                return Poll::Ready(None);
+                            }
+                            Err(_) => return this.fail("the upstream connection failed during the response body"),
+                        }
+                    }
+                    let data = conn.read.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Incoming::Chunked(state) => {
+                    let step = match state {
+                        Chunk::Size => match httparse::parse_chunk_size(&conn.read) {
+                            Ok(httparse::Status::Complete((used, size))) => {
+                                conn.read.advance(used);
+                                this.framing = Incoming::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                                continue;
+                            }
+                            Ok(httparse::Status::Partial) if conn.read.len() < MAX_CHUNK_LINE => None,
+                            _ => return this.fail("the response has an invalid chunk size"),
+                        },
+                        Chunk::Data(left) if !conn.read.is_empty() => {
+                            let take = (conn.read.len() as u64).min(left) as usize;
+                            let data = conn.read.split_to(take).freeze();
+                            let left = left - take as u64;
+                            this.framing = Incoming::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+                            Some(Frame::data(data))
+                        }
+                        Chunk::Data(_) => None,
+                        Chunk::DataEnd if conn.read.len() >= 2 => {
+                            if &conn.read[..2] != b"\r\n" {
+                                return this.fail("a response chunk does not end with CRLF");
+                            }
+                            conn.read.advance(2);
+                            this.framing = Incoming::Chunked(Chunk::Size);
+                            continue;
+                        }
+                        Chunk::DataEnd => None,
+                        Chunk::Trailers => match parse_trailers(&mut conn.read) {
+                            Ok(Some(trailers)) => {
+                                this.framing = Incoming::Done;
+                                this.end();
+                                if trailers.is_empty() {
+                                    return Poll::Ready(None);
+                                }
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            }
+                            Ok(None) if conn.read.len() < MAX_HEAD => None,
+                            Ok(None) => return this.fail("the response trailers are too large"),
+                            Err(why) => return this.fail(why),
+                        },
+                    };
+                    match step {
+                        Some(frame) => return Poll::Ready(Some(Ok(frame))),
+                        None => match ready!(Self::poll_fill(conn, cx)) {
+                            Ok(true) => {}
+                            _ => return this.fail("the upstream closed the connection inside a chunked response body"),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Incoming::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Incoming::Length(left) => SizeHint::with_exact(left),
+            Incoming::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The trailer section after the last chunk, taken off `read` when complete.
+fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(read, &mut slots) {
+        Ok(httparse::Status::Complete((len, fields))) => {
+            let mut trailers = HeaderMap::new();
+            for field in fields.iter() {
+                let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a response trailer name is invalid")?;
+                let value = HeaderValue::from_bytes(field.value).map_err(|_| "a response trailer value is invalid")?;
+                trailers.append(name, value);
+            }
+            read.advance(len);
+            Ok(Some(trailers))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err("the response trailers are malformed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(raw: &[u8], head_request: bool) -> Result<Option<Head>, &'static str> {
+        parse_head(&mut BytesMut::from(raw), &mut Vec::new(), head_request)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |raw: &[u8]| head_of(raw, false).expect("valid").expect("complete").framing;
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"), Incoming::Length(5));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n"), Incoming::Length(5));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"), Incoming::Chunked(Chunk::Size));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Incoming::UntilClose);
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), Incoming::UntilClose);
+        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"), Incoming::Done);
+        assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\n\r\n"), Incoming::Done);
+        let head = head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true).expect("valid").expect("complete");
+        assert_eq!(head.framing, Incoming::Done, "a response to HEAD has no body");
+        assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n", false).is_err());
+        assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", false).is_err());
+        assert!(matches!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", false), Ok(None)));
+        assert!(head_of(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn reuse_follows_the_connection_header_and_the_version() {
+        let keep = |raw: &[u8]| head_of(raw, false).expect("valid").expect("complete").keep_alive;
+        assert!(keep(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!keep(b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!keep(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(keep(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!keep(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"), "both lengths: not reused");
+    }
+
+    #[test]
+    fn header_values_share_the_read_buffer_and_the_head_is_taken_off() {
+        let mut read = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: test\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nokHTTP"[..]);
+        let head = parse_head(&mut read, &mut Vec::new(), false).expect("valid").expect("complete");
+        assert_eq!(head.headers["server"], "test");
+        assert_eq!(head.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(&read[..], b"okHTTP");
+    }
+
+    /// A body of unknown length.
+    struct Unsized;
+
+    impl hyper::body::Body for Unsized {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(None)
+        }
+    }
+
+    #[test]
+    fn requests_are_framed_by_their_body() {
+        let request = |method: Method, body: Body, length: Option<&str>| {
+            let mut builder = Request::builder().method(method).uri("http://ignored/a?b=1").header(header::HOST, "svc");
+            if let Some(length) = length {
+                builder = builder.header(header::CONTENT_LENGTH, length);
+            }
+            let (parts, body) = builder.body(body).expect("request").into_parts();
+            let (head, outgoing) = encode_head(&parts, &body);
+            (String::from_utf8(head.to_vec()).expect("text"), outgoing)
+        };
+        let (head, outgoing) = request(Method::GET, crate::proxy::empty(), None);
+        assert_eq!(head, "GET /a?b=1 HTTP/1.1\r\nhost: svc\r\n\r\n");
+        assert!(matches!(outgoing, Outgoing::Empty));
+        let (head, _) = request(Method::POST, crate::proxy::empty(), None);
+        assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
+        let (head, outgoing) = request(Method::POST, crate::proxy::full(Bytes::from_static(b"abc")), Some("3"));
+        assert_eq!(head.matches("content-length").count(), 1, "{head}");
+        assert!(matches!(outgoing, Outgoing::Length(3)));
+        let (head, outgoing) = request(Method::POST, http_body_util::BodyExt::boxed(Unsized), None);
+        assert!(head.ends_with("transfer-encoding: chunked\r\n\r\n"), "{head}");
+        assert!(matches!(outgoing, Outgoing::Chunked));
+    }
+
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server that reads one request (framed by its length or chunks) and writes `answer`,
+    /// then closes; it hands back what it read.
+    async fn one_exchange(answer: &'static [u8]) -> (Connection, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&got).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let body = &text[end + 4..];
+                    let length = text.lines().find_map(|it| it.strip_prefix("content-length: ")?.trim().parse::<usize>().ok());
+                    let whole = if text.contains("transfer-encoding: chunked") {
+                        body.ends_with("0\r\n\r\n")
+                    } else {
+                        body.len() >= length.unwrap_or(0)
+                    };
+                    if whole {
+                        break;
+                    }
+                }
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => got.extend_from_slice(&buffer[..read]),
+                }
+            }
+            let _ = stream.write_all(answer).await;
+            got
+        });
+        let stream = TcpStream::connect(address).await.expect("connect");
+        (Connection::new(Either::Left(stream)), server)
+    }
+
+    /// A `Finish` that keeps the connection it is given, to show it was given back.
+    fn keeper() -> (Finish, Arc<Mutex<Option<Connection>>>) {
+        let kept = Arc::new(Mutex::new(None));
+        let slot = kept.clone();
+        (Box::new(move |conn| *slot.lock().expect("lock") = Some(conn)), kept)
+    }
+
+    fn get(method: Method, body: Body) -> Request<Body> {
+        Request::builder().method(method).uri("/x").header(header::HOST, "svc").body(body).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_streams_with_its_trailers_and_frees_the_connection() {
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+        let (conn, server) = one_exchange(answer).await;
+        let (done, kept) = keeper();
+        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK, "the interim 100 is skipped");
+        let collected = response.into_body().collect().await.expect("body");
+        assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"hello world");
+        assert!(kept.lock().expect("lock").is_some(), "given back once both messages ended");
+        assert_eq!(server.await.expect("server"), b"GET /x HTTP/1.1\r\nhost: svc\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_body_goes_out_chunked() {
+        let (conn, server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let (done, kept) = keeper();
+        let chunks = http_body_util::StreamBody::new(tokio_stream_of(&[b"ab", b"cde"]));
+        let response = exchange(conn, get(Method::POST, chunks.boxed()), done).await.expect("response");
+        assert_eq!(&response.into_body().collect().await.expect("body").to_bytes()[..], b"ok");
+        assert!(kept.lock().expect("lock").is_some());
+        let sent = String::from_utf8(server.await.expect("server")).expect("text");
+        assert!(sent.ends_with("transfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), "{sent}");
+    }
+
+    /// Data frames as a stream whose length is unknown.
+    fn tokio_stream_of(
+        chunks: &'static [&'static [u8]],
+    ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync + 'static {
+        struct Frames(std::slice::Iter<'static, &'static [u8]>);
+        impl futures_core::Stream for Frames {
+            type Item = Result<Frame<Bytes>, BoxError>;
+            fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+                Poll::Ready(self.0.next().map(|it| Ok(Frame::data(Bytes::from_static(it)))))
+            }
+        }
+        Frames(chunks.iter())
+    }
+
+    #[tokio::test]
+    async fn a_response_ended_by_close_is_read_whole_and_its_connection_not_kept() {
+        let (conn, server) = one_exchange(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+        let (done, kept) = keeper();
+        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        server.await.expect("server");
+        assert_eq!(&response.into_body().collect().await.expect("body").to_bytes()[..], b"until the end");
+        assert!(kept.lock().expect("lock").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_response_to_head_has_no_body_whatever_its_length_says() {
+        let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n").await;
+        let (done, kept) = keeper();
+        let response = exchange(conn, get(Method::HEAD, crate::proxy::empty()), done).await.expect("response");
+        assert_eq!(response.headers()["content-length"], "100");
+        assert!(response.body().is_end_stream());
+        assert!(kept.lock().expect("lock").is_some());
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_protocol_errors_and_a_short_body_is_an_error() {
+        let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\nx").await;
+        let (done, _) = keeper();
+        assert!(matches!(exchange(conn, get(Method::GET, crate::proxy::empty()), done).await, Err(Failure::Protocol(_))));
+        let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+        let (done, _) = keeper();
+        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("head");
+        assert!(response.into_body().collect().await.is_err(), "an invalid chunk size fails the body");
+        let (conn, server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort").await;
+        let (done, kept) = keeper();
+        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("head");
+        server.await.expect("server");
+        assert!(response.into_body().collect().await.is_err(), "a body cut short is an error, not an end");
+        assert!(kept.lock().expect("lock").is_none());
+        let (conn, _server) = one_exchange(b"").await;
+        let (done, _) = keeper();
+        assert!(matches!(exchange(conn, get(Method::GET, crate::proxy::empty()), done).await, Err(Failure::Reset)));
+    }
+}
