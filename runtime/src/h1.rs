@@ -41,8 +41,12 @@ const MAX_HEADERS: usize = 100;
 /// A chunk-size line longer than this is refused (it can carry extensions, nothing else).
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// How much room a read asks for at least.
-const READ_SIZE: usize = 16 * 1024;
+/// How much room a connection's reads ask for at first: most responses through a sidecar are
+/// small, and every connection keeps its buffer.
+const FIRST_READ: usize = 4 * 1024;
+
+/// How much room a read asks for at most; a read that fills its room doubles the next one's.
+const MAX_READ: usize = 64 * 1024;
 
 /// A connection to an upstream: plain TCP or TLS.
 pub(crate) type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
@@ -53,13 +57,15 @@ pub(crate) struct Connection {
     read: BytesMut,
     /// Where each field of the last response head lies in `read` (kept for its room).
     fields: Vec<Field>,
+    /// How much room the next read asks for.
+    read_size: usize,
     /// Whether it carried a request before (a server may close such a one at any moment).
     pub(crate) reused: bool,
 }
 
 impl Connection {
     pub(crate) fn new(io: Stream) -> Connection {
-        Connection { io, read: BytesMut::new(), fields: Vec::new(), reused: false }
+        Connection { io, read: BytesMut::new(), fields: Vec::new(), read_size: FIRST_READ, reused: false }
     }
 
     /// Whether an idle connection is still usable: the server has neither closed it nor sent
@@ -68,6 +74,19 @@ impl Connection {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         self.read.reserve(1);
         matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending) && self.read.is_empty()
+    }
+
+    /// Reads more into the buffer; `Ok(0)` when the server closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < self.read_size / 4 {
+            self.read.reserve(self.read_size);
+        }
+        let room = self.read.capacity() - self.read.len();
+        let read = ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read))?;
+        if read == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(read))
     }
 }
 
@@ -122,7 +141,7 @@ pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done:
         Err(Some(failure)) => return Err(failure),
     };
     let Head { status, version, headers, framing, keep_alive } = head;
-    let mut response = Response::new(crate::proxy::empty());
+    let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
@@ -140,15 +159,11 @@ pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done:
                 conn.reused = true;
                 done(conn);
             }
-            if let Some(data) = data {
-                *response.body_mut() = crate::proxy::full(data);
-            }
-            return Ok(response);
+            return Ok(response.map(|()| data.map_or_else(crate::proxy::empty, crate::proxy::full)));
         }
     }
     let body = Reading { conn: Some(conn), framing, sending, reusable, done: Some(done) };
-    *response.body_mut() = http_body_util::BodyExt::boxed(body);
-    Ok(response)
+    Ok(response.map(|()| http_body_util::BodyExt::boxed(body)))
 }
 
 /// Methods RFC 9110 §9.2.1 calls safe: read-only, so that repeating one harms nothing.
@@ -333,10 +348,7 @@ fn poll_head(conn: &mut Connection, head_request: bool, cx: &mut Context<'_>) ->
                 None => {}
             }
         }
-        if conn.read.capacity() - conn.read.len() < READ_SIZE / 4 {
-            conn.read.reserve(READ_SIZE);
-        }
-        match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
+        match ready!(conn.poll_fill(cx)) {
             Ok(0) | Err(_) => return Poll::Ready(Err(Failure::Reset)),
             Ok(_) => {}
         }
@@ -463,14 +475,6 @@ impl Reading {
         self.conn = None;
         Poll::Ready(Some(Err(why.into())))
     }
-
-    /// Reads more; `Ok(false)` when the server closed the connection.
-    fn poll_fill(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        if conn.read.capacity() - conn.read.len() < READ_SIZE / 4 {
-            conn.read.reserve(READ_SIZE);
-        }
-        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read).map_ok(|it| it > 0)
-    }
 }
 
 impl hyper::body::Body for Reading {
@@ -499,8 +503,8 @@ impl hyper::body::Body for Reading {
                 }
                 Incoming::Length(left) => {
                     if conn.read.is_empty() {
-                        match ready!(Self::poll_fill(conn, cx)) {
-                            Ok(true) => {}
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(1..) => {}
                             _ => return this.fail("the upstream closed the connection before the response body's end"),
                         }
                     }
@@ -514,9 +518,9 @@ impl hyper::body::Body for Reading {
                 }
                 Incoming::UntilClose => {
                     if conn.read.is_empty() {
-                        match ready!(Self::poll_fill(conn, cx)) {
-                            Ok(true) => {}
-                            Ok(false) => {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(1..) => {}
+                            Ok(0) => {
                                 this.end();
                                 return Poll::Ready(None);
                             }
@@ -570,8 +574,8 @@ impl hyper::body::Body for Reading {
                     };
                     match step {
                         Some(frame) => return Poll::Ready(Some(Ok(frame))),
-                        None => match ready!(Self::poll_fill(conn, cx)) {
-                            Ok(true) => {}
+                        None => match ready!(conn.poll_fill(cx)) {
+                            Ok(1..) => {}
                             _ => return this.fail("the upstream closed the connection inside a chunked response body"),
                         },
                     }
