@@ -5,7 +5,7 @@
 //! `Transfer-Encoding` it silently drops the length (RFC 9112 allows either), and an oversized
 //! head gets 431. A sidecar in front of other people's servers refuses both, as Envoy does,
 //! because they are how request smuggling starts. The guard parses heads with `httparse` and
-//! follows message framing (lengths, chunks with `httparse::parse_chunk_size`, trailers) only
+//! follows message framing (lengths, chunks read by `h1::chunk_size`, trailers) only
 //! to know where the next head starts; it forwards the bytes unchanged.
 //!
 //! HTTP/2 connections (the h2c preface) and upgraded connections pass through untouched. A
@@ -152,7 +152,7 @@ impl<T> Guarded<T> {
                     self.release(n);
                     self.state = if left == n as u64 { State::Head } else { State::Fixed(left - n as u64) };
                 }
-                State::ChunkSize => match httparse::parse_chunk_size(&self.raw) {
+                State::ChunkSize => match crate::h1::chunk_size(&self.raw) {
                     Ok(httparse::Status::Complete((used, 0))) => {
                         self.release(used);
                         self.state = State::Trailers;

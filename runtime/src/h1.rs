@@ -76,6 +76,16 @@ impl Connection {
         matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending) && self.read.is_empty()
     }
 
+    /// Readies a connection whose exchange ended cleanly for the next one: reads start small
+    /// again, and a buffer grown for a large response is let go.
+    fn recycle(&mut self) {
+        self.reused = true;
+        self.read_size = FIRST_READ;
+        if self.read.capacity() > 2 * FIRST_READ {
+            self.read = BytesMut::new();
+        }
+    }
+
     /// Reads more into the buffer; `Ok(0)` when the server closed the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < self.read_size / 4 {
@@ -99,6 +109,8 @@ pub(crate) enum Failure {
     Reset,
     /// The response is not HTTP/1.1 as the RFC frames it.
     Protocol(&'static str),
+    /// The request body failed, or did not match its length, before a response came.
+    RequestBody,
 }
 
 /// What to do with a connection whose response has ended: keep it for another request.
@@ -118,9 +130,12 @@ pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done:
             match sending.poll(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => sent = true,
                 // The server went away before it got a byte: the request is whole still.
-                Poll::Ready(Err(_)) if sending.written == 0 => return Poll::Ready(Err(None)),
+                Poll::Ready(Err(SendError::Io)) if sending.written == 0 => return Poll::Ready(Err(None)),
                 // It may have answered before it stopped reading (a 413, say): read on.
-                Poll::Ready(Err(_)) => (sent, send_failed) = (true, true),
+                Poll::Ready(Err(SendError::Io)) => (sent, send_failed) = (true, true),
+                // The server holds part of a request that cannot be finished: give up on it
+                // and on the connection, rather than wait for an answer that cannot come.
+                Poll::Ready(Err(SendError::Body)) => return Poll::Ready(Err(Some(Failure::RequestBody))),
                 Poll::Pending => {}
             }
         }
@@ -156,7 +171,7 @@ pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done:
         };
         if let Some(data) = whole {
             if reusable && conn.read.is_empty() {
-                conn.reused = true;
+                conn.recycle();
                 done(conn);
             }
             return Ok(response.map(|()| data.map_or_else(crate::proxy::empty, crate::proxy::full)));
@@ -221,6 +236,15 @@ fn encode_head(parts: &http::request::Parts, body: &Body) -> (Bytes, Outgoing) {
     (head.freeze(), outgoing)
 }
 
+/// Why sending a request stopped.
+#[derive(Debug)]
+enum SendError {
+    /// Writing failed: the server may still have answered.
+    Io,
+    /// The request body failed, or broke its length: the request cannot be completed.
+    Body,
+}
+
 /// The request going out: queued pieces first, then the body's frames, framed.
 struct Sending {
     body: Option<Body>,
@@ -233,12 +257,12 @@ struct Sending {
 }
 
 impl Sending {
-    fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         loop {
             while let Some(front) = self.queue.front_mut() {
-                let wrote = ready!(Pin::new(&mut *io).poll_write(cx, front))?;
+                let wrote = ready!(Pin::new(&mut *io).poll_write(cx, front)).map_err(|_| SendError::Io)?;
                 if wrote == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(SendError::Io));
                 }
                 self.written += wrote;
                 front.advance(wrote);
@@ -247,14 +271,16 @@ impl Sending {
                 }
             }
             if self.ended {
-                return Pin::new(&mut *io).poll_flush(cx);
+                return Pin::new(&mut *io).poll_flush(cx).map_err(|_| SendError::Io);
             }
             let Some(body) = self.body.as_mut() else { return Poll::Ready(Ok(())) };
             let frame = match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     // What was written may sit in TLS's buffer until flushed.
-                    let _ = Pin::new(&mut *io).poll_flush(cx)?;
+                    if let Poll::Ready(Err(_)) = Pin::new(&mut *io).poll_flush(cx) {
+                        return Poll::Ready(Err(SendError::Io));
+                    }
                     return Poll::Pending;
                 }
             };
@@ -263,11 +289,11 @@ impl Sending {
                     match self.framing {
                         Outgoing::Chunked => self.queue.push_back(Bytes::from_static(b"0\r\n\r\n")),
                         Outgoing::Length(0) | Outgoing::Empty => {}
-                        Outgoing::Length(_) => return Poll::Ready(Err(io::Error::other("the request body ended before its length"))),
+                        Outgoing::Length(_) => return Poll::Ready(Err(SendError::Body)),
                     }
                     self.ended = true;
                 }
-                Some(Err(err)) => return Poll::Ready(Err(io::Error::other(err))),
+                Some(Err(_)) => return Poll::Ready(Err(SendError::Body)),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => match &mut self.framing {
@@ -280,14 +306,14 @@ impl Sending {
                             self.queue.push_back(data);
                         }
                         Outgoing::Length(_) | Outgoing::Empty => {
-                            return Poll::Ready(Err(io::Error::other("the request body is longer than its length")));
+                            return Poll::Ready(Err(SendError::Body));
                         }
                     },
                     Err(frame) => {
                         // Trailers end the body; only chunked framing can carry them.
                         if let (Ok(trailers), Outgoing::Chunked) = (frame.into_trailers(), self.framing) {
                             let mut last = BytesMut::from(&b"0\r\n"[..]);
-                            for (name, value) in &trailers {
+                            for (name, value) in trailers.iter().filter(|(name, _)| allowed_in_trailers(name)) {
                                 last.put_slice(name.as_str().as_bytes());
                                 last.put_slice(b": ");
                                 last.put_slice(value.as_bytes());
@@ -401,7 +427,11 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             keep_alive = false;
         }
-        if version == Version::HTTP_11 && chunked_last(&headers) { Incoming::Chunked(Chunk::Size) } else { Incoming::UntilClose }
+        if version != Version::HTTP_11 {
+            // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): the framing is faulty.
+            return Err("an HTTP/1.0 response has Transfer-Encoding");
+        }
+        if chunked_last(&headers) { Incoming::Chunked(Chunk::Size) } else { Incoming::UntilClose }
     } else if headers.contains_key(header::CONTENT_LENGTH) {
         Incoming::Length(content_length(&headers).ok_or("the response's Content-Length is invalid")?)
     } else {
@@ -465,7 +495,7 @@ impl Reading {
         self.framing = Incoming::Done;
         let (Some(mut conn), Some(done)) = (self.conn.take(), self.done.take()) else { return };
         if self.reusable && self.sending.is_none() && conn.read.is_empty() {
-            conn.reused = true;
+            conn.recycle();
             done(conn);
         }
     }
@@ -532,7 +562,7 @@ impl hyper::body::Body for Reading {
                 }
                 Incoming::Chunked(state) => {
                     let step = match state {
-                        Chunk::Size => match httparse::parse_chunk_size(&conn.read) {
+                        Chunk::Size => match chunk_size(&conn.read) {
                             Ok(httparse::Status::Complete((used, size))) => {
                                 conn.read.advance(used);
                                 this.framing = Incoming::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
@@ -597,6 +627,46 @@ impl hyper::body::Body for Reading {
     }
 }
 
+/// A chunk-size line (RFC 9112 §7.1): httparse reads the size and skips extensions once the
+/// line is known to start with a hex digit and to hold no control bytes but HTAB before its
+/// CRLF. httparse alone takes a line without digits as the last chunk, and a bare LF inside an
+/// extension; either would end a body where the server did not.
+pub(crate) fn chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, ()> {
+    let Some(first) = buf.first() else { return Ok(httparse::Status::Partial) };
+    if !first.is_ascii_hexdigit() {
+        return Err(());
+    }
+    let end = buf.iter().position(|it| *it == b'\r' || *it == b'\n' || (it.is_ascii_control() && *it != b'\t'));
+    match end {
+        None => Ok(httparse::Status::Partial),
+        Some(end) if buf[end] != b'\r' => Err(()),
+        Some(end) if end + 1 >= buf.len() => Ok(httparse::Status::Partial),
+        Some(end) if buf[end + 1] != b'\n' => Err(()),
+        Some(_) => httparse::parse_chunk_size(buf).map_err(|_| ()),
+    }
+}
+
+/// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing, connection
+/// control and credentials belong to the head, where policy saw them.
+fn allowed_in_trailers(name: &HeaderName) -> bool {
+    const BANNED: [HeaderName; 13] = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::WWW_AUTHENTICATE,
+        header::SET_COOKIE,
+        header::COOKIE,
+    ];
+    !BANNED.contains(name) && name.as_str() != "keep-alive"
+}
+
 /// The trailer section after the last chunk, taken off `read` when complete.
 fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -606,7 +676,9 @@ fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str
             for field in fields.iter() {
                 let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a response trailer name is invalid")?;
                 let value = HeaderValue::from_bytes(field.value).map_err(|_| "a response trailer value is invalid")?;
-                trailers.append(name, value);
+                if allowed_in_trailers(&name) {
+                    trailers.append(name, value);
+                }
             }
             read.advance(len);
             Ok(Some(trailers))
@@ -631,6 +703,7 @@ mod tests {
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n"), Incoming::Length(5));
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"), Incoming::Chunked(Chunk::Size));
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Incoming::UntilClose);
+        assert!(head_of(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", false).is_err(), "HTTP/1.0 has no codings");
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), Incoming::UntilClose);
         assert_eq!(framing(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"), Incoming::Done);
         assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\n\r\n"), Incoming::Done);
@@ -640,6 +713,22 @@ mod tests {
         assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", false).is_err());
         assert!(matches!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", false), Ok(None)));
         assert!(head_of(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn chunk_size_lines_need_a_digit_and_no_control_bytes() {
+        use httparse::Status::{Complete, Partial};
+        assert_eq!(chunk_size(b"1f;name=value\r\nrest"), Ok(Complete((15, 31))));
+        assert_eq!(chunk_size(b"0\r\n"), Ok(Complete((3, 0))));
+        assert_eq!(chunk_size(b"1f;na"), Ok(Partial));
+        assert_eq!(chunk_size(b"1f\r"), Ok(Partial));
+        assert_eq!(chunk_size(b""), Ok(Partial));
+        assert!(chunk_size(b"\r\n\r\n").is_err(), "no digit is not the last chunk");
+        assert!(chunk_size(b";x\r\n").is_err());
+        assert!(chunk_size(b"1;a\nb\r\n").is_err(), "a bare LF in an extension");
+        assert!(chunk_size(b"1;a\x00\r\n").is_err());
+        assert!(chunk_size(b"1\r\r\n").is_err());
+        assert!(chunk_size(b"zz\r\n").is_err());
     }
 
     #[test]
@@ -751,13 +840,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunked_response_streams_with_its_trailers_and_frees_the_connection() {
-        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\ncontent-length: 9\r\n\r\n";
         let (conn, server) = one_exchange(answer).await;
         let (done, kept) = keeper();
         let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
         assert_eq!(response.status(), StatusCode::OK, "the interim 100 is skipped");
         let collected = response.into_body().collect().await.expect("body");
-        assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
+        let trailers = collected.trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(!trailers.contains_key("content-length"), "framing fields are not trailers");
         assert_eq!(&collected.to_bytes()[..], b"hello world");
         assert!(kept.lock().expect("lock").is_some(), "given back once both messages ended");
         assert_eq!(server.await.expect("server"), b"GET /x HTTP/1.1\r\nhost: svc\r\n\r\n");
@@ -827,5 +918,31 @@ mod tests {
         let (conn, _server) = one_exchange(b"").await;
         let (done, _) = keeper();
         assert!(matches!(exchange(conn, get(Method::GET, crate::proxy::empty()), done).await, Err(Failure::Reset)));
+    }
+
+    /// A request body that sends one chunk, then fails.
+    struct Broken(bool);
+
+    impl hyper::body::Body for Broken {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(Some(Err("the client went away".into())));
+            }
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_fails_ends_the_exchange_instead_of_waiting_for_an_answer() {
+        // The server waits for the whole body, which never comes, and so never answers.
+        let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let (done, kept) = keeper();
+        let exchanged =
+            tokio::time::timeout(std::time::Duration::from_secs(5), exchange(conn, get(Method::POST, Broken(false).boxed()), done));
+        assert!(matches!(exchanged.await.expect("not stuck"), Err(Failure::RequestBody)));
+        assert!(kept.lock().expect("lock").is_none(), "a half-sent request's connection is not reused");
     }
 }

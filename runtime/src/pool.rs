@@ -166,6 +166,7 @@ fn failed(key: &str, failure: Failure) -> Error {
     match failure {
         Failure::Unsent(_) | Failure::Reset => Error::UpstreamReset(key.to_owned()),
         Failure::Protocol(why) => Error::UpstreamProtocol(format!("{key}: {why}")),
+        Failure::RequestBody => Error::BadRequest("the request body broke off or did not match its length"),
     }
 }
 
