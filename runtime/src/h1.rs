@@ -60,7 +60,7 @@ pub(crate) struct Connection {
     /// How much room the next read asks for.
     read_size: usize,
     /// Whether it carried a request before (a server may close such a one at any moment).
-    pub(crate) reused: bool,
+    reused: bool,
 }
 
 impl Connection {
@@ -113,24 +113,27 @@ pub(crate) enum Failure {
     RequestBody,
 }
 
-/// What to do with a connection whose response has ended: keep it for another request.
-pub(crate) type Finish = Box<dyn FnOnce(Connection) + Send + Sync>;
+/// What to do with a connection whose response has ended: keep it for another request. A
+/// type parameter rather than a boxed closure: no allocation per request.
+pub(crate) trait Finish: FnOnce(Connection) + Send + Sync + Unpin + 'static {}
+
+impl<F: FnOnce(Connection) + Send + Sync + Unpin + 'static> Finish for F {}
 
 /// Sends `request` (origin-form target, `Host` set) on `conn` and reads the response head.
 /// The response body reads the rest from the connection, and hands the connection to `done`
 /// once both messages ended and the connection may carry another request.
-pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done: Finish) -> Result<Response<Body>, Failure> {
+pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done: impl Finish) -> Result<Response<Body>, Failure> {
     let (parts, body) = request.into_parts();
     let (head, outgoing) = encode_head(&parts, &body);
     let head_only = matches!(outgoing, Outgoing::Empty);
-    let mut sending = Sending { body: Some(body), framing: outgoing, queue: VecDeque::from([head]), written: 0, ended: head_only };
+    let mut sending = Sending { body: Some(body), framing: outgoing, queue: VecDeque::from([head]), wrote: false, ended: head_only };
     let (mut sent, mut send_failed) = (false, false);
     let polled = poll_fn(|cx| {
         if !sent {
             match sending.poll(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => sent = true,
                 // The server went away before it got a byte: the request is whole still.
-                Poll::Ready(Err(SendError::Io)) if sending.written == 0 => return Poll::Ready(Err(None)),
+                Poll::Ready(Err(SendError::Io)) if !sending.wrote => return Poll::Ready(Err(None)),
                 // It may have answered before it stopped reading (a 413, say): read on.
                 Poll::Ready(Err(SendError::Io)) => (sent, send_failed) = (true, true),
                 // The server holds part of a request that cannot be finished: give up on it
@@ -143,17 +146,16 @@ pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done:
     })
     .await;
     let head = match polled {
-        Ok(head) => head,
-        Err(None) => {
-            return Err(Failure::Unsent(Box::new(Request::from_parts(parts, sending.body.take().unwrap_or_else(crate::proxy::empty)))));
-        }
-        Err(Some(Failure::Reset)) if conn.reused && head_only && conn.read.is_empty() && safe(&parts.method) => {
-            // A reused connection closed as the request went out, most likely by a server
-            // that had timed it out. A safe request may be repeated (RFC 9110 §9.2.2), and
-            // without a body it is whole still.
-            return Err(Failure::Unsent(Box::new(Request::from_parts(parts, sending.body.take().unwrap_or_else(crate::proxy::empty)))));
-        }
+        Ok(head) => Some(head),
+        Err(None) => None,
+        // A reused connection closed as the request went out, most likely by a server that
+        // had timed it out. A safe request may be repeated (RFC 9110 §9.2.2), and without a
+        // body it is whole still.
+        Err(Some(Failure::Reset)) if conn.reused && head_only && conn.read.is_empty() && safe(&parts.method) => None,
         Err(Some(failure)) => return Err(failure),
+    };
+    let Some(head) = head else {
+        return Err(Failure::Unsent(Box::new(Request::from_parts(parts, sending.body.take().unwrap_or_else(crate::proxy::empty)))));
     };
     let Head { status, version, headers, framing, keep_alive } = head;
     let mut response = Response::new(());
@@ -212,16 +214,8 @@ fn encode_head(parts: &http::request::Parts, body: &Body) -> (Bytes, Outgoing) {
     head.put_u8(b' ');
     head.put_slice(parts.uri.path_and_query().map_or("/", |it| it.as_str()).as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        // Framing is this hop's to say.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        head.put_slice(name.as_str().as_bytes());
-        head.put_slice(b": ");
-        head.put_slice(value.as_bytes());
-        head.put_slice(b"\r\n");
-    }
+    // Framing is this hop's to say.
+    put_fields(&mut head, parts.headers.iter().filter(|(name, _)| **name != header::CONTENT_LENGTH && **name != header::TRANSFER_ENCODING));
     match outgoing {
         Outgoing::Empty if declared.is_some() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
             head.put_slice(b"content-length: 0\r\n");
@@ -234,6 +228,16 @@ fn encode_head(parts: &http::request::Parts, body: &Body) -> (Bytes, Outgoing) {
     }
     head.put_slice(b"\r\n");
     (head.freeze(), outgoing)
+}
+
+/// Writes `name: value` lines.
+fn put_fields<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) {
+    for (name, value) in fields {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
 }
 
 /// Why sending a request stopped.
@@ -250,8 +254,8 @@ struct Sending {
     body: Option<Body>,
     framing: Outgoing,
     queue: VecDeque<Bytes>,
-    /// Bytes written so far.
-    written: usize,
+    /// Whether any byte went out.
+    wrote: bool,
     /// Whether everything is queued: the body ended (or there is none).
     ended: bool,
 }
@@ -264,7 +268,7 @@ impl Sending {
                 if wrote == 0 {
                     return Poll::Ready(Err(SendError::Io));
                 }
-                self.written += wrote;
+                self.wrote = true;
                 front.advance(wrote);
                 if front.is_empty() {
                     self.queue.pop_front();
@@ -313,12 +317,7 @@ impl Sending {
                         // Trailers end the body; only chunked framing can carry them.
                         if let (Ok(trailers), Outgoing::Chunked) = (frame.into_trailers(), self.framing) {
                             let mut last = BytesMut::from(&b"0\r\n"[..]);
-                            for (name, value) in trailers.iter().filter(|(name, _)| allowed_in_trailers(name)) {
-                                last.put_slice(name.as_str().as_bytes());
-                                last.put_slice(b": ");
-                                last.put_slice(value.as_bytes());
-                                last.put_slice(b"\r\n");
-                            }
+                            put_fields(&mut last, trailers.iter().filter(|(name, _)| allowed_in_trailers(name)));
                             last.put_slice(b"\r\n");
                             self.queue.push_back(last.freeze());
                             self.ended = true;
@@ -481,15 +480,15 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// A response body read from its connection as it is polled. It also sends what is left of
 /// the request body, for a response that came early.
-struct Reading {
+struct Reading<F> {
     conn: Option<Connection>,
     framing: Incoming,
     sending: Option<Sending>,
     reusable: bool,
-    done: Option<Finish>,
+    done: Option<F>,
 }
 
-impl Reading {
+impl<F: Finish> Reading<F> {
     /// The body ended: the connection goes back if it can carry another request.
     fn end(&mut self) {
         self.framing = Incoming::Done;
@@ -507,7 +506,7 @@ impl Reading {
     }
 }
 
-impl hyper::body::Body for Reading {
+impl<F: Finish> hyper::body::Body for Reading<F> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -828,10 +827,10 @@ mod tests {
     }
 
     /// A `Finish` that keeps the connection it is given, to show it was given back.
-    fn keeper() -> (Finish, Arc<Mutex<Option<Connection>>>) {
+    fn keeper() -> (impl Finish, Arc<Mutex<Option<Connection>>>) {
         let kept = Arc::new(Mutex::new(None));
         let slot = kept.clone();
-        (Box::new(move |conn| *slot.lock().expect("lock") = Some(conn)), kept)
+        (move |conn| *slot.lock().expect("lock") = Some(conn), kept)
     }
 
     fn get(method: Method, body: Body) -> Request<Body> {

@@ -20,7 +20,6 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use crate::endpoints::Endpoint;
@@ -151,9 +150,9 @@ impl Http1Pool {
     }
 
     /// What puts a finished connection to `key` back among the idle ones.
-    fn giving_back(&self, key: &Arc<str>) -> h1::Finish {
+    fn giving_back(&self, key: &Arc<str>) -> impl h1::Finish {
         let (idle, key) = (self.idle.clone(), key.clone());
-        Box::new(move |conn| idle_again(&idle, key, conn))
+        move |conn| idle_again(&idle, key, conn)
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<h1::Stream, Error> {
@@ -170,9 +169,9 @@ fn failed(key: &str, failure: Failure) -> Error {
     }
 }
 
-/// A connection to `endpoint` (Nagle off), over TLS with `tls` when given.
-/// A TLS stream is boxed: rustls's state is large, and connections move in and out of the pool.
-pub(crate) async fn open(endpoint: &Endpoint, tls: Option<&ClientTls>) -> std::io::Result<Either<TcpStream, Box<TlsStream<TcpStream>>>> {
+/// A connection to `endpoint` (Nagle off), over TLS with `tls` when given. A TLS stream is
+/// boxed: rustls's state is large, and connections move in and out of the pool.
+pub(crate) async fn open(endpoint: &Endpoint, tls: Option<&ClientTls>) -> std::io::Result<h1::Stream> {
     let stream = TcpStream::connect((&*endpoint.address, endpoint.port)).await?;
     let _ = stream.set_nodelay(true);
     Ok(match tls {
