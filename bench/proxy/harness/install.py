@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .peers import envoy_binary, envoy_venv, sidecar_binary
+from .peers import envoy_binary, envoy_venv, floor_binary, sidecar_binary
 
 # The executable each Debian package brings, looked for before installing anything.
 DEBIAN = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx", "haproxy": "haproxy", "taskset": "util-linux"}
@@ -68,6 +68,25 @@ def _version(binary):
     except OSError:
         return ""
     return done.stdout + done.stderr
+
+
+def floor(root, log_path):
+    """Builds the library floor, runtime/examples/hyper_floor.rs, in the workspace's target
+    directory. Returns the binary; raises with the tail of the build's log when it fails."""
+    say("building the library floor: cargo build --release -p meshc-runtime --example hyper_floor")
+    with open(log_path, "wb") as log:
+        done = subprocess.run(
+            ["cargo", "build", "--release", "-p", "meshc-runtime", "--example", "hyper_floor"],
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    binary = floor_binary(root)
+    if done.returncode != 0 or not binary.exists():
+        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"the library floor did not build (exit {done.returncode}):\n{tail}")
+    return binary
 
 
 def sidecar(root, log_path):

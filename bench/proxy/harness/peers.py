@@ -1,5 +1,5 @@
-"""The upstream server and the peers under test: our sidecar, Envoy, nginx, HAProxy and the
-direct path. Each peer is configured with the same route (Host `bench` to the upstream over
+"""The upstream server and the peers under test: our sidecar, Envoy, nginx, HAProxy, the
+library floor and the direct path. Each peer is configured with the same route (Host `bench` to the upstream over
 HTTP/1.1 keep-alive), one worker, no access log, and is pinned to the same CPUs."""
 
 import http.client
@@ -12,9 +12,9 @@ from .procs import Process, free_port, pinned
 
 HOST = "bench"
 
-# Every peer but `direct` runs in the harness's order; pingora is listed so that the report
-# says it was skipped rather than silently leaving it out.
-ALL_PEERS = ["meshc", "envoy", "nginx", "haproxy", "pingora", "direct"]
+# Every peer runs in the harness's order; pingora is listed so that the report says it was
+# skipped rather than silently leaving it out.
+ALL_PEERS = ["meshc", "envoy", "nginx", "haproxy", "pingora", "hyper-floor", "direct"]
 OURS = "meshc"
 
 
@@ -31,9 +31,11 @@ class Context:
 class Running:
     """A started peer: where it listens for each protocol, and its processes."""
 
-    def __init__(self, ports, process=None):
+    def __init__(self, ports, process=None, self_answering=False):
         self.ports = ports  # {"h1": port, "h2": port}
         self.process = process
+        # Answers by itself rather than through the upstream: no upstream check.
+        self.self_answering = self_answering
 
     def pids(self):
         return self.process.pids() if self.process else []
@@ -53,6 +55,7 @@ class Upstream:
 
     def __init__(self, work_dir, cpus, body_bytes):
         self.dir = Path(work_dir) / "upstream"
+        self.body_bytes = body_bytes
         self.h1_port, self.h2_port, self.status_port = free_port(), free_port(), free_port()
         # `\n` is nginx's escape for a newline: the body is `body_bytes` bytes long.
         body = "x" * (body_bytes - 1) + "\\n" if body_bytes > 0 else ""
@@ -293,6 +296,17 @@ backend bench
     return Running({"h1": h1, "h2": h2}, process)
 
 
+def _start_floor(ctx):
+    directory = ctx.work_dir / "hyper-floor"
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [str(floor_binary(ctx.root)), f"127.0.0.1:{port}", str(ctx.upstream.body_bytes)]
+    process = Process("hyper-floor", pinned(ctx.cpus, argv), directory, env={"TOKIO_WORKER_THREADS": "1"})
+    # hyper's server with nothing behind it, pinned where the proxies run: no proxy built on
+    # hyper's server can answer faster on the same CPU.
+    return Running({"h1": port, "h2": port}, process, self_answering=True)
+
+
 def _start_direct(ctx):
     return Running({"h1": ctx.upstream.h1_port, "h2": ctx.upstream.h2_port})
 
@@ -302,6 +316,7 @@ STARTERS = {
     "envoy": _start_envoy,
     "nginx": _start_nginx,
     "haproxy": _start_haproxy,
+    "hyper-floor": _start_floor,
     "direct": _start_direct,
 }
 
@@ -349,6 +364,10 @@ def sidecar_binary(root):
     return Path(root) / "target" / "bench-proxy" / "bin" / "client"
 
 
+def floor_binary(root):
+    return Path(root) / "target" / "release" / "examples" / "hyper_floor"
+
+
 def envoy_venv(root):
     return Path(root) / ".venv-envoy"
 
@@ -384,6 +403,7 @@ def versions(root, names):
         "envoy": "envoy version: " + first_line([str(envoy_binary(root)), "--version"]).split("version: ", 1)[-1],
         "nginx": first_line(["nginx", "-v"]),
         "haproxy": first_line(["haproxy", "-v"]),
+        "hyper-floor": "hyper's server answering by itself (runtime/examples/hyper_floor.rs), no proxying",
         "direct": "client to upstream, no proxy",
         "upstream": first_line(["nginx", "-v"]) + " (the upstream)",
         "wrk": first_line(["wrk", "-v"]),

@@ -157,7 +157,7 @@ def _notes(results):
                     notes.append(f"{where}: {run['errors']:,} errors (failed connections or streams, timeouts)")
                 if run["non2xx"]:
                     notes.append(f"{where}: {run['non2xx']:,} non-2xx answers")
-                if not run["upstream_check"]:
+                if run["upstream_check"] is False:
                     notes.append(
                         f"{where}: the upstream served {run['upstream_served']:,} requests but the peer answered "
                         f"{run['ok']:,} with 2xx: some answers did not come from the upstream"
@@ -228,7 +228,7 @@ def markdown(results):
                 if with_ratio and ratio is not None:
                     text += f" ({ratio:.2f}×)"
                 cells.append(text)
-            check = "ok" if row["upstream_check"] else "**FAILED**"
+            check = {True: "ok", False: "**FAILED**", None: "n/a (answers itself)"}[row["upstream_check"]]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['errors']:,} | {row['non2xx']:,} | {check} |")
 
     left_out = {name: peer for name, peer in results["peers"].items() if peer["status"] != "ok"}
