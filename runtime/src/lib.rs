@@ -19,6 +19,7 @@ pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod replay;
+pub mod rpc;
 mod server;
 pub mod spec;
 pub mod table;

@@ -1,0 +1,589 @@
+//! Just enough Hessian 2.0 to route on: strings read, every other value skipped.
+//!
+//! Routing keys sit in a short prefix of an RPC body (Dubbo's four leading strings, the
+//! `methodName` field of a SOFARPC request object), and a Dubbo request's attachments sit after
+//! its arguments, which need skipping but never decoding. The reader therefore decodes strings,
+//! ints and class definitions and walks past everything else by the grammar of the Hessian 2.0
+//! serialization specification, checking every length against the bytes that are there.
+//!
+//! String lengths count UTF-16 code units, as Java's `String.length()` does: Java's encoder
+//! writes each unit as one to three UTF-8 bytes (a supplementary character as two three-byte
+//! surrogates), other encoders write it as one four-byte sequence, which counts as two units.
+
+use std::fmt;
+
+/// Nesting deeper than this (lists in maps in objects…) is refused rather than followed, so a
+/// hostile body cannot exhaust the stack.
+const MAX_DEPTH: usize = 64;
+
+/// Why a Hessian value could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HessianError {
+    /// Offset of the byte where reading failed, from the start of the input.
+    pub at: usize,
+    pub what: &'static str,
+}
+
+impl fmt::Display for HessianError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "hessian2 at byte {}: {}", self.at, self.what)
+    }
+}
+
+impl std::error::Error for HessianError {}
+
+type Result<T> = std::result::Result<T, HessianError>;
+
+/// A cursor over Hessian 2.0 values.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    input: &'a [u8],
+    pos: usize,
+    /// Field count of each class definition seen so far, by definition number.
+    classes: Vec<usize>,
+    /// Field names, for the definitions whose instances a caller reads field by field.
+    class_fields: Vec<Vec<String>>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(input: &'a [u8]) -> Reader<'a> {
+        Reader { input, pos: 0, classes: Vec::new(), class_fields: Vec::new() }
+    }
+
+    /// Where the next value starts.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn fail<T>(&self, what: &'static str) -> Result<T> {
+        Err(HessianError { at: self.pos, what })
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        let Some(&byte) = self.input.get(self.pos) else { return self.fail("the value is cut short") };
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn peek(&self) -> Result<u8> {
+        match self.input.get(self.pos) {
+            Some(&byte) => Ok(byte),
+            None => self.fail("the value is cut short"),
+        }
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8]> {
+        let Some(end) = self.pos.checked_add(len).filter(|end| *end <= self.input.len()) else {
+            return self.fail("a length runs past the end of the body");
+        };
+        let bytes = &self.input[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn u16(&mut self) -> Result<usize> {
+        let bytes = self.take(2)?;
+        Ok(usize::from(bytes[0]) << 8 | usize::from(bytes[1]))
+    }
+
+    /// A string, or `None` for null.
+    pub fn read_string(&mut self) -> Result<Option<String>> {
+        let mut units: Vec<u16> = Vec::new();
+        if !self.string_chunks(Some(&mut units))? {
+            return Ok(None);
+        }
+        match String::from_utf16(&units) {
+            Ok(text) => Ok(Some(text)),
+            Err(_) => self.fail("a string holds an unpaired surrogate"),
+        }
+    }
+
+    /// Walks a string (or null), collecting its UTF-16 units when asked; `false` for null.
+    fn string_chunks(&mut self, mut units: Option<&mut Vec<u16>>) -> Result<bool> {
+        loop {
+            let tag = self.byte()?;
+            let (len, last) = match tag {
+                b'N' => return Ok(false),
+                0x00..=0x1f => (usize::from(tag), true),
+                0x30..=0x33 => (usize::from(tag - 0x30) << 8 | usize::from(self.byte()?), true),
+                b'S' => (self.u16()?, true),
+                b'R' => (self.u16()?, false),
+                _ => {
+                    self.pos -= 1;
+                    return self.fail("expected a string");
+                }
+            };
+            self.chars(len, units.as_deref_mut())?;
+            if last {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// `len` UTF-16 units of UTF-8 (or CESU-8) text.
+    fn chars(&mut self, len: usize, mut units: Option<&mut Vec<u16>>) -> Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let lead = self.byte()?;
+            let (extra, initial) = match lead {
+                0x00..=0x7f => (0, u32::from(lead)),
+                0xc0..=0xdf => (1, u32::from(lead & 0x1f)),
+                0xe0..=0xef => (2, u32::from(lead & 0x0f)),
+                0xf0..=0xf7 if left >= 2 => (3, u32::from(lead & 0x07)),
+                _ => {
+                    self.pos -= 1;
+                    return self.fail("a string holds a byte that starts no character");
+                }
+            };
+            let mut code = initial;
+            for _ in 0..extra {
+                let next = self.byte()?;
+                if next & 0xc0 != 0x80 {
+                    self.pos -= 1;
+                    return self.fail("a string holds a character cut short");
+                }
+                code = code << 6 | u32::from(next & 0x3f);
+            }
+            if extra == 3 {
+                left -= 2;
+                if let Some(units) = units.as_deref_mut() {
+                    let mut pair = [0u16; 2];
+                    match char::from_u32(code) {
+                        Some(found) => units.extend_from_slice(found.encode_utf16(&mut pair)),
+                        None => return self.fail("a string holds an invalid character"),
+                    }
+                }
+            } else {
+                left -= 1;
+                if let Some(units) = units.as_deref_mut() {
+                    // At most 16 bits: one to three bytes carry at most 16 bits of payload.
+                    units.push(code as u16);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An int in any of its encodings.
+    pub fn read_int(&mut self) -> Result<i32> {
+        let tag = self.byte()?;
+        let value = match tag {
+            0x80..=0xbf => i32::from(tag) - 0x90,
+            0xc0..=0xcf => (i32::from(tag) - 0xc8) << 8 | i32::from(self.byte()?),
+            0xd0..=0xd7 => {
+                let bytes = self.take(2)?;
+                (i32::from(tag) - 0xd4) << 16 | i32::from(bytes[0]) << 8 | i32::from(bytes[1])
+            }
+            b'I' => {
+                let bytes = self.take(4)?;
+                i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+            }
+            _ => {
+                self.pos -= 1;
+                return self.fail("expected an int");
+            }
+        };
+        Ok(value)
+    }
+
+    /// A count or class reference: an int that may not be negative.
+    fn read_count(&mut self) -> Result<usize> {
+        let at = self.pos;
+        let value = self.read_int()?;
+        usize::try_from(value).map_err(|_| HessianError { at, what: "a count or reference is negative" })
+    }
+
+    /// A type name (string) or a reference to an earlier one (int).
+    fn skip_type(&mut self) -> Result<()> {
+        match self.peek()? {
+            0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => self.string_chunks(None).map(|_| ()),
+            _ => self.read_int().map(|_| ()),
+        }
+    }
+
+    /// A class definition: `C`, its name, its field count and its field names.
+    fn class_definition(&mut self) -> Result<()> {
+        self.pos += 1;
+        if !self.string_chunks(None)? {
+            return self.fail("a class definition has no name");
+        }
+        let count = self.read_count()?;
+        let mut fields = Vec::new();
+        for _ in 0..count {
+            match self.read_string()? {
+                Some(name) => fields.push(name),
+                None => return self.fail("a class definition has a null field name"),
+            }
+        }
+        self.classes.push(count);
+        self.class_fields.push(fields);
+        Ok(())
+    }
+
+    /// The definition number of an object instance (`O` or 0x60..0x6f), past its tag.
+    fn instance(&mut self) -> Result<usize> {
+        let tag = self.byte()?;
+        let class = if tag == b'O' { self.read_count()? } else { usize::from(tag - 0x60) };
+        if class >= self.classes.len() {
+            return self.fail("an object refers to a class definition not seen");
+        }
+        Ok(class)
+    }
+
+    /// Skips one value, with the class definitions in front of it.
+    pub fn skip(&mut self) -> Result<()> {
+        self.skip_at(0)
+    }
+
+    fn skip_at(&mut self, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return self.fail("values nest too deeply");
+        }
+        loop {
+            let tag = self.peek()?;
+            match tag {
+                b'C' => self.class_definition()?,
+                0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => return self.string_chunks(None).map(|_| ()),
+                b'N' | b'T' | b'F' | 0x5b | 0x5c | 0x80..=0xbf | 0xd8..=0xef => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                0xc0..=0xcf | 0xf0..=0xff | 0x5d => return self.take(2).map(|_| ()),
+                0xd0..=0xd7 | 0x38..=0x3f | 0x5e => return self.take(3).map(|_| ()),
+                b'I' | b'Y' | b'K' | 0x5f => return self.take(5).map(|_| ()),
+                b'L' | b'D' | b'J' => return self.take(9).map(|_| ()),
+                b'Q' => {
+                    self.pos += 1;
+                    return self.read_count().map(|_| ());
+                }
+                0x20..=0x2f | 0x34..=0x37 | b'A' | b'B' => return self.binary(),
+                b'H' => {
+                    self.pos += 1;
+                    return self.skip_until_end(depth, 2);
+                }
+                b'M' => {
+                    self.pos += 1;
+                    self.skip_type()?;
+                    return self.skip_until_end(depth, 2);
+                }
+                b'U' => {
+                    self.pos += 1;
+                    self.skip_type()?;
+                    return self.skip_until_end(depth, 1);
+                }
+                b'W' => {
+                    self.pos += 1;
+                    return self.skip_until_end(depth, 1);
+                }
+                b'V' => {
+                    self.pos += 1;
+                    self.skip_type()?;
+                    let len = self.read_count()?;
+                    return self.skip_values(depth, len);
+                }
+                b'X' => {
+                    self.pos += 1;
+                    let len = self.read_count()?;
+                    return self.skip_values(depth, len);
+                }
+                0x70..=0x77 => {
+                    self.pos += 1;
+                    self.skip_type()?;
+                    return self.skip_values(depth, usize::from(tag - 0x70));
+                }
+                0x78..=0x7f => {
+                    self.pos += 1;
+                    return self.skip_values(depth, usize::from(tag - 0x78));
+                }
+                b'O' | 0x60..=0x6f => {
+                    let class = self.instance()?;
+                    return self.skip_values(depth, self.classes[class]);
+                }
+                _ => return self.fail("a byte that starts no hessian2 value"),
+            }
+        }
+    }
+
+    /// Binary data: non-final `A` chunks, then a final chunk in any of the three forms.
+    fn binary(&mut self) -> Result<()> {
+        loop {
+            let tag = self.byte()?;
+            let (len, last) = match tag {
+                0x20..=0x2f => (usize::from(tag - 0x20), true),
+                0x34..=0x37 => (usize::from(tag - 0x34) << 8 | usize::from(self.byte()?), true),
+                b'B' => (self.u16()?, true),
+                b'A' => (self.u16()?, false),
+                _ => {
+                    self.pos -= 1;
+                    return self.fail("a binary chunk is followed by something else");
+                }
+            };
+            self.take(len)?;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    fn skip_values(&mut self, depth: usize, count: usize) -> Result<()> {
+        for _ in 0..count {
+            self.skip_at(depth + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Values (`per_entry` at a time: 2 for a map's key and value) until the `Z` that ends a
+    /// variable-length list or a map.
+    fn skip_until_end(&mut self, depth: usize, per_entry: usize) -> Result<()> {
+        loop {
+            if self.peek()? == b'Z' {
+                self.pos += 1;
+                return Ok(());
+            }
+            self.skip_values(depth, per_entry)?;
+        }
+    }
+
+    /// Reads a map (`H`, or `M` with its type) whose string keys map to string values, keeping
+    /// those pairs and skipping entries of other kinds; `None` for null.
+    pub fn read_string_map(&mut self) -> Result<Option<Vec<(String, String)>>> {
+        match self.byte()? {
+            b'N' => return Ok(None),
+            b'H' => {}
+            b'M' => self.skip_type()?,
+            _ => {
+                self.pos -= 1;
+                return self.fail("expected a map");
+            }
+        }
+        let mut pairs = Vec::new();
+        loop {
+            if self.peek()? == b'Z' {
+                self.pos += 1;
+                return Ok(Some(pairs));
+            }
+            let key = if self.is_string()? { self.read_string()? } else { self.skip_at(1).map(|()| None)? };
+            let value = if self.is_string()? { self.read_string()? } else { self.skip_at(1).map(|()| None)? };
+            if let (Some(key), Some(value)) = (key, value) {
+                pairs.push((key, value));
+            }
+        }
+    }
+
+    fn is_string(&self) -> Result<bool> {
+        Ok(matches!(self.peek()?, 0x00..=0x1f | 0x30..=0x33 | b'S' | b'R'))
+    }
+
+    /// Reads one string field of an object (after any class definitions in front of it),
+    /// skipping the other fields: `None` when the object has no such field or it is null.
+    ///
+    /// An object that starts the input with `O` is in the Hessian 2.0 draft that Caucho's
+    /// Hessian 3.1 and hessian.js 1.x (under sofa-rpc-node) write, where `O` defines a class
+    /// and `o` makes an instance; in the final specification `O` makes an instance of a class
+    /// defined before it, which cannot be the first thing in the input.
+    pub fn read_object_field(&mut self, field: &str) -> Result<Option<String>> {
+        let draft = self.pos == 0 && self.peek()? == b'O';
+        if draft {
+            self.draft_class_definition()?;
+            if self.byte()? != b'o' {
+                self.pos -= 1;
+                return self.fail("expected an object instance after its class definition");
+            }
+            let class = self.read_count()?;
+            if class >= self.classes.len() {
+                return self.fail("an object refers to a class definition not seen");
+            }
+            return self.object_field(class, field, Reader::skip_draft);
+        }
+        while self.peek()? == b'C' {
+            self.class_definition()?;
+        }
+        if !matches!(self.peek()?, b'O' | 0x60..=0x6f) {
+            return self.fail("expected an object");
+        }
+        let class = self.instance()?;
+        self.object_field(class, field, Reader::skip_at)
+    }
+
+    fn object_field(&mut self, class: usize, field: &str, skip: fn(&mut Reader<'a>, usize) -> Result<()>) -> Result<Option<String>> {
+        let mut found = None;
+        for index in 0..self.classes[class] {
+            if found.is_none() && self.class_fields[class][index] == field && self.is_string()? {
+                found = self.read_string()?;
+            } else {
+                skip(self, 1)?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// A draft class definition: `O`, the type's length as an int and its characters, the
+    /// field count, the field names.
+    fn draft_class_definition(&mut self) -> Result<()> {
+        self.pos += 1;
+        let len = self.read_count()?;
+        self.chars(len, None)?;
+        let count = self.read_count()?;
+        let mut fields = Vec::new();
+        for _ in 0..count {
+            match self.read_string()? {
+                Some(name) => fields.push(name),
+                None => return self.fail("a class definition has a null field name"),
+            }
+        }
+        self.classes.push(count);
+        self.class_fields.push(fields);
+        Ok(())
+    }
+
+    /// Skips one value of the Hessian 2.0 draft (see `read_object_field`): the same compact
+    /// ints and strings as the final specification, but its own chunk, list, map, type,
+    /// reference, long, double and object codes.
+    fn skip_draft(&mut self, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return self.fail("values nest too deeply");
+        }
+        let tag = self.byte()?;
+        let fixed = match tag {
+            b'N' | b'T' | b'F' | 0x80..=0xbf | 0xd8..=0xef | 0x67 | 0x68 => 0,
+            0xc0..=0xcf | 0xf0..=0xff | 0x69 | b'J' => 1,
+            0xd0..=0xd7 | 0x38..=0x3f | 0x6a | b'K' => 2,
+            b'I' | 0x77 | 0x6b | b'R' => 4,
+            b'L' | b'D' | 0x64 => 8,
+            0x00..=0x1f => return self.chars(usize::from(tag), None),
+            b's' | b'S' => {
+                let mut last = tag == b'S';
+                loop {
+                    let len = self.u16()?;
+                    self.chars(len, None)?;
+                    if last {
+                        return Ok(());
+                    }
+                    match self.byte()? {
+                        b'S' => last = true,
+                        b's' => {}
+                        short @ 0x00..=0x1f => return self.chars(usize::from(short), None),
+                        _ => {
+                            self.pos -= 1;
+                            return self.fail("a string chunk is followed by something else");
+                        }
+                    }
+                }
+            }
+            0x20..=0x2f => return self.take(usize::from(tag - 0x20)).map(|_| ()),
+            b'b' | b'B' => {
+                let mut last = tag == b'B';
+                loop {
+                    let len = self.u16()?;
+                    self.take(len)?;
+                    if last {
+                        return Ok(());
+                    }
+                    match self.byte()? {
+                        b'B' => last = true,
+                        b'b' => {}
+                        short @ 0x20..=0x2f => return self.take(usize::from(short - 0x20)).map(|_| ()),
+                        _ => {
+                            self.pos -= 1;
+                            return self.fail("a binary chunk is followed by something else");
+                        }
+                    }
+                }
+            }
+            b'V' => {
+                self.draft_type()?;
+                match self.peek()? {
+                    b'n' => self.take(2).map(|_| ())?,
+                    b'l' => self.take(5).map(|_| ())?,
+                    _ => {}
+                }
+                return self.skip_draft_until_end(depth, 1);
+            }
+            b'v' => {
+                self.read_int()?;
+                let len = self.read_count()?;
+                for _ in 0..len {
+                    self.skip_draft(depth + 1)?;
+                }
+                return Ok(());
+            }
+            b'M' => {
+                self.draft_type()?;
+                return self.skip_draft_until_end(depth, 2);
+            }
+            b'O' => {
+                self.pos -= 1;
+                self.draft_class_definition()?;
+                return self.skip_draft(depth);
+            }
+            b'o' => {
+                let class = self.read_count()?;
+                let Some(&count) = self.classes.get(class) else {
+                    return self.fail("an object refers to a class definition not seen");
+                };
+                for _ in 0..count {
+                    self.skip_draft(depth + 1)?;
+                }
+                return Ok(());
+            }
+            _ => {
+                self.pos -= 1;
+                return self.fail("a byte that starts no hessian2 (draft) value");
+            }
+        };
+        self.take(fixed).map(|_| ())
+    }
+
+    /// Skips one value of the Hessian 2.0 draft.
+    #[cfg(test)]
+    pub(super) fn skip_draft_value(&mut self) -> Result<()> {
+        self.skip_draft(0)
+    }
+
+    /// An optional draft type: `t` with a u16 length and the characters, or `u` and a reference.
+    fn draft_type(&mut self) -> Result<()> {
+        match self.peek()? {
+            b't' => {
+                self.pos += 1;
+                let len = self.u16()?;
+                self.chars(len, None)
+            }
+            b'u' => {
+                self.pos += 1;
+                self.read_int().map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn skip_draft_until_end(&mut self, depth: usize, per_entry: usize) -> Result<()> {
+        loop {
+            if self.peek()? == b'z' {
+                self.pos += 1;
+                return Ok(());
+            }
+            for _ in 0..per_entry {
+                self.skip_draft(depth + 1)?;
+            }
+        }
+    }
+}
+
+/// How many arguments a JVM method descriptor's parameter list names
+/// (`Ljava/lang/String;I[J` → 3).
+pub fn descriptor_arity(descriptor: &str) -> Option<usize> {
+    let bytes = descriptor.as_bytes();
+    let (mut count, mut index) = (0, 0);
+    while index < bytes.len() {
+        while bytes.get(index) == Some(&b'[') {
+            index += 1;
+        }
+        match bytes.get(index)? {
+            b'B' | b'C' | b'D' | b'F' | b'I' | b'J' | b'S' | b'Z' => index += 1,
+            b'L' => index += bytes[index..].iter().position(|it| *it == b';')? + 1,
+            _ => return None,
+        }
+        count += 1;
+    }
+    Some(count)
+}
