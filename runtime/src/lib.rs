@@ -37,6 +37,7 @@ pub mod __codegen {
     pub use crate::health::HealthCheckSpec;
     pub use crate::outlier::OutlierSpec;
     pub use crate::ratelimit::RateLimit;
+    pub use crate::rpc::head::{RpcHead, RpcProtocol};
     pub use crate::server::run;
     pub use crate::spec::{
         Abort, Answer, Balancer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HashOn, HeaderOps, Limits, ListenerKind,

@@ -208,8 +208,39 @@ impl Cluster {
         active.get(endpoint.authority()).map_or(0, |it| it.load(Ordering::Acquire))
     }
 
+    /// One of the cluster's `max_requests`, held until the guard drops; `None` when the
+    /// circuit breaker is open.
+    pub(crate) fn admit_request(&self) -> Option<InFlight> {
+        InFlight::take(&self.requests, self.spec.limits.max_requests)
+    }
+
+    /// One of the cluster's `max_retries`; `None` when they are all in flight.
+    pub(crate) fn admit_retry(&self) -> Option<InFlight> {
+        InFlight::take(&self.retries, self.spec.limits.max_retries)
+    }
+
+    /// Counts a try's outcome at `endpoint` for outlier detection, for protocols that are not
+    /// HTTP: `Ok(true)` a server error, `Ok(false)` a success.
+    pub(crate) fn observe_outcome(&self, endpoint: &Endpoint, outcome: Result<bool, &Error>) {
+        let Some(spec) = &self.spec.outlier else { return };
+        let observed = match outcome {
+            Ok(false) => Observed::Success,
+            Ok(true) => Observed::ServerError,
+            Err(
+                Error::UpstreamConnect(_)
+                | Error::UpstreamReset(_)
+                | Error::UpstreamRefused(_)
+                | Error::UpstreamProtocol(_)
+                | Error::UpstreamTimeout,
+            ) => Observed::GatewayError,
+            Err(_) => return,
+        };
+        let count = self.endpoints.current().all().len();
+        self.outliers.observe(spec, endpoint.authority(), observed, count);
+    }
+
     /// Counts a request to `endpoint` as in flight until the guard drops.
-    fn start_request(&self, endpoint: &Endpoint) -> Option<InFlight> {
+    pub(crate) fn start_request(&self, endpoint: &Endpoint) -> Option<InFlight> {
         if !matches!(self.spec.load_balancer, Balancer::LeastRequest) {
             return None;
         }
@@ -316,11 +347,11 @@ impl Cluster {
 
 /// One unit of a circuit breaker's count, given back when dropped.
 #[derive(Debug)]
-struct InFlight(Arc<AtomicU32>);
+pub(crate) struct InFlight(Arc<AtomicU32>);
 
 impl InFlight {
     /// A unit of `count`, unless it has reached `max`.
-    fn take(count: &Arc<AtomicU32>, max: u32) -> Option<InFlight> {
+    pub(crate) fn take(count: &Arc<AtomicU32>, max: u32) -> Option<InFlight> {
         count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |it| (it < max).then_some(it + 1)).ok()?;
         Some(InFlight(count.clone()))
     }

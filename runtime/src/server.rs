@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use crate::endpoints::{self, ClusterEndpoints, Endpoint};
 use crate::guard::{Guarded, UpgradeSignal};
 use crate::proxy::{Body, Downstream, InboundPort, Proxy, full};
+use crate::rpc::{self, head::RpcProtocol, proxy::RpcProxy};
 use crate::spec::{ListenerKind, PeerMtls, SidecarSpec};
 use crate::tls::{MeshTls, TlsFiles};
 
@@ -153,7 +154,7 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
             .iter()
             .filter_map(|it| match it.kind {
                 ListenerKind::Inbound { app_port, .. } => Some(app_port),
-                ListenerKind::Outbound | ListenerKind::OutboundTcp { .. } => None,
+                ListenerKind::Outbound | ListenerKind::OutboundRpc { .. } | ListenerKind::OutboundTcp { .. } => None,
             })
             .collect();
         let parsed =
@@ -316,10 +317,23 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
     if let Ok(address) = admin.local_addr() {
         say!("{}: admin on {address}", spec.workload);
     }
+    // One RPC proxy per protocol, with its own multiplexed connection pools, when a listener
+    // needs it.
+    let uses = |protocol| bound.iter().any(|(it, _)| it.kind == ListenerKind::OutboundRpc { protocol });
+    let bolt = uses(RpcProtocol::Bolt).then(|| Arc::new(RpcProxy::<rpc::proxy::Bolt>::new(proxy.clone())));
+    let dubbo = uses(RpcProtocol::Dubbo).then(|| Arc::new(RpcProxy::<rpc::proxy::Dubbo>::new(proxy.clone())));
     for (listener, socket) in bound {
         let proxy = proxy.clone();
         let serves = match listener.kind {
             ListenerKind::Outbound => Serves::Outbound,
+            ListenerKind::OutboundRpc { protocol: RpcProtocol::Bolt } => match &bolt {
+                Some(bolt) => Serves::Bolt(bolt.clone()),
+                None => continue,
+            },
+            ListenerKind::OutboundRpc { protocol: RpcProtocol::Dubbo } => match &dubbo {
+                Some(dubbo) => Serves::Dubbo(dubbo.clone()),
+                None => continue,
+            },
             ListenerKind::OutboundTcp { service_names, destinations } => Serves::OutboundTcp(service_names, destinations),
             ListenerKind::Inbound { app_port, protocol, service_names, mtls } => {
                 let app = match options.app.iter().rev().find(|it| it.0 == app_port) {
@@ -468,6 +482,8 @@ async fn wait_for_signal() {
 #[derive(Clone)]
 enum Serves {
     Outbound,
+    Bolt(Arc<RpcProxy<rpc::proxy::Bolt>>),
+    Dubbo(Arc<RpcProxy<rpc::proxy::Dubbo>>),
     /// A TCP service's names and destinations.
     OutboundTcp(&'static [&'static str], &'static [crate::spec::WeightedCluster]),
     Inbound(Arc<InboundPort>, Accepts),
@@ -493,7 +509,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
             // Draining: inbound listeners stop accepting (dropping the socket refuses new
             // connections); the outbound one goes on, since the application may still be
             // finishing its own work and calling out, as Envoy keeps its listeners while it drains.
-            () = drain.signalled(), if !matches!(serves, Serves::Outbound | Serves::OutboundTcp(..)) => return,
+            () = drain.signalled(), if matches!(serves, Serves::Inbound(..)) => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -513,7 +529,11 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
             let local = stream.local_addr().ok().map(|it| it.ip());
             let plain = Downstream::plain(peer.ip(), local);
             let acceptor = match &serves {
-                Serves::Outbound | Serves::OutboundTcp(..) | Serves::Inbound(_, Accepts::Plaintext) => None,
+                Serves::Outbound
+                | Serves::Bolt(_)
+                | Serves::Dubbo(_)
+                | Serves::OutboundTcp(..)
+                | Serves::Inbound(_, Accepts::Plaintext) => None,
                 Serves::Inbound(_, Accepts::Either(acceptor)) => Some((acceptor.clone(), false)),
                 Serves::Inbound(_, Accepts::MutualTls(acceptor)) => Some((acceptor.clone(), true)),
             };
@@ -554,6 +574,8 @@ where
     let stream = Counted { inner: stream, _open: open };
     match &serves {
         Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
+        Serves::Bolt(rpc) => rpc.clone().outbound(stream).await,
+        Serves::Dubbo(rpc) => rpc.clone().outbound(stream).await,
         Serves::Inbound(port, _) if port.protocol == crate::spec::Protocol::Tcp => {
             if proxy.authorize_connection(port, &downstream) {
                 crate::tcp::inbound(&proxy, stream, &port.app, port.service_names).await;
@@ -585,7 +607,9 @@ where
             let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
             let connect = request.method() == Method::CONNECT;
             let response = match serves {
-                Serves::Outbound | Serves::OutboundTcp(..) => proxy.outbound(downstream.ip, request).await,
+                Serves::Outbound | Serves::Bolt(_) | Serves::Dubbo(_) | Serves::OutboundTcp(..) => {
+                    proxy.outbound(downstream.ip, request).await
+                }
                 Serves::Inbound(port, _) => proxy.inbound(&port, &downstream, request).await,
             };
             let mut response = response;
@@ -652,6 +676,7 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
             let mut text = proxy.metrics.render(proxy.spec.workload, proxy.spec.namespace);
             text.push_str(&proxy.membership_gauges());
             text.push_str(&proxy.route_metrics());
+            text.push_str(&rpc::mux::unknown_responses_metric());
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/clusters" => (StatusCode::OK, "text/plain", proxy.clusters_text()),

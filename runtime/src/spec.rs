@@ -2,6 +2,7 @@
 //! and function pointers, with no parsing and no lookups by spec name on the request path.
 
 use crate::head::RequestHead;
+use crate::rpc::head::{RpcHead, RpcProtocol};
 
 /// Everything the runtime needs to run one workload's sidecar.
 #[derive(Debug)]
@@ -20,6 +21,11 @@ pub struct SidecarSpec {
     pub clusters: &'static [ClusterSpec],
     /// The compiled outbound route lookup.
     pub route_outbound: fn(&RequestHead<'_>) -> Decision,
+    /// The compiled route lookup of RPC requests (Bolt and Dubbo), by interface.
+    pub route_rpc: fn(&RpcHead) -> Decision,
+    /// Whether some RPC route needs a Dubbo request's attachments (its group, or another
+    /// attachment), which means skipping its arguments; otherwise they are never read.
+    pub rpc_attachments: bool,
     /// The authorization policies of inbound requests.
     pub authz: &'static crate::authz::Policies,
     /// The local rate limit of every inbound request.
@@ -79,6 +85,12 @@ pub enum ListenerKind {
         service_names: &'static [&'static str],
         /// What callers may use: plaintext, mutual TLS, or either.
         mtls: PeerMtls,
+    },
+    /// Routes the application's RPC requests of one protocol by their keys
+    /// (`outbound-bolt`, `outbound-dubbo`).
+    OutboundRpc {
+        /// Bolt or Dubbo.
+        protocol: RpcProtocol,
     },
     /// Forwards the application's TCP connections to one TCP service port.
     OutboundTcp {

@@ -1,5 +1,6 @@
 //! Project automation. `cargo xtask test` is the test command CI runs (`.ci/run`):
-//! it installs what the tests need (curl and h2load from Debian, grpcio and websockets into `.venv`), runs
+//! it installs what the tests need (curl, h2load and Node.js from Debian, grpcio and websockets into
+//! `.venv`, the Node.js RPC peers into tests/e2e/node), runs
 //! every test of the workspace, and fails when the tests changed a committed golden file or
 //! example.
 //!
@@ -36,12 +37,18 @@ fn root() -> PathBuf {
 
 /// What the end-to-end tests run, pinned as ../shared/reference/peers.md recommends.
 /// (program, the arguments that make it print its version, Debian package)
-const APT_PACKAGES: [(&str, &str, &str); 3] =
-    [("curl", "--version", "curl"), ("h2load", "--version", "nghttp2-client"), ("openssl", "version", "openssl")];
+const APT_PACKAGES: [(&str, &str, &str); 5] = [
+    ("curl", "--version", "curl"),
+    ("h2load", "--version", "nghttp2-client"),
+    ("openssl", "version", "openssl"),
+    ("node", "--version", "nodejs"),
+    ("npm", "--version", "npm"),
+];
 const PIP_PACKAGES: [&str; 2] = ["grpcio==1.85.1", "websockets==15.0.1"];
 
 /// Installs the real clients the end-to-end tests drive, unless they are already there:
-/// Debian packages (curl, h2load, openssl) and a `.venv` with grpcio and websockets.
+/// Debian packages (curl, h2load, openssl, Node.js), a `.venv` with grpcio and websockets, and
+/// the Node.js RPC peers of tests/e2e/node.
 fn install() -> Result<(), String> {
     let missing: Vec<&str> =
         APT_PACKAGES.iter().filter(|(tool, version, _)| !runs(tool, &[version])).map(|(_, _, package)| *package).collect();
@@ -67,6 +74,17 @@ fn install() -> Result<(), String> {
         eprintln!("xtask: making {} with {}", venv.display(), PIP_PACKAGES.join(" "));
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PIP_PACKAGES))?;
+    }
+    // The Node.js RPC peers (sofa-rpc-node, dubbo2.js…), at the versions package-lock.json
+    // pins; installed again only when the lock file changed.
+    let peers = root().join("tests/e2e/node");
+    let lock =
+        std::fs::read(peers.join("package-lock.json")).map_err(|err| format!("cannot read tests/e2e/node/package-lock.json: {err}"))?;
+    let stamp = peers.join("node_modules/.meshc-package-lock.json");
+    if std::fs::read(&stamp).ok().as_deref() != Some(&lock[..]) {
+        eprintln!("xtask: installing the Node.js peers in {}", peers.display());
+        run(Command::new("npm").args(["ci", "--prefix", "tests/e2e/node", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+        std::fs::write(&stamp, &lock).map_err(|err| format!("cannot write {}: {err}", stamp.display()))?;
     }
     Ok(())
 }

@@ -237,6 +237,29 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             }
         });
     }
+    // One outbound listener per RPC protocol the workload calls (a contract: `outbound-bolt`
+    // and `outbound-dubbo`, at SOFAMesh's and Dubbo's usual egress ports).
+    let rpc_tables = || {
+        workload.outbound.iter().map(|id| &mesh.route_tables[id.index()]).filter_map(|it| match &it.kind {
+            RouteTableKind::Rpc { protocol, .. } => Some((*protocol, it)),
+            _ => None,
+        })
+    };
+    for (protocol, name, address, kind) in [
+        (Protocol::Bolt, "outbound-bolt", "127.0.0.1:12220", quote!(Bolt)),
+        (Protocol::Dubbo, "outbound-dubbo", "127.0.0.1:20881", quote!(Dubbo)),
+    ] {
+        if rpc_tables().any(|(it, _)| it == protocol) {
+            listeners.push(quote! {
+                rt::ListenerSpec { name: #name, default_address: #address, kind: rt::ListenerKind::OutboundRpc { protocol: rt::RpcProtocol::#kind } }
+            });
+        }
+    }
+    // Dubbo attachments are read only when a route looks at the group or at an attachment.
+    let rpc_attachments = rpc_tables()
+        .filter(|(protocol, _)| *protocol == Protocol::Dubbo)
+        .flat_map(|(_, table)| table.routes.iter().flat_map(|route| &route.matches))
+        .any(|m| m.group.is_some() || !m.headers.is_empty());
     // HTTP-family and TCP ports are served by this sidecar; Bolt and Dubbo come later.
     let inbound: Vec<_> = workload.inbound.iter().filter(|it| it.protocol.is_http() || it.protocol == Protocol::Tcp).collect();
     for (index, port) in inbound.iter().enumerate() {
@@ -304,7 +327,7 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
 
         use meshc_runtime::__codegen as rt;
 
-        /// Listeners: `outbound`, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
+        /// Listeners: `outbound`, `outbound-bolt` and `outbound-dubbo` when the workload calls RPC services, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
         static LISTENERS: [rt::ListenerSpec; #listener_count] = [#(#listeners),*];
 
         #limit_static
@@ -318,6 +341,8 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             listeners: &LISTENERS,
             clusters: &clusters::CLUSTERS,
             route_outbound: routes::route_outbound,
+            route_rpc: routes::route_rpc,
+            rpc_attachments: #rpc_attachments,
             authz: &policy::AUTHZ,
             inbound_rate_limit: #inbound_rate_limit,
             access_log: #access_log,
@@ -703,6 +728,33 @@ impl RoutesEmitter<'_, '_> {
         hosts.dedup_by(|a, b| a.0 == b.0);
         let hosts = str_index(hosts.iter().map(|(domain, index)| (domain.as_str(), int(*index as u64).into_token_stream())).collect());
         let table_count = int(table_fns.len() as u64);
+        // RPC tables, numbered after the HTTP ones, and looked up by interface per protocol.
+        let mut bolt: Vec<(String, usize)> = Vec::new();
+        let mut dubbo: Vec<(String, usize)> = Vec::new();
+        let mut rpc_fns = Vec::new();
+        let rpc_tables = workload
+            .outbound
+            .iter()
+            .map(|id| &self.mesh.route_tables[id.index()])
+            .filter(|it| matches!(it.kind, RouteTableKind::Rpc { .. }));
+        for (offset, table) in rpc_tables.enumerate() {
+            let RouteTableKind::Rpc { protocol, interface, .. } = &table.kind else { continue };
+            let index = table_fns.len() + offset;
+            match protocol {
+                Protocol::Bolt => bolt.push((interface.clone(), rpc_fns.len())),
+                _ => dubbo.push((interface.clone(), rpc_fns.len())),
+            }
+            let name = format_ident!("rpc_table_{}", index);
+            rpc_fns.push(quote!(#name));
+            functions.push(self.rpc_table(table, index));
+        }
+        let rpc_index = |rows: &mut Vec<(String, usize)>| {
+            rows.sort();
+            rows.dedup_by(|a, b| a.0 == b.0);
+            str_index(rows.iter().map(|(interface, index)| (interface.as_str(), int(*index as u64).into_token_stream())).collect())
+        };
+        let (bolt, dubbo) = (rpc_index(&mut bolt), rpc_index(&mut dubbo));
+        let rpc_count = int(rpc_fns.len() as u64);
         let regexes: Vec<TokenStream> = self
             .regexes
             .iter()
@@ -734,6 +786,27 @@ impl RoutesEmitter<'_, '_> {
             pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
                 match HOSTS.get(head.authority().as_bytes()) {
                     Some(table) => TABLES[*table as usize](head),
+                    None => rt::Decision::NoRoute,
+                }
+            }
+
+            /// Bolt interfaces with the RPC route table each selects.
+            static BOLT_INTERFACES: rt::StrIndex<u32> = #bolt;
+
+            /// Dubbo interfaces with the RPC route table each selects.
+            static DUBBO_INTERFACES: rt::StrIndex<u32> = #dubbo;
+
+            /// The RPC route tables, by index.
+            static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; #rpc_count] = [#(#rpc_fns),*];
+
+            /// Routes an RPC request the application sent, by its protocol and interface.
+            pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+                let interfaces = match head.protocol() {
+                    rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
+                    rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
+                };
+                match interfaces.get(head.interface().as_bytes()) {
+                    Some(table) => RPC_TABLES[*table as usize](head),
                     None => rt::Decision::NoRoute,
                 }
             }
@@ -848,6 +921,36 @@ impl RoutesEmitter<'_, '_> {
                 always: &[#(#always),*],
                 otherwise: #otherwise,
             };
+        }
+    }
+
+    /// One RPC table: straight-line `if`s in route order over the request's RPC keys.
+    fn rpc_table(&mut self, table: &RouteTable, index: usize) -> TokenStream {
+        let mut steps = Vec::new();
+        let mut otherwise = quote!(rt::Decision::NoRoute);
+        for (route_index, route) in table.routes.iter().enumerate() {
+            let decisions = self.decisions(table, index, route_index, route);
+            if route.matches.is_empty() {
+                otherwise = decisions[0].clone();
+                break;
+            }
+            for (alternative, m) in route.matches.iter().enumerate() {
+                let decision = &decisions[alternative.min(decisions.len() - 1)];
+                let condition = self.condition(m);
+                steps.push(quote!(if #condition { return #decision; }));
+            }
+        }
+        let name = format_ident!("rpc_table_{}", index);
+        let doc = match &table.declared_in {
+            Some(file) => format!(" RPC route table `{}`, declared in {file}.", table.name),
+            None => format!(" RPC route table `{}`: the default routes.", table.name),
+        };
+        quote! {
+            #[doc = #doc]
+            fn #name(head: &rt::RpcHead) -> rt::Decision {
+                #(#steps)*
+                #otherwise
+            }
         }
     }
 
@@ -1067,6 +1170,15 @@ impl RoutesEmitter<'_, '_> {
                 PresenceMatch::Absent => quote!(!head.has_header(#name)),
                 PresenceMatch::Value(condition) => self.optional_test(quote!(head.header(#name).as_deref()), condition),
             });
+        }
+        if let Some(condition) = &m.service {
+            parts.push(self.str_test(quote!(head.service()), condition));
+        }
+        if let Some(condition) = &m.version {
+            parts.push(self.optional_test(quote!(head.version()), condition));
+        }
+        if let Some(condition) = &m.group {
+            parts.push(self.str_test(quote!(head.group()), condition));
         }
         for query in &m.query {
             let name = str_lit(&query.name);

@@ -270,19 +270,18 @@ impl Frame {
 
     /// Gives the frame another request id, recomputing its CRC32 trailer when it has one.
     pub fn set_request_id(&mut self, id: u32) {
-        let at = Head::id_offset(self.head.protocol);
-        self.bytes[at..at + 4].copy_from_slice(&id.to_be_bytes());
+        patch_request_id(&mut self.bytes, id);
         self.head.request_id = id;
-        if self.head.crc {
-            let end = self.bytes.len() - 4;
-            let crc = crc32fast::hash(&self.bytes[..end]);
-            self.bytes[end..].copy_from_slice(&crc.to_be_bytes());
-        }
     }
 
     /// The frame's bytes, as they go on the wire.
     pub fn into_bytes(self) -> Bytes {
         self.bytes.freeze()
+    }
+
+    /// The frame's bytes, as they arrived (or as patched).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -291,6 +290,19 @@ impl Frame {
 
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+}
+
+/// Gives the whole frame `frame` (as [`decode`] cut it) request id `id`, recomputing its CRC32
+/// trailer when it has one.
+pub fn patch_request_id(frame: &mut [u8], id: u32) {
+    let (protocol, version, switch) = (frame[0], frame.get(1).copied().unwrap_or(0), frame.get(11).copied().unwrap_or(0));
+    let at = Head::id_offset(protocol);
+    frame[at..at + 4].copy_from_slice(&id.to_be_bytes());
+    if protocol == V2 && version == 2 && switch & 1 == 1 {
+        let end = frame.len() - 4;
+        let crc = crc32fast::hash(&frame[..end]);
+        frame[end..].copy_from_slice(&crc.to_be_bytes());
     }
 }
 

@@ -168,8 +168,13 @@ impl Frame {
 
     /// Gives the frame another request id.
     pub fn set_request_id(&mut self, id: u64) {
-        self.bytes[4..12].copy_from_slice(&id.to_be_bytes());
+        patch_request_id(&mut self.bytes, id);
         self.head.request_id = id;
+    }
+
+    /// The frame's bytes, as they arrived (or as patched).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The frame's bytes, as they go on the wire.
@@ -184,6 +189,11 @@ impl Frame {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
+}
+
+/// Gives the whole frame `frame` (as [`decode`] cut it) request id `id`.
+pub fn patch_request_id(frame: &mut [u8], id: u64) {
+    frame[4..12].copy_from_slice(&id.to_be_bytes());
 }
 
 /// The answer to a heartbeat request: an event response whose body is hessian2 null.

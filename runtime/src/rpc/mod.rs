@@ -8,12 +8,52 @@
 
 pub mod bolt;
 pub mod dubbo;
+pub mod head;
 pub mod hessian;
+pub(crate) mod mux;
+pub(crate) mod proxy;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::Error;
+use head::RpcHead;
+use proxy::Role;
+
+/// What the RPC data path needs of a protocol's codec.
+pub(crate) trait Codec: Send + Sync + 'static {
+    type Frame: Send + Sync + 'static;
+    /// A request id: what a multiplexed connection tells its requests apart by.
+    type Id: Copy + Eq + std::hash::Hash + Send + Sync + fmt::Debug + 'static;
+    const FIRST_ID: Self::Id;
+
+    /// Cuts the next whole frame off `buf`; see [`bolt::decode`].
+    fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Self::Frame>, FrameError>;
+    fn id(frame: &Self::Frame) -> Self::Id;
+    /// The id after `id`, wrapping.
+    fn next_id(id: Self::Id) -> Self::Id;
+    /// Gives a whole frame's bytes another request id.
+    fn patch_id(raw: &mut [u8], id: Self::Id);
+    fn bytes(frame: &Self::Frame) -> &[u8];
+    fn is_response(frame: &Self::Frame) -> bool;
+    fn role(frame: &Self::Frame) -> Role;
+    /// The routing keys of a request; `Ok(None)` when it carries none to route by.
+    fn head(frame: &Self::Frame, attachments: bool) -> Result<Option<RpcHead>, FrameError>;
+    /// The timeout the caller put in the request, if the protocol carries one.
+    fn timeout(frame: &Self::Frame) -> Option<Duration>;
+    fn heartbeat_reply(frame: &Self::Frame) -> Bytes;
+    /// The answer to request `frame` that failed with `error`.
+    fn failure(frame: &Self::Frame, error: &Error) -> Bytes;
+    /// Whether a response reports a failure of the server (for outlier detection).
+    fn server_error(frame: &Self::Frame) -> bool;
+    /// A response's bytes under the caller's request id.
+    fn answer(frame: Self::Frame, id: Self::Id) -> Bytes;
+}
 
 /// Frames larger than this are refused unless a listener says otherwise: Envoy's and MOSN's
 /// RPC proxies have no lower default, and a Bolt or Dubbo frame this size is already a

@@ -386,9 +386,108 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-            let (series, value) = rest.rsplit_once("} ")?;
+            let rest = line.strip_prefix(name)?;
+            // A series without labels: `name value`.
+            if let Some(value) = rest.strip_prefix(' ') {
+                return labels.is_empty().then(|| value.trim().parse::<f64>().ok())?;
+            }
+            let (series, value) = rest.strip_prefix('{')?.rsplit_once("} ")?;
             labels.iter().all(|(key, wanted)| series.contains(&format!("{key}=\"{wanted}\""))).then(|| value.trim().parse::<f64>().ok())?
         })
         .sum()
+}
+
+/// The directory of the Node.js peers (tests/e2e/node), after checking that node runs and
+/// that their packages are installed (`cargo xtask test` runs `npm ci` there).
+pub fn node_peers() -> PathBuf {
+    require("node", "apt-get install nodejs npm");
+    let dir = root().join("tests/e2e/node");
+    assert!(
+        dir.join("node_modules/sofa-rpc-node").is_dir(),
+        "the Node.js peers are not installed: run `npm ci` in {} (`cargo xtask test` does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A free TCP port on 127.0.0.1, for a peer that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|it| it.local_addr()).map(|it| it.port()).expect("a free port")
+}
+
+/// A Node.js peer server (tests/e2e/node/<script> server …) that prints `serving PORT` when it
+/// is ready; killed when dropped.
+#[derive(Debug)]
+pub struct NodeServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl NodeServer {
+    /// Runs `node <script> server <args>`.
+    pub fn start(script: &str, args: &[&str]) -> NodeServer {
+        let dir = node_peers();
+        let mut child = Command::new("node")
+            .arg(dir.join(script))
+            .arg("server")
+            .args(args)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {script}: {err}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the port");
+        let port = line.trim().strip_prefix("serving ").and_then(|it| it.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!("{script} said {line:?} instead of its port");
+        };
+        NodeServer { child, port }
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `node <script> <args>` to its end (at most 30 s) and parses the last line it printed
+/// as JSON.
+pub fn node_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let dir = node_peers();
+    let child = Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {script}: {err}"));
+    let output = run_with_limit(child, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|_| panic!("{script} {args:?} printed {text:?}; stderr: {}", String::from_utf8_lossy(&output.stderr)))
+}
+
+/// Waits for `child` to exit, killing it after `limit` (and failing the test).
+fn run_with_limit(mut child: Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait for the peer").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect the peer's output");
+            panic!("the peer ran longer than {limit:?}:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect the peer's output")
 }

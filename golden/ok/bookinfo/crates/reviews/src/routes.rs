@@ -45,6 +45,29 @@ pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
         None => rt::Decision::NoRoute,
     }
 }
+/// Bolt interfaces with the RPC route table each selects.
+static BOLT_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0)],
+    entries: &[],
+};
+/// Dubbo interfaces with the RPC route table each selects.
+static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0)],
+    entries: &[],
+};
+/// The RPC route tables, by index.
+static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 0] = [];
+/// Routes an RPC request the application sent, by its protocol and interface.
+pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+    let interfaces = match head.protocol() {
+        rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
+        rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
+    };
+    match interfaces.get(head.interface().as_bytes()) {
+        Some(table) => RPC_TABLES[*table as usize](head),
+        None => rt::Decision::NoRoute,
+    }
+}
 /// Route table `ratings.default.svc.cluster.local:9080`: the default route.
 fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
     rt::Decision::Forward(&ROUTE_0_0_0)

@@ -11,7 +11,12 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 0] = [];
 /// The counts of every forwarding route, for the admin endpoint.
-pub static ROUTE_STATS: [&rt::RouteStats; 0] = [];
+pub static ROUTE_STATS: [&rt::RouteStats; 4] = [
+    &ROUTE_STATS_0_0,
+    &ROUTE_STATS_1_0,
+    &ROUTE_STATS_1_1,
+    &ROUTE_STATS_1_2,
+];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -19,3 +24,150 @@ pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
         None => rt::Decision::NoRoute,
     }
 }
+/// Bolt interfaces with the RPC route table each selects.
+static BOLT_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0)],
+    entries: &[],
+};
+/// Dubbo interfaces with the RPC route table each selects.
+static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0), (2755056699, 2), (3572845129, 1), (0, 0)],
+    entries: &[
+        ("org.apache.dubbo.samples.api.DemoService", 0),
+        ("org.apache.dubbo.samples.api.GreetingService", 1),
+    ],
+};
+/// The RPC route tables, by index.
+static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 2] = [rpc_table_0, rpc_table_1];
+/// Routes an RPC request the application sent, by its protocol and interface.
+pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+    let interfaces = match head.protocol() {
+        rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
+        rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
+    };
+    match interfaces.get(head.interface().as_bytes()) {
+        Some(table) => RPC_TABLES[*table as usize](head),
+        None => rt::Decision::NoRoute,
+    }
+}
+/// RPC route table `dubbo:org.apache.dubbo.samples.api.DemoService`: the default routes.
+fn rpc_table_0(head: &rt::RpcHead) -> rt::Decision {
+    if head.version() == Some("1.0.0") && head.group() == "" {
+        return rt::Decision::Forward(&ROUTE_0_0_0);
+    }
+    rt::Decision::NoRoute
+}
+/// RPC route table `dubbo:org.apache.dubbo.samples.api.GreetingService`, declared in demo.mesh.
+fn rpc_table_1(head: &rt::RpcHead) -> rt::Decision {
+    if head.group() == "gray" {
+        return rt::Decision::Forward(&ROUTE_1_0_0);
+    }
+    if head.method() == "greetAsync" {
+        return rt::Decision::Forward(&ROUTE_1_1_0);
+    }
+    rt::Decision::Forward(&ROUTE_1_2_0)
+}
+/// The counts of route `org.apache.dubbo.samples.api.DemoService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.DemoService`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "dubbo:org.apache.dubbo.samples.api.DemoService",
+    "org.apache.dubbo.samples.api.DemoService:1.0.0",
+);
+/// Route `org.apache.dubbo.samples.api.DemoService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.DemoService`.
+static ROUTE_0_0_0: rt::Forward = rt::Forward {
+    route: "org.apache.dubbo.samples.api.DemoService:1.0.0",
+    stats: &ROUTE_STATS_0_0,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 1,
+            weight: 100,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};
+/// The counts of route `gray` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
+    "dubbo:org.apache.dubbo.samples.api.GreetingService",
+    "gray",
+);
+/// Route `gray` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_1_0_0: rt::Forward = rt::Forward {
+    route: "gray",
+    stats: &ROUTE_STATS_1_0,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 0,
+            weight: 100,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};
+/// The counts of route `async-canary` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_STATS_1_1: rt::RouteStats = rt::RouteStats::new(
+    "dubbo:org.apache.dubbo.samples.api.GreetingService",
+    "async-canary",
+);
+/// Route `async-canary` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_1_1_0: rt::Forward = rt::Forward {
+    route: "async-canary",
+    stats: &ROUTE_STATS_1_1,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 2,
+            weight: 80,
+        },
+        rt::WeightedCluster {
+            cluster: 0,
+            weight: 20,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};
+/// The counts of route `stable` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_STATS_1_2: rt::RouteStats = rt::RouteStats::new(
+    "dubbo:org.apache.dubbo.samples.api.GreetingService",
+    "stable",
+);
+/// Route `stable` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_1_2_0: rt::Forward = rt::Forward {
+    route: "stable",
+    stats: &ROUTE_STATS_1_2,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 2,
+            weight: 100,
+        },
+    ],
+    timeout_ms: Some(3000),
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};

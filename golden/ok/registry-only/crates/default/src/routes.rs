@@ -57,11 +57,43 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
 /// The counts of every forwarding route, for the admin endpoint.
-pub static ROUTE_STATS: [&rt::RouteStats; 2] = [&ROUTE_STATS_0_0, &ROUTE_STATS_1_0];
+pub static ROUTE_STATS: [&rt::RouteStats; 5] = [
+    &ROUTE_STATS_0_0,
+    &ROUTE_STATS_1_0,
+    &ROUTE_STATS_2_0,
+    &ROUTE_STATS_3_0,
+    &ROUTE_STATS_3_1,
+];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
         Some(table) => TABLES[*table as usize](head),
+        None => rt::Decision::NoRoute,
+    }
+}
+/// Bolt interfaces with the RPC route table each selects.
+static BOLT_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0)],
+    entries: &[],
+};
+/// Dubbo interfaces with the RPC route table each selects.
+static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0), (2755056699, 2), (3572845129, 1), (0, 0)],
+    entries: &[
+        ("org.apache.dubbo.samples.api.DemoService", 0),
+        ("org.apache.dubbo.samples.api.GreetingService", 1),
+    ],
+};
+/// The RPC route tables, by index.
+static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 2] = [rpc_table_2, rpc_table_3];
+/// Routes an RPC request the application sent, by its protocol and interface.
+pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+    let interfaces = match head.protocol() {
+        rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
+        rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
+    };
+    match interfaces.get(head.interface().as_bytes()) {
+        Some(table) => RPC_TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
     }
 }
@@ -72,6 +104,23 @@ fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
 /// Route table `web.demo.svc.cluster.local:9090`: the default route.
 fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
     rt::Decision::Forward(&ROUTE_1_0_0)
+}
+/// RPC route table `dubbo:org.apache.dubbo.samples.api.DemoService`: the default routes.
+fn rpc_table_2(head: &rt::RpcHead) -> rt::Decision {
+    if head.version() == Some("1.0.0") && head.group() == "" {
+        return rt::Decision::Forward(&ROUTE_2_0_0);
+    }
+    rt::Decision::NoRoute
+}
+/// RPC route table `dubbo:org.apache.dubbo.samples.api.GreetingService`: the default routes.
+fn rpc_table_3(head: &rt::RpcHead) -> rt::Decision {
+    if head.version() == Some("1.0.0") && head.group() == "gray" {
+        return rt::Decision::Forward(&ROUTE_3_0_0);
+    }
+    if head.version() == Some("1.0.0") && head.group() == "stable" {
+        return rt::Decision::Forward(&ROUTE_3_1_0);
+    }
+    rt::Decision::NoRoute
 }
 /// The counts of route `default` of `web.demo.svc.cluster.local:80`.
 static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
@@ -137,6 +186,81 @@ static ROUTE_1_0_0: rt::Forward = rt::Forward {
         avoid_previous_hosts: true,
         any_method: false,
     },
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};
+/// The counts of route `org.apache.dubbo.samples.api.DemoService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.DemoService`.
+static ROUTE_STATS_2_0: rt::RouteStats = rt::RouteStats::new(
+    "dubbo:org.apache.dubbo.samples.api.DemoService",
+    "org.apache.dubbo.samples.api.DemoService:1.0.0",
+);
+/// Route `org.apache.dubbo.samples.api.DemoService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.DemoService`.
+static ROUTE_2_0_0: rt::Forward = rt::Forward {
+    route: "org.apache.dubbo.samples.api.DemoService:1.0.0",
+    stats: &ROUTE_STATS_2_0,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 1,
+            weight: 100,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};
+/// The counts of route `gray/org.apache.dubbo.samples.api.GreetingService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_STATS_3_0: rt::RouteStats = rt::RouteStats::new(
+    "dubbo:org.apache.dubbo.samples.api.GreetingService",
+    "gray/org.apache.dubbo.samples.api.GreetingService:1.0.0",
+);
+/// Route `gray/org.apache.dubbo.samples.api.GreetingService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_3_0_0: rt::Forward = rt::Forward {
+    route: "gray/org.apache.dubbo.samples.api.GreetingService:1.0.0",
+    stats: &ROUTE_STATS_3_0,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 0,
+            weight: 100,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};
+/// The counts of route `stable/org.apache.dubbo.samples.api.GreetingService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_STATS_3_1: rt::RouteStats = rt::RouteStats::new(
+    "dubbo:org.apache.dubbo.samples.api.GreetingService",
+    "stable/org.apache.dubbo.samples.api.GreetingService:1.0.0",
+);
+/// Route `stable/org.apache.dubbo.samples.api.GreetingService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
+static ROUTE_3_1_0: rt::Forward = rt::Forward {
+    route: "stable/org.apache.dubbo.samples.api.GreetingService:1.0.0",
+    stats: &ROUTE_STATS_3_1,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 2,
+            weight: 100,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
     fault: rt::Fault::NONE,
     rate_limit: None,
     mirror: None,

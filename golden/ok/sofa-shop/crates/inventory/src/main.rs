@@ -7,12 +7,19 @@ pub mod dump;
 pub mod policy;
 pub mod routes;
 use meshc_runtime::__codegen as rt;
-/// Listeners: `outbound`, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
-static LISTENERS: [rt::ListenerSpec; 1] = [
+/// Listeners: `outbound`, `outbound-bolt` and `outbound-dubbo` when the workload calls RPC services, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
+static LISTENERS: [rt::ListenerSpec; 2] = [
     rt::ListenerSpec {
         name: "outbound",
         default_address: "127.0.0.1:15001",
         kind: rt::ListenerKind::Outbound,
+    },
+    rt::ListenerSpec {
+        name: "outbound-bolt",
+        default_address: "127.0.0.1:12220",
+        kind: rt::ListenerKind::OutboundRpc {
+            protocol: rt::RpcProtocol::Bolt,
+        },
     },
 ];
 /// Everything the runtime needs.
@@ -24,6 +31,8 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     listeners: &LISTENERS,
     clusters: &clusters::CLUSTERS,
     route_outbound: routes::route_outbound,
+    route_rpc: routes::route_rpc,
+    rpc_attachments: false,
     authz: &policy::AUTHZ,
     inbound_rate_limit: None,
     access_log: rt::AccessLog::Json,

@@ -11,7 +11,7 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
 /// The route tables, by index.
 static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 0] = [];
 /// The counts of every forwarding route, for the admin endpoint.
-pub static ROUTE_STATS: [&rt::RouteStats; 0] = [];
+pub static ROUTE_STATS: [&rt::RouteStats; 2] = [&ROUTE_STATS_0_0, &ROUTE_STATS_1_0];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
     match HOSTS.get(head.authority().as_bytes()) {
@@ -19,3 +19,93 @@ pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
         None => rt::Decision::NoRoute,
     }
 }
+/// Bolt interfaces with the RPC route table each selects.
+static BOLT_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0), (0, 0), (2354708717, 1), (1857918885, 2)],
+    entries: &[
+        ("com.alipay.shop.InventoryFacade", 0),
+        ("com.alipay.shop.PaymentFacade", 1),
+    ],
+};
+/// Dubbo interfaces with the RPC route table each selects.
+static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
+    slots: &[(0, 0)],
+    entries: &[],
+};
+/// The RPC route tables, by index.
+static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 2] = [rpc_table_0, rpc_table_1];
+/// Routes an RPC request the application sent, by its protocol and interface.
+pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+    let interfaces = match head.protocol() {
+        rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
+        rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
+    };
+    match interfaces.get(head.interface().as_bytes()) {
+        Some(table) => RPC_TABLES[*table as usize](head),
+        None => rt::Decision::NoRoute,
+    }
+}
+/// RPC route table `bolt:com.alipay.shop.InventoryFacade`: the default routes.
+fn rpc_table_0(head: &rt::RpcHead) -> rt::Decision {
+    if head.service() == "com.alipay.shop.InventoryFacade:1.0" {
+        return rt::Decision::Forward(&ROUTE_0_0_0);
+    }
+    rt::Decision::NoRoute
+}
+/// RPC route table `bolt:com.alipay.shop.PaymentFacade`: the default routes.
+fn rpc_table_1(head: &rt::RpcHead) -> rt::Decision {
+    if head.service() == "com.alipay.shop.PaymentFacade:1.0:cn" {
+        return rt::Decision::Forward(&ROUTE_1_0_0);
+    }
+    rt::Decision::NoRoute
+}
+/// The counts of route `com.alipay.shop.InventoryFacade:1.0` of `bolt:com.alipay.shop.InventoryFacade`.
+static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
+    "bolt:com.alipay.shop.InventoryFacade",
+    "com.alipay.shop.InventoryFacade:1.0",
+);
+/// Route `com.alipay.shop.InventoryFacade:1.0` of `bolt:com.alipay.shop.InventoryFacade`.
+static ROUTE_0_0_0: rt::Forward = rt::Forward {
+    route: "com.alipay.shop.InventoryFacade:1.0",
+    stats: &ROUTE_STATS_0_0,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 0,
+            weight: 100,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};
+/// The counts of route `com.alipay.shop.PaymentFacade:1.0:cn` of `bolt:com.alipay.shop.PaymentFacade`.
+static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
+    "bolt:com.alipay.shop.PaymentFacade",
+    "com.alipay.shop.PaymentFacade:1.0:cn",
+);
+/// Route `com.alipay.shop.PaymentFacade:1.0:cn` of `bolt:com.alipay.shop.PaymentFacade`.
+static ROUTE_1_0_0: rt::Forward = rt::Forward {
+    route: "com.alipay.shop.PaymentFacade:1.0:cn",
+    stats: &ROUTE_STATS_1_0,
+    destinations: &[
+        rt::WeightedCluster {
+            cluster: 1,
+            weight: 100,
+        },
+    ],
+    timeout_ms: None,
+    path_rewrite: rt::PathRewrite::None,
+    authority_rewrite: None,
+    request_headers: rt::HeaderOps::NONE,
+    response_headers: rt::HeaderOps::NONE,
+    retries: rt::Retries::NONE,
+    fault: rt::Fault::NONE,
+    rate_limit: None,
+    mirror: None,
+};

@@ -1,0 +1,240 @@
+//! Multiplexed upstream connections for RPC protocols: many requests share one connection to
+//! an endpoint, each under a request id of the connection's own, mapped back to its caller
+//! when the response comes. A response for an id nobody waits for is dropped and counted; a
+//! connection that closes fails exactly the requests in flight on it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Codec;
+use crate::endpoints::Endpoint;
+use crate::error::Error;
+use crate::pool::ClientTls;
+
+/// Frames queued for a connection's writer before senders wait.
+const WRITE_QUEUE: usize = 1024;
+
+/// Responses that arrived for ids nobody waited for (a caller that timed out, a confused
+/// upstream), over every connection of the process.
+pub static UNKNOWN_RESPONSES: AtomicU64 = AtomicU64::new(0);
+
+/// [`UNKNOWN_RESPONSES`] in Prometheus's text format.
+pub(crate) fn unknown_responses_metric() -> String {
+    format!(
+        "# HELP meshc_rpc_unknown_responses_total RPC responses from upstreams for request ids no caller waited for (dropped).\n\
+         # TYPE meshc_rpc_unknown_responses_total counter\nmeshc_rpc_unknown_responses_total {}\n",
+        UNKNOWN_RESPONSES.load(Ordering::Relaxed)
+    )
+}
+
+type Waiting<C> = oneshot::Sender<<C as Codec>::Frame>;
+
+/// One upstream connection shared by many requests.
+pub(crate) struct Mux<C: Codec> {
+    state: Arc<Mutex<State<C>>>,
+    writer: mpsc::Sender<Bytes>,
+    closed: Arc<AtomicBool>,
+    authority: Arc<str>,
+}
+
+struct State<C: Codec> {
+    waiting: HashMap<C::Id, Waiting<C>>,
+    next: C::Id,
+    closed: bool,
+}
+
+impl<C: Codec> Mux<C> {
+    /// Opens a connection to `endpoint` (TLS when `tls` says so) within `connect_timeout`,
+    /// and starts its reader and writer.
+    pub(crate) async fn connect(
+        endpoint: &Endpoint,
+        tls: Option<&ClientTls>,
+        connect_timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Mux<C>, Error> {
+        let failed = || Error::UpstreamConnect(endpoint.authority().to_owned());
+        let stream = match tokio::time::timeout(connect_timeout, crate::pool::open(endpoint, tls)).await {
+            Ok(Ok(stream)) => stream,
+            _ => return Err(failed()),
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        let state = Arc::new(Mutex::new(State::<C> { waiting: HashMap::new(), next: C::FIRST_ID, closed: false }));
+        let closed = Arc::new(AtomicBool::new(false));
+        let (queue, frames) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_frames(frames, writer, closed.clone()));
+        tokio::spawn(read_responses::<C, _>(reader, state.clone(), closed.clone(), max_frame));
+        Ok(Mux { state, writer: queue, closed, authority: Arc::from(endpoint.authority()) })
+    }
+
+    /// Whether the connection can take no more requests.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends the whole frame `raw` under a request id of this connection's and, when
+    /// `expects_response`, waits for its response. Dropping the future forgets the request:
+    /// its response, if it comes, is dropped as unknown.
+    pub(crate) async fn call(&self, mut raw: BytesMut, expects_response: bool) -> Result<Option<C::Frame>, Error> {
+        let reset = || Error::UpstreamReset(self.authority.to_string());
+        let (id, answer) = {
+            let mut state = lock(&self.state);
+            if state.closed {
+                return Err(reset());
+            }
+            let mut id = state.next;
+            // Skip ids still waiting (after a wrap, a very slow request may hold one).
+            while state.waiting.contains_key(&id) {
+                id = C::next_id(id);
+            }
+            state.next = C::next_id(id);
+            let answer = if expects_response {
+                let (sender, receiver) = oneshot::channel();
+                state.waiting.insert(id, sender);
+                Some(receiver)
+            } else {
+                None
+            };
+            (id, answer)
+        };
+        let mut forget = Forget { state: &self.state, id: answer.is_some().then_some(id) };
+        C::patch_id(&mut raw, id);
+        if self.writer.send(raw.freeze()).await.is_err() {
+            return Err(reset());
+        }
+        let Some(answer) = answer else { return Ok(None) };
+        let response = answer.await.map_err(|_| reset())?;
+        // The reader took the request off the waiting ones when it handed the response over.
+        forget.id = None;
+        Ok(Some(response))
+    }
+}
+
+/// Removes a request from the waiting ones when its caller gives up.
+struct Forget<'a, C: Codec> {
+    state: &'a Mutex<State<C>>,
+    id: Option<C::Id>,
+}
+
+impl<C: Codec> Drop for Forget<'_, C> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            lock(self.state).waiting.remove(&id);
+        }
+    }
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(mut frames: mpsc::Receiver<Bytes>, mut writer: W, closed: Arc<AtomicBool>) {
+    while let Some(frame) = frames.recv().await {
+        if closed.load(Ordering::Acquire) || writer.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    closed.store(true, Ordering::Release);
+    let _ = writer.shutdown().await;
+}
+
+async fn read_responses<C: Codec, R: AsyncRead + Unpin>(
+    mut reader: R,
+    state: Arc<Mutex<State<C>>>,
+    closed: Arc<AtomicBool>,
+    max_frame: usize,
+) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    'read: loop {
+        loop {
+            match C::decode(&mut buf, max_frame) {
+                Ok(Some(frame)) => {
+                    if !C::is_response(&frame) {
+                        // Upstream heartbeats and requests: a proxy that only calls out has
+                        // nothing to say to them; heartbeat answers come from the caller's side.
+                        continue;
+                    }
+                    let waiting = lock(&state).waiting.remove(&C::id(&frame));
+                    match waiting {
+                        Some(sender) => {
+                            let _ = sender.send(frame);
+                        }
+                        None => {
+                            UNKNOWN_RESPONSES.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break 'read,
+            }
+        }
+        if closed.load(Ordering::Acquire) {
+            break;
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8 * 1024);
+        }
+    }
+    closed.store(true, Ordering::Release);
+    // Every request still waiting fails now: its sender drops.
+    let mut state = lock(&state);
+    state.closed = true;
+    state.waiting.clear();
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|it| it.into_inner())
+}
+
+/// Each endpoint's shared connection, for one cluster.
+pub(crate) struct MuxPool<C: Codec> {
+    connections: Mutex<HashMap<Arc<str>, Arc<Mux<C>>>>,
+    /// One connect at a time per pool, so that a burst of first requests opens one connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl<C: Codec> Default for MuxPool<C> {
+    fn default() -> Self {
+        MuxPool { connections: Mutex::default(), connecting: tokio::sync::Mutex::new(()) }
+    }
+}
+
+impl<C: Codec> MuxPool<C> {
+    /// The open connection to `endpoint`, or a new one.
+    pub(crate) async fn get(
+        &self,
+        endpoint: &Endpoint,
+        tls: Option<&ClientTls>,
+        connect_timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Arc<Mux<C>>, Error> {
+        if let Some(mux) = self.open(endpoint) {
+            return Ok(mux);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(mux) = self.open(endpoint) {
+            return Ok(mux);
+        }
+        let mux = Arc::new(Mux::connect(endpoint, tls, connect_timeout, max_frame).await?);
+        let authority: Arc<str> = Arc::from(endpoint.authority());
+        lock(&self.connections).insert(authority, mux.clone());
+        Ok(mux)
+    }
+
+    fn open(&self, endpoint: &Endpoint) -> Option<Arc<Mux<C>>> {
+        let mut connections = lock(&self.connections);
+        match connections.get(endpoint.authority()) {
+            Some(mux) if !mux.is_closed() => Some(mux.clone()),
+            Some(_) => {
+                connections.remove(endpoint.authority());
+                None
+            }
+            None => None,
+        }
+    }
+}

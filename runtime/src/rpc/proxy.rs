@@ -1,0 +1,344 @@
+//! The RPC data path: a caller's connection is read frame by frame; heartbeats are answered
+//! here, requests are routed by their keys through the compiled RPC tables and forwarded, each
+//! in a task of its own, over multiplexed upstream connections; responses go back under the
+//! caller's request ids. Failures are answered in each protocol's own terms.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::head::RpcHead;
+use super::mux::MuxPool;
+use super::{Codec, bolt, dubbo};
+use crate::endpoints::Endpoint;
+use crate::error::Error;
+use crate::proxy::{Proxy, pick_weighted_destination};
+use crate::spec::{Decision, Forward, RetryOn};
+
+/// Answers queued for a caller's connection before the tasks that answer wait.
+const ANSWER_QUEUE: usize = 256;
+
+/// SOFA Bolt, v1 and v2 on one connection.
+pub(crate) struct Bolt;
+
+impl Codec for Bolt {
+    type Frame = bolt::Frame;
+    type Id = u32;
+    const FIRST_ID: u32 = 1;
+
+    fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<bolt::Frame>, super::FrameError> {
+        bolt::decode(buf, max_frame)
+    }
+
+    fn id(frame: &bolt::Frame) -> u32 {
+        frame.head().request_id
+    }
+
+    fn next_id(id: u32) -> u32 {
+        id.wrapping_add(1)
+    }
+
+    fn patch_id(raw: &mut [u8], id: u32) {
+        bolt::patch_request_id(raw, id);
+    }
+
+    fn is_response(frame: &bolt::Frame) -> bool {
+        frame.head().kind == bolt::Kind::Response
+    }
+
+    fn role(frame: &bolt::Frame) -> Role {
+        let head = frame.head();
+        match (head.kind, head.is_heartbeat()) {
+            (bolt::Kind::Response, _) => Role::Response,
+            (bolt::Kind::Request, true) => Role::Heartbeat,
+            (bolt::Kind::Oneway, true) => Role::Ignored,
+            (bolt::Kind::Request, false) => Role::Call { oneway: false },
+            (bolt::Kind::Oneway, false) => Role::Call { oneway: true },
+        }
+    }
+
+    fn head(frame: &bolt::Frame, _attachments: bool) -> Result<Option<RpcHead>, super::FrameError> {
+        RpcHead::bolt(frame).map(Some)
+    }
+
+    fn timeout(frame: &bolt::Frame) -> Option<Duration> {
+        frame.head().timeout()
+    }
+
+    fn heartbeat_reply(frame: &bolt::Frame) -> Bytes {
+        bolt::reply(frame.head(), bolt::status::SUCCESS)
+    }
+
+    fn failure(frame: &bolt::Frame, error: &Error) -> Bytes {
+        let status = match error {
+            Error::NoRoute | Error::NoCluster | Error::NoHealthyUpstream(_) => bolt::status::NO_PROCESSOR,
+            Error::Overflow | Error::RateLimited => bolt::status::SERVER_THREADPOOL_BUSY,
+            Error::UpstreamTimeout => bolt::status::TIMEOUT,
+            Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamRefused(_) => bolt::status::CONNECTION_CLOSED,
+            Error::UpstreamProtocol(_) | Error::BadRequest(_) => bolt::status::CODEC_EXCEPTION,
+            Error::Denied => bolt::status::SERVER_EXCEPTION,
+            Error::Internal(_) => bolt::status::ERROR,
+        };
+        bolt::reply(frame.head(), status)
+    }
+
+    fn server_error(frame: &bolt::Frame) -> bool {
+        frame.head().status != bolt::status::SUCCESS
+    }
+
+    fn answer(mut frame: bolt::Frame, id: u32) -> Bytes {
+        frame.set_request_id(id);
+        frame.into_bytes()
+    }
+
+    fn bytes(frame: &bolt::Frame) -> &[u8] {
+        frame.as_bytes()
+    }
+}
+
+/// Dubbo 2.
+pub(crate) struct Dubbo;
+
+impl Codec for Dubbo {
+    type Frame = dubbo::Frame;
+    type Id = u64;
+    const FIRST_ID: u64 = 1;
+
+    fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<dubbo::Frame>, super::FrameError> {
+        dubbo::decode(buf, max_frame)
+    }
+
+    fn id(frame: &dubbo::Frame) -> u64 {
+        frame.head().request_id
+    }
+
+    fn next_id(id: u64) -> u64 {
+        id.wrapping_add(1)
+    }
+
+    fn patch_id(raw: &mut [u8], id: u64) {
+        dubbo::patch_request_id(raw, id);
+    }
+
+    fn is_response(frame: &dubbo::Frame) -> bool {
+        !frame.head().is_request()
+    }
+
+    fn role(frame: &dubbo::Frame) -> Role {
+        let head = frame.head();
+        match (head.is_request(), head.is_event(), head.is_two_way()) {
+            (false, _, _) => Role::Response,
+            (true, true, true) => Role::Heartbeat,
+            (true, true, false) => Role::Ignored,
+            (true, false, two_way) => Role::Call { oneway: !two_way },
+        }
+    }
+
+    fn head(frame: &dubbo::Frame, attachments: bool) -> Result<Option<RpcHead>, super::FrameError> {
+        RpcHead::dubbo(frame, attachments)
+    }
+
+    fn timeout(_: &dubbo::Frame) -> Option<Duration> {
+        None
+    }
+
+    fn heartbeat_reply(frame: &dubbo::Frame) -> Bytes {
+        dubbo::heartbeat_reply(frame.head())
+    }
+
+    fn failure(frame: &dubbo::Frame, error: &Error) -> Bytes {
+        let status = match error {
+            Error::NoRoute | Error::NoCluster | Error::NoHealthyUpstream(_) => dubbo::status::SERVICE_NOT_FOUND,
+            Error::Overflow | Error::RateLimited => dubbo::status::SERVER_THREADPOOL_EXHAUSTED,
+            Error::UpstreamTimeout => dubbo::status::SERVER_TIMEOUT,
+            Error::BadRequest(_) => dubbo::status::BAD_REQUEST,
+            Error::UpstreamProtocol(_) => dubbo::status::BAD_RESPONSE,
+            Error::Denied => dubbo::status::SERVICE_ERROR,
+            Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamRefused(_) | Error::Internal(_) => {
+                dubbo::status::SERVER_ERROR
+            }
+        };
+        dubbo::error_reply(frame.head(), status, &error.to_string())
+    }
+
+    fn server_error(frame: &dubbo::Frame) -> bool {
+        frame.head().status != dubbo::status::OK
+    }
+
+    fn answer(mut frame: dubbo::Frame, id: u64) -> Bytes {
+        frame.set_request_id(id);
+        frame.into_bytes()
+    }
+
+    fn bytes(frame: &dubbo::Frame) -> &[u8] {
+        frame.as_bytes()
+    }
+}
+
+/// What a frame asks of the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A request to route; `oneway` gets no response.
+    Call { oneway: bool },
+    /// A heartbeat, answered here.
+    Heartbeat,
+    /// A response: callers do not send them.
+    Response,
+    /// Nothing to do (a one-way heartbeat).
+    Ignored,
+}
+
+/// The RPC side of one sidecar for one protocol: the proxy's clusters, with one multiplexed
+/// connection pool per cluster.
+pub(crate) struct RpcProxy<C: Codec> {
+    proxy: Arc<Proxy>,
+    pools: Vec<MuxPool<C>>,
+    max_frame: usize,
+}
+
+impl<C: Codec> RpcProxy<C> {
+    pub(crate) fn new(proxy: Arc<Proxy>) -> RpcProxy<C> {
+        let pools = proxy.clusters.iter().map(|_| MuxPool::default()).collect();
+        RpcProxy { proxy, pools, max_frame: super::DEFAULT_MAX_FRAME }
+    }
+
+    /// Serves one connection the application opened to the outbound listener of this
+    /// protocol, until the application closes it or sends bytes that are no frame.
+    pub(crate) async fn outbound<S>(self: Arc<Self>, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (mut reader, writer) = tokio::io::split(stream);
+        let (answers, queue) = mpsc::channel::<Bytes>(ANSWER_QUEUE);
+        let writing = tokio::spawn(write_answers(queue, writer));
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        'read: loop {
+            loop {
+                let frame = match C::decode(&mut buf, self.max_frame) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    // The framing is lost: nothing after this can be read.
+                    Err(_) => break 'read,
+                };
+                match C::role(&frame) {
+                    Role::Heartbeat => {
+                        if answers.send(C::heartbeat_reply(&frame)).await.is_err() {
+                            break 'read;
+                        }
+                    }
+                    Role::Call { oneway } => {
+                        let (rpc, answers) = (self.clone(), answers.clone());
+                        tokio::spawn(async move {
+                            if let Some(answer) = rpc.call(frame, oneway).await {
+                                let _ = answers.send(answer).await;
+                            }
+                        });
+                    }
+                    Role::Response | Role::Ignored => {}
+                }
+            }
+            match reader.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+        }
+        // Answers still coming for calls in flight go out before the connection closes.
+        drop(answers);
+        let _ = writing.await;
+    }
+
+    /// Routes and forwards one request; the answer to write back, if any.
+    async fn call(&self, frame: C::Frame, oneway: bool) -> Option<Bytes> {
+        let caller_id = C::id(&frame);
+        let head = match C::head(&frame, self.proxy.spec.rpc_attachments) {
+            Ok(Some(head)) => head,
+            Ok(None) => return None,
+            Err(_) => return (!oneway).then(|| C::failure(&frame, &Error::BadRequest("undecodable request"))),
+        };
+        let result = match (self.proxy.spec.route_rpc)(&head) {
+            Decision::Forward(forward) => self.forward(forward, &frame, oneway).await,
+            Decision::NoRoute | Decision::Answer(_) => Err(Error::NoRoute),
+        };
+        match result {
+            Ok(Some(response)) => Some(C::answer(response, caller_id)),
+            Ok(None) => None,
+            Err(error) => (!oneway).then(|| C::failure(&frame, &error)),
+        }
+    }
+
+    /// Sends the request to the route's cluster, trying again as its retry policy allows
+    /// (connect failures, and resets when it says `reset`), within the request's timeout:
+    /// the shorter of the caller's own (Bolt's timeout field) and the route's (or else the
+    /// cluster's).
+    async fn forward(&self, forward: &'static Forward, frame: &C::Frame, oneway: bool) -> Result<Option<C::Frame>, Error> {
+        let Some(destination) = forward.destinations.get(pick_weighted_destination(forward.destinations)) else {
+            return Err(Error::NoRoute);
+        };
+        let index = destination.cluster as usize;
+        let (Some(cluster), Some(pool)) = (self.proxy.clusters.get(index), self.pools.get(index)) else {
+            return Err(Error::NoCluster);
+        };
+        let Some(_admitted) = cluster.admit_request() else { return Err(Error::Overflow) };
+        forward.stats.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The caller waits no longer than its own timeout, and the route (or else the
+        // cluster) caps it.
+        let configured = forward.timeout_ms.or(cluster.spec.request_timeout_ms).map(Duration::from_millis);
+        let timeout = C::timeout(frame).into_iter().chain(configured).min();
+        let deadline = timeout.map(|it| tokio::time::Instant::now() + it);
+        let connect_timeout = Duration::from_millis(cluster.spec.connect_timeout_ms);
+        let retries = &forward.retries;
+        let mut attempt = 0;
+        let mut _retrying = None;
+        loop {
+            let endpoint: Endpoint = cluster.pick().ok_or(Error::NoHealthyUpstream(cluster.spec.name))?;
+            let _active = cluster.start_request(&endpoint);
+            let try_once = async {
+                let mux = pool.get(&endpoint, cluster.raw_tls.as_ref(), connect_timeout, self.max_frame).await?;
+                // Each try sends a copy of its own, patched with its connection's request id.
+                mux.call(BytesMut::from(C::bytes(frame)), !oneway).await
+            };
+            // A try ends at the overall deadline, or sooner at its own.
+            let per_try = retries.per_try_timeout_ms.map(|it| tokio::time::Instant::now() + Duration::from_millis(it));
+            let result = match deadline.into_iter().chain(per_try).min() {
+                Some(deadline) => tokio::time::timeout_at(deadline, try_once).await.unwrap_or(Err(Error::UpstreamTimeout)),
+                None => try_once.await,
+            };
+            cluster.observe_outcome(&endpoint, result.as_ref().map(|it| it.as_ref().is_some_and(C::server_error)));
+            // Only failures that Envoy's retry_on names for any protocol: a connection that
+            // could not be made, and one lost (or a try timed out) before the response. A
+            // response, whatever its status, is the service's answer and goes back as it is.
+            let overall_expired = deadline.is_some_and(|it| tokio::time::Instant::now() >= it);
+            let retriable = match &result {
+                Err(Error::UpstreamConnect(_)) => {
+                    retries.on & (RetryOn::CONNECT_FAILURE | RetryOn::RESET | RetryOn::GATEWAY_ERROR | RetryOn::FIVE_XX) != 0
+                }
+                Err(Error::UpstreamReset(_)) => retries.on & (RetryOn::RESET | RetryOn::GATEWAY_ERROR | RetryOn::FIVE_XX) != 0,
+                Err(Error::UpstreamTimeout) => {
+                    !overall_expired && retries.on & (RetryOn::RESET | RetryOn::GATEWAY_ERROR | RetryOn::FIVE_XX) != 0
+                }
+                _ => false,
+            };
+            if !retriable || attempt >= retries.attempts {
+                return result;
+            }
+            let Some(slot) = cluster.admit_retry() else { return result };
+            _retrying = Some(slot);
+            attempt += 1;
+        }
+    }
+}
+
+async fn write_answers<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, mut writer: W) {
+    while let Some(answer) = queue.recv().await {
+        if writer.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

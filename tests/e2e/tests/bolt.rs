@@ -1,0 +1,117 @@
+//! SOFA Bolt through a meshc-built sidecar, between peers we did not write: sofa-rpc-node
+//! clients (on sofa-bolt-node) calling sofa-rpc-node servers through the outbound-bolt
+//! listener of examples/sofa-shop's `shop-web`, over Bolt v1 and over Bolt v2 with the CRC32
+//! trailer. The example's routes send 1.0 callers' `get*` methods to the 2.0 instances (800 ms
+//! timeout, two retries of 250 ms each), other 1.0 calls to 1.0, and 2.0 calls to 2.0.
+
+use std::time::Duration;
+
+use meshc_e2e::{NodeServer, Sidecar, curl, free_port, metric, node_json, root, sidecar_binary};
+
+const ORDER_1: &str = "com.alipay.shop.OrderFacade:1.0";
+const ORDER_2: &str = "com.alipay.shop.OrderFacade:2.0";
+const INVENTORY: &str = "com.alipay.shop.InventoryFacade:1.0";
+
+/// The 1.0 instance serves the 1.0 services; the canary instance serves both versions of
+/// the order service, as a 2.0 rollout that keeps old callers working would.
+struct Shop {
+    v1: NodeServer,
+    canary: NodeServer,
+    sidecar: Sidecar,
+}
+
+fn shop() -> Shop {
+    let binary = sidecar_binary(&root().join("examples/sofa-shop"), "shop-web");
+    let (v1_port, canary_port) = (free_port().to_string(), free_port().to_string());
+    let v1 = NodeServer::start("sofa_peer.js", &["order-v1", &v1_port, ORDER_1, INVENTORY]);
+    let canary = NodeServer::start("sofa_peer.js", &["order-canary", &canary_port, ORDER_1, ORDER_2]);
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"{ORDER_1}\"\naddress = \"127.0.0.1:{}\"\n\n\
+         [[endpoint]]\nservice = \"{ORDER_2}\"\naddress = \"127.0.0.1:{}\"\n\n\
+         [[endpoint]]\nservice = \"{INVENTORY}\"\naddress = \"127.0.0.1:{}\"\n",
+        v1.port, canary.port, v1.port
+    );
+    let sidecar = Sidecar::start(&binary, &["outbound-bolt"], &endpoints);
+    Shop { v1, canary, sidecar }
+}
+
+fn calls(shop: &Shop, flavour: &str, calls: serde_json::Value) -> Vec<serde_json::Value> {
+    let address = shop.sidecar.listener("outbound-bolt").to_string();
+    let out = node_json("sofa_peer.js", &["client", &address, flavour, &calls.to_string()]);
+    out.as_array().cloned().unwrap_or_else(|| panic!("{out}"))
+}
+
+fn raw(shop: &Shop, flavour: &str, service: &str, method: &str, args: &str, timeout_ms: u32) -> serde_json::Value {
+    let address = shop.sidecar.listener("outbound-bolt").to_string();
+    node_json("sofa_peer.js", &["raw", &address, flavour, service, method, args, &timeout_ms.to_string()])
+}
+
+#[test]
+fn bolt_calls_are_routed_by_service_version_and_method_over_v1_and_v2_with_crc() {
+    let shop = shop();
+    for flavour in ["v1", "v2crc"] {
+        let results = calls(
+            &shop,
+            flavour,
+            serde_json::json!([
+                {"service": ORDER_1, "method": "getOrder", "args": ["o-1"]},
+                {"service": ORDER_1, "method": "createOrder", "args": ["o-2"]},
+                {"service": ORDER_2, "method": "createOrder", "args": ["o-3"]},
+                {"service": INVENTORY, "method": "checkStock", "args": ["sku"]},
+            ]),
+        );
+        let answers: Vec<&str> = results.iter().map(|it| it["result"].as_str().unwrap_or_else(|| panic!("{it}"))).collect();
+        assert_eq!(
+            answers,
+            [
+                // reads-on-v2: a 1.0 caller's get* goes to the canary.
+                format!("order-canary {ORDER_1} getOrder(o-1)"),
+                format!("order-v1 {ORDER_1} createOrder(o-2)"),
+                format!("order-canary {ORDER_2} createOrder(o-3)"),
+                format!("order-v1 {INVENTORY} checkStock(sku)"),
+            ],
+            "{flavour}"
+        );
+        // A service shop-web does not call has no route: Bolt's "no processor", framed as the
+        // request was (with its CRC32 trailer over v2).
+        let unrouted = raw(&shop, flavour, "com.alipay.shop.PaymentFacade:1.0", "pay", "[\"x\"]", 3000);
+        assert_eq!((unrouted["status"].as_u64(), unrouted["id"].as_u64()), (Some(6), Some(77)), "{unrouted}");
+        assert_eq!(unrouted["crc"].as_bool(), (flavour == "v2crc").then_some(true), "{unrouted}");
+        // Heartbeats are answered by the sidecar, in sofa-bolt-node's own terms.
+        let address = shop.sidecar.listener("outbound-bolt").to_string();
+        let ack = node_json("sofa_peer.js", &["heartbeat", &address, flavour]);
+        assert_eq!((ack["type"].as_str(), ack["id"].as_u64()), (Some("heartbeat_ack"), Some(4242)), "{ack}");
+    }
+    drop(shop.canary);
+    drop(shop.v1);
+}
+
+#[test]
+fn a_slow_bolt_call_times_out_and_a_killed_server_fails_only_the_calls_it_had() {
+    let mut shop = shop();
+    // reads-on-v2: three tries of 250 ms within the route's 800 ms, then Bolt's TIMEOUT,
+    // long before the caller's 3 s or the server's 2 s.
+    let slow = raw(&shop, "v2crc", ORDER_1, "getSlowly", "[2000]", 3000);
+    assert_eq!(slow["status"].as_u64(), Some(7), "{slow}");
+    assert!(slow["ms"].as_u64().is_some_and(|ms| (700..1500).contains(&ms)), "{slow}");
+
+    // A call in flight on the 1.0 instance when it dies fails at once with CONNECTION_CLOSED.
+    let address = shop.sidecar.listener("outbound-bolt").to_string();
+    let in_flight =
+        std::thread::spawn(move || meshc_e2e::node_json("sofa_peer.js", &["raw", &address, "v1", ORDER_1, "sleep", "[10000]", "20000"]));
+    std::thread::sleep(Duration::from_millis(700));
+    shop.v1.kill();
+    let failed = in_flight.join().expect("the call's thread");
+    assert_eq!(failed["status"].as_u64(), Some(0x10), "{failed}");
+    assert!(failed["ms"].as_u64().is_some_and(|ms| ms < 5000), "{failed}");
+
+    // The canary's calls go on over their own connection.
+    let after = calls(&shop, "v1", serde_json::json!([{"service": ORDER_2, "method": "createOrder", "args": ["o-4"]}]));
+    assert_eq!(after[0]["result"].as_str(), Some(format!("order-canary {ORDER_2} createOrder(o-4)").as_str()), "{after:?}");
+
+    // The canary's answers to the three timed-out tries came after their callers gave up:
+    // dropped and counted.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", shop.sidecar.admin));
+    assert_eq!(metric(&text, "meshc_rpc_unknown_responses_total", &[]), 3.0, "{text}");
+}
