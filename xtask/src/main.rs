@@ -1,6 +1,6 @@
 //! Project automation. `cargo xtask test` is the test command CI runs (`.ci/run`):
-//! it installs what the tests need (curl, h2load and Node.js from Debian, grpcio and websockets into
-//! `.venv`, the Node.js RPC peers into tests/e2e/node), runs
+//! it installs what the tests need (curl, h2load and Node.js from Debian, grpcio, websockets and
+//! dubbo-ssl-python into `.venv`, the Node.js RPC peers into tests/e2e/node), runs
 //! every test of the workspace, and fails when the tests changed a committed golden file or
 //! example.
 //!
@@ -44,10 +44,11 @@ const APT_PACKAGES: [(&str, &str, &str); 5] = [
     ("node", "--version", "nodejs"),
     ("npm", "--version", "npm"),
 ];
-const PIP_PACKAGES: [&str; 2] = ["grpcio==1.85.1", "websockets==15.0.1"];
+const PIP_PACKAGES: [&str; 3] = ["grpcio==1.85.1", "websockets==15.0.1", "dubbo-ssl-python==0.9.6"];
 
 /// Installs the real clients the end-to-end tests drive, unless they are already there:
-/// Debian packages (curl, h2load, openssl, Node.js), a `.venv` with grpcio and websockets, and
+/// Debian packages (curl, h2load, openssl, Node.js), a `.venv` with grpcio, websockets and
+/// dubbo-ssl-python, and
 /// the Node.js RPC peers of tests/e2e/node.
 fn install() -> Result<(), String> {
     let missing: Vec<&str> =
@@ -70,7 +71,7 @@ fn install() -> Result<(), String> {
     }
     let venv = root().join(".venv");
     let python = venv.join("bin").join("python");
-    if !runs(&python.to_string_lossy(), &["-c", "import grpc, websockets"]) {
+    if !runs(&python.to_string_lossy(), &["-c", "import grpc, websockets, dubbo_ssl"]) {
         eprintln!("xtask: making {} with {}", venv.display(), PIP_PACKAGES.join(" "));
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PIP_PACKAGES))?;

@@ -161,7 +161,12 @@ impl Codec for Dubbo {
                 dubbo::status::SERVER_ERROR
             }
         };
-        dubbo::error_reply(frame.head(), status, &error.to_string())
+        let message = match error {
+            Error::UpstreamReset(endpoint) => format!("the provider's connection closed before it answered: {endpoint}"),
+            Error::UpstreamConnect(endpoint) => format!("cannot connect to the provider: {endpoint}"),
+            other => other.to_string(),
+        };
+        dubbo::error_reply(frame.head(), status, &message)
     }
 
     fn server_error(frame: &dubbo::Frame) -> bool {

@@ -326,19 +326,19 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
     (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-/// The Python with grpcio and websockets, from `.venv` (as `cargo xtask test` makes it) or
+/// The Python with grpcio, websockets and dubbo-ssl-python, from `.venv` (as `cargo xtask test` makes it) or
 /// `MESHC_PYTHON`.
 pub fn python() -> PathBuf {
     let python = std::env::var_os("MESHC_PYTHON").map_or_else(|| root().join(".venv/bin/python"), PathBuf::from);
     let works = Command::new(&python)
-        .args(["-c", "import grpc, websockets"])
+        .args(["-c", "import grpc, websockets, dubbo_ssl"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|it| it.success());
     assert!(
         works,
-        "{} with grpcio and websockets is needed by the end-to-end tests (`cargo xtask test` makes .venv with them)",
+        "{} with grpcio, websockets and dubbo-ssl-python is needed by the end-to-end tests (`cargo xtask test` makes .venv with them)",
         python.display()
     );
     python

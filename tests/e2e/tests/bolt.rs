@@ -115,3 +115,67 @@ fn a_slow_bolt_call_times_out_and_a_killed_server_fails_only_the_calls_it_had() 
     let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", shop.sidecar.admin));
     assert_eq!(metric(&text, "meshc_rpc_unknown_responses_total", &[]), 3.0, "{text}");
 }
+
+/// A Bolt v1 heartbeat request with id `id`.
+fn heartbeat(id: u32) -> Vec<u8> {
+    let mut frame = vec![0x01, 0x01, 0x00, 0x00, 0x01];
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.push(0x01);
+    frame.extend_from_slice(&(-1i32).to_be_bytes());
+    frame.extend_from_slice(&[0; 8]);
+    frame
+}
+
+/// Reads until the peer closes the connection (true) or 3 s pass (false).
+fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).expect("a read timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn malformed_bolt_bytes_close_only_their_own_connection() {
+    use std::io::{Read, Write};
+    let shop = shop();
+    let address = shop.sidecar.listener("outbound-bolt");
+    let mut good = std::net::TcpStream::connect(address).expect("connect");
+    let mut ack = [0u8; 20];
+    good.write_all(&heartbeat(1)).expect("write");
+    good.read_exact(&mut ack).expect("the first ack");
+    assert_eq!((ack[0], ack[1], &ack[5..9]), (0x01, 0x00, &1u32.to_be_bytes()[..]));
+
+    let mut absurd = heartbeat(2);
+    absurd[18..22].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut long_map = heartbeat(3);
+    long_map[16..18].copy_from_slice(&8u16.to_be_bytes());
+    long_map.extend_from_slice(&[0, 0, 0, 200, b'k', b'e', b'y', b'!']);
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("a wrong first byte", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a frame of 4 GiB", absurd),
+        ("a header map longer than itself", long_map),
+        ("a bad command type", vec![0x01, 0x07, 0x00, 0x01, 0x01, 0, 0, 0, 4]),
+    ];
+    for (case, bytes) in cases {
+        let mut bad = std::net::TcpStream::connect(address).expect("connect");
+        bad.write_all(&bytes).expect("write");
+        assert!(closed_by_peer(&mut bad), "{case}: the sidecar kept the connection open");
+    }
+    // A frame cut short by the caller's close: the sidecar closes too, without an answer.
+    let mut cut = std::net::TcpStream::connect(address).expect("connect");
+    cut.write_all(&heartbeat(4)[..10]).expect("write");
+    cut.shutdown(std::net::Shutdown::Write).expect("half-close");
+    assert!(closed_by_peer(&mut cut), "a truncated frame");
+
+    // The first connection never noticed.
+    good.write_all(&heartbeat(5)).expect("write");
+    good.read_exact(&mut ack).expect("the second ack");
+    assert_eq!(&ack[5..9], &5u32.to_be_bytes()[..]);
+}
