@@ -71,11 +71,33 @@ struct TcpSeries {
     received: u64,
 }
 
+/// The labels of one RPC request series (Bolt, Dubbo).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RpcLabels {
+    /// Who reports.
+    pub reporter: Reporter,
+    /// `bolt` or `dubbo`.
+    pub protocol: &'static str,
+    /// The interface the request named.
+    pub service: String,
+    /// The method.
+    pub method: String,
+    /// The protocol's response status (Bolt 0 is success, Dubbo 20).
+    pub status: u16,
+    /// Envoy's response flags (`-` for none).
+    pub flags: &'static str,
+}
+
+/// Distinct RPC series kept at most: callers name services and methods, so past this many the
+/// new ones count under service and method `other` rather than growing memory without bound.
+pub const MAX_RPC_SERIES: usize = 2000;
+
 /// A sidecar's request metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Series>>,
     tcp: Mutex<BTreeMap<TcpLabels, TcpSeries>>,
+    rpc: Mutex<BTreeMap<RpcLabels, Series>>,
 }
 
 impl Metrics {
@@ -84,6 +106,22 @@ impl Metrics {
         let ms = duration.as_secs_f64() * 1000.0;
         let mut requests = self.requests.lock().unwrap_or_else(|it| it.into_inner());
         let series = requests.entry(labels).or_default();
+        series.count += 1;
+        series.sum_ms += ms;
+        if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
+            series.buckets[bucket] += 1;
+        }
+    }
+
+    /// Counts one RPC request, answered by an upstream or by the sidecar.
+    pub fn record_rpc(&self, mut labels: RpcLabels, duration: Duration) {
+        let ms = duration.as_secs_f64() * 1000.0;
+        let mut rpc = self.rpc.lock().unwrap_or_else(|it| it.into_inner());
+        if rpc.len() >= MAX_RPC_SERIES && !rpc.contains_key(&labels) {
+            labels.service = "other".to_owned();
+            labels.method = "other".to_owned();
+        }
+        let series = rpc.entry(labels).or_default();
         series.count += 1;
         series.sum_ms += ms;
         if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
@@ -149,6 +187,24 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{text}}} {value}");
             }
         }
+        let rpc = self.rpc.lock().unwrap_or_else(|it| it.into_inner());
+        out.push_str("# HELP meshc_rpc_requests_total Bolt and Dubbo requests, by service, method and the protocol's status.\n");
+        out.push_str("# TYPE meshc_rpc_requests_total counter\n");
+        for (labels, series) in rpc.iter() {
+            let _ = writeln!(out, "meshc_rpc_requests_total{{{}}} {}", rpc_label_text(labels, workload, namespace), series.count);
+        }
+        out.push_str("# TYPE meshc_rpc_request_duration_milliseconds histogram\n");
+        for (labels, series) in rpc.iter() {
+            let text = rpc_label_text(labels, workload, namespace);
+            let mut cumulative = 0;
+            for (bound, count) in DURATION_BUCKETS_MS.iter().zip(series.buckets) {
+                cumulative += count;
+                let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_bucket{{{text},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_bucket{{{text},le=\"+Inf\"}} {}", series.count);
+            let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_sum{{{text}}} {}", series.sum_ms);
+            let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_count{{{text}}} {}", series.count);
+        }
         out.push_str("# TYPE meshc_access_log_dropped_total counter\n");
         let _ = writeln!(out, "meshc_access_log_dropped_total {}", crate::accesslog::dropped());
         out
@@ -196,6 +252,35 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) 
     out
 }
 
+/// An RPC series' labels as Prometheus text: Istio's reporter and workload labels, then the
+/// protocol, service, method, status and flags.
+fn rpc_label_text(labels: &RpcLabels, workload: &str, namespace: &str) -> String {
+    let (reporter, source, source_ns, destination, destination_ns) = match labels.reporter {
+        Reporter::Source => ("source", workload, namespace, "unknown", "unknown"),
+        Reporter::Destination => ("destination", "unknown", "unknown", workload, namespace),
+    };
+    let pairs = [
+        ("reporter", reporter),
+        ("source_workload", source),
+        ("source_workload_namespace", source_ns),
+        ("destination_workload", destination),
+        ("destination_workload_namespace", destination_ns),
+        ("request_protocol", labels.protocol),
+        ("rpc_service", &labels.service),
+        ("rpc_method", &labels.method),
+        ("rpc_status", &labels.status.to_string()),
+        ("response_flags", labels.flags),
+    ];
+    let mut out = String::new();
+    for (index, (name, value)) in pairs.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{name}=\"{}\"", escape(value));
+    }
+    out
+}
+
 fn protocol(labels: &Labels) -> &'static str {
     if labels.grpc { "grpc" } else { "http" }
 }
@@ -228,5 +313,26 @@ mod tests {
         assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"5\"}} 1\n")), "{text}");
         assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"50\"}} 2\n")), "{text}");
         assert!(text.contains("response_code=\"404\",grpc_response_status=\"\",response_flags=\"NR\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn rpc_series_are_counted_by_method_and_bounded_in_number() {
+        let metrics = Metrics::default();
+        let labels = |method: String| RpcLabels {
+            reporter: Reporter::Source,
+            protocol: "dubbo",
+            service: "org.x.Greeter".to_owned(),
+            method,
+            status: 20,
+            flags: "-",
+        };
+        for index in 0..MAX_RPC_SERIES + 5 {
+            metrics.record_rpc(labels(format!("m{index}")), Duration::from_millis(3));
+        }
+        metrics.record_rpc(labels("m0".to_owned()), Duration::from_millis(3));
+        let text = metrics.render("greeter", "demo");
+        assert!(text.contains("rpc_service=\"org.x.Greeter\",rpc_method=\"m0\",rpc_status=\"20\",response_flags=\"-\"} 2\n"), "{text}");
+        assert!(text.contains("rpc_service=\"other\",rpc_method=\"other\",rpc_status=\"20\",response_flags=\"-\"} 5\n"));
+        assert_eq!(text.matches("meshc_rpc_requests_total{").count(), MAX_RPC_SERIES + 1);
     }
 }

@@ -31,6 +31,8 @@ pub(crate) trait Codec: Send + Sync + 'static {
     /// A request id: what a multiplexed connection tells its requests apart by.
     type Id: Copy + Eq + std::hash::Hash + Send + Sync + fmt::Debug + 'static;
     const FIRST_ID: Self::Id;
+    /// `bolt` or `dubbo`, for metrics and logs.
+    const NAME: &'static str;
 
     /// Cuts the next whole frame off `buf`; see [`bolt::decode`].
     fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Self::Frame>, FrameError>;
@@ -49,6 +51,12 @@ pub(crate) trait Codec: Send + Sync + 'static {
     fn heartbeat_reply(frame: &Self::Frame) -> Bytes;
     /// The answer to request `frame` that failed with `error`.
     fn failure(frame: &Self::Frame, error: &Error) -> Bytes;
+    /// The status [`Codec::failure`] answers `error` with.
+    fn failure_status(error: &Error) -> u16;
+    /// A response's status.
+    fn status(frame: &Self::Frame) -> u16;
+    /// The status of success.
+    const OK: u16;
     /// Whether a response reports a failure of the server (for outlier detection).
     fn server_error(frame: &Self::Frame) -> bool;
     /// A response's bytes under the caller's request id.

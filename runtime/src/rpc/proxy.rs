@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use super::head::RpcHead;
 use super::mux::MuxPool;
 use super::{Codec, bolt, dubbo};
+use crate::accesslog::{AccessLog, Entry};
 use crate::endpoints::Endpoint;
 use crate::error::Error;
+use crate::metrics::{Reporter, RpcLabels};
 use crate::proxy::{Proxy, pick_weighted_destination};
 use crate::spec::{Decision, Forward, RetryOn};
 
@@ -28,6 +30,8 @@ impl Codec for Bolt {
     type Frame = bolt::Frame;
     type Id = u32;
     const FIRST_ID: u32 = 1;
+    const NAME: &'static str = "bolt";
+    const OK: u16 = bolt::status::SUCCESS;
 
     fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<bolt::Frame>, super::FrameError> {
         bolt::decode(buf, max_frame)
@@ -73,7 +77,11 @@ impl Codec for Bolt {
     }
 
     fn failure(frame: &bolt::Frame, error: &Error) -> Bytes {
-        let status = match error {
+        bolt::reply(frame.head(), Bolt::failure_status(error))
+    }
+
+    fn failure_status(error: &Error) -> u16 {
+        match error {
             Error::NoRoute | Error::NoCluster | Error::NoHealthyUpstream(_) => bolt::status::NO_PROCESSOR,
             Error::Overflow | Error::RateLimited => bolt::status::SERVER_THREADPOOL_BUSY,
             Error::UpstreamTimeout => bolt::status::TIMEOUT,
@@ -81,8 +89,11 @@ impl Codec for Bolt {
             Error::UpstreamProtocol(_) | Error::BadRequest(_) => bolt::status::CODEC_EXCEPTION,
             Error::Denied => bolt::status::SERVER_EXCEPTION,
             Error::Internal(_) => bolt::status::ERROR,
-        };
-        bolt::reply(frame.head(), status)
+        }
+    }
+
+    fn status(frame: &bolt::Frame) -> u16 {
+        frame.head().status
     }
 
     fn server_error(frame: &bolt::Frame) -> bool {
@@ -106,6 +117,8 @@ impl Codec for Dubbo {
     type Frame = dubbo::Frame;
     type Id = u64;
     const FIRST_ID: u64 = 1;
+    const NAME: &'static str = "dubbo";
+    const OK: u16 = dubbo::status::OK as u16;
 
     fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<dubbo::Frame>, super::FrameError> {
         dubbo::decode(buf, max_frame)
@@ -150,7 +163,17 @@ impl Codec for Dubbo {
     }
 
     fn failure(frame: &dubbo::Frame, error: &Error) -> Bytes {
-        let status = match error {
+        let status = Dubbo::failure_status(error) as u8;
+        let message = match error {
+            Error::UpstreamReset(endpoint) => format!("the provider's connection closed before it answered: {endpoint}"),
+            Error::UpstreamConnect(endpoint) => format!("cannot connect to the provider: {endpoint}"),
+            other => other.to_string(),
+        };
+        dubbo::error_reply(frame.head(), status, &message)
+    }
+
+    fn failure_status(error: &Error) -> u16 {
+        u16::from(match error {
             Error::NoRoute | Error::NoCluster | Error::NoHealthyUpstream(_) => dubbo::status::SERVICE_NOT_FOUND,
             Error::Overflow | Error::RateLimited => dubbo::status::SERVER_THREADPOOL_EXHAUSTED,
             Error::UpstreamTimeout => dubbo::status::SERVER_TIMEOUT,
@@ -160,13 +183,11 @@ impl Codec for Dubbo {
             Error::UpstreamConnect(_) | Error::UpstreamReset(_) | Error::UpstreamRefused(_) | Error::Internal(_) => {
                 dubbo::status::SERVER_ERROR
             }
-        };
-        let message = match error {
-            Error::UpstreamReset(endpoint) => format!("the provider's connection closed before it answered: {endpoint}"),
-            Error::UpstreamConnect(endpoint) => format!("cannot connect to the provider: {endpoint}"),
-            other => other.to_string(),
-        };
-        dubbo::error_reply(frame.head(), status, &message)
+        })
+    }
+
+    fn status(frame: &dubbo::Frame) -> u16 {
+        u16::from(frame.head().status)
     }
 
     fn server_error(frame: &dubbo::Frame) -> bool {
@@ -181,6 +202,15 @@ impl Codec for Dubbo {
     fn bytes(frame: &dubbo::Frame) -> &[u8] {
         frame.as_bytes()
     }
+}
+
+/// Where a request went, for its log line.
+#[derive(Debug, Default)]
+struct Trace {
+    route: &'static str,
+    cluster: &'static str,
+    /// The endpoint of the last try.
+    upstream: Option<Arc<str>>,
 }
 
 /// What a frame asks of the proxy.
@@ -258,18 +288,56 @@ impl<C: Codec> RpcProxy<C> {
         let _ = writing.await;
     }
 
-    /// Routes and forwards one request; the answer to write back, if any.
+    /// Routes and forwards one request, counts it and logs it; the answer to write back, if
+    /// any.
     async fn call(&self, frame: C::Frame, oneway: bool) -> Option<Bytes> {
+        let (started, start_time) = (tokio::time::Instant::now(), std::time::SystemTime::now());
         let caller_id = C::id(&frame);
+        let mut trace = Trace::default();
         let head = match C::head(&frame, self.proxy.spec.rpc_attachments) {
-            Ok(Some(head)) => head,
+            Ok(Some(head)) => Some(head),
             Ok(None) => return None,
-            Err(_) => return (!oneway).then(|| C::failure(&frame, &Error::BadRequest("undecodable request"))),
+            Err(_) => None,
         };
-        let result = match (self.proxy.spec.route_rpc)(&head) {
-            Decision::Forward(forward) => self.forward(forward, &frame, oneway).await,
-            Decision::NoRoute | Decision::Answer(_) => Err(Error::NoRoute),
+        let result = match &head {
+            None => Err(Error::BadRequest("undecodable request")),
+            Some(head) => match (self.proxy.spec.route_rpc)(head) {
+                Decision::Forward(forward) => {
+                    trace.route = forward.route;
+                    self.forward(forward, &frame, oneway, &mut trace).await
+                }
+                Decision::NoRoute | Decision::Answer(_) => Err(Error::NoRoute),
+            },
         };
+        let (status, flags) = match &result {
+            Ok(Some(response)) => (C::status(response), "-"),
+            Ok(None) => (C::OK, "-"),
+            Err(error) => (C::failure_status(error), error.flag()),
+        };
+        let (service, method) = head.as_ref().map_or(("unknown", "unknown"), |it| (it.interface(), it.method()));
+        let elapsed = started.elapsed();
+        let labels = RpcLabels {
+            reporter: Reporter::Source,
+            protocol: C::NAME,
+            service: service.to_owned(),
+            method: method.to_owned(),
+            status,
+            flags,
+        };
+        self.proxy.metrics.record_rpc(labels, elapsed);
+        if !matches!(self.proxy.spec.access_log, AccessLog::Off) {
+            let entry = Entry {
+                start: Some(start_time),
+                method: method.to_owned(),
+                protocol: C::NAME,
+                authority: head.as_ref().map(|it| it.service().to_owned()).unwrap_or_default(),
+                route: trace.route,
+                cluster: trace.cluster,
+                upstream_host: trace.upstream.map(|it| it.to_string()).unwrap_or_default(),
+                ..Entry::default()
+            };
+            crate::accesslog::write(&self.proxy.spec.access_log, &entry, status, flags, elapsed);
+        }
         match result {
             Ok(Some(response)) => Some(C::answer(response, caller_id)),
             Ok(None) => None,
@@ -281,7 +349,13 @@ impl<C: Codec> RpcProxy<C> {
     /// (connect failures, and resets when it says `reset`), within the request's timeout:
     /// the shorter of the caller's own (Bolt's timeout field) and the route's (or else the
     /// cluster's).
-    async fn forward(&self, forward: &'static Forward, frame: &C::Frame, oneway: bool) -> Result<Option<C::Frame>, Error> {
+    async fn forward(
+        &self,
+        forward: &'static Forward,
+        frame: &C::Frame,
+        oneway: bool,
+        trace: &mut Trace,
+    ) -> Result<Option<C::Frame>, Error> {
         let Some(destination) = forward.destinations.get(pick_weighted_destination(forward.destinations)) else {
             return Err(Error::NoRoute);
         };
@@ -289,6 +363,7 @@ impl<C: Codec> RpcProxy<C> {
         let (Some(cluster), Some(pool)) = (self.proxy.clusters.get(index), self.pools.get(index)) else {
             return Err(Error::NoCluster);
         };
+        trace.cluster = cluster.spec.name;
         let Some(_admitted) = cluster.admit_request() else { return Err(Error::Overflow) };
         forward.stats.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The caller waits no longer than its own timeout, and the route (or else the
@@ -303,6 +378,7 @@ impl<C: Codec> RpcProxy<C> {
         loop {
             let endpoint: Endpoint = cluster.pick().ok_or(Error::NoHealthyUpstream(cluster.spec.name))?;
             let _active = cluster.start_request(&endpoint);
+            trace.upstream = Some(endpoint.shared_authority());
             let try_once = async {
                 let mux = pool.get(&endpoint, cluster.raw_tls.as_ref(), connect_timeout, self.max_frame).await?;
                 // Each try sends a copy of its own, patched with its connection's request id.

@@ -82,6 +82,36 @@ fn bolt_calls_are_routed_by_service_version_and_method_over_v1_and_v2_with_crc()
         let ack = node_json("sofa_peer.js", &["heartbeat", &address, flavour]);
         assert_eq!((ack["type"].as_str(), ack["id"].as_u64()), (Some("heartbeat_ack"), Some(4242)), "{ack}");
     }
+    // Each request counted once per flavour under its interface, method and Bolt status, and
+    // logged with its route and the endpoint that answered.
+    let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", shop.sidecar.admin));
+    let count = |service: &str, method: &str, status: &str, flags: &str| {
+        let labels = [
+            ("reporter", "source"),
+            ("request_protocol", "bolt"),
+            ("rpc_service", service),
+            ("rpc_method", method),
+            ("rpc_status", status),
+            ("response_flags", flags),
+        ];
+        metric(&text, "meshc_rpc_requests_total", &labels)
+    };
+    assert_eq!(count("com.alipay.shop.OrderFacade", "getOrder", "0", "-"), 2.0, "{text}");
+    assert_eq!(count("com.alipay.shop.OrderFacade", "createOrder", "0", "-"), 4.0, "{text}");
+    assert_eq!(count("com.alipay.shop.PaymentFacade", "pay", "6", "NR"), 2.0, "{text}");
+    let log = shop.sidecar.access_log();
+    let line = log
+        .iter()
+        .filter_map(|it| serde_json::from_str::<serde_json::Value>(it).ok())
+        .find(|it| it["method"] == "getOrder")
+        .unwrap_or_else(|| panic!("no log line for getOrder: {log:?}"));
+    assert_eq!(
+        (line["protocol"].as_str(), line["route_name"].as_str(), line["response_code"].as_u64()),
+        (Some("bolt"), Some("reads-on-v2"), Some(0)),
+        "{line}"
+    );
+    assert_eq!(line["upstream_host"].as_str(), Some(format!("127.0.0.1:{}", shop.canary.port).as_str()), "{line}");
+    assert_eq!(line["authority"].as_str(), Some(ORDER_1), "{line}");
     drop(shop.canary);
     drop(shop.v1);
 }
