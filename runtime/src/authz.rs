@@ -235,6 +235,9 @@ pub struct Request<'h, 'a> {
     pub local: Option<IpAddr>,
     /// The server name the caller asked for in its TLS handshake.
     pub sni: Option<&'h str>,
+    /// For an RPC request (Bolt, Dubbo; `head` is `None`), its method, which a rule's
+    /// `methods` match; its other HTTP-only fields apply as for TCP.
+    pub rpc_method: Option<&'h str>,
 }
 
 impl Request<'_, '_> {
@@ -288,9 +291,13 @@ impl Rule {
                             && field(op.paths, op.not_paths, Some(head.path()), |p, v| p.test(v))
                     }
                     None => {
-                        let uses_http =
-                            [op.hosts, op.not_hosts, op.methods, op.not_methods, op.paths, op.not_paths].iter().any(|it| !it.is_empty());
-                        deny || !uses_http
+                        // An RPC request has a method; hosts and paths are HTTP's alone.
+                        let methods = match request.rpc_method {
+                            Some(method) => field(op.methods, op.not_methods, Some(method), |p, v| p.test(v)),
+                            None => deny || op.methods.is_empty() && op.not_methods.is_empty(),
+                        };
+                        let uses_http = [op.hosts, op.not_hosts, op.paths, op.not_paths].iter().any(|it| !it.is_empty());
+                        methods && (deny || !uses_http)
                     }
                 };
                 http && field(op.ports, op.not_ports, Some(request.port), |a, b| *a == b)
@@ -348,7 +355,8 @@ mod tests {
     fn verdict(policies: &Policies, method: &str, path: &str, peer: &str, principal: Option<&str>) -> Verdict {
         let headers = http::HeaderMap::new();
         let head = RequestHead::from_parts(method, "ratings:9080", path, None, &headers);
-        let request = Request { head: Some(&head), peer: peer.parse().ok(), principal, port: 9080, local: None, sni: None };
+        let request =
+            Request { head: Some(&head), peer: peer.parse().ok(), principal, port: 9080, local: None, sni: None, rpc_method: None };
         policies.authorize(&request)
     }
 
@@ -377,7 +385,8 @@ mod tests {
         static GET_ONLY: [Operation; 1] = [Operation { methods: &[Pat::Exact("GET")], ..ANY_OPERATION }];
         static ADMIN: [Operation; 1] = [Operation { paths: &[Pat::Prefix("/admin/")], ..ANY_OPERATION }];
         static PORT: [Operation; 1] = [Operation { ports: &[9080], ..ANY_OPERATION }];
-        let connection = Request { head: None, peer: "10.0.0.1".parse().ok(), principal: None, port: 9080, local: None, sni: None };
+        let connection =
+            Request { head: None, peer: "10.0.0.1".parse().ok(), principal: None, port: 9080, local: None, sni: None, rpc_method: None };
         // An ALLOW rule on HTTP fields matches no connection; one on the port does.
         static ALLOW_GET: [Policy; 1] = [Policy { name: "reads", rules: &[Rule { from: &[], to: &GET_ONLY, when: &[] }] }];
         assert!(!Policies { deny: &[], allow: &ALLOW_GET }.authorize(&connection).allowed);
@@ -387,6 +396,33 @@ mod tests {
         static DENY_ADMIN: [Policy; 1] = [Policy { name: "no-admin", rules: &[Rule { from: &[], to: &ADMIN, when: &[] }] }];
         let verdict = Policies { deny: &DENY_ADMIN, allow: &[] }.authorize(&connection);
         assert_eq!(verdict, Verdict { allowed: false, policy: Some("no-admin"), rule: Some(1) });
+    }
+
+    #[test]
+    fn an_rpc_call_meets_methods_but_not_hosts_or_paths() {
+        static RESERVE: [Operation; 1] = [Operation { methods: &[Pat::Prefix("reserve")], ..ANY_OPERATION }];
+        static ADMIN: [Operation; 1] = [Operation { paths: &[Pat::Prefix("/admin/")], ..ANY_OPERATION }];
+        let call = |method| Request {
+            head: None,
+            peer: "10.0.0.1".parse().ok(),
+            principal: None,
+            port: 12200,
+            local: None,
+            sni: None,
+            rpc_method: Some(method),
+        };
+        // A DENY rule on methods denies the RPC methods it names, and only those.
+        static DENY_RESERVE: [Policy; 1] = [Policy { name: "no-reserve", rules: &[Rule { from: &[], to: &RESERVE, when: &[] }] }];
+        let deny = Policies { deny: &DENY_RESERVE, allow: &[] };
+        assert!(!deny.authorize(&call("reserveStock")).allowed);
+        assert!(deny.authorize(&call("checkStock")).allowed);
+        // An ALLOW rule on methods allows them; one on paths matches no RPC call.
+        static ALLOW_RESERVE: [Policy; 1] = [Policy { name: "reserve", rules: &[Rule { from: &[], to: &RESERVE, when: &[] }] }];
+        let allow = Policies { deny: &[], allow: &ALLOW_RESERVE };
+        assert!(allow.authorize(&call("reserveStock")).allowed);
+        assert!(!allow.authorize(&call("checkStock")).allowed);
+        static ALLOW_ADMIN: [Policy; 1] = [Policy { name: "admin", rules: &[Rule { from: &[], to: &ADMIN, when: &[] }] }];
+        assert!(!Policies { deny: &[], allow: &ALLOW_ADMIN }.authorize(&call("checkStock")).allowed);
     }
 
     #[test]

@@ -818,9 +818,18 @@ impl Proxy {
         self.authorize(None, port.port, peer)
     }
 
+    /// Whether a caller may make an RPC call of `method` on an inbound port.
+    pub(crate) fn authorize_rpc(&self, method: &str, port: &InboundPort, peer: &Downstream) -> bool {
+        self.authorize_with(None, Some(method), port.port, peer)
+    }
+
     /// The workload's policies applied to a request (`head`) or a TCP connection (`None`)
     /// from `peer` to application port `port`.
     fn authorize(&self, head: Option<&RequestHead<'_>>, port: u16, peer: &Downstream) -> bool {
+        self.authorize_with(head, None, port, peer)
+    }
+
+    fn authorize_with(&self, head: Option<&RequestHead<'_>>, rpc_method: Option<&str>, port: u16, peer: &Downstream) -> bool {
         let request = authz::Request {
             head,
             peer: Some(peer.ip),
@@ -828,6 +837,7 @@ impl Proxy {
             port,
             local: peer.local,
             sni: peer.sni.as_deref(),
+            rpc_method,
         };
         self.spec.authz.authorize(&request).allowed
     }

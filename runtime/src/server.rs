@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use crate::endpoints::{self, ClusterEndpoints, Endpoint};
 use crate::guard::{Guarded, UpgradeSignal};
 use crate::proxy::{Body, Downstream, InboundPort, Proxy, full};
-use crate::rpc::{self, head::RpcProtocol, proxy::RpcProxy};
-use crate::spec::{ListenerKind, PeerMtls, SidecarSpec};
+use crate::rpc::{self, head::RpcProtocol, proxy::RpcProxy, proxy::Side};
+use crate::spec::{ListenerKind, PeerMtls, Protocol, SidecarSpec};
 use crate::tls::{MeshTls, TlsFiles};
 
 /// Writes a line to stderr, ignoring failures: a sidecar whose stderr was closed keeps
@@ -319,7 +319,14 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
     }
     // One RPC proxy per protocol, with its own multiplexed connection pools, when a listener
     // needs it.
-    let uses = |protocol| bound.iter().any(|(it, _)| it.kind == ListenerKind::OutboundRpc { protocol });
+    let uses = |protocol: RpcProtocol| {
+        bound.iter().any(|(it, _)| match it.kind {
+            ListenerKind::OutboundRpc { protocol: used } => used == protocol,
+            ListenerKind::Inbound { protocol: Protocol::Bolt, .. } => protocol == RpcProtocol::Bolt,
+            ListenerKind::Inbound { protocol: Protocol::Dubbo, .. } => protocol == RpcProtocol::Dubbo,
+            _ => false,
+        })
+    };
     let bolt = uses(RpcProtocol::Bolt).then(|| Arc::new(RpcProxy::<rpc::proxy::Bolt>::new(proxy.clone())));
     let dubbo = uses(RpcProtocol::Dubbo).then(|| Arc::new(RpcProxy::<rpc::proxy::Dubbo>::new(proxy.clone())));
     for (listener, socket) in bound {
@@ -345,7 +352,13 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
                     PeerMtls::Permissive => acceptor.clone().map_or(Accepts::Plaintext, Accepts::Either),
                     PeerMtls::Strict => acceptor.clone().map_or(Accepts::Plaintext, Accepts::MutualTls),
                 };
-                Serves::Inbound(Arc::new(InboundPort { app, port: app_port, protocol, service_names }), tls)
+                let port = Arc::new(InboundPort { app, port: app_port, protocol, service_names });
+                let rpc = match protocol {
+                    Protocol::Bolt => bolt.clone().map(InboundRpc::Bolt),
+                    Protocol::Dubbo => dubbo.clone().map(InboundRpc::Dubbo),
+                    _ => None,
+                };
+                Serves::Inbound(port, tls, rpc)
             }
         };
         tokio::spawn(accept_loop(socket, proxy, serves, drain.clone()));
@@ -486,7 +499,14 @@ enum Serves {
     Dubbo(Arc<RpcProxy<rpc::proxy::Dubbo>>),
     /// A TCP service's names and destinations.
     OutboundTcp(&'static [&'static str], &'static [crate::spec::WeightedCluster]),
-    Inbound(Arc<InboundPort>, Accepts),
+    Inbound(Arc<InboundPort>, Accepts, Option<InboundRpc>),
+}
+
+/// The RPC proxy an inbound Bolt or Dubbo port hands its connections to.
+#[derive(Clone)]
+enum InboundRpc {
+    Bolt(Arc<RpcProxy<rpc::proxy::Bolt>>),
+    Dubbo(Arc<RpcProxy<rpc::proxy::Dubbo>>),
 }
 
 /// What an inbound listener accepts.
@@ -533,9 +553,9 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
                 | Serves::Bolt(_)
                 | Serves::Dubbo(_)
                 | Serves::OutboundTcp(..)
-                | Serves::Inbound(_, Accepts::Plaintext) => None,
-                Serves::Inbound(_, Accepts::Either(acceptor)) => Some((acceptor.clone(), false)),
-                Serves::Inbound(_, Accepts::MutualTls(acceptor)) => Some((acceptor.clone(), true)),
+                | Serves::Inbound(_, Accepts::Plaintext, _) => None,
+                Serves::Inbound(_, Accepts::Either(acceptor), _) => Some((acceptor.clone(), false)),
+                Serves::Inbound(_, Accepts::MutualTls(acceptor), _) => Some((acceptor.clone(), true)),
             };
             let Some((acceptor, strict)) = acceptor else {
                 return serve_connection(stream, open, plain, proxy, serves, drain).await;
@@ -574,9 +594,16 @@ where
     let stream = Counted { inner: stream, _open: open };
     match &serves {
         Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
-        Serves::Bolt(rpc) => rpc.clone().outbound(stream).await,
-        Serves::Dubbo(rpc) => rpc.clone().outbound(stream).await,
-        Serves::Inbound(port, _) if port.protocol == crate::spec::Protocol::Tcp => {
+        Serves::Bolt(rpc) => rpc.clone().serve(stream, Side::Outbound).await,
+        Serves::Dubbo(rpc) => rpc.clone().serve(stream, Side::Outbound).await,
+        Serves::Inbound(port, _, Some(rpc)) => {
+            let side = Side::Inbound { port: port.clone(), peer: Arc::new(downstream) };
+            match rpc {
+                InboundRpc::Bolt(rpc) => rpc.clone().serve(stream, side).await,
+                InboundRpc::Dubbo(rpc) => rpc.clone().serve(stream, side).await,
+            }
+        }
+        Serves::Inbound(port, _, None) if port.protocol == crate::spec::Protocol::Tcp => {
             if proxy.authorize_connection(port, &downstream) {
                 crate::tcp::inbound(&proxy, stream, &port.app, port.service_names).await;
             } else {
@@ -610,7 +637,7 @@ where
                 Serves::Outbound | Serves::Bolt(_) | Serves::Dubbo(_) | Serves::OutboundTcp(..) => {
                     proxy.outbound(downstream.ip, request).await
                 }
-                Serves::Inbound(port, _) => proxy.inbound(&port, &downstream, request).await,
+                Serves::Inbound(port, _, _) => proxy.inbound(&port, &downstream, request).await,
             };
             let mut response = response;
             if awaited {

@@ -147,6 +147,10 @@ pub enum Protocol {
     Downstream,
     /// Plain TCP: bytes copied both ways, no HTTP (an inbound port's protocol only).
     Tcp,
+    /// SOFA Bolt frames, routed and policed by their RPC keys (an inbound port's protocol only).
+    Bolt,
+    /// Dubbo 2 frames, likewise.
+    Dubbo,
 }
 
 impl Protocol {
@@ -154,7 +158,7 @@ impl Protocol {
     pub fn uses_http2(self, downstream: http::Version) -> bool {
         match self {
             Protocol::Http2 => true,
-            Protocol::Http1 | Protocol::Tcp => false,
+            Protocol::Http1 | Protocol::Tcp | Protocol::Bolt | Protocol::Dubbo => false,
             Protocol::Downstream => downstream == http::Version::HTTP_2,
         }
     }

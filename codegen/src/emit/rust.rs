@@ -197,7 +197,9 @@ fn protocol_tokens(protocol: Protocol) -> TokenStream {
         Protocol::Http2 | Protocol::Grpc => quote!(rt::Protocol::Http2),
         Protocol::Http => quote!(rt::Protocol::Http1),
         Protocol::Tcp => quote!(rt::Protocol::Tcp),
-        _ => quote!(rt::Protocol::Downstream),
+        Protocol::Bolt => quote!(rt::Protocol::Bolt),
+        Protocol::Dubbo => quote!(rt::Protocol::Dubbo),
+        Protocol::Auto => quote!(rt::Protocol::Downstream),
     }
 }
 
@@ -260,8 +262,7 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
         .filter(|(protocol, _)| *protocol == Protocol::Dubbo)
         .flat_map(|(_, table)| table.routes.iter().flat_map(|route| &route.matches))
         .any(|m| m.group.is_some() || !m.headers.is_empty());
-    // HTTP-family and TCP ports are served by this sidecar; Bolt and Dubbo come later.
-    let inbound: Vec<_> = workload.inbound.iter().filter(|it| it.protocol.is_http() || it.protocol == Protocol::Tcp).collect();
+    let inbound: Vec<_> = workload.inbound.iter().collect();
     for (index, port) in inbound.iter().enumerate() {
         let listener = str_lit(&format!("inbound-{}", port.port));
         let address = str_lit(&format!("0.0.0.0:{}", FIRST_INBOUND_PORT + index as u16));

@@ -17,11 +17,14 @@ use crate::accesslog::{AccessLog, Entry};
 use crate::endpoints::Endpoint;
 use crate::error::Error;
 use crate::metrics::{Reporter, RpcLabels};
-use crate::proxy::{Proxy, pick_weighted_destination};
+use crate::proxy::{Downstream, InboundPort, Proxy, pick_weighted_destination};
 use crate::spec::{Decision, Forward, RetryOn};
 
 /// Answers queued for a caller's connection before the tasks that answer wait.
 const ANSWER_QUEUE: usize = 256;
+
+/// How long connecting to the local application may take.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SOFA Bolt, v1 and v2 on one connection.
 pub(crate) struct Bolt;
@@ -227,22 +230,33 @@ pub(crate) enum Role {
 }
 
 /// The RPC side of one sidecar for one protocol: the proxy's clusters, with one multiplexed
-/// connection pool per cluster.
+/// connection pool per cluster, and the connections to the local application.
 pub(crate) struct RpcProxy<C: Codec> {
     proxy: Arc<Proxy>,
     pools: Vec<MuxPool<C>>,
+    app: MuxPool<C>,
     max_frame: usize,
+}
+
+/// Which way a connection's requests go.
+#[derive(Clone)]
+pub(crate) enum Side {
+    /// From the application, routed to clusters.
+    Outbound,
+    /// From a caller to the application's `port`, under the workload's policies.
+    Inbound { port: Arc<InboundPort>, peer: Arc<Downstream> },
 }
 
 impl<C: Codec> RpcProxy<C> {
     pub(crate) fn new(proxy: Arc<Proxy>) -> RpcProxy<C> {
         let pools = proxy.clusters.iter().map(|_| MuxPool::default()).collect();
-        RpcProxy { proxy, pools, max_frame: super::DEFAULT_MAX_FRAME }
+        RpcProxy { proxy, pools, app: MuxPool::default(), max_frame: super::DEFAULT_MAX_FRAME }
     }
 
-    /// Serves one connection the application opened to the outbound listener of this
-    /// protocol, until the application closes it or sends bytes that are no frame.
-    pub(crate) async fn outbound<S>(self: Arc<Self>, stream: S)
+    /// Serves one connection, until its peer closes it or sends bytes that are no frame: the
+    /// application's to the outbound listener of this protocol, or a caller's to an inbound
+    /// port.
+    pub(crate) async fn serve<S>(self: Arc<Self>, stream: S, side: Side)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -265,9 +279,9 @@ impl<C: Codec> RpcProxy<C> {
                         }
                     }
                     Role::Call { oneway } => {
-                        let (rpc, answers) = (self.clone(), answers.clone());
+                        let (rpc, answers, side) = (self.clone(), answers.clone(), side.clone());
                         tokio::spawn(async move {
-                            if let Some(answer) = rpc.call(frame, oneway).await {
+                            if let Some(answer) = rpc.call(frame, oneway, &side).await {
                                 let _ = answers.send(answer).await;
                             }
                         });
@@ -290,7 +304,7 @@ impl<C: Codec> RpcProxy<C> {
 
     /// Routes and forwards one request, counts it and logs it; the answer to write back, if
     /// any.
-    async fn call(&self, frame: C::Frame, oneway: bool) -> Option<Bytes> {
+    async fn call(&self, frame: C::Frame, oneway: bool, side: &Side) -> Option<Bytes> {
         let (started, start_time) = (tokio::time::Instant::now(), std::time::SystemTime::now());
         let caller_id = C::id(&frame);
         let mut trace = Trace::default();
@@ -299,15 +313,16 @@ impl<C: Codec> RpcProxy<C> {
             Ok(None) => return None,
             Err(_) => None,
         };
-        let result = match &head {
-            None => Err(Error::BadRequest("undecodable request")),
-            Some(head) => match (self.proxy.spec.route_rpc)(head) {
+        let result = match (&head, side) {
+            (None, _) => Err(Error::BadRequest("undecodable request")),
+            (Some(head), Side::Outbound) => match (self.proxy.spec.route_rpc)(head) {
                 Decision::Forward(forward) => {
                     trace.route = forward.route;
                     self.forward(forward, &frame, oneway, &mut trace).await
                 }
                 Decision::NoRoute | Decision::Answer(_) => Err(Error::NoRoute),
             },
+            (Some(head), Side::Inbound { port, peer }) => self.to_app(head, port, peer, &frame, oneway, &mut trace).await,
         };
         let (status, flags) = match &result {
             Ok(Some(response)) => (C::status(response), "-"),
@@ -316,14 +331,8 @@ impl<C: Codec> RpcProxy<C> {
         };
         let (service, method) = head.as_ref().map_or(("unknown", "unknown"), |it| (it.interface(), it.method()));
         let elapsed = started.elapsed();
-        let labels = RpcLabels {
-            reporter: Reporter::Source,
-            protocol: C::NAME,
-            service: service.to_owned(),
-            method: method.to_owned(),
-            status,
-            flags,
-        };
+        let reporter = if matches!(side, Side::Outbound) { Reporter::Source } else { Reporter::Destination };
+        let labels = RpcLabels { reporter, protocol: C::NAME, service: service.to_owned(), method: method.to_owned(), status, flags };
         self.proxy.metrics.record_rpc(labels, elapsed);
         if !matches!(self.proxy.spec.access_log, AccessLog::Off) {
             let entry = Entry {
@@ -342,6 +351,34 @@ impl<C: Codec> RpcProxy<C> {
             Ok(Some(response)) => Some(C::answer(response, caller_id)),
             Ok(None) => None,
             Err(error) => (!oneway).then(|| C::failure(&frame, &error)),
+        }
+    }
+
+    /// Hands a caller's request to the application, when the workload's authorization
+    /// policies (its `methods` are RPC methods here) and inbound rate limit let it through.
+    async fn to_app(
+        &self,
+        head: &RpcHead,
+        port: &InboundPort,
+        peer: &Downstream,
+        frame: &C::Frame,
+        oneway: bool,
+        trace: &mut Trace,
+    ) -> Result<Option<C::Frame>, Error> {
+        if !self.proxy.authorize_rpc(head.method(), port, peer) {
+            return Err(Error::Denied);
+        }
+        if self.proxy.spec.inbound_rate_limit.is_some_and(|it| !it.admit(peer.ip)) {
+            return Err(Error::RateLimited);
+        }
+        trace.upstream = Some(port.app.shared_authority());
+        let try_once = async {
+            let mux = self.app.get(&port.app, None, APP_CONNECT_TIMEOUT, self.max_frame).await?;
+            mux.call(BytesMut::from(C::bytes(frame)), !oneway).await
+        };
+        match C::timeout(frame) {
+            Some(timeout) => tokio::time::timeout(timeout, try_once).await.unwrap_or(Err(Error::UpstreamTimeout)),
+            None => try_once.await,
         }
     }
 

@@ -209,3 +209,38 @@ fn malformed_bolt_bytes_close_only_their_own_connection() {
     good.read_exact(&mut ack).expect("the second ack");
     assert_eq!(&ack[5..9], &5u32.to_be_bytes()[..]);
 }
+
+#[test]
+fn bolt_calls_reach_the_application_through_its_own_sidecar_under_its_policies() {
+    // inventory's sidecar in front of its application; shop-web's calls go to that sidecar.
+    let app = NodeServer::start("sofa_peer.js", &["inventory-app", &free_port().to_string(), INVENTORY]);
+    let inventory = Sidecar::start_with(
+        &sidecar_binary(&root().join("examples/sofa-shop"), "inventory"),
+        &["inbound-12200"],
+        "",
+        &["--app", &format!("12200=127.0.0.1:{}", app.port)],
+    );
+    let endpoints = format!("[[endpoint]]\nservice = \"{INVENTORY}\"\naddress = \"{}\"\n", inventory.listener("inbound-12200"));
+    let web = Sidecar::start(&sidecar_binary(&root().join("examples/sofa-shop"), "shop-web"), &["outbound-bolt"], &endpoints);
+    let address = web.listener("outbound-bolt").to_string();
+    let calls = serde_json::json!([{"service": INVENTORY, "method": "checkStock", "args": ["sku"]}]);
+    for flavour in ["v1", "v2crc"] {
+        let out = node_json("sofa_peer.js", &["client", &address, flavour, &calls.to_string()]);
+        assert_eq!(out[0]["result"].as_str(), Some(format!("inventory-app {INVENTORY} checkStock(sku)").as_str()), "{out}");
+        // inventory's DENY policy: reserve* only from order, and shop-web proves no identity.
+        let denied = node_json("sofa_peer.js", &["raw", &address, flavour, INVENTORY, "reserve", "[\"sku\"]", "3000"]);
+        assert_eq!(denied["status"].as_u64(), Some(2), "{denied}");
+    }
+    // Each side counts what it saw: shop-web as the source, inventory as the destination.
+    let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", inventory.admin));
+    let seen = |method: &str, status: &str| {
+        let labels = [
+            ("reporter", "destination"),
+            ("rpc_service", "com.alipay.shop.InventoryFacade"),
+            ("rpc_method", method),
+            ("rpc_status", status),
+        ];
+        metric(&text, "meshc_rpc_requests_total", &labels)
+    };
+    assert_eq!((seen("checkStock", "0"), seen("reserve", "2")), (2.0, 2.0), "{text}");
+}

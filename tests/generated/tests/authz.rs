@@ -103,6 +103,7 @@ fn compiled_policies_reach_the_verdicts_explain_reaches() {
                 // `explain` knows no connection: both see these attributes as absent.
                 local: None,
                 sni: None,
+                rpc_method: None,
             });
             prop_assert_eq!(
                 (compiled.allowed, compiled.policy, compiled.rule),

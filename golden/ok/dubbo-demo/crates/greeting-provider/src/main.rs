@@ -8,7 +8,7 @@ pub mod policy;
 pub mod routes;
 use meshc_runtime::__codegen as rt;
 /// Listeners: `outbound`, `outbound-bolt` and `outbound-dubbo` when the workload calls RPC services, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
-static LISTENERS: [rt::ListenerSpec; 2] = [
+static LISTENERS: [rt::ListenerSpec; 3] = [
     rt::ListenerSpec {
         name: "outbound",
         default_address: "127.0.0.1:15001",
@@ -19,6 +19,20 @@ static LISTENERS: [rt::ListenerSpec; 2] = [
         default_address: "127.0.0.1:20881",
         kind: rt::ListenerKind::OutboundRpc {
             protocol: rt::RpcProtocol::Dubbo,
+        },
+    },
+    rt::ListenerSpec {
+        name: "inbound-20880",
+        default_address: "0.0.0.0:15006",
+        kind: rt::ListenerKind::Inbound {
+            app_port: 20880,
+            protocol: rt::Protocol::Dubbo,
+            service_names: &[
+                "gray/org.apache.dubbo.samples.api.GreetingService:1.0.0",
+                "gray/org.apache.dubbo.samples.api.GreetingService:1.0.0.demo",
+                "gray/org.apache.dubbo.samples.api.GreetingService:1.0.0",
+            ],
+            mtls: rt::PeerMtls::Permissive,
         },
     },
 ];
