@@ -70,18 +70,19 @@ pub struct Frame {
     bytes: BytesMut,
 }
 
-/// What a request's body says it calls.
+/// What a request's body says it calls: the keys routes use, decoded; the framework version
+/// and the parameter types only located, and read when asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Invocation {
-    /// The Dubbo framework version (`2.0.2`).
-    pub dubbo: String,
     /// The service path: the interface's fully qualified name.
     pub path: String,
     /// The service version; `None` when the caller sent null.
     pub version: Option<String>,
     pub method: String,
-    /// JVM descriptors of the parameter types (`Ljava/lang/String;I`).
-    pub parameter_types: String,
+    /// Where the framework version starts in the body.
+    dubbo_at: usize,
+    /// Where the parameter types start in the body.
+    types_at: usize,
     /// Where the arguments start in the body.
     arguments_at: usize,
 }
@@ -133,25 +134,43 @@ impl Frame {
         }
         let malformed = |err: hessian::HessianError| FrameError::Malformed(format!("the request body: {err}"));
         let mut reader = Reader::new(self.body());
+        let dubbo_at = reader.position();
+        reader.skip_string().map_err(malformed)?;
         let mut next = |what: &str, nullable: bool| -> Result<Option<String>, FrameError> {
             match reader.read_string().map_err(malformed)? {
                 None if !nullable => Err(FrameError::Malformed(format!("the request body's {what} is null"))),
                 found => Ok(found),
             }
         };
-        let dubbo = next("Dubbo version", true)?.unwrap_or_default();
         let path = next("service path", false)?.unwrap_or_default();
         let version = next("service version", true)?;
         let method = next("method name", false)?.unwrap_or_default();
-        let parameter_types = next("parameter types", true)?.unwrap_or_default();
-        Ok(Some(Invocation { dubbo, path, version, method, parameter_types, arguments_at: reader.position() }))
+        let types_at = reader.position();
+        reader.skip_string().map_err(malformed)?;
+        Ok(Some(Invocation { path, version, method, dubbo_at, types_at, arguments_at: reader.position() }))
+    }
+
+    /// The Dubbo framework version a request names (`2.0.2`).
+    pub fn dubbo_version(&self, invocation: &Invocation) -> Result<Option<String>, FrameError> {
+        Reader::new(self.body().get(invocation.dubbo_at..).unwrap_or_default())
+            .read_string()
+            .map_err(|err| FrameError::Malformed(format!("the request body: {err}")))
+    }
+
+    /// The JVM descriptors of a request's parameter types (`Ljava/lang/String;I`).
+    pub fn parameter_types(&self, invocation: &Invocation) -> Result<String, FrameError> {
+        Reader::new(self.body().get(invocation.types_at..).unwrap_or_default())
+            .read_string()
+            .map(Option::unwrap_or_default)
+            .map_err(|err| FrameError::Malformed(format!("the request body: {err}")))
     }
 
     /// The attachments of a request whose invocation is `invocation`: the string pairs of the
     /// map after the arguments, which are skipped without being decoded.
     pub fn attachments(&self, invocation: &Invocation) -> Result<Vec<(String, String)>, FrameError> {
-        let Some(arity) = hessian::descriptor_arity(&invocation.parameter_types) else {
-            return Err(FrameError::Malformed(format!("parameter types {:?} are no JVM descriptor", invocation.parameter_types)));
+        let types = self.parameter_types(invocation)?;
+        let Some(arity) = hessian::descriptor_arity(&types) else {
+            return Err(FrameError::Malformed(format!("parameter types {types:?} are no JVM descriptor")));
         };
         let malformed = |err: hessian::HessianError| FrameError::Malformed(format!("the request body: {err}"));
         let body = self.body();

@@ -43,11 +43,15 @@ pub struct Reader<'a> {
     classes: Vec<usize>,
     /// Field names, for the definitions whose instances a caller reads field by field.
     class_fields: Vec<Vec<String>>,
+    /// Class names, by definition number.
+    class_names: Vec<String>,
+    /// Type names seen, by number (for full decoding).
+    types: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(input: &'a [u8]) -> Reader<'a> {
-        Reader { input, pos: 0, classes: Vec::new(), class_fields: Vec::new() }
+        Reader { input, pos: 0, classes: Vec::new(), class_fields: Vec::new(), class_names: Vec::new(), types: Vec::new() }
     }
 
     /// Where the next value starts.
@@ -88,6 +92,19 @@ impl<'a> Reader<'a> {
 
     /// A string, or `None` for null.
     pub fn read_string(&mut self) -> Result<Option<String>> {
+        // The common case, service and method names: one chunk of ASCII, where every byte is
+        // one UTF-16 unit, taken as it is.
+        let (len, head) = match self.input.get(self.pos..) {
+            Some([tag @ 0x00..=0x1f, ..]) => (usize::from(*tag), 1),
+            Some([tag @ 0x30..=0x33, low, ..]) => (usize::from(tag - 0x30) << 8 | usize::from(*low), 2),
+            Some([b'S', high, low, ..]) => (usize::from(*high) << 8 | usize::from(*low), 3),
+            _ => (usize::MAX, 0),
+        };
+        if let Some(text) = self.input.get(self.pos + head..).and_then(|it| it.get(..len)).filter(|it| it.is_ascii()) {
+            self.pos += head + len;
+            // ASCII is UTF-8.
+            return Ok(Some(String::from_utf8_lossy(text).into_owned()));
+        }
         let mut units: Vec<u16> = Vec::new();
         if !self.string_chunks(Some(&mut units))? {
             return Ok(None);
@@ -96,6 +113,11 @@ impl<'a> Reader<'a> {
             Ok(text) => Ok(Some(text)),
             Err(_) => self.fail("a string holds an unpaired surrogate"),
         }
+    }
+
+    /// Skips a string or null; anything else is an error.
+    pub fn skip_string(&mut self) -> Result<()> {
+        self.string_chunks(None).map(|_| ())
     }
 
     /// Walks a string (or null), collecting its UTF-16 units when asked; `false` for null.
@@ -122,6 +144,14 @@ impl<'a> Reader<'a> {
 
     /// `len` UTF-16 units of UTF-8 (or CESU-8) text.
     fn chars(&mut self, len: usize, mut units: Option<&mut Vec<u16>>) -> Result<()> {
+        // ASCII text, the usual kind, is `len` bytes: checked and taken in one step.
+        if let Some(text) = self.input.get(self.pos..).and_then(|it| it.get(..len)).filter(|it| it.is_ascii()) {
+            if let Some(units) = units {
+                units.extend(text.iter().map(|it| u16::from(*it)));
+            }
+            self.pos += len;
+            return Ok(());
+        }
         let mut left = len;
         while left > 0 {
             let lead = self.byte()?;
@@ -204,9 +234,10 @@ impl<'a> Reader<'a> {
     /// A class definition: `C`, its name, its field count and its field names.
     fn class_definition(&mut self) -> Result<()> {
         self.pos += 1;
-        if !self.string_chunks(None)? {
+        let Some(name) = self.read_string()? else {
             return self.fail("a class definition has no name");
-        }
+        };
+        self.class_names.push(name);
         let count = self.read_count()?;
         let mut fields = Vec::new();
         for _ in 0..count {
@@ -422,7 +453,9 @@ impl<'a> Reader<'a> {
     fn draft_class_definition(&mut self) -> Result<()> {
         self.pos += 1;
         let len = self.read_count()?;
-        self.chars(len, None)?;
+        let mut units = Vec::new();
+        self.chars(len, Some(&mut units))?;
+        self.class_names.push(String::from_utf16_lossy(&units));
         let count = self.read_count()?;
         let mut fields = Vec::new();
         for _ in 0..count {
@@ -566,6 +599,198 @@ impl<'a> Reader<'a> {
                 self.skip_draft(depth + 1)?;
             }
         }
+    }
+}
+
+/// A hessian2 value, fully decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Double(f64),
+    /// Milliseconds since the epoch.
+    Date(i64),
+    String(String),
+    Binary(Vec<u8>),
+    /// A list, with its type when it has one.
+    List(Option<String>, Vec<Value>),
+    /// A map, with its type when it has one; entries in order.
+    Map(Option<String>, Vec<(Value, Value)>),
+    /// An object: its class and its fields in order.
+    Object(String, Vec<(String, Value)>),
+    /// A reference to an earlier list, map or object, by number.
+    Ref(usize),
+}
+
+impl Reader<'_> {
+    /// Decodes one value of the final specification completely, as an RPC framework
+    /// deserializing a whole request body would: the baseline that reading only routing keys
+    /// (and skipping the rest) is measured against.
+    pub fn read_value(&mut self) -> Result<Value> {
+        self.value_at(0)
+    }
+
+    fn value_at(&mut self, depth: usize) -> Result<Value> {
+        if depth > MAX_DEPTH {
+            return self.fail("values nest too deeply");
+        }
+        while self.peek()? == b'C' {
+            self.class_definition()?;
+        }
+        let tag = self.peek()?;
+        let value = match tag {
+            0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => Value::String(self.read_string()?.unwrap_or_default()),
+            0x80..=0xbf | 0xc0..=0xcf | 0xd0..=0xd7 | b'I' => Value::Int(self.read_int()?),
+            b'N' => {
+                self.pos += 1;
+                Value::Null
+            }
+            b'T' | b'F' => {
+                self.pos += 1;
+                Value::Bool(tag == b'T')
+            }
+            0xd8..=0xef => {
+                self.pos += 1;
+                Value::Long(i64::from(tag) - 0xe0)
+            }
+            0xf0..=0xff => {
+                self.pos += 1;
+                Value::Long((i64::from(tag) - 0xf8) << 8 | i64::from(self.byte()?))
+            }
+            0x38..=0x3f => {
+                self.pos += 1;
+                let bytes = self.take(2)?;
+                Value::Long((i64::from(tag) - 0x3c) << 16 | i64::from(bytes[0]) << 8 | i64::from(bytes[1]))
+            }
+            b'Y' => {
+                self.pos += 1;
+                Value::Long(i64::from(self.i32_bytes()?))
+            }
+            b'L' | b'J' => {
+                self.pos += 1;
+                let bytes = self.take(8)?;
+                let value = i64::from_be_bytes(bytes.try_into().unwrap_or_default());
+                if tag == b'L' { Value::Long(value) } else { Value::Date(value) }
+            }
+            b'K' => {
+                self.pos += 1;
+                Value::Date(i64::from(self.i32_bytes()?) * 60_000)
+            }
+            0x5b | 0x5c => {
+                self.pos += 1;
+                Value::Double(if tag == 0x5b { 0.0 } else { 1.0 })
+            }
+            0x5d => {
+                self.pos += 1;
+                Value::Double(f64::from(self.byte()? as i8))
+            }
+            0x5e => {
+                self.pos += 1;
+                let bytes = self.take(2)?;
+                Value::Double(f64::from(i16::from_be_bytes([bytes[0], bytes[1]])))
+            }
+            0x5f => {
+                self.pos += 1;
+                Value::Double(f64::from(self.i32_bytes()?) / 1000.0)
+            }
+            b'D' => {
+                self.pos += 1;
+                let bytes = self.take(8)?;
+                Value::Double(f64::from_be_bytes(bytes.try_into().unwrap_or_default()))
+            }
+            0x20..=0x2f | 0x34..=0x37 | b'A' | b'B' => {
+                let start = self.pos;
+                self.binary()?;
+                Value::Binary(self.binary_bytes(start))
+            }
+            b'Q' => {
+                self.pos += 1;
+                Value::Ref(self.read_count()?)
+            }
+            b'H' | b'M' => {
+                self.pos += 1;
+                let kind = if tag == b'M' { Some(self.read_type()?) } else { None };
+                let mut entries = Vec::new();
+                while self.peek()? != b'Z' {
+                    let key = self.value_at(depth + 1)?;
+                    entries.push((key, self.value_at(depth + 1)?));
+                }
+                self.pos += 1;
+                Value::Map(kind, entries)
+            }
+            b'U' | b'W' => {
+                self.pos += 1;
+                let kind = if tag == b'U' { Some(self.read_type()?) } else { None };
+                let mut items = Vec::new();
+                while self.peek()? != b'Z' {
+                    items.push(self.value_at(depth + 1)?);
+                }
+                self.pos += 1;
+                Value::List(kind, items)
+            }
+            b'V' | b'X' | 0x70..=0x7f => {
+                self.pos += 1;
+                let kind = if tag == b'V' || (0x70..=0x77).contains(&tag) { Some(self.read_type()?) } else { None };
+                let len = match tag {
+                    0x70..=0x77 => usize::from(tag - 0x70),
+                    0x78..=0x7f => usize::from(tag - 0x78),
+                    _ => self.read_count()?,
+                };
+                // Never trust a length for an allocation: the values must be there.
+                let mut items = Vec::with_capacity(len.min(self.input.len() - self.pos));
+                for _ in 0..len {
+                    items.push(self.value_at(depth + 1)?);
+                }
+                Value::List(kind, items)
+            }
+            b'O' | 0x60..=0x6f => {
+                let class = self.instance()?;
+                let names = self.class_fields[class].clone();
+                let mut fields = Vec::with_capacity(names.len());
+                for name in names {
+                    fields.push((name, self.value_at(depth + 1)?));
+                }
+                Value::Object(self.class_names[class].clone(), fields)
+            }
+            _ => return self.fail("a byte that starts no hessian2 value"),
+        };
+        Ok(value)
+    }
+
+    fn i32_bytes(&mut self) -> Result<i32> {
+        let bytes = self.take(4)?;
+        Ok(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// A type: a string, or a reference to an earlier one.
+    fn read_type(&mut self) -> Result<String> {
+        if self.is_string()? {
+            let name = self.read_string()?.unwrap_or_default();
+            self.types.push(name.clone());
+            return Ok(name);
+        }
+        let at = self.pos;
+        let index = self.read_count()?;
+        self.types.get(index).cloned().ok_or(HessianError { at, what: "a type reference to a type not seen" })
+    }
+
+    /// The data of the binary value that starts at `start` and ends here, its chunks joined.
+    fn binary_bytes(&self, start: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = start;
+        while at < self.pos {
+            let tag = self.input[at];
+            let (len, head) = match tag {
+                0x20..=0x2f => (usize::from(tag - 0x20), 1),
+                0x34..=0x37 => (usize::from(tag - 0x34) << 8 | usize::from(self.input[at + 1]), 2),
+                _ => (usize::from(self.input[at + 1]) << 8 | usize::from(self.input[at + 2]), 3),
+            };
+            out.extend_from_slice(&self.input[at + head..at + head + len]);
+            at += head + len;
+        }
+        out
     }
 }
 

@@ -58,6 +58,59 @@ fn hessian_values_of_every_kind_are_skipped_exactly() {
 }
 
 #[test]
+fn hessian_values_decode_fully_to_what_the_reference_encoded() {
+    use super::hessian::Value;
+    let all = fixtures();
+    for entry in entries(&all, "values") {
+        let bytes = bytes_of(entry);
+        let mut reader = Reader::new(&bytes);
+        reader.read_value().unwrap_or_else(|err| panic!("{}: {err}", entry["name"]));
+        assert_eq!(reader.position(), bytes.len(), "{}", entry["name"]);
+    }
+    let value = |name: &str| {
+        let entry = entries(&all, "values").iter().find(|it| it["name"] == name).expect("fixture");
+        Reader::new(&bytes_of(entry)).read_value().expect("decodes")
+    };
+    let string = |text: &str| Value::String(text.to_owned());
+    assert_eq!(value("int three bytes"), Value::Int(200_000));
+    assert_eq!(value("long negative"), Value::Long(-300_000));
+    assert_eq!(value("double float"), Value::Double(12.25));
+    assert_eq!(value("date"), Value::Date(1_767_323_045_000));
+    assert_eq!(value("binary chunked"), Value::Binary(vec![9; 9000]));
+    assert_eq!(
+        value("map"),
+        Value::Map(
+            None,
+            vec![
+                (string("a"), Value::Int(1)),
+                (string("b"), string("two")),
+                (string("c"), Value::Map(None, vec![(string("nested"), Value::List(None, vec![Value::Int(1), Value::Int(2)]))])),
+            ]
+        )
+    );
+    assert_eq!(
+        value("object"),
+        Value::Object(
+            "com.example.User".to_owned(),
+            vec![
+                ("name".to_owned(), string("Ann")),
+                ("age".to_owned(), Value::Int(42)),
+                ("tags".to_owned(), Value::List(None, vec![string("a"), string("b")])),
+            ]
+        )
+    );
+    assert_eq!(value("list typed"), Value::List(Some("[int".to_owned()), vec![Value::Int(1), Value::Int(2), Value::Int(3)]));
+    // A whole Dubbo request body: five strings, four arguments of several kinds, attachments.
+    let request = entries(&all, "dubbo").iter().find(|it| it["kind"] == "request with objects").expect("fixture");
+    let frame = cut_dubbo(&bytes_of(request));
+    let mut reader = Reader::new(frame.body());
+    let values: Vec<Value> =
+        std::iter::from_fn(|| (reader.position() < frame.body().len()).then(|| reader.read_value().expect("decodes"))).collect();
+    assert_eq!(values.len(), 5 + 4 + 1);
+    assert!(matches!(&values[5], Value::Object(class, _) if class == "org.apache.dubbo.demo.Query"), "{:?}", values[5]);
+}
+
+#[test]
 fn hessian_draft_values_as_sofa_bolt_node_writes_them_are_skipped_exactly() {
     let all = fixtures();
     for entry in entries(&all, "draft_values") {
@@ -266,8 +319,8 @@ fn dubbo_requests_from_dubbo_remoting_give_their_keys_and_attachments() {
         assert_eq!(invocation.path, entry["path"].as_str().expect("path"));
         assert_eq!(invocation.version.as_deref(), entry["version"].as_str());
         assert_eq!(invocation.method, entry["method"].as_str().expect("method"));
-        assert_eq!(invocation.dubbo, entry["dubbo"].as_str().expect("dubbo"));
-        assert_eq!(invocation.parameter_types, entry["parameter_types"].as_str().expect("types"));
+        assert_eq!(frame.dubbo_version(&invocation).expect("readable").as_deref(), entry["dubbo"].as_str());
+        assert_eq!(frame.parameter_types(&invocation).expect("readable"), entry["parameter_types"].as_str().expect("types"));
         let mut attachments = frame.attachments(&invocation).expect("attachments");
         attachments.sort();
         let mut expected: Vec<(String, String)> = entry["attachments"]
