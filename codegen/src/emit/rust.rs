@@ -1176,7 +1176,8 @@ impl RoutesEmitter<'_, '_> {
             parts.push(self.str_test(quote!(head.service()), condition));
         }
         if let Some(condition) = &m.version {
-            parts.push(self.optional_test(quote!(head.version()), condition));
+            // A request without a version reads as the empty one, as `meshc explain` reads it.
+            parts.push(self.str_test(quote!(head.version().unwrap_or("")), condition));
         }
         if let Some(condition) = &m.group {
             parts.push(self.str_test(quote!(head.group()), condition));

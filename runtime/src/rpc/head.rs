@@ -90,6 +90,18 @@ impl RpcHead {
         }
     }
 
+    /// The same keys with these headers (Bolt header keys or Dubbo attachments).
+    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> RpcHead {
+        self.headers = headers;
+        self
+    }
+
+    /// The same keys with this service name (Bolt's `interface:version[:uniqueId]`).
+    pub fn with_service(mut self, service: &str) -> RpcHead {
+        service.clone_into(&mut self.service);
+        self
+    }
+
     pub fn protocol(&self) -> RpcProtocol {
         self.protocol
     }

@@ -36,6 +36,8 @@ pub struct Sidecar {
     pub workload: &'static str,
     /// Its compiled outbound route lookup.
     pub route_outbound: fn(&rt::RequestHead<'_>) -> rt::Decision,
+    /// Its compiled RPC route lookup.
+    pub route_rpc: fn(&rt::RpcHead) -> rt::Decision,
     /// Its clusters, which route destinations index.
     pub clusters: &'static [rt::ClusterSpec],
     /// Its compiled authorization policies.
@@ -150,7 +152,16 @@ pub enum Outcome {
 impl Sidecar {
     /// The compiled lookup's outcome.
     pub fn compiled(&self, head: &rt::RequestHead<'_>) -> Outcome {
-        match (self.route_outbound)(head) {
+        self.outcome((self.route_outbound)(head))
+    }
+
+    /// The compiled RPC lookup's outcome.
+    pub fn compiled_rpc(&self, head: &rt::RpcHead) -> Outcome {
+        self.outcome((self.route_rpc)(head))
+    }
+
+    fn outcome(&self, decision: rt::Decision) -> Outcome {
+        match decision {
             rt::Decision::NoRoute => Outcome::NoRoute,
             rt::Decision::Forward(forward) => Outcome::Forward(
                 forward.route.to_owned(),

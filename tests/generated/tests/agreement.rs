@@ -210,3 +210,141 @@ fn every_route_of_the_largest_table_is_reached_by_its_own_request() {
         assert_eq!(compiled, interpreted, "{index}");
     }
 }
+
+/// A generated RPC request: the version and group empty when absent.
+#[derive(Clone, Debug)]
+struct RpcReq {
+    protocol: ir::Protocol,
+    interface: String,
+    version: String,
+    /// Bolt's `uniqueId`, the third part of its service name.
+    unique_id: Option<String>,
+    group: String,
+    method: String,
+    headers: Vec<(String, String)>,
+}
+
+impl RpcReq {
+    /// The service name as the request carries it: Bolt's `interface[:version[:uniqueId]]`,
+    /// Dubbo's interface.
+    fn service(&self) -> String {
+        match (self.protocol, self.version.as_str(), &self.unique_id) {
+            (ir::Protocol::Bolt, "", _) => self.interface.clone(),
+            (ir::Protocol::Bolt, version, None) => format!("{}:{version}", self.interface),
+            (ir::Protocol::Bolt, version, Some(unique)) => format!("{}:{version}:{unique}", self.interface),
+            _ => self.interface.clone(),
+        }
+    }
+}
+
+/// The vocabulary of every RPC table of a mesh, with near-misses.
+fn rpc_requests(mesh: &Mesh) -> Option<impl Strategy<Value = RpcReq>> {
+    let mut targets: Vec<(ir::Protocol, String)> = Vec::new();
+    let (mut versions, mut unique_ids, mut groups, mut methods) =
+        (vec![String::new()], vec![None], vec![String::new()], vec!["other".to_owned()]);
+    let mut header_values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for table in &mesh.route_tables {
+        let RouteTableKind::Rpc { protocol, interface, .. } = &table.kind else { continue };
+        targets.push((*protocol, interface.clone()));
+        targets.push((*protocol, format!("{interface}.Other")));
+        for m in table.routes.iter().flat_map(|it| it.matches.iter()) {
+            if let Some(service) = &m.service {
+                let mut parts = service.value.splitn(3, ':');
+                let _ = parts.next();
+                if let Some(version) = parts.next() {
+                    versions.push(version.to_owned());
+                }
+                if let Some(unique) = parts.next() {
+                    unique_ids.push(Some(unique.to_owned()));
+                }
+            }
+            for (condition, out) in [(&m.version, &mut versions), (&m.group, &mut groups), (&m.method, &mut methods)] {
+                if let Some(condition) = condition {
+                    values_of(condition, out);
+                }
+            }
+            let mut unused = (Vec::new(), Vec::new(), BTreeMap::new());
+            collect(m, &mut unused.0, &mut unused.1, &mut header_values, &mut unused.2);
+        }
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    let headers: Vec<(String, Vec<String>)> = header_values
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.push("other".to_owned());
+            (k, v)
+        })
+        .collect();
+    Some(
+        (
+            prop::sample::select(targets),
+            prop::sample::select(versions),
+            prop::sample::select(unique_ids),
+            prop::sample::select(groups),
+            prop::sample::select(methods),
+            pairs(headers),
+        )
+            .prop_map(|((protocol, interface), version, unique_id, group, method, headers)| RpcReq {
+                protocol,
+                interface,
+                version,
+                unique_id,
+                group,
+                method,
+                headers,
+            }),
+    )
+}
+
+#[test]
+fn compiled_and_explained_rpc_routing_agree_on_every_generated_sidecar() {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|it| it.parse().ok()).unwrap_or(256);
+    let mut checked = 0;
+    for sidecar in SIDECARS {
+        let mesh = mesh(sidecar.origin);
+        let Some(strategy) = rpc_requests(mesh) else { continue };
+        checked += 1;
+        let workload = mesh.workloads.iter().find(|it| it.name == sidecar.workload).expect("the workload is in the mesh");
+        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+        let result = runner.run(&strategy, |request| {
+            let protocol = if request.protocol == ir::Protocol::Bolt { rt::RpcProtocol::Bolt } else { rt::RpcProtocol::Dubbo };
+            let version = (!request.version.is_empty()).then_some(request.version.as_str());
+            let head = rt::RpcHead::from_parts(protocol, &request.interface, version, &request.group, &request.method)
+                .with_service(&request.service())
+                .with_headers(request.headers.clone());
+            let compiled = sidecar.compiled_rpc(&head);
+            let explain_request = meshc::explain::Request {
+                protocol: if request.protocol == ir::Protocol::Bolt {
+                    meshc::explain::RequestProtocol::Bolt
+                } else {
+                    meshc::explain::RequestProtocol::Dubbo
+                },
+                authority: None,
+                path: None,
+                method: request.method.clone(),
+                query: Vec::new(),
+                headers: request.headers.clone(),
+                service: Some(request.service()),
+                interface: Some(request.interface.clone()),
+                version: Some(request.version.clone()),
+                group: Some(request.group.clone()),
+            };
+            let explanation = meshc::explain::explain(mesh, workload, explain_request, None);
+            let explained = match explanation.action.as_str() {
+                "forward" => Outcome::Forward(
+                    explanation.route.clone().unwrap_or_default(),
+                    explanation.destinations.iter().map(|it| (it.in_scope.then(|| it.cluster.clone()), it.weight)).collect(),
+                ),
+                _ => Outcome::NoRoute,
+            };
+            prop_assert_eq!(&compiled, &explained, "compiled vs explain: {:?}", request);
+            Ok(())
+        });
+        if let Err(err) = result {
+            panic!("{:?}/{}: {err}", sidecar.origin, sidecar.workload);
+        }
+    }
+    assert!(checked > 0, "no generated sidecar has RPC routes");
+}

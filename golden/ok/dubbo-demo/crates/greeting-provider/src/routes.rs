@@ -52,7 +52,7 @@ pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.DemoService`: the default routes.
 fn rpc_table_0(head: &rt::RpcHead) -> rt::Decision {
-    if head.version() == Some("1.0.0") && head.group() == "" {
+    if head.version().unwrap_or("") == "1.0.0" && head.group() == "" {
         return rt::Decision::Forward(&ROUTE_0_0_0);
     }
     rt::Decision::NoRoute

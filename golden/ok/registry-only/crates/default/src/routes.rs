@@ -107,17 +107,17 @@ fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.DemoService`: the default routes.
 fn rpc_table_2(head: &rt::RpcHead) -> rt::Decision {
-    if head.version() == Some("1.0.0") && head.group() == "" {
+    if head.version().unwrap_or("") == "1.0.0" && head.group() == "" {
         return rt::Decision::Forward(&ROUTE_2_0_0);
     }
     rt::Decision::NoRoute
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.GreetingService`: the default routes.
 fn rpc_table_3(head: &rt::RpcHead) -> rt::Decision {
-    if head.version() == Some("1.0.0") && head.group() == "gray" {
+    if head.version().unwrap_or("") == "1.0.0" && head.group() == "gray" {
         return rt::Decision::Forward(&ROUTE_3_0_0);
     }
-    if head.version() == Some("1.0.0") && head.group() == "stable" {
+    if head.version().unwrap_or("") == "1.0.0" && head.group() == "stable" {
         return rt::Decision::Forward(&ROUTE_3_1_0);
     }
     rt::Decision::NoRoute

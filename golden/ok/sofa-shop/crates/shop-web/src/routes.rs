@@ -59,13 +59,13 @@ fn rpc_table_0(head: &rt::RpcHead) -> rt::Decision {
 }
 /// RPC route table `bolt:com.alipay.shop.OrderFacade`, declared in shop.mesh.
 fn rpc_table_1(head: &rt::RpcHead) -> rt::Decision {
-    if head.method().starts_with("get") && head.version() == Some("1.0") {
+    if head.method().starts_with("get") && head.version().unwrap_or("") == "1.0" {
         return rt::Decision::Forward(&ROUTE_1_0_0);
     }
     if head.service() == "com.alipay.shop.OrderFacade:1.0" {
         return rt::Decision::Forward(&ROUTE_1_1_0);
     }
-    if head.version() == Some("2.0") {
+    if head.version().unwrap_or("") == "2.0" {
         return rt::Decision::Forward(&ROUTE_1_2_0);
     }
     rt::Decision::NoRoute
