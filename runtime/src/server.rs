@@ -54,6 +54,8 @@ struct Options {
     tls: Option<TlsFiles>,
     /// `region/zone/subzone`, maybe empty.
     locality: String,
+    /// The largest Bolt or Dubbo frame accepted, in bytes.
+    max_rpc_frame: usize,
 }
 
 fn command(spec: &SidecarSpec) -> clap::Command {
@@ -95,6 +97,14 @@ fn command(spec: &SidecarSpec) -> clap::Command {
                 .long("locality")
                 .value_name("REGION/ZONE/SUBZONE")
                 .help("Where this sidecar runs: endpoints in the same region, zone and subzone are preferred while they are healthy (for clusters with outlier detection or health checks)"),
+        )
+        .arg(
+            clap::Arg::new("max-rpc-frame-bytes")
+                .long("max-rpc-frame-bytes")
+                .value_name("BYTES")
+                .default_value("16777216")
+                .value_parser(clap::value_parser!(u32).range(64..))
+                .help("The largest Bolt or Dubbo frame accepted; a connection that announces a larger one is closed"),
         )
         .arg(
             clap::Arg::new("endpoints")
@@ -185,7 +195,8 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
         _ => None,
     };
     let locality = matches.get_one::<String>("locality").map(|it| it.trim_matches('/').to_owned()).unwrap_or_default();
-    Ok(Options { listen, drain_time, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned(), tls, locality })
+    let max_rpc_frame = matches.get_one::<u32>("max-rpc-frame-bytes").map_or(crate::rpc::DEFAULT_MAX_FRAME, |it| *it as usize);
+    Ok(Options { listen, drain_time, app, admin, endpoints: matches.get_one::<String>("endpoints").cloned(), tls, locality, max_rpc_frame })
 }
 
 /// Runs the sidecar until SIGINT or SIGTERM. Exit codes: 0 after a signal, 1 when a listener
@@ -327,8 +338,8 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
             _ => false,
         })
     };
-    let bolt = uses(RpcProtocol::Bolt).then(|| Arc::new(RpcProxy::<rpc::proxy::Bolt>::new(proxy.clone())));
-    let dubbo = uses(RpcProtocol::Dubbo).then(|| Arc::new(RpcProxy::<rpc::proxy::Dubbo>::new(proxy.clone())));
+    let bolt = uses(RpcProtocol::Bolt).then(|| Arc::new(RpcProxy::<rpc::proxy::Bolt>::new(proxy.clone(), options.max_rpc_frame)));
+    let dubbo = uses(RpcProtocol::Dubbo).then(|| Arc::new(RpcProxy::<rpc::proxy::Dubbo>::new(proxy.clone(), options.max_rpc_frame)));
     for (listener, socket) in bound {
         let proxy = proxy.clone();
         let serves = match listener.kind {

@@ -248,9 +248,10 @@ pub(crate) enum Side {
 }
 
 impl<C: Codec> RpcProxy<C> {
-    pub(crate) fn new(proxy: Arc<Proxy>) -> RpcProxy<C> {
+    /// The RPC side of `proxy`, refusing frames over `max_frame` bytes both ways.
+    pub(crate) fn new(proxy: Arc<Proxy>, max_frame: usize) -> RpcProxy<C> {
         let pools = proxy.clusters.iter().map(|_| MuxPool::default()).collect();
-        RpcProxy { proxy, pools, app: MuxPool::default(), max_frame: super::DEFAULT_MAX_FRAME }
+        RpcProxy { proxy, pools, app: MuxPool::default(), max_frame }
     }
 
     /// Serves one connection, until its peer closes it or sends bytes that are no frame: the

@@ -244,3 +244,23 @@ fn bolt_calls_reach_the_application_through_its_own_sidecar_under_its_policies()
     };
     assert_eq!((seen("checkStock", "0"), seen("reserve", "2")), (2.0, 2.0), "{text}");
 }
+
+#[test]
+fn the_frame_size_limit_is_configurable_and_enforced() {
+    let v1 = NodeServer::start("sofa_peer.js", &["order-v1", &free_port().to_string(), ORDER_1]);
+    let endpoints = format!("[[endpoint]]\nservice = \"{ORDER_1}\"\naddress = \"127.0.0.1:{}\"\n", v1.port);
+    let binary = sidecar_binary(&root().join("examples/sofa-shop"), "shop-web");
+    let small = Sidecar::start_with(&binary, &["outbound-bolt"], &endpoints, &["--max-rpc-frame-bytes", "256"]);
+    let address = small.listener("outbound-bolt").to_string();
+    // A heartbeat (22 bytes) fits; sofa-rpc-node's request (over 300 bytes) does not, and its
+    // connection is closed rather than answered.
+    let ack = node_json("sofa_peer.js", &["heartbeat", &address, "v1"]);
+    assert_eq!(ack["type"].as_str(), Some("heartbeat_ack"), "{ack}");
+    let refused = node_json("sofa_peer.js", &["raw", &address, "v1", ORDER_1, "createOrder", "[\"o-1\"]", "3000"]);
+    assert_eq!(refused["closed"].as_bool(), Some(true), "{refused}");
+    // The same request fits under the default limit.
+    let roomy = Sidecar::start(&binary, &["outbound-bolt"], &endpoints);
+    let address = roomy.listener("outbound-bolt").to_string();
+    let answered = node_json("sofa_peer.js", &["raw", &address, "v1", ORDER_1, "createOrder", "[\"o-1\"]", "3000"]);
+    assert_eq!(answered["status"].as_u64(), Some(0), "{answered}");
+}
