@@ -130,13 +130,41 @@ impl<C: Codec> Drop for Forget<'_, C> {
 }
 
 async fn write_frames<W: AsyncWrite + Unpin>(mut frames: mpsc::Receiver<Bytes>, mut writer: W, closed: Arc<AtomicBool>) {
+    let mut batch = Vec::new();
     while let Some(frame) = frames.recv().await {
-        if closed.load(Ordering::Acquire) || writer.write_all(&frame).await.is_err() {
+        if closed.load(Ordering::Acquire) || write_batch(&mut frames, frame, &mut batch, &mut writer).await.is_err() {
             break;
         }
     }
     closed.store(true, Ordering::Release);
     let _ = writer.shutdown().await;
+}
+
+/// The most one write gathers of the frames waiting in a queue.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Writes `first` and every frame already waiting behind it in one write: under load many
+/// requests (or answers) wait at once, and one system call for all of them costs the kernel
+/// (and the peer's wake-ups) much less than one each.
+pub(crate) async fn write_batch<W: AsyncWrite + Unpin>(
+    queue: &mut mpsc::Receiver<Bytes>,
+    first: Bytes,
+    batch: &mut Vec<u8>,
+    writer: &mut W,
+) -> std::io::Result<()> {
+    let Ok(second) = queue.try_recv() else { return writer.write_all(&first).await };
+    batch.clear();
+    batch.extend_from_slice(&first);
+    batch.extend_from_slice(&second);
+    while batch.len() < BATCH_BYTES {
+        let Ok(next) = queue.try_recv() else { break };
+        batch.extend_from_slice(&next);
+    }
+    let result = writer.write_all(batch).await;
+    if batch.capacity() > BATCH_BYTES * 2 {
+        *batch = Vec::new();
+    }
+    result
 }
 
 async fn read_responses<C: Codec, R: AsyncRead + Unpin>(

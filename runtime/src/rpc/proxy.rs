@@ -454,8 +454,9 @@ impl<C: Codec> RpcProxy<C> {
 }
 
 async fn write_answers<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, mut writer: W) {
+    let mut batch = Vec::new();
     while let Some(answer) = queue.recv().await {
-        if writer.write_all(&answer).await.is_err() {
+        if super::mux::write_batch(&mut queue, answer, &mut batch, &mut writer).await.is_err() {
             return;
         }
     }
