@@ -335,6 +335,10 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
             ListenerKind::OutboundRpc { protocol: used } => used == protocol,
             ListenerKind::Inbound { protocol: Protocol::Bolt, .. } => protocol == RpcProtocol::Bolt,
             ListenerKind::Inbound { protocol: Protocol::Dubbo, .. } => protocol == RpcProtocol::Dubbo,
+            ListenerKind::Inbound { protocol: Protocol::Sniffed { bolt, dubbo }, .. } => match protocol {
+                RpcProtocol::Bolt => bolt,
+                RpcProtocol::Dubbo => dubbo,
+            },
             _ => false,
         })
     };
@@ -365,8 +369,13 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
                 };
                 let port = Arc::new(InboundPort { app, port: app_port, protocol, service_names });
                 let rpc = match protocol {
-                    Protocol::Bolt => bolt.clone().map(InboundRpc::Bolt),
-                    Protocol::Dubbo => dubbo.clone().map(InboundRpc::Dubbo),
+                    Protocol::Bolt => Some(InboundRpc { bolt: bolt.clone(), dubbo: None, sniff: false }),
+                    Protocol::Dubbo => Some(InboundRpc { bolt: None, dubbo: dubbo.clone(), sniff: false }),
+                    Protocol::Sniffed { bolt: uses_bolt, dubbo: uses_dubbo } if uses_bolt || uses_dubbo => Some(InboundRpc {
+                        bolt: bolt.clone().filter(|_| uses_bolt),
+                        dubbo: dubbo.clone().filter(|_| uses_dubbo),
+                        sniff: true,
+                    }),
                     _ => None,
                 };
                 Serves::Inbound(port, tls, rpc)
@@ -480,6 +489,65 @@ impl Drop for OpenConnection {
     }
 }
 
+/// A stream whose first byte was already read: it reads that byte again, then the rest.
+struct Prefixed<S> {
+    first: Option<u8>,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(first: u8, inner: S) -> Prefixed<S> {
+        Prefixed { first: Some(first), inner }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(first) = self.first
+            && buf.remaining() > 0
+        {
+            buf.put_slice(&[first]);
+            self.first = None;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -513,11 +581,13 @@ enum Serves {
     Inbound(Arc<InboundPort>, Accepts, Option<InboundRpc>),
 }
 
-/// The RPC proxy an inbound Bolt or Dubbo port hands its connections to.
+/// The RPC proxies an inbound Bolt, Dubbo or sniffed port hands its connections to.
 #[derive(Clone)]
-enum InboundRpc {
-    Bolt(Arc<RpcProxy<rpc::proxy::Bolt>>),
-    Dubbo(Arc<RpcProxy<rpc::proxy::Dubbo>>),
+struct InboundRpc {
+    bolt: Option<Arc<RpcProxy<rpc::proxy::Bolt>>>,
+    dubbo: Option<Arc<RpcProxy<rpc::proxy::Dubbo>>>,
+    /// Whether each connection's first byte chooses between them and HTTP.
+    sniff: bool,
 }
 
 /// What an inbound listener accepts.
@@ -607,11 +677,27 @@ where
         Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
         Serves::Bolt(rpc) => rpc.clone().serve(stream, Side::Outbound).await,
         Serves::Dubbo(rpc) => rpc.clone().serve(stream, Side::Outbound).await,
-        Serves::Inbound(port, _, Some(rpc)) => {
+        Serves::Inbound(port, _, Some(rpc)) if !rpc.sniff => {
             let side = Side::Inbound { port: port.clone(), peer: Arc::new(downstream) };
-            match rpc {
-                InboundRpc::Bolt(rpc) => rpc.clone().serve(stream, side).await,
-                InboundRpc::Dubbo(rpc) => rpc.clone().serve(stream, side).await,
+            match (&rpc.bolt, &rpc.dubbo) {
+                (Some(bolt), _) => bolt.clone().serve(stream, side).await,
+                (_, Some(dubbo)) => dubbo.clone().serve(stream, side).await,
+                (None, None) => {}
+            }
+        }
+        Serves::Inbound(port, _, Some(rpc)) => {
+            // The first byte: Bolt's protocol code, Dubbo's magic, or HTTP (a method's first
+            // letter, or the HTTP/2 preface's `P`). It is read, then replayed.
+            let mut stream = stream;
+            let mut first = [0u8; 1];
+            let read = tokio::time::timeout(HEADER_READ_TIMEOUT, tokio::io::AsyncReadExt::read(&mut stream, &mut first)).await;
+            let Ok(Ok(1)) = read else { return };
+            let stream = Prefixed::new(first[0], stream);
+            let side = || Side::Inbound { port: port.clone(), peer: Arc::new(downstream.clone()) };
+            match (first[0], &rpc.bolt, &rpc.dubbo) {
+                (rpc::bolt::V1 | rpc::bolt::V2, Some(bolt), _) => bolt.clone().serve(stream, side()).await,
+                (0xda, _, Some(dubbo)) => dubbo.clone().serve(stream, side()).await,
+                _ => serve_http(stream, downstream, proxy, serves.clone(), drain).await,
             }
         }
         Serves::Inbound(port, _, None) if port.protocol == crate::spec::Protocol::Tcp => {

@@ -151,6 +151,15 @@ pub enum Protocol {
     Bolt,
     /// Dubbo 2 frames, likewise.
     Dubbo,
+    /// Istio's `auto` on an inbound port: each connection's first byte tells Bolt (0x01, 0x02)
+    /// and Dubbo (0xda) from HTTP, among the RPC protocols the workload uses; HTTP requests
+    /// go on as the caller sent them.
+    Sniffed {
+        /// Whether Bolt connections are recognised.
+        bolt: bool,
+        /// Whether Dubbo connections are recognised.
+        dubbo: bool,
+    },
 }
 
 impl Protocol {
@@ -159,7 +168,7 @@ impl Protocol {
         match self {
             Protocol::Http2 => true,
             Protocol::Http1 | Protocol::Tcp | Protocol::Bolt | Protocol::Dubbo => false,
-            Protocol::Downstream => downstream == http::Version::HTTP_2,
+            Protocol::Downstream | Protocol::Sniffed { .. } => downstream == http::Version::HTTP_2,
         }
     }
 }

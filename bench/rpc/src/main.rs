@@ -175,7 +175,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     // Send times by id; ids count up from 1 on each connection.
-    let sent: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let sent: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>> = Arc::default();
     let outstanding = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let done = Arc::new(AtomicBool::new(false));
     let writing = {

@@ -262,12 +262,19 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
         .filter(|(protocol, _)| *protocol == Protocol::Dubbo)
         .flat_map(|(_, table)| table.routes.iter().flat_map(|route| &route.matches))
         .any(|m| m.group.is_some() || !m.headers.is_empty());
+    // An `auto` port tells Bolt and Dubbo from HTTP by a connection's first byte, for the RPC
+    // protocols the workload uses (serves or calls) and only those.
+    let uses = |protocol: Protocol| workload.inbound.iter().any(|it| it.protocol == protocol) || rpc_tables().any(|(it, _)| it == protocol);
+    let (sniff_bolt, sniff_dubbo) = (uses(Protocol::Bolt), uses(Protocol::Dubbo));
     let inbound: Vec<_> = workload.inbound.iter().collect();
     for (index, port) in inbound.iter().enumerate() {
         let listener = str_lit(&format!("inbound-{}", port.port));
         let address = str_lit(&format!("0.0.0.0:{}", FIRST_INBOUND_PORT + index as u16));
         let app_port = int(port.port);
-        let protocol = protocol_tokens(port.protocol);
+        let protocol = match port.protocol {
+            Protocol::Auto if sniff_bolt || sniff_dubbo => quote!(rt::Protocol::Sniffed { bolt: #sniff_bolt, dubbo: #sniff_dubbo }),
+            other => protocol_tokens(other),
+        };
         // Telemetry names the first service served on the port.
         let names: Vec<String> = port
             .services

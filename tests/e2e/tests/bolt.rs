@@ -264,3 +264,30 @@ fn the_frame_size_limit_is_configurable_and_enforced() {
     let answered = node_json("sofa_peer.js", &["raw", &address, "v1", ORDER_1, "createOrder", "[\"o-1\"]", "3000"]);
     assert_eq!(answered["status"].as_u64(), Some(0), "{answered}");
 }
+
+#[test]
+fn an_auto_port_tells_bolt_from_http_by_the_first_byte() {
+    // tests/e2e/meshes/auto: workload `edge` serves port 8080 as `auto` and uses Bolt. Its
+    // application here speaks Bolt.
+    const HELLO: &str = "com.alipay.test.HelloService:1.0";
+    let app = NodeServer::start("sofa_peer.js", &["edge-app", &free_port().to_string(), HELLO]);
+    let edge = Sidecar::start_with(
+        &sidecar_binary(&root().join("tests/e2e/meshes/auto"), "edge"),
+        &["inbound-8080"],
+        "",
+        &["--app", &format!("8080=127.0.0.1:{}", app.port)],
+    );
+    let address = edge.listener("inbound-8080").to_string();
+    for flavour in ["v1", "v2crc"] {
+        let calls = serde_json::json!([{"service": HELLO, "method": "getOrder", "args": ["x"]}]);
+        let out = node_json("sofa_peer.js", &["client", &address, flavour, &calls.to_string()]);
+        assert_eq!(out[0]["result"].as_str(), Some(format!("edge-app {HELLO} getOrder(x)").as_str()), "{out}");
+    }
+    // HTTP on the same port is served as HTTP: an HTTP answer (the Bolt application cannot
+    // answer it), not a closed connection.
+    let (status, body) = curl(&[], &format!("http://{address}/"));
+    assert!((500..600).contains(&status), "{status} {body}");
+    let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", edge.admin));
+    let labels = [("reporter", "destination"), ("request_protocol", "bolt"), ("rpc_method", "getOrder"), ("rpc_status", "0")];
+    assert_eq!(metric(&text, "meshc_rpc_requests_total", &labels), 2.0, "{text}");
+}
