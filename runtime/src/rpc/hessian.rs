@@ -231,23 +231,29 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A class definition: `C`, its name, its field count and its field names.
-    fn class_definition(&mut self) -> Result<()> {
+    /// A class definition: `C`, its name, its field count and its field names, which are kept
+    /// only for a full decode (`keep`); skipping needs the count alone.
+    fn class_definition(&mut self, keep: bool) -> Result<()> {
         self.pos += 1;
-        let Some(name) = self.read_string()? else {
+        let name = if keep { self.read_string()? } else { self.string_chunks(None)?.then(String::new) };
+        let Some(name) = name else {
             return self.fail("a class definition has no name");
         };
-        self.class_names.push(name);
         let count = self.read_count()?;
         let mut fields = Vec::new();
         for _ in 0..count {
-            match self.read_string()? {
-                Some(name) => fields.push(name),
-                None => return self.fail("a class definition has a null field name"),
+            if keep {
+                match self.read_string()? {
+                    Some(field) => fields.push(field),
+                    None => return self.fail("a class definition has a null field name"),
+                }
+            } else if !self.string_chunks(None)? {
+                return self.fail("a class definition has a null field name");
             }
         }
         self.classes.push(count);
         self.class_fields.push(fields);
+        self.class_names.push(name);
         Ok(())
     }
 
@@ -273,7 +279,7 @@ impl<'a> Reader<'a> {
         loop {
             let tag = self.peek()?;
             match tag {
-                b'C' => self.class_definition()?,
+                b'C' => self.class_definition(false)?,
                 0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => return self.string_chunks(None).map(|_| ()),
                 b'N' | b'T' | b'F' | 0x5b | 0x5c | 0x80..=0xbf | 0xd8..=0xef => {
                     self.pos += 1;
@@ -414,8 +420,11 @@ impl<'a> Reader<'a> {
     /// defined before it, which cannot be the first thing in the input.
     pub fn read_object_field(&mut self, field: &str) -> Result<Option<String>> {
         let draft = self.pos == 0 && self.peek()? == b'O';
-        if draft {
-            self.draft_class_definition()?;
+        // Each definition's field count and where `field` is among its fields, without
+        // keeping their names: this runs for every Bolt request without a method header.
+        let mut wanted: Vec<Option<usize>> = Vec::new();
+        let class = if draft {
+            wanted.push(self.lean_definition(true, field)?);
             if self.byte()? != b'o' {
                 self.pos -= 1;
                 return self.fail("expected an object instance after its class definition");
@@ -424,28 +433,67 @@ impl<'a> Reader<'a> {
             if class >= self.classes.len() {
                 return self.fail("an object refers to a class definition not seen");
             }
-            return self.object_field(class, field, Reader::skip_draft);
+            class
+        } else {
+            while self.peek()? == b'C' {
+                wanted.push(self.lean_definition(false, field)?);
+            }
+            if !matches!(self.peek()?, b'O' | 0x60..=0x6f) {
+                return self.fail("expected an object");
+            }
+            self.instance()?
+        };
+        let target = wanted.get(class).copied().flatten();
+        let skip: fn(&mut Reader<'a>, usize) -> Result<()> = if draft { Reader::skip_draft } else { Reader::skip_at };
+        for index in 0..self.classes[class] {
+            if Some(index) == target {
+                return if self.is_string()? { self.read_string() } else { Ok(None) };
+            }
+            skip(self, 1)?;
         }
-        while self.peek()? == b'C' {
-            self.class_definition()?;
-        }
-        if !matches!(self.peek()?, b'O' | 0x60..=0x6f) {
-            return self.fail("expected an object");
-        }
-        let class = self.instance()?;
-        self.object_field(class, field, Reader::skip_at)
+        Ok(None)
     }
 
-    fn object_field(&mut self, class: usize, field: &str, skip: fn(&mut Reader<'a>, usize) -> Result<()>) -> Result<Option<String>> {
+    /// A class definition (draft `O`, or final `C`), recording its field count and returning
+    /// the position of `field` among its fields; names are compared, not kept.
+    fn lean_definition(&mut self, draft: bool, field: &str) -> Result<Option<usize>> {
+        self.pos += 1;
+        if draft {
+            let len = self.read_count()?;
+            self.chars(len, None)?;
+        } else if !self.string_chunks(None)? {
+            return self.fail("a class definition has no name");
+        }
+        let count = self.read_count()?;
         let mut found = None;
-        for index in 0..self.classes[class] {
-            if found.is_none() && self.class_fields[class][index] == field && self.is_string()? {
-                found = self.read_string()?;
-            } else {
-                skip(self, 1)?;
+        for index in 0..count {
+            if self.string_is(field)? && found.is_none() {
+                found = Some(index);
             }
         }
+        self.classes.push(count);
+        self.class_fields.push(Vec::new());
+        self.class_names.push(String::new());
         Ok(found)
+    }
+
+    /// Reads a string and says whether it is `text`, without allocating when it is one chunk
+    /// of ASCII.
+    fn string_is(&mut self, text: &str) -> Result<bool> {
+        let (len, head) = match self.input.get(self.pos..) {
+            Some([tag @ 0x00..=0x1f, ..]) => (usize::from(*tag), 1),
+            Some([tag @ 0x30..=0x33, low, ..]) => (usize::from(tag - 0x30) << 8 | usize::from(*low), 2),
+            Some([b'S', high, low, ..]) => (usize::from(*high) << 8 | usize::from(*low), 3),
+            _ => (usize::MAX, 0),
+        };
+        if let Some(bytes) = self.input.get(self.pos + head..).and_then(|it| it.get(..len)).filter(|it| it.is_ascii()) {
+            self.pos += head + len;
+            return Ok(bytes == text.as_bytes());
+        }
+        match self.read_string()? {
+            Some(name) => Ok(name == text),
+            None => self.fail("a class definition has a null field name"),
+        }
     }
 
     /// A draft class definition: `O`, the type's length as an int and its characters, the
@@ -637,7 +685,7 @@ impl Reader<'_> {
             return self.fail("values nest too deeply");
         }
         while self.peek()? == b'C' {
-            self.class_definition()?;
+            self.class_definition(true)?;
         }
         let tag = self.peek()?;
         let value = match tag {
