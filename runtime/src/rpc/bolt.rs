@@ -255,7 +255,7 @@ impl Frame {
 
     /// The method the request names: header `sofa_head_method_name`, else, for hessian2
     /// content, the `methodName` field of the request object (sofa-rpc-node sends no method
-    /// header). `Err` when the content had to be read and could not be.
+    /// header); `None` when neither says.
     pub fn method(&self) -> Result<Option<String>, FrameError> {
         if let Some(value) = self.header(METHOD) {
             return Ok(std::str::from_utf8(value).ok().map(str::to_owned));
@@ -263,9 +263,9 @@ impl Frame {
         if self.head.codec != HESSIAN2 || self.head.kind == Kind::Response || self.content().is_empty() {
             return Ok(None);
         }
-        super::hessian::Reader::new(self.content())
-            .read_object_field("methodName")
-            .map_err(|err| FrameError::Malformed(format!("the request's content: {err}")))
+        // Content the reader cannot follow (another class, a serializer's extension) names no
+        // method a route could match; the request still routes by its service.
+        Ok(super::hessian::Reader::new(self.content()).read_object_field("methodName").ok().flatten())
     }
 
     /// Gives the frame another request id, recomputing its CRC32 trailer when it has one.

@@ -16,6 +16,10 @@ use std::fmt;
 /// hostile body cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
 
+/// Class definitions one body may hold at most: each costs memory, and a hostile body could
+/// otherwise pack one into every three bytes.
+const MAX_CLASSES: usize = 1024;
+
 /// Why a Hessian value could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HessianError {
@@ -234,6 +238,9 @@ impl<'a> Reader<'a> {
     /// A class definition: `C`, its name, its field count and its field names, which are kept
     /// only for a full decode (`keep`); skipping needs the count alone.
     fn class_definition(&mut self, keep: bool) -> Result<()> {
+        if self.classes.len() >= MAX_CLASSES {
+            return self.fail("too many class definitions");
+        }
         self.pos += 1;
         let name = if keep { self.read_string()? } else { self.string_chunks(None)?.then(String::new) };
         let Some(name) = name else {
@@ -457,6 +464,9 @@ impl<'a> Reader<'a> {
     /// A class definition (draft `O`, or final `C`), recording its field count and returning
     /// the position of `field` among its fields; names are compared, not kept.
     fn lean_definition(&mut self, draft: bool, field: &str) -> Result<Option<usize>> {
+        if self.classes.len() >= MAX_CLASSES {
+            return self.fail("too many class definitions");
+        }
         self.pos += 1;
         if draft {
             let len = self.read_count()?;
@@ -499,6 +509,9 @@ impl<'a> Reader<'a> {
     /// A draft class definition: `O`, the type's length as an int and its characters, the
     /// field count, the field names.
     fn draft_class_definition(&mut self) -> Result<()> {
+        if self.classes.len() >= MAX_CLASSES {
+            return self.fail("too many class definitions");
+        }
         self.pos += 1;
         let len = self.read_count()?;
         let mut units = Vec::new();
@@ -595,7 +608,9 @@ impl<'a> Reader<'a> {
             b'O' => {
                 self.pos -= 1;
                 self.draft_class_definition()?;
-                return self.skip_draft(depth);
+                // A definition stands before the value it defines: counted as a level, so a
+                // run of definitions cannot recurse without bound.
+                return self.skip_draft(depth + 1);
             }
             b'o' => {
                 let class = self.read_count()?;

@@ -26,6 +26,14 @@ const ANSWER_QUEUE: usize = 256;
 /// How long connecting to the local application may take.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A request's timeout when neither its caller nor its route or cluster sets one: Envoy's
+/// default route timeout, so that a silent upstream never holds a caller for good.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Requests in flight on one caller's connection at most: past this the connection is not
+/// read until some are answered, so a caller that sends without reading cannot grow memory.
+const MAX_CALLS_PER_CONNECTION: usize = 1024;
+
 /// SOFA Bolt, v1 and v2 on one connection.
 pub(crate) struct Bolt;
 
@@ -265,6 +273,7 @@ impl<C: Codec> RpcProxy<C> {
         let (answers, queue) = mpsc::channel::<Bytes>(ANSWER_QUEUE);
         let writing = tokio::spawn(write_answers(queue, writer));
         let mut buf = BytesMut::with_capacity(8 * 1024);
+        let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_PER_CONNECTION));
         'read: loop {
             loop {
                 let frame = match C::decode(&mut buf, self.max_frame) {
@@ -280,8 +289,10 @@ impl<C: Codec> RpcProxy<C> {
                         }
                     }
                     Role::Call { oneway } => {
+                        let Ok(slot) = calls.clone().acquire_owned().await else { break 'read };
                         let (rpc, answers, side) = (self.clone(), answers.clone(), side.clone());
                         tokio::spawn(async move {
+                            let _slot = slot;
                             if let Some(answer) = rpc.call(frame, oneway, &side).await {
                                 let _ = answers.send(answer).await;
                             }
@@ -309,27 +320,26 @@ impl<C: Codec> RpcProxy<C> {
         let (started, start_time) = (tokio::time::Instant::now(), std::time::SystemTime::now());
         let caller_id = C::id(&frame);
         let mut trace = Trace::default();
-        let head = match C::head(&frame, self.proxy.spec.rpc_attachments) {
-            Ok(Some(head)) => Some(head),
-            Ok(None) => return None,
-            Err(_) => None,
-        };
-        let result = match (&head, side) {
-            (None, _) => Err(Error::BadRequest("undecodable request")),
-            (Some(head), Side::Outbound) => match (self.proxy.spec.route_rpc)(head) {
+        let head = C::head(&frame, self.proxy.spec.rpc_attachments);
+        let result = match (head.as_ref().map(Option::as_ref), side) {
+            (Err(_), _) => Err(Error::BadRequest("undecodable request")),
+            // A Dubbo body in a serialization other than hessian2: no keys to route by.
+            (Ok(None), _) => Err(Error::BadRequest("the request's serialization is not hessian2: no keys to route by")),
+            (Ok(Some(head)), Side::Outbound) => match (self.proxy.spec.route_rpc)(head) {
                 Decision::Forward(forward) => {
                     trace.route = forward.route;
                     self.forward(forward, &frame, oneway, &mut trace).await
                 }
                 Decision::NoRoute | Decision::Answer(_) => Err(Error::NoRoute),
             },
-            (Some(head), Side::Inbound { port, peer }) => self.to_app(head, port, peer, &frame, oneway, &mut trace).await,
+            (Ok(Some(head)), Side::Inbound { port, peer }) => self.to_app(head, port, peer, &frame, oneway, &mut trace).await,
         };
         let (status, flags) = match &result {
             Ok(Some(response)) => (C::status(response), "-"),
             Ok(None) => (C::OK, "-"),
             Err(error) => (C::failure_status(error), error.flag()),
         };
+        let head = head.ok().flatten();
         let (service, method) = head.as_ref().map_or(("unknown", "unknown"), |it| (it.interface(), it.method()));
         let elapsed = started.elapsed();
         let reporter = if matches!(side, Side::Outbound) { Reporter::Source } else { Reporter::Destination };
@@ -377,10 +387,8 @@ impl<C: Codec> RpcProxy<C> {
             let mux = self.app.get(&port.app, None, APP_CONNECT_TIMEOUT, self.max_frame).await?;
             mux.call(BytesMut::from(C::bytes(frame)), !oneway).await
         };
-        match C::timeout(frame) {
-            Some(timeout) => tokio::time::timeout(timeout, try_once).await.unwrap_or(Err(Error::UpstreamTimeout)),
-            None => try_once.await,
-        }
+        let timeout = C::timeout(frame).unwrap_or(DEFAULT_TIMEOUT);
+        tokio::time::timeout(timeout, try_once).await.unwrap_or(Err(Error::UpstreamTimeout))
     }
 
     /// Sends the request to the route's cluster, trying again as its retry policy allows
@@ -407,7 +415,7 @@ impl<C: Codec> RpcProxy<C> {
         // The caller waits no longer than its own timeout, and the route (or else the
         // cluster) caps it.
         let configured = forward.timeout_ms.or(cluster.spec.request_timeout_ms).map(Duration::from_millis);
-        let timeout = C::timeout(frame).into_iter().chain(configured).min();
+        let timeout = C::timeout(frame).into_iter().chain(configured).min().or(Some(DEFAULT_TIMEOUT));
         let deadline = timeout.map(|it| tokio::time::Instant::now() + it);
         let connect_timeout = Duration::from_millis(cluster.spec.connect_timeout_ms);
         let retries = &forward.retries;

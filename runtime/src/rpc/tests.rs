@@ -154,6 +154,26 @@ fn hessian_refuses_hostile_nesting_and_lengths() {
 }
 
 #[test]
+fn hostile_class_definitions_are_refused_without_exhausting_stack_or_memory() {
+    // A draft object whose first field is preceded by a run of 100,000 class definitions:
+    // without a bound this recursed once per definition and overflowed the stack.
+    let mut draft = vec![b'O', 0x90, 0x91, 0x01, b'a', b'o', 0x90];
+    for _ in 0..100_000 {
+        draft.extend_from_slice(&[b'O', 0x90, 0x90]);
+    }
+    assert!(Reader::new(&draft).read_object_field("methodName").is_err());
+    // 100,000 three-byte final definitions before a value: refused past the cap.
+    let mut many = Vec::new();
+    for _ in 0..100_000 {
+        many.extend_from_slice(&[b'C', 0x00, 0x90]);
+    }
+    many.push(b'N');
+    let err = Reader::new(&many).skip().expect_err("too many definitions");
+    assert_eq!(err.what, "too many class definitions");
+    assert!(Reader::new(&many).read_value().is_err());
+}
+
+#[test]
 fn descriptors_count_their_parameters() {
     assert_eq!(descriptor_arity(""), Some(0));
     assert_eq!(descriptor_arity("I"), Some(1));
