@@ -51,6 +51,17 @@ struct Series {
     buckets: [u64; DURATION_BUCKETS_MS.len()],
 }
 
+impl Series {
+    /// Counts one request that took `ms`.
+    fn add(&mut self, ms: f64) {
+        self.count += 1;
+        self.sum_ms += ms;
+        if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
+            self.buckets[bucket] += 1;
+        }
+    }
+}
+
 /// The labels of one TCP connection series.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TcpLabels {
@@ -105,12 +116,7 @@ impl Metrics {
     pub fn record(&self, labels: Labels, duration: Duration) {
         let ms = duration.as_secs_f64() * 1000.0;
         let mut requests = self.requests.lock().unwrap_or_else(|it| it.into_inner());
-        let series = requests.entry(labels).or_default();
-        series.count += 1;
-        series.sum_ms += ms;
-        if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
-            series.buckets[bucket] += 1;
-        }
+        requests.entry(labels).or_default().add(ms);
     }
 
     /// Counts one RPC request, answered by an upstream or by the sidecar.
@@ -121,12 +127,7 @@ impl Metrics {
             labels.service = "other".to_owned();
             labels.method = "other".to_owned();
         }
-        let series = rpc.entry(labels).or_default();
-        series.count += 1;
-        series.sum_ms += ms;
-        if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
-            series.buckets[bucket] += 1;
-        }
+        rpc.entry(labels).or_default().add(ms);
     }
 
     /// Counts a TCP connection opened.
@@ -154,15 +155,7 @@ impl Metrics {
         }
         out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
         for (labels, series) in requests.iter() {
-            let text = label_text(labels, workload, namespace, protocol(labels));
-            let mut cumulative = 0;
-            for (bound, count) in DURATION_BUCKETS_MS.iter().zip(series.buckets) {
-                cumulative += count;
-                let _ = writeln!(out, "istio_request_duration_milliseconds_bucket{{{text},le=\"{bound}\"}} {cumulative}");
-            }
-            let _ = writeln!(out, "istio_request_duration_milliseconds_bucket{{{text},le=\"+Inf\"}} {}", series.count);
-            let _ = writeln!(out, "istio_request_duration_milliseconds_sum{{{text}}} {}", series.sum_ms);
-            let _ = writeln!(out, "istio_request_duration_milliseconds_count{{{text}}} {}", series.count);
+            histogram(&mut out, "istio_request_duration_milliseconds", &label_text(labels, workload, namespace, protocol(labels)), series);
         }
         let tcp = self.tcp.lock().unwrap_or_else(|it| it.into_inner());
         let names = [
@@ -195,20 +188,24 @@ impl Metrics {
         }
         out.push_str("# TYPE meshc_rpc_request_duration_milliseconds histogram\n");
         for (labels, series) in rpc.iter() {
-            let text = rpc_label_text(labels, workload, namespace);
-            let mut cumulative = 0;
-            for (bound, count) in DURATION_BUCKETS_MS.iter().zip(series.buckets) {
-                cumulative += count;
-                let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_bucket{{{text},le=\"{bound}\"}} {cumulative}");
-            }
-            let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_bucket{{{text},le=\"+Inf\"}} {}", series.count);
-            let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_sum{{{text}}} {}", series.sum_ms);
-            let _ = writeln!(out, "meshc_rpc_request_duration_milliseconds_count{{{text}}} {}", series.count);
+            histogram(&mut out, "meshc_rpc_request_duration_milliseconds", &rpc_label_text(labels, workload, namespace), series);
         }
         out.push_str("# TYPE meshc_access_log_dropped_total counter\n");
         let _ = writeln!(out, "meshc_access_log_dropped_total {}", crate::accesslog::dropped());
         out
     }
+}
+
+/// One series of a duration histogram: its cumulative buckets, sum and count.
+fn histogram(out: &mut String, name: &str, labels: &str, series: &Series) {
+    let mut cumulative = 0;
+    for (bound, count) in DURATION_BUCKETS_MS.iter().zip(series.buckets) {
+        cumulative += count;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", series.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", series.sum_ms);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", series.count);
 }
 
 /// The labels as Prometheus text, in a fixed order.
@@ -242,14 +239,7 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) 
         ("grpc_response_status", &grpc_status),
         ("response_flags", labels.flags),
     ];
-    let mut out = String::new();
-    for (index, (name, value)) in pairs.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{name}=\"{}\"", escape(value));
-    }
-    out
+    join_labels(&pairs)
 }
 
 /// An RPC series' labels as Prometheus text: Istio's reporter and workload labels, then the
@@ -271,6 +261,11 @@ fn rpc_label_text(labels: &RpcLabels, workload: &str, namespace: &str) -> String
         ("rpc_status", &labels.status.to_string()),
         ("response_flags", labels.flags),
     ];
+    join_labels(&pairs)
+}
+
+/// `name="value"` pairs, escaped, comma-separated.
+fn join_labels(pairs: &[(&str, &str)]) -> String {
     let mut out = String::new();
     for (index, (name, value)) in pairs.iter().enumerate() {
         if index > 0 {

@@ -222,21 +222,12 @@ impl Cluster {
     /// Counts a try's outcome at `endpoint` for outlier detection, for protocols that are not
     /// HTTP: `Ok(true)` a server error, `Ok(false)` a success.
     pub(crate) fn observe_outcome(&self, endpoint: &Endpoint, outcome: Result<bool, &Error>) {
-        let Some(spec) = &self.spec.outlier else { return };
         let observed = match outcome {
-            Ok(false) => Observed::Success,
-            Ok(true) => Observed::ServerError,
-            Err(
-                Error::UpstreamConnect(_)
-                | Error::UpstreamReset(_)
-                | Error::UpstreamRefused(_)
-                | Error::UpstreamProtocol(_)
-                | Error::UpstreamTimeout,
-            ) => Observed::GatewayError,
-            Err(_) => return,
+            Ok(false) => Some(Observed::Success),
+            Ok(true) => Some(Observed::ServerError),
+            Err(error) => observed_error(error),
         };
-        let count = self.endpoints.current().all().len();
-        self.outliers.observe(spec, endpoint.authority(), observed, count);
+        self.count_observed(endpoint, observed);
     }
 
     /// Counts a request to `endpoint` as in flight until the guard drops.
@@ -270,22 +261,19 @@ impl Cluster {
 
     /// Counts a try's outcome at `endpoint` for outlier detection.
     pub(crate) fn observe(&self, endpoint: &Endpoint, result: &Result<Response<Body>, Error>) {
-        let Some(spec) = &self.spec.outlier else { return };
         let observed = match result {
             Ok(response) => match response.status().as_u16() {
-                502..=504 => Observed::GatewayError,
-                500..=599 => Observed::ServerError,
-                _ => Observed::Success,
+                502..=504 => Some(Observed::GatewayError),
+                500..=599 => Some(Observed::ServerError),
+                _ => Some(Observed::Success),
             },
-            Err(
-                Error::UpstreamConnect(_)
-                | Error::UpstreamReset(_)
-                | Error::UpstreamRefused(_)
-                | Error::UpstreamProtocol(_)
-                | Error::UpstreamTimeout,
-            ) => Observed::GatewayError,
-            Err(_) => return,
+            Err(error) => observed_error(error),
         };
+        self.count_observed(endpoint, observed);
+    }
+
+    fn count_observed(&self, endpoint: &Endpoint, observed: Option<Observed>) {
+        let (Some(spec), Some(observed)) = (&self.spec.outlier, observed) else { return };
         let count = self.endpoints.current().all().len();
         self.outliers.observe(spec, endpoint.authority(), observed, count);
     }
@@ -343,6 +331,20 @@ impl Cluster {
             pending: Arc::default(),
         })
     }
+}
+
+/// What outlier detection makes of a failed try: a gateway error when the upstream failed
+/// it; nothing when the sidecar refused it itself.
+fn observed_error(error: &Error) -> Option<Observed> {
+    matches!(
+        error,
+        Error::UpstreamConnect(_)
+            | Error::UpstreamReset(_)
+            | Error::UpstreamRefused(_)
+            | Error::UpstreamProtocol(_)
+            | Error::UpstreamTimeout
+    )
+    .then_some(Observed::GatewayError)
 }
 
 /// One unit of a circuit breaker's count, given back when dropped.

@@ -344,6 +344,20 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// The port a peer server announces on its first line, `serving PORT`; a peer that says
+/// anything else is killed and the test fails.
+fn serving_port(child: &mut Child, script: &str) -> u16 {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the port");
+    match line.trim().strip_prefix("serving ").and_then(|it| it.parse().ok()) {
+        Some(port) => port,
+        None => {
+            let _ = child.kill();
+            panic!("{script} said {line:?} instead of its port");
+        }
+    }
+}
+
 /// A Python peer server (tests/e2e/*_peer.py) that prints `serving PORT` when it is ready;
 /// killed when dropped.
 #[derive(Debug)]
@@ -362,13 +376,7 @@ impl PeerServer {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|err| panic!("start {script}: {err}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the port");
-        let port = line.trim().strip_prefix("serving ").and_then(|it| it.parse().ok());
-        let Some(port) = port else {
-            let _ = child.kill();
-            panic!("{script} said {line:?} instead of its port");
-        };
+        let port = serving_port(&mut child, script);
         PeerServer { child, port }
     }
 }
@@ -436,13 +444,7 @@ impl NodeServer {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|err| panic!("start {script}: {err}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the port");
-        let port = line.trim().strip_prefix("serving ").and_then(|it| it.parse().ok());
-        let Some(port) = port else {
-            let _ = child.kill();
-            panic!("{script} said {line:?} instead of its port");
-        };
+        let port = serving_port(&mut child, script);
         NodeServer { child, port }
     }
 
