@@ -152,7 +152,17 @@ pub(crate) async fn write_batch<W: AsyncWrite + Unpin>(
     batch: &mut Vec<u8>,
     writer: &mut W,
 ) -> std::io::Result<()> {
-    let Ok(second) = queue.try_recv() else { return writer.write_all(&first).await };
+    // Under load the task that queued `first` woke this one at once, ahead of the tasks
+    // about to queue more; yielding once lets them run (tokio wakes a yielded task only
+    // when nothing else is ready), so their frames share this write.
+    let second = match queue.try_recv() {
+        Ok(second) => second,
+        Err(_) => {
+            tokio::task::yield_now().await;
+            let Ok(second) = queue.try_recv() else { return writer.write_all(&first).await };
+            second
+        }
+    };
     batch.clear();
     batch.extend_from_slice(&first);
     batch.extend_from_slice(&second);
