@@ -254,6 +254,18 @@ impl<C: Codec> MuxPool<C> {
         if let Some(mux) = self.open(endpoint) {
             return Ok(mux);
         }
+        // Boxed: connecting (TLS included) is a large future that every request's task
+        // would otherwise carry, and copy when it is spawned.
+        Box::pin(self.connect(endpoint, tls, connect_timeout, max_frame)).await
+    }
+
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        tls: Option<&ClientTls>,
+        connect_timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Arc<Mux<C>>, Error> {
         let _one = self.connecting.lock().await;
         if let Some(mux) = self.open(endpoint) {
             return Ok(mux);
