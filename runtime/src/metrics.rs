@@ -83,20 +83,67 @@ struct TcpSeries {
 }
 
 /// The labels of one RPC request series (Bolt, Dubbo).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RpcLabels {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcLabels<'a> {
     /// Who reports.
     pub reporter: Reporter,
     /// `bolt` or `dubbo`.
     pub protocol: &'static str,
     /// The interface the request named.
-    pub service: String,
+    pub service: &'a str,
     /// The method.
-    pub method: String,
+    pub method: &'a str,
     /// The protocol's response status (Bolt 0 is success, Dubbo 20).
     pub status: u16,
     /// Envoy's response flags (`-` for none).
     pub flags: &'static str,
+}
+
+/// The RPC series, nested by their labels in the order they render in (reporter and protocol,
+/// service, method, status and flags), so that counting a request finds its series by the
+/// names the request borrows from its frame, and allocates only for a new series.
+#[derive(Debug, Default)]
+struct RpcSeries {
+    series: BTreeMap<(Reporter, &'static str), BTreeMap<Box<str>, ByMethod>>,
+    len: usize,
+}
+
+/// One service's series: by method, then by status and flags.
+type ByMethod = BTreeMap<Box<str>, BTreeMap<(u16, &'static str), Series>>;
+
+impl RpcSeries {
+    fn get(&mut self, labels: &RpcLabels<'_>) -> Option<&mut Series> {
+        self.series
+            .get_mut(&(labels.reporter, labels.protocol))?
+            .get_mut(labels.service)?
+            .get_mut(labels.method)?
+            .get_mut(&(labels.status, labels.flags))
+    }
+
+    fn insert(&mut self, labels: &RpcLabels<'_>) -> &mut Series {
+        self.len += 1;
+        self.series
+            .entry((labels.reporter, labels.protocol))
+            .or_default()
+            .entry(labels.service.into())
+            .or_default()
+            .entry(labels.method.into())
+            .or_default()
+            .entry((labels.status, labels.flags))
+            .or_default()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (RpcLabels<'_>, &Series)> {
+        self.series.iter().flat_map(|(&(reporter, protocol), services)| {
+            services.iter().flat_map(move |(service, methods)| {
+                methods.iter().flat_map(move |(method, statuses)| {
+                    statuses
+                        .iter()
+                        .map(move |(&(status, flags), series)| (RpcLabels { reporter, protocol, service, method, status, flags }, series))
+                })
+            })
+        })
+    }
 }
 
 /// Distinct RPC series kept at most: callers name services and methods, so past this many the
@@ -108,7 +155,7 @@ pub const MAX_RPC_SERIES: usize = 2000;
 pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Series>>,
     tcp: Mutex<BTreeMap<TcpLabels, TcpSeries>>,
-    rpc: Mutex<BTreeMap<RpcLabels, Series>>,
+    rpc: Mutex<RpcSeries>,
 }
 
 impl Metrics {
@@ -120,14 +167,18 @@ impl Metrics {
     }
 
     /// Counts one RPC request, answered by an upstream or by the sidecar.
-    pub fn record_rpc(&self, mut labels: RpcLabels, duration: Duration) {
+    pub fn record_rpc(&self, labels: RpcLabels<'_>, duration: Duration) {
         let ms = duration.as_secs_f64() * 1000.0;
         let mut rpc = self.rpc.lock().unwrap_or_else(|it| it.into_inner());
-        if rpc.len() >= MAX_RPC_SERIES && !rpc.contains_key(&labels) {
-            labels.service = "other".to_owned();
-            labels.method = "other".to_owned();
+        if let Some(series) = rpc.get(&labels) {
+            series.add(ms);
+            return;
         }
-        rpc.entry(labels).or_default().add(ms);
+        let labels = if rpc.len >= MAX_RPC_SERIES { RpcLabels { service: "other", method: "other", ..labels } } else { labels };
+        match rpc.get(&labels) {
+            Some(series) => series.add(ms),
+            None => rpc.insert(&labels).add(ms),
+        }
     }
 
     /// Counts a TCP connection opened.
@@ -184,11 +235,11 @@ impl Metrics {
         out.push_str("# HELP meshc_rpc_requests_total Bolt and Dubbo requests, by service, method and the protocol's status.\n");
         out.push_str("# TYPE meshc_rpc_requests_total counter\n");
         for (labels, series) in rpc.iter() {
-            let _ = writeln!(out, "meshc_rpc_requests_total{{{}}} {}", rpc_label_text(labels, workload, namespace), series.count);
+            let _ = writeln!(out, "meshc_rpc_requests_total{{{}}} {}", rpc_label_text(&labels, workload, namespace), series.count);
         }
         out.push_str("# TYPE meshc_rpc_request_duration_milliseconds histogram\n");
         for (labels, series) in rpc.iter() {
-            histogram(&mut out, "meshc_rpc_request_duration_milliseconds", &rpc_label_text(labels, workload, namespace), series);
+            histogram(&mut out, "meshc_rpc_request_duration_milliseconds", &rpc_label_text(&labels, workload, namespace), series);
         }
         out.push_str("# TYPE meshc_access_log_dropped_total counter\n");
         let _ = writeln!(out, "meshc_access_log_dropped_total {}", crate::accesslog::dropped());
@@ -244,7 +295,7 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) 
 
 /// An RPC series' labels as Prometheus text: Istio's reporter and workload labels, then the
 /// protocol, service, method, status and flags.
-fn rpc_label_text(labels: &RpcLabels, workload: &str, namespace: &str) -> String {
+fn rpc_label_text(labels: &RpcLabels<'_>, workload: &str, namespace: &str) -> String {
     let (reporter, source, source_ns, destination, destination_ns) = match labels.reporter {
         Reporter::Source => ("source", workload, namespace, "unknown", "unknown"),
         Reporter::Destination => ("destination", "unknown", "unknown", workload, namespace),
@@ -256,8 +307,8 @@ fn rpc_label_text(labels: &RpcLabels, workload: &str, namespace: &str) -> String
         ("destination_workload", destination),
         ("destination_workload_namespace", destination_ns),
         ("request_protocol", labels.protocol),
-        ("rpc_service", &labels.service),
-        ("rpc_method", &labels.method),
+        ("rpc_service", labels.service),
+        ("rpc_method", labels.method),
         ("rpc_status", &labels.status.to_string()),
         ("response_flags", labels.flags),
     ];
@@ -313,18 +364,13 @@ mod tests {
     #[test]
     fn rpc_series_are_counted_by_method_and_bounded_in_number() {
         let metrics = Metrics::default();
-        let labels = |method: String| RpcLabels {
-            reporter: Reporter::Source,
-            protocol: "dubbo",
-            service: "org.x.Greeter".to_owned(),
-            method,
-            status: 20,
-            flags: "-",
-        };
-        for index in 0..MAX_RPC_SERIES + 5 {
-            metrics.record_rpc(labels(format!("m{index}")), Duration::from_millis(3));
+        fn labels(method: &str) -> RpcLabels<'_> {
+            RpcLabels { reporter: Reporter::Source, protocol: "dubbo", service: "org.x.Greeter", method, status: 20, flags: "-" }
         }
-        metrics.record_rpc(labels("m0".to_owned()), Duration::from_millis(3));
+        for index in 0..MAX_RPC_SERIES + 5 {
+            metrics.record_rpc(labels(&format!("m{index}")), Duration::from_millis(3));
+        }
+        metrics.record_rpc(labels("m0"), Duration::from_millis(3));
         let text = metrics.render("greeter", "demo");
         assert!(text.contains("rpc_service=\"org.x.Greeter\",rpc_method=\"m0\",rpc_status=\"20\",response_flags=\"-\"} 2\n"), "{text}");
         assert!(text.contains("rpc_service=\"other\",rpc_method=\"other\",rpc_status=\"20\",response_flags=\"-\"} 5\n"));

@@ -22,7 +22,7 @@ pub struct SidecarSpec {
     /// The compiled outbound route lookup.
     pub route_outbound: fn(&RequestHead<'_>) -> Decision,
     /// The compiled route lookup of RPC requests (Bolt and Dubbo), by interface.
-    pub route_rpc: fn(&RpcHead) -> Decision,
+    pub route_rpc: fn(&RpcHead<'_>) -> Decision,
     /// Whether some RPC route needs a Dubbo request's attachments (its group, or another
     /// attachment), which means skipping its arguments; otherwise they are never read.
     pub rpc_attachments: bool,

@@ -805,10 +805,10 @@ impl RoutesEmitter<'_, '_> {
             static DUBBO_INTERFACES: rt::StrIndex<u32> = #dubbo;
 
             /// The RPC route tables, by index.
-            static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; #rpc_count] = [#(#rpc_fns),*];
+            static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; #rpc_count] = [#(#rpc_fns),*];
 
             /// Routes an RPC request the application sent, by its protocol and interface.
-            pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+            pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
                 let interfaces = match head.protocol() {
                     rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
                     rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -955,7 +955,7 @@ impl RoutesEmitter<'_, '_> {
         };
         quote! {
             #[doc = #doc]
-            fn #name(head: &rt::RpcHead) -> rt::Decision {
+            fn #name(head: &rt::RpcHead<'_>) -> rt::Decision {
                 #(#steps)*
                 #otherwise
             }

@@ -8,6 +8,8 @@
 //! and whose switch has bit 0 set ends in a CRC32 of everything before it, as sofa-bolt's
 //! `RpcCommandEncoderV2` writes it.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::FrameError;
@@ -256,9 +258,9 @@ impl Frame {
     /// The method the request names: header `sofa_head_method_name`, else, for hessian2
     /// content, the `methodName` field of the request object (sofa-rpc-node sends no method
     /// header); `None` when neither says.
-    pub fn method(&self) -> Result<Option<String>, FrameError> {
+    pub fn method(&self) -> Result<Option<Cow<'_, str>>, FrameError> {
         if let Some(value) = self.header(METHOD) {
-            return Ok(std::str::from_utf8(value).ok().map(str::to_owned));
+            return Ok(std::str::from_utf8(value).ok().map(Cow::Borrowed));
         }
         if self.head.codec != HESSIAN2 || self.head.kind == Kind::Response || self.content().is_empty() {
             return Ok(None);

@@ -4,10 +4,12 @@
 //! version, service path, service version, method); the attachments after the arguments are
 //! read only when a route needs them (the group, or another attachment).
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::FrameError;
-use super::hessian::{self, Reader};
+use super::hessian::{self, Reader, StringPairs};
 
 pub const MAGIC: [u8; 2] = [0xda, 0xbb];
 pub const HEAD_LEN: usize = 16;
@@ -70,15 +72,16 @@ pub struct Frame {
     bytes: BytesMut,
 }
 
-/// What a request's body says it calls: the keys routes use, decoded; the framework version
-/// and the parameter types only located, and read when asked for.
+/// What a request's body says it calls: the keys routes use, decoded (borrowed from the body
+/// when, as usual, they are ASCII); the framework version and the parameter types only
+/// located, and read when asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Invocation {
+pub struct Invocation<'a> {
     /// The service path: the interface's fully qualified name.
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// The service version; `None` when the caller sent null.
-    pub version: Option<String>,
-    pub method: String,
+    pub version: Option<Cow<'a, str>>,
+    pub method: Cow<'a, str>,
     /// Where the framework version starts in the body.
     dubbo_at: usize,
     /// Where the parameter types start in the body.
@@ -128,7 +131,7 @@ impl Frame {
 
     /// The invocation a hessian2 request names; `Ok(None)` for events, responses and other
     /// serializations, whose bodies the proxy does not read.
-    pub fn invocation(&self) -> Result<Option<Invocation>, FrameError> {
+    pub fn invocation(&self) -> Result<Option<Invocation<'_>>, FrameError> {
         if !self.head.is_request() || self.head.is_event() || self.head.serialization() != HESSIAN2 {
             return Ok(None);
         }
@@ -136,7 +139,7 @@ impl Frame {
         let mut reader = Reader::new(self.body());
         let dubbo_at = reader.position();
         reader.skip_string().map_err(malformed)?;
-        let mut next = |what: &str, nullable: bool| -> Result<Option<String>, FrameError> {
+        let mut next = |what: &str, nullable: bool| -> Result<Option<Cow<'_, str>>, FrameError> {
             match reader.read_string().map_err(malformed)? {
                 None if !nullable => Err(FrameError::Malformed(format!("the request body's {what} is null"))),
                 found => Ok(found),
@@ -151,14 +154,14 @@ impl Frame {
     }
 
     /// The Dubbo framework version a request names (`2.0.2`).
-    pub fn dubbo_version(&self, invocation: &Invocation) -> Result<Option<String>, FrameError> {
+    pub fn dubbo_version(&self, invocation: &Invocation<'_>) -> Result<Option<Cow<'_, str>>, FrameError> {
         Reader::new(self.body().get(invocation.dubbo_at..).unwrap_or_default())
             .read_string()
             .map_err(|err| FrameError::Malformed(format!("the request body: {err}")))
     }
 
     /// The JVM descriptors of a request's parameter types (`Ljava/lang/String;I`).
-    pub fn parameter_types(&self, invocation: &Invocation) -> Result<String, FrameError> {
+    pub fn parameter_types(&self, invocation: &Invocation<'_>) -> Result<Cow<'_, str>, FrameError> {
         Reader::new(self.body().get(invocation.types_at..).unwrap_or_default())
             .read_string()
             .map(Option::unwrap_or_default)
@@ -167,7 +170,7 @@ impl Frame {
 
     /// The attachments of a request whose invocation is `invocation`: the string pairs of the
     /// map after the arguments, which are skipped without being decoded.
-    pub fn attachments(&self, invocation: &Invocation) -> Result<Vec<(String, String)>, FrameError> {
+    pub fn attachments(&self, invocation: &Invocation<'_>) -> Result<StringPairs<'_>, FrameError> {
         let types = self.parameter_types(invocation)?;
         let Some(arity) = hessian::descriptor_arity(&types) else {
             return Err(FrameError::Malformed(format!("parameter types {types:?} are no JVM descriptor")));

@@ -2,6 +2,8 @@
 //! (`service`, `interface`, `version`, `group`, `method`) and the request's string headers
 //! (Bolt's header map, Dubbo's attachments).
 
+use std::borrow::Cow;
+
 use super::FrameError;
 use super::{bolt, dubbo};
 
@@ -21,84 +23,89 @@ impl RpcProtocol {
     }
 }
 
-/// The routing keys of one request.
+/// The routing keys of one request, borrowed from its frame where they are (as usual) ASCII
+/// there: reading them allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RpcHead {
+pub struct RpcHead<'a> {
     protocol: RpcProtocol,
     /// The interface's fully qualified name: what picks the route table.
-    interface: String,
-    /// Bolt: the service name as sent (`interface:version[:uniqueId]`); Dubbo: the interface.
-    service: String,
-    version: Option<String>,
+    interface: Cow<'a, str>,
+    /// Bolt: the service name as sent (`interface:version[:uniqueId]`); Dubbo: `None`, the
+    /// interface.
+    service: Option<Cow<'a, str>>,
+    version: Option<Cow<'a, str>>,
     /// The Dubbo group; empty when none was sent (and always for Bolt).
-    group: String,
-    method: String,
-    headers: Vec<(String, String)>,
+    group: Cow<'a, str>,
+    method: Cow<'a, str>,
+    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl RpcHead {
+impl<'a> RpcHead<'a> {
     /// The keys of a Bolt request: the `service` header (else `sofa_head_target_service`),
     /// split into interface and version, and the method.
-    pub fn bolt(frame: &bolt::Frame) -> Result<RpcHead, FrameError> {
-        let service = frame.service().unwrap_or_default().to_owned();
+    pub fn bolt(frame: &'a bolt::Frame) -> Result<RpcHead<'a>, FrameError> {
+        let service = frame.service().unwrap_or_default();
         let mut parts = service.splitn(3, ':');
-        let interface = parts.next().unwrap_or_default().to_owned();
-        let version = parts.next().map(str::to_owned);
+        let interface = Cow::Borrowed(parts.next().unwrap_or_default());
+        let version = parts.next().map(Cow::Borrowed);
         let method = frame.method()?.unwrap_or_default();
         let headers = frame
             .headers()
-            .filter_map(|(key, value)| Some((std::str::from_utf8(key?).ok()?.to_owned(), std::str::from_utf8(value?).ok()?.to_owned())))
+            .filter_map(|(key, value)| {
+                Some((Cow::Borrowed(std::str::from_utf8(key?).ok()?), Cow::Borrowed(std::str::from_utf8(value?).ok()?)))
+            })
             .collect();
-        Ok(RpcHead { protocol: RpcProtocol::Bolt, interface, service, version, group: String::new(), method, headers })
+        Ok(RpcHead {
+            protocol: RpcProtocol::Bolt,
+            interface,
+            service: Some(Cow::Borrowed(service)),
+            version,
+            group: Cow::Borrowed(""),
+            method,
+            headers,
+        })
     }
 
     /// The keys of a Dubbo request: the service path (attachment `interface` overrides it),
     /// version, method and, when `attachments` is set, group and attachments, whose reading
     /// means skipping the arguments. `Ok(None)` for frames that carry no invocation.
-    pub fn dubbo(frame: &dubbo::Frame, attachments: bool) -> Result<Option<RpcHead>, FrameError> {
+    pub fn dubbo(frame: &'a dubbo::Frame, attachments: bool) -> Result<Option<RpcHead<'a>>, FrameError> {
         let Some(invocation) = frame.invocation()? else { return Ok(None) };
         let headers = if attachments { frame.attachments(&invocation)? } else { Vec::new() };
         let attachment = |key: &str| headers.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone());
-        let interface = attachment("interface").unwrap_or_else(|| invocation.path.clone());
-        let version = invocation.version.clone().filter(|it| !it.is_empty()).or_else(|| attachment("version"));
+        let interface = attachment("interface").unwrap_or(invocation.path);
+        let version = invocation.version.filter(|it| !it.is_empty()).or_else(|| attachment("version"));
         let group = attachment("group").unwrap_or_default();
-        Ok(Some(RpcHead {
-            protocol: RpcProtocol::Dubbo,
-            service: interface.clone(),
-            interface,
-            version,
-            group,
-            method: invocation.method,
-            headers,
-        }))
+        Ok(Some(RpcHead { protocol: RpcProtocol::Dubbo, interface, service: None, version, group, method: invocation.method, headers }))
     }
 
     /// Keys from their values (tests, the interpreter).
-    pub fn from_parts(protocol: RpcProtocol, interface: &str, version: Option<&str>, group: &str, method: &str) -> RpcHead {
+    pub fn from_parts(protocol: RpcProtocol, interface: &'a str, version: Option<&'a str>, group: &'a str, method: &'a str) -> RpcHead<'a> {
         let service = match (protocol, version) {
-            (RpcProtocol::Bolt, Some(version)) => format!("{interface}:{version}"),
-            _ => interface.to_owned(),
+            (RpcProtocol::Bolt, Some(version)) => Some(Cow::Owned(format!("{interface}:{version}"))),
+            (RpcProtocol::Bolt, None) => Some(Cow::Borrowed(interface)),
+            (RpcProtocol::Dubbo, _) => None,
         };
         RpcHead {
             protocol,
-            interface: interface.to_owned(),
+            interface: Cow::Borrowed(interface),
             service,
-            version: version.map(str::to_owned),
-            group: group.to_owned(),
-            method: method.to_owned(),
+            version: version.map(Cow::Borrowed),
+            group: Cow::Borrowed(group),
+            method: Cow::Borrowed(method),
             headers: Vec::new(),
         }
     }
 
     /// The same keys with these headers (Bolt header keys or Dubbo attachments).
-    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> RpcHead {
+    pub fn with_headers(mut self, headers: Vec<(Cow<'a, str>, Cow<'a, str>)>) -> RpcHead<'a> {
         self.headers = headers;
         self
     }
 
     /// The same keys with this service name (Bolt's `interface:version[:uniqueId]`).
-    pub fn with_service(mut self, service: &str) -> RpcHead {
-        service.clone_into(&mut self.service);
+    pub fn with_service(mut self, service: &'a str) -> RpcHead<'a> {
+        self.service = Some(Cow::Borrowed(service));
         self
     }
 
@@ -111,7 +118,7 @@ impl RpcHead {
     }
 
     pub fn service(&self) -> &str {
-        &self.service
+        self.service.as_deref().unwrap_or(&self.interface)
     }
 
     pub fn version(&self) -> Option<&str> {
@@ -128,7 +135,7 @@ impl RpcHead {
 
     /// A Bolt header or Dubbo attachment; the first of several with one key.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_ref())
     }
 
     pub fn has_header(&self, name: &str) -> bool {

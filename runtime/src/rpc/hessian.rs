@@ -10,6 +10,7 @@
 //! writes each unit as one to three UTF-8 bytes (a supplementary character as two three-byte
 //! surrogates), other encoders write it as one four-byte sequence, which counts as two units.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Nesting deeper than this (lists in maps in objects…) is refused rather than followed, so a
@@ -37,6 +38,9 @@ impl fmt::Display for HessianError {
 impl std::error::Error for HessianError {}
 
 type Result<T> = std::result::Result<T, HessianError>;
+
+/// String pairs (a map's, Dubbo's attachments), borrowed from the input where they can be.
+pub type StringPairs<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
 
 /// A cursor over Hessian 2.0 values.
 #[derive(Debug)]
@@ -94,8 +98,8 @@ impl<'a> Reader<'a> {
         Ok(usize::from(bytes[0]) << 8 | usize::from(bytes[1]))
     }
 
-    /// A string, or `None` for null.
-    pub fn read_string(&mut self) -> Result<Option<String>> {
+    /// A string, or `None` for null: borrowed from the input when it is one chunk of ASCII.
+    pub fn read_string(&mut self) -> Result<Option<Cow<'a, str>>> {
         // The common case, service and method names: one chunk of ASCII, where every byte is
         // one UTF-16 unit, taken as it is.
         let (len, head) = match self.input.get(self.pos..) {
@@ -107,16 +111,21 @@ impl<'a> Reader<'a> {
         if let Some(text) = self.input.get(self.pos + head..).and_then(|it| it.get(..len)).filter(|it| it.is_ascii()) {
             self.pos += head + len;
             // ASCII is UTF-8.
-            return Ok(Some(String::from_utf8_lossy(text).into_owned()));
+            return Ok(std::str::from_utf8(text).ok().map(Cow::Borrowed));
         }
         let mut units: Vec<u16> = Vec::new();
         if !self.string_chunks(Some(&mut units))? {
             return Ok(None);
         }
         match String::from_utf16(&units) {
-            Ok(text) => Ok(Some(text)),
+            Ok(text) => Ok(Some(Cow::Owned(text))),
             Err(_) => self.fail("a string holds an unpaired surrogate"),
         }
+    }
+
+    /// A string as [`Reader::read_string`] reads it, owned.
+    fn read_owned_string(&mut self) -> Result<Option<String>> {
+        Ok(self.read_string()?.map(Cow::into_owned))
     }
 
     /// Skips a string or null; anything else is an error.
@@ -242,7 +251,7 @@ impl<'a> Reader<'a> {
             return self.fail("too many class definitions");
         }
         self.pos += 1;
-        let name = if keep { self.read_string()? } else { self.string_chunks(None)?.then(String::new) };
+        let name = if keep { self.read_owned_string()? } else { self.string_chunks(None)?.then(String::new) };
         let Some(name) = name else {
             return self.fail("a class definition has no name");
         };
@@ -250,7 +259,7 @@ impl<'a> Reader<'a> {
         let mut fields = Vec::new();
         for _ in 0..count {
             if keep {
-                match self.read_string()? {
+                match self.read_owned_string()? {
                     Some(field) => fields.push(field),
                     None => return self.fail("a class definition has a null field name"),
                 }
@@ -390,7 +399,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a map (`H`, or `M` with its type) whose string keys map to string values, keeping
     /// those pairs and skipping entries of other kinds; `None` for null.
-    pub fn read_string_map(&mut self) -> Result<Option<Vec<(String, String)>>> {
+    pub fn read_string_map(&mut self) -> Result<Option<StringPairs<'a>>> {
         match self.byte()? {
             b'N' => return Ok(None),
             b'H' => {}
@@ -425,7 +434,7 @@ impl<'a> Reader<'a> {
     /// Hessian 3.1 and hessian.js 1.x (under sofa-rpc-node) write, where `O` defines a class
     /// and `o` makes an instance; in the final specification `O` makes an instance of a class
     /// defined before it, which cannot be the first thing in the input.
-    pub fn read_object_field(&mut self, field: &str) -> Result<Option<String>> {
+    pub fn read_object_field(&mut self, field: &str) -> Result<Option<Cow<'a, str>>> {
         let draft = self.pos == 0 && self.peek()? == b'O';
         // Each definition's field count and where `field` is among its fields, without
         // keeping their names: this runs for every Bolt request without a method header.
@@ -520,7 +529,7 @@ impl<'a> Reader<'a> {
         let count = self.read_count()?;
         let mut fields = Vec::new();
         for _ in 0..count {
-            match self.read_string()? {
+            match self.read_owned_string()? {
                 Some(name) => fields.push(name),
                 None => return self.fail("a class definition has a null field name"),
             }
@@ -704,7 +713,7 @@ impl Reader<'_> {
         }
         let tag = self.peek()?;
         let value = match tag {
-            0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => Value::String(self.read_string()?.unwrap_or_default()),
+            0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => Value::String(self.read_owned_string()?.unwrap_or_default()),
             0x80..=0xbf | 0xc0..=0xcf | 0xd0..=0xd7 | b'I' => Value::Int(self.read_int()?),
             b'N' => {
                 self.pos += 1;
@@ -830,7 +839,7 @@ impl Reader<'_> {
     /// A type: a string, or a reference to an earlier one.
     fn read_type(&mut self) -> Result<String> {
         if self.is_string()? {
-            let name = self.read_string()?.unwrap_or_default();
+            let name = self.read_owned_string()?.unwrap_or_default();
             self.types.push(name.clone());
             return Ok(name);
         }

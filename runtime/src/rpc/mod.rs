@@ -45,7 +45,7 @@ pub(crate) trait Codec: Send + Sync + 'static {
     fn is_response(frame: &Self::Frame) -> bool;
     fn role(frame: &Self::Frame) -> Role;
     /// The routing keys of a request; `Ok(None)` when it carries none to route by.
-    fn head(frame: &Self::Frame, attachments: bool) -> Result<Option<RpcHead>, FrameError>;
+    fn head(frame: &Self::Frame, attachments: bool) -> Result<Option<RpcHead<'_>>, FrameError>;
     /// The timeout the caller put in the request, if the protocol carries one.
     fn timeout(frame: &Self::Frame) -> Option<Duration>;
     fn heartbeat_reply(frame: &Self::Frame) -> Bytes;

@@ -75,7 +75,7 @@ impl Codec for Bolt {
         }
     }
 
-    fn head(frame: &bolt::Frame, _attachments: bool) -> Result<Option<RpcHead>, super::FrameError> {
+    fn head(frame: &bolt::Frame, _attachments: bool) -> Result<Option<RpcHead<'_>>, super::FrameError> {
         RpcHead::bolt(frame).map(Some)
     }
 
@@ -161,7 +161,7 @@ impl Codec for Dubbo {
         }
     }
 
-    fn head(frame: &dubbo::Frame, attachments: bool) -> Result<Option<RpcHead>, super::FrameError> {
+    fn head(frame: &dubbo::Frame, attachments: bool) -> Result<Option<RpcHead<'_>>, super::FrameError> {
         RpcHead::dubbo(frame, attachments)
     }
 
@@ -343,7 +343,7 @@ impl<C: Codec> RpcProxy<C> {
         let (service, method) = head.as_ref().map_or(("unknown", "unknown"), |it| (it.interface(), it.method()));
         let elapsed = started.elapsed();
         let reporter = if matches!(side, Side::Outbound) { Reporter::Source } else { Reporter::Destination };
-        let labels = RpcLabels { reporter, protocol: C::NAME, service: service.to_owned(), method: method.to_owned(), status, flags };
+        let labels = RpcLabels { reporter, protocol: C::NAME, service, method, status, flags };
         self.proxy.metrics.record_rpc(labels, elapsed);
         if !matches!(self.proxy.spec.access_log, AccessLog::Off) {
             let entry = Entry {
@@ -369,7 +369,7 @@ impl<C: Codec> RpcProxy<C> {
     /// policies (its `methods` are RPC methods here) and inbound rate limit let it through.
     async fn to_app(
         &self,
-        head: &RpcHead,
+        head: &RpcHead<'_>,
         port: &InboundPort,
         peer: &Downstream,
         frame: &C::Frame,

@@ -37,7 +37,7 @@ pub struct Sidecar {
     /// Its compiled outbound route lookup.
     pub route_outbound: fn(&rt::RequestHead<'_>) -> rt::Decision,
     /// Its compiled RPC route lookup.
-    pub route_rpc: fn(&rt::RpcHead) -> rt::Decision,
+    pub route_rpc: fn(&rt::RpcHead<'_>) -> rt::Decision,
     /// Its clusters, which route destinations index.
     pub clusters: &'static [rt::ClusterSpec],
     /// Its compiled authorization policies.
@@ -156,7 +156,7 @@ impl Sidecar {
     }
 
     /// The compiled RPC lookup's outcome.
-    pub fn compiled_rpc(&self, head: &rt::RpcHead) -> Outcome {
+    pub fn compiled_rpc(&self, head: &rt::RpcHead<'_>) -> Outcome {
         self.outcome((self.route_rpc)(head))
     }
 

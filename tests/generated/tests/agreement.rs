@@ -311,9 +311,11 @@ fn compiled_and_explained_rpc_routing_agree_on_every_generated_sidecar() {
         let result = runner.run(&strategy, |request| {
             let protocol = if request.protocol == ir::Protocol::Bolt { rt::RpcProtocol::Bolt } else { rt::RpcProtocol::Dubbo };
             let version = (!request.version.is_empty()).then_some(request.version.as_str());
+            let service = request.service();
+            let headers = request.headers.iter().map(|(key, value)| (key.as_str().into(), value.as_str().into())).collect();
             let head = rt::RpcHead::from_parts(protocol, &request.interface, version, &request.group, &request.method)
-                .with_service(&request.service())
-                .with_headers(request.headers.clone());
+                .with_service(&service)
+                .with_headers(headers);
             let compiled = sidecar.compiled_rpc(&head);
             let explain_request = meshc::explain::Request {
                 protocol: if request.protocol == ir::Protocol::Bolt {

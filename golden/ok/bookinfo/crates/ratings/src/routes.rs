@@ -139,9 +139,9 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 0] = [];
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 0] = [];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,

@@ -38,9 +38,12 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 2] = [rpc_table_0, rpc_table_1];
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 2] = [
+    rpc_table_0,
+    rpc_table_1,
+];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -51,14 +54,14 @@ pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
     }
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.DemoService`: the default routes.
-fn rpc_table_0(head: &rt::RpcHead) -> rt::Decision {
+fn rpc_table_0(head: &rt::RpcHead<'_>) -> rt::Decision {
     if head.version().unwrap_or("") == "1.0.0" && head.group() == "" {
         return rt::Decision::Forward(&ROUTE_0_0_0);
     }
     rt::Decision::NoRoute
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.GreetingService`, declared in demo.mesh.
-fn rpc_table_1(head: &rt::RpcHead) -> rt::Decision {
+fn rpc_table_1(head: &rt::RpcHead<'_>) -> rt::Decision {
     if head.group() == "gray" {
         return rt::Decision::Forward(&ROUTE_1_0_0);
     }

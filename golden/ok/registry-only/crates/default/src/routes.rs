@@ -85,9 +85,12 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 2] = [rpc_table_2, rpc_table_3];
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 2] = [
+    rpc_table_2,
+    rpc_table_3,
+];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -106,14 +109,14 @@ fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
     rt::Decision::Forward(&ROUTE_1_0_0)
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.DemoService`: the default routes.
-fn rpc_table_2(head: &rt::RpcHead) -> rt::Decision {
+fn rpc_table_2(head: &rt::RpcHead<'_>) -> rt::Decision {
     if head.version().unwrap_or("") == "1.0.0" && head.group() == "" {
         return rt::Decision::Forward(&ROUTE_2_0_0);
     }
     rt::Decision::NoRoute
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.GreetingService`: the default routes.
-fn rpc_table_3(head: &rt::RpcHead) -> rt::Decision {
+fn rpc_table_3(head: &rt::RpcHead<'_>) -> rt::Decision {
     if head.version().unwrap_or("") == "1.0.0" && head.group() == "gray" {
         return rt::Decision::Forward(&ROUTE_3_0_0);
     }

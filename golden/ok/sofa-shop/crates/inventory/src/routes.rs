@@ -49,13 +49,13 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead) -> rt::Decision; 3] = [
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 3] = [
     rpc_table_0,
     rpc_table_1,
     rpc_table_2,
 ];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -66,14 +66,14 @@ pub fn route_rpc(head: &rt::RpcHead) -> rt::Decision {
     }
 }
 /// RPC route table `bolt:com.alipay.shop.InventoryFacade`: the default routes.
-fn rpc_table_0(head: &rt::RpcHead) -> rt::Decision {
+fn rpc_table_0(head: &rt::RpcHead<'_>) -> rt::Decision {
     if head.service() == "com.alipay.shop.InventoryFacade:1.0" {
         return rt::Decision::Forward(&ROUTE_0_0_0);
     }
     rt::Decision::NoRoute
 }
 /// RPC route table `bolt:com.alipay.shop.OrderFacade`, declared in shop.mesh.
-fn rpc_table_1(head: &rt::RpcHead) -> rt::Decision {
+fn rpc_table_1(head: &rt::RpcHead<'_>) -> rt::Decision {
     if head.method().starts_with("get") && head.version().unwrap_or("") == "1.0" {
         return rt::Decision::Forward(&ROUTE_1_0_0);
     }
@@ -86,7 +86,7 @@ fn rpc_table_1(head: &rt::RpcHead) -> rt::Decision {
     rt::Decision::NoRoute
 }
 /// RPC route table `bolt:com.alipay.shop.PaymentFacade`: the default routes.
-fn rpc_table_2(head: &rt::RpcHead) -> rt::Decision {
+fn rpc_table_2(head: &rt::RpcHead<'_>) -> rt::Decision {
     if head.service() == "com.alipay.shop.PaymentFacade:1.0:cn" {
         return rt::Decision::Forward(&ROUTE_2_0_0);
     }
