@@ -235,7 +235,13 @@ impl Cluster {
         if !matches!(self.spec.load_balancer, Balancer::LeastRequest) {
             return None;
         }
-        let count = self.active.lock().unwrap_or_else(|it| it.into_inner()).entry(endpoint.authority().to_owned()).or_default().clone();
+        let mut active = self.active.lock().unwrap_or_else(|it| it.into_inner());
+        // Looked up before inserting, so that a known endpoint's request allocates no key.
+        let count = match active.get(endpoint.authority()) {
+            Some(count) => count.clone(),
+            None => active.entry(endpoint.authority().to_owned()).or_default().clone(),
+        };
+        drop(active);
         InFlight::take(&count, u32::MAX)
     }
 

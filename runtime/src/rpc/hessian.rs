@@ -409,7 +409,8 @@ impl<'a> Reader<'a> {
                 return self.fail("expected a map");
             }
         }
-        let mut pairs = Vec::new();
+        // Room for what Dubbo clients attach (path, interface, version, group, timeout…) without regrowing.
+        let mut pairs = Vec::with_capacity(8);
         loop {
             if self.peek()? == b'Z' {
                 self.pos += 1;
