@@ -24,7 +24,11 @@ fn main() -> std::process::ExitCode {
     let size: usize = args.next().and_then(|it| it.parse().ok()).unwrap_or(64);
     // The upstream's body: `size` bytes ending in a newline.
     let body = Bytes::from(if size == 0 { Vec::new() } else { [vec![b'x'; size - 1], vec![b'\n']].concat() });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker (TOKIO_WORKER_THREADS=1, as the harness starts it) on the current-thread
+    // scheduler, as the sidecar runs with --concurrency 1.
+    let one = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|it| it.trim() == "1");
+    let mut builder = if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("hyper_floor: cannot start the runtime: {err}");

@@ -171,9 +171,10 @@ def _start_meshc(ctx):
         "--listen", f"outbound=127.0.0.1:{port}",
         "--admin", f"127.0.0.1:{admin}",
         "--drain-time-s", "1",
+        # One worker, as Envoy's --concurrency 1, nginx's one worker process and HAProxy's nbthread 1.
+        "--concurrency", "1",
     ]  # fmt: skip
-    # The sidecar's tokio runtime takes one worker per CPU it may run on; say so explicitly.
-    process = Process("meshc", pinned(ctx.cpus, argv), directory, env={"TOKIO_WORKER_THREADS": "1"})
+    process = Process("meshc", pinned(ctx.cpus, argv), directory)
     return Running({"h1": port, "h2": port}, process)
 
 

@@ -31,7 +31,8 @@ fn shop() -> Shop {
          [[endpoint]]\nservice = \"{INVENTORY}\"\naddress = \"127.0.0.1:{}\"\n",
         v1.port, canary.port, v1.port
     );
-    let sidecar = Sidecar::start(&binary, &["outbound-bolt"], &endpoints);
+    // One worker, as a sidecar pinned to one CPU runs: the current-thread scheduler.
+    let sidecar = Sidecar::start_with(&binary, &["outbound-bolt"], &endpoints, &["--concurrency", "1"]);
     Shop { v1, canary, sidecar }
 }
 

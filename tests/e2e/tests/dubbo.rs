@@ -27,7 +27,8 @@ fn demo() -> Demo {
          [[endpoint]]\nservice = \"gray/{GREETING}:1.0.0\"\naddress = \"127.0.0.1:{}\"\n",
         stable.port, gray.port
     );
-    let sidecar = Sidecar::start(&binary, &["outbound-dubbo"], &endpoints);
+    // One worker, as a sidecar pinned to one CPU runs: the current-thread scheduler.
+    let sidecar = Sidecar::start_with(&binary, &["outbound-dubbo"], &endpoints, &["--concurrency", "1"]);
     Demo { stable, gray, sidecar }
 }
 
