@@ -707,13 +707,13 @@ where
     let stream = Counted { inner: stream, _open: open };
     match &serves {
         Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
-        Serves::Bolt(rpc) => rpc.clone().serve(stream, Side::Outbound).await,
-        Serves::Dubbo(rpc) => rpc.clone().serve(stream, Side::Outbound).await,
+        Serves::Bolt(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
+        Serves::Dubbo(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
         Serves::Inbound(port, _, Some(rpc)) if !rpc.sniff => {
             let side = Side::Inbound { port: port.clone(), peer: Arc::new(downstream) };
             match (&rpc.bolt, &rpc.dubbo) {
-                (Some(bolt), _) => bolt.clone().serve(stream, side).await,
-                (_, Some(dubbo)) => dubbo.clone().serve(stream, side).await,
+                (Some(bolt), _) => bolt.clone().serve(stream, side, drain.started.subscribe()).await,
+                (_, Some(dubbo)) => dubbo.clone().serve(stream, side, drain.started.subscribe()).await,
                 (None, None) => {}
             }
         }
@@ -727,8 +727,8 @@ where
             let stream = Prefixed::new(first[0], stream);
             let side = || Side::Inbound { port: port.clone(), peer: Arc::new(downstream.clone()) };
             match (first[0], &rpc.bolt, &rpc.dubbo) {
-                (rpc::bolt::V1 | rpc::bolt::V2, Some(bolt), _) => bolt.clone().serve(stream, side()).await,
-                (0xda, _, Some(dubbo)) => dubbo.clone().serve(stream, side()).await,
+                (rpc::bolt::V1 | rpc::bolt::V2, Some(bolt), _) => bolt.clone().serve(stream, side(), drain.started.subscribe()).await,
+                (0xda, _, Some(dubbo)) => dubbo.clone().serve(stream, side(), drain.started.subscribe()).await,
                 _ => serve_http(stream, downstream, proxy, serves.clone(), drain).await,
             }
         }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Codec;
+use super::proxy::Role;
 use crate::endpoints::Endpoint;
 use crate::error::Error;
 use crate::pool::ClientTls;
@@ -68,7 +69,7 @@ impl<C: Codec> Mux<C> {
         let closed = Arc::new(AtomicBool::new(false));
         let (queue, frames) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_frames(frames, writer, closed.clone()));
-        tokio::spawn(read_responses::<C, _>(reader, state.clone(), closed.clone(), max_frame));
+        tokio::spawn(read_responses::<C, _>(reader, state.clone(), closed.clone(), max_frame, queue.downgrade()));
         Ok(Mux { state, writer: queue, closed, authority: Arc::from(endpoint.authority()) })
     }
 
@@ -177,11 +178,15 @@ pub(crate) async fn write_batch<W: AsyncWrite + Unpin>(
     result
 }
 
+/// Hands each response to the request waiting for it, and answers the upstream's heartbeats
+/// (Dubbo providers send them on connections they find idle) through `heartbeats`, the
+/// connection's writer while anything still holds it.
 async fn read_responses<C: Codec, R: AsyncRead + Unpin>(
     mut reader: R,
     state: Arc<Mutex<State<C>>>,
     closed: Arc<AtomicBool>,
     max_frame: usize,
+    heartbeats: mpsc::WeakSender<Bytes>,
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     'read: loop {
@@ -189,8 +194,13 @@ async fn read_responses<C: Codec, R: AsyncRead + Unpin>(
             match C::decode(&mut buf, max_frame) {
                 Ok(Some(frame)) => {
                     if !C::is_response(&frame) {
-                        // Upstream heartbeats and requests: a proxy that only calls out has
-                        // nothing to say to them; heartbeat answers come from the caller's side.
+                        // A request from the upstream: only heartbeats get an answer, since a
+                        // proxy that calls out serves nothing on this connection.
+                        if C::role(&frame) == Role::Heartbeat
+                            && let Some(writer) = heartbeats.upgrade()
+                        {
+                            let _ = writer.try_send(C::heartbeat_reply(&frame));
+                        }
                         continue;
                     }
                     let waiting = lock(&state).waiting.remove(&C::id(&frame));
@@ -232,13 +242,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Each endpoint's shared connection, for one cluster.
 pub(crate) struct MuxPool<C: Codec> {
     connections: Mutex<HashMap<Arc<str>, Arc<Mux<C>>>>,
-    /// One connect at a time per pool, so that a burst of first requests opens one connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// One connect at a time per endpoint, so that a burst of first requests opens one
+    /// connection, and an endpoint slow to answer holds up no other.
+    connecting: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<C: Codec> Default for MuxPool<C> {
     fn default() -> Self {
-        MuxPool { connections: Mutex::default(), connecting: tokio::sync::Mutex::new(()) }
+        MuxPool { connections: Mutex::default(), connecting: Mutex::default() }
     }
 }
 
@@ -266,13 +277,13 @@ impl<C: Codec> MuxPool<C> {
         connect_timeout: Duration,
         max_frame: usize,
     ) -> Result<Arc<Mux<C>>, Error> {
-        let _one = self.connecting.lock().await;
+        let one = lock(&self.connecting).entry(endpoint.shared_authority()).or_default().clone();
+        let _one = one.lock().await;
         if let Some(mux) = self.open(endpoint) {
             return Ok(mux);
         }
         let mux = Arc::new(Mux::connect(endpoint, tls, connect_timeout, max_frame).await?);
-        let authority: Arc<str> = Arc::from(endpoint.authority());
-        lock(&self.connections).insert(authority, mux.clone());
+        lock(&self.connections).insert(endpoint.shared_authority(), mux.clone());
         Ok(mux)
     }
 
@@ -286,5 +297,40 @@ impl<C: Codec> MuxPool<C> {
             }
             None => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::Mux;
+    use crate::endpoints::Endpoint;
+    use crate::rpc::dubbo;
+    use crate::rpc::proxy::Dubbo;
+
+    #[tokio::test]
+    async fn an_upstream_heartbeat_is_answered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
+        let mux = Mux::<Dubbo>::connect(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect");
+        let (mut upstream, _) = listener.accept().await.expect("accept");
+        // A provider's heartbeat: a two-way event request with a null body, id 7.
+        let flags = dubbo::FLAG_REQUEST | dubbo::FLAG_TWO_WAY | dubbo::FLAG_EVENT | dubbo::HESSIAN2;
+        let mut heartbeat = vec![0xda, 0xbb, flags, 0];
+        heartbeat.extend_from_slice(&7u64.to_be_bytes());
+        heartbeat.extend_from_slice(&1u32.to_be_bytes());
+        heartbeat.push(b'N');
+        upstream.write_all(&heartbeat).await.expect("send the heartbeat");
+        let mut answer = [0u8; dubbo::HEAD_LEN + 1];
+        tokio::time::timeout(Duration::from_secs(5), upstream.read_exact(&mut answer)).await.expect("an answer in time").expect("read");
+        let mut buf = bytes::BytesMut::from(&answer[..]);
+        let frame = dubbo::decode(&mut buf, 1 << 20).expect("a frame").expect("whole");
+        let head = frame.head();
+        assert!(!head.is_request() && head.is_event(), "{head:?}");
+        assert_eq!((head.request_id, head.status), (7, dubbo::status::OK));
+        assert!(!mux.is_closed());
     }
 }

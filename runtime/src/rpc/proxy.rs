@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::head::RpcHead;
 use super::mux::MuxPool;
@@ -264,8 +264,10 @@ impl<C: Codec> RpcProxy<C> {
 
     /// Serves one connection, until its peer closes it or sends bytes that are no frame: the
     /// application's to the outbound listener of this protocol, or a caller's to an inbound
-    /// port.
-    pub(crate) async fn serve<S>(self: Arc<Self>, stream: S, side: Side)
+    /// port. Once `drain` turns true the connection closes as soon as no request is in flight
+    /// on it and no frame is half read, so that its peer reconnects elsewhere while a drain's
+    /// deadline is still ahead, as an HTTP/1.1 connection closes after its answer.
+    pub(crate) async fn serve<S>(self: Arc<Self>, stream: S, side: Side, mut drain: watch::Receiver<bool>)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -274,6 +276,10 @@ impl<C: Codec> RpcProxy<C> {
         let writing = tokio::spawn(write_answers(queue, writer));
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_PER_CONNECTION));
+        let mut draining = *drain.borrow();
+        // A connection opened during a drain (the outbound listeners still take the
+        // application's late requests) is served until it has had an answer.
+        let (late, mut served) = (draining, false);
         'read: loop {
             loop {
                 let frame = match C::decode(&mut buf, self.max_frame) {
@@ -290,6 +296,7 @@ impl<C: Codec> RpcProxy<C> {
                     }
                     Role::Call { oneway } => {
                         let Ok(slot) = calls.clone().acquire_owned().await else { break 'read };
+                        served = true;
                         let (rpc, answers, side) = (self.clone(), answers.clone(), side.clone());
                         tokio::spawn(async move {
                             let _slot = slot;
@@ -301,9 +308,15 @@ impl<C: Codec> RpcProxy<C> {
                     Role::Response | Role::Ignored => {}
                 }
             }
-            match reader.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let may_close = buf.is_empty() && (served || !late);
+            tokio::select! {
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
+                _ = drain.wait_for(|it| *it), if !draining => draining = true,
+                // Every slot free: nothing in flight.
+                _ = calls.acquire_many(MAX_CALLS_PER_CONNECTION as u32), if draining && may_close => break,
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8 * 1024);

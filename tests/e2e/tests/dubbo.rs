@@ -4,6 +4,7 @@
 //! `greeting-consumer`. Its routes send the `gray` group to the gray build, 20% of
 //! `greetAsync` to gray and the rest to stable, and everything else to stable.
 
+use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,11 @@ struct Demo {
 }
 
 fn demo() -> Demo {
+    demo_with(&[])
+}
+
+/// [`demo`], with more flags for the sidecar.
+fn demo_with(flags: &[&str]) -> Demo {
     let binary = sidecar_binary(&root().join("examples/dubbo-demo"), "greeting-consumer");
     let service = format!("{GREETING}:1.0.0");
     let stable = NodeServer::start("dubbo_peer.js", &["stable", &free_port().to_string(), &service]);
@@ -28,7 +34,8 @@ fn demo() -> Demo {
         stable.port, gray.port
     );
     // One worker, as a sidecar pinned to one CPU runs: the current-thread scheduler.
-    let sidecar = Sidecar::start_with(&binary, &["outbound-dubbo"], &endpoints, &["--concurrency", "1"]);
+    let flags = [&["--concurrency", "1"], flags].concat();
+    let sidecar = Sidecar::start_with(&binary, &["outbound-dubbo"], &endpoints, &flags);
     Demo { stable, gray, sidecar }
 }
 
@@ -96,4 +103,31 @@ fn a_provider_killed_mid_call_fails_only_its_calls() {
     let calls = serde_json::json!([call(GREETING, Some("gray"), "greet", "eve")]);
     let [node, python] = both_clients(&demo, &calls);
     assert_eq!((node[0]["result"].as_str(), python[0]["result"].as_str()), (Some("gray greet(eve)"), Some("gray greet(eve)")));
+}
+
+#[test]
+fn sigterm_closes_idle_dubbo_connections_and_lets_calls_in_flight_finish() {
+    let mut demo = demo_with(&["--drain-time-s", "30"]);
+    let address = demo.sidecar.listener("outbound-dubbo");
+    // A connection a client's pool holds open, with nothing in flight.
+    let mut idle = std::net::TcpStream::connect(address).expect("connect to the sidecar");
+    idle.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
+    let calls = serde_json::json!([{"interface": GREETING, "version": "1.0.0", "group": "stable", "method": "sleep", "args": ["2900"], "timeout": 20}]);
+    let target = address.to_string();
+    let in_flight = std::thread::spawn(move || node_json("dubbo_peer.js", &["client", &target, &calls.to_string()]));
+    // Within the route's 3 s timeout; should node start late, its call still goes through,
+    // since the outbound listener takes the application's late connections.
+    std::thread::sleep(Duration::from_millis(1500));
+    let terminated = Instant::now();
+    demo.sidecar.terminate();
+    // The idle connection closes at once: its client reconnects elsewhere.
+    let mut byte = [0u8; 1];
+    assert_eq!(idle.read(&mut byte).ok(), Some(0), "the idle connection is still open {:?} into the drain", terminated.elapsed());
+    assert!(terminated.elapsed() < Duration::from_secs(2), "the idle connection closed after {:?}", terminated.elapsed());
+    // The call in flight is answered.
+    let answered = in_flight.join().expect("the call's thread");
+    assert_eq!(answered[0]["result"].as_str(), Some("stable slept 2900"), "{answered}");
+    // With its last connection closed, the sidecar exits long before the 30 s drain time.
+    let status = demo.sidecar.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|it| it.success()), "the sidecar has not exited {:?} after SIGTERM", terminated.elapsed());
 }
