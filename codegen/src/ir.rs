@@ -893,8 +893,22 @@ pub struct Workload {
     pub rate_limit: Option<RateLimit>,
     /// Its telemetry settings (the mesh's, overridden by the workload's).
     pub telemetry: Telemetry,
+    /// Where its application sends Bolt and Dubbo requests.
+    pub rpc_listener: RpcListener,
     /// The spec file that declares it; `None` for the implicit `default` workload.
     pub declared_in: Option<String>,
+}
+
+/// Where a workload's application sends its Bolt and Dubbo requests (a contract on listener
+/// names, like every listener).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpcListener {
+    /// `outbound-bolt` and `outbound-dubbo`: one listener per RPC protocol the workload calls.
+    #[default]
+    PerProtocol,
+    /// `outbound-rpc`: one listener that tells Bolt from Dubbo by a connection's first byte.
+    Auto,
 }
 
 /// One port a workload serves, keyed as Istio keys inbound listeners: by the port the

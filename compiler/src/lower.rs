@@ -385,6 +385,7 @@ impl Lowering<'_, '_> {
                 telemetry: self.checked.telemetry.clone(),
                 mtls: ir::PeerMtls::Permissive,
                 port_mtls: BTreeMap::new(),
+                rpc_listener: ir::RpcListener::PerProtocol,
                 declared_in: None,
             }]
         } else {
@@ -470,6 +471,7 @@ impl Lowering<'_, '_> {
                     authz,
                     rate_limit: workload.rate_limit.clone(),
                     telemetry: workload.telemetry.clone(),
+                    rpc_listener: workload.rpc_listener,
                     declared_in: workload.declared_in.clone(),
                 }
             })

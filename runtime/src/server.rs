@@ -174,7 +174,10 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
             .iter()
             .filter_map(|it| match it.kind {
                 ListenerKind::Inbound { app_port, .. } => Some(app_port),
-                ListenerKind::Outbound | ListenerKind::OutboundRpc { .. } | ListenerKind::OutboundTcp { .. } => None,
+                ListenerKind::Outbound
+                | ListenerKind::OutboundRpc { .. }
+                | ListenerKind::OutboundRpcSniffed { .. }
+                | ListenerKind::OutboundTcp { .. } => None,
             })
             .collect();
         let parsed =
@@ -365,6 +368,10 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
     let uses = |protocol: RpcProtocol| {
         bound.iter().any(|(it, _)| match it.kind {
             ListenerKind::OutboundRpc { protocol: used } => used == protocol,
+            ListenerKind::OutboundRpcSniffed { bolt, dubbo } => match protocol {
+                RpcProtocol::Bolt => bolt,
+                RpcProtocol::Dubbo => dubbo,
+            },
             ListenerKind::Inbound { protocol: Protocol::Bolt, .. } => protocol == RpcProtocol::Bolt,
             ListenerKind::Inbound { protocol: Protocol::Dubbo, .. } => protocol == RpcProtocol::Dubbo,
             ListenerKind::Inbound { protocol: Protocol::Sniffed { bolt, dubbo }, .. } => match protocol {
@@ -388,6 +395,7 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
                 Some(dubbo) => Serves::Dubbo(dubbo.clone()),
                 None => continue,
             },
+            ListenerKind::OutboundRpcSniffed { .. } => Serves::Rpc(bolt.clone(), dubbo.clone()),
             ListenerKind::OutboundTcp { service_names, destinations } => Serves::OutboundTcp(service_names, destinations),
             ListenerKind::Inbound { app_port, protocol, service_names, mtls } => {
                 let app = match options.app.iter().rev().find(|it| it.0 == app_port) {
@@ -608,6 +616,8 @@ enum Serves {
     Outbound,
     Bolt(Arc<RpcProxy<rpc::proxy::Bolt>>),
     Dubbo(Arc<RpcProxy<rpc::proxy::Dubbo>>),
+    /// Bolt or Dubbo, as each connection's first byte says.
+    Rpc(Option<Arc<RpcProxy<rpc::proxy::Bolt>>>, Option<Arc<RpcProxy<rpc::proxy::Dubbo>>>),
     /// A TCP service's names and destinations.
     OutboundTcp(&'static [&'static str], &'static [crate::spec::WeightedCluster]),
     Inbound(Arc<InboundPort>, Accepts, Option<InboundRpc>),
@@ -665,6 +675,7 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
                 Serves::Outbound
                 | Serves::Bolt(_)
                 | Serves::Dubbo(_)
+                | Serves::Rpc(..)
                 | Serves::OutboundTcp(..)
                 | Serves::Inbound(_, Accepts::Plaintext, _) => None,
                 Serves::Inbound(_, Accepts::Either(acceptor), _) => Some((acceptor.clone(), false)),
@@ -709,6 +720,27 @@ where
         Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
         Serves::Bolt(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
         Serves::Dubbo(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
+        Serves::Rpc(bolt, dubbo) => {
+            // The first byte: Bolt's protocol code or Dubbo's magic; read, then replayed.
+            // Anything else closes the connection, as bytes that are no frame do. A client's
+            // pool may open a connection long before its first call, so the wait has no
+            // deadline but a drain's.
+            let mut stream = stream;
+            let mut first = [0u8; 1];
+            let read = tokio::select! {
+                read = tokio::io::AsyncReadExt::read(&mut stream, &mut first) => read,
+                () = drain.signalled() => return,
+            };
+            let Ok(1) = read else { return };
+            let stream = Prefixed::new(first[0], stream);
+            match (first[0], bolt, dubbo) {
+                (rpc::bolt::V1 | rpc::bolt::V2, Some(bolt), _) => {
+                    bolt.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await
+                }
+                (0xda, _, Some(dubbo)) => dubbo.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
+                _ => {}
+            }
+        }
         Serves::Inbound(port, _, Some(rpc)) if !rpc.sniff => {
             let side = Side::Inbound { port: port.clone(), peer: Arc::new(downstream) };
             match (&rpc.bolt, &rpc.dubbo) {
@@ -763,7 +795,7 @@ where
             let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
             let connect = request.method() == Method::CONNECT;
             let response = match serves {
-                Serves::Outbound | Serves::Bolt(_) | Serves::Dubbo(_) | Serves::OutboundTcp(..) => {
+                Serves::Outbound | Serves::Bolt(_) | Serves::Dubbo(_) | Serves::Rpc(..) | Serves::OutboundTcp(..) => {
                     proxy.outbound(downstream.ip, request).await
                 }
                 Serves::Inbound(port, _, _) => proxy.inbound(&port, &downstream, request).await,

@@ -92,6 +92,14 @@ pub enum ListenerKind {
         /// Bolt or Dubbo.
         protocol: RpcProtocol,
     },
+    /// Routes the application's Bolt and Dubbo requests on one port, telling the protocols
+    /// apart by each connection's first byte (`outbound-rpc`, a workload's `rpc_listener auto`).
+    OutboundRpcSniffed {
+        /// Whether the workload calls Bolt services.
+        bolt: bool,
+        /// Whether the workload calls Dubbo services.
+        dubbo: bool,
+    },
     /// Forwards the application's TCP connections to one TCP service port.
     OutboundTcp {
         /// The service's names (short, `name.ns`, host), for telemetry.

@@ -18,7 +18,7 @@ use super::{EmitOptions, GeneratedFile, rust_header, toml_header};
 use crate::ir::{
     AbortStatus, AccessLogFormat, Action, AuthzAction, AuthzPolicy, AuthzRule, Cluster, ClusterId, ConditionKey, Fault, HashOn, HeaderOps,
     HealthProbe, IpBlock, LoadBalancer, Match, Mesh, Pattern, PeerMtls, PresenceMatch, Protocol, RateLimit, RetryPolicy, Route, RouteTable,
-    RouteTableKind, StringMatch, StringMatchKind, TlsMode, Workload,
+    RouteTableKind, RpcListener, StringMatch, StringMatchKind, TlsMode, Workload,
 };
 
 /// Tables with more match alternatives than this are emitted as indexed static data.
@@ -247,14 +247,27 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             _ => None,
         })
     };
-    for (protocol, name, address, kind) in [
-        (Protocol::Bolt, "outbound-bolt", "127.0.0.1:12220", quote!(Bolt)),
-        (Protocol::Dubbo, "outbound-dubbo", "127.0.0.1:20881", quote!(Dubbo)),
-    ] {
-        if rpc_tables().any(|(it, _)| it == protocol) {
-            listeners.push(quote! {
-                rt::ListenerSpec { name: #name, default_address: #address, kind: rt::ListenerKind::OutboundRpc { protocol: rt::RpcProtocol::#kind } }
-            });
+    // With `rpc_listener auto`, one listener (`outbound-rpc`, at the Bolt port) for both,
+    // told apart by each connection's first byte.
+    let (calls_bolt, calls_dubbo) = (rpc_tables().any(|(it, _)| it == Protocol::Bolt), rpc_tables().any(|(it, _)| it == Protocol::Dubbo));
+    if workload.rpc_listener == RpcListener::Auto && (calls_bolt || calls_dubbo) {
+        listeners.push(quote! {
+            rt::ListenerSpec {
+                name: "outbound-rpc",
+                default_address: "127.0.0.1:12220",
+                kind: rt::ListenerKind::OutboundRpcSniffed { bolt: #calls_bolt, dubbo: #calls_dubbo },
+            }
+        });
+    } else {
+        for (calls, name, address, kind) in [
+            (calls_bolt, "outbound-bolt", "127.0.0.1:12220", quote!(Bolt)),
+            (calls_dubbo, "outbound-dubbo", "127.0.0.1:20881", quote!(Dubbo)),
+        ] {
+            if calls {
+                listeners.push(quote! {
+                    rt::ListenerSpec { name: #name, default_address: #address, kind: rt::ListenerKind::OutboundRpc { protocol: rt::RpcProtocol::#kind } }
+                });
+            }
         }
     }
     // Dubbo attachments are read only when a route looks at the group or at an attachment.
@@ -335,7 +348,7 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
 
         use meshc_runtime::__codegen as rt;
 
-        /// Listeners: `outbound`, `outbound-bolt` and `outbound-dubbo` when the workload calls RPC services, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
+        /// Listeners: `outbound`, `outbound-bolt` and `outbound-dubbo` when the workload calls RPC services (or one `outbound-rpc` for both with `rpc_listener auto`), one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
         static LISTENERS: [rt::ListenerSpec; #listener_count] = [#(#listeners),*];
 
         #limit_static

@@ -172,6 +172,8 @@ pub struct CheckedWorkload {
     pub mtls: ir::PeerMtls,
     /// Per-port modes.
     pub port_mtls: BTreeMap<u16, ir::PeerMtls>,
+    /// Where the application sends Bolt and Dubbo.
+    pub rpc_listener: ir::RpcListener,
     /// Declaring file; `None` for the implicit `default` workload.
     pub declared_in: Option<String>,
 }

@@ -148,6 +148,10 @@ impl Checker<'_, '_> {
                     telemetry,
                     mtls: decl.mtls.as_ref().map_or(ir::PeerMtls::Permissive, |it| peer_mtls(it.value)),
                     port_mtls: decl.port_mtls.iter().map(|(port, mode)| (port.value, peer_mtls(*mode))).collect(),
+                    rpc_listener: match decl.rpc_listener.as_ref().map(|it| it.value) {
+                        Some(ast::RpcListener::Auto) => ir::RpcListener::Auto,
+                        Some(ast::RpcListener::PerProtocol) | None => ir::RpcListener::PerProtocol,
+                    },
                     declared_in: Some(self.path(decl.span)),
                 },
             );

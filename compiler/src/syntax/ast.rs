@@ -418,6 +418,17 @@ pub struct Workload {
     pub mtls: Option<Spanned<MtlsMode>>,
     /// `mtls port N MODE`, in order.
     pub port_mtls: Vec<(Spanned<u16>, MtlsMode)>,
+    /// `rpc_listener MODE`: `None` when absent (one listener per protocol).
+    pub rpc_listener: Option<Spanned<RpcListener>>,
+}
+
+/// Where a workload's application sends its Bolt and Dubbo requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RpcListener {
+    /// `outbound-bolt` and `outbound-dubbo`, one listener per protocol called.
+    PerProtocol,
+    /// `outbound-rpc`, one port that tells the protocols apart by a connection's first byte.
+    Auto,
 }
 
 /// What a workload's ports accept (Istio's PeerAuthentication modes).

@@ -75,6 +75,8 @@ fn rule_name(rule: Rule) -> String {
         Rule::protocol => "a protocol (http, http2, grpc, bolt, dubbo, tcp, auto)",
         Rule::lb_algorithm => "a load balancer (round_robin, random, least_request, ring_hash, maglev)",
         Rule::tls_mode => "a TLS mode (disable, simple, mutual, istio_mutual)",
+        Rule::mtls_mode => "an mTLS mode (strict, permissive, disable)",
+        Rule::rpc_listener_mode => "`auto` or `per_protocol`",
         Rule::authz_verb => "an action (allow, deny, audit)",
         Rule::match_kind => "`exact`, `prefix` or `regex`",
         Rule::string_match => "a value to match",

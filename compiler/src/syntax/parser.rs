@@ -1057,6 +1057,7 @@ impl Builder<'_> {
             telemetry: None,
             mtls: None,
             port_mtls: Vec::new(),
+            rpc_listener: None,
         };
         let mut namespace: Option<Spanned<Name>> = None;
         let mut account: Option<Spanned<Name>> = None;
@@ -1076,6 +1077,13 @@ impl Builder<'_> {
                     let list = stmt.into_inner().nth(1).expect("grammar: calls list");
                     let calls = if list.as_rule() == Rule::star { Calls::All } else { Calls::Only(self.names(list)) };
                     self.set_once(&mut workload.calls, calls, stmt_span, "calls");
+                }
+                Rule::wl_rpc_listener => {
+                    let mode = match stmt.into_inner().nth(1).map(|it| it.as_str()) {
+                        Some("auto") => RpcListener::Auto,
+                        _ => RpcListener::PerProtocol,
+                    };
+                    self.set_once(&mut workload.rpc_listener, mode, stmt_span, "rpc_listener");
                 }
                 Rule::rate_limit_stmt => {
                     if let Some(limit) = self.rate_limit(stmt) {

@@ -209,3 +209,24 @@ fn workloads_collect_every_serves_list() {
         "#]],
     );
 }
+
+#[test]
+fn rpc_listener_is_set_once() {
+    check(
+        "workload web { rpc_listener auto  rpc_listener per_protocol }",
+        expect![[r#"
+        E0005 34..59: `rpc_listener` is set twice in one block
+        workload web serves=[]
+    "#]],
+    );
+}
+
+#[test]
+fn rpc_listener_names_its_modes() {
+    check(
+        "workload api { rpc_listener shared }",
+        expect![[r#"
+        E0002 28..34: expected `auto` or `per_protocol`, found `shared`
+    "#]],
+    );
+}

@@ -392,6 +392,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/default/sa/bookinfo-details",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "bookinfo-details",
     "telemetry": {
       "access_log": true,

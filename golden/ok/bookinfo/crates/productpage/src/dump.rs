@@ -250,6 +250,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/default/sa/bookinfo-productpage",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "bookinfo-productpage",
     "telemetry": {
       "access_log": true,

@@ -394,6 +394,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/default/sa/bookinfo-ratings",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "bookinfo-ratings",
     "telemetry": {
       "access_log": true,

@@ -104,6 +104,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/default/sa/bookinfo-reviews",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "bookinfo-reviews",
     "telemetry": {
       "access_log": true,

@@ -7,7 +7,7 @@ pub mod dump;
 pub mod policy;
 pub mod routes;
 use meshc_runtime::__codegen as rt;
-/// Listeners: `outbound`, `outbound-bolt` and `outbound-dubbo` when the workload calls RPC services, one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
+/// Listeners: `outbound`, `outbound-bolt` and `outbound-dubbo` when the workload calls RPC services (or one `outbound-rpc` for both with `rpc_listener auto`), one `outbound-tcp-<service>-<port>` per TCP service port called, and one `inbound-<port>` per application port.
 static LISTENERS: [rt::ListenerSpec; 2] = [
     rt::ListenerSpec {
         name: "outbound",

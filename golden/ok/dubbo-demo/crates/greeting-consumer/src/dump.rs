@@ -256,6 +256,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/demo/sa/greeting-consumer",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "greeting-consumer",
     "telemetry": {
       "access_log": true,

@@ -269,6 +269,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/demo/sa/greeting-provider",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "greeting-provider",
     "telemetry": {
       "access_log": true,

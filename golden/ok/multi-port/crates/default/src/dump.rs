@@ -276,6 +276,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/default/sa/default",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "default",
     "telemetry": {
       "access_log": true,

@@ -235,6 +235,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/shop/sa/checkout",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "checkout",
     "telemetry": {
       "access_log": true,

@@ -353,6 +353,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/shop/sa/inventory",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "inventory",
     "telemetry": {
       "access_log": true,

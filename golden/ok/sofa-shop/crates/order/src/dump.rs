@@ -172,6 +172,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/shop/sa/order",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "order",
     "telemetry": {
       "access_log": true,

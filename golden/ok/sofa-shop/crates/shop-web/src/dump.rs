@@ -270,6 +270,7 @@ pub const CONFIG_DUMP: &str = r#"{
     ],
     "principal": "cluster.local/ns/shop/sa/shop-web",
     "rate_limit": null,
+    "rpc_listener": "per_protocol",
     "service_account": "shop-web",
     "telemetry": {
       "access_log": true,
