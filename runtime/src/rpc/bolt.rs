@@ -343,6 +343,23 @@ impl<'a> Iterator for Headers<'a> {
 /// such as no route (`status::NO_PROCESSOR`) or a timeout (`status::TIMEOUT`). It keeps the
 /// request's protocol, version, codec and switch, so it carries a CRC32 trailer when the
 /// request did.
+/// A heartbeat request under request id `id`, as sofa-bolt's heartbeat trigger sends it: Bolt
+/// v1, no timeout (-1), no class, header or content.
+pub fn heartbeat_request(id: u32) -> Bytes {
+    let mut out = BytesMut::with_capacity(22);
+    out.put_u8(V1);
+    out.put_u8(1);
+    out.put_u16(cmd::HEARTBEAT);
+    out.put_u8(1);
+    out.put_u32(id);
+    out.put_u8(HESSIAN2);
+    out.put_i32(-1);
+    out.put_u16(0);
+    out.put_u16(0);
+    out.put_u32(0);
+    out.freeze()
+}
+
 pub fn reply(request: &Head, status: u16) -> Bytes {
     let cmd = if request.is_heartbeat() { cmd::HEARTBEAT } else { cmd::RESPONSE };
     let mut out = BytesMut::with_capacity(26);

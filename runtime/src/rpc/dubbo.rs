@@ -218,6 +218,18 @@ pub fn patch_request_id(frame: &mut [u8], id: u64) {
     frame[4..12].copy_from_slice(&id.to_be_bytes());
 }
 
+/// A heartbeat request under request id `id`: a two-way hessian2 event whose body is null.
+pub fn heartbeat_request(id: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEAD_LEN + 1);
+    out.extend_from_slice(&MAGIC);
+    out.put_u8(FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | HESSIAN2);
+    out.put_u8(0);
+    out.put_u64(id);
+    out.put_u32(1);
+    out.put_u8(b'N');
+    out.freeze()
+}
+
 /// The answer to a heartbeat request: an event response whose body is hessian2 null.
 pub fn heartbeat_reply(request: &Head) -> Bytes {
     let mut out = response_head(request, FLAG_EVENT, status::OK, 1);

@@ -49,6 +49,8 @@ pub(crate) trait Codec: Send + Sync + 'static {
     /// The timeout the caller put in the request, if the protocol carries one.
     fn timeout(frame: &Self::Frame) -> Option<Duration>;
     fn heartbeat_reply(frame: &Self::Frame) -> Bytes;
+    /// A heartbeat request, whose id [`Codec::patch_id`] sets.
+    fn heartbeat_request() -> Bytes;
     /// The answer to request `frame` that failed with `error`.
     fn failure(frame: &Self::Frame, error: &Error) -> Bytes;
     /// The status [`Codec::failure`] answers `error` with.

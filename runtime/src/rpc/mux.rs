@@ -41,6 +41,10 @@ pub(crate) struct Mux<C: Codec> {
     state: Arc<Mutex<State<C>>>,
     writer: mpsc::Sender<Bytes>,
     closed: Arc<AtomicBool>,
+    /// Reads that brought bytes, for telling an idle connection from a busy one.
+    reads: Arc<AtomicU64>,
+    /// Stops the reader when the connection is given up while its peer says nothing.
+    stop: Arc<tokio::sync::Notify>,
     authority: Arc<str>,
 }
 
@@ -67,10 +71,32 @@ impl<C: Codec> Mux<C> {
         let (reader, writer) = tokio::io::split(stream);
         let state = Arc::new(Mutex::new(State::<C> { waiting: HashMap::new(), next: C::FIRST_ID, closed: false }));
         let closed = Arc::new(AtomicBool::new(false));
+        let (reads, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Notify::new()));
         let (queue, frames) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_frames(frames, writer, closed.clone()));
-        tokio::spawn(read_responses::<C, _>(reader, state.clone(), closed.clone(), max_frame, queue.downgrade()));
-        Ok(Mux { state, writer: queue, closed, authority: Arc::from(endpoint.authority()) })
+        let reading = Reading { state: state.clone(), closed: closed.clone(), reads: reads.clone(), stop: stop.clone() };
+        tokio::spawn(read_responses::<C, _>(reader, reading, max_frame, queue.downgrade()));
+        Ok(Mux { state, writer: queue, closed, reads, stop, authority: Arc::from(endpoint.authority()) })
+    }
+
+    /// Gives the connection up: the requests in flight on it fail, it takes no more, and it
+    /// closes.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            state.waiting.clear();
+        }
+        // The reader stops; the writer wakes to an empty frame, finds the connection closed and
+        // shuts it down.
+        self.stop.notify_one();
+        let _ = self.writer.try_send(Bytes::new());
+    }
+
+    /// Reads that brought bytes so far.
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Whether the connection can take no more requests.
@@ -132,6 +158,7 @@ impl<C: Codec> Drop for Forget<'_, C> {
 
 async fn write_frames<W: AsyncWrite + Unpin>(mut frames: mpsc::Receiver<Bytes>, mut writer: W, closed: Arc<AtomicBool>) {
     let mut batch = Vec::new();
+    // [`Mux::close`] sets `closed`, then queues an empty frame to wake this loop.
     while let Some(frame) = frames.recv().await {
         if closed.load(Ordering::Acquire) || write_batch(&mut frames, frame, &mut batch, &mut writer).await.is_err() {
             break;
@@ -178,16 +205,27 @@ pub(crate) async fn write_batch<W: AsyncWrite + Unpin>(
     result
 }
 
+/// What a connection's reader shares with its [`Mux`].
+struct Reading<C: Codec> {
+    state: Arc<Mutex<State<C>>>,
+    closed: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
 /// Hands each response to the request waiting for it, and answers the upstream's heartbeats
 /// (Dubbo providers send them on connections they find idle) through `heartbeats`, the
 /// connection's writer while anything still holds it.
 async fn read_responses<C: Codec, R: AsyncRead + Unpin>(
     mut reader: R,
-    state: Arc<Mutex<State<C>>>,
-    closed: Arc<AtomicBool>,
+    reading: Reading<C>,
     max_frame: usize,
     heartbeats: mpsc::WeakSender<Bytes>,
 ) {
+    let Reading { state, closed, reads, stop } = reading;
+    // Made once, so that it stays registered across reads.
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     'read: loop {
         loop {
@@ -220,9 +258,15 @@ async fn read_responses<C: Codec, R: AsyncRead + Unpin>(
         if closed.load(Ordering::Acquire) {
             break;
         }
-        match reader.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        tokio::select! {
+            biased;
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            () = &mut stopped => break,
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(8 * 1024);
@@ -239,21 +283,77 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|it| it.into_inner())
 }
 
+/// When a pool's idle connections send heartbeats, and when they give up on a silent peer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Keepalive {
+    /// A connection that read nothing for this long sends a heartbeat.
+    pub(crate) idle: Duration,
+    /// How long a heartbeat's answer may take.
+    pub(crate) timeout: Duration,
+    /// Heartbeats unanswered in a row that close the connection.
+    pub(crate) misses: u32,
+}
+
+impl Default for Keepalive {
+    /// SOFA-RPC's 15 s heartbeat, and a peer given up after three missed (MOSN's keepalive
+    /// closes after a run of timeouts too): a dead peer that sent no FIN (a powered-off host,
+    /// a dropped NAT entry) costs requests about a minute at most, not until TCP gives up.
+    fn default() -> Self {
+        Keepalive { idle: Duration::from_secs(15), timeout: Duration::from_secs(5), misses: 3 }
+    }
+}
+
+/// Sends a heartbeat on `mux` whenever it read nothing for `every.idle`, and closes it after
+/// `every.misses` unanswered in a row; ends with the connection.
+async fn keepalive<C: Codec>(mux: std::sync::Weak<Mux<C>>, every: Keepalive) {
+    let mut seen = None;
+    let mut missed = 0;
+    loop {
+        tokio::time::sleep(every.idle).await;
+        let Some(mux) = mux.upgrade() else { return };
+        if mux.is_closed() {
+            return;
+        }
+        let reads = mux.reads();
+        if seen.replace(reads) != Some(reads) {
+            // Something arrived since the last look: the peer is alive.
+            missed = 0;
+            continue;
+        }
+        let heartbeat = BytesMut::from(&C::heartbeat_request()[..]);
+        match tokio::time::timeout(every.timeout, mux.call(heartbeat, true)).await {
+            Ok(Ok(Some(_))) => missed = 0,
+            _ => missed += 1,
+        }
+        if missed >= every.misses {
+            mux.close();
+            return;
+        }
+        // The answer is no sign of traffic.
+        seen = Some(mux.reads());
+    }
+}
+
 /// Each endpoint's shared connection, for one cluster.
 pub(crate) struct MuxPool<C: Codec> {
     connections: Mutex<HashMap<Arc<str>, Arc<Mux<C>>>>,
     /// One connect at a time per endpoint, so that a burst of first requests opens one
     /// connection, and an endpoint slow to answer holds up no other.
     connecting: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    keepalive: Keepalive,
 }
 
 impl<C: Codec> Default for MuxPool<C> {
     fn default() -> Self {
-        MuxPool { connections: Mutex::default(), connecting: Mutex::default() }
+        MuxPool::with_keepalive(Keepalive::default())
     }
 }
 
 impl<C: Codec> MuxPool<C> {
+    pub(crate) fn with_keepalive(keepalive: Keepalive) -> MuxPool<C> {
+        MuxPool { connections: Mutex::default(), connecting: Mutex::default(), keepalive }
+    }
+
     /// The open connection to `endpoint`, or a new one.
     pub(crate) async fn get(
         &self,
@@ -283,6 +383,7 @@ impl<C: Codec> MuxPool<C> {
             return Ok(mux);
         }
         let mux = Arc::new(Mux::connect(endpoint, tls, connect_timeout, max_frame).await?);
+        tokio::spawn(keepalive(Arc::downgrade(&mux), self.keepalive));
         lock(&self.connections).insert(endpoint.shared_authority(), mux.clone());
         Ok(mux)
     }
@@ -306,7 +407,7 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::Mux;
+    use super::{Keepalive, Mux, MuxPool};
     use crate::endpoints::Endpoint;
     use crate::rpc::dubbo;
     use crate::rpc::proxy::Dubbo;
@@ -332,5 +433,72 @@ mod tests {
         assert!(!head.is_request() && head.is_event(), "{head:?}");
         assert_eq!((head.request_id, head.status), (7, dubbo::status::OK));
         assert!(!mux.is_closed());
+    }
+
+    /// The Dubbo frames `upstream` sends, until it closes or `limit` passes: `None` for a
+    /// connection still open at the end.
+    async fn frames_until_closed(upstream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<dubbo::Frame>> {
+        let mut buf = bytes::BytesMut::new();
+        let mut frames = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            while let Ok(Some(frame)) = dubbo::decode(&mut buf, 1 << 20) {
+                frames.push(frame);
+            }
+            match tokio::time::timeout_at(deadline, upstream.read_buf(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return Some(frames),
+                Ok(Ok(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn quick() -> Keepalive {
+        Keepalive { idle: Duration::from_millis(100), timeout: Duration::from_millis(100), misses: 2 }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_whose_peer_answers_no_heartbeat_is_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
+        let pool = MuxPool::<Dubbo>::with_keepalive(quick());
+        let mux = pool.get(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect");
+        let (mut upstream, _) = listener.accept().await.expect("accept");
+        // The peer reads everything and answers nothing.
+        let frames = frames_until_closed(&mut upstream, Duration::from_secs(5)).await.expect("the sidecar closes the connection");
+        assert_eq!(frames.len(), 2, "one heartbeat per missed answer");
+        for frame in &frames {
+            let head = frame.head();
+            assert!(head.is_request() && head.is_two_way() && head.is_event(), "{head:?}");
+        }
+        assert!(mux.is_closed());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_whose_peer_answers_heartbeats_stays_open() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
+        let pool = MuxPool::<Dubbo>::with_keepalive(quick());
+        let mux = pool.get(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect");
+        let (mut upstream, _) = listener.accept().await.expect("accept");
+        let answering = tokio::spawn(async move {
+            let mut buf = bytes::BytesMut::new();
+            let mut answered = 0;
+            while upstream.read_buf(&mut buf).await.is_ok_and(|it| it > 0) {
+                while let Ok(Some(frame)) = dubbo::decode(&mut buf, 1 << 20) {
+                    let reply = dubbo::heartbeat_reply(frame.head());
+                    upstream.write_all(&reply).await.expect("answer");
+                    answered += 1;
+                }
+            }
+            answered
+        });
+        // Ten idle periods: heartbeats every other one, all answered.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(!mux.is_closed());
+        drop(pool);
+        drop(mux);
+        let answered = tokio::time::timeout(Duration::from_secs(5), answering).await.expect("the connection closes").expect("join");
+        assert!(answered >= 2, "{answered} heartbeats answered");
     }
 }

@@ -87,6 +87,10 @@ impl Codec for Bolt {
         bolt::reply(frame.head(), bolt::status::SUCCESS)
     }
 
+    fn heartbeat_request() -> Bytes {
+        bolt::heartbeat_request(0)
+    }
+
     fn failure(frame: &bolt::Frame, error: &Error) -> Bytes {
         bolt::reply(frame.head(), Bolt::failure_status(error))
     }
@@ -171,6 +175,10 @@ impl Codec for Dubbo {
 
     fn heartbeat_reply(frame: &dubbo::Frame) -> Bytes {
         dubbo::heartbeat_reply(frame.head())
+    }
+
+    fn heartbeat_request() -> Bytes {
+        dubbo::heartbeat_request(0)
     }
 
     fn failure(frame: &dubbo::Frame, error: &Error) -> Bytes {
