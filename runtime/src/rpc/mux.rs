@@ -403,6 +403,7 @@ impl<C: Codec> MuxPool<C> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -453,17 +454,21 @@ mod tests {
         }
     }
 
-    fn quick() -> Keepalive {
-        Keepalive { idle: Duration::from_millis(100), timeout: Duration::from_millis(100), misses: 2 }
+    /// A pool whose connections heartbeat after 100 ms idle and give up after two misses, its
+    /// connection to a local peer, and the peer's side of it.
+    async fn pooled() -> (MuxPool<Dubbo>, Arc<Mux<Dubbo>>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
+        let quick = Keepalive { idle: Duration::from_millis(100), timeout: Duration::from_millis(100), misses: 2 };
+        let pool = MuxPool::<Dubbo>::with_keepalive(quick);
+        let mux = pool.get(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect");
+        let (upstream, _) = listener.accept().await.expect("accept");
+        (pool, mux, upstream)
     }
 
     #[tokio::test]
     async fn an_idle_connection_whose_peer_answers_no_heartbeat_is_closed() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
-        let pool = MuxPool::<Dubbo>::with_keepalive(quick());
-        let mux = pool.get(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect");
-        let (mut upstream, _) = listener.accept().await.expect("accept");
+        let (_pool, mux, mut upstream) = pooled().await;
         // The peer reads everything and answers nothing.
         let frames = frames_until_closed(&mut upstream, Duration::from_secs(5)).await.expect("the sidecar closes the connection");
         assert_eq!(frames.len(), 2, "one heartbeat per missed answer");
@@ -476,11 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_whose_peer_answers_heartbeats_stays_open() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
-        let pool = MuxPool::<Dubbo>::with_keepalive(quick());
-        let mux = pool.get(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect");
-        let (mut upstream, _) = listener.accept().await.expect("accept");
+        let (pool, mux, mut upstream) = pooled().await;
         let answering = tokio::spawn(async move {
             let mut buf = bytes::BytesMut::new();
             let mut answered = 0;

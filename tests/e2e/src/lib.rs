@@ -328,6 +328,19 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
 
 /// The Python with grpcio, websockets and dubbo-ssl-python, from `.venv` (as `cargo xtask test` makes it) or
 /// `MESHC_PYTHON`.
+/// What tests/e2e/dubbo_peer.py (dubbo-ssl-python) answers to `calls` made at `address`: the
+/// JSON it prints last.
+pub fn dubbo_python(address: &str, calls: &serde_json::Value) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(root().join("tests/e2e/dubbo_peer.py"))
+        .args([address, &calls.to_string()])
+        .output()
+        .expect("run dubbo-ssl-python");
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("dubbo_peer.py printed {text:?}: {}", String::from_utf8_lossy(&output.stderr)))
+}
+
 pub fn python() -> PathBuf {
     let python = std::env::var_os("MESHC_PYTHON").map_or_else(|| root().join(".venv/bin/python"), PathBuf::from);
     let works = Command::new(&python)

@@ -5,10 +5,9 @@
 //! `greetAsync` to gray and the rest to stable, and everything else to stable.
 
 use std::io::Read;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshc_e2e::{NodeServer, Sidecar, free_port, node_json, python, root, sidecar_binary};
+use meshc_e2e::{NodeServer, Sidecar, dubbo_python, free_port, node_json, root, sidecar_binary};
 
 const GREETING: &str = "org.apache.dubbo.samples.api.GreetingService";
 
@@ -47,14 +46,7 @@ fn call(interface: &str, group: Option<&str>, method: &str, arg: &str) -> serde_
 fn both_clients(demo: &Demo, calls: &serde_json::Value) -> [Vec<serde_json::Value>; 2] {
     let address = demo.sidecar.listener("outbound-dubbo").to_string();
     let node = node_json("dubbo_peer.js", &["client", &address, &calls.to_string()]);
-    let output = Command::new(python())
-        .arg(root().join("tests/e2e/dubbo_peer.py"))
-        .args([&address, &calls.to_string()])
-        .output()
-        .expect("run dubbo-ssl-python");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let python: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|_| panic!("dubbo_peer.py printed {text:?}: {}", String::from_utf8_lossy(&output.stderr)));
+    let python = dubbo_python(&address, calls);
     [node, python].map(|it| it.as_array().cloned().unwrap_or_else(|| panic!("{it}")))
 }
 

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use meshc_e2e::{NodeServer, Sidecar, free_port, node_json, python, root, sidecar_binary};
+use meshc_e2e::{NodeServer, Sidecar, dubbo_python, free_port, node_json, root, sidecar_binary};
 
 const ORDER: &str = "com.example.OrderService:1.0";
 const GREETING: &str = "org.apache.dubbo.samples.api.GreetingService";
@@ -40,14 +40,7 @@ fn bolt_and_dubbo_callers_share_one_sniffed_outbound_port() {
     let calls = serde_json::json!([{"interface": GREETING, "version": "1.0.0", "group": null, "method": "greet", "args": ["ann"]}]);
     let node = node_json("dubbo_peer.js", &["client", &address, &calls.to_string()]);
     assert_eq!(node[0]["result"].as_str(), Some("greeter greet(ann)"), "dubbo2.js: {node}");
-    let output = Command::new(python())
-        .arg(root().join("tests/e2e/dubbo_peer.py"))
-        .args([&address, &calls.to_string()])
-        .output()
-        .expect("run dubbo-ssl-python");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let python: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|_| panic!("dubbo_peer.py printed {text:?}: {}", String::from_utf8_lossy(&output.stderr)));
+    let python = dubbo_python(&address, &calls);
     assert_eq!(python[0]["result"].as_str(), Some("greeter greet(ann)"), "dubbo-ssl-python: {python}");
 
     // Bytes that start neither protocol close the connection, and the port goes on serving.
