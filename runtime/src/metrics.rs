@@ -172,12 +172,14 @@ impl Metrics {
         let mut rpc = self.rpc.lock().unwrap_or_else(|it| it.into_inner());
         if let Some(series) = rpc.get(&labels) {
             series.add(ms);
-            return;
-        }
-        let labels = if rpc.len >= MAX_RPC_SERIES { RpcLabels { service: "other", method: "other", ..labels } } else { labels };
-        match rpc.get(&labels) {
-            Some(series) => series.add(ms),
-            None => rpc.insert(&labels).add(ms),
+        } else if rpc.len < MAX_RPC_SERIES {
+            rpc.insert(&labels).add(ms);
+        } else {
+            let other = RpcLabels { service: "other", method: "other", ..labels };
+            match rpc.get(&other) {
+                Some(series) => series.add(ms),
+                None => rpc.insert(&other).add(ms),
+            }
         }
     }
 

@@ -452,6 +452,11 @@ impl Drain {
         Drain { started: tokio::sync::watch::channel(false).0, open: Arc::new(tokio::sync::watch::channel(0).0) }
     }
 
+    /// Whether the drain has started, watched.
+    fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.started.subscribe()
+    }
+
     /// Resolves when the drain starts.
     async fn signalled(&self) {
         let mut receiver = self.started.subscribe();
@@ -718,8 +723,8 @@ where
     let stream = Counted { inner: stream, _open: open };
     match &serves {
         Serves::OutboundTcp(service, destinations) => crate::tcp::outbound(&proxy, stream, service, destinations).await,
-        Serves::Bolt(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
-        Serves::Dubbo(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
+        Serves::Bolt(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.watch()).await,
+        Serves::Dubbo(rpc) => rpc.clone().serve(stream, Side::Outbound, drain.watch()).await,
         Serves::Rpc(bolt, dubbo) => {
             // The first byte: Bolt's protocol code or Dubbo's magic; read, then replayed.
             // Anything else closes the connection, as bytes that are no frame do. A client's
@@ -733,19 +738,17 @@ where
             };
             let Ok(1) = read else { return };
             let stream = Prefixed::new(first[0], stream);
-            match (first[0], bolt, dubbo) {
-                (rpc::bolt::V1 | rpc::bolt::V2, Some(bolt), _) => {
-                    bolt.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await
-                }
-                (0xda, _, Some(dubbo)) => dubbo.clone().serve(stream, Side::Outbound, drain.started.subscribe()).await,
+            match (rpc_protocol_of(first[0]), bolt, dubbo) {
+                (Some(RpcProtocol::Bolt), Some(bolt), _) => bolt.clone().serve(stream, Side::Outbound, drain.watch()).await,
+                (Some(RpcProtocol::Dubbo), _, Some(dubbo)) => dubbo.clone().serve(stream, Side::Outbound, drain.watch()).await,
                 _ => {}
             }
         }
         Serves::Inbound(port, _, Some(rpc)) if !rpc.sniff => {
             let side = Side::Inbound { port: port.clone(), peer: Arc::new(downstream) };
             match (&rpc.bolt, &rpc.dubbo) {
-                (Some(bolt), _) => bolt.clone().serve(stream, side, drain.started.subscribe()).await,
-                (_, Some(dubbo)) => dubbo.clone().serve(stream, side, drain.started.subscribe()).await,
+                (Some(bolt), _) => bolt.clone().serve(stream, side, drain.watch()).await,
+                (_, Some(dubbo)) => dubbo.clone().serve(stream, side, drain.watch()).await,
                 (None, None) => {}
             }
         }
@@ -758,9 +761,9 @@ where
             let Ok(Ok(1)) = read else { return };
             let stream = Prefixed::new(first[0], stream);
             let side = || Side::Inbound { port: port.clone(), peer: Arc::new(downstream.clone()) };
-            match (first[0], &rpc.bolt, &rpc.dubbo) {
-                (rpc::bolt::V1 | rpc::bolt::V2, Some(bolt), _) => bolt.clone().serve(stream, side(), drain.started.subscribe()).await,
-                (0xda, _, Some(dubbo)) => dubbo.clone().serve(stream, side(), drain.started.subscribe()).await,
+            match (rpc_protocol_of(first[0]), &rpc.bolt, &rpc.dubbo) {
+                (Some(RpcProtocol::Bolt), Some(bolt), _) => bolt.clone().serve(stream, side(), drain.watch()).await,
+                (Some(RpcProtocol::Dubbo), _, Some(dubbo)) => dubbo.clone().serve(stream, side(), drain.watch()).await,
                 _ => serve_http(stream, downstream, proxy, serves.clone(), drain).await,
             }
         }
@@ -772,6 +775,16 @@ where
             }
         }
         _ => serve_http(stream, downstream, proxy, serves, drain).await,
+    }
+}
+
+/// The RPC protocol whose frames start with byte `first`: Bolt's protocol code or the first
+/// byte of Dubbo's magic.
+fn rpc_protocol_of(first: u8) -> Option<RpcProtocol> {
+    match first {
+        rpc::bolt::V1 | rpc::bolt::V2 => Some(RpcProtocol::Bolt),
+        it if it == rpc::dubbo::MAGIC[0] => Some(RpcProtocol::Dubbo),
+        _ => None,
     }
 }
 

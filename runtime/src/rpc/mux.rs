@@ -320,8 +320,7 @@ async fn keepalive<C: Codec>(mux: std::sync::Weak<Mux<C>>, every: Keepalive) {
             missed = 0;
             continue;
         }
-        let heartbeat = BytesMut::from(&C::heartbeat_request()[..]);
-        match tokio::time::timeout(every.timeout, mux.call(heartbeat, true)).await {
+        match tokio::time::timeout(every.timeout, mux.call(C::heartbeat_request().into(), true)).await {
             Ok(Ok(Some(_))) => missed = 0,
             _ => missed += 1,
         }
