@@ -2,8 +2,9 @@
 //!
 //! Output layout (a contract): `OUT/<workload>/` holds each crate, `OUT/Cargo.toml` is a
 //! workspace over them, `OUT/routes.txt` the routing report, and `OUT/bin/<workload>` each
-//! binary. Crates are written only where their text changed, so an unchanged mesh rebuilds
-//! nothing.
+//! binary; with `--emit xds`, `OUT/xds/<workload>/` holds the workload's xDS resources as
+//! Envoy's JSON. Files are written only where their text changed, so an unchanged mesh
+//! rebuilds nothing.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -28,6 +29,20 @@ pub struct BuildArgs {
     /// Write the crates but do not compile them.
     #[arg(long)]
     pub no_compile: bool,
+    /// What to write: `rust` (the sidecar crates, compiled unless `--no-compile`), `xds`
+    /// (each workload's xDS resources as Envoy's JSON, under `OUT/xds/`), or both
+    /// (`--emit rust,xds`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "rust")]
+    pub emit: Vec<Emit>,
+}
+
+/// An output of `meshc build`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// The sidecar crates and their binaries.
+    Rust,
+    /// The xDS resources.
+    Xds,
 }
 
 /// The runtime crate this meshc was built with, unless `MESHC_RUNTIME` names another.
@@ -89,14 +104,28 @@ fn build(mesh: &ir::Mesh, args: &BuildArgs) -> Result<Vec<PathBuf>, Failure> {
     // Every crate sits one level below `out`, so one relative path serves them all.
     let runtime_path = relative(&out.join("crate"), &runtime);
     let options = EmitOptions { runtime_path, regenerate: format!("meshc build {} --out {}", args.dir.display(), args.out.display()) };
-    let files = emit::emit(mesh, &workloads, &options);
+    let rust = args.emit.contains(&Emit::Rust);
+    let mut files = if rust { emit::emit(mesh, &workloads, &options) } else { Vec::new() };
+    files.push(emit::GeneratedFile { path: "routes.txt".to_owned(), text: emit::report::routes_txt(mesh) });
+    if args.emit.contains(&Emit::Xds) {
+        files.extend(
+            emit::xds::json_files(mesh, &workloads)
+                .into_iter()
+                .map(|it| emit::GeneratedFile { path: format!("xds/{}", it.path), text: it.text }),
+        );
+    }
     let mut written = 0;
-    for file in
-        files.iter().chain(std::iter::once(&emit::GeneratedFile { path: "routes.txt".to_owned(), text: emit::report::routes_txt(mesh) }))
-    {
+    for file in &files {
         if write_if_changed(&out.join(&file.path), &file.text).map_err(Failure::Usage)? {
             written += 1;
         }
+    }
+    if !rust {
+        eprintln!("meshc: xDS resources of {} workload(s) in {} ({written} file(s) changed)", workloads.len(), args.out.display());
+        for workload in &workloads {
+            println!("{}", args.out.join("xds").join(&workload.name).display());
+        }
+        return Ok(Vec::new());
     }
     // Share the workspace's locked versions, so the sidecars reuse its compiled dependencies.
     let lock = out.join("Cargo.lock");

