@@ -1,7 +1,9 @@
-//! meshc: the mesh compiler's front-end (load, parse, check, lower) and its command line.
+//! meshc: the mesh compiler's front-end (load, parse, check, lower), its command line, and
+//! Pilot (`meshc pilot`, xDS from the IR).
 //!
 //! The front-end is synchronous and pure: it reads files through a `Vfs`, reports every
-//! problem as a `Diagnostic`, and produces `meshc_codegen::ir::Mesh`.
+//! problem as a `Diagnostic`, and produces `meshc_codegen::ir::Mesh`. Only `pilot` runs
+//! async code.
 
 pub mod build;
 pub mod check;
@@ -11,6 +13,7 @@ pub mod driver;
 pub mod explain;
 pub mod lower;
 pub mod manifest;
+pub mod pilot;
 pub mod registry;
 pub mod source;
 pub mod syntax;

@@ -38,6 +38,8 @@ enum Command {
     Build(meshc::build::BuildArgs),
     /// Show what changes for traffic between two versions of a mesh (exit 1 when something does).
     Diff(meshc::diff::DiffArgs),
+    /// Serve the mesh over Envoy's xDS (ADS), recompiling when its directory changes.
+    Pilot(meshc::pilot::PilotArgs),
     /// Write a synthetic mesh (for benchmarks and scale tests) to a directory.
     #[command(hide = true)]
     Synth {
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => meshc::explain::run(&args),
         Command::Build(args) => meshc::build::run(&args),
         Command::Diff(args) => meshc::diff::run(&args),
+        Command::Pilot(args) => meshc::pilot::run(&args),
         Command::Synth { out, services, instances, routes, shape, seed } => {
             let mesh = match shape {
                 Shape::Mesh => meshc::synth::synthetic(meshc::synth::Synthetic { services, instances, routes }),

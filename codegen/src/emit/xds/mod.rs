@@ -88,6 +88,14 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Moves Envoy's `outbound` listener to another address (a second Envoy on one machine,
+    /// or a test's free port); a gRPC client's listeners have none.
+    pub fn set_outbound_address(&mut self, ip: &str, port: u16) {
+        for listener in self.listeners.iter_mut().filter(|it| it.name == OUTBOUND) {
+            listener.address = Some(socket_address(ip, u32::from(port)));
+        }
+    }
+
     /// Each resource packed as the `Any` a discovery response carries, by type URL and
     /// name, in [`TYPE_URLS`] order.
     pub fn by_type(&self) -> Vec<(&'static str, Vec<(String, Any)>)> {

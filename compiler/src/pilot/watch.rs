@@ -1,0 +1,94 @@
+//! Watching the mesh directory: its files' sizes and modification times are polled; a change
+//! starts a debounce (a quiet period, bounded by a maximum delay, as Istio's
+//! PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX), then the mesh is compiled again. A mesh that
+//! fails its checks is reported on the admin endpoint and the last good one stays served.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Pilot;
+
+/// How often the directory is looked at.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The debounce of changes.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    /// No change for this long: compile.
+    pub quiet: Duration,
+    /// Changes for this long without a quiet period: compile anyway.
+    pub max: Duration,
+}
+
+/// What the directory holds: every file's path, size and modification time, sorted.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Editors' and tools' scratch files and directories are not the mesh.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(metadata) = std::fs::metadata(&path) else { continue };
+            if metadata.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path, metadata.len(), metadata.modified().ok()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Watches `dir` for ever, feeding `pilot` each mesh that compiles.
+pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce) {
+    let mut seen = fingerprint(&dir);
+    loop {
+        tokio::time::sleep(POLL).await;
+        let now = fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        // A change: wait until the directory is quiet, or the maximum delay is up.
+        let first = Instant::now();
+        let mut last_change = first;
+        seen = now;
+        while last_change.elapsed() < debounce.quiet && first.elapsed() < debounce.max {
+            tokio::time::sleep(POLL.min(debounce.quiet)).await;
+            let now = fingerprint(&dir);
+            if now != seen {
+                seen = now;
+                last_change = Instant::now();
+            }
+        }
+        let compile_dir = dir.clone();
+        let compiled = tokio::task::spawn_blocking(move || crate::compile(&crate::source::DiskFs::new(&compile_dir))).await;
+        let Ok(compilation) = compiled else { continue };
+        match compilation.ir {
+            Some(mesh) if !compilation.has_errors() => {
+                if mesh != pilot.config().mesh {
+                    pilot.accept(mesh);
+                    eprintln!("meshc pilot: {} changed; serving generation {}", dir.display(), pilot.config().generation);
+                } else {
+                    pilot.accept_unchanged();
+                }
+            }
+            _ => {
+                let rendered = compilation.render_plain();
+                eprintln!(
+                    "meshc pilot: {} changed but does not compile; still serving generation {}:\n{rendered}",
+                    dir.display(),
+                    pilot.config().generation
+                );
+                pilot.reject(rendered);
+            }
+        }
+    }
+}
