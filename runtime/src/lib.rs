@@ -26,6 +26,7 @@ pub mod table;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
+pub mod xds;
 
 /// The only face of the runtime that generated code sees. Every path a generated crate uses
 /// is here, so the contract is one greppable list (codegen/src/emit/rust.rs writes against it).

@@ -388,6 +388,8 @@ pub struct Proxy {
     pub clusters: Vec<Cluster>,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
+    /// What the xDS client (`--xds`) applied and refused.
+    pub xds: crate::xds::XdsStatus,
     /// Connections to the local application, HTTP/1.1 and HTTP/2.
     local_http1: Http1Pool,
     local_http2: Http2Pool,
@@ -428,6 +430,7 @@ impl Proxy {
             spec,
             clusters,
             metrics: Arc::new(Metrics::default()),
+            xds: crate::xds::XdsStatus::default(),
             local_http1: Http1Pool::new(Duration::from_secs(1), None),
             local_http2: Http2Pool::new(Duration::from_secs(1)),
         })

@@ -59,6 +59,8 @@ struct Options {
     /// Worker threads; `None` for the runtime's default (one per CPU, or
     /// `TOKIO_WORKER_THREADS`).
     concurrency: Option<usize>,
+    /// Pilot's ADS address, for run-time overrides.
+    xds: Option<String>,
 }
 
 fn command(spec: &SidecarSpec) -> clap::Command {
@@ -115,6 +117,12 @@ fn command(spec: &SidecarSpec) -> clap::Command {
                 .default_value("16777216")
                 .value_parser(clap::value_parser!(u32).range(64..))
                 .help("The largest Bolt or Dubbo frame accepted; a connection that announces a larger one is closed"),
+        )
+        .arg(
+            clap::Arg::new("xds")
+                .long("xds")
+                .value_name("HOST:PORT")
+                .help("Take run-time overrides from meshc pilot's ADS at HOST:PORT (endpoints of the compiled clusters); the sidecar serves its compiled state until they arrive and its last good state while Pilot is away"),
         )
         .arg(
             clap::Arg::new("endpoints")
@@ -211,7 +219,8 @@ fn parse_options(spec: &SidecarSpec, args: Vec<String>) -> Result<Options, clap:
     let max_rpc_frame = matches.get_one::<u32>("max-rpc-frame-bytes").map_or(crate::rpc::DEFAULT_MAX_FRAME, |it| *it as usize);
     let concurrency = matches.get_one::<u16>("concurrency").map(|it| usize::from(*it));
     let endpoints = matches.get_one::<String>("endpoints").cloned();
-    Ok(Options { listen, drain_time, app, admin, endpoints, tls, locality, max_rpc_frame, concurrency })
+    let xds = matches.get_one::<String>("xds").cloned();
+    Ok(Options { listen, drain_time, app, admin, endpoints, tls, locality, max_rpc_frame, concurrency, xds })
 }
 
 /// Runs the sidecar until SIGINT or SIGTERM. Exit codes: 0 after a signal, 1 when a listener
@@ -317,6 +326,9 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
     }
     let ready = Arc::new(AtomicBool::new(false));
     let drain = Drain::new();
+    if let Some(server) = options.xds.clone() {
+        tokio::spawn(crate::xds::run(proxy.clone(), server));
+    }
     // Active health checks, one task per checked cluster.
     for (index, cluster) in spec.clusters.iter().enumerate() {
         if let Some(check) = &cluster.health_check {
@@ -903,7 +915,8 @@ fn config_dump(proxy: &Proxy) -> String {
                 .iter()
                 .map(|it| serde_json::json!({"address": it.authority(), "weight": it.weight, "routable": it.routable}))
                 .collect();
-            serde_json::json!({"name": cluster.spec.name, "endpoints": endpoints})
+            let source = if proxy.xds.overrides(cluster.spec.name) { "xds" } else { "compiled" };
+            serde_json::json!({"name": cluster.spec.name, "source": source, "endpoints": endpoints})
         })
         .collect();
     let dump = serde_json::json!({
@@ -911,6 +924,7 @@ fn config_dump(proxy: &Proxy) -> String {
         "namespace": proxy.spec.namespace,
         "compiled": compiled,
         "endpoints": clusters,
+        "xds": proxy.xds.dump(),
     });
     serde_json::to_string_pretty(&dump).unwrap_or_default() + "\n"
 }

@@ -550,6 +550,11 @@ impl Pilot {
     pub fn start(dir: &Path) -> Pilot {
         let ads: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
+        Pilot::start_at(dir, ads, admin)
+    }
+
+    /// Serves the mesh in `dir` at given addresses (a Pilot back where clients look for it).
+    pub fn start_at(dir: &Path, ads: SocketAddr, admin: SocketAddr) -> Pilot {
         let child = Command::new(meshc_binary())
             .arg("pilot")
             .arg(dir)

