@@ -65,6 +65,7 @@ impl PilotProcess {
             .arg("pilot")
             .arg(dir)
             .args(["--listen", &format!("127.0.0.1:{ads}"), "--admin", &format!("127.0.0.1:{admin}"), "--debounce-ms", "50"])
+            .args(["--registration", &format!("127.0.0.1:{}", free_port())])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

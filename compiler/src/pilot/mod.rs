@@ -4,13 +4,16 @@
 //! - [`ads`]: the two gRPC streams, with per-type versions and nonces, ACK and NACK;
 //! - [`watch`]: the directory's files polled, changes debounced, the mesh compiled again
 //!   (a mesh that fails its checks leaves the last good one in place);
-//! - [`admin`]: what every client was sent, ACKed and NACKed, and the last compile's result.
+//! - [`admin`]: what every client was sent, ACKed and NACKed, and the last compile's result;
+//! - [`registration`]: applications publish and unpublish their instances (MOSN's local
+//!   registry API), which join the mesh as one more registry.
 //!
 //! Pilot is the one part of the compiler package that runs async code; the front-end it calls
 //! stays synchronous and pure.
 
 mod admin;
 mod ads;
+pub mod registration;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -48,6 +51,12 @@ pub struct PilotArgs {
     /// PILOT_DEBOUNCE_MAX).
     #[arg(long, default_value_t = 10_000)]
     pub debounce_max_ms: u64,
+    /// Where the registration API (HTTP/JSON, MOSN's paths) listens.
+    #[arg(long, default_value = "127.0.0.1:13330")]
+    pub registration: SocketAddr,
+    /// How long a registered instance lives after its owner's last request.
+    #[arg(long, default_value_t = 30)]
+    pub registration_ttl_s: u64,
 }
 
 /// Runs `meshc pilot` until interrupted.
@@ -66,7 +75,7 @@ pub fn run(args: &PilotArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let pilot = Pilot::new(mesh);
+        let pilot = Pilot::new(mesh, Duration::from_secs(args.registration_ttl_s));
         let ads = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(it) => it,
             Err(err) => {
@@ -81,13 +90,22 @@ pub fn run(args: &PilotArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let registration = match tokio::net::TcpListener::bind(args.registration).await {
+            Ok(it) => it,
+            Err(err) => {
+                eprintln!("error: cannot listen on {}: {err}", args.registration);
+                return ExitCode::from(2);
+            }
+        };
         eprintln!(
-            "meshc pilot: serving {} ({} workloads) over ADS on {}, admin on {}",
+            "meshc pilot: serving {} ({} workloads) over ADS on {}, admin on {}, registration API on {}",
             args.dir.display(),
             pilot.config().mesh.workloads.len(),
             args.listen,
-            args.admin
+            args.admin,
+            args.registration
         );
+        tokio::spawn(registration::serve(pilot.clone(), registration));
         let debounce = watch::Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
         tokio::spawn(watch::watch(pilot.clone(), args.dir.clone(), debounce));
         tokio::spawn(admin::serve(pilot.clone(), admin));
@@ -263,6 +281,8 @@ pub struct Pilot {
     nacks: AtomicU64,
     /// Responses sent, in total.
     pushes: AtomicU64,
+    /// Instances registered through the registration API.
+    pub registrations: registration::Registrations,
 }
 
 /// The last compile.
@@ -312,8 +332,9 @@ pub struct TypeStatus {
 }
 
 impl Pilot {
-    /// A Pilot serving `mesh` as generation 1.
-    pub fn new(mesh: ir::Mesh) -> Arc<Pilot> {
+    /// A Pilot serving `mesh` as generation 1, whose registered instances live `ttl` after
+    /// their owner's last request.
+    pub fn new(mesh: ir::Mesh, ttl: Duration) -> Arc<Pilot> {
         let (config, _) = channel::channel(Arc::new(Config::new(1, mesh)));
         Arc::new(Pilot {
             config,
@@ -322,6 +343,7 @@ impl Pilot {
             next_stream: AtomicU64::new(1),
             nacks: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
+            registrations: registration::Registrations::new(ttl),
         })
     }
 

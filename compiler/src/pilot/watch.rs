@@ -1,5 +1,5 @@
-//! Watching the mesh directory: its files' sizes and modification times are polled; a change
-//! starts a debounce (a quiet period, bounded by a maximum delay, as Istio's
+//! Watching the mesh directory and the registration API: the directory's files' sizes and
+//! modification times are polled, and a registration wakes the watch; a change starts a debounce (a quiet period, bounded by a maximum delay, as Istio's
 //! PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX), then the mesh is compiled again. A mesh that
 //! fails its checks is reported on the admin endpoint and the last good one stays served.
 
@@ -47,29 +47,41 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     files
 }
 
-/// Watches `dir` for ever, feeding `pilot` each mesh that compiles.
+/// Watches `dir` and the registration API for ever, feeding `pilot` each mesh that compiles.
 pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce) {
     let mut seen = fingerprint(&dir);
     loop {
-        tokio::time::sleep(POLL).await;
-        let now = fingerprint(&dir);
-        if now == seen {
-            continue;
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {
+                let now = fingerprint(&dir);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+            () = pilot.registrations.changed.notified() => {}
         }
-        // A change: wait until the directory is quiet, or the maximum delay is up.
+        // A change: wait until the directory and the registrations are quiet, or the
+        // maximum delay is up.
         let first = Instant::now();
         let mut last_change = first;
-        seen = now;
         while last_change.elapsed() < debounce.quiet && first.elapsed() < debounce.max {
-            tokio::time::sleep(POLL.min(debounce.quiet)).await;
-            let now = fingerprint(&dir);
-            if now != seen {
-                seen = now;
-                last_change = Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep(POLL.min(debounce.quiet)) => {
+                    let now = fingerprint(&dir);
+                    if now != seen {
+                        seen = now;
+                        last_change = Instant::now();
+                    }
+                }
+                () = pilot.registrations.changed.notified() => last_change = Instant::now(),
             }
         }
-        let compile_dir = dir.clone();
-        let compiled = tokio::task::spawn_blocking(move || crate::compile(&crate::source::DiskFs::new(&compile_dir))).await;
+        let overlay = super::registration::Overlay {
+            disk: crate::source::DiskFs::new(&dir),
+            registry: pilot.registrations.native_registry(&pilot.config().mesh),
+        };
+        let compiled = tokio::task::spawn_blocking(move || crate::compile(&overlay)).await;
         let Ok(compilation) = compiled else { continue };
         match compilation.ir {
             Some(mesh) if !compilation.has_errors() => {

@@ -543,22 +543,30 @@ pub struct Pilot {
     pub ads: SocketAddr,
     /// The admin endpoint (HTTP).
     pub admin: SocketAddr,
+    /// The registration API (HTTP/JSON).
+    pub registration: SocketAddr,
 }
 
 impl Pilot {
-    /// Serves the mesh in `dir`, with a 50 ms debounce.
+    /// Serves the mesh in `dir`, with a 50 ms debounce, every endpoint on a free port.
     pub fn start(dir: &Path) -> Pilot {
-        let ads: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("an address");
-        Pilot::start_at(dir, ads, admin)
+        Pilot::start_with(dir, &[])
+    }
+
+    /// [`Pilot::start`] with more flags, such as `--registration-ttl-s 1`.
+    pub fn start_with(dir: &Path, flags: &[&str]) -> Pilot {
+        let free = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("an address") };
+        Pilot::start_at(dir, free(), free(), free(), flags)
     }
 
     /// Serves the mesh in `dir` at given addresses (a Pilot back where clients look for it).
-    pub fn start_at(dir: &Path, ads: SocketAddr, admin: SocketAddr) -> Pilot {
+    pub fn start_at(dir: &Path, ads: SocketAddr, admin: SocketAddr, registration: SocketAddr, flags: &[&str]) -> Pilot {
         let child = Command::new(meshc_binary())
             .arg("pilot")
             .arg(dir)
-            .args(["--listen", &ads.to_string(), "--admin", &admin.to_string(), "--debounce-ms", "50"])
+            .args(["--listen", &ads.to_string(), "--admin", &admin.to_string(), "--registration", &registration.to_string()])
+            .args(["--debounce-ms", "50"])
+            .args(flags)
             .stdout(Stdio::null())
             .spawn()
             .expect("start meshc pilot");
@@ -567,12 +575,25 @@ impl Pilot {
             assert!(Instant::now() < deadline, "meshc pilot did not listen within 20 s");
             std::thread::sleep(Duration::from_millis(25));
         }
-        Pilot { child, ads, admin }
+        Pilot { child, ads, admin, registration }
+    }
+
+    /// POSTs `body` to the registration API's `path`; the answer as JSON.
+    pub fn register(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let body = body.to_string();
+        let (_, answer) =
+            curl(&["-X", "POST", "-H", "content-type: application/json", "--data", &body], &format!("http://{}{path}", self.registration));
+        serde_json::from_str(&answer).unwrap_or_else(|_| panic!("{path} answered {answer:?}"))
     }
 
     /// An admin page as JSON.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = curl(&[], &format!("http://{}{path}", self.admin));
+        self.admin_json_at(self.admin, path)
+    }
+
+    /// A page of one of Pilot's HTTP endpoints as JSON.
+    pub fn admin_json_at(&self, address: SocketAddr, path: &str) -> serde_json::Value {
+        let (status, body) = curl(&[], &format!("http://{address}{path}"));
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path} answered {body:?}"))
     }

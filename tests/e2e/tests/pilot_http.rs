@@ -245,7 +245,7 @@ fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Durat
 fn the_compiled_sidecar_takes_endpoints_from_pilot_and_keeps_them_while_it_is_away() {
     let mesh = Mesh::new("sidecar");
     let pilot = Pilot::start(&mesh.dir);
-    let (ads, admin) = (pilot.ads, pilot.admin);
+    let (ads, admin, registration) = (pilot.ads, pilot.admin, pilot.registration);
     let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
     // No endpoints at all until Pilot's arrive.
     let sidecar = Sidecar::start_with(&binary, &["outbound"], "", &["--xds", &ads.to_string()]);
@@ -285,7 +285,56 @@ fn the_compiled_sidecar_takes_endpoints_from_pilot_and_keeps_them_while_it_is_aw
     }
     // While it is away, v2 moves to v2b; Pilot returns at the same address and the sidecar resyncs.
     mesh.write_registry(&[&mesh.v2b]);
-    let _pilot = Pilot::start_at(&mesh.dir, ads, admin);
+    let _pilot = Pilot::start_at(&mesh.dir, ads, admin, registration, &[]);
     within(Duration::from_secs(15), "the sidecar resyncs with Pilot", || jason() == "v2b");
     assert_eq!(destination(&url, "details:9080", None), "details");
+}
+
+#[test]
+fn an_instance_published_through_the_registration_api_takes_traffic_within_a_second() {
+    let mesh = Mesh::new("registration");
+    let pilot = Pilot::start_with(&mesh.dir, &["--registration-ttl-s", "2"]);
+    let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
+    let sidecar = Sidecar::start_with(&binary, &["outbound"], "", &["--xds", &pilot.ads.to_string()]);
+    let url = format!("http://{}/reviews/0", sidecar.listener("outbound"));
+    let jason = || destination(&url, "reviews:9080", Some("jason"));
+    within(Duration::from_secs(10), "jason reaches v2", || jason() == "v2");
+
+    // As SOFARPC's mesh registry and egg-mosn call MOSN: the application first, then the service.
+    assert_eq!(pilot.register("/configs/application", &json!({"appName": "reviews-v2b"}))["success"], true);
+    let publish = json!({
+        "serviceName": "reviews",
+        "port": mesh.v2b.address.port().to_string(),
+        "protocolType": "http",
+        "providerMetaInfo": {"appName": "reviews-v2b", "properties": {"version": "v2", "weight": "100"}},
+    });
+    assert_eq!(pilot.register("/services/publish", &publish)["success"], true);
+    let took = within(Duration::from_secs(1), "the published instance takes traffic", || mesh.v2b.hits() > 0 || jason() == "v2b");
+    eprintln!("a published instance took traffic {took:?} after the publish");
+    let listed = pilot.admin_json_at(pilot.registration, "/services");
+    assert_eq!(listed["services"][0]["serviceName"], "reviews", "{listed}");
+    let subscribed = pilot.register("/services/subscribe", &json!({"serviceName": "reviews"}));
+    let v2b = format!("127.0.0.1:{}?", mesh.v2b.address.port());
+    assert!(
+        subscribed["datas"].as_array().is_some_and(|it| it.iter().any(|it| it.as_str().is_some_and(|it| it.starts_with(&v2b)))),
+        "{subscribed}"
+    );
+
+    // Unpublished: drained.
+    assert_eq!(pilot.register("/services/unpublish", &json!({"serviceName": "reviews"}))["success"], true);
+    let drained = || {
+        let before = mesh.v2b.hits();
+        (0..10).for_each(|_| {
+            jason();
+        });
+        mesh.v2b.hits() == before
+    };
+    within(Duration::from_secs(2), "the unpublished instance is drained", drained);
+
+    // Published again and never renewed: gone after the 2 s TTL.
+    assert_eq!(pilot.register("/services/publish", &publish)["success"], true);
+    within(Duration::from_secs(1), "the instance is back", || jason() == "v2b" || mesh.v2b.hits() > 0);
+    within(Duration::from_secs(6), "an instance whose owner went silent expires", drained);
+    let refused = pilot.register("/services/publish", &json!({"serviceName": "reviews", "port": "not a port"}));
+    assert_eq!(refused["success"], false, "{refused}");
 }
