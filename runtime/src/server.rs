@@ -890,6 +890,7 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
             text.push_str(&proxy.membership_gauges());
             text.push_str(&proxy.route_metrics());
             text.push_str(&rpc::mux::unknown_responses_metric());
+            text.push_str(&proxy.xds.metrics());
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/clusters" => (StatusCode::OK, "text/plain", proxy.clusters_text()),

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Node, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -49,6 +49,15 @@ pub struct XdsStatus {
     types: Mutex<BTreeMap<String, TypeStatus>>,
     /// The clusters whose endpoints came from xDS, with how many they have.
     overridden: Mutex<BTreeMap<String, usize>>,
+    /// Digests of the assignments applied last.
+    digests: Mutex<Digests>,
+}
+
+/// A digest of each cluster's last applied assignment, and the set of them.
+#[derive(Debug, Default)]
+struct Digests {
+    by_cluster: BTreeMap<String, u64>,
+    applied: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -70,6 +79,21 @@ impl XdsStatus {
             "types": types,
             "overridden_endpoints": overridden,
         })
+    }
+
+    /// The client's counters in Prometheus' text format (nothing without `--xds`).
+    pub fn metrics(&self) -> String {
+        if self.server.lock().map_or(true, |it| it.is_none()) {
+            return String::new();
+        }
+        format!(
+            "# TYPE meshc_xds_connected gauge\nmeshc_xds_connected {}\n\
+             # TYPE meshc_xds_updates_applied_total counter\nmeshc_xds_updates_applied_total {}\n\
+             # TYPE meshc_xds_updates_rejected_total counter\nmeshc_xds_updates_rejected_total {}\n",
+            u8::from(self.connected.load(Ordering::Relaxed)),
+            self.applied.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether xDS gave `cluster` its endpoints.
@@ -141,14 +165,22 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
     let mut delivered = false;
     let mut accepted = String::new();
     loop {
-        let response = match responses.message().await {
+        let mut response = match responses.message().await {
             Ok(Some(it)) => it,
             Ok(None) => return Ok(delivered),
             Err(err) => return Err(format!("the stream from {server} failed: {}", err.message())),
         };
         delivered = true;
-        let answer = match response.type_url.as_str() {
-            CLUSTER_LOAD_ASSIGNMENT => apply_endpoints(proxy, &response),
+        // Decoding and building thousands of endpoints is work for a blocking thread: with
+        // one worker (`--concurrency 1`) it would otherwise hold up every request meanwhile.
+        let type_url = response.type_url.clone();
+        let answer = match type_url.as_str() {
+            CLUSTER_LOAD_ASSIGNMENT => {
+                let (proxy, resources) = (proxy.clone(), std::mem::take(&mut response.resources));
+                tokio::task::spawn_blocking(move || apply_endpoints(&proxy, &resources))
+                    .await
+                    .unwrap_or_else(|_| Err("applying the endpoints failed".to_owned()))
+            }
             other => Err(format!("this sidecar takes no {other}")),
         };
         let request = match answer {
@@ -186,30 +218,53 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
 }
 
 /// Checks every ClusterLoadAssignment of a response, then replaces the endpoints of each
-/// cluster it names; one that cannot be applied refuses the whole response.
-fn apply_endpoints(proxy: &Proxy, response: &DiscoveryResponse) -> Result<(), String> {
+/// cluster it names whose assignment changed (state of the world resends them all); one that
+/// cannot be applied refuses the whole response.
+fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf::Any]) -> Result<(), String> {
     let mut updates = Vec::new();
-    for resource in &response.resources {
-        if resource.type_url != CLUSTER_LOAD_ASSIGNMENT {
-            return Err(format!("a {} among ClusterLoadAssignments", resource.type_url));
+    {
+        let digests = proxy.xds.digests.lock().map_err(|_| "the client's state is poisoned".to_owned())?;
+        for resource in resources {
+            if resource.type_url != CLUSTER_LOAD_ASSIGNMENT {
+                return Err(format!("a {} among ClusterLoadAssignments", resource.type_url));
+            }
+            let digest = digest(&resource.value);
+            // The same bytes as an assignment applied before: the same cluster, unchanged.
+            if digests.applied.contains(&digest) {
+                continue;
+            }
+            let assignment =
+                ClusterLoadAssignment::decode(&resource.value[..]).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"))?;
+            let index = proxy
+                .clusters
+                .iter()
+                .position(|it| it.spec.name == assignment.cluster_name)
+                .ok_or_else(|| format!("cluster `{}` is not compiled into this sidecar", assignment.cluster_name))?;
+            updates.push((index, digest, endpoints_of(&assignment)?));
         }
-        let assignment =
-            ClusterLoadAssignment::decode(&resource.value[..]).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"))?;
-        let index = proxy
-            .clusters
-            .iter()
-            .position(|it| it.spec.name == assignment.cluster_name)
-            .ok_or_else(|| format!("cluster `{}` is not compiled into this sidecar", assignment.cluster_name))?;
-        updates.push((index, endpoints_of(&assignment)?));
     }
-    for (index, endpoints) in updates {
+    for (index, digest, endpoints) in updates {
         let cluster = &proxy.clusters[index];
         if let Ok(mut overridden) = proxy.xds.overridden.lock() {
             overridden.insert(cluster.spec.name.to_owned(), endpoints.len());
         }
+        if let Ok(mut digests) = proxy.xds.digests.lock() {
+            if let Some(old) = digests.by_cluster.insert(cluster.spec.name.to_owned(), digest) {
+                digests.applied.remove(&old);
+            }
+            digests.applied.insert(digest);
+        }
         cluster.endpoints.replace(endpoints);
     }
     Ok(())
+}
+
+/// A digest of a resource's bytes, to tell an assignment resent unchanged.
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A ClusterLoadAssignment's endpoints: each with its address, port, weight (1 when unset,
