@@ -109,10 +109,31 @@ impl Drop for Registration {
     }
 }
 
-/// What a stream knows about its node, from its first request.
-async fn identify_first(pilot: &Pilot, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Result<Identity, Status> {
-    let node = node.ok_or_else(|| Status::invalid_argument("the first request on a stream must carry the node"))?;
-    super::identify(&pilot.config().mesh, node).map_err(Status::not_found)
+/// A stream's first request, its node's identity and its entry in the client table; `None`
+/// when the stream ended first or its node names no workload (the stream then ends with
+/// INVALID_ARGUMENT or NOT_FOUND).
+async fn open<Q, R>(
+    pilot: &Arc<Pilot>,
+    inbound: &mut Streaming<Q>,
+    node: impl Fn(&Q) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    tx: &mpsc::Sender<Result<R, Status>>,
+    transport: &'static str,
+) -> Option<(Q, Identity, Registration)> {
+    let Ok(Some(first)) = inbound.message().await else { return None };
+    let identity = match node(&first) {
+        None => Err(Status::invalid_argument("the first request on a stream must carry the node")),
+        Some(node) => super::identify(&pilot.config().mesh, node).map_err(Status::not_found),
+    };
+    match identity {
+        Ok(identity) => {
+            let registration = Registration::new(pilot, &identity, transport);
+            Some((first, identity, registration))
+        }
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            None
+        }
+    }
 }
 
 /// Records an answer to the last response of a type: an ACK, or a NACK with its error.
@@ -151,15 +172,7 @@ async fn state_of_the_world(
     mut inbound: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
-    let Ok(Some(first)) = inbound.message().await else { return };
-    let identity = match identify_first(&pilot, first.node.as_ref()).await {
-        Ok(it) => it,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let registration = Registration::new(&pilot, &identity, "sotw");
+    let Some((first, identity, registration)) = open(&pilot, &mut inbound, |it| it.node.as_ref(), &tx, "sotw").await else { return };
     let mut configs = pilot.subscribe();
     let mut config = configs.borrow_and_update().clone();
     let mut subscriptions: BTreeMap<String, Subscription> = BTreeMap::new();
@@ -276,15 +289,7 @@ struct DeltaSubscription {
 }
 
 async fn delta(pilot: Arc<Pilot>, mut inbound: Streaming<DeltaDiscoveryRequest>, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>) {
-    let Ok(Some(first)) = inbound.message().await else { return };
-    let identity = match identify_first(&pilot, first.node.as_ref()).await {
-        Ok(it) => it,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let registration = Registration::new(&pilot, &identity, "delta");
+    let Some((first, identity, registration)) = open(&pilot, &mut inbound, |it| it.node.as_ref(), &tx, "delta").await else { return };
     let mut configs = pilot.subscribe();
     let mut config = configs.borrow_and_update().clone();
     let mut subscriptions: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
