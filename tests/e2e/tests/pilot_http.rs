@@ -118,7 +118,14 @@ impl Envoy {
             .expect("start envoy");
         let envoy = Envoy { child, outbound, admin };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while envoy.stat("listener_manager.total_listeners_active") < 1 {
+        // Ready: the listener active, its workers accepting, no cluster still warming.
+        let ready = |envoy: &Envoy| {
+            envoy.stat("listener_manager.total_listeners_active") >= 1
+                && envoy.stat("http.outbound.rds.outbound.update_success") >= 1
+                && envoy.stat("cluster_manager.warming_clusters") == 0
+                && std::net::TcpStream::connect(("127.0.0.1", envoy.outbound)).is_ok()
+        };
+        while !ready(&envoy) {
             assert!(
                 Instant::now() < deadline,
                 "Envoy took no listener from Pilot in 30 s:\n{}",
