@@ -24,7 +24,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{ClientStatus, Identity, Pilot, Served, TypeStatus, digest};
+use super::{ClientStatus, Config, Identity, Pilot, Served, TypeStatus, digest};
 
 /// Serves ADS on `listener` until it fails.
 pub async fn serve(pilot: Arc<Pilot>, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
@@ -154,6 +154,39 @@ fn answer(pilot: &Pilot, registration: &Registration, identity: &Identity, type_
     }
 }
 
+/// What a stream waits for.
+enum Event<Q> {
+    /// The client's next request.
+    Request(Q),
+    /// A new config, and what the stream's client is served from it.
+    Changed(Arc<Served>),
+}
+
+/// A stream's next event; `None` when the stream ends: the client left, Pilot stops, or the
+/// client's workload is gone from the mesh (the client is told so first).
+async fn next_event<Q, R>(
+    inbound: &mut Streaming<Q>,
+    configs: &mut tokio::sync::watch::Receiver<Arc<Config>>,
+    config: &mut Arc<Config>,
+    identity: &Identity,
+    tx: &mpsc::Sender<Result<R, Status>>,
+) -> Option<Event<Q>> {
+    tokio::select! {
+        message = inbound.message() => message.ok().flatten().map(Event::Request),
+        changed = configs.changed() => {
+            changed.ok()?;
+            *config = configs.borrow_and_update().clone();
+            match config.served(identity) {
+                Some(served) => Some(Event::Changed(served)),
+                None => {
+                    let _ = tx.send(Err(Status::not_found(format!("workload `{}` is gone from the mesh", identity.workload)))).await;
+                    None
+                }
+            }
+        }
+    }
+}
+
 // State of the world -----------------------------------------------------------------------
 
 /// One type's subscription on a state-of-the-world stream.
@@ -181,20 +214,10 @@ async fn state_of_the_world(
     loop {
         let request = match pending.take() {
             Some(it) => it,
-            None => tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(it)) => it,
-                    _ => return,
-                },
-                changed = configs.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    config = configs.borrow_and_update().clone();
-                    let Some(served) = config.served(&identity) else {
-                        let _ = tx.send(Err(Status::not_found(format!("workload `{}` is gone from the mesh", identity.workload)))).await;
-                        return;
-                    };
+            None => match next_event(&mut inbound, &mut configs, &mut config, &identity, &tx).await {
+                None => return,
+                Some(Event::Request(it)) => it,
+                Some(Event::Changed(served)) => {
                     for type_url in xds::TYPE_URLS {
                         if let Some(subscription) = subscriptions.get_mut(type_url)
                             && !respond(&pilot, &registration, &served, type_url, subscription, &mut nonce, &tx).await
@@ -298,20 +321,10 @@ async fn delta(pilot: Arc<Pilot>, mut inbound: Streaming<DeltaDiscoveryRequest>,
     loop {
         let request = match pending.take() {
             Some(it) => it,
-            None => tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(it)) => it,
-                    _ => return,
-                },
-                changed = configs.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    config = configs.borrow_and_update().clone();
-                    let Some(served) = config.served(&identity) else {
-                        let _ = tx.send(Err(Status::not_found(format!("workload `{}` is gone from the mesh", identity.workload)))).await;
-                        return;
-                    };
+            None => match next_event(&mut inbound, &mut configs, &mut config, &identity, &tx).await {
+                None => return,
+                Some(Event::Request(it)) => it,
+                Some(Event::Changed(served)) => {
                     for type_url in xds::TYPE_URLS {
                         if let Some(subscription) = subscriptions.get_mut(type_url)
                             && !respond_delta(&pilot, &registration, &served, type_url, subscription, &mut nonce, &tx).await
