@@ -55,6 +55,11 @@ impl<'a> RequestHead<'a> {
         &self.authority
     }
 
+    /// The query, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.query
+    }
+
     /// The path, without the query.
     pub fn path(&self) -> &str {
         self.path

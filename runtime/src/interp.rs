@@ -1,8 +1,8 @@
 //! The interpreted route matcher: route tables as run-time data, matched by trying every
 //! route in order, as a configuration-driven proxy does.
 //!
-//! It serves routes that arrive at run time (xDS overrides) and is the baseline the compiled
-//! tables are measured against. It shares no code with them on purpose: the agreement tests
+//! Its conditions serve routes that arrive at run time (xDS overrides, `overrides.rs`), and
+//! its router is the baseline the compiled tables are measured against. It shares no code with them on purpose: the agreement tests
 //! compare the two.
 
 use std::collections::HashMap;
@@ -54,10 +54,14 @@ pub enum Condition {
     Header(String, PresenceMatch),
     /// A query parameter.
     Query(String, PresenceMatch),
+    /// The path with its query, as Envoy's `:path` header holds it.
+    PathAndQuery(StrMatch),
+    /// The opposite of a condition (Envoy's `invert_match`).
+    Not(Box<Condition>),
 }
 
 impl Condition {
-    fn test(&self, head: &RequestHead<'_>) -> bool {
+    pub(crate) fn test(&self, head: &RequestHead<'_>) -> bool {
         let presence = |condition: &PresenceMatch, value: Option<&str>| match (condition, value) {
             (PresenceMatch::Value(it), Some(value)) => it.test(value),
             (PresenceMatch::Present, Some(_)) | (PresenceMatch::Absent, None) => true,
@@ -69,6 +73,11 @@ impl Condition {
             Condition::Method(it) => it.test(head.method()),
             Condition::Header(name, it) => presence(it, head.header(name).as_deref()),
             Condition::Query(name, it) => presence(it, head.query_param(name)),
+            Condition::PathAndQuery(it) => match head.query() {
+                Some(query) => it.test(&format!("{}?{query}", head.path())),
+                None => it.test(head.path()),
+            },
+            Condition::Not(it) => !it.test(head),
         }
     }
 }

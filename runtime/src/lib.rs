@@ -15,6 +15,7 @@ pub mod health;
 pub mod interp;
 pub mod metrics;
 pub mod outlier;
+pub mod overrides;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;

@@ -390,6 +390,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// What the xDS client (`--xds`) applied and refused.
     pub xds: crate::xds::XdsStatus,
+    /// Virtual hosts xDS serves differently from what was compiled.
+    pub route_overrides: crate::overrides::RouteOverrides,
     /// Connections to the local application, HTTP/1.1 and HTTP/2.
     local_http1: Http1Pool,
     local_http2: Http2Pool,
@@ -431,6 +433,7 @@ impl Proxy {
             clusters,
             metrics: Arc::new(Metrics::default()),
             xds: crate::xds::XdsStatus::default(),
+            route_overrides: crate::overrides::RouteOverrides::default(),
             local_http1: Http1Pool::new(Duration::from_secs(1), None),
             local_http2: Http2Pool::new(Duration::from_secs(1)),
         })
@@ -500,7 +503,7 @@ impl Proxy {
         let mut out = String::new();
         for (name, kind, active) in [("meshc_route_requests_total", "counter", false), ("meshc_route_requests_active", "gauge", true)] {
             let _ = writeln!(out, "# TYPE {name} {kind}");
-            for stats in self.spec.routes {
+            for stats in self.spec.routes.iter().copied().chain(crate::overrides::interned_routes()) {
                 let value = if active { &stats.active } else { &stats.total };
                 let (table, route) = (crate::metrics::escape(stats.table), crate::metrics::escape(stats.route));
                 let _ = writeln!(out, "{name}{{virtual_host=\"{table}\",route_name=\"{route}\"}} {}", value.load(Ordering::Relaxed));
@@ -590,6 +593,24 @@ impl Proxy {
             return (reply, None);
         }
         let (parts, body) = request.into_parts();
+        if let Some(overrides) = self.route_overrides.current() {
+            let selected = {
+                let head = RequestHead::new(&parts);
+                overrides.host(head.authority()).map(|host| host.select(&head))
+            };
+            if let Some(selected) = selected {
+                return match selected.map(|it| &it.action) {
+                    None => (local_reply(Error::NoRoute, grpc), None),
+                    Some(crate::overrides::Action::Answer(answer)) => (answer_locally(&answer.view(), &parts), None),
+                    Some(crate::overrides::Action::Forward(owned)) => {
+                        let views = owned.header_views();
+                        let forward = owned.view(&views);
+                        let active = RouteActive::new(forward.stats);
+                        (self.forward(peer, &forward, parts, body, grpc).await, Some(active))
+                    }
+                };
+            }
+        }
         let decision = (self.spec.route_outbound)(&RequestHead::new(&parts));
         match decision {
             Decision::NoRoute => (local_reply(Error::NoRoute, grpc), None),
@@ -606,7 +627,7 @@ impl Proxy {
     async fn forward(
         &self,
         peer: IpAddr,
-        forward: &'static Forward,
+        forward: &Forward<'_>,
         parts: http::request::Parts,
         body: Incoming,
         grpc: bool,
@@ -930,7 +951,7 @@ impl Drop for MeteredBody {
 struct Upstream<'a> {
     cluster: &'a Cluster,
     transport: Transport<'a>,
-    forward: &'static Forward,
+    forward: &'a Forward<'a>,
     /// The request's consistent-hash key, when the cluster hashes.
     key: Option<u64>,
 }
@@ -1185,7 +1206,7 @@ enum TryOutcome<'a> {
 
 /// Whether `retries` calls for another try after `outcome`; `started` tells whether any of the
 /// request's body was sent.
-fn retriable(retries: &Retries, outcome: &TryOutcome<'_>, started: bool) -> bool {
+fn retriable(retries: &Retries<'_>, outcome: &TryOutcome<'_>, started: bool) -> bool {
     let on = |bits: u32| retries.on & bits != 0;
     match outcome {
         TryOutcome::Failed(Error::UpstreamConnect(_)) => on(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR),
@@ -1267,7 +1288,7 @@ async fn forward_to(
     transport: Transport<'_>,
     mut request: Request<Body>,
     endpoint: &Endpoint,
-    forward: Option<&Forward>,
+    forward: Option<&Forward<'_>>,
     limits: Limits,
 ) -> Result<Response<Body>, Error> {
     let Limits { headers: timeout, body: deadline } = limits;
@@ -1384,7 +1405,7 @@ fn upgrade_headers(headers: &HeaderMap) -> bool {
 }
 
 /// The path and query sent upstream.
-fn rewritten_path(uri: &Uri, rewrite: PathRewrite) -> String {
+fn rewritten_path(uri: &Uri, rewrite: PathRewrite<'_>) -> String {
     let path = uri.path();
     let query = uri.query().map(|it| format!("?{it}")).unwrap_or_default();
     match rewrite {
@@ -1445,7 +1466,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Applies header operations as Envoy does: removals first, then replacements, then additions.
-fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
+fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps<'_>) {
     for name in ops.remove {
         headers.remove(*name);
     }
@@ -1567,11 +1588,11 @@ pub(crate) fn without_port(authority: &str) -> &str {
     port_from.map_or(authority, |at| &authority[..at])
 }
 
-fn answer_locally(answer: &Answer, parts: &http::request::Parts) -> Response<Body> {
+fn answer_locally(answer: &Answer<'_>, parts: &http::request::Parts) -> Response<Body> {
     match answer {
         Answer::Direct { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
+            let mut response = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
             *response.status_mut() = status;
             response
         }

@@ -902,7 +902,8 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
     response
 }
 
-/// The compiled tables, and each cluster's current endpoints.
+/// The compiled tables, each cluster's current endpoints, and each virtual host's source
+/// (compiled, or overridden by xDS) side by side.
 fn config_dump(proxy: &Proxy) -> String {
     let compiled: serde_json::Value = serde_json::from_str(proxy.spec.config_dump).unwrap_or(serde_json::Value::Null);
     let clusters: Vec<serde_json::Value> = proxy
@@ -925,6 +926,7 @@ fn config_dump(proxy: &Proxy) -> String {
         "namespace": proxy.spec.namespace,
         "compiled": compiled,
         "endpoints": clusters,
+        "virtual_hosts": proxy.route_overrides.dump(proxy.spec.virtual_hosts),
         "xds": proxy.xds.dump(),
     });
     serde_json::to_string_pretty(&dump).unwrap_or_default() + "\n"

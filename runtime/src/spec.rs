@@ -20,9 +20,9 @@ pub struct SidecarSpec {
     /// The upstream clusters its routes reach, indexed by [`WeightedCluster::cluster`].
     pub clusters: &'static [ClusterSpec],
     /// The compiled outbound route lookup.
-    pub route_outbound: fn(&RequestHead<'_>) -> Decision,
+    pub route_outbound: fn(&RequestHead<'_>) -> Decision<'static>,
     /// The compiled route lookup of RPC requests (Bolt and Dubbo), by interface.
-    pub route_rpc: fn(&RpcHead<'_>) -> Decision,
+    pub route_rpc: fn(&RpcHead<'_>) -> Decision<'static>,
     /// Whether some RPC route needs a Dubbo request's attachments (its group, or another
     /// attachment), which means skipping its arguments; otherwise they are never read.
     pub rpc_attachments: bool,
@@ -36,6 +36,9 @@ pub struct SidecarSpec {
     pub config_dump: &'static str,
     /// The counts of every forwarding route, for the admin endpoint's route metrics.
     pub routes: &'static [&'static RouteStats],
+    /// Each compiled virtual host (`<host>:<port>`) with the digest of its xDS form, which
+    /// the xDS client compares with what Pilot serves: a host served unchanged stays compiled.
+    pub virtual_hosts: &'static [(&'static str, &'static str)],
 }
 
 /// The run-time counts of one forwarding route: a static per route, shared by its
@@ -303,42 +306,45 @@ pub struct EndpointSeed {
     pub locality: &'static str,
 }
 
-/// The outcome of routing one request.
+/// The outcome of routing one request: compiled tables give `Decision<'static>`; a route
+/// override borrows from the override table it came from.
 #[derive(Clone, Copy, Debug)]
-pub enum Decision {
+pub enum Decision<'a> {
     /// No route matches: 404.
     NoRoute,
     /// Forward to a cluster.
-    Forward(&'static Forward),
+    Forward(&'a Forward<'a>),
     /// Answer without an upstream.
-    Answer(&'static Answer),
+    Answer(&'a Answer<'a>),
 }
 
 /// A forwarding route (one match alternative of it, when rewrites depend on the match).
+/// The route's name and counts are always `'static`: compiled, or interned for overrides so
+/// that a route's counts survive an update.
 #[derive(Debug)]
-pub struct Forward {
+pub struct Forward<'a> {
     /// The route's name, for logs and errors.
     pub route: &'static str,
     /// The route's counts.
     pub stats: &'static RouteStats,
     /// The destinations; weights sum to 100.
-    pub destinations: &'static [WeightedCluster],
+    pub destinations: &'a [WeightedCluster],
     /// Overall timeout, milliseconds; `None` uses the cluster's default.
     pub timeout_ms: Option<u64>,
     /// Path rewrite.
-    pub path_rewrite: PathRewrite,
+    pub path_rewrite: PathRewrite<'a>,
     /// Replacement authority.
-    pub authority_rewrite: Option<&'static str>,
+    pub authority_rewrite: Option<&'a str>,
     /// Header operations on the request.
-    pub request_headers: HeaderOps,
+    pub request_headers: HeaderOps<'a>,
     /// Header operations on the response.
-    pub response_headers: HeaderOps,
+    pub response_headers: HeaderOps<'a>,
     /// Retries.
-    pub retries: Retries,
+    pub retries: Retries<'a>,
     /// Injected faults.
     pub fault: Fault,
     /// The route's local rate limit.
-    pub rate_limit: Option<&'static crate::ratelimit::RateLimit>,
+    pub rate_limit: Option<&'a crate::ratelimit::RateLimit>,
     /// Where copies of a share of the requests go.
     pub mirror: Option<Mirror>,
 }
@@ -378,7 +384,7 @@ pub enum Abort {
 
 /// When a forwarded request is tried again (Envoy's retry policy).
 #[derive(Debug)]
-pub struct Retries {
+pub struct Retries<'a> {
     /// Tries after the first; 0 disables retries.
     pub attempts: u32,
     /// Each try's timeout, milliseconds; `None`: only the route's overall timeout.
@@ -386,7 +392,7 @@ pub struct Retries {
     /// The conditions, as [`RetryOn`] bits.
     pub on: u32,
     /// The statuses retried under [`RetryOn::RETRIABLE_STATUS_CODES`].
-    pub statuses: &'static [u16],
+    pub statuses: &'a [u16],
     /// Whether a retry prefers an endpoint not tried yet.
     pub avoid_previous_hosts: bool,
     /// Whether a request of a non-idempotent method (POST, PATCH, gRPC calls) is tried again
@@ -394,9 +400,9 @@ pub struct Retries {
     pub any_method: bool,
 }
 
-impl Retries {
+impl Retries<'_> {
     /// No retries.
-    pub const NONE: Retries =
+    pub const NONE: Retries<'static> =
         Retries { attempts: 0, per_try_timeout_ms: None, on: 0, statuses: &[], avoid_previous_hosts: false, any_method: false };
 }
 
@@ -405,6 +411,26 @@ impl Retries {
 pub struct RetryOn;
 
 impl RetryOn {
+    /// The bit of an Envoy `retry_on` name the sidecar can observe.
+    pub fn from_name(name: &str) -> Option<u32> {
+        Some(match name {
+            "5xx" => RetryOn::FIVE_XX,
+            "gateway-error" => RetryOn::GATEWAY_ERROR,
+            "reset" => RetryOn::RESET,
+            "reset-before-request" => RetryOn::RESET_BEFORE_REQUEST,
+            "connect-failure" => RetryOn::CONNECT_FAILURE,
+            "refused-stream" => RetryOn::REFUSED_STREAM,
+            "retriable-4xx" => RetryOn::RETRIABLE_4XX,
+            "retriable-status-codes" => RetryOn::RETRIABLE_STATUS_CODES,
+            "cancelled" => RetryOn::CANCELLED,
+            "deadline-exceeded" => RetryOn::DEADLINE_EXCEEDED,
+            "internal" => RetryOn::INTERNAL,
+            "resource-exhausted" => RetryOn::RESOURCE_EXHAUSTED,
+            "unavailable" => RetryOn::UNAVAILABLE,
+            _ => return None,
+        })
+    }
+
     /// Any 5xx answer, a reset, a failed connection or a try's timeout.
     pub const FIVE_XX: u32 = 1;
     /// 502, 503 and 504 answers, a reset, a failed connection or a try's timeout.
@@ -444,49 +470,49 @@ pub struct WeightedCluster {
 
 /// How a forwarded request's path changes.
 #[derive(Clone, Copy, Debug)]
-pub enum PathRewrite {
+pub enum PathRewrite<'a> {
     /// Unchanged.
     None,
     /// The matched prefix is replaced.
     Prefix {
         /// The prefix the route matched.
-        matched: &'static str,
+        matched: &'a str,
         /// What replaces it.
-        with: &'static str,
+        with: &'a str,
     },
     /// The whole path is replaced (a rewrite on an exact or regex match).
-    Whole(&'static str),
+    Whole(&'a str),
 }
 
 /// Header operations, applied as Envoy applies them: removals, then replacements, then additions.
 #[derive(Debug)]
-pub struct HeaderOps {
+pub struct HeaderOps<'a> {
     /// Replaced or inserted.
-    pub set: &'static [(&'static str, &'static str)],
+    pub set: &'a [(&'a str, &'a str)],
     /// Appended.
-    pub add: &'static [(&'static str, &'static str)],
+    pub add: &'a [(&'a str, &'a str)],
     /// Removed.
-    pub remove: &'static [&'static str],
+    pub remove: &'a [&'a str],
 }
 
-impl HeaderOps {
+impl HeaderOps<'_> {
     /// No operations.
-    pub const NONE: HeaderOps = HeaderOps { set: &[], add: &[], remove: &[] };
+    pub const NONE: HeaderOps<'static> = HeaderOps { set: &[], add: &[], remove: &[] };
 }
 
 /// A local answer.
 #[derive(Debug)]
-pub enum Answer {
+pub enum Answer<'a> {
     /// A redirect.
     Redirect {
         /// New scheme.
-        scheme: Option<&'static str>,
+        scheme: Option<&'a str>,
         /// New authority (host, maybe with port).
-        authority: Option<&'static str>,
+        authority: Option<&'a str>,
         /// New port.
         port: Option<u16>,
         /// New path.
-        path: Option<&'static str>,
+        path: Option<&'a str>,
         /// 301, 302, 303, 307 or 308.
         status: u16,
     },
@@ -495,7 +521,7 @@ pub enum Answer {
         /// Status code.
         status: u16,
         /// Body.
-        body: &'static str,
+        body: &'a str,
     },
 }
 

@@ -96,7 +96,7 @@ pub struct Alternative {
     /// The conditions.
     pub conditions: &'static [Cond],
     /// What happens when it is the first that matches.
-    pub decision: Decision,
+    pub decision: Decision<'static>,
 }
 
 /// The hash of a key in a static index: the key's 8-byte little-endian words folded by
@@ -260,7 +260,7 @@ pub struct IndexedTable {
     /// Alternatives with no exact or prefix path condition, ascending.
     pub always: &'static [u32],
     /// The decision when none matches (a catch-all route's, or no route).
-    pub otherwise: Decision,
+    pub otherwise: Decision<'static>,
 }
 
 impl IndexedTable {
@@ -271,7 +271,7 @@ impl IndexedTable {
     /// when the path is an exact path of the table, else with one probe per prefix length,
     /// longest first, up to the first hit; the entry's parents are the shorter prefixes. The
     /// candidate lists are merged in route order, and the first candidate that matches wins.
-    pub fn lookup(&self, head: &RequestHead<'_>) -> Decision {
+    pub fn lookup(&self, head: &RequestHead<'_>) -> Decision<'static> {
         let path = head.path().as_bytes();
         let length_bit = 1u64 << path.len().min(63);
         let mut entry = if self.exact_lengths & length_bit != 0 { self.exact_paths.get(path) } else { None };
@@ -344,7 +344,7 @@ impl IndexedTable {
 
     /// The decision of the first alternative of `list` (ascending) that matches.
     #[inline]
-    fn first_of(&self, list: &[u32], head: &RequestHead<'_>) -> Decision {
+    fn first_of(&self, list: &[u32], head: &RequestHead<'_>) -> Decision<'static> {
         list.iter().find_map(|it| self.try_alternative(*it, head)).unwrap_or(self.otherwise)
     }
 
@@ -352,7 +352,7 @@ impl IndexedTable {
         self.prefixes.entries.get(entry.parent as usize).map(|it| &it.1)
     }
 
-    fn try_alternative(&self, index: u32, head: &RequestHead<'_>) -> Option<Decision> {
+    fn try_alternative(&self, index: u32, head: &RequestHead<'_>) -> Option<Decision<'static>> {
         let alternative = self.alternatives.get(index as usize)?;
         alternative.conditions.iter().all(|it| it.test(head)).then_some(alternative.decision)
     }
@@ -367,7 +367,7 @@ mod tests {
         Box::leak(Box::new(value))
     }
 
-    fn forward(route: &'static str) -> Decision {
+    fn forward(route: &'static str) -> Decision<'static> {
         Decision::Forward(leak(Forward {
             route,
             stats: leak(RouteStats::new("table", route)),
@@ -384,7 +384,7 @@ mod tests {
         }))
     }
 
-    fn route_of(decision: Decision) -> Option<&'static str> {
+    fn route_of(decision: Decision<'static>) -> Option<&'static str> {
         match decision {
             Decision::Forward(it) => Some(it.route),
             _ => None,

@@ -1,12 +1,14 @@
 //! The sidecar's xDS client (`--xds ADDR`): one ADS stream to Pilot, on which the compiled
 //! sidecar takes what changes at run time without a rebuild.
 //!
-//! Today that is endpoints: the sidecar subscribes to the ClusterLoadAssignment of every
-//! compiled cluster, and each response replaces those clusters' endpoint sets whole, as
-//! `--endpoints` does at start (requests already on their way keep the endpoint they
-//! picked). A response it cannot apply (a cluster it does not have, an endpoint without an
-//! address) is NACKed with the reason in `error_detail`, and nothing of it is applied: the
-//! last good state stays. When Pilot is away the sidecar keeps serving what it has and
+//! It subscribes to the ClusterLoadAssignment of every compiled cluster, and each response
+//! replaces those clusters' endpoint sets whole, as `--endpoints` does at start (requests
+//! already on their way keep the endpoint they picked). It subscribes to the `outbound`
+//! RouteConfiguration too: a virtual host served differently from what was compiled is
+//! routed by the interpreted matcher from then on (`overrides.rs`). A response it cannot
+//! apply (a cluster it does not have, an endpoint without an address, a route it cannot
+//! carry out, an invalid regex) is NACKed with the reason in `error_detail`, and nothing of
+//! it is applied: the last good state stays. When Pilot is away the sidecar keeps serving what it has and
 //! reconnects with a growing, jittered backoff; state of the world resyncs on reconnection.
 //! `/config_dump` shows, per cluster, whether its endpoints are compiled or from xDS.
 
@@ -29,6 +31,8 @@ use crate::server::say;
 
 /// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// `type.googleapis.com/envoy.config.route.v3.RouteConfiguration`.
+pub const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
 /// The first wait before reconnecting, doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -146,15 +150,23 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
     let channel = endpoint.connect().await.map_err(|err| format!("cannot connect to {server}: {err}"))?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(16);
-    let names: Vec<String> = proxy.clusters.iter().map(|it| it.spec.name.to_owned()).collect();
-    let node = Node { id: proxy.spec.workload.to_owned(), user_agent_name: "meshc".to_owned(), ..Default::default() };
-    let first = DiscoveryRequest {
-        node: Some(node),
-        type_url: CLUSTER_LOAD_ASSIGNMENT.to_owned(),
-        resource_names: names.clone(),
-        ..Default::default()
+    let endpoint_names: Vec<String> = proxy.clusters.iter().map(|it| it.spec.name.to_owned()).collect();
+    let names = |type_url: &str| match type_url {
+        ROUTE_CONFIGURATION => vec![crate::overrides::OUTBOUND.to_owned()],
+        _ => endpoint_names.clone(),
     };
-    tx.send(first).await.map_err(|_| "the stream closed".to_owned())?;
+    let node = Node { id: proxy.spec.workload.to_owned(), user_agent_name: "meshc".to_owned(), ..Default::default() };
+    // Endpoints of every compiled cluster, and the route configuration of the outbound
+    // listener (overrides of its virtual hosts), on one stream.
+    for (index, type_url) in [CLUSTER_LOAD_ASSIGNMENT, ROUTE_CONFIGURATION].into_iter().enumerate() {
+        let request = DiscoveryRequest {
+            node: (index == 0).then(|| node.clone()),
+            type_url: type_url.to_owned(),
+            resource_names: names(type_url),
+            ..Default::default()
+        };
+        tx.send(request).await.map_err(|_| "the stream closed".to_owned())?;
+    }
     let mut responses = client
         .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -163,7 +175,8 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
     proxy.xds.connected.store(true, Ordering::Relaxed);
     say(&format!("{}: xds: connected to {server}", proxy.spec.workload));
     let mut delivered = false;
-    let mut accepted = String::new();
+    // The version last accepted, per type.
+    let mut accepted: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let mut response = match responses.message().await {
             Ok(Some(it)) => it,
@@ -171,50 +184,70 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
             Err(err) => return Err(format!("the stream from {server} failed: {}", err.message())),
         };
         delivered = true;
-        // Decoding and building thousands of endpoints is work for a blocking thread: with
-        // one worker (`--concurrency 1`) it would otherwise hold up every request meanwhile.
+        // Decoding and building thousands of endpoints, or compiling regexes, is work for a
+        // blocking thread: with one worker (`--concurrency 1`) it would otherwise hold up
+        // every request meanwhile.
         let type_url = response.type_url.clone();
+        let (worker, resources, version) = (proxy.clone(), std::mem::take(&mut response.resources), response.version_info.clone());
         let answer = match type_url.as_str() {
-            CLUSTER_LOAD_ASSIGNMENT => {
-                let (proxy, resources) = (proxy.clone(), std::mem::take(&mut response.resources));
-                tokio::task::spawn_blocking(move || apply_endpoints(&proxy, &resources))
-                    .await
-                    .unwrap_or_else(|_| Err("applying the endpoints failed".to_owned()))
-            }
+            CLUSTER_LOAD_ASSIGNMENT => tokio::task::spawn_blocking(move || apply_endpoints(&worker, &resources))
+                .await
+                .unwrap_or_else(|_| Err("applying the endpoints failed".to_owned())),
+            ROUTE_CONFIGURATION => tokio::task::spawn_blocking(move || apply_routes(&worker, &resources, &version))
+                .await
+                .unwrap_or_else(|_| Err("applying the routes failed".to_owned())),
             other => Err(format!("this sidecar takes no {other}")),
         };
-        let request = match answer {
+        let mut request = DiscoveryRequest {
+            type_url: type_url.clone(),
+            resource_names: names(&type_url),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        match answer {
             Ok(()) => {
-                accepted = response.version_info.clone();
+                accepted.insert(type_url.clone(), response.version_info.clone());
                 proxy.xds.applied.fetch_add(1, Ordering::Relaxed);
-                proxy.xds.record(&response.type_url, |it| it.version = Some(response.version_info.clone()));
-                DiscoveryRequest {
-                    type_url: response.type_url.clone(),
-                    resource_names: names.clone(),
-                    version_info: response.version_info.clone(),
-                    response_nonce: response.nonce.clone(),
-                    ..Default::default()
-                }
+                proxy.xds.record(&type_url, |it| it.version = Some(response.version_info.clone()));
+                request.version_info = response.version_info.clone();
             }
             Err(error) => {
-                say(&format!("{}: xds: refused {} version {}: {error}", proxy.spec.workload, response.type_url, response.version_info));
+                say(&format!("{}: xds: refused {type_url} version {}: {error}", proxy.spec.workload, response.version_info));
                 proxy.xds.rejected.fetch_add(1, Ordering::Relaxed);
-                proxy.xds.record(&response.type_url, |it| it.last_error = Some(error.clone()));
-                DiscoveryRequest {
-                    type_url: response.type_url.clone(),
-                    resource_names: names.clone(),
-                    version_info: accepted.clone(),
-                    response_nonce: response.nonce.clone(),
-                    // google.rpc.Code INVALID_ARGUMENT, as Envoy sends.
-                    error_detail: Some(RpcStatus { code: 3, message: error, details: Vec::new() }),
-                    ..Default::default()
-                }
+                proxy.xds.record(&type_url, |it| it.last_error = Some(error.clone()));
+                request.version_info = accepted.get(&type_url).cloned().unwrap_or_default();
+                // google.rpc.Code INVALID_ARGUMENT, as Envoy sends.
+                request.error_detail = Some(RpcStatus { code: 3, message: error, details: Vec::new() });
             }
-        };
+        }
         if tx.send(request).await.is_err() {
             return Ok(delivered);
         }
     }
+}
+
+/// Takes the `outbound` route configuration of a response: its virtual hosts that differ
+/// from the compiled ones become the overrides in force, all together or not at all.
+fn apply_routes(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf::Any], version: &str) -> Result<(), String> {
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    for resource in resources {
+        if resource.type_url != ROUTE_CONFIGURATION {
+            return Err(format!("a {} among RouteConfigurations", resource.type_url));
+        }
+        let config = RouteConfiguration::decode(&resource.value[..]).map_err(|err| format!("an undecodable RouteConfiguration: {err}"))?;
+        if config.name != crate::overrides::OUTBOUND {
+            return Err(format!("route configuration `{}` was not asked for", config.name));
+        }
+        let clusters: Vec<&str> = proxy.clusters.iter().map(|it| it.spec.name).collect();
+        let compiled =
+            crate::overrides::Compiled { clusters: &clusters, virtual_hosts: proxy.spec.virtual_hosts, routes: proxy.spec.routes };
+        let table = crate::overrides::build(&config, version, compiled)?;
+        if !table.is_empty() || proxy.route_overrides.current().is_some() {
+            say(&format!("{}: xds: {} virtual host(s) overridden by routes version {version}", proxy.spec.workload, table.len()));
+        }
+        proxy.route_overrides.replace(table);
+    }
+    Ok(())
 }
 
 /// Checks every ClusterLoadAssignment of a response, then replaces the endpoints of each

@@ -369,6 +369,7 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             access_log: #access_log,
             config_dump: dump::CONFIG_DUMP,
             routes: &routes::ROUTE_STATS,
+            virtual_hosts: &routes::VIRTUAL_HOSTS,
         };
 
         fn main() -> std::process::ExitCode {
@@ -788,6 +789,12 @@ impl RoutesEmitter<'_, '_> {
         let statics = &self.statics;
         let route_stats = &self.route_stats;
         let route_count = int(route_stats.len() as u64);
+        let digests = super::xds::virtual_host_digests(self.mesh, workload);
+        let digest_count = int(digests.len() as u64);
+        let digests = digests.iter().map(|(name, digest)| {
+            let (name, digest) = (str_lit(name), str_lit(digest));
+            quote!((#name, #digest))
+        });
         quote! {
             //! Outbound routing: the request's host picks a route table, and the table's routes are
             //! tried in order; the first that matches decides.
@@ -798,13 +805,17 @@ impl RoutesEmitter<'_, '_> {
             static HOSTS: rt::StrIndex<u32> = #hosts;
 
             /// The route tables, by index.
-            static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; #table_count] = [#(#table_fns),*];
+            static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; #table_count] = [#(#table_fns),*];
 
             /// The counts of every forwarding route, for the admin endpoint.
             pub static ROUTE_STATS: [&rt::RouteStats; #route_count] = [#(&#route_stats),*];
 
+            /// Each virtual host compiled here with the digest of its xDS form: an xDS route
+            /// configuration that serves one unchanged leaves it to the code above.
+            pub static VIRTUAL_HOSTS: [(&str, &str); #digest_count] = [#(#digests),*];
+
             /// Routes a request the application sent.
-            pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+            pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
                 match HOSTS.get(head.authority().as_bytes()) {
                     Some(table) => TABLES[*table as usize](head),
                     None => rt::Decision::NoRoute,
@@ -818,10 +829,10 @@ impl RoutesEmitter<'_, '_> {
             static DUBBO_INTERFACES: rt::StrIndex<u32> = #dubbo;
 
             /// The RPC route tables, by index.
-            static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; #rpc_count] = [#(#rpc_fns),*];
+            static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision<'static>; #rpc_count] = [#(#rpc_fns),*];
 
             /// Routes an RPC request the application sent, by its protocol and interface.
-            pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
+            pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
                 let interfaces = match head.protocol() {
                     rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
                     rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -872,7 +883,7 @@ impl RoutesEmitter<'_, '_> {
                 .collect();
             return quote! {
                 #[doc = #doc]
-                fn #name(head: &rt::RequestHead<'_>) -> rt::Decision {
+                fn #name(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
                     #(#steps)*
                     #otherwise
                 }
@@ -928,7 +939,7 @@ impl RoutesEmitter<'_, '_> {
         let always = always.into_iter().map(int);
         quote! {
             #[doc = #doc]
-            fn #name(head: &rt::RequestHead<'_>) -> rt::Decision {
+            fn #name(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
                 #static_name.lookup(head)
             }
 
@@ -968,7 +979,7 @@ impl RoutesEmitter<'_, '_> {
         };
         quote! {
             #[doc = #doc]
-            fn #name(head: &rt::RpcHead<'_>) -> rt::Decision {
+            fn #name(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
                 #(#steps)*
                 #otherwise
             }
@@ -1058,11 +1069,11 @@ impl RoutesEmitter<'_, '_> {
                 let item = self.action(route, route.matches.get(alternative), &limit, &stats);
                 match item {
                     Ok(forward) => {
-                        self.statics.push(quote!(#[doc = #doc] static #name: rt::Forward = #forward;));
+                        self.statics.push(quote!(#[doc = #doc] static #name: rt::Forward<'static> = #forward;));
                         quote!(rt::Decision::Forward(&#name))
                     }
                     Err(answer) => {
-                        self.statics.push(quote!(#[doc = #doc] static #name: rt::Answer = #answer;));
+                        self.statics.push(quote!(#[doc = #doc] static #name: rt::Answer<'static> = #answer;));
                         quote!(rt::Decision::Answer(&#name))
                     }
                 }

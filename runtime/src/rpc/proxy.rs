@@ -418,7 +418,7 @@ impl<C: Codec> RpcProxy<C> {
     /// cluster's).
     async fn forward(
         &self,
-        forward: &'static Forward,
+        forward: &'static Forward<'static>,
         frame: &C::Frame,
         oneway: bool,
         trace: &mut Trace,

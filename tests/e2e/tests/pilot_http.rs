@@ -5,7 +5,10 @@
 //!   changed in the spec file without a restart;
 //! - the compiled productpage sidecar started with `--xds` takes its endpoints from Pilot,
 //!   follows instances added to and removed from the registry, keeps serving while Pilot is
-//!   away, and resyncs when it returns.
+//!   away, and resyncs when it returns;
+//! - the same sidecar serves the virtual hosts Pilot serves as compiled from its compiled
+//!   tables, follows a weight changed in the spec file through an override, and refuses
+//!   (NACKs) a route to a cluster it was not built with while it keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -246,6 +249,86 @@ fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Durat
         std::thread::sleep(Duration::from_millis(20));
     }
     started.elapsed()
+}
+
+/// Each virtual host's source in the sidecar's `/config_dump`, by name.
+fn host_sources(sidecar: &Sidecar) -> std::collections::BTreeMap<String, String> {
+    let dump = config_dump(sidecar);
+    dump["virtual_hosts"]["virtual_hosts"]
+        .as_array()
+        .expect("virtual hosts")
+        .iter()
+        .map(|it| (it["name"].as_str().unwrap_or_default().to_owned(), it["source"].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// Rewrites the spec file in place.
+fn edit_spec(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
+    let spec = mesh.dir.join("bookinfo.mesh");
+    let text = std::fs::read_to_string(&spec).expect("read the spec");
+    let scratch = mesh.dir.join(".bookinfo.mesh.new");
+    std::fs::write(&scratch, edit(text)).expect("write the spec");
+    std::fs::rename(&scratch, &spec).expect("replace the spec");
+}
+
+#[test]
+fn the_compiled_sidecar_takes_a_weight_change_as_a_route_override_and_refuses_an_unknown_cluster() {
+    let mesh = Mesh::new("overrides");
+    let pilot = Pilot::start(&mesh.dir);
+    let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
+    let sidecar = Sidecar::start_with(&binary, &["outbound"], "", &["--xds", &pilot.ads.to_string()]);
+    let url = format!("http://{}/reviews/0", sidecar.listener("outbound"));
+    within(Duration::from_secs(10), "jason reaches v2 through Pilot's endpoints", || {
+        destination(&url, "reviews:9080", Some("jason")) == "v2"
+    });
+    // Pilot serves what was compiled: every host stays with the compiled tables.
+    within(Duration::from_secs(5), "the route configuration is applied", || {
+        config_dump(&sidecar)["xds"]["types"]["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]["version"].is_string()
+    });
+    let sources = host_sources(&sidecar);
+    assert_eq!(sources.len(), 2, "{sources:?}");
+    assert!(sources.values().all(|it| it == "compiled"), "{sources:?}");
+
+    // 90/10 becomes 10/90 in the spec file: the running sidecar follows, reviews now an override.
+    edit_spec(&mesh, |text| {
+        text.replace("weight 90", "weight 10x").replace("weight 10\n", "weight 90\n").replace("weight 10x", "weight 10")
+    });
+    let took =
+        within(Duration::from_secs(15), "the sidecar follows the new weights", || split(&url, 100).get("v3").copied().unwrap_or(0) >= 75);
+    eprintln!("a weight change reached the compiled sidecar within {took:?}");
+    let sources = host_sources(&sidecar);
+    assert_eq!(sources.get("reviews.default.svc.cluster.local:9080").map(String::as_str), Some("xds"), "{sources:?}");
+    assert_eq!(sources.get("details.default.svc.cluster.local:9080").map(String::as_str), Some("compiled"), "{sources:?}");
+    // The override keeps the rest of the host's routes.
+    assert_eq!(destination(&url, "reviews:9080", Some("jason")), "v2");
+    assert_eq!(destination(&url, "details:9080", None), "details");
+
+    // Jason moves to a subset this sidecar was not built with: refused, and nothing changes.
+    let registry = std::fs::read_to_string(mesh.dir.join("registry.toml")).expect("read the registry");
+    let v4 =
+        format!("[[service.instance]]\naddress = \"127.0.0.1\"\nport = {}\nlabels = {{ version = \"v4\" }}\n\n", mesh.v2b.address.port());
+    let registry = registry.replacen("[[service]]\nname = \"details\"", &format!("{v4}[[service]]\nname = \"details\""), 1);
+    std::fs::write(mesh.dir.join(".registry.toml.new"), registry).expect("write the registry");
+    std::fs::rename(mesh.dir.join(".registry.toml.new"), mesh.dir.join("registry.toml")).expect("replace the registry");
+    edit_spec(&mesh, |text| {
+        text.replace("subset v3 { version = \"v3\" }", "subset v3 { version = \"v3\" }\n  subset v4 { version = \"v4\" }")
+            .replace("to reviews subset v2", "to reviews subset v4")
+    });
+    within(Duration::from_secs(15), "the sidecar refuses the route to v4", || config_dump(&sidecar)["xds"]["rejected"].as_u64() >= Some(1));
+    let dump = config_dump(&sidecar);
+    let error = dump["xds"]["types"]["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("outbound|9080|v4|reviews") && error.contains("not compiled"), "{error}");
+    assert_eq!(destination(&url, "reviews:9080", Some("jason")), "v2");
+    let seen = split(&url, 100);
+    assert!(seen.get("v3").copied().unwrap_or(0) >= 75, "the last good override stays: {seen:?}");
+    // Pilot shows the NACK on its admin endpoint.
+    let clients = pilot.admin_json("/clients");
+    let client = clients.as_array().and_then(|it| it.first()).expect("the sidecar is a client");
+    let routes = &client["types"]["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"];
+    assert_eq!(routes["state"], "NACKED", "{routes}");
 }
 
 #[test]

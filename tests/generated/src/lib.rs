@@ -35,9 +35,9 @@ pub struct Sidecar {
     /// The workload.
     pub workload: &'static str,
     /// Its compiled outbound route lookup.
-    pub route_outbound: fn(&rt::RequestHead<'_>) -> rt::Decision,
+    pub route_outbound: fn(&rt::RequestHead<'_>) -> rt::Decision<'static>,
     /// Its compiled RPC route lookup.
-    pub route_rpc: fn(&rt::RpcHead<'_>) -> rt::Decision,
+    pub route_rpc: fn(&rt::RpcHead<'_>) -> rt::Decision<'static>,
     /// Its clusters, which route destinations index.
     pub clusters: &'static [rt::ClusterSpec],
     /// Its compiled authorization policies.
@@ -160,7 +160,7 @@ impl Sidecar {
         self.outcome((self.route_rpc)(head))
     }
 
-    fn outcome(&self, decision: rt::Decision) -> Outcome {
+    fn outcome(&self, decision: rt::Decision<'_>) -> Outcome {
         match decision {
             rt::Decision::NoRoute => Outcome::NoRoute,
             rt::Decision::Forward(forward) => Outcome::Forward(

@@ -149,6 +149,43 @@ pub fn workload_resources(mesh: &Mesh, workload: &Workload, client: Client) -> R
     resources
 }
 
+/// The digest of each virtual host of `workload`'s Envoy route configuration, by name: what a
+/// compiled sidecar holds, which its xDS client compares with what Pilot serves to tell a
+/// changed host (served by the interpreted matcher) from one still as compiled.
+pub fn virtual_host_digests(mesh: &Mesh, workload: &Workload) -> Vec<(String, String)> {
+    let emitter = Emitter { mesh, workload, client: Client::Envoy };
+    let tables: Vec<&ir::RouteTable> = workload.outbound.iter().map(|id| &mesh.route_tables[id.index()]).collect();
+    let mut digests: Vec<(String, String)> =
+        emitter.route_configuration(&tables).virtual_hosts.iter().map(|it| (it.name.clone(), virtual_host_digest(it))).collect();
+    digests.sort();
+    digests
+}
+
+/// SHA-256, in hex, of a virtual host's canonical bytes: its protobuf encoding with every
+/// `typed_per_filter_config` map taken out, then those maps' entries sorted by name (prost
+/// keeps maps in hash order, which differs between processes). The runtime's xDS client
+/// computes the same (`runtime/src/overrides.rs`); shared test vectors pin the two copies.
+pub fn virtual_host_digest(host: &route::VirtualHost) -> String {
+    use sha2::Digest;
+    let mut host = host.clone();
+    let mut maps = vec![std::mem::take(&mut host.typed_per_filter_config)];
+    maps.extend(host.routes.iter_mut().map(|it| std::mem::take(&mut it.typed_per_filter_config)));
+    let mut bytes = host.encode_to_vec();
+    for map in maps {
+        let mut entries: Vec<(String, Any)> = map.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (name, value) in entries {
+            let value = value.encode_to_vec();
+            bytes.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&value);
+        }
+    }
+    sha2::Sha256::digest(&bytes).iter().map(|it| format!("{it:02x}")).collect()
+}
+
 /// The JSON files `meshc build --emit xds` writes for each workload, under
 /// `<workload>/` (of `OUT/xds/`): `cds.json`, `eds.json`, `lds.json` and `rds.json` for Envoy, and
 /// `grpc-lds.json` for proxyless gRPC clients (their other resources are the same but for

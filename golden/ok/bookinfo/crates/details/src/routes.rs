@@ -107,7 +107,7 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The route tables, by index.
-static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 4] = [
+static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 4] = [
     table_0,
     table_1,
     table_2,
@@ -121,8 +121,28 @@ pub static ROUTE_STATS: [&rt::RouteStats; 5] = [
     &ROUTE_STATS_3_0,
     &ROUTE_STATS_3_1,
 ];
+/// Each virtual host compiled here with the digest of its xDS form: an xDS route
+/// configuration that serves one unchanged leaves it to the code above.
+pub static VIRTUAL_HOSTS: [(&str, &str); 4] = [
+    (
+        "details.default.svc.cluster.local:9080",
+        "bd7e61a524a72f18f0ae6ac02f562a8272c7f2cdc95288d733eb72bc2e6f826a",
+    ),
+    (
+        "productpage.default.svc.cluster.local:9080",
+        "2391d46cb258fa3cda192ee114f83399b8df78ca423f80b144ef36d5cd54b760",
+    ),
+    (
+        "ratings.default.svc.cluster.local:9080",
+        "6c731d3f47f2609090b5707e462d03fbf76b236560e83d547382b54a767b3299",
+    ),
+    (
+        "reviews.default.svc.cluster.local:9080",
+        "4f6cd4d4347c9e07ea455d026c81ad8fe708ae0a683c7ecddb2b5b8e7372f36d",
+    ),
+];
 /// Routes a request the application sent.
-pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     match HOSTS.get(head.authority().as_bytes()) {
         Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
@@ -139,9 +159,9 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 0] = [];
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision<'static>; 0] = [];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -152,19 +172,19 @@ pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     }
 }
 /// Route table `details.default.svc.cluster.local:9080`, declared in bookinfo.mesh.
-fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_0_0_0)
 }
 /// Route table `productpage.default.svc.cluster.local:9080`: the default route.
-fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_1_0_0)
 }
 /// Route table `ratings.default.svc.cluster.local:9080`: the default route.
-fn table_2(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_2(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_2_0_0)
 }
 /// Route table `reviews.default.svc.cluster.local:9080`, declared in bookinfo.mesh.
-fn table_3(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_3(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     if head.header("end-user").as_deref() == Some("jason") {
         return rt::Decision::Forward(&ROUTE_3_0_0);
     }
@@ -176,7 +196,7 @@ static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
     "all",
 );
 /// Route `all` of `details.default.svc.cluster.local:9080`.
-static ROUTE_0_0_0: rt::Forward = rt::Forward {
+static ROUTE_0_0_0: rt::Forward<'static> = rt::Forward {
     route: "all",
     stats: &ROUTE_STATS_0_0,
     destinations: &[
@@ -210,7 +230,7 @@ static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
     "default",
 );
 /// Route `default` of `productpage.default.svc.cluster.local:9080`.
-static ROUTE_1_0_0: rt::Forward = rt::Forward {
+static ROUTE_1_0_0: rt::Forward<'static> = rt::Forward {
     route: "default",
     stats: &ROUTE_STATS_1_0,
     destinations: &[
@@ -244,7 +264,7 @@ static ROUTE_STATS_2_0: rt::RouteStats = rt::RouteStats::new(
     "default",
 );
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
-static ROUTE_2_0_0: rt::Forward = rt::Forward {
+static ROUTE_2_0_0: rt::Forward<'static> = rt::Forward {
     route: "default",
     stats: &ROUTE_STATS_2_0,
     destinations: &[
@@ -278,7 +298,7 @@ static ROUTE_STATS_3_0: rt::RouteStats = rt::RouteStats::new(
     "jason",
 );
 /// Route `jason` of `reviews.default.svc.cluster.local:9080`.
-static ROUTE_3_0_0: rt::Forward = rt::Forward {
+static ROUTE_3_0_0: rt::Forward<'static> = rt::Forward {
     route: "jason",
     stats: &ROUTE_STATS_3_0,
     destinations: &[
@@ -312,7 +332,7 @@ static ROUTE_STATS_3_1: rt::RouteStats = rt::RouteStats::new(
     "everyone-else",
 );
 /// Route `everyone-else` of `reviews.default.svc.cluster.local:9080`.
-static ROUTE_3_1_0: rt::Forward = rt::Forward {
+static ROUTE_3_1_0: rt::Forward<'static> = rt::Forward {
     route: "everyone-else",
     stats: &ROUTE_STATS_3_1,
     destinations: &[

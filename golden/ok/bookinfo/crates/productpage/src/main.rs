@@ -45,6 +45,7 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     access_log: rt::AccessLog::Json,
     config_dump: dump::CONFIG_DUMP,
     routes: &routes::ROUTE_STATS,
+    virtual_hosts: &routes::VIRTUAL_HOSTS,
 };
 fn main() -> std::process::ExitCode {
     rt::run(&SIDECAR)

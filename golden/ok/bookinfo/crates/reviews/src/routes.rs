@@ -35,11 +35,19 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The route tables, by index.
-static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 1] = [table_0];
+static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 1] = [table_0];
 /// The counts of every forwarding route, for the admin endpoint.
 pub static ROUTE_STATS: [&rt::RouteStats; 1] = [&ROUTE_STATS_0_0];
+/// Each virtual host compiled here with the digest of its xDS form: an xDS route
+/// configuration that serves one unchanged leaves it to the code above.
+pub static VIRTUAL_HOSTS: [(&str, &str); 1] = [
+    (
+        "ratings.default.svc.cluster.local:9080",
+        "6c731d3f47f2609090b5707e462d03fbf76b236560e83d547382b54a767b3299",
+    ),
+];
 /// Routes a request the application sent.
-pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     match HOSTS.get(head.authority().as_bytes()) {
         Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
@@ -56,9 +64,9 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 0] = [];
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision<'static>; 0] = [];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -69,7 +77,7 @@ pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     }
 }
 /// Route table `ratings.default.svc.cluster.local:9080`: the default route.
-fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_0_0_0)
 }
 /// The counts of route `default` of `ratings.default.svc.cluster.local:9080`.
@@ -78,7 +86,7 @@ static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
     "default",
 );
 /// Route `default` of `ratings.default.svc.cluster.local:9080`.
-static ROUTE_0_0_0: rt::Forward = rt::Forward {
+static ROUTE_0_0_0: rt::Forward<'static> = rt::Forward {
     route: "default",
     stats: &ROUTE_STATS_0_0,
     destinations: &[

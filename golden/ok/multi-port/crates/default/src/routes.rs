@@ -35,7 +35,10 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The route tables, by index.
-static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
+static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 2] = [
+    table_0,
+    table_1,
+];
 /// The counts of every forwarding route, for the admin endpoint.
 pub static ROUTE_STATS: [&rt::RouteStats; 4] = [
     &ROUTE_STATS_0_0,
@@ -43,8 +46,20 @@ pub static ROUTE_STATS: [&rt::RouteStats; 4] = [
     &ROUTE_STATS_1_1,
     &ROUTE_STATS_1_2,
 ];
+/// Each virtual host compiled here with the digest of its xDS form: an xDS route
+/// configuration that serves one unchanged leaves it to the code above.
+pub static VIRTUAL_HOSTS: [(&str, &str); 2] = [
+    (
+        "web.default.svc.cluster.local:8080",
+        "9050ca2559bcac6561026164d072d7df59642e9f1418746a23a58c01db819beb",
+    ),
+    (
+        "web.default.svc.cluster.local:9090",
+        "2469b19d3aeba46d6569218c905bb5bff93e067e839f49cd71dc36a982a79d5c",
+    ),
+];
 /// Routes a request the application sent.
-pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     match HOSTS.get(head.authority().as_bytes()) {
         Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
@@ -61,9 +76,9 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 0] = [];
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision<'static>; 0] = [];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -74,11 +89,11 @@ pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     }
 }
 /// Route table `web.default.svc.cluster.local:8080`, declared in web.mesh.
-fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_0_0_0)
 }
 /// Route table `web.default.svc.cluster.local:9090`, declared in web.mesh.
-fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     if head.has_header("x-beta") {
         return rt::Decision::Forward(&ROUTE_1_0_0);
     }
@@ -93,7 +108,7 @@ static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
     "http",
 );
 /// Route `http` of `web.default.svc.cluster.local:8080`.
-static ROUTE_0_0_0: rt::Forward = rt::Forward {
+static ROUTE_0_0_0: rt::Forward<'static> = rt::Forward {
     route: "http",
     stats: &ROUTE_STATS_0_0,
     destinations: &[
@@ -127,7 +142,7 @@ static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
     "grpc-beta",
 );
 /// Route `grpc-beta` of `web.default.svc.cluster.local:9090`.
-static ROUTE_1_0_0: rt::Forward = rt::Forward {
+static ROUTE_1_0_0: rt::Forward<'static> = rt::Forward {
     route: "grpc-beta",
     stats: &ROUTE_STATS_1_0,
     destinations: &[
@@ -161,7 +176,7 @@ static ROUTE_STATS_1_1: rt::RouteStats = rt::RouteStats::new(
     "grpc",
 );
 /// Route `grpc` of `web.default.svc.cluster.local:9090`.
-static ROUTE_1_1_0: rt::Forward = rt::Forward {
+static ROUTE_1_1_0: rt::Forward<'static> = rt::Forward {
     route: "grpc",
     stats: &ROUTE_STATS_1_1,
     destinations: &[
@@ -195,7 +210,7 @@ static ROUTE_STATS_1_2: rt::RouteStats = rt::RouteStats::new(
     "http",
 );
 /// Route `http` of `web.default.svc.cluster.local:9090`.
-static ROUTE_1_2_0: rt::Forward = rt::Forward {
+static ROUTE_1_2_0: rt::Forward<'static> = rt::Forward {
     route: "http",
     stats: &ROUTE_STATS_1_2,
     destinations: &[

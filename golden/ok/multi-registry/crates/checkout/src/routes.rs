@@ -59,15 +59,30 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The route tables, by index.
-static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
+static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 2] = [
+    table_0,
+    table_1,
+];
 /// The counts of every forwarding route, for the admin endpoint.
 pub static ROUTE_STATS: [&rt::RouteStats; 3] = [
     &ROUTE_STATS_0_0,
     &ROUTE_STATS_0_1,
     &ROUTE_STATS_1_0,
 ];
+/// Each virtual host compiled here with the digest of its xDS form: an xDS route
+/// configuration that serves one unchanged leaves it to the code above.
+pub static VIRTUAL_HOSTS: [(&str, &str); 2] = [
+    (
+        "orders.shop.svc.cluster.local:8080",
+        "7b2b53793b4b5db16405d680cdb82d923cd087f533598f8b6182f7586a70a941",
+    ),
+    (
+        "payments.shop.svc.cluster.local:9443",
+        "0f25a836811a84190d0fc4b6f2fcaf7c035df39003bd575022fbbda374ce506f",
+    ),
+];
 /// Routes a request the application sent.
-pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     match HOSTS.get(head.authority().as_bytes()) {
         Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
@@ -84,9 +99,9 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 0] = [];
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision<'static>; 0] = [];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -97,14 +112,14 @@ pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     }
 }
 /// Route table `orders.shop.svc.cluster.local:8080`, declared in multi.mesh.
-fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     if head.has_header("x-beta") {
         return rt::Decision::Forward(&ROUTE_0_0_0);
     }
     rt::Decision::Forward(&ROUTE_0_1_0)
 }
 /// Route table `payments.shop.svc.cluster.local:9443`: the default route.
-fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_1_0_0)
 }
 /// The counts of route `beta` of `orders.shop.svc.cluster.local:8080`.
@@ -113,7 +128,7 @@ static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
     "beta",
 );
 /// Route `beta` of `orders.shop.svc.cluster.local:8080`.
-static ROUTE_0_0_0: rt::Forward = rt::Forward {
+static ROUTE_0_0_0: rt::Forward<'static> = rt::Forward {
     route: "beta",
     stats: &ROUTE_STATS_0_0,
     destinations: &[
@@ -147,7 +162,7 @@ static ROUTE_STATS_0_1: rt::RouteStats = rt::RouteStats::new(
     "stable",
 );
 /// Route `stable` of `orders.shop.svc.cluster.local:8080`.
-static ROUTE_0_1_0: rt::Forward = rt::Forward {
+static ROUTE_0_1_0: rt::Forward<'static> = rt::Forward {
     route: "stable",
     stats: &ROUTE_STATS_0_1,
     destinations: &[
@@ -179,7 +194,7 @@ static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
     "default",
 );
 /// Route `default` of `payments.shop.svc.cluster.local:9443`.
-static ROUTE_1_0_0: rt::Forward = rt::Forward {
+static ROUTE_1_0_0: rt::Forward<'static> = rt::Forward {
     route: "default",
     stats: &ROUTE_STATS_1_0,
     destinations: &[

@@ -55,7 +55,10 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The route tables, by index.
-static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 2] = [table_0, table_1];
+static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 2] = [
+    table_0,
+    table_1,
+];
 /// The counts of every forwarding route, for the admin endpoint.
 pub static ROUTE_STATS: [&rt::RouteStats; 5] = [
     &ROUTE_STATS_0_0,
@@ -64,8 +67,20 @@ pub static ROUTE_STATS: [&rt::RouteStats; 5] = [
     &ROUTE_STATS_3_0,
     &ROUTE_STATS_3_1,
 ];
+/// Each virtual host compiled here with the digest of its xDS form: an xDS route
+/// configuration that serves one unchanged leaves it to the code above.
+pub static VIRTUAL_HOSTS: [(&str, &str); 2] = [
+    (
+        "web.demo.svc.cluster.local:80",
+        "387a5e1f9cdc49c061804c3e8ff4a05c297ee6968733d281e8456e67aaaccec6",
+    ),
+    (
+        "web.demo.svc.cluster.local:9090",
+        "45ceed95512138c5d32368afd0fcac32a7ca7f2d2e14b30f2e6fd891566e8bbc",
+    ),
+];
 /// Routes a request the application sent.
-pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     match HOSTS.get(head.authority().as_bytes()) {
         Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
@@ -85,12 +100,12 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     ],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 2] = [
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision<'static>; 2] = [
     rpc_table_2,
     rpc_table_3,
 ];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -101,22 +116,22 @@ pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     }
 }
 /// Route table `web.demo.svc.cluster.local:80`: the default route.
-fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_0(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_0_0_0)
 }
 /// Route table `web.demo.svc.cluster.local:9090`: the default route.
-fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision {
+fn table_1(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     rt::Decision::Forward(&ROUTE_1_0_0)
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.DemoService`: the default routes.
-fn rpc_table_2(head: &rt::RpcHead<'_>) -> rt::Decision {
+fn rpc_table_2(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     if head.version().unwrap_or("") == "1.0.0" && head.group() == "" {
         return rt::Decision::Forward(&ROUTE_2_0_0);
     }
     rt::Decision::NoRoute
 }
 /// RPC route table `dubbo:org.apache.dubbo.samples.api.GreetingService`: the default routes.
-fn rpc_table_3(head: &rt::RpcHead<'_>) -> rt::Decision {
+fn rpc_table_3(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     if head.version().unwrap_or("") == "1.0.0" && head.group() == "gray" {
         return rt::Decision::Forward(&ROUTE_3_0_0);
     }
@@ -131,7 +146,7 @@ static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
     "default",
 );
 /// Route `default` of `web.demo.svc.cluster.local:80`.
-static ROUTE_0_0_0: rt::Forward = rt::Forward {
+static ROUTE_0_0_0: rt::Forward<'static> = rt::Forward {
     route: "default",
     stats: &ROUTE_STATS_0_0,
     destinations: &[
@@ -165,7 +180,7 @@ static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
     "default",
 );
 /// Route `default` of `web.demo.svc.cluster.local:9090`.
-static ROUTE_1_0_0: rt::Forward = rt::Forward {
+static ROUTE_1_0_0: rt::Forward<'static> = rt::Forward {
     route: "default",
     stats: &ROUTE_STATS_1_0,
     destinations: &[
@@ -199,7 +214,7 @@ static ROUTE_STATS_2_0: rt::RouteStats = rt::RouteStats::new(
     "org.apache.dubbo.samples.api.DemoService:1.0.0",
 );
 /// Route `org.apache.dubbo.samples.api.DemoService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.DemoService`.
-static ROUTE_2_0_0: rt::Forward = rt::Forward {
+static ROUTE_2_0_0: rt::Forward<'static> = rt::Forward {
     route: "org.apache.dubbo.samples.api.DemoService:1.0.0",
     stats: &ROUTE_STATS_2_0,
     destinations: &[
@@ -224,7 +239,7 @@ static ROUTE_STATS_3_0: rt::RouteStats = rt::RouteStats::new(
     "gray/org.apache.dubbo.samples.api.GreetingService:1.0.0",
 );
 /// Route `gray/org.apache.dubbo.samples.api.GreetingService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
-static ROUTE_3_0_0: rt::Forward = rt::Forward {
+static ROUTE_3_0_0: rt::Forward<'static> = rt::Forward {
     route: "gray/org.apache.dubbo.samples.api.GreetingService:1.0.0",
     stats: &ROUTE_STATS_3_0,
     destinations: &[
@@ -249,7 +264,7 @@ static ROUTE_STATS_3_1: rt::RouteStats = rt::RouteStats::new(
     "stable/org.apache.dubbo.samples.api.GreetingService:1.0.0",
 );
 /// Route `stable/org.apache.dubbo.samples.api.GreetingService:1.0.0` of `dubbo:org.apache.dubbo.samples.api.GreetingService`.
-static ROUTE_3_1_0: rt::Forward = rt::Forward {
+static ROUTE_3_1_0: rt::Forward<'static> = rt::Forward {
     route: "stable/org.apache.dubbo.samples.api.GreetingService:1.0.0",
     stats: &ROUTE_STATS_3_1,
     destinations: &[

@@ -9,11 +9,14 @@ static HOSTS: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The route tables, by index.
-static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision; 0] = [];
+static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 0] = [];
 /// The counts of every forwarding route, for the admin endpoint.
 pub static ROUTE_STATS: [&rt::RouteStats; 2] = [&ROUTE_STATS_0_0, &ROUTE_STATS_1_0];
+/// Each virtual host compiled here with the digest of its xDS form: an xDS route
+/// configuration that serves one unchanged leaves it to the code above.
+pub static VIRTUAL_HOSTS: [(&str, &str); 0] = [];
 /// Routes a request the application sent.
-pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision {
+pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     match HOSTS.get(head.authority().as_bytes()) {
         Some(table) => TABLES[*table as usize](head),
         None => rt::Decision::NoRoute,
@@ -33,12 +36,12 @@ static DUBBO_INTERFACES: rt::StrIndex<u32> = rt::StrIndex {
     entries: &[],
 };
 /// The RPC route tables, by index.
-static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision; 2] = [
+static RPC_TABLES: [fn(&rt::RpcHead<'_>) -> rt::Decision<'static>; 2] = [
     rpc_table_0,
     rpc_table_1,
 ];
 /// Routes an RPC request the application sent, by its protocol and interface.
-pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
+pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     let interfaces = match head.protocol() {
         rt::RpcProtocol::Bolt => &BOLT_INTERFACES,
         rt::RpcProtocol::Dubbo => &DUBBO_INTERFACES,
@@ -49,14 +52,14 @@ pub fn route_rpc(head: &rt::RpcHead<'_>) -> rt::Decision {
     }
 }
 /// RPC route table `bolt:com.alipay.shop.InventoryFacade`: the default routes.
-fn rpc_table_0(head: &rt::RpcHead<'_>) -> rt::Decision {
+fn rpc_table_0(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     if head.service() == "com.alipay.shop.InventoryFacade:1.0" {
         return rt::Decision::Forward(&ROUTE_0_0_0);
     }
     rt::Decision::NoRoute
 }
 /// RPC route table `bolt:com.alipay.shop.PaymentFacade`: the default routes.
-fn rpc_table_1(head: &rt::RpcHead<'_>) -> rt::Decision {
+fn rpc_table_1(head: &rt::RpcHead<'_>) -> rt::Decision<'static> {
     if head.service() == "com.alipay.shop.PaymentFacade:1.0:cn" {
         return rt::Decision::Forward(&ROUTE_1_0_0);
     }
@@ -68,7 +71,7 @@ static ROUTE_STATS_0_0: rt::RouteStats = rt::RouteStats::new(
     "com.alipay.shop.InventoryFacade:1.0",
 );
 /// Route `com.alipay.shop.InventoryFacade:1.0` of `bolt:com.alipay.shop.InventoryFacade`.
-static ROUTE_0_0_0: rt::Forward = rt::Forward {
+static ROUTE_0_0_0: rt::Forward<'static> = rt::Forward {
     route: "com.alipay.shop.InventoryFacade:1.0",
     stats: &ROUTE_STATS_0_0,
     destinations: &[
@@ -93,7 +96,7 @@ static ROUTE_STATS_1_0: rt::RouteStats = rt::RouteStats::new(
     "com.alipay.shop.PaymentFacade:1.0:cn",
 );
 /// Route `com.alipay.shop.PaymentFacade:1.0:cn` of `bolt:com.alipay.shop.PaymentFacade`.
-static ROUTE_1_0_0: rt::Forward = rt::Forward {
+static ROUTE_1_0_0: rt::Forward<'static> = rt::Forward {
     route: "com.alipay.shop.PaymentFacade:1.0:cn",
     stats: &ROUTE_STATS_1_0,
     destinations: &[

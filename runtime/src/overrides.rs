@@ -1,0 +1,820 @@
+//! Route overrides: virtual hosts that Pilot serves differently from what was compiled,
+//! routed by the interpreted matcher while the compiled tables keep every other host.
+//!
+//! The xDS client subscribes to the `outbound` route configuration. Each virtual host in it
+//! is compared with the one compiled under the same name by a digest of its canonical bytes
+//! (`SidecarSpec::virtual_hosts`, written by meshc from the same emitter Pilot serves from):
+//! a host served as compiled stays with the compiled code; a changed or new one becomes an
+//! override. A configuration is taken whole or refused whole (and NACKed): a route to a
+//! cluster this sidecar was not built with, a regex RE2 would refuse, a wildcard domain, or
+//! any feature the interpreted matcher does not carry is refused, and the overrides in force
+//! stay as they were.
+//!
+//! A forwarding override owns its data; the request path borrows a [`Forward`] view of it
+//! for the request's lifetime, so replacing the table never disturbs a request on its way.
+//! Route names and counts are interned (at most [`MAX_INTERNED_ROUTES`] of them) so that a
+//! route's counts survive updates, and an override of a compiled route counts where the
+//! compiled route does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as local_ratelimit;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::envoy::r#type::v3 as types;
+use envoy_types::pb::google::protobuf::{Any, Duration};
+use prost::Message;
+
+use crate::head::RequestHead;
+use crate::interp::{Condition, PresenceMatch, StrMatch};
+use crate::ratelimit::RateLimit;
+use crate::spec::{Abort, Answer, Fault, Forward, HeaderOps, Mirror, PathRewrite, Retries, RetryOn, RouteStats, WeightedCluster};
+
+// RE2 in Rust's dialect: the translation meshc applies to compiled regexes, so that an
+// override matches what the same route compiled would. One source file, two crates.
+#[path = "../../codegen/src/re2.rs"]
+mod re2;
+
+/// The name of the route configuration the sidecar subscribes to.
+pub const OUTBOUND: &str = "outbound";
+
+/// The most route names interned for counting; routes past it share one count.
+pub const MAX_INTERNED_ROUTES: usize = 4096;
+
+/// Envoy's default route timeout, for a route that sets none.
+const ENVOY_DEFAULT_TIMEOUT_MS: u64 = 15_000;
+
+/// The overrides in force, swapped whole.
+#[derive(Debug, Default)]
+pub struct RouteOverrides {
+    /// Whether any host is overridden: the request path looks no further when not.
+    active: AtomicBool,
+    table: RwLock<Arc<OverrideTable>>,
+}
+
+impl RouteOverrides {
+    /// The table in force, when it overrides some host.
+    pub fn current(&self) -> Option<Arc<OverrideTable>> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        self.table.read().ok().map(|it| it.clone())
+    }
+
+    /// Puts `table` in force.
+    pub fn replace(&self, table: OverrideTable) {
+        let active = !table.hosts.is_empty();
+        if let Ok(mut current) = self.table.write() {
+            *current = Arc::new(table);
+        }
+        self.active.store(active, Ordering::Release);
+    }
+
+    /// Compiled and overridden virtual hosts side by side, for `/config_dump`.
+    pub fn dump(&self, compiled: &[(&str, &str)]) -> serde_json::Value {
+        let table = self.table.read().map(|it| it.clone()).unwrap_or_default();
+        let overridden: BTreeMap<&str, &HostOverride> = table.hosts.iter().map(|it| (it.name.as_str(), it)).collect();
+        let mut hosts: Vec<serde_json::Value> = compiled
+            .iter()
+            .map(|(name, digest)| match overridden.get(name) {
+                Some(host) => host.dump(Some(digest)),
+                None => serde_json::json!({"name": name, "source": "compiled", "digest": digest}),
+            })
+            .collect();
+        hosts.extend(table.hosts.iter().filter(|it| !compiled.iter().any(|(name, _)| *name == it.name)).map(|it| it.dump(None)));
+        serde_json::json!({"version": table.version, "virtual_hosts": hosts})
+    }
+}
+
+/// Virtual hosts routed by the interpreted matcher, by domain.
+#[derive(Debug, Default)]
+pub struct OverrideTable {
+    /// The xDS version it came in.
+    version: String,
+    by_domain: HashMap<String, usize>,
+    hosts: Vec<HostOverride>,
+}
+
+impl OverrideTable {
+    /// The overridden host a request's authority (lower-case) selects, if any.
+    pub fn host(&self, authority: &str) -> Option<&HostOverride> {
+        self.by_domain.get(authority).map(|it| &self.hosts[*it])
+    }
+
+    /// How many hosts are overridden.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Whether no host is overridden.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// One overridden virtual host.
+#[derive(Debug)]
+pub struct HostOverride {
+    name: String,
+    domains: Vec<String>,
+    digest: String,
+    routes: Vec<OverrideRoute>,
+}
+
+impl HostOverride {
+    /// The first route whose conditions all hold.
+    pub fn select(&self, head: &RequestHead<'_>) -> Option<&OverrideRoute> {
+        self.routes.iter().find(|route| route.conditions.iter().all(|it| it.test(head)))
+    }
+
+    fn dump(&self, compiled: Option<&str>) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|it| match &it.action {
+                Action::Forward(forward) => serde_json::json!({
+                    "name": it.name,
+                    "destinations": forward.destinations.iter().map(|d| serde_json::json!({"cluster": d.cluster, "weight": d.weight})).collect::<Vec<_>>(),
+                }),
+                Action::Answer(answer) => serde_json::json!({"name": it.name, "answer": answer.status()}),
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "source": "xds",
+            "digest": self.digest,
+            "compiled_digest": compiled,
+            "domains": self.domains,
+            "routes": routes,
+        })
+    }
+}
+
+/// One route of an overridden host: conditions (ANDed, as in an Envoy route) and an action.
+#[derive(Debug)]
+pub struct OverrideRoute {
+    name: &'static str,
+    conditions: Vec<Condition>,
+    /// What it does.
+    pub action: Action,
+}
+
+/// What an override route does.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward upstream.
+    Forward(Box<OwnedForward>),
+    /// Answer locally.
+    Answer(OwnedAnswer),
+}
+
+/// A forwarding route's data, owned; [`OwnedForward::view`] lends it as a [`Forward`].
+#[derive(Debug)]
+pub struct OwnedForward {
+    route: &'static str,
+    stats: &'static RouteStats,
+    destinations: Vec<WeightedCluster>,
+    timeout_ms: Option<u64>,
+    /// `(matched prefix, replacement)`, or the whole path's replacement when the prefix is `None`.
+    path_rewrite: Option<(Option<String>, String)>,
+    authority_rewrite: Option<String>,
+    request_headers: OwnedHeaderOps,
+    response_headers: OwnedHeaderOps,
+    retries: OwnedRetries,
+    fault: Fault,
+    rate_limit: Option<RateLimit>,
+    mirror: Option<Mirror>,
+}
+
+#[derive(Debug, Default)]
+struct OwnedHeaderOps {
+    set: Vec<(String, String)>,
+    add: Vec<(String, String)>,
+    remove: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct OwnedRetries {
+    attempts: u32,
+    per_try_timeout_ms: Option<u64>,
+    on: u32,
+    statuses: Vec<u16>,
+    avoid_previous_hosts: bool,
+}
+
+/// The borrowed header lists a [`Forward`] view points at, made per request.
+#[derive(Debug)]
+pub struct HeaderViews<'a> {
+    request: [Vec<(&'a str, &'a str)>; 2],
+    request_remove: Vec<&'a str>,
+    response: [Vec<(&'a str, &'a str)>; 2],
+    response_remove: Vec<&'a str>,
+}
+
+fn pairs(list: &[(String, String)]) -> Vec<(&str, &str)> {
+    list.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect()
+}
+
+impl OwnedForward {
+    /// The header lists to borrow from; empty lists cost no allocation.
+    pub fn header_views(&self) -> HeaderViews<'_> {
+        HeaderViews {
+            request: [pairs(&self.request_headers.set), pairs(&self.request_headers.add)],
+            request_remove: self.request_headers.remove.iter().map(String::as_str).collect(),
+            response: [pairs(&self.response_headers.set), pairs(&self.response_headers.add)],
+            response_remove: self.response_headers.remove.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The route as the request path takes it.
+    pub fn view<'a>(&'a self, views: &'a HeaderViews<'a>) -> Forward<'a> {
+        Forward {
+            route: self.route,
+            stats: self.stats,
+            destinations: &self.destinations,
+            timeout_ms: self.timeout_ms,
+            path_rewrite: match &self.path_rewrite {
+                None => PathRewrite::None,
+                Some((Some(matched), with)) => PathRewrite::Prefix { matched, with },
+                Some((None, with)) => PathRewrite::Whole(with),
+            },
+            authority_rewrite: self.authority_rewrite.as_deref(),
+            request_headers: HeaderOps { set: &views.request[0], add: &views.request[1], remove: &views.request_remove },
+            response_headers: HeaderOps { set: &views.response[0], add: &views.response[1], remove: &views.response_remove },
+            retries: Retries {
+                attempts: self.retries.attempts,
+                per_try_timeout_ms: self.retries.per_try_timeout_ms,
+                on: self.retries.on,
+                statuses: &self.retries.statuses,
+                avoid_previous_hosts: self.retries.avoid_previous_hosts,
+                any_method: false,
+            },
+            fault: Fault { delay: self.fault.delay, abort: self.fault.abort },
+            rate_limit: self.rate_limit.as_ref(),
+            mirror: self.mirror.as_ref().map(|it| Mirror { cluster: it.cluster, per_million: it.per_million }),
+        }
+    }
+}
+
+/// A local answer, owned.
+#[derive(Debug)]
+pub enum OwnedAnswer {
+    /// A redirect.
+    Redirect { scheme: Option<String>, authority: Option<String>, port: Option<u16>, path: Option<String>, status: u16 },
+    /// A direct response.
+    Direct { status: u16, body: String },
+}
+
+impl OwnedAnswer {
+    /// The answer as the request path takes it.
+    pub fn view(&self) -> Answer<'_> {
+        match self {
+            OwnedAnswer::Redirect { scheme, authority, port, path, status } => Answer::Redirect {
+                scheme: scheme.as_deref(),
+                authority: authority.as_deref(),
+                port: *port,
+                path: path.as_deref(),
+                status: *status,
+            },
+            OwnedAnswer::Direct { status, body } => Answer::Direct { status: *status, body },
+        }
+    }
+
+    fn status(&self) -> u16 {
+        match self {
+            OwnedAnswer::Redirect { status, .. } | OwnedAnswer::Direct { status, .. } => *status,
+        }
+    }
+}
+
+/// SHA-256, in hex, of a virtual host's canonical bytes: its protobuf encoding with every
+/// `typed_per_filter_config` map taken out, then those maps' entries sorted by name. The same
+/// function as meshc's `virtual_host_digest`; the test vectors in both pin them together.
+pub fn virtual_host_digest(host: &route::VirtualHost) -> String {
+    let mut host = host.clone();
+    let mut maps = vec![std::mem::take(&mut host.typed_per_filter_config)];
+    maps.extend(host.routes.iter_mut().map(|it| std::mem::take(&mut it.typed_per_filter_config)));
+    let mut bytes = host.encode_to_vec();
+    for map in maps {
+        let mut entries: Vec<(String, Any)> = map.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (name, value) in entries {
+            let value = value.encode_to_vec();
+            bytes.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&value);
+        }
+    }
+    ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().iter().map(|it| format!("{it:02x}")).collect()
+}
+
+/// What an override table is built against: the sidecar's clusters (by name, in index
+/// order), its compiled virtual hosts and their digests, and its compiled route counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Compiled<'a> {
+    /// Cluster names, by index.
+    pub clusters: &'a [&'a str],
+    /// `(virtual host, digest)`.
+    pub virtual_hosts: &'a [(&'a str, &'a str)],
+    /// The compiled routes' counts.
+    pub routes: &'static [&'static RouteStats],
+}
+
+/// The overrides a route configuration asks for, or why it cannot be applied.
+pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compiled<'_>) -> Result<OverrideTable, String> {
+    let mut table = OverrideTable { version: version.to_owned(), ..OverrideTable::default() };
+    let mut seen_domains = BTreeMap::new();
+    for host in &config.virtual_hosts {
+        let digest = virtual_host_digest(host);
+        for domain in &host.domains {
+            if domain.contains('*') {
+                return Err(format!("virtual host `{}`: wildcard domain `{domain}` (this sidecar matches domains exactly)", host.name));
+            }
+            if let Some(other) = seen_domains.insert(domain.to_ascii_lowercase(), host.name.clone()) {
+                return Err(format!("domain `{domain}` is in virtual hosts `{other}` and `{}`", host.name));
+            }
+        }
+        if compiled.virtual_hosts.iter().any(|(name, compiled)| *name == host.name && *compiled == digest) {
+            continue;
+        }
+        let index = table.hosts.len();
+        let overridden = virtual_host(host, digest, compiled).map_err(|err| format!("virtual host `{}`: {err}", host.name))?;
+        for domain in &overridden.domains {
+            table.by_domain.insert(domain.clone(), index);
+        }
+        table.hosts.push(overridden);
+    }
+    Ok(table)
+}
+
+fn virtual_host(host: &route::VirtualHost, digest: String, compiled: Compiled<'_>) -> Result<HostOverride, String> {
+    let unsupported = [
+        (host.matcher.is_some(), "a matcher tree"),
+        (!host.request_headers_to_add.is_empty() || !host.request_headers_to_remove.is_empty(), "host-level header operations"),
+        (!host.response_headers_to_add.is_empty() || !host.response_headers_to_remove.is_empty(), "host-level header operations"),
+        (host.retry_policy.is_some() || host.retry_policy_typed_config.is_some(), "a host-level retry policy"),
+        (!host.typed_per_filter_config.is_empty(), "host-level filter configuration"),
+        (!host.rate_limits.is_empty(), "global rate limits"),
+        (!host.request_mirror_policies.is_empty(), "host-level mirroring"),
+        (host.require_tls != 0, "require_tls"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|it| it.0) {
+        return Err(format!("{what} cannot be applied here"));
+    }
+    let mut routes = Vec::with_capacity(host.routes.len());
+    for (index, it) in host.routes.iter().enumerate() {
+        let name = if it.name.is_empty() { format!("route-{index}") } else { it.name.clone() };
+        let stats = intern(&host.name, &name, compiled.routes);
+        let built = envoy_route(it, stats, compiled).map_err(|err| format!("route `{name}`: {err}"))?;
+        routes.push(built);
+    }
+    Ok(HostOverride { name: host.name.clone(), domains: host.domains.iter().map(|it| it.to_ascii_lowercase()).collect(), digest, routes })
+}
+
+fn envoy_route(it: &route::Route, stats: &'static RouteStats, compiled: Compiled<'_>) -> Result<OverrideRoute, String> {
+    use route::route::Action as EnvoyAction;
+    let route_match = it.r#match.as_ref().ok_or("no match")?;
+    let (conditions, matched_prefix) = conditions(route_match)?;
+    let action = match it.action.as_ref().ok_or("no action")? {
+        EnvoyAction::Route(action) => Action::Forward(Box::new(forward(it, action, stats, matched_prefix, compiled)?)),
+        EnvoyAction::Redirect(redirect) => Action::Answer(redirect_answer(redirect)?),
+        EnvoyAction::DirectResponse(direct) => {
+            let body = match direct.body.as_ref().and_then(|it| it.specifier.as_ref()) {
+                None => String::new(),
+                Some(core::data_source::Specifier::InlineString(it)) => it.clone(),
+                Some(core::data_source::Specifier::InlineBytes(it)) => {
+                    String::from_utf8(it.clone()).map_err(|_| "a direct response body that is not UTF-8")?
+                }
+                Some(_) => return Err("a direct response body from a file or the environment".to_owned()),
+            };
+            let status =
+                u16::try_from(direct.status).ok().filter(|it| (200..600).contains(it)).ok_or("a direct response status out of range")?;
+            Action::Answer(OwnedAnswer::Direct { status, body })
+        }
+        _ => return Err("an action other than route, redirect or direct response".to_owned()),
+    };
+    if !it.typed_per_filter_config.is_empty() && !matches!(action, Action::Forward(_)) {
+        return Err("filter configuration on a route that does not forward".to_owned());
+    }
+    Ok(OverrideRoute { name: stats.route, conditions, action })
+}
+
+/// A route match's conditions, and the prefix it matches when it is a prefix match (for a
+/// prefix rewrite).
+fn conditions(m: &route::RouteMatch) -> Result<(Vec<Condition>, Option<String>), String> {
+    use route::route_match::PathSpecifier;
+    let unsupported = [
+        (m.case_sensitive.as_ref().is_some_and(|it| !it.value), "case-insensitive path matching"),
+        (m.runtime_fraction.is_some(), "runtime fractions"),
+        (!m.cookies.is_empty(), "cookie matchers"),
+        (m.grpc.is_some(), "gRPC-only matching"),
+        (m.tls_context.is_some(), "TLS context matching"),
+        (!m.dynamic_metadata.is_empty() || !m.filter_state.is_empty(), "metadata or filter state matching"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|it| it.0) {
+        return Err(format!("{what} cannot be applied here"));
+    }
+    let mut out = Vec::new();
+    let mut prefix = None;
+    match m.path_specifier.as_ref().ok_or("a match without a path specifier")? {
+        // Every path: no condition, as a compiled route without a path match.
+        PathSpecifier::Prefix(it) if it == "/" => prefix = Some(it.clone()),
+        PathSpecifier::Prefix(it) => {
+            out.push(Condition::Path(StrMatch::Prefix(it.clone())));
+            prefix = Some(it.clone());
+        }
+        PathSpecifier::Path(it) => out.push(Condition::Path(StrMatch::Exact(it.clone()))),
+        PathSpecifier::SafeRegex(it) => out.push(Condition::Path(regex(&it.regex)?)),
+        _ => return Err("a path specifier other than prefix, path or safe_regex".to_owned()),
+    }
+    for header in &m.headers {
+        out.extend(header_conditions(header)?);
+    }
+    for query in &m.query_parameters {
+        use route::query_parameter_matcher::QueryParameterMatchSpecifier as Specifier;
+        let kind = match &query.query_parameter_match_specifier {
+            Some(Specifier::StringMatch(it)) => PresenceMatch::Value(string_match(it)?),
+            Some(Specifier::PresentMatch(true)) | None => PresenceMatch::Present,
+            Some(Specifier::PresentMatch(false)) => PresenceMatch::Absent,
+        };
+        out.push(Condition::Query(query.name.clone(), kind));
+    }
+    Ok((out, prefix))
+}
+
+/// A header matcher as conditions, with Envoy's reading of `invert_match`: a missing header
+/// matches an inverted presence test and nothing else. The deprecated matchers are read
+/// too: older control planes still send them.
+#[allow(deprecated)]
+fn header_conditions(header: &route::HeaderMatcher) -> Result<Vec<Condition>, String> {
+    use route::header_matcher::HeaderMatchSpecifier as Specifier;
+    if header.treat_missing_header_as_empty {
+        return Err(format!("header `{}`: treat_missing_header_as_empty cannot be applied here", header.name));
+    }
+    let name = header.name.to_ascii_lowercase();
+    let value = match header.header_match_specifier.as_ref() {
+        Some(Specifier::PresentMatch(present)) => {
+            let present = *present != header.invert_match;
+            return Ok(match pseudo(&name) {
+                // Pseudo-headers are always there: a test of their absence never holds.
+                Some(_) if present => Vec::new(),
+                Some(_) => vec![Condition::Not(Box::new(Condition::Path(StrMatch::Prefix(String::new()))))],
+                None => vec![Condition::Header(name, if present { PresenceMatch::Present } else { PresenceMatch::Absent })],
+            });
+        }
+        Some(Specifier::StringMatch(it)) => string_match(it)?,
+        Some(Specifier::ExactMatch(it)) => StrMatch::Exact(it.clone()),
+        Some(Specifier::PrefixMatch(it)) => StrMatch::Prefix(it.clone()),
+        Some(Specifier::SuffixMatch(it)) => literal_regex(&format!("(?s:.*){}", regex_syntax::escape(it)), false)?,
+        Some(Specifier::ContainsMatch(it)) => literal_regex(&format!("(?s:.*){}(?s:.*)", regex_syntax::escape(it)), false)?,
+        Some(Specifier::SafeRegexMatch(it)) => regex(&it.regex)?,
+        Some(Specifier::RangeMatch(_)) | None => {
+            return Err(format!("header `{}`: a range or empty matcher cannot be applied here", header.name));
+        }
+    };
+    let condition = match pseudo(&name) {
+        Some(Pseudo::Authority) => Condition::Authority(value),
+        Some(Pseudo::Method) => Condition::Method(value),
+        Some(Pseudo::Path) => Condition::PathAndQuery(value),
+        None => Condition::Header(name.clone(), PresenceMatch::Value(value)),
+    };
+    Ok(match (header.invert_match, pseudo(&name)) {
+        (false, _) => vec![condition],
+        (true, Some(_)) => vec![Condition::Not(Box::new(condition))],
+        (true, None) => vec![Condition::Header(name, PresenceMatch::Present), Condition::Not(Box::new(condition))],
+    })
+}
+
+enum Pseudo {
+    Authority,
+    Method,
+    Path,
+}
+
+fn pseudo(name: &str) -> Option<Pseudo> {
+    match name {
+        ":authority" | "host" => Some(Pseudo::Authority),
+        ":method" => Some(Pseudo::Method),
+        ":path" => Some(Pseudo::Path),
+        _ => None,
+    }
+}
+
+fn string_match(it: &matcher::StringMatcher) -> Result<StrMatch, String> {
+    use matcher::string_matcher::MatchPattern;
+    let escaped = |it: &str| regex_syntax::escape(it);
+    match (it.match_pattern.as_ref().ok_or("a string matcher without a pattern")?, it.ignore_case) {
+        (MatchPattern::Exact(it), false) => Ok(StrMatch::Exact(it.clone())),
+        (MatchPattern::Prefix(it), false) => Ok(StrMatch::Prefix(it.clone())),
+        (MatchPattern::Exact(it), true) => literal_regex(&escaped(it), true),
+        (MatchPattern::Prefix(it), ignore_case) => literal_regex(&format!("{}(?s:.*)", escaped(it)), ignore_case),
+        (MatchPattern::Suffix(it), ignore_case) => literal_regex(&format!("(?s:.*){}", escaped(it)), ignore_case),
+        (MatchPattern::Contains(it), ignore_case) => literal_regex(&format!("(?s:.*){}(?s:.*)", escaped(it)), ignore_case),
+        (MatchPattern::SafeRegex(it), false) => regex(&it.regex),
+        (MatchPattern::SafeRegex(_), true) => Err("ignore_case on a regex (Envoy refuses it)".to_owned()),
+        (MatchPattern::Custom(_), _) => Err("a custom string matcher cannot be applied here".to_owned()),
+    }
+}
+
+/// An anchored regex built from escaped literals.
+fn literal_regex(pattern: &str, ignore_case: bool) -> Result<StrMatch, String> {
+    let flags = if ignore_case { "(?i)" } else { "" };
+    regex::Regex::new(&format!("^{flags}(?:{pattern})$")).map(StrMatch::Regex).map_err(|err| err.to_string())
+}
+
+/// An RE2 regex, matched against the whole value as Envoy does; one RE2 refuses is refused.
+fn regex(pattern: &str) -> Result<StrMatch, String> {
+    let translated = re2::to_rust(pattern).map_err(|err| format!("regex `{pattern}` is invalid: {err}"))?;
+    regex::RegexBuilder::new(&translated)
+        .size_limit(1 << 20)
+        .build()
+        .map(StrMatch::Regex)
+        .map_err(|err| format!("regex `{pattern}` is invalid: {err}"))
+}
+
+fn forward(
+    it: &route::Route,
+    action: &route::RouteAction,
+    stats: &'static RouteStats,
+    matched_prefix: Option<String>,
+    compiled: Compiled<'_>,
+) -> Result<OwnedForward, String> {
+    use route::route_action::{ClusterSpecifier, HostRewriteSpecifier};
+    let cluster = |name: &str| -> Result<u32, String> {
+        compiled
+            .clusters
+            .iter()
+            .position(|it| *it == name)
+            .map(|it| it as u32)
+            .ok_or_else(|| format!("cluster `{name}` is not compiled into this sidecar"))
+    };
+    let destinations = match action.cluster_specifier.as_ref().ok_or("no cluster")? {
+        ClusterSpecifier::Cluster(name) => vec![WeightedCluster { cluster: cluster(name)?, weight: 100 }],
+        ClusterSpecifier::WeightedClusters(weighted) => {
+            let mut out = Vec::new();
+            for it in &weighted.clusters {
+                let weight = it.weight.as_ref().map_or(0, |it| it.value);
+                if !it.cluster_header.is_empty() {
+                    return Err("a weighted cluster named by a header".to_owned());
+                }
+                out.push(WeightedCluster { cluster: cluster(&it.name)?, weight });
+            }
+            let total: u64 = out.iter().map(|it| u64::from(it.weight)).sum();
+            if total == 0 || total > u64::from(u32::MAX) {
+                return Err(format!("weighted clusters whose weights sum to {total}"));
+            }
+            out
+        }
+        _ => return Err("a cluster named by a header or a plugin".to_owned()),
+    };
+    let unsupported = [
+        (
+            action.regex_rewrite.is_some() || action.path_rewrite_policy.is_some() || !action.path_rewrite.is_empty(),
+            "a regex or template path rewrite",
+        ),
+        (!action.rate_limits.is_empty(), "global rate limits"),
+        (action.hedge_policy.is_some(), "hedging"),
+        (action.retry_policy_typed_config.is_some(), "a typed retry policy"),
+        (action.request_mirror_policies.len() > 1, "more than one mirror"),
+        (!action.upgrade_configs.is_empty(), "per-route upgrade configuration"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|it| it.0) {
+        return Err(format!("{what} cannot be applied here"));
+    }
+    let timeout_ms = match (&action.timeout, action.max_stream_duration.as_ref().and_then(|it| it.max_stream_duration.as_ref())) {
+        (Some(timeout), _) => Some(millis(timeout)?).filter(|it| *it > 0),
+        (None, Some(duration)) => Some(millis(duration)?).filter(|it| *it > 0),
+        (None, None) => Some(ENVOY_DEFAULT_TIMEOUT_MS),
+    };
+    let path_rewrite = Some(&action.prefix_rewrite).filter(|it| !it.is_empty()).map(|with| (matched_prefix, with.clone()));
+    let authority_rewrite = match &action.host_rewrite_specifier {
+        None => None,
+        Some(HostRewriteSpecifier::HostRewriteLiteral(it)) => Some(it.clone()),
+        Some(_) => return Err("a host rewrite other than a literal".to_owned()),
+    };
+    let mirror = match action.request_mirror_policies.first() {
+        None => None,
+        Some(policy) => Some(Mirror {
+            cluster: cluster(&policy.cluster)?,
+            per_million: policy.runtime_fraction.as_ref().map_or(Ok(1_000_000), |it| per_million(it.default_value.as_ref()))?,
+        }),
+    };
+    let (mut fault, mut rate_limit) = (Fault::NONE, None);
+    for (name, config) in &it.typed_per_filter_config {
+        match name.as_str() {
+            "envoy.filters.http.fault" => fault = http_fault(config)?,
+            "envoy.filters.http.local_ratelimit" => rate_limit = local_rate_limit(config)?,
+            other => return Err(format!("configuration for filter `{other}` cannot be applied here")),
+        }
+    }
+    Ok(OwnedForward {
+        route: stats.route,
+        stats,
+        destinations,
+        timeout_ms,
+        path_rewrite,
+        authority_rewrite,
+        request_headers: header_ops(&it.request_headers_to_add, &it.request_headers_to_remove)?,
+        response_headers: header_ops(&it.response_headers_to_add, &it.response_headers_to_remove)?,
+        retries: retries(action.retry_policy.as_ref())?,
+        fault,
+        rate_limit,
+        mirror,
+    })
+}
+
+fn millis(duration: &Duration) -> Result<u64, String> {
+    let seconds = u64::try_from(duration.seconds).map_err(|_| "a negative duration")?;
+    let nanos = u64::try_from(duration.nanos).map_err(|_| "a negative duration")?;
+    Ok(seconds.saturating_mul(1000).saturating_add(nanos / 1_000_000))
+}
+
+fn per_million(percent: Option<&types::FractionalPercent>) -> Result<u32, String> {
+    use types::fractional_percent::DenominatorType;
+    let Some(percent) = percent else { return Ok(0) };
+    let scale = match DenominatorType::try_from(percent.denominator) {
+        Ok(DenominatorType::Hundred) => 10_000,
+        Ok(DenominatorType::TenThousand) => 100,
+        Ok(DenominatorType::Million) => 1,
+        Err(_) => return Err(format!("an unknown percentage denominator {}", percent.denominator)),
+    };
+    Ok(percent.numerator.saturating_mul(scale).min(1_000_000))
+}
+
+#[allow(deprecated)] // `append`, which older control planes still send.
+fn header_ops(add: &[core::HeaderValueOption], remove: &[String]) -> Result<OwnedHeaderOps, String> {
+    use core::header_value_option::HeaderAppendAction;
+    let mut ops = OwnedHeaderOps { remove: remove.iter().map(|it| it.to_ascii_lowercase()).collect(), ..OwnedHeaderOps::default() };
+    for option in add {
+        let header = option.header.as_ref().ok_or("a header option without a header")?;
+        let value = if header.raw_value.is_empty() {
+            header.value.clone()
+        } else {
+            String::from_utf8(header.raw_value.clone()).map_err(|_| format!("header `{}`: a value that is not UTF-8", header.key))?
+        };
+        if http::HeaderName::from_bytes(header.key.as_bytes()).is_err() || http::HeaderValue::from_str(&value).is_err() {
+            return Err(format!("header `{}`: not a valid header name and value", header.key));
+        }
+        let append = match option.append.as_ref() {
+            Some(it) => it.value,
+            None => match HeaderAppendAction::try_from(option.append_action) {
+                Ok(HeaderAppendAction::AppendIfExistsOrAdd) => true,
+                Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => false,
+                _ => return Err(format!("header `{}`: an append action other than append or overwrite", header.key)),
+            },
+        };
+        let list = if append { &mut ops.add } else { &mut ops.set };
+        list.push((header.key.to_ascii_lowercase(), value));
+    }
+    Ok(ops)
+}
+
+fn retries(policy: Option<&route::RetryPolicy>) -> Result<OwnedRetries, String> {
+    let Some(policy) = policy else { return Ok(OwnedRetries::default()) };
+    let mut on = 0;
+    for name in policy.retry_on.split(',').map(str::trim).filter(|it| !it.is_empty()) {
+        // Conditions the sidecar cannot observe are left out, as meshc leaves them out of
+        // compiled routes.
+        on |= RetryOn::from_name(name).unwrap_or(0);
+    }
+    let statuses = policy
+        .retriable_status_codes
+        .iter()
+        .map(|it| {
+            u16::try_from(*it)
+                .ok()
+                .filter(|it| (100..600).contains(it))
+                .ok_or_else(|| format!("retriable status {it} is not an HTTP status"))
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    let avoid_previous_hosts = policy.retry_host_predicate.iter().any(|it| it.name == "envoy.retry_host_predicates.previous_hosts");
+    Ok(OwnedRetries {
+        // Envoy's default when the policy names no count.
+        attempts: policy.num_retries.as_ref().map_or(1, |it| it.value),
+        per_try_timeout_ms: policy.per_try_timeout.as_ref().map(millis).transpose()?.filter(|it| *it > 0),
+        on,
+        statuses,
+        avoid_previous_hosts,
+    })
+}
+
+fn http_fault(config: &Any) -> Result<Fault, String> {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use fault::fault_abort::ErrorType;
+    let config = fault::HttpFault::decode(&config.value[..]).map_err(|err| format!("an undecodable fault configuration: {err}"))?;
+    if config.max_active_faults.is_some()
+        || !config.headers.is_empty()
+        || !config.downstream_nodes.is_empty()
+        || config.response_rate_limit.is_some()
+    {
+        return Err("fault limits, header or node conditions and response rate limits cannot be applied here".to_owned());
+    }
+    let delay = match &config.delay {
+        None => None,
+        Some(delay) => match &delay.fault_delay_secifier {
+            Some(FaultDelaySecifier::FixedDelay(duration)) => Some((millis(duration)?, per_million(delay.percentage.as_ref())?)),
+            _ => return Err("a fault delay other than a fixed one".to_owned()),
+        },
+    };
+    let abort = match &config.abort {
+        None => None,
+        Some(abort) => {
+            let answer = match &abort.error_type {
+                Some(ErrorType::HttpStatus(status)) => {
+                    Abort::Http(u16::try_from(*status).ok().filter(|it| (200..600).contains(it)).ok_or("a fault status out of range")?)
+                }
+                Some(ErrorType::GrpcStatus(status)) => Abort::Grpc(*status),
+                _ => return Err("a fault abort other than an HTTP or gRPC status".to_owned()),
+            };
+            Some((answer, per_million(abort.percentage.as_ref())?))
+        }
+    };
+    Ok(Fault { delay, abort })
+}
+
+fn local_rate_limit(config: &Any) -> Result<Option<RateLimit>, String> {
+    let config =
+        local_ratelimit::LocalRateLimit::decode(&config.value[..]).map_err(|err| format!("an undecodable local rate limit: {err}"))?;
+    let share = |it: &Option<core::RuntimeFractionalPercent>| per_million(it.as_ref().and_then(|it| it.default_value.as_ref()));
+    let (enabled, enforced) = (share(&config.filter_enabled)?, share(&config.filter_enforced)?);
+    if enabled == 0 || enforced == 0 {
+        return Ok(None);
+    }
+    if enabled < 1_000_000 || enforced < 1_000_000 || !config.descriptors.is_empty() {
+        return Err("a local rate limit on part of the requests, or with descriptors, cannot be applied here".to_owned());
+    }
+    let bucket = config.token_bucket.as_ref().ok_or("a local rate limit without a token bucket")?;
+    let interval = millis(bucket.fill_interval.as_ref().ok_or("a token bucket without a fill interval")?)?;
+    if interval == 0 || bucket.max_tokens == 0 {
+        return Err("a token bucket with no tokens or no fill interval".to_owned());
+    }
+    Ok(Some(RateLimit::new(bucket.max_tokens, bucket.tokens_per_fill.as_ref().map_or(1, |it| it.value), interval, false)))
+}
+
+fn redirect_answer(redirect: &route::RedirectAction) -> Result<OwnedAnswer, String> {
+    use route::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    if redirect.strip_query {
+        return Err("strip_query cannot be applied here".to_owned());
+    }
+    let status = match RedirectResponseCode::try_from(redirect.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => 301,
+        Ok(RedirectResponseCode::Found) => 302,
+        Ok(RedirectResponseCode::SeeOther) => 303,
+        Ok(RedirectResponseCode::TemporaryRedirect) => 307,
+        Ok(RedirectResponseCode::PermanentRedirect) => 308,
+        Err(_) => return Err(format!("an unknown redirect code {}", redirect.response_code)),
+    };
+    let scheme = match &redirect.scheme_rewrite_specifier {
+        None | Some(SchemeRewriteSpecifier::HttpsRedirect(false)) => None,
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_owned()),
+        Some(SchemeRewriteSpecifier::SchemeRedirect(it)) => Some(it.clone()),
+    };
+    let path = match &redirect.path_rewrite_specifier {
+        None => None,
+        Some(PathRewriteSpecifier::PathRedirect(it)) => Some(it.clone()),
+        Some(_) => return Err("a redirect that rewrites a prefix or by regex".to_owned()),
+    };
+    let port = match redirect.port_redirect {
+        0 => None,
+        port => Some(u16::try_from(port).map_err(|_| format!("redirect port {port} is out of range"))?),
+    };
+    let authority = Some(redirect.host_redirect.clone()).filter(|it| !it.is_empty());
+    Ok(OwnedAnswer::Redirect { scheme, authority, port, path, status })
+}
+
+/// The count of route `route` of virtual host `table`: the compiled one when the names are a
+/// compiled route's, else one interned for good (a count must not restart with an update);
+/// past [`MAX_INTERNED_ROUTES`], routes share one.
+fn intern(table: &str, route: &str, compiled: &'static [&'static RouteStats]) -> &'static RouteStats {
+    static OVERFLOW: RouteStats = RouteStats::new("(overrides)", "(more routes)");
+    if let Some(stats) = compiled.iter().find(|it| it.table == table && it.route == route) {
+        return stats;
+    }
+    let mut interned = INTERNED.lock().unwrap_or_else(|it| it.into_inner());
+    if let Some(stats) = interned.get(&(table.to_owned(), route.to_owned())) {
+        return stats;
+    }
+    if interned.len() >= MAX_INTERNED_ROUTES {
+        return &OVERFLOW;
+    }
+    let names = (Box::leak(table.to_owned().into_boxed_str()), Box::leak(route.to_owned().into_boxed_str()));
+    let stats: &'static RouteStats = Box::leak(Box::new(RouteStats::new(names.0, names.1)));
+    interned.insert((table.to_owned(), route.to_owned()), stats);
+    stats
+}
+
+static INTERNED: Mutex<BTreeMap<(String, String), &'static RouteStats>> = Mutex::new(BTreeMap::new());
+
+/// The counts of routes only overrides have taken, for the route metrics.
+pub fn interned_routes() -> Vec<&'static RouteStats> {
+    INTERNED.lock().map(|it| it.values().copied().collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! Route configurations into overrides: which hosts are overridden, how their routes match,
+//! and what is refused.
+
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+
+use super::*;
+
+static COMPILED_ROUTE: RouteStats = RouteStats::new("reviews:9080", "default");
+static COMPILED_ROUTES: [&RouteStats; 1] = [&COMPILED_ROUTE];
+const CLUSTERS: [&str; 2] = ["outbound|9080|v1|reviews.default.svc.cluster.local", "outbound|9080|v2|reviews.default.svc.cluster.local"];
+
+fn compiled<'a>(virtual_hosts: &'a [(&'a str, &'a str)]) -> Compiled<'a> {
+    Compiled { clusters: &CLUSTERS, virtual_hosts, routes: &COMPILED_ROUTES }
+}
+
+fn prefix(path: &str) -> route::RouteMatch {
+    route::RouteMatch { path_specifier: Some(route::route_match::PathSpecifier::Prefix(path.to_owned())), ..Default::default() }
+}
+
+fn exact_header(name: &str, value: &str, invert: bool) -> route::HeaderMatcher {
+    route::HeaderMatcher {
+        name: name.to_owned(),
+        invert_match: invert,
+        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(matcher::StringMatcher {
+            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(value.to_owned())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn to(destinations: &[(&str, u32)]) -> Option<route::route::Action> {
+    use route::route_action::ClusterSpecifier;
+    let specifier = ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+        clusters: destinations
+            .iter()
+            .map(|(name, weight)| route::weighted_cluster::ClusterWeight {
+                name: (*name).to_owned(),
+                weight: Some(UInt32Value { value: *weight }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    Some(route::route::Action::Route(route::RouteAction { cluster_specifier: Some(specifier), ..Default::default() }))
+}
+
+/// reviews: `jason` to v2, everyone else 10/90.
+fn reviews() -> route::VirtualHost {
+    route::VirtualHost {
+        name: "reviews:9080".to_owned(),
+        domains: vec!["reviews".to_owned(), "reviews:9080".to_owned()],
+        routes: vec![
+            route::Route {
+                name: "jason".to_owned(),
+                r#match: Some(route::RouteMatch { headers: vec![exact_header("end-user", "jason", false)], ..prefix("/") }),
+                action: to(&[(CLUSTERS[1], 100)]),
+                ..Default::default()
+            },
+            route::Route {
+                name: "default".to_owned(),
+                r#match: Some(prefix("/")),
+                action: to(&[(CLUSTERS[0], 10), (CLUSTERS[1], 90)]),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+fn config(hosts: Vec<route::VirtualHost>) -> route::RouteConfiguration {
+    route::RouteConfiguration { name: OUTBOUND.to_owned(), virtual_hosts: hosts, ..Default::default() }
+}
+
+fn selected<'t>(table: &'t OverrideTable, authority: &str, headers: &[(&'static str, &'static str)], path: &str) -> Option<&'t str> {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(*name, http::HeaderValue::from_static(value));
+    }
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let head = RequestHead::from_parts("GET", authority, path, query, &map);
+    table.host(head.authority()).and_then(|it| it.select(&head)).map(|it| it.name)
+}
+
+#[test]
+fn a_changed_host_is_overridden_and_routes_in_order() {
+    let table = build(&config(vec![reviews()]), "v1", compiled(&[("reviews:9080", "an older digest")])).expect("applies");
+    assert_eq!(table.len(), 1);
+    assert_eq!(selected(&table, "reviews:9080", &[("end-user", "jason")], "/"), Some("jason"));
+    assert_eq!(selected(&table, "REVIEWS", &[], "/x"), Some("default"));
+    // Other hosts stay with the compiled tables.
+    assert_eq!(selected(&table, "ratings:9080", &[], "/"), None);
+    let Some(Action::Forward(forward)) = table.host("reviews").and_then(|it| it.routes.get(1)).map(|it| &it.action) else {
+        panic!("a forwarding route")
+    };
+    let weights: Vec<(u32, u32)> = forward.destinations.iter().map(|it| (it.cluster, it.weight)).collect();
+    assert_eq!(weights, [(0, 10), (1, 90)]);
+    // A route the compiled sidecar has keeps counting where the compiled one counts.
+    assert!(std::ptr::eq(forward.stats, &COMPILED_ROUTE));
+    // Envoy's default timeout when the route sets none.
+    assert_eq!(forward.timeout_ms, Some(ENVOY_DEFAULT_TIMEOUT_MS));
+}
+
+#[test]
+fn a_host_served_as_compiled_stays_compiled() {
+    let digest = virtual_host_digest(&reviews());
+    let table = build(&config(vec![reviews()]), "v1", compiled(&[("reviews:9080", &digest)])).expect("applies");
+    assert!(table.is_empty());
+    assert_eq!(selected(&table, "reviews:9080", &[], "/"), None);
+}
+
+#[test]
+fn what_cannot_be_applied_is_refused_with_where() {
+    let refused = |host: route::VirtualHost| build(&config(vec![host]), "v1", compiled(&[])).expect_err("refused");
+    let mut unknown = reviews();
+    unknown.routes[1].action = to(&[("outbound|9080|v3|reviews.default.svc.cluster.local", 100)]);
+    let err = refused(unknown);
+    assert!(err.contains("virtual host `reviews:9080`") && err.contains("route `default`") && err.contains("v3"), "{err}");
+    assert!(err.contains("not compiled into this sidecar"), "{err}");
+    for pattern in ["/v[0-9", "a**", "[[:alpha:]&&a]"] {
+        let mut bad = reviews();
+        bad.routes[0].r#match = Some(route::RouteMatch {
+            path_specifier: Some(route::route_match::PathSpecifier::SafeRegex(matcher::RegexMatcher {
+                regex: pattern.to_owned(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        let err = refused(bad);
+        assert!(err.contains("route `jason`") && err.contains("is invalid"), "{pattern}: {err}");
+    }
+    let mut wildcard = reviews();
+    wildcard.domains.push("*.example.com".to_owned());
+    assert!(refused(wildcard).contains("wildcard"));
+    let mut zero = reviews();
+    zero.routes[1].action = to(&[(CLUSTERS[0], 0)]);
+    assert!(refused(zero).contains("sum to 0"));
+}
+
+#[test]
+fn inverted_matchers_read_as_envoy_reads_them() {
+    let mut host = reviews();
+    // Not jason: present and different; a missing header does not match.
+    host.routes[0].r#match = Some(route::RouteMatch { headers: vec![exact_header("end-user", "jason", true)], ..prefix("/") });
+    // No `debug` query parameter: meshc's inverted `:path` regex.
+    host.routes[1].r#match = Some(route::RouteMatch {
+        headers: vec![route::HeaderMatcher {
+            name: ":path".to_owned(),
+            invert_match: true,
+            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(matcher::RegexMatcher {
+                    regex: r"[^?]*\?(.*&)?debug(=[^&]*)?(&.*)?".to_owned(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..prefix("/")
+    });
+    let table = build(&config(vec![host]), "v1", compiled(&[])).expect("applies");
+    assert_eq!(selected(&table, "reviews", &[("end-user", "alice")], "/"), Some("jason"));
+    assert_eq!(selected(&table, "reviews", &[("end-user", "jason")], "/"), Some("default"));
+    assert_eq!(selected(&table, "reviews", &[], "/a?x=1"), Some("default"));
+    assert_eq!(selected(&table, "reviews", &[], "/a?x=1&debug=1"), None);
+}
+
+#[test]
+fn faults_and_rate_limits_come_from_per_route_filter_configuration() {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
+    let half = FractionalPercent { numerator: 50, denominator: DenominatorType::Hundred as i32 };
+    let abort = fault::HttpFault {
+        abort: Some(fault::FaultAbort {
+            percentage: Some(half),
+            error_type: Some(fault::fault_abort::ErrorType::HttpStatus(503)),
+            ..Default::default()
+        }),
+        delay: Some(common::FaultDelay {
+            percentage: Some(FractionalPercent { numerator: 1, denominator: DenominatorType::Million as i32 }),
+            fault_delay_secifier: Some(common::fault_delay::FaultDelaySecifier::FixedDelay(Duration { seconds: 2, nanos: 0 })),
+        }),
+        ..Default::default()
+    };
+    let mut host = reviews();
+    host.routes[1].typed_per_filter_config.insert(
+        "envoy.filters.http.fault".to_owned(),
+        Any { type_url: "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault".to_owned(), value: abort.encode_to_vec() },
+    );
+    let table = build(&config(vec![host.clone()]), "v1", compiled(&[])).expect("applies");
+    let Some(Action::Forward(forward)) = table.host("reviews").map(|it| &it.routes[1].action) else { panic!("a forwarding route") };
+    assert!(matches!(forward.fault.abort, Some((Abort::Http(503), 500_000))));
+    assert_eq!(forward.fault.delay, Some((2000, 1)));
+    host.routes[1].typed_per_filter_config.insert("envoy.filters.http.lua".to_owned(), Any::default());
+    let err = build(&config(vec![host]), "v1", compiled(&[])).expect_err("refused");
+    assert!(err.contains("envoy.filters.http.lua"), "{err}");
+}
+
+/// The digest meshc writes into a sidecar and the one the sidecar computes must agree;
+/// `codegen/src/emit/xds/tests.rs` checks the same vector.
+#[test]
+fn the_virtual_host_digest_is_canonical_and_pinned() {
+    let mut host = reviews();
+    for name in ["envoy.filters.http.fault", "envoy.filters.http.local_ratelimit", "b", "a"] {
+        host.routes[1].typed_per_filter_config.insert(name.to_owned(), Any { type_url: name.to_owned(), value: name.as_bytes().to_vec() });
+    }
+    let digest = virtual_host_digest(&host);
+    // Maps in another order give the same digest.
+    let mut again = host.clone();
+    again.routes[1].typed_per_filter_config = {
+        let mut entries: Vec<(String, Any)> = host.routes[1].typed_per_filter_config.clone().into_iter().collect();
+        entries.reverse();
+        entries.into_iter().collect()
+    };
+    assert_eq!(virtual_host_digest(&again), digest);
+    assert_eq!(digest, DIGEST_VECTOR);
+    host.routes[1].name = "other".to_owned();
+    assert_ne!(virtual_host_digest(&host), digest);
+}
+
+const DIGEST_VECTOR: &str = "9f8e7b0cf1040775741555b54e52a76c22bea20b2fac23637e455c5f70f49ebf";
