@@ -86,7 +86,7 @@ fn add(modules: &mut String, table: &mut String, prefix: &str, origin: &str, wor
     let _ = writeln!(modules, "#[path = {:?}]\n#[allow(dead_code, missing_docs)]\npub mod {name};", main.display().to_string());
     let _ = writeln!(
         table,
-        "    Sidecar {{ origin: {origin}, workload: {workload:?}, route_outbound: {name}::routes::route_outbound, route_rpc: {name}::routes::route_rpc, clusters: &{name}::clusters::CLUSTERS, authz: &{name}::policy::AUTHZ }},"
+        "    Sidecar {{ origin: {origin}, workload: {workload:?}, route_outbound: {name}::routes::route_outbound, route_rpc: {name}::routes::route_rpc, clusters: &{name}::clusters::CLUSTERS, authz: &{name}::policy::AUTHZ, routes: &{name}::routes::ROUTE_STATS, virtual_hosts: &{name}::routes::VIRTUAL_HOSTS }},"
     );
 }
 

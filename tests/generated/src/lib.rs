@@ -42,6 +42,10 @@ pub struct Sidecar {
     pub clusters: &'static [rt::ClusterSpec],
     /// Its compiled authorization policies.
     pub authz: &'static rt::Policies,
+    /// Its forwarding routes' counts.
+    pub routes: &'static [&'static rt::RouteStats],
+    /// Its virtual hosts with the digests of their xDS form.
+    pub virtual_hosts: &'static [(&'static str, &'static str)],
 }
 
 include!(concat!(env!("OUT_DIR"), "/sidecars.rs"));
@@ -173,6 +177,20 @@ impl Sidecar {
             ),
             rt::Decision::Answer(rt::Answer::Direct { status, .. } | rt::Answer::Redirect { status, .. }) => Outcome::Answer(*status),
         }
+    }
+
+    /// The outcome of a route override table (an xDS route configuration the sidecar took).
+    pub fn overridden(&self, table: &meshc_runtime::overrides::OverrideTable, head: &rt::RequestHead<'_>) -> Option<Outcome> {
+        use meshc_runtime::overrides::Action;
+        let host = table.host(head.authority())?;
+        Some(match host.select(head).map(|it| &it.action) {
+            None => Outcome::NoRoute,
+            Some(Action::Answer(answer)) => self.outcome(rt::Decision::Answer(&answer.view())),
+            Some(Action::Forward(owned)) => {
+                let views = owned.header_views();
+                self.outcome(rt::Decision::Forward(&owned.view(&views)))
+            }
+        })
     }
 
     /// The interpreted matcher's outcome, with the workload's clusters for scope.

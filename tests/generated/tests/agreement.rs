@@ -1,7 +1,8 @@
 //! Agreement: for random requests, every generated sidecar (the golden crates, the route-table
-//! meshes and random meshes) chooses the same route and the same destinations three ways: by
-//! its compiled lookup, by the runtime's interpreted matcher built from the same IR, and by
-//! `meshc explain`, the reference interpreter of the IR.
+//! meshes and random meshes) chooses the same route and the same destinations four ways: by
+//! its compiled lookup, by the runtime's interpreted matcher built from the same IR, by the
+//! route overrides the sidecar's xDS client builds from the route configuration Pilot would
+//! serve it, and by `meshc explain`, the reference interpreter of the IR.
 //!
 //! Requests are drawn from each mesh's own vocabulary (its hosts, paths, methods, header and
 //! query names and values, near-misses of each), so that most of them exercise real routes.
@@ -11,18 +12,37 @@ use std::collections::BTreeMap;
 use meshc_codegen::ir::{self, Match, Mesh, PresenceMatch, RouteTableKind, StringMatchKind};
 use meshc_generated::{Outcome, SIDECARS, Sidecar, interpreted_router, mesh};
 use meshc_runtime::__codegen as rt;
+use meshc_runtime::overrides;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-/// The compiled and the runtime-interpreted lookups' outcomes.
-fn generated(sidecar: &Sidecar, router: &meshc_runtime::interp::Router, request: &Req) -> (Outcome, Outcome) {
+/// Calls `f` with the request's head.
+fn with_head<R>(request: &Req, f: impl FnOnce(&rt::RequestHead<'_>) -> R) -> R {
     let mut headers = http::HeaderMap::new();
     for (name, value) in &request.headers {
         headers.append(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), http::HeaderValue::from_str(value).expect("value"));
     }
     let query = (!request.query.is_empty()).then(|| request.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
-    let head = rt::RequestHead::from_parts(&request.method, &request.authority, &request.path, query.as_deref(), &headers);
-    (sidecar.compiled(&head), sidecar.interpreted(router, &head))
+    f(&rt::RequestHead::from_parts(&request.method, &request.authority, &request.path, query.as_deref(), &headers))
+}
+
+/// The compiled and the runtime-interpreted lookups' outcomes.
+fn generated(sidecar: &Sidecar, router: &meshc_runtime::interp::Router, request: &Req) -> (Outcome, Outcome) {
+    with_head(request, |head| (sidecar.compiled(head), sidecar.interpreted(router, head)))
+}
+
+/// The overrides the sidecar's xDS client makes of the route configuration Pilot serves its
+/// workload, every virtual host taken as changed (the digests say none is, checked here too).
+fn override_table(sidecar: &Sidecar, mesh: &Mesh, workload: &ir::Workload) -> overrides::OverrideTable {
+    let resources = meshc_codegen::emit::xds::workload_resources(mesh, workload, meshc_codegen::emit::xds::Client::Envoy);
+    let config = resources.routes.first().expect("the outbound route configuration");
+    let clusters: Vec<&str> = sidecar.clusters.iter().map(|it| it.name).collect();
+    let build = |virtual_hosts| {
+        overrides::build(config, "test", overrides::Compiled { clusters: &clusters, virtual_hosts, routes: sidecar.routes })
+            .unwrap_or_else(|err| panic!("{:?}/{}: the sidecar refuses Pilot's routes: {err}", sidecar.origin, sidecar.workload))
+    };
+    assert!(build(sidecar.virtual_hosts).is_empty(), "{:?}/{}: a host served as compiled looks changed", sidecar.origin, sidecar.workload);
+    build(&[])
 }
 
 /// `meshc explain`'s outcome.
@@ -163,12 +183,15 @@ fn compiled_interpreted_and_explained_routing_agree_on_every_generated_sidecar()
         let mesh = mesh(sidecar.origin);
         let workload = mesh.workloads.iter().find(|it| it.name == sidecar.workload).expect("the workload is in the mesh");
         let router = interpreted_router(mesh, workload);
+        let overrides = override_table(sidecar, mesh, workload);
         let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
         let result = runner.run(&requests(mesh, workload), |request| {
             let (compiled, interpreted) = generated(sidecar, &router, &request);
             let explained = explained(mesh, workload, &request);
             prop_assert_eq!(&compiled, &explained, "compiled vs explain: {:?}", request);
             prop_assert_eq!(&interpreted, &explained, "interpreted vs explain: {:?}", request);
+            let overridden = with_head(&request, |head| sidecar.overridden(&overrides, head)).unwrap_or(Outcome::NoRoute);
+            prop_assert_eq!(&overridden, &explained, "xDS override vs explain: {:?}", request);
             Ok(())
         });
         if let Err(err) = result {
