@@ -21,11 +21,15 @@ pub struct DiffArgs {
     /// The old mesh directory, or the only one with `--git`.
     pub old: PathBuf,
     /// The new mesh directory.
-    #[arg(required_unless_present = "git")]
+    #[arg(required_unless_present_any = ["git", "pilot"])]
     pub new: Option<PathBuf>,
     /// Compare DIR as it is with DIR at this git revision.
     #[arg(long, value_name = "REV", conflicts_with = "new")]
     pub git: Option<String>,
+    /// Compare what DIR compiles to with what the `meshc pilot` at ADDR serves, as xDS
+    /// resources per workload ("was" is Pilot's, "now" is DIR's).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["new", "git"])]
+    pub pilot: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = DiffFormat::Human)]
     pub format: DiffFormat,
@@ -59,6 +63,17 @@ pub struct Change {
 
 /// Runs `meshc diff`: exit 0 without differences, 1 with some, 2 when a mesh cannot be read.
 pub fn run(args: &DiffArgs) -> ExitCode {
+    if let Some(pilot) = &args.pilot {
+        let Some(mesh) = compile(&DiskFs::new(&args.old), &args.old.display().to_string()) else { return ExitCode::from(2) };
+        let changes = match against_pilot(&mesh, pilot) {
+            Ok(it) => it,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        return report(args.format, &changes);
+    }
     let (old, new) = match &args.git {
         Some(rev) => match at_revision(&args.old, rev) {
             Ok(old) => (
@@ -76,12 +91,68 @@ pub fn run(args: &DiffArgs) -> ExitCode {
         }
     };
     let (Some(old), Some(new)) = (old, new) else { return ExitCode::from(2) };
-    let changes = diff(&old, &new);
-    match args.format {
-        DiffFormat::Human => print!("{}", render(&changes)),
-        DiffFormat::Json => println!("{}", serde_json::to_string_pretty(&changes).unwrap_or_default()),
+    report(args.format, &diff(&old, &new))
+}
+
+fn report(format: DiffFormat, changes: &[Change]) -> ExitCode {
+    match format {
+        DiffFormat::Human => print!("{}", render(changes)),
+        DiffFormat::Json => println!("{}", serde_json::to_string_pretty(changes).unwrap_or_default()),
     }
     if changes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// The most leaf differences reported per resource.
+const LEAVES_PER_RESOURCE: usize = 20;
+
+/// How what `mesh` compiles to differs from what the Pilot at `address` serves, per workload
+/// and xDS resource: a resource only DIR has is `added`, one only Pilot serves `removed`, and
+/// a resource both have but differently is `changed` at each differing field.
+pub fn against_pilot(mesh: &Mesh, address: &str) -> Result<Vec<Change>, String> {
+    use crate::pilot::served;
+    use meshc_codegen::emit::xds::{self, Client};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|err| format!("no async runtime: {err}"))?;
+    let mut changes = Vec::new();
+    for workload in &mesh.workloads {
+        let compiled = served::compiled(&xds::workload_resources(mesh, workload, Client::Envoy));
+        let served = match runtime.block_on(served::fetch(address, &workload.name)) {
+            Ok(it) => it,
+            Err(err) if err.contains("names no workload") => {
+                changes.push(Change {
+                    kind: "added",
+                    subject: "workload",
+                    path: workload.name.clone(),
+                    field: None,
+                    before: None,
+                    after: Some("Pilot serves no such workload".to_owned()),
+                });
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        let subject = |type_url: &str| match type_url {
+            xds::CLUSTER => "xds cluster",
+            xds::CLUSTER_LOAD_ASSIGNMENT => "xds endpoints",
+            xds::LISTENER => "xds listener",
+            _ => "xds routes",
+        };
+        let keys: BTreeSet<&(&str, String)> = compiled.keys().chain(served.keys()).collect();
+        for key in keys {
+            let path = format!("{} / {}", workload.name, key.1);
+            let change = |kind, field, before, after| Change { kind, subject: subject(key.0), path: path.clone(), field, before, after };
+            match (served.get(key), compiled.get(key)) {
+                (None, Some(_)) => changes.push(change("added", None, None, Some("only in DIR".to_owned()))),
+                (Some(_), None) => changes.push(change("removed", None, Some("only served by Pilot".to_owned()), None)),
+                (Some(before), Some(after)) => {
+                    for (field, before, after) in served::json_differences(before, after, LEAVES_PER_RESOURCE) {
+                        changes.push(change("changed", Some(field), Some(before), Some(after)));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    Ok(changes)
 }
 
 fn compile(vfs: &dyn Vfs, name: &str) -> Option<Mesh> {

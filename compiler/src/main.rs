@@ -36,7 +36,8 @@ enum Command {
     Explain(meshc::explain::ExplainArgs),
     /// Generate a sidecar crate per workload and compile them.
     Build(meshc::build::BuildArgs),
-    /// Show what changes for traffic between two versions of a mesh (exit 1 when something does).
+    /// Show what changes for traffic between two versions of a mesh, or between a mesh and what a
+    /// running Pilot serves (exit 1 when something does).
     Diff(meshc::diff::DiffArgs),
     /// Serve the mesh over Envoy's xDS (ADS), recompiling when its directory changes.
     Pilot(meshc::pilot::PilotArgs),

@@ -308,3 +308,62 @@ async fn delta_streams_carry_only_what_changed() {
 async fn next_delta(stream: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
     tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("in time").expect("no error").expect("a response")
 }
+
+/// `meshc diff DIR --pilot ADDR`, with its exit code and output.
+fn diff_against(dir: &Path, pilot: &PilotProcess, format: &str) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_meshc"))
+        .arg("diff")
+        .arg(dir)
+        .args(["--pilot", &format!("127.0.0.1:{}", pilot.ads), "--format", format])
+        .output()
+        .expect("run meshc diff");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn diff_shows_what_a_directory_would_change_in_what_pilot_serves() {
+    let served = bookinfo_copy("diff-served");
+    let pilot = PilotProcess::start(&served);
+    // The same mesh: nothing to show.
+    let (code, text) = diff_against(&served, &pilot, "human");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("no routing difference"), "{text}");
+
+    // A copy with new weights and a new route: the route configuration differs, field by field.
+    let edited = bookinfo_copy("diff-edited");
+    let spec = edited.join("bookinfo.mesh");
+    let text = std::fs::read_to_string(&spec).expect("read");
+    std::fs::write(&spec, text.replace("weight 90", "weight 80").replace("weight 10\n", "weight 20\n")).expect("write");
+    let (code, text) = diff_against(&edited, &pilot, "json");
+    assert_eq!(code, 1, "{text}");
+    let changes: Vec<serde_json::Value> = serde_json::from_str(&text).expect("JSON");
+    let weights: Vec<(&str, &str)> = changes
+        .iter()
+        .filter(|it| it["subject"] == "xds routes" && it["field"].as_str().is_some_and(|it| it.ends_with(".weight")))
+        .map(|it| (it["before"].as_str().unwrap_or_default(), it["after"].as_str().unwrap_or_default()))
+        .collect();
+    // Every workload that calls reviews sees 90 -> 80 and 10 -> 20.
+    assert!(weights.contains(&("90", "80")) && weights.contains(&("10", "20")), "{changes:#?}");
+    assert!(
+        changes.iter().all(|it| it["kind"] == "changed" && it["path"].as_str().is_some_and(|it| it.ends_with("/ outbound"))),
+        "{changes:#?}"
+    );
+
+    // A workload Pilot does not serve, and an address where no Pilot listens.
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec).expect("read") + "\nworkload extra {\n  service_account \"extra\"\n  calls details\n}\n",
+    )
+    .expect("write");
+    let (code, text) = diff_against(&edited, &pilot, "human");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("+ workload extra") && text.contains("Pilot serves no such workload"), "{text}");
+    let output = Command::new(env!("CARGO_BIN_EXE_meshc"))
+        .arg("diff")
+        .arg(&served)
+        .args(["--pilot", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("run meshc diff");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to Pilot"), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -14,6 +14,7 @@
 mod admin;
 mod ads;
 pub mod registration;
+pub mod served;
 mod watch;
 
 use std::collections::BTreeMap;
