@@ -27,6 +27,7 @@ pub mod table;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
+pub mod tuning;
 pub mod xds;
 
 /// The only face of the runtime that generated code sees. Every path a generated crate uses

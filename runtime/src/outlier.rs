@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
 /// A cluster's detector settings.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutlierSpec {
     /// Consecutive 5xx answers (and failures) before ejection; `u32::MAX` disables it.
     pub consecutive_5xx: u32,

@@ -68,6 +68,8 @@ pub struct Cluster {
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
     /// Requests waiting for one of them, for the circuit breaker.
     pending: Arc<AtomicU32>,
+    /// The load balancer, limits and outlier detection in force (compiled, or from xDS).
+    pub tuning: crate::tuning::Tuning,
 }
 
 impl Cluster {
@@ -88,7 +90,7 @@ impl Cluster {
         let scope = self.priority_scope(&set);
         if let Some(weights) = self.warming_weights(scope) {
             let pick = || pick_weighted(scope, &weights, draw());
-            let chosen = match self.spec.load_balancer {
+            let chosen = match self.tuning.balancer(self.spec) {
                 Balancer::LeastRequest => {
                     let (a, b) = (pick()?, pick()?);
                     if self.active_requests(b) < self.active_requests(a) { b } else { a }
@@ -99,7 +101,7 @@ impl Cluster {
                 return Some(chosen.clone());
             }
         } else {
-            match (&self.spec.load_balancer, key) {
+            match (self.tuning.balancer(self.spec), key) {
                 // The key's endpoint, or when it is out the key's next-best one, so that its
                 // requests stay together.
                 (Balancer::Hash(_), Some(key)) => {
@@ -133,7 +135,7 @@ impl Cluster {
     /// the nearest priorities take load up to their health, the rest spilling further.
     fn priority_scope<'s>(&self, set: &'s EndpointSet) -> &'s EndpointSet {
         let tiers = set.tiers();
-        if tiers.len() < 2 || (self.spec.outlier.is_none() && self.spec.health_check.is_none()) {
+        if tiers.len() < 2 || (!self.tuning.outlier_detection() && self.spec.health_check.is_none()) {
             return set;
         }
         let health: Vec<u64> = tiers
@@ -211,12 +213,12 @@ impl Cluster {
     /// One of the cluster's `max_requests`, held until the guard drops; `None` when the
     /// circuit breaker is open.
     pub(crate) fn admit_request(&self) -> Option<InFlight> {
-        InFlight::take(&self.requests, self.spec.limits.max_requests)
+        InFlight::take(&self.requests, self.tuning.max_requests())
     }
 
     /// One of the cluster's `max_retries`; `None` when they are all in flight.
     pub(crate) fn admit_retry(&self) -> Option<InFlight> {
-        InFlight::take(&self.retries, self.spec.limits.max_retries)
+        InFlight::take(&self.retries, self.tuning.max_retries())
     }
 
     /// Counts a try's outcome at `endpoint` for outlier detection, for protocols that are not
@@ -232,7 +234,7 @@ impl Cluster {
 
     /// Counts a request to `endpoint` as in flight until the guard drops.
     pub(crate) fn start_request(&self, endpoint: &Endpoint) -> Option<InFlight> {
-        if !matches!(self.spec.load_balancer, Balancer::LeastRequest) {
+        if !matches!(self.tuning.balancer(self.spec), Balancer::LeastRequest) {
             return None;
         }
         let mut active = self.active.lock().unwrap_or_else(|it| it.into_inner());
@@ -261,7 +263,7 @@ impl Cluster {
 
     /// Neither ejected by outlier detection nor failing its health checks.
     fn usable(&self, endpoint: &Endpoint) -> bool {
-        let ejected = self.spec.outlier.is_some() && self.outliers.is_ejected(endpoint.authority());
+        let ejected = self.tuning.outlier_detection() && self.outliers.is_ejected(endpoint.authority());
         !(ejected || self.spec.health_check.is_some() && self.health.is_unhealthy(endpoint.authority()))
     }
 
@@ -279,9 +281,9 @@ impl Cluster {
     }
 
     fn count_observed(&self, endpoint: &Endpoint, observed: Option<Observed>) {
-        let (Some(spec), Some(observed)) = (&self.spec.outlier, observed) else { return };
+        let (Some(observed), Some(spec)) = (observed, self.tuning.outlier()) else { return };
         let count = self.endpoints.current().all().len();
-        self.outliers.observe(spec, endpoint.authority(), observed, count);
+        self.outliers.observe(&spec, endpoint.authority(), observed, count);
     }
 
     /// The cluster's run-time state; `Err` when its TLS mode needs certificates the sidecar
@@ -335,6 +337,7 @@ impl Cluster {
                 usize::try_from(spec.limits.max_connections).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
             pending: Arc::default(),
+            tuning: crate::tuning::Tuning::new(spec),
         })
     }
 }
@@ -450,7 +453,7 @@ impl Proxy {
                 if cluster.spec.health_check.is_some() && cluster.health.is_unhealthy(address) {
                     flags.push("/failed_active_hc");
                 }
-                if cluster.spec.outlier.is_some() && cluster.outliers.is_ejected(address) {
+                if cluster.tuning.outlier_detection() && cluster.outliers.is_ejected(address) {
                     flags.push("/failed_outlier_check");
                 }
                 if !endpoint.routable {
@@ -653,10 +656,10 @@ impl Proxy {
         } else {
             Transport::Http1(&cluster.http1)
         };
-        let key = hash_key(&cluster.spec.load_balancer, &parts, peer);
+        let key = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
         let upstream = Upstream { cluster, transport, forward, key };
         // The circuit breaker: a request counts until its response ends.
-        let mut response = match InFlight::take(&cluster.requests, cluster.spec.limits.max_requests) {
+        let mut response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
             Some(in_flight) => match upstream.send(parts, body, timeout).await {
                 Ok(response) => response.map(|body| Holding { inner: body, _held: in_flight }.boxed()),
                 Err(err) => local_reply(err, grpc),
@@ -683,7 +686,7 @@ impl Proxy {
         let Some(endpoint) = cluster.pick() else { return body };
         // Copies count against the mirror cluster's circuit breaker, and at most
         // MAX_MIRRORS_IN_FLIGHT run at once: past that, requests go unmirrored.
-        let limit = cluster.spec.limits.max_requests.min(MAX_MIRRORS_IN_FLIGHT);
+        let limit = cluster.tuning.max_requests().min(MAX_MIRRORS_IN_FLIGHT);
         let Some(in_flight) = InFlight::take(&cluster.requests, limit) else { return body };
         let mut copy = copy_head(parts);
         // Envoy's shadow host: `web:80` becomes `web-shadow:80`.
@@ -1022,14 +1025,14 @@ impl Upstream<'_> {
     }
 
     async fn connection_slot(&self, deadline: Option<tokio::time::Instant>) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Error> {
-        let limits = &self.cluster.spec.limits;
-        if limits.max_connections == u32::MAX || !matches!(self.transport, Transport::Http1(..)) {
+        let tuning = &self.cluster.tuning;
+        if tuning.max_connections() == u32::MAX || !matches!(self.transport, Transport::Http1(..)) {
             return Ok(None);
         }
         if let Ok(slot) = self.cluster.connections.clone().try_acquire_owned() {
             return Ok(Some(slot));
         }
-        let Some(_waiting) = InFlight::take(&self.cluster.pending, limits.max_pending_requests) else { return Err(Error::Overflow) };
+        let Some(_waiting) = InFlight::take(&self.cluster.pending, tuning.max_pending_requests()) else { return Err(Error::Overflow) };
         let connections = &self.cluster.connections;
         let slot = match deadline {
             Some(deadline) => {
@@ -1102,7 +1105,7 @@ impl Upstream<'_> {
                 return result;
             }
             // The circuit breaker on retries: past it, the last answer stands.
-            let allowed = self.cluster.spec.limits.retries_allowed(self.cluster.requests.load(Ordering::Acquire));
+            let allowed = self.cluster.tuning.retries_allowed(self.cluster.requests.load(Ordering::Acquire));
             let Some(retry_slot) = InFlight::take(&self.cluster.retries, allowed) else {
                 return result;
             };

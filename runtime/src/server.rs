@@ -918,7 +918,7 @@ fn config_dump(proxy: &Proxy) -> String {
                 .map(|it| serde_json::json!({"address": it.authority(), "weight": it.weight, "routable": it.routable}))
                 .collect();
             let source = if proxy.xds.overrides(cluster.spec.name) { "xds" } else { "compiled" };
-            serde_json::json!({"name": cluster.spec.name, "source": source, "endpoints": endpoints})
+            serde_json::json!({"name": cluster.spec.name, "source": source, "endpoints": endpoints, "settings": cluster.tuning.dump(cluster.spec)})
         })
         .collect();
     let dump = serde_json::json!({

@@ -37,7 +37,7 @@ where
         return;
     };
     // The connection limit: each proxied connection holds one slot while it is open.
-    let _slot = if cluster.spec.limits.max_connections == u32::MAX {
+    let _slot = if cluster.tuning.max_connections() == u32::MAX {
         None
     } else {
         match cluster.connections.clone().try_acquire_owned() {

@@ -1,7 +1,9 @@
 //! The sidecar's xDS client (`--xds ADDR`): one ADS stream to Pilot, on which the compiled
 //! sidecar takes what changes at run time without a rebuild.
 //!
-//! It subscribes to the ClusterLoadAssignment of every compiled cluster, and each response
+//! It subscribes to the Cluster of every compiled cluster, whose load balancer, circuit
+//! breakers and outlier detection take effect at once (`tuning.rs`), to their
+//! ClusterLoadAssignments, and each response
 //! replaces those clusters' endpoint sets whole, as `--endpoints` does at start (requests
 //! already on their way keep the endpoint they picked). It subscribes to the `outbound`
 //! RouteConfiguration too: a virtual host served differently from what was compiled is
@@ -31,6 +33,8 @@ use crate::server::say;
 
 /// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// `type.googleapis.com/envoy.config.cluster.v3.Cluster`.
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// `type.googleapis.com/envoy.config.route.v3.RouteConfiguration`.
 pub const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
@@ -156,9 +160,9 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
         _ => endpoint_names.clone(),
     };
     let node = Node { id: proxy.spec.workload.to_owned(), user_agent_name: "meshc".to_owned(), ..Default::default() };
-    // Endpoints of every compiled cluster, and the route configuration of the outbound
-    // listener (overrides of its virtual hosts), on one stream.
-    for (index, type_url) in [CLUSTER_LOAD_ASSIGNMENT, ROUTE_CONFIGURATION].into_iter().enumerate() {
+    // The settings and endpoints of every compiled cluster, and the route configuration of
+    // the outbound listener (overrides of its virtual hosts), on one stream.
+    for (index, type_url) in [CLUSTER, CLUSTER_LOAD_ASSIGNMENT, ROUTE_CONFIGURATION].into_iter().enumerate() {
         let request = DiscoveryRequest {
             node: (index == 0).then(|| node.clone()),
             type_url: type_url.to_owned(),
@@ -190,6 +194,7 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
         let type_url = response.type_url.clone();
         let (worker, resources, version) = (proxy.clone(), std::mem::take(&mut response.resources), response.version_info.clone());
         let answer = match type_url.as_str() {
+            CLUSTER => apply_clusters(proxy, &resources),
             CLUSTER_LOAD_ASSIGNMENT => tokio::task::spawn_blocking(move || apply_endpoints(&worker, &resources))
                 .await
                 .unwrap_or_else(|_| Err("applying the endpoints failed".to_owned())),
@@ -224,6 +229,31 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
             return Ok(delivered);
         }
     }
+}
+
+/// Checks every Cluster of a response, then puts the settings of each in force (load
+/// balancer, circuit breakers, outlier detection); one that cannot be applied refuses the
+/// whole response.
+fn apply_clusters(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf::Any]) -> Result<(), String> {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    let mut updates = Vec::with_capacity(resources.len());
+    for resource in resources {
+        if resource.type_url != CLUSTER {
+            return Err(format!("a {} among Clusters", resource.type_url));
+        }
+        let cluster = Cluster::decode(&resource.value[..]).map_err(|err| format!("an undecodable Cluster: {err}"))?;
+        let compiled = proxy
+            .clusters
+            .iter()
+            .find(|it| it.spec.name == cluster.name)
+            .ok_or_else(|| format!("cluster `{}` is not compiled into this sidecar", cluster.name))?;
+        let tuned = crate::tuning::from_cds(&cluster, compiled.spec).map_err(|err| format!("cluster `{}`: {err}", cluster.name))?;
+        updates.push((compiled, tuned));
+    }
+    for (cluster, tuned) in updates {
+        cluster.tuning.set(&tuned, &cluster.connections);
+    }
+    Ok(())
 }
 
 /// Takes the `outbound` route configuration of a response: its virtual hosts that differ

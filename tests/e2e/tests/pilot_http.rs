@@ -7,7 +7,8 @@
 //!   follows instances added to and removed from the registry, keeps serving while Pilot is
 //!   away, and resyncs when it returns;
 //! - the same sidecar serves the virtual hosts Pilot serves as compiled from its compiled
-//!   tables, follows a weight changed in the spec file through an override, and refuses
+//!   tables, follows a weight changed in the spec file through an override, takes a new load
+//!   balancer and circuit breaker for a cluster, and refuses
 //!   (NACKs) a route to a cluster it was not built with while it keeps serving.
 
 use std::path::{Path, PathBuf};
@@ -272,7 +273,7 @@ fn edit_spec(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
 }
 
 #[test]
-fn the_compiled_sidecar_takes_a_weight_change_as_a_route_override_and_refuses_an_unknown_cluster() {
+fn the_compiled_sidecar_takes_route_and_cluster_overrides_and_refuses_an_unknown_cluster() {
     let mesh = Mesh::new("overrides");
     let pilot = Pilot::start(&mesh.dir);
     let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
@@ -302,6 +303,35 @@ fn the_compiled_sidecar_takes_a_weight_change_as_a_route_override_and_refuses_an
     // The override keeps the rest of the host's routes.
     assert_eq!(destination(&url, "reviews:9080", Some("jason")), "v2");
     assert_eq!(destination(&url, "details:9080", None), "details");
+
+    // Cluster settings: reviews' load balancer and a circuit breaker change in the spec file.
+    edit_spec(&mesh, |text| {
+        text.replace("service reviews {\n", "service reviews {\n  load_balancer random\n  limits { max_requests 7 }\n")
+    });
+    let reviews_settings = || -> Vec<serde_json::Value> {
+        let dump = config_dump(&sidecar);
+        dump["endpoints"]
+            .as_array()
+            .expect("clusters")
+            .iter()
+            .filter(|it| it["name"].as_str().is_some_and(|it| it.contains("reviews")))
+            .map(|it| it["settings"].clone())
+            .collect()
+    };
+    within(Duration::from_secs(15), "reviews' clusters take the new settings", || {
+        let settings = reviews_settings();
+        !settings.is_empty() && settings.iter().all(|it| it["load_balancer"] == "random" && it["max_requests"] == 7)
+    });
+    assert!(reviews_settings().iter().all(|it| it["source"] == "xds"));
+    let details = config_dump(&sidecar)["endpoints"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .find(|it| it["name"].as_str().is_some_and(|it| it.contains("details")))
+        .map(|it| it["settings"].clone())
+        .expect("details");
+    assert_eq!((details["load_balancer"].as_str(), details["max_requests"].is_null()), (Some("least_request"), true), "{details}");
+    assert!(split(&url, 100).get("v3").copied().unwrap_or(0) >= 75, "the route override stays");
 
     // Jason moves to a subset this sidecar was not built with: refused, and nothing changes.
     let registry = std::fs::read_to_string(mesh.dir.join("registry.toml")).expect("read the registry");

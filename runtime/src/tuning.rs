@@ -1,0 +1,266 @@
+//! A cluster's settings that xDS may change at run time (Envoy's CDS): the load balancer
+//! (among round robin, random and least request; a consistent hash keeps its compiled key),
+//! the circuit-breaker thresholds and retry budget, and passive outlier detection.
+//!
+//! Each is an atomic the request path loads with one relaxed read, starting at the compiled
+//! value, so a sidecar without `--xds` pays nothing for it. What a Cluster resource says that
+//! the sidecar cannot change while running (connect timeout, TLS, health checks) must match
+//! what was compiled, or the resource is refused with the reason.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::cluster::v3 as cds;
+
+use crate::outlier::OutlierSpec;
+use crate::spec::{Balancer, ClusterSpec, Limits};
+
+const COMPILED: u8 = 0;
+const ROUND_ROBIN: u8 = 1;
+const RANDOM: u8 = 2;
+const LEAST_REQUEST: u8 = 3;
+
+/// A retry budget's share when none is set.
+const NO_BUDGET: u32 = u32::MAX;
+
+/// Envoy's thresholds when a Cluster sets no circuit breaker.
+const ENVOY_DEFAULT_LIMIT: u32 = 1024;
+const ENVOY_DEFAULT_RETRIES: u32 = 3;
+
+/// A cluster's run-time settings.
+#[derive(Debug)]
+pub struct Tuning {
+    /// Whether xDS set them (for `/config_dump`).
+    overridden: AtomicBool,
+    balancer: AtomicU8,
+    max_requests: AtomicU32,
+    max_retries: AtomicU32,
+    max_connections: AtomicU32,
+    max_pending_requests: AtomicU32,
+    budget_per_million: AtomicU32,
+    budget_min_concurrency: AtomicU32,
+    outlier: AtomicBool,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway_errors: AtomicU32,
+    base_ejection_time_ms: AtomicU64,
+    max_ejection_percent: AtomicU32,
+}
+
+/// Settings taken from a Cluster resource, not yet in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuned {
+    balancer: u8,
+    limits: [u32; 4],
+    budget: Option<(u32, u32)>,
+    outlier: Option<[u64; 4]>,
+}
+
+impl Tuning {
+    /// The compiled settings of `spec`.
+    pub fn new(spec: &ClusterSpec) -> Tuning {
+        let limits = &spec.limits;
+        let budget = limits.retry_budget.as_ref().map(|it| (it.per_million, it.min_concurrency));
+        let outlier = spec.outlier.as_ref();
+        Tuning {
+            overridden: AtomicBool::new(false),
+            balancer: AtomicU8::new(COMPILED),
+            max_requests: AtomicU32::new(limits.max_requests),
+            max_retries: AtomicU32::new(limits.max_retries),
+            max_connections: AtomicU32::new(limits.max_connections),
+            max_pending_requests: AtomicU32::new(limits.max_pending_requests),
+            budget_per_million: AtomicU32::new(budget.map_or(NO_BUDGET, |it| it.0)),
+            budget_min_concurrency: AtomicU32::new(budget.map_or(0, |it| it.1)),
+            outlier: AtomicBool::new(outlier.is_some()),
+            consecutive_5xx: AtomicU32::new(outlier.map_or(u32::MAX, |it| it.consecutive_5xx)),
+            consecutive_gateway_errors: AtomicU32::new(outlier.map_or(u32::MAX, |it| it.consecutive_gateway_errors)),
+            base_ejection_time_ms: AtomicU64::new(outlier.map_or(0, |it| it.base_ejection_time_ms)),
+            max_ejection_percent: AtomicU32::new(outlier.map_or(0, |it| it.max_ejection_percent)),
+        }
+    }
+
+    /// The load balancer in force.
+    pub fn balancer<'a>(&self, spec: &'a ClusterSpec) -> &'a Balancer {
+        match self.balancer.load(Ordering::Relaxed) {
+            ROUND_ROBIN => &Balancer::RoundRobin,
+            RANDOM => &Balancer::Random,
+            LEAST_REQUEST => &Balancer::LeastRequest,
+            _ => &spec.load_balancer,
+        }
+    }
+
+    /// Requests in flight at once.
+    pub fn max_requests(&self) -> u32 {
+        self.max_requests.load(Ordering::Relaxed)
+    }
+
+    /// Retries in flight at once, without a retry budget.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/1.1 requests (or TCP connections) holding an upstream connection at once.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a connection at once.
+    pub fn max_pending_requests(&self) -> u32 {
+        self.max_pending_requests.load(Ordering::Relaxed)
+    }
+
+    /// Retries in flight at once while `requests` requests are.
+    pub fn retries_allowed(&self, requests: u32) -> u32 {
+        let limits = Limits {
+            max_retries: self.max_retries.load(Ordering::Relaxed),
+            retry_budget: match self.budget_per_million.load(Ordering::Relaxed) {
+                NO_BUDGET => None,
+                per_million => {
+                    Some(crate::spec::RetryBudget { per_million, min_concurrency: self.budget_min_concurrency.load(Ordering::Relaxed) })
+                }
+            },
+            ..Limits::NONE
+        };
+        limits.retries_allowed(requests)
+    }
+
+    /// Whether outlier detection is on.
+    pub fn outlier_detection(&self) -> bool {
+        self.outlier.load(Ordering::Relaxed)
+    }
+
+    /// The detector's settings in force, when it is on.
+    pub fn outlier(&self) -> Option<OutlierSpec> {
+        self.outlier_detection().then(|| OutlierSpec {
+            consecutive_5xx: self.consecutive_5xx.load(Ordering::Relaxed),
+            consecutive_gateway_errors: self.consecutive_gateway_errors.load(Ordering::Relaxed),
+            base_ejection_time_ms: self.base_ejection_time_ms.load(Ordering::Relaxed),
+            max_ejection_percent: self.max_ejection_percent.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Puts `tuned` in force; `connections` is the cluster's connection semaphore, resized to
+    /// the new `max_connections`. Shrinking takes back only slots not in use at the time, so
+    /// a limit lowered under load errs on admitting.
+    pub fn set(&self, tuned: &Tuned, connections: &tokio::sync::Semaphore) {
+        self.balancer.store(tuned.balancer, Ordering::Relaxed);
+        let [requests, retries, connection_limit, pending] = tuned.limits;
+        self.max_requests.store(requests, Ordering::Relaxed);
+        self.max_retries.store(retries, Ordering::Relaxed);
+        self.max_pending_requests.store(pending, Ordering::Relaxed);
+        let permits = |it: u32| usize::try_from(it).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS);
+        let (old, new) = (permits(self.max_connections.swap(connection_limit, Ordering::Relaxed)), permits(connection_limit));
+        if new > old {
+            connections.add_permits(new - old);
+        } else if old > new {
+            connections.forget_permits(old - new);
+        }
+        let (per_million, min_concurrency) = tuned.budget.unwrap_or((NO_BUDGET, 0));
+        self.budget_per_million.store(per_million, Ordering::Relaxed);
+        self.budget_min_concurrency.store(min_concurrency, Ordering::Relaxed);
+        if let Some([c5xx, gateway, base, percent]) = tuned.outlier {
+            self.consecutive_5xx.store(c5xx as u32, Ordering::Relaxed);
+            self.consecutive_gateway_errors.store(gateway as u32, Ordering::Relaxed);
+            self.base_ejection_time_ms.store(base, Ordering::Relaxed);
+            self.max_ejection_percent.store(percent as u32, Ordering::Relaxed);
+        }
+        self.outlier.store(tuned.outlier.is_some(), Ordering::Relaxed);
+        self.overridden.store(true, Ordering::Relaxed);
+    }
+
+    /// The settings in force, for `/config_dump`.
+    pub fn dump(&self, spec: &ClusterSpec) -> serde_json::Value {
+        let unlimited = |it: u32| if it == u32::MAX { serde_json::Value::Null } else { it.into() };
+        let balancer = match self.balancer(spec) {
+            Balancer::RoundRobin => "round_robin",
+            Balancer::Random => "random",
+            Balancer::LeastRequest => "least_request",
+            Balancer::Hash(_) => "hash",
+        };
+        serde_json::json!({
+            "source": if self.overridden.load(Ordering::Relaxed) { "xds" } else { "compiled" },
+            "load_balancer": balancer,
+            "max_requests": unlimited(self.max_requests()),
+            "max_retries": unlimited(self.max_retries()),
+            "max_connections": unlimited(self.max_connections()),
+            "max_pending_requests": unlimited(self.max_pending_requests()),
+            "outlier_detection": self.outlier().map(|it| serde_json::json!({
+                "consecutive_5xx": unlimited(it.consecutive_5xx),
+                "consecutive_gateway_errors": unlimited(it.consecutive_gateway_errors),
+                "base_ejection_time_ms": it.base_ejection_time_ms,
+                "max_ejection_percent": it.max_ejection_percent,
+            })),
+        })
+    }
+}
+
+/// The settings a Cluster resource gives the compiled cluster `spec`, or why they cannot be
+/// applied.
+pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec) -> Result<Tuned, String> {
+    use cds::cluster::LbPolicy;
+    let balancer = match (LbPolicy::try_from(cluster.lb_policy), &spec.load_balancer) {
+        (Ok(LbPolicy::RoundRobin), _) => ROUND_ROBIN,
+        (Ok(LbPolicy::Random), _) => RANDOM,
+        (Ok(LbPolicy::LeastRequest), _) => LEAST_REQUEST,
+        (Ok(LbPolicy::RingHash | LbPolicy::Maglev), Balancer::Hash(_)) => COMPILED,
+        (Ok(LbPolicy::RingHash | LbPolicy::Maglev), _) => {
+            return Err("a consistent hash needs its key compiled in (the routes' hash policy): rebuild the sidecar".to_owned());
+        }
+        _ => return Err(format!("load balancing policy {} cannot be applied here", cluster.lb_policy)),
+    };
+    let connect_timeout_ms = cluster.connect_timeout.as_ref().map_or(Ok(5_000), millis)?;
+    if connect_timeout_ms != spec.connect_timeout_ms {
+        return Err(format!(
+            "the connect timeout changed ({} ms compiled, {connect_timeout_ms} ms served): rebuild the sidecar",
+            spec.connect_timeout_ms
+        ));
+    }
+    if cluster.health_checks.is_empty() == spec.health_check.is_some() {
+        return Err("health checking was turned on or off: rebuild the sidecar".to_owned());
+    }
+    if cluster.transport_socket.is_some() == matches!(spec.tls, crate::spec::UpstreamTls::Disable) {
+        return Err("TLS towards the endpoints was turned on or off: rebuild the sidecar".to_owned());
+    }
+    let thresholds = cluster.circuit_breakers.as_ref().and_then(|it| {
+        it.thresholds.iter().find(|it| it.priority == envoy_types::pb::envoy::config::core::v3::RoutingPriority::Default as i32)
+    });
+    let limit = |value: Option<&envoy_types::pb::google::protobuf::UInt32Value>, default: u32| value.map_or(default, |it| it.value);
+    let limits = match thresholds {
+        None => [ENVOY_DEFAULT_LIMIT, ENVOY_DEFAULT_RETRIES, ENVOY_DEFAULT_LIMIT, ENVOY_DEFAULT_LIMIT],
+        Some(it) => [
+            limit(it.max_requests.as_ref(), ENVOY_DEFAULT_LIMIT),
+            limit(it.max_retries.as_ref(), ENVOY_DEFAULT_RETRIES),
+            limit(it.max_connections.as_ref(), ENVOY_DEFAULT_LIMIT),
+            limit(it.max_pending_requests.as_ref(), ENVOY_DEFAULT_LIMIT),
+        ],
+    };
+    let budget = thresholds.and_then(|it| it.retry_budget.as_ref()).map(|budget| {
+        // Envoy's defaults: 20 %, and 3 retries whatever the load.
+        let percent = budget.budget_percent.as_ref().map_or(20.0, |it| it.value);
+        ((percent.clamp(0.0, 100.0) * 10_000.0) as u32, budget.min_retry_concurrency.as_ref().map_or(3, |it| it.value))
+    });
+    let outlier = match &cluster.outlier_detection {
+        None => None,
+        Some(it) => {
+            let value = |it: Option<&envoy_types::pb::google::protobuf::UInt32Value>, default: u32| it.map_or(default, |it| it.value);
+            // Envoy's defaults: the 5xx detector enforced, the gateway one counted only.
+            let c5xx = if value(it.enforcing_consecutive_5xx.as_ref(), 100) > 0 { value(it.consecutive_5xx.as_ref(), 5) } else { u32::MAX };
+            let gateway = if value(it.enforcing_consecutive_gateway_failure.as_ref(), 0) > 0 {
+                value(it.consecutive_gateway_failure.as_ref(), 5)
+            } else {
+                u32::MAX
+            };
+            let base = it.base_ejection_time.as_ref().map_or(Ok(30_000), millis)?;
+            let percent = value(it.max_ejection_percent.as_ref(), 10).min(100);
+            Some([u64::from(c5xx), u64::from(gateway), base, u64::from(percent)])
+        }
+    };
+    Ok(Tuned { balancer, limits, budget, outlier })
+}
+
+fn millis(duration: &envoy_types::pb::google::protobuf::Duration) -> Result<u64, String> {
+    let seconds = u64::try_from(duration.seconds).map_err(|_| "a negative duration")?;
+    let nanos = u64::try_from(duration.nanos).map_err(|_| "a negative duration")?;
+    Ok(seconds.saturating_mul(1000).saturating_add(nanos / 1_000_000))
+}
+
+#[cfg(test)]
+mod tests;
