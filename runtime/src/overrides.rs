@@ -39,6 +39,10 @@ use crate::spec::{Abort, Answer, Fault, Forward, HeaderOps, Mirror, PathRewrite,
 #[path = "../../codegen/src/re2.rs"]
 mod re2;
 
+// A virtual host's canonical bytes, as meshc digests them: one source file, two crates.
+#[path = "../../codegen/src/emit/xds/canonical.rs"]
+mod canonical;
+
 /// The name of the route configuration the sidecar subscribes to.
 pub const OUTBOUND: &str = "outbound";
 
@@ -291,26 +295,11 @@ impl OwnedAnswer {
     }
 }
 
-/// SHA-256, in hex, of a virtual host's canonical bytes: its protobuf encoding with every
-/// `typed_per_filter_config` map taken out, then those maps' entries sorted by name. The same
-/// function as meshc's `virtual_host_digest`; the test vectors in both pin them together.
+/// SHA-256, in hex, of a virtual host's canonical bytes: the function meshc digests each
+/// compiled host with, over the same bytes (codegen's `canonical.rs`, included below); the
+/// test vectors in both crates pin the hashes together.
 pub fn virtual_host_digest(host: &route::VirtualHost) -> String {
-    let mut host = host.clone();
-    let mut maps = vec![std::mem::take(&mut host.typed_per_filter_config)];
-    maps.extend(host.routes.iter_mut().map(|it| std::mem::take(&mut it.typed_per_filter_config)));
-    let mut bytes = host.encode_to_vec();
-    for map in maps {
-        let mut entries: Vec<(String, Any)> = map.into_iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-        for (name, value) in entries {
-            let value = value.encode_to_vec();
-            bytes.extend_from_slice(&(name.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(name.as_bytes());
-            bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(&value);
-        }
-    }
+    let bytes = canonical::canonical_bytes(host);
     ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().iter().map(|it| format!("{it:02x}")).collect()
 }
 

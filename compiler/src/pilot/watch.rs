@@ -81,13 +81,20 @@ pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce) {
             disk: crate::source::DiskFs::new(&dir),
             registry: pilot.registrations.native_registry(&pilot.config().mesh),
         };
+        let started = Instant::now();
         let compiled = tokio::task::spawn_blocking(move || crate::compile(&overlay)).await;
         let Ok(compilation) = compiled else { continue };
+        let took = started.elapsed();
         match compilation.ir {
             Some(mesh) if !compilation.has_errors() => {
                 if mesh != pilot.config().mesh {
                     pilot.accept(mesh);
-                    eprintln!("meshc pilot: {} changed; serving generation {}", dir.display(), pilot.config().generation);
+                    eprintln!(
+                        "meshc pilot: {} changed; serving generation {} (compiled in {} ms)",
+                        dir.display(),
+                        pilot.config().generation,
+                        took.as_millis()
+                    );
                 } else {
                     pilot.accept_unchanged();
                 }

@@ -18,6 +18,7 @@
 //! in mesh-specs/README.md: RPC (Bolt, Dubbo) route tables, TCP listeners, inbound listeners
 //! and authorization, per-source rate limits, and retries' `any_method`.
 
+mod canonical;
 mod json;
 
 use std::collections::BTreeMap;
@@ -161,29 +162,12 @@ pub fn virtual_host_digests(mesh: &Mesh, workload: &Workload) -> Vec<(String, St
     digests
 }
 
-/// SHA-256, in hex, of a virtual host's canonical bytes: its protobuf encoding with every
-/// `typed_per_filter_config` map taken out, then those maps' entries sorted by name (prost
-/// keeps maps in hash order, which differs between processes). The runtime's xDS client
-/// computes the same (`runtime/src/overrides.rs`); shared test vectors pin the two copies.
+/// SHA-256, in hex, of a virtual host's canonical bytes ([`canonical::canonical_bytes`]),
+/// which the runtime's xDS client computes the same way (`runtime/src/overrides.rs`); shared
+/// test vectors pin the two hashes together.
 pub fn virtual_host_digest(host: &route::VirtualHost) -> String {
     use sha2::Digest;
-    let mut host = host.clone();
-    let mut maps = vec![std::mem::take(&mut host.typed_per_filter_config)];
-    maps.extend(host.routes.iter_mut().map(|it| std::mem::take(&mut it.typed_per_filter_config)));
-    let mut bytes = host.encode_to_vec();
-    for map in maps {
-        let mut entries: Vec<(String, Any)> = map.into_iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-        for (name, value) in entries {
-            let value = value.encode_to_vec();
-            bytes.extend_from_slice(&(name.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(name.as_bytes());
-            bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(&value);
-        }
-    }
-    sha2::Sha256::digest(&bytes).iter().map(|it| format!("{it:02x}")).collect()
+    sha2::Sha256::digest(canonical::canonical_bytes(host)).iter().map(|it| format!("{it:02x}")).collect()
 }
 
 /// The JSON files `meshc build --emit xds` writes for each workload, under
