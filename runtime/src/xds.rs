@@ -149,6 +149,10 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
         .map_err(|err| format!("`{server}` is not HOST:PORT: {err}"))?
         .connect_timeout(Duration::from_secs(5))
+        // Windows large enough for a 10,000-endpoint assignment in one go: HTTP/2's default
+        // 64 KiB made Pilot wait for window updates from a busy sidecar.
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(8 * 1024 * 1024))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     let channel = endpoint.connect().await.map_err(|err| format!("cannot connect to {server}: {err}"))?;

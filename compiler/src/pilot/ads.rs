@@ -28,7 +28,14 @@ use super::{ClientStatus, Config, Identity, Pilot, Served, TypeStatus, digest};
 
 /// Serves ADS on `listener` until it fails.
 pub async fn serve(pilot: Arc<Pilot>, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    use tokio_stream::StreamExt;
+    // No Nagle: a push split over segments otherwise waited 40 ms for the client's delayed
+    // ACK (tonic sets it only on listeners it binds itself).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        stream.inspect(|it| {
+            let _ = it.set_nodelay(true);
+        })
+    });
     tonic::transport::Server::builder()
         .add_service(AggregatedDiscoveryServiceServer::new(Ads { pilot }).max_decoding_message_size(16 * 1024 * 1024))
         .serve_with_incoming(incoming)
