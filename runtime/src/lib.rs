@@ -45,7 +45,7 @@ pub mod __codegen {
     pub use crate::spec::{
         Abort, Answer, Balancer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HashOn, HeaderOps, Limits, ListenerKind,
         ListenerSpec, Mirror, PathRewrite, PeerMtls, Protocol, Retries, RetryBudget, RetryOn, RouteStats, SidecarSpec, UpstreamTls,
-        WeightedCluster,
+        VirtualHostSpec, WeightedCluster,
     };
     pub use crate::table::{Alternative, Cond, IndexedTable, PathEntry, Presence, Str, StrIndex};
 

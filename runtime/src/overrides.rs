@@ -5,7 +5,7 @@
 //! is compared with the one compiled under the same name by a digest of its canonical bytes
 //! (`SidecarSpec::virtual_hosts`, written by meshc from the same emitter Pilot serves from):
 //! a host served as compiled stays with the compiled code; a changed or new one becomes an
-//! override. A configuration is taken whole or refused whole (and NACKed): a route to a
+//! override; a compiled domain no served host has any more answers 404, as in Envoy. A configuration is taken whole or refused whole (and NACKed): a route to a
 //! cluster this sidecar was not built with, a regex RE2 would refuse, a wildcard domain, or
 //! any feature the interpreted matcher does not carry is refused, and the overrides in force
 //! stay as they were.
@@ -49,6 +49,9 @@ pub const OUTBOUND: &str = "outbound";
 /// The most route names interned for counting; routes past it share one count.
 pub const MAX_INTERNED_ROUTES: usize = 4096;
 
+/// The most memory one compiled regex may take.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// Envoy's default route timeout, for a route that sets none.
 const ENVOY_DEFAULT_TIMEOUT_MS: u64 = 15_000;
 
@@ -71,7 +74,7 @@ impl RouteOverrides {
 
     /// Puts `table` in force.
     pub fn replace(&self, table: OverrideTable) {
-        let active = !table.hosts.is_empty();
+        let active = !table.is_empty();
         if let Ok(mut current) = self.table.write() {
             *current = Arc::new(table);
         }
@@ -79,17 +82,21 @@ impl RouteOverrides {
     }
 
     /// Compiled and overridden virtual hosts side by side, for `/config_dump`.
-    pub fn dump(&self, compiled: &[(&str, &str)]) -> serde_json::Value {
+    pub fn dump(&self, compiled: &[crate::spec::VirtualHostSpec]) -> serde_json::Value {
         let table = self.table.read().map(|it| it.clone()).unwrap_or_default();
         let overridden: BTreeMap<&str, &HostOverride> = table.hosts.iter().map(|it| (it.name.as_str(), it)).collect();
         let mut hosts: Vec<serde_json::Value> = compiled
             .iter()
-            .map(|(name, digest)| match overridden.get(name) {
-                Some(host) => host.dump(Some(digest)),
-                None => serde_json::json!({"name": name, "source": "compiled", "digest": digest}),
+            .map(|it| match overridden.get(it.name) {
+                Some(host) => host.dump(Some(it.digest)),
+                // Not served any more: its domains answer 404.
+                None if it.domains.iter().all(|domain| table.by_domain.get(*domain).is_some_and(Option::is_none)) => {
+                    serde_json::json!({"name": it.name, "source": "removed", "digest": it.digest})
+                }
+                None => serde_json::json!({"name": it.name, "source": "compiled", "digest": it.digest}),
             })
             .collect();
-        hosts.extend(table.hosts.iter().filter(|it| !compiled.iter().any(|(name, _)| *name == it.name)).map(|it| it.dump(None)));
+        hosts.extend(table.hosts.iter().filter(|it| !compiled.iter().any(|c| c.name == it.name)).map(|it| it.dump(None)));
         serde_json::json!({"version": table.version, "virtual_hosts": hosts})
     }
 }
@@ -99,14 +106,16 @@ impl RouteOverrides {
 pub struct OverrideTable {
     /// The xDS version it came in.
     version: String,
-    by_domain: HashMap<String, usize>,
+    /// `None`: a compiled domain no longer served (404).
+    by_domain: HashMap<String, Option<usize>>,
     hosts: Vec<HostOverride>,
 }
 
 impl OverrideTable {
-    /// The overridden host a request's authority (lower-case) selects, if any.
-    pub fn host(&self, authority: &str) -> Option<&HostOverride> {
-        self.by_domain.get(authority).map(|it| &self.hosts[*it])
+    /// What the table says of a request's authority (lower-case): nothing (`None`, the
+    /// compiled tables decide), a host no longer served (`Some(None)`), or its override.
+    pub fn host(&self, authority: &str) -> Option<Option<&HostOverride>> {
+        self.by_domain.get(authority).map(|it| it.and_then(|index| self.hosts.get(index)))
     }
 
     /// How many hosts are overridden.
@@ -114,9 +123,9 @@ impl OverrideTable {
         self.hosts.len()
     }
 
-    /// Whether no host is overridden.
+    /// Whether the compiled tables decide for every host.
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+        self.by_domain.is_empty()
     }
 }
 
@@ -162,6 +171,8 @@ impl HostOverride {
 #[derive(Debug)]
 pub struct OverrideRoute {
     name: &'static str,
+    /// Its name until interned.
+    pending_name: Option<String>,
     conditions: Vec<Condition>,
     /// What it does.
     pub action: Action,
@@ -309,17 +320,37 @@ pub fn virtual_host_digest(host: &route::VirtualHost) -> String {
 pub struct Compiled<'a> {
     /// Cluster names, by index.
     pub clusters: &'a [&'a str],
-    /// `(virtual host, digest)`.
-    pub virtual_hosts: &'a [(&'a str, &'a str)],
+    /// The compiled virtual hosts.
+    pub virtual_hosts: &'a [crate::spec::VirtualHostSpec],
     /// The compiled routes' counts.
     pub routes: &'static [&'static RouteStats],
 }
 
-/// The overrides a route configuration asks for, or why it cannot be applied.
+/// The overrides a route configuration asks for, or why it cannot be applied. A compiled
+/// domain that no served virtual host has any more answers 404, as Envoy would.
 pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compiled<'_>) -> Result<OverrideTable, String> {
+    let unsupported = [
+        (
+            !config.request_headers_to_add.is_empty() || !config.request_headers_to_remove.is_empty(),
+            "configuration-level header operations",
+        ),
+        (
+            !config.response_headers_to_add.is_empty() || !config.response_headers_to_remove.is_empty(),
+            "configuration-level header operations",
+        ),
+        (!config.internal_only_headers.is_empty(), "internal-only headers"),
+        (config.vhds.is_some(), "on-demand virtual hosts (VHDS)"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|it| it.0) {
+        return Err(format!("route configuration `{}`: {what} cannot be applied here", config.name));
+    }
     let mut table = OverrideTable { version: version.to_owned(), ..OverrideTable::default() };
     let mut seen_domains = BTreeMap::new();
+    let mut seen_names = std::collections::BTreeSet::new();
     for host in &config.virtual_hosts {
+        if !seen_names.insert(host.name.as_str()) {
+            return Err(format!("virtual host `{}` is listed twice", host.name));
+        }
         let digest = virtual_host_digest(host);
         for domain in &host.domains {
             if domain.contains('*') {
@@ -329,15 +360,30 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
                 return Err(format!("domain `{domain}` is in virtual hosts `{other}` and `{}`", host.name));
             }
         }
-        if compiled.virtual_hosts.iter().any(|(name, compiled)| *name == host.name && *compiled == digest) {
+        if compiled.virtual_hosts.iter().any(|it| it.name == host.name && it.digest == digest) {
             continue;
         }
         let index = table.hosts.len();
         let overridden = virtual_host(host, digest, compiled).map_err(|err| format!("virtual host `{}`: {err}", host.name))?;
         for domain in &overridden.domains {
-            table.by_domain.insert(domain.clone(), index);
+            table.by_domain.insert(domain.clone(), Some(index));
         }
         table.hosts.push(overridden);
+    }
+    for domain in compiled.virtual_hosts.iter().flat_map(|it| it.domains) {
+        if !seen_domains.contains_key(*domain) {
+            table.by_domain.insert((*domain).to_owned(), None);
+        }
+    }
+    // Only a configuration that applies names routes for good.
+    for host in &mut table.hosts {
+        for route in &mut host.routes {
+            let stats = intern(&host.name, route.pending_name.take().as_deref().unwrap_or_default(), compiled.routes);
+            route.name = stats.route;
+            if let Action::Forward(forward) = &mut route.action {
+                (forward.route, forward.stats) = (stats.route, stats);
+            }
+        }
     }
     Ok(table)
 }
@@ -359,14 +405,18 @@ fn virtual_host(host: &route::VirtualHost, digest: String, compiled: Compiled<'_
     let mut routes = Vec::with_capacity(host.routes.len());
     for (index, it) in host.routes.iter().enumerate() {
         let name = if it.name.is_empty() { format!("route-{index}") } else { it.name.clone() };
-        let stats = intern(&host.name, &name, compiled.routes);
-        let built = envoy_route(it, stats, compiled).map_err(|err| format!("route `{name}`: {err}"))?;
+        let mut built = envoy_route(it, compiled).map_err(|err| format!("route `{name}`: {err}"))?;
+        built.pending_name = Some(name);
         routes.push(built);
     }
     Ok(HostOverride { name: host.name.clone(), domains: host.domains.iter().map(|it| it.to_ascii_lowercase()).collect(), digest, routes })
 }
 
-fn envoy_route(it: &route::Route, stats: &'static RouteStats, compiled: Compiled<'_>) -> Result<OverrideRoute, String> {
+/// A route's count until the configuration it is in applies.
+static PENDING: RouteStats = RouteStats::new("(pending)", "(pending)");
+
+fn envoy_route(it: &route::Route, compiled: Compiled<'_>) -> Result<OverrideRoute, String> {
+    let stats = &PENDING;
     use route::route::Action as EnvoyAction;
     let route_match = it.r#match.as_ref().ok_or("no match")?;
     let (conditions, matched_prefix) = conditions(route_match)?;
@@ -391,7 +441,7 @@ fn envoy_route(it: &route::Route, stats: &'static RouteStats, compiled: Compiled
     if !it.typed_per_filter_config.is_empty() && !matches!(action, Action::Forward(_)) {
         return Err("filter configuration on a route that does not forward".to_owned());
     }
-    Ok(OverrideRoute { name: stats.route, conditions, action })
+    Ok(OverrideRoute { name: stats.route, pending_name: None, conditions, action })
 }
 
 /// A route match's conditions, and the prefix it matches when it is a prefix match (for a
@@ -447,7 +497,12 @@ fn header_conditions(header: &route::HeaderMatcher) -> Result<Vec<Condition>, St
         return Err(format!("header `{}`: treat_missing_header_as_empty cannot be applied here", header.name));
     }
     let name = header.name.to_ascii_lowercase();
-    let value = match header.header_match_specifier.as_ref() {
+    if name.starts_with(':') && pseudo(&name).is_none() {
+        return Err(format!("header `{}`: only :authority, :method and :path can be matched here", header.name));
+    }
+    // Envoy reads a matcher without a specifier as a presence test.
+    let present = Specifier::PresentMatch(true);
+    let value = match header.header_match_specifier.as_ref().or(Some(&present)) {
         Some(Specifier::PresentMatch(present)) => {
             let present = *present != header.invert_match;
             return Ok(match pseudo(&name) {
@@ -514,14 +569,18 @@ fn string_match(it: &matcher::StringMatcher) -> Result<StrMatch, String> {
 /// An anchored regex built from escaped literals.
 fn literal_regex(pattern: &str, ignore_case: bool) -> Result<StrMatch, String> {
     let flags = if ignore_case { "(?i)" } else { "" };
-    regex::Regex::new(&format!("^{flags}(?:{pattern})$")).map(StrMatch::Regex).map_err(|err| err.to_string())
+    regex::RegexBuilder::new(&format!("^{flags}(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map(StrMatch::Regex)
+        .map_err(|err| err.to_string())
 }
 
 /// An RE2 regex, matched against the whole value as Envoy does; one RE2 refuses is refused.
 fn regex(pattern: &str) -> Result<StrMatch, String> {
     let translated = re2::to_rust(pattern).map_err(|err| format!("regex `{pattern}` is invalid: {err}"))?;
     regex::RegexBuilder::new(&translated)
-        .size_limit(1 << 20)
+        .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map(StrMatch::Regex)
         .map_err(|err| format!("regex `{pattern}` is invalid: {err}"))
@@ -552,6 +611,16 @@ fn forward(
                 if !it.cluster_header.is_empty() {
                     return Err("a weighted cluster named by a header".to_owned());
                 }
+                let extras = !it.request_headers_to_add.is_empty()
+                    || !it.request_headers_to_remove.is_empty()
+                    || !it.response_headers_to_add.is_empty()
+                    || !it.response_headers_to_remove.is_empty()
+                    || !it.typed_per_filter_config.is_empty()
+                    || it.host_rewrite_specifier.is_some()
+                    || it.metadata_match.is_some();
+                if extras {
+                    return Err(format!("weighted cluster `{}`: per-destination settings cannot be applied here", it.name));
+                }
                 out.push(WeightedCluster { cluster: cluster(&it.name)?, weight });
             }
             let total: u64 = out.iter().map(|it| u64::from(it.weight)).sum();
@@ -572,13 +641,16 @@ fn forward(
         (action.retry_policy_typed_config.is_some(), "a typed retry policy"),
         (action.request_mirror_policies.len() > 1, "more than one mirror"),
         (!action.upgrade_configs.is_empty(), "per-route upgrade configuration"),
+        (action.metadata_match.is_some(), "subset load balancing by metadata"),
     ];
     if let Some((_, what)) = unsupported.iter().find(|it| it.0) {
         return Err(format!("{what} cannot be applied here"));
     }
-    let timeout_ms = match (&action.timeout, action.max_stream_duration.as_ref().and_then(|it| it.max_stream_duration.as_ref())) {
-        (Some(timeout), _) => Some(millis(timeout)?).filter(|it| *it > 0),
-        (None, Some(duration)) => Some(millis(duration)?).filter(|it| *it > 0),
+    // Envoy: a max_stream_duration replaces the route timeout; else the timeout, 15 s when
+    // unset; 0 means none (which `request_timeout` reads from `Some(0)`).
+    let timeout_ms = match (action.max_stream_duration.as_ref().and_then(|it| it.max_stream_duration.as_ref()), &action.timeout) {
+        (Some(duration), _) => Some(millis(duration)?),
+        (None, Some(timeout)) => Some(millis(timeout)?),
         (None, None) => Some(ENVOY_DEFAULT_TIMEOUT_MS),
     };
     let path_rewrite = Some(&action.prefix_rewrite).filter(|it| !it.is_empty()).map(|with| (matched_prefix, with.clone()));
@@ -597,9 +669,15 @@ fn forward(
     let (mut fault, mut rate_limit) = (Fault::NONE, None);
     for (name, config) in &it.typed_per_filter_config {
         match name.as_str() {
-            "envoy.filters.http.fault" => fault = http_fault(config)?,
-            "envoy.filters.http.local_ratelimit" => rate_limit = local_rate_limit(config)?,
-            other => return Err(format!("configuration for filter `{other}` cannot be applied here")),
+            "envoy.filters.http.fault" if config.type_url.ends_with("/envoy.extensions.filters.http.fault.v3.HTTPFault") => {
+                fault = http_fault(config)?;
+            }
+            "envoy.filters.http.local_ratelimit"
+                if config.type_url.ends_with("/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit") =>
+            {
+                rate_limit = local_rate_limit(config)?;
+            }
+            other => return Err(format!("configuration for filter `{other}` ({}) cannot be applied here", config.type_url)),
         }
     }
     Ok(OwnedForward {

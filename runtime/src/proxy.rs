@@ -64,8 +64,9 @@ pub struct Cluster {
     requests: Arc<AtomicU32>,
     /// Retries in flight, for the circuit breaker.
     retries: Arc<AtomicU32>,
-    /// HTTP/1.1 connections busy with a request, at most `max_connections`.
-    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// HTTP/1.1 connections busy with a request, at most `max_connections`; replaced whole
+    /// when xDS changes the limit (slots taken from the old one stay held until released).
+    connections: std::sync::RwLock<Arc<tokio::sync::Semaphore>>,
     /// Requests waiting for one of them, for the circuit breaker.
     pending: Arc<AtomicU32>,
     /// The load balancer, limits and outlier detection in force (compiled, or from xDS).
@@ -286,6 +287,18 @@ impl Cluster {
         self.outliers.observe(&spec, endpoint.authority(), observed, count);
     }
 
+    /// The semaphore of the connection limit in force.
+    pub(crate) fn connection_limit(&self) -> Arc<tokio::sync::Semaphore> {
+        self.connections.read().unwrap_or_else(|it| it.into_inner()).clone()
+    }
+
+    /// Puts settings from xDS in force, with a new connection limit when it changed.
+    pub(crate) fn retune(&self, tuned: &crate::tuning::Tuned) {
+        if let Some(limit) = self.tuning.set(tuned) {
+            *self.connections.write().unwrap_or_else(|it| it.into_inner()) = connection_slots(limit);
+        }
+    }
+
     /// The cluster's run-time state; `Err` when its TLS mode needs certificates the sidecar
     /// was not given.
     fn new(spec: &'static ClusterSpec, endpoints: ClusterEndpoints, tls: Option<&Arc<MeshTls>>) -> Result<Cluster, String> {
@@ -333,13 +346,16 @@ impl Cluster {
             health: Health::default(),
             requests: Arc::default(),
             retries: Arc::default(),
-            connections: Arc::new(tokio::sync::Semaphore::new(
-                usize::try_from(spec.limits.max_connections).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            connections: std::sync::RwLock::new(connection_slots(spec.limits.max_connections)),
             pending: Arc::default(),
             tuning: crate::tuning::Tuning::new(spec),
         })
     }
+}
+
+/// A connection limit's slots.
+fn connection_slots(limit: u32) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(usize::try_from(limit).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS)))
 }
 
 /// What outlier detection makes of a failed try: a gateway error when the upstream failed
@@ -599,7 +615,7 @@ impl Proxy {
         if let Some(overrides) = self.route_overrides.current() {
             let selected = {
                 let head = RequestHead::new(&parts);
-                overrides.host(head.authority()).map(|host| host.select(&head))
+                overrides.host(head.authority()).map(|host| host.and_then(|it| it.select(&head)))
             };
             if let Some(selected) = selected {
                 return match selected.map(|it| &it.action) {
@@ -1029,11 +1045,11 @@ impl Upstream<'_> {
         if tuning.max_connections() == u32::MAX || !matches!(self.transport, Transport::Http1(..)) {
             return Ok(None);
         }
-        if let Ok(slot) = self.cluster.connections.clone().try_acquire_owned() {
+        let connections = self.cluster.connection_limit();
+        if let Ok(slot) = connections.clone().try_acquire_owned() {
             return Ok(Some(slot));
         }
         let Some(_waiting) = InFlight::take(&self.cluster.pending, tuning.max_pending_requests()) else { return Err(Error::Overflow) };
-        let connections = &self.cluster.connections;
         let slot = match deadline {
             Some(deadline) => {
                 tokio::time::timeout_at(deadline, connections.clone().acquire_owned()).await.map_err(|_| Error::UpstreamTimeout)?

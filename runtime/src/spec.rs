@@ -36,9 +36,20 @@ pub struct SidecarSpec {
     pub config_dump: &'static str,
     /// The counts of every forwarding route, for the admin endpoint's route metrics.
     pub routes: &'static [&'static RouteStats],
-    /// Each compiled virtual host (`<host>:<port>`) with the digest of its xDS form, which
-    /// the xDS client compares with what Pilot serves: a host served unchanged stays compiled.
-    pub virtual_hosts: &'static [(&'static str, &'static str)],
+    /// Each compiled virtual host with the digest of its xDS form, which the xDS client
+    /// compares with what Pilot serves: a host served unchanged stays compiled.
+    pub virtual_hosts: &'static [VirtualHostSpec],
+}
+
+/// A compiled virtual host, as xDS names it.
+#[derive(Debug)]
+pub struct VirtualHostSpec {
+    /// `<host>:<port>`.
+    pub name: &'static str,
+    /// SHA-256, in hex, of its canonical xDS bytes.
+    pub digest: &'static str,
+    /// The hosts (and `host:port`s) that select it.
+    pub domains: &'static [&'static str],
 }
 
 /// The run-time counts of one forwarding route: a static per route, shared by its

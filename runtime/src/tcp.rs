@@ -40,7 +40,7 @@ where
     let _slot = if cluster.tuning.max_connections() == u32::MAX {
         None
     } else {
-        match cluster.connections.clone().try_acquire_owned() {
+        match cluster.connection_limit().try_acquire_owned() {
             Ok(slot) => Some(slot),
             Err(_) => {
                 metrics.tcp_closed(labels("UO"), 0, 0);

@@ -137,22 +137,15 @@ impl Tuning {
         })
     }
 
-    /// Puts `tuned` in force; `connections` is the cluster's connection semaphore, resized to
-    /// the new `max_connections`. Shrinking takes back only slots not in use at the time, so
-    /// a limit lowered under load errs on admitting.
-    pub fn set(&self, tuned: &Tuned, connections: &tokio::sync::Semaphore) {
+    /// Puts `tuned` in force; the new connection limit when it changed (the cluster then
+    /// replaces its connection slots).
+    pub fn set(&self, tuned: &Tuned) -> Option<u32> {
         self.balancer.store(tuned.balancer, Ordering::Relaxed);
         let [requests, retries, connection_limit, pending] = tuned.limits;
         self.max_requests.store(requests, Ordering::Relaxed);
         self.max_retries.store(retries, Ordering::Relaxed);
         self.max_pending_requests.store(pending, Ordering::Relaxed);
-        let permits = |it: u32| usize::try_from(it).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS);
-        let (old, new) = (permits(self.max_connections.swap(connection_limit, Ordering::Relaxed)), permits(connection_limit));
-        if new > old {
-            connections.add_permits(new - old);
-        } else if old > new {
-            connections.forget_permits(old - new);
-        }
+        let changed = (self.max_connections.swap(connection_limit, Ordering::Relaxed) != connection_limit).then_some(connection_limit);
         let (per_million, min_concurrency) = tuned.budget.unwrap_or((NO_BUDGET, 0));
         self.budget_per_million.store(per_million, Ordering::Relaxed);
         self.budget_min_concurrency.store(min_concurrency, Ordering::Relaxed);
@@ -164,6 +157,7 @@ impl Tuning {
         }
         self.outlier.store(tuned.outlier.is_some(), Ordering::Relaxed);
         self.overridden.store(true, Ordering::Relaxed);
+        changed
     }
 
     /// The settings in force, for `/config_dump`.
@@ -235,7 +229,7 @@ pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec) -> Result<Tuned, Str
     let budget = thresholds.and_then(|it| it.retry_budget.as_ref()).map(|budget| {
         // Envoy's defaults: 20 %, and 3 retries whatever the load.
         let percent = budget.budget_percent.as_ref().map_or(20.0, |it| it.value);
-        ((percent.clamp(0.0, 100.0) * 10_000.0) as u32, budget.min_retry_concurrency.as_ref().map_or(3, |it| it.value))
+        ((percent.clamp(0.0, 100.0) * 10_000.0).round() as u32, budget.min_retry_concurrency.as_ref().map_or(3, |it| it.value))
     });
     let outlier = match &cluster.outlier_detection {
         None => None,

@@ -161,7 +161,9 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
     let endpoint_names: Vec<String> = proxy.clusters.iter().map(|it| it.spec.name.to_owned()).collect();
     let names = |type_url: &str| match type_url {
         ROUTE_CONFIGURATION => vec![crate::overrides::OUTBOUND.to_owned()],
-        _ => endpoint_names.clone(),
+        CLUSTER | CLUSTER_LOAD_ASSIGNMENT => endpoint_names.clone(),
+        // A type the sidecar never asked for: its NACK must not subscribe to it.
+        _ => Vec::new(),
     };
     let node = Node { id: proxy.spec.workload.to_owned(), user_agent_name: "meshc".to_owned(), ..Default::default() };
     // The settings and endpoints of every compiled cluster, and the route configuration of
@@ -255,7 +257,7 @@ fn apply_clusters(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf:
         updates.push((compiled, tuned));
     }
     for (cluster, tuned) in updates {
-        cluster.tuning.set(&tuned, &cluster.connections);
+        cluster.retune(&tuned);
     }
     Ok(())
 }
@@ -264,6 +266,7 @@ fn apply_clusters(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf:
 /// from the compiled ones become the overrides in force, all together or not at all.
 fn apply_routes(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf::Any], version: &str) -> Result<(), String> {
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    let mut tables = Vec::with_capacity(1);
     for resource in resources {
         if resource.type_url != ROUTE_CONFIGURATION {
             return Err(format!("a {} among RouteConfigurations", resource.type_url));
@@ -272,10 +275,16 @@ fn apply_routes(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf::A
         if config.name != crate::overrides::OUTBOUND {
             return Err(format!("route configuration `{}` was not asked for", config.name));
         }
+        if !tables.is_empty() {
+            return Err(format!("route configuration `{}` twice in one response", config.name));
+        }
         let clusters: Vec<&str> = proxy.clusters.iter().map(|it| it.spec.name).collect();
         let compiled =
             crate::overrides::Compiled { clusters: &clusters, virtual_hosts: proxy.spec.virtual_hosts, routes: proxy.spec.routes };
-        let table = crate::overrides::build(&config, version, compiled)?;
+        tables.push(crate::overrides::build(&config, version, compiled)?);
+    }
+    // Only once all of it is known to apply.
+    for table in tables {
         if !table.is_empty() || proxy.route_overrides.current().is_some() {
             say(&format!("{}: xds: {} virtual host(s) overridden by routes version {version}", proxy.spec.workload, table.len()));
         }

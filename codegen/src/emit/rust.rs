@@ -791,9 +791,10 @@ impl RoutesEmitter<'_, '_> {
         let route_count = int(route_stats.len() as u64);
         let digests = super::xds::virtual_host_digests(self.mesh, workload);
         let digest_count = int(digests.len() as u64);
-        let digests = digests.iter().map(|(name, digest)| {
+        let digests = digests.iter().map(|(name, digest, domains)| {
             let (name, digest) = (str_lit(name), str_lit(digest));
-            quote!((#name, #digest))
+            let domains = domains.iter().map(|it| str_lit(it));
+            quote!(rt::VirtualHostSpec { name: #name, digest: #digest, domains: &[#(#domains),*] })
         });
         quote! {
             //! Outbound routing: the request's host picks a route table, and the table's routes are
@@ -812,7 +813,7 @@ impl RoutesEmitter<'_, '_> {
 
             /// Each virtual host compiled here with the digest of its xDS form: an xDS route
             /// configuration that serves one unchanged leaves it to the code above.
-            pub static VIRTUAL_HOSTS: [(&str, &str); #digest_count] = [#(#digests),*];
+            pub static VIRTUAL_HOSTS: [rt::VirtualHostSpec; #digest_count] = [#(#digests),*];
 
             /// Routes a request the application sent.
             pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {

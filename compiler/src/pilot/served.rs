@@ -4,8 +4,9 @@
 //! One state-of-the-world stream per workload, identified by the workload's name with the
 //! user agent `meshc` (so Pilot serves the Envoy form, as to a compiled sidecar): clusters
 //! first, then the assignments of the clusters served, the listeners and the `outbound`
-//! route configuration. Each response is ACKed, and the stream is closed once all four have
-//! arrived.
+//! route configuration. The clusters are ACKed with the names of the assignments asked for
+//! next; the stream is closed once all four types have arrived. A push that lands during the
+//! fetch can mix two versions of the mesh; running it again settles it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -11,8 +11,13 @@ static COMPILED_ROUTE: RouteStats = RouteStats::new("reviews:9080", "default");
 static COMPILED_ROUTES: [&RouteStats; 1] = [&COMPILED_ROUTE];
 const CLUSTERS: [&str; 2] = ["outbound|9080|v1|reviews.default.svc.cluster.local", "outbound|9080|v2|reviews.default.svc.cluster.local"];
 
-fn compiled<'a>(virtual_hosts: &'a [(&'a str, &'a str)]) -> Compiled<'a> {
+fn compiled(virtual_hosts: &[crate::spec::VirtualHostSpec]) -> Compiled<'_> {
     Compiled { clusters: &CLUSTERS, virtual_hosts, routes: &COMPILED_ROUTES }
+}
+
+/// reviews as compiled, with `digest`.
+fn compiled_reviews(digest: &'static str) -> [crate::spec::VirtualHostSpec; 1] {
+    [crate::spec::VirtualHostSpec { name: "reviews:9080", digest, domains: &["reviews", "reviews:9080"] }]
 }
 
 fn prefix(path: &str) -> route::RouteMatch {
@@ -84,18 +89,18 @@ fn selected<'t>(table: &'t OverrideTable, authority: &str, headers: &[(&'static 
         None => (path, None),
     };
     let head = RequestHead::from_parts("GET", authority, path, query, &map);
-    table.host(head.authority()).and_then(|it| it.select(&head)).map(|it| it.name)
+    table.host(head.authority()).flatten().and_then(|it| it.select(&head)).map(|it| it.name)
 }
 
 #[test]
 fn a_changed_host_is_overridden_and_routes_in_order() {
-    let table = build(&config(vec![reviews()]), "v1", compiled(&[("reviews:9080", "an older digest")])).expect("applies");
+    let table = build(&config(vec![reviews()]), "v1", compiled(&compiled_reviews("an older digest"))).expect("applies");
     assert_eq!(table.len(), 1);
     assert_eq!(selected(&table, "reviews:9080", &[("end-user", "jason")], "/"), Some("jason"));
     assert_eq!(selected(&table, "REVIEWS", &[], "/x"), Some("default"));
     // Other hosts stay with the compiled tables.
     assert_eq!(selected(&table, "ratings:9080", &[], "/"), None);
-    let Some(Action::Forward(forward)) = table.host("reviews").and_then(|it| it.routes.get(1)).map(|it| &it.action) else {
+    let Some(Action::Forward(forward)) = table.host("reviews").flatten().and_then(|it| it.routes.get(1)).map(|it| &it.action) else {
         panic!("a forwarding route")
     };
     let weights: Vec<(u32, u32)> = forward.destinations.iter().map(|it| (it.cluster, it.weight)).collect();
@@ -108,10 +113,28 @@ fn a_changed_host_is_overridden_and_routes_in_order() {
 
 #[test]
 fn a_host_served_as_compiled_stays_compiled() {
-    let digest = virtual_host_digest(&reviews());
-    let table = build(&config(vec![reviews()]), "v1", compiled(&[("reviews:9080", &digest)])).expect("applies");
+    let digest: &'static str = Box::leak(virtual_host_digest(&reviews()).into_boxed_str());
+    let table = build(&config(vec![reviews()]), "v1", compiled(&compiled_reviews(digest))).expect("applies");
     assert!(table.is_empty());
-    assert_eq!(selected(&table, "reviews:9080", &[], "/"), None);
+    assert!(table.host("reviews:9080").is_none());
+}
+
+#[test]
+fn a_compiled_host_no_longer_served_answers_404_and_timeouts_read_as_envoy_reads_them() {
+    // Pilot serves ratings only: reviews, compiled, is gone.
+    let mut ratings = reviews();
+    ratings.name = "ratings:9080".to_owned();
+    ratings.domains = vec!["ratings".to_owned()];
+    if let Some(route::route::Action::Route(action)) = ratings.routes[1].action.as_mut() {
+        action.timeout = Some(Duration { seconds: 0, nanos: 0 });
+    }
+    let table = build(&config(vec![ratings]), "v1", compiled(&compiled_reviews("x"))).expect("applies");
+    assert!(matches!(table.host("reviews:9080"), Some(None)));
+    assert!(matches!(table.host("reviews"), Some(None)));
+    let Some(Some(host)) = table.host("ratings") else { panic!("ratings is overridden") };
+    let Action::Forward(forward) = &host.routes[1].action else { panic!("a forwarding route") };
+    // 0 s: no timeout at all, not the cluster's.
+    assert_eq!(forward.timeout_ms, Some(0));
 }
 
 #[test]
@@ -140,6 +163,11 @@ fn what_cannot_be_applied_is_refused_with_where() {
     let mut zero = reviews();
     zero.routes[1].action = to(&[(CLUSTERS[0], 0)]);
     assert!(refused(zero).contains("sum to 0"));
+    let mut scheme = reviews();
+    scheme.routes[0].r#match = Some(route::RouteMatch { headers: vec![exact_header(":scheme", "https", false)], ..prefix("/") });
+    assert!(refused(scheme).contains(":scheme"));
+    let twice = build(&config(vec![reviews(), reviews()]), "v1", compiled(&[])).expect_err("refused");
+    assert!(twice.contains("listed twice"), "{twice}");
 }
 
 #[test]
@@ -193,7 +221,9 @@ fn faults_and_rate_limits_come_from_per_route_filter_configuration() {
         Any { type_url: "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault".to_owned(), value: abort.encode_to_vec() },
     );
     let table = build(&config(vec![host.clone()]), "v1", compiled(&[])).expect("applies");
-    let Some(Action::Forward(forward)) = table.host("reviews").map(|it| &it.routes[1].action) else { panic!("a forwarding route") };
+    let Some(Action::Forward(forward)) = table.host("reviews").flatten().map(|it| &it.routes[1].action) else {
+        panic!("a forwarding route")
+    };
     assert!(matches!(forward.fault.abort, Some((Abort::Http(503), 500_000))));
     assert_eq!(forward.fault.delay, Some((2000, 1)));
     host.routes[1].typed_per_filter_config.insert("envoy.filters.http.lua".to_owned(), Any::default());

@@ -64,12 +64,9 @@ fn a_served_cluster_sets_the_balancer_limits_and_outlier_detection() {
     let tuning = Tuning::new(&ROUND_ROBIN_SPEC);
     assert!(matches!(tuning.balancer(&ROUND_ROBIN_SPEC), Balancer::RoundRobin));
     assert_eq!((tuning.max_requests(), tuning.outlier()), (u32::MAX, None));
-    // As Cluster::new sizes it for an unset limit.
-    let connections = tokio::sync::Semaphore::new(u32::MAX as usize);
-    tuning.set(&from_cds(&served(), &ROUND_ROBIN_SPEC).expect("applies"), &connections);
+    assert_eq!(tuning.set(&from_cds(&served(), &ROUND_ROBIN_SPEC).expect("applies")), Some(4));
     assert!(matches!(tuning.balancer(&ROUND_ROBIN_SPEC), Balancer::LeastRequest));
     assert_eq!((tuning.max_requests(), tuning.max_retries(), tuning.max_connections(), tuning.max_pending_requests()), (10, 2, 4, 1));
-    assert_eq!(connections.available_permits(), 4);
     let outlier = tuning.outlier().expect("on");
     // Envoy's defaults fill what the resource leaves out: 5xx counted and enforced, the
     // gateway detector enforced here at its default threshold.
@@ -81,9 +78,10 @@ fn a_served_cluster_sets_the_balancer_limits_and_outlier_detection() {
 
     // Without circuit breakers or outlier detection: Envoy's default thresholds, no detector.
     let bare = cds::Cluster { circuit_breakers: None, outlier_detection: None, ..served() };
-    tuning.set(&from_cds(&bare, &ROUND_ROBIN_SPEC).expect("applies"), &connections);
+    assert_eq!(tuning.set(&from_cds(&bare, &ROUND_ROBIN_SPEC).expect("applies")), Some(1024));
     assert_eq!((tuning.max_requests(), tuning.max_retries(), tuning.max_connections()), (1024, 3, 1024));
-    assert_eq!(connections.available_permits(), 1024);
+    // The same again: the connection limit stands.
+    assert_eq!(tuning.set(&from_cds(&bare, &ROUND_ROBIN_SPEC).expect("applies")), None);
     assert_eq!(tuning.outlier(), None);
 }
 

@@ -45,7 +45,7 @@ pub struct Sidecar {
     /// Its forwarding routes' counts.
     pub routes: &'static [&'static rt::RouteStats],
     /// Its virtual hosts with the digests of their xDS form.
-    pub virtual_hosts: &'static [(&'static str, &'static str)],
+    pub virtual_hosts: &'static [rt::VirtualHostSpec],
 }
 
 include!(concat!(env!("OUT_DIR"), "/sidecars.rs"));
@@ -183,7 +183,7 @@ impl Sidecar {
     pub fn overridden(&self, table: &meshc_runtime::overrides::OverrideTable, head: &rt::RequestHead<'_>) -> Option<Outcome> {
         use meshc_runtime::overrides::Action;
         let host = table.host(head.authority())?;
-        Some(match host.select(head).map(|it| &it.action) {
+        Some(match host.and_then(|it| it.select(head)).map(|it| &it.action) {
             None => Outcome::NoRoute,
             Some(Action::Answer(answer)) => self.outcome(rt::Decision::Answer(&answer.view())),
             Some(Action::Forward(owned)) => {

@@ -150,14 +150,19 @@ pub fn workload_resources(mesh: &Mesh, workload: &Workload, client: Client) -> R
     resources
 }
 
-/// The digest of each virtual host of `workload`'s Envoy route configuration, by name: what a
-/// compiled sidecar holds, which its xDS client compares with what Pilot serves to tell a
-/// changed host (served by the interpreted matcher) from one still as compiled.
-pub fn virtual_host_digests(mesh: &Mesh, workload: &Workload) -> Vec<(String, String)> {
+/// Each virtual host of `workload`'s Envoy route configuration, by name, with its digest and
+/// domains: what a compiled sidecar holds, which its xDS client compares with what Pilot
+/// serves to tell a changed host (served by the interpreted matcher) from one still as
+/// compiled, and a host no longer served (404, as Envoy would).
+pub fn virtual_host_digests(mesh: &Mesh, workload: &Workload) -> Vec<(String, String, Vec<String>)> {
     let emitter = Emitter { mesh, workload, client: Client::Envoy };
     let tables: Vec<&ir::RouteTable> = workload.outbound.iter().map(|id| &mesh.route_tables[id.index()]).collect();
-    let mut digests: Vec<(String, String)> =
-        emitter.route_configuration(&tables).virtual_hosts.iter().map(|it| (it.name.clone(), virtual_host_digest(it))).collect();
+    let mut digests: Vec<(String, String, Vec<String>)> = emitter
+        .route_configuration(&tables)
+        .virtual_hosts
+        .iter()
+        .map(|it| (it.name.clone(), virtual_host_digest(it), it.domains.clone()))
+        .collect();
     digests.sort();
     digests
 }

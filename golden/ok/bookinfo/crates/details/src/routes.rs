@@ -123,23 +123,63 @@ pub static ROUTE_STATS: [&rt::RouteStats; 5] = [
 ];
 /// Each virtual host compiled here with the digest of its xDS form: an xDS route
 /// configuration that serves one unchanged leaves it to the code above.
-pub static VIRTUAL_HOSTS: [(&str, &str); 4] = [
-    (
-        "details.default.svc.cluster.local:9080",
-        "bd7e61a524a72f18f0ae6ac02f562a8272c7f2cdc95288d733eb72bc2e6f826a",
-    ),
-    (
-        "productpage.default.svc.cluster.local:9080",
-        "2391d46cb258fa3cda192ee114f83399b8df78ca423f80b144ef36d5cd54b760",
-    ),
-    (
-        "ratings.default.svc.cluster.local:9080",
-        "6c731d3f47f2609090b5707e462d03fbf76b236560e83d547382b54a767b3299",
-    ),
-    (
-        "reviews.default.svc.cluster.local:9080",
-        "4f6cd4d4347c9e07ea455d026c81ad8fe708ae0a683c7ecddb2b5b8e7372f36d",
-    ),
+pub static VIRTUAL_HOSTS: [rt::VirtualHostSpec; 4] = [
+    rt::VirtualHostSpec {
+        name: "details.default.svc.cluster.local:9080",
+        digest: "bd7e61a524a72f18f0ae6ac02f562a8272c7f2cdc95288d733eb72bc2e6f826a",
+        domains: &[
+            "details",
+            "details.default",
+            "details.default.svc",
+            "details.default.svc.cluster.local",
+            "details.default.svc.cluster.local:9080",
+            "details.default.svc:9080",
+            "details.default:9080",
+            "details:9080",
+        ],
+    },
+    rt::VirtualHostSpec {
+        name: "productpage.default.svc.cluster.local:9080",
+        digest: "2391d46cb258fa3cda192ee114f83399b8df78ca423f80b144ef36d5cd54b760",
+        domains: &[
+            "productpage",
+            "productpage.default",
+            "productpage.default.svc",
+            "productpage.default.svc.cluster.local",
+            "productpage.default.svc.cluster.local:9080",
+            "productpage.default.svc:9080",
+            "productpage.default:9080",
+            "productpage:9080",
+        ],
+    },
+    rt::VirtualHostSpec {
+        name: "ratings.default.svc.cluster.local:9080",
+        digest: "6c731d3f47f2609090b5707e462d03fbf76b236560e83d547382b54a767b3299",
+        domains: &[
+            "ratings",
+            "ratings.default",
+            "ratings.default.svc",
+            "ratings.default.svc.cluster.local",
+            "ratings.default.svc.cluster.local:9080",
+            "ratings.default.svc:9080",
+            "ratings.default:9080",
+            "ratings:9080",
+        ],
+    },
+    rt::VirtualHostSpec {
+        name: "reviews.default.svc.cluster.local:9080",
+        digest: "4f6cd4d4347c9e07ea455d026c81ad8fe708ae0a683c7ecddb2b5b8e7372f36d",
+        domains: &[
+            "reviews",
+            "reviews.default",
+            "reviews.default.svc",
+            "reviews.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local:9080",
+            "reviews.default.svc:9080",
+            "reviews.default:9080",
+            "reviews:9080",
+        ],
+    },
 ];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {

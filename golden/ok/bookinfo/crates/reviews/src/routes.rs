@@ -40,11 +40,21 @@ static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 1] = [table_0
 pub static ROUTE_STATS: [&rt::RouteStats; 1] = [&ROUTE_STATS_0_0];
 /// Each virtual host compiled here with the digest of its xDS form: an xDS route
 /// configuration that serves one unchanged leaves it to the code above.
-pub static VIRTUAL_HOSTS: [(&str, &str); 1] = [
-    (
-        "ratings.default.svc.cluster.local:9080",
-        "6c731d3f47f2609090b5707e462d03fbf76b236560e83d547382b54a767b3299",
-    ),
+pub static VIRTUAL_HOSTS: [rt::VirtualHostSpec; 1] = [
+    rt::VirtualHostSpec {
+        name: "ratings.default.svc.cluster.local:9080",
+        digest: "6c731d3f47f2609090b5707e462d03fbf76b236560e83d547382b54a767b3299",
+        domains: &[
+            "ratings",
+            "ratings.default",
+            "ratings.default.svc",
+            "ratings.default.svc.cluster.local",
+            "ratings.default.svc.cluster.local:9080",
+            "ratings.default.svc:9080",
+            "ratings.default:9080",
+            "ratings:9080",
+        ],
+    },
 ];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {

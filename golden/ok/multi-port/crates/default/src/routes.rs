@@ -48,15 +48,27 @@ pub static ROUTE_STATS: [&rt::RouteStats; 4] = [
 ];
 /// Each virtual host compiled here with the digest of its xDS form: an xDS route
 /// configuration that serves one unchanged leaves it to the code above.
-pub static VIRTUAL_HOSTS: [(&str, &str); 2] = [
-    (
-        "web.default.svc.cluster.local:8080",
-        "9050ca2559bcac6561026164d072d7df59642e9f1418746a23a58c01db819beb",
-    ),
-    (
-        "web.default.svc.cluster.local:9090",
-        "2469b19d3aeba46d6569218c905bb5bff93e067e839f49cd71dc36a982a79d5c",
-    ),
+pub static VIRTUAL_HOSTS: [rt::VirtualHostSpec; 2] = [
+    rt::VirtualHostSpec {
+        name: "web.default.svc.cluster.local:8080",
+        digest: "9050ca2559bcac6561026164d072d7df59642e9f1418746a23a58c01db819beb",
+        domains: &[
+            "web.default.svc.cluster.local:8080",
+            "web.default.svc:8080",
+            "web.default:8080",
+            "web:8080",
+        ],
+    },
+    rt::VirtualHostSpec {
+        name: "web.default.svc.cluster.local:9090",
+        digest: "2469b19d3aeba46d6569218c905bb5bff93e067e839f49cd71dc36a982a79d5c",
+        domains: &[
+            "web.default.svc.cluster.local:9090",
+            "web.default.svc:9090",
+            "web.default:9090",
+            "web:9090",
+        ],
+    },
 ];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {

@@ -71,15 +71,35 @@ pub static ROUTE_STATS: [&rt::RouteStats; 3] = [
 ];
 /// Each virtual host compiled here with the digest of its xDS form: an xDS route
 /// configuration that serves one unchanged leaves it to the code above.
-pub static VIRTUAL_HOSTS: [(&str, &str); 2] = [
-    (
-        "orders.shop.svc.cluster.local:8080",
-        "7b2b53793b4b5db16405d680cdb82d923cd087f533598f8b6182f7586a70a941",
-    ),
-    (
-        "payments.shop.svc.cluster.local:9443",
-        "0f25a836811a84190d0fc4b6f2fcaf7c035df39003bd575022fbbda374ce506f",
-    ),
+pub static VIRTUAL_HOSTS: [rt::VirtualHostSpec; 2] = [
+    rt::VirtualHostSpec {
+        name: "orders.shop.svc.cluster.local:8080",
+        digest: "7b2b53793b4b5db16405d680cdb82d923cd087f533598f8b6182f7586a70a941",
+        domains: &[
+            "orders",
+            "orders.shop",
+            "orders.shop.svc",
+            "orders.shop.svc.cluster.local",
+            "orders.shop.svc.cluster.local:8080",
+            "orders.shop.svc:8080",
+            "orders.shop:8080",
+            "orders:8080",
+        ],
+    },
+    rt::VirtualHostSpec {
+        name: "payments.shop.svc.cluster.local:9443",
+        digest: "0f25a836811a84190d0fc4b6f2fcaf7c035df39003bd575022fbbda374ce506f",
+        domains: &[
+            "payments",
+            "payments.shop",
+            "payments.shop.svc",
+            "payments.shop.svc.cluster.local",
+            "payments.shop.svc.cluster.local:9443",
+            "payments.shop.svc:9443",
+            "payments.shop:9443",
+            "payments:9443",
+        ],
+    },
 ];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {

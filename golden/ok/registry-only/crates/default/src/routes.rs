@@ -69,15 +69,31 @@ pub static ROUTE_STATS: [&rt::RouteStats; 5] = [
 ];
 /// Each virtual host compiled here with the digest of its xDS form: an xDS route
 /// configuration that serves one unchanged leaves it to the code above.
-pub static VIRTUAL_HOSTS: [(&str, &str); 2] = [
-    (
-        "web.demo.svc.cluster.local:80",
-        "387a5e1f9cdc49c061804c3e8ff4a05c297ee6968733d281e8456e67aaaccec6",
-    ),
-    (
-        "web.demo.svc.cluster.local:9090",
-        "45ceed95512138c5d32368afd0fcac32a7ca7f2d2e14b30f2e6fd891566e8bbc",
-    ),
+pub static VIRTUAL_HOSTS: [rt::VirtualHostSpec; 2] = [
+    rt::VirtualHostSpec {
+        name: "web.demo.svc.cluster.local:80",
+        digest: "387a5e1f9cdc49c061804c3e8ff4a05c297ee6968733d281e8456e67aaaccec6",
+        domains: &[
+            "web",
+            "web.demo",
+            "web.demo.svc",
+            "web.demo.svc.cluster.local",
+            "web.demo.svc.cluster.local:80",
+            "web.demo.svc:80",
+            "web.demo:80",
+            "web:80",
+        ],
+    },
+    rt::VirtualHostSpec {
+        name: "web.demo.svc.cluster.local:9090",
+        digest: "45ceed95512138c5d32368afd0fcac32a7ca7f2d2e14b30f2e6fd891566e8bbc",
+        domains: &[
+            "web.demo.svc.cluster.local:9090",
+            "web.demo.svc:9090",
+            "web.demo:9090",
+            "web:9090",
+        ],
+    },
 ];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {

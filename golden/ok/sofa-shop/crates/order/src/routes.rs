@@ -14,7 +14,7 @@ static TABLES: [fn(&rt::RequestHead<'_>) -> rt::Decision<'static>; 0] = [];
 pub static ROUTE_STATS: [&rt::RouteStats; 2] = [&ROUTE_STATS_0_0, &ROUTE_STATS_1_0];
 /// Each virtual host compiled here with the digest of its xDS form: an xDS route
 /// configuration that serves one unchanged leaves it to the code above.
-pub static VIRTUAL_HOSTS: [(&str, &str); 0] = [];
+pub static VIRTUAL_HOSTS: [rt::VirtualHostSpec; 0] = [];
 /// Routes a request the application sent.
 pub fn route_outbound(head: &rt::RequestHead<'_>) -> rt::Decision<'static> {
     match HOSTS.get(head.authority().as_bytes()) {
