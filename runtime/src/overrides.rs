@@ -26,13 +26,14 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as local_ratelimit;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::envoy::r#type::v3 as types;
-use envoy_types::pb::google::protobuf::{Any, Duration};
+use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use crate::head::RequestHead;
 use crate::interp::{Condition, PresenceMatch, StrMatch};
 use crate::ratelimit::RateLimit;
 use crate::spec::{Abort, Answer, Fault, Forward, HeaderOps, Mirror, PathRewrite, Retries, RetryOn, RouteStats, WeightedCluster};
+use crate::xds::millis;
 
 // RE2 in Rust's dialect: the translation meshc applies to compiled regexes, so that an
 // override matches what the same route compiled would. One source file, two crates.
@@ -150,10 +151,10 @@ impl HostOverride {
             .iter()
             .map(|it| match &it.action {
                 Action::Forward(forward) => serde_json::json!({
-                    "name": it.name,
+                    "name": it.stats.route,
                     "destinations": forward.destinations.iter().map(|d| serde_json::json!({"cluster": d.cluster, "weight": d.weight})).collect::<Vec<_>>(),
                 }),
-                Action::Answer(answer) => serde_json::json!({"name": it.name, "answer": answer.status()}),
+                Action::Answer(answer) => serde_json::json!({"name": it.stats.route, "answer": answer.status()}),
             })
             .collect();
         serde_json::json!({
@@ -170,9 +171,8 @@ impl HostOverride {
 /// One route of an overridden host: conditions (ANDed, as in an Envoy route) and an action.
 #[derive(Debug)]
 pub struct OverrideRoute {
-    name: &'static str,
-    /// Its name until interned.
-    pending_name: Option<String>,
+    /// Its counts, which carry its (virtual host and route) name.
+    pub stats: &'static RouteStats,
     conditions: Vec<Condition>,
     /// What it does.
     pub action: Action,
@@ -190,8 +190,6 @@ pub enum Action {
 /// A forwarding route's data, owned; [`OwnedForward::view`] lends it as a [`Forward`].
 #[derive(Debug)]
 pub struct OwnedForward {
-    route: &'static str,
-    stats: &'static RouteStats,
     destinations: Vec<WeightedCluster>,
     timeout_ms: Option<u64>,
     /// `(matched prefix, replacement)`, or the whole path's replacement when the prefix is `None`.
@@ -245,11 +243,11 @@ impl OwnedForward {
         }
     }
 
-    /// The route as the request path takes it.
-    pub fn view<'a>(&'a self, views: &'a HeaderViews<'a>) -> Forward<'a> {
+    /// The route as the request path takes it, counted in `stats` (its [`OverrideRoute`]'s).
+    pub fn view<'a>(&'a self, stats: &'static RouteStats, views: &'a HeaderViews<'a>) -> Forward<'a> {
         Forward {
-            route: self.route,
-            stats: self.stats,
+            route: stats.route,
+            stats,
             destinations: &self.destinations,
             timeout_ms: self.timeout_ms,
             path_rewrite: match &self.path_rewrite {
@@ -268,9 +266,9 @@ impl OwnedForward {
                 avoid_previous_hosts: self.retries.avoid_previous_hosts,
                 any_method: false,
             },
-            fault: Fault { delay: self.fault.delay, abort: self.fault.abort },
+            fault: self.fault,
             rate_limit: self.rate_limit.as_ref(),
-            mirror: self.mirror.as_ref().map(|it| Mirror { cluster: it.cluster, per_million: it.per_million }),
+            mirror: self.mirror,
         }
     }
 }
@@ -344,7 +342,10 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
     if let Some((_, what)) = unsupported.iter().find(|it| it.0) {
         return Err(format!("route configuration `{}`: {what} cannot be applied here", config.name));
     }
+    let clusters: ClusterIndex<'_> = compiled.clusters.iter().enumerate().map(|(index, name)| (*name, index as u32)).collect();
     let mut table = OverrideTable { version: version.to_owned(), ..OverrideTable::default() };
+    // Each overridden host's route names, in route order, named for good once all applies.
+    let mut names: Vec<Vec<String>> = Vec::new();
     let mut seen_domains = BTreeMap::new();
     let mut seen_names = std::collections::BTreeSet::new();
     for host in &config.virtual_hosts {
@@ -364,11 +365,13 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
             continue;
         }
         let index = table.hosts.len();
-        let overridden = virtual_host(host, digest, compiled).map_err(|err| format!("virtual host `{}`: {err}", host.name))?;
+        let (overridden, route_names) =
+            virtual_host(host, digest, &clusters).map_err(|err| format!("virtual host `{}`: {err}", host.name))?;
         for domain in &overridden.domains {
             table.by_domain.insert(domain.clone(), Some(index));
         }
         table.hosts.push(overridden);
+        names.push(route_names);
     }
     for domain in compiled.virtual_hosts.iter().flat_map(|it| it.domains) {
         if !seen_domains.contains_key(*domain) {
@@ -376,19 +379,24 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
         }
     }
     // Only a configuration that applies names routes for good.
-    for host in &mut table.hosts {
-        for route in &mut host.routes {
-            let stats = intern(&host.name, route.pending_name.take().as_deref().unwrap_or_default(), compiled.routes);
-            route.name = stats.route;
-            if let Action::Forward(forward) = &mut route.action {
-                (forward.route, forward.stats) = (stats.route, stats);
-            }
+    let compiled_routes: BTreeMap<(&str, &str), &'static RouteStats> =
+        compiled.routes.iter().map(|it| ((it.table, it.route), *it)).collect();
+    for (host, route_names) in table.hosts.iter_mut().zip(names) {
+        for (route, name) in host.routes.iter_mut().zip(route_names) {
+            route.stats = match compiled_routes.get(&(host.name.as_str(), name.as_str())) {
+                Some(stats) => stats,
+                None => intern(&host.name, &name),
+            };
         }
     }
     Ok(table)
 }
 
-fn virtual_host(host: &route::VirtualHost, digest: String, compiled: Compiled<'_>) -> Result<HostOverride, String> {
+/// Cluster indexes by name.
+type ClusterIndex<'a> = BTreeMap<&'a str, u32>;
+
+/// An overridden host, and its routes' names (counted under [`PENDING`] until then).
+fn virtual_host(host: &route::VirtualHost, digest: String, clusters: &ClusterIndex<'_>) -> Result<(HostOverride, Vec<String>), String> {
     let unsupported = [
         (host.matcher.is_some(), "a matcher tree"),
         (!host.request_headers_to_add.is_empty() || !host.request_headers_to_remove.is_empty(), "host-level header operations"),
@@ -403,25 +411,25 @@ fn virtual_host(host: &route::VirtualHost, digest: String, compiled: Compiled<'_
         return Err(format!("{what} cannot be applied here"));
     }
     let mut routes = Vec::with_capacity(host.routes.len());
+    let mut names = Vec::with_capacity(host.routes.len());
     for (index, it) in host.routes.iter().enumerate() {
         let name = if it.name.is_empty() { format!("route-{index}") } else { it.name.clone() };
-        let mut built = envoy_route(it, compiled).map_err(|err| format!("route `{name}`: {err}"))?;
-        built.pending_name = Some(name);
-        routes.push(built);
+        routes.push(envoy_route(it, clusters).map_err(|err| format!("route `{name}`: {err}"))?);
+        names.push(name);
     }
-    Ok(HostOverride { name: host.name.clone(), domains: host.domains.iter().map(|it| it.to_ascii_lowercase()).collect(), digest, routes })
+    let domains = host.domains.iter().map(|it| it.to_ascii_lowercase()).collect();
+    Ok((HostOverride { name: host.name.clone(), domains, digest, routes }, names))
 }
 
 /// A route's count until the configuration it is in applies.
 static PENDING: RouteStats = RouteStats::new("(pending)", "(pending)");
 
-fn envoy_route(it: &route::Route, compiled: Compiled<'_>) -> Result<OverrideRoute, String> {
-    let stats = &PENDING;
+fn envoy_route(it: &route::Route, clusters: &ClusterIndex<'_>) -> Result<OverrideRoute, String> {
     use route::route::Action as EnvoyAction;
     let route_match = it.r#match.as_ref().ok_or("no match")?;
     let (conditions, matched_prefix) = conditions(route_match)?;
     let action = match it.action.as_ref().ok_or("no action")? {
-        EnvoyAction::Route(action) => Action::Forward(Box::new(forward(it, action, stats, matched_prefix, compiled)?)),
+        EnvoyAction::Route(action) => Action::Forward(Box::new(forward(it, action, matched_prefix, clusters)?)),
         EnvoyAction::Redirect(redirect) => Action::Answer(redirect_answer(redirect)?),
         EnvoyAction::DirectResponse(direct) => {
             let body = match direct.body.as_ref().and_then(|it| it.specifier.as_ref()) {
@@ -441,7 +449,7 @@ fn envoy_route(it: &route::Route, compiled: Compiled<'_>) -> Result<OverrideRout
     if !it.typed_per_filter_config.is_empty() && !matches!(action, Action::Forward(_)) {
         return Err("filter configuration on a route that does not forward".to_owned());
     }
-    Ok(OverrideRoute { name: stats.route, pending_name: None, conditions, action })
+    Ok(OverrideRoute { stats: &PENDING, conditions, action })
 }
 
 /// A route match's conditions, and the prefix it matches when it is a prefix match (for a
@@ -589,18 +597,12 @@ fn regex(pattern: &str) -> Result<StrMatch, String> {
 fn forward(
     it: &route::Route,
     action: &route::RouteAction,
-    stats: &'static RouteStats,
     matched_prefix: Option<String>,
-    compiled: Compiled<'_>,
+    clusters: &ClusterIndex<'_>,
 ) -> Result<OwnedForward, String> {
     use route::route_action::{ClusterSpecifier, HostRewriteSpecifier};
     let cluster = |name: &str| -> Result<u32, String> {
-        compiled
-            .clusters
-            .iter()
-            .position(|it| *it == name)
-            .map(|it| it as u32)
-            .ok_or_else(|| format!("cluster `{name}` is not compiled into this sidecar"))
+        clusters.get(name).copied().ok_or_else(|| format!("cluster `{name}` is not compiled into this sidecar"))
     };
     let destinations = match action.cluster_specifier.as_ref().ok_or("no cluster")? {
         ClusterSpecifier::Cluster(name) => vec![WeightedCluster { cluster: cluster(name)?, weight: 100 }],
@@ -681,8 +683,6 @@ fn forward(
         }
     }
     Ok(OwnedForward {
-        route: stats.route,
-        stats,
         destinations,
         timeout_ms,
         path_rewrite,
@@ -694,12 +694,6 @@ fn forward(
         rate_limit,
         mirror,
     })
-}
-
-fn millis(duration: &Duration) -> Result<u64, String> {
-    let seconds = u64::try_from(duration.seconds).map_err(|_| "a negative duration")?;
-    let nanos = u64::try_from(duration.nanos).map_err(|_| "a negative duration")?;
-    Ok(seconds.saturating_mul(1000).saturating_add(nanos / 1_000_000))
 }
 
 fn per_million(percent: Option<&types::FractionalPercent>) -> Result<u32, String> {
@@ -855,14 +849,11 @@ fn redirect_answer(redirect: &route::RedirectAction) -> Result<OwnedAnswer, Stri
     Ok(OwnedAnswer::Redirect { scheme, authority, port, path, status })
 }
 
-/// The count of route `route` of virtual host `table`: the compiled one when the names are a
-/// compiled route's, else one interned for good (a count must not restart with an update);
-/// past [`MAX_INTERNED_ROUTES`], routes share one.
-fn intern(table: &str, route: &str, compiled: &'static [&'static RouteStats]) -> &'static RouteStats {
+/// The count of route `route` of virtual host `table`, which no compiled route has: interned
+/// for good (a count must not restart with an update); past [`MAX_INTERNED_ROUTES`], routes
+/// share one.
+fn intern(table: &str, route: &str) -> &'static RouteStats {
     static OVERFLOW: RouteStats = RouteStats::new("(overrides)", "(more routes)");
-    if let Some(stats) = compiled.iter().find(|it| it.table == table && it.route == route) {
-        return stats;
-    }
     let mut interned = INTERNED.lock().unwrap_or_else(|it| it.into_inner());
     if let Some(stats) = interned.get(&(table.to_owned(), route.to_owned())) {
         return stats;

@@ -405,6 +405,8 @@ pub struct Proxy {
     pub spec: &'static SidecarSpec,
     /// The clusters, in the order of `spec.clusters`.
     pub clusters: Vec<Cluster>,
+    /// Their indexes by name, for xDS resources that name them.
+    cluster_indexes: std::collections::BTreeMap<&'static str, usize>,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
     /// What the xDS client (`--xds`) applied and refused.
@@ -447,15 +449,25 @@ impl Proxy {
             .zip(endpoints)
             .map(|(spec, endpoints)| Cluster::new(spec, endpoints, tls))
             .collect::<Result<Vec<Cluster>, String>>()?;
+        let cluster_indexes = spec.clusters.iter().enumerate().map(|(index, it)| (it.name, index)).collect();
         Ok(Proxy {
             spec,
             clusters,
+            cluster_indexes,
             metrics: Arc::new(Metrics::default()),
             xds: crate::xds::XdsStatus::default(),
             route_overrides: crate::overrides::RouteOverrides::default(),
             local_http1: Http1Pool::new(Duration::from_secs(1), None),
             local_http2: Http2Pool::new(Duration::from_secs(1)),
         })
+    }
+
+    /// The cluster named `name`, or why an xDS resource naming it cannot apply.
+    pub fn cluster_named(&self, name: &str) -> Result<&Cluster, String> {
+        self.cluster_indexes
+            .get(name)
+            .map(|it| &self.clusters[*it])
+            .ok_or_else(|| format!("cluster `{name}` is not compiled into this sidecar"))
     }
 
     /// Every endpoint of every cluster with its state, as Envoy's admin `/clusters` lists
@@ -612,25 +624,30 @@ impl Proxy {
             return (reply, None);
         }
         let (parts, body) = request.into_parts();
-        if let Some(overrides) = self.route_overrides.current() {
-            let selected = {
-                let head = RequestHead::new(&parts);
-                overrides.host(head.authority()).map(|host| host.and_then(|it| it.select(&head)))
-            };
-            if let Some(selected) = selected {
-                return match selected.map(|it| &it.action) {
-                    None => (local_reply(Error::NoRoute, grpc), None),
-                    Some(crate::overrides::Action::Answer(answer)) => (answer_locally(&answer.view(), &parts), None),
-                    Some(crate::overrides::Action::Forward(owned)) => {
-                        let views = owned.header_views();
-                        let forward = owned.view(&views);
-                        let active = RouteActive::new(forward.stats);
-                        (self.forward(peer, &forward, parts, body, grpc).await, Some(active))
-                    }
-                };
+        // A host xDS overrides is decided by its override table, every other one by the
+        // compiled tables; an override lends its route for this request.
+        let overrides = self.route_overrides.current();
+        let (views, forward, answer);
+        let decision = {
+            let head = RequestHead::new(&parts);
+            match overrides.as_ref().and_then(|it| it.host(head.authority())) {
+                None => (self.spec.route_outbound)(&head),
+                Some(host) => match host.and_then(|it| it.select(&head)) {
+                    None => Decision::NoRoute,
+                    Some(route) => match &route.action {
+                        crate::overrides::Action::Answer(owned) => {
+                            answer = owned.view();
+                            Decision::Answer(&answer)
+                        }
+                        crate::overrides::Action::Forward(owned) => {
+                            views = owned.header_views();
+                            forward = owned.view(route.stats, &views);
+                            Decision::Forward(&forward)
+                        }
+                    },
+                },
             }
-        }
-        let decision = (self.spec.route_outbound)(&RequestHead::new(&parts));
+        };
         match decision {
             Decision::NoRoute => (local_reply(Error::NoRoute, grpc), None),
             Decision::Answer(answer) => (answer_locally(answer, &parts), None),

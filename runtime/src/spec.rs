@@ -361,7 +361,7 @@ pub struct Forward<'a> {
 }
 
 /// Request mirroring: copies sent and forgotten, their host suffixed with `-shadow`.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Mirror {
     /// The cluster copies go to.
     pub cluster: u32,
@@ -371,7 +371,7 @@ pub struct Mirror {
 
 /// Faults injected into a route's requests (Envoy's fault filter): the delay first, then the
 /// abort, each for a share of requests.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Fault {
     /// Delay `(milliseconds, share in millionths)`.
     pub delay: Option<(u64, u32)>,

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::cluster::v3 as cds;
 
 use crate::outlier::OutlierSpec;
 use crate::spec::{Balancer, ClusterSpec, Limits};
+use crate::xds::millis;
 
 const COMPILED: u8 = 0;
 const ROUND_ROBIN: u8 = 1;
@@ -51,7 +52,7 @@ pub struct Tuned {
     balancer: u8,
     limits: [u32; 4],
     budget: Option<(u32, u32)>,
-    outlier: Option<[u64; 4]>,
+    outlier: Option<OutlierSpec>,
 }
 
 impl Tuning {
@@ -149,11 +150,11 @@ impl Tuning {
         let (per_million, min_concurrency) = tuned.budget.unwrap_or((NO_BUDGET, 0));
         self.budget_per_million.store(per_million, Ordering::Relaxed);
         self.budget_min_concurrency.store(min_concurrency, Ordering::Relaxed);
-        if let Some([c5xx, gateway, base, percent]) = tuned.outlier {
-            self.consecutive_5xx.store(c5xx as u32, Ordering::Relaxed);
-            self.consecutive_gateway_errors.store(gateway as u32, Ordering::Relaxed);
-            self.base_ejection_time_ms.store(base, Ordering::Relaxed);
-            self.max_ejection_percent.store(percent as u32, Ordering::Relaxed);
+        if let Some(outlier) = &tuned.outlier {
+            self.consecutive_5xx.store(outlier.consecutive_5xx, Ordering::Relaxed);
+            self.consecutive_gateway_errors.store(outlier.consecutive_gateway_errors, Ordering::Relaxed);
+            self.base_ejection_time_ms.store(outlier.base_ejection_time_ms, Ordering::Relaxed);
+            self.max_ejection_percent.store(outlier.max_ejection_percent, Ordering::Relaxed);
         }
         self.outlier.store(tuned.outlier.is_some(), Ordering::Relaxed);
         self.overridden.store(true, Ordering::Relaxed);
@@ -236,24 +237,22 @@ pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec) -> Result<Tuned, Str
         Some(it) => {
             let value = |it: Option<&envoy_types::pb::google::protobuf::UInt32Value>, default: u32| it.map_or(default, |it| it.value);
             // Envoy's defaults: the 5xx detector enforced, the gateway one counted only.
-            let c5xx = if value(it.enforcing_consecutive_5xx.as_ref(), 100) > 0 { value(it.consecutive_5xx.as_ref(), 5) } else { u32::MAX };
-            let gateway = if value(it.enforcing_consecutive_gateway_failure.as_ref(), 0) > 0 {
+            let consecutive_5xx =
+                if value(it.enforcing_consecutive_5xx.as_ref(), 100) > 0 { value(it.consecutive_5xx.as_ref(), 5) } else { u32::MAX };
+            let consecutive_gateway_errors = if value(it.enforcing_consecutive_gateway_failure.as_ref(), 0) > 0 {
                 value(it.consecutive_gateway_failure.as_ref(), 5)
             } else {
                 u32::MAX
             };
-            let base = it.base_ejection_time.as_ref().map_or(Ok(30_000), millis)?;
-            let percent = value(it.max_ejection_percent.as_ref(), 10).min(100);
-            Some([u64::from(c5xx), u64::from(gateway), base, u64::from(percent)])
+            Some(OutlierSpec {
+                consecutive_5xx,
+                consecutive_gateway_errors,
+                base_ejection_time_ms: it.base_ejection_time.as_ref().map_or(Ok(30_000), millis)?,
+                max_ejection_percent: value(it.max_ejection_percent.as_ref(), 10).min(100),
+            })
         }
     };
     Ok(Tuned { balancer, limits, budget, outlier })
-}
-
-fn millis(duration: &envoy_types::pb::google::protobuf::Duration) -> Result<u64, String> {
-    let seconds = u64::try_from(duration.seconds).map_err(|_| "a negative duration")?;
-    let nanos = u64::try_from(duration.nanos).map_err(|_| "a negative duration")?;
-    Ok(seconds.saturating_mul(1000).saturating_add(nanos / 1_000_000))
 }
 
 #[cfg(test)]

@@ -248,11 +248,7 @@ fn apply_clusters(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf:
             return Err(format!("a {} among Clusters", resource.type_url));
         }
         let cluster = Cluster::decode(&resource.value[..]).map_err(|err| format!("an undecodable Cluster: {err}"))?;
-        let compiled = proxy
-            .clusters
-            .iter()
-            .find(|it| it.spec.name == cluster.name)
-            .ok_or_else(|| format!("cluster `{}` is not compiled into this sidecar", cluster.name))?;
+        let compiled = proxy.cluster_named(&cluster.name)?;
         let tuned = crate::tuning::from_cds(&cluster, compiled.spec).map_err(|err| format!("cluster `{}`: {err}", cluster.name))?;
         updates.push((compiled, tuned));
     }
@@ -311,16 +307,11 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
             }
             let assignment =
                 ClusterLoadAssignment::decode(&resource.value[..]).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"))?;
-            let index = proxy
-                .clusters
-                .iter()
-                .position(|it| it.spec.name == assignment.cluster_name)
-                .ok_or_else(|| format!("cluster `{}` is not compiled into this sidecar", assignment.cluster_name))?;
-            updates.push((index, digest, endpoints_of(&assignment)?));
+            let cluster = proxy.cluster_named(&assignment.cluster_name)?;
+            updates.push((cluster, digest, endpoints_of(&assignment)?));
         }
     }
-    for (index, digest, endpoints) in updates {
-        let cluster = &proxy.clusters[index];
+    for (cluster, digest, endpoints) in updates {
         if let Ok(mut overridden) = proxy.xds.overridden.lock() {
             overridden.insert(cluster.spec.name.to_owned(), endpoints.len());
         }
@@ -333,6 +324,13 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
         cluster.endpoints.replace(endpoints);
     }
     Ok(())
+}
+
+/// A protobuf duration in whole milliseconds; a negative one is refused.
+pub(crate) fn millis(duration: &envoy_types::pb::google::protobuf::Duration) -> Result<u64, String> {
+    let seconds = u64::try_from(duration.seconds).map_err(|_| "a negative duration")?;
+    let nanos = u64::try_from(duration.nanos).map_err(|_| "a negative duration")?;
+    Ok(seconds.saturating_mul(1000).saturating_add(nanos / 1_000_000))
 }
 
 /// A digest of a resource's bytes, to tell an assignment resent unchanged.

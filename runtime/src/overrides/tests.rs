@@ -3,7 +3,7 @@
 
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 
 use super::*;
 
@@ -89,7 +89,7 @@ fn selected<'t>(table: &'t OverrideTable, authority: &str, headers: &[(&'static 
         None => (path, None),
     };
     let head = RequestHead::from_parts("GET", authority, path, query, &map);
-    table.host(head.authority()).flatten().and_then(|it| it.select(&head)).map(|it| it.name)
+    table.host(head.authority()).flatten().and_then(|it| it.select(&head)).map(|it| it.stats.route)
 }
 
 #[test]
@@ -100,13 +100,12 @@ fn a_changed_host_is_overridden_and_routes_in_order() {
     assert_eq!(selected(&table, "REVIEWS", &[], "/x"), Some("default"));
     // Other hosts stay with the compiled tables.
     assert_eq!(selected(&table, "ratings:9080", &[], "/"), None);
-    let Some(Action::Forward(forward)) = table.host("reviews").flatten().and_then(|it| it.routes.get(1)).map(|it| &it.action) else {
-        panic!("a forwarding route")
-    };
+    let Some(default) = table.host("reviews").flatten().and_then(|it| it.routes.get(1)) else { panic!("a second route") };
+    let Action::Forward(forward) = &default.action else { panic!("a forwarding route") };
     let weights: Vec<(u32, u32)> = forward.destinations.iter().map(|it| (it.cluster, it.weight)).collect();
     assert_eq!(weights, [(0, 10), (1, 90)]);
     // A route the compiled sidecar has keeps counting where the compiled one counts.
-    assert!(std::ptr::eq(forward.stats, &COMPILED_ROUTE));
+    assert!(std::ptr::eq(default.stats, &COMPILED_ROUTE));
     // Envoy's default timeout when the route sets none.
     assert_eq!(forward.timeout_ms, Some(ENVOY_DEFAULT_TIMEOUT_MS));
 }

@@ -183,13 +183,15 @@ impl Sidecar {
     pub fn overridden(&self, table: &meshc_runtime::overrides::OverrideTable, head: &rt::RequestHead<'_>) -> Option<Outcome> {
         use meshc_runtime::overrides::Action;
         let host = table.host(head.authority())?;
-        Some(match host.and_then(|it| it.select(head)).map(|it| &it.action) {
+        Some(match host.and_then(|it| it.select(head)) {
             None => Outcome::NoRoute,
-            Some(Action::Answer(answer)) => self.outcome(rt::Decision::Answer(&answer.view())),
-            Some(Action::Forward(owned)) => {
-                let views = owned.header_views();
-                self.outcome(rt::Decision::Forward(&owned.view(&views)))
-            }
+            Some(route) => match &route.action {
+                Action::Answer(answer) => self.outcome(rt::Decision::Answer(&answer.view())),
+                Action::Forward(owned) => {
+                    let views = owned.header_views();
+                    self.outcome(rt::Decision::Forward(&owned.view(route.stats, &views)))
+                }
+            },
         })
     }
 
