@@ -186,7 +186,9 @@ impl Vfs for DiskFs {
         if !metadata.is_file() {
             return Err(io::Error::other("not a regular file"));
         }
-        let mut bytes = Vec::new();
+        // Room for the whole file at once: a registry snapshot can be megabytes, and growing
+        // the buffer from nothing copied it a dozen times.
+        let mut bytes = Vec::with_capacity(usize::try_from(metadata.len().min(MAX_FILE_BYTES) + 1).unwrap_or(0));
         std::fs::File::open(full)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
         if bytes.len() as u64 > MAX_FILE_BYTES {
             return Err(io::Error::other(format!("the file is larger than the limit of {MAX_FILE_BYTES} bytes")));
