@@ -30,8 +30,14 @@ pub struct Endpoint {
 impl Endpoint {
     /// An endpoint at `address`:`port`.
     pub fn new(address: &str, port: u16, weight: u32, routable: bool, locality: &str) -> Endpoint {
+        Endpoint::in_locality(address, port, weight, routable, Arc::from(locality))
+    }
+
+    /// An endpoint at `address`:`port` sharing the `locality` of others (an xDS assignment
+    /// names it once for thousands of endpoints).
+    pub fn in_locality(address: &str, port: u16, weight: u32, routable: bool, locality: Arc<str>) -> Endpoint {
         let authority = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
-        Endpoint { address: Arc::from(address), port, weight, routable, locality: Arc::from(locality), authority: Arc::from(authority) }
+        Endpoint { address: Arc::from(address), port, weight, routable, locality, authority: Arc::from(authority) }
     }
 
     /// `host:port`, bracketing IPv6 addresses.

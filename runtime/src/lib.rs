@@ -23,6 +23,7 @@ pub mod replay;
 pub mod rpc;
 mod server;
 pub mod spec;
+mod sys;
 pub mod table;
 pub mod tcp;
 pub mod tls;

@@ -327,7 +327,7 @@ async fn serve(spec: &'static SidecarSpec, options: Options, proxy: Arc<Proxy>, 
     let ready = Arc::new(AtomicBool::new(false));
     let drain = Drain::new();
     if let Some(server) = options.xds.clone() {
-        tokio::spawn(crate::xds::run(proxy.clone(), server));
+        crate::xds::start(proxy.clone(), server);
     }
     // Active health checks, one task per checked cluster.
     for (index, cluster) in spec.clusters.iter().enumerate() {

@@ -116,9 +116,33 @@ impl XdsStatus {
     }
 }
 
+/// The xDS thread's nice value: below the threads that serve requests.
+const XDS_NICE: i32 = 10;
+
+/// Starts the client on a thread of its own, as Envoy keeps xDS on its main thread and off
+/// its workers: decoding a 10,000-endpoint assignment, building its endpoint set or
+/// compiling an override's regexes never holds up a request, whatever `--concurrency` is.
+/// The thread runs at a lower priority ([`XDS_NICE`]), so that where it shares a CPU with
+/// the request path, requests go first and an update waits. It runs for the life of the
+/// process.
+pub fn start(proxy: Arc<Proxy>, server: String) {
+    let spawned = std::thread::Builder::new().name("xds".to_owned()).spawn(move || {
+        if let Err(err) = crate::sys::lower_thread_priority(XDS_NICE) {
+            say(&format!("{}: xds: cannot lower the client thread's priority: {err}", proxy.spec.workload));
+        }
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(run(proxy, server)),
+            Err(err) => say(&format!("{}: xds: cannot start the client: {err}", proxy.spec.workload)),
+        }
+    });
+    if let Err(err) = spawned {
+        say(&format!("xds: cannot start the client's thread: {err}"));
+    }
+}
+
 /// Runs the client for ever: connects to `server`, applies what arrives, and reconnects
 /// after a failure; the proxy serves its last good state throughout.
-pub async fn run(proxy: Arc<Proxy>, server: String) {
+async fn run(proxy: Arc<Proxy>, server: String) {
     if let Ok(mut it) = proxy.xds.server.lock() {
         *it = Some(server.clone());
     }
@@ -188,25 +212,18 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
     // The version last accepted, per type.
     let mut accepted: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        let mut response = match responses.message().await {
+        let response = match responses.message().await {
             Ok(Some(it)) => it,
             Ok(None) => return Ok(delivered),
             Err(err) => return Err(format!("the stream from {server} failed: {}", err.message())),
         };
         delivered = true;
-        // Decoding and building thousands of endpoints, or compiling regexes, is work for a
-        // blocking thread: with one worker (`--concurrency 1`) it would otherwise hold up
-        // every request meanwhile.
+        // The client's thread is its own (see `start`), so the work is done in place.
         let type_url = response.type_url.clone();
-        let (worker, resources, version) = (proxy.clone(), std::mem::take(&mut response.resources), response.version_info.clone());
         let answer = match type_url.as_str() {
-            CLUSTER => apply_clusters(proxy, &resources),
-            CLUSTER_LOAD_ASSIGNMENT => tokio::task::spawn_blocking(move || apply_endpoints(&worker, &resources))
-                .await
-                .unwrap_or_else(|_| Err("applying the endpoints failed".to_owned())),
-            ROUTE_CONFIGURATION => tokio::task::spawn_blocking(move || apply_routes(&worker, &resources, &version))
-                .await
-                .unwrap_or_else(|_| Err("applying the routes failed".to_owned())),
+            CLUSTER => apply_clusters(proxy, &response.resources),
+            CLUSTER_LOAD_ASSIGNMENT => apply_endpoints(proxy, &response.resources),
+            ROUTE_CONFIGURATION => apply_routes(proxy, &response.resources, &response.version_info),
             other => Err(format!("this sidecar takes no {other}")),
         };
         let mut request = DiscoveryRequest {
@@ -217,6 +234,7 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
         };
         match answer {
             Ok(()) => {
+                say(&format!("{}: xds: applied {} version {}", proxy.spec.workload, short_type(&type_url), response.version_info));
                 accepted.insert(type_url.clone(), response.version_info.clone());
                 proxy.xds.applied.fetch_add(1, Ordering::Relaxed);
                 proxy.xds.record(&type_url, |it| it.version = Some(response.version_info.clone()));
@@ -326,6 +344,11 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
     Ok(())
 }
 
+/// A type URL's message name, for the log: `ClusterLoadAssignment`.
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
 /// A protobuf duration in whole milliseconds; a negative one is refused.
 pub(crate) fn millis(duration: &envoy_types::pb::google::protobuf::Duration) -> Result<u64, String> {
     let seconds = u64::try_from(duration.seconds).map_err(|_| "a negative duration")?;
@@ -346,9 +369,9 @@ fn digest(bytes: &[u8]) -> u64 {
 fn endpoints_of(assignment: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
     use envoy_types::pb::envoy::config::core::v3::HealthStatus;
     let cluster = &assignment.cluster_name;
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(assignment.endpoints.iter().map(|it| it.lb_endpoints.len()).sum());
     for locality_endpoints in &assignment.endpoints {
-        let locality = locality_endpoints
+        let locality: Arc<str> = locality_endpoints
             .locality
             .as_ref()
             .map(|it| {
@@ -356,7 +379,8 @@ fn endpoints_of(assignment: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, Str
                 let used = parts.iter().rposition(|it| !it.is_empty()).map_or(0, |it| it + 1);
                 parts[..used].join("/")
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into();
         for lb_endpoint in &locality_endpoints.lb_endpoints {
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
                 return Err(format!("cluster `{cluster}`: an endpoint without an address"));
@@ -379,7 +403,7 @@ fn endpoints_of(assignment: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, Str
                 return Err(format!("cluster `{cluster}`: endpoint {}:{port} has weight 0 (xDS weights start at 1)", socket.address));
             }
             let routable = matches!(HealthStatus::try_from(lb_endpoint.health_status), Ok(HealthStatus::Healthy | HealthStatus::Unknown));
-            endpoints.push(Endpoint::new(&socket.address, port, weight, routable, &locality));
+            endpoints.push(Endpoint::in_locality(&socket.address, port, weight, routable, locality.clone()));
         }
     }
     Ok(endpoints)
