@@ -3,6 +3,8 @@
 //! The IR lives here, not in the compiler, because the emitters are its consumers,
 //! as tonic-build defines the service model it generates from.
 
+// Only runtime/src/sys.rs may use `unsafe` (the workspace denies it; here it is forbidden).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod emit;

@@ -5,6 +5,9 @@
 //! problem as a `Diagnostic`, and produces `meshc_codegen::ir::Mesh`. Only `pilot` runs
 //! async code.
 
+// Only runtime/src/sys.rs may use `unsafe` (the workspace denies it; here it is forbidden).
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod check;
 pub mod diag;

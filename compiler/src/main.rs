@@ -1,6 +1,9 @@
 //! The `meshc` command line. Exit codes are a contract: 0 success (warnings allowed),
 //! 1 the mesh has errors (or `diff` found differences), 2 usage or I/O problems.
 
+// Only runtime/src/sys.rs may use `unsafe` (the workspace denies it; here it is forbidden).
+#![forbid(unsafe_code)]
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,27 +1,40 @@
 //! The one system call the sidecar makes that std does not wrap, and so the workspace's only
 //! `unsafe` code: lowering the calling thread's scheduling priority.
 
-/// Lowers the calling thread's priority to `nice` (0 is the default, 19 the lowest), so that
-/// on a busy CPU the scheduler runs the threads that serve requests first. Linux gives each
-/// thread its own nice value; elsewhere this does nothing.
+/// Lowers the calling thread's priority by `steps` nice levels (to 19 at most), so that on a
+/// busy CPU the scheduler runs the threads that serve requests first. It never raises a
+/// priority: a sidecar started at nice 15 runs the thread at 19, and one started with the
+/// privilege to raise priorities does not use it. Linux gives each thread its own nice
+/// value (`who` 0 is the calling thread); elsewhere this does nothing.
 #[cfg(target_os = "linux")]
-pub(crate) fn lower_thread_priority(nice: i32) -> std::io::Result<()> {
-    // SAFETY: gettid and setpriority take plain integers, touch no memory of ours and
-    // report failure through their return value and errno.
+pub(crate) fn lower_thread_priority(steps: i32) -> std::io::Result<()> {
     #[allow(unsafe_code)]
-    let result = unsafe {
-        let thread = libc::syscall(libc::SYS_gettid);
-        match libc::id_t::try_from(thread) {
-            Ok(thread) => libc::setpriority(libc::PRIO_PROCESS, thread, nice),
-            Err(_) => -1,
-        }
+    // SAFETY: getpriority and setpriority take plain integers, touch no memory of ours and
+    // report failure through errno, which is this thread's own and is cleared first because
+    // -1 is also a valid nice value.
+    let current = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
     };
+    if current == -1 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error().is_some_and(|it| it != 0) {
+            return Err(err);
+        }
+    }
+    let wanted = current.saturating_add(steps).min(19);
+    if wanted <= current {
+        return Ok(());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, wanted) };
     if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Lowers the calling thread's priority (nothing to do on this system).
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn lower_thread_priority(_nice: i32) -> std::io::Result<()> {
+pub(crate) fn lower_thread_priority(_steps: i32) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -30,26 +43,24 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_thread_lowers_its_own_priority_and_no_other() {
-        fn nice_of(thread: &str) -> i64 {
-            // Field 19 of /proc/self/task/TID/stat, counted after the command's closing
-            // parenthesis.
-            let stat = std::fs::read_to_string(format!("/proc/self/task/{thread}/stat")).expect("the thread's stat");
+        /// The nice value of the calling thread: field 19 of its stat, counted after the
+        /// command's closing parenthesis.
+        fn own_nice() -> i64 {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("the thread's stat");
             let after = &stat[stat.rfind(')').expect("a command") + 2..];
             after.split(' ').nth(16).and_then(|it| it.parse().ok()).expect("a nice value")
         }
-        fn this_thread() -> String {
-            let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
-            link.file_name().expect("a thread id").to_string_lossy().into_owned()
-        }
-        let main = this_thread();
-        let before = nice_of(&main);
-        let lowered = std::thread::spawn(move || {
-            super::lower_thread_priority(10).expect("raising a nice value needs no privilege");
-            nice_of(&this_thread())
+        let before = own_nice();
+        let lowered = std::thread::spawn(|| {
+            super::lower_thread_priority(10).expect("lowering a priority needs no privilege");
+            let once = own_nice();
+            // Lowering again goes further down, to 19 at most.
+            super::lower_thread_priority(10).expect("lowering a priority needs no privilege");
+            (once, own_nice())
         })
         .join()
         .expect("the thread");
-        assert_eq!(lowered, (before + 10).min(19));
-        assert_eq!(nice_of(&main), before);
+        assert_eq!(lowered, ((before + 10).min(19), (before + 20).min(19)));
+        assert_eq!(own_nice(), before, "the calling thread's priority changed");
     }
 }

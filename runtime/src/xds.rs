@@ -218,14 +218,17 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
             Err(err) => return Err(format!("the stream from {server} failed: {}", err.message())),
         };
         delivered = true;
-        // The client's thread is its own (see `start`), so the work is done in place.
+        // The client's thread is its own (see `start`), so the work is done in place. A bug
+        // that panics while applying costs that update (NACKed), not the client.
         let type_url = response.type_url.clone();
-        let answer = match type_url.as_str() {
+        let apply = || match type_url.as_str() {
             CLUSTER => apply_clusters(proxy, &response.resources),
             CLUSTER_LOAD_ASSIGNMENT => apply_endpoints(proxy, &response.resources),
             ROUTE_CONFIGURATION => apply_routes(proxy, &response.resources, &response.version_info),
             other => Err(format!("this sidecar takes no {other}")),
         };
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply))
+            .unwrap_or_else(|_| Err(format!("applying the {} failed (a bug in the sidecar)", short_type(&type_url))));
         let mut request = DiscoveryRequest {
             type_url: type_url.clone(),
             resource_names: names(&type_url),

@@ -8,6 +8,9 @@
 //! Automation lives here, in Rust, rather than in shell scripts, so it runs the same way
 //! on every machine and fails with a message that says what to do.
 
+// Only runtime/src/sys.rs may use `unsafe` (the workspace denies it; here it is forbidden).
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;

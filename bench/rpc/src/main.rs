@@ -11,6 +11,9 @@
 //! `run` prints one JSON line: requests per second, p50/p99/p999 latency in microseconds, and
 //! counts of errors (responses whose status is not success, lost connections).
 
+// Only runtime/src/sys.rs may use `unsafe` (the workspace denies it; here it is forbidden).
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -43,7 +43,7 @@ pub fn binary_name(mesh: &Mesh, workload: &Workload) -> String {
 /// The release profile of a sidecar workspace. The sidecars and the runtime, where hyper's,
 /// h2's and tokio's generics are instantiated, are each compiled as one unit: sixteen units
 /// each kept their own copies of the same generic code, and a sidecar's code is mapped
-/// whole when it starts, so one unit takes its idle memory from 8.0 MB to 7.0 MB (bench
+/// whole when it starts, so one unit takes its idle memory from 8.0 MB to 7.3 MB (bench
 /// sidecar, text 7.2 MB -> 6.3 MB) at the same throughput. Other dependencies keep sixteen
 /// units and build as fast as before.
 const RELEASE_PROFILE: &str = "

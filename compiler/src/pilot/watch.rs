@@ -5,8 +5,9 @@
 //! reported on the admin endpoint and the last good one stays served.
 //!
 //! The poll runs every 5 ms for a small directory and less often for a large one: each
-//! wait is at least fifty times what the last look took, so that looking never costs more
-//! than about 2 % of a CPU. (A file watch would need inotify, which the workspace's
+//! wait is at least fifty times what the last look took, so that looking costs about 2 % of
+//! a CPU at most (up to a second between looks; a directory that takes longer than 20 ms to
+//! look at is polled every second). (A file watch would need inotify, which the workspace's
 //! dependencies and its ban on `unsafe` do not offer.)
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,9 @@
 //! The clients are the real tools (curl, h2load, Python grpcio); a missing one fails the test
 //! with a message saying how to install it (`cargo xtask test` installs them all).
 
+// Only runtime/src/sys.rs may use `unsafe` (the workspace denies it; here it is forbidden).
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -5,6 +5,8 @@
 //! The agreement test and the route lookup benchmark call the compiled lookups directly, next
 //! to the runtime's interpreted matcher built here from the same IR.
 
+// Only runtime/src/sys.rs may use `unsafe` (the workspace denies it; here it is forbidden).
+#![forbid(unsafe_code)]
 #![allow(missing_docs, non_snake_case)]
 
 use std::collections::BTreeMap;
