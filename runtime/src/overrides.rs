@@ -329,11 +329,10 @@ pub struct Compiled<'a> {
 pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compiled<'_>) -> Result<OverrideTable, String> {
     let unsupported = [
         (
-            !config.request_headers_to_add.is_empty() || !config.request_headers_to_remove.is_empty(),
-            "configuration-level header operations",
-        ),
-        (
-            !config.response_headers_to_add.is_empty() || !config.response_headers_to_remove.is_empty(),
+            !config.request_headers_to_add.is_empty()
+                || !config.request_headers_to_remove.is_empty()
+                || !config.response_headers_to_add.is_empty()
+                || !config.response_headers_to_remove.is_empty(),
             "configuration-level header operations",
         ),
         (!config.internal_only_headers.is_empty(), "internal-only headers"),
@@ -505,38 +504,36 @@ fn header_conditions(header: &route::HeaderMatcher) -> Result<Vec<Condition>, St
         return Err(format!("header `{}`: treat_missing_header_as_empty cannot be applied here", header.name));
     }
     let name = header.name.to_ascii_lowercase();
-    if name.starts_with(':') && pseudo(&name).is_none() {
+    let pseudo = pseudo(&name);
+    if name.starts_with(':') && pseudo.is_none() {
         return Err(format!("header `{}`: only :authority, :method and :path can be matched here", header.name));
     }
     // Envoy reads a matcher without a specifier as a presence test.
-    let present = Specifier::PresentMatch(true);
-    let value = match header.header_match_specifier.as_ref().or(Some(&present)) {
-        Some(Specifier::PresentMatch(present)) => {
+    let value = match header.header_match_specifier.as_ref().unwrap_or(&Specifier::PresentMatch(true)) {
+        Specifier::PresentMatch(present) => {
             let present = *present != header.invert_match;
-            return Ok(match pseudo(&name) {
+            return Ok(match pseudo {
                 // Pseudo-headers are always there: a test of their absence never holds.
                 Some(_) if present => Vec::new(),
                 Some(_) => vec![Condition::Not(Box::new(Condition::Path(StrMatch::Prefix(String::new()))))],
                 None => vec![Condition::Header(name, if present { PresenceMatch::Present } else { PresenceMatch::Absent })],
             });
         }
-        Some(Specifier::StringMatch(it)) => string_match(it)?,
-        Some(Specifier::ExactMatch(it)) => StrMatch::Exact(it.clone()),
-        Some(Specifier::PrefixMatch(it)) => StrMatch::Prefix(it.clone()),
-        Some(Specifier::SuffixMatch(it)) => literal_regex(&format!("(?s:.*){}", regex_syntax::escape(it)), false)?,
-        Some(Specifier::ContainsMatch(it)) => literal_regex(&format!("(?s:.*){}(?s:.*)", regex_syntax::escape(it)), false)?,
-        Some(Specifier::SafeRegexMatch(it)) => regex(&it.regex)?,
-        Some(Specifier::RangeMatch(_)) | None => {
-            return Err(format!("header `{}`: a range or empty matcher cannot be applied here", header.name));
-        }
+        Specifier::StringMatch(it) => string_match(it)?,
+        Specifier::ExactMatch(it) => StrMatch::Exact(it.clone()),
+        Specifier::PrefixMatch(it) => StrMatch::Prefix(it.clone()),
+        Specifier::SuffixMatch(it) => literal_regex(&format!("(?s:.*){}", regex_syntax::escape(it)), false)?,
+        Specifier::ContainsMatch(it) => literal_regex(&format!("(?s:.*){}(?s:.*)", regex_syntax::escape(it)), false)?,
+        Specifier::SafeRegexMatch(it) => regex(&it.regex)?,
+        Specifier::RangeMatch(_) => return Err(format!("header `{}`: a range matcher cannot be applied here", header.name)),
     };
-    let condition = match pseudo(&name) {
+    let condition = match pseudo {
         Some(Pseudo::Authority) => Condition::Authority(value),
         Some(Pseudo::Method) => Condition::Method(value),
         Some(Pseudo::Path) => Condition::PathAndQuery(value),
         None => Condition::Header(name.clone(), PresenceMatch::Value(value)),
     };
-    Ok(match (header.invert_match, pseudo(&name)) {
+    Ok(match (header.invert_match, pseudo) {
         (false, _) => vec![condition],
         (true, Some(_)) => vec![Condition::Not(Box::new(condition))],
         (true, None) => vec![Condition::Header(name, PresenceMatch::Present), Condition::Not(Box::new(condition))],
