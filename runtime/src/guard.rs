@@ -58,10 +58,11 @@ enum State {
 pub struct Guarded<T> {
     inner: T,
     state: State,
-    /// Bytes read but not yet checked.
-    raw: BytesMut,
-    /// Bytes checked and ready for the server.
-    ready: BytesMut,
+    /// Bytes read and not yet handed to the server: the first `checked` of them are checked
+    /// and ready for it, the rest wait for the framing to say what they are. One buffer, so
+    /// that a keep-alive connection reads every request into the same memory.
+    buf: BytesMut,
+    checked: usize,
     /// The 400 answer still to write, once the server shuts the connection down.
     reply: Option<BytesMut>,
     inner_eof: bool,
@@ -117,8 +118,8 @@ impl<T> Guarded<T> {
         Guarded {
             inner,
             state: State::Start,
-            raw: BytesMut::new(),
-            ready: BytesMut::new(),
+            buf: BytesMut::new(),
+            checked: 0,
             reply: None,
             inner_eof: false,
             upgrade_requested: false,
@@ -126,14 +127,19 @@ impl<T> Guarded<T> {
         }
     }
 
-    /// Moves as many raw bytes as the framing allows from `raw` to `ready`.
+    /// The bytes read but not yet checked.
+    fn raw(&self) -> &[u8] {
+        &self.buf[self.checked..]
+    }
+
+    /// Checks as many read bytes as the framing allows.
     fn advance(&mut self) {
         loop {
-            let before = (self.state, self.raw.len());
+            let before = (self.state, self.raw().len());
             match self.state {
                 State::Start => {
-                    let n = self.raw.len().min(H2_PREFACE.len());
-                    if self.raw[..n] != H2_PREFACE[..n] {
+                    let n = self.raw().len().min(H2_PREFACE.len());
+                    if self.raw()[..n] != H2_PREFACE[..n] {
                         self.state = State::Head;
                     } else if n == H2_PREFACE.len() {
                         self.state = State::Passthrough;
@@ -148,11 +154,11 @@ impl<T> Guarded<T> {
                 }
                 State::Head => self.head(),
                 State::Fixed(left) => {
-                    let n = left.min(self.raw.len() as u64) as usize;
+                    let n = left.min(self.raw().len() as u64) as usize;
                     self.release(n);
                     self.state = if left == n as u64 { State::Head } else { State::Fixed(left - n as u64) };
                 }
-                State::ChunkSize => match crate::h1::chunk_size(&self.raw) {
+                State::ChunkSize => match crate::h1::chunk_size(self.raw()) {
                     Ok(httparse::Status::Complete((used, 0))) => {
                         self.release(used);
                         self.state = State::Trailers;
@@ -162,35 +168,35 @@ impl<T> Guarded<T> {
                         self.release(used);
                         self.state = State::ChunkData(size.saturating_add(2));
                     }
-                    Ok(httparse::Status::Partial) if self.raw.len() > 1024 => self.reject("a chunk-size line is too long"),
+                    Ok(httparse::Status::Partial) if self.raw().len() > 1024 => self.reject("a chunk-size line is too long"),
                     Ok(httparse::Status::Partial) => return,
                     Err(_) => self.reject("malformed chunk size"),
                 },
                 State::ChunkData(left) => {
-                    let n = left.min(self.raw.len() as u64) as usize;
+                    let n = left.min(self.raw().len() as u64) as usize;
                     self.release(n);
                     self.state = if left == n as u64 { State::ChunkSize } else { State::ChunkData(left - n as u64) };
                 }
                 State::Trailers => {
                     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(&self.raw, &mut headers) {
+                    match httparse::parse_headers(self.raw(), &mut headers) {
                         Ok(httparse::Status::Complete((used, _))) => {
                             self.release(used);
                             self.state = State::Head;
                         }
-                        Ok(httparse::Status::Partial) if self.raw.len() > MAX_HEAD_BYTES => self.reject("the trailers are too large"),
+                        Ok(httparse::Status::Partial) if self.raw().len() > MAX_HEAD_BYTES => self.reject("the trailers are too large"),
                         Ok(httparse::Status::Partial) => return,
                         Err(_) => self.reject("malformed trailers"),
                     }
                 }
                 State::Passthrough => {
-                    let n = self.raw.len();
+                    let n = self.raw().len();
                     self.release(n);
                     return;
                 }
                 State::AwaitUpgrade | State::Rejected => return,
             }
-            if (self.state, self.raw.len()) == before || self.raw.is_empty() && !matches!(self.state, State::Start) {
+            if (self.state, self.raw().len()) == before || self.raw().is_empty() && !matches!(self.state, State::Start) {
                 return;
             }
         }
@@ -199,15 +205,15 @@ impl<T> Guarded<T> {
     /// Checks a complete head, if there is one.
     fn head(&mut self) {
         // Empty lines before a request line are allowed (RFC 9112 §2.2).
-        let blank = self.raw.iter().take_while(|it| **it == b'\r' || **it == b'\n').count();
+        let blank = self.raw().iter().take_while(|it| **it == b'\r' || **it == b'\n').count();
         self.release(blank);
-        if self.raw.is_empty() {
+        if self.raw().is_empty() {
             return;
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
-        let (used, next) = match request.parse(&self.raw) {
-            Ok(httparse::Status::Partial) if self.raw.len() > MAX_HEAD_BYTES => return self.reject("the request head is too large"),
+        let (used, next) = match request.parse(self.raw()) {
+            Ok(httparse::Status::Partial) if self.raw().len() > MAX_HEAD_BYTES => return self.reject("the request head is too large"),
             Ok(httparse::Status::Partial) => return,
             Err(httparse::Error::TooManyHeaders) => return self.reject("too many headers"),
             Err(_) => return self.reject("malformed request head"),
@@ -222,13 +228,12 @@ impl<T> Guarded<T> {
     }
 
     fn release(&mut self, n: usize) {
-        let bytes = self.raw.split_to(n);
-        self.ready.unsplit(bytes);
+        self.checked += n;
     }
 
     fn reject(&mut self, why: &str) {
         self.state = State::Rejected;
-        self.raw.clear();
+        self.buf.truncate(self.checked);
         let body = format!("bad request: {why}");
         let reply = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -282,10 +287,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if !this.ready.is_empty() {
-                let n = this.ready.len().min(buf.remaining());
-                buf.put_slice(&this.ready[..n]);
-                this.ready.advance(n);
+            if this.checked > 0 {
+                let n = this.checked.min(buf.remaining());
+                buf.put_slice(&this.buf[..n]);
+                this.buf.advance(n);
+                this.checked -= n;
                 return Poll::Ready(Ok(()));
             }
             if this.state == State::AwaitUpgrade {
@@ -302,15 +308,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             if this.state == State::Rejected || this.inner_eof {
                 return Poll::Ready(Ok(()));
             }
-            // Read straight into the unchecked bytes' spare room: no zeroed chunk to copy from.
-            this.raw.reserve(READ_CHUNK);
-            let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw))?;
+            // Read straight into the buffer's spare room: no zeroed chunk to copy from. Once
+            // the server has taken every byte, the room is the same memory again.
+            this.buf.reserve(READ_CHUNK);
+            let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf))?;
             if read == 0 {
                 this.inner_eof = true;
                 // Whatever is left unchecked is an incomplete head or body; the server sees the end.
                 if this.state == State::Passthrough {
-                    let n = this.raw.len();
-                    this.release(n);
+                    this.checked = this.buf.len();
                 }
                 continue;
             }
