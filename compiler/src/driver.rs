@@ -4,7 +4,7 @@ use meshc_codegen::ir;
 
 use crate::diag::{Code, Diagnostic};
 use crate::manifest::{MANIFEST, Manifest};
-use crate::registry::{self, Snapshot};
+use crate::registry::{self, Reparse, Snapshot};
 use crate::source::{FileId, FileKind, SourceMap, Vfs, sha256_hex};
 use crate::{check, lower, manifest, syntax};
 
@@ -35,7 +35,13 @@ impl Compilation {
 
 /// Compiles the mesh that `vfs` holds.
 pub fn compile(vfs: &dyn Vfs) -> Compilation {
-    let mut loaded = load(vfs);
+    compile_reusing(vfs, &mut Reparse::default())
+}
+
+/// [`compile`], parsing again only the parts of snapshots that changed since the compile that
+/// last used `reparse` (Pilot's recompiles); the result is the same as [`compile`]'s.
+pub fn compile_reusing(vfs: &dyn Vfs, reparse: &mut Reparse) -> Compilation {
+    let mut loaded = load_reusing(vfs, reparse);
     let ir = analyze(&mut loaded);
     finish(loaded.sources, loaded.diagnostics, ir, loaded.io_error)
 }
@@ -61,6 +67,12 @@ pub struct Loaded {
 
 /// Reads the manifest, parses the spec files and reads every registry snapshot.
 pub fn load(vfs: &dyn Vfs) -> Loaded {
+    load_reusing(vfs, &mut Reparse::default())
+}
+
+/// [`load`], reusing what `reparse` kept from the last load of the same mesh, and keeping
+/// what this one parsed for the next.
+pub fn load_reusing(vfs: &dyn Vfs, reparse: &mut Reparse) -> Loaded {
     let mut loaded = Loaded {
         sources: SourceMap::default(),
         manifest: None,
@@ -104,6 +116,7 @@ pub fn load(vfs: &dyn Vfs) -> Loaded {
     // order of diagnostics) do not depend on the order the manifest lists registries in.
     let mut entries: Vec<(usize, &manifest::RegistryEntry)> = manifest.registries.iter().enumerate().collect();
     entries.sort_by(|a, b| a.1.path.cmp(&b.1.path).then_with(|| a.1.name.cmp(&b.1.name)));
+    let mut kept = Reparse::default();
     for (index, entry) in entries {
         let Some(id) = read(vfs, &entry.path, FileKind::Registry, Some(entry.path_span), sources, diagnostics, io_error) else {
             continue;
@@ -116,10 +129,11 @@ pub fn load(vfs: &dyn Vfs) -> Loaded {
             mesh_namespace: &manifest.namespace,
             diagnostics: Vec::new(),
         };
-        let snapshot = registry::load(&mut ctx);
+        let snapshot = reparse.load(&mut ctx, &mut kept);
         diagnostics.append(&mut ctx.diagnostics);
         snapshots.push((index, id, snapshot));
     }
+    *reparse = kept;
     loaded.manifest = Some(manifest);
     loaded
 }

@@ -90,7 +90,7 @@ impl Lowering<'_, '_> {
             self.service_ids.insert((*key).clone(), ServiceId(index as u32));
         }
         let mut services = Vec::with_capacity(order.len());
-        let mut instances = Vec::new();
+        let mut instances = Vec::with_capacity(order.iter().map(|(_, key)| self.checked.services[*key].catalog.instances.len()).sum());
         for (index, (host, key)) in order.into_iter().enumerate() {
             let id = ServiceId(index as u32);
             let checked = &self.checked.services[key];

@@ -64,7 +64,9 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 }
 
 /// Watches `dir` and the registration API for ever, feeding `pilot` each mesh that compiles.
-pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce) {
+/// `reparse` holds what the first compile parsed; each recompile parses again only the parts
+/// of snapshots that changed.
+pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, mut reparse: crate::registry::Reparse) {
     let looked = Instant::now();
     let mut seen = fingerprint(&dir);
     let mut poll = poll_after(looked.elapsed());
@@ -102,8 +104,17 @@ pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce) {
             registry: pilot.registrations.native_registry(&pilot.config().mesh),
         };
         let started = Instant::now();
-        let compiled = tokio::task::spawn_blocking(move || crate::compile(&overlay)).await;
-        let Ok(compilation) = compiled else { continue };
+        let compiled = tokio::task::spawn_blocking(move || {
+            let compilation = crate::driver::compile_reusing(&overlay, &mut reparse);
+            (compilation, reparse)
+        })
+        .await;
+        // A compile that panicked leaves nothing to reuse; the next one parses everything.
+        let Ok((compilation, kept)) = compiled else {
+            reparse = crate::registry::Reparse::default();
+            continue;
+        };
+        reparse = kept;
         let took = started.elapsed();
         match compilation.ir {
             Some(mesh) if !compilation.has_errors() => {

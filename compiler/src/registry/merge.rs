@@ -346,14 +346,19 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
             }
         }
     }
-    let instances = instances
-        .into_values()
-        .map(|mut it| {
-            it.also_in.sort();
-            it
-        })
-        .filter(|it| ports.iter().any(|port| port.number == it.service_port))
-        .collect();
+    // Sized up front: the filter hides the count, and growing a vector of 10,000 instances
+    // by doubling copied it into fresh pages every time Pilot recompiled.
+    let mut kept = Vec::with_capacity(instances.len());
+    kept.extend(
+        instances
+            .into_values()
+            .map(|mut it| {
+                it.also_in.sort();
+                it
+            })
+            .filter(|it| ports.iter().any(|port| port.number == it.service_port)),
+    );
+    let instances = kept;
 
     let mut methods: Option<BTreeSet<String>> = None;
     for view in views {

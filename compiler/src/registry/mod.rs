@@ -153,6 +153,29 @@ pub fn load(ctx: &mut Ctx<'_>) -> Snapshot {
     }
 }
 
+/// What reading earlier versions of a mesh's snapshots left for the next read to reuse:
+/// per native snapshot (by path), its parsed chunks (see [`native::Cache`]). Pilot keeps one
+/// across recompiles; the other formats are read whole every time.
+#[derive(Debug, Default)]
+pub struct Reparse {
+    native: BTreeMap<String, native::Cache>,
+}
+
+impl Reparse {
+    /// Reads a snapshot as [`load`] does, reusing and then keeping what `self` holds for it.
+    /// `kept` collects what this compile's snapshots leave, so a snapshot the manifest no
+    /// longer names is forgotten.
+    pub fn load(&mut self, ctx: &mut Ctx<'_>, kept: &mut Reparse) -> Snapshot {
+        if ctx.registry.kind != RegistryKind::Native {
+            return load(ctx);
+        }
+        let mut cache = self.native.remove(&ctx.registry.path).unwrap_or_default();
+        let snapshot = native::load_cached(ctx, &mut cache);
+        kept.native.insert(ctx.registry.path.clone(), cache);
+        snapshot
+    }
+}
+
 /// Parses a protocol name as registries write it (`http`, `HTTP`, `h2c`, `grpc-web`, `dubbo`).
 pub fn protocol_from_name(name: &str) -> Option<Protocol> {
     let lower = name.trim().to_ascii_lowercase();
