@@ -285,9 +285,14 @@ fn build(ctx: &mut Ctx<'_>, document: Document) -> Snapshot {
 /// not every one after it. Each chunk is parsed as a TOML document of its own and its spans
 /// moved to where it sits. That reading equals the whole document's only for snapshots made
 /// of those two table headers, so any other header, a key other than `version` before the
-/// first table, or any error sends the whole text through [`load`]'s path instead. A header
-/// line inside a multi-line string or array cannot pass for one: the chunk that opens the
-/// string or array ends before it closes, and that chunk does not parse.
+/// first table, or any error sends the whole text through [`load`]'s path instead. Why
+/// the pieces add up to the whole: TOML's parser carries nothing across a line start but the
+/// document's tables and an open multi-line string (an array or inline table cannot hold a
+/// header); a header starts a line after spaces or tabs only, which `trim_start` strips
+/// among others; a header line inside a multi-line string cannot pass for one, because the
+/// chunk that opens the string ends before it closes and does not parse; a `[[...]]`
+/// table's span is its header's, which does not depend on what follows it; and a byte
+/// order mark is skipped only at the start of the text, which is the first chunk's.
 #[derive(Debug, Default)]
 pub struct Cache {
     chunks: BTreeMap<String, Chunk>,
@@ -618,6 +623,28 @@ mod tests {
         // Unchanged, nothing is parsed at all.
         read(&added, Some(&mut cache));
         assert_eq!(cache.parsed, Some(0));
+    }
+
+    #[test]
+    fn odd_but_valid_shapes_read_the_same_either_way() {
+        let cases = [
+            "version = 1\r\n[[service]]\r\nname = \"a\"\r\nport = 80\r\n[[service.instance]]\r\naddress = \"10.0.0.1\"\r\n",
+            "\u{feff}version = \"2\"\n[[service]]\nname = \"a\"\nport = 80\n\t[[service.instance]]\naddress = \"10.0.0.1\"\n",
+            "\u{feff}[[service]]\nname = \"a\"\nport = 80\n",
+            "[[service]]#x\nname = \"a\"\nport = 80\n[[service.instance]]# y\naddress = \"10.0.0.1\"\n",
+            "[[service]]\nname = \"a\"\nport = 80\n\"instance\" = []\n[[service.instance]]\naddress = \"10.0.0.1\"\n",
+            "[[service]]\nname = \"a\"\nport = 80\ninstance.address = \"x\"\n[[service.instance]]\naddress = \"10.0.0.1\"\n",
+            "[[service.instance]]\naddress = \"10.0.0.1\"\n[[service]]\nname = \"a\"\nport = 80\n",
+            "version = 1\nversion = 2\n[[service]]\nname = \"a\"\nport = 80\n",
+            "[[service]]\nname = \"a\"\nport = 80\nmethods = [\n  \"x\",\n]\n[[service.instance]]\naddress = '''\n[[service]]\n'''\n",
+            "",
+        ];
+        for text in cases {
+            let mut cache = Cache::default();
+            same(&read(text, Some(&mut cache)), &read(text, None), &format!("{text:?}"));
+            // Read again from the warm cache.
+            same(&read(text, Some(&mut cache)), &read(text, None), &format!("{text:?}, warm"));
+        }
     }
 
     #[test]
