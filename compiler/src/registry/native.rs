@@ -113,9 +113,14 @@ fn whole(ctx: &mut Ctx<'_>) -> Option<Document> {
     let mut version = None;
     let mut values = Vec::new();
     for (key, value) in root.into_inner() {
-        match (key.get_ref().as_ref(), value.into_inner()) {
-            ("version", toml::de::DeValue::String(text)) => version = Some(text.to_string()),
-            ("version", toml::de::DeValue::Integer(n)) => version = Some(n.as_str().to_owned()),
+        let (name, value) = (key.get_ref().as_ref(), value.into_inner());
+        if name == "version"
+            && let Some(text) = version_text(&value)
+        {
+            version = Some(text);
+            continue;
+        }
+        match (name, value) {
             ("service", toml::de::DeValue::Array(array)) => values.extend(array),
             (other, _) => {
                 let span = ctx.span(key.span());
@@ -131,15 +136,12 @@ fn whole(ctx: &mut Ctx<'_>) -> Option<Document> {
         .into_iter()
         .map(|value| {
             let span = value.span();
-            match value.into_inner() {
-                toml::de::DeValue::Table(table) => {
-                    let deserializer = toml::de::Deserializer::from(Spanned::new(span.clone(), table));
-                    match RawService::deserialize(deserializer) {
-                        Ok(service) => Entry::Service(span, service),
-                        Err(err) => Entry::Bad(err.span().unwrap_or(span), "[[service]]", err.message().trim_end_matches('.').to_owned()),
-                    }
-                }
-                _ => Entry::Bad(span, "service", "`service` must be an array of tables: `[[service]]`".to_owned()),
+            match table(value) {
+                Some((span, table)) => match from_table::<RawService>(span.clone(), table) {
+                    Ok(service) => Entry::Service(span, service),
+                    Err(err) => Entry::Bad(err.span().unwrap_or(span), "[[service]]", err.message().trim_end_matches('.').to_owned()),
+                },
+                None => Entry::Bad(span, "service", "`service` must be an array of tables: `[[service]]`".to_owned()),
             }
         })
         .collect();
@@ -415,6 +417,20 @@ fn table<'t>(value: Spanned<toml::de::DeValue<'t>>) -> Option<(std::ops::Range<u
     }
 }
 
+/// A `version` as the snapshot records it: a string, or an integer as written.
+fn version_text(value: &toml::de::DeValue<'_>) -> Option<String> {
+    match value {
+        toml::de::DeValue::String(text) => Some(text.to_string()),
+        toml::de::DeValue::Integer(n) => Some(n.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Deserializes a table found at `span`, so that errors point into the document.
+fn from_table<T: serde::de::DeserializeOwned>(span: std::ops::Range<usize>, table: toml::de::DeTable<'_>) -> Result<T, toml::de::Error> {
+    T::deserialize(toml::de::Deserializer::from(Spanned::new(span, table)))
+}
+
 /// FNV-1a: a chunk boundary depends only on the text before it.
 fn hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
@@ -427,11 +443,10 @@ fn parse_chunk(kind: Kind, text: &str) -> Option<Chunk> {
     if kind == Kind::Root {
         let mut version = None;
         for (key, value) in root {
-            version = match (key.get_ref().as_ref(), value.into_inner()) {
-                ("version", DeValue::String(text)) => Some(text.to_string()),
-                ("version", DeValue::Integer(n)) => Some(n.as_str().to_owned()),
-                _ => return None,
-            };
+            if key.get_ref() != "version" {
+                return None;
+            }
+            version = Some(version_text(value.get_ref())?);
         }
         return Some(Chunk::Root { version });
     }
@@ -444,7 +459,7 @@ fn parse_chunk(kind: Kind, text: &str) -> Option<Chunk> {
         (Kind::Service, DeValue::Array(array)) if array.len() == 1 => {
             let (header, service) = table(array.into_iter().next()?)?;
             let has_instance_key = service.contains_key("instance");
-            let service = RawService::deserialize(toml::de::Deserializer::from(Spanned::new(header.clone(), service))).ok()?;
+            let service = from_table(header.clone(), service).ok()?;
             Some(Chunk::Service { header, service, has_instance_key })
         }
         (Kind::Instances, DeValue::Table(service)) => {
@@ -455,7 +470,7 @@ fn parse_chunk(kind: Kind, text: &str) -> Option<Chunk> {
                 .into_iter()
                 .map(|value| {
                     let (span, instance) = table(value)?;
-                    let instance = RawInstance::deserialize(toml::de::Deserializer::from(Spanned::new(span.clone(), instance))).ok()?;
+                    let instance = from_table(span.clone(), instance).ok()?;
                     Some((span, instance))
                 })
                 .collect::<Option<Vec<_>>>()?;
