@@ -194,9 +194,13 @@ fn compile(mesh: &ir::Mesh, out: &Path, runtime: &Path, workloads: &[&ir::Worklo
         let name = format!("{}{}", workload.name, std::env::consts::EXE_SUFFIX);
         let built = target.join("release").join(format!("{}{}", emit::binary_name(mesh, workload), std::env::consts::EXE_SUFFIX));
         let placed = bin.join(&name);
-        // Replace rather than overwrite, so a running sidecar keeps its binary.
+        // Replace rather than overwrite, so a running sidecar keeps its binary. A hard link
+        // opens nothing for writing: a copy's open descriptor, inherited by a process another
+        // thread forks at that moment, makes executing the copy fail with "text file busy"
+        // until that process execs. The copy is for a target on another file system.
         let _ = std::fs::remove_file(&placed);
-        std::fs::copy(&built, &placed)
+        std::fs::hard_link(&built, &placed)
+            .or_else(|_| std::fs::copy(&built, &placed).map(drop))
             .map_err(|err| Failure::Build(format!("cannot copy {} to {}: {err}", built.display(), placed.display())))?;
         println!("{}", shown_out.join("bin").join(&name).display());
         binaries.push(placed);
