@@ -25,7 +25,7 @@ impl RpcProtocol {
 
 /// The routing keys of one request, borrowed from its frame where they are (as usual) ASCII
 /// there: reading them allocates nothing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RpcHead<'a> {
     protocol: RpcProtocol,
     /// The interface's fully qualified name: what picks the route table.
@@ -37,7 +37,17 @@ pub struct RpcHead<'a> {
     /// The Dubbo group; empty when none was sent (and always for Bolt).
     group: Cow<'a, str>,
     method: Cow<'a, str>,
-    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    headers: Headers<'a>,
+}
+
+/// A request's string headers.
+#[derive(Clone, Debug)]
+enum Headers<'a> {
+    /// Dubbo's attachments (when read), or given ones.
+    Pairs(Vec<(Cow<'a, str>, Cow<'a, str>)>),
+    /// A Bolt frame's header map, searched where it lies when a route or a policy asks for a
+    /// header: most never do, and collecting every pair cost each request an allocation.
+    Bolt(&'a bolt::Frame),
 }
 
 impl<'a> RpcHead<'a> {
@@ -49,12 +59,6 @@ impl<'a> RpcHead<'a> {
         let interface = Cow::Borrowed(parts.next().unwrap_or_default());
         let version = parts.next().map(Cow::Borrowed);
         let method = frame.method()?.unwrap_or_default();
-        let headers = frame
-            .headers()
-            .filter_map(|(key, value)| {
-                Some((Cow::Borrowed(std::str::from_utf8(key?).ok()?), Cow::Borrowed(std::str::from_utf8(value?).ok()?)))
-            })
-            .collect();
         Ok(RpcHead {
             protocol: RpcProtocol::Bolt,
             interface,
@@ -62,7 +66,7 @@ impl<'a> RpcHead<'a> {
             version,
             group: Cow::Borrowed(""),
             method,
-            headers,
+            headers: Headers::Bolt(frame),
         })
     }
 
@@ -76,6 +80,7 @@ impl<'a> RpcHead<'a> {
         let interface = attachment("interface").unwrap_or(invocation.path);
         let version = invocation.version.filter(|it| !it.is_empty()).or_else(|| attachment("version"));
         let group = attachment("group").unwrap_or_default();
+        let headers = Headers::Pairs(headers);
         Ok(Some(RpcHead { protocol: RpcProtocol::Dubbo, interface, service: None, version, group, method: invocation.method, headers }))
     }
 
@@ -93,13 +98,13 @@ impl<'a> RpcHead<'a> {
             version: version.map(Cow::Borrowed),
             group: Cow::Borrowed(group),
             method: Cow::Borrowed(method),
-            headers: Vec::new(),
+            headers: Headers::Pairs(Vec::new()),
         }
     }
 
     /// The same keys with these headers (Bolt header keys or Dubbo attachments).
     pub fn with_headers(mut self, headers: Vec<(Cow<'a, str>, Cow<'a, str>)>) -> RpcHead<'a> {
-        self.headers = headers;
+        self.headers = Headers::Pairs(headers);
         self
     }
 
@@ -133,9 +138,18 @@ impl<'a> RpcHead<'a> {
         &self.method
     }
 
-    /// A Bolt header or Dubbo attachment; the first of several with one key.
+    /// A Bolt header or Dubbo attachment; the first of several with one key. Keys and values
+    /// that are not UTF-8 (or null) are not there.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_ref())
+        match &self.headers {
+            Headers::Pairs(pairs) => pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_ref()),
+            Headers::Bolt(frame) => frame.headers().find_map(|(key, value)| {
+                if key? != name.as_bytes() {
+                    return None;
+                }
+                std::str::from_utf8(value?).ok()
+            }),
+        }
     }
 
     pub fn has_header(&self, name: &str) -> bool {

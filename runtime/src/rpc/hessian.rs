@@ -21,6 +21,35 @@ const MAX_DEPTH: usize = 64;
 /// otherwise pack one into every three bytes.
 const MAX_CLASSES: usize = 1024;
 
+/// The longest draft class definition [`Reader::remembered_draft_definition`] keeps.
+const MAX_REMEMBERED_DEFINITION: usize = 1024;
+
+/// The draft class definition read last on this thread, what was looked for in it and what
+/// was found: its bytes (empty until one is read), the field's name, the definition's field
+/// count and the field's position.
+#[derive(Default)]
+struct RememberedDefinition {
+    bytes: Vec<u8>,
+    field: String,
+    count: usize,
+    found: Option<usize>,
+}
+
+thread_local! {
+    static LAST_DRAFT_DEFINITION: std::cell::RefCell<RememberedDefinition> = std::cell::RefCell::default();
+}
+
+#[cfg(test)]
+thread_local! {
+    static REMEMBERED_HITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How often this thread read a definition it remembered.
+#[cfg(test)]
+pub(crate) fn remembered_hits() -> usize {
+    REMEMBERED_HITS.get()
+}
+
 /// Why a Hessian value could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HessianError {
@@ -441,7 +470,7 @@ impl<'a> Reader<'a> {
         // keeping their names: this runs for every Bolt request without a method header.
         let mut wanted: Vec<Option<usize>> = Vec::new();
         let class = if draft {
-            wanted.push(self.lean_definition(true, field)?);
+            wanted.push(self.remembered_draft_definition(field)?);
             if self.byte()? != b'o' {
                 self.pos -= 1;
                 return self.fail("expected an object instance after its class definition");
@@ -469,6 +498,42 @@ impl<'a> Reader<'a> {
             skip(self, 1)?;
         }
         Ok(None)
+    }
+
+    /// [`Reader::lean_definition`] of the draft definition that starts the input, remembered
+    /// per thread: every request of a SOFA client starts with the same definition of its
+    /// request class, so the bytes are compared with the last ones read instead of read
+    /// again. Reading a definition looks at its own bytes only, so the same bytes give the
+    /// same count and position and end at the same place.
+    fn remembered_draft_definition(&mut self, field: &str) -> Result<Option<usize>> {
+        let known = LAST_DRAFT_DEFINITION.with_borrow(|last| {
+            (last.field == field && self.input.starts_with(&last.bytes)).then_some((last.bytes.len(), last.count, last.found))
+        });
+        if let Some((end, count, found)) = known
+            && end > 0
+        {
+            #[cfg(test)]
+            REMEMBERED_HITS.set(REMEMBERED_HITS.get() + 1);
+            self.pos = end;
+            self.classes.push(count);
+            self.class_fields.push(Vec::new());
+            self.class_names.push(String::new());
+            return Ok(found);
+        }
+        let found = self.lean_definition(true, field)?;
+        let bytes = &self.input[..self.pos];
+        if bytes.len() <= MAX_REMEMBERED_DEFINITION
+            && let Some(&count) = self.classes.last()
+        {
+            LAST_DRAFT_DEFINITION.with_borrow_mut(|last| {
+                last.bytes.clear();
+                last.bytes.extend_from_slice(bytes);
+                last.field.clear();
+                last.field.push_str(field);
+                (last.count, last.found) = (count, found);
+            });
+        }
+        Ok(found)
     }
 
     /// A class definition (draft `O`, or final `C`), recording its field count and returning

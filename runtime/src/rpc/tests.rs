@@ -176,6 +176,64 @@ fn hostile_class_definitions_are_refused_without_exhausting_stack_or_memory() {
 }
 
 #[test]
+fn a_remembered_class_definition_reads_as_a_fresh_one() {
+    // Fields of every request fixture and of edited copies of them (a byte flipped in the
+    // class definition's name, field count or field names, or in the instance; the input cut
+    // short), read one after another on a thread of their own (so the definition
+    // remembered is the last input's), in several orders, must be what a reading on a fresh
+    // thread finds; and the unedited requests must have been read through the remembered
+    // definition.
+    let all = fixtures();
+    let mut contents: Vec<Vec<u8>> = Vec::new();
+    for entry in entries(&all, "bolt") {
+        if matches!(entry["kind"].as_str(), Some("request" | "oneway")) {
+            contents.push(cut_bolt(&bytes_of(entry)).content().to_vec());
+        }
+    }
+    assert!(!contents.is_empty());
+    let mut inputs = contents.clone();
+    for content in &contents {
+        for at in [1, 2, 3, 10, 40, 50, content.len() / 2] {
+            let mut edited = content.clone();
+            if let Some(byte) = edited.get_mut(at) {
+                *byte ^= 0x01;
+                inputs.push(edited);
+            }
+        }
+        inputs.push(content[..content.len() / 3].to_vec());
+    }
+    let fresh = |input: &Vec<u8>, field: &'static str| {
+        let input = input.clone();
+        std::thread::spawn(move || format!("{:?}", Reader::new(&input).read_object_field(field))).join().expect("no panic")
+    };
+    for field in ["methodName", "targetAppName"] {
+        let expected: Vec<String> = inputs.iter().map(|it| fresh(it, field)).collect();
+        let inputs = inputs.clone();
+        let (read, hits) = std::thread::spawn(move || {
+            let mut read = Vec::new();
+            // Forwards, backwards, and each input twice in a row.
+            for round in 0..3 {
+                for index in 0..inputs.len() {
+                    let at = if round == 1 { inputs.len() - 1 - index } else { index };
+                    for _ in 0..if round == 2 { 2 } else { 1 } {
+                        read.push((at, format!("{:?}", Reader::new(&inputs[at]).read_object_field(field))));
+                    }
+                }
+            }
+            (read, super::hessian::remembered_hits())
+        })
+        .join()
+        .expect("no panic");
+        for (at, value) in &read {
+            assert_eq!(value, &expected[*at], "{field} of input {at}");
+        }
+        let named = read.iter().filter(|(_, value)| value.starts_with("Ok(Some(")).count();
+        assert!(named >= 4 * contents.len(), "{field}: the unedited requests have it ({named})");
+        assert!(hits >= 4 * contents.len(), "{field}: the definition was remembered ({hits} times)");
+    }
+}
+
+#[test]
 fn descriptors_count_their_parameters() {
     assert_eq!(descriptor_arity(""), Some(0));
     assert_eq!(descriptor_arity("I"), Some(1));
