@@ -118,7 +118,8 @@ impl Cluster {
                 }
                 (Balancer::LeastRequest, _) => {
                     let (a, b) = (scope.pick(draw())?, scope.pick(draw())?);
-                    let chosen = if self.active_requests(b) < self.active_requests(a) { b } else { a };
+                    // Two draws of one endpoint (always, when there is one) need no counts.
+                    let chosen = if !std::ptr::eq(a, b) && self.active_requests(b) < self.active_requests(a) { b } else { a };
                     if self.usable(chosen) {
                         return Some(chosen.clone());
                     }

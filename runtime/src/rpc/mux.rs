@@ -4,6 +4,7 @@
 //! connection that closes fails exactly the requests in flight on it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +37,38 @@ pub(crate) fn unknown_responses_metric() -> String {
 
 type Waiting<C> = oneshot::Sender<<C as Codec>::Frame>;
 
+/// A map keyed by what this process made or was configured with (request ids it numbered,
+/// endpoint addresses), never by what a peer chose: it needs no protection against chosen
+/// collisions, so it skips SipHash, which took four hashes of every request's path.
+type QuickMap<K, V> = HashMap<K, V, BuildHasherDefault<QuickHasher>>;
+
+/// Integers multiplied by the golden ratio (so sequential ids spread over the table's top
+/// bits, which pick its control bytes), bytes folded in by FNV-1a.
+#[derive(Default)]
+struct QuickHasher(u64);
+
+impl Hasher for QuickHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// One upstream connection shared by many requests.
 pub(crate) struct Mux<C: Codec> {
     state: Arc<Mutex<State<C>>>,
@@ -49,7 +82,7 @@ pub(crate) struct Mux<C: Codec> {
 }
 
 struct State<C: Codec> {
-    waiting: HashMap<C::Id, Waiting<C>>,
+    waiting: QuickMap<C::Id, Waiting<C>>,
     next: C::Id,
     closed: bool,
 }
@@ -69,7 +102,7 @@ impl<C: Codec> Mux<C> {
             _ => return Err(failed()),
         };
         let (reader, writer) = tokio::io::split(stream);
-        let state = Arc::new(Mutex::new(State::<C> { waiting: HashMap::new(), next: C::FIRST_ID, closed: false }));
+        let state = Arc::new(Mutex::new(State::<C> { waiting: QuickMap::default(), next: C::FIRST_ID, closed: false }));
         let closed = Arc::new(AtomicBool::new(false));
         let (reads, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Notify::new()));
         let (queue, frames) = mpsc::channel(WRITE_QUEUE);
@@ -116,17 +149,18 @@ impl<C: Codec> Mux<C> {
             }
             let mut id = state.next;
             // Skip ids still waiting (after a wrap, a very slow request may hold one).
-            while state.waiting.contains_key(&id) {
-                id = C::next_id(id);
-            }
-            state.next = C::next_id(id);
-            let answer = if expects_response {
-                let (sender, receiver) = oneshot::channel();
-                state.waiting.insert(id, sender);
-                Some(receiver)
-            } else {
-                None
+            let answer = loop {
+                match state.waiting.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(_) => id = C::next_id(id),
+                    std::collections::hash_map::Entry::Vacant(vacant) if expects_response => {
+                        let (sender, receiver) = oneshot::channel();
+                        vacant.insert(sender);
+                        break Some(receiver);
+                    }
+                    std::collections::hash_map::Entry::Vacant(_) => break None,
+                }
             };
+            state.next = C::next_id(id);
             (id, answer)
         };
         let mut forget = Forget { state: &self.state, id: answer.is_some().then_some(id) };
@@ -335,10 +369,10 @@ async fn keepalive<C: Codec>(mux: std::sync::Weak<Mux<C>>, every: Keepalive) {
 
 /// Each endpoint's shared connection, for one cluster.
 pub(crate) struct MuxPool<C: Codec> {
-    connections: Mutex<HashMap<Arc<str>, Arc<Mux<C>>>>,
+    connections: Mutex<QuickMap<Arc<str>, Arc<Mux<C>>>>,
     /// One connect at a time per endpoint, so that a burst of first requests opens one
     /// connection, and an endpoint slow to answer holds up no other.
-    connecting: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    connecting: Mutex<QuickMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     keepalive: Keepalive,
 }
 
@@ -433,6 +467,42 @@ mod tests {
         assert!(!head.is_request() && head.is_event(), "{head:?}");
         assert_eq!((head.request_id, head.status), (7, dubbo::status::OK));
         assert!(!mux.is_closed());
+    }
+
+    #[tokio::test]
+    async fn an_id_still_waiting_is_skipped_when_the_numbering_comes_round() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
+        let mux = Arc::new(Mux::<Dubbo>::connect(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect"));
+        let (mut upstream, _) = listener.accept().await.expect("accept");
+        let mut buf = bytes::BytesMut::new();
+        let mut next_frame = async |upstream: &mut tokio::net::TcpStream| loop {
+            if let Some(frame) = dubbo::decode(&mut buf, 1 << 20).expect("a frame") {
+                return frame;
+            }
+            let read = tokio::time::timeout(Duration::from_secs(5), upstream.read_buf(&mut buf)).await;
+            assert!(read.expect("a frame in time").expect("read") > 0, "the connection stays open");
+        };
+        let call = |mux: &Arc<Mux<Dubbo>>| {
+            let mux = mux.clone();
+            tokio::spawn(async move { mux.call(dubbo::heartbeat_request(0).into(), true).await })
+        };
+        let first = call(&mux);
+        let first_head = *next_frame(&mut upstream).await.head();
+        // The numbering comes round to the id the first call still waits under.
+        super::lock(&mux.state).next = first_head.request_id;
+        let second = call(&mux);
+        let second_head = *next_frame(&mut upstream).await.head();
+        assert_eq!(second_head.request_id, first_head.request_id + 1, "the waiting id is skipped");
+        // Answered in the other order, each reaches its own caller.
+        upstream.write_all(&dubbo::heartbeat_reply(&second_head)).await.expect("answer");
+        let answer = second.await.expect("no panic").expect("an answer").expect("a frame");
+        assert_eq!(answer.head().request_id, second_head.request_id);
+        assert!(!first.is_finished(), "the first call still waits");
+        upstream.write_all(&dubbo::heartbeat_reply(&first_head)).await.expect("answer");
+        let answer = first.await.expect("no panic").expect("an answer").expect("a frame");
+        assert_eq!(answer.head().request_id, first_head.request_id);
+        assert!(super::lock(&mux.state).waiting.is_empty());
     }
 
     /// The Dubbo frames `upstream` sends, until it closes or `limit` passes: `None` for a
