@@ -1,7 +1,8 @@
 //! The RPC data path: a caller's connection is read frame by frame; heartbeats are answered
 //! here, requests are routed by their keys through the compiled RPC tables and forwarded, as
 //! calls the connection's own task polls while it reads on, over multiplexed upstream
-//! connections; responses go back under the caller's request ids. Failures are answered in each protocol's own terms.
+//! connections; responses go back under the caller's request ids. Failures are answered in
+//! each protocol's own terms.
 
 use std::sync::Arc;
 use std::time::Duration;
