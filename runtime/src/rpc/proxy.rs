@@ -4,12 +4,13 @@
 //! connections; responses go back under the caller's request ids. Failures are answered in
 //! each protocol's own terms.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
@@ -295,14 +296,18 @@ impl<C: Codec> RpcProxy<C> {
         let writing = tokio::spawn(write_answers(queue, writer));
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut calls = FuturesUnordered::new();
+        // Answers the writer's queue had no room for. The calls go on meanwhile: a caller
+        // that reads slowly must not stall calls that hold a connect lock, a circuit
+        // breaker's slot or a least-request count that other connections wait on.
+        let mut waiting = Waiting::default();
         let mut draining = *drain.borrow();
         // A connection opened during a drain (the outbound listeners still take the
         // application's late requests) is served until it has had an answer.
         let (late, mut served) = (draining, false);
         'read: loop {
-            // Past MAX_CALLS_PER_CONNECTION in flight, frames wait in the buffer and the
-            // connection is not read until calls end.
-            while calls.len() < MAX_CALLS_PER_CONNECTION {
+            // Past MAX_CALLS_PER_CONNECTION in flight or unwritten, frames wait in the buffer
+            // and the connection is not read until calls end.
+            while calls.len() + waiting.len() < MAX_CALLS_PER_CONNECTION {
                 let frame = match C::decode(&mut buf, self.max_frame) {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
@@ -310,46 +315,49 @@ impl<C: Codec> RpcProxy<C> {
                     Err(_) => break 'read,
                 };
                 match C::role(&frame) {
-                    Role::Heartbeat => {
-                        if answers.send(C::heartbeat_reply(&frame)).await.is_err() {
-                            break 'read;
-                        }
-                    }
+                    Role::Heartbeat => waiting.answer(&answers, C::heartbeat_reply(&frame)),
                     Role::Call { oneway } => {
                         served = true;
-                        calls.push(self.call(frame, oneway, &side));
+                        // A call that panics (a bug) loses its answer, not the connection.
+                        calls.push(AssertUnwindSafe(self.call(frame, oneway, &side)).catch_unwind());
                     }
                     Role::Response | Role::Ignored => {}
                 }
             }
-            let room = calls.len() < MAX_CALLS_PER_CONNECTION;
-            let idle = calls.is_empty();
+            if waiting.writer_gone {
+                break;
+            }
+            let room = calls.len() + waiting.len() < MAX_CALLS_PER_CONNECTION;
+            let idle = calls.is_empty() && waiting.is_empty();
             let may_close = idle && buf.is_empty() && (served || !late);
-            let answer = tokio::select! {
-                Some(answer) = calls.next(), if !idle => answer,
+            tokio::select! {
+                Some(answer) = calls.next(), if !calls.is_empty() => {
+                    if let Ok(Some(answer)) = answer {
+                        waiting.answer(&answers, answer);
+                    }
+                }
+                permit = answers.reserve(), if !waiting.is_empty() => waiting.send(permit),
                 read = reader.read_buf(&mut buf), if room => match read {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => None,
+                    Ok(_) => {}
                 },
-                _ = drain.wait_for(|it| *it), if !draining => {
-                    draining = true;
-                    None
-                }
+                _ = drain.wait_for(|it| *it), if !draining => draining = true,
                 () = std::future::ready(()), if draining && may_close => break,
-            };
-            if let Some(answer) = answer
-                && answers.send(answer).await.is_err()
-            {
-                break;
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8 * 1024);
             }
         }
-        // Calls in flight still answer before the connection closes.
-        while let Some(answer) = calls.next().await {
-            if let Some(answer) = answer {
-                let _ = answers.send(answer).await;
+        // Calls in flight still answer before the connection closes; with the writer gone
+        // they still run to their end, so that each is counted and logged.
+        while !calls.is_empty() || !waiting.is_empty() {
+            tokio::select! {
+                Some(answer) = calls.next(), if !calls.is_empty() => {
+                    if let Ok(Some(answer)) = answer {
+                        waiting.answer(&answers, answer);
+                    }
+                }
+                permit = answers.reserve(), if !waiting.is_empty() => waiting.send(permit),
             }
         }
         drop(answers);
@@ -508,6 +516,55 @@ impl<C: Codec> RpcProxy<C> {
     }
 }
 
+/// A connection's answers waiting for room in its writer's queue.
+#[derive(Default)]
+struct Waiting {
+    answers: std::collections::VecDeque<Bytes>,
+    /// The writer ended (its connection failed): answers go nowhere.
+    writer_gone: bool,
+}
+
+impl Waiting {
+    /// Hands `answer` to the writer, or keeps it, behind any kept before, until there is room.
+    fn answer(&mut self, writer: &mpsc::Sender<Bytes>, answer: Bytes) {
+        if self.writer_gone {
+            return;
+        }
+        if !self.answers.is_empty() {
+            self.answers.push_back(answer);
+            return;
+        }
+        match writer.try_send(answer) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(answer)) => self.answers.push_back(answer),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.writer_gone = true,
+        }
+    }
+
+    /// Sends the oldest kept answer through a slot of the writer's queue.
+    fn send(&mut self, permit: Result<mpsc::Permit<'_, Bytes>, mpsc::error::SendError<()>>) {
+        match permit {
+            Ok(permit) => {
+                if let Some(answer) = self.answers.pop_front() {
+                    permit.send(answer);
+                }
+            }
+            Err(_) => {
+                self.writer_gone = true;
+                self.answers.clear();
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+}
+
 async fn write_answers<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, mut writer: W) {
     let mut batch = Vec::new();
     while let Some(answer) = queue.recv().await {
@@ -516,4 +573,41 @@ async fn write_answers<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, 
         }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    use super::Waiting;
+
+    #[tokio::test]
+    async fn answers_wait_in_order_for_room_and_go_nowhere_once_the_writer_is_gone() {
+        let (writer, mut queue) = mpsc::channel::<Bytes>(1);
+        let mut waiting = Waiting::default();
+        for answer in ["a", "b", "c"] {
+            waiting.answer(&writer, Bytes::from(answer));
+        }
+        // The queue took one; the others wait, in order.
+        assert_eq!(waiting.len(), 2);
+        assert_eq!(queue.recv().await.as_deref(), Some(&b"a"[..]));
+        waiting.send(writer.reserve().await);
+        // An answer that comes while others wait goes behind them, even with room in the queue.
+        waiting.answer(&writer, Bytes::from("d"));
+        assert_eq!(queue.recv().await.as_deref(), Some(&b"b"[..]));
+        for expected in ["c", "d"] {
+            waiting.send(writer.reserve().await);
+            assert_eq!(queue.recv().await.as_deref(), Some(expected.as_bytes()));
+        }
+        assert!(waiting.is_empty());
+        // The writer ends: what waits is dropped and later answers are not kept.
+        waiting.answer(&writer, Bytes::from("e"));
+        waiting.answer(&writer, Bytes::from("f"));
+        drop(queue);
+        waiting.send(writer.reserve().await);
+        assert!(waiting.writer_gone && waiting.is_empty());
+        waiting.answer(&writer, Bytes::from("g"));
+        assert!(waiting.is_empty());
+    }
 }
