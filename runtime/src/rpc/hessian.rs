@@ -515,9 +515,7 @@ impl<'a> Reader<'a> {
             #[cfg(test)]
             REMEMBERED_HITS.set(REMEMBERED_HITS.get() + 1);
             self.pos = end;
-            self.classes.push(count);
-            self.class_fields.push(Vec::new());
-            self.class_names.push(String::new());
+            self.push_lean_class(count);
             return Ok(found);
         }
         let found = self.lean_definition(true, field)?;
@@ -556,10 +554,15 @@ impl<'a> Reader<'a> {
                 found = Some(index);
             }
         }
+        self.push_lean_class(count);
+        Ok(found)
+    }
+
+    /// Records a definition read for its field count only (names compared, not kept).
+    fn push_lean_class(&mut self, count: usize) {
         self.classes.push(count);
         self.class_fields.push(Vec::new());
         self.class_names.push(String::new());
-        Ok(found)
     }
 
     /// Reads a string and says whether it is `text`, without allocating when it is one chunk
