@@ -393,6 +393,12 @@ fn random_route(rng: &mut SplitMix, service: usize, index: usize, last: bool, se
         _ => {
             let subset = ["", " subset v1", " subset v2"][rng.below(3) as usize];
             let _ = writeln!(out, "    to s{}{subset}", rng.below(services as u64));
+            // Now and then a rate limit, shared or per source.
+            match rng.below(8) {
+                0 => out.push_str("    rate_limit 10/s burst 20\n"),
+                1 => out.push_str("    rate_limit 5/m per_source\n"),
+                _ => {}
+            }
         }
     }
     out.push_str("  }\n");

@@ -804,15 +804,53 @@ fn local_rate_limit(config: &Any) -> Result<Option<RateLimit>, String> {
     if enabled == 0 || enforced == 0 {
         return Ok(None);
     }
-    if enabled < 1_000_000 || enforced < 1_000_000 || !config.descriptors.is_empty() {
-        return Err("a local rate limit on part of the requests, or with descriptors, cannot be applied here".to_owned());
+    if enabled < 1_000_000 || enforced < 1_000_000 {
+        return Err("a local rate limit on part of the requests cannot be applied here".to_owned());
     }
-    let bucket = config.token_bucket.as_ref().ok_or("a local rate limit without a token bucket")?;
+    if config.status.is_some()
+        || config.local_rate_limit_per_downstream_connection
+        || config.local_cluster_rate_limit.is_some()
+        || !config.response_headers_to_add.is_empty()
+        || config.enable_x_ratelimit_headers != 0
+    {
+        return Err(
+            "a local rate limit's own status, per-connection or cluster-wide buckets and rate limit headers cannot be applied here"
+                .to_owned(),
+        );
+    }
+    let per_source = !config.descriptors.is_empty() || !config.rate_limits.is_empty();
+    let bucket = if per_source {
+        // The one form of descriptors the sidecar carries out: a bucket per source address
+        // (see `per_source_bucket`).
+        per_source_bucket(&config)?
+    } else {
+        config.token_bucket.as_ref().ok_or("a local rate limit without a token bucket")?
+    };
     let interval = millis(bucket.fill_interval.as_ref().ok_or("a token bucket without a fill interval")?)?;
     if interval == 0 || bucket.max_tokens == 0 {
         return Err("a token bucket with no tokens or no fill interval".to_owned());
     }
-    Ok(Some(RateLimit::new(bucket.max_tokens, bucket.tokens_per_fill.as_ref().map_or(1, |it| it.value), interval, false)))
+    Ok(Some(RateLimit::new(bucket.max_tokens, bucket.tokens_per_fill.as_ref().map_or(1, |it| it.value), interval, per_source)))
+}
+
+/// The bucket of a per-source local rate limit as meshc writes one (and Envoy reads it): one
+/// `remote_address` action, one descriptor on that key with no value (a wildcard: a bucket of
+/// its own for each source address), and the route's own bucket not consumed besides. Any
+/// other use of descriptors is refused. How many sources Envoy keeps (`max_dynamic_descriptors`)
+/// is not taken up: the sidecar keeps its own bound of 10,000.
+fn per_source_bucket(config: &local_ratelimit::LocalRateLimit) -> Result<&types::TokenBucket, String> {
+    use route::rate_limit::action::ActionSpecifier;
+    let refused = || "local rate limit descriptors other than one bucket per remote address cannot be applied here".to_owned();
+    let [descriptor] = &config.descriptors[..] else { return Err(refused()) };
+    let [action] = &config.rate_limits[..] else { return Err(refused()) };
+    let source_only = matches!(&descriptor.entries[..], [entry] if entry.key == "remote_address" && entry.value.is_empty());
+    let action_only = matches!(&action.actions[..], [it] if matches!(it.action_specifier, Some(ActionSpecifier::RemoteAddress(_))))
+        && *action == route::RateLimit { actions: action.actions.clone(), ..Default::default() };
+    let default_kept = config.always_consume_default_token_bucket.as_ref().is_none_or(|it| it.value);
+    if !source_only || !action_only || descriptor.shadow_mode || default_kept {
+        return Err(refused());
+    }
+    descriptor.token_bucket.as_ref().ok_or_else(|| "a local rate limit descriptor without a token bucket".to_owned())
 }
 
 fn redirect_answer(redirect: &route::RedirectAction) -> Result<OwnedAnswer, String> {

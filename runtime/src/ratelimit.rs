@@ -81,6 +81,12 @@ impl RateLimit {
         }
     }
 
+    /// The limit's settings: bucket size, tokens per fill, fill interval, and whether each
+    /// source address has a bucket of its own.
+    pub fn settings(&self) -> (u32, u32, Duration, bool) {
+        (self.max_tokens, self.tokens_per_fill, self.fill_interval, self.per_source)
+    }
+
     /// Takes a token for a request from `source`; `false` means the request is refused.
     pub fn admit(&self, source: IpAddr) -> bool {
         self.admit_at(source, Instant::now())

@@ -230,6 +230,89 @@ fn faults_and_rate_limits_come_from_per_route_filter_configuration() {
     assert!(err.contains("envoy.filters.http.lua"), "{err}");
 }
 
+/// A per-source limit as meshc writes it for Envoy: a wildcard `remote_address` descriptor.
+fn per_source_limit(max_tokens: u32) -> local_ratelimit::LocalRateLimit {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as common;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket, fractional_percent::DenominatorType};
+    use envoy_types::pb::google::protobuf::BoolValue;
+    let all = || RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent { numerator: 100, denominator: DenominatorType::Hundred as i32 }),
+        runtime_key: String::new(),
+    };
+    let bucket = TokenBucket {
+        max_tokens,
+        tokens_per_fill: Some(UInt32Value { value: 1 }),
+        fill_interval: Some(Duration { seconds: 60, nanos: 0 }),
+    };
+    let source = route::rate_limit::Action {
+        action_specifier: Some(route::rate_limit::action::ActionSpecifier::RemoteAddress(route::rate_limit::action::RemoteAddress {})),
+    };
+    local_ratelimit::LocalRateLimit {
+        token_bucket: Some(bucket),
+        filter_enabled: Some(all()),
+        filter_enforced: Some(all()),
+        descriptors: vec![common::LocalRateLimitDescriptor {
+            entries: vec![common::rate_limit_descriptor::Entry { key: "remote_address".to_owned(), value: String::new() }],
+            token_bucket: Some(bucket),
+            ..Default::default()
+        }],
+        rate_limits: vec![route::RateLimit { actions: vec![source], ..Default::default() }],
+        always_consume_default_token_bucket: Some(BoolValue { value: false }),
+        max_dynamic_descriptors: Some(UInt32Value { value: 10_000 }),
+        ..Default::default()
+    }
+}
+
+fn with_rate_limit(limit: &local_ratelimit::LocalRateLimit) -> Result<OverrideTable, String> {
+    let mut host = reviews();
+    host.routes[1].typed_per_filter_config.insert(
+        "envoy.filters.http.local_ratelimit".to_owned(),
+        Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit".to_owned(),
+            value: limit.encode_to_vec(),
+        },
+    );
+    build(&config(vec![host]), "v1", compiled(&[]))
+}
+
+#[test]
+fn a_wildcard_remote_address_descriptor_is_a_bucket_per_source() {
+    let table = with_rate_limit(&per_source_limit(2)).expect("applies");
+    let Some(Action::Forward(forward)) = table.host("reviews").flatten().map(|it| &it.routes[1].action) else {
+        panic!("a forwarding route")
+    };
+    let limit = forward.rate_limit.as_ref().expect("a rate limit");
+    assert_eq!(limit.settings(), (2, 1, std::time::Duration::from_secs(60), true));
+    let (one, two): (std::net::IpAddr, std::net::IpAddr) = ("10.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip"));
+    assert_eq!([one, one, one, two, two, two].map(|it| limit.admit(it)), [true, true, false, true, true, false]);
+
+    // Descriptors the sidecar cannot carry out are refused, not read as something else.
+    let mut keyed = per_source_limit(2);
+    keyed.descriptors[0].entries[0].value = "10.0.0.1".to_owned();
+    let mut other_key = per_source_limit(2);
+    other_key.descriptors[0].entries[0].key = "destination_cluster".to_owned();
+    let mut both_buckets = per_source_limit(2);
+    both_buckets.always_consume_default_token_bucket = None;
+    let mut no_action = per_source_limit(2);
+    no_action.rate_limits.clear();
+    let mut staged = per_source_limit(2);
+    staged.rate_limits[0].stage = Some(UInt32Value { value: 1 });
+    let mut own_status = per_source_limit(2);
+    own_status.status = Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: 503 });
+    for (what, limit) in [
+        ("a descriptor with a value", keyed),
+        ("a descriptor on another key", other_key),
+        ("the route's bucket consumed too", both_buckets),
+        ("no action", no_action),
+        ("a staged action", staged),
+        ("a status of its own", own_status),
+    ] {
+        let err = with_rate_limit(&limit).err().unwrap_or_else(|| panic!("{what}: applied"));
+        assert!(err.contains("local rate limit"), "{what}: {err}");
+    }
+}
+
 /// The digest meshc writes into a sidecar and the one the sidecar computes must agree;
 /// `codegen/src/emit/xds/tests.rs` checks the same vector.
 #[test]

@@ -457,6 +457,18 @@ fn local_rate_limits_answer_429_past_their_burst() {
 }
 
 #[test]
+fn a_per_source_rate_limit_gives_each_source_address_its_own_bucket() {
+    let http = Http::start();
+    // `limited-each`: a bucket of 2 per source address, refilling one token a minute. curl
+    // sends from two loopback addresses (all of 127/8 is local on Linux).
+    let from = |source: &str| curl(&["--interface", source, "-H", "host: web"], &http.url("/limited-each/x")).status;
+    let statuses: Vec<u16> =
+        ["127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.1"].iter().map(|it| from(it)).collect();
+    assert_eq!(statuses, [200, 200, 429, 200, 200, 429, 429]);
+    assert_eq!(http.hits(), 4, "refused requests reach no upstream");
+}
+
+#[test]
 fn a_workloads_inbound_rate_limit_covers_all_its_inbound_requests() {
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
     let app = Upstream::start("app");

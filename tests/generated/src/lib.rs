@@ -197,6 +197,24 @@ impl Sidecar {
         })
     }
 
+    /// What the compiled route a request takes does to it besides choosing destinations
+    /// (`None` for no forwarding route), to compare with an override's [`Sidecar::overridden_policy`].
+    pub fn compiled_policy(&self, head: &rt::RequestHead<'_>) -> Option<String> {
+        match (self.route_outbound)(head) {
+            rt::Decision::Forward(forward) => Some(policy(forward, self.clusters)),
+            _ => None,
+        }
+    }
+
+    /// [`Sidecar::compiled_policy`] of the route an override table chooses.
+    pub fn overridden_policy(&self, table: &meshc_runtime::overrides::OverrideTable, head: &rt::RequestHead<'_>) -> Option<String> {
+        use meshc_runtime::overrides::Action;
+        let route = table.host(head.authority())??.select(head)?;
+        let Action::Forward(owned) = &route.action else { return None };
+        let views = owned.header_views();
+        Some(policy(&owned.view(route.stats, &views), &[]))
+    }
+
     /// The interpreted matcher's outcome, with the workload's clusters for scope.
     pub fn interpreted(&self, router: &interp::Router, head: &rt::RequestHead<'_>) -> Outcome {
         let Some((_, route)) = router.select(head) else { return Outcome::NoRoute };
@@ -211,4 +229,25 @@ impl Sidecar {
             interp::Action::Answer { status } => Outcome::Answer(*status),
         }
     }
+}
+
+/// A forwarding route's timeouts, retries (all but `any_method`, which xDS does not carry),
+/// faults, rate limit, mirror, rewrites and header operations, as text. The timeout is the
+/// one in force: a compiled route without one takes its first destination's cluster's (Pilot
+/// writes that into the route), and none is 0.
+fn policy(forward: &rt::Forward<'_>, clusters: &[rt::ClusterSpec]) -> String {
+    let first = forward.destinations.first().and_then(|it| clusters.get(it.cluster as usize));
+    let timeout_ms = forward.timeout_ms.or(first.and_then(|it| it.request_timeout_ms)).unwrap_or(0);
+    let rt::Retries { attempts, per_try_timeout_ms, on, statuses, avoid_previous_hosts, any_method: _ } = forward.retries;
+    format!(
+        "timeout {timeout_ms}, retries {attempts} {per_try_timeout_ms:?} {on:#x} {statuses:?} {avoid_previous_hosts}, fault {:?}, rate limit {:?}, \
+         mirror {:?}, rewrite {:?} {:?}, request headers {:?}, response headers {:?}",
+        forward.fault,
+        forward.rate_limit.map(|it| it.settings()),
+        forward.mirror,
+        forward.path_rewrite,
+        forward.authority_rewrite,
+        forward.request_headers,
+        forward.response_headers,
+    )
 }

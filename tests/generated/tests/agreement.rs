@@ -192,6 +192,9 @@ fn compiled_interpreted_and_explained_routing_agree_on_every_generated_sidecar()
             prop_assert_eq!(&interpreted, &explained, "interpreted vs explain: {:?}", request);
             let overridden = with_head(&request, |head| sidecar.overridden(&overrides, head)).unwrap_or(Outcome::NoRoute);
             prop_assert_eq!(&overridden, &explained, "xDS override vs explain: {:?}", request);
+            let (compiled, overridden) =
+                with_head(&request, |head| (sidecar.compiled_policy(head), sidecar.overridden_policy(&overrides, head)));
+            prop_assert_eq!(&overridden, &compiled, "xDS override vs compiled, what the route does: {:?}", request);
             Ok(())
         });
         if let Err(err) = result {

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as common_ratelimit;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common_fault;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as local_ratelimit;
@@ -320,7 +321,15 @@ messages! {
     fault::HttpFault { delay, abort }
     common_fault::FaultDelay { percentage; fault_delay_secifier }
     fault::FaultAbort { percentage; error_type }
-    local_ratelimit::LocalRateLimit { stat_prefix, token_bucket, filter_enabled, filter_enforced }
+    local_ratelimit::LocalRateLimit {
+        stat_prefix, token_bucket, filter_enabled, filter_enforced, descriptors, rate_limits, always_consume_default_token_bucket,
+        max_dynamic_descriptors, rate_limited_as_resource_exhausted
+    }
+    common_ratelimit::LocalRateLimitDescriptor { entries, token_bucket }
+    common_ratelimit::rate_limit_descriptor::Entry { key, value }
+    route::RateLimit { actions }
+    route::rate_limit::Action { ; action_specifier }
+    route::rate_limit::action::RemoteAddress {}
     types::TokenBucket { max_tokens, tokens_per_fill, fill_interval }
     core::RuntimeFractionalPercent { default_value, runtime_key }
     // RDS
@@ -389,6 +398,7 @@ oneofs! {
     common_fault::fault_delay::FaultDelaySecifier { FixedDelay => "fixed_delay" }
     fault::fault_abort::ErrorType { HttpStatus => "http_status", GrpcStatus => "grpc_status" }
     route::route::Action { Route => "route", Redirect => "redirect", DirectResponse => "direct_response" }
+    route::rate_limit::action::ActionSpecifier { RemoteAddress => "remote_address" }
     route::route_match::PathSpecifier { Prefix => "prefix", Path => "path", SafeRegex => "safe_regex" }
     route::header_matcher::HeaderMatchSpecifier { StringMatch => "string_match", PresentMatch => "present_match" }
     route::query_parameter_matcher::QueryParameterMatchSpecifier { StringMatch => "string_match", PresentMatch => "present_match" }

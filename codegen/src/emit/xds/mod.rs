@@ -16,7 +16,7 @@
 //!
 //! What the IR says that xDS does not carry is left out rather than approximated, and listed
 //! in mesh-specs/README.md: RPC (Bolt, Dubbo) route tables, TCP listeners, inbound listeners
-//! and authorization, per-source rate limits, and retries' `any_method`.
+//! and authorization, and retries' `any_method`.
 
 mod canonical;
 mod json;
@@ -462,7 +462,7 @@ impl Emitter<'_> {
         if routes().any(|it| it.fault.is_some()) {
             filters.push(http_filter("envoy.filters.http.fault", any(&fault::HttpFault::default())));
         }
-        if self.client == Client::Envoy && routes().any(|it| it.rate_limit.as_ref().is_some_and(|it| !it.per_source)) {
+        if self.client == Client::Envoy && routes().any(|it| it.rate_limit.is_some()) {
             let config = local_ratelimit::LocalRateLimit { stat_prefix: "http_local_rate_limiter".to_owned(), ..Default::default() };
             filters.push(http_filter("envoy.filters.http.local_ratelimit", any(&config)));
         }
@@ -514,7 +514,7 @@ impl Emitter<'_> {
             typed_per_filter_config.push(("envoy.filters.http.fault".to_owned(), any(&http_fault(fault))));
         }
         if self.client == Client::Envoy
-            && let Some(limit) = ir_route.rate_limit.as_ref().filter(|it| !it.per_source)
+            && let Some(limit) = &ir_route.rate_limit
         {
             typed_per_filter_config.push(("envoy.filters.http.local_ratelimit".to_owned(), any(&rate_limit(limit))));
         }
@@ -781,19 +781,42 @@ fn http_fault(ir_fault: &ir::Fault) -> fault::HttpFault {
     }
 }
 
+/// How many sources a per-source rate limit keeps buckets for: the compiled sidecar's bound
+/// (`MAX_SOURCES` in runtime/src/ratelimit.rs), given to Envoy as its `max_dynamic_descriptors`.
+const RATE_LIMIT_SOURCES: u32 = 10_000;
+
+/// A route's local rate limit. A per-source one is Envoy's wildcard descriptor: the
+/// `remote_address` action names each request's source, the descriptor with that key and no
+/// value gives every source a bucket of its own (at most [`RATE_LIMIT_SOURCES`] of them), and
+/// the route's own bucket, the same size, is not consumed by requests the descriptor takes.
+/// A refused gRPC call gets RESOURCE_EXHAUSTED, as from the compiled sidecar.
 fn rate_limit(limit: &ir::RateLimit) -> local_ratelimit::LocalRateLimit {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as common;
     let always = || core::RuntimeFractionalPercent { default_value: Some(per_million(1_000_000)), runtime_key: String::new() };
-    local_ratelimit::LocalRateLimit {
+    let bucket = types::TokenBucket {
+        max_tokens: limit.max_tokens,
+        tokens_per_fill: Some(UInt32Value { value: limit.tokens_per_fill }),
+        fill_interval: Some(duration(limit.fill_interval_ms)),
+    };
+    let mut config = local_ratelimit::LocalRateLimit {
         stat_prefix: "http_local_rate_limiter".to_owned(),
-        token_bucket: Some(types::TokenBucket {
-            max_tokens: limit.max_tokens,
-            tokens_per_fill: Some(UInt32Value { value: limit.tokens_per_fill }),
-            fill_interval: Some(duration(limit.fill_interval_ms)),
-        }),
+        token_bucket: Some(bucket),
         filter_enabled: Some(always()),
         filter_enforced: Some(always()),
+        rate_limited_as_resource_exhausted: true,
         ..Default::default()
+    };
+    if limit.per_source {
+        let source = common::rate_limit_descriptor::Entry { key: "remote_address".to_owned(), value: String::new() };
+        config.descriptors =
+            vec![common::LocalRateLimitDescriptor { entries: vec![source], token_bucket: Some(bucket), ..Default::default() }];
+        let action = route::rate_limit::action::ActionSpecifier::RemoteAddress(route::rate_limit::action::RemoteAddress {});
+        config.rate_limits =
+            vec![route::RateLimit { actions: vec![route::rate_limit::Action { action_specifier: Some(action) }], ..Default::default() }];
+        config.always_consume_default_token_bucket = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        config.max_dynamic_descriptors = Some(UInt32Value { value: RATE_LIMIT_SOURCES });
     }
+    config
 }
 
 fn header_options(ops: &ir::HeaderOps) -> Vec<core::HeaderValueOption> {
