@@ -393,10 +393,15 @@ fn random_route(rng: &mut SplitMix, service: usize, index: usize, last: bool, se
         _ => {
             let subset = ["", " subset v1", " subset v2"][rng.below(3) as usize];
             let _ = writeln!(out, "    to s{}{subset}", rng.below(services as u64));
-            // Now and then a rate limit, shared or per source.
+            // Now and then a rate limit, shared or per source, and retries.
             match rng.below(8) {
                 0 => out.push_str("    rate_limit 10/s burst 20\n"),
                 1 => out.push_str("    rate_limit 5/m per_source\n"),
+                _ => {}
+            }
+            match rng.below(6) {
+                0 => out.push_str("    retries 2 on 5xx\n"),
+                1 => out.push_str("    retries 1 on reset any_method\n"),
                 _ => {}
             }
         }

@@ -217,6 +217,7 @@ struct OwnedRetries {
     on: u32,
     statuses: Vec<u16>,
     avoid_previous_hosts: bool,
+    any_method: bool,
 }
 
 /// The borrowed header lists a [`Forward`] view points at, made per request.
@@ -264,7 +265,7 @@ impl OwnedForward {
                 on: self.retries.on,
                 statuses: &self.retries.statuses,
                 avoid_previous_hosts: self.retries.avoid_previous_hosts,
-                any_method: false,
+                any_method: self.retries.any_method,
             },
             fault: self.fault,
             rate_limit: self.rate_limit.as_ref(),
@@ -686,7 +687,7 @@ fn forward(
         authority_rewrite,
         request_headers: header_ops(&it.request_headers_to_add, &it.request_headers_to_remove)?,
         response_headers: header_ops(&it.response_headers_to_add, &it.response_headers_to_remove)?,
-        retries: retries(action.retry_policy.as_ref())?,
+        retries: retries(action.retry_policy.as_ref(), any_method(it.metadata.as_ref()))?,
         fault,
         rate_limit,
         mirror,
@@ -733,7 +734,7 @@ fn header_ops(add: &[core::HeaderValueOption], remove: &[String]) -> Result<Owne
     Ok(ops)
 }
 
-fn retries(policy: Option<&route::RetryPolicy>) -> Result<OwnedRetries, String> {
+fn retries(policy: Option<&route::RetryPolicy>, any_method: bool) -> Result<OwnedRetries, String> {
     let Some(policy) = policy else { return Ok(OwnedRetries::default()) };
     let mut on = 0;
     for name in policy.retry_on.split(',').map(str::trim).filter(|it| !it.is_empty()) {
@@ -759,7 +760,18 @@ fn retries(policy: Option<&route::RetryPolicy>) -> Result<OwnedRetries, String> 
         on,
         statuses,
         avoid_previous_hosts,
+        any_method,
     })
+}
+
+/// Whether the route's metadata says `meshc: {any_method: true}` (`METADATA_NAMESPACE` in
+/// codegen/src/emit/xds/mod.rs): meshc's `any_method` on
+/// retries, which Envoy's retry policy has no field for (Pilot writes it; other metadata is
+/// Envoy's business and left alone, as Envoy leaves it).
+fn any_method(metadata: Option<&core::Metadata>) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let flag = metadata.and_then(|it| it.filter_metadata.get("meshc")).and_then(|it| it.fields.get("any_method"));
+    matches!(flag.and_then(|it| it.kind.as_ref()), Some(Kind::BoolValue(true)))
 }
 
 fn http_fault(config: &Any) -> Result<Fault, String> {

@@ -231,16 +231,15 @@ impl Sidecar {
     }
 }
 
-/// A forwarding route's timeouts, retries (all but `any_method`, which xDS does not carry),
-/// faults, rate limit, mirror, rewrites and header operations, as text. The timeout is the
-/// one in force: a compiled route without one takes its first destination's cluster's (Pilot
-/// writes that into the route), and none is 0.
+/// A forwarding route's timeouts, retries, faults, rate limit, mirror, rewrites and header
+/// operations, as text. The timeout is the one in force: a compiled route without one takes
+/// its first destination's cluster's (Pilot writes that into the route), and none is 0.
 fn policy(forward: &rt::Forward<'_>, clusters: &[rt::ClusterSpec]) -> String {
     let first = forward.destinations.first().and_then(|it| clusters.get(it.cluster as usize));
     let timeout_ms = forward.timeout_ms.or(first.and_then(|it| it.request_timeout_ms)).unwrap_or(0);
-    let rt::Retries { attempts, per_try_timeout_ms, on, statuses, avoid_previous_hosts, any_method: _ } = forward.retries;
+    let rt::Retries { attempts, per_try_timeout_ms, on, statuses, avoid_previous_hosts, any_method } = forward.retries;
     format!(
-        "timeout {timeout_ms}, retries {attempts} {per_try_timeout_ms:?} {on:#x} {statuses:?} {avoid_previous_hosts}, fault {:?}, rate limit {:?}, \
+        "timeout {timeout_ms}, retries {attempts} {per_try_timeout_ms:?} {on:#x} {statuses:?} {avoid_previous_hosts} {any_method}, fault {:?}, rate limit {:?}, \
          mirror {:?}, rewrite {:?} {:?}, request headers {:?}, response headers {:?}",
         forward.fault,
         forward.rate_limit.map(|it| it.settings()),

@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::envoy::r#type::v3 as types;
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value, UInt64Value};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, Struct, UInt32Value, UInt64Value};
 use prost::{Message, Name};
 
 /// A message (or `Any`) as Envoy's JSON.
@@ -113,6 +113,33 @@ impl<T: Json> Json for std::collections::HashMap<String, T> {
     fn value(&self) -> Value {
         let sorted: std::collections::BTreeMap<&String, &T> = self.iter().collect();
         Value::Object(sorted.into_iter().map(|(key, value)| (key.clone(), value.value())).collect())
+    }
+}
+
+/// proto3's JSON for `google.protobuf.Struct`: a plain object of plain values.
+impl Json for Struct {
+    fn json(&self) -> Option<Value> {
+        Some(self.value())
+    }
+    fn value(&self) -> Value {
+        self.fields.value()
+    }
+}
+
+impl Json for envoy_types::pb::google::protobuf::Value {
+    fn json(&self) -> Option<Value> {
+        Some(self.value())
+    }
+    fn value(&self) -> Value {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        match &self.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::NumberValue(it)) => serde_json::Number::from_f64(*it).map_or(Value::Null, Value::Number),
+            Some(Kind::StringValue(it)) => Value::String(it.clone()),
+            Some(Kind::BoolValue(it)) => Value::Bool(*it),
+            Some(Kind::StructValue(it)) => it.value(),
+            Some(Kind::ListValue(it)) => Value::Array(it.values.iter().map(Json::value).collect()),
+        }
     }
 }
 
@@ -337,8 +364,9 @@ messages! {
     route::VirtualHost { name, domains, routes }
     route::Route {
         name, r#match, request_headers_to_add, request_headers_to_remove, response_headers_to_add,
-        response_headers_to_remove, typed_per_filter_config; action
+        response_headers_to_remove, typed_per_filter_config, metadata; action
     }
+    core::Metadata { filter_metadata }
     route::RouteMatch { headers, query_parameters; path_specifier }
     route::HeaderMatcher { name, invert_match; header_match_specifier }
     route::QueryParameterMatcher { name; query_parameter_match_specifier }

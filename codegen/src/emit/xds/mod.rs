@@ -16,7 +16,8 @@
 //!
 //! What the IR says that xDS does not carry is left out rather than approximated, and listed
 //! in mesh-specs/README.md: RPC (Bolt, Dubbo) route tables, TCP listeners, inbound listeners
-//! and authorization, and retries' `any_method`.
+//! and authorization. Retries' `any_method`, which Envoy has no field for, is route metadata
+//! that only the compiled sidecar reads.
 
 mod canonical;
 mod json;
@@ -529,6 +530,7 @@ impl Emitter<'_> {
                 response_headers_to_add: header_options(&ir_route.response_headers),
                 response_headers_to_remove: ir_route.response_headers.remove.clone(),
                 typed_per_filter_config: typed_per_filter_config.iter().cloned().collect(),
+                metadata: any_method_metadata(&ir_route.retries),
                 ..Default::default()
             })
             .collect()
@@ -759,6 +761,21 @@ fn retry_policy(retries: &ir::RetryPolicy) -> Option<route::RetryPolicy> {
         // Istio's value: how often a retry may pick again to avoid a host already tried.
         host_selection_retry_max_attempts: if retries.avoid_previous_hosts { 5 } else { 0 },
         ..Default::default()
+    })
+}
+
+/// The metadata namespace of what meshc tells its own sidecars on a route, which Envoy keeps
+/// and ignores.
+const METADATA_NAMESPACE: &str = "meshc";
+
+/// `any_method` on a route's retries, which Envoy's retry policy has no field for, as route
+/// metadata `meshc: {any_method: true}`, so that a sidecar taking the route as an override
+/// resends what the compiled route would. Envoy retries any method on its own.
+fn any_method_metadata(retries: &ir::RetryPolicy) -> Option<core::Metadata> {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    (retries.attempts > 0 && retries.any_method).then(|| {
+        let flag = Struct { fields: [("any_method".to_owned(), Value { kind: Some(Kind::BoolValue(true)) })].into_iter().collect() };
+        core::Metadata { filter_metadata: [(METADATA_NAMESPACE.to_owned(), flag)].into_iter().collect(), ..Default::default() }
     })
 }
 
