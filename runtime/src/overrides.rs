@@ -765,9 +765,8 @@ fn retries(policy: Option<&route::RetryPolicy>, any_method: bool) -> Result<Owne
 }
 
 /// Whether the route's metadata says `meshc: {any_method: true}` (`METADATA_NAMESPACE` in
-/// codegen/src/emit/xds/mod.rs): meshc's `any_method` on
-/// retries, which Envoy's retry policy has no field for (Pilot writes it; other metadata is
-/// Envoy's business and left alone, as Envoy leaves it).
+/// codegen/src/emit/xds/mod.rs): meshc's `any_method` on retries, which Envoy's retry policy
+/// has no field for. Other metadata is left alone, as Envoy leaves it.
 fn any_method(metadata: Option<&core::Metadata>) -> bool {
     use envoy_types::pb::google::protobuf::value::Kind;
     let flag = metadata.and_then(|it| it.filter_metadata.get("meshc")).and_then(|it| it.fields.get("any_method"));
