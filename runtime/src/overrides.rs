@@ -523,8 +523,8 @@ fn header_conditions(header: &route::HeaderMatcher) -> Result<Vec<Condition>, St
         Specifier::StringMatch(it) => string_match(it)?,
         Specifier::ExactMatch(it) => StrMatch::Exact(it.clone()),
         Specifier::PrefixMatch(it) => StrMatch::Prefix(it.clone()),
-        Specifier::SuffixMatch(it) => literal_regex(&format!("(?s:.*){}", regex_syntax::escape(it)), false)?,
-        Specifier::ContainsMatch(it) => literal_regex(&format!("(?s:.*){}(?s:.*)", regex_syntax::escape(it)), false)?,
+        Specifier::SuffixMatch(it) => anchored_regex(&format!("(?s:.*){}", regex_syntax::escape(it)))?,
+        Specifier::ContainsMatch(it) => anchored_regex(&format!("(?s:.*){}(?s:.*)", regex_syntax::escape(it)))?,
         Specifier::SafeRegexMatch(it) => regex(&it.regex)?,
         Specifier::RangeMatch(_) => return Err(format!("header `{}`: a range matcher cannot be applied here", header.name)),
     };
@@ -558,14 +558,26 @@ fn pseudo(name: &str) -> Option<Pseudo> {
 
 fn string_match(it: &matcher::StringMatcher) -> Result<StrMatch, String> {
     use matcher::string_matcher::MatchPattern;
-    let escaped = |it: &str| regex_syntax::escape(it);
+    // Envoy's `ignore_case` folds ASCII letters only (a regex's `(?i)` would fold Unicode too:
+    // the Kelvin sign would match `k`).
+    let literal = |it: &str, ignore_case: bool| -> String {
+        if !ignore_case {
+            return regex_syntax::escape(it);
+        }
+        it.chars()
+            .map(|ch| match ch.is_ascii_alphabetic() {
+                true => format!("[{}{}]", ch.to_ascii_lowercase(), ch.to_ascii_uppercase()),
+                false => regex_syntax::escape(ch.encode_utf8(&mut [0; 4])),
+            })
+            .collect()
+    };
     match (it.match_pattern.as_ref().ok_or("a string matcher without a pattern")?, it.ignore_case) {
         (MatchPattern::Exact(it), false) => Ok(StrMatch::Exact(it.clone())),
         (MatchPattern::Prefix(it), false) => Ok(StrMatch::Prefix(it.clone())),
-        (MatchPattern::Exact(it), true) => literal_regex(&escaped(it), true),
-        (MatchPattern::Prefix(it), ignore_case) => literal_regex(&format!("{}(?s:.*)", escaped(it)), ignore_case),
-        (MatchPattern::Suffix(it), ignore_case) => literal_regex(&format!("(?s:.*){}", escaped(it)), ignore_case),
-        (MatchPattern::Contains(it), ignore_case) => literal_regex(&format!("(?s:.*){}(?s:.*)", escaped(it)), ignore_case),
+        (MatchPattern::Exact(it), true) => anchored_regex(&literal(it, true)),
+        (MatchPattern::Prefix(it), ignore_case) => anchored_regex(&format!("{}(?s:.*)", literal(it, ignore_case))),
+        (MatchPattern::Suffix(it), ignore_case) => anchored_regex(&format!("(?s:.*){}", literal(it, ignore_case))),
+        (MatchPattern::Contains(it), ignore_case) => anchored_regex(&format!("(?s:.*){}(?s:.*)", literal(it, ignore_case))),
         (MatchPattern::SafeRegex(it), false) => regex(&it.regex),
         (MatchPattern::SafeRegex(_), true) => Err("ignore_case on a regex (Envoy refuses it)".to_owned()),
         (MatchPattern::Custom(_), _) => Err("a custom string matcher cannot be applied here".to_owned()),
@@ -573,9 +585,8 @@ fn string_match(it: &matcher::StringMatcher) -> Result<StrMatch, String> {
 }
 
 /// An anchored regex built from escaped literals.
-fn literal_regex(pattern: &str, ignore_case: bool) -> Result<StrMatch, String> {
-    let flags = if ignore_case { "(?i)" } else { "" };
-    regex::RegexBuilder::new(&format!("^{flags}(?:{pattern})$"))
+fn anchored_regex(pattern: &str) -> Result<StrMatch, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map(StrMatch::Regex)

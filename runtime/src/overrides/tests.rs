@@ -336,3 +336,42 @@ fn the_virtual_host_digest_is_canonical_and_pinned() {
 }
 
 const DIGEST_VECTOR: &str = "9f8e7b0cf1040775741555b54e52a76c22bea20b2fac23637e455c5f70f49ebf";
+
+#[test]
+fn ignore_case_folds_ascii_letters_only_as_envoys_does() {
+    use matcher::string_matcher::MatchPattern;
+    let folded = |pattern: MatchPattern| {
+        let mut host = reviews();
+        host.routes[0].r#match = Some(route::RouteMatch {
+            headers: vec![route::HeaderMatcher {
+                name: "x-fruit".to_owned(),
+                header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(matcher::StringMatcher {
+                    match_pattern: Some(pattern),
+                    ignore_case: true,
+                })),
+                ..Default::default()
+            }],
+            ..prefix("/")
+        });
+        build(&config(vec![host]), "v1", compiled(&[])).expect("applies")
+    };
+    let route = |table: &OverrideTable, value: &str| -> &'static str {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-fruit", http::HeaderValue::from_bytes(value.as_bytes()).expect("a header value"));
+        let head = RequestHead::from_parts("GET", "reviews", "/", None, &headers);
+        table.host(head.authority()).flatten().and_then(|it| it.select(&head)).map_or("none", |it| it.stats.route)
+    };
+    let exact = folded(MatchPattern::Exact("kiwi.(1)".to_owned()));
+    assert_eq!(route(&exact, "KiWi.(1)"), "jason");
+    assert_eq!(route(&exact, "kiwix(1)"), "default", "the literal's dot is a dot");
+    // U+212A KELVIN SIGN folds to `k` in Unicode, not in ASCII.
+    assert_eq!(route(&exact, "\u{212a}iwi.(1)"), "default");
+    let prefix_match = folded(MatchPattern::Prefix("Straße".to_owned()));
+    assert_eq!(route(&prefix_match, "STRAßE-7"), "jason");
+    assert_eq!(route(&prefix_match, "STRASSE-7"), "default");
+    let suffix = folded(MatchPattern::Suffix("-SKY".to_owned()));
+    assert_eq!(route(&suffix, "blue-sky"), "jason");
+    assert_eq!(route(&suffix, "blue-s\u{212a}y"), "default");
+    let contains = folded(MatchPattern::Contains("Mid".to_owned()));
+    assert_eq!(route(&contains, "a-mID-b"), "jason");
+}
