@@ -16,8 +16,8 @@ pub enum StrMatch {
     Exact(String),
     /// Starts with.
     Prefix(String),
-    /// Matches a regex (anchored by whoever built it).
-    Regex(regex::Regex),
+    /// Matches a regex (anchored by whoever built it): regex's engine, which reports its size.
+    Regex(regex_automata::meta::Regex),
 }
 
 impl StrMatch {

@@ -53,6 +53,15 @@ pub const MAX_INTERNED_ROUTES: usize = 4096;
 /// The most memory one compiled regex may take.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
+/// The most room a lazy DFA's cache may take, per regex (regex's default is 2 MiB): past it
+/// the cache starts again, or a slower engine takes over, with the same answers.
+const REGEX_CACHE_CAPACITY: usize = 64 << 10;
+
+/// The most memory the regexes of one route configuration may take together, caches at their
+/// capacity included: about 3,500 typical header or path regexes (5 to 10 KiB each compiled).
+/// A configuration past it is refused, so that a bad one cannot take the sidecar's memory.
+const REGEX_BUDGET: usize = 256 << 20;
+
 /// Envoy's default route timeout, for a route that sets none.
 const ENVOY_DEFAULT_TIMEOUT_MS: u64 = 15_000;
 
@@ -348,6 +357,7 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
     let mut names: Vec<Vec<String>> = Vec::new();
     let mut seen_domains = BTreeMap::new();
     let mut seen_names = std::collections::BTreeSet::new();
+    let mut regexes = Regexes::new();
     for host in &config.virtual_hosts {
         if !seen_names.insert(host.name.as_str()) {
             return Err(format!("virtual host `{}` is listed twice", host.name));
@@ -366,7 +376,7 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
         }
         let index = table.hosts.len();
         let (overridden, route_names) =
-            virtual_host(host, digest, &clusters).map_err(|err| format!("virtual host `{}`: {err}", host.name))?;
+            virtual_host(host, digest, &clusters, &mut regexes).map_err(|err| format!("virtual host `{}`: {err}", host.name))?;
         for domain in &overridden.domains {
             table.by_domain.insert(domain.clone(), Some(index));
         }
@@ -396,7 +406,12 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
 type ClusterIndex<'a> = BTreeMap<&'a str, u32>;
 
 /// An overridden host, and its routes' names (counted under [`PENDING`] until then).
-fn virtual_host(host: &route::VirtualHost, digest: String, clusters: &ClusterIndex<'_>) -> Result<(HostOverride, Vec<String>), String> {
+fn virtual_host(
+    host: &route::VirtualHost,
+    digest: String,
+    clusters: &ClusterIndex<'_>,
+    regexes: &mut Regexes,
+) -> Result<(HostOverride, Vec<String>), String> {
     let unsupported = [
         (host.matcher.is_some(), "a matcher tree"),
         (!host.request_headers_to_add.is_empty() || !host.request_headers_to_remove.is_empty(), "host-level header operations"),
@@ -414,7 +429,7 @@ fn virtual_host(host: &route::VirtualHost, digest: String, clusters: &ClusterInd
     let mut names = Vec::with_capacity(host.routes.len());
     for (index, it) in host.routes.iter().enumerate() {
         let name = if it.name.is_empty() { format!("route-{index}") } else { it.name.clone() };
-        routes.push(envoy_route(it, clusters).map_err(|err| format!("route `{name}`: {err}"))?);
+        routes.push(envoy_route(it, clusters, regexes).map_err(|err| format!("route `{name}`: {err}"))?);
         names.push(name);
     }
     let domains = host.domains.iter().map(|it| it.to_ascii_lowercase()).collect();
@@ -424,10 +439,10 @@ fn virtual_host(host: &route::VirtualHost, digest: String, clusters: &ClusterInd
 /// A route's count until the configuration it is in applies.
 static PENDING: RouteStats = RouteStats::new("(pending)", "(pending)");
 
-fn envoy_route(it: &route::Route, clusters: &ClusterIndex<'_>) -> Result<OverrideRoute, String> {
+fn envoy_route(it: &route::Route, clusters: &ClusterIndex<'_>, regexes: &mut Regexes) -> Result<OverrideRoute, String> {
     use route::route::Action as EnvoyAction;
     let route_match = it.r#match.as_ref().ok_or("no match")?;
-    let (conditions, matched_prefix) = conditions(route_match)?;
+    let (conditions, matched_prefix) = conditions(route_match, regexes)?;
     let action = match it.action.as_ref().ok_or("no action")? {
         EnvoyAction::Route(action) => Action::Forward(Box::new(forward(it, action, matched_prefix, clusters)?)),
         EnvoyAction::Redirect(redirect) => Action::Answer(redirect_answer(redirect)?),
@@ -454,7 +469,7 @@ fn envoy_route(it: &route::Route, clusters: &ClusterIndex<'_>) -> Result<Overrid
 
 /// A route match's conditions, and the prefix it matches when it is a prefix match (for a
 /// prefix rewrite).
-fn conditions(m: &route::RouteMatch) -> Result<(Vec<Condition>, Option<String>), String> {
+fn conditions(m: &route::RouteMatch, regexes: &mut Regexes) -> Result<(Vec<Condition>, Option<String>), String> {
     use route::route_match::PathSpecifier;
     let unsupported = [
         (m.case_sensitive.as_ref().is_some_and(|it| !it.value), "case-insensitive path matching"),
@@ -477,16 +492,16 @@ fn conditions(m: &route::RouteMatch) -> Result<(Vec<Condition>, Option<String>),
             prefix = Some(it.clone());
         }
         PathSpecifier::Path(it) => out.push(Condition::Path(StrMatch::Exact(it.clone()))),
-        PathSpecifier::SafeRegex(it) => out.push(Condition::Path(regex(&it.regex)?)),
+        PathSpecifier::SafeRegex(it) => out.push(Condition::Path(regexes.re2(&it.regex)?)),
         _ => return Err("a path specifier other than prefix, path or safe_regex".to_owned()),
     }
     for header in &m.headers {
-        out.extend(header_conditions(header)?);
+        out.extend(header_conditions(header, regexes)?);
     }
     for query in &m.query_parameters {
         use route::query_parameter_matcher::QueryParameterMatchSpecifier as Specifier;
         let kind = match &query.query_parameter_match_specifier {
-            Some(Specifier::StringMatch(it)) => PresenceMatch::Value(string_match(it)?),
+            Some(Specifier::StringMatch(it)) => PresenceMatch::Value(string_match(it, regexes)?),
             Some(Specifier::PresentMatch(true)) | None => PresenceMatch::Present,
             Some(Specifier::PresentMatch(false)) => PresenceMatch::Absent,
         };
@@ -499,7 +514,7 @@ fn conditions(m: &route::RouteMatch) -> Result<(Vec<Condition>, Option<String>),
 /// matches an inverted presence test and nothing else. The deprecated matchers are read
 /// too: older control planes still send them.
 #[allow(deprecated)]
-fn header_conditions(header: &route::HeaderMatcher) -> Result<Vec<Condition>, String> {
+fn header_conditions(header: &route::HeaderMatcher, regexes: &mut Regexes) -> Result<Vec<Condition>, String> {
     use route::header_matcher::HeaderMatchSpecifier as Specifier;
     if header.treat_missing_header_as_empty {
         return Err(format!("header `{}`: treat_missing_header_as_empty cannot be applied here", header.name));
@@ -520,12 +535,12 @@ fn header_conditions(header: &route::HeaderMatcher) -> Result<Vec<Condition>, St
                 None => vec![Condition::Header(name, if present { PresenceMatch::Present } else { PresenceMatch::Absent })],
             });
         }
-        Specifier::StringMatch(it) => string_match(it)?,
+        Specifier::StringMatch(it) => string_match(it, regexes)?,
         Specifier::ExactMatch(it) => StrMatch::Exact(it.clone()),
         Specifier::PrefixMatch(it) => StrMatch::Prefix(it.clone()),
-        Specifier::SuffixMatch(it) => anchored_regex(&format!("(?s:.*){}", regex_syntax::escape(it)))?,
-        Specifier::ContainsMatch(it) => anchored_regex(&format!("(?s:.*){}(?s:.*)", regex_syntax::escape(it)))?,
-        Specifier::SafeRegexMatch(it) => regex(&it.regex)?,
+        Specifier::SuffixMatch(it) => regexes.anchored(&format!("(?s:.*){}", regex_syntax::escape(it)))?,
+        Specifier::ContainsMatch(it) => regexes.anchored(&format!("(?s:.*){}(?s:.*)", regex_syntax::escape(it)))?,
+        Specifier::SafeRegexMatch(it) => regexes.re2(&it.regex)?,
         Specifier::RangeMatch(_) => return Err(format!("header `{}`: a range matcher cannot be applied here", header.name)),
     };
     let condition = match pseudo {
@@ -556,7 +571,7 @@ fn pseudo(name: &str) -> Option<Pseudo> {
     }
 }
 
-fn string_match(it: &matcher::StringMatcher) -> Result<StrMatch, String> {
+fn string_match(it: &matcher::StringMatcher, regexes: &mut Regexes) -> Result<StrMatch, String> {
     use matcher::string_matcher::MatchPattern;
     // Envoy's `ignore_case` folds ASCII letters only (a regex's `(?i)` would fold Unicode too:
     // the Kelvin sign would match `k`).
@@ -574,33 +589,49 @@ fn string_match(it: &matcher::StringMatcher) -> Result<StrMatch, String> {
     match (it.match_pattern.as_ref().ok_or("a string matcher without a pattern")?, it.ignore_case) {
         (MatchPattern::Exact(it), false) => Ok(StrMatch::Exact(it.clone())),
         (MatchPattern::Prefix(it), false) => Ok(StrMatch::Prefix(it.clone())),
-        (MatchPattern::Exact(it), true) => anchored_regex(&literal(it, true)),
-        (MatchPattern::Prefix(it), ignore_case) => anchored_regex(&format!("{}(?s:.*)", literal(it, ignore_case))),
-        (MatchPattern::Suffix(it), ignore_case) => anchored_regex(&format!("(?s:.*){}", literal(it, ignore_case))),
-        (MatchPattern::Contains(it), ignore_case) => anchored_regex(&format!("(?s:.*){}(?s:.*)", literal(it, ignore_case))),
-        (MatchPattern::SafeRegex(it), false) => regex(&it.regex),
+        (MatchPattern::Exact(it), true) => regexes.anchored(&literal(it, true)),
+        (MatchPattern::Prefix(it), ignore_case) => regexes.anchored(&format!("{}(?s:.*)", literal(it, ignore_case))),
+        (MatchPattern::Suffix(it), ignore_case) => regexes.anchored(&format!("(?s:.*){}", literal(it, ignore_case))),
+        (MatchPattern::Contains(it), ignore_case) => regexes.anchored(&format!("(?s:.*){}(?s:.*)", literal(it, ignore_case))),
+        (MatchPattern::SafeRegex(it), false) => regexes.re2(&it.regex),
         (MatchPattern::SafeRegex(_), true) => Err("ignore_case on a regex (Envoy refuses it)".to_owned()),
         (MatchPattern::Custom(_), _) => Err("a custom string matcher cannot be applied here".to_owned()),
     }
 }
 
-/// An anchored regex built from escaped literals.
-fn anchored_regex(pattern: &str) -> Result<StrMatch, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map(StrMatch::Regex)
-        .map_err(|err| err.to_string())
+/// The regexes of one route configuration, held to [`REGEX_BUDGET`] together: each is
+/// charged the memory it takes compiled and the most its lazy DFA's cache may grow to.
+struct Regexes {
+    room: usize,
 }
 
-/// An RE2 regex, matched against the whole value as Envoy does; one RE2 refuses is refused.
-fn regex(pattern: &str) -> Result<StrMatch, String> {
-    let translated = re2::to_rust(pattern).map_err(|err| format!("regex `{pattern}` is invalid: {err}"))?;
-    regex::RegexBuilder::new(&translated)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map(StrMatch::Regex)
-        .map_err(|err| format!("regex `{pattern}` is invalid: {err}"))
+impl Regexes {
+    fn new() -> Regexes {
+        Regexes { room: REGEX_BUDGET }
+    }
+
+    /// An anchored regex built from escaped literals.
+    fn anchored(&mut self, pattern: &str) -> Result<StrMatch, String> {
+        self.compile(&format!("^(?:{pattern})$"))
+    }
+
+    /// An RE2 regex, matched against the whole value as Envoy does; one RE2 refuses is refused.
+    fn re2(&mut self, pattern: &str) -> Result<StrMatch, String> {
+        let translated = re2::to_rust(pattern).map_err(|err| format!("regex `{pattern}` is invalid: {err}"))?;
+        self.compile(&translated).map_err(|err| format!("regex `{pattern}` is invalid: {err}"))
+    }
+
+    fn compile(&mut self, pattern: &str) -> Result<StrMatch, String> {
+        use regex_automata::meta;
+        let config = meta::Config::new().nfa_size_limit(Some(REGEX_SIZE_LIMIT)).hybrid_cache_capacity(REGEX_CACHE_CAPACITY);
+        let regex = meta::Regex::builder().configure(config).build(pattern).map_err(|err| err.to_string())?;
+        let cost = regex.memory_usage() + REGEX_CACHE_CAPACITY;
+        self.room = self
+            .room
+            .checked_sub(cost)
+            .ok_or_else(|| format!("the route configuration's regexes would take more than {} MiB", REGEX_BUDGET >> 20))?;
+        Ok(StrMatch::Regex(regex))
+    }
 }
 
 fn forward(

@@ -375,3 +375,37 @@ fn ignore_case_folds_ascii_letters_only_as_envoys_does() {
     let contains = folded(MatchPattern::Contains("Mid".to_owned()));
     assert_eq!(route(&contains, "a-mID-b"), "jason");
 }
+
+#[test]
+fn a_configurations_regexes_are_held_to_a_memory_budget() {
+    let with_regexes = |count: usize, pattern: &str| {
+        let mut host = reviews();
+        host.routes[0].r#match = Some(route::RouteMatch {
+            headers: (0..count)
+                .map(|index| route::HeaderMatcher {
+                    name: format!("x-h{index}"),
+                    header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(matcher::StringMatcher {
+                        match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(matcher::RegexMatcher {
+                            regex: pattern.to_owned(),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..prefix("/")
+        });
+        build(&config(vec![host]), "v1", compiled(&[]))
+    };
+    // Each of these takes a few hundred KiB compiled, under the limit for one regex, and a
+    // few hundred of them pass the budget for a whole configuration.
+    let large = "[a-z]{1000}[0-9]{1000}";
+    if let Err(err) = with_regexes(10, large) {
+        panic!("ten fit: {err}");
+    }
+    let err = with_regexes(2_000, large).expect_err("refused");
+    assert!(err.contains("regexes would take more than 256 MiB"), "{err}");
+    // Small regexes, as real routes have, fit by the thousand.
+    assert!(with_regexes(2_000, "[0-9]+").is_ok());
+}
