@@ -289,7 +289,15 @@ pub fn random(seed: u64) -> MemFs {
                 "[[service.instance]]\naddress = \"10.0.{service}.{instance}\"\nport = 80\nlabels = {{ version = \"{version}\" }}\n\n"
             );
         }
-        let _ = write!(spec, "service s{service} {{\n  subset v1 {{ version = \"v1\" }}\n  subset v2 {{ version = \"v2\" }}\n}}\n\n");
+        // Now and then TLS towards the service and a health check, which Pilot serves and a
+        // sidecar must take as compiled.
+        let tls = ["", "  tls istio_mutual\n", "  tls simple sni \"s.example.com\"\n", "  tls mutual\n"][rng.below(4) as usize];
+        let check = ["", "  health_check { http \"/healthz\"  interval 5s  timeout 1s  healthy_threshold 2  unhealthy_threshold 3 }\n"]
+            [rng.below(2) as usize];
+        let _ = write!(
+            spec,
+            "service s{service} {{\n  subset v1 {{ version = \"v1\" }}\n  subset v2 {{ version = \"v2\" }}\n{tls}{check}}}\n\n"
+        );
         if rng.below(4) == 0 {
             continue; // the default route only
         }

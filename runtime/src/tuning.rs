@@ -4,15 +4,20 @@
 //!
 //! Each is an atomic the request path loads with one relaxed read, starting at the compiled
 //! value, so a sidecar without `--xds` pays nothing for it. What a Cluster resource says that
-//! the sidecar cannot change while running (connect timeout, TLS, health checks) must match
-//! what was compiled, or the resource is refused with the reason.
+//! the sidecar cannot change while running (connect timeout, TLS and its SNI and peer
+//! identities, health checks) must match what was compiled, or the resource is refused with
+//! the reason.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
 
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+
+use crate::health::HealthCheckSpec;
 use crate::outlier::OutlierSpec;
-use crate::spec::{Balancer, ClusterSpec, Limits};
+use crate::spec::{Balancer, ClusterSpec, Limits, UpstreamTls};
 use crate::xds::millis;
 
 const COMPILED: u8 = 0;
@@ -189,7 +194,7 @@ impl Tuning {
 
 /// The settings a Cluster resource gives the compiled cluster `spec`, or why they cannot be
 /// applied.
-pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec) -> Result<Tuned, String> {
+pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec, trust_domain: &str) -> Result<Tuned, String> {
     use cds::cluster::LbPolicy;
     let balancer = match (LbPolicy::try_from(cluster.lb_policy), &spec.load_balancer) {
         (Ok(LbPolicy::RoundRobin), _) => ROUND_ROBIN,
@@ -211,8 +216,16 @@ pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec) -> Result<Tuned, Str
     if cluster.health_checks.is_empty() == spec.health_check.is_some() {
         return Err("health checking was turned on or off: rebuild the sidecar".to_owned());
     }
-    if cluster.transport_socket.is_some() == matches!(spec.tls, crate::spec::UpstreamTls::Disable) {
+    if let Some(compiled) = &spec.health_check
+        && cluster.health_checks != [health_check(compiled)]
+    {
+        return Err("the health check changed (its probe, path, interval, timeout or thresholds): rebuild the sidecar".to_owned());
+    }
+    if cluster.transport_socket.is_some() == matches!(spec.tls, UpstreamTls::Disable) {
         return Err("TLS towards the endpoints was turned on or off: rebuild the sidecar".to_owned());
+    }
+    if let Some(socket) = &cluster.transport_socket {
+        same_tls(socket, &spec.tls, trust_domain)?;
     }
     let thresholds = cluster.circuit_breakers.as_ref().and_then(|it| {
         it.thresholds.iter().find(|it| it.priority == envoy_types::pb::envoy::config::core::v3::RoutingPriority::Default as i32)
@@ -253,6 +266,87 @@ pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec) -> Result<Tuned, Str
         }
     };
     Ok(Tuned { balancer, limits, budget, outlier })
+}
+
+/// The health check meshc serves for a compiled one. A served check is taken only if it is
+/// exactly this: the probes run as compiled.
+fn health_check(compiled: &HealthCheckSpec) -> core::HealthCheck {
+    use core::health_check::{HealthChecker, HttpHealthCheck, TcpHealthCheck};
+    let duration = |ms: u64| Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 };
+    let checker = match compiled.http_path {
+        Some(path) => HealthChecker::HttpHealthCheck(HttpHealthCheck { path: path.to_owned(), ..Default::default() }),
+        None => HealthChecker::TcpHealthCheck(TcpHealthCheck::default()),
+    };
+    core::HealthCheck {
+        timeout: Some(duration(compiled.timeout_ms)),
+        interval: Some(duration(compiled.interval_ms)),
+        healthy_threshold: Some(UInt32Value { value: compiled.healthy_threshold }),
+        unhealthy_threshold: Some(UInt32Value { value: compiled.unhealthy_threshold }),
+        health_checker: Some(checker),
+        ..Default::default()
+    }
+}
+
+/// Whether a served transport socket asks for the TLS the cluster was compiled with: the name
+/// sent (SNI), whether the sidecar presents its certificate, and which peer identities it
+/// accepts. Certificates and roots come from the sidecar's own files, whatever SDS names the
+/// resource gives them.
+fn same_tls(socket: &core::TransportSocket, compiled: &UpstreamTls, trust_domain: &str) -> Result<(), String> {
+    use core::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use prost::Message;
+    use tls::common_tls_context::ValidationContextType;
+    let refused = |what: &str| Err(format!("TLS towards the endpoints changed ({what}): rebuild the sidecar"));
+    let Some(ConfigType::TypedConfig(config)) = &socket.config_type else { return refused("no TLS configuration") };
+    if !config.type_url.ends_with("/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext") {
+        return refused(&format!("a {} transport socket", config.type_url));
+    }
+    let served = tls::UpstreamTlsContext::decode(&config.value[..]).map_err(|err| format!("an undecodable UpstreamTlsContext: {err}"))?;
+    let context = served.common_tls_context.unwrap_or_default();
+    let presents = !context.tls_certificates.is_empty()
+        || !context.tls_certificate_sds_secret_configs.is_empty()
+        || context.tls_certificate_provider_instance.is_some();
+    let validation = match &context.validation_context_type {
+        Some(ValidationContextType::ValidationContext(it)) => Some(it),
+        Some(ValidationContextType::CombinedValidationContext(it)) => it.default_validation_context.as_ref(),
+        _ => None,
+    };
+    let sans = validation.map_or(&[][..], |it| &it.match_typed_subject_alt_names[..]);
+    let (sni, mutual, principals) = match compiled {
+        UpstreamTls::Disable => return refused("TLS was compiled off"),
+        UpstreamTls::Simple { sni } => (sni, false, None),
+        UpstreamTls::Mutual { sni } => (sni, true, None),
+        UpstreamTls::IstioMutual { sni, principals } => (sni, true, Some(principals)),
+    };
+    if served.sni != sni.unwrap_or_default() {
+        return refused(&format!("SNI `{}` served, `{}` compiled", served.sni, sni.unwrap_or_default()));
+    }
+    if presents != mutual {
+        return refused("whether the sidecar presents its certificate");
+    }
+    // Istio's mutual TLS accepts the compiled SPIFFE identities (or any of the trust
+    // domain's); the other modes check the server's name, with no identity matchers.
+    let accepted: Vec<(bool, String)> = match principals {
+        None => Vec::new(),
+        Some([]) => vec![(true, format!("spiffe://{trust_domain}/"))],
+        Some(principals) => principals.iter().map(|it| (false, format!("spiffe://{it}"))).collect(),
+    };
+    let served_sans: Option<Vec<(bool, String)>> = sans
+        .iter()
+        .map(|it| {
+            use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+            let uri = it.san_type == tls::subject_alt_name_matcher::SanType::Uri as i32;
+            match it.matcher.as_ref().filter(|it| !it.ignore_case).and_then(|it| it.match_pattern.as_ref()) {
+                Some(MatchPattern::Exact(it)) if uri => Some((false, it.clone())),
+                Some(MatchPattern::Prefix(it)) if uri => Some((true, it.clone())),
+                _ => None,
+            }
+        })
+        .collect();
+    if served_sans.is_none_or(|it| it != accepted) {
+        return refused("the peer identities accepted");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -270,7 +270,8 @@ fn apply_clusters(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf:
         }
         let cluster = Cluster::decode(&resource.value[..]).map_err(|err| format!("an undecodable Cluster: {err}"))?;
         let compiled = proxy.cluster_named(&cluster.name)?;
-        let tuned = crate::tuning::from_cds(&cluster, compiled.spec).map_err(|err| format!("cluster `{}`: {err}", cluster.name))?;
+        let tuned = crate::tuning::from_cds(&cluster, compiled.spec, proxy.spec.trust_domain)
+            .map_err(|err| format!("cluster `{}`: {err}", cluster.name))?;
         updates.push((compiled, tuned));
     }
     for (cluster, tuned) in updates {

@@ -376,3 +376,28 @@ fn compiled_and_explained_rpc_routing_agree_on_every_generated_sidecar() {
     }
     assert!(checked > 0, "no generated sidecar has RPC routes");
 }
+
+/// Every Cluster Pilot serves a sidecar is taken by the sidecar's CDS reader as compiled: what
+/// it cannot change while running (connect timeout, TLS and its name and identities, health
+/// checks) matches, and what it can (balancer, limits, outlier detection) applies.
+#[test]
+fn every_cluster_pilot_serves_is_taken_by_its_sidecar() {
+    let mut checked = (0, 0, 0);
+    for sidecar in SIDECARS {
+        let mesh = mesh(sidecar.origin);
+        let workload = mesh.workloads.iter().find(|it| it.name == sidecar.workload).expect("the workload is in the mesh");
+        let resources = meshc_codegen::emit::xds::workload_resources(mesh, workload, meshc_codegen::emit::xds::Client::Envoy);
+        for cluster in &resources.clusters {
+            let spec = sidecar.clusters.iter().find(|it| it.name == cluster.name).unwrap_or_else(|| {
+                panic!("{:?}/{}: Pilot serves cluster `{}`, which the sidecar lacks", sidecar.origin, sidecar.workload, cluster.name)
+            });
+            if let Err(err) = meshc_runtime::tuning::from_cds(cluster, spec, &mesh.trust_domain) {
+                panic!("{:?}/{}: cluster `{}` refused: {err}", sidecar.origin, sidecar.workload, cluster.name);
+            }
+            checked.0 += 1;
+            checked.1 += usize::from(cluster.transport_socket.is_some());
+            checked.2 += usize::from(!cluster.health_checks.is_empty());
+        }
+    }
+    assert!(checked.1 > 0 && checked.2 > 0, "clusters, with TLS, with health checks: {checked:?}");
+}
