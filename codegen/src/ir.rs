@@ -1131,7 +1131,7 @@ impl IpBlock {
     }
 }
 
-/// Access logging and metric labels.
+/// Access logging, metric labels, request ids and trace context.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Telemetry {
     /// Whether requests are logged.
@@ -1140,11 +1140,17 @@ pub struct Telemetry {
     pub access_log_format: AccessLogFormat,
     /// Extra labels on every request metric, sorted by name.
     pub metric_labels: Vec<MetricLabel>,
+    /// Whether the sidecar gives an outbound request without `x-request-id` one (Envoy's
+    /// `generate_request_id`).
+    pub request_id: bool,
+    /// Whether the sidecar starts a trace for an outbound request without trace context and
+    /// adds its span to one that has it; off, trace headers pass untouched.
+    pub tracing: bool,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Telemetry { access_log: true, access_log_format: AccessLogFormat::Json, metric_labels: Vec::new() }
+        Telemetry { access_log: true, access_log_format: AccessLogFormat::Json, metric_labels: Vec::new(), request_id: true, tracing: true }
     }
 }
 

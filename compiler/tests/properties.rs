@@ -60,6 +60,8 @@ fn token() -> impl Strategy<Value = String> {
         "not",
         "telemetry",
         "access_log",
+        "request_id",
+        "tracing",
         "on",
         "off",
         "header",

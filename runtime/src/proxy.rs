@@ -559,7 +559,7 @@ impl Proxy {
     /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
     /// enters the mesh), and, when the workload logs requests, what its log line will say.
     fn log_entry(&self, peer: IpAddr, request: &mut Request<Incoming>) -> Option<accesslog::Entry> {
-        if !request.headers().contains_key(crate::trace::REQUEST_ID) {
+        if self.spec.request_id && !request.headers().contains_key(crate::trace::REQUEST_ID) {
             crate::trace::add_request_id(request.headers_mut());
         }
         if matches!(self.spec.access_log, accesslog::AccessLog::Off) {
@@ -691,7 +691,7 @@ impl Proxy {
             Transport::Http1(&cluster.http1)
         };
         let key = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
-        let upstream = Upstream { cluster, transport, forward, key };
+        let upstream = Upstream { cluster, transport, forward, key, tracing: self.spec.tracing };
         // The circuit breaker: a request counts until its response ends.
         let mut response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
             Some(in_flight) => match upstream.send(parts, body, timeout).await {
@@ -734,6 +734,7 @@ impl Proxy {
         let http2 = cluster.spec.protocol.uses_http2(parts.version);
         let (client, pool) = (cluster.http1.clone(), cluster.http2.clone());
         let timeout = cluster.spec.request_timeout_ms.map(Duration::from_millis).or(Some(MIRROR_TIMEOUT));
+        let tracing = self.spec.tracing;
         let (whole, received) = tokio::sync::oneshot::channel();
         // Fire and forget: the copy's answer, or failure, never reaches the caller.
         tokio::spawn(async move {
@@ -741,7 +742,7 @@ impl Proxy {
             let Ok(bytes) = received.await else { return };
             let copy = copy.map(|()| full(bytes));
             let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
-            if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout)).await {
+            if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout), tracing).await {
                 let _ = response.into_body().collect().await;
             }
         });
@@ -791,7 +792,8 @@ impl Proxy {
             if protocol.uses_http2(request.version()) { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
-        forward_to(transport, Request::from_parts(parts, body.map_err(BoxError::from).boxed()), app, None, Limits::total(timeout))
+        let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+        forward_to(transport, request, app, None, Limits::total(timeout), self.spec.tracing)
             .await
             .unwrap_or_else(|err| local_reply(err, grpc))
     }
@@ -991,6 +993,8 @@ struct Upstream<'a> {
     forward: &'a Forward<'a>,
     /// The request's consistent-hash key, when the cluster hashes.
     key: Option<u64>,
+    /// Whether trace context is propagated (the workload's `tracing`).
+    tracing: bool,
 }
 
 /// The most mirrored copies in flight to one cluster, whatever its breaker says.
@@ -1051,7 +1055,7 @@ impl Upstream<'_> {
     async fn try_once(&self, request: Request<Body>, endpoint: &Endpoint, limits: Limits) -> Result<Response<Body>, Error> {
         let slot = self.connection_slot(limits.body).await?;
         let active = self.cluster.start_request(endpoint);
-        let response = forward_to(self.transport, request, endpoint, Some(self.forward), limits).await?;
+        let response = forward_to(self.transport, request, endpoint, Some(self.forward), limits, self.tracing).await?;
         Ok(match (slot, active) {
             (None, None) => response,
             held => response.map(|body| Holding { inner: body, _held: held }.boxed()),
@@ -1327,6 +1331,7 @@ async fn forward_to(
     endpoint: &Endpoint,
     forward: Option<&Forward<'_>>,
     limits: Limits,
+    tracing: bool,
 ) -> Result<Response<Body>, Error> {
     let Limits { headers: timeout, body: deadline } = limits;
     let grpc = is_grpc(request.headers());
@@ -1349,7 +1354,9 @@ async fn forward_to(
         None => authority_as_sent(&parts.uri, &parts.headers).unwrap_or_else(|| endpoint.authority().to_owned()),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    crate::trace::propagate(&mut parts.headers);
+    if tracing {
+        crate::trace::propagate(&mut parts.headers);
+    }
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.request_headers);
     }

@@ -1,6 +1,8 @@
 //! Trace context propagation: W3C `traceparent` and Zipkin's B3 headers pass through with a
 //! new span id for the hop the sidecar adds (the caller's span becomes the parent); a request
-//! with neither starts a W3C trace. `x-request-id` is added when absent, as Envoy does.
+//! with neither starts a W3C trace. `x-request-id` is added when absent, as Envoy does. A
+//! workload's `telemetry { request_id off  tracing off }` turns either off (the proxy's
+//! callers check `SidecarSpec::request_id` and `tracing`).
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -26,9 +28,6 @@ pub fn propagate(headers: &mut HeaderMap) {
         let mut value = Hex::default();
         value.push_u64(span_id(), 16);
         value.set(headers, B3_SPAN_ID);
-    }
-    if !headers.contains_key(REQUEST_ID) {
-        add_request_id(headers);
     }
 }
 
@@ -121,6 +120,7 @@ mod tests {
         for _ in 0..100 {
             let mut headers = HeaderMap::new();
             propagate(&mut headers);
+            add_request_id(&mut headers);
             let id = headers["x-request-id"].to_str().expect("text").to_owned();
             let bytes = id.as_bytes();
             assert_eq!(id.len(), 36, "{id}");
@@ -141,7 +141,6 @@ mod tests {
         let value = headers["traceparent"].to_str().expect("text").to_owned();
         assert!(value.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && value.ends_with("-01"), "{value}");
         assert!(!value.contains("00f067aa0ba902b7"), "{value}");
-        assert!(headers.contains_key("x-request-id"));
     }
 
     #[test]

@@ -315,6 +315,7 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
         });
     }
     let listener_count = int(listeners.len() as u64);
+    let (request_id, tracing) = (workload.telemetry.request_id, workload.telemetry.tracing);
     let access_log = match (&workload.telemetry.access_log, &workload.telemetry.access_log_format) {
         (false, _) => quote!(rt::AccessLog::Off),
         (true, AccessLogFormat::Json) => quote!(rt::AccessLog::Json),
@@ -367,6 +368,8 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             authz: &policy::AUTHZ,
             inbound_rate_limit: #inbound_rate_limit,
             access_log: #access_log,
+            request_id: #request_id,
+            tracing: #tracing,
             config_dump: dump::CONFIG_DUMP,
             routes: &routes::ROUTE_STATS,
             virtual_hosts: &routes::VIRTUAL_HOSTS,

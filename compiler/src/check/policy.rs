@@ -61,6 +61,12 @@ impl Checker<'_, '_> {
         if let Some(on) = &block.access_log {
             out.access_log = on.value;
         }
+        if let Some(on) = &block.request_id {
+            out.request_id = on.value;
+        }
+        if let Some(on) = &block.tracing {
+            out.tracing = on.value;
+        }
         if let Some(format) = &block.access_log_format {
             out.access_log_format = match &format.value {
                 None => ir::AccessLogFormat::Json,

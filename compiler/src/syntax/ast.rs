@@ -462,4 +462,8 @@ pub struct Telemetry {
     pub access_log_format: Option<Spanned<Option<String>>>,
     /// `metric_label name = "attribute"`.
     pub metric_labels: Vec<(Name, Name)>,
+    /// `request_id on|off`.
+    pub request_id: Option<Spanned<bool>>,
+    /// `tracing on|off`.
+    pub tracing: Option<Spanned<bool>>,
 }

@@ -1149,13 +1149,22 @@ impl Builder<'_> {
 
     fn telemetry(&mut self, pair: P<'_>) -> Telemetry {
         let span = self.span(&pair);
-        let mut telemetry = Telemetry { span, access_log: None, access_log_format: None, metric_labels: Vec::new() };
+        let mut telemetry =
+            Telemetry { span, access_log: None, access_log_format: None, metric_labels: Vec::new(), request_id: None, tracing: None };
         for stmt in pair.into_inner().skip(1) {
             let stmt_span = self.span(&stmt);
             match stmt.as_rule() {
                 Rule::access_log_switch => {
                     let on = stmt.into_inner().nth(1).expect("grammar: on/off").as_rule() == Rule::log_on;
                     self.set_once(&mut telemetry.access_log, on, stmt_span, "access_log");
+                }
+                Rule::request_id_switch => {
+                    let on = stmt.into_inner().nth(1).expect("grammar: on/off").as_rule() == Rule::log_on;
+                    self.set_once(&mut telemetry.request_id, on, stmt_span, "request_id");
+                }
+                Rule::tracing_switch => {
+                    let on = stmt.into_inner().nth(1).expect("grammar: on/off").as_rule() == Rule::log_on;
+                    self.set_once(&mut telemetry.tracing, on, stmt_span, "tracing");
                 }
                 Rule::access_log_format => {
                     let format = stmt.into_inner().nth(2).expect("grammar: format");

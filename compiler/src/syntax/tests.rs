@@ -94,7 +94,12 @@ fn check(text: &str, expected: Expect) {
                 let serves: Vec<&str> = workload.serves.iter().map(|it| it.text.as_str()).collect();
                 out.push_str(&format!("workload {} serves={serves:?}\n", workload.name.text));
             }
-            Item::Telemetry(telemetry) => out.push_str(&format!("telemetry access_log={:?}\n", telemetry.access_log.map(|it| it.value))),
+            Item::Telemetry(telemetry) => out.push_str(&format!(
+                "telemetry access_log={:?} request_id={:?} tracing={:?}\n",
+                telemetry.access_log.map(|it| it.value),
+                telemetry.request_id.map(|it| it.value),
+                telemetry.tracing.map(|it| it.value)
+            )),
         }
     }
     expected.assert_eq(&out);
@@ -202,10 +207,10 @@ fn a_syntax_error_names_what_was_expected() {
 #[test]
 fn workloads_collect_every_serves_list() {
     check(
-        "workload web { serves a, b  serves c  calls *  telemetry { access_log off } }\ntelemetry { access_log on }",
+        "workload web { serves a, b  serves c  calls *  telemetry { access_log off } }\ntelemetry { access_log on  request_id off  tracing on }",
         expect![[r#"
             workload web serves=["a", "b", "c"]
-            telemetry access_log=Some(true)
+            telemetry access_log=Some(true) request_id=Some(false) tracing=Some(true)
         "#]],
     );
 }

@@ -682,6 +682,25 @@ fn a_failing_health_check_takes_an_instance_out_until_it_passes() {
 }
 
 #[test]
+fn a_workload_with_request_ids_and_tracing_off_passes_requests_untouched() {
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "quiet");
+    let web = Upstream::start("a");
+    let sidecar = Sidecar::start(&binary, &["outbound"], &format!("[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n", web.address));
+    let url = format!("http://{}/api/items", sidecar.listener("outbound"));
+    let seen = curl(&["-H", "host: web"], &url);
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    let headers = &seen.json()["headers"];
+    for name in ["x-request-id", "traceparent", "x-b3-spanid"] {
+        assert!(headers.get(name).is_none(), "{name} was added: {headers}");
+    }
+    // What the caller sent goes on as sent.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let seen = curl(&["-H", "host: web", "-H", &format!("traceparent: {traceparent}"), "-H", "x-request-id: mine"], &url);
+    let headers = &seen.json()["headers"];
+    assert_eq!((headers["traceparent"].as_str(), headers["x-request-id"].as_str()), (Some(traceparent), Some("mine")), "{headers}");
+}
+
+#[test]
 fn requests_are_logged_as_json_and_carry_trace_context_onward() {
     let http = Http::start();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

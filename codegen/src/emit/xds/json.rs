@@ -341,7 +341,7 @@ messages! {
     listener::FilterChain { filters }
     listener::Filter { name; config_type }
     listener::ApiListener { api_listener }
-    hcm::HttpConnectionManager { stat_prefix, http_filters; route_specifier }
+    hcm::HttpConnectionManager { stat_prefix, http_filters, generate_request_id; route_specifier }
     hcm::Rds { config_source, route_config_name }
     hcm::HttpFilter { name, is_optional; config_type }
     router::Router {}

@@ -471,6 +471,9 @@ impl Emitter<'_> {
         hcm::HttpConnectionManager {
             stat_prefix: OUTBOUND.to_owned(),
             http_filters: filters,
+            // `telemetry { request_id off }`: Envoy's default is to add one.
+            generate_request_id: (!self.workload.telemetry.request_id)
+                .then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
                 config_source: Some(ads()),
                 route_config_name: OUTBOUND.to_owned(),

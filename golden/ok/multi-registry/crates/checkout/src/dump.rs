@@ -242,7 +242,9 @@ pub const CONFIG_DUMP: &str = r#"{
       "access_log_format": {
         "kind": "json"
       },
-      "metric_labels": []
+      "metric_labels": [],
+      "request_id": true,
+      "tracing": true
     }
   }
 }"#;

@@ -50,6 +50,8 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     authz: &policy::AUTHZ,
     inbound_rate_limit: None,
     access_log: rt::AccessLog::Json,
+    request_id: true,
+    tracing: true,
     config_dump: dump::CONFIG_DUMP,
     routes: &routes::ROUTE_STATS,
     virtual_hosts: &routes::VIRTUAL_HOSTS,
