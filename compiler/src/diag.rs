@@ -71,6 +71,7 @@ codes! {
     ProtocolMismatch = "E0209", None, "a destination speaks another protocol than its route table";
     OutOfScope = "E0210", None, "a workload's route reaches a service the workload may not call";
     MissingAction = "E0211", None, "a route has no action, or more than one";
+    IneffectiveSetting = "E0212", None, "a route that answers locally has settings only forwarding uses";
     RegistryFormat = "E0301", None, "a registry snapshot cannot be parsed";
     RegistryEntry = "E0302", None, "an entry of a registry snapshot is malformed and was skipped";
     RegistryConflict = "E0303", Some("IST0170"), "registries disagree on a service's protocol or ports";

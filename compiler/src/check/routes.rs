@@ -339,6 +339,48 @@ impl Checker<'_, '_> {
                     .map(|it| ir::Rewrite { prefix: it.value.prefix.clone(), authority: it.value.authority.clone() }),
             },
         };
+        if matches!(action, CheckedAction::Answer(_)) {
+            // The sidecar answers such a route itself, before anything that forwarding
+            // uses: these settings would do nothing, so they are dropped, with a warning.
+            let spans: Vec<(&str, Span)> = [
+                ("timeout", route.timeout.as_ref().map(|it| it.span)),
+                ("retries", route.retries.as_ref().map(|it| it.span)),
+                ("fault", route.fault_delay.as_ref().map(|it| it.span)),
+                ("fault", route.fault_abort.as_ref().map(|it| it.span)),
+                ("mirror", route.mirror.as_ref().map(|it| it.span)),
+                ("rate_limit", route.rate_limit.as_ref().map(|it| it.span)),
+            ]
+            .into_iter()
+            .filter_map(|(what, span)| Some((what, span?)))
+            .collect();
+            let mut spans = spans;
+            spans.sort_by_key(|it| it.1.start);
+            if let Some(((_, at), rest)) = spans.split_first() {
+                let mut names: Vec<&str> = spans.iter().map(|it| it.0).collect();
+                names.dedup();
+                let mut diagnostic = Diagnostic::warning(
+                    Code::IneffectiveSetting,
+                    format!("route `{}` answers locally, so these settings do nothing: `{}`", route.name.text, names.join("`, `")),
+                )
+                .primary(*at, "used only by a route that forwards");
+                for (_, span) in rest {
+                    diagnostic = diagnostic.secondary(*span, "and this");
+                }
+                self.push(diagnostic.help("move them to a route that forwards, or remove them"));
+            }
+            return Some(CheckedRoute {
+                name: route.name.text.clone(),
+                matches,
+                action,
+                timeout_ms: None,
+                retries: None,
+                fault: None,
+                mirror: None,
+                request_headers: header_ops(&route.request_headers),
+                response_headers: header_ops(&route.response_headers),
+                rate_limit: None,
+            });
+        }
         let fault = (route.fault_delay.is_some() || route.fault_abort.is_some()).then(|| ir::Fault {
             delay: route.fault_delay.as_ref().map(|it| ir::FaultDelay { delay_ms: it.value.0, per_million: it.value.1 }),
             abort: route.fault_abort.as_ref().map(|it| ir::FaultAbort { status: it.value.0, per_million: it.value.1 }),

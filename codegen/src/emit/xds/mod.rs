@@ -514,10 +514,14 @@ impl Emitter<'_> {
         let alternatives = if ir_route.matches.is_empty() { &everything[..] } else { &ir_route.matches[..] };
         let action = self.action(ir_route);
         let mut typed_per_filter_config = Vec::new();
-        if let Some(fault) = &ir_route.fault {
+        // Faults and rate limits apply to what a route forwards (the checker drops them from
+        // routes that answer locally, E0212); a sidecar refuses them on any other route.
+        let forwards = matches!(ir_route.action, ir::Action::Forward { .. });
+        if forwards && let Some(fault) = &ir_route.fault {
             typed_per_filter_config.push(("envoy.filters.http.fault".to_owned(), any(&http_fault(fault))));
         }
         if self.client == Client::Envoy
+            && forwards
             && let Some(limit) = &ir_route.rate_limit
         {
             typed_per_filter_config.push(("envoy.filters.http.local_ratelimit".to_owned(), any(&rate_limit(limit))));
