@@ -1140,11 +1140,11 @@ pub struct Telemetry {
     pub access_log_format: AccessLogFormat,
     /// Extra labels on every request metric, sorted by name.
     pub metric_labels: Vec<MetricLabel>,
-    /// Whether the sidecar gives an outbound request without `x-request-id` one (Envoy's
-    /// `generate_request_id`).
+    /// Whether the sidecar gives a request without `x-request-id` one, outbound and inbound
+    /// (Envoy's `generate_request_id`).
     pub request_id: bool,
-    /// Whether the sidecar starts a trace for an outbound request without trace context and
-    /// adds its span to one that has it; off, trace headers pass untouched.
+    /// Whether the sidecar starts a trace for a request without trace context and adds its
+    /// span to one that has it, outbound and inbound; off, trace headers pass untouched.
     pub tracing: bool,
 }
 

@@ -16,8 +16,8 @@ pub enum StrMatch {
     Exact(String),
     /// Starts with.
     Prefix(String),
-    /// Matches a regex (anchored by whoever built it): regex's engine, which reports its size.
-    Regex(regex_automata::meta::Regex),
+    /// Matches a regex (anchored by whoever built it).
+    Regex(Regex),
 }
 
 impl StrMatch {
@@ -27,6 +27,45 @@ impl StrMatch {
             StrMatch::Prefix(it) => value.starts_with(it.as_str()),
             StrMatch::Regex(it) => it.is_match(value),
         }
+    }
+}
+
+/// A regex with one search cache, shared by every thread that matches it (one at a time),
+/// so that its memory is what it takes compiled plus that one cache, whatever the number of
+/// workers; regex's own pool would keep a cache for each thread. regex's engine, used
+/// directly, reports both sizes, so that a route configuration's regexes can be held to a
+/// budget (`overrides.rs`).
+#[derive(Debug)]
+pub struct Regex {
+    regex: regex_automata::meta::Regex,
+    /// Boxed: a cache is large next to the other conditions.
+    cache: Box<std::sync::Mutex<regex_automata::meta::Cache>>,
+}
+
+impl Regex {
+    /// Wraps a compiled regex.
+    pub fn new(regex: regex_automata::meta::Regex) -> Regex {
+        let cache = Box::new(std::sync::Mutex::new(regex.create_cache()));
+        Regex { regex, cache }
+    }
+
+    /// The compiled regex.
+    pub fn regex(&self) -> &regex_automata::meta::Regex {
+        &self.regex
+    }
+
+    /// Whether `value` matches.
+    pub fn is_match(&self, value: &str) -> bool {
+        let input = regex_automata::Input::new(value).earliest(true);
+        // A thread that panicked while matching left a usable cache: searches reset it.
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.regex.search_half_with(&mut cache, &input).is_some()
+    }
+}
+
+impl Clone for Regex {
+    fn clone(&self) -> Regex {
+        Regex::new(self.regex.clone())
     }
 }
 

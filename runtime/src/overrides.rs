@@ -53,13 +53,16 @@ pub const MAX_INTERNED_ROUTES: usize = 4096;
 /// The most memory one compiled regex may take.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-/// The most room a lazy DFA's cache may take, per regex (regex's default is 2 MiB): past it
-/// the cache starts again, or a slower engine takes over, with the same answers.
-const REGEX_CACHE_CAPACITY: usize = 64 << 10;
+/// The most room each of a regex's two lazy DFAs (forward and reverse) may take in its cache
+/// (regex's default is 2 MiB): past it the cache starts again, or a slower engine takes over,
+/// with the same answers.
+const REGEX_CACHE_CAPACITY: usize = 32 << 10;
 
-/// The most memory the regexes of one route configuration may take together, caches at their
-/// capacity included: about 3,500 typical header or path regexes (5 to 10 KiB each compiled).
-/// A configuration past it is refused, so that a bad one cannot take the sidecar's memory.
+/// The most memory the regexes of one route configuration may take together, each charged
+/// for what it takes compiled, its one cache's lazy DFAs at capacity, and as much again for
+/// the cache's other engines (whose scratch grows with the compiled size): about 3,000
+/// typical header or path regexes (5 to 10 KiB each compiled). A configuration past it is
+/// refused, so that a bad one cannot take the sidecar's memory.
 const REGEX_BUDGET: usize = 256 << 20;
 
 /// Envoy's default route timeout, for a route that sets none.
@@ -599,8 +602,8 @@ fn string_match(it: &matcher::StringMatcher, regexes: &mut Regexes) -> Result<St
     }
 }
 
-/// The regexes of one route configuration, held to [`REGEX_BUDGET`] together: each is
-/// charged the memory it takes compiled and the most its lazy DFA's cache may grow to.
+/// The regexes of one route configuration, held to [`REGEX_BUDGET`] together (each is charged
+/// as that constant says; its one cache is shared by every worker, `interp::Regex`).
 struct Regexes {
     room: usize,
 }
@@ -612,26 +615,33 @@ impl Regexes {
 
     /// An anchored regex built from escaped literals.
     fn anchored(&mut self, pattern: &str) -> Result<StrMatch, String> {
-        self.compile(&format!("^(?:{pattern})$"))
+        let regex = build_regex(&format!("^(?:{pattern})$"))?;
+        self.charge(regex)
     }
 
     /// An RE2 regex, matched against the whole value as Envoy does; one RE2 refuses is refused.
     fn re2(&mut self, pattern: &str) -> Result<StrMatch, String> {
-        let translated = re2::to_rust(pattern).map_err(|err| format!("regex `{pattern}` is invalid: {err}"))?;
-        self.compile(&translated).map_err(|err| format!("regex `{pattern}` is invalid: {err}"))
+        let invalid = |err: String| format!("regex `{pattern}` is invalid: {err}");
+        let regex = build_regex(&re2::to_rust(pattern).map_err(invalid)?).map_err(invalid)?;
+        self.charge(regex).map_err(|err| format!("regex `{pattern}`: {err}"))
     }
 
-    fn compile(&mut self, pattern: &str) -> Result<StrMatch, String> {
-        use regex_automata::meta;
-        let config = meta::Config::new().nfa_size_limit(Some(REGEX_SIZE_LIMIT)).hybrid_cache_capacity(REGEX_CACHE_CAPACITY);
-        let regex = meta::Regex::builder().configure(config).build(pattern).map_err(|err| err.to_string())?;
-        let cost = regex.memory_usage() + REGEX_CACHE_CAPACITY;
+    fn charge(&mut self, regex: regex_automata::meta::Regex) -> Result<StrMatch, String> {
+        let cost = 2 * regex.memory_usage() + 2 * REGEX_CACHE_CAPACITY;
         self.room = self
             .room
             .checked_sub(cost)
             .ok_or_else(|| format!("the route configuration's regexes would take more than {} MiB", REGEX_BUDGET >> 20))?;
-        Ok(StrMatch::Regex(regex))
+        Ok(StrMatch::Regex(crate::interp::Regex::new(regex)))
     }
+}
+
+/// A regex of at most [`REGEX_SIZE_LIMIT`] compiled, with small lazy DFA caches and without
+/// the bounded backtracker (whose scratch would be up to 256 KiB per cache).
+fn build_regex(pattern: &str) -> Result<regex_automata::meta::Regex, String> {
+    use regex_automata::meta;
+    let config = meta::Config::new().nfa_size_limit(Some(REGEX_SIZE_LIMIT)).hybrid_cache_capacity(REGEX_CACHE_CAPACITY).backtrack(false);
+    meta::Regex::builder().configure(config).build(pattern).map_err(|err| err.to_string())
 }
 
 fn forward(

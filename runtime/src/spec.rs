@@ -32,10 +32,11 @@ pub struct SidecarSpec {
     pub inbound_rate_limit: Option<&'static crate::ratelimit::RateLimit>,
     /// How requests are logged.
     pub access_log: crate::accesslog::AccessLog,
-    /// Whether an outbound request without `x-request-id` gets one.
+    /// Whether a request without `x-request-id` gets one (outbound, and inbound on its way to
+    /// the application).
     pub request_id: bool,
-    /// Whether outbound requests get trace context (a new trace, or a span added to the
-    /// caller's); off, trace headers pass untouched.
+    /// Whether requests the sidecar forwards get trace context (a new trace, or a span added
+    /// to the caller's), both ways; off, trace headers pass untouched.
     pub tracing: bool,
     /// The compiled tables as JSON, for the admin endpoint's `/config_dump`.
     pub config_dump: &'static str,

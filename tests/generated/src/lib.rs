@@ -139,7 +139,7 @@ fn string(condition: &StringMatch) -> interp::StrMatch {
         StringMatchKind::Prefix => interp::StrMatch::Prefix(condition.value.clone()),
         StringMatchKind::Regex => {
             let pattern = meshc_codegen::re2::to_rust(&condition.value).expect("the compiler accepted the pattern");
-            interp::StrMatch::Regex(regex_automata::meta::Regex::new(&pattern).expect("a translated pattern compiles"))
+            interp::StrMatch::Regex(interp::Regex::new(regex_automata::meta::Regex::new(&pattern).expect("a translated pattern compiles")))
         }
     }
 }
