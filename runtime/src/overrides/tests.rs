@@ -409,3 +409,32 @@ fn a_configurations_regexes_are_held_to_a_memory_budget() {
     // Small regexes, as real routes have, fit by the thousand.
     assert!(with_regexes(2_000, "[0-9]+").is_ok());
 }
+
+#[test]
+fn route_metadata_is_digested_whatever_its_maps_order() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    // Maps built in opposite orders (each HashMap also hashes with its own seed).
+    let metadata = |reverse: bool, flag: bool| {
+        let mut names: Vec<usize> = (0..16).collect();
+        if reverse {
+            names.reverse();
+        }
+        let fields = |flag: bool| Struct {
+            fields: names.iter().map(|it| (format!("field{it}"), Value { kind: Some(Kind::BoolValue(flag && *it == 3)) })).collect(),
+        };
+        Metadata { filter_metadata: names.iter().map(|it| (format!("filter{it}"), fields(flag))).collect(), ..Default::default() }
+    };
+    let with = |metadata: Metadata| {
+        let mut host = reviews();
+        host.routes[1].metadata = Some(metadata);
+        virtual_host_digest(&host)
+    };
+    let digest = with(metadata(false, true));
+    assert_eq!(with(metadata(true, true)), digest);
+    assert_ne!(with(metadata(false, false)), digest, "a value changed");
+    assert_ne!(virtual_host_digest(&reviews()), digest, "no metadata");
+    let mut elsewhere = reviews();
+    elsewhere.routes[0].metadata = Some(metadata(false, true));
+    assert_ne!(virtual_host_digest(&elsewhere), digest, "the same metadata on another route");
+}
