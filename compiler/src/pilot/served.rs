@@ -5,8 +5,8 @@
 //! user agent `meshc` (so Pilot serves the Envoy form, as to a compiled sidecar): clusters
 //! first, then the assignments of the clusters served, the listeners and the `outbound`
 //! route configuration. The clusters are ACKed with the names of the assignments asked for
-//! next; the stream is closed once all four types have arrived. A push that lands during the
-//! fetch can mix two versions of the mesh; running it again settles it.
+//! next; the stream is closed once all four types have arrived. A push that lands during a fetch
+//! could mix two versions of the mesh, so the fetch is repeated until two in a row agree.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,8 +46,26 @@ pub fn compiled(resources: &emit::Resources) -> Served {
     out
 }
 
-/// What Pilot at `address` serves `workload`.
+/// How many fetches may disagree with the one before before `fetch` gives up.
+const FETCHES: usize = 5;
+
+/// What Pilot at `address` serves `workload`: the same in two fetches in a row, so that no
+/// push landed between or during them (a fetch that mixed two versions would differ from
+/// the next one, made after the push).
 pub async fn fetch(address: &str, workload: &str) -> Result<Served, String> {
+    let mut last = fetch_once(address, workload).await?;
+    for _ in 1..FETCHES {
+        let again = fetch_once(address, workload).await?;
+        if again == last {
+            return Ok(again);
+        }
+        last = again;
+    }
+    Err(format!("what Pilot serves `{workload}` changed during each of {FETCHES} fetches: it is being pushed to; try again"))
+}
+
+/// One fetch of what Pilot at `address` serves `workload`.
+async fn fetch_once(address: &str, workload: &str) -> Result<Served, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|err| format!("`{address}` is not HOST:PORT: {err}"))?
         .connect_timeout(Duration::from_secs(5));
