@@ -12,6 +12,11 @@
 //                                                  and prints the response's status, id and
 //                                                  flavour, read from its head (sofa-rpc-node
 //                                                  reports every failure without a body alike)
+//   node sofa_peer.js flood ADDR FLAVOUR SERVICE METHOD ARGS COUNT
+//                                                  sends COUNT requests encoded by sofa-bolt-node
+//                                                  and never reads an answer; prints `sent` once
+//                                                  they are written or queued, and stays until
+//                                                  killed
 'use strict';
 
 const net = require('net');
@@ -129,15 +134,31 @@ async function raw(address, flavour, service, method, args, timeout) {
   socket.on('error', err => { console.log(JSON.stringify({ error: err.message })); process.exit(1); });
 }
 
+// A caller that never reads: its answers fill the socket's buffers and then the sidecar's.
+async function flood(address, flavour, service, method, args, count) {
+  const [host, port] = address.split(':');
+  const socket = net.connect(Number(port), host);
+  socket.pause();
+  socket.on('error', err => { console.log(JSON.stringify({ error: err.message })); process.exit(1); });
+  const request = { serverSignature: service, methodName: method, args: JSON.parse(args), timeout: 20000 };
+  const encode = require('sofa-bolt-node/lib/protocol').requestEncode;
+  socket.on('connect', () => {
+    for (let id = 1; id <= Number(count); id++) socket.write(encode(id, request, options(flavour)));
+    console.log('sent');
+  });
+  setInterval(() => {}, 1000);
+}
+
 const [mode, ...rest] = process.argv.slice(2);
 const run = {
   server: () => server(rest[0], rest[1], rest.slice(2)),
   client: () => client(...rest),
   heartbeat: () => heartbeat(...rest),
   raw: () => raw(...rest),
+  flood: () => flood(...rest),
 }[mode];
 if (!run) {
-  console.error('usage: sofa_peer.js server NAME PORT SERVICE... | client ADDR FLAVOUR CALLS | heartbeat ADDR FLAVOUR | raw ADDR FLAVOUR SERVICE METHOD ARGS TIMEOUT');
+  console.error('usage: sofa_peer.js server NAME PORT SERVICE... | client ADDR FLAVOUR CALLS | heartbeat ADDR FLAVOUR | raw ADDR FLAVOUR SERVICE METHOD ARGS TIMEOUT | flood ADDR FLAVOUR SERVICE METHOD ARGS COUNT');
   process.exit(2);
 }
 run().catch(err => { console.error(err); process.exit(1); });

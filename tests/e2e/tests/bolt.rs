@@ -294,3 +294,44 @@ fn an_auto_port_tells_bolt_from_http_by_the_first_byte() {
     let labels = [("reporter", "destination"), ("request_protocol", "bolt"), ("rpc_method", "getOrder"), ("rpc_status", "0")];
     assert_eq!(metric(&text, "meshc_rpc_requests_total", &labels), 2.0, "{text}");
 }
+
+/// `node sofa_peer.js flood ...`: a caller that sends requests and never reads an answer.
+struct Flood(std::process::Child);
+
+impl Flood {
+    fn start(address: &str, count: usize) -> Flood {
+        use std::io::BufRead;
+        let dir = meshc_e2e::node_peers();
+        let mut child = std::process::Command::new("node")
+            .arg(dir.join("sofa_peer.js"))
+            .args(["flood", address, "v1", ORDER_1, "createOrder", "[\"o-flood\"]", &count.to_string()])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a flooding caller");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read its first line");
+        assert_eq!(line.trim(), "sent", "the flooding caller said {line:?}");
+        Flood(child)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn callers_that_never_read_do_not_stop_others_being_served() {
+    // Two callers each send 30,000 requests and never read an answer, so their answers fill
+    // the sockets' buffers and then the sidecar's: it stops reading a connection with 1,024
+    // answers unwritten, and its one worker (`--concurrency 1`) goes on serving everyone else.
+    let shop = shop();
+    let address = shop.sidecar.listener("outbound-bolt").to_string();
+    let _floods: Vec<Flood> = (0..2).map(|_| Flood::start(&address, 30_000)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = calls(&shop, "v1", serde_json::json!([{"service": ORDER_1, "method": "createOrder", "args": ["o-9"], "timeout": 2000}]));
+    assert_eq!(after[0]["result"].as_str(), Some(format!("order-v1 {ORDER_1} createOrder(o-9)").as_str()), "{after:?}");
+}
