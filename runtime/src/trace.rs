@@ -1,8 +1,8 @@
 //! Trace context propagation: W3C `traceparent` and Zipkin's B3 headers pass through with a
 //! new span id for the hop the sidecar adds (the caller's span becomes the parent); a request
-//! with neither starts a W3C trace. `x-request-id` is added when absent, as Envoy does. A
-//! workload's `telemetry { request_id off  tracing off }` turns either off (the proxy's
-//! callers check `SidecarSpec::request_id` and `tracing`).
+//! with neither starts a W3C trace; `add_request_id` makes the `x-request-id` a request without
+//! one gets, as Envoy does. The proxy calls each unless the workload's `telemetry
+//! { request_id off  tracing off }` turned it off (`SidecarSpec::request_id` and `tracing`).
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
