@@ -171,7 +171,7 @@ impl Config {
     }
 
     /// What `client` is served, computed once per config.
-    fn served(&self, client: &Identity) -> Option<Arc<Served>> {
+    pub fn served(&self, client: &Identity) -> Option<Arc<Served>> {
         let key = (client.workload.clone(), ClientKey { grpc: client.client == Client::Grpc, outbound: client.outbound.clone() });
         let mut cache = self.served.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(it) = cache.get(&key) {
