@@ -295,16 +295,43 @@ fn an_auto_port_tells_bolt_from_http_by_the_first_byte() {
     assert_eq!(metric(&text, "meshc_rpc_requests_total", &labels), 2.0, "{text}");
 }
 
+#[test]
+fn callers_that_never_read_hold_no_circuit_breaker_slot() {
+    // tests/e2e/meshes/bolt-limits: at most 32 calls in flight to the order service. Two
+    // callers each send 1,500 calls whose answers are 40 KB and never read one, so the
+    // breaker is full and the answers fill the sockets and then the sidecar's queues. The
+    // calls already sent upstream must still finish and give their slots back, although
+    // their answers have nowhere to go, so that a third caller gets through. (Before 620791c
+    // a connection stopped polling its calls while an answer waited for room, and the calls
+    // in flight kept their slots for good: this test failed there.)
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/bolt-limits"), "caller");
+    let port = free_port().to_string();
+    let server = NodeServer::start("sofa_peer.js", &["order-v1", &port, ORDER_1]);
+    let endpoints = format!("[[endpoint]]\nservice = \"{ORDER_1}\"\naddress = \"127.0.0.1:{}\"\n", server.port);
+    let sidecar = Sidecar::start_with(&binary, &["outbound-bolt"], &endpoints, &["--concurrency", "1"]);
+    let address = sidecar.listener("outbound-bolt").to_string();
+    let big = serde_json::json!(["x".repeat(40_000)]).to_string();
+    let _floods: Vec<Flood> = (0..2).map(|_| Flood::start(&address, "createOrder", &big, 1_500)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    // The floods did fill the breaker: some of their calls were refused (Bolt status 4).
+    let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
+    let labels = [("rpc_method", "createOrder"), ("rpc_status", "4"), ("response_flags", "UO")];
+    assert!(metric(&text, "meshc_rpc_requests_total", &labels) > 0.0, "{text}");
+    let call = serde_json::json!([{"service": ORDER_1, "method": "createOrder", "args": ["o-9"], "timeout": 2000}]);
+    let out = node_json("sofa_peer.js", &["client", &address, "v1", &call.to_string()]);
+    assert_eq!(out[0]["result"].as_str(), Some(format!("order-v1 {ORDER_1} createOrder(o-9)").as_str()), "{out}");
+}
+
 /// `node sofa_peer.js flood ...`: a caller that sends requests and never reads an answer.
 struct Flood(std::process::Child);
 
 impl Flood {
-    fn start(address: &str, count: usize) -> Flood {
+    fn start(address: &str, method: &str, args: &str, count: usize) -> Flood {
         use std::io::BufRead;
         let dir = meshc_e2e::node_peers();
         let mut child = std::process::Command::new("node")
             .arg(dir.join("sofa_peer.js"))
-            .args(["flood", address, "v1", ORDER_1, "createOrder", "[\"o-flood\"]", &count.to_string()])
+            .args(["flood", address, "v1", ORDER_1, method, args, &count.to_string()])
             .current_dir(&dir)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -330,7 +357,7 @@ fn callers_that_never_read_do_not_stop_others_being_served() {
     // answers unwritten, and its one worker (`--concurrency 1`) goes on serving everyone else.
     let shop = shop();
     let address = shop.sidecar.listener("outbound-bolt").to_string();
-    let _floods: Vec<Flood> = (0..2).map(|_| Flood::start(&address, 30_000)).collect();
+    let _floods: Vec<Flood> = (0..2).map(|_| Flood::start(&address, "createOrder", "[\"o-flood\"]", 30_000)).collect();
     std::thread::sleep(Duration::from_secs(3));
     let after = calls(&shop, "v1", serde_json::json!([{"service": ORDER_1, "method": "createOrder", "args": ["o-9"], "timeout": 2000}]));
     assert_eq!(after[0]["result"].as_str(), Some(format!("order-v1 {ORDER_1} createOrder(o-9)").as_str()), "{after:?}");
