@@ -9,7 +9,10 @@
 //! - the same sidecar serves the virtual hosts Pilot serves as compiled from its compiled
 //!   tables, follows a weight changed in the spec file through an override, takes a new load
 //!   balancer and circuit breaker for a cluster, and refuses
-//!   (NACKs) a route to a cluster it was not built with while it keeps serving.
+//!   (NACKs) a route to a cluster it was not built with while it keeps serving;
+//! - a per-source rate limit added in the spec file reaches the same sidecar through an
+//!   override and limits each source address on its own (the connection's address, whatever
+//!   `x-forwarded-for` says).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -359,6 +362,46 @@ fn the_compiled_sidecar_takes_route_and_cluster_overrides_and_refuses_an_unknown
     let client = clients.as_array().and_then(|it| it.first()).expect("the sidecar is a client");
     let routes = &client["types"]["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"];
     assert_eq!(routes["state"], "NACKED", "{routes}");
+}
+
+#[test]
+fn a_per_source_rate_limit_served_by_pilot_limits_each_source_of_an_overridden_host() {
+    let mesh = Mesh::new("per-source");
+    let pilot = Pilot::start(&mesh.dir);
+    let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
+    let sidecar = Sidecar::start_with(&binary, &["outbound"], "", &["--xds", &pilot.ads.to_string()]);
+    let url = format!("http://{}/reviews/0", sidecar.listener("outbound"));
+    within(Duration::from_secs(10), "jason reaches v2 through Pilot's endpoints", || {
+        destination(&url, "reviews:9080", Some("jason")) == "v2"
+    });
+    // Jason's route gets a limit per source in the spec file: the compiled sidecar has none,
+    // so reviews becomes an override, which must carry the limit.
+    edit_spec(&mesh, |text| {
+        text.replace("    to reviews subset v2\n", "    to reviews subset v2\n    rate_limit 1/m burst 2 per_source\n")
+    });
+    within(Duration::from_secs(15), "reviews is overridden", || {
+        host_sources(&sidecar).get("reviews.default.svc.cluster.local:9080").map(String::as_str) == Some("xds")
+    });
+    let from = |source: &str, forwarded: Option<&str>| {
+        let mut args = vec!["--interface", source, "-H", "host: reviews:9080", "-H", "end-user: jason"];
+        if let Some(forwarded) = forwarded {
+            args.extend(["-H", forwarded]);
+        }
+        let (status, body) = curl(&args, &url);
+        match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(json) if status == 200 => json["upstream"].as_str().unwrap_or_default().to_owned(),
+            _ => format!("status {status}"),
+        }
+    };
+    let seen: Vec<String> = (0..3).map(|_| from("127.0.0.2", None)).collect();
+    assert_eq!(seen, ["v2", "v2", "status 429"]);
+    // The source is the connection's: a forwarded-for header does not open a new bucket.
+    assert_eq!(from("127.0.0.2", Some("x-forwarded-for: 10.9.8.7")), "status 429");
+    // Another source has a bucket of its own, and other routes of the host have no limit.
+    assert_eq!(from("127.0.0.3", None), "v2");
+    let others = split(&url, 10);
+    assert_eq!(others.values().sum::<usize>(), 10, "{others:?}");
+    assert!(others.keys().all(|it| it == "v1" || it == "v3"), "{others:?}");
 }
 
 #[test]
