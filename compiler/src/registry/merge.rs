@@ -314,10 +314,11 @@ fn merge_service(key: &(String, String), views: &[View<'_>], diagnostics: &mut V
     }
 
     // Instances: keep the highest-ranked description of each (address, port, service port).
-    let mut instances: BTreeMap<(u16, String, u16), CatalogInstance> = BTreeMap::new();
+    // Keyed by the snapshots' own addresses, borrowed: one copy fewer of each.
+    let mut instances: BTreeMap<(u16, &str, u16), CatalogInstance> = BTreeMap::new();
     for (view, view_instances) in views.iter().zip(&instances_of) {
         for (instance, service_port) in view_instances {
-            let slot = (*service_port, instance.address.clone(), instance.port);
+            let slot = (*service_port, instance.address.as_str(), instance.port);
             match instances.get_mut(&slot) {
                 Some(existing) if existing.origin != view.registry.name => {
                     if !existing.also_in.contains(&view.registry.name) {
