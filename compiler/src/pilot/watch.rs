@@ -6,11 +6,16 @@
 //! PILOT_DEBOUNCE_MAX), then the mesh is compiled again. A mesh that fails its checks is
 //! reported on the admin endpoint and the last good one stays served.
 //!
-//! The directory is also looked at every second, for the changes a file system does not
-//! report (a network file system, an overflowed event queue). Where no watch can be set up
-//! (no inotify instance or watch left), it is looked at every 5 ms for a small directory and
-//! less often for a large one: each wait is at least fifty times what the last look took, so
-//! that looking costs about 2 % of a CPU at most (up to a second between looks).
+//! With file system events the directory is also looked at every second, for the changes a
+//! file system does not report (a network file system, an overflowed event queue). Without
+//! them it is looked at every 5 ms for a small directory and less often for a large one: so
+//! where no watch can be set up (no inotify instance or watch left), and while a link to a
+//! directory is in the way (events come from the link's target only as it was when the watch
+//! began; a directory replaced or re-linked as a whole gets a new watch at the next look).
+//! Either way looks are kept apart: each is at least fifty times what the last one took after
+//! it, so that looking costs about 2 % of a CPU at most however busy the directory is (up to
+//! a second between looks). Changes to files and directories whose names start with a dot
+//! (editors' scratch files, `.git`) are no changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,19 +50,35 @@ pub struct Debounce {
 /// What the directory holds: every file's path, size and modification time, sorted.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-fn fingerprint(dir: &Path) -> Fingerprint {
+/// One look at the directory.
+struct Look {
+    files: Fingerprint,
+    /// Whether the walk went through a link to a directory, whose changes the file system
+    /// reports only for the target it had when the watch began.
+    linked: bool,
+    /// The directory's own identity (device and inode of what its path leads to), which
+    /// changes when it is replaced or its link re-pointed.
+    root: Option<(u64, u64)>,
+    /// When the look began and how long it took.
+    at: Instant,
+    took: Duration,
+}
+
+fn look(dir: &Path) -> Look {
+    let at = Instant::now();
     let mut files = Vec::new();
+    let mut linked = std::fs::symlink_metadata(dir).is_ok_and(|it| it.file_type().is_symlink());
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&current) else { continue };
         for entry in entries.flatten() {
             let path = entry.path();
-            // Editors' and tools' scratch files and directories are not the mesh.
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            if hidden_name(&entry.file_name()) {
                 continue;
             }
             let Ok(metadata) = std::fs::metadata(&path) else { continue };
             if metadata.is_dir() {
+                linked |= entry.file_type().is_ok_and(|it| it.is_symlink());
                 stack.push(path);
             } else {
                 files.push((path, metadata.len(), metadata.modified().ok()));
@@ -65,17 +86,36 @@ fn fingerprint(dir: &Path) -> Fingerprint {
         }
     }
     files.sort();
-    files
+    Look { files, linked, root: identity(dir), at, took: at.elapsed() }
 }
 
-/// Has `wake` notified whenever the file system reports a change below `dir`; `None`, after
-/// saying why, where no watch can be set up.
+/// Editors' and tools' scratch files and directories are not the mesh.
+fn hidden_name(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
+#[cfg(unix)]
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|it| (it.dev(), it.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(_dir: &Path) -> Option<(u64, u64)> {
+    None
+}
+
+/// Has `wake` notified whenever the file system reports a change below `dir`, other than a
+/// read or a change to a hidden name; `None`, after saying why, where no watch can be set up.
 fn file_events(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
+    let root = dir.to_path_buf();
+    let hidden = move |path: &PathBuf| path.strip_prefix(&root).is_ok_and(|rest| rest.components().any(|it| hidden_name(it.as_os_str())));
     let handler = move |event: notify::Result<notify::Event>| match event {
         // Reads (Pilot's own among them: looking at the directory opens it) change nothing.
         Ok(event) if event.kind.is_access() => {}
-        // Anything else, a lost event included: the fingerprint tells what changed.
+        Ok(event) if !event.paths.is_empty() && event.paths.iter().all(&hidden) => {}
+        // Anything else, a lost event included: the next look tells what changed.
         _ => wake.notify_one(),
     };
     let watching = notify::recommended_watcher(handler).and_then(|mut watcher| {
@@ -91,30 +131,63 @@ fn file_events(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatch
     }
 }
 
+/// The file system's events below a directory, set up again when the directory is replaced.
+struct Events {
+    watcher: Option<notify::RecommendedWatcher>,
+    root: Option<(u64, u64)>,
+    wake: Arc<Notify>,
+}
+
+impl Events {
+    fn new(dir: &Path, root: Option<(u64, u64)>) -> Events {
+        let wake = Arc::new(Notify::new());
+        Events { watcher: file_events(dir, wake.clone()), root, wake }
+    }
+
+    /// After `look`: a new watch if the directory was replaced; how long to wait for the next
+    /// look when nothing wakes the watch.
+    fn next_poll(&mut self, dir: &Path, look: &Look, backstop: Duration) -> Duration {
+        if look.root != self.root {
+            self.watcher = file_events(dir, self.wake.clone());
+            self.root = look.root;
+        }
+        if self.watcher.is_some() && !look.linked { backstop } else { poll_after(look.took) }
+    }
+
+    /// Waits for a change reported, but no sooner than looking allows after `last`.
+    async fn reported(&self, last: &Look) {
+        self.wake.notified().await;
+        tokio::time::sleep_until((last.at + last.took + poll_after(last.took)).into()).await;
+    }
+}
+
 /// Watches `dir` and the registration API for ever, feeding `pilot` each mesh that compiles.
 /// `reparse` holds what the first compile parsed; each recompile parses again only the parts
 /// of snapshots that changed.
-pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, mut reparse: crate::registry::Reparse) {
-    let wake = Arc::new(Notify::new());
+pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, reparse: crate::registry::Reparse) {
+    watch_with(pilot, dir, debounce, reparse, SLOWEST_POLL).await;
+}
+
+/// [`watch`], looking at the directory every `backstop` besides when the file system reports
+/// changes.
+async fn watch_with(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, mut reparse: crate::registry::Reparse, backstop: Duration) {
+    let mut seen = look(&dir);
     // Kept for as long as the watch runs: dropping it ends the events.
-    let events = file_events(&dir, wake.clone());
-    let every = |took: Duration| if events.is_some() { SLOWEST_POLL } else { poll_after(took) };
-    let looked = Instant::now();
-    let mut seen = fingerprint(&dir);
-    let mut poll = every(looked.elapsed());
+    let mut events = Events::new(&dir, seen.root);
+    let mut poll = events.next_poll(&dir, &seen, backstop);
     loop {
         let registered = tokio::select! {
             () = tokio::time::sleep(poll) => false,
-            () = wake.notified() => false,
+            () = events.reported(&seen) => false,
             () = pilot.registrations.changed.notified() => true,
         };
-        let looked = Instant::now();
-        let now = fingerprint(&dir);
-        poll = every(looked.elapsed());
-        if now == seen && !registered {
+        let now = look(&dir);
+        poll = events.next_poll(&dir, &now, backstop);
+        let changed = now.files != seen.files;
+        seen = now;
+        if !changed && !registered {
             continue;
         }
-        seen = now;
         // A change: wait until the directory and the registrations are quiet, or the
         // maximum delay is up.
         let first = Instant::now();
@@ -123,14 +196,15 @@ pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, mut repa
             let left = (debounce.quiet.saturating_sub(last_change.elapsed())).min(debounce.max.saturating_sub(first.elapsed()));
             tokio::select! {
                 () = tokio::time::sleep(poll.min(left)) => {}
-                () = wake.notified() => {}
+                () = events.reported(&seen) => {}
                 () = pilot.registrations.changed.notified() => last_change = Instant::now(),
             }
-            let now = fingerprint(&dir);
-            if now != seen {
-                seen = now;
+            let now = look(&dir);
+            poll = events.next_poll(&dir, &now, backstop);
+            if now.files != seen.files {
                 last_change = Instant::now();
             }
+            seen = now;
         }
         let overlay = super::registration::Overlay {
             disk: crate::source::DiskFs::new(&dir),
@@ -187,32 +261,71 @@ mod tests {
         assert_eq!(poll_after(Duration::from_millis(200)), SLOWEST_POLL);
     }
 
-    /// An empty directory under the workspace's target directory.
-    fn scratch(name: &str) -> PathBuf {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/watch-tests").join(name);
-        let _ = std::fs::remove_dir_all(&dir);
+    /// An empty directory (with an empty `registry/`) under the workspace's target directory,
+    /// and a sibling to prepare files in, outside what is watched.
+    fn scratch(name: &str) -> (PathBuf, PathBuf) {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/watch-tests").join(name);
+        let _ = std::fs::remove_dir_all(&base);
+        let (dir, aside) = (base.join("mesh"), base.join("aside"));
         std::fs::create_dir_all(dir.join("registry")).expect("create the directory");
-        dir
+        std::fs::create_dir_all(&aside).expect("create the directory");
+        (dir, aside)
+    }
+
+    /// Takes every wake-up until none has come for 300 ms (at most 10 s of them).
+    async fn drain(wake: &Notify) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until && tokio::time::timeout(Duration::from_millis(300), wake.notified()).await.is_ok() {}
     }
 
     #[tokio::test]
-    async fn a_file_written_below_the_directory_wakes_the_watch_and_looking_at_it_does_not() {
-        let dir = scratch("events");
+    async fn a_change_below_the_directory_wakes_the_watch_and_looks_and_hidden_files_do_not() {
+        let (dir, aside) = scratch("events");
         let wake = Arc::new(Notify::new());
         let _events = file_events(&dir, wake.clone()).expect("this machine's file system reports changes");
-        // Pilot looking at the directory (it opens every directory in it) and reading a file
-        // are no changes: were they taken for one, each look would wake the next.
         std::fs::write(dir.join("mesh.toml"), "[mesh]\n").expect("write");
         tokio::time::timeout(Duration::from_secs(10), wake.notified()).await.expect("a write wakes the watch");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // Whatever else writing the file reported has been taken.
-        let _ = tokio::time::timeout(Duration::from_millis(1), wake.notified()).await;
-        let _ = fingerprint(&dir);
+        drain(&wake).await;
+        // Pilot looking at the directory (it opens every directory in it) and reading a file
+        // are no changes: were they taken for one, each look would wake the next. Nor is a
+        // write to a hidden file.
+        let _ = look(&dir);
         let _ = std::fs::read(dir.join("mesh.toml")).expect("read");
-        assert!(tokio::time::timeout(Duration::from_millis(300), wake.notified()).await.is_err(), "looking woke the watch");
-        // A file renamed into a subdirectory, as tools replace a registry snapshot.
-        std::fs::write(dir.join("registry/.snapshot.new"), "[[service]]\n").expect("write");
-        std::fs::rename(dir.join("registry/.snapshot.new"), dir.join("registry/snapshot.toml")).expect("rename");
+        std::fs::write(dir.join("registry/.snapshot.swp"), "x").expect("write");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), wake.notified()).await.is_err(),
+            "a look, a read or a hidden file woke the watch"
+        );
+        // A file renamed into a subdirectory from outside, as tools replace a snapshot.
+        std::fs::write(aside.join("snapshot.toml"), "[[service]]\n").expect("write");
+        std::fs::rename(aside.join("snapshot.toml"), dir.join("registry/snapshot.toml")).expect("rename");
         tokio::time::timeout(Duration::from_secs(10), wake.notified()).await.expect("a rename wakes the watch");
+    }
+
+    #[tokio::test]
+    async fn a_change_is_compiled_on_the_file_systems_word_alone() {
+        let (dir, _) = scratch("compile");
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
+        for name in ["mesh.toml", "bookinfo.mesh", "registry/k8s.yaml"] {
+            if let Some(parent) = dir.join(name).parent() {
+                std::fs::create_dir_all(parent).expect("create");
+            }
+            std::fs::copy(examples.join(name), dir.join(name)).unwrap_or_else(|err| panic!("copy {name}: {err}"));
+        }
+        let mut reparse = crate::registry::Reparse::default();
+        let mesh = crate::driver::compile_reusing(&crate::source::DiskFs::new(&dir), &mut reparse).ir.expect("bookinfo compiles");
+        let pilot = Pilot::new(mesh, Duration::from_secs(30));
+        // No look but those the file system's events start: the backstop is an hour away.
+        let debounce = Debounce { quiet: Duration::ZERO, max: Duration::from_secs(10) };
+        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), debounce, reparse, Duration::from_secs(3600)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let spec = std::fs::read_to_string(dir.join("bookinfo.mesh")).expect("read");
+        std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 1s", "timeout 2s")).expect("write");
+        let until = Instant::now() + Duration::from_secs(20);
+        while pilot.config().generation == 1 {
+            assert!(Instant::now() < until, "the change was not compiled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        watching.abort();
     }
 }
