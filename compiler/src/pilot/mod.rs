@@ -62,6 +62,7 @@ pub struct PilotArgs {
 
 /// Runs `meshc pilot` until interrupted.
 pub fn run(args: &PilotArgs) -> ExitCode {
+    let before = watch::look(&args.dir);
     let mut reparse = crate::registry::Reparse::default();
     let compilation = crate::driver::compile_reusing(&crate::source::DiskFs::new(&args.dir), &mut reparse);
     crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -109,7 +110,7 @@ pub fn run(args: &PilotArgs) -> ExitCode {
         );
         tokio::spawn(registration::serve(pilot.clone(), registration));
         let debounce = watch::Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
-        tokio::spawn(watch::watch(pilot.clone(), args.dir.clone(), debounce, reparse));
+        tokio::spawn(watch::watch(pilot.clone(), args.dir.clone(), debounce, before, reparse));
         tokio::spawn(admin::serve(pilot.clone(), admin));
         tokio::select! {
             result = ads::serve(pilot, ads) => match result {

@@ -51,7 +51,7 @@ pub struct Debounce {
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 /// One look at the directory.
-struct Look {
+pub struct Look {
     files: Fingerprint,
     /// Whether the walk went through a link to a directory, whose changes the file system
     /// reports only for the target it had when the watch began.
@@ -64,7 +64,9 @@ struct Look {
     took: Duration,
 }
 
-fn look(dir: &Path) -> Look {
+/// Looks at `dir`: what it holds now. Pilot looks before its first compile, so that the watch
+/// sees a change made while it compiled.
+pub fn look(dir: &Path) -> Look {
     let at = Instant::now();
     let mut files = Vec::new();
     let mut linked = std::fs::symlink_metadata(dir).is_ok_and(|it| it.file_type().is_symlink());
@@ -162,19 +164,28 @@ impl Events {
 }
 
 /// Watches `dir` and the registration API for ever, feeding `pilot` each mesh that compiles.
-/// `reparse` holds what the first compile parsed; each recompile parses again only the parts
-/// of snapshots that changed.
-pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, reparse: crate::registry::Reparse) {
-    watch_with(pilot, dir, debounce, reparse, SLOWEST_POLL).await;
+/// `before` is what the directory held before the first compile, and `reparse` what that
+/// compile parsed; each recompile parses again only the parts of snapshots that changed.
+pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, before: Look, reparse: crate::registry::Reparse) {
+    watch_with(pilot, dir, debounce, before, reparse, SLOWEST_POLL).await;
 }
 
 /// [`watch`], looking at the directory every `backstop` besides when the file system reports
 /// changes.
-async fn watch_with(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, mut reparse: crate::registry::Reparse, backstop: Duration) {
-    let mut seen = look(&dir);
+async fn watch_with(
+    pilot: Arc<Pilot>,
+    dir: PathBuf,
+    debounce: Debounce,
+    before: Look,
+    mut reparse: crate::registry::Reparse,
+    backstop: Duration,
+) {
     // Kept for as long as the watch runs: dropping it ends the events.
-    let mut events = Events::new(&dir, seen.root);
-    let mut poll = events.next_poll(&dir, &seen, backstop);
+    let mut events = Events::new(&dir, before.root);
+    let mut seen = before;
+    // The first look at once: what changed since `before` (during the first compile, or
+    // before the events began) is compiled now.
+    let mut poll = Duration::ZERO;
     loop {
         let registered = tokio::select! {
             () = tokio::time::sleep(poll) => false,
@@ -302,30 +313,55 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), wake.notified()).await.expect("a rename wakes the watch");
     }
 
-    #[tokio::test]
-    async fn a_change_is_compiled_on_the_file_systems_word_alone() {
-        let (dir, _) = scratch("compile");
+    /// A copy of examples/bookinfo in a scratch directory, what it held before its first
+    /// compile, and Pilot serving that compile.
+    fn bookinfo(name: &str) -> (PathBuf, Look, crate::registry::Reparse, Arc<Pilot>) {
+        let (dir, _) = scratch(name);
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
         for name in ["mesh.toml", "bookinfo.mesh", "registry/k8s.yaml"] {
-            if let Some(parent) = dir.join(name).parent() {
-                std::fs::create_dir_all(parent).expect("create");
-            }
             std::fs::copy(examples.join(name), dir.join(name)).unwrap_or_else(|err| panic!("copy {name}: {err}"));
         }
+        let before = look(&dir);
         let mut reparse = crate::registry::Reparse::default();
         let mesh = crate::driver::compile_reusing(&crate::source::DiskFs::new(&dir), &mut reparse).ir.expect("bookinfo compiles");
-        let pilot = Pilot::new(mesh, Duration::from_secs(30));
-        // No look but those the file system's events start: the backstop is an hour away.
-        let debounce = Debounce { quiet: Duration::ZERO, max: Duration::from_secs(10) };
-        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), debounce, reparse, Duration::from_secs(3600)));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        (dir, before, reparse, Pilot::new(mesh, Duration::from_secs(30)))
+    }
+
+    fn edit_timeout(dir: &Path) {
         let spec = std::fs::read_to_string(dir.join("bookinfo.mesh")).expect("read");
         std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 1s", "timeout 2s")).expect("write");
+    }
+
+    async fn wait_for_generation_2(pilot: &Pilot) {
         let until = Instant::now() + Duration::from_secs(20);
         while pilot.config().generation == 1 {
             assert!(Instant::now() < until, "the change was not compiled");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// No look but the first and those the file system's events start: the once-a-second
+    /// look is an hour away.
+    const NEVER: Duration = Duration::from_secs(3600);
+    const AT_ONCE: Debounce = Debounce { quiet: Duration::ZERO, max: Duration::from_secs(10) };
+
+    #[tokio::test]
+    async fn a_change_is_compiled_on_the_file_systems_word_alone() {
+        let (dir, before, reparse, pilot) = bookinfo("compile");
+        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pilot.config().generation, 1, "nothing changed yet");
+        edit_timeout(&dir);
+        wait_for_generation_2(&pilot).await;
+        watching.abort();
+    }
+
+    #[tokio::test]
+    async fn a_change_made_after_the_first_compile_and_before_the_watch_began_is_compiled() {
+        let (dir, before, reparse, pilot) = bookinfo("early");
+        edit_timeout(&dir);
+        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER));
+        wait_for_generation_2(&pilot).await;
         watching.abort();
     }
 }
