@@ -161,7 +161,13 @@ impl Drop for Envoy {
 
 /// Who answered a request: the upstream's name, or the status when no upstream did.
 fn destination(url: &str, host: &str, user: Option<&str>) -> String {
-    let mut args = vec!["-H".to_owned(), format!("host: {host}")];
+    destination_with(url, host, user, &[])
+}
+
+/// [`destination`], with more of curl's arguments.
+fn destination_with(url: &str, host: &str, user: Option<&str>, more: &[&str]) -> String {
+    let mut args: Vec<String> = more.iter().map(|it| (*it).to_owned()).collect();
+    args.extend(["-H".to_owned(), format!("host: {host}")]);
     if let Some(user) = user {
         args.extend(["-H".to_owned(), format!("end-user: {user}")]);
     }
@@ -275,9 +281,9 @@ fn edit_spec(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
     std::fs::rename(&scratch, &spec).expect("replace the spec");
 }
 
-#[test]
-fn the_compiled_sidecar_takes_route_and_cluster_overrides_and_refuses_an_unknown_cluster() {
-    let mesh = Mesh::new("overrides");
+/// Pilot on `mesh`, and the compiled productpage sidecar on Pilot, with Pilot's endpoints
+/// in force; the URL of reviews through the sidecar.
+fn productpage_on_pilot(mesh: &Mesh) -> (Pilot, Sidecar, String) {
     let pilot = Pilot::start(&mesh.dir);
     let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
     let sidecar = Sidecar::start_with(&binary, &["outbound"], "", &["--xds", &pilot.ads.to_string()]);
@@ -285,6 +291,13 @@ fn the_compiled_sidecar_takes_route_and_cluster_overrides_and_refuses_an_unknown
     within(Duration::from_secs(10), "jason reaches v2 through Pilot's endpoints", || {
         destination(&url, "reviews:9080", Some("jason")) == "v2"
     });
+    (pilot, sidecar, url)
+}
+
+#[test]
+fn the_compiled_sidecar_takes_route_and_cluster_overrides_and_refuses_an_unknown_cluster() {
+    let mesh = Mesh::new("overrides");
+    let (pilot, sidecar, url) = productpage_on_pilot(&mesh);
     // Pilot serves what was compiled: every host stays with the compiled tables.
     within(Duration::from_secs(5), "the route configuration is applied", || {
         config_dump(&sidecar)["xds"]["types"]["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]["version"].is_string()
@@ -367,13 +380,7 @@ fn the_compiled_sidecar_takes_route_and_cluster_overrides_and_refuses_an_unknown
 #[test]
 fn a_per_source_rate_limit_served_by_pilot_limits_each_source_of_an_overridden_host() {
     let mesh = Mesh::new("per-source");
-    let pilot = Pilot::start(&mesh.dir);
-    let binary = sidecar_binary(&root().join("examples/bookinfo"), "productpage");
-    let sidecar = Sidecar::start_with(&binary, &["outbound"], "", &["--xds", &pilot.ads.to_string()]);
-    let url = format!("http://{}/reviews/0", sidecar.listener("outbound"));
-    within(Duration::from_secs(10), "jason reaches v2 through Pilot's endpoints", || {
-        destination(&url, "reviews:9080", Some("jason")) == "v2"
-    });
+    let (_pilot, sidecar, url) = productpage_on_pilot(&mesh);
     // Jason's route gets a limit per source in the spec file: the compiled sidecar has none,
     // so reviews becomes an override, which must carry the limit.
     edit_spec(&mesh, |text| {
@@ -383,15 +390,11 @@ fn a_per_source_rate_limit_served_by_pilot_limits_each_source_of_an_overridden_h
         host_sources(&sidecar).get("reviews.default.svc.cluster.local:9080").map(String::as_str) == Some("xds")
     });
     let from = |source: &str, forwarded: Option<&str>| {
-        let mut args = vec!["--interface", source, "-H", "host: reviews:9080", "-H", "end-user: jason"];
+        let mut more = vec!["--interface", source];
         if let Some(forwarded) = forwarded {
-            args.extend(["-H", forwarded]);
+            more.extend(["-H", forwarded]);
         }
-        let (status, body) = curl(&args, &url);
-        match serde_json::from_str::<serde_json::Value>(&body) {
-            Ok(json) if status == 200 => json["upstream"].as_str().unwrap_or_default().to_owned(),
-            _ => format!("status {status}"),
-        }
+        destination_with(&url, "reviews:9080", Some("jason"), &more)
     };
     let seen: Vec<String> = (0..3).map(|_| from("127.0.0.2", None)).collect();
     assert_eq!(seen, ["v2", "v2", "status 429"]);
