@@ -9,9 +9,11 @@
 //! With file system events the directory is also looked at every second, for the changes a
 //! file system does not report (a network file system, an overflowed event queue). Without
 //! them it is looked at every 5 ms for a small directory and less often for a large one: so
-//! where no watch can be set up (no inotify instance or watch left), and while a link to a
-//! directory is in the way (events come from the link's target only as it was when the watch
-//! began; a directory replaced or re-linked as a whole gets a new watch at the next look).
+//! where no watch can be set up (no inotify instance or watch left), while the directory holds
+//! a link (events come from a link's target only as it was when the watch began, and not at
+//! all from a target outside the directory: a Kubernetes ConfigMap's files are such links),
+//! and where the directory's identity cannot be read (off Unix). A directory replaced or
+//! re-linked as a whole (a new inode) gets a new watch at the next look.
 //! Either way looks are kept apart: each is at least fifty times what the last one took after
 //! it, so that looking costs about 2 % of a CPU at most however busy the directory is (up to
 //! a second between looks). Changes to files and directories whose names start with a dot
@@ -53,8 +55,8 @@ type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 /// One look at the directory.
 pub struct Look {
     files: Fingerprint,
-    /// Whether the walk went through a link to a directory, whose changes the file system
-    /// reports only for the target it had when the watch began.
+    /// Whether the walk met a link, whose target's changes the file system does not report
+    /// (or reports only for the target it had when the watch began).
     linked: bool,
     /// The directory's own identity (device and inode of what its path leads to), which
     /// changes when it is replaced or its link re-pointed.
@@ -78,9 +80,9 @@ pub fn look(dir: &Path) -> Look {
             if hidden_name(&entry.file_name()) {
                 continue;
             }
+            linked |= entry.file_type().is_ok_and(|it| it.is_symlink());
             let Ok(metadata) = std::fs::metadata(&path) else { continue };
             if metadata.is_dir() {
-                linked |= entry.file_type().is_ok_and(|it| it.is_symlink());
                 stack.push(path);
             } else {
                 files.push((path, metadata.len(), metadata.modified().ok()));
@@ -111,8 +113,11 @@ fn identity(_dir: &Path) -> Option<(u64, u64)> {
 /// read or a change to a hidden name; `None`, after saying why, where no watch can be set up.
 fn file_events(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let root = dir.to_path_buf();
-    let hidden = move |path: &PathBuf| path.strip_prefix(&root).is_ok_and(|rest| rest.components().any(|it| hidden_name(it.as_os_str())));
+    // Some platforms (macOS's FSEvents) report canonical paths.
+    let roots: Vec<PathBuf> = [Some(dir.to_path_buf()), dir.canonicalize().ok()].into_iter().flatten().collect();
+    let hidden = move |path: &PathBuf| {
+        roots.iter().any(|root| path.strip_prefix(root).is_ok_and(|rest| rest.components().any(|it| hidden_name(it.as_os_str()))))
+    };
     let handler = move |event: notify::Result<notify::Event>| match event {
         // Reads (Pilot's own among them: looking at the directory opens it) change nothing.
         Ok(event) if event.kind.is_access() => {}
@@ -147,13 +152,15 @@ impl Events {
     }
 
     /// After `look`: a new watch if the directory was replaced; how long to wait for the next
-    /// look when nothing wakes the watch.
+    /// look when nothing wakes the watch (none, after a new watch: what changed before it
+    /// began is seen at once).
     fn next_poll(&mut self, dir: &Path, look: &Look, backstop: Duration) -> Duration {
         if look.root != self.root {
             self.watcher = file_events(dir, self.wake.clone());
             self.root = look.root;
+            return Duration::ZERO;
         }
-        if self.watcher.is_some() && !look.linked { backstop } else { poll_after(look.took) }
+        if self.watcher.is_some() && !look.linked && look.root.is_some() { backstop } else { poll_after(look.took) }
     }
 
     /// Waits for a change reported, but no sooner than looking allows after `last`.
@@ -329,7 +336,9 @@ mod tests {
 
     fn edit_timeout(dir: &Path) {
         let spec = std::fs::read_to_string(dir.join("bookinfo.mesh")).expect("read");
-        std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 1s", "timeout 2s")).expect("write");
+        // A length of its own, so that the change shows where a file system's clock is coarser
+        // than the time since the last look.
+        std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 1s", "timeout 10s")).expect("write");
     }
 
     async fn wait_for_generation_2(pilot: &Pilot) {
