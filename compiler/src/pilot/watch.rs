@@ -61,8 +61,8 @@ pub struct Look {
     /// The directory's own identity (device and inode of what its path leads to), which
     /// changes when it is replaced or its link re-pointed.
     root: Option<(u64, u64)>,
-    /// When the look began and how long it took.
-    at: Instant,
+    /// When the look ended and how long it took.
+    ended: Instant,
     took: Duration,
 }
 
@@ -90,7 +90,7 @@ pub fn look(dir: &Path) -> Look {
         }
     }
     files.sort();
-    Look { files, linked, root: identity(dir), at, took: at.elapsed() }
+    Look { files, linked, root: identity(dir), ended: Instant::now(), took: at.elapsed() }
 }
 
 /// Editors' and tools' scratch files and directories are not the mesh.
@@ -138,35 +138,48 @@ fn file_events(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatch
     }
 }
 
-/// The file system's events below a directory, set up again when the directory is replaced.
+/// The directory as last seen, and the file system's events below it, set up again when the
+/// directory is replaced.
 struct Events {
+    dir: PathBuf,
+    seen: Look,
     watcher: Option<notify::RecommendedWatcher>,
+    /// The identity of the directory `watcher` watches.
     root: Option<(u64, u64)>,
     wake: Arc<Notify>,
+    /// How long to wait for a look when the file system reports changes.
+    backstop: Duration,
 }
 
 impl Events {
-    fn new(dir: &Path, root: Option<(u64, u64)>) -> Events {
+    fn new(dir: PathBuf, seen: Look, backstop: Duration) -> Events {
         let wake = Arc::new(Notify::new());
-        Events { watcher: file_events(dir, wake.clone()), root, wake }
+        Events { watcher: file_events(&dir, wake.clone()), root: seen.root, dir, seen, wake, backstop }
     }
 
-    /// After `look`: a new watch if the directory was replaced; how long to wait for the next
-    /// look when nothing wakes the watch (none, after a new watch: what changed before it
-    /// began is seen at once).
-    fn next_poll(&mut self, dir: &Path, look: &Look, backstop: Duration) -> Duration {
-        if look.root != self.root {
-            self.watcher = file_events(dir, self.wake.clone());
-            self.root = look.root;
-            return Duration::ZERO;
-        }
-        if self.watcher.is_some() && !look.linked && look.root.is_some() { backstop } else { poll_after(look.took) }
+    /// Looks at the directory again: whether what it holds changed, and how long to wait for
+    /// the next look when nothing wakes the watch (none after a new watch, set up for a
+    /// replaced directory: what changed before it began is seen at once).
+    fn look_again(&mut self) -> (bool, Duration) {
+        let now = look(&self.dir);
+        let changed = now.files != self.seen.files;
+        self.seen = now;
+        let poll = if self.seen.root != self.root {
+            self.watcher = file_events(&self.dir, self.wake.clone());
+            self.root = self.seen.root;
+            Duration::ZERO
+        } else if self.watcher.is_some() && !self.seen.linked && self.seen.root.is_some() {
+            self.backstop
+        } else {
+            poll_after(self.seen.took)
+        };
+        (changed, poll)
     }
 
-    /// Waits for a change reported, but no sooner than looking allows after `last`.
-    async fn reported(&self, last: &Look) {
+    /// Waits for a change reported, but no sooner than looking allows after the last look.
+    async fn reported(&self) {
         self.wake.notified().await;
-        tokio::time::sleep_until((last.at + last.took + poll_after(last.took)).into()).await;
+        tokio::time::sleep_until((self.seen.ended + poll_after(self.seen.took)).into()).await;
     }
 }
 
@@ -188,21 +201,18 @@ async fn watch_with(
     backstop: Duration,
 ) {
     // Kept for as long as the watch runs: dropping it ends the events.
-    let mut events = Events::new(&dir, before.root);
-    let mut seen = before;
+    let mut events = Events::new(dir.clone(), before, backstop);
     // The first look at once: what changed since `before` (during the first compile, or
     // before the events began) is compiled now.
     let mut poll = Duration::ZERO;
     loop {
         let registered = tokio::select! {
             () = tokio::time::sleep(poll) => false,
-            () = events.reported(&seen) => false,
+            () = events.reported() => false,
             () = pilot.registrations.changed.notified() => true,
         };
-        let now = look(&dir);
-        poll = events.next_poll(&dir, &now, backstop);
-        let changed = now.files != seen.files;
-        seen = now;
+        let changed;
+        (changed, poll) = events.look_again();
         if !changed && !registered {
             continue;
         }
@@ -214,15 +224,14 @@ async fn watch_with(
             let left = (debounce.quiet.saturating_sub(last_change.elapsed())).min(debounce.max.saturating_sub(first.elapsed()));
             tokio::select! {
                 () = tokio::time::sleep(poll.min(left)) => {}
-                () = events.reported(&seen) => {}
+                () = events.reported() => {}
                 () = pilot.registrations.changed.notified() => last_change = Instant::now(),
             }
-            let now = look(&dir);
-            poll = events.next_poll(&dir, &now, backstop);
-            if now.files != seen.files {
+            let changed;
+            (changed, poll) = events.look_again();
+            if changed {
                 last_change = Instant::now();
             }
-            seen = now;
         }
         let overlay = super::registration::Overlay {
             disk: crate::source::DiskFs::new(&dir),
