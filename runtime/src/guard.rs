@@ -27,9 +27,9 @@ pub const MAX_HEAD_BYTES: usize = 60 * 1024;
 pub const MAX_HEADERS: usize = 100;
 
 /// How much room each read from the connection asks for.
-const READ_CHUNK: usize = 8192;
+pub(crate) const READ_CHUNK: usize = 8192;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -234,18 +234,35 @@ impl<T> Guarded<T> {
     fn reject(&mut self, why: &str) {
         self.state = State::Rejected;
         self.buf.truncate(self.checked);
-        let body = format!("bad request: {why}");
-        let reply = format!(
-            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        self.reply = Some(BytesMut::from(reply.as_bytes()));
+        self.reply = Some(bad_request(why));
     }
 }
 
-/// What follows a valid request head, and whether it asks for an upgrade (after which the
-/// connection may become a tunnel), or why it is not valid.
-fn framing(request: &httparse::Request<'_, '_>) -> Result<(State, bool), &'static str> {
+/// The whole 400 answer to a malformed request, after which the connection closes.
+pub(crate) fn bad_request(why: &str) -> BytesMut {
+    let body = format!("bad request: {why}");
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    BytesMut::from(reply.as_bytes())
+}
+
+/// How a request's body is framed (RFC 9112 §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length`: this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding` ending in `chunked`.
+    Chunked,
+}
+
+/// How the body after a valid request head is framed, and whether the request asks for an
+/// upgrade (after which the connection may become a tunnel), or why it is not valid: the rules
+/// against request smuggling that Envoy applies, shared by the guard and the HTTP/1 server.
+pub(crate) fn request_framing(request: &httparse::Request<'_, '_>) -> Result<(Framing, bool), &'static str> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -275,12 +292,23 @@ fn framing(request: &httparse::Request<'_, '_>) -> Result<(State, bool), &'stati
     if transfer_encoding && request.version == Some(0) {
         return Err("Transfer-Encoding in an HTTP/1.0 request");
     }
-    let next = match (chunked, length) {
-        (true, _) => State::ChunkSize,
-        (false, Some(0) | None) => State::Head,
-        (false, Some(n)) => State::Fixed(n),
+    let framing = match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(0) | None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
     };
-    Ok((next, request.method == Some("CONNECT") || upgrade))
+    Ok((framing, request.method == Some("CONNECT") || upgrade))
+}
+
+/// What the guard expects after a valid request head.
+fn framing(request: &httparse::Request<'_, '_>) -> Result<(State, bool), &'static str> {
+    let (framing, upgrade) = request_framing(request)?;
+    let next = match framing {
+        Framing::None => State::Head,
+        Framing::Length(n) => State::Fixed(n),
+        Framing::Chunked => State::ChunkSize,
+    };
+    Ok((next, upgrade))
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {

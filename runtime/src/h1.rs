@@ -32,6 +32,8 @@ use tokio_util::io::poll_read_buf;
 
 use crate::proxy::{Body, BoxError};
 
+pub(crate) mod server;
+
 /// A response head larger than this is refused (Envoy's default limit is 60 KiB).
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -231,7 +233,7 @@ fn encode_head(parts: &http::request::Parts, body: &Body) -> (Bytes, Outgoing) {
 }
 
 /// Writes `name: value` lines.
-fn put_fields<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) {
+pub(crate) fn put_fields<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) {
     for (name, value) in fields {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
@@ -331,7 +333,7 @@ impl Sending {
 
 /// How the response body is framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Incoming {
+pub(crate) enum Incoming {
     /// This many bytes are still to come.
     Length(u64),
     /// Chunks, at this point of one.
@@ -343,7 +345,7 @@ enum Incoming {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// A chunk-size line is next.
     Size,
     /// This much of the chunk's data is still to come.
@@ -441,7 +443,7 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
 }
 
 /// HTTP/1.1 keeps a connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
-fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
+pub(crate) fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
     let has = |token: &str| {
         headers
             .get_all(header::CONNECTION)
@@ -460,7 +462,7 @@ fn chunked_last(headers: &HeaderMap) -> bool {
 }
 
 /// The one length every `Content-Length` field (and each item of a list in one) agrees on.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut agreed = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for item in value.to_str().ok()?.split(',') {
@@ -525,90 +527,39 @@ impl<F: Finish> hyper::body::Body for Reading<F> {
         }
         loop {
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-            match this.framing {
-                Incoming::Done => {
-                    this.end();
-                    return Poll::Ready(None);
-                }
-                Incoming::Length(left) => {
-                    if conn.read.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(1..) => {}
-                            _ => return this.fail("the upstream closed the connection before the response body's end"),
+            if this.framing == Incoming::UntilClose {
+                if conn.read.is_empty() {
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(1..) => {}
+                        Ok(0) => {
+                            this.end();
+                            return Poll::Ready(None);
                         }
+                        Err(_) => return this.fail("the upstream connection failed during the response body"),
                     }
-                    let take = (conn.read.len() as u64).min(left) as usize;
-                    let data = conn.read.split_to(take).freeze();
-                    this.framing = if left == take as u64 { Incoming::Done } else { Incoming::Length(left - take as u64) };
+                }
+                let data = conn.read.split().freeze();
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            match decode(&mut conn.read, &mut this.framing) {
+                Ok(Decoded::Frame(frame)) => {
                     if this.framing == Incoming::Done {
                         this.end();
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Incoming::UntilClose => {
-                    if conn.read.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(1..) => {}
-                            Ok(0) => {
-                                this.end();
-                                return Poll::Ready(None);
-                            }
-                            Err(_) => return this.fail("the upstream connection failed during the response body"),
-                        }
+                Ok(Decoded::End) => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => match ready!(conn.poll_fill(cx)) {
+                    Ok(1..) => {}
+                    _ if matches!(this.framing, Incoming::Chunked(_)) => {
+                        return this.fail("the upstream closed the connection inside a chunked response body");
                     }
-                    let data = conn.read.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Incoming::Chunked(state) => {
-                    let step = match state {
-                        Chunk::Size => match chunk_size(&conn.read) {
-                            Ok(httparse::Status::Complete((used, size))) => {
-                                conn.read.advance(used);
-                                this.framing = Incoming::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                                continue;
-                            }
-                            Ok(httparse::Status::Partial) if conn.read.len() < MAX_CHUNK_LINE => None,
-                            _ => return this.fail("the response has an invalid chunk size"),
-                        },
-                        Chunk::Data(left) if !conn.read.is_empty() => {
-                            let take = (conn.read.len() as u64).min(left) as usize;
-                            let data = conn.read.split_to(take).freeze();
-                            let left = left - take as u64;
-                            this.framing = Incoming::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
-                            Some(Frame::data(data))
-                        }
-                        Chunk::Data(_) => None,
-                        Chunk::DataEnd if conn.read.len() >= 2 => {
-                            if &conn.read[..2] != b"\r\n" {
-                                return this.fail("a response chunk does not end with CRLF");
-                            }
-                            conn.read.advance(2);
-                            this.framing = Incoming::Chunked(Chunk::Size);
-                            continue;
-                        }
-                        Chunk::DataEnd => None,
-                        Chunk::Trailers => match parse_trailers(&mut conn.read) {
-                            Ok(Some(trailers)) => {
-                                this.framing = Incoming::Done;
-                                this.end();
-                                if trailers.is_empty() {
-                                    return Poll::Ready(None);
-                                }
-                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                            }
-                            Ok(None) if conn.read.len() < MAX_HEAD => None,
-                            Ok(None) => return this.fail("the response trailers are too large"),
-                            Err(why) => return this.fail(why),
-                        },
-                    };
-                    match step {
-                        Some(frame) => return Poll::Ready(Some(Ok(frame))),
-                        None => match ready!(conn.poll_fill(cx)) {
-                            Ok(1..) => {}
-                            _ => return this.fail("the upstream closed the connection inside a chunked response body"),
-                        },
-                    }
-                }
+                    _ => return this.fail("the upstream closed the connection before the response body's end"),
+                },
+                Err(why) => return this.fail(why),
             }
         }
     }
@@ -622,6 +573,69 @@ impl<F: Finish> hyper::body::Body for Reading<F> {
             Incoming::Length(left) => SizeHint::with_exact(left),
             Incoming::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
+        }
+    }
+}
+
+/// What the next step of reading a body out of a buffer gave.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// Data, or the trailers that end a chunked body.
+    Frame(Frame<Bytes>),
+    /// The body has ended, with no more frames.
+    End,
+    /// More must be read first.
+    More,
+}
+
+/// Takes the next piece of a body framed by `framing` off the front of `read`, and moves
+/// `framing` on; shared by response bodies (from upstreams) and request bodies (from clients).
+/// `UntilClose` is the caller's: only the end of the connection ends such a body.
+pub(crate) fn decode(read: &mut BytesMut, framing: &mut Incoming) -> Result<Decoded, &'static str> {
+    loop {
+        match *framing {
+            Incoming::Done | Incoming::UntilClose => return Ok(Decoded::End),
+            Incoming::Length(_) | Incoming::Chunked(Chunk::Data(_)) if read.is_empty() => return Ok(Decoded::More),
+            Incoming::Length(left) => {
+                let take = (read.len() as u64).min(left) as usize;
+                let data = read.split_to(take).freeze();
+                *framing = if left == take as u64 { Incoming::Done } else { Incoming::Length(left - take as u64) };
+                return Ok(Decoded::Frame(Frame::data(data)));
+            }
+            Incoming::Chunked(Chunk::Size) => match chunk_size(read) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    read.advance(used);
+                    *framing = Incoming::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                }
+                Ok(httparse::Status::Partial) if read.len() < MAX_CHUNK_LINE => return Ok(Decoded::More),
+                _ => return Err("an invalid chunk size"),
+            },
+            Incoming::Chunked(Chunk::Data(left)) => {
+                let take = (read.len() as u64).min(left) as usize;
+                let data = read.split_to(take).freeze();
+                let left = left - take as u64;
+                *framing = Incoming::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+                return Ok(Decoded::Frame(Frame::data(data)));
+            }
+            Incoming::Chunked(Chunk::DataEnd) if read.len() < 2 => return Ok(Decoded::More),
+            Incoming::Chunked(Chunk::DataEnd) => {
+                if &read[..2] != b"\r\n" {
+                    return Err("a chunk that does not end with CRLF");
+                }
+                read.advance(2);
+                *framing = Incoming::Chunked(Chunk::Size);
+            }
+            Incoming::Chunked(Chunk::Trailers) => match parse_trailers(read)? {
+                Some(trailers) => {
+                    *framing = Incoming::Done;
+                    if trailers.is_empty() {
+                        return Ok(Decoded::End);
+                    }
+                    return Ok(Decoded::Frame(Frame::trailers(trailers)));
+                }
+                None if read.len() < MAX_HEAD => return Ok(Decoded::More),
+                None => return Err("the trailers are too large"),
+            },
         }
     }
 }
@@ -647,7 +661,7 @@ pub(crate) fn chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, (
 
 /// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing, connection
 /// control and credentials belong to the head, where policy saw them.
-fn allowed_in_trailers(name: &HeaderName) -> bool {
+pub(crate) fn allowed_in_trailers(name: &HeaderName) -> bool {
     const BANNED: [HeaderName; 13] = [
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
@@ -673,8 +687,8 @@ fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str
         Ok(httparse::Status::Complete((len, fields))) => {
             let mut trailers = HeaderMap::new();
             for field in fields.iter() {
-                let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a response trailer name is invalid")?;
-                let value = HeaderValue::from_bytes(field.value).map_err(|_| "a response trailer value is invalid")?;
+                let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a trailer name is invalid")?;
+                let value = HeaderValue::from_bytes(field.value).map_err(|_| "a trailer value is invalid")?;
                 if allowed_in_trailers(&name) {
                     trailers.append(name, value);
                 }
@@ -683,7 +697,7 @@ fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str
             Ok(Some(trailers))
         }
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err("the response trailers are malformed"),
+        Err(_) => Err("malformed trailers"),
     }
 }
 

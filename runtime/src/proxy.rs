@@ -17,7 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
@@ -545,7 +545,7 @@ impl Proxy {
     }
 
     /// Handles a request the application (at `peer`) sent out, and counts it.
-    pub async fn outbound(&self, peer: IpAddr, mut request: Request<Incoming>) -> Response<Body> {
+    pub async fn outbound(&self, peer: IpAddr, mut request: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let entry = self.log_entry(peer, &mut request);
@@ -558,7 +558,7 @@ impl Proxy {
 
     /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
     /// enters the mesh), and, when the workload logs requests, what its log line will say.
-    fn log_entry(&self, peer: IpAddr, request: &mut Request<Incoming>) -> Option<accesslog::Entry> {
+    fn log_entry(&self, peer: IpAddr, request: &mut Request<Body>) -> Option<accesslog::Entry> {
         if self.spec.request_id && !request.headers().contains_key(crate::trace::REQUEST_ID) {
             crate::trace::add_request_id(request.headers_mut());
         }
@@ -619,7 +619,7 @@ impl Proxy {
     }
 
     /// The response, and for a forwarding route its count of the request as active.
-    async fn route_and_forward(&self, peer: IpAddr, request: Request<Incoming>) -> (Response<Body>, Option<RouteActive>) {
+    async fn route_and_forward(&self, peer: IpAddr, request: Request<Body>) -> (Response<Body>, Option<RouteActive>) {
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
             return (reply, None);
@@ -661,14 +661,7 @@ impl Proxy {
 
     /// Sends a routed request on: the route's rate limit and faults, then a destination, its
     /// cluster's circuit breaker, and the upstream.
-    async fn forward(
-        &self,
-        peer: IpAddr,
-        forward: &Forward<'_>,
-        parts: http::request::Parts,
-        body: Incoming,
-        grpc: bool,
-    ) -> Response<Body> {
+    async fn forward(&self, peer: IpAddr, forward: &Forward<'_>, parts: http::request::Parts, body: Body, grpc: bool) -> Response<Body> {
         if forward.rate_limit.is_some_and(|it| !it.admit(peer)) {
             return local_reply(Error::RateLimited, grpc);
         }
@@ -680,7 +673,6 @@ impl Proxy {
             return local_reply(Error::NoCluster, grpc);
         };
         let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
-        let body = body.map_err(BoxError::from).boxed();
         let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
             Some(mirror) => self.mirror(mirror, &parts, body),
             None => body,
@@ -755,7 +747,7 @@ impl Proxy {
     }
 
     /// Handles a request from `peer` for the local application on `port`, and counts it.
-    pub async fn inbound(&self, port: &InboundPort, peer: &Downstream, mut request: Request<Incoming>) -> Response<Body> {
+    pub async fn inbound(&self, port: &InboundPort, peer: &Downstream, mut request: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let service = Some(port.service_names).filter(|it| !it.is_empty());
@@ -768,7 +760,7 @@ impl Proxy {
     }
 
     /// Authorization first, then forwarding to the application.
-    async fn authorize_and_forward(&self, inbound: &InboundPort, peer: &Downstream, request: Request<Incoming>) -> Response<Body> {
+    async fn authorize_and_forward(&self, inbound: &InboundPort, peer: &Downstream, request: Request<Body>) -> Response<Body> {
         let (app, port, protocol) = (&inbound.app, inbound.port, inbound.protocol);
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
@@ -1296,7 +1288,7 @@ fn copy_head(parts: &http::request::Parts) -> Request<()> {
 }
 
 /// Requests a sidecar must refuse before routing them.
-fn reject_malformed(request: &Request<Incoming>, grpc: bool) -> Option<Response<Body>> {
+fn reject_malformed(request: &Request<Body>, grpc: bool) -> Option<Response<Body>> {
     // HTTP/1.1 requires a Host header (RFC 9112 §3.2); HTTP/2 has `:authority`.
     let has_authority = request.uri().authority().is_some() || request.headers().contains_key(header::HOST);
     (!has_authority && request.version() == Version::HTTP_11).then(|| local_reply(Error::BadRequest("missing Host header"), grpc))
@@ -1475,11 +1467,27 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Where `name` is in [`HOP_BY_HOP`]: one match on the name's text, where comparing it with
+/// each of the eight names cost more than the rest of the strip together.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "proxy-authorization" => Some(4),
+        "te" => Some(5),
+        "transfer-encoding" => Some(6),
+        "upgrade" => Some(7),
+        _ => None,
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry few or none: one pass over the names finds which.
     let mut present = [false; 8];
     for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|it| it == name) {
+        if let Some(index) = hop_by_hop_index(name) {
             present[index] = true;
         }
     }

@@ -546,15 +546,15 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A stream whose first byte was already read: it reads that byte again, then the rest.
+/// A stream whose first bytes were already read: it reads them again, then the rest.
 struct Prefixed<S> {
-    first: Option<u8>,
+    read: Bytes,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
-    fn new(first: u8, inner: S) -> Prefixed<S> {
-        Prefixed { first: Some(first), inner }
+    fn new(read: Bytes, inner: S) -> Prefixed<S> {
+        Prefixed { read, inner }
     }
 }
 
@@ -564,11 +564,9 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if let Some(first) = self.first
-            && buf.remaining() > 0
-        {
-            buf.put_slice(&[first]);
-            self.first = None;
+        if !self.read.is_empty() && buf.remaining() > 0 {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -749,7 +747,7 @@ where
                 () = drain.signalled() => return,
             };
             let Ok(1) = read else { return };
-            let stream = Prefixed::new(first[0], stream);
+            let stream = Prefixed::new(Bytes::copy_from_slice(&first), stream);
             match (rpc_protocol_of(first[0]), bolt, dubbo) {
                 (Some(RpcProtocol::Bolt), Some(bolt), _) => bolt.clone().serve(stream, Side::Outbound, drain.watch()).await,
                 (Some(RpcProtocol::Dubbo), _, Some(dubbo)) => dubbo.clone().serve(stream, Side::Outbound, drain.watch()).await,
@@ -771,7 +769,7 @@ where
             let mut first = [0u8; 1];
             let read = tokio::time::timeout(HEADER_READ_TIMEOUT, tokio::io::AsyncReadExt::read(&mut stream, &mut first)).await;
             let Ok(Ok(1)) = read else { return };
-            let stream = Prefixed::new(first[0], stream);
+            let stream = Prefixed::new(Bytes::copy_from_slice(&first), stream);
             let side = || Side::Inbound { port: port.clone(), peer: Arc::new(downstream.clone()) };
             match (rpc_protocol_of(first[0]), &rpc.bolt, &rpc.dubbo) {
                 (Some(RpcProtocol::Bolt), Some(bolt), _) => bolt.clone().serve(stream, side(), drain.watch()).await,
@@ -801,17 +799,46 @@ fn rpc_protocol_of(first: u8) -> Option<RpcProtocol> {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on one accepted connection until it ends or a drain closes it.
+/// HTTP/1.1 is served by [`h1::server`](crate::h1::server); hyper takes the connection over for
+/// what that leaves to it (HTTP/2, HTTP/1.0, upgrades, CONNECT, `Expect`).
 async fn serve_http<S>(stream: S, downstream: Downstream, proxy: Arc<Proxy>, serves: Serves, drain: Drain)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let downstream = Arc::new(downstream);
+    let answer = |request| answer(&proxy, &serves, &downstream, request);
+    let served = crate::h1::server::serve(stream, drain.watch(), HEADER_READ_TIMEOUT, answer).await;
+    let crate::h1::server::Ended::HandOff(read, stream) = served else { return };
+    // One instance of hyper's server for every kind of stream: it serves the uncommon cases.
+    let stream: Box<dyn Io> = Box::new(Prefixed::new(read, stream));
+    serve_with_hyper(stream, downstream, proxy, serves, drain).await;
+}
+
+/// A connection's stream, whatever it is.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for S {}
+
+/// The answer to a request on a listener that serves `serves`.
+async fn answer(proxy: &Proxy, serves: &Serves, downstream: &Downstream, request: Request<Body>) -> Response<Body> {
+    match serves {
+        Serves::Inbound(port, _, _) => proxy.inbound(port, downstream, request).await,
+        Serves::Outbound | Serves::Bolt(_) | Serves::Dubbo(_) | Serves::Rpc(..) | Serves::OutboundTcp(..) => {
+            proxy.outbound(downstream.ip, request).await
+        }
+    }
+}
+
+/// Serves a connection with hyper, HTTP/1 requests checked by the guard first.
+async fn serve_with_hyper(stream: Box<dyn Io>, downstream: Arc<Downstream>, proxy: Arc<Proxy>, serves: Serves, drain: Drain) {
     // A connection accepted during a drain (only the outbound listener takes them) answers
     // one request and closes, rather than waiting for the drain to close it.
     let late = *drain.started.borrow();
     let signal = UpgradeSignal::default();
     let guarded = Guarded::new(stream, signal.clone());
-    let downstream = Arc::new(downstream);
     let service = service_fn(move |request: Request<Incoming>| {
+        let request =
+            request.map(|body| http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(body, crate::proxy::BoxError::from)));
         let proxy = proxy.clone();
         let serves = serves.clone();
         let signal = signal.clone();
@@ -819,13 +846,7 @@ where
         async move {
             let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
             let connect = request.method() == Method::CONNECT;
-            let response = match serves {
-                Serves::Outbound | Serves::Bolt(_) | Serves::Dubbo(_) | Serves::Rpc(..) | Serves::OutboundTcp(..) => {
-                    proxy.outbound(downstream.ip, request).await
-                }
-                Serves::Inbound(port, _, _) => proxy.inbound(&port, &downstream, request).await,
-            };
-            let mut response = response;
+            let mut response = answer(&proxy, &serves, &downstream, request).await;
             if awaited {
                 let status = response.status();
                 let upgraded = status == StatusCode::SWITCHING_PROTOCOLS || connect && status.is_success();

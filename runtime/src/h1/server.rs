@@ -1,0 +1,518 @@
+//! HTTP/1.1 from clients, served inside the connection's own task.
+//!
+//! Behind hyper's server, every request head was parsed twice (by the guard, which refuses
+//! what could smuggle a request, then by hyper), the proxy's future was boxed and polled by
+//! hyper's dispatcher, and the response went out through hyper's encoder. Here the connection's
+//! task parses each head once with `httparse` (the guard's rules are shared through
+//! [`request_framing`]), awaits the proxy's answer in place, and writes the response head and a
+//! body that is already whole in one write.
+//!
+//! What this server does not do itself it leaves to hyper, handing over the connection with
+//! every byte read from it and not yet used: the HTTP/2 preface, HTTP/1.0, upgrades and
+//! CONNECT, and `Expect` (hyper answers `100 Continue` when the body is first read). A hand-off
+//! happens only between requests, when the last response has been written whole.
+//!
+//! A request body is read from the connection by whoever polls it (the proxy's upstream
+//! exchange, in the same task): the connection's read side moves into the body and comes back
+//! once the body has ended. A response that ends before its request body does closes the
+//! connection, as Envoy does.
+
+use std::fmt::Write as _;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf};
+use tokio_util::io::poll_read_buf;
+
+use super::{Decoded, Incoming, allowed_in_trailers, connection_allows_reuse, decode, put_fields};
+use crate::guard::{Framing, H2_PREFACE, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK, bad_request, request_framing};
+use crate::proxy::{Body, BoxError};
+
+/// A response body part at least this large is written from where it lies rather than
+/// copied behind the head.
+const WRITE_DIRECTLY: usize = 8 * 1024;
+
+/// How much a connection gathers before it writes, when a body comes in many parts.
+const MAX_GATHERED: usize = 64 * 1024;
+
+/// After a 400, what the client still sends is read and dropped, up to this much for this
+/// long, so that the answer is not lost to a reset (closing a socket with unread bytes resets
+/// it).
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// How a connection served here ended.
+pub(crate) enum Ended<S> {
+    /// It is closed, or closes when the stream is dropped.
+    Closed,
+    /// A request this server leaves to hyper: what was read from the stream and not yet used
+    /// (that request's head first), and the stream.
+    HandOff(Bytes, S),
+}
+
+/// Serves HTTP/1.1 requests on `io` with `answer` until the connection ends, a request needs
+/// hyper, or `drain` turns true (an idle connection then closes; a busy one closes after its
+/// current response). A head must arrive whole within `head_timeout` of when the connection
+/// starts waiting for it.
+pub(crate) async fn serve<S, A, F>(io: S, mut drain: tokio::sync::watch::Receiver<bool>, head_timeout: Duration, mut answer: A) -> Ended<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: FnMut(Request<Body>) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    // A connection accepted during a drain answers one request, then closes.
+    let late = *drain.borrow();
+    let (read, mut write) = tokio::io::split(io);
+    let mut reader = Some(Reader { io: read, buf: BytesMut::new() });
+    let mut out = BytesMut::new();
+    let mut fields = Vec::new();
+    let mut first = true;
+    let mut timer = pin!(tokio::time::sleep(head_timeout));
+    loop {
+        let Some(conn) = reader.as_mut() else { return Ended::Closed };
+        timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
+        let head = loop {
+            match parse(&mut conn.buf, &mut fields, first) {
+                Parsed::Head(head) => break head,
+                Parsed::HandOff => {
+                    let Some(conn) = reader.take() else { return Ended::Closed };
+                    return Ended::HandOff(conn.buf.freeze(), conn.io.unsplit(write));
+                }
+                Parsed::Bad(why) => {
+                    refuse(conn, &mut write, why).await;
+                    return Ended::Closed;
+                }
+                Parsed::More => {}
+            }
+            let filled = tokio::select! {
+                biased;
+                filled = poll_fn(|cx| conn.poll_fill(cx)) => filled,
+                () = &mut timer => return Ended::Closed,
+                _ = drain.wait_for(|draining| *draining), if !late => return Ended::Closed,
+            };
+            if !matches!(filled, Ok(1..)) {
+                return Ended::Closed;
+            }
+        };
+        first = false;
+        let Head { parts, framing, keep_alive } = head;
+        let head_request = parts.method == Method::HEAD;
+        // The body takes the connection's read side while it is read.
+        let (body, shared) = match framing {
+            Framing::None => (crate::proxy::empty(), None),
+            Framing::Length(len) => streamed(&mut reader, Incoming::Length(len)),
+            Framing::Chunked => streamed(&mut reader, Incoming::Chunked(super::Chunk::Size)),
+        };
+        let response = answer(Request::from_parts(parts, body)).await;
+        // An answer that comes before the request body's end closes the connection after it:
+        // the rest of the body cannot be told from a next request.
+        let read_whole = shared.as_ref().is_none_or(|it| BodyRead::framing(&**it) == Incoming::Done);
+        let keep_alive = keep_alive && read_whole && !*drain.borrow();
+        let keep_alive = respond(&mut write, &mut out, response, head_request, keep_alive).await;
+        if let Some(shared) = shared {
+            reader = shared.take_back();
+        }
+        if !keep_alive || reader.is_none() {
+            let _ = write.shutdown().await;
+            return Ended::Closed;
+        }
+    }
+}
+
+/// The connection's read side and what was read from it and not yet used.
+struct Reader<S> {
+    io: ReadHalf<S>,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead> Reader<S> {
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 8 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// Answers a malformed request with 400 and ends the connection, reading what the client
+/// still sends for a while so that the answer is not lost to a reset.
+async fn refuse<S: AsyncRead + AsyncWrite>(conn: &mut Reader<S>, write: &mut WriteHalf<S>, why: &str) {
+    if write.write_all(&bad_request(why)).await.is_err() || write.shutdown().await.is_err() {
+        return;
+    }
+    let linger = async {
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            conn.buf.clear();
+            match poll_fn(|cx| conn.poll_fill(cx)).await {
+                Ok(read @ 1..) => dropped += read,
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, linger).await;
+}
+
+/// A request head, taken off the buffer.
+struct Head {
+    parts: http::request::Parts,
+    framing: Framing,
+    /// Whether the client lets the connection carry another request.
+    keep_alive: bool,
+}
+
+// Returned once per head and matched at once: a box would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Head(Head),
+    /// The head is not whole yet.
+    More,
+    /// Not for this server: the HTTP/2 preface, HTTP/1.0, an upgrade, CONNECT or `Expect`.
+    HandOff,
+    /// Malformed: answered with 400.
+    Bad(&'static str),
+}
+
+/// A header field's name and value, as offsets into the head.
+type Field = (u32, u32, u32, u32);
+
+/// Parses the request head at the start of `buf`, taking it off when it is whole and this
+/// server serves it. `first`: whether this is the connection's first request, which may be the
+/// HTTP/2 preface instead.
+fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
+    if first {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] == H2_PREFACE[..n] {
+            return if n == H2_PREFACE.len() { Parsed::HandOff } else { Parsed::More };
+        }
+    }
+    // Empty lines before a request line are allowed (RFC 9112 §2.2).
+    let blank = buf.iter().take_while(|it| matches!(it, b'\r' | b'\n')).count();
+    buf.advance(blank);
+    if buf.is_empty() {
+        return Parsed::More;
+    }
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => return Parsed::More,
+        Ok(_) => return Parsed::Bad("the request head is too large"),
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Bad("too many headers"),
+        Err(_) => return Parsed::Bad("malformed request head"),
+    };
+    let (framing, upgrade) = match request_framing(&request) {
+        Ok(it) => it,
+        Err(why) => return Parsed::Bad(why),
+    };
+    if upgrade || request.version != Some(1) || request.headers.iter().any(|it| it.name.eq_ignore_ascii_case("expect")) {
+        return Parsed::HandOff;
+    }
+    let Ok(method) = Method::from_bytes(request.method.unwrap_or_default().as_bytes()) else {
+        return Parsed::Bad("malformed request head");
+    };
+    // Offsets into the buffer (a head is at most MAX_HEAD_BYTES long), so that the target,
+    // names and values can share it once it is frozen.
+    let base = buf.as_ptr() as usize;
+    let offset = |it: &[u8]| (it.as_ptr() as usize - base) as u32;
+    let target = request.path.unwrap_or_default().as_bytes();
+    let target = (offset(target), offset(target) + target.len() as u32);
+    fields.clear();
+    fields.extend(request.headers.iter().map(|it| {
+        let (name, value) = (offset(it.name.as_bytes()), offset(it.value));
+        (name, name + it.name.len() as u32, value, value + it.value.len() as u32)
+    }));
+    let bytes = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target.0 as usize..target.1 as usize)) else {
+        return Parsed::Bad("invalid request target");
+    };
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for &(name, name_end, value, value_end) in fields.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&bytes[name as usize..name_end as usize]),
+            HeaderValue::from_maybe_shared(bytes.slice(value as usize..value_end as usize)),
+        ) else {
+            return Parsed::Bad("malformed request head");
+        };
+        headers.append(name, value);
+    }
+    let keep_alive = connection_allows_reuse(&headers, Version::HTTP_11);
+    let mut parts = Request::new(()).into_parts().0;
+    (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, Version::HTTP_11, headers);
+    Parsed::Head(Head { parts, framing, keep_alive })
+}
+
+/// A request body read from the connection `reader` holds, which it takes; the shared state
+/// gives it back once the body has ended.
+fn streamed<S>(reader: &mut Option<Reader<S>>, framing: Incoming) -> (Body, Option<Arc<Shared<S>>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(conn) = reader.take() else { return (crate::proxy::empty(), None) };
+    let shared = Arc::new(Shared(Mutex::new(Some(Source { conn, framing, failed: false }))));
+    (RequestBody(shared.clone()).boxed(), Some(shared))
+}
+
+/// A request body being read, and the connection it is read from.
+struct Source<S> {
+    conn: Reader<S>,
+    framing: Incoming,
+    failed: bool,
+}
+
+/// What the body and the connection share: `None` once the connection took itself back.
+struct Shared<S>(Mutex<Option<Source<S>>>);
+
+impl<S> Shared<S> {
+    /// The connection, if the body ended whole and cleanly; otherwise the connection cannot
+    /// carry another request (the rest of this one is still on it, or it failed).
+    fn take_back(&self) -> Option<Reader<S>> {
+        let mut source = self.0.lock().unwrap_or_else(|it| it.into_inner());
+        match source.take() {
+            Some(Source { conn, framing: Incoming::Done, failed: false }) => Some(conn),
+            _ => None,
+        }
+    }
+}
+
+/// What the request body needs of its shared state, without the stream's type.
+trait BodyRead: Send + Sync {
+    fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+    fn framing(&self) -> Incoming;
+}
+
+impl<S: AsyncRead + Send> BodyRead for Shared<S> {
+    fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut source = self.0.lock().unwrap_or_else(|it| it.into_inner());
+        let Some(source) = source.as_mut() else { return Poll::Ready(Some(Err("the client connection has closed".into()))) };
+        if source.failed {
+            return Poll::Ready(Some(Err("the request body failed".into())));
+        }
+        loop {
+            let failed = match decode(&mut source.conn.buf, &mut source.framing) {
+                Ok(Decoded::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => match ready!(source.conn.poll_fill(cx)) {
+                    Ok(1..) => continue,
+                    _ => "the client closed the connection before the request body's end",
+                },
+                Err(why) => why,
+            };
+            source.failed = true;
+            return Poll::Ready(Some(Err(failed.into())));
+        }
+    }
+
+    fn framing(&self) -> Incoming {
+        let source = self.0.lock().unwrap_or_else(|it| it.into_inner());
+        source.as_ref().map_or(Incoming::Done, |it| it.framing)
+    }
+}
+
+/// A request body from the connection.
+struct RequestBody(Arc<dyn BodyRead>);
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.framing() == Incoming::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.0.framing() {
+            Incoming::Length(left) => SizeHint::with_exact(left),
+            Incoming::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// How a response body goes out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outgoing {
+    /// Not at all: a response to HEAD, a 1xx, 204 or 304.
+    None,
+    /// `Content-Length`: this many bytes are still to go.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Writes `response`; `true` when the connection may carry another request after it.
+async fn respond<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    out: &mut BytesMut,
+    response: Response<Body>,
+    head_request: bool,
+    keep_alive: bool,
+) -> bool {
+    let (parts, mut body) = response.into_parts();
+    let mut keep_alive = keep_alive && connection_allows_reuse(&parts.headers, Version::HTTP_11);
+    let mut framing = encode_head(out, &parts, &body, head_request, keep_alive);
+    let mut ended = false;
+    while !ended && !body.is_end_stream() {
+        // A body that is not ready yet: what is gathered goes out first.
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() && write_out(write, out).await.is_err() {
+                    return false;
+                }
+                body.frame().await
+            }
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            // The client sees the body end short: no last chunk, or fewer bytes than promised.
+            Some(Err(_)) => {
+                let _ = write_out(write, out).await;
+                return false;
+            }
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Ok(trailers), Outgoing::Chunked) = (frame.into_trailers(), framing) {
+                    out.put_slice(b"0\r\n");
+                    put_fields(out, trailers.iter().filter(|(name, _)| allowed_in_trailers(name)));
+                    out.put_slice(b"\r\n");
+                    ended = true;
+                }
+                continue;
+            }
+        };
+        let data = match &mut framing {
+            Outgoing::None => continue,
+            _ if data.is_empty() => continue,
+            Outgoing::Length(left) => {
+                // More than the head promised is cut off, and the connection closes after.
+                let data = if data.len() as u64 > *left {
+                    keep_alive = false;
+                    data.slice(..*left as usize)
+                } else {
+                    data
+                };
+                *left -= data.len() as u64;
+                data
+            }
+            Outgoing::Chunked => {
+                let _ = write!(out, "{:x}\r\n", data.len());
+                data
+            }
+        };
+        if data.len() >= WRITE_DIRECTLY {
+            if write_out(write, out).await.is_err() || write.write_all(&data).await.is_err() {
+                return false;
+            }
+        } else {
+            out.put_slice(&data);
+        }
+        if framing == Outgoing::Chunked {
+            out.put_slice(b"\r\n");
+        }
+        if out.len() >= MAX_GATHERED && write_out(write, out).await.is_err() {
+            return false;
+        }
+    }
+    match framing {
+        Outgoing::Chunked if !ended => out.put_slice(b"0\r\n\r\n"),
+        // Fewer bytes than the head promised: the client sees the connection end.
+        Outgoing::Length(1..) => keep_alive = false,
+        _ => {}
+    }
+    write_out(write, out).await.is_ok() && write.flush().await.is_ok() && keep_alive
+}
+
+/// Writes what is gathered in `out`, and empties it.
+async fn write_out<W: AsyncWrite + Unpin>(write: &mut W, out: &mut BytesMut) -> io::Result<()> {
+    let written = write.write_all(out).await;
+    out.clear();
+    written
+}
+
+/// Puts the status line and the header fields in `out`, and says how the body goes: by the
+/// `Content-Length` the response carries, else by the body's exact size, else chunked.
+fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, head_request: bool, keep_alive: bool) -> Outgoing {
+    let status = parts.status;
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or_default().as_bytes());
+    out.put_slice(b"\r\n");
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let exact = body.size_hint().exact();
+    // Framing is this hop's to say: by the body's own size where it knows it, else by a valid
+    // Content-Length the answer carries, else in chunks. Without a body, the fields say what
+    // the answer says (a response to HEAD keeps the length a GET would have had, and a HEAD
+    // answered by a chunked response has none: an empty body's size is not that length).
+    let (framing, length) = if bodiless || head_request {
+        (Outgoing::None, None)
+    } else if let Some(len) = exact {
+        (Outgoing::Length(len), Some(len))
+    } else if let Some(len) = super::content_length(&parts.headers) {
+        (Outgoing::Length(len), None)
+    } else {
+        (Outgoing::Chunked, None)
+    };
+    let keep_length = matches!(framing, Outgoing::None) || matches!(framing, Outgoing::Length(_)) && length.is_none();
+    put_fields(
+        out,
+        parts.headers.iter().filter(|(name, _)| **name != header::TRANSFER_ENCODING && (keep_length || **name != header::CONTENT_LENGTH)),
+    );
+    if let Some(len) = length {
+        put_length(out, len);
+    }
+    if framing == Outgoing::Chunked {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive && !parts.headers.contains_key(header::CONNECTION) {
+        out.put_slice(b"connection: close\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        put_date(out);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    framing
+}
+
+fn put_length(out: &mut BytesMut, len: u64) {
+    let _ = write!(out, "content-length: {len}\r\n");
+}
+
+/// Today's date as an HTTP date, formatted once a second per thread.
+fn put_date(out: &mut BytesMut) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |it| it.as_secs());
+    CACHED.with_borrow_mut(|(at, date)| {
+        if *at != second {
+            *date = httpdate::fmt_http_date(now);
+            *at = second;
+        }
+        out.put_slice(date.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests;
