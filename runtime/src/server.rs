@@ -846,7 +846,9 @@ async fn serve_with_hyper(stream: Box<dyn Io>, downstream: Arc<Downstream>, prox
         async move {
             let awaited = request.version() < Version::HTTP_2 && UpgradeSignal::awaited(request.method(), request.headers());
             let connect = request.method() == Method::CONNECT;
-            let mut response = answer(&proxy, &serves, &downstream, request).await;
+            // Boxed: hyper runs each HTTP/2 stream as a task of its own, and tokio copies a task's
+            // whole future as it starts and ends it; the answer's future is large.
+            let mut response = Box::pin(answer(&proxy, &serves, &downstream, request)).await;
             if awaited {
                 let status = response.status();
                 let upgraded = status == StatusCode::SWITCHING_PROTOCOLS || connect && status.is_success();
