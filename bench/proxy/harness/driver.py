@@ -155,6 +155,7 @@ def main(argv=None):
         say(f"starting the upstream (nginx) on CPUs {args.upstream_cpus}")
         upstream = peers.Upstream(work, args.upstream_cpus, args.body_bytes)
         ctx = peers.Context(ROOT, work, upstream, args.proxy_cpus)
+        measured = []
         for name in args.peers:
             if name in SKIPPED:
                 results["peers"][name] = {"status": "skipped", "reason": SKIPPED[name]}
@@ -163,10 +164,11 @@ def main(argv=None):
                 results["peers"][name] = {"status": "failed", "reason": problems[name]}
                 say(f"{name}: failed: {problems[name].splitlines()[0]}")
             else:
-                # Filled in as the peer runs, so that an interrupted run keeps what it measured.
+                # Filled in as the peers run, so that an interrupted run keeps what it measured.
                 results["peers"][name] = {"status": "interrupted", "plans": {}}
-                bench_peer(name, ctx, plans, args, results["peers"][name])
-            upstream.process.check_alive()
+                measured.append(name)
+        bench_peers(measured, ctx, plans, args, results["peers"])
+        upstream.process.check_alive()
     except (KeyboardInterrupt, Stopping) as err:
         say(f"interrupted ({type(err).__name__}); stopping every process")
         results["interrupted"] = True
@@ -185,50 +187,83 @@ def key(plan):
     return f"{plan.protocol}-{plan.mode}"
 
 
-def bench_peer(name, ctx, plans, args, result):
-    """Starts peer `name`, measures its idle memory, applies every plan, stops it, filling in
-    `result`. Failures are recorded with the peer's log tail rather than raised."""
-    say(f"{name}: starting on CPUs {ctx.cpus}")
+def bench_peers(names, ctx, plans, args, results):
+    """Starts every peer in `names`, measures their idle memory, then applies every plan to
+    all of them in turns: each peer's warm-up, then the first measured run of each peer, the
+    second of each, and so on. A machine whose load drifts during the benchmark (a shared VM)
+    then weighs on every peer alike, where running one peer's plans after another's put the
+    drift between them. Idle peers wait on the proxy's CPUs without using them. Fills in
+    `results[name]`; failures are recorded with the peer's log tail rather than raised."""
+    running = {}
     try:
-        running = peers.start(name, ctx)
-    except Exception as err:  # noqa: BLE001 - a peer that cannot start is reported, not fatal
-        result.update(status="failed", reason=f"did not start: {err}")
-        error_log = ctx.work_dir / name / "error.log"
-        if error_log.exists():
-            result["log_tail"] = _tail(error_log, 30)
-        return result
-    try:
-        # start() has had it answer one request; let it settle before reading its memory.
-        time.sleep(1.0)
-        pids = running.pids()
-        if running.process:
-            result["idle_rss_kib"] = procs.memory_kib(pids, "VmRSS")
-            result["idle_processes"] = len(pids)
-            result["idle_threads"] = procs.threads(pids)
-        for plan in plans:
-            say(f"{name}: {load.PROTOCOLS[plan.protocol]}, {load.MODES[plan.mode]} ({plan.describe()})")
+        for name in names:
+            say(f"{name}: starting on CPUs {ctx.cpus}")
             try:
-                run_plan(running, plan, ctx, args, result["plans"].setdefault(key(plan), {"runs": []}))
-            except Exception as err:  # noqa: BLE001 - recorded, and the next plan or peer goes on
-                result["plans"][key(plan)]["error"] = str(err)
-                result["status"] = "failed"
-                say(f"{name}: {key(plan)} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
-                if running.process and running.process.popen.poll() is not None:
-                    result["reason"] = f"exited with {running.process.popen.returncode} during {key(plan)}"
-                    break
-        if running.process:
-            result["threads_after"] = procs.threads(running.pids())
+                running[name] = peers.start(name, ctx)
+            except Exception as err:  # noqa: BLE001 - a peer that cannot start is reported, not fatal
+                results[name].update(status="failed", reason=f"did not start: {err}")
+                error_log = ctx.work_dir / name / "error.log"
+                if error_log.exists():
+                    results[name]["log_tail"] = _tail(error_log, 30)
+        # start() has had each answer one request; let them settle before reading memory.
+        time.sleep(1.0)
+        for name, peer in running.items():
+            pids = peer.pids()
+            if peer.process:
+                results[name]["idle_rss_kib"] = procs.memory_kib(pids, "VmRSS")
+                results[name]["idle_processes"] = len(pids)
+                results[name]["idle_threads"] = procs.threads(pids)
+        for plan in plans:
+            say(f"{load.PROTOCOLS[plan.protocol]}, {load.MODES[plan.mode]} ({plan.describe()}): {', '.join(running)} in turns")
+            failed = {}
+            for name, peer in running.items():
+                _attempt(name, peer, plan, results[name], failed, lambda peer=peer: warm_up(peer, plan, ctx, args))
+            for repeat in range(args.repeats):
+                for name, peer in running.items():
+                    if name in failed:
+                        continue
+                    runs = results[name]["plans"].setdefault(key(plan), {"runs": []})["runs"]
+                    say(f"  {name} ({repeat + 1}/{args.repeats}):")
+                    _attempt(name, peer, plan, results[name], failed, lambda peer=peer, runs=runs: runs.append(measure(peer, plan, ctx, args)))
+            for name in running:
+                found = results[name]["plans"].get(key(plan))
+                if found and found["runs"]:
+                    found["median"] = medians(found["runs"])
+            for name in [it for it, exited in failed.items() if exited]:
+                peer = running.pop(name)
+                peer.stop()
+                results[name]["log_tail"] = log_tail(peer.process)
+        for name, peer in running.items():
+            if peer.process:
+                results[name]["threads_after"] = procs.threads(peer.pids())
+    finally:
+        for name, peer in running.items():
+            peer.stop()
+            if peer.process:
+                results[name]["log_tail"] = log_tail(peer.process)
+    for name in names:
+        result = results[name]
+        if result["status"] == "interrupted":
+            result["status"] = "ok"
         if result["status"] == "failed":
             result.setdefault("reason", "a load plan failed")
-        else:
-            result["status"] = "ok"
-    finally:
-        running.stop()
-        if running.process:
-            result["log_tail"] = log_tail(running.process)
-    if result["status"] == "ok":
-        result.pop("log_tail", None)
-    return result
+        if result["status"] == "ok":
+            result.pop("log_tail", None)
+
+
+def _attempt(name, peer, plan, result, failed, step):
+    """Runs `step` for peer `name`; a failure is recorded against the plan, and a peer whose
+    process exited takes no further part (`failed[name]` is then true)."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - recorded, and the other peers go on
+        result["plans"].setdefault(key(plan), {"runs": []})["error"] = str(err)
+        result["status"] = "failed"
+        say(f"{name}: {key(plan)} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        exited = bool(peer.process and peer.process.popen.poll() is not None)
+        if exited:
+            result["reason"] = f"exited with {peer.process.popen.returncode} during {key(plan)}"
+        failed[name] = exited
 
 
 def log_tail(process, lines=30):
@@ -248,55 +283,56 @@ def _tail(path, lines):
         return ""
 
 
-def run_plan(running, plan, ctx, args, result):
-    """Applies `plan`: a warm-up, then the measured runs, appended to result["runs"] as they
-    finish; then their medians."""
+def warm_up(running, plan, ctx, args):
+    """The plan's unmeasured first run against one peer."""
+    load.run(plan, running.ports[plan.protocol], args.warmup_seconds, args.client_cpus, ctx.work_dir)
+
+
+def measure(running, plan, ctx, args):
+    """One measured run of `plan` against one peer, with the peer's CPU time and peak memory
+    over it and the upstream's count of what it served."""
     port = running.ports[plan.protocol]
-    scratch = ctx.work_dir
-    load.run(plan, port, args.warmup_seconds, args.client_cpus, scratch)
-    runs = result["runs"]
-    for _ in range(args.repeats):
-        pids = running.pids()
-        reset = procs.reset_peak_memory(pids) if pids else None
-        served_before = ctx.upstream.requests_served()
-        cpu_before = procs.cpu_seconds(pids)
-        busy_before = procs.cpu_busy()
-        measured = load.run(plan, port, args.seconds, args.client_cpus, scratch)
-        busy_after = procs.cpu_busy()
-        cpu = procs.cpu_seconds(pids) - cpu_before
-        # The count read after the run includes that read's own request.
-        served = ctx.upstream.requests_served() - served_before - 1
-        if running.process:
-            running.process.check_alive()
-        run = {
-            "rps": measured.rps,
-            "ok": measured.ok,
-            "responses": measured.responses,
-            "seconds": measured.seconds,
-            "p50_us": measured.p50_us,
-            "p99_us": measured.p99_us,
-            "p999_us": measured.p999_us,
-            "non2xx": measured.non2xx,
-            "errors": measured.errors,
-            "upstream_served": served,
-            "upstream_check": None if running.self_answering else served >= measured.ok,
-            # How busy each CPU was during the run (1.0: all the time), and how much of the
-            # proxy's CPUs went to anything but the peer: other work on the machine.
-            "cpu_busy": {cpu_number: _busy(busy_before, busy_after, cpu_number) for cpu_number in sorted(busy_after)},
-            "proxy_cpus_foreign": _foreign(busy_before, busy_after, cpu_list(args.proxy_cpus), cpu if pids else 0.0),
-            "loadavg_after": procs.loadavg(),
-        }
-        if pids:
-            run["cpu_s"] = cpu
-            run["cpu_s_per_1k"] = cpu / measured.responses * 1000 if measured.responses else None
-            run["peak_rss_kib"] = procs.memory_kib(pids, "VmHWM")
-            run["peak_rss_reset"] = reset
-        runs.append(run)
-        say(
-            f"  {measured.rps:,.0f} rps, p99 {_ms(measured.p99_us)} ms, "
-            f"{measured.errors} errors, {measured.non2xx} non-2xx, upstream served {served:,}"
-        )
-    result["median"] = medians(runs)
+    pids = running.pids()
+    reset = procs.reset_peak_memory(pids) if pids else None
+    served_before = ctx.upstream.requests_served()
+    cpu_before = procs.cpu_seconds(pids)
+    busy_before = procs.cpu_busy()
+    measured = load.run(plan, port, args.seconds, args.client_cpus, ctx.work_dir)
+    busy_after = procs.cpu_busy()
+    cpu = procs.cpu_seconds(pids) - cpu_before
+    # The count read after the run includes that read's own request.
+    served = ctx.upstream.requests_served() - served_before - 1
+    if running.process:
+        running.process.check_alive()
+    run = {
+        "rps": measured.rps,
+        "ok": measured.ok,
+        "responses": measured.responses,
+        "seconds": measured.seconds,
+        "p50_us": measured.p50_us,
+        "p99_us": measured.p99_us,
+        "p999_us": measured.p999_us,
+        "non2xx": measured.non2xx,
+        "errors": measured.errors,
+        "upstream_served": served,
+        "upstream_check": None if running.self_answering else served >= measured.ok,
+        # How busy each CPU was during the run (1.0: all the time), and how much of the
+        # proxy's CPUs went to anything but the peer: other work on the machine (the other
+        # peers wait idle on the same CPUs, and count as foreign if they are not).
+        "cpu_busy": {cpu_number: _busy(busy_before, busy_after, cpu_number) for cpu_number in sorted(busy_after)},
+        "proxy_cpus_foreign": _foreign(busy_before, busy_after, cpu_list(args.proxy_cpus), cpu if pids else 0.0),
+        "loadavg_after": procs.loadavg(),
+    }
+    if pids:
+        run["cpu_s"] = cpu
+        run["cpu_s_per_1k"] = cpu / measured.responses * 1000 if measured.responses else None
+        run["peak_rss_kib"] = procs.memory_kib(pids, "VmHWM")
+        run["peak_rss_reset"] = reset
+    say(
+        f"    {measured.rps:,.0f} rps, p99 {_ms(measured.p99_us)} ms, "
+        f"{measured.errors} errors, {measured.non2xx} non-2xx, upstream served {served:,}"
+    )
+    return run
 
 
 def _busy(before, after, cpu_number):
