@@ -1,3 +1,6 @@
+//! The HTTP/1.1 server against a client on an in-memory pipe: keep-alive and pipelining,
+//! request bodies, response framing, 400s, what goes to hyper, the drain and the head timeout.
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt as _, DuplexStream};
