@@ -269,8 +269,12 @@ pub(crate) fn request_framing(request: &httparse::Request<'_, '_>) -> Result<(Fr
     let mut upgrade = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
-            let value =
-                std::str::from_utf8(header.value).ok().and_then(|it| it.trim().parse::<u64>().ok()).ok_or("invalid Content-Length")?;
+            // 1*DIGIT (RFC 9110 §8.6): no sign, no list, no space but the field's own.
+            let digits = header.value.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err("invalid Content-Length");
+            }
+            let value = std::str::from_utf8(digits).ok().and_then(|it| it.parse::<u64>().ok()).ok_or("invalid Content-Length")?;
             if length.is_some_and(|it| it != value) {
                 return Err("conflicting Content-Length headers");
             }

@@ -685,6 +685,11 @@ fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(read, &mut slots) {
         Ok(httparse::Status::Complete((len, fields))) => {
+            // httparse ends a line at a bare LF; so would `0\r\n\n` end the body here where
+            // a server that wants CRLF reads the next bytes as a trailer line.
+            if read[..len].iter().enumerate().any(|(at, it)| *it == b'\n' && (at == 0 || read[at - 1] != b'\r')) {
+                return Err("a bare LF in the trailers");
+            }
             let mut trailers = HeaderMap::new();
             for field in fields.iter() {
                 let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a trailer name is invalid")?;

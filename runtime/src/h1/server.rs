@@ -95,11 +95,13 @@ where
             }
             let filled = tokio::select! {
                 biased;
-                filled = poll_fn(|cx| conn.poll_fill(cx)) => filled,
-                () = &mut timer => return Ended::Closed,
-                _ = drain.wait_for(|draining| *draining), if !late => return Ended::Closed,
+                filled = poll_fn(|cx| conn.poll_fill(cx)) => matches!(filled, Ok(1..)),
+                () = &mut timer => false,
+                _ = drain.wait_for(|draining| *draining), if !late => false,
             };
-            if !matches!(filled, Ok(1..)) {
+            if !filled {
+                // Over TLS, the client learns that the server closed (close_notify).
+                let _ = write.shutdown().await;
                 return Ended::Closed;
             }
         };
@@ -113,13 +115,25 @@ where
             Framing::Chunked => streamed(&mut reader, Incoming::Chunked(super::Chunk::Size)),
         };
         let response = answer(Request::from_parts(parts, body)).await;
-        // An answer that comes before the request body's end closes the connection after it:
-        // the rest of the body cannot be told from a next request.
-        let read_whole = shared.as_ref().is_none_or(|it| BodyRead::framing(&**it) == Incoming::Done);
+        // An answer that comes before the request body's end closes the connection after it,
+        // since the rest of the body cannot be told from a next request; unless the body is
+        // let go of and its end is already read (a small POST refused by policy).
+        let read_whole = shared.as_ref().is_none_or(|it| it.settle());
         let keep_alive = keep_alive && read_whole && !*drain.borrow();
         let keep_alive = respond(&mut write, &mut out, response, head_request, keep_alive).await;
         if let Some(shared) = shared {
-            reader = shared.take_back();
+            match shared.take_back() {
+                Back::Whole(conn) => reader = Some(conn),
+                Back::Rest(mut conn) => {
+                    // The client may still be sending the body: closing with its bytes unread
+                    // would reset the connection, and the answer could be lost.
+                    if write.shutdown().await.is_ok() {
+                        linger(&mut conn).await;
+                    }
+                    return Ended::Closed;
+                }
+                Back::Gone => reader = None,
+            }
         }
         if !keep_alive || reader.is_none() {
             let _ = write.shutdown().await;
@@ -147,10 +161,15 @@ impl<S: AsyncRead> Reader<S> {
 /// Answers a malformed request with 400 and ends the connection, reading what the client
 /// still sends for a while so that the answer is not lost to a reset.
 async fn refuse<S: AsyncRead + AsyncWrite>(conn: &mut Reader<S>, write: &mut WriteHalf<S>, why: &str) {
-    if write.write_all(&bad_request(why)).await.is_err() || write.shutdown().await.is_err() {
-        return;
+    if write.write_all(&bad_request(why)).await.is_ok() && write.shutdown().await.is_ok() {
+        linger(conn).await;
     }
-    let linger = async {
+}
+
+/// Reads and drops what the client still sends, up to LINGER_BYTES for LINGER_TIME, after
+/// the server's side of the connection was shut down.
+async fn linger<S: AsyncRead>(conn: &mut Reader<S>) {
+    let drop_input = async {
         let mut dropped = 0;
         while dropped < LINGER_BYTES {
             conn.buf.clear();
@@ -160,7 +179,7 @@ async fn refuse<S: AsyncRead + AsyncWrite>(conn: &mut Reader<S>, write: &mut Wri
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER_TIME, linger).await;
+    let _ = tokio::time::timeout(LINGER_TIME, drop_input).await;
 }
 
 /// A request head, taken off the buffer.
@@ -259,7 +278,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(conn) = reader.take() else { return (crate::proxy::empty(), None) };
-    let shared = Arc::new(Shared(Mutex::new(Some(Source { conn, framing, failed: false }))));
+    let shared = Arc::new(Shared(Mutex::new(Some(Source { conn, framing, failed: false, dropped: false }))));
     (RequestBody(shared.clone()).boxed(), Some(shared))
 }
 
@@ -268,19 +287,46 @@ struct Source<S> {
     conn: Reader<S>,
     framing: Incoming,
     failed: bool,
+    /// Whether the body was let go of: nobody reads the rest.
+    dropped: bool,
+}
+
+/// What the connection gets back from a request body.
+enum Back<S> {
+    /// The body was read whole: the connection may carry the next request.
+    Whole(Reader<S>),
+    /// The body was not read to its end, or failed.
+    Rest(Reader<S>),
+    /// The body's reader is gone.
+    Gone,
 }
 
 /// What the body and the connection share: `None` once the connection took itself back.
 struct Shared<S>(Mutex<Option<Source<S>>>);
 
 impl<S> Shared<S> {
-    /// The connection, if the body ended whole and cleanly; otherwise the connection cannot
-    /// carry another request (the rest of this one is still on it, or it failed).
-    fn take_back(&self) -> Option<Reader<S>> {
+    /// Whether the body has been read to its end. A body let go of is first read on through
+    /// what is already buffered, without waiting for more.
+    fn settle(&self) -> bool {
+        let mut source = self.0.lock().unwrap_or_else(|it| it.into_inner());
+        let Some(source) = source.as_mut() else { return false };
+        while source.dropped && !source.failed && source.framing != Incoming::Done {
+            match decode(&mut source.conn.buf, &mut source.framing) {
+                Ok(Decoded::Frame(_)) => {}
+                Ok(Decoded::End | Decoded::More) => break,
+                Err(_) => source.failed = true,
+            }
+        }
+        source.framing == Incoming::Done && !source.failed
+    }
+
+    /// The connection's read side, taken back from the body (which then fails if read).
+    fn take_back(&self) -> Back<S> {
         let mut source = self.0.lock().unwrap_or_else(|it| it.into_inner());
         match source.take() {
-            Some(Source { conn, framing: Incoming::Done, failed: false }) => Some(conn),
-            _ => None,
+            Some(Source { conn, framing: Incoming::Done, failed: false, .. }) => Back::Whole(conn),
+            Some(Source { conn, .. }) => Back::Rest(conn),
+            None => Back::Gone,
         }
     }
 }
@@ -289,6 +335,8 @@ impl<S> Shared<S> {
 trait BodyRead: Send + Sync {
     fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
     fn framing(&self) -> Incoming;
+    /// The body is let go of.
+    fn drop_body(&self);
 }
 
 impl<S: AsyncRead + Send> BodyRead for Shared<S> {
@@ -316,6 +364,19 @@ impl<S: AsyncRead + Send> BodyRead for Shared<S> {
     fn framing(&self) -> Incoming {
         let source = self.0.lock().unwrap_or_else(|it| it.into_inner());
         source.as_ref().map_or(Incoming::Done, |it| it.framing)
+    }
+
+    fn drop_body(&self) {
+        let mut source = self.0.lock().unwrap_or_else(|it| it.into_inner());
+        if let Some(source) = source.as_mut() {
+            source.dropped = true;
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.0.drop_body();
     }
 }
 
@@ -362,16 +423,27 @@ async fn respond<W: AsyncWrite + Unpin>(
     head_request: bool,
     keep_alive: bool,
 ) -> bool {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    if parts.status.is_informational() {
+        // An interim answer cannot end an exchange: the client would wait for the final one.
+        parts.status = StatusCode::BAD_GATEWAY;
+        parts.headers.clear();
+        body = crate::proxy::empty();
+    }
     let mut keep_alive = keep_alive && connection_allows_reuse(&parts.headers, Version::HTTP_11);
     let mut framing = encode_head(out, &parts, &body, head_request, keep_alive);
+    if framing == Outgoing::None {
+        // Nothing of the body goes out, so it is not waited for either.
+        drop(body);
+        return write_out(write, out).await.is_ok() && write.flush().await.is_ok() && keep_alive;
+    }
     let mut ended = false;
     while !ended && !body.is_end_stream() {
         // A body that is not ready yet: what is gathered goes out first.
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                if !out.is_empty() && write_out(write, out).await.is_err() {
+                if !out.is_empty() && (write_out(write, out).await.is_err() || write.flush().await.is_err()) {
                     return false;
                 }
                 body.frame().await
@@ -471,10 +543,17 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, h
     } else {
         (Outgoing::Chunked, None)
     };
-    let keep_length = matches!(framing, Outgoing::None) || matches!(framing, Outgoing::Length(_)) && length.is_none();
+    // A 204 has no length at all (RFC 9110 §8.6); a 304 and a response to HEAD keep the one
+    // the answer gives.
+    let keep_length = status != StatusCode::NO_CONTENT
+        && (matches!(framing, Outgoing::None) || matches!(framing, Outgoing::Length(_)) && length.is_none());
     put_fields(
         out,
-        parts.headers.iter().filter(|(name, _)| **name != header::TRANSFER_ENCODING && (keep_length || **name != header::CONTENT_LENGTH)),
+        parts.headers.iter().filter(|(name, _)| {
+            **name != header::TRANSFER_ENCODING
+                && (keep_length || **name != header::CONTENT_LENGTH)
+                && (keep_alive || **name != header::CONNECTION)
+        }),
     );
     if let Some(len) = length {
         put_length(out, len);
@@ -482,7 +561,7 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, h
     if framing == Outgoing::Chunked {
         out.put_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !keep_alive && !parts.headers.contains_key(header::CONNECTION) {
+    if !keep_alive {
         out.put_slice(b"connection: close\r\n");
     }
     if !parts.headers.contains_key(header::DATE) {

@@ -101,10 +101,11 @@ async fn a_request_body_cut_short_fails_and_the_connection_closes() {
 
 #[tokio::test]
 async fn an_answer_before_the_request_body_ends_closes_the_connection() {
-    // The answer never reads the body: what is left of it cannot be told from a next request.
+    // The answer never reads the body, whose end has not come: what is left of it cannot be
+    // told from a next request.
     let answer = |_: Request<Body>| async { Response::new(full(Bytes::from_static(b"early"))) };
     let (received, ended) =
-        exchange_with(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n", answer).await;
+        exchange_with(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 50\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n", answer).await;
     assert!(matches!(ended, Ended::Closed));
     let answers = responses(&received);
     assert_eq!(answers.len(), 1, "{received}");
@@ -236,4 +237,77 @@ async fn a_head_that_does_not_arrive_in_time_closes_the_connection() {
     assert!(matches!(ended, Ended::Closed));
     assert_eq!(started.elapsed(), Duration::from_secs(30));
     assert_eq!(seen.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_bare_lf_never_ends_a_chunked_body_and_a_length_is_digits_only() {
+    // `0\r\n\n` ends the body for a server that takes a bare LF as a line end: the bytes after
+    // it would be a request the front proxy never saw.
+    let input = b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+    let (received, _) = exchange(input).await;
+    assert!(received.contains("body failed: a bare LF in the trailers"), "{received}");
+    assert!(!received.contains("/smuggled"), "{received}");
+    for length in ["+5", "5\u{a0}", "5, 5", "0x5", ""] {
+        let input = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\nhello");
+        let (received, _) = exchange(input.as_bytes()).await;
+        assert!(received.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{length:?}: {received}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_request_whose_body_is_already_read_keeps_the_connection() {
+    // Refused without reading the body (as an authorization denial is): its bytes are in the
+    // buffer already, so the next request can be told from them.
+    let refuse = |request: Request<Body>| async move {
+        let mut response = Response::new(full(Bytes::from(request.uri().path().to_owned())));
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        response
+    };
+    let input = b"POST /denied HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nhost: x\r\n\r\n";
+    let (received, _) = exchange_with(input, refuse).await;
+    let answers = responses(&received);
+    assert_eq!(answers.iter().map(|it| it.1.as_str()).collect::<Vec<_>>(), ["/denied", "/next"], "{received}");
+    assert!(!answers[0].0.contains("connection: close"), "{received}");
+}
+
+#[tokio::test]
+async fn answers_without_a_body_are_not_waited_for_and_interim_answers_are_not_final() {
+    // A response to HEAD whose body never ends: the head goes out, and the next request is read.
+    let pending = |request: Request<Body>| async move {
+        if request.method() == Method::HEAD {
+            let never = http_body_util::StreamBody::new(futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>());
+            return Response::new(never.boxed());
+        }
+        Response::new(full(Bytes::from_static(b"second")))
+    };
+    let (received, _) = exchange_with(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n", pending).await;
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n") && received.ends_with("second"), "{received}");
+
+    let interim = |_: Request<Body>| async {
+        let mut response = Response::new(crate::proxy::empty());
+        *response.status_mut() = StatusCode::CONTINUE;
+        response
+    };
+    let (received, _) = exchange_with(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", interim).await;
+    assert!(received.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{received}");
+
+    let no_content = |_: Request<Body>| async {
+        let mut response = Response::new(crate::proxy::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        response
+    };
+    let (received, _) = exchange_with(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", no_content).await;
+    assert!(!received.contains("content-length"), "a 204 has no length: {received}");
+}
+
+#[tokio::test]
+async fn a_closing_connection_says_close_whatever_the_answer_says() {
+    let keep = |_: Request<Body>| async {
+        let mut response = Response::new(full(Bytes::from_static(b"ok")));
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        response
+    };
+    let (received, _) = exchange_with(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", keep).await;
+    assert!(received.contains("connection: close\r\n") && !received.contains("keep-alive"), "{received}");
 }
