@@ -408,10 +408,16 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
     }));
     let bytes = read.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
+    // Which of the fields that frame the message are there, noted on the way rather than
+    // looked up after (each lookup hashes the name).
+    let (mut connection, mut transfer_encoding, mut length) = (false, false, false);
     for &(name, name_end, value, value_end) in fields.iter() {
         let name = HeaderName::from_bytes(&bytes[name as usize..name_end as usize]).map_err(|_| "a response header name is invalid")?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value as usize..value_end as usize))
             .map_err(|_| "a response header value is invalid")?;
+        connection |= name == header::CONNECTION;
+        transfer_encoding |= name == header::TRANSFER_ENCODING;
+        length |= name == header::CONTENT_LENGTH;
         headers.append(name, value);
     }
     if status.is_informational() {
@@ -420,12 +426,12 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
         }
         return Ok(Some(Head { status, version, headers, framing: Incoming::Done, keep_alive: true }));
     }
-    let mut keep_alive = connection_allows_reuse(&headers, version);
+    let mut keep_alive = if connection { connection_allows_reuse(&headers, version) } else { version == Version::HTTP_11 };
     let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Incoming::Done
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if transfer_encoding {
         // Sent with a length as well, it is a message to distrust: not reused after.
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
+        if length && headers.remove(header::CONTENT_LENGTH).is_some() {
             keep_alive = false;
         }
         if version != Version::HTTP_11 {
@@ -433,7 +439,7 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
             return Err("an HTTP/1.0 response has Transfer-Encoding");
         }
         if chunked_last(&headers) { Incoming::Chunked(Chunk::Size) } else { Incoming::UntilClose }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+    } else if length {
         Incoming::Length(content_length(&headers).ok_or("the response's Content-Length is invalid")?)
     } else {
         Incoming::UntilClose

@@ -256,6 +256,7 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
         return Parsed::Bad("invalid request target");
     };
     let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut connection = false;
     for &(name, name_end, value, value_end) in fields.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&bytes[name as usize..name_end as usize]),
@@ -263,9 +264,10 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
         ) else {
             return Parsed::Bad("malformed request head");
         };
+        connection |= name == header::CONNECTION;
         headers.append(name, value);
     }
-    let keep_alive = connection_allows_reuse(&headers, Version::HTTP_11);
+    let keep_alive = !connection || connection_allows_reuse(&headers, Version::HTTP_11);
     let mut parts = Request::new(()).into_parts().0;
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, Version::HTTP_11, headers);
     Parsed::Head(Head { parts, framing, keep_alive })
