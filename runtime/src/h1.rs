@@ -383,7 +383,43 @@ fn poll_head(conn: &mut Connection, head_request: bool, cx: &mut Context<'_>) ->
 }
 
 /// A header field's name and value, as offsets into the head.
-type Field = (u32, u32, u32, u32);
+pub(crate) type Field = (u32, u32, u32, u32);
+
+/// Notes where each parsed field lies in the head that starts at `base` (at most a few tens
+/// of KiB long), so that names and values can share the head's bytes once they are frozen.
+pub(crate) fn note_fields(base: *const u8, parsed: &[httparse::Header<'_>], fields: &mut Vec<Field>) {
+    let offset = |it: &[u8]| (it.as_ptr() as usize - base as usize) as u32;
+    fields.clear();
+    fields.extend(parsed.iter().map(|it| {
+        let (name, value) = (offset(it.name.as_bytes()), offset(it.value));
+        (name, name + it.name.len() as u32, value, value + it.value.len() as u32)
+    }));
+}
+
+/// Which of the fields that frame a message a head carries, noted while its map is built
+/// rather than looked up after (each lookup hashes the name again).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Framers {
+    pub(crate) connection: bool,
+    pub(crate) transfer_encoding: bool,
+    pub(crate) content_length: bool,
+}
+
+/// The header map of a frozen `head`, its values sharing the head's bytes; `None` when a name
+/// or a value is not valid.
+pub(crate) fn header_map(head: &Bytes, fields: &[Field]) -> Option<(HeaderMap, Framers)> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut framers = Framers::default();
+    for &(name, name_end, value, value_end) in fields {
+        let name = HeaderName::from_bytes(&head[name as usize..name_end as usize]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value as usize..value_end as usize)).ok()?;
+        framers.connection |= name == header::CONNECTION;
+        framers.transfer_encoding |= name == header::TRANSFER_ENCODING;
+        framers.content_length |= name == header::CONTENT_LENGTH;
+        headers.append(name, value);
+    }
+    Some((headers, framers))
+}
 
 /// Parses a response head at the start of `read`, taking it off when it is complete.
 fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) -> Result<Option<Head>, &'static str> {
@@ -397,41 +433,21 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
     };
     let status = parsed.code.and_then(|it| StatusCode::from_u16(it).ok()).ok_or("the response status is invalid")?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // Offsets into the buffer (a head is at most MAX_HEAD long), so that names and values can
-    // share it once it is frozen.
-    let base = read.as_ptr() as usize;
-    let offset = |it: &[u8]| (it.as_ptr() as usize - base) as u32;
-    fields.clear();
-    fields.extend(parsed.headers.iter().map(|it| {
-        let (name, value) = (offset(it.name.as_bytes()), offset(it.value));
-        (name, name + it.name.len() as u32, value, value + it.value.len() as u32)
-    }));
+    note_fields(read.as_ptr(), parsed.headers, fields);
     let bytes = read.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    // Which of the fields that frame the message are there, noted on the way rather than
-    // looked up after (each lookup hashes the name).
-    let (mut connection, mut transfer_encoding, mut length) = (false, false, false);
-    for &(name, name_end, value, value_end) in fields.iter() {
-        let name = HeaderName::from_bytes(&bytes[name as usize..name_end as usize]).map_err(|_| "a response header name is invalid")?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value as usize..value_end as usize))
-            .map_err(|_| "a response header value is invalid")?;
-        connection |= name == header::CONNECTION;
-        transfer_encoding |= name == header::TRANSFER_ENCODING;
-        length |= name == header::CONTENT_LENGTH;
-        headers.append(name, value);
-    }
+    let (mut headers, framers) = header_map(&bytes, fields).ok_or("a response header is invalid")?;
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err("the server switched protocols unasked");
         }
         return Ok(Some(Head { status, version, headers, framing: Incoming::Done, keep_alive: true }));
     }
-    let mut keep_alive = if connection { connection_allows_reuse(&headers, version) } else { version == Version::HTTP_11 };
+    let mut keep_alive = if framers.connection { connection_allows_reuse(&headers, version) } else { version == Version::HTTP_11 };
     let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Incoming::Done
-    } else if transfer_encoding {
+    } else if framers.transfer_encoding {
         // Sent with a length as well, it is a message to distrust: not reused after.
-        if length && headers.remove(header::CONTENT_LENGTH).is_some() {
+        if framers.content_length && headers.remove(header::CONTENT_LENGTH).is_some() {
             keep_alive = false;
         }
         if version != Version::HTTP_11 {
@@ -439,7 +455,7 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
             return Err("an HTTP/1.0 response has Transfer-Encoding");
         }
         if chunked_last(&headers) { Incoming::Chunked(Chunk::Size) } else { Incoming::UntilClose }
-    } else if length {
+    } else if framers.content_length {
         Incoming::Length(content_length(&headers).ok_or("the response's Content-Length is invalid")?)
     } else {
         Incoming::UntilClose

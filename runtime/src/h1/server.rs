@@ -26,14 +26,14 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio_util::io::poll_read_buf;
 
-use super::{Decoded, Incoming, allowed_in_trailers, connection_allows_reuse, decode, put_fields};
+use super::{Decoded, Field, Incoming, allowed_in_trailers, connection_allows_reuse, decode, header_map, note_fields, put_fields};
 use crate::guard::{Framing, H2_PREFACE, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK, bad_request, request_framing};
 use crate::proxy::{Body, BoxError};
 
@@ -202,9 +202,6 @@ enum Parsed {
     Bad(&'static str),
 }
 
-/// A header field's name and value, as offsets into the head.
-type Field = (u32, u32, u32, u32);
-
 /// Parses the request head at the start of `buf`, taking it off when it is whole and this
 /// server serves it. `first`: whether this is the connection's first request, which may be the
 /// HTTP/2 preface instead.
@@ -240,34 +237,17 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
     let Ok(method) = Method::from_bytes(request.method.unwrap_or_default().as_bytes()) else {
         return Parsed::Bad("malformed request head");
     };
-    // Offsets into the buffer (a head is at most MAX_HEAD_BYTES long), so that the target,
-    // names and values can share it once it is frozen.
-    let base = buf.as_ptr() as usize;
-    let offset = |it: &[u8]| (it.as_ptr() as usize - base) as u32;
+    // The target, names and values share the head's bytes once they are frozen.
     let target = request.path.unwrap_or_default().as_bytes();
-    let target = (offset(target), offset(target) + target.len() as u32);
-    fields.clear();
-    fields.extend(request.headers.iter().map(|it| {
-        let (name, value) = (offset(it.name.as_bytes()), offset(it.value));
-        (name, name + it.name.len() as u32, value, value + it.value.len() as u32)
-    }));
+    let target_at = target.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = target_at..target_at + target.len();
+    note_fields(buf.as_ptr(), request.headers, fields);
     let bytes = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target.0 as usize..target.1 as usize)) else {
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target)) else {
         return Parsed::Bad("invalid request target");
     };
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    let mut connection = false;
-    for &(name, name_end, value, value_end) in fields.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&bytes[name as usize..name_end as usize]),
-            HeaderValue::from_maybe_shared(bytes.slice(value as usize..value_end as usize)),
-        ) else {
-            return Parsed::Bad("malformed request head");
-        };
-        connection |= name == header::CONNECTION;
-        headers.append(name, value);
-    }
-    let keep_alive = !connection || connection_allows_reuse(&headers, Version::HTTP_11);
+    let Some((headers, framers)) = header_map(&bytes, fields) else { return Parsed::Bad("malformed request head") };
+    let keep_alive = !framers.connection || connection_allows_reuse(&headers, Version::HTTP_11);
     let mut parts = Request::new(()).into_parts().0;
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, Version::HTTP_11, headers);
     Parsed::Head(Head { parts, framing, keep_alive })
@@ -521,8 +501,9 @@ async fn write_out<W: AsyncWrite + Unpin>(write: &mut W, out: &mut BytesMut) -> 
     written
 }
 
-/// Puts the status line and the header fields in `out`, and says how the body goes: by the
-/// `Content-Length` the response carries, else by the body's exact size, else chunked.
+/// Puts the status line and the header fields in `out`, and says how the body goes: not at
+/// all, by the body's exact size, else by the `Content-Length` the response carries, else
+/// chunked.
 fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, head_request: bool, keep_alive: bool) -> Outgoing {
     let status = parts.status;
     out.put_slice(b"HTTP/1.1 ");

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use http::header::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncReadExt as _, DuplexStream};
 
 use super::*;
