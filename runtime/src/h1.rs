@@ -128,7 +128,7 @@ pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done:
     let (parts, body) = request.into_parts();
     let (head, outgoing) = encode_head(&parts, &body);
     let head_only = matches!(outgoing, Outgoing::Empty);
-    let mut sending = Sending { body: Some(body), framing: outgoing, queue: VecDeque::from([head]), wrote: false, ended: head_only };
+    let mut sending = Sending { head, body: Some(body), framing: outgoing, queue: VecDeque::new(), wrote: false, ended: head_only };
     let (mut sent, mut send_failed) = (false, false);
     let polled = poll_fn(|cx| {
         if !sent {
@@ -203,7 +203,7 @@ enum Outgoing {
 
 /// The request head, and how its body is framed. An exact size (the body's, else a
 /// `Content-Length` the request carried) goes as `Content-Length`; an unknown one is chunked.
-fn encode_head(parts: &http::request::Parts, body: &Body) -> (Bytes, Outgoing) {
+fn encode_head(parts: &http::request::Parts, body: &Body) -> (BytesMut, Outgoing) {
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|it| it.to_str().ok()?.trim().parse::<u64>().ok());
     let outgoing = match (body.size_hint().exact(), declared) {
         (_, _) if body.is_end_stream() => Outgoing::Empty,
@@ -229,7 +229,7 @@ fn encode_head(parts: &http::request::Parts, body: &Body) -> (Bytes, Outgoing) {
         Outgoing::Chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     head.put_slice(b"\r\n");
-    (head.freeze(), outgoing)
+    (head, outgoing)
 }
 
 /// Writes `name: value` lines.
@@ -253,6 +253,8 @@ enum SendError {
 
 /// The request going out: queued pieces first, then the body's frames, framed.
 struct Sending {
+    /// The head, written from its buffer as it is (freezing it would cost an allocation).
+    head: BytesMut,
     body: Option<Body>,
     framing: Outgoing,
     queue: VecDeque<Bytes>,
@@ -264,6 +266,14 @@ struct Sending {
 
 impl Sending {
     fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        while !self.head.is_empty() {
+            let wrote = ready!(Pin::new(&mut *io).poll_write(cx, &self.head)).map_err(|_| SendError::Io)?;
+            if wrote == 0 {
+                return Poll::Ready(Err(SendError::Io));
+            }
+            self.wrote = true;
+            self.head.advance(wrote);
+        }
         loop {
             while let Some(front) = self.queue.front_mut() {
                 let wrote = ready!(Pin::new(&mut *io).poll_write(cx, front)).map_err(|_| SendError::Io)?;
@@ -485,6 +495,14 @@ fn chunked_last(headers: &HeaderMap) -> bool {
 
 /// The one length every `Content-Length` field (and each item of a list in one) agrees on.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    // The usual one field of at most 19 digits (any such number fits in a u64).
+    if let (Some(only), None) = (values.next(), values.next())
+        && (1..=19).contains(&only.len())
+        && only.as_bytes().iter().all(u8::is_ascii_digit)
+    {
+        return Some(only.as_bytes().iter().fold(0, |len, it| len * 10 + u64::from(it - b'0')));
+    }
     let mut agreed = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for item in value.to_str().ok()?.split(',') {
@@ -751,6 +769,12 @@ mod tests {
         assert_eq!(head.framing, Incoming::Done, "a response to HEAD has no body");
         assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n", false).is_err());
         assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", false).is_err());
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 0012\r\n\r\n"), Incoming::Length(12));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n"), Incoming::Length(5));
+        assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", false).is_err());
+        let largest = b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\n";
+        assert_eq!(framing(largest), Incoming::Length(u64::MAX));
+        assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n", false).is_err(), "past u64");
         assert!(matches!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", false), Ok(None)));
         assert!(head_of(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
     }

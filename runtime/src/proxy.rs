@@ -551,9 +551,9 @@ impl Proxy {
         let entry = self.log_entry(peer, &mut request);
         let meter = Meter { reporter: Reporter::Source, service: None, grpc, started };
         let unanswered = self.unanswered(meter, entry);
-        let (response, route) = self.route_and_forward(peer, request).await;
+        let (response, served) = self.route_and_forward(peer, request).await;
         let entry = unanswered.answered();
-        self.metered(response, meter, entry, route)
+        self.metered(response, meter, entry, served)
     }
 
     /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
@@ -586,43 +586,36 @@ impl Proxy {
         let Meter { reporter, service, grpc, started } = meter;
         let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC" };
         let log = entry.map(|entry| (entry, &self.spec.access_log));
-        Unanswered(Some(Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _route: None }))
+        Unanswered(Some(Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _held: Held::default() }))
     }
 
     /// Counts a request once its response ends (or is dropped), with the destination service
-    /// the response carries or `service`; `route` stays active until then.
-    fn metered(
-        &self,
-        mut response: Response<Body>,
-        meter: Meter,
-        entry: Option<accesslog::Entry>,
-        route: Option<RouteActive>,
-    ) -> Response<Body> {
+    /// it was `served` by or `service`; what `served` holds is held until then.
+    fn metered(&self, response: Response<Body>, meter: Meter, entry: Option<accesslog::Entry>, served: Served) -> Response<Body> {
         let Meter { reporter, service, grpc, started } = meter;
+        let Served { routed, upstream_host, held } = served;
         let log = entry.map(|mut entry| {
-            if let Some(routed) = response.extensions().get::<Routed>() {
+            if let Some(routed) = routed {
                 (entry.route, entry.cluster) = (routed.route, routed.cluster);
             }
-            if let Some(host) = response.extensions().get::<UpstreamHost>() {
-                entry.upstream_host = host.0.to_string();
+            if let Some(host) = upstream_host {
+                entry.upstream_host = host.to_string();
             }
             (entry, &self.spec.access_log)
         });
-        let service = response.extensions().get::<Routed>().map(|it| it.service).or(service);
+        let service = routed.map(|it| it.service).or(service);
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
         let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags };
-        let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _route: route };
-        let body = std::mem::replace(response.body_mut(), empty());
-        *response.body_mut() = MeteredBody { inner: body, recording: Some(recording) }.boxed();
-        response
+        let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _held: held };
+        response.map(|inner| MeteredBody { inner, recording: Some(recording) }.boxed())
     }
 
     /// The response, and for a forwarding route its count of the request as active.
-    async fn route_and_forward(&self, peer: IpAddr, request: Request<Body>) -> (Response<Body>, Option<RouteActive>) {
+    async fn route_and_forward(&self, peer: IpAddr, request: Request<Body>) -> (Response<Body>, Served) {
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
-            return (reply, None);
+            return (reply, Served::default());
         }
         let (parts, body) = request.into_parts();
         // A host xDS overrides is decided by its override table, every other one by the
@@ -650,27 +643,36 @@ impl Proxy {
             }
         };
         match decision {
-            Decision::NoRoute => (local_reply(Error::NoRoute, grpc), None),
-            Decision::Answer(answer) => (answer_locally(answer, &parts), None),
+            Decision::NoRoute => (local_reply(Error::NoRoute, grpc), Served::default()),
+            Decision::Answer(answer) => (answer_locally(answer, &parts), Served::default()),
             Decision::Forward(forward) => {
                 let active = RouteActive::new(forward.stats);
-                (self.forward(peer, forward, parts, body, grpc).await, Some(active))
+                let (response, mut served) = self.forward(peer, forward, parts, body, grpc).await;
+                served.held.route = Some(active);
+                (response, served)
             }
         }
     }
 
     /// Sends a routed request on: the route's rate limit and faults, then a destination, its
     /// cluster's circuit breaker, and the upstream.
-    async fn forward(&self, peer: IpAddr, forward: &Forward<'_>, parts: http::request::Parts, body: Body, grpc: bool) -> Response<Body> {
+    async fn forward(
+        &self,
+        peer: IpAddr,
+        forward: &Forward<'_>,
+        parts: http::request::Parts,
+        body: Body,
+        grpc: bool,
+    ) -> (Response<Body>, Served) {
         if forward.rate_limit.is_some_and(|it| !it.admit(peer)) {
-            return local_reply(Error::RateLimited, grpc);
+            return (local_reply(Error::RateLimited, grpc), Served::default());
         }
         if let Some(reply) = inject_fault(&forward.fault, grpc).await {
-            return reply;
+            return (reply, Served::default());
         }
         let destination = &forward.destinations[pick_weighted_destination(forward.destinations)];
         let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
-            return local_reply(Error::NoCluster, grpc);
+            return (local_reply(Error::NoCluster, grpc), Served::default());
         };
         let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
         let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
@@ -684,17 +686,20 @@ impl Proxy {
         };
         let key = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
         let upstream = Upstream { cluster, transport, forward, key, tracing: self.spec.tracing };
+        let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
+        let mut served = Served { routed: Some(routed), ..Served::default() };
         // The circuit breaker: a request counts until its response ends.
-        let mut response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
-            Some(in_flight) => match upstream.send(parts, body, timeout).await {
-                Ok(response) => response.map(|body| Holding { inner: body, _held: in_flight }.boxed()),
+        let response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
+            Some(in_flight) => match upstream.send(parts, body, timeout, &mut served.upstream_host).await {
+                Ok(response) => {
+                    served.held.in_flight = Some(in_flight);
+                    response
+                }
                 Err(err) => local_reply(err, grpc),
             },
             None => local_reply(Error::Overflow, grpc),
         };
-        let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
-        response.extensions_mut().insert(routed);
-        response
+        (response, served)
     }
 
     /// Sends a copy of the request to the mirror's cluster and forgets it, and gives back the
@@ -754,17 +759,17 @@ impl Proxy {
         let entry = self.log_entry(peer.ip, &mut request);
         let meter = Meter { reporter: Reporter::Destination, service, grpc, started };
         let unanswered = self.unanswered(meter, entry);
-        let response = self.authorize_and_forward(port, peer, request).await;
+        let (response, served) = self.authorize_and_forward(port, peer, request).await;
         let entry = unanswered.answered();
-        self.metered(response, meter, entry, None)
+        self.metered(response, meter, entry, served)
     }
 
     /// Authorization first, then forwarding to the application.
-    async fn authorize_and_forward(&self, inbound: &InboundPort, peer: &Downstream, request: Request<Body>) -> Response<Body> {
+    async fn authorize_and_forward(&self, inbound: &InboundPort, peer: &Downstream, request: Request<Body>) -> (Response<Body>, Served) {
         let (app, port, protocol) = (&inbound.app, inbound.port, inbound.protocol);
         let grpc = is_grpc(request.headers());
         if let Some(reply) = reject_malformed(&request, grpc) {
-            return reply;
+            return (reply, Served::default());
         }
         let (parts, body) = request.into_parts();
         // Policies see the path normalised, as Istio's default `BASE` normalisation gives it
@@ -774,10 +779,10 @@ impl Proxy {
         let authority = raw.authority().to_owned();
         let head = RequestHead::from_parts(parts.method.as_str(), &authority, &path, parts.uri.query(), &parts.headers);
         if !self.authorize(Some(&head), port, peer) {
-            return local_reply(Error::Denied, grpc);
+            return (local_reply(Error::Denied, grpc), Served::default());
         }
         if self.spec.inbound_rate_limit.is_some_and(|it| !it.admit(peer.ip)) {
-            return local_reply(Error::RateLimited, grpc);
+            return (local_reply(Error::RateLimited, grpc), Served::default());
         }
         let request = Request::from_parts(parts, body);
         let transport =
@@ -785,9 +790,10 @@ impl Proxy {
         let timeout = request_timeout(None, request.headers());
         let (parts, body) = request.into_parts();
         let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
-        forward_to(transport, request, app, None, Limits::total(timeout), self.spec.tracing)
-            .await
-            .unwrap_or_else(|err| local_reply(err, grpc))
+        match forward_to(transport, request, app, None, Limits::total(timeout), self.spec.tracing).await {
+            Ok(response) => (response, Served { upstream_host: Some(app.shared_authority()), ..Served::default() }),
+            Err(err) => (local_reply(err, grpc), Served::default()),
+        }
     }
 }
 
@@ -804,8 +810,19 @@ pub struct InboundPort {
     pub service_names: &'static [&'static str],
 }
 
+/// What telemetry learns of a request as it is forwarded, beside its response (in the
+/// response's extensions each would cost allocations): where it went, and what stays held
+/// until the response ends.
+#[derive(Debug, Default)]
+struct Served {
+    routed: Option<Routed>,
+    /// The endpoint that answered, for the access log.
+    upstream_host: Option<Arc<str>>,
+    held: Held,
+}
+
 /// Where a routed response came from: the service (for telemetry), the route and the
-/// cluster (for the access log); one extension, as each costs an allocation.
+/// cluster (for the access log).
 #[derive(Clone, Copy, Debug)]
 struct Routed {
     service: &'static [&'static str],
@@ -813,9 +830,13 @@ struct Routed {
     cluster: &'static str,
 }
 
-/// The endpoint that answered, for the access log.
-#[derive(Clone, Debug)]
-struct UpstreamHost(Arc<str>);
+/// Counts of a request as active, held (not read) until its response ends: its route's, and
+/// its place in the cluster's circuit breaker.
+#[derive(Debug, Default)]
+struct Held {
+    route: Option<RouteActive>,
+    in_flight: Option<InFlight>,
+}
 
 /// Envoy's response flag of a response the sidecar made or cut short.
 #[derive(Clone, Copy, Debug)]
@@ -857,8 +878,7 @@ struct Recording {
     log: Option<(accesslog::Entry, &'static accesslog::AccessLog)>,
     /// Already counted, or not to be.
     counted: bool,
-    /// The route's count of the request as active, until the response ends (held, not read).
-    _route: Option<RouteActive>,
+    _held: Held,
 }
 
 impl Drop for Recording {
@@ -1074,8 +1094,14 @@ impl Upstream<'_> {
     }
 
     /// Sends the request, trying again as the route's retry policy allows, within the
-    /// overall `timeout`.
-    async fn send(&self, parts: http::request::Parts, body: Body, timeout: Option<Duration>) -> Result<Response<Body>, Error> {
+    /// overall `timeout`; `answered_by` is left naming the endpoint of the last try.
+    async fn send(
+        &self,
+        parts: http::request::Parts,
+        body: Body,
+        timeout: Option<Duration>,
+        answered_by: &mut Option<Arc<str>>,
+    ) -> Result<Response<Body>, Error> {
         let retries = &self.forward.retries;
         let pick = || self.cluster.pick_for(self.key).ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
         if retries.attempts == 0 || wants_upgrade(&parts) {
@@ -1083,15 +1109,21 @@ impl Upstream<'_> {
             let limits = Limits::total(timeout);
             let result = self.try_once(Request::from_parts(parts, body), &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
+            *answered_by = Some(endpoint.shared_authority());
             return result;
         }
         let deadline = timeout.map(|it| Instant::now() + it);
         let idempotent = is_idempotent(&parts.method);
-        let replay = ReplayBody::new(body, REPLAY_CAP);
+        // A body that has ended already (a GET's) needs no copy to be sent again.
+        let replay = (!hyper::body::Body::is_end_stream(&body)).then(|| ReplayBody::new(body, REPLAY_CAP));
+        let next_body = |replay: &Option<ReplayBody>| match replay {
+            Some(replay) => replay.retry().map(BodyExt::boxed),
+            None => Some(empty()),
+        };
         // The endpoints tried, kept only when a retry should avoid them.
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut attempt = 0;
-        let mut next = replay.retry();
+        let mut next = next_body(&replay);
         // The retry in flight, counted by the cluster's retry breaker.
         let mut _retrying: Option<InFlight> = None;
         loop {
@@ -1104,7 +1136,6 @@ impl Upstream<'_> {
                     }
                     endpoint = pick()?;
                 }
-                tried.push(endpoint.shared_authority());
             }
             let remaining = match deadline {
                 Some(deadline) => Some(deadline.checked_duration_since(Instant::now()).ok_or(Error::UpstreamTimeout)?),
@@ -1118,11 +1149,12 @@ impl Upstream<'_> {
                 (Some(per_try), None) => (Some(per_try), true),
                 (_, remaining) => (remaining, false),
             };
-            let request = copy_head(&parts).map(|()| try_body.boxed());
+            let request = copy_head(&parts).map(|()| try_body);
             let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
             let result = self.try_once(request, &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
-            let started = replay.started();
+            *answered_by = Some(endpoint.shared_authority());
+            let started = replay.as_ref().is_some_and(ReplayBody::started);
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
                 Err(Error::UpstreamTimeout) if !per_try_bound => return result,
@@ -1141,11 +1173,14 @@ impl Upstream<'_> {
             };
             _retrying = Some(retry_slot);
             // Past the replay copy's cap the body cannot be sent again.
-            next = replay.retry();
+            next = next_body(&replay);
             if next.is_none() {
                 return result;
             }
             drop(result);
+            if retries.avoid_previous_hosts {
+                tried.push(endpoint.shared_authority());
+            }
             attempt += 1;
             // Exponential backoff with full jitter, within the request's deadline.
             let ceiling = RETRY_BASE * (1u32 << (attempt - 1).min(10)).min(10);
@@ -1274,7 +1309,8 @@ fn retriable(retries: &Retries<'_>, outcome: &TryOutcome<'_>, started: bool) -> 
 
 /// `grpc-status` among response headers (a trailers-only answer).
 fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// A request with the method, URI, version and headers of `parts`, for one try.
@@ -1299,6 +1335,27 @@ fn authority_as_sent(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     match uri.authority() {
         Some(authority) => Some(authority.as_str().to_owned()),
         None => headers.get(header::HOST).and_then(|it| it.to_str().ok()).map(str::to_owned),
+    }
+}
+
+/// The authority a request goes on with, held as it came (shared, not copied) until it is
+/// written into the upstream request.
+enum Onward<'a> {
+    /// The route's rewrite, or the endpoint's own when the request named none.
+    Named(&'a str),
+    /// An absolute-form target's.
+    Target(http::uri::Authority),
+    /// `Host`, which is text.
+    Host(HeaderValue),
+}
+
+impl Onward<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Onward::Named(name) => name,
+            Onward::Target(target) => target.as_str(),
+            Onward::Host(value) => value.to_str().unwrap_or_default(),
+        }
     }
 }
 
@@ -1341,9 +1398,13 @@ async fn forward_to(
     };
     // The authority the upstream sees: the route's rewrite, else what the client sent (an
     // absolute-form target's authority before `Host`, as routing read it).
-    let authority = match forward.and_then(|it| it.authority_rewrite) {
-        Some(rewritten) => rewritten.to_owned(),
-        None => authority_as_sent(&parts.uri, &parts.headers).unwrap_or_else(|| endpoint.authority().to_owned()),
+    let authority = match (forward.and_then(|it| it.authority_rewrite), parts.uri.authority()) {
+        (Some(rewritten), _) => Onward::Named(rewritten),
+        (None, Some(target)) => Onward::Target(target.clone()),
+        (None, None) => match parts.headers.get(header::HOST).filter(|it| it.to_str().is_ok()) {
+            Some(host) => Onward::Host(host.clone()),
+            None => Onward::Named(endpoint.authority()),
+        },
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if tracing {
@@ -1359,9 +1420,13 @@ async fn forward_to(
             parts.version = Version::HTTP_11;
             // Left alone when it already is the one `Host` it should be.
             let mut hosts = parts.headers.get_all(header::HOST).iter();
-            let kept = hosts.next().is_some_and(|it| it.as_bytes() == authority.as_bytes()) && hosts.next().is_none();
+            let kept = hosts.next().is_some_and(|it| it.as_bytes() == authority.as_str().as_bytes()) && hosts.next().is_none();
             if !kept {
-                match HeaderValue::from_str(&authority) {
+                let value = match authority {
+                    Onward::Host(value) => Ok(value),
+                    other => HeaderValue::from_str(other.as_str()),
+                };
+                match value {
                     Ok(value) => parts.headers.insert(header::HOST, value),
                     Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
                 };
@@ -1371,6 +1436,11 @@ async fn forward_to(
         Transport::Http2(_) => {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
+            let authority = match authority {
+                Onward::Target(target) => Ok(target),
+                other => http::uri::Authority::try_from(other.as_str()),
+            };
+            let Ok(authority) = authority else { return Err(Error::BadRequest("the request's authority cannot be forwarded")) };
             match Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build() {
                 Ok(uri) => uri,
                 Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
@@ -1411,7 +1481,6 @@ async fn forward_to(
     }
 
     let (mut parts, body) = response.into_parts();
-    parts.extensions.insert(UpstreamHost(endpoint.shared_authority()));
     strip_hop_by_hop(&mut parts.headers, false);
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.response_headers);
@@ -1538,6 +1607,8 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).and_then(|it| it.to_str().ok()).is_some_and(|it| it.starts_with("application/grpc"))
 }
 
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// The request's timeout: the route's (or cluster's), shortened by a gRPC request's
 /// `grpc-timeout` (Istio caps the header at the route's timeout).
 fn request_timeout(configured_ms: Option<u64>, headers: &HeaderMap) -> Option<Duration> {
@@ -1545,7 +1616,7 @@ fn request_timeout(configured_ms: Option<u64>, headers: &HeaderMap) -> Option<Du
     // Only a gRPC request's `grpc-timeout` counts, and 0 means no limit, as in Envoy.
     let grpc = Some(headers)
         .filter(|it| is_grpc(it))
-        .and_then(|it| it.get("grpc-timeout"))
+        .and_then(|it| it.get(&GRPC_TIMEOUT))
         .and_then(|it| it.to_str().ok())
         .and_then(parse_grpc_timeout)
         .filter(|it| !it.is_zero());
@@ -1796,9 +1867,9 @@ impl hyper::body::Body for DeadlineBody {
     }
 }
 
-/// An empty body.
+/// An empty body. `Empty` has no size, so boxing it allocates nothing.
 pub fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed()
+    http_body_util::Empty::new().map_err(|never: Infallible| match never {}).boxed()
 }
 
 /// A body of bytes.

@@ -63,7 +63,7 @@ pub(crate) enum Ended<S> {
 /// hyper, or `drain` turns true (an idle connection then closes; a busy one closes after its
 /// current response). A head must arrive whole within `head_timeout` of when the connection
 /// starts waiting for it.
-pub(crate) async fn serve<S, A, F>(io: S, mut drain: tokio::sync::watch::Receiver<bool>, head_timeout: Duration, mut answer: A) -> Ended<S>
+pub(crate) async fn serve<S, A, F>(io: S, drain: tokio::sync::watch::Receiver<bool>, head_timeout: Duration, mut answer: A) -> Ended<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: FnMut(Request<Body>) -> F,
@@ -77,6 +77,15 @@ where
     let mut fields = Vec::new();
     let mut first = true;
     let mut timer = pin!(tokio::time::sleep(head_timeout));
+    // One wait for the drain for the whole connection, rather than one per request (each
+    // registers with the watch and leaves it again).
+    let mut drained = pin!({
+        let mut drain = drain.clone();
+        async move {
+            let _ = drain.wait_for(|draining| *draining).await;
+        }
+    });
+    let mut drained_seen = late;
     loop {
         let Some(conn) = reader.as_mut() else { return Ended::Closed };
         timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
@@ -97,7 +106,10 @@ where
                 biased;
                 filled = poll_fn(|cx| conn.poll_fill(cx)) => matches!(filled, Ok(1..)),
                 () = &mut timer => false,
-                _ = drain.wait_for(|draining| *draining), if !late => false,
+                () = &mut drained, if !drained_seen => {
+                    drained_seen = true;
+                    false
+                }
             };
             if !filled {
                 // Over TLS, the client learns that the server closed (close_notify).
