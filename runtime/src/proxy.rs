@@ -551,7 +551,9 @@ impl Proxy {
         let entry = self.log_entry(peer, &mut request);
         let meter = Meter { reporter: Reporter::Source, service: None, grpc, started };
         let unanswered = self.unanswered(meter, entry);
-        let (response, served) = self.route_and_forward(peer, request).await;
+        // Boxed: the routing and forwarding future is several KiB, and each future that
+        // holds it inline copies it as it is made and moved (a box is cheaper).
+        let (response, served) = Box::pin(self.route_and_forward(peer, request)).await;
         let entry = unanswered.answered();
         self.metered(response, meter, entry, served)
     }

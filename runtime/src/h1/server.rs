@@ -88,7 +88,9 @@ where
     let mut drained_seen = late;
     loop {
         let Some(conn) = reader.as_mut() else { return Ended::Closed };
-        timer.as_mut().reset(tokio::time::Instant::now() + head_timeout);
+        // The timer is moved on only when it fires before this deadline: re-arming it for
+        // each request costs more than the rare early wake-up.
+        let deadline = tokio::time::Instant::now() + head_timeout;
         let head = loop {
             match parse(&mut conn.buf, &mut fields, first) {
                 Parsed::Head(head) => break head,
@@ -105,7 +107,13 @@ where
             let filled = tokio::select! {
                 biased;
                 filled = poll_fn(|cx| conn.poll_fill(cx)) => matches!(filled, Ok(1..)),
-                () = &mut timer => false,
+                () = &mut timer => {
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    false
+                }
                 () = &mut drained, if !drained_seen => {
                     drained_seen = true;
                     false

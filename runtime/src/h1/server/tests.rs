@@ -240,6 +240,25 @@ async fn a_head_that_does_not_arrive_in_time_closes_the_connection() {
     assert_eq!(seen.load(Ordering::SeqCst), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_head_timeout_counts_from_when_the_connection_waits_for_the_next_head() {
+    let seen = AtomicUsize::new(0);
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let (_drain, watch) = tokio::sync::watch::channel(false);
+    let started = tokio::time::Instant::now();
+    let client_side = async {
+        // The first request 20 s in; the second's head never ends, and its wait starts
+        // once the first is answered: 30 s from then.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        client.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET / HTTP/1.1\r\nhost:").await.expect("write");
+        client
+    };
+    let (ended, _client) = tokio::join!(serve(server, watch, Duration::from_secs(30), echo(&seen)), client_side);
+    assert!(matches!(ended, Ended::Closed));
+    assert_eq!(started.elapsed(), Duration::from_secs(50));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_bare_lf_never_ends_a_chunked_body_and_a_length_is_digits_only() {
     // `0\r\n\n` ends the body for a server that takes a bare LF as a line end: the bytes after
