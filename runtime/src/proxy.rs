@@ -553,7 +553,7 @@ impl Proxy {
         let unanswered = self.unanswered(meter, entry);
         // Boxed: the routing and forwarding future is several KiB, and each future that
         // holds it inline copies it as it is made and moved (a box is cheaper).
-        let (response, served) = Box::pin(self.route_and_forward(peer, request)).await;
+        let (response, served) = Box::pin(self.route_and_forward(peer, request, grpc)).await;
         let entry = unanswered.answered();
         self.metered(response, meter, entry, served)
     }
@@ -614,8 +614,7 @@ impl Proxy {
     }
 
     /// The response, and for a forwarding route its count of the request as active.
-    async fn route_and_forward(&self, peer: IpAddr, request: Request<Body>) -> (Response<Body>, Served) {
-        let grpc = is_grpc(request.headers());
+    async fn route_and_forward(&self, peer: IpAddr, request: Request<Body>, grpc: bool) -> (Response<Body>, Served) {
         if let Some(reply) = reject_malformed(&request, grpc) {
             return (reply, Served::default());
         }
@@ -676,7 +675,7 @@ impl Proxy {
         let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
             return (local_reply(Error::NoCluster, grpc), Served::default());
         };
-        let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers);
+        let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers, grpc);
         let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
             Some(mirror) => self.mirror(mirror, &parts, body),
             None => body,
@@ -687,7 +686,8 @@ impl Proxy {
             Transport::Http1(&cluster.http1)
         };
         let key = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
-        let upstream = Upstream { cluster, transport, forward, key, tracing: self.spec.tracing };
+        let traits = Traits { grpc, upgrade: wants_upgrade(&parts), tracing: self.spec.tracing };
+        let upstream = Upstream { cluster, transport, forward, key, traits };
         let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
         let mut served = Served { routed: Some(routed), ..Served::default() };
         // The circuit breaker: a request counts until its response ends.
@@ -741,7 +741,8 @@ impl Proxy {
             let Ok(bytes) = received.await else { return };
             let copy = copy.map(|()| full(bytes));
             let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
-            if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout), tracing).await {
+            let traits = Traits::of(&copy, tracing);
+            if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout), traits).await {
                 let _ = response.into_body().collect().await;
             }
         });
@@ -789,10 +790,11 @@ impl Proxy {
         let request = Request::from_parts(parts, body);
         let transport =
             if protocol.uses_http2(request.version()) { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
-        let timeout = request_timeout(None, request.headers());
+        let timeout = request_timeout(None, request.headers(), grpc);
         let (parts, body) = request.into_parts();
         let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
-        match forward_to(transport, request, app, None, Limits::total(timeout), self.spec.tracing).await {
+        let traits = Traits { grpc, upgrade: wants_upgrade_request(&request), tracing: self.spec.tracing };
+        match forward_to(transport, request, app, None, Limits::total(timeout), traits).await {
             Ok(response) => (response, Served { upstream_host: Some(app.shared_authority()), ..Served::default() }),
             Err(err) => (local_reply(err, grpc), Served::default()),
         }
@@ -1007,8 +1009,23 @@ struct Upstream<'a> {
     forward: &'a Forward<'a>,
     /// The request's consistent-hash key, when the cluster hashes.
     key: Option<u64>,
-    /// Whether trace context is propagated (the workload's `tracing`).
+    traits: Traits,
+}
+
+/// What a request is, found once and passed on to where it is forwarded.
+#[derive(Clone, Copy, Debug)]
+struct Traits {
+    grpc: bool,
+    /// It asks to switch protocols (`Upgrade`, and `Connection` naming it).
+    upgrade: bool,
+    /// Trace context is propagated (the workload's `tracing`).
     tracing: bool,
+}
+
+impl Traits {
+    fn of(request: &Request<Body>, tracing: bool) -> Traits {
+        Traits { grpc: is_grpc(request.headers()), upgrade: wants_upgrade_request(request), tracing }
+    }
 }
 
 /// The most mirrored copies in flight to one cluster, whatever its breaker says.
@@ -1069,7 +1086,7 @@ impl Upstream<'_> {
     async fn try_once(&self, request: Request<Body>, endpoint: &Endpoint, limits: Limits) -> Result<Response<Body>, Error> {
         let slot = self.connection_slot(limits.body).await?;
         let active = self.cluster.start_request(endpoint);
-        let response = forward_to(self.transport, request, endpoint, Some(self.forward), limits, self.tracing).await?;
+        let response = forward_to(self.transport, request, endpoint, Some(self.forward), limits, self.traits).await?;
         Ok(match (slot, active) {
             (None, None) => response,
             held => response.map(|body| Holding { inner: body, _held: held }.boxed()),
@@ -1106,7 +1123,7 @@ impl Upstream<'_> {
     ) -> Result<Response<Body>, Error> {
         let retries = &self.forward.retries;
         let pick = || self.cluster.pick_for(self.key).ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
-        if retries.attempts == 0 || wants_upgrade(&parts) {
+        if retries.attempts == 0 || self.traits.upgrade {
             let endpoint = pick()?;
             let limits = Limits::total(timeout);
             let result = self.try_once(Request::from_parts(parts, body), &endpoint, limits).await;
@@ -1382,11 +1399,10 @@ async fn forward_to(
     endpoint: &Endpoint,
     forward: Option<&Forward<'_>>,
     limits: Limits,
-    tracing: bool,
+    traits: Traits,
 ) -> Result<Response<Body>, Error> {
     let Limits { headers: timeout, body: deadline } = limits;
-    let grpc = is_grpc(request.headers());
-    let upgrade = wants_upgrade_request(&request);
+    let Traits { grpc, upgrade, tracing } = traits;
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
 
@@ -1613,11 +1629,11 @@ static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The request's timeout: the route's (or cluster's), shortened by a gRPC request's
 /// `grpc-timeout` (Istio caps the header at the route's timeout).
-fn request_timeout(configured_ms: Option<u64>, headers: &HeaderMap) -> Option<Duration> {
+fn request_timeout(configured_ms: Option<u64>, headers: &HeaderMap, grpc: bool) -> Option<Duration> {
     let configured = configured_ms.filter(|it| *it > 0).map(Duration::from_millis);
     // Only a gRPC request's `grpc-timeout` counts, and 0 means no limit, as in Envoy.
     let grpc = Some(headers)
-        .filter(|it| is_grpc(it))
+        .filter(|_| grpc)
         .and_then(|it| it.get(&GRPC_TIMEOUT))
         .and_then(|it| it.to_str().ok())
         .and_then(parse_grpc_timeout)
@@ -1892,13 +1908,13 @@ mod tests {
     fn grpc_timeouts_shorten_the_routes_for_grpc_requests_only() {
         let mut headers = HeaderMap::new();
         headers.insert("grpc-timeout", HeaderValue::from_static("200m"));
-        assert_eq!(request_timeout(Some(1000), &headers), Some(Duration::from_secs(1)), "not a gRPC request");
+        assert_eq!(request_timeout(Some(1000), &headers, is_grpc(&headers)), Some(Duration::from_secs(1)), "not a gRPC request");
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
-        assert_eq!(request_timeout(Some(1000), &headers), Some(Duration::from_millis(200)));
-        assert_eq!(request_timeout(None, &headers), Some(Duration::from_millis(200)));
+        assert_eq!(request_timeout(Some(1000), &headers, is_grpc(&headers)), Some(Duration::from_millis(200)));
+        assert_eq!(request_timeout(None, &headers, is_grpc(&headers)), Some(Duration::from_millis(200)));
         headers.insert("grpc-timeout", HeaderValue::from_static("0S"));
-        assert_eq!(request_timeout(Some(1000), &headers), Some(Duration::from_secs(1)), "0 is no limit");
-        assert_eq!(request_timeout(None, &headers), None);
+        assert_eq!(request_timeout(Some(1000), &headers, is_grpc(&headers)), Some(Duration::from_secs(1)), "0 is no limit");
+        assert_eq!(request_timeout(None, &headers, is_grpc(&headers)), None);
     }
 
     #[test]
