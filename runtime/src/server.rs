@@ -809,9 +809,41 @@ where
     let answer = |request| answer(&proxy, &serves, &downstream, request);
     let served = crate::h1::server::serve(stream, drain.watch(), HEADER_READ_TIMEOUT, answer).await;
     let crate::h1::server::Ended::HandOff(read, stream) = served else { return };
-    // One instance of hyper's server for every kind of stream: it serves the uncommon cases.
+    // One instance of each of hyper's servers for every kind of stream.
+    let h2 = read.starts_with(crate::guard::H2_PREFACE);
     let stream: Box<dyn Io> = Box::new(Prefixed::new(read, stream));
-    serve_with_hyper(stream, downstream, proxy, serves, drain).await;
+    if h2 {
+        serve_h2(stream, downstream, proxy, serves, drain).await;
+    } else {
+        serve_with_hyper(stream, downstream, proxy, serves, drain).await;
+    }
+}
+
+/// Serves HTTP/2 with prior knowledge (the connection began with the preface) with hyper's
+/// HTTP/2 server alone: the guard and the detection of the version between HTTP/1 and
+/// HTTP/2 are for HTTP/1 connections, and each poll of the connection paid for them.
+async fn serve_h2(stream: Box<dyn Io>, downstream: Arc<Downstream>, proxy: Arc<Proxy>, serves: Serves, drain: Drain) {
+    let late = *drain.started.borrow();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let request =
+            request.map(|body| http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(body, crate::proxy::BoxError::from)));
+        let (proxy, serves, downstream) = (proxy.clone(), serves.clone(), downstream.clone());
+        // Boxed, as in `serve_with_hyper`: each stream is a task of its own.
+        async move { Ok::<_, Infallible>(Box::pin(answer(&proxy, &serves, &downstream, request)).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    if !late {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = drain.signalled() => {}
+        }
+    }
+    // A drain, or a connection accepted during one: GOAWAY, and the streams begun finish.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// A connection's stream, whatever it is.
