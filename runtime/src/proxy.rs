@@ -1113,7 +1113,8 @@ impl Upstream<'_> {
     }
 
     /// Sends the request, trying again as the route's retry policy allows, within the
-    /// overall `timeout`; `answered_by` is left naming the endpoint of the last try.
+    /// overall `timeout`. `answered_by` is left naming the endpoint of the last try, answered
+    /// or failed, as Envoy's `%UPSTREAM_HOST%` does; none when no endpoint was picked for it.
     async fn send(
         &self,
         parts: http::request::Parts,
@@ -1147,6 +1148,7 @@ impl Upstream<'_> {
         let mut _retrying: Option<InFlight> = None;
         loop {
             let Some(try_body) = next.take() else { return Err(Error::Internal("a retry without a body")) };
+            *answered_by = None;
             let mut endpoint = pick()?;
             if retries.avoid_previous_hosts {
                 for _ in 1..HOST_SELECTION_ATTEMPTS {

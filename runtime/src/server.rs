@@ -835,13 +835,18 @@ async fn serve_h2(stream: Box<dyn Io>, downstream: Arc<Downstream>, proxy: Arc<P
     builder.timer(TokioTimer::new());
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    if !late {
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            () = drain.signalled() => {}
-        }
+    // A connection accepted during a drain is served as it comes (a GOAWAY before its first
+    // request would leave a client that waits for SETTINGS with nothing served, again and
+    // again); the drain's end closes it.
+    if late {
+        let _ = connection.await;
+        return;
     }
-    // A drain, or a connection accepted during one: GOAWAY, and the streams begun finish.
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = drain.signalled() => {}
+    }
+    // GOAWAY, and the streams begun finish.
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }
