@@ -738,6 +738,26 @@ fn requests_are_logged_as_json_and_carry_trace_context_onward() {
 }
 
 #[test]
+fn a_failed_connection_is_logged_with_the_endpoint_it_tried() {
+    // Envoy's `%UPSTREAM_HOST%` names the endpoint a failed try went to, so that a 503 with
+    // `UF` says which instance refused.
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let sidecar = Sidecar::start(&binary, &["outbound"], &format!("[[endpoint]]\nservice = \"sticky\"\naddress = \"{dead}\"\n"));
+    let seen = curl(&["-H", "host: sticky"], &format!("http://{}/x", sidecar.listener("outbound")));
+    assert_eq!(seen.status, 503, "{}", seen.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sidecar.access_log().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lines = sidecar.access_log();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!((line["response_code"].as_u64(), line["response_flags"].as_str()), (Some(503), Some("UF")), "{line}");
+    assert_eq!(line["upstream_host"].as_str(), Some(dead.to_string().as_str()), "{line}");
+}
+
+#[test]
 fn consistent_hashing_keeps_a_key_on_one_instance() {
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
     let upstreams: Vec<Upstream> = (0..3).map(|it| Upstream::start(&format!("u{it}"))).collect();
