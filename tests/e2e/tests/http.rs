@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use meshc_e2e::{PeerServer, Sidecar, Upstream, metric, python, require, root, sidecar_binary};
+use meshc_e2e::{PeerServer, Sidecar, Upstream, free_port, metric, python, require, root, sidecar_binary};
 
 struct Http {
     sidecar: Sidecar,
@@ -742,7 +742,7 @@ fn a_failed_connection_is_logged_with_the_endpoint_it_tried() {
     // Envoy's `%UPSTREAM_HOST%` names the endpoint a failed try went to, so that a 503 with
     // `UF` says which instance refused.
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let dead = format!("127.0.0.1:{}", free_port());
     let sidecar = Sidecar::start(&binary, &["outbound"], &format!("[[endpoint]]\nservice = \"sticky\"\naddress = \"{dead}\"\n"));
     let seen = curl(&["-H", "host: sticky"], &format!("http://{}/x", sidecar.listener("outbound")));
     assert_eq!(seen.status, 503, "{}", seen.body);
@@ -754,7 +754,7 @@ fn a_failed_connection_is_logged_with_the_endpoint_it_tried() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line: serde_json::Value = serde_json::from_str(&lines[0]).expect("a JSON line");
     assert_eq!((line["response_code"].as_u64(), line["response_flags"].as_str()), (Some(503), Some("UF")), "{line}");
-    assert_eq!(line["upstream_host"].as_str(), Some(dead.to_string().as_str()), "{line}");
+    assert_eq!(line["upstream_host"].as_str(), Some(dead.as_str()), "{line}");
 }
 
 #[test]
