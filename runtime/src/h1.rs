@@ -266,25 +266,11 @@ struct Sending {
 
 impl Sending {
     fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        while !self.head.is_empty() {
-            let wrote = ready!(Pin::new(&mut *io).poll_write(cx, &self.head)).map_err(|_| SendError::Io)?;
-            if wrote == 0 {
-                return Poll::Ready(Err(SendError::Io));
-            }
-            self.wrote = true;
-            self.head.advance(wrote);
-        }
+        ready!(poll_write_all(io, cx, &mut self.head, &mut self.wrote))?;
         loop {
             while let Some(front) = self.queue.front_mut() {
-                let wrote = ready!(Pin::new(&mut *io).poll_write(cx, front)).map_err(|_| SendError::Io)?;
-                if wrote == 0 {
-                    return Poll::Ready(Err(SendError::Io));
-                }
-                self.wrote = true;
-                front.advance(wrote);
-                if front.is_empty() {
-                    self.queue.pop_front();
-                }
+                ready!(poll_write_all(io, cx, front, &mut self.wrote))?;
+                self.queue.pop_front();
             }
             if self.ended {
                 return Pin::new(&mut *io).poll_flush(cx).map_err(|_| SendError::Io);
@@ -339,6 +325,19 @@ impl Sending {
             }
         }
     }
+}
+
+/// Writes all of `buf`, noting in `wrote` that a byte went out.
+fn poll_write_all(io: &mut Stream, cx: &mut Context<'_>, buf: &mut impl Buf, wrote: &mut bool) -> Poll<Result<(), SendError>> {
+    while buf.has_remaining() {
+        let written = ready!(Pin::new(&mut *io).poll_write(cx, buf.chunk())).map_err(|_| SendError::Io)?;
+        if written == 0 {
+            return Poll::Ready(Err(SendError::Io));
+        }
+        *wrote = true;
+        buf.advance(written);
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// How the response body is framed.

@@ -1353,10 +1353,7 @@ fn reject_malformed(request: &Request<Body>, grpc: bool) -> Option<Response<Body
 
 /// The request's authority as the client sent it: an absolute-form target's, else `Host`.
 fn authority_as_sent(uri: &Uri, headers: &HeaderMap) -> Option<String> {
-    match uri.authority() {
-        Some(authority) => Some(authority.as_str().to_owned()),
-        None => headers.get(header::HOST).and_then(|it| it.to_str().ok()).map(str::to_owned),
-    }
+    Onward::as_sent(uri, headers).map(|it| it.as_str().to_owned())
 }
 
 /// The authority a request goes on with, held as it came (shared, not copied) until it is
@@ -1371,6 +1368,14 @@ enum Onward<'a> {
 }
 
 impl Onward<'_> {
+    /// What the client sent: an absolute-form target's authority, else `Host` when it is text.
+    fn as_sent(uri: &Uri, headers: &HeaderMap) -> Option<Onward<'static>> {
+        match uri.authority() {
+            Some(target) => Some(Onward::Target(target.clone())),
+            None => headers.get(header::HOST).filter(|it| it.to_str().is_ok()).map(|it| Onward::Host(it.clone())),
+        }
+    }
+
     fn as_str(&self) -> &str {
         match self {
             Onward::Named(name) => name,
@@ -1418,13 +1423,9 @@ async fn forward_to(
     };
     // The authority the upstream sees: the route's rewrite, else what the client sent (an
     // absolute-form target's authority before `Host`, as routing read it).
-    let authority = match (forward.and_then(|it| it.authority_rewrite), parts.uri.authority()) {
-        (Some(rewritten), _) => Onward::Named(rewritten),
-        (None, Some(target)) => Onward::Target(target.clone()),
-        (None, None) => match parts.headers.get(header::HOST).filter(|it| it.to_str().is_ok()) {
-            Some(host) => Onward::Host(host.clone()),
-            None => Onward::Named(endpoint.authority()),
-        },
+    let authority = match forward.and_then(|it| it.authority_rewrite) {
+        Some(rewritten) => Onward::Named(rewritten),
+        None => Onward::as_sent(&parts.uri, &parts.headers).unwrap_or_else(|| Onward::Named(endpoint.authority())),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if tracing {

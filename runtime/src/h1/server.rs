@@ -85,7 +85,6 @@ where
             let _ = drain.wait_for(|draining| *draining).await;
         }
     });
-    let mut drained_seen = late;
     loop {
         let Some(conn) = reader.as_mut() else { return Ended::Closed };
         // The timer is moved on only when it fires before this deadline: re-arming it for
@@ -114,10 +113,8 @@ where
                     }
                     false
                 }
-                () = &mut drained, if !drained_seen => {
-                    drained_seen = true;
-                    false
-                }
+                // Polled until it fires, after which the connection ends.
+                () = &mut drained, if !late => false,
             };
             if !filled {
                 // Over TLS, the client learns that the server closed (close_notify).
