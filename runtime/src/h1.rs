@@ -14,7 +14,6 @@
 //! its request body was all sent closes the connection, as Envoy's HTTP/1.1 pool does.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -22,7 +21,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -105,8 +104,9 @@ impl Connection {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// Nothing of the request reached the server: it may go on another connection as it is.
-    Unsent(Box<Request<Body>>),
+    /// Nothing of the request reached the server: it may go on another connection as it is,
+    /// with this body.
+    Unsent(Body),
     /// The connection closed or failed before a whole response head arrived.
     Reset,
     /// The response is not HTTP/1.1 as the RFC frames it.
@@ -121,12 +121,19 @@ pub(crate) trait Finish: FnOnce(Connection) + Send + Sync + Unpin + 'static {}
 
 impl<F: FnOnce(Connection) + Send + Sync + Unpin + 'static> Finish for F {}
 
-/// Sends `request` (origin-form target, `Host` set) on `conn` and reads the response head.
-/// The response body reads the rest from the connection, and hands the connection to `done`
-/// once both messages ended and the connection may carry another request.
-pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done: impl Finish) -> Result<Response<Body>, Failure> {
-    let (parts, body) = request.into_parts();
-    let (head, outgoing) = encode_head(&parts, &body);
+/// Sends the request of head `parts` (origin-form target; without `Host`, `host` is sent)
+/// and `body` on `conn`, and reads the response head. The head is borrowed: a request tried
+/// again is sent from the same one. The response body reads the rest from the connection,
+/// and hands the connection to `done` once both messages ended and the connection may carry
+/// another request.
+pub(crate) async fn exchange(
+    mut conn: Connection,
+    parts: &http::request::Parts,
+    body: Body,
+    host: &str,
+    done: impl Finish,
+) -> Result<Response<Body>, Failure> {
+    let (head, outgoing) = encode_head(parts, &body, host);
     let head_only = matches!(outgoing, Outgoing::Empty);
     let mut sending = Sending { head, body: Some(body), framing: outgoing, queue: VecDeque::new(), wrote: false, ended: head_only };
     let (mut sent, mut send_failed) = (false, false);
@@ -157,7 +164,7 @@ pub(crate) async fn exchange(mut conn: Connection, request: Request<Body>, done:
         Err(Some(failure)) => return Err(failure),
     };
     let Some(head) = head else {
-        return Err(Failure::Unsent(Box::new(Request::from_parts(parts, sending.body.take().unwrap_or_else(crate::proxy::empty)))));
+        return Err(Failure::Unsent(sending.body.take().unwrap_or_else(crate::proxy::empty)));
     };
     let Head { status, version, headers, framing, keep_alive } = head;
     let mut response = Response::new(());
@@ -203,13 +210,15 @@ enum Outgoing {
 
 /// The request head, and how its body is framed. An exact size (the body's, else a
 /// `Content-Length` the request carried) goes as `Content-Length`; an unknown one is chunked.
-fn encode_head(parts: &http::request::Parts, body: &Body) -> (BytesMut, Outgoing) {
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|it| it.to_str().ok()?.trim().parse::<u64>().ok());
-    let outgoing = match (body.size_hint().exact(), declared) {
-        (_, _) if body.is_end_stream() => Outgoing::Empty,
-        (Some(len), _) => Outgoing::Length(len),
-        (None, Some(len)) => Outgoing::Length(len),
-        (None, None) => Outgoing::Chunked,
+/// A head without `Host` gets `host`.
+fn encode_head(parts: &http::request::Parts, body: &Body, host: &str) -> (BytesMut, Outgoing) {
+    let declared = || parts.headers.get(header::CONTENT_LENGTH).and_then(|it| it.to_str().ok()?.trim().parse::<u64>().ok());
+    let outgoing = if body.is_end_stream() {
+        Outgoing::Empty
+    } else if let Some(len) = body.size_hint().exact().or_else(declared) {
+        Outgoing::Length(len)
+    } else {
+        Outgoing::Chunked
     };
     let mut head = BytesMut::with_capacity(256);
     head.put_slice(parts.method.as_str().as_bytes());
@@ -217,19 +226,55 @@ fn encode_head(parts: &http::request::Parts, body: &Body) -> (BytesMut, Outgoing
     head.put_slice(parts.uri.path_and_query().map_or("/", |it| it.as_str()).as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
     // Framing is this hop's to say.
-    put_fields(&mut head, parts.headers.iter().filter(|(name, _)| **name != header::CONTENT_LENGTH && **name != header::TRANSFER_ENCODING));
+    let (mut has_host, mut has_length) = (false, false);
+    put_fields(
+        &mut head,
+        parts.headers.iter().filter(|(name, _)| {
+            let length = **name == header::CONTENT_LENGTH;
+            has_host |= **name == header::HOST;
+            has_length |= length;
+            !length && **name != header::TRANSFER_ENCODING
+        }),
+    );
+    if !has_host {
+        head.put_slice(b"host: ");
+        head.put_slice(host.as_bytes());
+        head.put_slice(b"\r\n");
+    }
     match outgoing {
-        Outgoing::Empty if declared.is_some() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+        Outgoing::Empty if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) || has_length && declared().is_some() => {
             head.put_slice(b"content-length: 0\r\n");
         }
         Outgoing::Empty => {}
-        Outgoing::Length(len) => {
-            let _ = write!(head, "content-length: {len}\r\n");
-        }
+        Outgoing::Length(len) => put_content_length(&mut head, len),
         Outgoing::Chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     head.put_slice(b"\r\n");
     (head, outgoing)
+}
+
+/// Writes a `Content-Length` field of `len`.
+pub(crate) fn put_content_length(out: &mut BytesMut, len: u64) {
+    out.put_slice(b"content-length: ");
+    put_digits::<10>(out, len);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes `n` in base `BASE` (10 for lengths, 16 for chunk sizes, in lower case), without
+/// the formatting machinery, which a profile of every response found costing more than the
+/// rest of the head's encoding.
+pub(crate) fn put_digits<const BASE: u64>(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[(n % BASE) as usize];
+        n /= BASE;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
 }
 
 /// Writes `name: value` lines.
@@ -475,15 +520,12 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
 
 /// HTTP/1.1 keeps a connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
 pub(crate) fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|it| it.to_str().ok())
-            .flat_map(|it| it.split(','))
-            .any(|it| it.trim().eq_ignore_ascii_case(token))
+    // Tokens are ASCII; a field's bytes are looked at as they are, without making text of them.
+    let has = |token: &[u8]| {
+        let listed = |value: &HeaderValue| value.as_bytes().split(|it| *it == b',').any(|it| it.trim_ascii().eq_ignore_ascii_case(token));
+        headers.get_all(header::CONNECTION).iter().any(listed)
     };
-    if version == Version::HTTP_11 { !has("close") } else { has("keep-alive") }
+    if version == Version::HTTP_11 { !has(b"close") } else { has(b"keep-alive") }
 }
 
 /// Whether `chunked` is the last transfer coding.
@@ -749,6 +791,8 @@ fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str
 mod tests {
     use super::*;
 
+    use http::Request;
+
     fn head_of(raw: &[u8], head_request: bool) -> Result<Option<Head>, &'static str> {
         parse_head(&mut BytesMut::from(raw), &mut Vec::new(), head_request)
     }
@@ -776,6 +820,45 @@ mod tests {
         assert!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n", false).is_err(), "past u64");
         assert!(matches!(head_of(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", false), Ok(None)));
         assert!(head_of(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn lengths_and_chunk_sizes_are_written_as_their_digits() {
+        let written = |n: u64, hex: bool| {
+            let mut out = BytesMut::new();
+            if hex {
+                put_digits::<16>(&mut out, n)
+            } else {
+                put_digits::<10>(&mut out, n)
+            }
+            String::from_utf8(out.to_vec()).expect("ASCII")
+        };
+        for n in [0, 1, 9, 10, 255, 4096, 1_000_000_007, u64::MAX] {
+            assert_eq!(written(n, false), n.to_string());
+            assert_eq!(written(n, true), format!("{n:x}"));
+        }
+        let mut out = BytesMut::new();
+        put_content_length(&mut out, 42);
+        assert_eq!(&out[..], b"content-length: 42\r\n");
+    }
+
+    #[test]
+    fn connection_tokens_decide_reuse_in_any_case_and_place() {
+        let reused = |values: &[&str], version: Version| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::CONNECTION, HeaderValue::from_str(value).expect("valid"));
+            }
+            connection_allows_reuse(&headers, version)
+        };
+        assert!(reused(&[], Version::HTTP_11));
+        assert!(reused(&["keep-alive"], Version::HTTP_11));
+        assert!(!reused(&["close"], Version::HTTP_11));
+        assert!(!reused(&["Keep-Alive, CLOSE"], Version::HTTP_11));
+        assert!(!reused(&["upgrade", " close "], Version::HTTP_11));
+        assert!(reused(&["closed, x-close"], Version::HTTP_11), "only the whole token counts");
+        assert!(!reused(&[], Version::HTTP_10));
+        assert!(reused(&["te,keep-alive"], Version::HTTP_10));
     }
 
     #[test]
@@ -833,7 +916,7 @@ mod tests {
                 builder = builder.header(header::CONTENT_LENGTH, length);
             }
             let (parts, body) = builder.body(body).expect("request").into_parts();
-            let (head, outgoing) = encode_head(&parts, &body);
+            let (head, outgoing) = encode_head(&parts, &body, "unused");
             (String::from_utf8(head.to_vec()).expect("text"), outgoing)
         };
         let (head, outgoing) = request(Method::GET, crate::proxy::empty(), None);
@@ -847,6 +930,19 @@ mod tests {
         let (head, outgoing) = request(Method::POST, http_body_util::BodyExt::boxed(Unsized), None);
         assert!(head.ends_with("transfer-encoding: chunked\r\n\r\n"), "{head}");
         assert!(matches!(outgoing, Outgoing::Chunked));
+        let (head, outgoing) = request(Method::POST, http_body_util::BodyExt::boxed(Unsized), Some("5"));
+        assert!(head.ends_with("content-length: 5\r\n\r\n"), "a declared length frames a body of unknown size: {head}");
+        assert!(matches!(outgoing, Outgoing::Length(5)));
+        let (head, _) = request(Method::GET, crate::proxy::empty(), Some("0"));
+        assert!(head.ends_with("content-length: 0\r\n\r\n"), "a GET that declared its empty body keeps saying so: {head}");
+        let (head, _) = request(Method::GET, crate::proxy::empty(), Some("zero"));
+        assert!(!head.contains("content-length"), "an invalid length is not passed on: {head}");
+        let mut parts = Request::builder().uri("/").body(()).expect("request").into_parts().0;
+        parts.headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        parts.headers.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let (head, _) = encode_head(&parts, &crate::proxy::empty(), "svc");
+        let head = String::from_utf8(head.to_vec()).expect("text");
+        assert_eq!(head, "GET / HTTP/1.1\r\naccept: */*\r\nhost: svc\r\ncontent-length: 0\r\n\r\n", "the fields after a length go too");
     }
 
     use std::sync::{Arc, Mutex};
@@ -897,6 +993,21 @@ mod tests {
         (move |conn| *slot.lock().expect("lock") = Some(conn), kept)
     }
 
+    /// `request` exchanged on `conn`, with `fallback` as the host for a head without one.
+    async fn sent(conn: Connection, request: Request<Body>, done: impl Finish) -> Result<Response<Body>, Failure> {
+        let (parts, body) = request.into_parts();
+        exchange(conn, &parts, body, "fallback", done).await
+    }
+
+    #[tokio::test]
+    async fn a_head_without_host_is_sent_with_the_fallback_one() {
+        let (conn, server) = one_exchange(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let (done, _kept) = keeper();
+        let request = Request::builder().uri("/x").body(crate::proxy::empty()).expect("request");
+        sent(conn, request, done).await.expect("response");
+        assert_eq!(server.await.expect("server"), b"GET /x HTTP/1.1\r\nhost: fallback\r\n\r\n");
+    }
+
     fn get(method: Method, body: Body) -> Request<Body> {
         Request::builder().method(method).uri("/x").header(header::HOST, "svc").body(body).expect("request")
     }
@@ -906,7 +1017,7 @@ mod tests {
         let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\ncontent-length: 9\r\n\r\n";
         let (conn, server) = one_exchange(answer).await;
         let (done, kept) = keeper();
-        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        let response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
         assert_eq!(response.status(), StatusCode::OK, "the interim 100 is skipped");
         let collected = response.into_body().collect().await.expect("body");
         let trailers = collected.trailers().expect("trailers");
@@ -922,7 +1033,7 @@ mod tests {
         let (conn, server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let (done, kept) = keeper();
         let chunks = http_body_util::StreamBody::new(tokio_stream_of(&[b"ab", b"cde"]));
-        let response = exchange(conn, get(Method::POST, chunks.boxed()), done).await.expect("response");
+        let response = sent(conn, get(Method::POST, chunks.boxed()), done).await.expect("response");
         assert_eq!(&response.into_body().collect().await.expect("body").to_bytes()[..], b"ok");
         assert!(kept.lock().expect("lock").is_some());
         let sent = String::from_utf8(server.await.expect("server")).expect("text");
@@ -947,7 +1058,7 @@ mod tests {
     async fn a_response_ended_by_close_is_read_whole_and_its_connection_not_kept() {
         let (conn, server) = one_exchange(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
         let (done, kept) = keeper();
-        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        let response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
         server.await.expect("server");
         assert_eq!(&response.into_body().collect().await.expect("body").to_bytes()[..], b"until the end");
         assert!(kept.lock().expect("lock").is_none());
@@ -957,7 +1068,7 @@ mod tests {
     async fn a_response_to_head_has_no_body_whatever_its_length_says() {
         let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n").await;
         let (done, kept) = keeper();
-        let response = exchange(conn, get(Method::HEAD, crate::proxy::empty()), done).await.expect("response");
+        let response = sent(conn, get(Method::HEAD, crate::proxy::empty()), done).await.expect("response");
         assert_eq!(response.headers()["content-length"], "100");
         assert!(response.body().is_end_stream());
         assert!(kept.lock().expect("lock").is_some());
@@ -967,20 +1078,20 @@ mod tests {
     async fn broken_responses_are_protocol_errors_and_a_short_body_is_an_error() {
         let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\nx").await;
         let (done, _) = keeper();
-        assert!(matches!(exchange(conn, get(Method::GET, crate::proxy::empty()), done).await, Err(Failure::Protocol(_))));
+        assert!(matches!(sent(conn, get(Method::GET, crate::proxy::empty()), done).await, Err(Failure::Protocol(_))));
         let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
         let (done, _) = keeper();
-        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("head");
+        let response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("head");
         assert!(response.into_body().collect().await.is_err(), "an invalid chunk size fails the body");
         let (conn, server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort").await;
         let (done, kept) = keeper();
-        let response = exchange(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("head");
+        let response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("head");
         server.await.expect("server");
         assert!(response.into_body().collect().await.is_err(), "a body cut short is an error, not an end");
         assert!(kept.lock().expect("lock").is_none());
         let (conn, _server) = one_exchange(b"").await;
         let (done, _) = keeper();
-        assert!(matches!(exchange(conn, get(Method::GET, crate::proxy::empty()), done).await, Err(Failure::Reset)));
+        assert!(matches!(sent(conn, get(Method::GET, crate::proxy::empty()), done).await, Err(Failure::Reset)));
     }
 
     /// A request body that sends one chunk, then fails.
@@ -1003,8 +1114,7 @@ mod tests {
         // The server waits for the whole body, which never comes, and so never answers.
         let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
         let (done, kept) = keeper();
-        let exchanged =
-            tokio::time::timeout(std::time::Duration::from_secs(5), exchange(conn, get(Method::POST, Broken(false).boxed()), done));
+        let exchanged = tokio::time::timeout(std::time::Duration::from_secs(5), sent(conn, get(Method::POST, Broken(false).boxed()), done));
         assert!(matches!(exchanged.await.expect("not stuck"), Err(Failure::RequestBody)));
         assert!(kept.lock().expect("lock").is_none(), "a half-sent request's connection is not reused");
     }

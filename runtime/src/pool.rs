@@ -98,24 +98,27 @@ impl Http1Pool {
         Http1Pool { idle: Arc::default(), connect_timeout, tls }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `endpoint`. The connection goes back
-    /// to the pool when the response body has been read to its end.
-    pub async fn send(&self, endpoint: &Endpoint, mut request: Request<Body>) -> Result<Response<Body>, Error> {
+    /// Sends the request of head `parts` (origin-form URI; without `Host`, the endpoint's
+    /// authority is sent) and `body` to `endpoint`. The head is borrowed, so that a request
+    /// tried again goes from the same one. The connection goes back to the pool when the
+    /// response body has been read to its end.
+    pub async fn send(&self, endpoint: &Endpoint, parts: &http::request::Parts, mut body: Body) -> Result<Response<Body>, Error> {
         let key = endpoint.shared_authority();
-        if request.method() == http::Method::CONNECT || request.headers().contains_key(http::header::UPGRADE) {
+        if parts.method == http::Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE) {
+            let request = crate::proxy::copy_head(parts).map(|()| body);
             return Box::pin(self.send_switching(endpoint, request)).await;
         }
         for _ in 0..UNSENT_RETRIES {
             let Some(conn) = self.checkout(&key) else { break };
-            match h1::exchange(conn, request, self.giving_back(&key)).await {
+            match h1::exchange(conn, parts, body, endpoint.authority(), self.giving_back(&key)).await {
                 Ok(response) => return Ok(response),
                 // The connection closed before the request went out: another one.
-                Err(Failure::Unsent(unsent)) => request = *unsent,
+                Err(Failure::Unsent(unsent)) => body = unsent,
                 Err(failure) => return Err(failed(&key, failure)),
             }
         }
         let conn = Connection::new(Box::pin(self.connect(endpoint)).await?);
-        h1::exchange(conn, request, self.giving_back(&key)).await.map_err(|failure| failed(&key, failure))
+        h1::exchange(conn, parts, body, endpoint.authority(), self.giving_back(&key)).await.map_err(|failure| failed(&key, failure))
     }
 
     /// A request that switches protocols (an upgrade, or CONNECT) on a connection of its own,
@@ -355,6 +358,12 @@ mod tests {
         (endpoint, accepted, closed)
     }
 
+    /// `request` sent through `pool`, whose head it borrows.
+    async fn send(pool: &Http1Pool, endpoint: &Endpoint, request: Request<Body>) -> Result<Response<Body>, Error> {
+        let (parts, body) = request.into_parts();
+        pool.send(endpoint, &parts, body).await
+    }
+
     fn get() -> Request<Body> {
         Request::builder().uri("/").header(http::header::HOST, "test").body(empty()).expect("request")
     }
@@ -366,7 +375,7 @@ mod tests {
         let (endpoint, accepted) = server(OK, usize::MAX).await;
         let pool = Http1Pool::new(Duration::from_secs(1), None);
         for _ in 0..3 {
-            let response = pool.send(&endpoint, get()).await.expect("response");
+            let response = send(&pool, &endpoint, get()).await.expect("response");
             let body = response.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(&body[..], b"ok");
         }
@@ -378,7 +387,7 @@ mod tests {
         let (endpoint, accepted) = server(OK, 1).await;
         let pool = Http1Pool::new(Duration::from_secs(1), None);
         for _ in 0..3 {
-            let response = pool.send(&endpoint, get()).await.expect("response");
+            let response = send(&pool, &endpoint, get()).await.expect("response");
             response.into_body().collect().await.expect("body");
             // Let the close reach the pooled connection.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -392,7 +401,7 @@ mod tests {
         let (endpoint, accepted) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial", usize::MAX).await;
         let pool = Http1Pool::new(Duration::from_secs(1), None);
         for _ in 0..2 {
-            let response = pool.send(&endpoint, get()).await.expect("response");
+            let response = send(&pool, &endpoint, get()).await.expect("response");
             let mut body = response.into_body();
             let first = body.frame().await.expect("a frame").expect("data");
             assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"partial"));
@@ -429,10 +438,10 @@ mod tests {
             .header(http::header::TRANSFER_ENCODING, "chunked")
             .body(Endless(false).boxed())
             .expect("request");
-        let response = pool.send(&endpoint, upload).await.expect("early answer");
+        let response = send(&pool, &endpoint, upload).await.expect("early answer");
         response.into_body().collect().await.expect("body");
         // The next request gets a connection of its own instead of waiting for that body.
-        let next = tokio::time::timeout(Duration::from_secs(5), pool.send(&endpoint, get())).await.expect("not stuck").expect("response");
+        let next = tokio::time::timeout(Duration::from_secs(5), send(&pool, &endpoint, get())).await.expect("not stuck").expect("response");
         next.into_body().collect().await.expect("body");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -441,7 +450,7 @@ mod tests {
     async fn a_connection_idle_past_the_timeout_is_closed() {
         let (endpoint, _, closed) = server_counting_closes(OK, usize::MAX).await;
         let pool = Http1Pool::new(Duration::from_secs(1), None);
-        let response = pool.send(&endpoint, get()).await.expect("response");
+        let response = send(&pool, &endpoint, get()).await.expect("response");
         response.into_body().collect().await.expect("body");
         tokio::time::sleep(IDLE_TIMEOUT / 2).await;
         assert_eq!(closed.load(Ordering::SeqCst), 0, "closed before the idle timeout");
@@ -464,6 +473,6 @@ mod tests {
         let endpoint = Endpoint::at(listener.local_addr().expect("address"));
         drop(listener);
         let pool = Http1Pool::new(Duration::from_secs(1), None);
-        assert!(matches!(pool.send(&endpoint, get()).await, Err(Error::UpstreamConnect(_))));
+        assert!(matches!(send(&pool, &endpoint, get()).await, Err(Error::UpstreamConnect(_))));
     }
 }

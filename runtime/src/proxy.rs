@@ -742,7 +742,7 @@ impl Proxy {
             let copy = copy.map(|()| full(bytes));
             let transport = if http2 { Transport::Http2(&pool) } else { Transport::Http1(&client) };
             let traits = Traits::of(&copy, tracing);
-            if let Ok(response) = forward_to(transport, copy, &endpoint, None, Limits::total(timeout), traits).await {
+            if let Ok(response) = forward_to(transport, copy, &endpoint, Limits::total(timeout), traits).await {
                 let _ = response.into_body().collect().await;
             }
         });
@@ -787,14 +787,12 @@ impl Proxy {
         if self.spec.inbound_rate_limit.is_some_and(|it| !it.admit(peer.ip)) {
             return (local_reply(Error::RateLimited, grpc), Served::default());
         }
-        let request = Request::from_parts(parts, body);
         let transport =
-            if protocol.uses_http2(request.version()) { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
-        let timeout = request_timeout(None, request.headers(), grpc);
-        let (parts, body) = request.into_parts();
-        let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
-        let traits = Traits { grpc, upgrade: wants_upgrade_request(&request), tracing: self.spec.tracing };
-        match forward_to(transport, request, app, None, Limits::total(timeout), traits).await {
+            if protocol.uses_http2(parts.version) { Transport::Http2(&self.local_http2) } else { Transport::Http1(&self.local_http1) };
+        let timeout = request_timeout(None, &parts.headers, grpc);
+        let traits = Traits { grpc, upgrade: wants_upgrade(&parts), tracing: self.spec.tracing };
+        let request = Request::from_parts(parts, body);
+        match forward_to(transport, request, app, Limits::total(timeout), traits).await {
             Ok(response) => (response, Served { upstream_host: Some(app.shared_authority()), ..Served::default() }),
             Err(err) => (local_reply(err, grpc), Served::default()),
         }
@@ -1083,10 +1081,17 @@ impl Upstream<'_> {
     /// deadline comes first).
     /// The try counts as in flight to its endpoint (for least-request balancing) until its
     /// response ends.
-    async fn try_once(&self, request: Request<Body>, endpoint: &Endpoint, limits: Limits) -> Result<Response<Body>, Error> {
+    /// One try of the prepared request at `endpoint`, within `limits`.
+    async fn try_once(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        endpoint: &Endpoint,
+        limits: Limits,
+    ) -> Result<Response<Body>, Error> {
         let slot = self.connection_slot(limits.body).await?;
         let active = self.cluster.start_request(endpoint);
-        let response = forward_to(self.transport, request, endpoint, Some(self.forward), limits, self.traits).await?;
+        let response = send_to(self.transport, parts, body, endpoint, limits.headers).await?;
         Ok(match (slot, active) {
             (None, None) => response,
             held => response.map(|body| Holding { inner: body, _held: held }.boxed()),
@@ -1122,17 +1127,41 @@ impl Upstream<'_> {
         timeout: Option<Duration>,
         answered_by: &mut Option<Arc<str>>,
     ) -> Result<Response<Body>, Error> {
+        let (parts, body, downstream_upgrade) = if self.traits.upgrade {
+            let mut request = Request::from_parts(parts, body);
+            let upgrade = hyper::upgrade::on(&mut request);
+            let (parts, body) = request.into_parts();
+            (parts, body, Some(upgrade))
+        } else {
+            (parts, body, None)
+        };
+        // The head is made once, and every try sends it as it is.
+        let parts = prepare(self.transport, parts, Some(self.forward), self.traits)?;
+        let deadline = timeout.map(|it| tokio::time::Instant::now() + it);
+        let response = self.tries(&parts, body, timeout, deadline, answered_by).await?;
+        Ok(onward_response(response, downstream_upgrade, Some(self.forward), deadline))
+    }
+
+    /// The tries of a prepared request: the first, and as many more as the retry policy
+    /// allows before the `deadline`. The last try's answer or failure stands.
+    async fn tries(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        timeout: Option<Duration>,
+        deadline: Option<tokio::time::Instant>,
+        answered_by: &mut Option<Arc<str>>,
+    ) -> Result<Response<Body>, Error> {
         let retries = &self.forward.retries;
         let pick = || self.cluster.pick_for(self.key).ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
         if retries.attempts == 0 || self.traits.upgrade {
             let endpoint = pick()?;
-            let limits = Limits::total(timeout);
-            let result = self.try_once(Request::from_parts(parts, body), &endpoint, limits).await;
+            let limits = Limits { headers: timeout, body: deadline };
+            let result = self.try_once(parts, body, &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
             *answered_by = Some(endpoint.shared_authority());
             return result;
         }
-        let deadline = timeout.map(|it| Instant::now() + it);
         let idempotent = is_idempotent(&parts.method);
         // A body that has ended already (a GET's) needs no copy to be sent again.
         let replay = (!hyper::body::Body::is_end_stream(&body)).then(|| ReplayBody::new(body, REPLAY_CAP));
@@ -1159,7 +1188,7 @@ impl Upstream<'_> {
                 }
             }
             let remaining = match deadline {
-                Some(deadline) => Some(deadline.checked_duration_since(Instant::now()).ok_or(Error::UpstreamTimeout)?),
+                Some(deadline) => Some(deadline.checked_duration_since(tokio::time::Instant::now()).ok_or(Error::UpstreamTimeout)?),
                 None => None,
             };
             let per_try = retries.per_try_timeout_ms.map(Duration::from_millis);
@@ -1170,9 +1199,8 @@ impl Upstream<'_> {
                 (Some(per_try), None) => (Some(per_try), true),
                 (_, remaining) => (remaining, false),
             };
-            let request = copy_head(&parts).map(|()| try_body);
-            let limits = Limits { headers: limit, body: deadline.map(tokio::time::Instant::from_std) };
-            let result = self.try_once(request, &endpoint, limits).await;
+            let limits = Limits { headers: limit, body: deadline };
+            let result = self.try_once(parts, try_body, &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
             *answered_by = Some(endpoint.shared_authority());
             let started = replay.as_ref().is_some_and(ReplayBody::started);
@@ -1206,7 +1234,7 @@ impl Upstream<'_> {
             // Exponential backoff with full jitter, within the request's deadline.
             let ceiling = RETRY_BASE * (1u32 << (attempt - 1).min(10)).min(10);
             let wait = Duration::from_micros(u64::from(random_below(ceiling.as_micros().min(u128::from(u32::MAX)) as u32)));
-            if deadline.is_some_and(|it| Instant::now() + wait >= it) {
+            if deadline.is_some_and(|it| tokio::time::Instant::now() + wait >= it) {
                 return Err(Error::UpstreamTimeout);
             }
             tokio::time::sleep(wait).await;
@@ -1334,8 +1362,8 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
-/// A request with the method, URI, version and headers of `parts`, for one try.
-fn copy_head(parts: &http::request::Parts) -> Request<()> {
+/// A request with the method, URI, version and headers of `parts`.
+pub(crate) fn copy_head(parts: &http::request::Parts) -> Request<()> {
     let mut request = Request::new(());
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
@@ -1399,20 +1427,32 @@ impl Limits {
     }
 }
 
-/// Forwards a request to one endpoint and streams the answer back.
+/// Forwards a request to one endpoint, in one try, and streams the answer back.
 async fn forward_to(
     transport: Transport<'_>,
     mut request: Request<Body>,
     endpoint: &Endpoint,
-    forward: Option<&Forward<'_>>,
     limits: Limits,
     traits: Traits,
 ) -> Result<Response<Body>, Error> {
-    let Limits { headers: timeout, body: deadline } = limits;
-    let Traits { grpc, upgrade, tracing } = traits;
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
+    let downstream_upgrade = traits.upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+    let parts = prepare(transport, parts, None, traits)?;
+    let response = send_to(transport, &parts, body, endpoint, limits.headers).await?;
+    Ok(onward_response(response, downstream_upgrade, None, limits.body))
+}
 
+/// The head of a request as its upstream gets it, made once however many tries the request
+/// takes: the hop-by-hop fields gone, the trace context and the route's header operations
+/// applied, and the authority and target in the transport's form. Without an authority (the
+/// request named none, and the route rewrites none) each try sends its endpoint's.
+fn prepare(
+    transport: Transport<'_>,
+    mut parts: http::request::Parts,
+    forward: Option<&Forward<'_>>,
+    traits: Traits,
+) -> Result<http::request::Parts, Error> {
+    let Traits { grpc, upgrade, tracing } = traits;
     // Unrewritten, the path and query are the request's own (shared, not copied).
     let path_and_query = match forward.map_or(PathRewrite::None, |it| it.path_rewrite) {
         PathRewrite::None => parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
@@ -1424,8 +1464,8 @@ async fn forward_to(
     // The authority the upstream sees: the route's rewrite, else what the client sent (an
     // absolute-form target's authority before `Host`, as routing read it).
     let authority = match forward.and_then(|it| it.authority_rewrite) {
-        Some(rewritten) => Onward::Named(rewritten),
-        None => Onward::as_sent(&parts.uri, &parts.headers).unwrap_or_else(|| Onward::Named(endpoint.authority())),
+        Some(rewritten) => Some(Onward::Named(rewritten)),
+        None => Onward::as_sent(&parts.uri, &parts.headers),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if tracing {
@@ -1434,23 +1474,29 @@ async fn forward_to(
     if let Some(forward) = forward {
         apply_header_ops(&mut parts.headers, &forward.request_headers);
     }
-    // Both connect to the endpoint. HTTP/1.1 sends the authority as `Host` and the target in
-    // origin form; HTTP/2 sends the URI's authority as `:authority`.
+    // HTTP/1.1 sends the authority as `Host` and the target in origin form; HTTP/2 sends the
+    // URI's authority as `:authority`.
+    let unforwardable = || Error::BadRequest("the request's authority cannot be forwarded");
     parts.uri = match transport {
         Transport::Http1(_) => {
             parts.version = Version::HTTP_11;
             // Left alone when it already is the one `Host` it should be.
-            let mut hosts = parts.headers.get_all(header::HOST).iter();
-            let kept = hosts.next().is_some_and(|it| it.as_bytes() == authority.as_str().as_bytes()) && hosts.next().is_none();
+            let kept = authority.as_ref().is_some_and(|authority| {
+                let mut hosts = parts.headers.get_all(header::HOST).iter();
+                hosts.next().is_some_and(|it| it.as_bytes() == authority.as_str().as_bytes()) && hosts.next().is_none()
+            });
             if !kept {
-                let value = match authority {
-                    Onward::Host(value) => Ok(value),
-                    other => HeaderValue::from_str(other.as_str()),
-                };
-                match value {
-                    Ok(value) => parts.headers.insert(header::HOST, value),
-                    Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
-                };
+                match authority {
+                    Some(Onward::Host(value)) => {
+                        parts.headers.insert(header::HOST, value);
+                    }
+                    Some(other) => {
+                        parts.headers.insert(header::HOST, HeaderValue::from_str(other.as_str()).map_err(|_| unforwardable())?);
+                    }
+                    None => {
+                        parts.headers.remove(header::HOST);
+                    }
+                }
             }
             Uri::from(path_and_query)
         }
@@ -1458,13 +1504,18 @@ async fn forward_to(
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
             let authority = match authority {
-                Onward::Target(target) => Ok(target),
-                other => http::uri::Authority::try_from(other.as_str()),
+                None => None,
+                Some(Onward::Target(target)) => Some(target),
+                Some(other) => Some(http::uri::Authority::try_from(other.as_str()).map_err(|_| unforwardable())?),
             };
-            let Ok(authority) = authority else { return Err(Error::BadRequest("the request's authority cannot be forwarded")) };
-            match Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build() {
-                Ok(uri) => uri,
-                Err(_) => return Err(Error::BadRequest("the request's authority cannot be forwarded")),
+            match authority {
+                Some(authority) => Uri::builder()
+                    .scheme("http")
+                    .authority(authority)
+                    .path_and_query(path_and_query)
+                    .build()
+                    .map_err(|_| unforwardable())?,
+                None => Uri::from(path_and_query),
             }
         }
     };
@@ -1472,21 +1523,52 @@ async fn forward_to(
         // The gRPC spec requires `te: trailers` towards the server.
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    Ok(parts)
+}
 
-    let request = Request::from_parts(parts, body);
+/// Sends a prepared request to `endpoint`, and waits up to `limit` for its response head.
+async fn send_to(
+    transport: Transport<'_>,
+    parts: &http::request::Parts,
+    body: Body,
+    endpoint: &Endpoint,
+    limit: Option<Duration>,
+) -> Result<Response<Body>, Error> {
     // Made where it is awaited, not held in a local that is then moved into the timeout: a
     // moved-from future still takes room in this one, and every caller's future copies it.
-    let send = |request: Request<Body>| async move {
+    let send = |body: Body| async move {
         match transport {
-            Transport::Http1(pool) => pool.send(endpoint, request).await,
-            Transport::Http2(pool) => Ok(pool.send(endpoint, request).await?.map(|body| body.map_err(BoxError::from).boxed())),
+            Transport::Http1(pool) => pool.send(endpoint, parts, body).await,
+            Transport::Http2(pool) => {
+                // hyper's client takes the request whole: each try gets a copy of the head.
+                let mut request = copy_head(parts).map(|()| body);
+                if parts.uri.authority().is_none() {
+                    let authority = http::uri::Authority::try_from(endpoint.authority())
+                        .map_err(|_| Error::BadRequest("the request's authority cannot be forwarded"))?;
+                    let mut uri = std::mem::take(request.uri_mut()).into_parts();
+                    (uri.scheme, uri.authority) = (Some(http::uri::Scheme::HTTP), Some(authority));
+                    *request.uri_mut() =
+                        Uri::from_parts(uri).map_err(|_| Error::BadRequest("the request's authority cannot be forwarded"))?;
+                }
+                Ok(pool.send(endpoint, request).await?.map(|body| body.map_err(BoxError::from).boxed()))
+            }
         }
     };
-    let mut response = match timeout {
-        Some(limit) => tokio::time::timeout(limit, send(request)).await.map_err(|_| Error::UpstreamTimeout)??,
-        None => send(request).await?,
-    };
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, send(body)).await.map_err(|_| Error::UpstreamTimeout)?,
+        None => send(body).await,
+    }
+}
 
+/// The upstream's answer as the client gets it: a switch of protocols joined to the client's
+/// connection (`downstream_upgrade`), the hop-by-hop fields gone, the route's header
+/// operations applied, and the body cut off at the `deadline`.
+fn onward_response(
+    mut response: Response<Body>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    forward: Option<&Forward<'_>>,
+    deadline: Option<tokio::time::Instant>,
+) -> Response<Body> {
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
@@ -1498,9 +1580,8 @@ async fn forward_to(
             }
         });
         let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(parts, empty()));
+        return Response::from_parts(parts, empty());
     }
-
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     if let Some(forward) = forward {
@@ -1512,7 +1593,7 @@ async fn forward_to(
         Some(deadline) => DeadlineBody { inner: body, sleep: Box::pin(tokio::time::sleep_until(deadline)) }.boxed(),
         None => body,
     };
-    Ok(Response::from_parts(parts, body))
+    Response::from_parts(parts, body)
 }
 
 fn wants_upgrade_request(request: &Request<Body>) -> bool {

@@ -17,7 +17,6 @@
 //! once the body has ended. A response that ends before its request body does closes the
 //! connection, as Envoy does.
 
-use std::fmt::Write as _;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
@@ -33,7 +32,10 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio_util::io::poll_read_buf;
 
-use super::{Decoded, Field, Incoming, allowed_in_trailers, connection_allows_reuse, decode, header_map, note_fields, put_fields};
+use super::{
+    Decoded, Field, Incoming, allowed_in_trailers, connection_allows_reuse, decode, header_map, note_fields, put_content_length,
+    put_digits, put_fields,
+};
 use crate::guard::{Framing, H2_PREFACE, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK, bad_request, request_framing};
 use crate::proxy::{Body, BoxError};
 
@@ -484,7 +486,8 @@ async fn respond<W: AsyncWrite + Unpin>(
                 data
             }
             Outgoing::Chunked => {
-                let _ = write!(out, "{:x}\r\n", data.len());
+                put_digits::<16>(out, data.len() as u64);
+                out.put_slice(b"\r\n");
                 data
             }
         };
@@ -547,16 +550,18 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, h
     // the answer gives.
     let keep_length = status != StatusCode::NO_CONTENT
         && (matches!(framing, Outgoing::None) || matches!(framing, Outgoing::Length(_)) && length.is_none());
+    let mut has_date = false;
     put_fields(
         out,
         parts.headers.iter().filter(|(name, _)| {
+            has_date |= **name == header::DATE;
             **name != header::TRANSFER_ENCODING
                 && (keep_length || **name != header::CONTENT_LENGTH)
                 && (keep_alive || **name != header::CONNECTION)
         }),
     );
     if let Some(len) = length {
-        put_length(out, len);
+        put_content_length(out, len);
     }
     if framing == Outgoing::Chunked {
         out.put_slice(b"transfer-encoding: chunked\r\n");
@@ -564,17 +569,13 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, h
     if !keep_alive {
         out.put_slice(b"connection: close\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         out.put_slice(b"date: ");
         put_date(out);
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");
     framing
-}
-
-fn put_length(out: &mut BytesMut, len: u64) {
-    let _ = write!(out, "content-length: {len}\r\n");
 }
 
 /// Today's date as an HTTP date, formatted once a second per thread.
