@@ -345,8 +345,10 @@ impl Sending {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => match &mut self.framing {
                         Outgoing::Chunked => {
-                            let line = Bytes::from(format!("{:x}\r\n", data.len()));
-                            self.queue.extend([line, data, Bytes::from_static(b"\r\n")]);
+                            let mut line = BytesMut::with_capacity(18);
+                            put_digits::<16>(&mut line, data.len() as u64);
+                            line.put_slice(b"\r\n");
+                            self.queue.extend([line.freeze(), data, Bytes::from_static(b"\r\n")]);
                         }
                         Outgoing::Length(left) if data.len() as u64 <= *left => {
                             *left -= data.len() as u64;

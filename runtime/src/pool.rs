@@ -105,7 +105,13 @@ impl Http1Pool {
     pub async fn send(&self, endpoint: &Endpoint, parts: &http::request::Parts, mut body: Body) -> Result<Response<Body>, Error> {
         let key = endpoint.shared_authority();
         if parts.method == http::Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE) {
-            let request = crate::proxy::copy_head(parts).map(|()| body);
+            let mut request = crate::proxy::copy_head(parts).map(|()| body);
+            // hyper's connection-level client sends the head as it is given.
+            if !request.headers().contains_key(http::header::HOST) {
+                let host = http::HeaderValue::from_str(endpoint.authority())
+                    .map_err(|_| Error::BadRequest("the request's authority cannot be forwarded"))?;
+                request.headers_mut().insert(http::header::HOST, host);
+            }
             return Box::pin(self.send_switching(endpoint, request)).await;
         }
         for _ in 0..UNSENT_RETRIES {
@@ -465,6 +471,36 @@ mod tests {
         }
         assert_eq!(closed.load(Ordering::SeqCst), 1, "still open after the idle timeout");
         assert!(lock(&pool.idle).by_endpoint.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_without_host_is_sent_with_the_endpoints_authority() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = Endpoint::at(listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => head.extend_from_slice(&buffer[..read]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        let upgrade = Request::builder()
+            .uri("/ws")
+            .header(http::header::UPGRADE, "websocket")
+            .header(http::header::CONNECTION, "upgrade")
+            .body(empty())
+            .expect("request");
+        let response = send(&pool, &endpoint, upgrade).await.expect("response");
+        assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
+        let head = server.await.expect("server");
+        assert!(head.contains(&format!("host: {}\r\n", endpoint.authority())), "{head}");
     }
 
     #[tokio::test]
