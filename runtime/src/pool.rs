@@ -108,8 +108,7 @@ impl Http1Pool {
             let mut request = crate::proxy::copy_head(parts).map(|()| body);
             // hyper's connection-level client sends the head as it is given.
             if !request.headers().contains_key(http::header::HOST) {
-                let host = http::HeaderValue::from_str(endpoint.authority())
-                    .map_err(|_| Error::BadRequest("the request's authority cannot be forwarded"))?;
+                let host = http::HeaderValue::from_str(endpoint.authority()).map_err(|_| crate::proxy::unforwardable())?;
                 request.headers_mut().insert(http::header::HOST, host);
             }
             return Box::pin(self.send_switching(endpoint, request)).await;

@@ -1075,13 +1075,12 @@ const RETRY_BASE: Duration = Duration::from_millis(25);
 const HOST_SELECTION_ATTEMPTS: usize = 5;
 
 impl Upstream<'_> {
-    /// Forwards one try. Over HTTP/1.1 with `max_connections` set, the try first takes one of
-    /// the cluster's connection slots, held until its response ends; when none is free it
-    /// waits as a pending request (503 `UO` past `max_pending_requests` waiting, 504 when its
-    /// deadline comes first).
-    /// The try counts as in flight to its endpoint (for least-request balancing) until its
-    /// response ends.
-    /// One try of the prepared request at `endpoint`, within `limits`.
+    /// One try of the prepared request at `endpoint`, within `limits`. Over HTTP/1.1 with
+    /// `max_connections` set, the try first takes one of the cluster's connection slots, held
+    /// until its response ends; when none is free it waits as a pending request (503 `UO`
+    /// past `max_pending_requests` waiting, 504 when its deadline comes first). The try
+    /// counts as in flight to its endpoint (for least-request balancing) until its response
+    /// ends.
     async fn try_once(
         &self,
         parts: &http::request::Parts,
@@ -1476,7 +1475,6 @@ fn prepare(
     }
     // HTTP/1.1 sends the authority as `Host` and the target in origin form; HTTP/2 sends the
     // URI's authority as `:authority`.
-    let unforwardable = || Error::BadRequest("the request's authority cannot be forwarded");
     parts.uri = match transport {
         Transport::Http1(_) => {
             parts.version = Version::HTTP_11;
@@ -1509,12 +1507,7 @@ fn prepare(
                 Some(other) => Some(http::uri::Authority::try_from(other.as_str()).map_err(|_| unforwardable())?),
             };
             match authority {
-                Some(authority) => Uri::builder()
-                    .scheme("http")
-                    .authority(authority)
-                    .path_and_query(path_and_query)
-                    .build()
-                    .map_err(|_| unforwardable())?,
+                Some(authority) => http2_uri(authority, path_and_query)?,
                 None => Uri::from(path_and_query),
             }
         }
@@ -1524,6 +1517,16 @@ fn prepare(
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     Ok(parts)
+}
+
+/// The failure of a request whose authority cannot be sent on.
+pub(crate) fn unforwardable() -> Error {
+    Error::BadRequest("the request's authority cannot be forwarded")
+}
+
+/// The URI an HTTP/2 request carries: the scheme, `authority` and the path and query.
+fn http2_uri(authority: http::uri::Authority, path_and_query: http::uri::PathAndQuery) -> Result<Uri, Error> {
+    Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build().map_err(|_| unforwardable())
 }
 
 /// Sends a prepared request to `endpoint`, and waits up to `limit` for its response head.
@@ -1543,12 +1546,9 @@ async fn send_to(
                 // hyper's client takes the request whole: each try gets a copy of the head.
                 let mut request = copy_head(parts).map(|()| body);
                 if parts.uri.authority().is_none() {
-                    let authority = http::uri::Authority::try_from(endpoint.authority())
-                        .map_err(|_| Error::BadRequest("the request's authority cannot be forwarded"))?;
-                    let mut uri = std::mem::take(request.uri_mut()).into_parts();
-                    (uri.scheme, uri.authority) = (Some(http::uri::Scheme::HTTP), Some(authority));
-                    *request.uri_mut() =
-                        Uri::from_parts(uri).map_err(|_| Error::BadRequest("the request's authority cannot be forwarded"))?;
+                    let authority = http::uri::Authority::try_from(endpoint.authority()).map_err(|_| unforwardable())?;
+                    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                    *request.uri_mut() = http2_uri(authority, path_and_query)?;
                 }
                 Ok(pool.send(endpoint, request).await?.map(|body| body.map_err(BoxError::from).boxed()))
             }
