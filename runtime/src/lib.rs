@@ -12,6 +12,7 @@ pub mod guard;
 pub(crate) mod h1;
 pub mod head;
 pub mod health;
+mod http2;
 pub mod interp;
 pub mod metrics;
 pub mod outlier;

@@ -301,14 +301,19 @@ impl Http2Pool {
 /// Whether an HTTP/2 request failed because the server reset its stream with REFUSED_STREAM
 /// (RFC 9113 §8.7: the request was not processed).
 fn refused_stream(err: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    h2_reason(err) == Some(h2::Reason::REFUSED_STREAM)
+}
+
+/// The HTTP/2 error code of the first h2 error in `err`'s chain of causes, if there is one.
+pub(crate) fn h2_reason(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let mut source = Some(err);
     while let Some(current) = source {
         if let Some(h2) = current.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason();
         }
         source = current.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]

@@ -1654,7 +1654,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry few or none: one pass over the names finds which.
     let mut present = [false; 8];
     for name in headers.keys() {

@@ -799,8 +799,9 @@ fn rpc_protocol_of(first: u8) -> Option<RpcProtocol> {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on one accepted connection until it ends or a drain closes it.
-/// HTTP/1.1 is served by [`h1::server`](crate::h1::server); hyper takes the connection over for
-/// what that leaves to it (HTTP/2, HTTP/1.0, upgrades, CONNECT, `Expect`).
+/// HTTP/1.1 is served by [`h1::server`](crate::h1::server), HTTP/2 (the connection began with
+/// its preface) by [`http2`](crate::http2), and hyper takes the connection over for what the
+/// first leaves to it (HTTP/1.0, upgrades, CONNECT, `Expect`).
 async fn serve_http<S>(stream: S, downstream: Downstream, proxy: Arc<Proxy>, serves: Serves, drain: Drain)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -813,42 +814,10 @@ where
     let h2 = read.starts_with(crate::guard::H2_PREFACE);
     let stream: Box<dyn Io> = Box::new(Prefixed::new(read, stream));
     if h2 {
-        serve_h2(stream, downstream, proxy, serves, drain).await;
+        crate::http2::serve(stream, drain.watch(), answer).await;
     } else {
         serve_with_hyper(stream, downstream, proxy, serves, drain).await;
     }
-}
-
-/// Serves HTTP/2 with prior knowledge (the connection began with the preface) with hyper's
-/// HTTP/2 server alone: the guard and the detection of the version between HTTP/1 and
-/// HTTP/2 are for HTTP/1 connections, and each poll of the connection paid for them.
-async fn serve_h2(stream: Box<dyn Io>, downstream: Arc<Downstream>, proxy: Arc<Proxy>, serves: Serves, drain: Drain) {
-    let late = *drain.started.borrow();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let request =
-            request.map(|body| http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(body, crate::proxy::BoxError::from)));
-        let (proxy, serves, downstream) = (proxy.clone(), serves.clone(), downstream.clone());
-        // Boxed, as in `serve_with_hyper`: each stream is a task of its own.
-        async move { Ok::<_, Infallible>(Box::pin(answer(&proxy, &serves, &downstream, request)).await) }
-    });
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    // A connection accepted during a drain is served as it comes (a GOAWAY before its first
-    // request would leave a client that waits for SETTINGS with nothing served, again and
-    // again); the drain's end closes it.
-    if late {
-        let _ = connection.await;
-        return;
-    }
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        () = drain.signalled() => {}
-    }
-    // GOAWAY, and the streams begun finish.
-    connection.as_mut().graceful_shutdown();
-    let _ = connection.await;
 }
 
 /// A connection's stream, whatever it is.

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
@@ -580,18 +580,29 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, h
 
 /// Today's date as an HTTP date, formatted once a second per thread.
 fn put_date(out: &mut BytesMut) {
+    with_date(|date| out.put_slice(date.as_bytes()));
+}
+
+/// Today's date as a `Date` field's value (for HTTP/2 responses).
+pub(crate) fn date() -> HeaderValue {
+    with_date(HeaderValue::clone)
+}
+
+fn with_date<T>(f: impl FnOnce(&HeaderValue) -> T) -> T {
     thread_local! {
-        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        static CACHED: std::cell::RefCell<(u64, HeaderValue)> = const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |it| it.as_secs());
     CACHED.with_borrow_mut(|(at, date)| {
         if *at != second {
-            *date = httpdate::fmt_http_date(now);
+            // An HTTP date is ASCII letters, digits, spaces, commas and colons: always a value.
+            *date =
+                HeaderValue::from_maybe_shared(Bytes::from(httpdate::fmt_http_date(now))).unwrap_or_else(|_| HeaderValue::from_static(""));
             *at = second;
         }
-        out.put_slice(date.as_bytes());
-    });
+        f(date)
+    })
 }
 
 #[cfg(test)]
