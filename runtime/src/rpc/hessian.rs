@@ -13,6 +13,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use smallvec::SmallVec;
+
 /// Nesting deeper than this (lists in maps in objects…) is refused rather than followed, so a
 /// hostile body cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
@@ -77,10 +79,11 @@ pub struct Reader<'a> {
     input: &'a [u8],
     pos: usize,
     /// Field count of each class definition seen so far, by definition number.
-    classes: Vec<usize>,
-    /// Field names, for the definitions whose instances a caller reads field by field.
+    classes: SmallVec<[usize; 4]>,
+    /// Field names, for the definitions whose instances a caller reads field by field (kept
+    /// only by a full decode: shorter than `classes` when the last definitions were skimmed).
     class_fields: Vec<Vec<String>>,
-    /// Class names, by definition number.
+    /// Class names, by definition number, as `class_fields`.
     class_names: Vec<String>,
     /// Type names seen, by number (for full decoding).
     types: Vec<String>,
@@ -88,7 +91,7 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(input: &'a [u8]) -> Reader<'a> {
-        Reader { input, pos: 0, classes: Vec::new(), class_fields: Vec::new(), class_names: Vec::new(), types: Vec::new() }
+        Reader { input, pos: 0, classes: SmallVec::new(), class_fields: Vec::new(), class_names: Vec::new(), types: Vec::new() }
     }
 
     /// Where the next value starts.
@@ -296,10 +299,21 @@ impl<'a> Reader<'a> {
                 return self.fail("a class definition has a null field name");
             }
         }
-        self.classes.push(count);
-        self.class_fields.push(fields);
-        self.class_names.push(name);
+        self.push_class(count, keep.then_some((name, fields)));
         Ok(())
+    }
+
+    /// Records a definition: its field count, and its name and field names when they were
+    /// kept (`named`). Skimmed definitions keep nothing more than their count, so that
+    /// reading a routing key allocates nothing for the classes it passes.
+    fn push_class(&mut self, count: usize, named: Option<(String, Vec<String>)>) {
+        if let Some((name, fields)) = named {
+            self.class_names.resize(self.classes.len(), String::new());
+            self.class_fields.resize(self.classes.len(), Vec::new());
+            self.class_names.push(name);
+            self.class_fields.push(fields);
+        }
+        self.classes.push(count);
     }
 
     /// The definition number of an object instance (`O` or 0x60..0x6f), past its tag.
@@ -468,7 +482,7 @@ impl<'a> Reader<'a> {
         let draft = self.pos == 0 && self.peek()? == b'O';
         // Each definition's field count and where `field` is among its fields, without
         // keeping their names: this runs for every Bolt request without a method header.
-        let mut wanted: Vec<Option<usize>> = Vec::new();
+        let mut wanted: SmallVec<[Option<usize>; 4]> = SmallVec::new();
         let class = if draft {
             wanted.push(self.remembered_draft_definition(field)?);
             if self.byte()? != b'o' {
@@ -515,7 +529,7 @@ impl<'a> Reader<'a> {
             #[cfg(test)]
             REMEMBERED_HITS.set(REMEMBERED_HITS.get() + 1);
             self.pos = end;
-            self.push_lean_class(count);
+            self.push_class(count, None);
             return Ok(found);
         }
         let found = self.lean_definition(true, field)?;
@@ -554,15 +568,8 @@ impl<'a> Reader<'a> {
                 found = Some(index);
             }
         }
-        self.push_lean_class(count);
+        self.push_class(count, None);
         Ok(found)
-    }
-
-    /// Records a definition read for its field count only (names compared, not kept).
-    fn push_lean_class(&mut self, count: usize) {
-        self.classes.push(count);
-        self.class_fields.push(Vec::new());
-        self.class_names.push(String::new());
     }
 
     /// Reads a string and says whether it is `text`, without allocating when it is one chunk
@@ -594,7 +601,7 @@ impl<'a> Reader<'a> {
         let len = self.read_count()?;
         let mut units = Vec::new();
         self.chars(len, Some(&mut units))?;
-        self.class_names.push(String::from_utf16_lossy(&units));
+        let name = String::from_utf16_lossy(&units);
         let count = self.read_count()?;
         let mut fields = Vec::new();
         for _ in 0..count {
@@ -603,8 +610,7 @@ impl<'a> Reader<'a> {
                 None => return self.fail("a class definition has a null field name"),
             }
         }
-        self.classes.push(count);
-        self.class_fields.push(fields);
+        self.push_class(count, Some((name, fields)));
         Ok(())
     }
 
@@ -888,12 +894,12 @@ impl Reader<'_> {
             }
             b'O' | 0x60..=0x6f => {
                 let class = self.instance()?;
-                let names = self.class_fields[class].clone();
+                let names = self.class_fields.get(class).cloned().unwrap_or_default();
                 let mut fields = Vec::with_capacity(names.len());
                 for name in names {
                     fields.push((name, self.value_at(depth + 1)?));
                 }
-                Value::Object(self.class_names[class].clone(), fields)
+                Value::Object(self.class_names.get(class).cloned().unwrap_or_default(), fields)
             }
             _ => return self.fail("a byte that starts no hessian2 value"),
         };
