@@ -560,7 +560,7 @@ impl Proxy {
 
     /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
     /// enters the mesh), and, when the workload logs requests, what its log line will say.
-    fn log_entry(&self, peer: IpAddr, request: &mut Request<Body>) -> Option<accesslog::Entry> {
+    fn log_entry(&self, peer: IpAddr, request: &mut Request<Body>) -> Option<Box<accesslog::Entry>> {
         if self.spec.request_id && !request.headers().contains_key(crate::trace::REQUEST_ID) {
             crate::trace::add_request_id(request.headers_mut());
         }
@@ -568,7 +568,7 @@ impl Proxy {
             return None;
         }
         let header = |name: &str| request.headers().get(name).and_then(|it| it.to_str().ok()).unwrap_or_default().to_owned();
-        Some(accesslog::Entry {
+        Some(Box::new(accesslog::Entry {
             start: Some(std::time::SystemTime::now()),
             method: request.method().to_string(),
             path: request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |it| it.as_str().to_owned()),
@@ -579,12 +579,12 @@ impl Proxy {
             traceparent: header("traceparent"),
             peer: Some(peer),
             ..accesslog::Entry::default()
-        })
+        }))
     }
 
     /// Counts a request the client abandons before its answer starts, as Envoy does: response
     /// code 0, flag `DC`.
-    fn unanswered(&self, meter: Meter, entry: Option<accesslog::Entry>) -> Unanswered {
+    fn unanswered(&self, meter: Meter, entry: Option<Box<accesslog::Entry>>) -> Unanswered {
         let Meter { reporter, service, grpc, started } = meter;
         let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC" };
         let log = entry.map(|entry| (entry, &self.spec.access_log));
@@ -593,7 +593,7 @@ impl Proxy {
 
     /// Counts a request once its response ends (or is dropped), with the destination service
     /// it was `served` by or `service`; what `served` holds is held until then.
-    fn metered(&self, response: Response<Body>, meter: Meter, entry: Option<accesslog::Entry>, served: Served) -> Response<Body> {
+    fn metered(&self, response: Response<Body>, meter: Meter, entry: Option<Box<accesslog::Entry>>, served: Served) -> Response<Body> {
         let Meter { reporter, service, grpc, started } = meter;
         let Served { routed, upstream_host, held } = served;
         let log = entry.map(|mut entry| {
@@ -762,7 +762,9 @@ impl Proxy {
         let entry = self.log_entry(peer.ip, &mut request);
         let meter = Meter { reporter: Reporter::Destination, service, grpc, started };
         let unanswered = self.unanswered(meter, entry);
-        let (response, served) = self.authorize_and_forward(port, peer, request).await;
+        // Boxed, as the outbound path's: held inline, this future made every listener's
+        // answer future (outbound ones too) as large as itself.
+        let (response, served) = Box::pin(self.authorize_and_forward(port, peer, request)).await;
         let entry = unanswered.answered();
         self.metered(response, meter, entry, served)
     }
@@ -877,7 +879,9 @@ struct Recording {
     metrics: Arc<Metrics>,
     labels: Labels,
     started: Instant,
-    log: Option<(accesslog::Entry, &'static accesslog::AccessLog)>,
+    /// Boxed: a request's future and its response body carry this, and an entry held inline
+    /// (several hundred bytes, even when the log is off) is copied each time they move.
+    log: Option<(Box<accesslog::Entry>, &'static accesslog::AccessLog)>,
     /// Already counted, or not to be.
     counted: bool,
     _held: Held,
@@ -933,7 +937,7 @@ struct Unanswered(Option<Recording>);
 
 impl Unanswered {
     /// The answer is coming: no abandonment to count; gives the log entry back.
-    fn answered(mut self) -> Option<accesslog::Entry> {
+    fn answered(mut self) -> Option<Box<accesslog::Entry>> {
         let mut recording = self.0.take()?;
         let entry = recording.log.take().map(|it| it.0);
         recording.counted = true;
