@@ -93,7 +93,7 @@ where
                         // Boxed: the answer's future is kilobytes, and the set would copy it
                         // into place. A panic in an answer ends its stream alone (the dropped
                         // stream is reset), as it did when each stream was a task.
-                        let answering = respond_with(Box::pin(answer(request_of(request))), respond, connect);
+                        let answering = respond_with(Box::pin(answer(request_of(request, connect))), respond, connect);
                         streams.push(AssertUnwindSafe(answering).catch_unwind());
                         continue;
                     }
@@ -110,12 +110,12 @@ where
     .await;
 }
 
-/// The request as the proxy takes it: its body the stream's DATA frames and trailers.
-fn request_of(request: Request<h2::RecvStream>) -> Request<Body> {
+/// The request as the proxy takes it: its body the stream's DATA frames and trailers, except
+/// for a CONNECT (`connect`), whose stream would be a tunnel, which is not served here: its
+/// bytes are not read, as hyper did not read them into the request either.
+fn request_of(request: Request<h2::RecvStream>, connect: bool) -> Request<Body> {
     let (parts, recv) = request.into_parts();
-    // A CONNECT's stream would be a tunnel, which is not served here: its bytes are not read,
-    // as hyper did not read them into the request either.
-    let body = if recv.is_end_stream() || parts.method == Method::CONNECT {
+    let body = if connect || recv.is_end_stream() {
         crate::proxy::empty()
     } else {
         RequestBody { length: declared_length(&parts.headers), recv, data_ended: false }.boxed()
