@@ -4,7 +4,20 @@ use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Locality, 
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{endpoints_of, jittered};
+use prost::Message;
+
+use super::{Assignment, endpoints_of, jittered};
+use crate::endpoints::EndpointSet;
+
+/// The endpoints of `assignment` as the client reads them from the wire, after `previous`.
+fn read(assignment: &ClusterLoadAssignment, previous: &EndpointSet) -> Result<Vec<crate::endpoints::Endpoint>, String> {
+    let view = Assignment::decode(&assignment.encode_to_vec()[..]).map_err(|err| err.to_string())?;
+    endpoints_of(&view, previous)
+}
+
+fn none() -> EndpointSet {
+    EndpointSet::new(Vec::new())
+}
 
 fn lb_endpoint(ip: &str, port: u32, weight: Option<u32>, health: HealthStatus) -> LbEndpoint {
     LbEndpoint {
@@ -38,15 +51,18 @@ fn assignment(endpoints: Vec<LbEndpoint>, zone: &str) -> ClusterLoadAssignment {
 
 #[test]
 fn endpoints_keep_address_weight_health_and_locality() {
-    let endpoints = endpoints_of(&assignment(
-        vec![
-            lb_endpoint("10.0.0.1", 8080, Some(3), HealthStatus::Healthy),
-            lb_endpoint("10.0.0.2", 8081, None, HealthStatus::Unknown),
-            lb_endpoint("10.0.0.3", 8082, Some(5), HealthStatus::Draining),
-            lb_endpoint("::1", 8083, Some(1), HealthStatus::Unhealthy),
-        ],
-        "eu-1a",
-    ))
+    let endpoints = read(
+        &assignment(
+            vec![
+                lb_endpoint("10.0.0.1", 8080, Some(3), HealthStatus::Healthy),
+                lb_endpoint("10.0.0.2", 8081, None, HealthStatus::Unknown),
+                lb_endpoint("10.0.0.3", 8082, Some(5), HealthStatus::Draining),
+                lb_endpoint("::1", 8083, Some(1), HealthStatus::Unhealthy),
+            ],
+            "eu-1a",
+        ),
+        &none(),
+    )
     .expect("valid");
     let seen: Vec<(&str, u32, bool, &str)> = endpoints.iter().map(|it| (it.authority(), it.weight, it.routable, &*it.locality)).collect();
     assert_eq!(
@@ -62,13 +78,59 @@ fn endpoints_keep_address_weight_health_and_locality() {
 
 #[test]
 fn unusable_endpoints_are_refused_with_the_reason() {
-    let refused = |endpoint: LbEndpoint| endpoints_of(&assignment(vec![endpoint], "")).expect_err("refused");
+    let refused = |endpoint: LbEndpoint| read(&assignment(vec![endpoint], ""), &none()).expect_err("refused");
     assert!(refused(lb_endpoint("10.0.0.1", 0, None, HealthStatus::Healthy)).contains("out of range"));
     assert!(refused(lb_endpoint("10.0.0.1", 70_000, None, HealthStatus::Healthy)).contains("out of range"));
     assert!(refused(lb_endpoint("10.0.0.1", 80, Some(0), HealthStatus::Healthy)).contains("weight 0"));
     assert!(refused(lb_endpoint("", 80, None, HealthStatus::Healthy)).contains("empty address"));
     let nameless = LbEndpoint { host_identifier: Some(lb_endpoint::HostIdentifier::EndpointName("x".to_owned())), ..Default::default() };
     assert!(refused(nameless).contains("without an address"));
+}
+
+#[test]
+fn endpoints_kept_in_place_share_their_address_and_take_their_new_weight() {
+    let first = read(
+        &assignment(
+            vec![lb_endpoint("10.0.0.1", 80, Some(1), HealthStatus::Healthy), lb_endpoint("10.0.0.2", 80, Some(1), HealthStatus::Healthy)],
+            "a",
+        ),
+        &none(),
+    )
+    .expect("valid");
+    let previous = EndpointSet::new(first.clone());
+    let second = read(
+        &assignment(
+            vec![
+                lb_endpoint("10.0.0.1", 80, Some(7), HealthStatus::Draining),
+                lb_endpoint("10.0.0.2", 81, Some(1), HealthStatus::Healthy),
+                lb_endpoint("10.0.0.3", 80, Some(1), HealthStatus::Healthy),
+            ],
+            "b",
+        ),
+        &previous,
+    )
+    .expect("valid");
+    let seen: Vec<(&str, u32, bool, &str)> = second.iter().map(|it| (it.authority(), it.weight, it.routable, &*it.locality)).collect();
+    assert_eq!(seen, [("10.0.0.1:80", 7, false, "eu/b"), ("10.0.0.2:81", 1, true, "eu/b"), ("10.0.0.3:80", 1, true, "eu/b")]);
+    assert!(std::sync::Arc::ptr_eq(&first[0].address, &second[0].address), "kept in place: shared");
+    assert!(!std::sync::Arc::ptr_eq(&first[1].address, &second[1].address), "another port: made anew");
+}
+
+#[test]
+fn fields_the_sidecar_does_not_read_are_skipped_and_broken_bytes_refused() {
+    use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
+    let mut full = assignment(vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)], "a");
+    full.policy = Some(Policy { overprovisioning_factor: Some(UInt32Value { value: 140 }), ..Default::default() });
+    full.endpoints[0].priority = 1;
+    full.endpoints[0].load_balancing_weight = Some(UInt32Value { value: 3 });
+    let endpoints = read(&full, &none()).expect("valid");
+    assert_eq!(endpoints.iter().map(|it| it.authority()).collect::<Vec<_>>(), ["10.0.0.1:80"]);
+    // Cut short inside the endpoint list: refused, never half applied.
+    let bytes = full.encode_to_vec();
+    assert!(Assignment::decode(&bytes[..bytes.len() - 3]).is_err());
+    // An endpoint whose bytes are not an LbEndpoint.
+    let broken = Assignment { cluster_name: "c".to_owned(), endpoints: vec![bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xff])] };
+    assert!(endpoints_of(&broken, &none()).expect_err("refused").contains("undecodable"));
 }
 
 #[test]
