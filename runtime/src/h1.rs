@@ -453,26 +453,70 @@ pub(crate) fn note_fields(base: *const u8, parsed: &[httparse::Header<'_>], fiel
 }
 
 /// Which of the fields that frame a message a head carries, noted while its map is built
-/// rather than looked up after (each lookup hashes the name again).
+/// rather than looked up after (each lookup hashes the name again), and what its
+/// `Connection` fields say.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Framers {
     pub(crate) connection: bool,
     pub(crate) transfer_encoding: bool,
     pub(crate) content_length: bool,
+    /// A `Connection` field lists `close`.
+    close: bool,
+    /// A `Connection` field lists `keep-alive`.
+    keep_alive: bool,
+    /// A `Connection` field lists a token other than those two and the hop-by-hop field
+    /// names: a field the message's next hop must not see.
+    names_others: bool,
+}
+
+impl Framers {
+    /// What [`connection_allows_reuse`] says of the same head.
+    pub(crate) fn allows_reuse(&self, version: Version) -> bool {
+        if version == Version::HTTP_11 { !self.close } else { self.keep_alive }
+    }
+
+    fn note_connection(&mut self, value: &[u8]) {
+        self.connection = true;
+        for token in value.split(|it| *it == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() && !crate::proxy::is_hop_by_hop(token) {
+                self.names_others = true;
+            }
+        }
+    }
 }
 
 /// The header map of a frozen `head`, its values sharing the head's bytes; `None` when a name
-/// or a value is not valid.
-pub(crate) fn header_map(head: &Bytes, fields: &[Field]) -> Option<(HeaderMap, Framers)> {
+/// or a value is not valid. With `drop_connection`, `Connection` fields that list only
+/// connection options and hop-by-hop field names are read into the [`Framers`] and left out
+/// of the map: a proxy would remove them anyway, and building the map's entry and then
+/// removing it was a tenth of the work of forwarding a response. Fields that name others stay,
+/// so that what they name is removed.
+pub(crate) fn header_map(head: &Bytes, fields: &[Field], drop_connection: bool) -> Option<(HeaderMap, Framers)> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut framers = Framers::default();
+    let mut dropped: smallvec::SmallVec<[HeaderValue; 1]> = smallvec::SmallVec::new();
     for &(name, name_end, value, value_end) in fields {
         let name = HeaderName::from_bytes(&head[name as usize..name_end as usize]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(value as usize..value_end as usize)).ok()?;
-        framers.connection |= name == header::CONNECTION;
+        if name == header::CONNECTION {
+            framers.note_connection(value.as_bytes());
+            if drop_connection {
+                dropped.push(value);
+                continue;
+            }
+        }
         framers.transfer_encoding |= name == header::TRANSFER_ENCODING;
         framers.content_length |= name == header::CONTENT_LENGTH;
         headers.append(name, value);
+    }
+    if framers.names_others {
+        for value in dropped {
+            headers.append(header::CONNECTION, value);
+        }
     }
     Some((headers, framers))
 }
@@ -491,14 +535,14 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     note_fields(read.as_ptr(), parsed.headers, fields);
     let bytes = read.split_to(len).freeze();
-    let (mut headers, framers) = header_map(&bytes, fields).ok_or("a response header is invalid")?;
+    let (mut headers, framers) = header_map(&bytes, fields, true).ok_or("a response header is invalid")?;
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err("the server switched protocols unasked");
         }
         return Ok(Some(Head { status, version, headers, framing: Incoming::Done, keep_alive: true }));
     }
-    let mut keep_alive = if framers.connection { connection_allows_reuse(&headers, version) } else { version == Version::HTTP_11 };
+    let mut keep_alive = if framers.connection { framers.allows_reuse(version) } else { version == Version::HTTP_11 };
     let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Incoming::Done
     } else if framers.transfer_encoding {
@@ -1012,6 +1056,36 @@ mod tests {
 
     fn get(method: Method, body: Body) -> Request<Body> {
         Request::builder().method(method).uri("/x").header(header::HOST, "svc").body(body).expect("request")
+    }
+
+    #[tokio::test]
+    async fn connection_options_are_read_and_left_out_of_the_response_unless_they_name_a_field() {
+        // Options only: read (the connection is kept) and not in the map.
+        let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nok").await;
+        let (done, kept) = keeper();
+        let response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        assert!(!response.headers().contains_key(header::CONNECTION));
+        assert_eq!(response.headers()["x-a"], "1");
+        assert!(kept.lock().expect("lock").is_some(), "kept alive");
+        // `close` among them: the connection is not reused.
+        let (conn, _server) =
+            one_exchange(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nConnection: te, CLOSE\r\ncontent-length: 2\r\n\r\nok").await;
+        let (done, kept) = keeper();
+        let response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        assert!(!response.headers().contains_key(header::CONNECTION));
+        assert!(kept.lock().expect("lock").is_none(), "closed");
+        // A field named: every Connection field stays, for the proxy to remove it and what it names.
+        let (conn, _server) = one_exchange(
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nx-secret: 1\r\nConnection: x-secret\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await;
+        let (done, kept) = keeper();
+        let mut response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        let listed: Vec<_> = response.headers().get_all(header::CONNECTION).iter().collect();
+        assert_eq!(listed, ["keep-alive", "x-secret"]);
+        assert!(kept.lock().expect("lock").is_some(), "kept alive");
+        crate::proxy::strip_hop_by_hop(response.headers_mut(), false);
+        assert!(!response.headers().contains_key("x-secret") && !response.headers().contains_key(header::CONNECTION));
     }
 
     #[tokio::test]

@@ -1642,6 +1642,11 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Whether `token` (a `Connection` option, in any case) names a field of [`HOP_BY_HOP`].
+pub(crate) fn is_hop_by_hop(token: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|it| it.as_str().as_bytes().eq_ignore_ascii_case(token))
+}
+
 /// Where `name` is in [`HOP_BY_HOP`]: one match on the name's text, where comparing it with
 /// each of the eight names cost more than the rest of the strip together.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
@@ -1676,7 +1681,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if present[0] {
         for token in headers.get_all(header::CONNECTION).iter().filter_map(|it| it.to_str().ok()).flat_map(|it| it.split(',')) {
             let token = token.trim();
-            if token.is_empty() || HOP_BY_HOP.iter().any(|it| it.as_str().eq_ignore_ascii_case(token)) {
+            if token.is_empty() || is_hop_by_hop(token.as_bytes()) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
