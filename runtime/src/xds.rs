@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::proxy::Proxy;
 use crate::server::say;
+use crate::sys::give_way;
 
 /// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -122,17 +123,8 @@ const XDS_NICE: i32 = 10;
 /// How many endpoints the client reads between two [`give_way`]s: about 70 µs of work.
 const ENDPOINTS_PER_TURN: usize = 256;
 
-/// Lets runnable threads of this CPU go first, in the middle of a large update. A lower
-/// priority is not enough: Linux's scheduler (EEVDF) keeps what a thread was owed when it
-/// went to sleep, so the client, back from its wait for Pilot, may run for up to a
-/// scheduler tick (4 ms on the 250 Hz kernel here) before a request thread that became
-/// runnable behind it, whatever its nice value or policy (`SCHED_IDLE` did the same). A
-/// request arriving while a 10,000-endpoint assignment was applied waited 2 to 5 ms
-/// (`bench/xds/run`). A yield gives up that credit; where nothing else waits, it costs a
-/// system call.
-fn give_way() {
-    std::thread::yield_now();
-}
+/// How many clusters or virtual hosts the client reads between two [`give_way`]s.
+pub(crate) const RESOURCES_PER_TURN: usize = 64;
 
 /// Starts the client on a thread of its own, as Envoy keeps xDS on its main thread and off
 /// its workers: decoding a 10,000-endpoint assignment, building its endpoint set or
@@ -279,7 +271,10 @@ async fn session(proxy: &Arc<Proxy>, server: &str) -> Result<bool, String> {
 fn apply_clusters(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf::Any]) -> Result<(), String> {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     let mut updates = Vec::with_capacity(resources.len());
-    for resource in resources {
+    for (index, resource) in resources.iter().enumerate() {
+        if index % RESOURCES_PER_TURN == RESOURCES_PER_TURN - 1 {
+            give_way();
+        }
         if resource.type_url != CLUSTER {
             return Err(format!("a {} among Clusters", resource.type_url));
         }
