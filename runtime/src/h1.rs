@@ -513,6 +513,11 @@ pub(crate) fn header_map(head: &Bytes, fields: &[Field], drop_connection: bool) 
         framers.content_length |= name == header::CONTENT_LENGTH;
         headers.append(name, value);
     }
+    // `close` is an option and also a field name (RFC 9110 §7.6.1): a field of that name keeps
+    // the `Connection` fields in, for the proxy's strip to remove it with them.
+    if framers.close && !dropped.is_empty() && headers.contains_key("close") {
+        framers.names_others = true;
+    }
     if framers.names_others {
         for value in dropped {
             headers.append(header::CONNECTION, value);
@@ -1086,6 +1091,13 @@ mod tests {
         assert!(kept.lock().expect("lock").is_some(), "kept alive");
         crate::proxy::strip_hop_by_hop(response.headers_mut(), false);
         assert!(!response.headers().contains_key("x-secret") && !response.headers().contains_key(header::CONNECTION));
+        // `close` is a field name too.
+        let (conn, _server) = one_exchange(b"HTTP/1.1 200 OK\r\nclose: secret\r\nConnection: close\r\ncontent-length: 2\r\n\r\nok").await;
+        let (done, kept) = keeper();
+        let mut response = sent(conn, get(Method::GET, crate::proxy::empty()), done).await.expect("response");
+        assert!(kept.lock().expect("lock").is_none(), "closed");
+        crate::proxy::strip_hop_by_hop(response.headers_mut(), false);
+        assert!(!response.headers().contains_key("close"), "the field `close` names goes");
     }
 
     #[tokio::test]

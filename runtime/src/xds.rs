@@ -332,7 +332,6 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
             if resource.type_url != CLUSTER_LOAD_ASSIGNMENT {
                 return Err(format!("a {} among ClusterLoadAssignments", resource.type_url));
             }
-            give_way();
             let digest = digest(&resource.value);
             // The same bytes as an assignment applied before: the same cluster, unchanged.
             if digests.applied.contains(&digest) {
@@ -364,9 +363,10 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
 
 /// A ClusterLoadAssignment as the sidecar reads it: each locality's endpoints are kept as
 /// their encoded bytes and decoded one at a time, rather than as one vector of 10,000
-/// decoded `LbEndpoint`s, grown by copying, that is built only to be dropped. Fields
-/// the sidecar does not use are skipped, their wire format checked, as protobuf skips
-/// unknown fields.
+/// decoded `LbEndpoint`s, grown by copying, that is built only to be dropped. Every other
+/// field is declared with its own type, so that what the whole message would refuse (a
+/// wrong wire type, a broken nested message, text that is not UTF-8) is refused here too,
+/// although the sidecar uses only the cluster's name and the endpoints.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Assignment {
     #[prost(string, tag = "1")]
@@ -374,6 +374,10 @@ struct Assignment {
     /// `LocalityLbEndpoints`, encoded.
     #[prost(bytes = "bytes", repeated, tag = "2")]
     endpoints: Vec<bytes::Bytes>,
+    #[prost(map = "string, message", tag = "5")]
+    named_endpoints: std::collections::HashMap<String, envoy_types::pb::envoy::config::endpoint::v3::Endpoint>,
+    #[prost(message, optional, tag = "4")]
+    policy: Option<envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy>,
 }
 
 /// A `LocalityLbEndpoints` as the sidecar reads it (see [`Assignment`]).
@@ -381,9 +385,19 @@ struct Assignment {
 struct LocalityEndpoints {
     #[prost(message, optional, tag = "1")]
     locality: Option<envoy_types::pb::envoy::config::core::v3::Locality>,
+    #[prost(message, optional, tag = "9")]
+    metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
     /// `LbEndpoint`s, encoded.
     #[prost(bytes = "bytes", repeated, tag = "2")]
     lb_endpoints: Vec<bytes::Bytes>,
+    #[prost(message, optional, tag = "3")]
+    load_balancing_weight: Option<envoy_types::pb::google::protobuf::UInt32Value>,
+    #[prost(uint32, tag = "5")]
+    priority: u32,
+    #[prost(message, optional, tag = "6")]
+    proximity: Option<envoy_types::pb::google::protobuf::UInt32Value>,
+    #[prost(oneof = "envoy_types::pb::envoy::config::endpoint::v3::locality_lb_endpoints::LbConfig", tags = "7, 8")]
+    lb_config: Option<envoy_types::pb::envoy::config::endpoint::v3::locality_lb_endpoints::LbConfig>,
 }
 
 /// A type URL's message name, for the log: `ClusterLoadAssignment`.
@@ -413,9 +427,12 @@ fn digest(bytes: &[u8]) -> u64 {
 fn endpoints_of(assignment: &Assignment, previous: &EndpointSet) -> Result<Vec<Endpoint>, String> {
     use envoy_types::pb::envoy::config::core::v3::HealthStatus;
     let cluster = &assignment.cluster_name;
-    let undecodable = |err: prost::DecodeError| format!("cluster `{cluster}`: an undecodable endpoint: {err}");
-    let localities =
-        assignment.endpoints.iter().map(|it| LocalityEndpoints::decode(it.clone())).collect::<Result<Vec<_>, _>>().map_err(undecodable)?;
+    let mut localities = Vec::with_capacity(assignment.endpoints.len());
+    for (index, encoded) in assignment.endpoints.iter().enumerate() {
+        let locality = LocalityEndpoints::decode(encoded.clone())
+            .map_err(|err| format!("cluster `{cluster}`: locality {index} is undecodable: {err}"))?;
+        localities.push(locality);
+    }
     let mut endpoints = Vec::with_capacity(localities.iter().map(|it| it.lb_endpoints.len()).sum());
     let previous = previous.all();
     give_way();
@@ -434,7 +451,8 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet) -> Result<Vec<E
             if endpoints.len() % ENDPOINTS_PER_TURN == ENDPOINTS_PER_TURN - 1 {
                 give_way();
             }
-            let lb_endpoint = LbEndpoint::decode(encoded.clone()).map_err(undecodable)?;
+            let lb_endpoint = LbEndpoint::decode(encoded.clone())
+                .map_err(|err| format!("cluster `{cluster}`: endpoint {} is undecodable: {err}", endpoints.len()))?;
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
                 return Err(format!("cluster `{cluster}`: an endpoint without an address"));
             };

@@ -117,7 +117,7 @@ fn endpoints_kept_in_place_share_their_address_and_take_their_new_weight() {
 }
 
 #[test]
-fn fields_the_sidecar_does_not_read_are_skipped_and_broken_bytes_refused() {
+fn fields_the_sidecar_does_not_read_are_checked_as_the_whole_message_would_be() {
     use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
     let mut full = assignment(vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)], "a");
     full.policy = Some(Policy { overprovisioning_factor: Some(UInt32Value { value: 140 }), ..Default::default() });
@@ -125,12 +125,26 @@ fn fields_the_sidecar_does_not_read_are_skipped_and_broken_bytes_refused() {
     full.endpoints[0].load_balancing_weight = Some(UInt32Value { value: 3 });
     let endpoints = read(&full, &none()).expect("valid");
     assert_eq!(endpoints.iter().map(|it| it.authority()).collect::<Vec<_>>(), ["10.0.0.1:80"]);
-    // Cut short inside the endpoint list: refused, never half applied.
-    let bytes = full.encode_to_vec();
+    // What ClusterLoadAssignment's own decoder refuses is refused: `policy` (field 4) sent
+    // as a number, a locality's `priority` (field 5) sent as bytes.
+    let mut bytes = assignment(vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)], "a").encode_to_vec();
+    bytes.extend_from_slice(&[0x20, 0x01]);
+    assert!(ClusterLoadAssignment::decode(&bytes[..]).is_err());
+    assert!(Assignment::decode(&bytes[..]).is_err());
+    let mut locality = LocalityLbEndpoints::default().encode_to_vec();
+    locality.extend_from_slice(&[0x2a, 0x00]);
+    let view = Assignment { cluster_name: "c".to_owned(), endpoints: vec![locality.into()], ..Default::default() };
+    assert!(endpoints_of(&view, &none()).expect_err("refused").contains("locality 0 is undecodable"));
+    // Cut short inside the endpoint list (the last field here): refused, never half applied.
+    let bytes = assignment(vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)], "a").encode_to_vec();
     assert!(Assignment::decode(&bytes[..bytes.len() - 3]).is_err());
     // An endpoint whose bytes are not an LbEndpoint.
-    let broken = Assignment { cluster_name: "c".to_owned(), endpoints: vec![bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xff])] };
-    assert!(endpoints_of(&broken, &none()).expect_err("refused").contains("undecodable"));
+    let broken = Assignment {
+        cluster_name: "c".to_owned(),
+        endpoints: vec![bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xff])],
+        ..Default::default()
+    };
+    assert!(endpoints_of(&broken, &none()).expect_err("refused").contains("endpoint 0 is undecodable"));
 }
 
 #[test]
