@@ -1679,12 +1679,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let kept = |name: &HeaderName| upgrade && (*name == header::CONNECTION || *name == header::UPGRADE);
     let mut named: Vec<HeaderName> = Vec::new();
     if present[0] {
-        for token in headers.get_all(header::CONNECTION).iter().filter_map(|it| it.to_str().ok()).flat_map(|it| it.split(',')) {
-            let token = token.trim();
-            if token.is_empty() || is_hop_by_hop(token.as_bytes()) {
+        // Byte by byte: a value with one byte that is not ASCII names its other fields still.
+        for token in headers.get_all(header::CONNECTION).iter().flat_map(|it| it.as_bytes().split(|it| *it == b',')) {
+            let token = token.trim_ascii();
+            if token.is_empty() || is_hop_by_hop(token) {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 named.push(name);
             }
         }
@@ -2139,6 +2140,12 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         let names: Vec<&str> = headers.keys().map(|it| it.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+        // A byte that is not ASCII elsewhere in the value hides nothing.
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_bytes(b"x-private, caf\xe9").expect("obs-text is allowed"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.is_empty());
     }
 
     #[test]
