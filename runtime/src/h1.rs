@@ -457,7 +457,6 @@ pub(crate) fn note_fields(base: *const u8, parsed: &[httparse::Header<'_>], fiel
 /// `Connection` fields say.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Framers {
-    pub(crate) connection: bool,
     pub(crate) transfer_encoding: bool,
     pub(crate) content_length: bool,
     /// A `Connection` field lists `close`.
@@ -470,13 +469,13 @@ pub(crate) struct Framers {
 }
 
 impl Framers {
-    /// What [`connection_allows_reuse`] says of the same head.
+    /// What [`connection_allows_reuse`] says of the same head (with no `Connection` field:
+    /// HTTP/1.1 is kept, HTTP/1.0 is not).
     pub(crate) fn allows_reuse(&self, version: Version) -> bool {
         if version == Version::HTTP_11 { !self.close } else { self.keep_alive }
     }
 
     fn note_connection(&mut self, value: &[u8]) {
-        self.connection = true;
         for token in value.split(|it| *it == b',').map(<[u8]>::trim_ascii) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
@@ -547,7 +546,7 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
         }
         return Ok(Some(Head { status, version, headers, framing: Incoming::Done, keep_alive: true }));
     }
-    let mut keep_alive = if framers.connection { framers.allows_reuse(version) } else { version == Version::HTTP_11 };
+    let mut keep_alive = framers.allows_reuse(version);
     let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Incoming::Done
     } else if framers.transfer_encoding {

@@ -266,7 +266,7 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
         return Parsed::Bad("invalid request target");
     };
     let Some((headers, framers)) = header_map(&bytes, fields, false) else { return Parsed::Bad("malformed request head") };
-    let keep_alive = !framers.connection || framers.allows_reuse(Version::HTTP_11);
+    let keep_alive = framers.allows_reuse(Version::HTTP_11);
     let mut parts = Request::new(()).into_parts().0;
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, Version::HTTP_11, headers);
     Parsed::Head(Head { parts, framing, keep_alive })
