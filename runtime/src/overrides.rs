@@ -363,9 +363,7 @@ pub fn build(config: &route::RouteConfiguration, version: &str, compiled: Compil
     let mut regexes = Regexes::new();
     for (index, host) in config.virtual_hosts.iter().enumerate() {
         // Each host's digest is a SHA-256 of its bytes: thousands of them are a long run.
-        if index % crate::xds::RESOURCES_PER_TURN == crate::xds::RESOURCES_PER_TURN - 1 {
-            crate::sys::give_way();
-        }
+        crate::sys::give_way_every(crate::xds::RESOURCES_PER_TURN, index);
         if !seen_names.insert(host.name.as_str()) {
             return Err(format!("virtual host `{}` is listed twice", host.name));
         }

@@ -51,6 +51,13 @@ pub(crate) fn give_way() {
     std::thread::yield_now();
 }
 
+/// [`give_way`] once every `per_turn` items of a loop, `done` being the items done so far.
+pub(crate) fn give_way_every(per_turn: usize, done: usize) {
+    if done % per_turn == per_turn - 1 {
+        give_way();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_os = "linux")]

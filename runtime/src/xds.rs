@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::proxy::Proxy;
 use crate::server::say;
-use crate::sys::give_way;
+use crate::sys::{give_way, give_way_every};
 
 /// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -272,9 +272,7 @@ fn apply_clusters(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf:
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     let mut updates = Vec::with_capacity(resources.len());
     for (index, resource) in resources.iter().enumerate() {
-        if index % RESOURCES_PER_TURN == RESOURCES_PER_TURN - 1 {
-            give_way();
-        }
+        give_way_every(RESOURCES_PER_TURN, index);
         if resource.type_url != CLUSTER {
             return Err(format!("a {} among Clusters", resource.type_url));
         }
@@ -448,9 +446,7 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet) -> Result<Vec<E
             .unwrap_or_default()
             .into();
         for encoded in &locality_endpoints.lb_endpoints {
-            if endpoints.len() % ENDPOINTS_PER_TURN == ENDPOINTS_PER_TURN - 1 {
-                give_way();
-            }
+            give_way_every(ENDPOINTS_PER_TURN, endpoints.len());
             let lb_endpoint = LbEndpoint::decode(encoded.clone())
                 .map_err(|err| format!("cluster `{cluster}`: endpoint {} is undecodable: {err}", endpoints.len()))?;
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
