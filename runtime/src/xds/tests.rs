@@ -6,13 +6,23 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 
 use prost::Message;
 
-use super::{Assignment, endpoints_of, jittered};
+use super::{Assignment, Read, endpoints_of, jittered};
 use crate::endpoints::EndpointSet;
 
 /// The endpoints of `assignment` as the client reads them from the wire, after `previous`.
 fn read(assignment: &ClusterLoadAssignment, previous: &EndpointSet) -> Result<Vec<crate::endpoints::Endpoint>, String> {
+    read_after(assignment, previous, &[]).map(|it| it.endpoints)
+}
+
+/// [`read`], knowing the bytes `previous`'s endpoints were read from.
+fn read_after(assignment: &ClusterLoadAssignment, previous: &EndpointSet, encoded: &[bytes::Bytes]) -> Result<Read, String> {
     let view = Assignment::decode(&assignment.encode_to_vec()[..]).map_err(|err| err.to_string())?;
-    endpoints_of(&view, previous)
+    endpoints_of(&view, previous, encoded)
+}
+
+/// What a request sees of each endpoint.
+fn seen(endpoints: &[crate::endpoints::Endpoint]) -> Vec<(String, u32, bool, String)> {
+    endpoints.iter().map(|it| (it.authority().to_owned(), it.weight, it.routable, it.locality.to_string())).collect()
 }
 
 fn none() -> EndpointSet {
@@ -117,6 +127,26 @@ fn endpoints_kept_in_place_share_their_address_and_take_their_new_weight() {
 }
 
 #[test]
+fn an_assignment_read_after_the_last_one_gives_what_reading_it_alone_gives() {
+    let healthy = |ip: &str, port: u32, weight: u32| lb_endpoint(ip, port, Some(weight), HealthStatus::Healthy);
+    let first = assignment(vec![healthy("10.0.0.1", 80, 1), healthy("10.0.0.2", 80, 1), healthy("10.0.0.3", 80, 1)], "a");
+    let Read { endpoints, encoded } = read_after(&first, &none(), &[]).expect("valid");
+    let mut previous = (EndpointSet::new(endpoints), encoded);
+    // One weight changed, one endpoint moved to another port, one left out; then the
+    // same endpoints in another zone; then the same assignment again.
+    let second = assignment(vec![healthy("10.0.0.1", 80, 1), healthy("10.0.0.2", 80, 9), healthy("10.0.0.3", 81, 1)], "a");
+    let third = assignment(vec![healthy("10.0.0.1", 80, 1), healthy("10.0.0.2", 80, 9)], "b");
+    for next in [second, third.clone(), third] {
+        let alone = read(&next, &none()).expect("valid");
+        let after = read_after(&next, &previous.0, &previous.1).expect("valid");
+        assert_eq!(seen(&after.endpoints), seen(&alone));
+        assert_eq!(after.encoded.len(), alone.len());
+        previous = (EndpointSet::new(after.endpoints), after.encoded);
+    }
+    assert_eq!(seen(previous.0.all()), [("10.0.0.1:80".into(), 1, true, "eu/b".into()), ("10.0.0.2:80".into(), 9, true, "eu/b".into())]);
+}
+
+#[test]
 fn fields_the_sidecar_does_not_read_are_checked_as_the_whole_message_would_be() {
     use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
     let mut full = assignment(vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)], "a");
@@ -134,7 +164,7 @@ fn fields_the_sidecar_does_not_read_are_checked_as_the_whole_message_would_be() 
     let mut locality = LocalityLbEndpoints::default().encode_to_vec();
     locality.extend_from_slice(&[0x2a, 0x00]);
     let view = Assignment { cluster_name: "c".to_owned(), endpoints: vec![locality.into()], ..Default::default() };
-    assert!(endpoints_of(&view, &none()).expect_err("refused").contains("locality 0 is undecodable"));
+    assert!(endpoints_of(&view, &none(), &[]).expect_err("refused").contains("locality 0 is undecodable"));
     // Cut short inside the endpoint list (the last field here): refused, never half applied.
     let bytes = assignment(vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)], "a").encode_to_vec();
     assert!(Assignment::decode(&bytes[..bytes.len() - 3]).is_err());
@@ -144,7 +174,7 @@ fn fields_the_sidecar_does_not_read_are_checked_as_the_whole_message_would_be() 
         endpoints: vec![bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xff])],
         ..Default::default()
     };
-    assert!(endpoints_of(&broken, &none()).expect_err("refused").contains("endpoint 0 is undecodable"));
+    assert!(endpoints_of(&broken, &none(), &[]).expect_err("refused").contains("endpoint 0 is undecodable"));
 }
 
 #[test]
