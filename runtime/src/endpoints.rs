@@ -141,6 +141,13 @@ impl EndpointSet {
         EndpointSet { endpoints, cumulative, stride, added, last_added, tiers }
     }
 
+    /// Its endpoint lists: every endpoint, then each tier's.
+    pub(crate) fn into_lists(self) -> Vec<Vec<Endpoint>> {
+        let mut lists = vec![self.endpoints];
+        lists.extend(self.tiers.into_iter().flat_map(EndpointSet::into_lists));
+        lists
+    }
+
     /// Every endpoint, routable or not.
     pub fn all(&self) -> &[Endpoint] {
         &self.endpoints
@@ -239,8 +246,9 @@ impl ClusterEndpoints {
     }
 
     /// Replaces the set atomically: requests already picking keep the old one. Endpoints
-    /// that were not in the old set count as added now (slow start).
-    pub fn replace(&self, endpoints: Vec<Endpoint>) {
+    /// that were not in the old set count as added now (slow start). Returns the old set, so
+    /// that the caller chooses where its endpoints are dropped.
+    pub fn replace(&self, endpoints: Vec<Endpoint>) -> Arc<EndpointSet> {
         let old = self.current();
         let now = Instant::now();
         let previous = old.all();
@@ -271,6 +279,7 @@ impl ClusterEndpoints {
             Ok(mut guard) => *guard = set,
             Err(poisoned) => *poisoned.into_inner() = set,
         }
+        old
     }
 
     /// The next round-robin ticket.

@@ -58,8 +58,25 @@ pub(crate) fn give_way_every(per_turn: usize, done: usize) {
     }
 }
 
+/// Drops `items` [`give_way`]ing every `per_turn` of them: a list of 10,000 endpoints takes
+/// about 100 µs to drop, as long as a request should wait behind it.
+pub(crate) fn drop_in_turns<T>(items: Vec<T>, per_turn: usize) {
+    let mut items = items.into_iter();
+    while items.len() > 0 {
+        items.by_ref().take(per_turn).for_each(drop);
+        give_way();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_list_dropped_in_turns_is_dropped_whole() {
+        let shared = std::sync::Arc::new(());
+        super::drop_in_turns(vec![shared.clone(); 5000], 2048);
+        assert_eq!(std::sync::Arc::strong_count(&shared), 1);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_thread_lowers_its_own_priority_and_no_other() {

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::endpoints::{Endpoint, EndpointSet};
 use crate::proxy::Proxy;
 use crate::server::say;
-use crate::sys::{give_way, give_way_every};
+use crate::sys::{drop_in_turns, give_way, give_way_every};
 
 /// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`.
 pub const CLUSTER_LOAD_ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -131,9 +131,12 @@ impl XdsStatus {
 /// The xDS thread's nice value: below the threads that serve requests.
 const XDS_NICE: i32 = 10;
 
-/// How many endpoints the client decodes between two [`give_way`]s: about 70 µs of work
-/// (taking an unchanged endpoint as it was counts a tenth of one).
-const ENDPOINTS_PER_TURN: usize = 256;
+/// How many endpoints the client decodes between two [`give_way`]s: about 20 µs of work
+/// (taking an unchanged endpoint as it was counts an eighth of one).
+const ENDPOINTS_PER_TURN: usize = 64;
+
+/// How many endpoints (or their bytes) the client drops between two [`give_way`]s.
+const DROPS_PER_TURN: usize = 2048;
 
 /// How many clusters or virtual hosts the client reads between two [`give_way`]s.
 pub(crate) const RESOURCES_PER_TURN: usize = 64;
@@ -366,13 +369,27 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
             overridden.insert(cluster.spec.name.to_owned(), endpoints.len());
         }
         give_way();
-        cluster.endpoints.replace(endpoints);
+        let old = cluster.endpoints.replace(endpoints);
+        give_way();
+        let mut replaced = None;
         if let Ok(mut digests) = proxy.xds.digests.lock() {
             let applied = Applied { digest, set: cluster.endpoints.current(), encoded };
-            if let Some(old) = digests.by_cluster.insert(cluster.spec.name.to_owned(), applied) {
+            replaced = digests.by_cluster.insert(cluster.spec.name.to_owned(), applied);
+            if let Some(old) = &replaced {
                 digests.applied.remove(&old.digest);
             }
             digests.applied.insert(digest);
+        }
+        // The old set and its bytes are dropped here, in turns, unless a request still holds
+        // the set (it then drops it when done).
+        if let Some(Applied { set, encoded, .. }) = replaced {
+            drop(set);
+            drop_in_turns(encoded, DROPS_PER_TURN);
+        }
+        if let Ok(set) = Arc::try_unwrap(old) {
+            for list in set.into_lists() {
+                drop_in_turns(list, DROPS_PER_TURN);
+            }
         }
     }
     Ok(())
@@ -481,19 +498,19 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet, encoded: &[byte
         for bytes in &locality_endpoints.lb_endpoints {
             let position = endpoints.len();
             read.push(bytes.clone());
+            work += 1;
+            if work >= 8 * ENDPOINTS_PER_TURN {
+                work = 0;
+                give_way();
+            }
             if let (Some(before), Some(sent)) = (previous.get(position), encoded.get(position))
                 && sent == bytes
                 && before.locality == locality
             {
                 endpoints.push(before.clone());
-                work += 1;
                 continue;
             }
-            work += 10;
-            if work >= 10 * ENDPOINTS_PER_TURN {
-                work = 0;
-                give_way();
-            }
+            work += 7;
             let lb_endpoint = LbEndpoint::decode(bytes.clone())
                 .map_err(|err| format!("cluster `{cluster}`: endpoint {} is undecodable: {err}", endpoints.len()))?;
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
