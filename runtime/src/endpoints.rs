@@ -247,8 +247,8 @@ impl ClusterEndpoints {
 
     /// Replaces the set atomically: requests already picking keep the old one. Endpoints
     /// that were not in the old set count as added now (slow start). Returns the old set, so
-    /// that the caller chooses where its endpoints are dropped.
-    pub fn replace(&self, endpoints: Vec<Endpoint>) -> Arc<EndpointSet> {
+    /// that the caller chooses where its endpoints are dropped, and the new one.
+    pub fn replace(&self, endpoints: Vec<Endpoint>) -> (Arc<EndpointSet>, Arc<EndpointSet>) {
         let old = self.current();
         let now = Instant::now();
         let previous = old.all();
@@ -276,10 +276,10 @@ impl ClusterEndpoints {
             .collect();
         let set = Arc::new(EndpointSet::build(endpoints, added, &self.local));
         match self.set.write() {
-            Ok(mut guard) => *guard = set,
-            Err(poisoned) => *poisoned.into_inner() = set,
+            Ok(mut guard) => *guard = set.clone(),
+            Err(poisoned) => *poisoned.into_inner() = set.clone(),
         }
-        old
+        (old, set)
     }
 
     /// The next round-robin ticket.

@@ -105,9 +105,10 @@ pub async fn probe_forever(
 ) {
     let interval = Duration::from_millis(spec.interval_ms.max(10));
     loop {
-        let current = endpoints.current();
         let mut probes = tokio::task::JoinSet::new();
-        for endpoint in current.all().iter().cloned() {
+        // The set is held only while the probes start: a round and its pause would otherwise
+        // keep a replaced set alive, to be dropped whole on a request thread.
+        for endpoint in endpoints.current().all().iter().cloned() {
             let tls = tls.clone();
             probes.spawn(async move {
                 let passed = probe(spec, &endpoint, &tls).await;

@@ -132,8 +132,8 @@ fn an_assignment_read_after_the_last_one_gives_what_reading_it_alone_gives() {
     let first = assignment(vec![healthy("10.0.0.1", 80, 1), healthy("10.0.0.2", 80, 1), healthy("10.0.0.3", 80, 1)], "a");
     let Read { endpoints, encoded } = read_after(&first, &none(), &[]).expect("valid");
     let mut previous = (EndpointSet::new(endpoints), encoded);
-    // One weight changed, one endpoint moved to another port, one left out; then the
-    // same endpoints in another zone; then the same assignment again.
+    // One weight changed and one endpoint moved to another port; then one left out and the
+    // others in another zone; then the same assignment again.
     let second = assignment(vec![healthy("10.0.0.1", 80, 1), healthy("10.0.0.2", 80, 9), healthy("10.0.0.3", 81, 1)], "a");
     let third = assignment(vec![healthy("10.0.0.1", 80, 1), healthy("10.0.0.2", 80, 9)], "b");
     for next in [second, third.clone(), third] {
@@ -144,6 +144,85 @@ fn an_assignment_read_after_the_last_one_gives_what_reading_it_alone_gives() {
         previous = (EndpointSet::new(after.endpoints), after.encoded);
     }
     assert_eq!(seen(previous.0.all()), [("10.0.0.1:80".into(), 1, true, "eu/b".into()), ("10.0.0.2:80".into(), 9, true, "eu/b".into())]);
+}
+
+static CLUSTERS: [crate::spec::ClusterSpec; 1] = [crate::spec::ClusterSpec {
+    name: "outbound|80||web.default.svc.cluster.local",
+    service_names: &["web"],
+    port: 80,
+    subset_labels: &[],
+    protocol: crate::spec::Protocol::Http1,
+    connect_timeout_ms: 1000,
+    request_timeout_ms: None,
+    load_balancer: crate::spec::Balancer::RoundRobin,
+    warmup_ms: None,
+    limits: crate::spec::Limits::NONE,
+    outlier: None,
+    health_check: None,
+    tls: crate::spec::UpstreamTls::Disable,
+    endpoints: &[],
+}];
+
+static SPEC: crate::spec::SidecarSpec = crate::spec::SidecarSpec {
+    workload: "client",
+    namespace: "default",
+    trust_domain: "cluster.local",
+    principal: "cluster.local/ns/default/sa/client",
+    listeners: &[],
+    clusters: &CLUSTERS,
+    route_outbound: |_| crate::spec::Decision::NoRoute,
+    route_rpc: |_| crate::spec::Decision::NoRoute,
+    rpc_attachments: false,
+    authz: &crate::authz::Policies::NONE,
+    inbound_rate_limit: None,
+    access_log: crate::accesslog::AccessLog::Off,
+    request_id: false,
+    tracing: false,
+    config_dump: "{}",
+    routes: &[],
+    virtual_hosts: &[],
+};
+
+/// A sidecar of one cluster, `web`, with no endpoints yet.
+fn sidecar() -> crate::proxy::Proxy {
+    crate::proxy::Proxy::new(&SPEC, vec![crate::endpoints::ClusterEndpoints::new(Vec::new(), "")], None).expect("a proxy")
+}
+
+fn as_any(assignment: &ClusterLoadAssignment) -> envoy_types::pb::google::protobuf::Any {
+    envoy_types::pb::google::protobuf::Any { type_url: super::CLUSTER_LOAD_ASSIGNMENT.to_owned(), value: assignment.encode_to_vec() }
+}
+
+#[test]
+fn assignments_applied_one_after_another_keep_what_is_unchanged_and_take_what_changed() {
+    let proxy = sidecar();
+    let healthy = |ip: &str, weight: u32| lb_endpoint(ip, 80, Some(weight), HealthStatus::Healthy);
+    let endpoints = || proxy.clusters[0].endpoints.current();
+    super::apply_endpoints(&proxy, &[as_any(&assignment(vec![healthy("10.0.0.1", 1), healthy("10.0.0.2", 1)], "a"))]).expect("applied");
+    let first = endpoints();
+    super::apply_endpoints(&proxy, &[as_any(&assignment(vec![healthy("10.0.0.1", 1), healthy("10.0.0.2", 5)], "a"))]).expect("applied");
+    let second = endpoints();
+    assert_eq!(seen(second.all()), [("10.0.0.1:80".into(), 1, true, "eu/a".into()), ("10.0.0.2:80".into(), 5, true, "eu/a".into())]);
+    // The unchanged endpoint is the one applied before, locality and all; the other was read again.
+    assert!(std::sync::Arc::ptr_eq(&first.all()[0].locality, &second.all()[0].locality));
+    assert!(!std::sync::Arc::ptr_eq(&first.all()[1].locality, &second.all()[1].locality));
+    // A set the client did not make (here, one put in place by hand) is read whole.
+    let _ = proxy.clusters[0].endpoints.replace(vec![crate::endpoints::Endpoint::new("10.0.0.1", 80, 3, true, "eu/a")]);
+    super::apply_endpoints(&proxy, &[as_any(&assignment(vec![healthy("10.0.0.1", 1), healthy("10.0.0.2", 7)], "a"))]).expect("applied");
+    assert_eq!(seen(endpoints().all()), [("10.0.0.1:80".into(), 1, true, "eu/a".into()), ("10.0.0.2:80".into(), 7, true, "eu/a".into())]);
+}
+
+#[test]
+fn a_cluster_named_twice_in_one_response_refuses_it() {
+    let proxy = sidecar();
+    let one = as_any(&assignment(vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)], "a"));
+    let other = as_any(&assignment(vec![lb_endpoint("10.0.0.2", 80, None, HealthStatus::Healthy)], "a"));
+    let error = super::apply_endpoints(&proxy, &[one.clone(), other.clone()]).expect_err("refused");
+    assert!(error.contains("twice in one response"), "{error}");
+    assert!(proxy.clusters[0].endpoints.current().all().is_empty(), "nothing applied");
+    // Also when one of the two is the assignment applied last (skipped as unchanged).
+    super::apply_endpoints(&proxy, std::slice::from_ref(&one)).expect("applied");
+    assert!(super::apply_endpoints(&proxy, &[other, one]).expect_err("refused").contains("twice in one response"));
+    assert_eq!(seen(proxy.clusters[0].endpoints.current().all())[0].0, "10.0.0.1:80");
 }
 
 #[test]
