@@ -357,7 +357,6 @@ fn split_address(text: &str) -> Option<(String, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Protocol;
 
     fn endpoint(address: &str, weight: u32, routable: bool) -> Endpoint {
         Endpoint::new(address, 80, weight, routable, "")
@@ -457,39 +456,10 @@ mod tests {
     }
 
     static SUBSET: [(&str, &str); 1] = [("version", "v2")];
+    static SERVICE: [&str; 3] = ["reviews", "reviews.default", "reviews.default.svc.cluster.local"];
     static CLUSTERS: [ClusterSpec; 2] = [
-        ClusterSpec {
-            name: "outbound|9080||reviews.default.svc.cluster.local",
-            service_names: &["reviews", "reviews.default", "reviews.default.svc.cluster.local"],
-            port: 9080,
-            subset_labels: &[],
-            protocol: Protocol::Http1,
-            connect_timeout_ms: 1000,
-            request_timeout_ms: None,
-            load_balancer: crate::spec::Balancer::RoundRobin,
-            warmup_ms: None,
-            limits: crate::spec::Limits::NONE,
-            outlier: None,
-            health_check: None,
-            tls: crate::spec::UpstreamTls::Disable,
-            endpoints: &[],
-        },
-        ClusterSpec {
-            name: "outbound|9080|v2|reviews.default.svc.cluster.local",
-            service_names: &["reviews", "reviews.default", "reviews.default.svc.cluster.local"],
-            port: 9080,
-            subset_labels: &SUBSET,
-            protocol: Protocol::Http1,
-            connect_timeout_ms: 1000,
-            request_timeout_ms: None,
-            load_balancer: crate::spec::Balancer::RoundRobin,
-            warmup_ms: None,
-            limits: crate::spec::Limits::NONE,
-            outlier: None,
-            health_check: None,
-            tls: crate::spec::UpstreamTls::Disable,
-            endpoints: &[],
-        },
+        ClusterSpec::plain("outbound|9080||reviews.default.svc.cluster.local", &SERVICE),
+        ClusterSpec { subset_labels: &SUBSET, ..ClusterSpec::plain("outbound|9080|v2|reviews.default.svc.cluster.local", &SERVICE) },
     ];
 
     #[test]

@@ -235,6 +235,30 @@ pub struct ClusterSpec {
     pub endpoints: &'static [EndpointSeed],
 }
 
+#[cfg(test)]
+impl ClusterSpec {
+    /// For tests: cluster `name` of service `service` on port 9080, plain HTTP/1.1, round
+    /// robin, no limits, checks or TLS, and no endpoints of its own.
+    pub(crate) const fn plain(name: &'static str, service_names: &'static [&'static str]) -> ClusterSpec {
+        ClusterSpec {
+            name,
+            service_names,
+            port: 9080,
+            subset_labels: &[],
+            protocol: Protocol::Http1,
+            connect_timeout_ms: 1000,
+            request_timeout_ms: None,
+            load_balancer: Balancer::RoundRobin,
+            warmup_ms: None,
+            limits: Limits::NONE,
+            outlier: None,
+            health_check: None,
+            tls: UpstreamTls::Disable,
+            endpoints: &[],
+        }
+    }
+}
+
 /// A cluster's load-balancing algorithm.
 #[derive(Debug)]
 pub enum Balancer {

@@ -4,25 +4,10 @@ use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 
 use super::*;
-use crate::spec::{HashOn, Protocol, UpstreamTls};
+use crate::spec::{HashOn, UpstreamTls};
 
 const fn spec(load_balancer: Balancer) -> ClusterSpec {
-    ClusterSpec {
-        name: "outbound|9080|v1|reviews.default.svc.cluster.local",
-        service_names: &["reviews"],
-        port: 9080,
-        subset_labels: &[],
-        protocol: Protocol::Http1,
-        connect_timeout_ms: 1000,
-        request_timeout_ms: None,
-        load_balancer,
-        warmup_ms: None,
-        limits: Limits::NONE,
-        outlier: None,
-        health_check: None,
-        tls: UpstreamTls::Disable,
-        endpoints: &[],
-    }
+    ClusterSpec { load_balancer, ..ClusterSpec::plain("outbound|9080|v1|reviews.default.svc.cluster.local", &["reviews"]) }
 }
 
 static ROUND_ROBIN_SPEC: ClusterSpec = spec(Balancer::RoundRobin);

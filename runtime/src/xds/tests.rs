@@ -146,22 +146,7 @@ fn an_assignment_read_after_the_last_one_gives_what_reading_it_alone_gives() {
     assert_eq!(seen(previous.0.all()), [("10.0.0.1:80".into(), 1, true, "eu/b".into()), ("10.0.0.2:80".into(), 9, true, "eu/b".into())]);
 }
 
-static CLUSTERS: [crate::spec::ClusterSpec; 1] = [crate::spec::ClusterSpec {
-    name: "outbound|80||web.default.svc.cluster.local",
-    service_names: &["web"],
-    port: 80,
-    subset_labels: &[],
-    protocol: crate::spec::Protocol::Http1,
-    connect_timeout_ms: 1000,
-    request_timeout_ms: None,
-    load_balancer: crate::spec::Balancer::RoundRobin,
-    warmup_ms: None,
-    limits: crate::spec::Limits::NONE,
-    outlier: None,
-    health_check: None,
-    tls: crate::spec::UpstreamTls::Disable,
-    endpoints: &[],
-}];
+static CLUSTERS: [crate::spec::ClusterSpec; 1] = [crate::spec::ClusterSpec::plain("outbound|80||web.default.svc.cluster.local", &["web"])];
 
 static SPEC: crate::spec::SidecarSpec = crate::spec::SidecarSpec {
     workload: "client",
