@@ -257,13 +257,13 @@ impl ClusterEndpoints {
         // miss, so that replacing n endpoints costs O(n), not O(n²) (10,000 of them took
         // 60 ms when each searched the old list).
         let mut by_address: Option<std::collections::HashMap<(&str, u16), usize>> = None;
-        // An xDS update shares the addresses of the endpoints it keeps.
-        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
         let added = endpoints
             .iter()
             .enumerate()
             .map(|(index, endpoint)| {
-                if previous.get(index).is_some_and(|it| it.port == endpoint.port && same(&it.address, &endpoint.address)) {
+                // An xDS update shares the addresses of the endpoints it keeps, and `Arc`'s `==`
+                // compares the pointers first.
+                if previous.get(index).is_some_and(|it| it.port == endpoint.port && it.address == endpoint.address) {
                     return old.added(index);
                 }
                 let by_address = by_address
