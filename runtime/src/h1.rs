@@ -469,12 +469,13 @@ pub(crate) struct Framers {
 }
 
 impl Framers {
-    /// What [`connection_allows_reuse`] says of the same head (with no `Connection` field:
-    /// HTTP/1.1 is kept, HTTP/1.0 is not).
+    /// Whether the connection may carry another message: HTTP/1.1 unless `close` is listed,
+    /// HTTP/1.0 only when `keep-alive` is.
     pub(crate) fn allows_reuse(&self, version: Version) -> bool {
         if version == Version::HTTP_11 { !self.close } else { self.keep_alive }
     }
 
+    /// Reads one `Connection` value's tokens (ASCII, looked at as bytes).
     fn note_connection(&mut self, value: &[u8]) {
         for token in value.split(|it| *it == b',').map(<[u8]>::trim_ascii) {
             if token.eq_ignore_ascii_case(b"close") {
@@ -568,14 +569,13 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
     Ok(Some(Head { status, version, headers, framing, keep_alive }))
 }
 
-/// HTTP/1.1 keeps a connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+/// [`Framers::allows_reuse`] of a header map's `Connection` fields.
 pub(crate) fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
-    // Tokens are ASCII; a field's bytes are looked at as they are, without making text of them.
-    let has = |token: &[u8]| {
-        let listed = |value: &HeaderValue| value.as_bytes().split(|it| *it == b',').any(|it| it.trim_ascii().eq_ignore_ascii_case(token));
-        headers.get_all(header::CONNECTION).iter().any(listed)
-    };
-    if version == Version::HTTP_11 { !has(b"close") } else { has(b"keep-alive") }
+    let mut framers = Framers::default();
+    for value in headers.get_all(header::CONNECTION) {
+        framers.note_connection(value.as_bytes());
+    }
+    framers.allows_reuse(version)
 }
 
 /// Whether `chunked` is the last transfer coding.
