@@ -492,7 +492,7 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet, encoded: &[byte
     // Decoding an endpoint costs about eight times taking one as it was.
     let mut work = 0;
     give_way();
-    for locality_endpoints in &localities {
+    for locality_endpoints in localities {
         let locality: Arc<str> = locality_endpoints
             .locality
             .as_ref()
@@ -503,24 +503,25 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet, encoded: &[byte
             })
             .unwrap_or_default()
             .into();
-        for bytes in &locality_endpoints.lb_endpoints {
+        for bytes in locality_endpoints.lb_endpoints {
             let position = endpoints.len();
-            read.push(bytes.clone());
             work += 1;
             if work >= 8 * ENDPOINTS_PER_TURN {
                 work = 0;
                 give_way();
             }
             if let (Some(before), Some(sent)) = (previous.get(position), encoded.get(position))
-                && sent == bytes
+                && *sent == bytes
                 && before.locality == locality
             {
                 endpoints.push(before.clone());
+                read.push(bytes);
                 continue;
             }
             work += 7;
-            let lb_endpoint = LbEndpoint::decode(bytes.clone())
-                .map_err(|err| format!("cluster `{cluster}`: endpoint {} is undecodable: {err}", endpoints.len()))?;
+            let lb_endpoint =
+                LbEndpoint::decode(&bytes[..]).map_err(|err| format!("cluster `{cluster}`: endpoint {position} is undecodable: {err}"))?;
+            read.push(bytes);
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
                 return Err(format!("cluster `{cluster}`: an endpoint without an address"));
             };
@@ -542,7 +543,7 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet, encoded: &[byte
                 return Err(format!("cluster `{cluster}`: endpoint {}:{port} has weight 0 (xDS weights start at 1)", socket.address));
             }
             let routable = matches!(HealthStatus::try_from(lb_endpoint.health_status), Ok(HealthStatus::Healthy | HealthStatus::Unknown));
-            let endpoint = match previous.get(endpoints.len()) {
+            let endpoint = match previous.get(position) {
                 Some(it) if it.port == port && *it.address == *socket.address => it.reweighted(weight, routable, locality.clone()),
                 _ => Endpoint::in_locality(&socket.address, port, weight, routable, locality.clone()),
             };
