@@ -93,7 +93,7 @@ where
                         // Boxed: the answer's future is kilobytes, and the set would copy it
                         // into place. A panic in an answer ends its stream alone (the dropped
                         // stream is reset), as it did when each stream was a task.
-                        let answering = respond_with(Box::pin(answer(request_of(request, connect))), respond, connect);
+                        let answering = respond_with(crate::proxy::boxed(|| answer(request_of(request, connect))), respond, connect);
                         streams.push(AssertUnwindSafe(answering).catch_unwind());
                         continue;
                     }
