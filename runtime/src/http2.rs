@@ -90,11 +90,14 @@ where
                             respond.send_reset(h2::Reason::INTERNAL_ERROR);
                             continue;
                         }
-                        // Boxed: the answer's future is kilobytes, and the set would copy it
-                        // into place. A panic in an answer ends its stream alone (the dropped
-                        // stream is reset), as it did when each stream was a task.
-                        let answering = respond_with(crate::proxy::boxed(|| answer(request_of(request, connect))), respond, connect);
-                        streams.push(AssertUnwindSafe(answering).catch_unwind());
+                        // Boxed where they live (see `proxy::boxed`): the answer's future is
+                        // kilobytes, and the stream's hundreds of bytes that the set would
+                        // copy into place several times over. A panic in an answer ends its
+                        // stream alone (the dropped stream is reset), as it did when each
+                        // stream was a task.
+                        let request = request_of(request, connect);
+                        let answer = crate::proxy::boxed(|| answer(request));
+                        streams.push(crate::proxy::boxed(|| respond_caught((answer, respond, connect))));
                         continue;
                     }
                     // A connection error is the client's problem and ends only this connection.
@@ -128,9 +131,18 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH).and_then(|it| it.to_str().ok()?.parse().ok())
 }
 
+/// Answers one stream as [`respond_with`] does, a panic in it caught: it ends that stream
+/// alone (its dropped `SendResponse` resets it).
+async fn respond_caught<F>(arguments: (Pin<Box<F>>, h2::server::SendResponse<Bytes>, bool))
+where
+    F: Future<Output = Response<Body>>,
+{
+    let _ = AssertUnwindSafe(respond_with(arguments)).catch_unwind().await;
+}
+
 /// Answers one stream: awaits the answer (dropped, with whatever it had under way, if the
 /// client resets the stream first), then sends its head and streams its body.
-async fn respond_with<F>(mut answer: Pin<Box<F>>, mut respond: h2::server::SendResponse<Bytes>, connect: bool)
+async fn respond_with<F>((mut answer, mut respond, connect): (Pin<Box<F>>, h2::server::SendResponse<Bytes>, bool))
 where
     F: Future<Output = Response<Body>>,
 {
