@@ -22,7 +22,7 @@ pub fn root() -> PathBuf {
 }
 
 /// Builds (once per test process) the sidecar of `workload` of a mesh directory, with the real
-/// `meshc build`, into `target/e2e/<mesh>`, and returns the binary.
+/// `meshc build --quick`, into `target/e2e/<mesh>`, and returns the binary.
 pub fn sidecar_binary(mesh_dir: &Path, workload: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<BTreeMap<(PathBuf, String), PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
@@ -38,6 +38,9 @@ pub fn sidecar_binary(mesh_dir: &Path, workload: &str) -> PathBuf {
         out: root().join("target").join("e2e").join(name),
         workloads: vec![workload.to_owned()],
         no_compile: false,
+        // Without link-time optimisation: the tests check what the sidecars do, and a
+        // whole-program link of each would add most of a minute per sidecar to the suite.
+        quick: true,
         emit: vec![meshc::build::Emit::Rust],
     };
     let binaries = meshc::build::build_dir(&args).unwrap_or_else(|err| panic!("meshc build {} failed:\n{err}", mesh_dir.display()));
