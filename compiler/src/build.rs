@@ -31,8 +31,8 @@ pub struct BuildArgs {
     pub no_compile: bool,
     /// Compile without link-time optimisation (the workspace's `quick` profile): a build that
     /// takes a fraction of the time, of sidecars that behave the same and spend more CPU per
-    /// request. For tests and for trying a change; what ships is built without it.
-    #[arg(long)]
+    /// request. For tests and for trying a change; build what ships without `--quick`.
+    #[arg(long, conflicts_with = "no_compile")]
     pub quick: bool,
     /// What to write: `rust` (the sidecar crates, compiled unless `--no-compile`), `xds`
     /// (each workload's xDS resources as Envoy's JSON, under `OUT/xds/`), or both

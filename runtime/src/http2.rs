@@ -3,8 +3,8 @@
 //! hyper's HTTP/2 server spawned a task for every stream and ran the proxy's answer behind its
 //! own service and body types: tokio allocated each stream's task and copied its future as the
 //! task started and ended. Here the connection's task drives the h2 connection and polls the
-//! answers of its streams itself (a `FuturesUnordered`): a stream costs its answer's box and
-//! the set's node, and no task. All the streams of a connection are served on one thread, as
+//! answers of its streams itself (a `FuturesUnordered`): a stream costs two boxes (its answer,
+//! and the future that sends it) and the set's node, and no task. All the streams of a connection are served on one thread, as
 //! Envoy serves a connection on one worker.
 //!
 //! What a client sees is what hyper's server, as the sidecar configured it, showed it: the same
@@ -96,8 +96,8 @@ where
                         // stream alone (the dropped stream is reset), as it did when each
                         // stream was a task.
                         let request = request_of(request, connect);
-                        let answer = crate::proxy::boxed(|| answer(request));
-                        streams.push(crate::proxy::boxed(|| respond_caught((answer, respond, connect))));
+                        let answering = crate::proxy::boxed(|| answer(request));
+                        streams.push(crate::proxy::boxed(|| respond_caught((answering, respond, connect))));
                         continue;
                     }
                     // A connection error is the client's problem and ends only this connection.

@@ -187,6 +187,33 @@ async fn a_stream_the_client_resets_drops_its_answer() {
 }
 
 #[tokio::test]
+async fn an_answer_that_panics_resets_its_stream_alone() {
+    let answer: Answer = Box::new(|request| {
+        Box::pin(async move {
+            if request.uri().path() == "/panics" {
+                // Once the other stream is open, so that both are under way on the connection.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                panic!("an answer that fails as a bug would");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Response::new(full(Bytes::from_static(b"fine")))
+        })
+    });
+    let (mut client, _drain, served) = connect(answer).await;
+    let (panicked, _) = client.send_request(get("/panics"), true).expect("send");
+    let (other, _) = client.send_request(get("/other"), true).expect("send");
+    let panicked = tokio::time::timeout(Duration::from_secs(5), panicked).await.expect("in time");
+    assert_eq!(panicked.expect_err("the stream is reset").reason(), Some(h2::Reason::CANCEL));
+    let other = tokio::time::timeout(Duration::from_secs(5), other).await.expect("in time").expect("response");
+    assert_eq!(body_of(other).await.expect("body").0, "fine");
+    // The connection still takes streams.
+    let (next, _) = client.send_request(get("/next"), true).expect("send");
+    let next = tokio::time::timeout(Duration::from_secs(5), next).await.expect("in time").expect("response");
+    assert_eq!(next.status(), StatusCode::OK);
+    assert!(!served.is_finished(), "the connection ended");
+}
+
+#[tokio::test]
 async fn a_response_body_that_fails_resets_its_stream() {
     let answer: Answer = Box::new(|_| {
         Box::pin(async {
