@@ -4,8 +4,8 @@
 //! own service and body types: tokio allocated each stream's task and copied its future as the
 //! task started and ended. Here the connection's task drives the h2 connection and polls the
 //! answers of its streams itself (a `FuturesUnordered`): a stream costs two boxes (its answer,
-//! and the future that sends it) and the set's node, and no task. All the streams of a connection are served on one thread, as
-//! Envoy serves a connection on one worker.
+//! and the future that sends it) and the set's node, and no task. All the streams of a
+//! connection are served on one thread, as Envoy serves a connection on one worker.
 //!
 //! What a client sees is what hyper's server, as the sidecar configured it, showed it: the same
 //! settings, a `Date` on every response, a `Content-Length` on a body of known size, no
