@@ -240,7 +240,7 @@ async fn a_changed_spec_is_pushed_and_a_broken_one_is_not() {
 
     let spec = dir.join("bookinfo.mesh");
     let text = std::fs::read_to_string(&spec).expect("read");
-    std::fs::write(&spec, text.replace("weight 90", "weight 60").replace("weight 10", "weight 40")).expect("write");
+    replace_file(&spec, &text.replace("weight 90", "weight 60").replace("weight 10", "weight 40"));
     let pushed = stream.next().await;
     assert_eq!(reviews_weights(&pushed).iter().map(|it| it.1).collect::<Vec<_>>(), [60, 40]);
     assert_ne!(pushed.version_info, routes.version_info);
@@ -249,7 +249,7 @@ async fn a_changed_spec_is_pushed_and_a_broken_one_is_not() {
 
     // A route to a subset that does not exist: the last good mesh stays, the error is on
     // /status.
-    std::fs::write(&spec, text.replace("subset v3 weight 10", "subset v9 weight 10")).expect("write");
+    replace_file(&spec, &text.replace("subset v3 weight 10", "subset v9 weight 10"));
     assert!(stream.quiet().await, "a mesh that does not compile is not pushed");
     let status = pilot.admin("/status").await;
     assert_eq!(status["compile"]["ok"], false);
@@ -257,7 +257,7 @@ async fn a_changed_spec_is_pushed_and_a_broken_one_is_not() {
     assert!(status["compile"]["error"].as_str().is_some_and(|it| it.contains("bookinfo.mesh")), "{status}");
 
     // Fixed: served again.
-    std::fs::write(&spec, text).expect("write");
+    replace_file(&spec, &text);
     let pushed = stream.next().await;
     assert_eq!(reviews_weights(&pushed).iter().map(|it| it.1).collect::<Vec<_>>(), [90, 10]);
     assert_eq!(pilot.admin("/status").await["compile"]["ok"], true);
@@ -297,12 +297,22 @@ async fn delta_streams_carry_only_what_changed() {
     // A timeout on details' service changes one cluster only.
     let spec = dir.join("bookinfo.mesh");
     let text = std::fs::read_to_string(&spec).expect("read");
-    std::fs::write(&spec, text.replace("service reviews {", "service details {\n  connect_timeout 2s\n}\n\nservice reviews {"))
-        .expect("write");
+    replace_file(&spec, &text.replace("service reviews {", "service details {\n  connect_timeout 2s\n}\n\nservice reviews {"));
     let pushed = next_delta(&mut stream).await;
     let names: Vec<&str> = pushed.resources.iter().map(|it| it.name.as_str()).collect();
     assert_eq!(names, ["outbound|9080||details.default.svc.cluster.local"]);
     assert!(pushed.removed_resources.is_empty());
+}
+
+/// Replaces the file at `path` with `text` as a whole (written under a hidden name, which the
+/// watch ignores, and renamed), so that Pilot never compiles the empty file that an in-place
+/// write leaves between its truncation and its write: on a busy machine that gap can outlast
+/// the debounce, and the mesh compiled from it has no workloads.
+fn replace_file(path: &Path, text: &str) {
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let scratch = path.with_file_name(format!(".{name}.new"));
+    std::fs::write(&scratch, text).expect("write the scratch file");
+    std::fs::rename(&scratch, path).expect("replace the file");
 }
 
 async fn next_delta(stream: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {

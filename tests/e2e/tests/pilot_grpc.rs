@@ -140,7 +140,11 @@ fn routes_weights_and_a_change(name: &str, start: impl Fn(&Pilot, &str) -> XdsCl
     let mut client = start(&pilot, "greeter.default.svc.cluster.local:50051");
     assert_eq!(client.ask("calls 5")["errors"], serde_json::json!({}));
     let spec = dir.join("greeter.mesh");
-    std::fs::write(&spec, SPEC.replace("v1 weight 80\n    to greeter subset v2 weight 20", "v2 weight 100")).expect("write the spec");
+    // Written whole and renamed, so Pilot never compiles the empty file between an in-place
+    // write's truncation and its write.
+    let scratch = dir.join(".greeter.mesh.new");
+    std::fs::write(&scratch, SPEC.replace("v1 weight 80\n    to greeter subset v2 weight 20", "v2 weight 100")).expect("write the spec");
+    std::fs::rename(&scratch, &spec).expect("replace the spec");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let split = client.ask("calls 50");

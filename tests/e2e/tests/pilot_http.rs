@@ -230,10 +230,9 @@ fn envoy_on_pilot_routes_as_the_compiled_sidecar_and_follows_a_weight_change() {
     }
 
     // 90/10 becomes 10/90 in the spec file: Envoy follows without a restart.
-    let spec = mesh.dir.join("bookinfo.mesh");
-    let text = std::fs::read_to_string(&spec).expect("read the spec");
-    std::fs::write(&spec, text.replace("weight 90", "weight 10x").replace("weight 10\n", "weight 90\n").replace("weight 10x", "weight 10"))
-        .expect("write the spec");
+    edit_spec(&mesh, |text| {
+        text.replace("weight 90", "weight 10x").replace("weight 10\n", "weight 90\n").replace("weight 10x", "weight 10")
+    });
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let seen = split(&through_envoy, 100);
