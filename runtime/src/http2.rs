@@ -186,7 +186,8 @@ fn prepare_head(headers: &mut HeaderMap, body: &Body, tunnel: bool) {
 }
 
 /// Streams a response body onto its stream as the client's window allows. A chunk in hand
-/// claims one byte of the window and waits for it (h2 claims the rest as it sends): a body
+/// that is not the last claims one byte of the window and waits for it (h2 claims the rest as
+/// it sends), so that no more of the body is read while the client cannot take it: a body
 /// that has nothing to send claims none, since a client that sends WINDOW_UPDATE only once its
 /// window is used up would otherwise stall its other streams for that byte (hyper's issue
 /// 4003), and the end of the stream and trailers need no window at all. A body that fails
@@ -211,7 +212,9 @@ async fn send_body(mut body: Body, mut send: h2::SendStream<Bytes>) {
             Some(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
                     let end = body.is_end_stream();
-                    if !data.is_empty() && !room(&mut send).await {
+                    // The last chunk goes to h2 at once, which sends it as the windows allow:
+                    // it is in memory already, and no more of the body is read behind it.
+                    if !end && !data.is_empty() && !room(&mut send).await {
                         return;
                     }
                     if send.send_data(data, end).is_err() || end {
