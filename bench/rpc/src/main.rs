@@ -2,7 +2,9 @@
 //!
 //! Frames come from reference encoders: the requests and responses in the runtime's codec
 //! fixtures, written by sofa-bolt-node and dubbo-remoting (runtime/src/rpc/fixtures), with only
-//! their request ids changed. The runtime's codecs cut frames off the stream.
+//! their request ids changed. The runtime's codecs cut frames off the stream. Request ids count
+//! up over all of `run`'s connections, as a JVM's SOFA and Dubbo clients number them
+//! (sofa-bolt's `IDGenerator` and Dubbo's `Request` each keep one counter per process).
 //!
 //!     rpc-load serve --protocol bolt --listen 127.0.0.1:12200
 //!     rpc-load run --protocol bolt --target 127.0.0.1:12220 --connections 8 --in-flight 8 --seconds 10
@@ -23,6 +25,9 @@ use clap::Parser;
 use meshc_runtime::rpc::{DEFAULT_MAX_FRAME, bolt, dubbo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The last request id given, over every connection of the process.
+static LAST_ID: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Parser, Debug)]
 #[command(name = "rpc-load", about = "Bolt and Dubbo load for the RPC benchmark")]
@@ -177,14 +182,13 @@ async fn connection(
     };
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    // Send times by id; ids count up from 1 on each connection.
+    // Send times by id; ids count up from 1 over all connections.
     let sent: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>> = Arc::default();
     let outstanding = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let done = Arc::new(AtomicBool::new(false));
     let writing = {
         let (protocol, sent, outstanding, done) = (protocol.clone(), sent.clone(), outstanding.clone(), done.clone());
         tokio::spawn(async move {
-            let mut id = 0u64;
             let mut out = Vec::new();
             let mut next_at = Instant::now();
             while Instant::now() < stop && !done.load(Ordering::Relaxed) {
@@ -201,7 +205,7 @@ async fn connection(
                         Instant::now()
                     }
                 };
-                id += 1;
+                let id = LAST_ID.fetch_add(1, Ordering::Relaxed) + 1;
                 sent.lock().unwrap_or_else(|it| it.into_inner()).insert(id, scheduled);
                 out.clear();
                 protocol.with_id(&protocol.request, id, &mut out);

@@ -296,10 +296,13 @@ impl Frame {
 }
 
 /// Gives the whole frame `frame` (as [`decode`] cut it) request id `id`, recomputing its CRC32
-/// trailer when it has one.
+/// trailer when it has one; a frame that has that id already is left as it is.
 pub fn patch_request_id(frame: &mut [u8], id: u32) {
     let (protocol, version, switch) = (frame[0], frame.get(1).copied().unwrap_or(0), frame.get(11).copied().unwrap_or(0));
     let at = Head::id_offset(protocol);
+    if frame[at..at + 4] == id.to_be_bytes() {
+        return;
+    }
     frame[at..at + 4].copy_from_slice(&id.to_be_bytes());
     if protocol == V2 && version == 2 && switch & 1 == 1 {
         let end = frame.len() - 4;

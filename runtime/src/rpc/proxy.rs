@@ -386,7 +386,7 @@ impl<C: Codec> RpcProxy<C> {
                 }
                 Decision::NoRoute | Decision::Answer(_) => Err(Error::NoRoute),
             },
-            (Ok(Some(head)), Side::Inbound { port, peer }) => self.to_app(head, port, peer, &frame, oneway, &mut trace).await,
+            (Ok(Some(head)), Side::Inbound { port, peer }) => self.to_app(head, port, peer, &frame, oneway, started, &mut trace).await,
         };
         let (status, flags) = match &result {
             Ok(Some(response)) => (C::status(response), "-"),
@@ -421,6 +421,7 @@ impl<C: Codec> RpcProxy<C> {
 
     /// Hands a caller's request to the application, when the workload's authorization
     /// policies (its `methods` are RPC methods here) and inbound rate limit let it through.
+    #[allow(clippy::too_many_arguments)]
     async fn to_app(
         &self,
         head: &RpcHead<'_>,
@@ -428,6 +429,7 @@ impl<C: Codec> RpcProxy<C> {
         peer: &Downstream,
         frame: &C::Frame,
         oneway: bool,
+        started: tokio::time::Instant,
         trace: &mut Trace,
     ) -> Result<Option<C::Frame>, Error> {
         if !self.proxy.authorize_rpc(head.method(), port, peer) {
@@ -437,12 +439,12 @@ impl<C: Codec> RpcProxy<C> {
             return Err(Error::RateLimited);
         }
         trace.upstream = Some(port.app.shared_authority());
-        let try_once = async {
-            let mux = self.app.get(&port.app, None, APP_CONNECT_TIMEOUT, self.max_frame).await?;
-            mux.call(BytesMut::from(C::bytes(frame)), !oneway).await
-        };
-        let timeout = C::timeout(frame).unwrap_or(DEFAULT_TIMEOUT);
-        tokio::time::timeout(timeout, try_once).await.unwrap_or(Err(Error::UpstreamTimeout))
+        let deadline = started + C::timeout(frame).unwrap_or(DEFAULT_TIMEOUT);
+        // The connection keeps the request's deadline; a timer here is armed only while a
+        // connection is being made.
+        let connecting = self.app.get(&port.app, None, APP_CONNECT_TIMEOUT, self.max_frame);
+        let mux = tokio::time::timeout_at(deadline, connecting).await.unwrap_or(Err(Error::UpstreamTimeout))?;
+        mux.call(BytesMut::from(C::bytes(frame)), !oneway, Some(C::id(frame)), deadline).await
     }
 
     /// Sends the request to the route's cluster, trying again as its retry policy allows
@@ -470,8 +472,7 @@ impl<C: Codec> RpcProxy<C> {
         // The caller waits no longer than its own timeout, and the route (or else the
         // cluster) caps it.
         let configured = forward.timeout_ms.or(cluster.spec.request_timeout_ms).map(Duration::from_millis);
-        let timeout = C::timeout(frame).into_iter().chain(configured).min().or(Some(DEFAULT_TIMEOUT));
-        let deadline = timeout.map(|it| started + it);
+        let deadline = started + C::timeout(frame).into_iter().chain(configured).min().unwrap_or(DEFAULT_TIMEOUT);
         let connect_timeout = Duration::from_millis(cluster.spec.connect_timeout_ms);
         let retries = &forward.retries;
         let mut attempt = 0;
@@ -480,22 +481,24 @@ impl<C: Codec> RpcProxy<C> {
             let endpoint: Endpoint = cluster.pick().ok_or(Error::NoHealthyUpstream(cluster.spec.name))?;
             let _active = cluster.start_request(&endpoint);
             trace.upstream = Some(endpoint.shared_authority());
-            let try_once = async {
-                let mux = pool.get(&endpoint, cluster.raw_tls.as_ref(), connect_timeout, self.max_frame).await?;
-                // Each try sends a copy of its own, patched with its connection's request id.
-                mux.call(BytesMut::from(C::bytes(frame)), !oneway).await
-            };
             // A try ends at the overall deadline, or sooner at its own.
             let per_try = retries.per_try_timeout_ms.map(|it| tokio::time::Instant::now() + Duration::from_millis(it));
-            let result = match deadline.into_iter().chain(per_try).min() {
-                Some(deadline) => tokio::time::timeout_at(deadline, try_once).await.unwrap_or(Err(Error::UpstreamTimeout)),
-                None => try_once.await,
-            };
+            let try_deadline = per_try.map_or(deadline, |it| it.min(deadline));
+            let result = async {
+                // The connection keeps the try's deadline; a timer here is armed only while a
+                // connection is being made.
+                let connecting = pool.get(&endpoint, cluster.raw_tls.as_ref(), connect_timeout, self.max_frame);
+                let mux = tokio::time::timeout_at(try_deadline, connecting).await.unwrap_or(Err(Error::UpstreamTimeout))?;
+                // Each try sends a copy of its own, under the caller's request id or, when
+                // another request waits under that one, patched with another.
+                mux.call(BytesMut::from(C::bytes(frame)), !oneway, Some(C::id(frame)), try_deadline).await
+            }
+            .await;
             cluster.observe_outcome(&endpoint, result.as_ref().map(|it| it.as_ref().is_some_and(C::server_error)));
             // Only failures that Envoy's retry_on names for any protocol: a connection that
             // could not be made, and one lost (or a try timed out) before the response. A
             // response, whatever its status, is the service's answer and goes back as it is.
-            let overall_expired = || deadline.is_some_and(|it| tokio::time::Instant::now() >= it);
+            let overall_expired = || tokio::time::Instant::now() >= deadline;
             let retriable = match &result {
                 Err(Error::UpstreamConnect(_)) => {
                     retries.on & (RetryOn::CONNECT_FAILURE | RetryOn::RESET | RetryOn::GATEWAY_ERROR | RetryOn::FIVE_XX) != 0
