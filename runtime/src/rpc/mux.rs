@@ -560,40 +560,68 @@ mod tests {
         assert!(!mux.is_closed());
     }
 
+    /// The peer's side of a multiplexed Dubbo connection.
+    struct Upstream {
+        stream: tokio::net::TcpStream,
+        buf: bytes::BytesMut,
+    }
+
+    impl Upstream {
+        /// A multiplexed connection to a local peer, and the peer's side of it.
+        async fn connected() -> (Arc<Mux<Dubbo>>, Upstream) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
+            let mux = Mux::<Dubbo>::connect(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect");
+            let (stream, _) = listener.accept().await.expect("accept");
+            (Arc::new(mux), Upstream { stream, buf: bytes::BytesMut::new() })
+        }
+
+        /// The head of the next request the connection brings.
+        async fn next_head(&mut self) -> dubbo::Head {
+            loop {
+                if let Some(frame) = dubbo::decode(&mut self.buf, 1 << 20).expect("a frame") {
+                    return *frame.head();
+                }
+                let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf)).await;
+                assert!(read.expect("a frame in time").expect("read") > 0, "the connection stays open");
+            }
+        }
+
+        /// Answers the request `head` heads.
+        async fn answer(&mut self, head: &dubbo::Head) {
+            self.stream.write_all(&dubbo::heartbeat_reply(head)).await.expect("answer");
+        }
+    }
+
+    /// A heartbeat request on `mux`, numbered `preferred` by its caller, waiting at most
+    /// `within` for its answer.
+    fn call(
+        mux: &Arc<Mux<Dubbo>>,
+        preferred: Option<u64>,
+        within: Duration,
+    ) -> tokio::task::JoinHandle<Result<Option<dubbo::Frame>, crate::error::Error>> {
+        let mux = mux.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        let request = dubbo::heartbeat_request(preferred.unwrap_or(0));
+        tokio::spawn(async move { mux.call(request.into(), true, preferred, deadline).await })
+    }
+
     #[tokio::test]
     async fn an_id_still_waiting_is_skipped_when_the_numbering_comes_round() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
-        let mux = Arc::new(Mux::<Dubbo>::connect(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect"));
-        let (mut upstream, _) = listener.accept().await.expect("accept");
-        let mut buf = bytes::BytesMut::new();
-        let mut next_frame = async |upstream: &mut tokio::net::TcpStream| loop {
-            if let Some(frame) = dubbo::decode(&mut buf, 1 << 20).expect("a frame") {
-                return frame;
-            }
-            let read = tokio::time::timeout(Duration::from_secs(5), upstream.read_buf(&mut buf)).await;
-            assert!(read.expect("a frame in time").expect("read") > 0, "the connection stays open");
-        };
-        let call = |mux: &Arc<Mux<Dubbo>>| {
-            let mux = mux.clone();
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                mux.call(dubbo::heartbeat_request(0).into(), true, None, deadline).await
-            })
-        };
-        let first = call(&mux);
-        let first_head = *next_frame(&mut upstream).await.head();
+        let (mux, mut upstream) = Upstream::connected().await;
+        let first = call(&mux, None, Duration::from_secs(60));
+        let first_head = upstream.next_head().await;
         // The numbering comes round to the id the first call still waits under.
         super::lock(&mux.state).next = first_head.request_id;
-        let second = call(&mux);
-        let second_head = *next_frame(&mut upstream).await.head();
+        let second = call(&mux, None, Duration::from_secs(60));
+        let second_head = upstream.next_head().await;
         assert_eq!(second_head.request_id, first_head.request_id + 1, "the waiting id is skipped");
         // Answered in the other order, each reaches its own caller.
-        upstream.write_all(&dubbo::heartbeat_reply(&second_head)).await.expect("answer");
+        upstream.answer(&second_head).await;
         let answer = second.await.expect("no panic").expect("an answer").expect("a frame");
         assert_eq!(answer.head().request_id, second_head.request_id);
         assert!(!first.is_finished(), "the first call still waits");
-        upstream.write_all(&dubbo::heartbeat_reply(&first_head)).await.expect("answer");
+        upstream.answer(&first_head).await;
         let answer = first.await.expect("no panic").expect("an answer").expect("a frame");
         assert_eq!(answer.head().request_id, first_head.request_id);
         assert!(super::lock(&mux.state).waiting.is_empty());
@@ -601,32 +629,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_keeps_its_callers_id_unless_another_waits_under_it() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
-        let mux = Arc::new(Mux::<Dubbo>::connect(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect"));
-        let (mut upstream, _) = listener.accept().await.expect("accept");
-        let mut buf = bytes::BytesMut::new();
-        let mut next_head = async |upstream: &mut tokio::net::TcpStream| loop {
-            if let Some(frame) = dubbo::decode(&mut buf, 1 << 20).expect("a frame") {
-                return *frame.head();
-            }
-            let read = tokio::time::timeout(Duration::from_secs(5), upstream.read_buf(&mut buf)).await;
-            assert!(read.expect("a frame in time").expect("read") > 0, "the connection stays open");
-        };
+        let (mux, mut upstream) = Upstream::connected().await;
         // Two callers that both numbered their request 9 (two applications' connections).
-        let call = |mux: &Arc<Mux<Dubbo>>| {
-            let mux = mux.clone();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            tokio::spawn(async move { mux.call(dubbo::heartbeat_request(9).into(), true, Some(9), deadline).await })
-        };
-        let first = call(&mux);
-        let first_head = next_head(&mut upstream).await;
+        let first = call(&mux, Some(9), Duration::from_secs(60));
+        let first_head = upstream.next_head().await;
         assert_eq!(first_head.request_id, 9, "a free id goes as the caller numbered it");
-        let second = call(&mux);
-        let second_head = next_head(&mut upstream).await;
+        let second = call(&mux, Some(9), Duration::from_secs(60));
+        let second_head = upstream.next_head().await;
         assert_ne!(second_head.request_id, 9, "an id in use is not given twice");
-        upstream.write_all(&dubbo::heartbeat_reply(&second_head)).await.expect("answer");
-        upstream.write_all(&dubbo::heartbeat_reply(&first_head)).await.expect("answer");
+        upstream.answer(&second_head).await;
+        upstream.answer(&first_head).await;
         let first = first.await.expect("no panic").expect("an answer").expect("a frame");
         let second = second.await.expect("no panic").expect("an answer").expect("a frame");
         assert_eq!((first.head().request_id, second.head().request_id), (9, second_head.request_id));
@@ -634,27 +646,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_fails_at_its_own_deadline_while_a_later_one_still_waits() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = Endpoint::at(listener.local_addr().expect("an address"));
-        let mux = Arc::new(Mux::<Dubbo>::connect(&endpoint, None, Duration::from_secs(5), 1 << 20).await.expect("connect"));
-        let (mut upstream, _) = listener.accept().await.expect("accept");
-        let call = |mux: &Arc<Mux<Dubbo>>, within: Duration| {
-            let mux = mux.clone();
-            let deadline = tokio::time::Instant::now() + within;
-            tokio::spawn(async move { mux.call(dubbo::heartbeat_request(0).into(), true, None, deadline).await })
-        };
+        let (mux, mut upstream) = Upstream::connected().await;
         // The later deadline first, so that the second call has to move the alarm earlier.
-        let patient = call(&mux, Duration::from_secs(60));
-        let hasty = call(&mux, Duration::from_millis(200));
-        let mut buf = bytes::BytesMut::new();
-        let mut heads = Vec::new();
-        while heads.len() < 2 {
-            let read = tokio::time::timeout(Duration::from_secs(5), upstream.read_buf(&mut buf)).await;
-            assert!(read.expect("both requests in time").expect("read") > 0);
-            while let Some(frame) = dubbo::decode(&mut buf, 1 << 20).expect("a frame") {
-                heads.push(*frame.head());
-            }
-        }
+        let patient = call(&mux, None, Duration::from_secs(60));
+        let hasty = call(&mux, None, Duration::from_millis(200));
+        let mut heads = vec![upstream.next_head().await, upstream.next_head().await];
         let hasty = tokio::time::timeout(Duration::from_secs(30), hasty).await.expect("the earlier deadline is kept");
         assert!(matches!(hasty.expect("no panic"), Err(crate::error::Error::UpstreamTimeout)));
         assert!(!patient.is_finished(), "the later request still waits");
@@ -665,7 +661,7 @@ mod tests {
         heads.sort_by_key(|it| it.request_id == still[0]);
         let unknown = super::UNKNOWN_RESPONSES.load(std::sync::atomic::Ordering::Relaxed);
         for head in &heads {
-            upstream.write_all(&dubbo::heartbeat_reply(head)).await.expect("answer");
+            upstream.answer(head).await;
         }
         let answer = patient.await.expect("no panic").expect("an answer").expect("a frame");
         assert_eq!(answer.head().request_id, still[0]);
