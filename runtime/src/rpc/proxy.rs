@@ -21,6 +21,7 @@ use crate::accesslog::{AccessLog, Entry};
 use crate::endpoints::Endpoint;
 use crate::error::Error;
 use crate::metrics::{Reporter, RpcLabels};
+use crate::pool::ClientTls;
 use crate::proxy::{Downstream, InboundPort, Proxy, pick_weighted_destination};
 use crate::spec::{Decision, Forward, RetryOn};
 
@@ -382,11 +383,11 @@ impl<C: Codec> RpcProxy<C> {
             (Ok(Some(head)), Side::Outbound) => match (self.proxy.spec.route_rpc)(head) {
                 Decision::Forward(forward) => {
                     trace.route = forward.route;
-                    self.forward(forward, &frame, oneway, started, &mut trace).await
+                    self.forward(forward, &frame, started, &mut trace).await
                 }
                 Decision::NoRoute | Decision::Answer(_) => Err(Error::NoRoute),
             },
-            (Ok(Some(head)), Side::Inbound { port, peer }) => self.to_app(head, port, peer, &frame, oneway, started, &mut trace).await,
+            (Ok(Some(head)), Side::Inbound { port, peer }) => self.to_app(head, port, peer, &frame, started, &mut trace).await,
         };
         let (status, flags) = match &result {
             Ok(Some(response)) => (C::status(response), "-"),
@@ -421,14 +422,12 @@ impl<C: Codec> RpcProxy<C> {
 
     /// Hands a caller's request to the application, when the workload's authorization
     /// policies (its `methods` are RPC methods here) and inbound rate limit let it through.
-    #[allow(clippy::too_many_arguments)]
     async fn to_app(
         &self,
         head: &RpcHead<'_>,
         port: &InboundPort,
         peer: &Downstream,
         frame: &C::Frame,
-        oneway: bool,
         started: tokio::time::Instant,
         trace: &mut Trace,
     ) -> Result<Option<C::Frame>, Error> {
@@ -440,11 +439,26 @@ impl<C: Codec> RpcProxy<C> {
         }
         trace.upstream = Some(port.app.shared_authority());
         let deadline = started + C::timeout(frame).unwrap_or(DEFAULT_TIMEOUT);
-        // The connection keeps the request's deadline; a timer here is armed only while a
-        // connection is being made.
-        let connecting = self.app.get(&port.app, None, APP_CONNECT_TIMEOUT, self.max_frame);
+        self.try_once(&self.app, &port.app, None, APP_CONNECT_TIMEOUT, frame, deadline).await
+    }
+
+    /// Sends `frame` on `pool`'s connection to `endpoint` (made if there is none) and waits
+    /// for its answer until `deadline`: a copy of its own, under the caller's request id or,
+    /// when another request waits under that one there, patched with another. The connection
+    /// keeps the deadline; a timer here is armed only while a connection is being made.
+    async fn try_once(
+        &self,
+        pool: &MuxPool<C>,
+        endpoint: &Endpoint,
+        tls: Option<&ClientTls>,
+        connect_timeout: Duration,
+        frame: &C::Frame,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<C::Frame>, Error> {
+        let connecting = pool.get(endpoint, tls, connect_timeout, self.max_frame);
         let mux = tokio::time::timeout_at(deadline, connecting).await.unwrap_or(Err(Error::UpstreamTimeout))?;
-        mux.call(BytesMut::from(C::bytes(frame)), !oneway, Some(C::id(frame)), deadline).await
+        let expects_response = C::role(frame) == Role::Call { oneway: false };
+        mux.call(BytesMut::from(C::bytes(frame)), expects_response, Some(C::id(frame)), deadline).await
     }
 
     /// Sends the request to the route's cluster, trying again as its retry policy allows
@@ -455,7 +469,6 @@ impl<C: Codec> RpcProxy<C> {
         &self,
         forward: &'static Forward<'static>,
         frame: &C::Frame,
-        oneway: bool,
         started: tokio::time::Instant,
         trace: &mut Trace,
     ) -> Result<Option<C::Frame>, Error> {
@@ -484,16 +497,7 @@ impl<C: Codec> RpcProxy<C> {
             // A try ends at the overall deadline, or sooner at its own.
             let per_try = retries.per_try_timeout_ms.map(|it| tokio::time::Instant::now() + Duration::from_millis(it));
             let try_deadline = per_try.map_or(deadline, |it| it.min(deadline));
-            let result = async {
-                // The connection keeps the try's deadline; a timer here is armed only while a
-                // connection is being made.
-                let connecting = pool.get(&endpoint, cluster.raw_tls.as_ref(), connect_timeout, self.max_frame);
-                let mux = tokio::time::timeout_at(try_deadline, connecting).await.unwrap_or(Err(Error::UpstreamTimeout))?;
-                // Each try sends a copy of its own, under the caller's request id or, when
-                // another request waits under that one, patched with another.
-                mux.call(BytesMut::from(C::bytes(frame)), !oneway, Some(C::id(frame)), try_deadline).await
-            }
-            .await;
+            let result = self.try_once(pool, &endpoint, cluster.raw_tls.as_ref(), connect_timeout, frame, try_deadline).await;
             cluster.observe_outcome(&endpoint, result.as_ref().map(|it| it.as_ref().is_some_and(C::server_error)));
             // Only failures that Envoy's retry_on names for any protocol: a connection that
             // could not be made, and one lost (or a try timed out) before the response. A
