@@ -13,15 +13,16 @@
 //! happens only between requests, when the last response has been written whole.
 //!
 //! A request body is read from the connection by whoever polls it (the proxy's upstream
-//! exchange, in the same task): the connection's read side moves into the body and comes back
-//! once the body has ended. A response that ends before its request body does closes the
-//! connection, as Envoy does.
+//! exchange, in the same task): the connection is split, its read side moves into the body
+//! and comes back once the body has ended, and the halves are joined again. Only then: each
+//! use of a half takes a lock, which a request without a body does not pay. A response that
+//! ends before its request body does closes the connection, as Envoy does.
 
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -29,7 +30,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, WriteHalf};
 use tokio_util::io::poll_read_buf;
 
 use super::{
@@ -73,12 +74,15 @@ where
 {
     // A connection accepted during a drain answers one request, then closes.
     let late = *drain.borrow();
-    let (read, mut write) = tokio::io::split(io);
-    let mut reader = Some(Reader { io: read, buf: BytesMut::new() });
+    // The stream stays whole but while a request body is read from it: split, each use of a
+    // half takes a lock.
+    let mut conn = Some(Reader { io, buf: BytesMut::new() });
     let mut out = BytesMut::new();
     let mut fields = Vec::new();
     let mut first = true;
     let mut timer = pin!(tokio::time::sleep(head_timeout));
+    // The waker the timer and the drain were last polled with.
+    let mut waker = None;
     // One wait for the drain for the whole connection, rather than one per request (each
     // registers with the watch and leaves it again).
     let mut drained = pin!({
@@ -88,86 +92,162 @@ where
         }
     });
     loop {
-        let Some(conn) = reader.as_mut() else { return Ended::Closed };
+        let Some(reader) = conn.as_mut() else { return Ended::Closed };
         // The timer is moved on only when it fires before this deadline: re-arming it for
         // each request costs more than the rare early wake-up.
         let deadline = tokio::time::Instant::now() + head_timeout;
         let head = loop {
-            match parse(&mut conn.buf, &mut fields, first) {
+            match parse(&mut reader.buf, &mut fields, first) {
                 Parsed::Head(head) => break head,
                 Parsed::HandOff => {
-                    let Some(conn) = reader.take() else { return Ended::Closed };
-                    return Ended::HandOff(conn.buf.freeze(), conn.io.unsplit(write));
+                    let Some(Reader { io, buf }) = conn.take() else { return Ended::Closed };
+                    return Ended::HandOff(buf.freeze(), io);
                 }
                 Parsed::Bad(why) => {
-                    refuse(conn, &mut write, why).await;
+                    refuse(reader, why).await;
                     return Ended::Closed;
                 }
                 Parsed::More => {}
             }
-            let filled = tokio::select! {
-                biased;
-                filled = poll_fn(|cx| conn.poll_fill(cx)) => matches!(filled, Ok(1..)),
-                () = &mut timer => {
-                    if tokio::time::Instant::now() < deadline {
-                        timer.as_mut().reset(deadline);
-                        continue;
-                    }
-                    false
+            let waited = poll_fn(|cx| {
+                if let Poll::Ready(read) = reader.poll_fill(cx) {
+                    return Poll::Ready(Waited::Read(matches!(read, Ok(1..))));
                 }
-                // Polled until it fires, after which the connection ends.
-                () = &mut drained, if !late => false,
+                // The timer and the drain keep the task's waker once polled, and polling them
+                // again takes locks: they are polled only when one of them may have fired
+                // (which reading their state tells without a lock) or the waker changed.
+                let fired = timer.is_elapsed() || (!late && drain.has_changed().unwrap_or(true));
+                if fired || !waker.as_ref().is_some_and(|it: &Waker| it.will_wake(cx.waker())) {
+                    waker = Some(cx.waker().clone());
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Waited::Timer);
+                    }
+                    // Polled until it fires, after which the connection ends.
+                    if !late && drained.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Waited::Read(false));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let filled = match waited {
+                Waited::Read(filled) => filled,
+                Waited::Timer if tokio::time::Instant::now() < deadline => {
+                    timer.as_mut().reset(deadline);
+                    // Registered anew when next polled.
+                    waker = None;
+                    continue;
+                }
+                Waited::Timer => false,
             };
             if !filled {
                 // Over TLS, the client learns that the server closed (close_notify).
-                let _ = write.shutdown().await;
+                let _ = reader.io.shutdown().await;
                 return Ended::Closed;
             }
         };
         first = false;
         let Head { parts, framing, keep_alive } = head;
         let head_request = parts.method == Method::HEAD;
-        // The body takes the connection's read side while it is read.
-        let (body, shared) = match framing {
-            Framing::None => (crate::proxy::empty(), None),
-            Framing::Length(len) => streamed(&mut reader, Incoming::Length(len)),
-            Framing::Chunked => streamed(&mut reader, Incoming::Chunked(super::Chunk::Size)),
+        // A body takes the stream's read side while it is read.
+        let incoming = match framing {
+            Framing::None => None,
+            Framing::Length(len) => Some(Incoming::Length(len)),
+            Framing::Chunked => Some(Incoming::Chunked(super::Chunk::Size)),
+        };
+        let (body, mut split) = match (incoming, conn.take_if(|_| incoming.is_some())) {
+            (Some(incoming), Some(Reader { io, buf })) => {
+                let (read, write) = tokio::io::split(io);
+                let source = Source { conn: Reader { io: read, buf }, framing: incoming, failed: false, dropped: false };
+                let shared = Arc::new(Shared(Mutex::new(Some(source))));
+                (RequestBody(shared.clone()).boxed(), Some((shared, write)))
+            }
+            _ => (crate::proxy::empty(), None),
         };
         let response = answer(Request::from_parts(parts, body)).await;
         // An answer that comes before the request body's end closes the connection after it,
         // since the rest of the body cannot be told from a next request; unless the body is
         // let go of and its end is already read (a small POST refused by policy).
-        let read_whole = shared.as_ref().is_none_or(|it| it.settle());
+        let read_whole = split.as_ref().is_none_or(|(shared, _)| shared.settle());
         let keep_alive = keep_alive && read_whole && !*drain.borrow();
-        let keep_alive = respond(&mut write, &mut out, response, head_request, keep_alive).await;
-        if let Some(shared) = shared {
+        let mut writer = match (&mut split, conn.as_mut()) {
+            (Some((_, write)), _) => Writer::Half(write),
+            (None, Some(reader)) => Writer::Whole(&mut reader.io),
+            (None, None) => return Ended::Closed,
+        };
+        let keep_alive = respond(&mut writer, &mut out, response, head_request, keep_alive).await;
+        if let Some((shared, mut write)) = split {
             match shared.take_back() {
-                Back::Whole(conn) => reader = Some(conn),
-                Back::Rest(mut conn) => {
+                Back::Whole(Reader { io: read, buf }) => conn = Some(Reader { io: read.unsplit(write), buf }),
+                Back::Rest(mut rest) => {
                     // The client may still be sending the body: closing with its bytes unread
                     // would reset the connection, and the answer could be lost.
                     if write.shutdown().await.is_ok() {
-                        linger(&mut conn).await;
+                        linger(&mut rest).await;
                     }
                     return Ended::Closed;
                 }
-                Back::Gone => reader = None,
+                Back::Gone => {
+                    let _ = write.shutdown().await;
+                    return Ended::Closed;
+                }
             }
         }
-        if !keep_alive || reader.is_none() {
-            let _ = write.shutdown().await;
+        if !keep_alive {
+            if let Some(reader) = conn.as_mut() {
+                let _ = reader.io.shutdown().await;
+            }
             return Ended::Closed;
         }
     }
 }
 
-/// The connection's read side and what was read from it and not yet used.
-struct Reader<S> {
-    io: ReadHalf<S>,
+/// Where a response is written: the whole stream, or its write half while a request body
+/// reads from the other.
+enum Writer<'a, S> {
+    Whole(&'a mut S),
+    Half(&'a mut WriteHalf<S>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Writer<'_, S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Whole(io) => Pin::new(&mut **io).poll_write(cx, data),
+            Writer::Half(io) => Pin::new(&mut **io).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Whole(io) => Pin::new(&mut **io).poll_flush(cx),
+            Writer::Half(io) => Pin::new(&mut **io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Whole(io) => Pin::new(&mut **io).poll_shutdown(cx),
+            Writer::Half(io) => Pin::new(&mut **io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What ended a wait for more of a request head.
+enum Waited {
+    /// A read: whether it read anything (false at the end of the stream, on an error, or
+    /// when a drain began).
+    Read(bool),
+    /// The head timer fired.
+    Timer,
+}
+
+/// The connection (or its read side) and what was read from it and not yet used.
+struct Reader<R> {
+    io: R,
     buf: BytesMut,
 }
 
-impl<S: AsyncRead> Reader<S> {
+impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 8 {
@@ -179,15 +259,15 @@ impl<S: AsyncRead> Reader<S> {
 
 /// Answers a malformed request with 400 and ends the connection, reading what the client
 /// still sends for a while so that the answer is not lost to a reset.
-async fn refuse<S: AsyncRead + AsyncWrite>(conn: &mut Reader<S>, write: &mut WriteHalf<S>, why: &str) {
-    if write.write_all(&bad_request(why)).await.is_ok() && write.shutdown().await.is_ok() {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Reader<S>, why: &str) {
+    if conn.io.write_all(&bad_request(why)).await.is_ok() && conn.io.shutdown().await.is_ok() {
         linger(conn).await;
     }
 }
 
 /// Reads and drops what the client still sends, up to LINGER_BYTES for LINGER_TIME, after
 /// the server's side of the connection was shut down.
-async fn linger<S: AsyncRead>(conn: &mut Reader<S>) {
+async fn linger<R: AsyncRead + Unpin>(conn: &mut Reader<R>) {
     let drop_input = async {
         let mut dropped = 0;
         while dropped < LINGER_BYTES {
@@ -272,20 +352,9 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
     Parsed::Head(Head { parts, framing, keep_alive })
 }
 
-/// A request body read from the connection `reader` holds, which it takes; the shared state
-/// gives it back once the body has ended.
-fn streamed<S>(reader: &mut Option<Reader<S>>, framing: Incoming) -> (Body, Option<Arc<Shared<S>>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let Some(conn) = reader.take() else { return (crate::proxy::empty(), None) };
-    let shared = Arc::new(Shared(Mutex::new(Some(Source { conn, framing, failed: false, dropped: false }))));
-    (RequestBody(shared.clone()).boxed(), Some(shared))
-}
-
 /// A request body being read, and the connection it is read from.
-struct Source<S> {
-    conn: Reader<S>,
+struct Source<R> {
+    conn: Reader<R>,
     framing: Incoming,
     failed: bool,
     /// Whether the body was let go of: nobody reads the rest.
@@ -293,19 +362,19 @@ struct Source<S> {
 }
 
 /// What the connection gets back from a request body.
-enum Back<S> {
+enum Back<R> {
     /// The body was read whole: the connection may carry the next request.
-    Whole(Reader<S>),
+    Whole(Reader<R>),
     /// The body was not read to its end, or failed.
-    Rest(Reader<S>),
+    Rest(Reader<R>),
     /// The body's reader is gone.
     Gone,
 }
 
 /// What the body and the connection share: `None` once the connection took itself back.
-struct Shared<S>(Mutex<Option<Source<S>>>);
+struct Shared<R>(Mutex<Option<Source<R>>>);
 
-impl<S> Shared<S> {
+impl<R> Shared<R> {
     /// Whether the body has been read to its end. A body let go of is first read on through
     /// what is already buffered, without waiting for more.
     fn settle(&self) -> bool {
@@ -322,7 +391,7 @@ impl<S> Shared<S> {
     }
 
     /// The connection's read side, taken back from the body (which then fails if read).
-    fn take_back(&self) -> Back<S> {
+    fn take_back(&self) -> Back<R> {
         let mut source = self.0.lock().unwrap_or_else(|it| it.into_inner());
         match source.take() {
             Some(Source { conn, framing: Incoming::Done, failed: false, .. }) => Back::Whole(conn),
@@ -340,7 +409,7 @@ trait BodyRead: Send + Sync {
     fn drop_body(&self);
 }
 
-impl<S: AsyncRead + Send> BodyRead for Shared<S> {
+impl<R: AsyncRead + Unpin + Send> BodyRead for Shared<R> {
     fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut source = self.0.lock().unwrap_or_else(|it| it.into_inner());
         let Some(source) = source.as_mut() else { return Poll::Ready(Some(Err("the client connection has closed".into()))) };
