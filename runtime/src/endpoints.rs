@@ -10,9 +10,14 @@ use serde::Deserialize;
 
 use crate::spec::{ClusterSpec, EndpointSeed};
 
-/// One upstream endpoint.
+/// One upstream endpoint: shared, so that the one a request picks is taken with a single
+/// reference count rather than one per string it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct Endpoint(Arc<EndpointData>);
+
+/// What an [`Endpoint`] is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EndpointData {
     /// IP address or host name.
     pub address: Arc<str>,
     /// Port.
@@ -27,6 +32,14 @@ pub struct Endpoint {
     authority: Arc<str>,
 }
 
+impl std::ops::Deref for Endpoint {
+    type Target = EndpointData;
+
+    fn deref(&self) -> &EndpointData {
+        &self.0
+    }
+}
+
 impl Endpoint {
     /// An endpoint at `address`:`port`.
     pub fn new(address: &str, port: u16, weight: u32, routable: bool, locality: &str) -> Endpoint {
@@ -37,13 +50,14 @@ impl Endpoint {
     /// names it once for thousands of endpoints).
     pub fn in_locality(address: &str, port: u16, weight: u32, routable: bool, locality: Arc<str>) -> Endpoint {
         let authority = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
-        Endpoint { address: Arc::from(address), port, weight, routable, locality, authority: Arc::from(authority) }
+        Endpoint(Arc::new(EndpointData { address: Arc::from(address), port, weight, routable, locality, authority: Arc::from(authority) }))
     }
 
     /// This endpoint with another weight, health and locality, sharing its address and
     /// authority.
     pub fn reweighted(&self, weight: u32, routable: bool, locality: Arc<str>) -> Endpoint {
-        Endpoint { address: self.address.clone(), port: self.port, weight, routable, locality, authority: self.authority.clone() }
+        let (address, port, authority) = (self.address.clone(), self.port, self.authority.clone());
+        Endpoint(Arc::new(EndpointData { address, port, weight, routable, locality, authority }))
     }
 
     /// `host:port`, bracketing IPv6 addresses.
@@ -238,11 +252,14 @@ impl ClusterEndpoints {
 
     /// The current set.
     pub fn current(&self) -> Arc<EndpointSet> {
+        self.read().clone()
+    }
+
+    /// The current set, read in place: the set cannot be replaced while the guard is held,
+    /// and the set's reference count is left alone (picking an endpoint needs no copy of it).
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<EndpointSet>> {
         // A writer that panicked while holding the lock left a complete Arc behind; keep serving it.
-        match self.set.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Replaces the set atomically: requests already picking keep the old one. Endpoints

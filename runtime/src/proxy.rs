@@ -87,7 +87,7 @@ impl Cluster {
     /// less.
     fn pick_for(&self, key: Option<u64>) -> Option<Endpoint> {
         let draw = || (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX));
-        let set = self.endpoints.current();
+        let set = self.endpoints.read();
         let scope = self.priority_scope(&set);
         if let Some(weights) = self.warming_weights(scope) {
             let pick = || pick_weighted(scope, &weights, draw());
