@@ -72,9 +72,19 @@ impl Connection {
     /// Whether an idle connection is still usable: the server has neither closed it nor sent
     /// anything unasked. Costs no system call unless the socket became readable.
     pub(crate) fn idle_and_open(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.read.reserve(1);
-        matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending) && self.read.is_empty()
+        if !self.read.is_empty() {
+            return false;
+        }
+        match &mut self.io {
+            // Without a waker: polling a read that is not ready would register one, under a
+            // lock.
+            Either::Left(tcp) => matches!(tcp.try_read(&mut [0; 1]), Err(err) if err.kind() == io::ErrorKind::WouldBlock),
+            Either::Right(_) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                self.read.reserve(1);
+                matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending) && self.read.is_empty()
+            }
+        }
     }
 
     /// Readies a connection whose exchange ended cleanly for the next one: reads start small
@@ -498,16 +508,24 @@ impl Framers {
 pub(crate) fn header_map(head: &Bytes, fields: &[Field], drop_connection: bool) -> Option<(HeaderMap, Framers)> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut framers = Framers::default();
-    let mut dropped: smallvec::SmallVec<[HeaderValue; 1]> = smallvec::SmallVec::new();
+    // The `Connection` fields left out, as where their values lie in `head`: a value is made
+    // (a reference to `head` taken) only if it goes in after all.
+    let mut dropped: smallvec::SmallVec<[std::ops::Range<usize>; 1]> = smallvec::SmallVec::new();
     for &(name, name_end, value, value_end) in fields {
         let name = HeaderName::from_bytes(&head[name as usize..name_end as usize]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value as usize..value_end as usize)).ok()?;
+        let range = value as usize..value_end as usize;
+        if drop_connection && name == header::CONNECTION {
+            // What `HeaderValue` would refuse, checked without making one.
+            if !head[range.clone()].iter().all(|&it| it == b'\t' || (it >= b' ' && it != 0x7f)) {
+                return None;
+            }
+            framers.note_connection(&head[range.clone()]);
+            dropped.push(range);
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(range)).ok()?;
         if name == header::CONNECTION {
             framers.note_connection(value.as_bytes());
-            if drop_connection {
-                dropped.push(value);
-                continue;
-            }
         }
         framers.transfer_encoding |= name == header::TRANSFER_ENCODING;
         framers.content_length |= name == header::CONTENT_LENGTH;
@@ -519,8 +537,8 @@ pub(crate) fn header_map(head: &Bytes, fields: &[Field], drop_connection: bool) 
         framers.names_others = true;
     }
     if framers.names_others {
-        for value in dropped {
-            headers.append(header::CONNECTION, value);
+        for range in dropped {
+            headers.append(header::CONNECTION, HeaderValue::from_maybe_shared(head.slice(range)).ok()?);
         }
     }
     Some((headers, framers))
