@@ -103,7 +103,7 @@ impl Http1Pool {
     /// tried again goes from the same one. The connection goes back to the pool when the
     /// response body has been read to its end.
     pub async fn send(&self, endpoint: &Endpoint, parts: &http::request::Parts, mut body: Body) -> Result<Response<Body>, Error> {
-        let key = endpoint.shared_authority();
+        let key = endpoint.authority();
         if parts.method == http::Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE) {
             let mut request = crate::proxy::copy_head(parts).map(|()| body);
             // hyper's connection-level client sends the head as it is given.
@@ -114,16 +114,16 @@ impl Http1Pool {
             return Box::pin(self.send_switching(endpoint, request)).await;
         }
         for _ in 0..UNSENT_RETRIES {
-            let Some(conn) = self.checkout(&key) else { break };
-            match h1::exchange(conn, parts, body, endpoint.authority(), self.giving_back(&key)).await {
+            let Some(conn) = self.checkout(key) else { break };
+            match h1::exchange(conn, parts, body, key, self.giving_back(endpoint)).await {
                 Ok(response) => return Ok(response),
                 // The connection closed before the request went out: another one.
                 Err(Failure::Unsent(unsent)) => body = unsent,
-                Err(failure) => return Err(failed(&key, failure)),
+                Err(failure) => return Err(failed(key, failure)),
             }
         }
         let conn = Connection::new(Box::pin(self.connect(endpoint)).await?);
-        h1::exchange(conn, parts, body, endpoint.authority(), self.giving_back(&key)).await.map_err(|failure| failed(&key, failure))
+        h1::exchange(conn, parts, body, key, self.giving_back(endpoint)).await.map_err(|failure| failed(key, failure))
     }
 
     /// A request that switches protocols (an upgrade, or CONNECT) on a connection of its own,
@@ -141,9 +141,9 @@ impl Http1Pool {
     }
 
     /// An open idle connection to `key`, newest first; closed and stale ones are dropped.
-    fn checkout(&self, key: &Arc<str>) -> Option<Connection> {
+    fn checkout(&self, key: &str) -> Option<Connection> {
         let mut idle = lock(&self.idle);
-        let list = idle.by_endpoint.get_mut(&**key)?;
+        let list = idle.by_endpoint.get_mut(key)?;
         let mut found = None;
         while let Some(mut it) = list.pop() {
             if it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open() {
@@ -152,15 +152,15 @@ impl Http1Pool {
             }
         }
         if list.is_empty() {
-            idle.by_endpoint.remove(&**key);
+            idle.by_endpoint.remove(key);
         }
         found
     }
 
-    /// What puts a finished connection to `key` back among the idle ones.
-    fn giving_back(&self, key: &Arc<str>) -> impl h1::Finish {
-        let (idle, key) = (self.idle.clone(), key.clone());
-        move |conn| idle_again(&idle, key, conn)
+    /// What puts a finished connection to `endpoint` back among the idle ones.
+    fn giving_back(&self, endpoint: &Endpoint) -> impl h1::Finish {
+        let (idle, endpoint) = (self.idle.clone(), endpoint.clone());
+        move |conn| idle_again(&idle, &endpoint, conn)
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<h1::Stream, Error> {
@@ -204,9 +204,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Puts a finished connection back among the idle ones, and starts reaping them if nothing
 /// does.
-fn idle_again(idle: &IdleConnections, key: Arc<str>, conn: Connection) {
+fn idle_again(idle: &IdleConnections, endpoint: &Endpoint, conn: Connection) {
     let mut state = lock(idle);
-    let list = state.by_endpoint.entry(key).or_default();
+    // The authority is shared (a reference counted) only for a new entry.
+    let list = match state.by_endpoint.get_mut(endpoint.authority()) {
+        Some(list) => list,
+        None => state.by_endpoint.entry(endpoint.shared_authority()).or_default(),
+    };
     if list.len() < MAX_IDLE_PER_ENDPOINT {
         list.push(Idle { conn, since: Instant::now() });
     }

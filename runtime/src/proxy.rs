@@ -692,9 +692,11 @@ impl Proxy {
         let upstream = Upstream { cluster, transport, forward, key, traits };
         let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
         let mut served = Served { routed: Some(routed), ..Served::default() };
+        // Only the access log names the endpoint that answered.
+        let logged = !matches!(self.spec.access_log, accesslog::AccessLog::Off);
         // The circuit breaker: a request counts until its response ends.
         let response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
-            Some(in_flight) => match upstream.send(parts, body, timeout, &mut served.upstream_host).await {
+            Some(in_flight) => match upstream.send(parts, body, timeout, logged.then_some(&mut served.upstream_host)).await {
                 Ok(response) => {
                     served.held.in_flight = Some(in_flight);
                     response
@@ -1126,14 +1128,15 @@ impl Upstream<'_> {
     }
 
     /// Sends the request, trying again as the route's retry policy allows, within the
-    /// overall `timeout`. `answered_by` is left naming the endpoint of the last try, answered
-    /// or failed, as Envoy's `%UPSTREAM_HOST%` does; none when no endpoint was picked for it.
+    /// overall `timeout`. `answered_by`, when given (the access log wants it), is left naming
+    /// the endpoint of the last try, answered or failed, as Envoy's `%UPSTREAM_HOST%` does;
+    /// none when no endpoint was picked for it.
     async fn send(
         &self,
         parts: http::request::Parts,
         body: Body,
         timeout: Option<Duration>,
-        answered_by: &mut Option<Arc<str>>,
+        answered_by: Option<&mut Option<Arc<str>>>,
     ) -> Result<Response<Body>, Error> {
         let (parts, body, downstream_upgrade) = if self.traits.upgrade {
             let mut request = Request::from_parts(parts, body);
@@ -1158,7 +1161,7 @@ impl Upstream<'_> {
         body: Body,
         timeout: Option<Duration>,
         deadline: Option<tokio::time::Instant>,
-        answered_by: &mut Option<Arc<str>>,
+        mut answered_by: Option<&mut Option<Arc<str>>>,
     ) -> Result<Response<Body>, Error> {
         let retries = &self.forward.retries;
         let pick = || self.cluster.pick_for(self.key).ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
@@ -1167,7 +1170,9 @@ impl Upstream<'_> {
             let limits = Limits { headers: timeout, body: deadline };
             let result = self.try_once(parts, body, &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
-            *answered_by = Some(endpoint.shared_authority());
+            if let Some(answered_by) = answered_by.as_deref_mut() {
+                *answered_by = Some(endpoint.shared_authority());
+            }
             return result;
         }
         let idempotent = is_idempotent(&parts.method);
@@ -1185,7 +1190,9 @@ impl Upstream<'_> {
         let mut _retrying: Option<InFlight> = None;
         loop {
             let Some(try_body) = next.take() else { return Err(Error::Internal("a retry without a body")) };
-            *answered_by = None;
+            if let Some(answered_by) = answered_by.as_deref_mut() {
+                *answered_by = None;
+            }
             let mut endpoint = pick()?;
             if retries.avoid_previous_hosts {
                 for _ in 1..HOST_SELECTION_ATTEMPTS {
@@ -1210,7 +1217,9 @@ impl Upstream<'_> {
             let limits = Limits { headers: limit, body: deadline };
             let result = self.try_once(parts, try_body, &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
-            *answered_by = Some(endpoint.shared_authority());
+            if let Some(answered_by) = answered_by.as_deref_mut() {
+                *answered_by = Some(endpoint.shared_authority());
+            }
             let started = replay.as_ref().is_some_and(ReplayBody::started);
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
