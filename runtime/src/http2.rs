@@ -17,7 +17,7 @@
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -53,10 +53,15 @@ where
     F: Future<Output = Response<Body>>,
 {
     let late = *drain.borrow();
-    let mut drained = pin!(async move {
-        let mut drain = drain;
-        let _ = drain.wait_for(|draining| *draining).await;
+    let mut drained = pin!({
+        let mut drain = drain.clone();
+        async move {
+            let _ = drain.wait_for(|draining| *draining).await;
+        }
     });
+    // The waker the drain was last polled with: polling it again takes a lock, so it is
+    // polled only when the watch says it changed (read without a lock) or the waker did.
+    let mut waker: Option<Waker> = None;
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -74,9 +79,12 @@ where
     let mut draining = late;
     let mut accepting = true;
     poll_fn(|cx| {
-        if !draining && drained.as_mut().poll(cx).is_ready() {
-            draining = true;
-            connection.graceful_shutdown();
+        if !draining && (drain.has_changed().unwrap_or(true) || !waker.as_ref().is_some_and(|it| it.will_wake(cx.waker()))) {
+            waker = Some(cx.waker().clone());
+            if drained.as_mut().poll(cx).is_ready() {
+                draining = true;
+                connection.graceful_shutdown();
+            }
         }
         loop {
             // The answers first: what they queue goes out with the connection's poll below.
