@@ -242,10 +242,21 @@ impl Metrics {
         }
     }
 
-    /// Every request series, summed over the threads that counted it.
+    /// Every request series, summed over the threads that counted it. The series of threads
+    /// that have ended (whose map no longer holds them) are folded into `late_requests` on the
+    /// way, so that threads coming and going do not grow the list.
     fn request_series(&self) -> BTreeMap<Labels, Series> {
-        let mut series = self.late_requests.lock().unwrap_or_else(|it| it.into_inner()).clone();
-        for (labels, cells) in self.requests.lock().unwrap_or_else(|it| it.into_inner()).iter() {
+        let mut late = self.late_requests.lock().unwrap_or_else(|it| it.into_inner());
+        let mut requests = self.requests.lock().unwrap_or_else(|it| it.into_inner());
+        requests.retain(|(labels, cells)| {
+            let ended = Arc::strong_count(cells) == 1;
+            if ended {
+                cells.add_to(late.entry(labels.clone()).or_default());
+            }
+            !ended
+        });
+        let mut series = late.clone();
+        for (labels, cells) in requests.iter() {
             cells.add_to(series.entry(labels.clone()).or_default());
         }
         series
@@ -465,6 +476,10 @@ mod tests {
         // Another instance on the same threads keeps its own counts.
         other.record(ok.clone(), Duration::from_millis(3));
         let text = metrics.render("productpage", "default");
+        // The four threads' series were folded together when they were read: only this
+        // thread's is left in the list.
+        assert_eq!(metrics.requests.lock().expect("lock").len(), 1);
+        assert_eq!(text, metrics.render("productpage", "default"));
         assert!(text.contains("response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"} 1001\n"), "{text}");
         assert!(text.contains("response_flags=\"-\",le=\"5\"} 1000\n"), "{text}");
         assert!(text.contains("response_flags=\"-\",le=\"50\"} 1001\n"), "{text}");

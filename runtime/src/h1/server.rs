@@ -74,8 +74,8 @@ where
 {
     // A connection accepted during a drain answers one request, then closes.
     let late = *drain.borrow();
-    // The stream stays whole but while a request body is read from it: split, each use of a
-    // half takes a lock.
+    // The stream is split only while a request body is read from it: each use of a half
+    // takes a lock.
     let mut conn = Some(Reader { io, buf: BytesMut::new() });
     let mut out = BytesMut::new();
     let mut fields = Vec::new();
