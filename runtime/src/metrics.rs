@@ -461,17 +461,23 @@ mod tests {
 
     #[test]
     fn every_threads_counts_sum_into_one_series_and_stay_after_the_thread_ends() {
-        let (metrics, other) = (Metrics::default(), Metrics::default());
+        let (metrics, other) = (Arc::new(Metrics::default()), Metrics::default());
         let ok = Labels { reporter: Reporter::Source, service: Some(&REVIEWS), grpc: false, code: 200, grpc_status: None, flags: "-" };
-        std::thread::scope(|scope| {
-            for _ in 0..4 {
-                scope.spawn(|| {
+        // Joined, not scoped: a joined thread has run its thread-locals' destructors, which a
+        // scope does not wait for.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (metrics, ok) = (metrics.clone(), ok.clone());
+                std::thread::spawn(move || {
                     for _ in 0..250 {
                         metrics.record(ok.clone(), Duration::from_millis(3));
                     }
-                });
-            }
-        });
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("join");
+        }
         metrics.record(ok.clone(), Duration::from_millis(40));
         // Another instance on the same threads keeps its own counts.
         other.record(ok.clone(), Duration::from_millis(3));
