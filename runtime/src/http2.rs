@@ -17,7 +17,7 @@
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -28,6 +28,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::proxy::{Body, BoxError};
+use crate::server::poll_if_woken;
 
 /// The settings hyper's server uses, which the sidecar kept: windows of 1 MiB for the
 /// connection and for each stream (the protocol's 64 KiB holds back a fast sender), 16 KiB
@@ -59,9 +60,8 @@ where
             let _ = drain.wait_for(|draining| *draining).await;
         }
     });
-    // The waker the drain was last polled with: polling it again takes a lock, so it is
-    // polled only when the watch says it changed (read without a lock) or the waker did.
-    let mut waker: Option<Waker> = None;
+    // The waker the drain was last polled with (see `poll_if_woken`).
+    let mut drain_waker = None;
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -79,12 +79,9 @@ where
     let mut draining = late;
     let mut accepting = true;
     poll_fn(|cx| {
-        if !draining && (drain.has_changed().unwrap_or(true) || !waker.as_ref().is_some_and(|it| it.will_wake(cx.waker()))) {
-            waker = Some(cx.waker().clone());
-            if drained.as_mut().poll(cx).is_ready() {
-                draining = true;
-                connection.graceful_shutdown();
-            }
+        if !draining && poll_if_woken(drained.as_mut(), drain.has_changed().unwrap_or(true), &mut drain_waker, cx).is_ready() {
+            draining = true;
+            connection.graceful_shutdown();
         }
         loop {
             // The answers first: what they queue goes out with the connection's poll below.

@@ -1,10 +1,13 @@
 //! The sidecar process: flags, listeners, the admin endpoint, and the accept loops.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version, header};
@@ -482,6 +485,24 @@ impl Drain {
         let mut open = self.open.subscribe();
         tokio::time::timeout(limit, open.wait_for(|count| *count == 0)).await.is_ok()
     }
+}
+
+/// Polls `wait` (a timer, or a wait for the drain) from inside a connection's own poll
+/// function, only when `may_be_ready` (its state, read without a lock) or the task's waker
+/// changed since `waker` recorded it. Once polled, such a wait keeps the task's waker, and
+/// polling it again takes a lock; a connection's task is woken mostly by its sockets, so most
+/// wake-ups need not poll it. Set `waker` to `None` to have it polled next time (after a reset).
+pub(crate) fn poll_if_woken<F: Future>(
+    wait: Pin<&mut F>,
+    may_be_ready: bool,
+    waker: &mut Option<Waker>,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    if !may_be_ready && waker.as_ref().is_some_and(|it| it.will_wake(cx.waker())) {
+        return Poll::Pending;
+    }
+    *waker = Some(cx.waker().clone());
+    wait.poll(cx)
 }
 
 /// Counts a connection as open until dropped.

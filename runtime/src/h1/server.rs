@@ -22,7 +22,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -39,6 +39,7 @@ use super::{
 };
 use crate::guard::{Framing, H2_PREFACE, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK, bad_request, request_framing};
 use crate::proxy::{Body, BoxError};
+use crate::server::poll_if_woken;
 
 /// A response body part at least this large is written from where it lies rather than
 /// copied behind the head.
@@ -81,8 +82,8 @@ where
     let mut fields = Vec::new();
     let mut first = true;
     let mut timer = pin!(tokio::time::sleep(head_timeout));
-    // The waker the timer and the drain were last polled with.
-    let mut waker = None;
+    // The wakers the timer and the drain were last polled with (see `poll_if_woken`).
+    let (mut timer_waker, mut drain_waker) = (None, None);
     // One wait for the drain for the whole connection, rather than one per request (each
     // registers with the watch and leaves it again).
     let mut drained = pin!({
@@ -113,19 +114,13 @@ where
                 if let Poll::Ready(read) = reader.poll_fill(cx) {
                     return Poll::Ready(Waited::Read(matches!(read, Ok(1..))));
                 }
-                // The timer and the drain keep the task's waker once polled, and polling them
-                // again takes locks: they are polled only when one of them may have fired
-                // (which reading their state tells without a lock) or the waker changed.
-                let fired = timer.is_elapsed() || (!late && drain.has_changed().unwrap_or(true));
-                if fired || !waker.as_ref().is_some_and(|it: &Waker| it.will_wake(cx.waker())) {
-                    waker = Some(cx.waker().clone());
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Waited::Timer);
-                    }
-                    // Polled until it fires, after which the connection ends.
-                    if !late && drained.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Waited::Read(false));
-                    }
+                let elapsed = timer.is_elapsed();
+                if poll_if_woken(timer.as_mut(), elapsed, &mut timer_waker, cx).is_ready() {
+                    return Poll::Ready(Waited::Timer);
+                }
+                // Polled until it fires, after which the connection ends.
+                if !late && poll_if_woken(drained.as_mut(), drain.has_changed().unwrap_or(true), &mut drain_waker, cx).is_ready() {
+                    return Poll::Ready(Waited::Read(false));
                 }
                 Poll::Pending
             })
@@ -135,7 +130,7 @@ where
                 Waited::Timer if tokio::time::Instant::now() < deadline => {
                     timer.as_mut().reset(deadline);
                     // Registered anew when next polled.
-                    waker = None;
+                    timer_waker = None;
                     continue;
                 }
                 Waited::Timer => false,
