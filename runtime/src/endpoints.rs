@@ -262,9 +262,9 @@ impl ClusterEndpoints {
         self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Replaces the set atomically: requests already picking keep the old one. Endpoints
-    /// that were not in the old set count as added now (slow start). Returns the old set, so
-    /// that the caller chooses where its endpoints are dropped, and the new one.
+    /// Replaces the set atomically, once the requests picking from the old one are done.
+    /// Endpoints that were not in the old set count as added now (slow start). Returns the
+    /// old set, so that the caller chooses where its endpoints are dropped, and the new one.
     pub fn replace(&self, endpoints: Vec<Endpoint>) -> (Arc<EndpointSet>, Arc<EndpointSet>) {
         let old = self.current();
         let now = Instant::now();

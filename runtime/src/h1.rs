@@ -82,7 +82,7 @@ impl Connection {
             Either::Right(_) => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 self.read.reserve(1);
-                matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending) && self.read.is_empty()
+                matches!(poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read), Poll::Pending)
             }
         }
     }

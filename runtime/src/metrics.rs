@@ -58,10 +58,15 @@ impl Series {
     fn add(&mut self, ms: f64) {
         self.count += 1;
         self.sum_ms += ms;
-        if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
+        if let Some(bucket) = bucket_of(ms) {
             self.buckets[bucket] += 1;
         }
     }
+}
+
+/// The duration bucket `ms` counts in: the first whose bound it does not pass.
+fn bucket_of(ms: f64) -> Option<usize> {
+    DURATION_BUCKETS_MS.iter().position(|it| ms <= *it)
 }
 
 /// The labels of one TCP connection series.
@@ -205,7 +210,7 @@ impl Cells {
         let bump = |cell: &AtomicU64| cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Release);
         bump(&self.count);
         self.sum_ms.store((f64::from_bits(self.sum_ms.load(Ordering::Relaxed)) + ms).to_bits(), Ordering::Release);
-        if let Some(bucket) = DURATION_BUCKETS_MS.iter().position(|it| ms <= *it) {
+        if let Some(bucket) = bucket_of(ms) {
             bump(&self.buckets[bucket]);
         }
     }

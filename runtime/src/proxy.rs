@@ -1170,9 +1170,7 @@ impl Upstream<'_> {
             let limits = Limits { headers: timeout, body: deadline };
             let result = self.try_once(parts, body, &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
-            if let Some(answered_by) = answered_by.as_deref_mut() {
-                *answered_by = Some(endpoint.shared_authority());
-            }
+            note_answered_by(&mut answered_by, Some(&endpoint));
             return result;
         }
         let idempotent = is_idempotent(&parts.method);
@@ -1190,9 +1188,7 @@ impl Upstream<'_> {
         let mut _retrying: Option<InFlight> = None;
         loop {
             let Some(try_body) = next.take() else { return Err(Error::Internal("a retry without a body")) };
-            if let Some(answered_by) = answered_by.as_deref_mut() {
-                *answered_by = None;
-            }
+            note_answered_by(&mut answered_by, None);
             let mut endpoint = pick()?;
             if retries.avoid_previous_hosts {
                 for _ in 1..HOST_SELECTION_ATTEMPTS {
@@ -1217,9 +1213,7 @@ impl Upstream<'_> {
             let limits = Limits { headers: limit, body: deadline };
             let result = self.try_once(parts, try_body, &endpoint, limits).await;
             self.cluster.observe(&endpoint, &result);
-            if let Some(answered_by) = answered_by.as_deref_mut() {
-                *answered_by = Some(endpoint.shared_authority());
-            }
+            note_answered_by(&mut answered_by, Some(&endpoint));
             let started = replay.as_ref().is_some_and(ReplayBody::started);
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
@@ -1427,6 +1421,13 @@ impl Onward<'_> {
             Onward::Target(target) => target.as_str(),
             Onward::Host(value) => value.to_str().unwrap_or_default(),
         }
+    }
+}
+
+/// Names `endpoint` as the one that answered (or none), where the access log asks for it.
+fn note_answered_by(answered_by: &mut Option<&mut Option<Arc<str>>>, endpoint: Option<&Endpoint>) {
+    if let Some(answered_by) = answered_by {
+        **answered_by = endpoint.map(Endpoint::shared_authority);
     }
 }
 

@@ -387,9 +387,9 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
             }
             digests.applied.insert(digest, cluster.spec.name.to_owned());
         }
-        // The old set and its bytes are dropped here, in turns, unless a request still holds
-        // the set (the request then drops it when done; requests hold a set only while they
-        // pick from it, and the health checks while they start a round's probes).
+        // The old set and its bytes are dropped here, in turns, unless something still holds
+        // the set and drops it when done (requests pick under the set's lock and hold none; the
+        // health checks hold it while they start a round's probes).
         if let Some(Applied { set, encoded, .. }) = replaced {
             drop(set);
             drop_in_turns(encoded, DROPS_PER_TURN);
