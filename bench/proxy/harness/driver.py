@@ -187,12 +187,22 @@ def key(plan):
     return f"{plan.protocol}-{plan.mode}"
 
 
+def rotated(items, by):
+    """`items` started `by` places on, wrapping round: the order of measured round `by`, so
+    that no peer always runs first in a round, just after the heaviest run of the round
+    before (direct's), or always last."""
+    if not items:
+        return items
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
 def bench_peers(names, ctx, plans, args, results):
     """Starts every peer in `names`, measures their idle memory, then applies every plan to
     all of them in turns: each peer's warm-up, then the first measured run of each peer, the
     second of each, and so on. A machine whose load drifts during the benchmark (a shared VM)
     then weighs on every peer alike, where running one peer's plans after another's put the
-    drift between them. Idle peers wait on the proxy's CPUs without using them. Fills in
+    drift between them. Each round starts one peer further on (see `rotated`). Idle peers wait on the proxy's CPUs without using them. Fills in
     `results[name]`; failures are recorded with the peer's log tail rather than raised."""
     running = {}
     try:
@@ -219,7 +229,7 @@ def bench_peers(names, ctx, plans, args, results):
             for name, peer in running.items():
                 _attempt(name, peer, plan, results[name], failed, lambda peer=peer: warm_up(peer, plan, ctx, args))
             for repeat in range(args.repeats):
-                for name, peer in running.items():
+                for name, peer in rotated(list(running.items()), repeat):
                     if name in failed:
                         continue
                     runs = results[name]["plans"].setdefault(key(plan), {"runs": []})["runs"]
