@@ -202,8 +202,9 @@ def bench_peers(names, ctx, plans, args, results):
     all of them in turns: each peer's warm-up, then the first measured run of each peer, the
     second of each, and so on. A machine whose load drifts during the benchmark (a shared VM)
     then weighs on every peer alike, where running one peer's plans after another's put the
-    drift between them. Each round starts one peer further on (see `rotated`). Idle peers wait on the proxy's CPUs without using them. Fills in
-    `results[name]`; failures are recorded with the peer's log tail rather than raised."""
+    drift between them. Each round starts one peer further on (see `rotated`). Idle peers
+    wait on the proxy's CPUs without using them. Fills in `results[name]`; failures are
+    recorded with the peer's log tail rather than raised."""
     running = {}
     try:
         for name in names:
