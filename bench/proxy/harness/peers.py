@@ -4,6 +4,7 @@ HTTP/1.1 keep-alive), one worker, no access log, and is pinned to the same CPUs.
 
 import http.client
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -12,8 +13,7 @@ from .procs import Process, free_port, pinned
 
 HOST = "bench"
 
-# Every peer runs in the harness's order; pingora is listed so that the report says it was
-# skipped rather than silently leaving it out.
+# Every peer runs in the harness's order.
 ALL_PEERS = ["meshc", "envoy", "nginx", "haproxy", "pingora", "hyper-floor", "direct"]
 OURS = "meshc"
 
@@ -297,6 +297,17 @@ backend bench
     return Running({"h1": h1, "h2": h2}, process)
 
 
+def _start_pingora(ctx):
+    directory = ctx.work_dir / "pingora"
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    # ../pingora/src/main.rs: one port for HTTP/1.1 and h2c, one worker thread, the upstream
+    # over HTTP/1.1 keep-alive.
+    argv = [str(pingora_binary(ctx.root)), f"127.0.0.1:{port}", f"127.0.0.1:{ctx.upstream.h1_port}"]
+    process = Process("pingora", pinned(ctx.cpus, argv), directory)
+    return Running({"h1": port, "h2": port}, process)
+
+
 def _start_floor(ctx):
     directory = ctx.work_dir / "hyper-floor"
     directory.mkdir(parents=True, exist_ok=True)
@@ -317,6 +328,7 @@ STARTERS = {
     "envoy": _start_envoy,
     "nginx": _start_nginx,
     "haproxy": _start_haproxy,
+    "pingora": _start_pingora,
     "hyper-floor": _start_floor,
     "direct": _start_direct,
 }
@@ -365,6 +377,26 @@ def sidecar_binary(root):
     return Path(root) / "target" / "bench-proxy" / "bin" / "client"
 
 
+# Relative to the repository: the Pingora peer's own target directory (its dependencies are not
+# the workspace's, so sharing `target/` would save nothing).
+PINGORA_TARGET = "target/bench-pingora"
+
+
+def pingora_binary(root):
+    return Path(root) / PINGORA_TARGET / "release" / "bench-pingora"
+
+
+def pingora_version(root):
+    """The pingora-proxy version that ../pingora/Cargo.lock pins."""
+    lock = Path(root) / "bench" / "proxy" / "pingora" / "Cargo.lock"
+    try:
+        text = lock.read_text()
+    except OSError:
+        return "unknown"
+    found = re.search(r'name = "pingora-proxy"\nversion = "([^"]+)"', text)
+    return found.group(1) if found else "unknown"
+
+
 def floor_binary(root):
     return Path(root) / "target" / "release" / "examples" / "hyper_floor"
 
@@ -404,6 +436,7 @@ def versions(root, names):
         "envoy": "envoy version: " + first_line([str(envoy_binary(root)), "--version"]).split("version: ", 1)[-1],
         "nginx": first_line(["nginx", "-v"]),
         "haproxy": first_line(["haproxy", "-v"]),
+        "pingora": f"pingora-proxy {pingora_version(root)} (bench/proxy/pingora: one worker thread, no TLS)",
         "hyper-floor": "hyper's server answering by itself (runtime/examples/hyper_floor.rs), no proxying",
         "direct": "client to upstream, no proxy",
         "upstream": first_line(["nginx", "-v"]) + " (the upstream)",
