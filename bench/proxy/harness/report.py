@@ -102,7 +102,11 @@ def _goals(results, tables):
             if not ours or not theirs:
                 add(text, None, f"no figure for {OURS if not ours else peer}")
             else:
-                add(text, ours >= least * theirs, f"{OURS} {ours:,.0f} rps = {ours / theirs:.2f}× {peer}'s {theirs:,.0f}")
+                detail = f"{OURS} {ours:,.0f} rps = {ours / theirs:.2f}× {peer}'s {theirs:,.0f}"
+                rounds = _round_ratios(results, plan_key, peer)
+                if rounds:
+                    detail += f" (round by round: {', '.join(f'{it:.2f}×' for it in rounds)})"
+                add(text, ours >= least * theirs, detail)
     peer, most = ADDED_P99_GOAL
     for plan_key, plan in results["plans"].items():
         rows = tables.get(plan_key, {})
@@ -130,6 +134,20 @@ def _goals(results, tables):
     else:
         add(text, ours < IDLE_RSS_LIMIT_MB, f"{OURS} {ours:.1f} MB")
     return goals
+
+
+def _round_ratios(results, plan_key, peer):
+    """meshc's rps over `peer`'s in each round (the two ran within a minute of each other), or
+    nothing when either lacks a run, since the rounds would no longer pair."""
+
+    def rps(name):
+        plan = results["peers"].get(name, {}).get("plans", {}).get(plan_key, {})
+        return [run.get("rps") for run in plan.get("runs", [])]
+
+    ours, theirs = rps(OURS), rps(peer)
+    if len(ours) < 2 or len(ours) != len(theirs) or not all(ours) or not all(theirs):
+        return []
+    return [a / b for a, b in zip(ours, theirs)]
 
 
 def _notes(results):
