@@ -25,7 +25,7 @@ SKIPPED = {}
 def parse(argv):
     parser = argparse.ArgumentParser(
         prog="bench/proxy/run",
-        description="Benchmarks the meshc sidecar against Envoy, nginx and HAProxy as HTTP proxies.",
+        description="Benchmarks the meshc sidecar against Envoy, nginx, HAProxy and Pingora as HTTP proxies.",
     )
 
     def names(allowed):

