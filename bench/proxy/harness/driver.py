@@ -61,7 +61,7 @@ def parse(argv):
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 repeat of 3 s, 1 s warm-up")
     parser.add_argument("--out", default="target/bench-proxy", help="where results go, relative to the repository (default %(default)s)")
     parser.add_argument("--no-install", action="store_true", help="install nothing; fail if something is missing")
-    parser.add_argument("--no-build", action="store_true", help="use the sidecar already in target/bench-proxy/bin")
+    parser.add_argument("--no-build", action="store_true", help="build nothing: use the sidecar, the library floor and the Pingora peer already built")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.seconds, args.warmup_seconds = 1, 3, 1
@@ -96,37 +96,27 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if not args.no_install:
-        install.debian_packages(with_build_tools="pingora" in args.peers and not args.no_build)
+        install.debian_packages()
         if "envoy" in args.peers:
             install.envoy(ROOT)
+    # What the harness builds, each peer's failure its own.
+    builds = {
+        "meshc": (peers.sidecar_binary, lambda: install.sidecar(ROOT, out / "build.log")),
+        "hyper-floor": (peers.floor_binary, lambda: install.floor(ROOT, out / "build-floor.log")),
+        "pingora": (peers.pingora_binary, lambda: install.pingora(ROOT, out / "build-pingora.log", args.no_install)),
+    }
     problems = {}
-    if "meshc" in args.peers:
+    for name, (binary, build) in builds.items():
+        if name not in args.peers:
+            continue
         if args.no_build:
-            if not peers.sidecar_binary(ROOT).exists():
-                problems["meshc"] = f"--no-build, and there is no {peers.sidecar_binary(ROOT)}"
-        else:
-            try:
-                install.sidecar(ROOT, out / "build.log")
-            except RuntimeError as err:
-                problems["meshc"] = str(err)
-    if "hyper-floor" in args.peers:
-        if args.no_build:
-            if not peers.floor_binary(ROOT).exists():
-                problems["hyper-floor"] = f"--no-build, and there is no {peers.floor_binary(ROOT)}"
-        else:
-            try:
-                install.floor(ROOT, out / "build-floor.log")
-            except RuntimeError as err:
-                problems["hyper-floor"] = str(err)
-    if "pingora" in args.peers:
-        if args.no_build:
-            if not peers.pingora_binary(ROOT).exists():
-                problems["pingora"] = f"--no-build, and there is no {peers.pingora_binary(ROOT)}"
-        else:
-            try:
-                install.pingora(ROOT, out / "build-pingora.log")
-            except RuntimeError as err:
-                problems["pingora"] = str(err)
+            if not binary(ROOT).exists():
+                problems[name] = f"--no-build, and there is no {binary(ROOT)}"
+            continue
+        try:
+            build()
+        except RuntimeError as err:
+            problems[name] = str(err)
 
     # The driver only waits while the load runs; keep it off the proxy's CPUs all the same.
     try:

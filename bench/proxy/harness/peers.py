@@ -381,6 +381,7 @@ def sidecar_binary(root):
 # Relative to the repository: the Pingora peer's own target directory (its dependencies are not
 # the workspace's, so sharing `target/` would save nothing).
 PINGORA_TARGET = "target/bench-pingora"
+PINGORA_MANIFEST = "bench/proxy/pingora/Cargo.toml"
 
 
 def pingora_binary(root):
@@ -389,7 +390,7 @@ def pingora_binary(root):
 
 def pingora_version(root):
     """The pingora-proxy version that ../pingora/Cargo.lock pins."""
-    lock = Path(root) / "bench" / "proxy" / "pingora" / "Cargo.lock"
+    lock = (Path(root) / PINGORA_MANIFEST).with_name("Cargo.lock")
     try:
         text = lock.read_text()
     except OSError:

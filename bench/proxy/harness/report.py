@@ -137,8 +137,9 @@ def _goals(results, tables):
 
 
 def _round_ratios(results, plan_key, peer):
-    """meshc's rps over `peer`'s in each round (the two ran within a minute of each other), or
-    nothing when either lacks a run, since the rounds would no longer pair."""
+    """meshc's rps over `peer`'s in each round (the peers take turns, so the runs of one round
+    are close in time), or nothing when either lacks a run, since the rounds would no longer
+    pair."""
 
     def rps(name):
         plan = results["peers"].get(name, {}).get("plans", {}).get(plan_key, {})
