@@ -3,8 +3,10 @@
 //! files with fsnotify), the directory's files' sizes and modification times say whether
 //! anything that matters changed, and a registration wakes the watch too; a change starts a
 //! debounce (a quiet period, bounded by a maximum delay, as Istio's PILOT_DEBOUNCE_AFTER and
-//! PILOT_DEBOUNCE_MAX), then the mesh is compiled again. A mesh that fails its checks is
-//! reported on the admin endpoint and the last good one stays served.
+//! PILOT_DEBOUNCE_MAX), then the mesh is compiled again. A compile under which the directory
+//! changed is dropped and the directory compiled again, since what it read may have been half
+//! written. A mesh that fails its checks is reported on the admin endpoint and the last good
+//! one stays served.
 //!
 //! With file system events the directory is also looked at every second, for the changes a
 //! file system does not report (a network file system, an overflowed event queue). Without
@@ -187,11 +189,12 @@ impl Events {
 /// `before` is what the directory held before the first compile, and `reparse` what that
 /// compile parsed; each recompile parses again only the parts of snapshots that changed.
 pub async fn watch(pilot: Arc<Pilot>, dir: PathBuf, debounce: Debounce, before: Look, reparse: crate::registry::Reparse) {
-    watch_with(pilot, dir, debounce, before, reparse, SLOWEST_POLL).await;
+    watch_with(pilot, dir, debounce, before, reparse, SLOWEST_POLL, Arc::new(|| ())).await;
 }
 
 /// [`watch`], looking at the directory every `backstop` besides when the file system reports
-/// changes.
+/// changes, and calling `compiled` on the compiling thread after each compile has read the
+/// directory (the tests write files there).
 async fn watch_with(
     pilot: Arc<Pilot>,
     dir: PathBuf,
@@ -199,27 +202,32 @@ async fn watch_with(
     before: Look,
     mut reparse: crate::registry::Reparse,
     backstop: Duration,
+    compiled: Arc<dyn Fn() + Send + Sync>,
 ) {
     // Kept for as long as the watch runs: dropping it ends the events.
     let mut events = Events::new(dir.clone(), before, backstop);
     // The first look at once: what changed since `before` (during the first compile, or
     // before the events began) is compiled now.
     let mut poll = Duration::ZERO;
+    // When the change that is still to be compiled began, once one has been seen.
+    let mut pending: Option<Instant> = None;
     loop {
-        let registered = tokio::select! {
-            () = tokio::time::sleep(poll) => false,
-            () = events.reported() => false,
-            () = pilot.registrations.changed.notified() => true,
-        };
-        let changed;
-        (changed, poll) = events.look_again();
-        if !changed && !registered {
-            continue;
+        if pending.is_none() {
+            let registered = tokio::select! {
+                () = tokio::time::sleep(poll) => false,
+                () = events.reported() => false,
+                () = pilot.registrations.changed.notified() => true,
+            };
+            let changed;
+            (changed, poll) = events.look_again();
+            if !changed && !registered {
+                continue;
+            }
         }
         // A change: wait until the directory and the registrations are quiet, or the
         // maximum delay is up.
-        let first = Instant::now();
-        let mut last_change = first;
+        let first = *pending.get_or_insert_with(Instant::now);
+        let mut last_change = Instant::now();
         while last_change.elapsed() < debounce.quiet && first.elapsed() < debounce.max {
             let left = (debounce.quiet.saturating_sub(last_change.elapsed())).min(debounce.max.saturating_sub(first.elapsed()));
             tokio::select! {
@@ -238,18 +246,32 @@ async fn watch_with(
             registry: pilot.registrations.native_registry(&pilot.config().mesh),
         };
         let started = Instant::now();
+        let after = compiled.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let compilation = crate::driver::compile_reusing(&overlay, &mut reparse);
+            after();
             (compilation, reparse)
         })
         .await;
         // A compile that panicked leaves nothing to reuse; the next one parses everything.
         let Ok((compilation, kept)) = compiled else {
             reparse = crate::registry::Reparse::default();
+            pending = None;
             continue;
         };
         reparse = kept;
         let took = started.elapsed();
+        // A file written while the compile read the directory may have been read half
+        // written, and half a snapshot can be a valid one with instances missing: such a
+        // compile is dropped and the directory compiled again once it is quiet, unless the
+        // maximum delay is up, when it is served as it is and the newer files compiled next.
+        let written;
+        (written, poll) = events.look_again();
+        if written && first.elapsed() < debounce.max {
+            eprintln!("meshc pilot: {} changed while it was being compiled; compiling it again", dir.display());
+            continue;
+        }
+        pending = written.then(Instant::now);
         match compilation.ir {
             Some(mesh) if !compilation.has_errors() => {
                 if mesh != pilot.config().mesh {
@@ -366,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_is_compiled_on_the_file_systems_word_alone() {
         let (dir, before, reparse, pilot) = bookinfo("compile");
-        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER));
+        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER, Arc::new(|| ())));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(pilot.config().generation, 1, "nothing changed yet");
         edit_timeout(&dir);
@@ -378,8 +400,35 @@ mod tests {
     async fn a_change_made_after_the_first_compile_and_before_the_watch_began_is_compiled() {
         let (dir, before, reparse, pilot) = bookinfo("early");
         edit_timeout(&dir);
-        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER));
+        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER, Arc::new(|| ())));
         wait_for_generation_2(&pilot).await;
+        watching.abort();
+    }
+
+    #[tokio::test]
+    async fn a_compile_that_files_were_written_under_is_dropped_and_the_directory_compiled_again() {
+        let (dir, before, reparse, pilot) = bookinfo("written-under");
+        // The first compile after the watch begins finds the first edit; a second edit lands
+        // before the watch looks again, as a write would while the compile read the files.
+        let second = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let compiled = {
+            let (dir, second) = (dir.clone(), second.clone());
+            Arc::new(move || {
+                if !second.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let spec = std::fs::read_to_string(dir.join("bookinfo.mesh")).expect("read");
+                    std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 10s", "timeout 200s")).expect("write");
+                }
+            })
+        };
+        edit_timeout(&dir);
+        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER, compiled));
+        wait_for_generation_2(&pilot).await;
+        let latest = crate::driver::compile(&crate::source::DiskFs::new(&dir)).ir.expect("the edited mesh compiles");
+        // Generation 2 is the second edit: the first was compiled, and dropped unserved.
+        assert!(second.load(std::sync::atomic::Ordering::SeqCst), "the second edit was made");
+        assert_eq!(pilot.config().mesh, latest, "generation 2 is the directory as it is now");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pilot.config().generation, 2, "nothing more to compile");
         watching.abort();
     }
 }
