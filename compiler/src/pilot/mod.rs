@@ -62,9 +62,8 @@ pub struct PilotArgs {
 
 /// Runs `meshc pilot` until interrupted.
 pub fn run(args: &PilotArgs) -> ExitCode {
-    let before = watch::look(&args.dir);
-    let mut reparse = crate::registry::Reparse::default();
-    let compilation = crate::driver::compile_reusing(&crate::source::DiskFs::new(&args.dir), &mut reparse);
+    let debounce = watch::Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
+    let (before, reparse, compilation) = watch::compile_first(&args.dir, debounce);
     crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let Some(mesh) = compilation.ir else {
         eprintln!("error: the mesh in {} does not compile; pilot needs a good first version", args.dir.display());
@@ -109,7 +108,6 @@ pub fn run(args: &PilotArgs) -> ExitCode {
             args.registration
         );
         tokio::spawn(registration::serve(pilot.clone(), registration));
-        let debounce = watch::Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
         tokio::spawn(watch::watch(pilot.clone(), args.dir.clone(), debounce, before, reparse));
         tokio::spawn(admin::serve(pilot.clone(), admin));
         tokio::select! {

@@ -185,6 +185,29 @@ impl Events {
     }
 }
 
+/// The first compile of `dir`, before anything is served: compiled again, a quiet period
+/// later, while files change under it (as [`watch`] does with every later compile), until the
+/// debounce's maximum delay is up. Returns what the directory held before the compile that is
+/// kept, what that compile parsed, and the compile.
+pub fn compile_first(dir: &Path, debounce: Debounce) -> (Look, crate::registry::Reparse, crate::driver::Compilation) {
+    compile_first_with(dir, debounce, &|| ())
+}
+
+fn compile_first_with(dir: &Path, debounce: Debounce, compiled: &dyn Fn()) -> (Look, crate::registry::Reparse, crate::driver::Compilation) {
+    let started = Instant::now();
+    let mut reparse = crate::registry::Reparse::default();
+    loop {
+        let before = look(dir);
+        let compilation = crate::driver::compile_reusing(&crate::source::DiskFs::new(dir), &mut reparse);
+        compiled();
+        if look(dir).files == before.files || started.elapsed() >= debounce.max {
+            return (before, reparse, compilation);
+        }
+        eprintln!("meshc pilot: {} changed while it was being compiled; compiling it again", dir.display());
+        std::thread::sleep(debounce.quiet);
+    }
+}
+
 /// Watches `dir` and the registration API for ever, feeding `pilot` each mesh that compiles.
 /// `before` is what the directory held before the first compile, and `reparse` what that
 /// compile parsed; each recompile parses again only the parts of snapshots that changed.
@@ -430,5 +453,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(pilot.config().generation, 2, "nothing more to compile");
         watching.abort();
+    }
+
+    #[test]
+    fn the_first_compile_is_done_again_when_files_were_written_under_it() {
+        let (dir, _, _, _) = bookinfo("first-written-under");
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let compiled = || {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                edit_timeout(&dir);
+            }
+        };
+        let (before, _, compilation) = compile_first_with(&dir, AT_ONCE, &compiled);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "compiled twice");
+        let latest = crate::driver::compile(&crate::source::DiskFs::new(&dir)).ir.expect("the edited mesh compiles");
+        assert_eq!(compilation.ir.expect("the kept compile has a mesh"), latest, "the kept compile read the edit");
+        assert!(before.files == look(&dir).files, "`before` is the directory the kept compile read");
     }
 }
