@@ -33,7 +33,7 @@ impl ProxyHttp for Bench {
         // HTTP/1.1 names the host in `Host`, HTTP/2 in `:authority`.
         let header = session.req_header();
         let host = header.headers.get("host").map(|it| it.as_bytes()).or_else(|| header.uri.host().map(str::as_bytes));
-        if host == Some(b"bench") {
+        if host.is_some_and(is_bench) {
             return Ok(false);
         }
         session.respond_error(404).await?;
@@ -43,6 +43,16 @@ impl ProxyHttp for Bench {
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
+}
+
+/// Whether a host names the route's host, `bench`, as nginx and Envoy match one: in any case,
+/// with or without a port.
+fn is_bench(host: &[u8]) -> bool {
+    let name = match host.iter().rposition(|it| *it == b':') {
+        Some(colon) if host[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
+        _ => host,
+    };
+    name.eq_ignore_ascii_case(b"bench")
 }
 
 fn main() {
