@@ -18,9 +18,6 @@ from .install import say
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# Peers the harness knows of and does not run (none at present); the report names each with why.
-SKIPPED = {}
-
 
 def parse(argv):
     parser = argparse.ArgumentParser(
@@ -140,7 +137,7 @@ def main(argv=None):
         },
         "plans": {key(plan): {"protocol": plan.protocol, "mode": plan.mode, "load": plan.describe()} for plan in plans},
         "machine": machine,
-        "versions": peers.versions(ROOT, [it for it in args.peers if it not in SKIPPED]),
+        "versions": peers.versions(ROOT, args.peers),
         "peers": {},
     }
 
@@ -151,10 +148,7 @@ def main(argv=None):
         ctx = peers.Context(ROOT, work, upstream, args.proxy_cpus)
         measured = []
         for name in args.peers:
-            if name in SKIPPED:
-                results["peers"][name] = {"status": "skipped", "reason": SKIPPED[name]}
-                say(f"{name}: skipped")
-            elif name in problems:
+            if name in problems:
                 results["peers"][name] = {"status": "failed", "reason": problems[name]}
                 say(f"{name}: failed: {problems[name].splitlines()[0]}")
             else:

@@ -49,7 +49,7 @@ def summarise(results):
         rows = {}
         for name, peer in peers.items():
             plan = peer.get("plans", {}).get(plan_key)
-            if peer["status"] == "skipped" or not plan or "median" not in plan:
+            if not plan or "median" not in plan:
                 continue
             median = plan["median"]
             rows[name] = {
@@ -252,7 +252,7 @@ def markdown(results):
 
     left_out = {name: peer for name, peer in results["peers"].items() if peer["status"] != "ok"}
     if left_out:
-        lines += ["", "## Skipped and failed peers", ""]
+        lines += ["", "## Failed and interrupted peers", ""]
         for name, peer in left_out.items():
             reason = peer.get("reason", "")
             lines.append(f"- {name}: {peer['status']}: {reason.splitlines()[0] if reason else ''}")
