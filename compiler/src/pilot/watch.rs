@@ -203,9 +203,13 @@ fn compile_first_with(dir: &Path, debounce: Debounce, compiled: &dyn Fn()) -> (L
         if look(dir).files == before.files || started.elapsed() >= debounce.max {
             return (before, reparse, compilation);
         }
-        eprintln!("meshc pilot: {} changed while it was being compiled; compiling it again", dir.display());
+        say_compiling_again(dir);
         std::thread::sleep(debounce.quiet);
     }
+}
+
+fn say_compiling_again(dir: &Path) {
+    eprintln!("meshc pilot: {} changed while it was being compiled; compiling it again", dir.display());
 }
 
 /// Watches `dir` and the registration API for ever, feeding `pilot` each mesh that compiles.
@@ -291,7 +295,7 @@ async fn watch_with(
         let written;
         (written, poll) = events.look_again();
         if written && first.elapsed() < debounce.max {
-            eprintln!("meshc pilot: {} changed while it was being compiled; compiling it again", dir.display());
+            say_compiling_again(&dir);
             continue;
         }
         pending = written.then(Instant::now);
