@@ -3,6 +3,7 @@ results.md (per protocol and mode, a table with one row per peer and every figur
 ratio to meshc; then the issue's goals as pass or fail lines)."""
 
 import json
+import statistics
 from pathlib import Path
 
 from .load import MODES, PROTOCOLS
@@ -105,7 +106,11 @@ def _goals(results, tables):
                 detail = f"{OURS} {ours:,.0f} rps = {ours / theirs:.2f}× {peer}'s {theirs:,.0f}"
                 rounds = _round_ratios(results, plan_key, peer)
                 if rounds:
-                    detail += f" (round by round: {', '.join(f'{it:.2f}×' for it in rounds)})"
+                    ahead = sum(it >= least for it in rounds)
+                    detail += (
+                        f" (round by round: {', '.join(f'{it:.2f}×' for it in rounds)};"
+                        f" median {statistics.median(rounds):.2f}×, at least {least:.1f}× in {ahead} of {len(rounds)})"
+                    )
                 add(text, ours >= least * theirs, detail)
     peer, most = ADDED_P99_GOAL
     for plan_key, plan in results["plans"].items():
