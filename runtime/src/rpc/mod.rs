@@ -14,6 +14,8 @@ pub(crate) mod mux;
 pub(crate) mod proxy;
 
 #[cfg(test)]
+mod mutations;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
