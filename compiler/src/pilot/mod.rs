@@ -360,12 +360,16 @@ impl Pilot {
         *self.lock_status() = CompileStatus { generation, ok: true, error: None, at: now() };
     }
 
-    /// Records a recompile that changed nothing served (a comment, a file touched).
-    pub fn accept_unchanged(&self) {
+    /// Records a recompile that changed nothing served (a comment, a file touched, or a
+    /// mistake undone); true when the compile before it had failed, so that the mesh compiles
+    /// again.
+    pub fn accept_unchanged(&self) -> bool {
         let mut status = self.lock_status();
+        let failed_before = !status.ok;
         status.ok = true;
         status.error = None;
         status.at = now();
+        failed_before
     }
 
     /// Records a change that did not compile; the last good config stays.

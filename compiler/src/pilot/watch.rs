@@ -309,8 +309,13 @@ async fn watch_with(
                         pilot.config().generation,
                         took.as_millis()
                     );
-                } else {
-                    pilot.accept_unchanged();
+                } else if pilot.accept_unchanged() {
+                    // The last word logged was that the mesh does not compile.
+                    eprintln!(
+                        "meshc pilot: {} compiles again, to the mesh being served; still serving generation {}",
+                        dir.display(),
+                        pilot.config().generation
+                    );
                 }
             }
             _ => {
@@ -430,6 +435,40 @@ mod tests {
         let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER, Arc::new(|| ())));
         wait_for_generation_2(&pilot).await;
         watching.abort();
+    }
+
+    #[tokio::test]
+    async fn a_mistake_undone_clears_the_error_and_keeps_the_generation() {
+        let (dir, before, reparse, pilot) = bookinfo("undone");
+        let spec = std::fs::read_to_string(dir.join("bookinfo.mesh")).expect("read");
+        let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER, Arc::new(|| ())));
+        let wait_for = |ok: bool| {
+            let pilot = pilot.clone();
+            async move {
+                let until = Instant::now() + Duration::from_secs(20);
+                while pilot.lock_status().ok != ok {
+                    assert!(Instant::now() < until, "the status never became ok = {ok}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 1s", "timeout oops")).expect("write");
+        wait_for(false).await;
+        assert!(pilot.lock_status().error.as_deref().is_some_and(|it| it.contains("oops")), "the error says what is wrong");
+        std::fs::write(dir.join("bookinfo.mesh"), &spec).expect("write");
+        wait_for(true).await;
+        assert_eq!(pilot.lock_status().error, None);
+        assert_eq!(pilot.config().generation, 1, "the mesh served is the one it was");
+        watching.abort();
+    }
+
+    #[test]
+    fn a_recompile_to_the_mesh_served_says_whether_it_ends_a_failure() {
+        let (_, _, _, pilot) = bookinfo("unchanged");
+        assert!(!pilot.accept_unchanged(), "nothing had failed");
+        pilot.reject("error[E0101]: ...".to_owned());
+        assert!(pilot.accept_unchanged(), "the failure ends here, and the log says so");
+        assert!(!pilot.accept_unchanged(), "once");
     }
 
     #[tokio::test]
