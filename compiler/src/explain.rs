@@ -7,7 +7,7 @@
 //! not speed.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use meshc_codegen::ir;
@@ -731,6 +731,10 @@ fn parse_request(args: &ExplainArgs) -> Result<(PathBuf, Request), String> {
     let (dir, http) = match (rpc, args.positional.as_slice()) {
         (true, []) => (PathBuf::from("."), None),
         (true, [dir]) => (PathBuf::from(dir), None),
+        // A mesh directory where the method belongs: the method was left out.
+        (false, [dir, url]) if Path::new(dir).is_dir() => {
+            return Err(format!("the method is missing: give `[DIR] METHOD URL`, for example `{dir} GET {url}`"));
+        }
         (false, [method, url]) => (PathBuf::from("."), Some((method, url))),
         (false, [dir, method, url]) => (PathBuf::from(dir), Some((method, url))),
         (true, _) => return Err("with --bolt or --dubbo, give at most the mesh directory as an argument".to_owned()),
@@ -796,7 +800,7 @@ pub fn http_request(method: &str, url: &str, headers: Vec<(String, String)>) -> 
         authority.clone_from(value);
     }
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(format!("`{method}` is not an HTTP method"));
+        return Err(format!("`{method}` is not an HTTP method; give `[DIR] METHOD URL`"));
     }
     Ok(Request {
         protocol: RequestProtocol::Http,

@@ -62,6 +62,10 @@ fn io_and_usage_problems_exit_2() {
     assert_eq!(code(&meshc(&["explain", "examples/bookinfo", "--from", "nobody", "GET", "http://reviews:9080/"])), 2);
     assert_eq!(code(&meshc(&["explain", "examples/bookinfo", "--from", "productpage", "GET", "not a url"])), 2);
     assert_eq!(code(&meshc(&["frobnicate"])), 2);
+    // The method left out: the directory is not taken for one.
+    let no_method = meshc(&["explain", "examples/bookinfo", "--from", "productpage", "http://reviews:9080/"]);
+    assert_eq!(code(&no_method), 2);
+    assert!(stderr(&no_method).contains("the method is missing"), "{}", stderr(&no_method));
 }
 
 #[test]
