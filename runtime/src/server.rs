@@ -105,7 +105,7 @@ fn command(spec: &SidecarSpec) -> clap::Command {
                 .long("admin")
                 .value_name("ADDR")
                 .default_value(DEFAULT_ADMIN)
-                .help("Serve /ready and /config_dump on ADDR"),
+                .help("Serve the admin endpoints on ADDR: /ready, /config_dump, /stats/prometheus and /clusters"),
         )
         .arg(
             clap::Arg::new("locality")
@@ -125,13 +125,13 @@ fn command(spec: &SidecarSpec) -> clap::Command {
             clap::Arg::new("xds")
                 .long("xds")
                 .value_name("HOST:PORT")
-                .help("Take run-time overrides from meshc pilot's ADS at HOST:PORT (endpoints of the compiled clusters); the sidecar serves its compiled state until they arrive and its last good state while Pilot is away"),
+                .help("Take run-time overrides from meshc pilot's ADS at HOST:PORT: the endpoints of the compiled clusters (replacing those of --endpoints once they arrive), their settings, and the outbound routes; the sidecar serves its compiled state until they arrive and its last good state while Pilot is away"),
         )
         .arg(
             clap::Arg::new("endpoints")
                 .long("endpoints")
                 .value_name("FILE")
-                .help("Replace the registry snapshot's endpoints with those of a TOML file of [[endpoint]] tables"),
+                .help("Replace every service's instances from the registry snapshots with those of a TOML file of [[endpoint]] tables (a service the file does not name has none)"),
         )
         .arg(
             clap::Arg::new("tls-cert")
