@@ -33,7 +33,50 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
         }
         ErrorVariant::CustomError { message } => message.clone(),
     };
-    Diagnostic::error(Code::Syntax, message).primary(Span::new(file, at..end), "")
+    let diagnostic = Diagnostic::error(Code::Syntax, message).primary(Span::new(file, at..end), "");
+    // pest names the rules it expected, never a literal `}`: where the file ends, or a new
+    // item starts, inside a block, say which block was left open.
+    let ends_a_block = found == "end of file" || ITEM_KEYWORDS.iter().any(|it| found == format!("`{it}`"));
+    match unclosed_brace(&text[..at.min(text.len())]) {
+        Some(open) if ends_a_block && matches!(err.variant, ErrorVariant::ParsingError { .. }) => diagnostic
+            .secondary(Span::new(file, open..open + 1), "this `{` is not closed")
+            .help(format!("close the block with `}}` before {found}")),
+        _ => diagnostic,
+    }
+}
+
+/// The keywords that start an item of a file (the grammar's `item`).
+const ITEM_KEYWORDS: [&str; 5] = ["service", "routes", "authorization", "workload", "telemetry"];
+
+/// Where the innermost `{` of `text` that no `}` closes is, strings and comments aside.
+fn unclosed_brace(text: &str) -> Option<usize> {
+    let mut open = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '{' => open.push(at),
+            '}' => {
+                open.pop();
+            }
+            '"' => {
+                // To the closing quote, an escape's character skipped; a string ends at a
+                // line's end at the latest.
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' | '\n' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '#' => while chars.next_if(|(_, c)| *c != '\n').is_some() {},
+            '/' if chars.peek().is_some_and(|(_, c)| *c == '/') => while chars.next_if(|(_, c)| *c != '\n').is_some() {},
+            _ => {}
+        }
+    }
+    open.pop()
 }
 
 fn next_char_boundary(text: &str, at: usize) -> usize {

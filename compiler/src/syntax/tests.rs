@@ -205,6 +205,31 @@ fn a_syntax_error_names_what_was_expected() {
 }
 
 #[test]
+fn a_block_left_open_is_pointed_at() {
+    let diagnostic = |text: &str| {
+        let mut diagnostics = Vec::new();
+        let _ = super::parse(FileId(0), text, &mut diagnostics);
+        let diagnostic = diagnostics.into_iter().next().expect("a syntax error");
+        let labels: Vec<_> = diagnostic.labels.iter().map(|it| (it.span.start, it.message.clone())).collect();
+        (labels, diagnostic.help)
+    };
+    // The file ends inside `routes`, whose route is closed; a `}` in a string or a comment
+    // closes nothing.
+    let text = "routes reviews { # }\n  route a { to reviews  request_header set \"x\" \"}\" }\n";
+    let (labels, help) = diagnostic(text);
+    assert_eq!(labels, [(text.len() as u32, String::new()), (15, "this `{` is not closed".to_owned())]);
+    assert_eq!(help.as_deref(), Some("close the block with `}` before end of file"));
+    // A workload starts inside it.
+    let (labels, help) = diagnostic("routes reviews {\n  route a { to reviews }\nworkload web { serves reviews }\n");
+    assert_eq!(labels[1], (15, "this `{` is not closed".to_owned()));
+    assert_eq!(help.as_deref(), Some("close the block with `}` before `workload`"));
+    // Another mistake inside a block is not taken for one left open.
+    let (labels, help) = diagnostic("routes reviews {\n  route a { to }\n}\n");
+    assert_eq!(labels.len(), 1);
+    assert_eq!(help, None);
+}
+
+#[test]
 fn workloads_collect_every_serves_list() {
     check(
         "workload web { serves a, b  serves c  calls *  telemetry { access_log off } }\ntelemetry { access_log on  request_id off  tracing on }",
