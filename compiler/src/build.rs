@@ -60,7 +60,8 @@ fn runtime_dir() -> PathBuf {
 
 /// Runs `meshc build`.
 pub fn run(args: &BuildArgs) -> ExitCode {
-    let compilation = crate::compile(&DiskFs::new(&args.dir));
+    let mut compilation = crate::compile(&DiskFs::new(&args.dir));
+    compilation.sources.show_under(&args.dir);
     crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let Some(mesh) = &compilation.ir else {
         return ExitCode::from(if compilation.io_error { 2 } else { 1 });
@@ -88,7 +89,8 @@ enum Failure {
 /// Builds the sidecars of a mesh directory, as `meshc build` does, and returns the binaries
 /// (none with `no_compile`). Errors are rendered messages.
 pub fn build_dir(args: &BuildArgs) -> Result<Vec<PathBuf>, String> {
-    let compilation = crate::compile(&DiskFs::new(&args.dir));
+    let mut compilation = crate::compile(&DiskFs::new(&args.dir));
+    compilation.sources.show_under(&args.dir);
     let Some(mesh) = &compilation.ir else { return Err(compilation.render_plain()) };
     build(mesh, args).map_err(|it| match it {
         Failure::Usage(message) | Failure::Build(message) => message,

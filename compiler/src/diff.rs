@@ -64,7 +64,7 @@ pub struct Change {
 /// Runs `meshc diff`: exit 0 without differences, 1 with some, 2 when a mesh cannot be read.
 pub fn run(args: &DiffArgs) -> ExitCode {
     if let Some(pilot) = &args.pilot {
-        let Some(mesh) = compile(&DiskFs::new(&args.old), &args.old.display().to_string()) else { return ExitCode::from(2) };
+        let Some(mesh) = compile(&DiskFs::new(&args.old), &args.old, &args.old.display().to_string()) else { return ExitCode::from(2) };
         let changes = match against_pilot(&mesh, pilot) {
             Ok(it) => it,
             Err(err) => {
@@ -77,8 +77,8 @@ pub fn run(args: &DiffArgs) -> ExitCode {
     let (old, new) = match &args.git {
         Some(rev) => match at_revision(&args.old, rev) {
             Ok(old) => (
-                compile(&old, &format!("{} at {rev}", args.old.display())),
-                compile(&DiskFs::new(&args.old), &args.old.display().to_string()),
+                compile(&old, &args.old, &format!("{} at {rev}", args.old.display())),
+                compile(&DiskFs::new(&args.old), &args.old, &args.old.display().to_string()),
             ),
             Err(err) => {
                 eprintln!("error: {err}");
@@ -87,7 +87,10 @@ pub fn run(args: &DiffArgs) -> ExitCode {
         },
         None => {
             let new = args.new.as_ref().expect("clap requires NEW without --git");
-            (compile(&DiskFs::new(&args.old), &args.old.display().to_string()), compile(&DiskFs::new(new), &new.display().to_string()))
+            (
+                compile(&DiskFs::new(&args.old), &args.old, &args.old.display().to_string()),
+                compile(&DiskFs::new(new), new, &new.display().to_string()),
+            )
         }
     };
     let (Some(old), Some(new)) = (old, new) else { return ExitCode::from(2) };
@@ -155,9 +158,12 @@ pub fn against_pilot(mesh: &Mesh, address: &str) -> Result<Vec<Change>, String> 
     Ok(changes)
 }
 
-fn compile(vfs: &dyn Vfs, name: &str) -> Option<Mesh> {
-    let compilation = crate::compile(vfs);
+/// Compiles the mesh `vfs` holds, which is `name`, from directory `dir` (at a revision, its
+/// files have the same paths), printing its diagnostics when it does not compile.
+fn compile(vfs: &dyn Vfs, dir: &Path, name: &str) -> Option<Mesh> {
+    let mut compilation = crate::compile(vfs);
     if compilation.ir.is_none() {
+        compilation.sources.show_under(dir);
         eprintln!("error: {name} does not compile:");
         crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, false);
     }

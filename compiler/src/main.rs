@@ -94,7 +94,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { dir, format } => {
-            let compilation = meshc::compile(&DiskFs::new(&dir));
+            let mut compilation = meshc::compile(&DiskFs::new(&dir));
+            compilation.sources.show_under(&dir);
             match format {
                 Format::Human => {
                     meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal())
@@ -107,7 +108,8 @@ fn main() -> ExitCode {
             exit_code(&compilation)
         }
         Command::Ir { dir } => {
-            let compilation = meshc::compile(&DiskFs::new(&dir));
+            let mut compilation = meshc::compile(&DiskFs::new(&dir));
+            compilation.sources.show_under(&dir);
             meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal());
             if let Some(ir) = &compilation.ir {
                 let mut stdout = std::io::stdout().lock();

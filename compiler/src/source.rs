@@ -72,6 +72,9 @@ pub struct SourceFile {
 #[derive(Clone, Debug, Default)]
 pub struct SourceMap {
     files: Vec<SourceFile>,
+    /// How rendered diagnostics name each file, when not by its path (see
+    /// [`SourceMap::show_under`]).
+    shown: Vec<String>,
 }
 
 impl SourceMap {
@@ -82,6 +85,18 @@ impl SourceMap {
         let id = FileId(u32::try_from(self.files.len()).expect("fewer than 2^32 input files"));
         self.files.push(SourceFile { path, kind, text, sha256, line_starts });
         id
+    }
+
+    /// Names every file in rendered diagnostics by its path from the current directory
+    /// (`dir`, the mesh directory as the user gave it, joined with the file's path in it), so
+    /// that a terminal or an editor can open it. Paths everywhere else (the IR, the JSON
+    /// output, generated code) stay relative to the mesh directory; `.` changes nothing.
+    pub fn show_under(&mut self, dir: &Path) {
+        self.shown = if dir.as_os_str().is_empty() || dir == Path::new(".") {
+            Vec::new()
+        } else {
+            self.files.iter().map(|it| dir.join(&it.path).display().to_string()).collect()
+        };
     }
 
     /// The file with this id.
@@ -126,7 +141,9 @@ impl<'a> codespan_reporting::files::Files<'a> for SourceMap {
     type Source = &'a str;
 
     fn name(&'a self, id: FileId) -> Result<&'a str, codespan_reporting::files::Error> {
-        self.files.get(id.0 as usize).map(|it| it.path.as_str()).ok_or(codespan_reporting::files::Error::FileMissing)
+        let index = id.0 as usize;
+        let path = self.files.get(index).map(|it| it.path.as_str()).ok_or(codespan_reporting::files::Error::FileMissing)?;
+        Ok(self.shown.get(index).map_or(path, String::as_str))
     }
 
     fn source(&'a self, id: FileId) -> Result<&'a str, codespan_reporting::files::Error> {

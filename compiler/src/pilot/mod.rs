@@ -63,7 +63,8 @@ pub struct PilotArgs {
 /// Runs `meshc pilot` until interrupted.
 pub fn run(args: &PilotArgs) -> ExitCode {
     let debounce = watch::Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
-    let (before, reparse, compilation) = watch::compile_first(&args.dir, debounce);
+    let (before, reparse, mut compilation) = watch::compile_first(&args.dir, debounce);
+    compilation.sources.show_under(&args.dir);
     crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let Some(mesh) = compilation.ir else {
         eprintln!("error: the mesh in {} does not compile; pilot needs a good first version", args.dir.display());

@@ -319,6 +319,8 @@ async fn watch_with(
                 }
             }
             _ => {
+                let mut compilation = compilation;
+                compilation.sources.show_under(&dir);
                 let rendered = compilation.render_plain();
                 eprintln!(
                     "meshc pilot: {} changed but does not compile; still serving generation {}:\n{rendered}",
