@@ -16,12 +16,14 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
         text[at.min(text.len())..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').map(char::len_utf8).sum::<usize>();
     let end = if word_len > 0 { at + word_len } else { next_char_boundary(text, at) };
     let found = describe_found(text, at);
+    let mut keywords = Vec::new();
     let message = match &err.variant {
         ErrorVariant::ParsingError { positives, .. } => {
             let mut expected: Vec<String> =
                 positives.iter().flat_map(|it| rule_name(*it).split(" | ").map(str::to_owned).collect::<Vec<_>>()).collect();
             expected.sort();
             expected.dedup();
+            keywords = expected.iter().filter_map(|it| it.strip_prefix('`')?.strip_suffix('`')).map(str::to_owned).collect();
             match expected.len() {
                 0 => format!("unexpected {found}"),
                 1 => format!("expected {}, found {found}", expected[0]),
@@ -41,8 +43,23 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
         Some(open) if ends_a_block && matches!(err.variant, ErrorVariant::ParsingError { .. }) => diagnostic
             .secondary(Span::new(file, open..open + 1), "this `{` is not closed")
             .help(format!("close the block with `}}` before {found}")),
-        _ => diagnostic,
+        // A word of three letters or more that is a few edits from a keyword expected there.
+        _ => match (word_len >= 3).then(|| closest_keyword(&text[at..at + word_len], &keywords)).flatten() {
+            Some(keyword) => diagnostic.help(format!("did you mean `{keyword}`?")),
+            None => diagnostic,
+        },
     }
+}
+
+/// The expected keyword a misspelt `word` is closest to, within a few edits.
+fn closest_keyword<'a>(word: &str, keywords: &'a [String]) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    keywords
+        .iter()
+        .map(|it| (crate::check::levenshtein(word, it), it.as_str()))
+        .filter(|(distance, _)| (1..=limit).contains(distance))
+        .min()
+        .map(|(_, keyword)| keyword)
 }
 
 /// The keywords that start an item of a file (the grammar's `item`).
@@ -103,8 +120,8 @@ fn rule_name(rule: Rule) -> String {
     }
     let text = match rule {
         Rule::EOI => "end of file",
-        Rule::item | Rule::service | Rule::routes | Rule::authorization | Rule::workload | Rule::telemetry => {
-            "`service`, `routes`, `authorization`, `workload` or `telemetry`"
+        Rule::file | Rule::item | Rule::service | Rule::routes | Rule::authorization | Rule::workload | Rule::telemetry => {
+            "`service` | `routes` | `authorization` | `workload` | `telemetry`"
         }
         Rule::ident | Rule::dotted | Rule::name => "a name",
         Rule::string => "a string",

@@ -230,6 +230,22 @@ fn a_block_left_open_is_pointed_at() {
 }
 
 #[test]
+fn a_misspelt_keyword_gets_the_one_meant() {
+    let help = |text: &str| {
+        let mut diagnostics = Vec::new();
+        let _ = super::parse(FileId(0), text, &mut diagnostics);
+        diagnostics.into_iter().next().expect("a syntax error").help
+    };
+    assert_eq!(help("routes r {\n  route a { to r wieght 100 }\n}\n").as_deref(), Some("did you mean `weight`?"));
+    assert_eq!(help("routes r {\n  rout a { to r }\n}\n").as_deref(), Some("did you mean `route`?"));
+    assert_eq!(help("srevice r { protocol http }\n").as_deref(), Some("did you mean `service`?"));
+    // Nothing near, or too short to say.
+    assert_eq!(help("routes r {\n  route a { to r frobnicate 100 }\n}\n"), None);
+    assert_eq!(help("routes r {\n  route a { to r x }\n}\n"), None);
+    assert_eq!(help("routes r {\n  route a { to }\n}\n"), None);
+}
+
+#[test]
 fn workloads_collect_every_serves_list() {
     check(
         "workload web { serves a, b  serves c  calls *  telemetry { access_log off } }\ntelemetry { access_log on  request_id off  tracing on }",
