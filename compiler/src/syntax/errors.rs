@@ -16,6 +16,12 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
         text[at.min(text.len())..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').map(char::len_utf8).sum::<usize>();
     let end = if word_len > 0 { at + word_len } else { next_char_boundary(text, at) };
     let found = describe_found(text, at);
+    let line_end = text[at.min(text.len())..].find('\n').map_or(text.len(), |it| at + it);
+    if text[at.min(text.len())..].starts_with('"') && !string_closes(&text[at + 1..line_end]) {
+        return Diagnostic::error(Code::Syntax, "this string is not closed before the end of its line")
+            .primary(Span::new(file, at..line_end), "")
+            .help("end it with `\"` (a string cannot span lines)");
+    }
     let mut keywords = Vec::new();
     let message = match &err.variant {
         ErrorVariant::ParsingError { positives, .. } => {
@@ -60,6 +66,21 @@ fn closest_keyword<'a>(word: &str, keywords: &'a [String]) -> Option<&'a str> {
         .filter(|(distance, _)| (1..=limit).contains(distance))
         .min()
         .map(|(_, keyword)| keyword)
+}
+
+/// Whether a string whose opening quote is just before `rest` (the rest of its line) closes.
+fn string_closes(rest: &str) -> bool {
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '"' => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The keywords that start an item of a file (the grammar's `item`).

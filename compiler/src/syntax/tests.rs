@@ -246,6 +246,23 @@ fn a_misspelt_keyword_gets_the_one_meant() {
 }
 
 #[test]
+fn a_string_left_open_is_named() {
+    check(
+        "service r {\n  subset v1 { version = \"v1 }\n}\n",
+        expect![[r#"
+            E0002 36..41: this string is not closed before the end of its line
+        "#]],
+    );
+    // A closed string with an escaped quote is not taken for one left open.
+    check(
+        "service r {\n  subset v1 { version = \"v\\\"1\" x }\n}\n",
+        expect![[r#"
+            E0002 43..44: expected `connect_timeout`, `health_check`, `limits`, `load_balancer`, `outlier_detection`, `request_timeout`, `tls`, `warmup` or a label `key = "value"`, found `x`
+        "#]],
+    );
+}
+
+#[test]
 fn workloads_collect_every_serves_list() {
     check(
         "workload web { serves a, b  serves c  calls *  telemetry { access_log off } }\ntelemetry { access_log on  request_id off  tracing on }",
