@@ -16,11 +16,23 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
         text[at.min(text.len())..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').map(char::len_utf8).sum::<usize>();
     let end = if word_len > 0 { at + word_len } else { next_char_boundary(text, at) };
     let found = describe_found(text, at);
-    let line_end = text[at.min(text.len())..].find('\n').map_or(text.len(), |it| at + it);
-    if text[at.min(text.len())..].starts_with('"') && !string_closes(&text[at + 1..line_end]) {
-        return Diagnostic::error(Code::Syntax, "this string is not closed before the end of its line")
-            .primary(Span::new(file, at..line_end), "")
-            .help("end it with `\"` (a string cannot span lines)");
+    if text[at.min(text.len())..].starts_with('"') {
+        let line_end = text[at..].find('\n').map_or(text.len(), |it| at + it);
+        let line_end = if text[..line_end].ends_with('\r') { line_end - 1 } else { line_end };
+        match string_problem(&text[at + 1..line_end]) {
+            Some(StringProblem::Open) => {
+                return Diagnostic::error(Code::Syntax, "this string is not closed before the end of its line")
+                    .primary(Span::new(file, at..line_end), "")
+                    .help("end it with `\"` (a string cannot span lines)");
+            }
+            Some(StringProblem::Escape(start, escape)) => {
+                let start = at + 1 + start;
+                return Diagnostic::error(Code::Syntax, format!("`{escape}` is not an escape a string may hold"))
+                    .primary(Span::new(file, start..start + escape.len()), "")
+                    .help("the escapes are `\\\"`, `\\\\`, `\\n`, `\\t`, `\\r` and `\\u{…}` (1 to 6 hex digits)");
+            }
+            None => {}
+        }
     }
     let mut keywords = Vec::new();
     let message = match &err.variant {
@@ -44,7 +56,11 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
     let diagnostic = Diagnostic::error(Code::Syntax, message).primary(Span::new(file, at..end), "");
     // pest names the rules it expected, never a literal `}`: where the file ends, or a new
     // item starts, inside a block, say which block was left open.
-    let ends_a_block = found == "end of file" || ITEM_KEYWORDS.iter().any(|it| found == format!("`{it}`"));
+    // Only where a statement (a keyword) could have come, and the file as a whole leaves a
+    // block open: a keyword in the wrong block, or a value missing at the end, is not that.
+    let ends_a_block = (found == "end of file" || ITEM_KEYWORDS.iter().any(|it| found == format!("`{it}`")))
+        && !keywords.is_empty()
+        && unclosed_brace(text).is_some();
     match unclosed_brace(&text[..at.min(text.len())]) {
         Some(open) if ends_a_block && matches!(err.variant, ErrorVariant::ParsingError { .. }) => diagnostic
             .secondary(Span::new(file, open..open + 1), "this `{` is not closed")
@@ -57,9 +73,12 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
     }
 }
 
-/// The expected keyword a misspelt `word` is closest to, within a few edits.
+/// The expected keyword a misspelt `word` is closest to, within an edit per three letters; a
+/// word that is a keyword itself, in the wrong place, only one edit away (`workload` where
+/// `workloads` belongs), since `tls` is not a misspelt `to`.
 fn closest_keyword<'a>(word: &str, keywords: &'a [String]) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(2);
+    let is_keyword = Rule::all_rules().iter().any(|rule| format!("{rule:?}").strip_prefix("kw_") == Some(word));
+    let limit = if is_keyword { 1 } else { (word.chars().count() / 3).max(1) };
     keywords
         .iter()
         .map(|it| (crate::check::levenshtein(word, it), it.as_str()))
@@ -68,19 +87,41 @@ fn closest_keyword<'a>(word: &str, keywords: &'a [String]) -> Option<&'a str> {
         .map(|(_, keyword)| keyword)
 }
 
-/// Whether a string whose opening quote is just before `rest` (the rest of its line) closes.
-fn string_closes(rest: &str) -> bool {
-    let mut chars = rest.chars();
-    while let Some(c) = chars.next() {
+/// What is wrong with a string whose opening quote is just before `rest` (the rest of its
+/// line), if anything.
+#[derive(Debug, PartialEq, Eq)]
+enum StringProblem<'a> {
+    /// No closing quote on the line.
+    Open,
+    /// An escape the grammar does not know, and where it starts in `rest`.
+    Escape(usize, &'a str),
+}
+
+fn string_problem(rest: &str) -> Option<StringProblem<'_>> {
+    let mut chars = rest.char_indices();
+    while let Some((at, c)) = chars.next() {
         match c {
             '\\' => {
-                chars.next();
+                let next = chars.next().map(|(_, c)| c);
+                let valid = match next {
+                    None => return Some(StringProblem::Open),
+                    Some('"' | '\\' | 'n' | 't' | 'r') => true,
+                    Some('u') => {
+                        let digits: Vec<char> = rest[at + 2..].chars().skip(1).take_while(char::is_ascii_hexdigit).collect();
+                        rest[at + 2..].starts_with('{') && (1..=6).contains(&digits.len()) && rest[at + 3 + digits.len()..].starts_with('}')
+                    }
+                    _ => false,
+                };
+                if !valid {
+                    let end = next.map_or(at + 1, |c| at + 1 + c.len_utf8());
+                    return Some(StringProblem::Escape(at, &rest[at..end]));
+                }
             }
-            '"' => return true,
+            '"' => return None,
             _ => {}
         }
     }
-    false
+    Some(StringProblem::Open)
 }
 
 /// The keywords that start an item of a file (the grammar's `item`).

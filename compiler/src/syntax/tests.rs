@@ -223,10 +223,19 @@ fn a_block_left_open_is_pointed_at() {
     let (labels, help) = diagnostic("routes reviews {\n  route a { to reviews }\nworkload web { serves reviews }\n");
     assert_eq!(labels[1], (15, "this `{` is not closed".to_owned()));
     assert_eq!(help.as_deref(), Some("close the block with `}` before `workload`"));
-    // Another mistake inside a block is not taken for one left open.
+    // Another mistake inside a block is not taken for one left open, nor is an item's
+    // keyword in the wrong block of a file whose braces balance, nor a value missing where
+    // the file ends.
     let (labels, help) = diagnostic("routes reviews {\n  route a { to }\n}\n");
     assert_eq!(labels.len(), 1);
     assert_eq!(help, None);
+    let (labels, help) = diagnostic("authorization callers {\n  workload reviews\n  action allow\n}\n");
+    assert_eq!(labels.len(), 1);
+    assert_eq!(help.as_deref(), Some("did you mean `workloads`?"));
+    let (labels, help) = diagnostic("workload web {\n  service reviews\n}\n");
+    assert_eq!((labels.len(), help), (1, None));
+    let (labels, help) = diagnostic("routes r {\n  route a {\n    to r weight");
+    assert_eq!((labels.len(), help), (1, None));
 }
 
 #[test]
@@ -239,8 +248,10 @@ fn a_misspelt_keyword_gets_the_one_meant() {
     assert_eq!(help("routes r {\n  route a { to r wieght 100 }\n}\n").as_deref(), Some("did you mean `weight`?"));
     assert_eq!(help("routes r {\n  rout a { to r }\n}\n").as_deref(), Some("did you mean `route`?"));
     assert_eq!(help("srevice r { protocol http }\n").as_deref(), Some("did you mean `service`?"));
-    // Nothing near, or too short to say.
+    // Nothing near, too short to say, or a keyword in the wrong place.
     assert_eq!(help("routes r {\n  route a { to r frobnicate 100 }\n}\n"), None);
+    assert_eq!(help("routes r {\n  route a { foo r }\n}\n"), None);
+    assert_eq!(help("routes r {\n  route a { tls simple }\n}\n"), None);
     assert_eq!(help("routes r {\n  route a { to r x }\n}\n"), None);
     assert_eq!(help("routes r {\n  route a { to }\n}\n"), None);
 }
@@ -251,6 +262,26 @@ fn a_string_left_open_is_named() {
         "service r {\n  subset v1 { version = \"v1 }\n}\n",
         expect![[r#"
             E0002 36..41: this string is not closed before the end of its line
+        "#]],
+    );
+    // An escape the language does not have, and one it has.
+    check(
+        "service r {\n  subset v1 { version = \"v\\q1\" }\n}\n",
+        expect![[r#"
+            E0002 38..40: `\q` is not an escape a string may hold
+        "#]],
+    );
+    check(
+        "service r {\n  subset v1 { version = \"v\\u{e9}\\u{110000x}\" }\n}\n",
+        expect![[r#"
+            E0002 44..46: `\u` is not an escape a string may hold
+        "#]],
+    );
+    // A string left open on a line that ends in CRLF: the span stops before the CR.
+    check(
+        "service r {\r\n  subset v1 { version = \"v1 }\r\n}\r\n",
+        expect![[r#"
+            E0002 37..42: this string is not closed before the end of its line
         "#]],
     );
     // A closed string with an escaped quote is not taken for one left open.
