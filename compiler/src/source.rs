@@ -90,7 +90,8 @@ impl SourceMap {
     /// Names every file in rendered diagnostics by its path from the current directory
     /// (`dir`, the mesh directory as the user gave it, joined with the file's path in it), so
     /// that a terminal or an editor can open it. Paths everywhere else (the IR, the JSON
-    /// output, generated code) stay relative to the mesh directory; `.` changes nothing.
+    /// output, generated code, Pilot's `/status`) stay relative to the mesh directory; `.`
+    /// changes nothing.
     pub fn show_under(&mut self, dir: &Path) {
         self.shown = if dir.as_os_str().is_empty() || dir == Path::new(".") {
             Vec::new()

@@ -319,15 +319,18 @@ async fn watch_with(
                 }
             }
             _ => {
+                // `/status` names files within the mesh directory, which is all a remote
+                // reader knows; the log names them from where Pilot runs.
                 let mut compilation = compilation;
+                let in_mesh = compilation.render_plain();
                 compilation.sources.show_under(&dir);
-                let rendered = compilation.render_plain();
                 eprintln!(
-                    "meshc pilot: {} changed but does not compile; still serving generation {}:\n{rendered}",
+                    "meshc pilot: {} changed but does not compile; still serving generation {}:\n{}",
                     dir.display(),
-                    pilot.config().generation
+                    pilot.config().generation,
+                    compilation.render_plain()
                 );
-                pilot.reject(rendered);
+                pilot.reject(in_mesh);
             }
         }
     }
