@@ -12,8 +12,6 @@ use std::process::{Command, ExitCode};
 use meshc_codegen::emit::{self, EmitOptions};
 use meshc_codegen::ir;
 
-use crate::source::DiskFs;
-
 /// Arguments of `meshc build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
@@ -60,8 +58,7 @@ fn runtime_dir() -> PathBuf {
 
 /// Runs `meshc build`.
 pub fn run(args: &BuildArgs) -> ExitCode {
-    let mut compilation = crate::compile(&DiskFs::new(&args.dir));
-    compilation.sources.show_under(&args.dir);
+    let compilation = crate::compile_dir(&args.dir);
     crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let Some(mesh) = &compilation.ir else {
         return ExitCode::from(if compilation.io_error { 2 } else { 1 });
@@ -89,8 +86,7 @@ enum Failure {
 /// Builds the sidecars of a mesh directory, as `meshc build` does, and returns the binaries
 /// (none with `no_compile`). Errors are rendered messages.
 pub fn build_dir(args: &BuildArgs) -> Result<Vec<PathBuf>, String> {
-    let mut compilation = crate::compile(&DiskFs::new(&args.dir));
-    compilation.sources.show_under(&args.dir);
+    let compilation = crate::compile_dir(&args.dir);
     let Some(mesh) = &compilation.ir else { return Err(compilation.render_plain()) };
     build(mesh, args).map_err(|it| match it {
         Failure::Usage(message) | Failure::Build(message) => message,

@@ -38,6 +38,14 @@ pub fn compile(vfs: &dyn Vfs) -> Compilation {
     compile_reusing(vfs, &mut Reparse::default())
 }
 
+/// Compiles the mesh directory `dir` as the command line gave it: its diagnostics name files
+/// from the current directory (see [`SourceMap::show_under`]).
+pub fn compile_dir(dir: &std::path::Path) -> Compilation {
+    let mut compilation = compile(&crate::source::DiskFs::new(dir));
+    compilation.sources.show_under(dir);
+    compilation
+}
+
 /// [`compile`], parsing again only the parts of snapshots that changed since the compile that
 /// last used `reparse` (Pilot's recompiles); the result is the same as [`compile`]'s.
 pub fn compile_reusing(vfs: &dyn Vfs, reparse: &mut Reparse) -> Compilation {

@@ -682,8 +682,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
 
 fn run_inner(args: &ExplainArgs) -> Result<ExitCode, String> {
     let (dir, _) = parse_request(args)?;
-    let mut compilation = crate::compile(&crate::source::DiskFs::new(&dir));
-    compilation.sources.show_under(&dir);
+    let compilation = crate::compile_dir(&dir);
     if compilation.has_errors() || compilation.io_error {
         crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, false);
         return Ok(ExitCode::from(if compilation.io_error { 2 } else { 1 }));

@@ -22,4 +22,4 @@ pub mod source;
 pub mod syntax;
 pub mod synth;
 
-pub use driver::{Compilation, compile};
+pub use driver::{Compilation, compile, compile_dir};

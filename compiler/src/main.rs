@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use meshc::source::DiskFs;
 
 #[derive(Parser)]
 #[command(name = "meshc", version, about = "A service mesh compiler: checks a mesh spec and registry snapshots, and compiles them")]
@@ -94,8 +93,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { dir, format } => {
-            let mut compilation = meshc::compile(&DiskFs::new(&dir));
-            compilation.sources.show_under(&dir);
+            let compilation = meshc::compile_dir(&dir);
             match format {
                 Format::Human => {
                     meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal())
@@ -108,8 +106,7 @@ fn main() -> ExitCode {
             exit_code(&compilation)
         }
         Command::Ir { dir } => {
-            let mut compilation = meshc::compile(&DiskFs::new(&dir));
-            compilation.sources.show_under(&dir);
+            let compilation = meshc::compile_dir(&dir);
             meshc::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, std::io::stderr().is_terminal());
             if let Some(ir) = &compilation.ir {
                 let mut stdout = std::io::stdout().lock();
