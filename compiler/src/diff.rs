@@ -64,7 +64,7 @@ pub struct Change {
 /// Runs `meshc diff`: exit 0 without differences, 1 with some, 2 when a mesh cannot be read.
 pub fn run(args: &DiffArgs) -> ExitCode {
     if let Some(pilot) = &args.pilot {
-        let Some(mesh) = compile(&DiskFs::new(&args.old), &args.old, &args.old.display().to_string()) else { return ExitCode::from(2) };
+        let Some(mesh) = compile(&DiskFs::new(&args.old), &args.old, None) else { return ExitCode::from(2) };
         let changes = match against_pilot(&mesh, pilot) {
             Ok(it) => it,
             Err(err) => {
@@ -76,10 +76,7 @@ pub fn run(args: &DiffArgs) -> ExitCode {
     }
     let (old, new) = match &args.git {
         Some(rev) => match at_revision(&args.old, rev) {
-            Ok(old) => (
-                compile(&old, &args.old, &format!("{} at {rev}", args.old.display())),
-                compile(&DiskFs::new(&args.old), &args.old, &args.old.display().to_string()),
-            ),
+            Ok(old) => (compile(&old, &args.old, Some(rev)), compile(&DiskFs::new(&args.old), &args.old, None)),
             Err(err) => {
                 eprintln!("error: {err}");
                 return ExitCode::from(2);
@@ -87,10 +84,7 @@ pub fn run(args: &DiffArgs) -> ExitCode {
         },
         None => {
             let new = args.new.as_ref().expect("clap requires NEW without --git");
-            (
-                compile(&DiskFs::new(&args.old), &args.old, &args.old.display().to_string()),
-                compile(&DiskFs::new(new), new, &new.display().to_string()),
-            )
+            (compile(&DiskFs::new(&args.old), &args.old, None), compile(&DiskFs::new(new), new, None))
         }
     };
     let (Some(old), Some(new)) = (old, new) else { return ExitCode::from(2) };
@@ -158,13 +152,16 @@ pub fn against_pilot(mesh: &Mesh, address: &str) -> Result<Vec<Change>, String> 
     Ok(changes)
 }
 
-/// Compiles the mesh `vfs` holds, which is `name`, from directory `dir` (at a revision, its
+/// Compiles the mesh `vfs` holds: directory `dir`, or what it held at git revision `rev` (whose
 /// files have the same paths), printing its diagnostics when it does not compile.
-fn compile(vfs: &dyn Vfs, dir: &Path, name: &str) -> Option<Mesh> {
+fn compile(vfs: &dyn Vfs, dir: &Path, rev: Option<&str>) -> Option<Mesh> {
     let mut compilation = crate::compile(vfs);
     if compilation.ir.is_none() {
         compilation.sources.show_under(dir);
-        eprintln!("error: {name} does not compile:");
+        match rev {
+            Some(rev) => eprintln!("error: {} at {rev} does not compile:", dir.display()),
+            None => eprintln!("error: {} does not compile:", dir.display()),
+        }
         crate::diag::emit_to_stderr(&compilation.sources, &compilation.diagnostics, false);
     }
     compilation.ir
