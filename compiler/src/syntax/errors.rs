@@ -58,15 +58,14 @@ pub(super) fn to_diagnostic(file: FileId, text: &str, err: Error<Rule>) -> Diagn
     // item starts, inside a block, say which block was left open.
     // Only where a statement (a keyword) could have come, and the file as a whole leaves a
     // block open: a keyword in the wrong block, or a value missing at the end, is not that.
-    let ends_a_block = (found == "end of file" || ITEM_KEYWORDS.iter().any(|it| found == format!("`{it}`")))
-        && !keywords.is_empty()
-        && unclosed_brace(text).is_some();
+    let word = &text[at.min(text.len())..(at + word_len).min(text.len())];
+    let ends_a_block = (at >= text.len() || ITEM_KEYWORDS.contains(&word)) && !keywords.is_empty() && unclosed_brace(text).is_some();
     match unclosed_brace(&text[..at.min(text.len())]) {
         Some(open) if ends_a_block && matches!(err.variant, ErrorVariant::ParsingError { .. }) => diagnostic
             .secondary(Span::new(file, open..open + 1), "this `{` is not closed")
             .help(format!("close the block with `}}` before {found}")),
         // A word of three letters or more that is a few edits from a keyword expected there.
-        _ => match (word_len >= 3).then(|| closest_keyword(&text[at..at + word_len], &keywords)).flatten() {
+        _ => match (word.len() >= 3).then(|| closest_keyword(word, &keywords)).flatten() {
             Some(keyword) => diagnostic.help(format!("did you mean `{keyword}`?")),
             None => diagnostic,
         },
@@ -183,7 +182,7 @@ fn rule_name(rule: Rule) -> String {
     let text = match rule {
         Rule::EOI => "end of file",
         Rule::file | Rule::item | Rule::service | Rule::routes | Rule::authorization | Rule::workload | Rule::telemetry => {
-            "`service` | `routes` | `authorization` | `workload` | `telemetry`"
+            return ITEM_KEYWORDS.map(|it| format!("`{it}`")).join(" | ");
         }
         Rule::ident | Rule::dotted | Rule::name => "a name",
         Rule::string => "a string",
