@@ -409,12 +409,17 @@ mod tests {
         std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 1s", "timeout 10s")).expect("write");
     }
 
-    async fn wait_for_generation_2(pilot: &Pilot) {
+    /// Waits until `done`, failing with `otherwise` after 20 s.
+    async fn wait_until(done: impl Fn() -> bool, otherwise: &str) {
         let until = Instant::now() + Duration::from_secs(20);
-        while pilot.config().generation == 1 {
-            assert!(Instant::now() < until, "the change was not compiled");
+        while !done() {
+            assert!(Instant::now() < until, "{otherwise}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn wait_for_generation_2(pilot: &Pilot) {
+        wait_until(|| pilot.config().generation != 1, "the change was not compiled").await;
     }
 
     /// No look but the first and those the file system's events start: the once-a-second
@@ -447,21 +452,11 @@ mod tests {
         let (dir, before, reparse, pilot) = bookinfo("undone");
         let spec = std::fs::read_to_string(dir.join("bookinfo.mesh")).expect("read");
         let watching = tokio::spawn(watch_with(pilot.clone(), dir.clone(), AT_ONCE, before, reparse, NEVER, Arc::new(|| ())));
-        let wait_for = |ok: bool| {
-            let pilot = pilot.clone();
-            async move {
-                let until = Instant::now() + Duration::from_secs(20);
-                while pilot.lock_status().ok != ok {
-                    assert!(Instant::now() < until, "the status never became ok = {ok}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
         std::fs::write(dir.join("bookinfo.mesh"), spec.replace("timeout 1s", "timeout oops")).expect("write");
-        wait_for(false).await;
+        wait_until(|| !pilot.lock_status().ok, "the status never became ok = false").await;
         assert!(pilot.lock_status().error.as_deref().is_some_and(|it| it.contains("oops")), "the error says what is wrong");
         std::fs::write(dir.join("bookinfo.mesh"), &spec).expect("write");
-        wait_for(true).await;
+        wait_until(|| pilot.lock_status().ok, "the status never became ok = true").await;
         assert_eq!(pilot.lock_status().error, None);
         assert_eq!(pilot.config().generation, 1, "the mesh served is the one it was");
         watching.abort();
