@@ -584,11 +584,11 @@ impl Proxy {
 
     /// Counts a request the client abandons before its answer starts, as Envoy does: response
     /// code 0, flag `DC`.
-    fn unanswered(&self, meter: Meter, entry: Option<Box<accesslog::Entry>>) -> Unanswered {
+    fn unanswered(&self, meter: Meter, entry: Option<Box<accesslog::Entry>>) -> Unanswered<'_> {
         let Meter { reporter, service, grpc, started } = meter;
         let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC" };
         let log = entry.map(|entry| (entry, &self.spec.access_log));
-        Unanswered(Some(Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _held: Held::default() }))
+        Unanswered(Some(Recording { metrics: &*self.metrics, labels, started, log, counted: false, _held: Held::default() }))
     }
 
     /// Counts a request once its response ends (or is dropped), with the destination service
@@ -881,9 +881,10 @@ impl Drop for RouteActive {
     }
 }
 
-/// A request being counted: recorded when dropped.
-struct Recording {
-    metrics: Arc<Metrics>,
+/// A request being counted: recorded when dropped. `metrics` is shared (`Arc`) when the
+/// recording goes with a response body, and borrowed while the request has no answer yet.
+struct Recording<M: std::ops::Deref<Target = Metrics> = Arc<Metrics>> {
+    metrics: M,
     labels: Labels,
     started: Instant,
     /// Boxed: a request's future and its response body carry this, and an entry held inline
@@ -894,7 +895,7 @@ struct Recording {
     _held: Held,
 }
 
-impl Drop for Recording {
+impl<M: std::ops::Deref<Target = Metrics>> Drop for Recording<M> {
     fn drop(&mut self) {
         if self.counted {
             return;
@@ -940,9 +941,9 @@ impl Proxy {
 }
 
 /// A request not answered yet: counted as abandoned if dropped before `answered`.
-struct Unanswered(Option<Recording>);
+struct Unanswered<'a>(Option<Recording<&'a Metrics>>);
 
-impl Unanswered {
+impl Unanswered<'_> {
     /// The answer is coming: no abandonment to count; gives the log entry back.
     fn answered(mut self) -> Option<Box<accesslog::Entry>> {
         let mut recording = self.0.take()?;
@@ -952,7 +953,7 @@ impl Unanswered {
     }
 }
 
-impl Drop for Unanswered {
+impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         drop(self.0.take());
     }

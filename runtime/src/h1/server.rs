@@ -164,7 +164,10 @@ where
         // since the rest of the body cannot be told from a next request; unless the body is
         // let go of and its end is already read (a small POST refused by policy).
         let read_whole = split.as_ref().is_none_or(|(shared, _)| shared.settle());
-        let keep_alive = keep_alive && read_whole && !*drain.borrow();
+        // The drain only ever turns true, so a change seen is the drain: a version compared,
+        // where `borrow` would take and release the watch's lock for every request.
+        let draining = late || drain.has_changed().unwrap_or(true);
+        let keep_alive = keep_alive && read_whole && !draining;
         let mut writer = match (&mut split, conn.as_mut()) {
             (Some((_, write)), _) => Writer::Half(write),
             (None, Some(reader)) => Writer::Whole(&mut reader.io),
