@@ -89,6 +89,9 @@ async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
 struct Idle {
     conn: Connection,
     since: Instant,
+    /// The endpoint the connection was opened to. It goes out of the pool with the connection
+    /// and back in with it, so that a request takes no reference of its own to it.
+    endpoint: Endpoint,
 }
 
 impl Http1Pool {
@@ -114,8 +117,8 @@ impl Http1Pool {
             return Box::pin(self.send_switching(endpoint, request)).await;
         }
         for _ in 0..UNSENT_RETRIES {
-            let Some(conn) = self.checkout(key) else { break };
-            match h1::exchange(conn, parts, body, key, self.giving_back(endpoint)).await {
+            let Some((conn, opened_to)) = self.checkout(key) else { break };
+            match h1::exchange(conn, parts, body, key, self.giving_back(opened_to)).await {
                 Ok(response) => return Ok(response),
                 // The connection closed before the request went out: another one.
                 Err(Failure::Unsent(unsent)) => body = unsent,
@@ -123,7 +126,7 @@ impl Http1Pool {
             }
         }
         let conn = Connection::new(Box::pin(self.connect(endpoint)).await?);
-        h1::exchange(conn, parts, body, key, self.giving_back(endpoint)).await.map_err(|failure| failed(key, failure))
+        h1::exchange(conn, parts, body, key, self.giving_back(endpoint.clone())).await.map_err(|failure| failed(key, failure))
     }
 
     /// A request that switches protocols (an upgrade, or CONNECT) on a connection of its own,
@@ -140,14 +143,15 @@ impl Http1Pool {
         Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
     }
 
-    /// An open idle connection to `key`, newest first; closed and stale ones are dropped.
-    fn checkout(&self, key: &str) -> Option<Connection> {
+    /// An open idle connection to `key`, newest first, with the endpoint it was opened to;
+    /// closed and stale ones are dropped.
+    fn checkout(&self, key: &str) -> Option<(Connection, Endpoint)> {
         let mut idle = lock(&self.idle);
         let list = idle.by_endpoint.get_mut(key)?;
         let mut found = None;
         while let Some(mut it) = list.pop() {
             if it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open() {
-                found = Some(it.conn);
+                found = Some((it.conn, it.endpoint));
                 break;
             }
         }
@@ -158,9 +162,9 @@ impl Http1Pool {
     }
 
     /// What puts a finished connection to `endpoint` back among the idle ones.
-    fn giving_back(&self, endpoint: &Endpoint) -> impl h1::Finish {
-        let (idle, endpoint) = (self.idle.clone(), endpoint.clone());
-        move |conn| idle_again(&idle, &endpoint, conn)
+    fn giving_back(&self, endpoint: Endpoint) -> impl h1::Finish {
+        let idle = self.idle.clone();
+        move |conn| idle_again(&idle, endpoint, conn)
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<h1::Stream, Error> {
@@ -204,7 +208,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Puts a finished connection back among the idle ones, and starts reaping them if nothing
 /// does.
-fn idle_again(idle: &IdleConnections, endpoint: &Endpoint, conn: Connection) {
+fn idle_again(idle: &IdleConnections, endpoint: Endpoint, conn: Connection) {
     let mut state = lock(idle);
     // The authority is shared (a reference counted) only for a new entry.
     let list = match state.by_endpoint.get_mut(endpoint.authority()) {
@@ -212,7 +216,7 @@ fn idle_again(idle: &IdleConnections, endpoint: &Endpoint, conn: Connection) {
         None => state.by_endpoint.entry(endpoint.shared_authority()).or_default(),
     };
     if list.len() < MAX_IDLE_PER_ENDPOINT {
-        list.push(Idle { conn, since: Instant::now() });
+        list.push(Idle { conn, since: Instant::now(), endpoint });
     }
     // Outside a runtime (a body dropped at shutdown) there is nothing to reap for.
     if !state.reaping
