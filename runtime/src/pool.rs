@@ -19,7 +19,6 @@ use hyper::client::conn::http1;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::endpoints::Endpoint;
@@ -62,10 +61,19 @@ type IdleConnections = Arc<Mutex<IdleState>>;
 struct IdleState {
     by_endpoint: BTreeMap<Arc<str>, Vec<Idle>>,
     reaping: bool,
+    /// How many times the reaper has looked the connections over. An idle connection's age is
+    /// counted in these looks rather than read from the clock, which would take two clock
+    /// reads per request (giving back and taking out).
+    looks: u64,
 }
 
 /// How often idle connections are looked over for ones past the idle timeout.
 const REAP_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A connection given back between two looks has been idle longer than the idle timeout at
+/// the look this many looks later (by less than `REAP_INTERVAL`, the timeout being a multiple
+/// of it), and not at the one before.
+const LOOKS_PAST_IDLE_TIMEOUT: u64 = IDLE_TIMEOUT.as_secs().div_ceil(REAP_INTERVAL.as_secs()) + 1;
 
 /// Closes the pool's connections idle longer than the idle timeout, or closed by their
 /// server, every `REAP_INTERVAL`, until none is idle or the pool is gone; the next
@@ -75,8 +83,10 @@ async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
         tokio::time::sleep(REAP_INTERVAL).await;
         let Some(idle) = idle.upgrade() else { return };
         let mut state = lock(&idle);
+        state.looks += 1;
+        let looks = state.looks;
         state.by_endpoint.retain(|_, list| {
-            list.retain_mut(|it| it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open());
+            list.retain_mut(|it| looks - it.since < LOOKS_PAST_IDLE_TIMEOUT && it.conn.idle_and_open());
             !list.is_empty()
         });
         if state.by_endpoint.is_empty() {
@@ -88,7 +98,8 @@ async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
 
 struct Idle {
     conn: Connection,
-    since: Instant,
+    /// The reaper's count of looks when the connection was given back.
+    since: u64,
     /// The endpoint the connection was opened to. It goes out of the pool with the connection
     /// and back in with it, so that a request takes no reference of its own to it.
     endpoint: Endpoint,
@@ -144,13 +155,13 @@ impl Http1Pool {
     }
 
     /// An open idle connection to `key`, newest first, with the endpoint it was opened to;
-    /// closed and stale ones are dropped.
+    /// closed ones are dropped (the reaper has closed those idle too long).
     fn checkout(&self, key: &str) -> Option<(Connection, Endpoint)> {
         let mut idle = lock(&self.idle);
         let list = idle.by_endpoint.get_mut(key)?;
         let mut found = None;
         while let Some(mut it) = list.pop() {
-            if it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open() {
+            if it.conn.idle_and_open() {
                 found = Some((it.conn, it.endpoint));
                 break;
             }
@@ -210,13 +221,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// does.
 fn idle_again(idle: &IdleConnections, endpoint: Endpoint, conn: Connection) {
     let mut state = lock(idle);
+    let since = state.looks;
     // The authority is shared (a reference counted) only for a new entry.
     let list = match state.by_endpoint.get_mut(endpoint.authority()) {
         Some(list) => list,
         None => state.by_endpoint.entry(endpoint.shared_authority()).or_default(),
     };
     if list.len() < MAX_IDLE_PER_ENDPOINT {
-        list.push(Idle { conn, since: Instant::now(), endpoint });
+        list.push(Idle { conn, since, endpoint });
     }
     // Outside a runtime (a body dropped at shutdown) there is nothing to reap for.
     if !state.reaping
@@ -470,9 +482,15 @@ mod tests {
         let pool = Http1Pool::new(Duration::from_secs(1), None);
         let response = send(&pool, &endpoint, get()).await.expect("response");
         response.into_body().collect().await.expect("body");
-        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        tokio::time::sleep(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        // Time for a close to cross the socket, were there one.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(closed.load(Ordering::SeqCst), 0, "closed before the idle timeout");
-        tokio::time::sleep(IDLE_TIMEOUT / 2 + REAP_INTERVAL * 2).await;
+        // Closed within a reaper's interval past the timeout.
+        tokio::time::sleep(REAP_INTERVAL + Duration::from_secs(2)).await;
         // The close crosses a real socket: give it up to 2 s of real time.
         for _ in 0..400 {
             if closed.load(Ordering::SeqCst) == 1 {
