@@ -32,6 +32,10 @@ fn check_passes_on_every_example() {
         let output = meshc(&["check", &format!("examples/{example}")]);
         assert_eq!(code(&output), 0, "{example}: {}", stderr(&output));
         assert!(!stderr(&output).contains("error"), "{example}: {}", stderr(&output));
+        // A clean check says so in one line, with what it read.
+        let said = stderr(&output);
+        assert!(said.starts_with(&format!("meshc: no problems in examples/{example} (")), "{example}: {said}");
+        assert!(said.contains(" spec file") && said.contains(" workload"), "{example}: {said}");
     }
 }
 
