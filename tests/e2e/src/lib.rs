@@ -58,6 +58,8 @@ pub struct Sidecar {
     /// The admin endpoint.
     pub admin: SocketAddr,
     access_log: Arc<Mutex<Vec<String>>>,
+    /// What the sidecar logged (stderr) after it reported its listeners.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sidecar {
@@ -118,7 +120,14 @@ impl Sidecar {
                 panic!("the sidecar failed: {line}");
             }
         }
-        Sidecar { child, listeners: found, admin: admin.expect("the admin address"), access_log }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in receiver {
+                kept.lock().unwrap_or_else(|it| it.into_inner()).push(line);
+            }
+        });
+        Sidecar { child, listeners: found, admin: admin.expect("the admin address"), access_log, log }
     }
 
     /// The address of a listener.
@@ -129,6 +138,11 @@ impl Sidecar {
     /// The access-log lines written so far.
     pub fn access_log(&self) -> Vec<String> {
         self.access_log.lock().unwrap_or_else(|it| it.into_inner()).clone()
+    }
+
+    /// The lines the sidecar has logged since it reported its listeners.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|it| it.into_inner()).clone()
     }
 
     /// Whether the process is still running.

@@ -3,8 +3,8 @@
 //!   resource (no update rejected, every type SYNCED on Pilot's `/clients`), routes the same
 //!   requests to the same upstreams as the compiled productpage sidecar, and follows a weight
 //!   changed in the spec file without a restart;
-//! - the compiled productpage sidecar started with `--xds` takes its endpoints from Pilot,
-//!   follows instances added to and removed from the registry, keeps serving while Pilot is
+//! - the compiled productpage sidecar started with `--xds` takes its endpoints from Pilot
+//!   (and logs it once per cluster), follows instances added to and removed from the registry, keeps serving while Pilot is
 //!   away, and resyncs when it returns;
 //! - the same sidecar serves the virtual hosts Pilot serves as compiled from its compiled
 //!   tables, follows a weight changed in the spec file through an override, takes a new load
@@ -422,6 +422,12 @@ fn the_compiled_sidecar_takes_endpoints_from_pilot_and_keeps_them_while_it_is_aw
     assert_eq!(dump["xds"]["rejected"], 0, "{}", dump["xds"]);
     let sources: Vec<&str> = dump["endpoints"].as_array().expect("clusters").iter().filter_map(|it| it["source"].as_str()).collect();
     assert!(!sources.is_empty() && sources.iter().all(|it| *it == "xds"), "{sources:?}");
+    // The log says, once for each cluster, that Pilot's endpoints took the place of its own.
+    let taken = || sidecar.log().into_iter().filter(|it| it.contains("takes its endpoints from Pilot")).collect::<Vec<_>>();
+    within(Duration::from_secs(5), "the log names each cluster Pilot's endpoints took", || taken().len() >= sources.len());
+    let taken = taken();
+    assert_eq!(taken.len(), sources.len(), "{taken:#?}");
+    assert!(taken.iter().any(|it| it.contains("xds: cluster outbound|9080|v2|reviews.default.svc.cluster.local takes")), "{taken:#?}");
 
     // A second v2 instance in the registry takes traffic within a second of the write.
     mesh.write_registry(&[&mesh.v2, &mesh.v2b]);
