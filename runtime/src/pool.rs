@@ -19,6 +19,7 @@ use hyper::client::conn::http1;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::endpoints::Endpoint;
@@ -61,19 +62,10 @@ type IdleConnections = Arc<Mutex<IdleState>>;
 struct IdleState {
     by_endpoint: BTreeMap<Arc<str>, Vec<Idle>>,
     reaping: bool,
-    /// How many times the reaper has looked the connections over. An idle connection's age is
-    /// counted in these looks rather than read from the clock, which would take two clock
-    /// reads per request (giving back and taking out).
-    looks: u64,
 }
 
 /// How often idle connections are looked over for ones past the idle timeout.
 const REAP_INTERVAL: Duration = Duration::from_secs(15);
-
-/// A connection given back between two looks has been idle longer than the idle timeout at
-/// the look this many looks later (by less than `REAP_INTERVAL`, the timeout being a multiple
-/// of it), and not at the one before.
-const LOOKS_PAST_IDLE_TIMEOUT: u64 = IDLE_TIMEOUT.as_secs().div_ceil(REAP_INTERVAL.as_secs()) + 1;
 
 /// Closes the pool's connections idle longer than the idle timeout, or closed by their
 /// server, every `REAP_INTERVAL`, until none is idle or the pool is gone; the next
@@ -83,10 +75,8 @@ async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
         tokio::time::sleep(REAP_INTERVAL).await;
         let Some(idle) = idle.upgrade() else { return };
         let mut state = lock(&idle);
-        state.looks += 1;
-        let looks = state.looks;
         state.by_endpoint.retain(|_, list| {
-            list.retain_mut(|it| looks - it.since < LOOKS_PAST_IDLE_TIMEOUT && it.conn.idle_and_open());
+            list.retain_mut(|it| it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open());
             !list.is_empty()
         });
         if state.by_endpoint.is_empty() {
@@ -98,8 +88,7 @@ async fn reap(idle: std::sync::Weak<Mutex<IdleState>>) {
 
 struct Idle {
     conn: Connection,
-    /// The reaper's count of looks when the connection was given back.
-    since: u64,
+    since: Instant,
     /// The endpoint the connection was opened to. It goes out of the pool with the connection
     /// and back in with it, so that a request takes no reference of its own to it.
     endpoint: Endpoint,
@@ -155,13 +144,13 @@ impl Http1Pool {
     }
 
     /// An open idle connection to `key`, newest first, with the endpoint it was opened to;
-    /// closed ones are dropped (the reaper has closed those idle too long).
+    /// closed and stale ones are dropped.
     fn checkout(&self, key: &str) -> Option<(Connection, Endpoint)> {
         let mut idle = lock(&self.idle);
         let list = idle.by_endpoint.get_mut(key)?;
         let mut found = None;
         while let Some(mut it) = list.pop() {
-            if it.conn.idle_and_open() {
+            if it.since.elapsed() <= IDLE_TIMEOUT && it.conn.idle_and_open() {
                 found = Some((it.conn, it.endpoint));
                 break;
             }
@@ -221,14 +210,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// does.
 fn idle_again(idle: &IdleConnections, endpoint: Endpoint, conn: Connection) {
     let mut state = lock(idle);
-    let since = state.looks;
     // The authority is shared (a reference counted) only for a new entry.
     let list = match state.by_endpoint.get_mut(endpoint.authority()) {
         Some(list) => list,
         None => state.by_endpoint.entry(endpoint.shared_authority()).or_default(),
     };
     if list.len() < MAX_IDLE_PER_ENDPOINT {
-        list.push(Idle { conn, since, endpoint });
+        list.push(Idle { conn, since: Instant::now(), endpoint });
     }
     // Outside a runtime (a body dropped at shutdown) there is nothing to reap for.
     if !state.reaping
@@ -501,6 +489,24 @@ mod tests {
         }
         assert_eq!(closed.load(Ordering::SeqCst), 1, "still open after the idle timeout");
         assert!(lock(&pool.idle).by_endpoint.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_past_the_timeout_is_not_reused_though_not_yet_closed() {
+        let (endpoint, accepted, _) = server_counting_closes(OK, usize::MAX).await;
+        let pool = Http1Pool::new(Duration::from_secs(1), None);
+        let exchange = async || send(&pool, &endpoint, get()).await.expect("response").into_body().collect().await.expect("body");
+        exchange().await;
+        // Idle a second short of the timeout: reused.
+        tokio::time::sleep(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        exchange().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "not reused before the idle timeout");
+        // Idle half a second past it, before the reaper's next look (it looks every 15 s from
+        // the first give-back, and this one came 59 s after it): still pooled, not handed out.
+        tokio::time::sleep(IDLE_TIMEOUT + Duration::from_millis(500)).await;
+        assert_eq!(lock(&pool.idle).by_endpoint.values().map(Vec::len).sum::<usize>(), 1, "closed already");
+        exchange().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "reused past the idle timeout");
     }
 
     #[tokio::test]

@@ -372,11 +372,13 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
         }
     }
     for (cluster, digest, Read { endpoints, encoded }) in updates {
-        if let Ok(mut overridden) = proxy.xds.overridden.lock()
-            && overridden.insert(cluster.spec.name.to_owned(), endpoints.len()).is_none()
-        {
-            // Said once per cluster: from here on, what the sidecar started with (compiled, or
-            // `--endpoints`) no longer counts for it.
+        let first = match proxy.xds.overridden.lock() {
+            Ok(mut overridden) => overridden.insert(cluster.spec.name.to_owned(), endpoints.len()).is_none(),
+            Err(_) => false,
+        };
+        if first {
+            // Said once per cluster (outside the lock): from here on, what the sidecar started
+            // with (compiled, or `--endpoints`) no longer counts for it.
             say(&format!(
                 "{}: xds: cluster {} takes its endpoints from Pilot ({} now), in place of those it started with",
                 proxy.spec.workload,

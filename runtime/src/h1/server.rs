@@ -164,9 +164,9 @@ where
         // since the rest of the body cannot be told from a next request; unless the body is
         // let go of and its end is already read (a small POST refused by policy).
         let read_whole = split.as_ref().is_none_or(|(shared, _)| shared.settle());
-        // The drain only ever turns true, so a change seen is the drain: a version compared,
-        // where `borrow` would take and release the watch's lock for every request.
-        let draining = late || drain.has_changed().unwrap_or(true);
+        // The watch's value is read (under its lock) only once its version has moved: until
+        // then, a version compared is enough, where `borrow` would lock for every request.
+        let draining = late || (drain.has_changed().unwrap_or(true) && *drain.borrow());
         let keep_alive = keep_alive && read_whole && !draining;
         let mut writer = match (&mut split, conn.as_mut()) {
             (Some((_, write)), _) => Writer::Half(write),

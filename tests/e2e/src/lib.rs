@@ -58,7 +58,7 @@ pub struct Sidecar {
     /// The admin endpoint.
     pub admin: SocketAddr,
     access_log: Arc<Mutex<Vec<String>>>,
-    /// What the sidecar logged (stderr) after it reported its listeners.
+    /// What the sidecar has logged (stderr).
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -106,10 +106,13 @@ impl Sidecar {
         let mut found = BTreeMap::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Kept from the start: a line logged before the listeners' (an early xDS update) counts.
+        let log = Arc::new(Mutex::new(Vec::new()));
         while admin.is_none() || found.len() < all.len() {
             let line = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
                 panic!("the sidecar did not report its listeners within 10 s (found {found:?})");
             });
+            log.lock().unwrap_or_else(|it| it.into_inner()).push(line.clone());
             if let Some((_, rest)) = line.split_once(": listener ") {
                 if let Some((name, address)) = rest.split_once(" on ") {
                     found.insert(name.to_owned(), address.parse().expect("an address"));
@@ -120,7 +123,6 @@ impl Sidecar {
                 panic!("the sidecar failed: {line}");
             }
         }
-        let log = Arc::new(Mutex::new(Vec::new()));
         let kept = log.clone();
         std::thread::spawn(move || {
             for line in receiver {
@@ -140,7 +142,7 @@ impl Sidecar {
         self.access_log.lock().unwrap_or_else(|it| it.into_inner()).clone()
     }
 
-    /// The lines the sidecar has logged since it reported its listeners.
+    /// The lines the sidecar has logged.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|it| it.into_inner()).clone()
     }
