@@ -216,11 +216,15 @@ fn severity_word(severity: Severity) -> &'static str {
     }
 }
 
+/// `1 warning`, `2 errors`: a count and a noun that takes an `s` in the plural.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}
+
 /// `error: 2 errors and 1 warning emitted`, or nothing when there are no diagnostics.
 fn summary_line(diagnostics: &[Diagnostic]) -> String {
     let errors = diagnostics.iter().filter(|it| it.is_error()).count();
     let warnings = diagnostics.len() - errors;
-    let plural = |n: usize, word: &str| if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") };
     match (errors, warnings) {
         (0, 0) => String::new(),
         (0, w) => format!("warning: {} emitted\n", plural(w, "warning")),

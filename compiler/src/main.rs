@@ -148,13 +148,13 @@ fn main() -> ExitCode {
 /// What a mesh holds, in a few counts: `2 spec files, 1 registry snapshot, 6 services with
 /// 14 instances, 4 route tables, 3 workloads`.
 fn contents(ir: &meshc_codegen::ir::Mesh) -> String {
-    let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    use meshc::diag::plural;
     [
-        count(ir.specs.len(), "spec file", "spec files"),
-        count(ir.registries.len(), "registry snapshot", "registry snapshots"),
-        format!("{} with {}", count(ir.services.len(), "service", "services"), count(ir.instances.len(), "instance", "instances")),
-        count(ir.route_tables.len(), "route table", "route tables"),
-        count(ir.workloads.len(), "workload", "workloads"),
+        plural(ir.specs.len(), "spec file"),
+        plural(ir.registries.len(), "registry snapshot"),
+        format!("{} with {}", plural(ir.services.len(), "service"), plural(ir.instances.len(), "instance")),
+        plural(ir.route_tables.len(), "route table"),
+        plural(ir.workloads.len(), "workload"),
     ]
     .join(", ")
 }

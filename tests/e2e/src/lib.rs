@@ -95,24 +95,26 @@ impl Sidecar {
             }
         });
         let stderr = child.stderr.take().expect("stderr");
+        // Every line is kept, from the start (a line logged before the listeners', such as an
+        // early xDS update, counts too), and passed on to the wait for the listeners below.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // Read to the end even when no one listens any more, so the sidecar's stderr
             // never closes under it.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap_or_else(|it| it.into_inner()).push(line.clone());
                 let _ = sender.send(line);
             }
         });
         let mut found = BTreeMap::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(10);
-        // Kept from the start: a line logged before the listeners' (an early xDS update) counts.
-        let log = Arc::new(Mutex::new(Vec::new()));
         while admin.is_none() || found.len() < all.len() {
             let line = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
                 panic!("the sidecar did not report its listeners within 10 s (found {found:?})");
             });
-            log.lock().unwrap_or_else(|it| it.into_inner()).push(line.clone());
             if let Some((_, rest)) = line.split_once(": listener ") {
                 if let Some((name, address)) = rest.split_once(" on ") {
                     found.insert(name.to_owned(), address.parse().expect("an address"));
@@ -123,12 +125,6 @@ impl Sidecar {
                 panic!("the sidecar failed: {line}");
             }
         }
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in receiver {
-                kept.lock().unwrap_or_else(|it| it.into_inner()).push(line);
-            }
-        });
         Sidecar { child, listeners: found, admin: admin.expect("the admin address"), access_log, log }
     }
 

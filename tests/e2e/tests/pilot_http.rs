@@ -4,8 +4,8 @@
 //!   requests to the same upstreams as the compiled productpage sidecar, and follows a weight
 //!   changed in the spec file without a restart;
 //! - the compiled productpage sidecar started with `--xds` takes its endpoints from Pilot
-//!   (and logs it once per cluster), follows instances added to and removed from the registry, keeps serving while Pilot is
-//!   away, and resyncs when it returns;
+//!   (and logs it once per cluster), follows instances added to and removed from the
+//!   registry, keeps serving while Pilot is away, and resyncs when it returns;
 //! - the same sidecar serves the virtual hosts Pilot serves as compiled from its compiled
 //!   tables, follows a weight changed in the spec file through an override, takes a new load
 //!   balancer and circuit breaker for a cluster, and refuses
