@@ -1,7 +1,7 @@
 //! Active health checking (Envoy's `health_checks`): every interval each endpoint of a
-//! cluster is probed (an HTTP GET of a path answered 2xx, or a TCP connect) within a timeout;
-//! `unhealthy_threshold` failures in a row mark it unhealthy, `healthy_threshold` successes
-//! in a row healthy again. Endpoints start healthy. Picks skip unhealthy endpoints. Probes of a
+//! cluster is probed (an HTTP GET of a path answered 200, Envoy's default expected status, or
+//! a TCP connect) within a timeout; `unhealthy_threshold` failures in a row mark it unhealthy,
+//! `healthy_threshold` successes in a row healthy again. Endpoints start healthy. Picks skip unhealthy endpoints. Probes of a
 //! TLS cluster go over TLS, as its requests do.
 
 use std::collections::BTreeMap;
@@ -153,7 +153,9 @@ where
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .ok()?;
     let response = sender.send_request(request).await.ok()?;
-    let healthy = response.status().is_success();
+    // Envoy's default `expected_statuses`: 200 alone, so a 204 or a 206 fails as it would
+    // for an Envoy that Pilot configures from the same spec.
+    let healthy = response.status() == http::StatusCode::OK;
     let _ = response.into_body().collect().await;
     Some(healthy)
 }
@@ -176,5 +178,34 @@ mod tests {
         assert_eq!(health.record(&SPEC, "a", true), None);
         assert_eq!(health.record(&SPEC, "a", true), Some(true));
         assert!(!health.is_unhealthy("a"));
+    }
+
+    /// What an HTTP probe makes of an answer with `status`.
+    async fn probe_answered(status: &str) -> Option<bool> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (client, mut server) = tokio::io::duplex(4096);
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0];
+                if server.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let _ = server.write_all(answer.as_bytes()).await;
+            // Held open until the probe has read the answer.
+            let _ = server.read(&mut [0]).await;
+        });
+        http_probe(&SPEC, &Endpoint::new("10.0.0.1", 8080, 1, true, ""), client).await
+    }
+
+    #[tokio::test]
+    async fn an_http_probe_passes_on_200_alone_as_envoys_default_expected_status() {
+        assert_eq!(probe_answered("200 OK").await, Some(true));
+        for status in ["204 No Content", "206 Partial Content", "301 Moved Permanently", "503 Service Unavailable"] {
+            assert_eq!(probe_answered(status).await, Some(false), "{status}");
+        }
     }
 }
