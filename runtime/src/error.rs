@@ -1,7 +1,9 @@
 //! Why a request did not reach an upstream, classified by where it failed (as Pingora does),
 //! with the HTTP status and gRPC status the sidecar answers with.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 use http::StatusCode;
 
@@ -126,6 +128,79 @@ impl fmt::Display for Error {
             Error::UpstreamTimeout => f.write_str("upstream request timeout"),
             Error::Overflow => f.write_str("upstream connect error or disconnect/reset before headers. reset reason: overflow"),
             Error::Internal(why) => write!(f, "internal error: {why}"),
+        }
+    }
+}
+
+/// Envoy's response flags in the order it writes them, comma-separated, when a request has
+/// several (the order of its flags' bits).
+const FLAG_ORDER: [&str; 25] = [
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI", "IH", "DPE", "UMSDR",
+    "RFCF", "NFCF", "DT", "UPE", "NC",
+];
+
+/// The response flags `a` and `b` together (each `-` for none, one flag, or flags joined as
+/// Envoy joins them), in Envoy's order: `UF` and `URX` are `UF,URX`.
+pub fn join_flags(a: &'static str, b: &'static str) -> &'static str {
+    if a == "-" || a == b {
+        return b;
+    }
+    if b == "-" {
+        return a;
+    }
+    let bits = flag_bits(a) | flag_bits(b);
+    // Each set of flags is written out once: there are a few dozen that can occur, so the
+    // strings kept stay bounded, and the labels they key stay `&'static str`.
+    static JOINED: Mutex<BTreeMap<u32, &'static str>> = Mutex::new(BTreeMap::new());
+    let mut joined = JOINED.lock().unwrap_or_else(PoisonError::into_inner);
+    joined.entry(bits).or_insert_with(|| {
+        let names: Vec<&str> = FLAG_ORDER.iter().enumerate().filter(|(bit, _)| bits & (1 << bit) != 0).map(|(_, name)| *name).collect();
+        Box::leak(names.join(",").into_boxed_str())
+    })
+}
+
+fn flag_bits(flags: &str) -> u32 {
+    flags.split(',').filter_map(|name| FLAG_ORDER.iter().position(|it| *it == name)).fold(0, |bits, bit| bits | 1 << bit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_join_in_envoys_order_and_none_adds_nothing() {
+        assert_eq!(join_flags("-", "URX"), "URX");
+        assert_eq!(join_flags("UF", "-"), "UF");
+        assert_eq!(join_flags("URX", "UF"), "UF,URX");
+        assert_eq!(join_flags("UF", "URX"), "UF,URX");
+        assert_eq!(join_flags(join_flags("DI", "UF"), "URX"), "UF,DI,URX");
+        assert_eq!(join_flags("FI", "DI"), "DI,FI");
+        assert_eq!(join_flags("UPE", "UO"), "UO,UPE");
+        assert_eq!(join_flags("UO", "UO"), "UO");
+        // The same set is the same string, whatever order it was joined in.
+        assert!(std::ptr::eq(join_flags("DC", "URX"), join_flags("URX", "DC")));
+    }
+
+    #[test]
+    fn every_error_flag_is_one_of_envoys() {
+        let errors = [
+            Error::BadRequest(""),
+            Error::NoRoute,
+            Error::Denied,
+            Error::Overflow,
+            Error::RateLimited,
+            Error::NoCluster,
+            Error::NoHealthyUpstream(""),
+            Error::UpstreamConnect(String::new()),
+            Error::UpstreamReset(String::new()),
+            Error::UpstreamRefused(String::new()),
+            Error::UpstreamProtocol(String::new()),
+            Error::UpstreamTimeout,
+            Error::Internal(""),
+        ];
+        for error in errors {
+            let flag = error.flag();
+            assert!(flag == "-" || FLAG_ORDER.contains(&flag), "{flag}");
         }
     }
 }

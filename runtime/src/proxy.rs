@@ -670,9 +670,10 @@ impl Proxy {
         if forward.rate_limit.is_some_and(|it| !it.admit(peer)) {
             return (local_reply(Error::RateLimited, grpc), Served::default());
         }
-        if let Some(reply) = inject_fault(&forward.fault, grpc).await {
-            return (reply, Served::default());
-        }
+        let delayed = match inject_fault(&forward.fault, grpc).await {
+            Ok(delayed) => delayed,
+            Err(reply) => return (reply, Served::default()),
+        };
         let destination = &forward.destinations[pick_weighted_destination(forward.destinations)];
         let Some(cluster) = self.clusters.get(destination.cluster as usize) else {
             return (local_reply(Error::NoCluster, grpc), Served::default());
@@ -694,9 +695,12 @@ impl Proxy {
         let mut served = Served { routed: Some(routed), ..Served::default() };
         // Only the access log names the endpoint that answered.
         let logged = !matches!(self.spec.access_log, accesslog::AccessLog::Off);
+        // Flags the tries add to their outcome's own: retries spent (`URX`), or a retry past
+        // the retry circuit breaker (`UO`).
+        let mut retried = "-";
         // The circuit breaker: a request counts until its response ends.
-        let response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
-            Some(in_flight) => match upstream.send(parts, body, timeout, logged.then_some(&mut served.upstream_host)).await {
+        let mut response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
+            Some(in_flight) => match upstream.send(parts, body, timeout, logged.then_some(&mut served.upstream_host), &mut retried).await {
                 Ok(response) => {
                     served.held.in_flight = Some(in_flight);
                     response
@@ -705,6 +709,10 @@ impl Proxy {
             },
             None => local_reply(Error::Overflow, grpc),
         };
+        add_flag(&mut response, retried);
+        if delayed {
+            add_flag(&mut response, "DI");
+        }
         (response, served)
     }
 
@@ -1138,6 +1146,7 @@ impl Upstream<'_> {
         body: Body,
         timeout: Option<Duration>,
         answered_by: Option<&mut Option<Arc<str>>>,
+        flags: &mut &'static str,
     ) -> Result<Response<Body>, Error> {
         let (parts, body, downstream_upgrade) = if self.traits.upgrade {
             let mut request = Request::from_parts(parts, body);
@@ -1150,12 +1159,14 @@ impl Upstream<'_> {
         // The head is made once, and every try sends it as it is.
         let parts = prepare(self.transport, parts, Some(self.forward), self.traits)?;
         let deadline = timeout.map(|it| tokio::time::Instant::now() + it);
-        let response = self.tries(&parts, body, timeout, deadline, answered_by).await?;
+        let response = self.tries(&parts, body, timeout, deadline, answered_by, flags).await?;
         Ok(onward_response(response, downstream_upgrade, Some(self.forward), deadline))
     }
 
     /// The tries of a prepared request: the first, and as many more as the retry policy
-    /// allows before the `deadline`. The last try's answer or failure stands.
+    /// allows before the `deadline`. The last try's answer or failure stands; `flags` becomes
+    /// `URX` when it would have been tried again but the tries are spent, `UO` when the retry
+    /// circuit breaker held the retry back (as Envoy's router flags them).
     async fn tries(
         &self,
         parts: &http::request::Parts,
@@ -1163,6 +1174,7 @@ impl Upstream<'_> {
         timeout: Option<Duration>,
         deadline: Option<tokio::time::Instant>,
         mut answered_by: Option<&mut Option<Arc<str>>>,
+        flags: &mut &'static str,
     ) -> Result<Response<Body>, Error> {
         let retries = &self.forward.retries;
         let pick = || self.cluster.pick_for(self.key).ok_or(Error::NoHealthyUpstream(self.cluster.spec.name));
@@ -1224,12 +1236,17 @@ impl Upstream<'_> {
             // A refused stream was never processed, whatever of its body went out.
             let refused = matches!(outcome, TryOutcome::Failed(Error::UpstreamRefused(_)));
             let body_safe = !started || idempotent || retries.any_method || refused;
-            if attempt >= retries.attempts || !retriable(retries, &outcome, started) || !body_safe {
+            if !retriable(retries, &outcome, started) || !body_safe {
+                return result;
+            }
+            if attempt >= retries.attempts {
+                *flags = "URX";
                 return result;
             }
             // The circuit breaker on retries: past it, the last answer stands.
             let allowed = self.cluster.tuning.retries_allowed(self.cluster.requests.load(Ordering::Acquire));
             let Some(retry_slot) = InFlight::take(&self.cluster.retries, allowed) else {
+                *flags = "UO";
                 return result;
             };
             _retrying = Some(retry_slot);
@@ -1254,16 +1271,19 @@ impl Upstream<'_> {
     }
 }
 
-/// Envoy's fault filter: the delay, then the abort, each for its share of requests.
-async fn inject_fault(fault: &Fault, grpc: bool) -> Option<Response<Body>> {
+/// Envoy's fault filter: the delay, then the abort, each for its share of requests. Whether
+/// the request was delayed (Envoy's `DI`), or the abort's answer (`FI`, and `DI` if delayed).
+async fn inject_fault(fault: &Fault, grpc: bool) -> Result<bool, Response<Body>> {
+    let mut delayed = false;
     if let Some((ms, share)) = fault.delay
         && chance(share)
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        delayed = true;
     }
-    let (abort, share) = fault.abort?;
+    let Some((abort, share)) = fault.abort else { return Ok(delayed) };
     if !chance(share) {
-        return None;
+        return Ok(delayed);
     }
     const MESSAGE: &str = "fault filter abort";
     let grpc_code = match abort {
@@ -1291,8 +1311,8 @@ async fn inject_fault(fault: &Fault, grpc: bool) -> Option<Response<Body>> {
             response
         }
     };
-    response.extensions_mut().insert(ResponseFlag("FI"));
-    Some(response)
+    response.extensions_mut().insert(ResponseFlag(if delayed { "DI,FI" } else { "FI" }));
+    Err(response)
 }
 
 /// The gRPC status for an HTTP status, as gRPC's HTTP-to-gRPC mapping gives it.
@@ -1867,6 +1887,15 @@ fn answer_locally(answer: &Answer<'_>, parts: &http::request::Parts) -> Response
     }
 }
 
+/// Adds Envoy's response `flag` (`-` adds none) to those a response already has.
+fn add_flag(response: &mut Response<Body>, flag: &'static str) {
+    if flag == "-" {
+        return;
+    }
+    let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
+    response.extensions_mut().insert(ResponseFlag(crate::error::join_flags(flags, flag)));
+}
+
 /// A reply the sidecar makes itself; gRPC requests get a trailers-only gRPC status.
 pub fn local_reply(error: Error, grpc: bool) -> Response<Body> {
     let status = error.status();
@@ -2092,16 +2121,32 @@ mod tests {
     #[tokio::test]
     async fn an_injected_abort_answers_in_the_callers_protocol() {
         let always = |abort| Fault { delay: None, abort: Some((abort, 1_000_000)) };
-        let reply = inject_fault(&always(Abort::Http(503)), false).await.expect("aborted");
+        let reply = inject_fault(&always(Abort::Http(503)), false).await.expect_err("aborted");
         assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.extensions().get::<ResponseFlag>().map(|it| it.0), Some("FI"));
         // A gRPC caller gets the HTTP status's gRPC code in a trailers-only answer.
-        let reply = inject_fault(&always(Abort::Http(503)), true).await.expect("aborted");
+        let reply = inject_fault(&always(Abort::Http(503)), true).await.expect_err("aborted");
         assert_eq!((reply.status(), grpc_status(reply.headers())), (StatusCode::OK, Some(14)));
-        let reply = inject_fault(&always(Abort::Grpc(8)), true).await.expect("aborted");
+        let reply = inject_fault(&always(Abort::Grpc(8)), true).await.expect_err("aborted");
         assert_eq!(grpc_status(reply.headers()), Some(8));
         let never = Fault { delay: None, abort: Some((Abort::Http(503), 0)) };
-        assert!(inject_fault(&never, false).await.is_none());
-        assert!(inject_fault(&Fault::NONE, false).await.is_none());
+        assert_eq!(inject_fault(&never, false).await.ok(), Some(false));
+        assert_eq!(inject_fault(&Fault::NONE, false).await.ok(), Some(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_injected_delay_is_flagged_di_and_with_an_abort_di_fi() {
+        let delay = Fault { delay: Some((100, 1_000_000)), abort: None };
+        assert_eq!(inject_fault(&delay, false).await.ok(), Some(true));
+        let both = Fault { delay: Some((100, 1_000_000)), abort: Some((Abort::Http(503), 1_000_000)) };
+        let reply = inject_fault(&both, false).await.expect_err("aborted");
+        assert_eq!(reply.extensions().get::<ResponseFlag>().map(|it| it.0), Some("DI,FI"));
+        let mut answered = Response::new(empty());
+        add_flag(&mut answered, "-");
+        assert!(answered.extensions().get::<ResponseFlag>().is_none());
+        add_flag(&mut answered, "URX");
+        add_flag(&mut answered, "DI");
+        assert_eq!(answered.extensions().get::<ResponseFlag>().map(|it| it.0), Some("DI,URX"));
     }
 
     #[test]
