@@ -393,6 +393,12 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) 
         ("grpc_response_status", &grpc_status),
         ("response_flags", labels.flags),
     ];
+    if protocol == "tcp" {
+        // Istio's TCP metrics have no response code and no gRPC status.
+        let pairs: Vec<(&str, &str)> =
+            pairs.into_iter().filter(|(name, _)| !matches!(*name, "response_code" | "grpc_response_status")).collect();
+        return join_labels(&pairs);
+    }
     join_labels(&pairs)
 }
 
@@ -462,6 +468,22 @@ mod tests {
         assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"5\"}} 1\n")), "{text}");
         assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"50\"}} 2\n")), "{text}");
         assert!(text.contains("response_code=\"404\",grpc_response_status=\"\",response_flags=\"NR\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn tcp_series_carry_istios_tcp_labels_without_a_response_code() {
+        let metrics = Metrics::default();
+        let labels = TcpLabels { reporter: Reporter::Source, service: &REVIEWS, flags: "-" };
+        metrics.tcp_opened(labels.clone());
+        metrics.tcp_closed(labels, 10, 20);
+        let text = metrics.render("productpage", "default");
+        let expected = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
+            destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
+            destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",\
+            destination_service_namespace=\"default\",request_protocol=\"tcp\",response_flags=\"-\"";
+        assert!(text.contains(&format!("istio_tcp_sent_bytes_total{{{expected}}} 10\n")), "{text}");
+        assert!(text.contains(&format!("istio_tcp_received_bytes_total{{{expected}}} 20\n")), "{text}");
+        assert!(text.contains(&format!("istio_tcp_connections_opened_total{{{expected}}} 1\n")), "{text}");
     }
 
     #[test]

@@ -680,7 +680,7 @@ impl Proxy {
         };
         let timeout = request_timeout(forward.timeout_ms.or(cluster.spec.request_timeout_ms), &parts.headers, grpc);
         let body = match forward.mirror.as_ref().filter(|it| chance(it.per_million)) {
-            Some(mirror) => self.mirror(mirror, &parts, body),
+            Some(mirror) => self.mirror(mirror, forward, &parts, body),
             None => body,
         };
         let transport = if cluster.spec.protocol.uses_http2(parts.version) {
@@ -717,11 +717,13 @@ impl Proxy {
     }
 
     /// Sends a copy of the request to the mirror's cluster and forgets it, and gives back the
-    /// body for the request itself. The body streams on untouched while a copy of it is kept;
-    /// the mirrored request leaves once the body has ended whole. A body of unknown size or
-    /// larger than the replay cap is not mirrored, and neither is one that fails or that the
-    /// upstream leaves unread.
-    fn mirror(&self, mirror: &Mirror, parts: &http::request::Parts, body: Body) -> Body {
+    /// body for the request itself. The copy is the request as the route sends it on (its
+    /// path and authority rewrites and header operations applied, as Envoy shadows the
+    /// request its router forwards), to the authority's `-shadow` host. The body streams on
+    /// untouched while a copy of it is kept; the mirrored request leaves once the body has
+    /// ended whole. A body of unknown size or larger than the replay cap is not mirrored, and
+    /// neither is one that fails or that the upstream leaves unread.
+    fn mirror(&self, mirror: &Mirror, forward: &Forward<'_>, parts: &http::request::Parts, body: Body) -> Body {
         let Some(cluster) = self.clusters.get(mirror.cluster as usize) else { return body };
         let known = hyper::body::Body::is_end_stream(&body)
             || hyper::body::Body::size_hint(&body).upper().is_some_and(|it| it <= REPLAY_CAP as u64);
@@ -734,13 +736,19 @@ impl Proxy {
         let limit = cluster.tuning.max_requests().min(MAX_MIRRORS_IN_FLIGHT);
         let Some(in_flight) = InFlight::take(&cluster.requests, limit) else { return body };
         let mut copy = copy_head(parts);
+        apply_header_ops(copy.headers_mut(), &forward.request_headers);
+        let path = match forward.path_rewrite {
+            PathRewrite::None => parts.uri.path_and_query().map_or("/", |it| it.as_str()).to_owned(),
+            rewrite => rewritten_path(&parts.uri, rewrite),
+        };
+        let authority = forward.authority_rewrite.map(str::to_owned).or_else(|| authority_as_sent(&parts.uri, &parts.headers));
         // Envoy's shadow host: `web:80` becomes `web-shadow:80`.
-        if let Some(shadow) = authority_as_sent(&parts.uri, &parts.headers).map(|it| shadow_host(&it))
+        if let Some(shadow) = authority.map(|it| shadow_host(&it))
             && let Ok(value) = HeaderValue::from_str(&shadow)
+            && let Ok(uri) = Uri::builder().path_and_query(path).build()
         {
             copy.headers_mut().insert(header::HOST, value);
-            *copy.uri_mut() =
-                Uri::builder().path_and_query(parts.uri.path_and_query().map_or("/", |it| it.as_str())).build().unwrap_or_default();
+            *copy.uri_mut() = uri;
         }
         let http2 = cluster.spec.protocol.uses_http2(parts.version);
         let (client, pool) = (cluster.http1.clone(), cluster.http2.clone());

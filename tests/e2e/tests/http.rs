@@ -593,6 +593,14 @@ fn a_mirrored_request_reaches_the_mirror_with_a_shadow_host() {
     assert_eq!((web.hits(), mirror.hits()), (1, 1));
     assert_eq!((seen["host"].as_str(), seen["path"].as_str()), (Some("web-shadow"), Some("/mirrored/x")), "{seen}");
 
+    // The copy is the request the route sends on: its rewrites and header operations made,
+    // then the rewritten authority's shadow host (as Envoy shadows its router's request).
+    let seen = curl(&["-H", "host: web"], &format!("http://{}/mirrored-rewritten/y", sidecar.listener("outbound")));
+    assert_eq!((seen.status, seen.json()["path"].as_str()), (200, Some("/inner/y")), "{}", seen.body);
+    let seen = mirrored("/inner/y").expect("the mirrored request");
+    assert_eq!((seen["host"].as_str(), seen["headers"]["x-mesh"].as_str()), (Some("web.internal-shadow"), Some("1")), "{seen}");
+    assert_eq!((web.hits(), mirror.hits()), (2, 2));
+
     // A body streams on to the upstream and a whole copy follows it to the mirror.
     let body = "m".repeat(100_000);
     let seen = curl(&["-H", "host: web", "--data-binary", &body], &format!("http://{}/mirrored/post", sidecar.listener("outbound")));
