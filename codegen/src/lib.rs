@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access_format;
 pub mod emit;
 pub mod ir;
 pub mod re2;

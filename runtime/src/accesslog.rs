@@ -7,10 +7,18 @@
 
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+// Envoy's text formats, parsed as the checker parsed them: one source file, two crates.
+#[path = "../../codegen/src/access_format.rs"]
+mod access_format;
+
+use access_format::{Operator, Piece};
 
 /// Lines waiting for the writer at most.
 const QUEUE: usize = 8192;
@@ -83,6 +91,68 @@ pub struct Entry {
     pub cluster: &'static str,
     /// The endpoint that answered.
     pub upstream_host: String,
+    /// The request headers a text format names (`REQ(name)`), in [`TextFormat::request`]'s
+    /// order; `None` where the request had none.
+    pub request_headers: Vec<Option<String>>,
+    /// The response headers a text format names (`RESP(name)`), likewise.
+    pub response_headers: Vec<Option<String>>,
+    /// Bytes of response body sent.
+    pub bytes_sent: u64,
+}
+
+/// A text format, parsed once: its pieces, and the headers its `REQ` and `RESP` operators
+/// name (the pseudo-headers aside), which a request's entry keeps.
+#[derive(Debug)]
+pub struct TextFormat {
+    source: &'static str,
+    pieces: Vec<Piece<'static>>,
+    request: Vec<&'static str>,
+    response: Vec<&'static str>,
+}
+
+impl TextFormat {
+    /// The parsed `format`. The sidecar has one format, parsed on first use; the checker has
+    /// refused any format the sidecar cannot write, so a failure here (a spec written by
+    /// hand) writes the format as it is.
+    pub fn of(format: &'static str) -> &'static TextFormat {
+        static PARSED: Mutex<Vec<&'static TextFormat>> = Mutex::new(Vec::new());
+        let mut parsed = PARSED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = parsed.iter().find(|it| it.source == format) {
+            return found;
+        }
+        let pieces = access_format::parse(format).unwrap_or_else(|_| vec![Piece::Text(format.into())]);
+        let (mut request, mut response) = (Vec::new(), Vec::new());
+        for piece in &pieces {
+            let (names, (first, alternative)) = match piece {
+                Piece::Operator(Operator::Request(first, alternative), _) => (&mut request, (*first, *alternative)),
+                Piece::Operator(Operator::Response(first, alternative), _) => (&mut response, (*first, *alternative)),
+                _ => continue,
+            };
+            for name in [Some(first), alternative].into_iter().flatten() {
+                if !name.starts_with(':') && !names.iter().any(|it: &&str| it.eq_ignore_ascii_case(name)) {
+                    names.push(name);
+                }
+            }
+        }
+        // One per distinct format for the process's life: a sidecar has one.
+        let format: &'static TextFormat = Box::leak(Box::new(TextFormat { source: format, pieces, request, response }));
+        parsed.push(format);
+        format
+    }
+
+    /// The values of the request headers the format names, for a request's entry.
+    pub fn request_headers(&self, headers: &HeaderMap) -> Vec<Option<String>> {
+        captured(&self.request, headers)
+    }
+
+    /// The values of the response headers the format names.
+    pub fn response_headers(&self, headers: &HeaderMap) -> Vec<Option<String>> {
+        captured(&self.response, headers)
+    }
+}
+
+fn captured(names: &[&str], headers: &HeaderMap) -> Vec<Option<String>> {
+    names.iter().map(|name| headers.get(*name).map(|it| String::from_utf8_lossy(it.as_bytes()).into_owned())).collect()
 }
 
 /// Writes the line for a finished request.
@@ -90,7 +160,7 @@ pub fn write(format: &AccessLog, entry: &Entry, code: u16, flags: &str, duration
     let line = match format {
         AccessLog::Off => return,
         AccessLog::Json => json(entry, code, flags, duration),
-        AccessLog::Text(format) => text(format, entry, code, flags, duration),
+        AccessLog::Text(format) => text(TextFormat::of(format), entry, code, flags, duration),
     };
     let sent = match writer() {
         Some(sender) => match sender.try_send(line) {
@@ -118,6 +188,7 @@ fn json(entry: &Entry, code: u16, flags: &str, duration: Duration) -> String {
         "response_code": code,
         "response_flags": flags,
         "duration": duration.as_millis() as u64,
+        "bytes_sent": entry.bytes_sent,
         "authority": text(&entry.authority),
         "request_id": text(&entry.request_id),
         "user_agent": text(&entry.user_agent),
@@ -130,42 +201,63 @@ fn json(entry: &Entry, code: u16, flags: &str, duration: Duration) -> String {
     .to_string()
 }
 
-fn text(format: &str, entry: &Entry, code: u16, flags: &str, duration: Duration) -> String {
+fn text(format: &TextFormat, entry: &Entry, code: u16, flags: &str, duration: Duration) -> String {
     let mut out = String::new();
-    let mut rest = format;
-    while let Some(start) = rest.find('%') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        let Some(end) = after.find('%') else {
-            out.push_str(&rest[start..]);
-            return out;
+    for piece in &format.pieces {
+        let (operator, length) = match piece {
+            Piece::Text(text) => {
+                out.push_str(text);
+                continue;
+            }
+            Piece::Operator(operator, length) => (operator, *length),
         };
-        let command = &after[..end];
-        let value = match command {
-            "START_TIME" => entry.start.map(rfc3339).unwrap_or_default(),
-            "PROTOCOL" => entry.protocol.to_owned(),
-            "RESPONSE_CODE" => code.to_string(),
-            "RESPONSE_FLAGS" => flags.to_owned(),
-            "DURATION" => duration.as_millis().to_string(),
-            "UPSTREAM_CLUSTER" => entry.cluster.to_owned(),
-            "UPSTREAM_HOST" => entry.upstream_host.clone(),
-            "ROUTE_NAME" => entry.route.to_owned(),
-            "DOWNSTREAM_REMOTE_ADDRESS" => entry.peer.map(|it| it.to_string()).unwrap_or_default(),
-            _ => match command.strip_prefix("REQ(").and_then(|it| it.strip_suffix(')')).map(str::to_ascii_lowercase).as_deref() {
-                Some(":method") => entry.method.clone(),
-                Some(":path") => entry.path.clone(),
-                Some(":authority" | "host") => entry.authority.clone(),
-                Some("x-request-id") => entry.request_id.clone(),
-                Some("user-agent") => entry.user_agent.clone(),
-                Some("traceparent") => entry.traceparent.clone(),
-                _ => String::new(),
-            },
+        let value: std::borrow::Cow<'_, str> = match *operator {
+            Operator::StartTime => entry.start.map(rfc3339).unwrap_or_default().into(),
+            Operator::Protocol => entry.protocol.into(),
+            Operator::ResponseCode => code.to_string().into(),
+            Operator::ResponseFlags => flags.into(),
+            Operator::Duration => duration.as_millis().to_string().into(),
+            Operator::BytesSent => entry.bytes_sent.to_string().into(),
+            Operator::UpstreamCluster => entry.cluster.into(),
+            Operator::UpstreamHost => entry.upstream_host.as_str().into(),
+            Operator::RouteName => entry.route.into(),
+            Operator::DownstreamRemoteAddress => entry.peer.map(|it| it.to_string()).unwrap_or_default().into(),
+            Operator::Request(first, alternative) => {
+                let value = request_header(format, entry, first).or_else(|| alternative.and_then(|it| request_header(format, entry, it)));
+                value.unwrap_or_default().into()
+            }
+            Operator::Response(first, alternative) => {
+                let value = header_at(&format.response, &entry.response_headers, first)
+                    .or_else(|| alternative.and_then(|it| header_at(&format.response, &entry.response_headers, it)));
+                value.unwrap_or_default().into()
+            }
         };
-        out.push_str(or_dash(&value));
-        rest = &after[end + 1..];
+        let value = or_dash(&value);
+        // Truncated to `length` bytes, at a character's boundary.
+        match length.filter(|it| *it < value.len()) {
+            Some(length) => out.push_str(&value[..(0..=length).rev().find(|it| value.is_char_boundary(*it)).unwrap_or(0)]),
+            None => out.push_str(value),
+        }
     }
-    out.push_str(rest);
     out
+}
+
+/// A request header's value as the entry keeps it: the pseudo-headers and `Host` from the
+/// entry's own fields, the rest from what the format made it capture.
+fn request_header<'a>(format: &TextFormat, entry: &'a Entry, name: &str) -> Option<&'a str> {
+    let value = match name.to_ascii_lowercase().as_str() {
+        ":method" => entry.method.as_str(),
+        ":path" => entry.path.as_str(),
+        ":authority" | "host" => entry.authority.as_str(),
+        ":scheme" => "http",
+        _ => return header_at(&format.request, &entry.request_headers, name),
+    };
+    Some(value).filter(|it| !it.is_empty())
+}
+
+fn header_at<'a>(names: &[&str], values: &'a [Option<String>], name: &str) -> Option<&'a str> {
+    let at = names.iter().position(|it| it.eq_ignore_ascii_case(name))?;
+    values.get(at)?.as_deref()
 }
 
 /// `2026-11-23T20:31:05.123Z`.
@@ -216,13 +308,24 @@ mod tests {
 
     #[test]
     fn text_formats_take_envoys_command_operators() {
-        let line = text(
-            "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %BOGUS% 100%",
-            &entry(),
-            503,
-            "UF",
-            Duration::ZERO,
+        let format = TextFormat::of(
+            "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %REQ(X-Forwarded-For)% %REQ(x-absent)% %RESPONSE_CODE% \
+             %RESPONSE_FLAGS% %UPSTREAM_HOST% %BYTES_SENT% %RESP(grpc-status?x-none)% %REQ(user-agent):5% 100%%",
         );
-        assert_eq!(line, "GET /reviews/0?x=\"1\" 503 UF - - 100%");
+        let mut request = HeaderMap::new();
+        request.insert("x-forwarded-for", "10.0.0.1".parse().expect("a value"));
+        request.insert("user-agent", "curl/8.0.1".parse().expect("a value"));
+        let mut response = HeaderMap::new();
+        response.insert("grpc-status", "14".parse().expect("a value"));
+        let entry = Entry {
+            request_headers: format.request_headers(&request),
+            response_headers: format.response_headers(&response),
+            bytes_sent: 1234,
+            ..entry()
+        };
+        let line = text(format, &entry, 503, "UF", Duration::ZERO);
+        assert_eq!(line, "GET /reviews/0?x=\"1\" 10.0.0.1 - 503 UF - 1234 14 curl/ 100%");
+        // The same text is the same parse.
+        assert!(std::ptr::eq(format, TextFormat::of(format.source)));
     }
 }

@@ -578,6 +578,10 @@ impl Proxy {
             user_agent: header("user-agent"),
             traceparent: header("traceparent"),
             peer: Some(peer),
+            request_headers: match self.spec.access_log {
+                accesslog::AccessLog::Text(format) => accesslog::TextFormat::of(format).request_headers(request.headers()),
+                _ => Vec::new(),
+            },
             ..accesslog::Entry::default()
         }))
     }
@@ -602,6 +606,9 @@ impl Proxy {
             }
             if let Some(host) = upstream_host {
                 entry.upstream_host = host.to_string();
+            }
+            if let accesslog::AccessLog::Text(format) = self.spec.access_log {
+                entry.response_headers = accesslog::TextFormat::of(format).response_headers(response.headers());
             }
             (entry, &self.spec.access_log)
         });
@@ -995,11 +1002,14 @@ impl hyper::body::Body for MeteredBody {
                 {
                     recording.labels.grpc_status = Some(status);
                 }
+                if let (Some(data), Some((entry, _))) = (frame.data_ref(), self.recording.as_mut().and_then(|it| it.log.as_mut())) {
+                    entry.bytes_sent += data.len() as u64;
+                }
             }
             // The upstream broke off the answer (Envoy's `UPE`).
             Poll::Ready(Some(Err(_))) => {
                 if let Some(recording) = self.recording.as_mut() {
-                    recording.labels.flags = "UPE";
+                    recording.labels.flags = crate::error::join_flags(recording.labels.flags, "UPE");
                 }
                 self.recording = None;
             }
@@ -1023,7 +1033,7 @@ impl Drop for MeteredBody {
         if let Some(recording) = self.recording.as_mut()
             && !hyper::body::Body::is_end_stream(&self.inner)
         {
-            recording.labels.flags = "DC";
+            recording.labels.flags = crate::error::join_flags(recording.labels.flags, "DC");
         }
     }
 }

@@ -68,10 +68,22 @@ impl Checker<'_, '_> {
             out.tracing = on.value;
         }
         if let Some(format) = &block.access_log_format {
-            out.access_log_format = match &format.value {
-                None => ir::AccessLogFormat::Json,
-                Some(text) => ir::AccessLogFormat::Text(text.clone()),
-            };
+            match &format.value {
+                None => out.access_log_format = ir::AccessLogFormat::Json,
+                Some(text) => match meshc_codegen::access_format::parse(text) {
+                    Ok(_) => out.access_log_format = ir::AccessLogFormat::Text(text.clone()),
+                    // Envoy refuses a format it cannot write; a sidecar that wrote `-` for it
+                    // would lose what the format asked for without a word.
+                    Err(err) => {
+                        let diagnostic = Diagnostic::error(Code::InvalidValue, format!("access log format: {}", err.message))
+                            .primary(format.span, format!("at byte {} of the format", err.at));
+                        self.push(match err.help {
+                            Some(help) => diagnostic.help(help),
+                            None => diagnostic,
+                        });
+                    }
+                },
+            }
         }
         for (name, value) in &block.metric_labels {
             let valid_name =

@@ -720,6 +720,7 @@ fn requests_are_logged_as_json_and_carry_trace_context_onward() {
     assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && forwarded.ends_with("-01"), "{forwarded}");
     assert_ne!(forwarded, traceparent);
     let request_id = headers["x-request-id"].as_str().expect("an x-request-id").to_owned();
+    let sent = seen.body.len() as u64;
     // B3 callers get a new span whose parent is theirs.
     let seen = curl(&["-H", "host: web", "-H", "x-b3-traceid: 463ac35c9f6413ad", "-H", "x-b3-spanid: a2fb4a1d1a96d312"], &http.url("/b3"));
     let headers = &seen.json()["headers"];
@@ -741,6 +742,7 @@ fn requests_are_logged_as_json_and_carry_trace_context_onward() {
     assert_eq!(line["upstream_cluster"], "outbound|80||web.default.svc.cluster.local");
     assert_eq!(line["request_id"], request_id.as_str());
     assert_eq!(line["traceparent"], traceparent);
+    assert_eq!(line["bytes_sent"].as_u64(), Some(sent), "{line}");
     let upstream = line["upstream_host"].as_str().expect("an upstream host");
     assert!(upstream == http.a.address.to_string() || upstream == http.b.address.to_string(), "{upstream}");
 }

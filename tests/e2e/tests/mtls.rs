@@ -130,6 +130,30 @@ fn the_callers_identity_crosses_mutual_tls_into_the_callees_authorization() {
     assert_eq!(pair.through_client("secure", "/private"), 200);
     assert_eq!(pair.through_client("open", "/private"), 200);
     assert_eq!(pair.app.hits(), 2);
+    // The caller's sidecar logs in its text format: the headers it names, `-` for one the
+    // request lacks, a value cut to its length.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pair.client.access_log().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lines = pair.client.access_log();
+    let fields: Vec<&str> = lines.first().map(|it| it.split(' ').collect()).unwrap_or_default();
+    assert_eq!(
+        fields.iter().map(|it| it.to_string()).collect::<Vec<_>>(),
+        [
+            "GET",
+            "/private",
+            "secure",
+            "-",
+            "application/json",
+            "200",
+            fields.get(6).copied().unwrap_or("?"),
+            "outbound|80||secure.default.svc.cluster.local",
+            "100%"
+        ],
+        "{lines:?}"
+    );
+    assert!(fields[6].parse::<u64>().is_ok_and(|it| it > 0), "{lines:?}");
 
     // A plaintext caller: the strict port closes the connection unanswered (curl: empty
     // reply or reset), the permissive one serves it with no identity.
