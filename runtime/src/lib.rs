@@ -47,6 +47,7 @@ pub mod __codegen {
     pub use crate::authz::{Cidr, Condition, Key as AuthzKey, Operation, Pat, Policies, Policy, Rule, Source};
     pub use crate::head::RequestHead;
     pub use crate::health::HealthCheckSpec;
+    pub use crate::metrics::{MetricAttribute, MetricLabel};
     pub use crate::outlier::OutlierSpec;
     pub use crate::ratelimit::RateLimit;
     pub use crate::rpc::head::{RpcHead, RpcProtocol};

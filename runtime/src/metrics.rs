@@ -44,7 +44,59 @@ pub struct Labels {
     pub grpc_status: Option<u32>,
     /// Envoy's response flags (`-` for none).
     pub flags: &'static str,
+    /// The values of the workload's own metric labels ([`MetricLabel`]), in their order;
+    /// `None` when the request was not labelled (each then reads `unknown`).
+    pub extra: Option<Extra>,
 }
+
+/// The values of a request's own metric labels, shared by every request with the same ones.
+pub type Extra = Arc<[Box<str>]>;
+
+/// A label the workload's spec adds to its request metrics (`metric_label`), as Istio's
+/// Telemetry API adds a dimension to the standard metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricLabel {
+    /// The label's name.
+    pub name: &'static str,
+    /// What it takes its value from.
+    pub attribute: MetricAttribute,
+}
+
+/// The request attributes a metric label may take, by Envoy's attribute names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricAttribute {
+    /// `request.headers[name]`.
+    RequestHeader(&'static str),
+    /// `request.path`: the path with its query.
+    RequestPath,
+    /// `request.method`.
+    RequestMethod,
+    /// `request.host`: the authority.
+    RequestHost,
+    /// `request.protocol`: `HTTP/1.1` or `HTTP/2`.
+    RequestProtocol,
+    /// `response.code`.
+    ResponseCode,
+    /// `source.principal`: the caller's SPIFFE identity (the workload's own, outbound).
+    SourcePrincipal,
+    /// `source.namespace`: the caller's namespace, from its identity.
+    SourceNamespace,
+    /// `source.workload`: the calling workload, when known (the workload itself, outbound).
+    SourceWorkload,
+    /// `destination.service`: the service's host name.
+    DestinationService,
+    /// `destination.port`: the service port.
+    DestinationPort,
+    /// `rpc.service`: a gRPC request's service (`package.Service`).
+    RpcService,
+    /// `rpc.method`: a gRPC request's method.
+    RpcMethod,
+}
+
+/// Distinct sets of metric label values kept at most: labels taken from headers or paths can
+/// take any value, and past this many sets new ones count as `other`, so that memory stays
+/// bounded.
+pub const MAX_EXTRA_SETS: usize = 2000;
 
 #[derive(Clone, Debug, Default)]
 struct Series {
@@ -173,6 +225,8 @@ pub struct Metrics {
     late_requests: Mutex<BTreeMap<Labels, Series>>,
     tcp: Mutex<BTreeMap<TcpLabels, TcpSeries>>,
     rpc: Mutex<RpcSeries>,
+    /// Every set of metric label values seen, up to [`MAX_EXTRA_SETS`].
+    extras: Mutex<std::collections::BTreeSet<Extra>>,
 }
 
 impl Default for Metrics {
@@ -184,6 +238,7 @@ impl Default for Metrics {
             late_requests: Mutex::default(),
             tcp: Mutex::default(),
             rpc: Mutex::default(),
+            extras: Mutex::default(),
         }
     }
 }
@@ -226,6 +281,18 @@ impl Cells {
 }
 
 impl Metrics {
+    /// The shared set of metric label `values`: the one already counted under, a new one,
+    /// or, past [`MAX_EXTRA_SETS`], every value `other`.
+    pub fn extra(&self, values: Vec<Box<str>>) -> Extra {
+        let mut extras = self.extras.lock().unwrap_or_else(|it| it.into_inner());
+        if let Some(found) = extras.get(values.as_slice()) {
+            return found.clone();
+        }
+        let values: Extra = if extras.len() < MAX_EXTRA_SETS { values.into() } else { values.iter().map(|_| "other".into()).collect() };
+        extras.insert(values.clone());
+        values
+    }
+
     /// Counts one request.
     pub fn record(&self, labels: Labels, duration: Duration) {
         let ms = duration.as_secs_f64() * 1000.0;
@@ -299,17 +366,27 @@ impl Metrics {
         series.received += received;
     }
 
-    /// The Prometheus text exposition, for the workload `workload` in `namespace`.
-    pub fn render(&self, workload: &str, namespace: &str) -> String {
+    /// The Prometheus text exposition, for the workload `workload` in `namespace`, whose
+    /// request metrics carry its own `extra` labels after Istio's.
+    pub fn render(&self, workload: &str, namespace: &str, extra: &[MetricLabel]) -> String {
         let requests = self.request_series();
         let mut out = String::new();
+        let labelled = |labels: &Labels| {
+            let mut text = label_text(labels, workload, namespace, protocol(labels));
+            for (index, label) in extra.iter().enumerate() {
+                let value = labels.extra.as_ref().and_then(|it| it.get(index)).map_or("unknown", |it| it);
+                text.push(',');
+                text.push_str(&join_labels(&[(label.name, value)]));
+            }
+            text
+        };
         out.push_str("# TYPE istio_requests_total counter\n");
         for (labels, series) in requests.iter() {
-            let _ = writeln!(out, "istio_requests_total{{{}}} {}", label_text(labels, workload, namespace, protocol(labels)), series.count);
+            let _ = writeln!(out, "istio_requests_total{{{}}} {}", labelled(labels), series.count);
         }
         out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
         for (labels, series) in requests.iter() {
-            histogram(&mut out, "istio_request_duration_milliseconds", &label_text(labels, workload, namespace, protocol(labels)), series);
+            histogram(&mut out, "istio_request_duration_milliseconds", &labelled(labels), series);
         }
         let tcp = self.tcp.lock().unwrap_or_else(|it| it.into_inner());
         let names = [
@@ -328,6 +405,7 @@ impl Metrics {
                     code: 0,
                     grpc_status: None,
                     flags: labels.flags,
+                    extra: None,
                 };
                 let text = label_text(&as_request, workload, namespace, "tcp");
                 let value = [series.opened, series.closed, series.sent, series.received][index];
@@ -454,11 +532,19 @@ mod tests {
     #[test]
     fn requests_count_per_label_set_with_cumulative_buckets() {
         let metrics = Metrics::default();
-        let ok = Labels { reporter: Reporter::Source, service: Some(&REVIEWS), grpc: false, code: 200, grpc_status: None, flags: "-" };
+        let ok = Labels {
+            reporter: Reporter::Source,
+            service: Some(&REVIEWS),
+            grpc: false,
+            code: 200,
+            grpc_status: None,
+            flags: "-",
+            extra: None,
+        };
         metrics.record(ok.clone(), Duration::from_millis(3));
         metrics.record(ok.clone(), Duration::from_millis(40));
         metrics.record(Labels { code: 404, service: None, flags: "NR", ..ok }, Duration::from_micros(100));
-        let text = metrics.render("productpage", "default");
+        let text = metrics.render("productpage", "default", &[]);
         let ok_labels = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
             destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
             destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",\
@@ -471,12 +557,44 @@ mod tests {
     }
 
     #[test]
+    fn a_workloads_own_labels_follow_istios_and_their_value_sets_are_bounded() {
+        let metrics = Metrics::default();
+        let names = [
+            MetricLabel { name: "user", attribute: MetricAttribute::RequestHeader("x-user") },
+            MetricLabel { name: "method", attribute: MetricAttribute::RequestMethod },
+        ];
+        let ok = Labels {
+            reporter: Reporter::Source,
+            service: Some(&REVIEWS),
+            grpc: false,
+            code: 200,
+            grpc_status: None,
+            flags: "-",
+            extra: None,
+        };
+        let alice = metrics.extra(vec!["al\"ice".into(), "GET".into()]);
+        assert!(Arc::ptr_eq(&alice, &metrics.extra(vec!["al\"ice".into(), "GET".into()])), "one set, shared");
+        metrics.record(Labels { extra: Some(alice.clone()), ..ok.clone() }, Duration::from_millis(1));
+        metrics.record(Labels { extra: Some(alice), ..ok.clone() }, Duration::from_millis(1));
+        metrics.record(ok, Duration::from_millis(1));
+        let text = metrics.render("productpage", "default", &names);
+        assert!(text.contains("response_flags=\"-\",user=\"al\\\"ice\",method=\"GET\"} 2\n"), "{text}");
+        assert!(text.contains("response_flags=\"-\",user=\"unknown\",method=\"unknown\"} 1\n"), "{text}");
+        // Past the bound, new sets of values count as `other`.
+        for index in 1..MAX_EXTRA_SETS {
+            metrics.extra(vec![index.to_string().into(), "GET".into()]);
+        }
+        assert_eq!(&*metrics.extra(vec!["new".into(), "GET".into()]), ["other".into(), "other".into()] as [Box<str>; 2]);
+        assert_eq!(metrics.extras.lock().expect("lock").len(), MAX_EXTRA_SETS + 1);
+    }
+
+    #[test]
     fn tcp_series_carry_istios_tcp_labels_without_a_response_code() {
         let metrics = Metrics::default();
         let labels = TcpLabels { reporter: Reporter::Source, service: &REVIEWS, flags: "-" };
         metrics.tcp_opened(labels.clone());
         metrics.tcp_closed(labels, 10, 20);
-        let text = metrics.render("productpage", "default");
+        let text = metrics.render("productpage", "default", &[]);
         let expected = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
             destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
             destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",\
@@ -489,7 +607,15 @@ mod tests {
     #[test]
     fn every_threads_counts_sum_into_one_series_and_stay_after_the_thread_ends() {
         let (metrics, other) = (Arc::new(Metrics::default()), Metrics::default());
-        let ok = Labels { reporter: Reporter::Source, service: Some(&REVIEWS), grpc: false, code: 200, grpc_status: None, flags: "-" };
+        let ok = Labels {
+            reporter: Reporter::Source,
+            service: Some(&REVIEWS),
+            grpc: false,
+            code: 200,
+            grpc_status: None,
+            flags: "-",
+            extra: None,
+        };
         // Joined, not scoped: a joined thread has run its thread-locals' destructors, which a
         // scope does not wait for.
         let threads: Vec<_> = (0..4)
@@ -508,16 +634,16 @@ mod tests {
         metrics.record(ok.clone(), Duration::from_millis(40));
         // Another instance on the same threads keeps its own counts.
         other.record(ok.clone(), Duration::from_millis(3));
-        let text = metrics.render("productpage", "default");
+        let text = metrics.render("productpage", "default", &[]);
         // The four threads' series were folded together when they were read: only this
         // thread's is left in the list.
         assert_eq!(metrics.requests.lock().expect("lock").len(), 1);
-        assert_eq!(text, metrics.render("productpage", "default"));
+        assert_eq!(text, metrics.render("productpage", "default", &[]));
         assert!(text.contains("response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"} 1001\n"), "{text}");
         assert!(text.contains("response_flags=\"-\",le=\"5\"} 1000\n"), "{text}");
         assert!(text.contains("response_flags=\"-\",le=\"50\"} 1001\n"), "{text}");
         assert!(text.contains("_sum{") && text.contains("} 3040\n"), "{text}");
-        assert!(other.render("productpage", "default").contains("response_flags=\"-\"} 1\n"));
+        assert!(other.render("productpage", "default", &[]).contains("response_flags=\"-\"} 1\n"));
     }
 
     #[test]
@@ -530,7 +656,7 @@ mod tests {
             metrics.record_rpc(labels(&format!("m{index}")), Duration::from_millis(3));
         }
         metrics.record_rpc(labels("m0"), Duration::from_millis(3));
-        let text = metrics.render("greeter", "demo");
+        let text = metrics.render("greeter", "demo", &[]);
         assert!(text.contains("rpc_service=\"org.x.Greeter\",rpc_method=\"m0\",rpc_status=\"20\",response_flags=\"-\"} 2\n"), "{text}");
         assert!(text.contains("rpc_service=\"other\",rpc_method=\"other\",rpc_status=\"20\",response_flags=\"-\"} 5\n"));
         assert_eq!(text.matches("meshc_rpc_requests_total{").count(), MAX_RPC_SERIES + 1);

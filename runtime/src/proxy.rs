@@ -25,7 +25,7 @@ use crate::endpoints::{ClusterEndpoints, Endpoint, EndpointSet};
 use crate::error::Error;
 use crate::head::RequestHead;
 use crate::health::Health;
-use crate::metrics::{Labels, Metrics, Reporter};
+use crate::metrics::{Labels, MetricAttribute, Metrics, Reporter};
 use crate::outlier::{Observed, Outliers};
 use crate::pool::{ClientTls, Http1Pool, Http2Pool};
 use crate::replay::{REPLAY_CAP, ReplayBody};
@@ -549,13 +549,67 @@ impl Proxy {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let entry = self.log_entry(peer, &mut request);
+        let labelled = self.metric_values(&request, Side::Outbound);
         let meter = Meter { reporter: Reporter::Source, service: None, grpc, started };
         let unanswered = self.unanswered(meter, entry);
         // Boxed: the routing and forwarding future is several KiB, and each future that
         // holds it inline copies it as it is made and moved (a box is cheaper).
         let (response, served) = boxed(|| self.route_and_forward((request, peer, grpc))).await;
         let entry = unanswered.answered();
-        self.metered(response, meter, entry, served)
+        self.metered(response, meter, entry, served, labelled)
+    }
+
+    /// The values of the workload's own metric labels, as far as the request tells; `None`
+    /// for those its answer fills in (`response.code`, and outbound the service and port).
+    fn metric_values(&self, request: &Request<Body>, side: Side<'_>) -> Option<Box<[Option<Box<str>>]>> {
+        if self.spec.metric_labels.is_empty() {
+            return None;
+        }
+        let principal = match side {
+            Side::Outbound => Some(self.spec.principal),
+            Side::Inbound(peer, _) => peer.principal.as_deref(),
+        };
+        let values = self.spec.metric_labels.iter().map(|label| {
+            let value: Option<std::borrow::Cow<'_, str>> = match label.attribute {
+                MetricAttribute::RequestHeader(name) => {
+                    Some(request.headers().get(name).map_or("unknown".into(), |it| String::from_utf8_lossy(it.as_bytes())))
+                }
+                MetricAttribute::RequestPath => Some(request.uri().path_and_query().map_or("/", |it| it.as_str()).into()),
+                MetricAttribute::RequestMethod => Some(request.method().as_str().into()),
+                MetricAttribute::RequestHost => {
+                    Some(authority_as_sent(request.uri(), request.headers()).unwrap_or_else(|| "unknown".into()).into())
+                }
+                MetricAttribute::RequestProtocol => Some(if request.version() == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" }.into()),
+                MetricAttribute::SourcePrincipal => Some(principal.map_or("unknown".into(), |it| format!("spiffe://{it}").into())),
+                MetricAttribute::SourceNamespace => {
+                    Some(principal.and_then(|it| it.split('/').skip_while(|part| *part != "ns").nth(1)).unwrap_or("unknown").into())
+                }
+                MetricAttribute::SourceWorkload => Some(match side {
+                    Side::Outbound => self.spec.workload.into(),
+                    // Istio learns it from the peer's metadata, which the sidecars do not exchange.
+                    Side::Inbound(..) => "unknown".into(),
+                }),
+                MetricAttribute::DestinationService => match side {
+                    Side::Outbound => None,
+                    Side::Inbound(_, port) => Some(port.service_names.last().copied().unwrap_or("unknown").into()),
+                },
+                MetricAttribute::DestinationPort => match side {
+                    Side::Outbound => None,
+                    Side::Inbound(_, port) => Some(port.port.to_string().into()),
+                },
+                MetricAttribute::ResponseCode => None,
+                // gRPC's `/package.Service/Method`.
+                MetricAttribute::RpcService | MetricAttribute::RpcMethod => {
+                    let path = request.uri().path().strip_prefix('/').and_then(|it| it.split_once('/'));
+                    let part = path
+                        .filter(|_| is_grpc(request.headers()))
+                        .map(|(service, method)| if label.attribute == MetricAttribute::RpcService { service } else { method });
+                    Some(part.unwrap_or("unknown").into())
+                }
+            };
+            value.map(|it| it.into_owned().into_boxed_str())
+        });
+        Some(values.collect())
     }
 
     /// Gives the request an `x-request-id` when it has none (as Envoy does where a request
@@ -590,16 +644,44 @@ impl Proxy {
     /// code 0, flag `DC`.
     fn unanswered(&self, meter: Meter, entry: Option<Box<accesslog::Entry>>) -> Unanswered<'_> {
         let Meter { reporter, service, grpc, started } = meter;
-        let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC" };
+        let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC", extra: None };
         let log = entry.map(|entry| (entry, &self.spec.access_log));
         Unanswered(Some(Recording { metrics: &*self.metrics, labels, started, log, counted: false, _held: Held::default() }))
     }
 
     /// Counts a request once its response ends (or is dropped), with the destination service
     /// it was `served` by or `service`; what `served` holds is held until then.
-    fn metered(&self, response: Response<Body>, meter: Meter, entry: Option<Box<accesslog::Entry>>, served: Served) -> Response<Body> {
+    fn metered(
+        &self,
+        response: Response<Body>,
+        meter: Meter,
+        entry: Option<Box<accesslog::Entry>>,
+        served: Served,
+        labelled: Option<Box<[Option<Box<str>>]>>,
+    ) -> Response<Body> {
         let Meter { reporter, service, grpc, started } = meter;
         let Served { routed, upstream_host, held } = served;
+        // The metric label values the answer fills in, then the shared set of all of them.
+        let extra = labelled.map(|values| {
+            let code = response.status().as_u16();
+            let filled = values.into_vec().into_iter().zip(self.spec.metric_labels).map(|(value, label)| {
+                value.unwrap_or_else(|| {
+                    let value = match label.attribute {
+                        MetricAttribute::ResponseCode => code.to_string(),
+                        MetricAttribute::DestinationService => {
+                            routed.map(|it| it.service).or(service).and_then(|it| it.last()).copied().unwrap_or("unknown").to_owned()
+                        }
+                        // The cluster's name is `outbound|<port>|<subset>|<host>`.
+                        MetricAttribute::DestinationPort => {
+                            routed.and_then(|it| it.cluster.split('|').nth(1)).filter(|it| !it.is_empty()).unwrap_or("unknown").to_owned()
+                        }
+                        _ => "unknown".to_owned(),
+                    };
+                    value.into_boxed_str()
+                })
+            });
+            self.metrics.extra(filled.collect())
+        });
         let log = entry.map(|mut entry| {
             if let Some(routed) = routed {
                 (entry.route, entry.cluster) = (routed.route, routed.cluster);
@@ -615,7 +697,7 @@ impl Proxy {
         let service = routed.map(|it| it.service).or(service);
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
-        let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags };
+        let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags, extra };
         let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _held: held };
         response.map(|inner| MeteredBody { inner, recording: Some(recording) }.boxed())
     }
@@ -787,13 +869,14 @@ impl Proxy {
         let grpc = is_grpc(request.headers());
         let service = Some(port.service_names).filter(|it| !it.is_empty());
         let entry = self.log_entry(peer.ip, &mut request);
+        let labelled = self.metric_values(&request, Side::Inbound(peer, port));
         let meter = Meter { reporter: Reporter::Destination, service, grpc, started };
         let unanswered = self.unanswered(meter, entry);
         // Boxed, as the outbound path's: held inline, this future made every listener's
         // answer future (outbound ones too) as large as itself.
         let (response, served) = boxed(|| self.authorize_and_forward((port, peer, request))).await;
         let entry = unanswered.answered();
-        self.metered(response, meter, entry, served)
+        self.metered(response, meter, entry, served, labelled)
     }
 
     /// Authorization first, then forwarding to the application.
@@ -875,6 +958,14 @@ struct Held {
 /// Envoy's response flag of a response the sidecar made or cut short.
 #[derive(Clone, Copy, Debug)]
 struct ResponseFlag(&'static str);
+
+/// Which way a request goes, for its metric labels: out from the workload, or in to it from a
+/// peer on one of its ports.
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    Outbound,
+    Inbound(&'a Downstream, &'a InboundPort),
+}
 
 /// What a request is counted under: who reports it, the service when already known, whether
 /// it is gRPC, and when it started.

@@ -35,6 +35,8 @@ pub struct SidecarSpec {
     /// Whether a request without `x-request-id` gets one (outbound, and inbound on its way to
     /// the application).
     pub request_id: bool,
+    /// The labels the workload adds to its request metrics.
+    pub metric_labels: &'static [crate::metrics::MetricLabel],
     /// Whether requests the sidecar forwards get trace context (a new trace, or a span added
     /// to the caller's), both ways; off, trace headers pass untouched.
     pub tracing: bool,

@@ -324,6 +324,30 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             quote!(rt::AccessLog::Text(#format))
         }
     };
+    let metric_labels = workload.telemetry.metric_labels.iter().map(|label| {
+        let name = str_lit(&label.name);
+        let attribute = match label.value.as_str() {
+            "request.path" => quote!(RequestPath),
+            "request.method" => quote!(RequestMethod),
+            "request.host" => quote!(RequestHost),
+            "request.protocol" => quote!(RequestProtocol),
+            "response.code" => quote!(ResponseCode),
+            "source.principal" => quote!(SourcePrincipal),
+            "source.namespace" => quote!(SourceNamespace),
+            "source.workload" => quote!(SourceWorkload),
+            "destination.service" => quote!(DestinationService),
+            "destination.port" => quote!(DestinationPort),
+            "rpc.service" => quote!(RpcService),
+            "rpc.method" => quote!(RpcMethod),
+            // The checker let only `request.headers[<name>]` through besides these.
+            other => {
+                let header = other.strip_prefix("request.headers[").and_then(|it| it.strip_suffix(']')).unwrap_or(other);
+                let header = str_lit(&header.to_ascii_lowercase());
+                quote!(RequestHeader(#header))
+            }
+        };
+        quote!(rt::MetricLabel { name: #name, attribute: rt::MetricAttribute::#attribute })
+    });
     let (inbound_rate_limit, limit_static) = match &workload.rate_limit {
         Some(limit) => {
             let limit = rate_limit(limit);
@@ -368,6 +392,7 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
             authz: &policy::AUTHZ,
             inbound_rate_limit: #inbound_rate_limit,
             access_log: #access_log,
+            metric_labels: &[#(#metric_labels),*],
             request_id: #request_id,
             tracing: #tracing,
             config_dump: dump::CONFIG_DUMP,

@@ -27,6 +27,23 @@ const METRIC_ATTRIBUTES: &[&str] = &[
     "rpc.method",
 ];
 
+/// The labels Istio's request metrics carry already (and `le`, a histogram's own).
+const STANDARD_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "le",
+];
+
 const SOURCE_KEYS: &[&str] = &["principals", "namespaces", "ip_blocks", "remote_ip_blocks", "workloads"];
 const OPERATION_KEYS: &[&str] = &["hosts", "methods", "paths", "ports"];
 const WHEN_KEYS: &[&str] = &[
@@ -92,6 +109,14 @@ impl Checker<'_, '_> {
                 self.push(
                     Diagnostic::error(Code::InvalidValue, format!("`{}` is not a Prometheus label name", name.text))
                         .primary(name.span, "use letters, digits and `_`, not starting with a digit"),
+                );
+                continue;
+            }
+            if STANDARD_LABELS.contains(&name.text.as_str()) {
+                self.push(
+                    Diagnostic::error(Code::InvalidValue, format!("`{}` is a label the request metrics carry already", name.text))
+                        .primary(name.span, "a standard label")
+                        .help("give the label a name of its own: a series cannot carry one name twice"),
                 );
                 continue;
             }

@@ -162,6 +162,7 @@ static SPEC: crate::spec::SidecarSpec = crate::spec::SidecarSpec {
     inbound_rate_limit: None,
     access_log: crate::accesslog::AccessLog::Off,
     request_id: false,
+    metric_labels: &[],
     tracing: false,
     config_dump: "{}",
     routes: &[],

@@ -510,8 +510,10 @@ fn sigterm_drains_without_failing_a_request_in_flight() {
 #[test]
 fn the_metrics_count_exactly_the_requests_sent() {
     let http = Http::start();
-    for _ in 0..3 {
-        assert_eq!(curl(&["-H", "host: web"], &http.url("/m")).status, 200);
+    for user in ["alice", "", ""] {
+        let header = format!("x-user: {user}");
+        let args: &[&str] = if user.is_empty() { &["-H", "host: web"] } else { &["-H", "host: web", "-H", &header] };
+        assert_eq!(curl(args, &http.url("/m")).status, 200);
     }
     assert_eq!(curl(&["-H", "host: web", "-H", "x-chaos: abort"], &http.url("/m")).status, 503);
     assert_eq!(curl(&["-H", "host: nowhere"], &http.url("/m")).status, 404);
@@ -533,6 +535,13 @@ fn the_metrics_count_exactly_the_requests_sent() {
     assert_eq!(metric(text, "istio_requests_total", &[("response_code", "503"), ("response_flags", "FI")]), 1.0, "{text}");
     assert_eq!(metric(text, "istio_requests_total", &[("response_code", "404"), ("response_flags", "NR")]), 1.0, "{text}");
     assert_eq!(metric(text, "istio_requests_total", &[]), 5.0, "{text}");
+    // The workload's own labels, after Istio's: a header's value, or `unknown` without it,
+    // and the service port, which a request no route took has none of.
+    let alice = [ok[5], ("user", "alice"), ("dest_port", "80")];
+    assert_eq!(metric(text, "istio_requests_total", &alice), 1.0, "{text}");
+    assert_eq!(metric(text, "istio_requests_total", &[ok[5], ("user", "unknown"), ("dest_port", "80")]), 2.0, "{text}");
+    assert_eq!(metric(text, "istio_request_duration_milliseconds_count", &alice), 1.0, "{text}");
+    assert_eq!(metric(text, "istio_requests_total", &[("response_code", "404"), ("dest_port", "unknown")]), 1.0, "{text}");
     // Each route counts what it took; every answer has ended, so none is active.
     let web = ("virtual_host", "web.default.svc.cluster.local:80");
     assert_eq!(metric(text, "meshc_route_requests_total", &[web, ("route_name", "rest")]), 3.0, "{text}");

@@ -43,6 +43,7 @@ static SIDECAR: rt::SidecarSpec = rt::SidecarSpec {
     authz: &policy::AUTHZ,
     inbound_rate_limit: None,
     access_log: rt::AccessLog::Json,
+    metric_labels: &[],
     request_id: true,
     tracing: true,
     config_dump: dump::CONFIG_DUMP,
