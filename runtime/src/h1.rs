@@ -577,7 +577,12 @@ fn parse_head(read: &mut BytesMut, fields: &mut Vec<Field>, head_request: bool) 
             // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): the framing is faulty.
             return Err("an HTTP/1.0 response has Transfer-Encoding");
         }
-        if chunked_last(&headers) { Incoming::Chunked(Chunk::Size) } else { Incoming::UntilClose }
+        // `chunked` alone, as Envoy takes it: the sidecar frames what it sends on itself, so a
+        // response in another coding would reach the client without it.
+        if !chunked_alone(&headers) {
+            return Err("the response's Transfer-Encoding is not chunked alone");
+        }
+        Incoming::Chunked(Chunk::Size)
     } else if framers.content_length {
         Incoming::Length(content_length(&headers).ok_or("the response's Content-Length is invalid")?)
     } else {
@@ -596,10 +601,10 @@ pub(crate) fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> 
     framers.allows_reuse(version)
 }
 
-/// Whether `chunked` is the last transfer coding.
-fn chunked_last(headers: &HeaderMap) -> bool {
-    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
-    last.and_then(|it| it.to_str().ok()).and_then(|it| it.rsplit(',').next()).is_some_and(|it| it.trim().eq_ignore_ascii_case("chunked"))
+/// Whether the transfer coding is one `chunked`, in one field.
+fn chunked_alone(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    codings.next().is_some_and(|it| it.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")) && codings.next().is_none()
 }
 
 /// The one length every `Content-Length` field (and each item of a list in one) agrees on.
@@ -871,7 +876,13 @@ mod tests {
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"), Incoming::Length(5));
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n"), Incoming::Length(5));
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"), Incoming::Chunked(Chunk::Size));
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Incoming::UntilClose);
+        // Another coding would reach the client without its name, the sidecar framing the body
+        // anew: refused (502), as Envoy refuses it.
+        for coding in ["gzip", "gzip, chunked", "chunked, chunked", "chunked\r\ntransfer-encoding: chunked"] {
+            let raw = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {coding}\r\n\r\n");
+            assert!(head_of(raw.as_bytes(), false).is_err(), "{coding}");
+        }
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked \r\n\r\n"), Incoming::Chunked(Chunk::Size));
         assert!(head_of(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", false).is_err(), "HTTP/1.0 has no codings");
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), Incoming::UntilClose);
         assert_eq!(framing(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"), Incoming::Done);
