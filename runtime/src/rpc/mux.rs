@@ -49,15 +49,26 @@ struct Waiting<C: Codec> {
     deadline: Instant,
 }
 
-/// A map keyed by what this process made or was configured with (request ids it numbered,
-/// endpoint addresses), never by what a peer chose: it needs no protection against chosen
-/// collisions, so it skips SipHash, which took four hashes of every request's path.
+/// A map keyed by request ids and endpoint addresses, without SipHash, which took four hashes
+/// of every request's path. A request id may be the caller's own (a connection keeps the id a
+/// request came with when it is free), so integers are hashed with a key the process draws at
+/// random: ids a caller chose to collide do not collide here.
 type QuickMap<K, V> = HashMap<K, V, BuildHasherDefault<QuickHasher>>;
 
-/// Integers multiplied by the golden ratio (so sequential ids spread over the table's top
-/// bits, which pick its control bytes), bytes folded in by FNV-1a.
+/// Integers mixed with the process's random key by a folded multiply (the 128-bit product's
+/// halves XORed, so that every bit of the id reaches the low bits the table indexes by, and
+/// the top bits its control bytes take); bytes folded in by FNV-1a.
 #[derive(Default)]
 struct QuickHasher(u64);
+
+/// The process's key for [`QuickHasher`], drawn once.
+fn quick_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        use std::hash::BuildHasher as _;
+        std::collections::hash_map::RandomState::new().hash_one(0x6d65_7368_u64) | 1
+    })
+}
 
 impl Hasher for QuickHasher {
     fn finish(&self) -> u64 {
@@ -77,7 +88,8 @@ impl Hasher for QuickHasher {
     }
 
     fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let product = u128::from(self.0 ^ value ^ quick_key()).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }
 
@@ -536,6 +548,21 @@ mod tests {
     use crate::endpoints::Endpoint;
     use crate::rpc::dubbo;
     use crate::rpc::proxy::Dubbo;
+
+    #[test]
+    fn ids_a_caller_chose_to_collide_spread_over_the_table() {
+        use std::hash::BuildHasher as _;
+        let hasher = std::hash::BuildHasherDefault::<super::QuickHasher>::default();
+        // Ids that differ only in their high bits: the table indexes by the hash's low bits,
+        // and takes its control byte from the top seven.
+        for shift in [16, 32, 48] {
+            let hashes: Vec<u64> = (0..4096u64).map(|it| hasher.hash_one(it << shift)).collect();
+            let low: std::collections::BTreeSet<u64> = hashes.iter().map(|it| it & 0xfff).collect();
+            let top: std::collections::BTreeSet<u64> = hashes.iter().map(|it| it >> 57).collect();
+            assert!(low.len() > 2000, "ids << {shift} fill {} of 4096 low buckets", low.len());
+            assert_eq!(top.len(), 128, "ids << {shift}");
+        }
+    }
 
     #[tokio::test]
     async fn an_upstream_heartbeat_is_answered() {
