@@ -565,4 +565,4 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet, encoded: &[byte
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -22,6 +22,9 @@ const MAX_DEPTH: usize = 64;
 /// Class definitions one body may hold at most: each costs memory, and a hostile body could
 /// otherwise pack one into every three bytes.
 const MAX_CLASSES: usize = 1024;
+/// String pairs a map read by [`Reader::read_string_map`] may hold (Dubbo's attachments: a
+/// client sends a handful).
+pub const MAX_STRING_PAIRS: usize = 1024;
 
 /// The longest draft class definition [`Reader::remembered_draft_definition`] keeps.
 const MAX_REMEMBERED_DEFINITION: usize = 1024;
@@ -441,7 +444,9 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a map (`H`, or `M` with its type) whose string keys map to string values, keeping
-    /// those pairs and skipping entries of other kinds; `None` for null.
+    /// those pairs and skipping entries of other kinds; `None` for null. More than
+    /// [`MAX_STRING_PAIRS`] pairs is an error: each pair kept takes some twenty times the two
+    /// bytes an empty one is written in.
     pub fn read_string_map(&mut self) -> Result<Option<StringPairs<'a>>> {
         match self.byte()? {
             b'N' => return Ok(None),
@@ -462,6 +467,9 @@ impl<'a> Reader<'a> {
             let key = if self.is_string()? { self.read_string()? } else { self.skip_at(1).map(|()| None)? };
             let value = if self.is_string()? { self.read_string()? } else { self.skip_at(1).map(|()| None)? };
             if let (Some(key), Some(value)) = (key, value) {
+                if pairs.len() == MAX_STRING_PAIRS {
+                    return self.fail("a map of more than 1024 string pairs");
+                }
                 pairs.push((key, value));
             }
         }

@@ -39,6 +39,19 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// read until some are answered, so a caller that sends without reading cannot grow memory.
 const MAX_CALLS_PER_CONNECTION: usize = 1024;
 
+/// How often a connection looks at how long it has been idle, or has held a frame half read.
+const WATCH: Duration = Duration::from_secs(15);
+
+/// A connection that read nothing for this long with no call in flight closes: three times the
+/// heartbeat interval of Dubbo's clients (60 s), as Dubbo's server closes one; Bolt's clients
+/// send theirs every 15 s.
+const IDLE_LOOKS: u32 = 12;
+
+/// A frame must be read whole within this many looks (about a minute) of its start being read:
+/// one that never ends would hold its buffer, up to the largest frame, for as long as its
+/// sender likes.
+const HALF_READ_LOOKS: u32 = 4;
+
 /// SOFA Bolt, v1 and v2 on one connection.
 pub(crate) struct Bolt;
 
@@ -305,6 +318,11 @@ impl<C: Codec> RpcProxy<C> {
         // A connection opened during a drain (the outbound listeners still take the
         // application's late requests) is served until it has had an answer.
         let (late, mut served) = (draining, false);
+        // Looks at the clock every WATCH rather than a timer reset per read: reads are counted,
+        // and a look with none since the last one counts as idle.
+        let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + WATCH, WATCH);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut reads, mut reads_seen, mut idle_looks, mut half_read_looks) = (0u64, 0u64, 0u32, 0u32);
         'read: loop {
             // Past MAX_CALLS_PER_CONNECTION in flight or unwritten, frames wait in the buffer
             // and the connection is not read until calls end.
@@ -340,10 +358,19 @@ impl<C: Codec> RpcProxy<C> {
                 permit = answers.reserve(), if !waiting.is_empty() => waiting.send(permit),
                 read = reader.read_buf(&mut buf), if room => match read {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                    Ok(_) => reads += 1,
                 },
                 _ = drain.wait_for(|it| *it), if !draining => draining = true,
                 () = std::future::ready(()), if draining && may_close => break,
+                _ = watch.tick() => {
+                    idle_looks = if reads == reads_seen && idle { idle_looks + 1 } else { 0 };
+                    // A frame's start sits in the buffer while there is room to read the rest.
+                    half_read_looks = if !buf.is_empty() && room { half_read_looks + 1 } else { 0 };
+                    reads_seen = reads;
+                    if idle_looks >= IDLE_LOOKS || half_read_looks >= HALF_READ_LOOKS {
+                        break;
+                    }
+                }
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8 * 1024);
@@ -584,10 +611,59 @@ async fn write_answers<W: AsyncWrite + Unpin>(mut queue: mpsc::Receiver<Bytes>, 
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use tokio::sync::mpsc;
+    use std::sync::Arc;
 
-    use super::Waiting;
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::sync::{mpsc, watch};
+
+    use super::{Dubbo, HALF_READ_LOOKS, IDLE_LOOKS, RpcProxy, Side, WATCH, Waiting};
+    use crate::rpc::dubbo;
+
+    /// A Dubbo frame's head: a two-way hessian2 request (a heartbeat with `event`) of `id`,
+    /// announcing `len` body bytes.
+    fn dubbo_head(id: u64, len: u32, event: bool) -> Vec<u8> {
+        let flags = dubbo::FLAG_REQUEST | dubbo::FLAG_TWO_WAY | dubbo::HESSIAN2 | if event { dubbo::FLAG_EVENT } else { 0 };
+        let mut head = vec![0xda, 0xbb, flags, 0];
+        head.extend(id.to_be_bytes());
+        head.extend(len.to_be_bytes());
+        head
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_or_stuck_in_a_frame_closes_and_heartbeats_keep_one_open() {
+        let rpc = Arc::new(RpcProxy::<Dubbo>::new(Arc::new(crate::xds::tests::sidecar()), 1 << 20));
+        let (_drain, drain) = watch::channel(false);
+        // Nothing read, nothing in flight: closed after the idle looks.
+        let (_client, server) = tokio::io::duplex(1 << 16);
+        let started = tokio::time::Instant::now();
+        rpc.clone().serve(server, Side::Outbound, drain.clone()).await;
+        let idle = started.elapsed();
+        assert!(idle >= WATCH * IDLE_LOOKS && idle <= WATCH * (IDLE_LOOKS + 1), "{idle:?}");
+        // The start of a frame whose rest never comes: closed after the half-read looks.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut partial = dubbo_head(1, 1000, false);
+        partial.extend([0x05; 100]);
+        client.write_all(&partial).await.expect("write");
+        let started = tokio::time::Instant::now();
+        rpc.clone().serve(server, Side::Outbound, drain.clone()).await;
+        let stuck = started.elapsed();
+        assert!(stuck >= WATCH * (HALF_READ_LOOKS - 1) && stuck <= WATCH * (HALF_READ_LOOKS + 1), "{stuck:?}");
+        // A heartbeat a minute (Dubbo's clients' interval) keeps a connection open.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let serving = tokio::spawn(rpc.serve(server, Side::Outbound, drain));
+        for id in 0..20u64 {
+            let mut heartbeat = dubbo_head(id, 1, true);
+            heartbeat.push(b'N');
+            client.write_all(&heartbeat).await.expect("write");
+            let mut answer = [0; 17];
+            client.read_exact(&mut answer).await.expect("the heartbeat's answer");
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            assert!(!serving.is_finished(), "closed after {id} heartbeats");
+        }
+        drop(client);
+        serving.await.expect("served");
+    }
 
     #[tokio::test]
     async fn answers_wait_in_order_for_room_and_go_nowhere_once_the_writer_is_gone() {

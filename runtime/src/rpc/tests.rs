@@ -462,3 +462,23 @@ fn dubbo_ids_are_patched_and_bad_frames_refused() {
     short[12..16].copy_from_slice(&45u32.to_be_bytes());
     assert!(matches!(cut_dubbo(&short).invocation(), Err(FrameError::Malformed(_))));
 }
+
+#[test]
+fn a_map_of_strings_holds_at_most_its_bound_of_pairs() {
+    // Each empty pair is written in two bytes and would be kept in some fifty.
+    let map = |pairs: usize| {
+        let mut bytes = vec![b'H'];
+        bytes.extend(std::iter::repeat_n([0x00, 0x00], pairs).flatten());
+        bytes.push(b'Z');
+        bytes
+    };
+    let most = map(super::hessian::MAX_STRING_PAIRS);
+    assert_eq!(Reader::new(&most).read_string_map().expect("within the bound").map(|it| it.len()), Some(super::hessian::MAX_STRING_PAIRS));
+    let error = Reader::new(&map(super::hessian::MAX_STRING_PAIRS + 1)).read_string_map().expect_err("past the bound");
+    assert!(error.to_string().contains("more than 1024 string pairs"), "{error}");
+    // Pairs that are not both strings are skipped, and do not count.
+    let mut mixed = vec![b'H'];
+    mixed.extend(std::iter::repeat_n([0x90, 0x90], 5000).flatten());
+    mixed.push(b'Z');
+    assert_eq!(Reader::new(&mixed).read_string_map().expect("skipped").map(|it| it.len()), Some(0));
+}

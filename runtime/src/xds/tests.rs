@@ -170,7 +170,7 @@ static SPEC: crate::spec::SidecarSpec = crate::spec::SidecarSpec {
 };
 
 /// A sidecar of one cluster, `web`, with no endpoints yet.
-fn sidecar() -> crate::proxy::Proxy {
+pub(crate) fn sidecar() -> crate::proxy::Proxy {
     crate::proxy::Proxy::new(&SPEC, vec![crate::endpoints::ClusterEndpoints::new(Vec::new(), "")], None).expect("a proxy")
 }
 
