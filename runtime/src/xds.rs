@@ -135,6 +135,11 @@ const XDS_NICE: i32 = 10;
 /// (taking an unchanged endpoint as it was counts an eighth of one).
 const ENDPOINTS_PER_TURN: usize = 64;
 
+/// The most endpoints one ClusterLoadAssignment may list (localities count as well): each is
+/// kept in some fifty times the two bytes an empty one is written in, so a response within the
+/// message limit could otherwise take gigabytes. Far above any one service's instances.
+const MAX_ASSIGNMENT_ENTRIES: usize = 100_000;
+
 /// How many endpoints (or their bytes) the client drops between two [`give_way`]s.
 const DROPS_PER_TURN: usize = 2048;
 
@@ -357,6 +362,11 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
                 continue;
             }
             give_way();
+            // Counted before anything is decoded: decoding is where the memory goes.
+            let localities = count_entries(&resource.value, 2).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"))?;
+            if localities > MAX_ASSIGNMENT_ENTRIES {
+                return Err(format!("a ClusterLoadAssignment of {localities} localities (at most {MAX_ASSIGNMENT_ENTRIES})"));
+            }
             let assignment =
                 Assignment::decode(&resource.value[..]).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"))?;
             let cluster = proxy.cluster_named(&assignment.cluster_name)?;
@@ -453,6 +463,20 @@ struct LocalityEndpoints {
     lb_config: Option<envoy_types::pb::envoy::config::endpoint::v3::locality_lb_endpoints::LbConfig>,
 }
 
+/// How many times field `tag` occurs in the protobuf message `bytes`, read without decoding
+/// anything (a repeated field's entries).
+fn count_entries(bytes: &[u8], tag: u32) -> Result<usize, prost::DecodeError> {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    let mut buf = bytes;
+    let mut count = 0;
+    while !buf.is_empty() {
+        let (field, wire_type) = decode_key(&mut buf)?;
+        count += usize::from(field == tag);
+        skip_field(wire_type, field, &mut buf, DecodeContext::default())?;
+    }
+    Ok(count)
+}
+
 /// A type URL's message name, for the log: `ClusterLoadAssignment`.
 fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
@@ -491,6 +515,13 @@ fn endpoints_of(assignment: &Assignment, previous: &EndpointSet, encoded: &[byte
     use envoy_types::pb::envoy::config::core::v3::HealthStatus;
     let cluster = &assignment.cluster_name;
     let mut localities = Vec::with_capacity(assignment.endpoints.len());
+    let mut entries = assignment.endpoints.len();
+    for (index, encoded) in assignment.endpoints.iter().enumerate() {
+        entries += count_entries(encoded, 2).map_err(|err| format!("cluster `{cluster}`: locality {index} is undecodable: {err}"))?;
+        if entries > MAX_ASSIGNMENT_ENTRIES {
+            return Err(format!("cluster `{cluster}`: more than {MAX_ASSIGNMENT_ENTRIES} endpoints and localities"));
+        }
+    }
     for (index, encoded) in assignment.endpoints.iter().enumerate() {
         let locality = LocalityEndpoints::decode(encoded.clone())
             .map_err(|err| format!("cluster `{cluster}`: locality {index} is undecodable: {err}"))?;

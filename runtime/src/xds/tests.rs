@@ -250,3 +250,23 @@ fn backoff_is_jittered_around_the_wait() {
         assert!(it >= wait * 3 / 4 && it <= wait * 5 / 4, "{it:?}");
     }
 }
+
+#[test]
+fn an_assignment_of_more_endpoints_than_the_bound_is_refused_before_it_is_decoded() {
+    // An empty `LbEndpoint` is written in two bytes: field 2, length 0.
+    let locality = |endpoints: usize| bytes::Bytes::from([0x12u8, 0x00].repeat(endpoints));
+    assert_eq!(super::count_entries(&locality(7), 2), Ok(7));
+    assert_eq!(super::count_entries(&[0x0a, 0x01, b'x', 0x12, 0x00], 2), Ok(1), "other fields are skipped");
+    assert!(super::count_entries(&[0x12, 0x05, 0x00], 2).is_err(), "a field longer than the message");
+    let assignment = |endpoints: usize| Assignment {
+        cluster_name: "web".to_owned(),
+        endpoints: vec![locality(endpoints)],
+        named_endpoints: Default::default(),
+        policy: None,
+    };
+    let error = endpoints_of(&assignment(super::MAX_ASSIGNMENT_ENTRIES), &none(), &[]).expect_err("past the bound");
+    assert!(error.contains("more than 100000 endpoints and localities"), "{error}");
+    // Within the bound the endpoints are read (and these, without addresses, refused for that).
+    let error = endpoints_of(&assignment(3), &none(), &[]).expect_err("no address");
+    assert!(!error.contains("more than"), "{error}");
+}
