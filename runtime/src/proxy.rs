@@ -777,7 +777,7 @@ impl Proxy {
         } else {
             Transport::Http1(&cluster.http1)
         };
-        let key = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
+        let (key, set_cookie) = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
         let traits = Traits { grpc, upgrade: wants_upgrade(&parts), tracing: self.spec.tracing };
         let upstream = Upstream { cluster, transport, forward, key, traits };
         let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
@@ -801,6 +801,9 @@ impl Proxy {
         add_flag(&mut response, retried);
         if delayed {
             add_flag(&mut response, "DI");
+        }
+        if let Some(cookie) = set_cookie {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
         }
         (response, served)
     }
@@ -1438,21 +1441,44 @@ fn grpc_status_of_http(code: u16) -> u32 {
 
 /// The consistent-hash key of a request, when the cluster hashes and the request has the
 /// property (a request without it is balanced at random).
-fn hash_key(balancer: &Balancer, parts: &http::request::Parts, peer: IpAddr) -> Option<u64> {
-    let Balancer::Hash(on) = balancer else { return None };
+fn hash_key(balancer: &Balancer, parts: &http::request::Parts, peer: IpAddr) -> (Option<u64>, Option<HeaderValue>) {
+    let Balancer::Hash(on) = balancer else { return (None, None) };
     let head = RequestHead::new(parts);
     let value: Option<String> = match on {
         HashOn::Header(name) => head.header(name).map(|it| it.into_owned()),
         HashOn::Query(name) => head.query_param(name).map(str::to_owned),
-        HashOn::Cookie(name) => head.header("cookie").and_then(|cookies| {
-            cookies.split(';').find_map(|it| {
-                let (key, value) = it.trim().split_once('=')?;
-                (key == *name).then(|| value.to_owned())
-            })
-        }),
+        HashOn::Cookie { name, path, ttl_s } => match cookie_value(parts.headers.get_all(header::COOKIE), name) {
+            Some(value) => Some(value.to_owned()),
+            None => match ttl_s {
+                // Envoy's generated cookie: a value of its own, hashed as the cookie will be
+                // when the client sends it back, and set on the response.
+                Some(ttl) => {
+                    let value = format!("{:016x}", (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX)));
+                    let mut cookie = format!("{name}=\"{value}\"; Max-Age={ttl}");
+                    if let Some(path) = path {
+                        cookie.push_str("; Path=");
+                        cookie.push_str(path);
+                    }
+                    cookie.push_str("; HttpOnly");
+                    let key = crate::table::key_hash(value.as_bytes());
+                    return (Some(key), HeaderValue::from_str(&cookie).ok());
+                }
+                None => None,
+            },
+        },
         HashOn::SourceIp => Some(peer.to_string()),
     };
-    value.map(|it| crate::table::key_hash(it.as_bytes()))
+    (value.map(|it| crate::table::key_hash(it.as_bytes())), None)
+}
+
+/// The value of the cookie `name` among a request's `Cookie` fields, without the quotes a
+/// value may be written in (RFC 6265's `cookie-value`); `None` when absent or empty.
+fn cookie_value<'a>(fields: http::header::GetAll<'a, HeaderValue>, name: &str) -> Option<&'a str> {
+    fields.iter().filter_map(|it| it.to_str().ok()).flat_map(|it| it.split(';')).find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        let value = value.strip_prefix('"').and_then(|it| it.strip_suffix('"')).unwrap_or(value);
+        (key == name && !value.is_empty()).then_some(value)
+    })
 }
 
 /// What one try came to, as retry policies see it.
@@ -2213,6 +2239,34 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let body = DeadlineBody { inner: full(Bytes::from_static(b"ok")), sleep: Box::pin(tokio::time::sleep_until(deadline)) };
         assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
+    }
+
+    #[test]
+    fn a_hash_cookie_is_read_quoted_or_not_and_made_up_with_a_lifetime() {
+        let request = |cookie: Option<&str>| {
+            let mut request = Request::get("/").header(header::HOST, "web");
+            if let Some(cookie) = cookie {
+                request = request.header(header::COOKIE, cookie);
+            }
+            request.body(()).expect("a request").into_parts().0
+        };
+        let peer = IpAddr::from([10, 0, 0, 1]);
+        static STICKY: Balancer = Balancer::Hash(HashOn::Cookie { name: "session", path: Some("/"), ttl_s: Some(3600) });
+        static PLAIN: Balancer = Balancer::Hash(HashOn::Cookie { name: "session", path: None, ttl_s: None });
+        let hash = |value: &str| Some(crate::table::key_hash(value.as_bytes()));
+        for cookie in ["session=abc", "a=1; session=\"abc\"", "session=; a=1;session=abc"] {
+            assert_eq!(hash_key(&STICKY, &request(Some(cookie)), peer), (hash("abc"), None), "{cookie}");
+        }
+        // Without the cookie and without a lifetime: no key (the balancer picks at random).
+        assert_eq!(hash_key(&PLAIN, &request(None), peer), (None, None));
+        // With a lifetime: a value made up, set on the response, and hashed as it will be
+        // when the client sends it back.
+        let (key, set) = hash_key(&STICKY, &request(Some("other=1")), peer);
+        let set = set.expect("a Set-Cookie");
+        let set = set.to_str().expect("text");
+        let value = set.strip_prefix("session=\"").and_then(|it| it.split_once('"')).map(|it| it.0).expect("a quoted value");
+        assert_eq!(set, format!("session=\"{value}\"; Max-Age=3600; Path=/; HttpOnly"));
+        assert_eq!(key, hash_key(&STICKY, &request(Some(&format!("session=\"{value}\""))), peer).0);
     }
 
     #[test]

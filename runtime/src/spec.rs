@@ -280,8 +280,16 @@ pub enum Balancer {
 pub enum HashOn {
     /// A request header.
     Header(&'static str),
-    /// A cookie.
-    Cookie(&'static str),
+    /// A cookie; a request without it gets one made up when it has a lifetime (Envoy's
+    /// `ttl`), which the response sets, so that the client's next requests stay.
+    Cookie {
+        /// The cookie's name.
+        name: &'static str,
+        /// The `Path` of a cookie made up.
+        path: Option<&'static str>,
+        /// The `Max-Age` of a cookie made up, in seconds; none is made without it.
+        ttl_s: Option<u64>,
+    },
     /// A query parameter.
     Query(&'static str),
     /// The downstream address.

@@ -599,9 +599,24 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 let name = str_lit(&name.to_ascii_lowercase());
                 quote!(rt::HashOn::Header(#name))
             }
-            HashOn::Cookie { name, .. } => {
+            HashOn::Cookie { name, path, ttl_ms } => {
                 let name = str_lit(name);
-                quote!(rt::HashOn::Cookie(#name))
+                let path = match path {
+                    Some(path) => {
+                        let path = str_lit(path);
+                        quote!(Some(#path))
+                    }
+                    None => quote!(None),
+                };
+                // Max-Age counts whole seconds; a TTL under one second still makes a cookie.
+                let ttl = match ttl_ms {
+                    Some(ms) => {
+                        let seconds = int(ms.div_ceil(1000));
+                        quote!(Some(#seconds))
+                    }
+                    None => quote!(None),
+                };
+                quote!(rt::HashOn::Cookie { name: #name, path: #path, ttl_s: #ttl })
             }
             HashOn::QueryParameter { name } => {
                 let name = str_lit(name);

@@ -801,6 +801,34 @@ fn consistent_hashing_keeps_a_key_on_one_instance() {
     assert!(chosen.len() >= 2, "eight users all hashed to {chosen:?}");
 }
 
+#[test]
+fn a_session_cookie_is_made_up_for_a_new_client_and_keeps_it_on_one_instance() {
+    // Istio's `consistentHash.httpCookie` with a `ttl`: Envoy sets the cookie on the first
+    // answer, and the client's next requests, carrying it, go where the first went.
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
+    let upstreams: Vec<Upstream> = (0..3).map(|it| Upstream::start(&format!("u{it}"))).collect();
+    let endpoints: String =
+        upstreams.iter().map(|it| format!("[[endpoint]]\nservice = \"sessions\"\naddress = \"{}\"\n\n", it.address)).collect();
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    let url = format!("http://{}/cart", sidecar.listener("outbound"));
+    let mut chosen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let first = curl(&["-H", "host: sessions"], &url);
+        assert_eq!(first.status, 200, "{}", first.body);
+        let set = first.header("set-cookie").expect("a session cookie").to_owned();
+        let (pair, attributes) = set.split_once("; ").expect("attributes");
+        assert_eq!(attributes, "Max-Age=3600; Path=/; HttpOnly", "{set}");
+        let upstream = first.json()["upstream"].as_str().expect("an upstream").to_owned();
+        for _ in 0..4 {
+            let next = curl(&["-H", "host: sessions", "-H", &format!("cookie: {pair}")], &url);
+            assert_eq!(next.json()["upstream"].as_str(), Some(upstream.as_str()), "{pair} moved");
+            assert_eq!(next.header("set-cookie"), None, "a client with the cookie keeps it");
+        }
+        chosen.insert(upstream);
+    }
+    assert!(chosen.len() >= 2, "eight sessions all went to {chosen:?}");
+}
+
 /// curl through a TCP listener: the status, and the bytes it sent and received.
 fn curl_bytes(url: &str) -> (u16, u64, u64) {
     let output = Command::new("curl")
