@@ -26,6 +26,10 @@ pub struct OutlierSpec {
     pub base_ejection_time_ms: u64,
     /// The most endpoints ejected at once, in percent (at least one may always be).
     pub max_ejection_percent: u32,
+    /// Envoy's panic threshold, as Istio's `minHealthPercent` sets it: with fewer usable
+    /// endpoints than this percentage, the cluster balances over all of them, ejected or not;
+    /// at 0 (Istio's default) never, and a cluster with none usable answers 503 (`UH`).
+    pub min_health_percent: u32,
 }
 
 /// What a try came to, as the detector counts it.
@@ -116,8 +120,13 @@ impl Outliers {
 mod tests {
     use super::*;
 
-    const SPEC: OutlierSpec =
-        OutlierSpec { consecutive_5xx: 3, consecutive_gateway_errors: u32::MAX, base_ejection_time_ms: 50, max_ejection_percent: 50 };
+    const SPEC: OutlierSpec = OutlierSpec {
+        consecutive_5xx: 3,
+        consecutive_gateway_errors: u32::MAX,
+        base_ejection_time_ms: 50,
+        max_ejection_percent: 50,
+        min_health_percent: 0,
+    };
 
     #[test]
     fn consecutive_errors_eject_for_a_while_and_a_success_resets_the_count() {
@@ -140,6 +149,7 @@ mod tests {
             consecutive_gateway_errors: u32::MAX,
             base_ejection_time_ms: 200_000,
             max_ejection_percent: 100,
+            min_health_percent: 0,
         };
         let outliers = Outliers::default();
         let until = |outliers: &Outliers| {

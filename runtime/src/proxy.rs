@@ -74,8 +74,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The next endpoint in round-robin order that outlier detection has not ejected; when
-    /// every one is ejected, the next one anyway (Envoy's panic mode).
+    /// The next endpoint in round-robin order that outlier detection has not ejected; with
+    /// fewer usable than the panic threshold, the next one anyway (Envoy's panic mode), and
+    /// none when none is usable and the threshold is 0.
     pub(crate) fn pick(&self) -> Option<Endpoint> {
         self.pick_for(None)
     }
@@ -251,7 +252,7 @@ impl Cluster {
 
     fn pick_round_robin(&self, scope: &EndpointSet) -> Option<Endpoint> {
         let first = scope.pick(self.endpoints.ticket())?;
-        if self.usable(first) {
+        if self.usable(first) || self.panicking(scope) {
             return Some(first.clone());
         }
         for _ in 1..scope.all().len() {
@@ -260,7 +261,20 @@ impl Cluster {
                 return Some(next.clone());
             }
         }
-        Some(first.clone())
+        // None usable, and the threshold (0) says not to panic: no healthy upstream.
+        None
+    }
+
+    /// Envoy's panic mode: fewer of `scope`'s endpoints usable than the cluster's panic
+    /// threshold, so that it balances over all of them, failing or not (counted only when a
+    /// pick drew one that is not usable).
+    fn panicking(&self, scope: &EndpointSet) -> bool {
+        let (mut total, mut usable) = (0u64, 0u64);
+        for endpoint in scope.all().iter().filter(|it| it.takes_traffic()) {
+            total += 1;
+            usable += u64::from(self.usable(endpoint));
+        }
+        usable * 100 < total * u64::from(self.tuning.panic_threshold())
     }
 
     /// Neither ejected by outlier detection nor failing its health checks.
@@ -2239,6 +2253,39 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let body = DeadlineBody { inner: full(Bytes::from_static(b"ok")), sleep: Box::pin(tokio::time::sleep_until(deadline)) };
         assert_eq!(body.collect().await.expect("body").to_bytes(), "ok");
+    }
+
+    #[test]
+    fn with_every_endpoint_ejected_the_panic_threshold_decides_between_503_and_all_of_them() {
+        use crate::endpoints::{ClusterEndpoints, Endpoint};
+        use crate::outlier::OutlierSpec;
+        const fn detector(min_health_percent: u32) -> OutlierSpec {
+            OutlierSpec {
+                consecutive_5xx: 1,
+                consecutive_gateway_errors: 1,
+                base_ejection_time_ms: 60_000,
+                max_ejection_percent: 100,
+                min_health_percent,
+            }
+        }
+        // Istio's default, 0: never panic; and a threshold above what is left usable.
+        static ISTIO: ClusterSpec = ClusterSpec { outlier: Some(detector(0)), ..ClusterSpec::plain("istio", &["web"]) };
+        static HALF: ClusterSpec = ClusterSpec { outlier: Some(detector(50)), ..ClusterSpec::plain("half", &["web"]) };
+        for (spec, expected) in [(&ISTIO, None), (&HALF, Some(2))] {
+            let endpoints = vec![Endpoint::new("10.0.0.1", 80, 1, true, ""), Endpoint::new("10.0.0.2", 80, 1, true, "")];
+            let cluster = Cluster::new(spec, ClusterEndpoints::new(endpoints.clone(), ""), None).expect("a cluster");
+            assert!(cluster.pick().is_some());
+            // One of two ejected: 50 % usable, no panic at either threshold.
+            cluster.count_observed(&endpoints[0], Some(Observed::GatewayError));
+            for _ in 0..10 {
+                assert_eq!(cluster.pick().map(|it| it.authority().to_owned()).as_deref(), Some("10.0.0.2:80"), "{}", spec.name);
+            }
+            cluster.count_observed(&endpoints[1], Some(Observed::GatewayError));
+            let picked: std::collections::BTreeSet<String> =
+                (0..20).filter_map(|_| cluster.pick()).map(|it| it.authority().to_owned()).collect();
+            // None left: Istio's 0 answers 503 (no pick); at 50 % both take traffic again.
+            assert_eq!(Some(picked.len()).filter(|it| *it > 0), expected, "{}: {picked:?}", spec.name);
+        }
     }
 
     #[test]

@@ -49,7 +49,11 @@ pub struct Tuning {
     consecutive_gateway_errors: AtomicU32,
     base_ejection_time_ms: AtomicU64,
     max_ejection_percent: AtomicU32,
+    min_health_percent: AtomicU32,
 }
+
+/// Envoy's `healthy_panic_threshold` when a Cluster sets none, in percent.
+const ENVOY_PANIC_THRESHOLD: u32 = 50;
 
 /// Settings taken from a Cluster resource, not yet in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +84,7 @@ impl Tuning {
             consecutive_gateway_errors: AtomicU32::new(outlier.map_or(u32::MAX, |it| it.consecutive_gateway_errors)),
             base_ejection_time_ms: AtomicU64::new(outlier.map_or(0, |it| it.base_ejection_time_ms)),
             max_ejection_percent: AtomicU32::new(outlier.map_or(0, |it| it.max_ejection_percent)),
+            min_health_percent: AtomicU32::new(outlier.map_or(0, |it| it.min_health_percent)),
         }
     }
 
@@ -140,7 +145,15 @@ impl Tuning {
             consecutive_gateway_errors: self.consecutive_gateway_errors.load(Ordering::Relaxed),
             base_ejection_time_ms: self.base_ejection_time_ms.load(Ordering::Relaxed),
             max_ejection_percent: self.max_ejection_percent.load(Ordering::Relaxed),
+            min_health_percent: self.min_health_percent.load(Ordering::Relaxed),
         })
+    }
+
+    /// Envoy's panic threshold in percent: the outlier detector's `min_health_percent` (Istio
+    /// writes it there), or Envoy's default of 50 for a cluster without one, whose endpoints
+    /// only health checks can fail.
+    pub fn panic_threshold(&self) -> u32 {
+        if self.outlier_detection() { self.min_health_percent.load(Ordering::Relaxed) } else { ENVOY_PANIC_THRESHOLD }
     }
 
     /// Puts `tuned` in force; the new connection limit when it changed (the cluster then
@@ -160,6 +173,7 @@ impl Tuning {
             self.consecutive_gateway_errors.store(outlier.consecutive_gateway_errors, Ordering::Relaxed);
             self.base_ejection_time_ms.store(outlier.base_ejection_time_ms, Ordering::Relaxed);
             self.max_ejection_percent.store(outlier.max_ejection_percent, Ordering::Relaxed);
+            self.min_health_percent.store(outlier.min_health_percent, Ordering::Relaxed);
         }
         self.outlier.store(tuned.outlier.is_some(), Ordering::Relaxed);
         self.overridden.store(true, Ordering::Relaxed);
@@ -187,6 +201,7 @@ impl Tuning {
                 "consecutive_gateway_errors": unlimited(it.consecutive_gateway_errors),
                 "base_ejection_time_ms": it.base_ejection_time_ms,
                 "max_ejection_percent": it.max_ejection_percent,
+                "min_health_percent": it.min_health_percent,
             })),
         })
     }
@@ -262,6 +277,12 @@ pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec, trust_domain: &str) 
                 consecutive_gateway_errors,
                 base_ejection_time_ms: it.base_ejection_time.as_ref().map_or(Ok(30_000), millis)?,
                 max_ejection_percent: value(it.max_ejection_percent.as_ref(), 10).min(100),
+                // Envoy's own default when the Cluster sets none.
+                min_health_percent: cluster
+                    .common_lb_config
+                    .as_ref()
+                    .and_then(|it| it.healthy_panic_threshold.as_ref())
+                    .map_or(ENVOY_PANIC_THRESHOLD, |it| it.value.clamp(0.0, 100.0) as u32),
             })
         }
     };

@@ -564,11 +564,13 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
                 let threshold = |it: Option<u32>| int(it.unwrap_or(u32::MAX));
                 let (five, gateway) = (threshold(detector.consecutive_5xx), threshold(detector.consecutive_gateway_errors));
                 let (base, max) = (int(detector.base_ejection_time_ms), int(detector.max_ejection_percent));
+                let min_health = int(detector.min_health_percent);
                 quote!(Some(rt::OutlierSpec {
                     consecutive_5xx: #five,
                     consecutive_gateway_errors: #gateway,
                     base_ejection_time_ms: #base,
                     max_ejection_percent: #max,
+                    min_health_percent: #min_health,
                 }))
             }
             None => quote!(None),

@@ -66,6 +66,7 @@ pub static CLUSTERS: [rt::ClusterSpec; 3] = [
             consecutive_gateway_errors: 4294967295,
             base_ejection_time_ms: 30000,
             max_ejection_percent: 10,
+            min_health_percent: 0,
         }),
         health_check: None,
         tls: rt::UpstreamTls::Disable,
