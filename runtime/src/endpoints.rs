@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::spec::{ClusterSpec, EndpointSeed};
+use crate::consistent::Table;
+use crate::spec::{ClusterSpec, EndpointSeed, HashTable};
 
 /// One upstream endpoint: shared, so that the one a request picks is taken with a single
 /// reference count rather than one per string it holds.
@@ -113,6 +114,9 @@ pub struct EndpointSet {
     last_added: Option<Instant>,
     /// The endpoints by locality priority, nearest first, when they are at more than one.
     tiers: Vec<EndpointSet>,
+    /// The consistent-hash tables over the endpoints (a ring's, Maglev's), each built on the
+    /// first pick that needs it.
+    tables: [std::sync::OnceLock<(HashTable, Table)>; 2],
 }
 
 impl EndpointSet {
@@ -152,7 +156,7 @@ impl EndpointSet {
             }
         }
         let last_added = added.iter().flatten().max().copied();
-        EndpointSet { endpoints, cumulative, stride, added, last_added, tiers }
+        EndpointSet { endpoints, cumulative, stride, added, last_added, tiers, tables: Default::default() }
     }
 
     /// Its endpoint lists: every endpoint, then each tier's.
@@ -191,30 +195,33 @@ impl EndpointSet {
         self.cumulative.get(slot).map(|it| &self.endpoints[it.0])
     }
 
-    /// The endpoint that weighted rendezvous hashing gives `key`: each routable endpoint
-    /// scores `-weight / ln(u)` for a uniform `u` derived from the key and its address, and
-    /// the highest score wins.
-    pub fn pick_hashed(&self, key: u64) -> Option<&Endpoint> {
-        self.pick_hashed_among(key, |_| true)
+    /// The endpoint a consistent hash of `table`'s kind gives `key`.
+    pub fn pick_hashed(&self, key: u64, table: HashTable) -> Option<&Endpoint> {
+        self.pick_hashed_among(key, table, |_| true)
     }
 
     /// [`EndpointSet::pick_hashed`] among the endpoints `eligible` accepts: when a key's
-    /// endpoint is out, its keys go to their next-best endpoint, each key always to the same
-    /// one, as a ring hash walks on to the next host.
-    pub fn pick_hashed_among(&self, key: u64, eligible: impl Fn(&Endpoint) -> bool) -> Option<&Endpoint> {
-        let score = |endpoint: &Endpoint| {
-            let mut hash = key ^ 0x9e37_79b9_7f4a_7c15;
-            for byte in endpoint.authority().bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            // murmur3's finaliser spreads the bits before they become a uniform number.
-            hash ^= hash >> 33;
-            hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-            hash ^= hash >> 33;
-            let uniform = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            -f64::from(endpoint.weight) / uniform.ln()
-        };
-        self.endpoints.iter().filter(|it| it.takes_traffic() && eligible(it)).max_by(|a, b| score(a).total_cmp(&score(b)))
+    /// endpoint is out, its keys go on to another endpoint, each key always to the same one.
+    pub fn pick_hashed_among(&self, key: u64, table: HashTable, eligible: impl Fn(&Endpoint) -> bool) -> Option<&Endpoint> {
+        let eligible = |index: u32| self.endpoints.get(index as usize).is_some_and(&eligible);
+        let slot = &self.tables[usize::from(matches!(table, HashTable::Maglev { .. }))];
+        let built = slot.get_or_init(|| (table, self.hash_table(table)));
+        if built.0 == table {
+            return built.1.pick(key, eligible).map(|it| &self.endpoints[it as usize]);
+        }
+        // A cluster's table keeps its size; another size is built for the pick alone.
+        self.hash_table(table).pick(key, eligible).map(|it| &self.endpoints[it as usize])
+    }
+
+    fn hash_table(&self, table: HashTable) -> Table {
+        let members: Vec<(u32, &str, u64)> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| it.takes_traffic() && it.weight > 0)
+            .map(|(index, it)| (index as u32, it.authority(), u64::from(it.weight)))
+            .collect();
+        Table::build(table, &members)
     }
 }
 
@@ -397,26 +404,25 @@ mod tests {
     }
 
     #[test]
-    fn hashing_keeps_keys_in_place_when_another_endpoint_goes() {
+    fn hashing_keeps_keys_in_place_while_another_endpoint_is_out() {
         let three = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true), endpoint("c", 1, true)], "");
-        let two = ClusterEndpoints::new(vec![endpoint("a", 1, true), endpoint("b", 1, true)], "");
-        let mut counts = std::collections::BTreeMap::new();
-        for key in 0..3000u64 {
-            let before = three.current().pick_hashed(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("an endpoint").address.clone();
-            let after = two.current().pick_hashed(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("an endpoint").address.clone();
-            if &*before != "c" {
-                assert_eq!(before, after, "key {key} moved although its endpoint stayed");
-            }
-            *counts.entry(before).or_insert(0) += 1;
-        }
-        // Roughly a third each.
-        assert!(counts.values().all(|it| (800..=1200).contains(it)), "{counts:?}");
-        // With `c` out (ejected, failing its checks), its keys go where they would go without it.
         let set = three.current();
-        for key in 0..1000u64 {
-            let key = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let without = set.pick_hashed_among(key, |it| &*it.address != "c").expect("an endpoint");
-            assert_eq!(without.address, two.current().pick_hashed(key).expect("an endpoint").address);
+        for table in [HashTable::Ring { min_size: 1024 }, HashTable::Maglev { size: 65_537 }] {
+            let mut counts = std::collections::BTreeMap::new();
+            for key in 0..3000u64 {
+                let key = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let before = set.pick_hashed(key, table).expect("an endpoint").address.clone();
+                // With `c` out (ejected, failing its checks), its keys go elsewhere, and the
+                // others' stay.
+                let without = set.pick_hashed_among(key, table, |it| &*it.address != "c").expect("an endpoint");
+                assert_ne!(&*without.address, "c");
+                if &*before != "c" {
+                    assert_eq!(before, without.address, "{table:?}: key {key} moved although its endpoint is in");
+                }
+                *counts.entry(before).or_insert(0) += 1;
+            }
+            // Roughly a third each.
+            assert!(counts.values().all(|it| (750..=1250).contains(it)), "{table:?}: {counts:?}");
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod accesslog;
 pub mod authz;
+mod consistent;
 pub mod endpoints;
 pub mod error;
 pub mod guard;
@@ -53,7 +54,7 @@ pub mod __codegen {
     pub use crate::rpc::head::{RpcHead, RpcProtocol};
     pub use crate::server::run;
     pub use crate::spec::{
-        Abort, Answer, Balancer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HashOn, HeaderOps, Limits, ListenerKind,
+        Abort, Answer, Balancer, ClusterSpec, Decision, EndpointSeed, Fault, Forward, HashOn, HashTable, HeaderOps, Limits, ListenerKind,
         ListenerSpec, Mirror, PathRewrite, PeerMtls, Protocol, Retries, RetryBudget, RetryOn, RouteStats, SidecarSpec, UpstreamTls,
         VirtualHostSpec, WeightedCluster,
     };

@@ -106,12 +106,12 @@ impl Cluster {
             match (self.tuning.balancer(self.spec), key) {
                 // The key's endpoint, or when it is out the key's next-best one, so that its
                 // requests stay together.
-                (Balancer::Hash(_), Some(key)) => {
-                    if let Some(chosen) = scope.pick_hashed_among(key, |it| self.usable(it)) {
+                (Balancer::Hash(_, table), Some(key)) => {
+                    if let Some(chosen) = scope.pick_hashed_among(key, *table, |it| self.usable(it)) {
                         return Some(chosen.clone());
                     }
                 }
-                (Balancer::Random | Balancer::Hash(_), _) => {
+                (Balancer::Random | Balancer::Hash(..), _) => {
                     let chosen = scope.pick(draw())?;
                     if self.usable(chosen) {
                         return Some(chosen.clone());
@@ -1456,7 +1456,7 @@ fn grpc_status_of_http(code: u16) -> u32 {
 /// The consistent-hash key of a request, when the cluster hashes and the request has the
 /// property (a request without it is balanced at random).
 fn hash_key(balancer: &Balancer, parts: &http::request::Parts, peer: IpAddr) -> (Option<u64>, Option<HeaderValue>) {
-    let Balancer::Hash(on) = balancer else { return (None, None) };
+    let Balancer::Hash(on, _) = balancer else { return (None, None) };
     let head = RequestHead::new(parts);
     let value: Option<String> = match on {
         HashOn::Header(name) => head.header(name).map(|it| it.into_owned()),
@@ -2298,8 +2298,12 @@ mod tests {
             request.body(()).expect("a request").into_parts().0
         };
         let peer = IpAddr::from([10, 0, 0, 1]);
-        static STICKY: Balancer = Balancer::Hash(HashOn::Cookie { name: "session", path: Some("/"), ttl_s: Some(3600) });
-        static PLAIN: Balancer = Balancer::Hash(HashOn::Cookie { name: "session", path: None, ttl_s: None });
+        static STICKY: Balancer = Balancer::Hash(
+            HashOn::Cookie { name: "session", path: Some("/"), ttl_s: Some(3600) },
+            crate::spec::HashTable::Ring { min_size: 1024 },
+        );
+        static PLAIN: Balancer =
+            Balancer::Hash(HashOn::Cookie { name: "session", path: None, ttl_s: None }, crate::spec::HashTable::Maglev { size: 65_537 });
         let hash = |value: &str| Some(crate::table::key_hash(value.as_bytes()));
         for cookie in ["session=abc", "a=1; session=\"abc\"", "session=; a=1;session=abc"] {
             assert_eq!(hash_key(&STICKY, &request(Some(cookie)), peer), (hash("abc"), None), "{cookie}");

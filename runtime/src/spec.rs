@@ -270,9 +270,24 @@ pub enum Balancer {
     Random,
     /// Two random choices, the one with fewer requests in flight (Istio's default).
     LeastRequest,
-    /// Consistent hashing on a request property (ring hash and Maglev in the spec): one key
-    /// goes to one endpoint, and removing an endpoint moves only its keys.
-    Hash(HashOn),
+    /// Consistent hashing on a request property, by a ring hash or Maglev: one key goes to one
+    /// endpoint, and removing an endpoint moves few other keys.
+    Hash(HashOn, HashTable),
+}
+
+/// How a consistent hash lays keys out over endpoints (Envoy's two algorithms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashTable {
+    /// A ring of at least `min_size` points (Envoy's `minimum_ring_size`).
+    Ring {
+        /// The fewest points.
+        min_size: u32,
+    },
+    /// Maglev's lookup table of `size` slots, a prime (Envoy's `table_size`).
+    Maglev {
+        /// The slots.
+        size: u32,
+    },
 }
 
 /// What a consistent hash is computed from.

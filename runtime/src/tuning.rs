@@ -187,7 +187,7 @@ impl Tuning {
             Balancer::RoundRobin => "round_robin",
             Balancer::Random => "random",
             Balancer::LeastRequest => "least_request",
-            Balancer::Hash(_) => "hash",
+            Balancer::Hash(..) => "hash",
         };
         serde_json::json!({
             "source": if self.overridden.load(Ordering::Relaxed) { "xds" } else { "compiled" },
@@ -215,7 +215,7 @@ pub fn from_cds(cluster: &cds::Cluster, spec: &ClusterSpec, trust_domain: &str) 
         (Ok(LbPolicy::RoundRobin), _) => ROUND_ROBIN,
         (Ok(LbPolicy::Random), _) => RANDOM,
         (Ok(LbPolicy::LeastRequest), _) => LEAST_REQUEST,
-        (Ok(LbPolicy::RingHash | LbPolicy::Maglev), Balancer::Hash(_)) => COMPILED,
+        (Ok(LbPolicy::RingHash | LbPolicy::Maglev), Balancer::Hash(..)) => COMPILED,
         (Ok(LbPolicy::RingHash | LbPolicy::Maglev), _) => {
             return Err("a consistent hash needs its key compiled in (the routes' hash policy): rebuild the sidecar".to_owned());
         }

@@ -630,9 +630,13 @@ fn clusters_file(mesh: &Mesh, clusters: &LocalClusters<'_>) -> TokenStream {
             LoadBalancer::RoundRobin => quote!(rt::Balancer::RoundRobin),
             LoadBalancer::Random => quote!(rt::Balancer::Random),
             LoadBalancer::LeastRequest => quote!(rt::Balancer::LeastRequest),
-            LoadBalancer::RingHash { hash, .. } | LoadBalancer::Maglev { hash, .. } => {
-                let hash = hash_on(hash);
-                quote!(rt::Balancer::Hash(#hash))
+            LoadBalancer::RingHash { hash, min_ring_size } => {
+                let (hash, size) = (hash_on(hash), int(u64::from(u32::try_from(*min_ring_size).unwrap_or(u32::MAX))));
+                quote!(rt::Balancer::Hash(#hash, rt::HashTable::Ring { min_size: #size }))
+            }
+            LoadBalancer::Maglev { hash, table_size } => {
+                let (hash, size) = (hash_on(hash), int(u64::from(u32::try_from(*table_size).unwrap_or(u32::MAX))));
+                quote!(rt::Balancer::Hash(#hash, rt::HashTable::Maglev { size: #size }))
             }
         };
         let limits = &cluster.policy.limits;

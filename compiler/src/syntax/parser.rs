@@ -434,6 +434,12 @@ impl Builder<'_> {
                     self.error(Code::InvalidValue, at, format!("a Maglev table size must be prime, and {table_size} is not"), "not prime");
                     return None;
                 }
+                // Envoy's bound, and memory's: a slot is four bytes.
+                if table_size > 5_000_011 {
+                    let at = size.as_ref().map_or(span, |it| it.2);
+                    self.error(Code::InvalidValue, at, format!("a Maglev table has at most 5000011 slots, not {table_size}"), "too large");
+                    return None;
+                }
                 LoadBalancer::Maglev { hash: hash.expect("checked above"), table_size }
             }
         };

@@ -4,14 +4,14 @@ use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 
 use super::*;
-use crate::spec::{HashOn, UpstreamTls};
+use crate::spec::{HashOn, HashTable, UpstreamTls};
 
 const fn spec(load_balancer: Balancer) -> ClusterSpec {
     ClusterSpec { load_balancer, ..ClusterSpec::plain("outbound|9080|v1|reviews.default.svc.cluster.local", &["reviews"]) }
 }
 
 static ROUND_ROBIN_SPEC: ClusterSpec = spec(Balancer::RoundRobin);
-static HASH_SPEC: ClusterSpec = spec(Balancer::Hash(HashOn::SourceIp));
+static HASH_SPEC: ClusterSpec = spec(Balancer::Hash(HashOn::SourceIp, HashTable::Ring { min_size: 1024 }));
 
 fn value(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
