@@ -250,6 +250,27 @@ struct Trace {
     upstream: Option<Arc<str>>,
 }
 
+/// Logs why a connection was closed for bytes that are no frame, at most one line every
+/// [`REFUSED_LOG_EVERY`] with a count of the others since, so that a peer sending garbage on
+/// many connections cannot flood the log.
+fn refused(workload: &str, protocol: &str, from: &str, err: &crate::rpc::FrameError) {
+    static LAST: std::sync::Mutex<Option<(tokio::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    let now = tokio::time::Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match last.as_mut() {
+        Some((at, unlogged)) if now.duration_since(*at) < REFUSED_LOG_EVERY => *unlogged += 1,
+        _ => {
+            let unlogged = last.map_or(0, |it| it.1);
+            let more = if unlogged > 0 { format!(" ({unlogged} more since the last such line)") } else { String::new() };
+            crate::server::say(&format!("{workload}: {protocol}: closed a connection from {from}: {err}{more}"));
+            *last = Some((now, 0));
+        }
+    }
+}
+
+/// At most one line in this long about connections closed for bytes that are no frame.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// What a frame asks of the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -331,7 +352,14 @@ impl<C: Codec> RpcProxy<C> {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     // The framing is lost: nothing after this can be read.
-                    Err(_) => break 'read,
+                    Err(err) => {
+                        let from = match &side {
+                            Side::Outbound => "the application".to_owned(),
+                            Side::Inbound { peer, .. } => peer.ip.to_string(),
+                        };
+                        refused(self.proxy.spec.workload, C::NAME, &from, &err);
+                        break 'read;
+                    }
                 };
                 match C::role(&frame) {
                     Role::Heartbeat => waiting.answer(&answers, C::heartbeat_reply(&frame)),

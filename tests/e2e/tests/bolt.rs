@@ -201,6 +201,10 @@ fn malformed_bolt_bytes_close_only_their_own_connection() {
         bad.write_all(&bytes).expect("write");
         assert!(closed_by_peer(&mut bad), "{case}: the sidecar kept the connection open");
     }
+    // The log says where and why, once for the four (one line in ten seconds at most).
+    let refusals: Vec<String> =
+        shop.sidecar.log().into_iter().filter(|it| it.contains("bolt: closed a connection from the application: ")).collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
     // A frame cut short by the caller's close: the sidecar closes too, without an answer.
     let mut cut = std::net::TcpStream::connect(address).expect("connect");
     cut.write_all(&heartbeat(4)[..10]).expect("write");
