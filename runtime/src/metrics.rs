@@ -529,18 +529,15 @@ mod tests {
 
     static REVIEWS: [&str; 3] = ["reviews", "reviews.default", "reviews.default.svc.cluster.local"];
 
+    /// An outbound 200 from `reviews`, with no labels of the workload's own.
+    fn ok() -> Labels {
+        Labels { reporter: Reporter::Source, service: Some(&REVIEWS), grpc: false, code: 200, grpc_status: None, flags: "-", extra: None }
+    }
+
     #[test]
     fn requests_count_per_label_set_with_cumulative_buckets() {
         let metrics = Metrics::default();
-        let ok = Labels {
-            reporter: Reporter::Source,
-            service: Some(&REVIEWS),
-            grpc: false,
-            code: 200,
-            grpc_status: None,
-            flags: "-",
-            extra: None,
-        };
+        let ok = ok();
         metrics.record(ok.clone(), Duration::from_millis(3));
         metrics.record(ok.clone(), Duration::from_millis(40));
         metrics.record(Labels { code: 404, service: None, flags: "NR", ..ok }, Duration::from_micros(100));
@@ -563,15 +560,7 @@ mod tests {
             MetricLabel { name: "user", attribute: MetricAttribute::RequestHeader("x-user") },
             MetricLabel { name: "method", attribute: MetricAttribute::RequestMethod },
         ];
-        let ok = Labels {
-            reporter: Reporter::Source,
-            service: Some(&REVIEWS),
-            grpc: false,
-            code: 200,
-            grpc_status: None,
-            flags: "-",
-            extra: None,
-        };
+        let ok = ok();
         let alice = metrics.extra(vec!["al\"ice".into(), "GET".into()]);
         assert!(Arc::ptr_eq(&alice, &metrics.extra(vec!["al\"ice".into(), "GET".into()])), "one set, shared");
         metrics.record(Labels { extra: Some(alice.clone()), ..ok.clone() }, Duration::from_millis(1));
@@ -607,15 +596,7 @@ mod tests {
     #[test]
     fn every_threads_counts_sum_into_one_series_and_stay_after_the_thread_ends() {
         let (metrics, other) = (Arc::new(Metrics::default()), Metrics::default());
-        let ok = Labels {
-            reporter: Reporter::Source,
-            service: Some(&REVIEWS),
-            grpc: false,
-            code: 200,
-            grpc_status: None,
-            flags: "-",
-            extra: None,
-        };
+        let ok = ok();
         // Joined, not scoped: a joined thread has run its thread-locals' destructors, which a
         // scope does not wait for.
         let threads: Vec<_> = (0..4)
