@@ -80,19 +80,25 @@ impl Table {
     }
 }
 
-/// Each endpoint hashed `ceil(min_size * weight / total)` times (at least once), the ring at
-/// most [`MAX_RING`] points.
+/// Each endpoint hashed onto the ring its share of the weight's worth of times, as Envoy
+/// scales a ring: large enough for the lightest endpoint to have
+/// `ceil(its share · min_size)` points (so at least `min_size` in all, and every endpoint at
+/// least one), at most [`MAX_RING`]; the shares rounded cumulatively, so the whole ring keeps
+/// the weights' proportions.
 fn ring(members: &[(u32, &str, u64)], min_size: u64) -> Vec<(u64, u32)> {
     let total: u64 = members.iter().map(|it| it.2).sum();
-    if total == 0 {
-        return Vec::new();
-    }
-    let size = min_size.clamp(members.len() as u64, MAX_RING);
+    let Some(lightest) = members.iter().map(|it| it.2).filter(|it| *it > 0).min() else { return Vec::new() };
+    let share = |weight: u64| weight as f64 / total as f64;
+    let scale = ((share(lightest) * min_size as f64).ceil() / share(lightest)).min(MAX_RING as f64);
+    let (mut target, mut made) = (0.0, 0u64);
     let mut points = Vec::new();
     for &(index, name, weight) in members {
-        let replicas = (u128::from(size) * u128::from(weight)).div_ceil(u128::from(total)).max(1) as u64;
-        let replicas = replicas.min(MAX_RING / members.len().max(1) as u64).max(1);
-        points.extend((0..replicas).map(|replica| (name_hash(name, replica), index)));
+        target += scale * share(weight);
+        let mut replica = 0;
+        while (made as f64) < target && (points.len() as u64) < MAX_RING {
+            points.push((name_hash(name, replica), index));
+            (made, replica) = (made + 1, replica + 1);
+        }
     }
     // Ties (vanishingly rare) are broken by index, so the ring does not depend on the order the
     // points were made in.
@@ -103,11 +109,18 @@ fn ring(members: &[(u32, &str, u64)], min_size: u64) -> Vec<(u64, u32)> {
 /// Maglev's table of `size` slots (a prime): each endpoint has its permutation of the slots,
 /// `(offset + i * skip) % size`, from two hashes of its name, and takes its next free slot in
 /// turns; an endpoint of weight `w` takes a turn in `w / max weight` of the rounds, as Envoy
-/// weighs them.
+/// weighs them. Endpoints take their turns in the order of their names, so the table does not
+/// depend on the order they were listed in; and the turns come from a queue of when each
+/// endpoint's next one is due, so a light endpoint costs nothing in the rounds it sits out
+/// (the fill is `size · log n`, not `size · n`).
 fn maglev(members: &[(u32, &str, u64)], size: u64) -> Vec<u32> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
     if members.is_empty() || size == 0 {
         return Vec::new();
     }
+    let mut members = members.to_vec();
+    members.sort_unstable_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
     let max_weight = members.iter().map(|it| it.2).max().unwrap_or(1).max(1);
     struct Entry {
         index: u32,
@@ -115,7 +128,7 @@ fn maglev(members: &[(u32, &str, u64)], size: u64) -> Vec<u32> {
         skip: u64,
         next: u64,
         weight: u64,
-        target: u64,
+        turns: u64,
     }
     let mut entries: Vec<Entry> = members
         .iter()
@@ -124,34 +137,30 @@ fn maglev(members: &[(u32, &str, u64)], size: u64) -> Vec<u32> {
             offset: name_hash(name, 0) % size,
             skip: name_hash(name, 1) % (size - 1).max(1) + 1,
             next: 0,
-            weight,
-            target: 0,
+            weight: weight.max(1),
+            turns: 0,
         })
         .collect();
+    // An endpoint's k-th turn falls in the first round r (from 1) with r · weight at least
+    // k · max weight: every round for the heaviest, every third for one of a third of it.
+    let round_of = |entry: &Entry| u128::from(entry.turns * max_weight).div_ceil(u128::from(entry.weight)).max(1);
+    let mut due: BinaryHeap<Reverse<(u128, usize)>> =
+        entries.iter().enumerate().map(|(position, it)| Reverse((round_of(it), position))).collect();
     let mut slots = vec![u32::MAX; size as usize];
     let mut filled = 0;
-    let mut round = 1u64;
     while filled < size {
-        for entry in entries.iter_mut() {
-            if filled == size {
-                break;
-            }
-            // An endpoint of the largest weight takes every round; one of a third of it,
-            // every third.
-            if round * entry.weight < entry.target {
-                continue;
-            }
-            entry.target += max_weight;
-            let mut slot = (entry.offset + entry.next * entry.skip) % size;
-            while slots[slot as usize] != u32::MAX {
-                entry.next += 1;
-                slot = (entry.offset + entry.next * entry.skip) % size;
-            }
-            slots[slot as usize] = entry.index;
+        let Some(Reverse((_, position))) = due.pop() else { break };
+        let entry = &mut entries[position];
+        let mut slot = (entry.offset + entry.next * entry.skip) % size;
+        while slots[slot as usize] != u32::MAX {
             entry.next += 1;
-            filled += 1;
+            slot = (entry.offset + entry.next * entry.skip) % size;
         }
-        round += 1;
+        slots[slot as usize] = entry.index;
+        entry.next += 1;
+        entry.turns += 1;
+        filled += 1;
+        due.push(Reverse((round_of(entry), position)));
     }
     slots
 }
@@ -219,6 +228,35 @@ mod tests {
             let bound = if matches!(kind, HashTable::Ring { .. }) { 1_500 } else { 600 };
             assert!(moved < bound, "{kind:?}: {moved} keys of the endpoints that stayed moved");
         }
+    }
+
+    #[test]
+    fn a_maglev_table_does_not_depend_on_the_order_of_its_endpoints_and_heavy_weights_cost_no_rounds() {
+        let listed = [(0, "a:80", 1), (1, "b:80", 1_000_000), (2, "c:80", 3)];
+        let reordered = [(2, "c:80", 3), (0, "a:80", 1), (1, "b:80", 1_000_000)];
+        let (Table::Maglev(one), Table::Maglev(other)) =
+            (Table::build(HashTable::Maglev { size: 65_537 }, &listed), Table::build(HashTable::Maglev { size: 65_537 }, &reordered))
+        else {
+            panic!("Maglev tables")
+        };
+        assert_eq!(one, other);
+        // Each endpoint takes a slot at least (its first turn is in the first round).
+        assert!([0, 1, 2].iter().all(|index| one.contains(index)));
+        assert!(one.iter().filter(|it| **it == 1).count() > 65_000);
+    }
+
+    #[test]
+    fn a_ring_keeps_the_weights_proportions_with_many_light_endpoints_and_a_heavy_one() {
+        let names: Vec<String> = (0..2000).map(|it| format!("10.0.{}.{}:80", it / 256, it % 256)).collect();
+        let mut members: Vec<(u32, &str, u64)> = names.iter().enumerate().map(|(index, name)| (index as u32, name.as_str(), 1)).collect();
+        members.push((2000, "heavy:80", 1_000_000));
+        let Table::Ring(points) = Table::build(HashTable::Ring { min_size: 1024 }, &members) else { panic!("a ring") };
+        let heavy = points.iter().filter(|it| it.1 == 2000).count() as f64 / points.len() as f64;
+        assert!((heavy - 1_000_000.0 / 1_002_000.0).abs() < 0.001, "{heavy}");
+        // Every light endpoint keeps its point.
+        let lights: std::collections::BTreeSet<u32> = points.iter().map(|it| it.1).filter(|it| *it < 2000).collect();
+        assert_eq!(lights.len(), 2000);
+        assert!(points.len() as u64 <= MAX_RING);
     }
 
     #[test]

@@ -98,6 +98,11 @@ pub enum MetricAttribute {
 /// bounded.
 pub const MAX_EXTRA_SETS: usize = 2000;
 
+/// The longest metric label value kept, in bytes: a value from a header or a path is cut
+/// there (at a character's boundary), so that 2,000 sets of values stay small, as does every
+/// scrape that writes each of them on some twenty lines.
+pub const MAX_LABEL_VALUE: usize = 256;
+
 #[derive(Clone, Debug, Default)]
 struct Series {
     count: u64,
@@ -283,7 +288,11 @@ impl Cells {
 impl Metrics {
     /// The shared set of metric label `values`: the one already counted under, a new one,
     /// or, past [`MAX_EXTRA_SETS`], every value `other`.
-    pub fn extra(&self, values: Vec<Box<str>>) -> Extra {
+    pub fn extra(&self, mut values: Vec<Box<str>>) -> Extra {
+        for value in values.iter_mut().filter(|it| it.len() > MAX_LABEL_VALUE) {
+            let end = (0..=MAX_LABEL_VALUE).rev().find(|it| value.is_char_boundary(*it)).unwrap_or(0);
+            *value = value[..end].into();
+        }
         let mut extras = self.extras.lock().unwrap_or_else(|it| it.into_inner());
         if let Some(found) = extras.get(values.as_slice()) {
             return found.clone();
@@ -569,6 +578,9 @@ mod tests {
         let text = metrics.render("productpage", "default", &names);
         assert!(text.contains("response_flags=\"-\",user=\"al\\\"ice\",method=\"GET\"} 2\n"), "{text}");
         assert!(text.contains("response_flags=\"-\",user=\"unknown\",method=\"unknown\"} 1\n"), "{text}");
+        // A long value is cut.
+        let long = metrics.extra(vec!["é".repeat(200).into(), "GET".into()]);
+        assert_eq!((long[0].len(), long[0].chars().all(|it| it == 'é')), (256, true));
         // Past the bound, new sets of values count as `other`.
         for index in 1..MAX_EXTRA_SETS {
             metrics.extra(vec![index.to_string().into(), "GET".into()]);

@@ -107,7 +107,11 @@ impl Cluster {
                 // The key's endpoint, or when it is out the key's next-best one, so that its
                 // requests stay together.
                 (Balancer::Hash(_, table), Some(key)) => {
-                    if let Some(chosen) = scope.pick_hashed_among(key, *table, |it| self.usable(it)) {
+                    // In panic the key's own endpoint takes it, usable or not, as Envoy's
+                    // table then holds every endpoint (counted only when it is not usable).
+                    let panic = std::cell::OnceCell::new();
+                    let eligible = |it: &Endpoint| self.usable(it) || *panic.get_or_init(|| self.panicking(scope, &set));
+                    if let Some(chosen) = scope.pick_hashed_among(key, *table, eligible) {
                         return Some(chosen.clone());
                     }
                 }
@@ -128,7 +132,7 @@ impl Cluster {
                 (Balancer::RoundRobin, _) => {}
             }
         }
-        self.pick_round_robin(scope)
+        self.pick_round_robin(scope, &set)
     }
 
     /// The endpoints to pick from: all of them, or, when the sidecar knows its locality and
@@ -250,9 +254,9 @@ impl Cluster {
         InFlight::take(&count, u32::MAX)
     }
 
-    fn pick_round_robin(&self, scope: &EndpointSet) -> Option<Endpoint> {
+    fn pick_round_robin(&self, scope: &EndpointSet, set: &EndpointSet) -> Option<Endpoint> {
         let first = scope.pick(self.endpoints.ticket())?;
-        if self.usable(first) || self.panicking(scope) {
+        if self.usable(first) || self.panicking(scope, set) {
             return Some(first.clone());
         }
         for _ in 1..scope.all().len() {
@@ -267,14 +271,34 @@ impl Cluster {
 
     /// Envoy's panic mode: fewer of `scope`'s endpoints usable than the cluster's panic
     /// threshold, so that it balances over all of them, failing or not (counted only when a
-    /// pick drew one that is not usable).
-    fn panicking(&self, scope: &EndpointSet) -> bool {
-        let (mut total, mut usable) = (0u64, 0u64);
-        for endpoint in scope.all().iter().filter(|it| it.takes_traffic()) {
-            total += 1;
-            usable += u64::from(self.usable(endpoint));
+    /// pick drew one that is not usable). A locality priority of `set` panics only while the
+    /// priorities together fall short of a whole (each priority's usable share times 1.4,
+    /// capped at 100 %, summed), as Envoy's does: otherwise the others take the rest.
+    fn panicking(&self, scope: &EndpointSet, set: &EndpointSet) -> bool {
+        let counts = |set: &EndpointSet| {
+            let (mut total, mut usable) = (0u64, 0u64);
+            for endpoint in set.all().iter().filter(|it| it.takes_traffic()) {
+                total += 1;
+                usable += u64::from(self.usable(endpoint));
+            }
+            (total, usable)
+        };
+        let (total, usable) = counts(scope);
+        if usable * 100 >= total * u64::from(self.tuning.panic_threshold()) {
+            return false;
         }
-        usable * 100 < total * u64::from(self.tuning.panic_threshold())
+        if std::ptr::eq(scope, set) {
+            return true;
+        }
+        let health: u64 = set
+            .tiers()
+            .iter()
+            .map(|tier| {
+                let (total, usable) = counts(tier);
+                (usable * 140).checked_div(total).unwrap_or(0).min(100)
+            })
+            .sum();
+        health < 100
     }
 
     /// Neither ejected by outlier detection nor failing its health checks.
@@ -791,7 +815,7 @@ impl Proxy {
         } else {
             Transport::Http1(&cluster.http1)
         };
-        let (key, set_cookie) = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
+        let (key, mut set_cookie) = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
         let traits = Traits { grpc, upgrade: wants_upgrade(&parts), tracing: self.spec.tracing };
         let upstream = Upstream { cluster, transport, forward, key, traits };
         let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
@@ -804,8 +828,12 @@ impl Proxy {
         // The circuit breaker: a request counts until its response ends.
         let mut response = match InFlight::take(&cluster.requests, cluster.tuning.max_requests()) {
             Some(in_flight) => match upstream.send(parts, body, timeout, logged.then_some(&mut served.upstream_host), &mut retried).await {
-                Ok(response) => {
+                Ok(mut response) => {
                     served.held.in_flight = Some(in_flight);
+                    // A cookie made up goes out with an upstream's answer, not a local reply.
+                    if let Some(cookie) = set_cookie.take() {
+                        response.headers_mut().append(header::SET_COOKIE, cookie);
+                    }
                     response
                 }
                 Err(err) => local_reply(err, grpc),
@@ -815,9 +843,6 @@ impl Proxy {
         add_flag(&mut response, retried);
         if delayed {
             add_flag(&mut response, "DI");
-        }
-        if let Some(cookie) = set_cookie {
-            response.headers_mut().append(header::SET_COOKIE, cookie);
         }
         (response, served)
     }
@@ -1468,7 +1493,11 @@ fn hash_key(balancer: &Balancer, parts: &http::request::Parts, peer: IpAddr) -> 
                 // when the client sends it back, and set on the response.
                 Some(ttl) => {
                     let value = format!("{:016x}", (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX)));
-                    let mut cookie = format!("{name}=\"{value}\"; Max-Age={ttl}");
+                    let mut cookie = format!("{name}=\"{value}\"");
+                    // A ttl of 0 is a session cookie (Envoy's): no Max-Age.
+                    if *ttl > 0 {
+                        cookie.push_str(&format!("; Max-Age={ttl}"));
+                    }
                     if let Some(path) = path {
                         cookie.push_str("; Path=");
                         cookie.push_str(path);
@@ -2286,6 +2315,19 @@ mod tests {
             // None left: Istio's 0 answers 503 (no pick); at 50 % both take traffic again.
             assert_eq!(Some(picked.len()).filter(|it| *it > 0), expected, "{}: {picked:?}", spec.name);
         }
+        // With locality priorities, the nearest one short of its share does not panic while
+        // the next has room for the rest (Envoy's normalized total availability).
+        let at = |index: usize, zone: &str| Endpoint::new(&format!("10.0.{zone}.{index}"), 80, 1, true, &format!("r/{zone}"));
+        let endpoints: Vec<Endpoint> = (0..10).map(|it| at(it, "1")).chain((0..10).map(|it| at(it, "2"))).collect();
+        let cluster = Cluster::new(&HALF, ClusterEndpoints::new(endpoints.clone(), "r/1"), None).expect("a cluster");
+        for ejected in &endpoints[..7] {
+            cluster.count_observed(ejected, Some(Observed::GatewayError));
+        }
+        let ejected: std::collections::BTreeSet<&str> = endpoints[..7].iter().map(|it| it.authority()).collect();
+        for _ in 0..300 {
+            let picked = cluster.pick().expect("an endpoint");
+            assert!(!ejected.contains(picked.authority()), "{} is ejected", picked.authority());
+        }
     }
 
     #[test]
@@ -2318,6 +2360,12 @@ mod tests {
         let value = set.strip_prefix("session=\"").and_then(|it| it.split_once('"')).map(|it| it.0).expect("a quoted value");
         assert_eq!(set, format!("session=\"{value}\"; Max-Age=3600; Path=/; HttpOnly"));
         assert_eq!(key, hash_key(&STICKY, &request(Some(&format!("session=\"{value}\""))), peer).0);
+        // A ttl of 0: a session cookie, without Max-Age.
+        static SESSION: Balancer =
+            Balancer::Hash(HashOn::Cookie { name: "s", path: None, ttl_s: Some(0) }, crate::spec::HashTable::Ring { min_size: 1024 });
+        let set = hash_key(&SESSION, &request(None), peer).1.expect("a Set-Cookie");
+        let set = set.to_str().expect("text");
+        assert!(set.starts_with("s=\"") && set.ends_with("\"; HttpOnly") && !set.contains("Max-Age"), "{set}");
     }
 
     #[test]

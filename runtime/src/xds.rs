@@ -363,7 +363,9 @@ fn apply_endpoints(proxy: &Proxy, resources: &[envoy_types::pb::google::protobuf
             }
             give_way();
             // Counted before anything is decoded: decoding is where the memory goes.
-            let localities = count_entries(&resource.value, 2).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"))?;
+            // `endpoints`, and `named_endpoints` (decoded whole).
+            let count = |tag| count_entries(&resource.value, tag).map_err(|err| format!("an undecodable ClusterLoadAssignment: {err}"));
+            let localities = count(2)? + count(5)?;
             if localities > MAX_ASSIGNMENT_ENTRIES {
                 return Err(format!("a ClusterLoadAssignment of {localities} localities (at most {MAX_ASSIGNMENT_ENTRIES})"));
             }

@@ -343,13 +343,19 @@ impl<C: Codec> RpcProxy<C> {
         // and a look with none since the last one counts as idle.
         let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + WATCH, WATCH);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut reads, mut reads_seen, mut idle_looks, mut half_read_looks) = (0u64, 0u64, 0u32, 0u32);
+        let (mut reads, mut reads_seen, mut idle_looks) = (0u64, 0u64, 0u32);
+        // Frames read whole, so that a look tells a frame stuck half read from a stream of
+        // frames that keep coming.
+        let (mut frames, mut frames_seen, mut half_read_looks) = (0u64, 0u64, 0u32);
         'read: loop {
             // Past MAX_CALLS_PER_CONNECTION in flight or unwritten, frames wait in the buffer
             // and the connection is not read until calls end.
             while calls.len() + waiting.len() < MAX_CALLS_PER_CONNECTION {
                 let frame = match C::decode(&mut buf, self.max_frame) {
-                    Ok(Some(frame)) => frame,
+                    Ok(Some(frame)) => {
+                        frames += 1;
+                        frame
+                    }
                     Ok(None) => break,
                     // The framing is lost: nothing after this can be read.
                     Err(err) => {
@@ -392,9 +398,10 @@ impl<C: Codec> RpcProxy<C> {
                 () = std::future::ready(()), if draining && may_close => break,
                 _ = watch.tick() => {
                     idle_looks = if reads == reads_seen && idle { idle_looks + 1 } else { 0 };
-                    // A frame's start sits in the buffer while there is room to read the rest.
-                    half_read_looks = if !buf.is_empty() && room { half_read_looks + 1 } else { 0 };
-                    reads_seen = reads;
+                    // A frame's start sits in the buffer while there is room to read the rest,
+                    // and no frame was read whole since the last look.
+                    half_read_looks = if !buf.is_empty() && room && frames == frames_seen { half_read_looks + 1 } else { 0 };
+                    (reads_seen, frames_seen) = (reads, frames);
                     if idle_looks >= IDLE_LOOKS || half_read_looks >= HALF_READ_LOOKS {
                         break;
                     }
@@ -677,6 +684,28 @@ mod tests {
         rpc.clone().serve(server, Side::Outbound, drain.clone()).await;
         let stuck = started.elapsed();
         assert!(stuck >= WATCH * (HALF_READ_LOOKS - 1) && stuck <= WATCH * (HALF_READ_LOOKS + 1), "{stuck:?}");
+        // Frames that keep coming keep it open too, though one is half read at every look:
+        // each write ends one heartbeat and starts the next, between two looks.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let serving = tokio::spawn(rpc.clone().serve(server, Side::Outbound, drain.clone()));
+        let heartbeat = |id: u64| {
+            let mut heartbeat = dubbo_head(id, 1, true);
+            heartbeat.push(b'N');
+            heartbeat
+        };
+        tokio::time::sleep(WATCH / 3).await;
+        client.write_all(&heartbeat(0)[..8]).await.expect("write");
+        for id in 0..(u64::from(HALF_READ_LOOKS) * 3) {
+            tokio::time::sleep(WATCH).await;
+            let mut bytes = heartbeat(id)[8..].to_vec();
+            bytes.extend_from_slice(&heartbeat(id + 1)[..8]);
+            client.write_all(&bytes).await.expect("write");
+            let mut answer = [0; 17];
+            client.read_exact(&mut answer).await.expect("the heartbeat's answer");
+            assert!(!serving.is_finished(), "closed after {id} heartbeats, each half read at a look");
+        }
+        drop(client);
+        serving.await.expect("served");
         // A heartbeat a minute (Dubbo's clients' interval) keeps a connection open.
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let serving = tokio::spawn(rpc.serve(server, Side::Outbound, drain));
