@@ -81,6 +81,8 @@ where
     let mut out = BytesMut::new();
     let mut fields = Vec::new();
     let mut first = true;
+    // How much of the buffer the last parse of an unfinished head saw (see `parse`).
+    let mut scanned = 0;
     let mut timer = pin!(tokio::time::sleep(head_timeout));
     // The wakers the timer and the drain were last polled with (see `poll_if_woken`).
     let (mut timer_waker, mut drain_waker) = (None, None);
@@ -98,7 +100,7 @@ where
         // each request costs more than the rare early wake-up.
         let deadline = tokio::time::Instant::now() + head_timeout;
         let head = loop {
-            match parse(&mut reader.buf, &mut fields, first) {
+            match parse(&mut reader.buf, &mut fields, first, &mut scanned) {
                 Parsed::Head(head) => break head,
                 Parsed::HandOff => {
                     let Some(Reader { io, buf }) = conn.take() else { return Ended::Closed };
@@ -142,6 +144,7 @@ where
             }
         };
         first = false;
+        scanned = 0;
         let Head { parts, framing, keep_alive } = head;
         let head_request = parts.method == Method::HEAD;
         // A body takes the stream's read side while it is read.
@@ -299,10 +302,25 @@ enum Parsed {
     Bad(&'static str),
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread ran httparse over a request head.
+    static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes an unfinished head may grow by before it is parsed again without a blank line.
+const RECHECK_BYTES: usize = 1024;
+
+/// Whether `bytes` hold the blank line that ends a head (`\n\n` or `\n\r\n`: httparse takes
+/// bare LFs).
+fn ends_a_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|it| it == b"\n\n") || bytes.windows(3).any(|it| it == b"\n\r\n")
+}
+
 /// Parses the request head at the start of `buf`, taking it off when it is whole and this
 /// server serves it. `first`: whether this is the connection's first request, which may be the
 /// HTTP/2 preface instead.
-fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
+fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool, scanned: &mut usize) -> Parsed {
     if first {
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] == H2_PREFACE[..n] {
@@ -315,11 +333,23 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<Field>, first: bool) -> Parsed {
     if buf.is_empty() {
         return Parsed::More;
     }
+    // A head sent a few bytes at a time was parsed from its start on every read: quadratic
+    // in its size (a 60 KB head sent a byte per read took 0.7 s). Once a parse has seen part
+    // of it, the next waits for a line that may end it, or for another RECHECK_BYTES (so that
+    // bytes that are no request are still refused soon).
+    if *scanned > 0 && buf.len() < *scanned + RECHECK_BYTES && !ends_a_head(&buf[scanned.saturating_sub(3).min(buf.len())..]) {
+        return if buf.len() <= MAX_HEAD_BYTES { Parsed::More } else { Parsed::Bad("the request head is too large") };
+    }
+    #[cfg(test)]
+    PARSES.set(PARSES.get() + 1);
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => return Parsed::More,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {
+            *scanned = buf.len();
+            return Parsed::More;
+        }
         Ok(_) => return Parsed::Bad("the request head is too large"),
         Err(httparse::Error::TooManyHeaders) => return Parsed::Bad("too many headers"),
         Err(_) => return Parsed::Bad("malformed request head"),

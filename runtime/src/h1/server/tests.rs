@@ -342,3 +342,29 @@ async fn a_closing_connection_says_close_whatever_the_answer_says() {
     let (received, _) = exchange_with(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", keep).await;
     assert!(received.contains("connection: close\r\n") && !received.contains("keep-alive"), "{received}");
 }
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_parsed_a_few_times_not_once_per_byte() {
+    let mut head = b"GET /slow HTTP/1.1\r\nhost: x\r\n".to_vec();
+    // 90 fields (the most is 100) of some 200 bytes each: an 18 KB head.
+    for index in 0..90 {
+        head.extend_from_slice(format!("x-h{index}: {}\r\n", "v".repeat(200)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    let (mut buf, mut fields, mut scanned) = (BytesMut::new(), Vec::new(), 0);
+    super::PARSES.set(0);
+    let mut parsed = None;
+    for byte in &head {
+        buf.extend_from_slice(&[*byte]);
+        match super::parse(&mut buf, &mut fields, true, &mut scanned) {
+            super::Parsed::More => {}
+            super::Parsed::Head(it) => parsed = Some(it),
+            _ => panic!("refused"),
+        }
+    }
+    let parsed = parsed.expect("the whole head");
+    assert_eq!((parsed.parts.uri.path(), parsed.parts.headers.len()), ("/slow", 91));
+    // About one parse a kilobyte, and the last at the blank line, where each byte cost one.
+    let parses = super::PARSES.get();
+    assert!(parses <= head.len() / 1024 + 3, "{parses} parses of a {}-byte head", head.len());
+}
