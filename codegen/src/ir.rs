@@ -1164,6 +1164,23 @@ pub enum AccessLogFormat {
     Text(String),
 }
 
+/// The request attributes a metric label may take besides `request.headers[<name>]`, with the
+/// runtime's `MetricAttribute` each becomes: the checker's list and the emitter's, in one place.
+pub const METRIC_ATTRIBUTES: [(&str, &str); 12] = [
+    ("request.path", "RequestPath"),
+    ("request.method", "RequestMethod"),
+    ("request.host", "RequestHost"),
+    ("request.protocol", "RequestProtocol"),
+    ("response.code", "ResponseCode"),
+    ("source.principal", "SourcePrincipal"),
+    ("source.namespace", "SourceNamespace"),
+    ("source.workload", "SourceWorkload"),
+    ("destination.service", "DestinationService"),
+    ("destination.port", "DestinationPort"),
+    ("rpc.service", "RpcService"),
+    ("rpc.method", "RpcMethod"),
+];
+
 /// An extra label on request metrics.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MetricLabel {

@@ -12,6 +12,8 @@
 //! same key, so that its requests stay together.
 
 use crate::spec::HashTable;
+// Spreads a key's bits, so that keys close together land far apart.
+use crate::table::finalise as mix;
 
 /// The largest ring, Envoy's `maximum_ring_size` default.
 const MAX_RING: u64 = 8 * 1024 * 1024;
@@ -29,15 +31,6 @@ pub(crate) enum Table {
     Ring(Vec<(u64, u32)>),
     /// One endpoint per slot.
     Maglev(Vec<u32>),
-}
-
-/// Spreads a key's bits (murmur3's finaliser), so that keys close together land far apart.
-fn mix(mut hash: u64) -> u64 {
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^ (hash >> 33)
 }
 
 /// A name's hash, with `salt` to draw independent ones.

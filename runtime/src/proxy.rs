@@ -87,11 +87,10 @@ impl Cluster {
     /// are preferred while enough of them are usable; during slow start, new endpoints weigh
     /// less.
     fn pick_for(&self, key: Option<u64>) -> Option<Endpoint> {
-        let draw = || (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX));
         let set = self.endpoints.read();
         let scope = self.priority_scope(&set);
         if let Some(weights) = self.warming_weights(scope) {
-            let pick = || pick_weighted(scope, &weights, draw());
+            let pick = || pick_weighted(scope, &weights, random_u64());
             let chosen = match self.tuning.balancer(self.spec) {
                 Balancer::LeastRequest => {
                     let (a, b) = (pick()?, pick()?);
@@ -116,13 +115,13 @@ impl Cluster {
                     }
                 }
                 (Balancer::Random | Balancer::Hash(..), _) => {
-                    let chosen = scope.pick(draw())?;
+                    let chosen = scope.pick(random_u64())?;
                     if self.usable(chosen) {
                         return Some(chosen.clone());
                     }
                 }
                 (Balancer::LeastRequest, _) => {
-                    let (a, b) = (scope.pick(draw())?, scope.pick(draw())?);
+                    let (a, b) = (scope.pick(random_u64())?, scope.pick(random_u64())?);
                     // Two draws of one endpoint (always, when there is one) need no counts.
                     let chosen = if !std::ptr::eq(a, b) && self.active_requests(b) < self.active_requests(a) { b } else { a };
                     if self.usable(chosen) {
@@ -145,17 +144,7 @@ impl Cluster {
         if tiers.len() < 2 || (!self.tuning.outlier_detection() && self.spec.health_check.is_none()) {
             return set;
         }
-        let health: Vec<u64> = tiers
-            .iter()
-            .map(|tier| {
-                let (mut candidates, mut usable) = (0u64, 0u64);
-                for endpoint in tier.all().iter().filter(|it| it.takes_traffic()) {
-                    candidates += 1;
-                    usable += u64::from(self.usable(endpoint));
-                }
-                (usable * 140).checked_div(candidates).unwrap_or(0).min(100)
-            })
-            .collect();
+        let health: Vec<u64> = tiers.iter().map(|tier| self.health(tier)).collect();
         let total: u64 = health.iter().sum();
         if total == 0 {
             return &tiers[0];
@@ -275,30 +264,28 @@ impl Cluster {
     /// priorities together fall short of a whole (each priority's usable share times 1.4,
     /// capped at 100 %, summed), as Envoy's does: otherwise the others take the rest.
     fn panicking(&self, scope: &EndpointSet, set: &EndpointSet) -> bool {
-        let counts = |set: &EndpointSet| {
-            let (mut total, mut usable) = (0u64, 0u64);
-            for endpoint in set.all().iter().filter(|it| it.takes_traffic()) {
-                total += 1;
-                usable += u64::from(self.usable(endpoint));
-            }
-            (total, usable)
-        };
-        let (total, usable) = counts(scope);
+        let (total, usable) = self.counts(scope);
         if usable * 100 >= total * u64::from(self.tuning.panic_threshold()) {
             return false;
         }
-        if std::ptr::eq(scope, set) {
-            return true;
+        std::ptr::eq(scope, set) || set.tiers().iter().map(|tier| self.health(tier)).sum::<u64>() < 100
+    }
+
+    /// How many of `set`'s endpoints take traffic, and how many of those are usable.
+    fn counts(&self, set: &EndpointSet) -> (u64, u64) {
+        let (mut total, mut usable) = (0u64, 0u64);
+        for endpoint in set.all().iter().filter(|it| it.takes_traffic()) {
+            total += 1;
+            usable += u64::from(self.usable(endpoint));
         }
-        let health: u64 = set
-            .tiers()
-            .iter()
-            .map(|tier| {
-                let (total, usable) = counts(tier);
-                (usable * 140).checked_div(total).unwrap_or(0).min(100)
-            })
-            .sum();
-        health < 100
+        (total, usable)
+    }
+
+    /// A locality priority's health, as Envoy's priority load counts it: its usable share of
+    /// endpoints times the overprovisioning factor 1.4, capped at 100 (%).
+    fn health(&self, tier: &EndpointSet) -> u64 {
+        let (total, usable) = self.counts(tier);
+        (usable * 140).checked_div(total).unwrap_or(0).min(100)
     }
 
     /// Neither ejected by outlier detection nor failing its health checks.
@@ -1492,7 +1479,7 @@ fn hash_key(balancer: &Balancer, parts: &http::request::Parts, peer: IpAddr) -> 
                 // Envoy's generated cookie: a value of its own, hashed as the cookie will be
                 // when the client sends it back, and set on the response.
                 Some(ttl) => {
-                    let value = format!("{:016x}", (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX)));
+                    let value = format!("{:016x}", random_u64());
                     let mut cookie = format!("{name}=\"{value}\"");
                     // A ttl of 0 is a session cookie (Envoy's): no Max-Age.
                     if *ttl > 0 {
@@ -1998,6 +1985,11 @@ fn pick_weighted<'s>(scope: &'s EndpointSet, weights: &[f64], draw: u64) -> Opti
         point -= weight;
     }
     scope.all().iter().zip(weights).rev().find(|(_, weight)| **weight > 0.0).map(|(endpoint, _)| endpoint)
+}
+
+/// A fast random 64-bit number (two of [`random_below`]'s).
+pub(crate) fn random_u64() -> u64 {
+    (u64::from(random_below(u32::MAX)) << 32) | u64::from(random_below(u32::MAX))
 }
 
 /// A fast random number in `0..bound`, for weighted destinations (xorshift: no security needed).

@@ -134,6 +134,12 @@ pub fn key_hash(bytes: &[u8]) -> u64 {
     } else if len > 0 {
         hash = mix(hash, u64::from(bytes[0]) | u64::from(bytes[len / 2]) << 8 | u64::from(bytes[len - 1]) << 16);
     }
+    finalise(hash)
+}
+
+/// murmur3's 64-bit finaliser: every input bit reaches every output bit.
+#[inline]
+pub(crate) fn finalise(mut hash: u64) -> u64 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 33;

@@ -9,6 +9,8 @@
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
+use crate::proxy::random_u64;
+
 /// Updates the trace headers of a request about to be forwarded.
 pub fn propagate(headers: &mut HeaderMap) {
     let span = span_id();
@@ -158,10 +160,6 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
 /// A non-zero span id.
 fn span_id() -> u64 {
     random_u64().max(1)
-}
-
-fn random_u64() -> u64 {
-    (u64::from(crate::proxy::random_below(u32::MAX)) << 32) | u64::from(crate::proxy::random_below(u32::MAX))
 }
 
 #[cfg(test)]

@@ -326,22 +326,14 @@ fn main_file(mesh: &Mesh, workload: &Workload, clusters: &LocalClusters<'_>) -> 
     };
     let metric_labels = workload.telemetry.metric_labels.iter().map(|label| {
         let name = str_lit(&label.name);
-        let attribute = match label.value.as_str() {
-            "request.path" => quote!(RequestPath),
-            "request.method" => quote!(RequestMethod),
-            "request.host" => quote!(RequestHost),
-            "request.protocol" => quote!(RequestProtocol),
-            "response.code" => quote!(ResponseCode),
-            "source.principal" => quote!(SourcePrincipal),
-            "source.namespace" => quote!(SourceNamespace),
-            "source.workload" => quote!(SourceWorkload),
-            "destination.service" => quote!(DestinationService),
-            "destination.port" => quote!(DestinationPort),
-            "rpc.service" => quote!(RpcService),
-            "rpc.method" => quote!(RpcMethod),
+        let attribute = match crate::ir::METRIC_ATTRIBUTES.iter().find(|it| it.0 == label.value) {
+            Some((_, variant)) => {
+                let variant = format_ident!("{variant}");
+                quote!(#variant)
+            }
             // The checker let only `request.headers[<name>]` through besides these.
-            other => {
-                let header = other.strip_prefix("request.headers[").and_then(|it| it.strip_suffix(']')).unwrap_or(other);
+            None => {
+                let header = label.value.strip_prefix("request.headers[").and_then(|it| it.strip_suffix(']')).unwrap_or(&label.value);
                 let header = str_lit(&header.to_ascii_lowercase());
                 quote!(RequestHeader(#header))
             }

@@ -11,22 +11,6 @@ use crate::diag::{Code, Diagnostic};
 use crate::source::Span;
 use crate::syntax::ast;
 
-/// Request attributes a metric label may take its value from.
-const METRIC_ATTRIBUTES: &[&str] = &[
-    "request.path",
-    "request.method",
-    "request.host",
-    "request.protocol",
-    "response.code",
-    "source.principal",
-    "source.namespace",
-    "source.workload",
-    "destination.service",
-    "destination.port",
-    "rpc.service",
-    "rpc.method",
-];
-
 /// The labels Istio's request metrics carry already (and `le`, a histogram's own).
 const STANDARD_LABELS: &[&str] = &[
     "reporter",
@@ -121,11 +105,11 @@ impl Checker<'_, '_> {
                 continue;
             }
             let header = value.text.strip_prefix("request.headers[").and_then(|it| it.strip_suffix(']')).is_some_and(|it| !it.is_empty());
-            if !header && !METRIC_ATTRIBUTES.contains(&value.text.as_str()) {
+            if !header && !ir::METRIC_ATTRIBUTES.iter().any(|it| it.0 == value.text) {
                 self.push(
                     Diagnostic::error(Code::InvalidValue, format!("unknown request attribute `{}`", value.text))
                         .primary(value.span, "not an attribute")
-                        .help(format!("use `request.headers[<name>]` or one of: {}", METRIC_ATTRIBUTES.join(", "))),
+                        .help(format!("use `request.headers[<name>]` or one of: {}", ir::METRIC_ATTRIBUTES.map(|it| it.0).join(", "))),
                 );
                 continue;
             }
