@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,8 @@ pub struct Cluster {
     requests: Arc<AtomicU32>,
     /// Retries in flight, for the circuit breaker.
     retries: Arc<AtomicU32>,
+    /// What became of tries that failed, counted as Envoy's cluster statistics.
+    retry_stats: RetryStats,
     /// HTTP/1.1 connections busy with a request, at most `max_connections`; replaced whole
     /// when xDS changes the limit (slots taken from the old one stay held until released).
     connections: std::sync::RwLock<Arc<tokio::sync::Semaphore>>,
@@ -71,6 +73,20 @@ pub struct Cluster {
     pending: Arc<AtomicU32>,
     /// The load balancer, limits and outlier detection in force (compiled, or from xDS).
     pub tuning: crate::tuning::Tuning,
+}
+
+/// Envoy's retry counters of a cluster; each is touched only when a try failed.
+#[derive(Debug, Default)]
+struct RetryStats {
+    /// Tries made again (`upstream_rq_retry`).
+    retried: AtomicU64,
+    /// Retries the retry circuit breaker held back (`upstream_rq_retry_overflow`).
+    overflow: AtomicU64,
+    /// Requests whose retries ran out on a failure worth another try
+    /// (`upstream_rq_retry_limit_exceeded`).
+    limit_exceeded: AtomicU64,
+    /// Tries ended by the per-try timeout (`upstream_rq_per_try_timeout`).
+    per_try_timeout: AtomicU64,
 }
 
 impl Cluster {
@@ -372,6 +388,7 @@ impl Cluster {
             health: Health::default(),
             requests: Arc::default(),
             retries: Arc::default(),
+            retry_stats: RetryStats::default(),
             connections: std::sync::RwLock::new(connection_slots(spec.limits.max_connections)),
             pending: Arc::default(),
             tuning: crate::tuning::Tuning::new(spec),
@@ -523,8 +540,9 @@ impl Proxy {
     }
 
     /// Envoy's cluster gauges, in Prometheus' text format: membership (healthy and total
-    /// endpoints) and the requests in flight, waiting for a connection, and being retried.
-    pub fn membership_gauges(&self) -> String {
+    /// endpoints) and the requests in flight, waiting for a connection, and being retried;
+    /// then its retry counters.
+    pub fn cluster_stats(&self) -> String {
         let gauges = [
             "envoy_cluster_membership_healthy",
             "envoy_cluster_membership_total",
@@ -547,6 +565,20 @@ impl Proxy {
                     _ => u64::from(cluster.retries.load(Ordering::Acquire)),
                 };
                 let _ = writeln!(out, "{gauge}{{cluster_name=\"{}\"}} {value}", cluster.spec.name);
+            }
+        }
+        let counters = [
+            "envoy_cluster_upstream_rq_retry",
+            "envoy_cluster_upstream_rq_retry_overflow",
+            "envoy_cluster_upstream_rq_retry_limit_exceeded",
+            "envoy_cluster_upstream_rq_per_try_timeout",
+        ];
+        for (index, counter) in counters.iter().enumerate() {
+            let _ = writeln!(out, "# TYPE {counter} counter");
+            for cluster in &self.clusters {
+                let stats = &cluster.retry_stats;
+                let value = [&stats.retried, &stats.overflow, &stats.limit_exceeded, &stats.per_try_timeout][index].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{counter}{{cluster_name=\"{}\"}} {value}", cluster.spec.name);
             }
         }
         out
@@ -1369,7 +1401,12 @@ impl Upstream<'_> {
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
                 Err(Error::UpstreamTimeout) if !per_try_bound => return result,
-                Err(err) => TryOutcome::Failed(err),
+                Err(err) => {
+                    if matches!(err, Error::UpstreamTimeout) {
+                        self.cluster.retry_stats.per_try_timeout.fetch_add(1, Ordering::Relaxed);
+                    }
+                    TryOutcome::Failed(err)
+                }
             };
             // A refused stream was never processed, whatever of its body went out.
             let refused = matches!(outcome, TryOutcome::Failed(Error::UpstreamRefused(_)));
@@ -1379,12 +1416,14 @@ impl Upstream<'_> {
             }
             if attempt >= retries.attempts {
                 *flags = "URX";
+                self.cluster.retry_stats.limit_exceeded.fetch_add(1, Ordering::Relaxed);
                 return result;
             }
             // The circuit breaker on retries: past it, the last answer stands.
             let allowed = self.cluster.tuning.retries_allowed(self.cluster.requests.load(Ordering::Acquire));
             let Some(retry_slot) = InFlight::take(&self.cluster.retries, allowed) else {
                 *flags = "UO";
+                self.cluster.retry_stats.overflow.fetch_add(1, Ordering::Relaxed);
                 return result;
             };
             _retrying = Some(retry_slot);
@@ -1398,6 +1437,7 @@ impl Upstream<'_> {
                 tried.push(endpoint.shared_authority());
             }
             attempt += 1;
+            self.cluster.retry_stats.retried.fetch_add(1, Ordering::Relaxed);
             // Exponential backoff with full jitter, within the request's deadline.
             let ceiling = RETRY_BASE * (1u32 << (attempt - 1).min(10)).min(10);
             let wait = Duration::from_micros(u64::from(random_below(ceiling.as_micros().min(u128::from(u32::MAX)) as u32)));

@@ -937,7 +937,7 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
         "/config_dump" => (StatusCode::OK, "application/json", config_dump(proxy)),
         "/stats/prometheus" => {
             let mut text = proxy.metrics.render(proxy.spec.workload, proxy.spec.namespace, proxy.spec.metric_labels);
-            text.push_str(&proxy.membership_gauges());
+            text.push_str(&proxy.cluster_stats());
             text.push_str(&proxy.route_metrics());
             text.push_str(&rpc::mux::unknown_responses_metric());
             text.push_str(&proxy.xds.metrics());

@@ -4,9 +4,10 @@
     python grpc_peer.py client TARGET AUTHORITY CASE
 
 The server offers /e2e.Greeter/Hello (unary), /e2e.Greeter/Count (server streaming),
-/e2e.Greeter/Fail (answers NOT_FOUND) and /e2e.Greeter/Slow (sleeps 3 s). Messages are raw
-bytes, so no .proto is needed. A server given a NAME says it in Hello's answer
-("hello mesh from NAME"). The client prints one JSON line with what it received.
+/e2e.Greeter/Fail (answers NOT_FOUND), /e2e.Greeter/Slow (sleeps 3 s) and /e2e.Greeter/Flaky (answers
+UNAVAILABLE on a server named "bad", and like Hello elsewhere). Messages are raw bytes, so no
+.proto is needed. A server given a NAME says it in Hello's answer ("hello mesh from NAME"). The
+client prints one JSON line with what it received.
 """
 
 import json
@@ -33,6 +34,12 @@ def fail(request, context):
     context.abort(grpc.StatusCode.NOT_FOUND, "no such greeting")
 
 
+def flaky(request, context):
+    if NAME == b"bad":
+        context.abort(grpc.StatusCode.UNAVAILABLE, "bad instance")
+    return hello(request, context)
+
+
 def slow(request, context):
     time.sleep(3)
     return b"late"
@@ -44,6 +51,7 @@ def serve():
         "Count": grpc.unary_stream_rpc_method_handler(count),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("e2e.Greeter", handlers),))
@@ -53,9 +61,25 @@ def serve():
     server.wait_for_termination()
 
 
+def outcome(call):
+    """A call's status code and its reply or details, as one entry of a list."""
+    try:
+        return {"code": "OK", "reply": call().decode()}
+    except grpc.RpcError as err:
+        return {"code": err.code().name, "details": err.details()}
+
+
 def client(target, authority, case):
     channel = grpc.insecure_channel(target, options=[("grpc.default_authority", authority)])
     out = {}
+    if case in ("flaky", "limited"):
+        # Several calls on one channel, each outcome in order.
+        method = "/e2e.Greeter/Flaky" if case == "flaky" else "/e2e.Greeter/Hello"
+        metadata = (("x-limit", "1"),) if case == "limited" else ()
+        stub = channel.unary_unary(method)
+        calls = [outcome(lambda: stub(b"mesh", timeout=10, metadata=metadata)) for _ in range(6)]
+        print(json.dumps({"calls": calls}), flush=True)
+        return
     try:
         if case == "hello":
             out["reply"] = channel.unary_unary("/e2e.Greeter/Hello")(b"mesh", timeout=10).decode()

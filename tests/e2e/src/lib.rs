@@ -189,7 +189,8 @@ fn unique() -> usize {
 
 /// An HTTP upstream that answers with what it received, as JSON (`upstream` (its name), `path`,
 /// `query`, `host`, `version`, `headers`, `body_bytes`), with an `x-upstream-private` response
-/// header, and counts the requests it serves; `/slow` answers after 3 s.
+/// header, and counts the requests it serves; `/slow` answers after 3 s, and every request
+/// after a delay set with `set_delay`.
 #[derive(Debug)]
 pub struct Upstream {
     /// Where it listens.
@@ -197,6 +198,7 @@ pub struct Upstream {
     hits: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<serde_json::Value>>>,
     status: Arc<std::sync::atomic::AtomicU16>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstream {
@@ -213,13 +215,19 @@ impl Upstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let last = Arc::new(Mutex::new(None));
         let status = Arc::new(std::sync::atomic::AtomicU16::new(status));
-        let (counter, keeper, answer) = (hits.clone(), last.clone(), status.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let state = Answering { hits: hits.clone(), last: last.clone(), status: status.clone(), delay_ms: delay_ms.clone() };
         let name = name.to_owned();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(serve_upstream(listener, name, counter, keeper, answer));
+            runtime.block_on(serve_upstream(listener, name, state));
         });
-        Upstream { address, hits, last, status }
+        Upstream { address, hits, last, status, delay_ms }
+    }
+
+    /// Answers every request (health probes included) `delay` late from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Answers `status` from now on (health probes included).
@@ -238,13 +246,16 @@ impl Upstream {
     }
 }
 
-async fn serve_upstream(
-    listener: std::net::TcpListener,
-    name: String,
+/// What an `Upstream`'s server shares with its handle.
+#[derive(Clone)]
+struct Answering {
     hits: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<serde_json::Value>>>,
     status: Arc<std::sync::atomic::AtomicU16>,
-) {
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn serve_upstream(listener: std::net::TcpListener, name: String, state: Answering) {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -253,20 +264,19 @@ async fn serve_upstream(
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let name = name.clone();
-        let hits = hits.clone();
-        let last = last.clone();
-        let status = status.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let name = name.clone();
-                let hits = hits.clone();
-                let last = last.clone();
-                let status = status.load(Ordering::SeqCst);
+                let (hits, last) = (state.hits.clone(), state.last.clone());
+                let status = state.status.load(Ordering::SeqCst);
+                let delay = Duration::from_millis(state.delay_ms.load(Ordering::SeqCst));
                 async move {
                     hits.fetch_add(1, Ordering::SeqCst);
                     if request.uri().path() == "/slow" {
                         tokio::time::sleep(Duration::from_secs(3)).await;
                     }
+                    tokio::time::sleep(delay).await;
                     // HTTP/1 carries the host in `Host`, HTTP/2 in `:authority`.
                     let host = match request.headers().get("host").and_then(|it| it.to_str().ok()) {
                         Some(host) => host.to_owned(),

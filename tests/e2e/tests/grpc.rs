@@ -1,7 +1,8 @@
 //! gRPC through meshc-built sidecars, between a real grpcio client and a real grpcio server:
 //! unary and server-streaming calls, a status from the server passed through, and the
 //! route's timeout answered as DEADLINE_EXCEEDED; through the caller's sidecar alone, and
-//! through the caller's outbound listener and then the server's inbound one.
+//! through the caller's outbound listener and then the server's inbound one. Retries on a
+//! gRPC status and a rate limit answered as RESOURCE_EXHAUSTED.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -18,8 +19,14 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_named_server(None)
+}
+
+/// A server that names itself in Hello's answer; one named "bad" answers Flaky UNAVAILABLE.
+fn start_named_server(name: Option<&str>) -> Server {
     let script = root().join("tests/e2e/grpc_peer.py");
-    let mut child = Command::new(python()).arg(&script).arg("server").stdout(Stdio::piped()).spawn().expect("start the gRPC server");
+    let mut child =
+        Command::new(python()).arg(&script).arg("server").args(name).stdout(Stdio::piped()).spawn().expect("start the gRPC server");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the port");
     let port =
@@ -144,4 +151,63 @@ fn a_grpc_timeout_shorter_than_the_routes_ends_the_call_first() {
     assert!(text.contains("grpc-status: 4"), "DEADLINE_EXCEEDED expected: {text}");
     // Between the header's 100 ms and the route's 500 ms: the header's deadline ended it.
     assert!(elapsed < std::time::Duration::from_millis(450), "took {elapsed:?}: {text}");
+}
+
+/// Codes (and replies) of a client case that makes several calls.
+fn outcomes(calls: &serde_json::Value) -> Vec<(String, String)> {
+    let calls = calls["calls"].as_array().unwrap_or_else(|| panic!("no calls in {calls}"));
+    let text = |it: &serde_json::Value| it.as_str().unwrap_or_default().to_owned();
+    calls.iter().map(|it| (text(&it["code"]), text(if it["code"] == "OK" { &it["reply"] } else { &it["details"] }))).collect()
+}
+
+#[test]
+fn a_grpc_status_named_in_retry_on_is_retried_on_another_server() {
+    let (good, bad) = (start_named_server(Some("good")), start_named_server(Some("bad")));
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/grpc"), "client");
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"greeter\"\naddress = \"127.0.0.1:{}\"\n\n[[endpoint]]\nservice = \"greeter\"\naddress = \"127.0.0.1:{}\"\n",
+        good.1, bad.1
+    );
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    // Round robin sends every other first try to the server that answers UNAVAILABLE (a
+    // status in the trailers of a 200 response); `retries 2 on unavailable any_method`
+    // sends it on to the other one.
+    let flaky = call(&sidecar, "flaky");
+    let good_reply = ("OK".to_owned(), "hello mesh from good".to_owned());
+    assert_eq!(outcomes(&flaky), vec![good_reply.clone(); 6], "{flaky}");
+    // Hello has no retries: the bad server's answers come back as they are.
+    let hellos: Vec<_> = (0..4).map(|_| call(&sidecar, "hello")["reply"].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(hellos.iter().any(|it| it == "hello mesh from bad"), "{hellos:?}");
+    // The metrics count each call once, with the status its caller got: the UNAVAILABLE
+    // answers that were retried are no calls of their own.
+    let (status, text) = curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
+    assert_eq!(status, 200);
+    let outbound = |grpc_status: &'static str| {
+        metric(
+            &text,
+            "istio_requests_total",
+            &[("reporter", "source"), ("request_protocol", "grpc"), ("grpc_response_status", grpc_status)],
+        )
+    };
+    assert_eq!((outbound("0"), outbound("14")), (10.0, 0.0), "{text}");
+    // Round robin gave the bad server between three and all six first tries of Flaky, and
+    // each was retried once, on the good one.
+    let retried = metric(&text, "envoy_cluster_upstream_rq_retry", &[]);
+    assert!((3.0..=6.0).contains(&retried), "{retried} retries: {text}");
+    assert_eq!(metric(&text, "envoy_cluster_upstream_rq_retry_limit_exceeded", &[]), 0.0, "{text}");
+}
+
+#[test]
+fn a_grpc_rate_limit_answers_resource_exhausted() {
+    let server = start_server();
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/grpc"), "client");
+    let endpoints = format!("[[endpoint]]\nservice = \"greeter\"\naddress = \"127.0.0.1:{}\"\n", server.1);
+    let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
+    // `rate_limit 1/m burst 2`: two calls pass, the other four are refused in gRPC's terms.
+    let limited = call(&sidecar, "limited");
+    let codes: Vec<String> = outcomes(&limited).into_iter().map(|(code, _)| code).collect();
+    assert_eq!(codes, ["OK", "OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"], "{limited}");
+    // Calls on other routes are not counted against it.
+    let hello = call(&sidecar, "hello");
+    assert_eq!(hello["code"].as_str(), Some("OK"), "{hello}");
 }
