@@ -4,8 +4,9 @@
 //! Every request, answered by an upstream or by the sidecar itself, counts once in
 //! `istio_requests_total` and once in the `istio_request_duration_milliseconds` histogram
 //! (time to the response headers), under the labels Istio's telemetry gives it: who reported
-//! it (`source` for outbound, `destination` for inbound), the workloads and service, the
-//! protocol, the response code, the gRPC status and Envoy's response flags.
+//! it (`source` for outbound, `destination` for inbound), the workloads, their SPIFFE
+//! identities and the service, the protocol, the response code, the gRPC status, Envoy's
+//! response flags and whether the connection was mutual TLS.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -47,6 +48,20 @@ pub struct Labels {
     /// The values of the workload's own metric labels ([`MetricLabel`]), in their order;
     /// `None` when the request was not labelled (each then reads `unknown`).
     pub extra: Option<Extra>,
+    /// What mutual TLS tells of the two sides.
+    pub security: Security,
+}
+
+/// What mutual TLS tells of a request's or connection's two sides, for Istio's
+/// `source_principal`, `destination_principal` and `connection_security_policy` labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Security {
+    /// Not mutual TLS: plaintext inbound, or outbound to a cluster without Istio's mutual TLS.
+    #[default]
+    Plain,
+    /// Mutual TLS with SPIFFE identities; inbound, with the identity the caller's certificate
+    /// proved (`cluster.local/ns/default/sa/web`, without the scheme).
+    Mutual(Option<Arc<str>>),
 }
 
 /// The values of a request's own metric labels, shared by every request with the same ones.
@@ -136,6 +151,8 @@ pub struct TcpLabels {
     /// Envoy's response flags (`-` for none, `UF` for a failed upstream connection, `UO`
     /// past the circuit breaker).
     pub flags: &'static str,
+    /// What mutual TLS tells of the two sides.
+    pub security: Security,
 }
 
 #[derive(Debug, Default)]
@@ -377,11 +394,11 @@ impl Metrics {
 
     /// The Prometheus text exposition, for the workload `workload` in `namespace`, whose
     /// request metrics carry its own `extra` labels after Istio's.
-    pub fn render(&self, workload: &str, namespace: &str, extra: &[MetricLabel]) -> String {
+    pub fn render(&self, own: &Own<'_>, extra: &[MetricLabel]) -> String {
         let requests = self.request_series();
         let mut out = String::new();
         let labelled = |labels: &Labels| {
-            let mut text = label_text(labels, workload, namespace, protocol(labels));
+            let mut text = label_text(labels, own, protocol(labels));
             for (index, label) in extra.iter().enumerate() {
                 let value = labels.extra.as_ref().and_then(|it| it.get(index)).map_or("unknown", |it| it);
                 text.push(',');
@@ -415,8 +432,9 @@ impl Metrics {
                     grpc_status: None,
                     flags: labels.flags,
                     extra: None,
+                    security: labels.security.clone(),
                 };
-                let text = label_text(&as_request, workload, namespace, "tcp");
+                let text = label_text(&as_request, own, "tcp");
                 let value = [series.opened, series.closed, series.sent, series.received][index];
                 let _ = writeln!(out, "{name}{{{text}}} {value}");
             }
@@ -425,11 +443,11 @@ impl Metrics {
         out.push_str("# HELP meshc_rpc_requests_total Bolt and Dubbo requests, by service, method and the protocol's status.\n");
         out.push_str("# TYPE meshc_rpc_requests_total counter\n");
         for (labels, series) in rpc.iter() {
-            let _ = writeln!(out, "meshc_rpc_requests_total{{{}}} {}", rpc_label_text(&labels, workload, namespace), series.count);
+            let _ = writeln!(out, "meshc_rpc_requests_total{{{}}} {}", rpc_label_text(&labels, own.workload, own.namespace), series.count);
         }
         out.push_str("# TYPE meshc_rpc_request_duration_milliseconds histogram\n");
         for (labels, series) in rpc.iter() {
-            histogram(&mut out, "meshc_rpc_request_duration_milliseconds", &rpc_label_text(&labels, workload, namespace), series);
+            histogram(&mut out, "meshc_rpc_request_duration_milliseconds", &rpc_label_text(&labels, own.workload, own.namespace), series);
         }
         out.push_str("# TYPE meshc_access_log_dropped_total counter\n");
         let _ = writeln!(out, "meshc_access_log_dropped_total {}", crate::accesslog::dropped());
@@ -449,8 +467,21 @@ fn histogram(out: &mut String, name: &str, labels: &str, series: &Series) {
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", series.count);
 }
 
+/// The workload whose metrics are written: its name, namespace and identity
+/// (`<trust-domain>/ns/<ns>/sa/<sa>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Own<'a> {
+    /// The workload's name.
+    pub workload: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its SPIFFE identity, without the scheme.
+    pub principal: &'a str,
+}
+
 /// The labels as Prometheus text, in a fixed order.
-fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) -> String {
+fn label_text(labels: &Labels, own: &Own<'_>, protocol: &str) -> String {
+    let Own { workload, namespace, principal } = *own;
     let (service, service_name, service_namespace) = match labels.service {
         Some(names) => {
             let host = names.last().copied().unwrap_or("unknown");
@@ -460,18 +491,34 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) 
         }
         None => ("unknown", "unknown", "unknown"),
     };
-    // Without mutual TLS the other side's workload is unknown.
+    // The other side's workload is unknown (Istio learns it by an exchange of metadata); an
+    // identity is known where mutual TLS proved it, and with it the caller's namespace.
+    let spiffe = |identity: &str| format!("spiffe://{identity}");
+    let own_identity = spiffe(principal);
     let (reporter, source, source_ns, destination, destination_ns) = match labels.reporter {
         Reporter::Source => ("source", workload, namespace, "unknown", "unknown"),
         Reporter::Destination => ("destination", "unknown", "unknown", workload, namespace),
+    };
+    let (source_principal, destination_principal, policy, source_ns) = match (labels.reporter, &labels.security) {
+        (Reporter::Source, Security::Plain) => ("unknown".to_owned(), "unknown".to_owned(), "unknown", source_ns),
+        // Istio's caller side does not say; its destination principal comes from the
+        // server's certificate, which the pool does not keep.
+        (Reporter::Source, Security::Mutual(_)) => (own_identity, "unknown".to_owned(), "unknown", source_ns),
+        (Reporter::Destination, Security::Plain) => ("unknown".to_owned(), "unknown".to_owned(), "none", source_ns),
+        (Reporter::Destination, Security::Mutual(peer)) => {
+            let peer_ns = peer.as_deref().and_then(|it| it.split("/ns/").nth(1)).and_then(|it| it.split('/').next());
+            (peer.as_deref().map_or_else(|| "unknown".to_owned(), spiffe), own_identity, "mutual_tls", peer_ns.unwrap_or(source_ns))
+        }
     };
     let grpc_status = labels.grpc_status.map_or_else(String::new, |it| it.to_string());
     let pairs = [
         ("reporter", reporter),
         ("source_workload", source),
         ("source_workload_namespace", source_ns),
+        ("source_principal", &source_principal),
         ("destination_workload", destination),
         ("destination_workload_namespace", destination_ns),
+        ("destination_principal", &destination_principal),
         ("destination_service", service),
         ("destination_service_name", service_name),
         ("destination_service_namespace", service_namespace),
@@ -479,6 +526,7 @@ fn label_text(labels: &Labels, workload: &str, namespace: &str, protocol: &str) 
         ("response_code", &labels.code.to_string()),
         ("grpc_response_status", &grpc_status),
         ("response_flags", labels.flags),
+        ("connection_security_policy", policy),
     ];
     if protocol == "tcp" {
         // Istio's TCP metrics have no response code and no gRPC status.
@@ -537,10 +585,21 @@ mod tests {
     use super::*;
 
     static REVIEWS: [&str; 3] = ["reviews", "reviews.default", "reviews.default.svc.cluster.local"];
+    const PRODUCTPAGE: Own<'static> =
+        Own { workload: "productpage", namespace: "default", principal: "cluster.local/ns/default/sa/productpage" };
 
     /// An outbound 200 from `reviews`, with no labels of the workload's own.
     fn ok() -> Labels {
-        Labels { reporter: Reporter::Source, service: Some(&REVIEWS), grpc: false, code: 200, grpc_status: None, flags: "-", extra: None }
+        Labels {
+            reporter: Reporter::Source,
+            service: Some(&REVIEWS),
+            grpc: false,
+            code: 200,
+            grpc_status: None,
+            flags: "-",
+            extra: None,
+            security: Security::Plain,
+        }
     }
 
     #[test]
@@ -550,16 +609,48 @@ mod tests {
         metrics.record(ok.clone(), Duration::from_millis(3));
         metrics.record(ok.clone(), Duration::from_millis(40));
         metrics.record(Labels { code: 404, service: None, flags: "NR", ..ok }, Duration::from_micros(100));
-        let text = metrics.render("productpage", "default", &[]);
+        let text = metrics.render(&PRODUCTPAGE, &[]);
         let ok_labels = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
-            destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
-            destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",\
-            destination_service_namespace=\"default\",request_protocol=\"http\",response_code=\"200\",\
-            grpc_response_status=\"\",response_flags=\"-\"";
+            source_principal=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
+            destination_principal=\"unknown\",destination_service=\"reviews.default.svc.cluster.local\",\
+            destination_service_name=\"reviews\",destination_service_namespace=\"default\",request_protocol=\"http\",\
+            response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"";
         assert!(text.contains(&format!("istio_requests_total{{{ok_labels}}} 2\n")), "{text}");
         assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"5\"}} 1\n")), "{text}");
         assert!(text.contains(&format!("istio_request_duration_milliseconds_bucket{{{ok_labels},le=\"50\"}} 2\n")), "{text}");
-        assert!(text.contains("response_code=\"404\",grpc_response_status=\"\",response_flags=\"NR\"} 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "response_code=\"404\",grpc_response_status=\"\",response_flags=\"NR\",connection_security_policy=\"unknown\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn mutual_tls_gives_the_principals_and_the_security_policy() {
+        let metrics = Metrics::default();
+        let inbound = Labels { reporter: Reporter::Destination, ..ok() };
+        let caller: Arc<str> = Arc::from("cluster.local/ns/shop/sa/web");
+        metrics.record(Labels { security: Security::Mutual(Some(caller)), ..inbound.clone() }, Duration::from_millis(1));
+        metrics.record(inbound, Duration::from_millis(1));
+        metrics.record(Labels { security: Security::Mutual(None), ..ok() }, Duration::from_millis(1));
+        let text = metrics.render(&PRODUCTPAGE, &[]);
+        // Inbound over mutual TLS: the caller's identity, and its namespace from it.
+        let mutual = "reporter=\"destination\",source_workload=\"unknown\",source_workload_namespace=\"shop\",\
+            source_principal=\"spiffe://cluster.local/ns/shop/sa/web\",destination_workload=\"productpage\",\
+            destination_workload_namespace=\"default\",destination_principal=\"spiffe://cluster.local/ns/default/sa/productpage\",";
+        assert!(text.contains(&format!("istio_requests_total{{{mutual}")), "{text}");
+        assert!(text.contains("connection_security_policy=\"mutual_tls\"} 1\n"), "{text}");
+        // Inbound in plaintext: no identities, policy `none`.
+        let plain = "reporter=\"destination\",source_workload=\"unknown\",source_workload_namespace=\"unknown\",\
+            source_principal=\"unknown\",destination_workload=\"productpage\",destination_workload_namespace=\"default\",\
+            destination_principal=\"unknown\",";
+        assert!(text.contains(&format!("istio_requests_total{{{plain}")), "{text}");
+        assert!(text.contains("connection_security_policy=\"none\"} 1\n"), "{text}");
+        // Outbound over mutual TLS: the workload's own identity; the policy is the server's to say.
+        let outbound = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
+            source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\",destination_workload=\"unknown\",";
+        assert!(text.contains(&format!("istio_requests_total{{{outbound}")), "{text}");
     }
 
     #[test]
@@ -575,9 +666,9 @@ mod tests {
         metrics.record(Labels { extra: Some(alice.clone()), ..ok.clone() }, Duration::from_millis(1));
         metrics.record(Labels { extra: Some(alice), ..ok.clone() }, Duration::from_millis(1));
         metrics.record(ok, Duration::from_millis(1));
-        let text = metrics.render("productpage", "default", &names);
-        assert!(text.contains("response_flags=\"-\",user=\"al\\\"ice\",method=\"GET\"} 2\n"), "{text}");
-        assert!(text.contains("response_flags=\"-\",user=\"unknown\",method=\"unknown\"} 1\n"), "{text}");
+        let text = metrics.render(&PRODUCTPAGE, &names);
+        assert!(text.contains("connection_security_policy=\"unknown\",user=\"al\\\"ice\",method=\"GET\"} 2\n"), "{text}");
+        assert!(text.contains("connection_security_policy=\"unknown\",user=\"unknown\",method=\"unknown\"} 1\n"), "{text}");
         // A long value is cut.
         let long = metrics.extra(vec!["é".repeat(200).into(), "GET".into()]);
         assert_eq!((long[0].len(), long[0].chars().all(|it| it == 'é')), (256, true));
@@ -592,14 +683,15 @@ mod tests {
     #[test]
     fn tcp_series_carry_istios_tcp_labels_without_a_response_code() {
         let metrics = Metrics::default();
-        let labels = TcpLabels { reporter: Reporter::Source, service: &REVIEWS, flags: "-" };
+        let labels = TcpLabels { reporter: Reporter::Source, service: &REVIEWS, flags: "-", security: Security::Plain };
         metrics.tcp_opened(labels.clone());
         metrics.tcp_closed(labels, 10, 20);
-        let text = metrics.render("productpage", "default", &[]);
+        let text = metrics.render(&PRODUCTPAGE, &[]);
         let expected = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
-            destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
-            destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",\
-            destination_service_namespace=\"default\",request_protocol=\"tcp\",response_flags=\"-\"";
+            source_principal=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
+            destination_principal=\"unknown\",destination_service=\"reviews.default.svc.cluster.local\",\
+            destination_service_name=\"reviews\",destination_service_namespace=\"default\",request_protocol=\"tcp\",\
+            response_flags=\"-\",connection_security_policy=\"unknown\"";
         assert!(text.contains(&format!("istio_tcp_sent_bytes_total{{{expected}}} 10\n")), "{text}");
         assert!(text.contains(&format!("istio_tcp_received_bytes_total{{{expected}}} 20\n")), "{text}");
         assert!(text.contains(&format!("istio_tcp_connections_opened_total{{{expected}}} 1\n")), "{text}");
@@ -627,16 +719,16 @@ mod tests {
         metrics.record(ok.clone(), Duration::from_millis(40));
         // Another instance on the same threads keeps its own counts.
         other.record(ok.clone(), Duration::from_millis(3));
-        let text = metrics.render("productpage", "default", &[]);
+        let text = metrics.render(&PRODUCTPAGE, &[]);
         // The four threads' series were folded together when they were read: only this
         // thread's is left in the list.
         assert_eq!(metrics.requests.lock().expect("lock").len(), 1);
-        assert_eq!(text, metrics.render("productpage", "default", &[]));
-        assert!(text.contains("response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"} 1001\n"), "{text}");
-        assert!(text.contains("response_flags=\"-\",le=\"5\"} 1000\n"), "{text}");
-        assert!(text.contains("response_flags=\"-\",le=\"50\"} 1001\n"), "{text}");
+        assert_eq!(text, metrics.render(&PRODUCTPAGE, &[]));
+        assert!(text.contains("response_flags=\"-\",connection_security_policy=\"unknown\"} 1001\n"), "{text}");
+        assert!(text.contains("connection_security_policy=\"unknown\",le=\"5\"} 1000\n"), "{text}");
+        assert!(text.contains("connection_security_policy=\"unknown\",le=\"50\"} 1001\n"), "{text}");
         assert!(text.contains("_sum{") && text.contains("} 3040\n"), "{text}");
-        assert!(other.render("productpage", "default", &[]).contains("response_flags=\"-\"} 1\n"));
+        assert!(other.render(&PRODUCTPAGE, &[]).contains("connection_security_policy=\"unknown\"} 1\n"));
     }
 
     #[test]
@@ -649,7 +741,7 @@ mod tests {
             metrics.record_rpc(labels(&format!("m{index}")), Duration::from_millis(3));
         }
         metrics.record_rpc(labels("m0"), Duration::from_millis(3));
-        let text = metrics.render("greeter", "demo", &[]);
+        let text = metrics.render(&Own { workload: "greeter", namespace: "demo", principal: "cluster.local/ns/demo/sa/greeter" }, &[]);
         assert!(text.contains("rpc_service=\"org.x.Greeter\",rpc_method=\"m0\",rpc_status=\"20\",response_flags=\"-\"} 2\n"), "{text}");
         assert!(text.contains("rpc_service=\"other\",rpc_method=\"other\",rpc_status=\"20\",response_flags=\"-\"} 5\n"));
         assert_eq!(text.matches("meshc_rpc_requests_total{").count(), MAX_RPC_SERIES + 1);

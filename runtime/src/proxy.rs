@@ -25,7 +25,7 @@ use crate::endpoints::{ClusterEndpoints, Endpoint, EndpointSet};
 use crate::error::Error;
 use crate::head::RequestHead;
 use crate::health::Health;
-use crate::metrics::{Labels, MetricAttribute, Metrics, Reporter};
+use crate::metrics::{Labels, MetricAttribute, Metrics, Reporter, Security};
 use crate::outlier::{Observed, Outliers};
 use crate::pool::{ClientTls, Http1Pool, Http2Pool};
 use crate::replay::{REPLAY_CAP, ReplayBody};
@@ -480,6 +480,11 @@ impl Downstream {
     pub fn plain(ip: IpAddr, local: Option<IpAddr>) -> Downstream {
         Downstream { ip, local, principal: None, sni: None }
     }
+
+    /// What mutual TLS proved of the peer, for the metrics.
+    pub(crate) fn security(&self) -> Security {
+        self.principal.as_ref().map_or(Security::Plain, |it| Security::Mutual(Some(it.clone())))
+    }
 }
 
 impl Proxy {
@@ -607,8 +612,8 @@ impl Proxy {
         let grpc = is_grpc(request.headers());
         let entry = self.log_entry(peer, &mut request);
         let labelled = self.metric_values(&request, Side::Outbound);
-        let meter = Meter { reporter: Reporter::Source, service: None, grpc, started };
-        let unanswered = self.unanswered(meter, entry);
+        let meter = Meter { reporter: Reporter::Source, service: None, grpc, started, security: Security::Plain };
+        let unanswered = self.unanswered(meter.clone(), entry);
         // Boxed: the routing and forwarding future is several KiB, and each future that
         // holds it inline copies it as it is made and moved (a box is cheaper).
         let (response, served) = boxed(|| self.route_and_forward((request, peer, grpc))).await;
@@ -700,8 +705,8 @@ impl Proxy {
     /// Counts a request the client abandons before its answer starts, as Envoy does: response
     /// code 0, flag `DC`.
     fn unanswered(&self, meter: Meter, entry: Option<Box<accesslog::Entry>>) -> Unanswered<'_> {
-        let Meter { reporter, service, grpc, started } = meter;
-        let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC", extra: None };
+        let Meter { reporter, service, grpc, started, security } = meter;
+        let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC", extra: None, security };
         let log = entry.map(|entry| (entry, &self.spec.access_log));
         Unanswered(Some(Recording { metrics: &*self.metrics, labels, started, log, counted: false, _held: Held::default() }))
     }
@@ -716,7 +721,7 @@ impl Proxy {
         served: Served,
         labelled: Option<Box<[Option<Box<str>>]>>,
     ) -> Response<Body> {
-        let Meter { reporter, service, grpc, started } = meter;
+        let Meter { reporter, service, grpc, started, security } = meter;
         let Served { routed, upstream_host, held } = served;
         // The metric label values the answer fills in, then the shared set of all of them.
         let extra = labelled.map(|values| {
@@ -754,7 +759,12 @@ impl Proxy {
         let service = routed.map(|it| it.service).or(service);
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
-        let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags, extra };
+        // Outbound, the cluster the request went to tells whether it was mutual TLS.
+        let security = match routed {
+            Some(routed) if routed.mutual => Security::Mutual(None),
+            _ => security,
+        };
+        let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags, extra, security };
         let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _held: held };
         response.map(|inner| MeteredBody { inner, recording: Some(recording) }.boxed())
     }
@@ -837,7 +847,8 @@ impl Proxy {
         let (key, mut set_cookie) = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
         let traits = Traits { grpc, upgrade: wants_upgrade(&parts), tracing: self.spec.tracing };
         let upstream = Upstream { cluster, transport, forward, key, traits };
-        let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name };
+        let mutual = matches!(cluster.spec.tls, crate::spec::UpstreamTls::IstioMutual { .. });
+        let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name, mutual };
         let mut served = Served { routed: Some(routed), ..Served::default() };
         // Only the access log names the endpoint that answered.
         let logged = !matches!(self.spec.access_log, accesslog::AccessLog::Off);
@@ -931,8 +942,8 @@ impl Proxy {
         let service = Some(port.service_names).filter(|it| !it.is_empty());
         let entry = self.log_entry(peer.ip, &mut request);
         let labelled = self.metric_values(&request, Side::Inbound(peer, port));
-        let meter = Meter { reporter: Reporter::Destination, service, grpc, started };
-        let unanswered = self.unanswered(meter, entry);
+        let meter = Meter { reporter: Reporter::Destination, service, grpc, started, security: peer.security() };
+        let unanswered = self.unanswered(meter.clone(), entry);
         // Boxed, as the outbound path's: held inline, this future made every listener's
         // answer future (outbound ones too) as large as itself.
         let (response, served) = boxed(|| self.authorize_and_forward((port, peer, request))).await;
@@ -1006,6 +1017,8 @@ struct Routed {
     service: &'static [&'static str],
     route: &'static str,
     cluster: &'static str,
+    /// The cluster's connections are Istio's mutual TLS.
+    mutual: bool,
 }
 
 /// Counts of a request as active, held (not read) until its response ends: its route's, and
@@ -1029,13 +1042,14 @@ enum Side<'a> {
 }
 
 /// What a request is counted under: who reports it, the service when already known, whether
-/// it is gRPC, and when it started.
-#[derive(Clone, Copy, Debug)]
+/// it is gRPC, when it started, and (inbound) what mutual TLS proved of the caller.
+#[derive(Clone, Debug)]
 struct Meter {
     reporter: Reporter,
     service: Option<&'static [&'static str]>,
     grpc: bool,
     started: Instant,
+    security: Security,
 }
 
 /// A request a route took, counted as active until dropped.

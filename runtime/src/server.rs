@@ -800,9 +800,9 @@ where
         }
         Serves::Inbound(port, _, None) if port.protocol == crate::spec::Protocol::Tcp => {
             if proxy.authorize_connection(port, &downstream) {
-                crate::tcp::inbound(&proxy, stream, &port.app, port.service_names).await;
+                crate::tcp::inbound(&proxy, stream, &port.app, port.service_names, &downstream).await;
             } else {
-                crate::tcp::denied(&proxy, port.service_names);
+                crate::tcp::denied(&proxy, port.service_names, &downstream);
             }
         }
         _ => serve_http(stream, downstream, proxy, serves, drain).await,
@@ -936,7 +936,9 @@ fn admin(proxy: &Proxy, ready: bool, path: &str) -> Response<Body> {
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n".to_owned()),
         "/config_dump" => (StatusCode::OK, "application/json", config_dump(proxy)),
         "/stats/prometheus" => {
-            let mut text = proxy.metrics.render(proxy.spec.workload, proxy.spec.namespace, proxy.spec.metric_labels);
+            let own =
+                crate::metrics::Own { workload: proxy.spec.workload, namespace: proxy.spec.namespace, principal: proxy.spec.principal };
+            let mut text = proxy.metrics.render(&own, proxy.spec.metric_labels);
             text.push_str(&proxy.cluster_stats());
             text.push_str(&proxy.route_metrics());
             text.push_str(&rpc::mux::unknown_responses_metric());

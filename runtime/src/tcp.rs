@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 
 use crate::endpoints::Endpoint;
 use crate::error::Error;
-use crate::metrics::{Reporter, TcpLabels};
-use crate::proxy::{Proxy, pick_weighted_destination};
+use crate::metrics::{Reporter, Security, TcpLabels};
+use crate::proxy::{Downstream, Proxy, pick_weighted_destination};
 use crate::spec::WeightedCluster;
 
 /// Forwards one connection the application opened to a TCP service.
@@ -24,11 +24,17 @@ pub async fn outbound<S>(proxy: &Proxy, downstream: S, service: &'static [&'stat
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let labels = |flags| TcpLabels { reporter: Reporter::Source, service, flags };
     let metrics = &proxy.metrics;
+    let cluster = destinations.get(pick_weighted_destination(destinations)).and_then(|it| proxy.clusters.get(it.cluster as usize));
+    let mutual = cluster.is_some_and(|it| matches!(it.spec.tls, crate::spec::UpstreamTls::IstioMutual { .. }));
+    let labels = |flags| TcpLabels {
+        reporter: Reporter::Source,
+        service,
+        flags,
+        security: if mutual { Security::Mutual(None) } else { Security::Plain },
+    };
     metrics.tcp_opened(labels("-"));
-    let Some(cluster) = destinations.get(pick_weighted_destination(destinations)).and_then(|it| proxy.clusters.get(it.cluster as usize))
-    else {
+    let Some(cluster) = cluster else {
         metrics.tcp_closed(labels("NR"), 0, 0);
         return;
     };
@@ -75,11 +81,11 @@ where
 }
 
 /// Forwards one connection a caller opened to the application's TCP port at `app`.
-pub async fn inbound<S>(proxy: &Proxy, downstream: S, app: &Endpoint, service: &'static [&'static str])
+pub async fn inbound<S>(proxy: &Proxy, downstream: S, app: &Endpoint, service: &'static [&'static str], peer: &Downstream)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let labels = |flags| TcpLabels { reporter: Reporter::Destination, service, flags };
+    let labels = |flags| TcpLabels { reporter: Reporter::Destination, service, flags, security: peer.security() };
     proxy.metrics.tcp_opened(labels("-"));
     match connect(app, Duration::from_secs(1)).await {
         Ok(upstream) => {
@@ -91,8 +97,8 @@ where
 }
 
 /// Counts a connection refused by authorization.
-pub fn denied(proxy: &Proxy, service: &'static [&'static str]) {
-    let labels = || TcpLabels { reporter: Reporter::Destination, service, flags: "RBAC" };
+pub fn denied(proxy: &Proxy, service: &'static [&'static str], peer: &Downstream) {
+    let labels = || TcpLabels { reporter: Reporter::Destination, service, flags: "RBAC", security: peer.security() };
     proxy.metrics.tcp_opened(labels());
     proxy.metrics.tcp_closed(labels(), 0, 0);
 }

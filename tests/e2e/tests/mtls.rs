@@ -183,6 +183,39 @@ fn the_callers_identity_crosses_mutual_tls_into_the_callees_authorization() {
     assert_eq!(status, 0);
     assert_eq!(pair.app.hits(), 5);
 
+    // The server's sidecar counts each request under the identity mutual TLS proved (Istio's
+    // `source_principal`) and `connection_security_policy`: through the client's sidecar and
+    // curl with the client's certificate to `secure`, the client's sidecar to `open`, the
+    // intruder twice to `secure`, and plaintext twice to the permissive port of `open`.
+    let (client_id, intruder_id) = ("spiffe://cluster.local/ns/default/sa/client", "spiffe://cluster.local/ns/default/sa/intruder");
+    let counts = || {
+        let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", pair.server.admin));
+        let count = |service: &str, principal: &str, policy: &str| {
+            let labels = [
+                ("reporter", "destination"),
+                ("destination_service_name", service),
+                ("source_principal", principal),
+                ("connection_security_policy", policy),
+            ];
+            meshc_e2e::metric(&text, "istio_requests_total", &labels)
+        };
+        let counts = [
+            count("secure", client_id, "mutual_tls"),
+            count("open", client_id, "mutual_tls"),
+            count("secure", intruder_id, "mutual_tls"),
+            count("open", "unknown", "none"),
+        ];
+        (counts, text)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut seen, mut text) = counts();
+    while seen != [2.0, 1.0, 2.0, 2.0] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        (seen, text) = counts();
+    }
+    assert_eq!(seen, [2.0, 1.0, 2.0, 2.0], "{text}");
+    assert!(text.contains("destination_principal=\"spiffe://cluster.local/ns/default/sa/server\""), "{text}");
+
     // The client's health probes of `probed` cross the server's strict port over mutual TLS
     // (a plaintext probe would be closed there and mark the endpoint failed).
     let deadline = Instant::now() + Duration::from_secs(5);
