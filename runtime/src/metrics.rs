@@ -31,7 +31,7 @@ pub enum Reporter {
 }
 
 /// The labels of one request series.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Labels {
     /// Who reports.
     pub reporter: Reporter,
@@ -62,6 +62,38 @@ pub enum Security {
     /// Mutual TLS with SPIFFE identities; inbound, with the identity the caller's certificate
     /// proved (`cluster.local/ns/default/sa/web`, without the scheme).
     Mutual(Option<Arc<str>>),
+}
+
+/// Ordered as the derived order would be, but names and sets the code shares (the same
+/// `&'static` service names and flags, the same set of values) compare equal without being
+/// read: a request's labels are compared with its own series' several times per request.
+impl Ord for Labels {
+    fn cmp(&self, other: &Labels) -> std::cmp::Ordering {
+        fn shared<T: ?Sized + Ord>(a: &T, b: &T) -> std::cmp::Ordering {
+            if std::ptr::eq(a, b) { std::cmp::Ordering::Equal } else { a.cmp(b) }
+        }
+        self.reporter
+            .cmp(&other.reporter)
+            .then_with(|| match (self.service, other.service) {
+                (Some(a), Some(b)) => shared(a, b),
+                (a, b) => a.cmp(&b),
+            })
+            .then(self.grpc.cmp(&other.grpc))
+            .then(self.code.cmp(&other.code))
+            .then(self.grpc_status.cmp(&other.grpc_status))
+            .then_with(|| shared(self.flags, other.flags))
+            .then_with(|| match (&self.extra, &other.extra) {
+                (Some(a), Some(b)) => shared(&**a, &**b),
+                (a, b) => a.cmp(b),
+            })
+            .then_with(|| self.security.cmp(&other.security))
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Labels) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// The values of a request's own metric labels, shared by every request with the same ones.
@@ -322,20 +354,23 @@ impl Metrics {
     /// Counts one request.
     pub fn record(&self, labels: Labels, duration: Duration) {
         let ms = duration.as_secs_f64() * 1000.0;
-        let counted = OWN_SERIES.try_with(|own| {
+        // Taken by the thread's own map, or left for the shared one once the thread ends.
+        let mut labels = Some(labels);
+        let _ = OWN_SERIES.try_with(|own| {
+            let Some(taken) = labels.take() else { return };
             let mut own = own.borrow_mut();
-            let key = (self.id, labels.clone());
+            let key = (self.id, taken);
             match own.get(&key) {
                 Some(cells) => cells.add(ms),
                 None => {
                     let cells = Arc::new(Cells::default());
                     cells.add(ms);
-                    self.requests.lock().unwrap_or_else(|it| it.into_inner()).push((labels.clone(), cells.clone()));
+                    self.requests.lock().unwrap_or_else(|it| it.into_inner()).push((key.1.clone(), cells.clone()));
                     own.insert(key, cells);
                 }
             }
         });
-        if counted.is_err() {
+        if let Some(labels) = labels {
             self.late_requests.lock().unwrap_or_else(|it| it.into_inner()).entry(labels).or_default().add(ms);
         }
     }
@@ -624,6 +659,25 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn labels_equal_by_content_are_one_series_whether_or_not_they_share_their_names() {
+        static COPY: [&str; 3] = ["reviews", "reviews.default", "reviews.default.svc.cluster.local"];
+        static OTHER: [&str; 3] = ["ratings", "ratings.default", "ratings.default.svc.cluster.local"];
+        let flags = String::from("UF");
+        let (ok, copy) = (ok(), Labels { service: Some(&COPY), flags: "-", ..ok() });
+        assert_eq!(ok.cmp(&copy), std::cmp::Ordering::Equal);
+        assert_eq!(ok.cmp(&Labels { service: Some(&OTHER), ..ok.clone() }), std::cmp::Ordering::Greater);
+        // Equal flags in another place, and an equal set of values in another allocation.
+        let leaked: &'static str = Box::leak(flags.into_boxed_str());
+        assert_eq!(Labels { flags: "UF", ..ok.clone() }.cmp(&Labels { flags: leaked, ..ok.clone() }), std::cmp::Ordering::Equal);
+        let (a, b): (Extra, Extra) = (Arc::from(vec!["x".into()]), Arc::from(vec!["x".into()]));
+        assert_eq!(Labels { extra: Some(a), ..ok.clone() }.cmp(&Labels { extra: Some(b), ..ok.clone() }), std::cmp::Ordering::Equal);
+        let metrics = Metrics::default();
+        metrics.record(ok, Duration::from_millis(1));
+        metrics.record(copy, Duration::from_millis(1));
+        assert!(metrics.render(&PRODUCTPAGE, &[]).contains("connection_security_policy=\"unknown\"} 2\n"));
     }
 
     #[test]
