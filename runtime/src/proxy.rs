@@ -1415,6 +1415,9 @@ impl Upstream<'_> {
             let outcome = match &result {
                 Ok(response) => TryOutcome::Answered(response.status(), grpc_status(response.headers())),
                 Err(Error::UpstreamTimeout) if !per_try_bound => return result,
+                // A try may also end at the request's deadline while it waits for a
+                // connection: that is the request's timeout, not the try's, and ends it.
+                Err(Error::UpstreamTimeout) if deadline.is_some_and(|it| tokio::time::Instant::now() >= it) => return result,
                 Err(err) => {
                     if matches!(err, Error::UpstreamTimeout) {
                         self.cluster.retry_stats.per_try_timeout.fetch_add(1, Ordering::Relaxed);

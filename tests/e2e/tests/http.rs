@@ -277,31 +277,31 @@ fn retries_hide_a_failing_instance_but_never_resend_a_post_body() {
 fn a_try_past_its_per_try_timeout_is_given_up_and_tried_on_another_instance() {
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
     let (quick, late) = (Upstream::start("quick"), Upstream::start("late"));
-    late.set_delay(std::time::Duration::from_secs(2));
+    late.set_delay(std::time::Duration::from_secs(4));
     let endpoints = format!(
         "[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"web\"\naddress = \"{}\"\n",
         quick.address, late.address
     );
     let sidecar = Sidecar::start(&binary, &["outbound"], &endpoints);
     let url = format!("http://{}/per-try/item", sidecar.listener("outbound"));
-    // `retries 1 per_try_timeout 200ms on gateway-error` under a 3 s timeout: round robin
-    // sends every other first try to the instance 2 s late, whose try ends at 200 ms.
+    // `retries 1 per_try_timeout 500ms on gateway-error` under a 6 s timeout: round robin
+    // sends every other first try to the instance 4 s late, whose try ends at 500 ms.
     for _ in 0..6 {
         let started = std::time::Instant::now();
         let seen = curl(&["-H", "host: web"], &url);
         assert_eq!(seen.status, 200, "{}", seen.body);
         assert_eq!(seen.json()["upstream"], "quick");
-        // Not the late answer at 2 s, nor the route's timeout at 3 s.
-        assert!(started.elapsed() < std::time::Duration::from_millis(1500), "took {:?}", started.elapsed());
+        // Not the late answer at 4 s, nor the route's timeout at 6 s.
+        assert!(started.elapsed() < std::time::Duration::from_millis(3500), "took {:?}", started.elapsed());
     }
     let first_tries = late.hits();
     assert!(first_tries >= 3, "the late instance took {first_tries} first tries");
-    // With both late, each try times out and the retries run out: 504 well before 3 s.
-    quick.set_delay(std::time::Duration::from_secs(2));
+    // With both late, each try times out and the retries run out: 504 well before 4 s.
+    quick.set_delay(std::time::Duration::from_secs(4));
     let started = std::time::Instant::now();
     let seen = curl(&["-H", "host: web"], &url);
     assert_eq!(seen.status, 504, "{}", seen.body);
-    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < std::time::Duration::from_millis(3500), "took {:?}", started.elapsed());
     // Envoy's retry counters: every try the late instance took timed out and was retried,
     // and the last request's two tries timed out with no retry left.
     let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));

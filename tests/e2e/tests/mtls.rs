@@ -214,7 +214,8 @@ fn the_callers_identity_crosses_mutual_tls_into_the_callees_authorization() {
         (seen, text) = counts();
     }
     assert_eq!(seen, [2.0, 1.0, 2.0, 2.0], "{text}");
-    assert!(text.contains("destination_principal=\"spiffe://cluster.local/ns/default/sa/server\""), "{text}");
+    let server_id = [("reporter", "destination"), ("destination_principal", "spiffe://cluster.local/ns/default/sa/server")];
+    assert!(meshc_e2e::metric(&text, "istio_requests_total", &server_id) >= 5.0, "{text}");
 
     // The client's health probes of `probed` cross the server's strict port over mutual TLS
     // (a plaintext probe would be closed there and mark the endpoint failed).
