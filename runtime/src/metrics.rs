@@ -686,8 +686,10 @@ mod tests {
         let inbound = Labels { reporter: Reporter::Destination, ..ok() };
         let caller: Arc<str> = Arc::from("cluster.local/ns/shop/sa/web");
         metrics.record(Labels { security: Security::Mutual(Some(caller)), ..inbound.clone() }, Duration::from_millis(1));
-        metrics.record(inbound, Duration::from_millis(1));
+        metrics.record(inbound.clone(), Duration::from_millis(1));
         metrics.record(Labels { security: Security::Mutual(None), ..ok() }, Duration::from_millis(1));
+        // A verified certificate that names no SPIFFE identity: mutual TLS, no principal.
+        metrics.record(Labels { security: Security::Mutual(None), code: 204, ..inbound }, Duration::from_millis(1));
         let text = metrics.render(&PRODUCTPAGE, &[]);
         // Inbound over mutual TLS: the caller's identity, and its namespace from it.
         let mutual = "reporter=\"destination\",source_workload=\"unknown\",source_workload_namespace=\"shop\",\
@@ -705,6 +707,16 @@ mod tests {
         let outbound = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
             source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\",destination_workload=\"unknown\",";
         assert!(text.contains(&format!("istio_requests_total{{{outbound}")), "{text}");
+        let anonymous = "reporter=\"destination\",source_workload=\"unknown\",source_workload_namespace=\"unknown\",\
+            source_principal=\"unknown\",destination_workload=\"productpage\",destination_workload_namespace=\"default\",\
+            destination_principal=\"spiffe://cluster.local/ns/default/sa/productpage\",";
+        assert!(text.contains(&format!("istio_requests_total{{{anonymous}")), "{text}");
+        assert!(
+            text.contains(
+                "response_code=\"204\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"mutual_tls\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -473,17 +473,20 @@ pub struct Downstream {
     pub principal: Option<Arc<str>>,
     /// The server name the peer sent in its TLS handshake.
     pub sni: Option<Arc<str>>,
+    /// The peer connected over TLS with a client certificate the workload's roots verified,
+    /// whether or not it names a SPIFFE identity.
+    pub mutual: bool,
 }
 
 impl Downstream {
     /// A plaintext peer.
     pub fn plain(ip: IpAddr, local: Option<IpAddr>) -> Downstream {
-        Downstream { ip, local, principal: None, sni: None }
+        Downstream { ip, local, principal: None, sni: None, mutual: false }
     }
 
     /// What mutual TLS proved of the peer, for the metrics.
     pub(crate) fn security(&self) -> Security {
-        self.principal.as_ref().map_or(Security::Plain, |it| Security::Mutual(Some(it.clone())))
+        if self.mutual { Security::Mutual(self.principal.clone()) } else { Security::Plain }
     }
 }
 
@@ -759,9 +762,10 @@ impl Proxy {
         let service = routed.map(|it| it.service).or(service);
         let flags = response.extensions().get::<ResponseFlag>().map_or("-", |it| it.0);
         let grpc_status = if grpc { grpc_status(response.headers()) } else { None };
-        // Outbound, the cluster the request went to tells whether it was mutual TLS.
+        // Outbound, the cluster the request went to tells whether it was mutual TLS, if the
+        // request reached a connection to it (Istio reads the connection's certificate).
         let security = match routed {
-            Some(routed) if routed.mutual => Security::Mutual(None),
+            Some(routed) if routed.mutual && reached_upstream(flags) => Security::Mutual(None),
             _ => security,
         };
         let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags, extra, security };
@@ -1093,9 +1097,30 @@ impl<M: std::ops::Deref<Target = Metrics>> Drop for Recording<M> {
         if let Some((entry, format)) = &self.log {
             accesslog::write(format, entry, self.labels.code, self.labels.flags, elapsed);
         }
-        self.metrics.record(self.labels.clone(), elapsed);
+        // Moved out (the recording is done with them), not cloned.
+        let labels = std::mem::replace(&mut self.labels, RECORDED);
+        self.metrics.record(labels, elapsed);
     }
 }
+
+/// Whether a response with Envoy's response `flags` came over a connection to the upstream:
+/// not when no route, cluster or endpoint was found, the connection failed, a circuit breaker
+/// or rate limit held the request back, a fault aborted it, or it was malformed.
+fn reached_upstream(flags: &str) -> bool {
+    !flags.split(',').any(|it| matches!(it, "NR" | "NC" | "UH" | "UF" | "UO" | "RL" | "FI" | "DPE"))
+}
+
+/// What a recording's labels are left as once recorded.
+const RECORDED: Labels = Labels {
+    reporter: Reporter::Source,
+    service: None,
+    grpc: false,
+    code: 0,
+    grpc_status: None,
+    flags: "-",
+    extra: None,
+    security: Security::Plain,
+};
 
 impl Proxy {
     /// Whether a caller may open a TCP connection to an inbound port: the workload's
@@ -2443,6 +2468,16 @@ mod tests {
         let never = Fault { delay: None, abort: Some((Abort::Http(503), 0)) };
         assert_eq!(inject_fault(&never, false).await.ok(), Some(false));
         assert_eq!(inject_fault(&Fault::NONE, false).await.ok(), Some(false));
+    }
+
+    #[test]
+    fn only_responses_over_an_upstream_connection_carry_the_callers_mtls_identity() {
+        for flags in ["-", "DI", "UT", "UC", "URX", "UT,URX"] {
+            assert!(reached_upstream(flags), "{flags}");
+        }
+        for flags in ["UF", "UF,URX", "UH", "UO", "NR", "NC", "RL", "FI", "DI,FI", "DPE"] {
+            assert!(!reached_upstream(flags), "{flags}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
