@@ -2,8 +2,9 @@
 //! `/stats/prometheus` in Prometheus' text format.
 //!
 //! Every request, answered by an upstream or by the sidecar itself, counts once in
-//! `istio_requests_total` and once in the `istio_request_duration_milliseconds` histogram
-//! (time to the response headers), under the labels Istio's telemetry gives it: who reported
+//! `istio_requests_total` and once in each of the `istio_request_duration_milliseconds`,
+//! `istio_request_bytes` and `istio_response_bytes` histograms (the time to the response's
+//! end, the request's and the response's body sizes), under the labels Istio's telemetry gives it: who reported
 //! it (`source` for outbound, `destination` for inbound), the workloads, their SPIFFE
 //! identities and the service, the protocol, the response code, the gRPC status, Envoy's
 //! response flags and whether the connection was mutual TLS.
@@ -15,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Istio's default buckets for request durations, in milliseconds.
-const DURATION_BUCKETS_MS: [f64; 19] = [
+/// Istio's default histogram buckets (Envoy's), for request durations in milliseconds and
+/// body sizes in bytes alike.
+const BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 600000.0, 1800000.0,
     3600000.0,
 ];
@@ -150,27 +152,61 @@ pub const MAX_EXTRA_SETS: usize = 2000;
 /// scrape that writes each of them on some twenty lines.
 pub const MAX_LABEL_VALUE: usize = 256;
 
+/// One histogram's counts.
 #[derive(Clone, Debug, Default)]
 struct Series {
     count: u64,
-    sum_ms: f64,
-    buckets: [u64; DURATION_BUCKETS_MS.len()],
+    sum: f64,
+    buckets: [u64; BUCKETS.len()],
 }
 
 impl Series {
-    /// Counts one request that took `ms`.
-    fn add(&mut self, ms: f64) {
+    /// Counts one request that took `value` (milliseconds, or bytes).
+    fn add(&mut self, value: f64) {
         self.count += 1;
-        self.sum_ms += ms;
-        if let Some(bucket) = bucket_of(ms) {
+        self.sum += value;
+        if let Some(bucket) = bucket_of(value) {
             self.buckets[bucket] += 1;
         }
     }
 }
 
-/// The duration bucket `ms` counts in: the first whose bound it does not pass.
-fn bucket_of(ms: f64) -> Option<usize> {
-    DURATION_BUCKETS_MS.iter().position(|it| ms <= *it)
+/// The three histograms of one request series: duration, request and response body sizes.
+#[derive(Clone, Debug, Default)]
+struct RequestSeries {
+    duration: Series,
+    request_bytes: Series,
+    response_bytes: Series,
+}
+
+impl RequestSeries {
+    fn add(&mut self, sample: &Sample) {
+        self.duration.add(sample.ms());
+        self.request_bytes.add(sample.request_bytes as f64);
+        self.response_bytes.add(sample.response_bytes as f64);
+    }
+}
+
+/// What one request measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    /// From its start to its response's end.
+    pub duration: Duration,
+    /// Its body's bytes.
+    pub request_bytes: u64,
+    /// Its response body's bytes.
+    pub response_bytes: u64,
+}
+
+impl Sample {
+    fn ms(&self) -> f64 {
+        self.duration.as_secs_f64() * 1000.0
+    }
+}
+
+/// The bucket `value` counts in: the first whose bound it does not pass.
+fn bucket_of(value: f64) -> Option<usize> {
+    BUCKETS.iter().position(|it| value <= *it)
 }
 
 /// The labels of one TCP connection series.
@@ -276,7 +312,7 @@ pub struct Metrics {
     /// Every thread's request series, in the order they were made.
     requests: Mutex<Vec<(Labels, Arc<Cells>)>>,
     /// Requests counted where a thread's map is gone (a thread's own destructors).
-    late_requests: Mutex<BTreeMap<Labels, Series>>,
+    late_requests: Mutex<BTreeMap<Labels, RequestSeries>>,
     tcp: Mutex<BTreeMap<TcpLabels, TcpSeries>>,
     rpc: Mutex<RpcSeries>,
     /// Every set of metric label values seen, up to [`MAX_EXTRA_SETS`].
@@ -302,24 +338,24 @@ thread_local! {
     static OWN_SERIES: RefCell<BTreeMap<(u64, Labels), Arc<Cells>>> = const { RefCell::new(BTreeMap::new()) };
 }
 
-/// One thread's counts of one request series. Only that thread writes them, so an update is
-/// a load and a store; rendering reads them from another thread, with acquire loads that pair
+/// One thread's counts of one histogram. Only that thread writes them, so an update is a
+/// load and a store; rendering reads them from another thread, with acquire loads that pair
 /// with the release stores (plain moves both, on x86).
 #[derive(Debug, Default)]
-struct Cells {
+struct HistogramCells {
     count: AtomicU64,
     /// The sum's `f64` bits.
-    sum_ms: AtomicU64,
-    buckets: [AtomicU64; DURATION_BUCKETS_MS.len()],
+    sum: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
 }
 
-impl Cells {
-    /// Counts one request that took `ms`; only the owning thread calls it.
-    fn add(&self, ms: f64) {
+impl HistogramCells {
+    /// Counts one `value`; only the owning thread calls it.
+    fn add(&self, value: f64) {
         let bump = |cell: &AtomicU64| cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Release);
         bump(&self.count);
-        self.sum_ms.store((f64::from_bits(self.sum_ms.load(Ordering::Relaxed)) + ms).to_bits(), Ordering::Release);
-        if let Some(bucket) = bucket_of(ms) {
+        self.sum.store((f64::from_bits(self.sum.load(Ordering::Relaxed)) + value).to_bits(), Ordering::Release);
+        if let Some(bucket) = bucket_of(value) {
             bump(&self.buckets[bucket]);
         }
     }
@@ -327,10 +363,34 @@ impl Cells {
     /// Adds these counts to `series`.
     fn add_to(&self, series: &mut Series) {
         series.count += self.count.load(Ordering::Acquire);
-        series.sum_ms += f64::from_bits(self.sum_ms.load(Ordering::Acquire));
+        series.sum += f64::from_bits(self.sum.load(Ordering::Acquire));
         for (total, cell) in series.buckets.iter_mut().zip(&self.buckets) {
             *total += cell.load(Ordering::Acquire);
         }
+    }
+}
+
+/// One thread's counts of one request series.
+#[derive(Debug, Default)]
+struct Cells {
+    duration: HistogramCells,
+    request_bytes: HistogramCells,
+    response_bytes: HistogramCells,
+}
+
+impl Cells {
+    /// Counts one request; only the owning thread calls it.
+    fn add(&self, sample: &Sample) {
+        self.duration.add(sample.ms());
+        self.request_bytes.add(sample.request_bytes as f64);
+        self.response_bytes.add(sample.response_bytes as f64);
+    }
+
+    /// Adds these counts to `series`.
+    fn add_to(&self, series: &mut RequestSeries) {
+        self.duration.add_to(&mut series.duration);
+        self.request_bytes.add_to(&mut series.request_bytes);
+        self.response_bytes.add_to(&mut series.response_bytes);
     }
 }
 
@@ -352,8 +412,7 @@ impl Metrics {
     }
 
     /// Counts one request.
-    pub fn record(&self, labels: Labels, duration: Duration) {
-        let ms = duration.as_secs_f64() * 1000.0;
+    pub fn record(&self, labels: Labels, sample: Sample) {
         // Taken by the thread's own map, or left for the shared one once the thread ends.
         let mut labels = Some(labels);
         let _ = OWN_SERIES.try_with(|own| {
@@ -361,24 +420,24 @@ impl Metrics {
             let mut own = own.borrow_mut();
             let key = (self.id, taken);
             match own.get(&key) {
-                Some(cells) => cells.add(ms),
+                Some(cells) => cells.add(&sample),
                 None => {
                     let cells = Arc::new(Cells::default());
-                    cells.add(ms);
+                    cells.add(&sample);
                     self.requests.lock().unwrap_or_else(|it| it.into_inner()).push((key.1.clone(), cells.clone()));
                     own.insert(key, cells);
                 }
             }
         });
         if let Some(labels) = labels {
-            self.late_requests.lock().unwrap_or_else(|it| it.into_inner()).entry(labels).or_default().add(ms);
+            self.late_requests.lock().unwrap_or_else(|it| it.into_inner()).entry(labels).or_default().add(&sample);
         }
     }
 
     /// Every request series, summed over the threads that counted it. The series of threads
     /// that have ended (whose map no longer holds them) are folded into `late_requests` on the
     /// way, so that threads coming and going do not grow the list.
-    fn request_series(&self) -> BTreeMap<Labels, Series> {
+    fn request_series(&self) -> BTreeMap<Labels, RequestSeries> {
         let mut late = self.late_requests.lock().unwrap_or_else(|it| it.into_inner());
         let mut requests = self.requests.lock().unwrap_or_else(|it| it.into_inner());
         requests.retain(|(labels, cells)| {
@@ -443,11 +502,14 @@ impl Metrics {
         };
         out.push_str("# TYPE istio_requests_total counter\n");
         for (labels, series) in requests.iter() {
-            let _ = writeln!(out, "istio_requests_total{{{}}} {}", labelled(labels), series.count);
+            let _ = writeln!(out, "istio_requests_total{{{}}} {}", labelled(labels), series.duration.count);
         }
-        out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
-        for (labels, series) in requests.iter() {
-            histogram(&mut out, "istio_request_duration_milliseconds", &labelled(labels), series);
+        for (index, name) in ["istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"].iter().enumerate() {
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (labels, series) in requests.iter() {
+                let one = [&series.duration, &series.request_bytes, &series.response_bytes][index];
+                histogram(&mut out, name, &labelled(labels), one);
+            }
         }
         let tcp = self.tcp.lock().unwrap_or_else(|it| it.into_inner());
         let names = [
@@ -493,12 +555,12 @@ impl Metrics {
 /// One series of a duration histogram: its cumulative buckets, sum and count.
 fn histogram(out: &mut String, name: &str, labels: &str, series: &Series) {
     let mut cumulative = 0;
-    for (bound, count) in DURATION_BUCKETS_MS.iter().zip(series.buckets) {
+    for (bound, count) in BUCKETS.iter().zip(series.buckets) {
         cumulative += count;
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
     }
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", series.count);
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", series.sum_ms);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", series.sum);
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", series.count);
 }
 
@@ -623,6 +685,11 @@ mod tests {
     const PRODUCTPAGE: Own<'static> =
         Own { workload: "productpage", namespace: "default", principal: "cluster.local/ns/default/sa/productpage" };
 
+    /// A request that took `duration`, without bodies.
+    fn took(duration: Duration) -> Sample {
+        Sample { duration, ..Sample::default() }
+    }
+
     /// An outbound 200 from `reviews`, with no labels of the workload's own.
     fn ok() -> Labels {
         Labels {
@@ -641,9 +708,9 @@ mod tests {
     fn requests_count_per_label_set_with_cumulative_buckets() {
         let metrics = Metrics::default();
         let ok = ok();
-        metrics.record(ok.clone(), Duration::from_millis(3));
-        metrics.record(ok.clone(), Duration::from_millis(40));
-        metrics.record(Labels { code: 404, service: None, flags: "NR", ..ok }, Duration::from_micros(100));
+        metrics.record(ok.clone(), took(Duration::from_millis(3)));
+        metrics.record(ok.clone(), took(Duration::from_millis(40)));
+        metrics.record(Labels { code: 404, service: None, flags: "NR", ..ok }, took(Duration::from_micros(100)));
         let text = metrics.render(&PRODUCTPAGE, &[]);
         let ok_labels = "reporter=\"source\",source_workload=\"productpage\",source_workload_namespace=\"default\",\
             source_principal=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",\
@@ -662,6 +729,28 @@ mod tests {
     }
 
     #[test]
+    fn body_sizes_are_histograms_in_istios_buckets() {
+        let metrics = Metrics::default();
+        let sample = |request_bytes, response_bytes| Sample { duration: Duration::from_millis(1), request_bytes, response_bytes };
+        metrics.record(ok(), sample(0, 64));
+        metrics.record(ok(), sample(5000, 1_000_000));
+        let text = metrics.render(&PRODUCTPAGE, &[]);
+        let bucket = |name: &str, le: &str| {
+            let line = text.lines().find(|it| it.starts_with(&format!("{name}_bucket{{")) && it.contains(&format!("le=\"{le}\"")));
+            line.and_then(|it| it.rsplit_once(' ')).map(|it| it.1.to_owned())
+        };
+        assert_eq!(bucket("istio_request_bytes", "0.5").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("istio_request_bytes", "2500").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("istio_request_bytes", "5000").as_deref(), Some("2"), "{text}");
+        assert_eq!(bucket("istio_response_bytes", "100").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("istio_response_bytes", "600000").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("istio_response_bytes", "1800000").as_deref(), Some("2"), "{text}");
+        assert!(text.contains("# TYPE istio_request_bytes histogram\n") && text.contains("# TYPE istio_response_bytes histogram\n"));
+        assert!(text.lines().any(|it| it.starts_with("istio_request_bytes_sum{") && it.ends_with("} 5000")), "{text}");
+        assert!(text.lines().any(|it| it.starts_with("istio_response_bytes_sum{") && it.ends_with("} 1000064")), "{text}");
+    }
+
+    #[test]
     fn labels_equal_by_content_are_one_series_whether_or_not_they_share_their_names() {
         static COPY: [&str; 3] = ["reviews", "reviews.default", "reviews.default.svc.cluster.local"];
         static OTHER: [&str; 3] = ["ratings", "ratings.default", "ratings.default.svc.cluster.local"];
@@ -675,8 +764,8 @@ mod tests {
         let (a, b): (Extra, Extra) = (Arc::from(vec!["x".into()]), Arc::from(vec!["x".into()]));
         assert_eq!(Labels { extra: Some(a), ..ok.clone() }.cmp(&Labels { extra: Some(b), ..ok.clone() }), std::cmp::Ordering::Equal);
         let metrics = Metrics::default();
-        metrics.record(ok, Duration::from_millis(1));
-        metrics.record(copy, Duration::from_millis(1));
+        metrics.record(ok, took(Duration::from_millis(1)));
+        metrics.record(copy, took(Duration::from_millis(1)));
         assert!(metrics.render(&PRODUCTPAGE, &[]).contains("connection_security_policy=\"unknown\"} 2\n"));
     }
 
@@ -685,11 +774,11 @@ mod tests {
         let metrics = Metrics::default();
         let inbound = Labels { reporter: Reporter::Destination, ..ok() };
         let caller: Arc<str> = Arc::from("cluster.local/ns/shop/sa/web");
-        metrics.record(Labels { security: Security::Mutual(Some(caller)), ..inbound.clone() }, Duration::from_millis(1));
-        metrics.record(inbound.clone(), Duration::from_millis(1));
-        metrics.record(Labels { security: Security::Mutual(None), ..ok() }, Duration::from_millis(1));
+        metrics.record(Labels { security: Security::Mutual(Some(caller)), ..inbound.clone() }, took(Duration::from_millis(1)));
+        metrics.record(inbound.clone(), took(Duration::from_millis(1)));
+        metrics.record(Labels { security: Security::Mutual(None), ..ok() }, took(Duration::from_millis(1)));
         // A verified certificate that names no SPIFFE identity: mutual TLS, no principal.
-        metrics.record(Labels { security: Security::Mutual(None), code: 204, ..inbound }, Duration::from_millis(1));
+        metrics.record(Labels { security: Security::Mutual(None), code: 204, ..inbound }, took(Duration::from_millis(1)));
         let text = metrics.render(&PRODUCTPAGE, &[]);
         // Inbound over mutual TLS: the caller's identity, and its namespace from it.
         let mutual = "reporter=\"destination\",source_workload=\"unknown\",source_workload_namespace=\"shop\",\
@@ -729,9 +818,9 @@ mod tests {
         let ok = ok();
         let alice = metrics.extra(vec!["al\"ice".into(), "GET".into()]);
         assert!(Arc::ptr_eq(&alice, &metrics.extra(vec!["al\"ice".into(), "GET".into()])), "one set, shared");
-        metrics.record(Labels { extra: Some(alice.clone()), ..ok.clone() }, Duration::from_millis(1));
-        metrics.record(Labels { extra: Some(alice), ..ok.clone() }, Duration::from_millis(1));
-        metrics.record(ok, Duration::from_millis(1));
+        metrics.record(Labels { extra: Some(alice.clone()), ..ok.clone() }, took(Duration::from_millis(1)));
+        metrics.record(Labels { extra: Some(alice), ..ok.clone() }, took(Duration::from_millis(1)));
+        metrics.record(ok, took(Duration::from_millis(1)));
         let text = metrics.render(&PRODUCTPAGE, &names);
         assert!(text.contains("connection_security_policy=\"unknown\",user=\"al\\\"ice\",method=\"GET\"} 2\n"), "{text}");
         assert!(text.contains("connection_security_policy=\"unknown\",user=\"unknown\",method=\"unknown\"} 1\n"), "{text}");
@@ -774,7 +863,7 @@ mod tests {
                 let (metrics, ok) = (metrics.clone(), ok.clone());
                 std::thread::spawn(move || {
                     for _ in 0..250 {
-                        metrics.record(ok.clone(), Duration::from_millis(3));
+                        metrics.record(ok.clone(), took(Duration::from_millis(3)));
                     }
                 })
             })
@@ -782,9 +871,9 @@ mod tests {
         for thread in threads {
             thread.join().expect("join");
         }
-        metrics.record(ok.clone(), Duration::from_millis(40));
+        metrics.record(ok.clone(), took(Duration::from_millis(40)));
         // Another instance on the same threads keeps its own counts.
-        other.record(ok.clone(), Duration::from_millis(3));
+        other.record(ok.clone(), took(Duration::from_millis(3)));
         let text = metrics.render(&PRODUCTPAGE, &[]);
         // The four threads' series were folded together when they were read: only this
         // thread's is left in the list.

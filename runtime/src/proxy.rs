@@ -25,7 +25,7 @@ use crate::endpoints::{ClusterEndpoints, Endpoint, EndpointSet};
 use crate::error::Error;
 use crate::head::RequestHead;
 use crate::health::Health;
-use crate::metrics::{Labels, MetricAttribute, Metrics, Reporter, Security};
+use crate::metrics::{Labels, MetricAttribute, Metrics, Reporter, Sample, Security};
 use crate::outlier::{Observed, Outliers};
 use crate::pool::{ClientTls, Http1Pool, Http2Pool};
 use crate::replay::{REPLAY_CAP, ReplayBody};
@@ -615,7 +615,8 @@ impl Proxy {
         let grpc = is_grpc(request.headers());
         let entry = self.log_entry(peer, &mut request);
         let labelled = self.metric_values(&request, Side::Outbound);
-        let meter = Meter { reporter: Reporter::Source, service: None, grpc, started, security: Security::Plain };
+        let request_bytes = count_body(&mut request);
+        let meter = Meter { reporter: Reporter::Source, service: None, grpc, started, security: Security::Plain, request_bytes };
         let unanswered = self.unanswered(meter.clone(), entry);
         // Boxed: the routing and forwarding future is several KiB, and each future that
         // holds it inline copies it as it is made and moved (a box is cheaper).
@@ -708,10 +709,20 @@ impl Proxy {
     /// Counts a request the client abandons before its answer starts, as Envoy does: response
     /// code 0, flag `DC`.
     fn unanswered(&self, meter: Meter, entry: Option<Box<accesslog::Entry>>) -> Unanswered<'_> {
-        let Meter { reporter, service, grpc, started, security } = meter;
+        let Meter { reporter, service, grpc, started, security, request_bytes } = meter;
         let labels = Labels { reporter, service, grpc, code: 0, grpc_status: None, flags: "DC", extra: None, security };
         let log = entry.map(|entry| (entry, &self.spec.access_log));
-        Unanswered(Some(Recording { metrics: &*self.metrics, labels, started, log, counted: false, _held: Held::default() }))
+        let metrics = &*self.metrics;
+        Unanswered(Some(Recording {
+            metrics,
+            labels,
+            started,
+            log,
+            request_bytes,
+            response_bytes: 0,
+            counted: false,
+            _held: Held::default(),
+        }))
     }
 
     /// Counts a request once its response ends (or is dropped), with the destination service
@@ -724,7 +735,7 @@ impl Proxy {
         served: Served,
         labelled: Option<Box<[Option<Box<str>>]>>,
     ) -> Response<Body> {
-        let Meter { reporter, service, grpc, started, security } = meter;
+        let Meter { reporter, service, grpc, started, security, request_bytes } = meter;
         let Served { routed, upstream_host, held } = served;
         // The metric label values the answer fills in, then the shared set of all of them.
         let extra = labelled.map(|values| {
@@ -769,7 +780,8 @@ impl Proxy {
             _ => security,
         };
         let labels = Labels { reporter, service, grpc, code: response.status().as_u16(), grpc_status, flags, extra, security };
-        let recording = Recording { metrics: self.metrics.clone(), labels, started, log, counted: false, _held: held };
+        let metrics = self.metrics.clone();
+        let recording = Recording { metrics, labels, started, log, request_bytes, response_bytes: 0, counted: false, _held: held };
         response.map(|inner| MeteredBody { inner, recording: Some(recording) }.boxed())
     }
 
@@ -946,7 +958,8 @@ impl Proxy {
         let service = Some(port.service_names).filter(|it| !it.is_empty());
         let entry = self.log_entry(peer.ip, &mut request);
         let labelled = self.metric_values(&request, Side::Inbound(peer, port));
-        let meter = Meter { reporter: Reporter::Destination, service, grpc, started, security: peer.security() };
+        let request_bytes = count_body(&mut request);
+        let meter = Meter { reporter: Reporter::Destination, service, grpc, started, security: peer.security(), request_bytes };
         let unanswered = self.unanswered(meter.clone(), entry);
         // Boxed, as the outbound path's: held inline, this future made every listener's
         // answer future (outbound ones too) as large as itself.
@@ -1046,7 +1059,8 @@ enum Side<'a> {
 }
 
 /// What a request is counted under: who reports it, the service when already known, whether
-/// it is gRPC, when it started, and (inbound) what mutual TLS proved of the caller.
+/// it is gRPC, when it started, (inbound) what mutual TLS proved of the caller, and the
+/// count of its body's bytes read so far (none for a request without a body).
 #[derive(Clone, Debug)]
 struct Meter {
     reporter: Reporter,
@@ -1054,6 +1068,7 @@ struct Meter {
     grpc: bool,
     started: Instant,
     security: Security,
+    request_bytes: Option<Arc<AtomicU64>>,
 }
 
 /// A request a route took, counted as active until dropped.
@@ -1083,6 +1098,10 @@ struct Recording<M: std::ops::Deref<Target = Metrics> = Arc<Metrics>> {
     /// Boxed: a request's future and its response body carry this, and an entry held inline
     /// (several hundred bytes, even when the log is off) is copied each time they move.
     log: Option<(Box<accesslog::Entry>, &'static accesslog::AccessLog)>,
+    /// The request body's bytes read so far.
+    request_bytes: Option<Arc<AtomicU64>>,
+    /// The response body's bytes sent on so far.
+    response_bytes: u64,
     /// Already counted, or not to be.
     counted: bool,
     _held: Held,
@@ -1099,7 +1118,50 @@ impl<M: std::ops::Deref<Target = Metrics>> Drop for Recording<M> {
         }
         // Moved out (the recording is done with them), not cloned.
         let labels = std::mem::replace(&mut self.labels, RECORDED);
-        self.metrics.record(labels, elapsed);
+        let request_bytes = self.request_bytes.as_ref().map_or(0, |it| it.load(Ordering::Acquire));
+        self.metrics.record(labels, Sample { duration: elapsed, request_bytes, response_bytes: self.response_bytes });
+    }
+}
+
+/// Has a request's body count the bytes read from it, for `istio_request_bytes`; `None` for a
+/// request without a body, which is left as it is.
+fn count_body(request: &mut Request<Body>) -> Option<Arc<AtomicU64>> {
+    if hyper::body::Body::is_end_stream(request.body()) {
+        return None;
+    }
+    let read = Arc::new(AtomicU64::new(0));
+    let inner = std::mem::replace(request.body_mut(), empty());
+    *request.body_mut() = CountedBody { inner, read: read.clone() }.boxed();
+    Some(read)
+}
+
+/// A request body that counts the bytes read from it. Only the task that reads the body
+/// writes the count, so an update is a load and a store.
+struct CountedBody {
+    inner: Body,
+    read: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.read.store(self.read.load(Ordering::Relaxed) + data.len() as u64, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -1193,8 +1255,11 @@ impl hyper::body::Body for MeteredBody {
                 {
                     recording.labels.grpc_status = Some(status);
                 }
-                if let (Some(data), Some((entry, _))) = (frame.data_ref(), self.recording.as_mut().and_then(|it| it.log.as_mut())) {
-                    entry.bytes_sent += data.len() as u64;
+                if let (Some(data), Some(recording)) = (frame.data_ref(), self.recording.as_mut()) {
+                    recording.response_bytes += data.len() as u64;
+                    if let Some((entry, _)) = recording.log.as_mut() {
+                        entry.bytes_sent += data.len() as u64;
+                    }
                 }
             }
             // The upstream broke off the answer (Envoy's `UPE`).

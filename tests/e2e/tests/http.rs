@@ -619,6 +619,49 @@ fn the_metrics_count_exactly_the_requests_sent() {
 }
 
 #[test]
+fn request_and_response_body_sizes_are_counted_in_istios_histograms() {
+    let http = Http::start();
+    let file = std::env::temp_dir().join(format!("meshc-e2e-sizes-{}", std::process::id()));
+    std::fs::write(&file, vec![b'x'; 5000]).expect("write the body");
+    // A POST of 5,000 bytes and a GET, labelled by the app workload's `user` label.
+    let sized = |extra: &[&str]| {
+        let output = Command::new("curl")
+            .args(["--silent", "--max-time", "10", "--output", "/dev/null", "--write-out", "%{http_code} %{size_download}"])
+            .args(["-H", "host: web", "-H", "x-user: sizes"])
+            .args(extra)
+            .arg(http.url("/m"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        match text.split_whitespace().map(|it| it.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>()[..] {
+            [status, downloaded] => (status, downloaded),
+            _ => panic!("curl printed {text:?}"),
+        }
+    };
+    let (post, posted_answer) = sized(&["--data-binary", &format!("@{}", file.display())]);
+    let (get, got_answer) = sized(&[]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!((post, get), (200, 200));
+    let user = ("user", "sizes");
+    assert_eq!(metric_reaching(http.sidecar.admin, "istio_requests_total", &[user], 2.0), 2.0);
+    let text = curl(&[], &format!("http://{}/stats/prometheus", http.sidecar.admin)).body;
+    let value = |name: &str, le: Option<&str>| match le {
+        Some(le) => metric(&text, name, &[user, ("le", le)]),
+        None => metric(&text, name, &[user]),
+    };
+    // The request bodies: 5,000 bytes and none, in Istio's (Envoy's default) buckets.
+    assert_eq!(value("istio_request_bytes_sum", None), 5000.0, "{text}");
+    assert_eq!(value("istio_request_bytes_count", None), 2.0, "{text}");
+    assert_eq!(value("istio_request_bytes_bucket", Some("0.5")), 1.0, "{text}");
+    assert_eq!(value("istio_request_bytes_bucket", Some("2500")), 1.0, "{text}");
+    assert_eq!(value("istio_request_bytes_bucket", Some("5000")), 2.0, "{text}");
+    // The response bodies: what curl downloaded.
+    assert!(posted_answer > 0 && got_answer > 0);
+    assert_eq!(value("istio_response_bytes_sum", None), (posted_answer + got_answer) as f64, "{text}");
+    assert_eq!(value("istio_response_bytes_count", None), 2.0, "{text}");
+}
+
+#[test]
 fn a_mirrored_request_reaches_the_mirror_with_a_shadow_host() {
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "app");
     let (web, mirror) = (Upstream::start("web"), Upstream::start("mirror"));
