@@ -491,7 +491,7 @@ pub struct HealthCheck {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum HealthProbe {
-    /// An HTTP GET of `path`; a 2xx answer is healthy.
+    /// An HTTP GET of `path`; a 200 answer is healthy (Envoy's default expected status).
     Http {
         /// The path to request.
         path: String,

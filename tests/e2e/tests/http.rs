@@ -786,6 +786,30 @@ fn a_failing_health_check_takes_an_instance_out_until_it_passes() {
 }
 
 #[test]
+fn a_tcp_health_check_takes_out_an_instance_that_refuses_connections() {
+    let (store, dead) = (Upstream::start("store"), meshc_e2e::free_port());
+    let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "db");
+    let endpoints = format!(
+        "[[endpoint]]\nservice = \"store\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"store\"\naddress = \"127.0.0.1:{dead}\"\n",
+        store.address
+    );
+    let db = Sidecar::start(&binary, &["outbound-tcp-store-5432"], &endpoints);
+    // Probes connect every 100 ms; the port nothing listens on fails its first.
+    let cluster = "outbound|5432||store.default.svc.cluster.local";
+    wait_for_clusters_line(db.admin, &format!("{cluster}::127.0.0.1:{dead}::health_flags::/failed_active_hc"));
+    wait_for_clusters_line(db.admin, &format!("{cluster}::{}::health_flags::healthy", store.address));
+    // Round robin would give every other connection to the dead port.
+    for _ in 0..6 {
+        let (status, _, _) = curl_bytes(&format!("http://{}/tcp", db.listener("outbound-tcp-store-5432")));
+        assert_eq!(status, 200);
+    }
+    assert_eq!(store.hits(), 6);
+    // The probes only connect: the instance served no request of theirs.
+    let labels = [("reporter", "source"), ("destination_service_name", "store"), ("response_flags", "-")];
+    assert_eq!(metric_reaching(db.admin, "istio_tcp_connections_closed_total", &labels, 6.0), 6.0);
+}
+
+#[test]
 fn a_workload_with_request_ids_and_tracing_off_passes_requests_untouched() {
     let binary = sidecar_binary(&root().join("tests/e2e/meshes/http"), "quiet");
     let web = Upstream::start("a");
