@@ -93,16 +93,18 @@ impl Pair {
         let (server_binary, client_binary) = (sidecar_binary(&mesh, "server"), sidecar_binary(&mesh, "client"));
         let (app, probed) = (Upstream::start("app"), Upstream::start("probed"));
         let (to_80, to_81, to_82) = (format!("80={}", app.address), format!("81={}", app.address), format!("82={}", probed.address));
-        let mut flags = vec!["--app", &to_80, "--app", &to_81, "--app", &to_82];
+        let to_83 = format!("83={}", app.address);
+        let mut flags = vec!["--app", &to_80, "--app", &to_81, "--app", &to_82, "--app", &to_83];
         let server_tls = server_files.flags();
         flags.extend(server_tls.iter().map(String::as_str));
-        let server = Sidecar::start_with(&server_binary, &["inbound-80", "inbound-81", "inbound-82"], "", &flags);
+        let server = Sidecar::start_with(&server_binary, &["inbound-80", "inbound-81", "inbound-82", "inbound-83"], "", &flags);
         let endpoints = format!(
             "[[endpoint]]\nservice = \"secure\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"open\"\naddress = \"{}\"\n\n\
-             [[endpoint]]\nservice = \"probed\"\naddress = \"{}\"\n",
+             [[endpoint]]\nservice = \"probed\"\naddress = \"{}\"\n\n[[endpoint]]\nservice = \"plain\"\naddress = \"{}\"\n",
             server.listener("inbound-80"),
             server.listener("inbound-81"),
-            server.listener("inbound-82")
+            server.listener("inbound-82"),
+            server.listener("inbound-83")
         );
         let client_tls = client_files.flags();
         let client_flags: Vec<&str> = client_tls.iter().map(String::as_str).collect();
@@ -228,6 +230,43 @@ fn the_callers_identity_crosses_mutual_tls_into_the_callees_authorization() {
     let (_, clusters) = meshc_e2e::curl(&[], &format!("http://{}/clusters", pair.client.admin));
     let line = format!("outbound|82||probed.default.svc.cluster.local::{}::health_flags::healthy", pair.server.listener("inbound-82"));
     assert!(clusters.contains(&line), "{clusters}");
+}
+
+#[test]
+fn a_port_with_mutual_tls_disabled_serves_plaintext_only() {
+    let dir = temp_dir("mtls-disable");
+    let mesh_ca = Authority::new("mesh root");
+    let (server, client) = (mesh_ca.issue(&dir, "server", "server"), mesh_ca.issue(&dir, "client", "client"));
+    let pair = Pair::start(&server, &client);
+    // `mtls port 83 disable` on a strict workload: the client's sidecar calls `plain` without
+    // TLS (its cluster has none), and is served.
+    assert_eq!(pair.through_client("plain", "/public/x"), 200);
+    // curl in plaintext is served too, with no identity: `/private` needs the client's.
+    let port = pair.server.listener("inbound-83");
+    assert_eq!(curl(&[], &format!("http://{port}/public/x")).0, 200);
+    assert_eq!(curl(&[], &format!("http://{port}/private")).0, 403);
+    // A TLS client, even with the mesh's certificate, gets no handshake on this port.
+    let (cert, key) = (client.cert.display().to_string(), client.key.display().to_string());
+    let (status, exit) = curl(&["--insecure", "--cert", &cert, "--key", &key], &format!("https://{port}/public/x"));
+    assert_eq!(status, 0, "curl exit {exit:?}");
+    assert_eq!(pair.app.hits(), 2);
+    // Counted as plaintext, as Istio counts a port with mutual TLS disabled.
+    let plain = |code: &'static str| {
+        let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", pair.server.admin));
+        let labels = [
+            ("reporter", "destination"),
+            ("destination_service_name", "plain"),
+            ("response_code", code),
+            ("connection_security_policy", "none"),
+        ];
+        (meshc_e2e::metric(&text, "istio_requests_total", &labels), text)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while plain("200").0 < 2.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ((ok, text), (denied, _)) = (plain("200"), plain("403"));
+    assert_eq!((ok, denied), (2.0, 1.0), "{text}");
 }
 
 #[test]
