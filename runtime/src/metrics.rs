@@ -4,10 +4,10 @@
 //! Every request, answered by an upstream or by the sidecar itself, counts once in
 //! `istio_requests_total` and once in each of the `istio_request_duration_milliseconds`,
 //! `istio_request_bytes` and `istio_response_bytes` histograms (the time to the response's
-//! end, the request's and the response's body sizes), under the labels Istio's telemetry gives it: who reported
-//! it (`source` for outbound, `destination` for inbound), the workloads, their SPIFFE
-//! identities and the service, the protocol, the response code, the gRPC status, Envoy's
-//! response flags and whether the connection was mutual TLS.
+//! end, the request's and the response's body sizes), under the labels Istio's telemetry
+//! gives it: who reported it (`source` for outbound, `destination` for inbound), the
+//! workloads, their SPIFFE identities and the service, the protocol, the response code, the
+//! gRPC status, Envoy's response flags and whether the connection was mutual TLS.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -540,11 +540,11 @@ impl Metrics {
         out.push_str("# HELP meshc_rpc_requests_total Bolt and Dubbo requests, by service, method and the protocol's status.\n");
         out.push_str("# TYPE meshc_rpc_requests_total counter\n");
         for (labels, series) in rpc.iter() {
-            let _ = writeln!(out, "meshc_rpc_requests_total{{{}}} {}", rpc_label_text(&labels, own.workload, own.namespace), series.count);
+            let _ = writeln!(out, "meshc_rpc_requests_total{{{}}} {}", rpc_label_text(&labels, own), series.count);
         }
         out.push_str("# TYPE meshc_rpc_request_duration_milliseconds histogram\n");
         for (labels, series) in rpc.iter() {
-            histogram(&mut out, "meshc_rpc_request_duration_milliseconds", &rpc_label_text(&labels, own.workload, own.namespace), series);
+            histogram(&mut out, "meshc_rpc_request_duration_milliseconds", &rpc_label_text(&labels, own), series);
         }
         out.push_str("# TYPE meshc_access_log_dropped_total counter\n");
         let _ = writeln!(out, "meshc_access_log_dropped_total {}", crate::accesslog::dropped());
@@ -636,7 +636,8 @@ fn label_text(labels: &Labels, own: &Own<'_>, protocol: &str) -> String {
 
 /// An RPC series' labels as Prometheus text: Istio's reporter and workload labels, then the
 /// protocol, service, method, status and flags.
-fn rpc_label_text(labels: &RpcLabels<'_>, workload: &str, namespace: &str) -> String {
+fn rpc_label_text(labels: &RpcLabels<'_>, own: &Own<'_>) -> String {
+    let Own { workload, namespace, .. } = *own;
     let (reporter, source, source_ns, destination, destination_ns) = match labels.reporter {
         Reporter::Source => ("source", workload, namespace, "unknown", "unknown"),
         Reporter::Destination => ("destination", "unknown", "unknown", workload, namespace),

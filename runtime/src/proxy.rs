@@ -547,46 +547,29 @@ impl Proxy {
         out
     }
 
-    /// Envoy's cluster gauges, in Prometheus' text format: membership (healthy and total
-    /// endpoints) and the requests in flight, waiting for a connection, and being retried;
-    /// then its retry counters.
+    /// Envoy's cluster statistics, in Prometheus' text format: the gauges of membership
+    /// (healthy and total endpoints) and of requests in flight, waiting for a connection and
+    /// being retried, then the retry counters.
     pub fn cluster_stats(&self) -> String {
-        let gauges = [
-            "envoy_cluster_membership_healthy",
-            "envoy_cluster_membership_total",
-            "envoy_cluster_upstream_rq_active",
-            "envoy_cluster_upstream_rq_pending_active",
-            "envoy_cluster_upstream_rq_retry_active",
+        type Read = fn(&Cluster) -> u64;
+        let stats: [(&str, &str, Read); 9] = [
+            ("envoy_cluster_membership_healthy", "gauge", |it| {
+                it.endpoints.current().all().iter().filter(|endpoint| endpoint.routable && it.usable(endpoint)).count() as u64
+            }),
+            ("envoy_cluster_membership_total", "gauge", |it| it.endpoints.current().all().len() as u64),
+            ("envoy_cluster_upstream_rq_active", "gauge", |it| u64::from(it.requests.load(Ordering::Acquire))),
+            ("envoy_cluster_upstream_rq_pending_active", "gauge", |it| u64::from(it.pending.load(Ordering::Acquire))),
+            ("envoy_cluster_upstream_rq_retry_active", "gauge", |it| u64::from(it.retries.load(Ordering::Acquire))),
+            ("envoy_cluster_upstream_rq_retry", "counter", |it| it.retry_stats.retried.load(Ordering::Relaxed)),
+            ("envoy_cluster_upstream_rq_retry_overflow", "counter", |it| it.retry_stats.overflow.load(Ordering::Relaxed)),
+            ("envoy_cluster_upstream_rq_retry_limit_exceeded", "counter", |it| it.retry_stats.limit_exceeded.load(Ordering::Relaxed)),
+            ("envoy_cluster_upstream_rq_per_try_timeout", "counter", |it| it.retry_stats.per_try_timeout.load(Ordering::Relaxed)),
         ];
         let mut out = String::new();
-        for (index, gauge) in gauges.iter().enumerate() {
-            let _ = writeln!(out, "# TYPE {gauge} gauge");
+        for (name, kind, read) in stats {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
             for cluster in &self.clusters {
-                let value = match index {
-                    0 => {
-                        let endpoints = cluster.endpoints.current();
-                        endpoints.all().iter().filter(|it| it.routable && cluster.usable(it)).count() as u64
-                    }
-                    1 => cluster.endpoints.current().all().len() as u64,
-                    2 => u64::from(cluster.requests.load(Ordering::Acquire)),
-                    3 => u64::from(cluster.pending.load(Ordering::Acquire)),
-                    _ => u64::from(cluster.retries.load(Ordering::Acquire)),
-                };
-                let _ = writeln!(out, "{gauge}{{cluster_name=\"{}\"}} {value}", cluster.spec.name);
-            }
-        }
-        let counters = [
-            "envoy_cluster_upstream_rq_retry",
-            "envoy_cluster_upstream_rq_retry_overflow",
-            "envoy_cluster_upstream_rq_retry_limit_exceeded",
-            "envoy_cluster_upstream_rq_per_try_timeout",
-        ];
-        for (index, counter) in counters.iter().enumerate() {
-            let _ = writeln!(out, "# TYPE {counter} counter");
-            for cluster in &self.clusters {
-                let stats = &cluster.retry_stats;
-                let value = [&stats.retried, &stats.overflow, &stats.limit_exceeded, &stats.per_try_timeout][index].load(Ordering::Relaxed);
-                let _ = writeln!(out, "{counter}{{cluster_name=\"{}\"}} {value}", cluster.spec.name);
+                let _ = writeln!(out, "{name}{{cluster_name=\"{}\"}} {}", cluster.spec.name, read(cluster));
             }
         }
         out
@@ -863,7 +846,7 @@ impl Proxy {
         let (key, mut set_cookie) = hash_key(cluster.tuning.balancer(cluster.spec), &parts, peer);
         let traits = Traits { grpc, upgrade: wants_upgrade(&parts), tracing: self.spec.tracing };
         let upstream = Upstream { cluster, transport, forward, key, traits };
-        let mutual = matches!(cluster.spec.tls, crate::spec::UpstreamTls::IstioMutual { .. });
+        let mutual = cluster.spec.istio_mutual();
         let routed = Routed { service: cluster.spec.service_names, route: forward.route, cluster: cluster.spec.name, mutual };
         let mut served = Served { routed: Some(routed), ..Served::default() };
         // Only the access log names the endpoint that answered.
@@ -1100,7 +1083,7 @@ struct Recording<M: std::ops::Deref<Target = Metrics> = Arc<Metrics>> {
     log: Option<(Box<accesslog::Entry>, &'static accesslog::AccessLog)>,
     /// The request body's bytes read so far.
     request_bytes: Option<Arc<AtomicU64>>,
-    /// The response body's bytes sent on so far.
+    /// The response body's bytes sent on so far (also the access log's `BYTES_SENT`).
     response_bytes: u64,
     /// Already counted, or not to be.
     counted: bool,
@@ -1113,7 +1096,8 @@ impl<M: std::ops::Deref<Target = Metrics>> Drop for Recording<M> {
             return;
         }
         let elapsed = self.started.elapsed();
-        if let Some((entry, format)) = &self.log {
+        if let Some((entry, format)) = &mut self.log {
+            entry.bytes_sent = self.response_bytes;
             accesslog::write(format, entry, self.labels.code, self.labels.flags, elapsed);
         }
         // Moved out (the recording is done with them), not cloned.
@@ -1257,9 +1241,6 @@ impl hyper::body::Body for MeteredBody {
                 }
                 if let (Some(data), Some(recording)) = (frame.data_ref(), self.recording.as_mut()) {
                     recording.response_bytes += data.len() as u64;
-                    if let Some((entry, _)) = recording.log.as_mut() {
-                        entry.bytes_sent += data.len() as u64;
-                    }
                 }
             }
             // The upstream broke off the answer (Envoy's `UPE`).

@@ -735,9 +735,10 @@ async fn accept_loop(socket: TcpListener, proxy: Arc<Proxy>, serves: Serves, dra
             }
             let Ok(Ok(stream)) = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await else { return };
             let (_, connection) = stream.get_ref();
-            let principal = connection.peer_certificates().and_then(|it| it.first()).and_then(crate::tls::spiffe_identity);
+            let certificate = connection.peer_certificates().and_then(|it| it.first());
+            let principal = certificate.and_then(crate::tls::spiffe_identity);
             let sni = connection.server_name().map(Arc::from);
-            let mutual = connection.peer_certificates().is_some_and(|it| !it.is_empty());
+            let mutual = certificate.is_some();
             let downstream = Downstream { principal: principal.map(Arc::from), sni, mutual, ..plain };
             serve_connection(stream, open, downstream, proxy, serves, drain).await;
         });

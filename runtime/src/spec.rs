@@ -237,6 +237,13 @@ pub struct ClusterSpec {
     pub endpoints: &'static [EndpointSeed],
 }
 
+impl ClusterSpec {
+    /// Whether its connections are Istio's mutual TLS (SPIFFE identities on both sides).
+    pub fn istio_mutual(&self) -> bool {
+        matches!(self.tls, UpstreamTls::IstioMutual { .. })
+    }
+}
+
 #[cfg(test)]
 impl ClusterSpec {
     /// For tests: cluster `name` of service `service` on port 9080, plain HTTP/1.1, round

@@ -26,7 +26,7 @@ where
 {
     let metrics = &proxy.metrics;
     let cluster = destinations.get(pick_weighted_destination(destinations)).and_then(|it| proxy.clusters.get(it.cluster as usize));
-    let mutual = cluster.is_some_and(|it| matches!(it.spec.tls, crate::spec::UpstreamTls::IstioMutual { .. }));
+    let mutual = cluster.is_some_and(|it| it.spec.istio_mutual());
     let labels = |flags| TcpLabels {
         reporter: Reporter::Source,
         service,
