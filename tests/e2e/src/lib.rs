@@ -447,6 +447,21 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The value of a metric on the admin endpoint at `admin` once it reaches `want` (a request
+/// is counted as its response ends, a connection as it closes: just after the client saw its
+/// answer), or what it was at the deadline of 5 s.
+pub fn metric_reaching(admin: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = curl(&[], &format!("http://{admin}/stats/prometheus"));
+        let value = metric(&text, name, labels);
+        if value == want || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The directory of the Node.js peers (tests/e2e/node), after checking that node runs and
 /// that their packages are installed (`cargo xtask test` runs `npm ci` there).
 pub fn node_peers() -> PathBuf {

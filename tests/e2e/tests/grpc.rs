@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use meshc_e2e::{Sidecar, curl, metric, python, root, sidecar_binary};
+use meshc_e2e::{Sidecar, curl, metric, metric_reaching, python, root, sidecar_binary};
 
 struct Server(Child, u16);
 
@@ -180,25 +180,10 @@ fn a_grpc_status_named_in_retry_on_is_retried_on_another_server() {
     assert!(hellos.iter().any(|it| it == "hello mesh from bad"), "{hellos:?}");
     // The metrics count each call once, with the status its caller got: the UNAVAILABLE
     // answers that were retried are no calls of their own.
-    // A call is counted as its response ends, which may come just after the client has it.
-    let scrape = || {
-        let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
-        let outbound = |grpc_status: &'static str| {
-            metric(
-                &text,
-                "istio_requests_total",
-                &[("reporter", "source"), ("request_protocol", "grpc"), ("grpc_response_status", grpc_status)],
-            )
-        };
-        ((outbound("0"), outbound("14")), text)
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let (mut counts, mut text) = scrape();
-    while counts != (10.0, 0.0) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        (counts, text) = scrape();
-    }
-    assert_eq!(counts, (10.0, 0.0), "{text}");
+    let outbound = |grpc_status| [("reporter", "source"), ("request_protocol", "grpc"), ("grpc_response_status", grpc_status)];
+    assert_eq!(metric_reaching(sidecar.admin, "istio_requests_total", &outbound("0"), 10.0), 10.0);
+    let (_, text) = curl(&[], &format!("http://{}/stats/prometheus", sidecar.admin));
+    assert_eq!(metric(&text, "istio_requests_total", &outbound("14")), 0.0, "{text}");
     // Round robin gave the bad server between three and all six first tries of Flaky, and
     // each was retried once, on the good one.
     let retried = metric(&text, "envoy_cluster_upstream_rq_retry", &[]);

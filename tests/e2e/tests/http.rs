@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use meshc_e2e::{PeerServer, Sidecar, Upstream, free_port, metric, python, require, root, sidecar_binary};
+use meshc_e2e::{PeerServer, Sidecar, Upstream, free_port, metric, metric_reaching, python, require, root, sidecar_binary};
 
 struct Http {
     sidecar: Sidecar,
@@ -960,20 +960,6 @@ fn curl_bytes(url: &str) -> (u16, u64, u64) {
     match numbers[..] {
         [status, request, header, download] => (status as u16, request, header + download),
         _ => panic!("curl printed {text:?}"),
-    }
-}
-
-/// The value of a metric once it reaches `want` (connections are counted when they close,
-/// just after the client saw its answer), or what it was at the deadline.
-fn metric_reaching(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let (_, text) = meshc_e2e::curl(&[], &format!("http://{admin}/stats/prometheus"));
-        let value = metric(&text, name, labels);
-        if value == want || std::time::Instant::now() > deadline {
-            return value;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use meshc_e2e::{Sidecar, Upstream, require, root, run_to_exit, sidecar_binary};
+use meshc_e2e::{Sidecar, Upstream, metric_reaching, require, root, run_to_exit, sidecar_binary};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
 /// A certificate authority for the test.
@@ -190,31 +190,22 @@ fn the_callers_identity_crosses_mutual_tls_into_the_callees_authorization() {
     // curl with the client's certificate to `secure`, the client's sidecar to `open`, the
     // intruder twice to `secure`, and plaintext twice to the permissive port of `open`.
     let (client_id, intruder_id) = ("spiffe://cluster.local/ns/default/sa/client", "spiffe://cluster.local/ns/default/sa/intruder");
-    let counts = || {
-        let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", pair.server.admin));
-        let count = |service: &str, principal: &str, policy: &str| {
-            let labels = [
-                ("reporter", "destination"),
-                ("destination_service_name", service),
-                ("source_principal", principal),
-                ("connection_security_policy", policy),
-            ];
-            meshc_e2e::metric(&text, "istio_requests_total", &labels)
-        };
-        let counts = [
-            count("secure", client_id, "mutual_tls"),
-            count("open", client_id, "mutual_tls"),
-            count("secure", intruder_id, "mutual_tls"),
-            count("open", "unknown", "none"),
+    let count = |service: &'static str, principal: &'static str, policy: &'static str, want: f64| {
+        let labels = [
+            ("reporter", "destination"),
+            ("destination_service_name", service),
+            ("source_principal", principal),
+            ("connection_security_policy", policy),
         ];
-        (counts, text)
+        metric_reaching(pair.server.admin, "istio_requests_total", &labels, want)
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (mut seen, mut text) = counts();
-    while seen != [2.0, 1.0, 2.0, 2.0] && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        (seen, text) = counts();
-    }
+    let seen = [
+        count("secure", client_id, "mutual_tls", 2.0),
+        count("open", client_id, "mutual_tls", 1.0),
+        count("secure", intruder_id, "mutual_tls", 2.0),
+        count("open", "unknown", "none", 2.0),
+    ];
+    let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", pair.server.admin));
     assert_eq!(seen, [2.0, 1.0, 2.0, 2.0], "{text}");
     let server_id = [("reporter", "destination"), ("destination_principal", "spiffe://cluster.local/ns/default/sa/server")];
     assert!(meshc_e2e::metric(&text, "istio_requests_total", &server_id) >= 5.0, "{text}");
@@ -251,21 +242,17 @@ fn a_port_with_mutual_tls_disabled_serves_plaintext_only() {
     assert_eq!(status, 0, "curl exit {exit:?}");
     assert_eq!(pair.app.hits(), 2);
     // Counted as plaintext, as Istio counts a port with mutual TLS disabled.
-    let plain = |code: &'static str| {
-        let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", pair.server.admin));
-        let labels = [
+    let plain = |code| {
+        [
             ("reporter", "destination"),
             ("destination_service_name", "plain"),
             ("response_code", code),
             ("connection_security_policy", "none"),
-        ];
-        (meshc_e2e::metric(&text, "istio_requests_total", &labels), text)
+        ]
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while plain("200").0 < 2.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ((ok, text), (denied, _)) = (plain("200"), plain("403"));
+    let ok = metric_reaching(pair.server.admin, "istio_requests_total", &plain("200"), 2.0);
+    let (_, text) = meshc_e2e::curl(&[], &format!("http://{}/stats/prometheus", pair.server.admin));
+    let denied = meshc_e2e::metric(&text, "istio_requests_total", &plain("403"));
     assert_eq!((ok, denied), (2.0, 1.0), "{text}");
 }
 
